@@ -1,0 +1,1 @@
+//! Connection tracking. Implementation pending.

@@ -1,0 +1,2 @@
+//! OTLP export through opentelemetry-otlp (grpc and http/protobuf).
+//! Implementation pending.

@@ -1,0 +1,2 @@
+//! Terminal printer: one compact line per span, or JSON lines.
+//! Implementation pending.

@@ -1,0 +1,105 @@
+//! Event intake: decodes ring-buffer records written by the kernel programs.
+//!
+//! Records are borrowed, not copied: the pipeline handles each one while the
+//! ring-buffer slot is still held, so a data event's payload is never
+//! allocated unless a parser keeps some of it.
+use std::mem::size_of;
+
+use waggle_common::{ConnEvent, DataEvent, EventKind, ProcessEvent, MAX_CAPTURE};
+
+#[derive(Debug)]
+pub enum RawEvent<'a> {
+    Data { header: DataEvent, payload: &'a [u8] },
+    ConnOpen(ConnEvent),
+    ConnClose(ConnEvent),
+    ConnUnverified(ConnEvent),
+    ProcessFork(ProcessEvent),
+    ProcessExit(ProcessEvent),
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DecodeError {
+    #[error("empty ring-buffer record")]
+    Empty,
+    #[error("unknown event kind {0}")]
+    UnknownKind(u8),
+    #[error("{kind:?} record of {len} bytes is shorter than its header")]
+    Short { kind: EventKind, len: usize },
+    #[error("data record claims {claimed} payload bytes but carries {carried}")]
+    BadPayloadLength { claimed: usize, carried: usize },
+}
+
+fn read_header<T: Copy>(bytes: &[u8], kind: EventKind) -> Result<T, DecodeError> {
+    if bytes.len() < size_of::<T>() {
+        return Err(DecodeError::Short { kind, len: bytes.len() });
+    }
+    // SAFETY: length checked above; T is a #[repr(C)] plain-old-data ABI type
+    // from waggle-common for which every bit pattern is valid, and
+    // read_unaligned copes with the ring buffer's 8-byte (not T's) alignment.
+    Ok(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<T>()) })
+}
+
+pub fn decode(bytes: &[u8]) -> Result<RawEvent<'_>, DecodeError> {
+    let first = *bytes.first().ok_or(DecodeError::Empty)?;
+    let kind = EventKind::from_u8(first).ok_or(DecodeError::UnknownKind(first))?;
+    Ok(match kind {
+        EventKind::Data => {
+            let header: DataEvent = read_header(bytes, kind)?;
+            let claimed = header.captured_len as usize;
+            let carried = bytes.len() - size_of::<DataEvent>();
+            if claimed > carried || claimed > MAX_CAPTURE {
+                return Err(DecodeError::BadPayloadLength { claimed, carried });
+            }
+            let start = size_of::<DataEvent>();
+            RawEvent::Data { header, payload: &bytes[start..start + claimed] }
+        }
+        EventKind::ConnOpen => RawEvent::ConnOpen(read_header(bytes, kind)?),
+        EventKind::ConnClose => RawEvent::ConnClose(read_header(bytes, kind)?),
+        EventKind::ConnUnverified => RawEvent::ConnUnverified(read_header(bytes, kind)?),
+        EventKind::ProcessFork => RawEvent::ProcessFork(read_header(bytes, kind)?),
+        EventKind::ProcessExit => RawEvent::ProcessExit(read_header(bytes, kind)?),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn as_bytes<T: Copy>(v: &T) -> Vec<u8> {
+        // SAFETY: T is a padding-free #[repr(C)] ABI struct; viewing it as bytes is sound.
+        unsafe { std::slice::from_raw_parts((v as *const T).cast::<u8>(), size_of::<T>()) }.to_vec()
+    }
+
+    #[test]
+    fn decodes_data_with_payload() {
+        let header = DataEvent {
+            kind: EventKind::Data as u8,
+            direction: 1,
+            captured_len: 5,
+            total_len: 9000,
+            tgid: 42,
+            ..Default::default()
+        };
+        let mut rec = as_bytes(&header);
+        rec.extend_from_slice(b"GET /");
+        rec.extend_from_slice(&[0, 0, 0]); // ring-buffer records are 8-byte padded
+        match decode(&rec).unwrap() {
+            RawEvent::Data { header, payload } => {
+                assert_eq!(payload, b"GET /");
+                assert_eq!(header.total_len, 9000);
+                assert_eq!(header.tgid, 42);
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn rejects_lying_lengths_and_garbage() {
+        let header = DataEvent { kind: EventKind::Data as u8, captured_len: 100, ..Default::default() };
+        let rec = as_bytes(&header);
+        assert!(matches!(decode(&rec), Err(DecodeError::BadPayloadLength { .. })));
+        assert_eq!(decode(&[]).unwrap_err(), DecodeError::Empty);
+        assert_eq!(decode(&[99, 1, 2]).unwrap_err(), DecodeError::UnknownKind(99));
+        assert!(matches!(decode(&[EventKind::ConnOpen as u8, 0]), Err(DecodeError::Short { .. })));
+    }
+}

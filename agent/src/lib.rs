@@ -1,0 +1,23 @@
+//! waggle: a zero-code distributed tracing agent.
+//!
+//! Pipeline, one module per stage:
+//! [`probes`] (load/attach eBPF) → [`intake`] (decode ring-buffer records) →
+//! [`conntrack`] (per-connection state) → [`protocols`] (parsers) →
+//! [`spans`] (assembly) → [`export`] (OTLP or terminal).
+//! [`discovery`] reads /proc, [`config`] merges flags/env/file, [`metrics`]
+//! counts every drop.
+pub mod clock;
+pub mod config;
+pub mod conntrack;
+pub mod discovery;
+pub mod export;
+pub mod intake;
+pub mod metrics;
+pub mod pipeline;
+pub mod probes;
+pub mod protocols;
+pub mod spans;
+
+pub use config::Config;
+pub use pipeline::{run, RunError};
+pub mod cli;

@@ -1,0 +1,47 @@
+//! Agent self-metrics. Every drop the agent makes is counted here; nothing is
+//! discarded silently. Counters are cheap atomics shared by all stages.
+use std::sync::atomic::{AtomicU64, Ordering};
+
+macro_rules! counters {
+    ($($name:ident: $help:literal,)*) => {
+        #[derive(Debug, Default)]
+        pub struct Metrics {
+            $(#[doc = $help] pub $name: AtomicU64,)*
+        }
+
+        impl Metrics {
+            /// (name, help, value) of every counter, for logs and Prometheus.
+            pub fn snapshot(&self) -> Vec<(&'static str, &'static str, u64)> {
+                vec![$((stringify!($name), $help, self.$name.load(Ordering::Relaxed)),)*]
+            }
+        }
+    };
+}
+
+counters! {
+    events_received: "ring-buffer records decoded",
+    events_malformed: "ring-buffer records that failed to decode",
+    data_events_untracked: "data events for connections the agent did not know",
+    conns_opened: "connections tracked",
+    conns_closed: "connections closed",
+    conns_unverified_rejected: "accepted/connected descriptors that turned out not to be TCP",
+    conns_muted: "connections muted (unknown protocol, TLS, own export traffic)",
+    conns_evicted: "connection states dropped because the table was full",
+    parse_failures: "payloads a protocol parser could not follow (lost sync, garbage)",
+    protocol_unknown: "connections whose first bytes matched no protocol",
+    spans_created: "spans assembled",
+    spans_sampled_out: "spans dropped by the sampler",
+    spans_dropped_queue_full: "spans dropped because the export queue was full",
+    spans_exported: "spans handed successfully to the exporter",
+    spans_export_failed: "spans in batches the exporter failed to send",
+    kernel_events_lost: "events the kernel could not write (ring buffer full)",
+}
+
+impl Metrics {
+    pub fn inc(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+}

@@ -1,0 +1,1 @@
+//! Low-cardinality `http.route` inference from raw paths. Implementation pending.

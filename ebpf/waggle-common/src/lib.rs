@@ -1,0 +1,298 @@
+//! The ABI between waggle's eBPF programs and its userspace agent.
+//!
+//! Every map name, constant and event layout is defined here exactly once.
+//! All structs are `#[repr(C)]`, fixed-width and laid out so that there is no
+//! implicit padding: the kernel writes them byte for byte into the ring buffer
+//! and the agent reads them back with `read_unaligned`.
+#![no_std]
+
+/// Bytes of payload copied per data event. A power of two so the kernel side
+/// can bound copy lengths with a mask the verifier understands.
+pub const MAX_CAPTURE: usize = 4096;
+/// Mask for `MAX_CAPTURE` (len & CAPTURE_MASK is always < MAX_CAPTURE).
+pub const CAPTURE_MASK: usize = MAX_CAPTURE - 1;
+/// Most iovec entries walked per readv/writev/recvmsg/sendmsg (bounded loop).
+pub const MAX_IOVECS: usize = 8;
+/// Size of the per-CPU scratch buffer a data event is assembled in.
+pub const SCRATCH_SIZE: usize = core::mem::size_of::<DataEvent>() + MAX_CAPTURE;
+
+/// Map names, for userspace lookups (`ebpf.map_mut(maps::CONNS)`).
+pub mod maps {
+    pub const EVENTS: &str = "EVENTS";
+    pub const CONNS: &str = "CONNS";
+    pub const INET_STREAM_SOCKS: &str = "INET_STREAM_SOCKS";
+    pub const PENDING: &str = "PENDING";
+    pub const COUNTERS: &str = "COUNTERS";
+    pub const SCRATCH: &str = "SCRATCH";
+    pub const TRACKED_TGIDS: &str = "TRACKED_TGIDS";
+}
+
+/// Globals patched by the loader (`EbpfLoader::set_global`).
+pub mod globals {
+    /// tgid of the agent itself: never captured.
+    pub const AGENT_TGID: &str = "AGENT_TGID";
+    /// Payload bytes copied per event, <= MAX_CAPTURE (0 means MAX_CAPTURE).
+    pub const CAPTURE_BYTES: &str = "CAPTURE_BYTES";
+}
+
+/// Default sizes; userspace may override max_entries at load time.
+pub const EVENTS_RINGBUF_BYTES: u32 = 16 * 1024 * 1024;
+pub const CONNS_MAX_ENTRIES: u32 = 65536;
+pub const INET_STREAM_SOCKS_MAX_ENTRIES: u32 = 65536;
+pub const PENDING_MAX_ENTRIES: u32 = 16384;
+pub const TRACKED_TGIDS_MAX_ENTRIES: u32 = 16384;
+
+/// Connection ids minted by userspace (seeded from /proc) have this bit set so
+/// they never collide with kernel-minted ids.
+pub const USERSPACE_CONN_ID_BIT: u64 = 1 << 63;
+
+/// Key of every per-file-descriptor map: (process, descriptor).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct SockKey {
+    pub tgid: u32,
+    pub fd: u32,
+}
+
+/// Which side of a TCP connection the traced process is.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Role {
+    Unknown = 0,
+    /// The process accepted the connection: it serves requests.
+    Server = 1,
+    /// The process connected: it sends requests.
+    Client = 2,
+}
+
+impl Role {
+    pub fn from_u8(v: u8) -> Role {
+        match v {
+            1 => Role::Server,
+            2 => Role::Client,
+            _ => Role::Unknown,
+        }
+    }
+}
+
+/// Flags in `ConnInfo::flags`.
+pub mod conn_flags {
+    /// Userspace decided this connection carries nothing it parses (TLS,
+    /// unknown protocol, the agent's own export traffic): the kernel keeps
+    /// tracking it but copies no payload.
+    pub const MUTED: u8 = 1;
+}
+
+/// Value of the CONNS map: one tracked TCP connection.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct ConnInfo {
+    pub conn_id: u64,
+    pub role: u8,
+    /// AF_INET (2) or AF_INET6 (10); 0 when unknown.
+    pub family: u8,
+    pub flags: u8,
+    pub _pad: [u8; 5],
+}
+
+/// Kind byte at offset 0 of every ring-buffer record.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventKind {
+    Data = 1,
+    ConnOpen = 2,
+    ConnClose = 3,
+    /// accept/connect succeeded on a descriptor the kernel could not prove to
+    /// be an inet stream socket; userspace checks and may start tracking it.
+    ConnUnverified = 4,
+    /// A process that owns tracked sockets forked: its child inherited them.
+    ProcessFork = 5,
+    ProcessExit = 6,
+}
+
+impl EventKind {
+    pub fn from_u8(v: u8) -> Option<EventKind> {
+        Some(match v {
+            1 => EventKind::Data,
+            2 => EventKind::ConnOpen,
+            3 => EventKind::ConnClose,
+            4 => EventKind::ConnUnverified,
+            5 => EventKind::ProcessFork,
+            6 => EventKind::ProcessExit,
+            _ => return None,
+        })
+    }
+}
+
+/// Direction of a payload as seen by the traced process.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Direction {
+    /// read/recv*: bytes the process received.
+    Ingress = 1,
+    /// write/send*: bytes the process sent.
+    Egress = 2,
+}
+
+impl Direction {
+    pub fn from_u8(v: u8) -> Option<Direction> {
+        match v {
+            1 => Some(Direction::Ingress),
+            2 => Some(Direction::Egress),
+            _ => None,
+        }
+    }
+}
+
+/// Which syscall produced a data event (diagnostics only).
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SyscallId {
+    Read = 1,
+    Write = 2,
+    Recvfrom = 3,
+    Sendto = 4,
+    Readv = 5,
+    Writev = 6,
+    Recvmsg = 7,
+    Sendmsg = 8,
+    Recvmmsg = 9,
+    Sendmmsg = 10,
+    Accept = 11,
+    Accept4 = 12,
+    Connect = 13,
+    Close = 14,
+}
+
+/// Header of a data record; `captured_len` payload bytes follow it directly.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct DataEvent {
+    pub kind: u8,
+    pub direction: u8,
+    pub syscall: u8,
+    pub role: u8,
+    /// Payload bytes that follow this header (<= MAX_CAPTURE).
+    pub captured_len: u32,
+    pub tgid: u32,
+    pub tid: u32,
+    pub fd: u32,
+    pub _pad: u32,
+    pub conn_id: u64,
+    /// Bytes the syscall actually transferred (>= captured_len).
+    pub total_len: u64,
+    /// CLOCK_MONOTONIC ns at syscall entry.
+    pub enter_ns: u64,
+    /// CLOCK_MONOTONIC ns at syscall exit.
+    pub exit_ns: u64,
+}
+
+/// Connection lifecycle record (ConnOpen, ConnClose, ConnUnverified).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ConnEvent {
+    pub kind: u8,
+    pub role: u8,
+    /// AF_INET / AF_INET6 of `peer_addr`, 0 when the kernel did not see it.
+    pub family: u8,
+    pub _pad0: u8,
+    pub tgid: u32,
+    pub tid: u32,
+    pub fd: u32,
+    pub conn_id: u64,
+    pub ts_ns: u64,
+    /// IPv4 in the first 4 bytes, or IPv6; network byte order.
+    pub peer_addr: [u8; 16],
+    /// Host byte order.
+    pub peer_port: u16,
+    pub _pad1: [u8; 6],
+}
+
+/// Process lifecycle record (ProcessFork, ProcessExit).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ProcessEvent {
+    pub kind: u8,
+    pub _pad0: [u8; 3],
+    pub tgid: u32,
+    /// Parent tgid for ProcessFork; 0 otherwise.
+    pub parent_tgid: u32,
+    pub _pad1: u32,
+    pub ts_ns: u64,
+}
+
+/// Per-CPU counters, indexes into the COUNTERS PerCpuArray.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Counter {
+    /// A ring-buffer write failed: the agent fell behind and an event was lost.
+    EventsLost = 0,
+    DataEvents = 1,
+    /// Payload longer than the capture size (header + prefix were sent).
+    DataTruncated = 2,
+    ConnsOpened = 3,
+    /// CONNS / INET_STREAM_SOCKS / PENDING insert failed.
+    MapInsertFailed = 4,
+    /// Failed bpf_probe_read_user of a payload or argument.
+    ReadFailed = 5,
+    /// Data on a muted connection (counted, not copied).
+    MutedEvents = 6,
+}
+
+pub const COUNTER_COUNT: u32 = 8;
+
+impl Counter {
+    pub const ALL: [Counter; 7] = [
+        Counter::EventsLost,
+        Counter::DataEvents,
+        Counter::DataTruncated,
+        Counter::ConnsOpened,
+        Counter::MapInsertFailed,
+        Counter::ReadFailed,
+        Counter::MutedEvents,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Counter::EventsLost => "kernel_events_lost",
+            Counter::DataEvents => "kernel_data_events",
+            Counter::DataTruncated => "kernel_data_truncated",
+            Counter::ConnsOpened => "kernel_conns_opened",
+            Counter::MapInsertFailed => "kernel_map_insert_failed",
+            Counter::ReadFailed => "kernel_user_read_failed",
+            Counter::MutedEvents => "kernel_muted_events",
+        }
+    }
+}
+
+#[cfg(feature = "user")]
+mod user {
+    use super::*;
+    // SAFETY: plain-old-data: #[repr(C)], fixed-width integer fields only, no
+    // implicit padding (checked by the layout tests below), any bit pattern valid.
+    unsafe impl aya::Pod for SockKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for ConnInfo {}
+}
+
+#[cfg(test)]
+mod tests {
+    extern crate std;
+    use super::*;
+    use core::mem::size_of;
+
+    #[test]
+    fn layouts_have_no_implicit_padding() {
+        assert_eq!(size_of::<SockKey>(), 8);
+        assert_eq!(size_of::<ConnInfo>(), 16);
+        assert_eq!(size_of::<DataEvent>(), 56);
+        assert_eq!(size_of::<ConnEvent>(), 56);
+        assert_eq!(size_of::<ProcessEvent>(), 24);
+    }
+
+    #[test]
+    fn capture_mask_bounds_capture() {
+        assert!(MAX_CAPTURE.is_power_of_two());
+        assert_eq!(CAPTURE_MASK + 1, MAX_CAPTURE);
+    }
+}

@@ -1,0 +1,1 @@
+//! Helpers for waggle's end-to-end tests. Implementation pending.
