@@ -1,25 +1,178 @@
 //! The binary's edge: parse arguments, build the config, init logging, run.
-//! Errors become one line on stderr and a non-zero exit.
-use std::process::ExitCode;
+//! Errors become one line on stderr and a non-zero exit: 2 for usage and
+//! configuration errors, 1 for failures while running.
+use std::{future::Future, io::IsTerminal, process::ExitCode};
+
+use clap::Parser;
+use tokio::signal::unix::{signal, SignalKind};
+
+pub use crate::config::CliArgs;
+use crate::config::{Config, ProcessEnv, Sampler};
+
+const EXIT_USAGE: u8 = 2;
+/// Exit code after a second SIGINT/SIGTERM cut the shutdown short.
+const EXIT_INTERRUPTED: i32 = 130;
 
 pub fn main() -> ExitCode {
-    let _ = tracing_subscriber::fmt().with_writer(std::io::stderr).try_init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().worker_threads(2).build() {
+    // Usage errors exit 2 through clap; --help and --version exit 0.
+    let args = CliArgs::parse();
+    let config = match Config::load(&args, &ProcessEnv) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("waggle: {e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    if let Err(e) = init_logging(&config.log_filter) {
+        eprintln!("waggle: {e}");
+        return ExitCode::FAILURE;
+    }
+    log_config(&config);
+
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("waggle-worker")
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("waggle: starting the async runtime: {e}");
             return ExitCode::FAILURE;
         }
     };
-    let config = crate::Config::default();
-    let shutdown = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    match runtime.block_on(crate::run(config, shutdown)) {
+    let result = runtime.block_on(async {
+        let shutdown = shutdown_signal().map_err(|e| format!("installing signal handlers: {e}"))?;
+        crate::run(config, shutdown).await.map_err(|e| e.to_string())
+    });
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("waggle: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum LoggingError {
+    #[error("log filter {filter:?}: {message}")]
+    Filter { filter: String, message: String },
+    #[error("installing the log subscriber: {0}")]
+    Subscriber(#[from] tracing::subscriber::SetGlobalDefaultError),
+    #[error("bridging `log` records into tracing: {0}")]
+    LogBridge(#[from] tracing_log::log_tracer::SetLoggerError),
+}
+
+/// Logs go to stderr: stdout carries the printed spans.
+fn init_logging(filter: &str) -> Result<(), LoggingError> {
+    let env_filter = tracing_subscriber::EnvFilter::builder()
+        .parse(filter)
+        .map_err(|e| LoggingError::Filter { filter: filter.to_owned(), message: e.to_string() })?;
+    // Only forward `log` records (aya, aya-log) the filter could let through,
+    // so disabled debug logging costs nothing in the libraries.
+    let max_level = match env_filter.max_level_hint() {
+        Some(level) => level_to_log(level),
+        None => log::LevelFilter::Trace,
+    };
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_env_filter(env_filter)
+        .finish();
+    tracing::subscriber::set_global_default(subscriber)?;
+    tracing_log::LogTracer::init_with_filter(max_level)?;
+    Ok(())
+}
+
+fn level_to_log(level: tracing_subscriber::filter::LevelFilter) -> log::LevelFilter {
+    use tracing_subscriber::filter::LevelFilter;
+    match level {
+        LevelFilter::OFF => log::LevelFilter::Off,
+        LevelFilter::ERROR => log::LevelFilter::Error,
+        LevelFilter::WARN => log::LevelFilter::Warn,
+        LevelFilter::INFO => log::LevelFilter::Info,
+        LevelFilter::DEBUG => log::LevelFilter::Debug,
+        _ => log::LevelFilter::Trace,
+    }
+}
+
+fn log_config(config: &Config) {
+    let root = match config.sampler {
+        Sampler::AlwaysOn => "always_on".to_owned(),
+        Sampler::AlwaysOff => "always_off".to_owned(),
+        Sampler::TraceIdRatio(ratio) => format!("traceidratio({ratio})"),
+    };
+    let sampler = format!("{}{root}", if config.sampler_parent_based { "parentbased_" } else { "" });
+    tracing::info!(
+        otlp_endpoint = config.otlp.as_ref().map(|o| o.endpoint.as_str()).unwrap_or("none"),
+        otlp_protocol = config.otlp.as_ref().map(|o| o.protocol.to_string()).unwrap_or_default(),
+        // Header names only: the values are credentials.
+        otlp_headers = ?config.otlp.as_ref().map(|o| o.headers.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>()),
+        print = ?config.print,
+        sampler = %sampler,
+        capture_bytes = config.capture_bytes,
+        raw_sql = config.raw_sql,
+        propagation = config.propagation,
+        config_file = ?config.config_file,
+        "configuration loaded"
+    );
+    if config.sdk_disabled {
+        tracing::warn!("OTEL_SDK_DISABLED=true: spans are neither exported nor printed");
+    }
+}
+
+/// Resolves on the first SIGINT or SIGTERM. A second one exits at once, for
+/// when the flush at shutdown takes too long for the operator.
+fn shutdown_signal() -> std::io::Result<impl Future<Output = ()> + Send> {
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    Ok(async move {
+        let name = tokio::select! {
+            _ = interrupt.recv() => "SIGINT",
+            _ = terminate.recv() => "SIGTERM",
+        };
+        tracing::info!(signal = name, "shutting down (send it again to exit at once)");
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = interrupt.recv() => {},
+                _ = terminate.recv() => {},
+            }
+            eprintln!("waggle: second signal, exiting without finishing the flush");
+            std::process::exit(EXIT_INTERRUPTED);
+        });
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn clap_definition_is_valid_and_help_mentions_defaults() {
+        CliArgs::command().debug_assert();
+        let help = CliArgs::command().render_long_help().to_string();
+        assert!(help.contains("--otlp-endpoint"), "{help}");
+        assert!(help.contains("http/protobuf"), "{help}");
+        assert!(help.contains("OTEL_EXPORTER_OTLP_ENDPOINT"), "{help}");
+        assert!(help.contains("OTEL_SDK_DISABLED"), "{help}");
+    }
+
+    #[test]
+    fn bad_flag_values_are_usage_errors() {
+        let e = CliArgs::try_parse_from(["waggle", "--capture-bytes", "lots"]).unwrap_err();
+        assert_eq!(e.exit_code(), 2);
+        let e = CliArgs::try_parse_from(["waggle", "--no-such-flag"]).unwrap_err();
+        assert_eq!(e.exit_code(), 2);
+    }
+
+    #[test]
+    fn log_levels_map_to_log_crate() {
+        use tracing_subscriber::filter::LevelFilter;
+        assert_eq!(level_to_log(LevelFilter::INFO), log::LevelFilter::Info);
+        assert_eq!(level_to_log(LevelFilter::OFF), log::LevelFilter::Off);
+        assert_eq!(level_to_log(LevelFilter::TRACE), log::LevelFilter::Trace);
     }
 }

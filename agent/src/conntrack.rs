@@ -1,1 +1,736 @@
-//! Connection tracking. Implementation pending.
+//! Connection tracking: one state machine per traced TCP connection.
+//!
+//! Connections are keyed by the id the kernel (or the /proc seeding) minted
+//! for them, so a descriptor number reused after close can never mix two
+//! connections' bytes. Each connection goes through protocol detection, then
+//! feeds its parser; completed exchanges come out as [`ConnSpan`]s carrying
+//! the connection's identity for span assembly.
+//!
+//! Memory is bounded: the table holds at most `max_conns` connections (the
+//! least recently active is evicted and counted), detection buffers at most
+//! [`DETECT_BUFFER`] bytes, and each parser bounds its own state.
+use std::{
+    collections::HashMap,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    sync::Arc,
+};
+
+use waggle_common::{ConnEvent, ConnInfo, DataEvent, Direction, Role, SockKey, USERSPACE_CONN_ID_BIT};
+
+use crate::{
+    metrics::Metrics,
+    protocols::{self, Chunk, Detection, Feed, ParserConfig, ProtocolParser},
+    spans::ParsedSpan,
+};
+
+/// Bytes kept while a protocol is not yet recognisable (e.g. a client that
+/// writes one byte at a time).
+pub const DETECT_BUFFER: usize = 64;
+/// Chunks a fresh connection may show before it is declared unknown and muted.
+const DETECT_ATTEMPTS_FRESH: u32 = 4;
+/// A connection joined mid-stream (seeded, or after lost sync) may be in the
+/// middle of a large body: give it longer to reach a message boundary.
+const DETECT_ATTEMPTS_MIDSTREAM: u32 = 64;
+/// Parser state older than this is dropped on idle ticks.
+pub const IDLE_STATE_NS: u64 = 120_000_000_000;
+
+/// Identity of the connection a span came from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConnMeta {
+    pub pid: u32,
+    pub fd: u32,
+    pub conn_id: u64,
+    pub role: Role,
+    pub protocol: &'static str,
+    pub peer: Option<SocketAddr>,
+    pub local: Option<SocketAddr>,
+}
+
+#[derive(Debug)]
+pub struct ConnSpan {
+    pub span: ParsedSpan,
+    pub conn: Arc<ConnMeta>,
+}
+
+/// What the tracker needs from the outside world: kernel maps and /proc.
+/// A trait so the tracker's logic is testable without loading probes.
+pub trait ConnEnvironment {
+    /// Tell the kernel to stop copying payload for this connection.
+    fn mute(&mut self, key: SockKey);
+    /// Start tracking a descriptor in the kernel (after userspace verified it).
+    fn track(&mut self, key: SockKey, info: ConnInfo);
+    /// Forget a descriptor in the kernel (process gone).
+    fn forget(&mut self, key: SockKey);
+    /// Addresses of a live TCP descriptor, None if it is not a TCP socket.
+    fn socket_addrs(&mut self, pid: u32, fd: u32) -> Option<(SocketAddr, SocketAddr)>;
+    /// True when `peer` is one of the agent's own sockets (its export traffic
+    /// arriving at a collector on this node).
+    fn is_own_socket(&mut self, peer: SocketAddr) -> bool;
+}
+
+enum ParseState {
+    Detecting { buf: Vec<u8>, first: Option<(Direction, u64, u64, u32)>, attempts_left: u32 },
+    Active(Box<dyn ProtocolParser>),
+    Muted,
+}
+
+struct Conn {
+    meta: Arc<ConnMeta>,
+    state: ParseState,
+    last_active_ns: u64,
+    /// Local address still to be looked up (done once, when first needed).
+    local_pending: bool,
+}
+
+pub struct ConnTracker {
+    conns: HashMap<u64, Conn>,
+    by_key: HashMap<SockKey, u64>,
+    parser_config: ParserConfig,
+    metrics: Arc<Metrics>,
+    max_conns: usize,
+    next_user_id: u64,
+    /// Trace database server processes too (their side duplicates the
+    /// application's client spans, so off by default).
+    trace_db_servers: bool,
+    scratch: Vec<ParsedSpan>,
+    detectors: &'static [&'static dyn protocols::ProtocolDetector],
+}
+
+pub fn sockaddr_from_event(family: u8, addr: &[u8; 16], port: u16) -> Option<SocketAddr> {
+    let ip = match family as i32 {
+        libc::AF_INET => IpAddr::V4(Ipv4Addr::new(addr[0], addr[1], addr[2], addr[3])),
+        libc::AF_INET6 => {
+            let v6 = Ipv6Addr::from(*addr);
+            match v6.to_ipv4_mapped() {
+                Some(v4) => IpAddr::V4(v4),
+                None => IpAddr::V6(v6),
+            }
+        }
+        _ => return None,
+    };
+    Some(SocketAddr::new(ip, port))
+}
+
+fn is_db_protocol(protocol: &str) -> bool {
+    matches!(protocol, "postgresql" | "mysql")
+}
+
+impl ConnTracker {
+    pub fn new(parser_config: ParserConfig, metrics: Arc<Metrics>, max_conns: usize) -> ConnTracker {
+        ConnTracker {
+            conns: HashMap::new(),
+            by_key: HashMap::new(),
+            parser_config,
+            metrics,
+            max_conns: max_conns.max(16),
+            next_user_id: 1,
+            trace_db_servers: false,
+            scratch: Vec::new(),
+            detectors: protocols::DETECTORS,
+        }
+    }
+
+    /// Use these detectors instead of [`protocols::DETECTORS`].
+    pub fn with_detectors(mut self, detectors: &'static [&'static dyn protocols::ProtocolDetector]) -> Self {
+        self.detectors = detectors;
+        self
+    }
+
+    pub fn set_trace_db_servers(&mut self, on: bool) {
+        self.trace_db_servers = on;
+    }
+
+    pub fn len(&self) -> usize {
+        self.conns.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.conns.is_empty()
+    }
+
+    fn mint_user_id(&mut self) -> u64 {
+        self.next_user_id += 1;
+        USERSPACE_CONN_ID_BIT | self.next_user_id
+    }
+
+    fn insert(&mut self, meta: ConnMeta, midstream: bool, now_ns: u64) {
+        if self.conns.len() >= self.max_conns {
+            self.evict_oldest();
+        }
+        let key = SockKey { tgid: meta.pid, fd: meta.fd };
+        if let Some(old) = self.by_key.insert(key, meta.conn_id) {
+            // The descriptor was reused without us seeing the close (e.g. the
+            // close event was lost): the old connection is over.
+            if old != meta.conn_id {
+                self.conns.remove(&old);
+            }
+        }
+        let attempts_left = if midstream { DETECT_ATTEMPTS_MIDSTREAM } else { DETECT_ATTEMPTS_FRESH };
+        let local_pending = meta.local.is_none();
+        self.conns.insert(
+            meta.conn_id,
+            Conn {
+                meta: Arc::new(meta),
+                state: ParseState::Detecting { buf: Vec::new(), first: None, attempts_left },
+                last_active_ns: now_ns,
+                local_pending,
+            },
+        );
+        Metrics::inc(&self.metrics.conns_opened);
+    }
+
+    fn evict_oldest(&mut self) {
+        let oldest = self.conns.iter().min_by_key(|(_, c)| c.last_active_ns).map(|(id, c)| (*id, c.meta.clone()));
+        if let Some((id, meta)) = oldest {
+            self.conns.remove(&id);
+            let key = SockKey { tgid: meta.pid, fd: meta.fd };
+            if self.by_key.get(&key) == Some(&id) {
+                self.by_key.remove(&key);
+            }
+            Metrics::inc(&self.metrics.conns_evicted);
+        }
+    }
+
+    /// A connection the kernel started tracking (accept/connect).
+    pub fn on_open(&mut self, ev: &ConnEvent, env: &mut dyn ConnEnvironment) {
+        let role = Role::from_u8(ev.role);
+        let peer = sockaddr_from_event(ev.family, &ev.peer_addr, ev.peer_port);
+        let key = SockKey { tgid: ev.tgid, fd: ev.fd };
+        if let Some(existing) = self.by_key.get(&key).and_then(|id| self.conns.get(id)) {
+            // Seeding from /proc raced this open and already re-keyed the
+            // kernel entry to a userspace id: that entry is this connection.
+            let seeded = existing.meta.conn_id & USERSPACE_CONN_ID_BIT != 0;
+            if seeded && (existing.meta.peer.is_none() || existing.meta.peer == peer) {
+                return;
+            }
+        }
+        if role == Role::Server {
+            if let Some(peer) = peer {
+                if peer.ip().is_loopback() && env.is_own_socket(peer) {
+                    env.mute(key);
+                    Metrics::inc(&self.metrics.conns_muted);
+                    return;
+                }
+            }
+        }
+        let meta = ConnMeta {
+            pid: ev.tgid,
+            fd: ev.fd,
+            conn_id: ev.conn_id,
+            role,
+            protocol: "",
+            peer,
+            local: None,
+        };
+        self.insert(meta, false, ev.ts_ns);
+    }
+
+    /// accept/connect on a descriptor the kernel could not classify.
+    pub fn on_unverified(&mut self, ev: &ConnEvent, env: &mut dyn ConnEnvironment) {
+        let Some((local, peer)) = env.socket_addrs(ev.tgid, ev.fd) else {
+            Metrics::inc(&self.metrics.conns_unverified_rejected);
+            return;
+        };
+        let role = Role::from_u8(ev.role);
+        if role == Role::Server && peer.ip().is_loopback() && env.is_own_socket(peer) {
+            Metrics::inc(&self.metrics.conns_muted);
+            return;
+        }
+        let conn_id = self.mint_user_id();
+        let key = SockKey { tgid: ev.tgid, fd: ev.fd };
+        env.track(key, ConnInfo { conn_id, role: role as u8, family: ev.family, flags: 0, _pad: [0; 5] });
+        let meta = ConnMeta { pid: ev.tgid, fd: ev.fd, conn_id, role, protocol: "", peer: Some(peer), local: Some(local) };
+        self.insert(meta, false, ev.ts_ns);
+    }
+
+    /// A connection that existed before the agent (or was inherited through
+    /// fork): it is tracked in the kernel under a userspace-minted id.
+    pub fn seed(&mut self, pid: u32, fd: u32, role: Role, local: SocketAddr, peer: SocketAddr, env: &mut dyn ConnEnvironment, now_ns: u64) {
+        if role == Role::Server && peer.ip().is_loopback() && env.is_own_socket(peer) {
+            return;
+        }
+        let conn_id = self.mint_user_id();
+        let family = if local.is_ipv4() { libc::AF_INET } else { libc::AF_INET6 } as u8;
+        env.track(SockKey { tgid: pid, fd }, ConnInfo { conn_id, role: role as u8, family, flags: 0, _pad: [0; 5] });
+        let meta = ConnMeta { pid, fd, conn_id, role, protocol: "", peer: Some(peer), local: Some(local) };
+        self.insert(meta, true, now_ns);
+    }
+
+    pub fn on_close(&mut self, ev: &ConnEvent, out: &mut Vec<ConnSpan>) {
+        let Some(mut conn) = self.conns.remove(&ev.conn_id) else {
+            return;
+        };
+        let key = SockKey { tgid: conn.meta.pid, fd: conn.meta.fd };
+        if self.by_key.get(&key) == Some(&ev.conn_id) {
+            self.by_key.remove(&key);
+        }
+        Metrics::inc(&self.metrics.conns_closed);
+        if let ParseState::Active(parser) = &mut conn.state {
+            parser.on_close(ev.ts_ns, &mut self.scratch);
+            Self::wrap(&mut self.scratch, &conn.meta, out);
+        }
+    }
+
+    /// The process exited: its descriptors closed without close() calls.
+    pub fn on_process_exit(&mut self, tgid: u32, ts_ns: u64, env: &mut dyn ConnEnvironment, out: &mut Vec<ConnSpan>) {
+        let keys: Vec<SockKey> = self.by_key.keys().filter(|k| k.tgid == tgid).copied().collect();
+        for key in keys {
+            if let Some(id) = self.by_key.remove(&key) {
+                if let Some(mut conn) = self.conns.remove(&id) {
+                    Metrics::inc(&self.metrics.conns_closed);
+                    if let ParseState::Active(parser) = &mut conn.state {
+                        parser.on_close(ts_ns, &mut self.scratch);
+                        Self::wrap(&mut self.scratch, &conn.meta, out);
+                    }
+                }
+            }
+            env.forget(key);
+        }
+    }
+
+    fn wrap(spans: &mut Vec<ParsedSpan>, meta: &Arc<ConnMeta>, out: &mut Vec<ConnSpan>) {
+        out.extend(spans.drain(..).map(|span| ConnSpan { span, conn: meta.clone() }));
+    }
+
+    pub fn on_data(&mut self, header: &DataEvent, payload: &[u8], env: &mut dyn ConnEnvironment, out: &mut Vec<ConnSpan>) {
+        let Some(direction) = Direction::from_u8(header.direction) else {
+            Metrics::inc(&self.metrics.events_malformed);
+            return;
+        };
+        if !self.conns.contains_key(&header.conn_id) {
+            // The open event was lost (ring buffer full) or raced us: adopt the
+            // connection from what the data event says, mid-stream.
+            Metrics::inc(&self.metrics.data_events_untracked);
+            let meta = ConnMeta {
+                pid: header.tgid,
+                fd: header.fd,
+                conn_id: header.conn_id,
+                role: Role::from_u8(header.role),
+                protocol: "",
+                peer: None,
+                local: None,
+            };
+            self.insert(meta, true, header.exit_ns);
+        }
+        let Some(conn) = self.conns.get_mut(&header.conn_id) else {
+            return;
+        };
+        conn.last_active_ns = header.exit_ns;
+        let chunk = Chunk {
+            direction,
+            bytes: payload,
+            total_len: header.total_len,
+            enter_ns: header.enter_ns,
+            exit_ns: header.exit_ns,
+            tid: header.tid,
+        };
+        let key = SockKey { tgid: conn.meta.pid, fd: conn.meta.fd };
+        let feed = match &mut conn.state {
+            ParseState::Muted => return,
+            ParseState::Active(parser) => parser.on_data(&chunk, &mut self.scratch),
+            ParseState::Detecting { buf, first, attempts_left } => {
+                // Consecutive small writes in one direction are joined so a
+                // request written a byte at a time is still recognised.
+                let continuing = !buf.is_empty() && first.is_some_and(|(d, ..)| d == direction);
+                if !continuing {
+                    buf.clear();
+                    *first = Some((direction, chunk.enter_ns, chunk.exit_ns, chunk.tid));
+                }
+                let (_, enter_ns, _, tid) = first.unwrap_or((direction, chunk.enter_ns, chunk.exit_ns, chunk.tid));
+                let joined: Vec<u8>;
+                let candidate = if continuing {
+                    joined = [buf.as_slice(), payload].concat();
+                    Chunk { bytes: &joined, total_len: buf.len() as u64 + chunk.total_len, enter_ns, tid, ..chunk }
+                } else {
+                    chunk
+                };
+                match protocols::detect_in(self.detectors, conn.meta.role, &candidate, &self.parser_config) {
+                    Detection::Parser(mut parser) => {
+                        let protocol = parser.protocol();
+                        if conn.meta.role == Role::Server && is_db_protocol(protocol) && !self.trace_db_servers {
+                            conn.state = ParseState::Muted;
+                            env.mute(key);
+                            Metrics::inc(&self.metrics.conns_muted);
+                            return;
+                        }
+                        let mut meta = (*conn.meta).clone();
+                        meta.protocol = protocol;
+                        conn.meta = Arc::new(meta);
+                        let feed = parser.on_data(&candidate, &mut self.scratch);
+                        conn.state = ParseState::Active(parser);
+                        feed
+                    }
+                    Detection::NeedMore if candidate.bytes.len() < DETECT_BUFFER && !candidate.is_truncated() => {
+                        let bytes = candidate.bytes.to_vec();
+                        *buf = bytes;
+                        return;
+                    }
+                    Detection::NeedMore | Detection::Unknown => {
+                        buf.clear();
+                        *first = None;
+                        *attempts_left = attempts_left.saturating_sub(1);
+                        if *attempts_left == 0 {
+                            conn.state = ParseState::Muted;
+                            env.mute(key);
+                            Metrics::inc(&self.metrics.protocol_unknown);
+                            Metrics::inc(&self.metrics.conns_muted);
+                        }
+                        return;
+                    }
+                }
+            }
+        };
+        match feed {
+            Feed::Continue => {}
+            Feed::LostSync(reason) => {
+                tracing::debug!(pid = conn.meta.pid, protocol = conn.meta.protocol, reason, "parser lost sync; re-detecting");
+                Metrics::inc(&self.metrics.parse_failures);
+                conn.state = ParseState::Detecting { buf: Vec::new(), first: None, attempts_left: DETECT_ATTEMPTS_MIDSTREAM };
+            }
+            Feed::Opaque(reason) => {
+                tracing::debug!(pid = conn.meta.pid, protocol = conn.meta.protocol, reason, "connection became opaque; muting");
+                conn.state = ParseState::Muted;
+                env.mute(key);
+                Metrics::inc(&self.metrics.conns_muted);
+            }
+        }
+        if !self.scratch.is_empty() {
+            if conn.local_pending {
+                conn.local_pending = false;
+                if let Some((local, peer)) = env.socket_addrs(conn.meta.pid, conn.meta.fd) {
+                    // Only trust the lookup if the descriptor still is this
+                    // connection (it may have been closed and reused).
+                    if conn.meta.peer.is_none_or(|p| p == peer) {
+                        let mut meta = (*conn.meta).clone();
+                        meta.local = Some(local);
+                        meta.peer = Some(peer);
+                        conn.meta = Arc::new(meta);
+                    }
+                }
+            }
+            Self::wrap(&mut self.scratch, &conn.meta, out);
+        }
+    }
+
+    /// Periodic housekeeping: parsers drop stale half-finished exchanges.
+    pub fn on_tick(&mut self, now_ns: u64, out: &mut Vec<ConnSpan>) {
+        let older_than = now_ns.saturating_sub(IDLE_STATE_NS);
+        for conn in self.conns.values_mut() {
+            if conn.last_active_ns < older_than {
+                if let ParseState::Active(parser) = &mut conn.state {
+                    parser.on_idle(older_than, &mut self.scratch);
+                    Self::wrap(&mut self.scratch, &conn.meta, out);
+                }
+            }
+        }
+    }
+
+    /// Shutdown: let every parser flush what a close would complete.
+    pub fn flush_all(&mut self, now_ns: u64, out: &mut Vec<ConnSpan>) {
+        for conn in self.conns.values_mut() {
+            if let ParseState::Active(parser) = &mut conn.state {
+                parser.on_idle(now_ns, &mut self.scratch);
+                Self::wrap(&mut self.scratch, &conn.meta, out);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::Ordering;
+
+    use waggle_common::EventKind;
+
+    use super::*;
+    use crate::{
+        protocols::{Confidence, ProtocolDetector},
+        spans::{SpanKind, SpanStatus},
+    };
+
+    /// A toy line protocol: the requester sends `REQ <name>`, the other side
+    /// answers anything; `BAD` loses sync, `TLS` makes the stream opaque.
+    struct LineDetector;
+    struct LineParser {
+        role: Role,
+        open: Option<(String, u64, u32)>,
+    }
+
+    fn request_direction(role: Role) -> Direction {
+        if role == Role::Server {
+            Direction::Ingress
+        } else {
+            Direction::Egress
+        }
+    }
+
+    impl ProtocolDetector for LineDetector {
+        fn name(&self) -> &'static str {
+            "line"
+        }
+        fn detect(&self, role: Role, chunk: &Chunk<'_>) -> Confidence {
+            if chunk.direction != request_direction(role) {
+                return Confidence::No;
+            }
+            if chunk.bytes.starts_with(b"REQ ") {
+                Confidence::Yes
+            } else if b"REQ ".starts_with(chunk.bytes) {
+                Confidence::NeedMore
+            } else {
+                Confidence::No
+            }
+        }
+        fn new_parser(&self, role: Role, _config: &ParserConfig) -> Box<dyn ProtocolParser> {
+            Box::new(LineParser { role, open: None })
+        }
+    }
+
+    impl ProtocolParser for LineParser {
+        fn protocol(&self) -> &'static str {
+            "line"
+        }
+        fn on_data(&mut self, chunk: &Chunk<'_>, out: &mut Vec<ParsedSpan>) -> Feed {
+            if chunk.bytes.starts_with(b"BAD") {
+                return Feed::LostSync("bad");
+            }
+            if chunk.bytes.starts_with(b"TLS") {
+                return Feed::Opaque("tls");
+            }
+            if chunk.direction == request_direction(self.role) {
+                let name = String::from_utf8_lossy(chunk.bytes).into_owned();
+                let start = if self.role == Role::Server { chunk.exit_ns } else { chunk.enter_ns };
+                self.open = Some((name, start, chunk.tid));
+            } else if let Some((name, start_ns, tid)) = self.open.take() {
+                out.push(ParsedSpan {
+                    kind: if self.role == Role::Server { SpanKind::Server } else { SpanKind::Client },
+                    name,
+                    start_ns,
+                    end_ns: chunk.exit_ns,
+                    status: SpanStatus::Unset,
+                    attributes: Vec::new(),
+                    incoming_context: None,
+                    incoming_tracestate: None,
+                    tid,
+                });
+            }
+            Feed::Continue
+        }
+        fn on_close(&mut self, _ts_ns: u64, _out: &mut Vec<ParsedSpan>) {}
+    }
+
+    static TEST_DETECTORS: &[&dyn ProtocolDetector] = &[&LineDetector];
+
+    #[derive(Default)]
+    struct FakeEnv {
+        muted: Vec<SockKey>,
+        tracked: Vec<(SockKey, ConnInfo)>,
+        forgotten: Vec<SockKey>,
+        own_ports: Vec<u16>,
+        addrs: Option<(SocketAddr, SocketAddr)>,
+    }
+
+    impl ConnEnvironment for FakeEnv {
+        fn mute(&mut self, key: SockKey) {
+            self.muted.push(key);
+        }
+        fn track(&mut self, key: SockKey, info: ConnInfo) {
+            self.tracked.push((key, info));
+        }
+        fn forget(&mut self, key: SockKey) {
+            self.forgotten.push(key);
+        }
+        fn socket_addrs(&mut self, _pid: u32, _fd: u32) -> Option<(SocketAddr, SocketAddr)> {
+            self.addrs
+        }
+        fn is_own_socket(&mut self, peer: SocketAddr) -> bool {
+            self.own_ports.contains(&peer.port())
+        }
+    }
+
+    fn tracker() -> (ConnTracker, Arc<Metrics>) {
+        let metrics = Arc::new(Metrics::default());
+        let t = ConnTracker::new(ParserConfig::default(), metrics.clone(), 1024).with_detectors(TEST_DETECTORS);
+        (t, metrics)
+    }
+
+    fn open_event(kind: EventKind, pid: u32, fd: u32, conn_id: u64, role: Role, peer_port: u16) -> ConnEvent {
+        let mut peer_addr = [0u8; 16];
+        peer_addr[..4].copy_from_slice(&[127, 0, 0, 1]);
+        ConnEvent {
+            kind: kind as u8,
+            role: role as u8,
+            family: libc::AF_INET as u8,
+            tgid: pid,
+            tid: pid,
+            fd,
+            conn_id,
+            ts_ns: 1,
+            peer_addr,
+            peer_port,
+            ..Default::default()
+        }
+    }
+
+    fn data(conn_id: u64, pid: u32, fd: u32, role: Role, dir: Direction, len: u64, t: u64) -> DataEvent {
+        DataEvent {
+            kind: EventKind::Data as u8,
+            direction: dir as u8,
+            role: role as u8,
+            tgid: pid,
+            tid: pid + 1,
+            fd,
+            conn_id,
+            total_len: len,
+            enter_ns: t,
+            exit_ns: t + 10,
+            ..Default::default()
+        }
+    }
+
+    fn feed(t: &mut ConnTracker, env: &mut FakeEnv, ev: DataEvent, bytes: &[u8]) -> Vec<ConnSpan> {
+        let mut out = Vec::new();
+        t.on_data(&ev, bytes, env, &mut out);
+        out
+    }
+
+    #[test]
+    fn server_exchange_carries_connection_identity() {
+        let (mut t, _) = tracker();
+        let mut env = FakeEnv::default();
+        t.on_open(&open_event(EventKind::ConnOpen, 10, 5, 77, Role::Server, 40000), &mut env);
+        assert!(feed(&mut t, &mut env, data(77, 10, 5, Role::Server, Direction::Ingress, 6, 100), b"REQ /a").is_empty());
+        let spans = feed(&mut t, &mut env, data(77, 10, 5, Role::Server, Direction::Egress, 2, 200), b"OK");
+        assert_eq!(spans.len(), 1);
+        let s = &spans[0];
+        assert_eq!(s.span.name, "REQ /a");
+        assert_eq!((s.span.start_ns, s.span.end_ns), (110, 210));
+        assert_eq!(s.conn.pid, 10);
+        assert_eq!(s.conn.protocol, "line");
+        assert_eq!(s.conn.peer, Some("127.0.0.1:40000".parse().unwrap()));
+    }
+
+    #[test]
+    fn one_byte_writes_are_joined_for_detection() {
+        let (mut t, _) = tracker();
+        let mut env = FakeEnv::default();
+        t.on_open(&open_event(EventKind::ConnOpen, 10, 5, 1, Role::Client, 80), &mut env);
+        for (i, b) in b"REQ ".iter().enumerate() {
+            let out = feed(&mut t, &mut env, data(1, 10, 5, Role::Client, Direction::Egress, 1, 100 + i as u64 * 100), &[*b]);
+            assert!(out.is_empty());
+        }
+        let spans = feed(&mut t, &mut env, data(1, 10, 5, Role::Client, Direction::Ingress, 2, 1000), b"OK");
+        assert_eq!(spans.len(), 1);
+        assert_eq!(spans[0].span.name, "REQ ");
+        assert_eq!(spans[0].span.start_ns, 100, "starts when the first byte was written");
+        assert!(env.muted.is_empty());
+    }
+
+    #[test]
+    fn unknown_protocol_is_muted_and_counted() {
+        let (mut t, m) = tracker();
+        let mut env = FakeEnv::default();
+        t.on_open(&open_event(EventKind::ConnOpen, 10, 5, 1, Role::Server, 9), &mut env);
+        for i in 0..DETECT_ATTEMPTS_FRESH {
+            feed(&mut t, &mut env, data(1, 10, 5, Role::Server, Direction::Ingress, 4, i as u64), b"\x16\x03\x01\x00");
+        }
+        assert_eq!(env.muted, vec![SockKey { tgid: 10, fd: 5 }]);
+        assert_eq!(m.protocol_unknown.load(Ordering::Relaxed), 1);
+        // Muted connections produce nothing afterwards.
+        assert!(feed(&mut t, &mut env, data(1, 10, 5, Role::Server, Direction::Ingress, 6, 50), b"REQ /a").is_empty());
+    }
+
+    #[test]
+    fn lost_sync_is_counted_and_redetected() {
+        let (mut t, m) = tracker();
+        let mut env = FakeEnv::default();
+        t.on_open(&open_event(EventKind::ConnOpen, 10, 5, 1, Role::Server, 9), &mut env);
+        feed(&mut t, &mut env, data(1, 10, 5, Role::Server, Direction::Ingress, 6, 1), b"REQ /a");
+        feed(&mut t, &mut env, data(1, 10, 5, Role::Server, Direction::Egress, 3, 2), b"BAD");
+        assert_eq!(m.parse_failures.load(Ordering::Relaxed), 1);
+        feed(&mut t, &mut env, data(1, 10, 5, Role::Server, Direction::Ingress, 6, 3), b"REQ /b");
+        let spans = feed(&mut t, &mut env, data(1, 10, 5, Role::Server, Direction::Egress, 2, 4), b"OK");
+        assert_eq!(spans.len(), 1);
+        assert_eq!(spans[0].span.name, "REQ /b");
+    }
+
+    #[test]
+    fn opaque_stream_mutes_in_kernel() {
+        let (mut t, _) = tracker();
+        let mut env = FakeEnv::default();
+        t.on_open(&open_event(EventKind::ConnOpen, 10, 5, 1, Role::Server, 9), &mut env);
+        feed(&mut t, &mut env, data(1, 10, 5, Role::Server, Direction::Ingress, 6, 1), b"REQ /a");
+        feed(&mut t, &mut env, data(1, 10, 5, Role::Server, Direction::Egress, 3, 2), b"TLS");
+        assert_eq!(env.muted.len(), 1);
+    }
+
+    #[test]
+    fn descriptor_reuse_and_lost_open_events() {
+        let (mut t, m) = tracker();
+        let mut env = FakeEnv::default();
+        t.on_open(&open_event(EventKind::ConnOpen, 10, 5, 1, Role::Server, 9), &mut env);
+        t.on_open(&open_event(EventKind::ConnOpen, 10, 5, 2, Role::Server, 10), &mut env);
+        assert_eq!(t.len(), 1, "a reused descriptor replaces the old connection");
+        // Data for a connection whose open we never saw is adopted.
+        feed(&mut t, &mut env, data(3, 11, 6, Role::Server, Direction::Ingress, 6, 1), b"REQ /c");
+        assert_eq!(m.data_events_untracked.load(Ordering::Relaxed), 1);
+        let spans = feed(&mut t, &mut env, data(3, 11, 6, Role::Server, Direction::Egress, 2, 2), b"OK");
+        assert_eq!(spans.len(), 1);
+        assert_eq!(spans[0].conn.pid, 11);
+    }
+
+    #[test]
+    fn agent_export_traffic_is_never_traced() {
+        let (mut t, _) = tracker();
+        let mut env = FakeEnv { own_ports: vec![45000], ..Default::default() };
+        t.on_open(&open_event(EventKind::ConnOpen, 10, 5, 1, Role::Server, 45000), &mut env);
+        assert!(t.is_empty());
+        assert_eq!(env.muted, vec![SockKey { tgid: 10, fd: 5 }]);
+    }
+
+    #[test]
+    fn close_and_exit_forget_connections() {
+        let (mut t, _) = tracker();
+        let mut env = FakeEnv::default();
+        t.on_open(&open_event(EventKind::ConnOpen, 10, 5, 1, Role::Server, 9), &mut env);
+        t.on_open(&open_event(EventKind::ConnOpen, 10, 6, 2, Role::Server, 9), &mut env);
+        t.on_open(&open_event(EventKind::ConnOpen, 12, 6, 3, Role::Server, 9), &mut env);
+        let mut out = Vec::new();
+        t.on_close(&open_event(EventKind::ConnClose, 10, 5, 1, Role::Server, 9), &mut out);
+        assert_eq!(t.len(), 2);
+        t.on_process_exit(10, 5, &mut env, &mut out);
+        assert_eq!(t.len(), 1);
+        assert_eq!(env.forgotten, vec![SockKey { tgid: 10, fd: 6 }]);
+    }
+
+    #[test]
+    fn seeded_connection_wins_over_racing_open() {
+        let (mut t, _) = tracker();
+        let mut env = FakeEnv::default();
+        let local: SocketAddr = "127.0.0.1:80".parse().unwrap();
+        let peer: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        t.seed(10, 5, Role::Server, local, peer, &mut env, 0);
+        let (key, info) = env.tracked[0];
+        assert_eq!(key, SockKey { tgid: 10, fd: 5 });
+        assert!(info.conn_id & USERSPACE_CONN_ID_BIT != 0);
+        t.on_open(&open_event(EventKind::ConnOpen, 10, 5, 99, Role::Server, 9), &mut env);
+        assert_eq!(t.len(), 1);
+        feed(&mut t, &mut env, data(info.conn_id, 10, 5, Role::Server, Direction::Ingress, 6, 1), b"REQ /s");
+        let spans = feed(&mut t, &mut env, data(info.conn_id, 10, 5, Role::Server, Direction::Egress, 2, 2), b"OK");
+        assert_eq!(spans.len(), 1);
+        assert_eq!(spans[0].conn.local, Some(local));
+    }
+
+    #[test]
+    fn table_is_bounded() {
+        let metrics = Arc::new(Metrics::default());
+        let mut t = ConnTracker::new(ParserConfig::default(), metrics.clone(), 16).with_detectors(TEST_DETECTORS);
+        let mut env = FakeEnv::default();
+        for i in 0..40u32 {
+            let mut ev = open_event(EventKind::ConnOpen, 10, i, u64::from(i) + 1, Role::Server, 9);
+            ev.ts_ns = u64::from(i);
+            t.on_open(&ev, &mut env);
+        }
+        assert_eq!(t.len(), 16);
+        assert_eq!(metrics.conns_evicted.load(Ordering::Relaxed), 24);
+    }
+}

@@ -28,6 +28,7 @@ counters! {
     conns_muted: "connections muted (unknown protocol, TLS, own export traffic)",
     conns_evicted: "connection states dropped because the table was full",
     parse_failures: "payloads a protocol parser could not follow (lost sync, garbage)",
+    exchanges_dropped: "request/response exchanges a parser saw but could not turn into a span (response without request, unanswered at close/idle)",
     protocol_unknown: "connections whose first bytes matched no protocol",
     spans_created: "spans assembled",
     spans_sampled_out: "spans dropped by the sampler",

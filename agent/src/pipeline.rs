@@ -1,15 +1,255 @@
-//! The agent's main loop. Implementation pending.
-use std::future::Future;
+//! The agent's main loop: probes → intake → conntrack → parsers → assembly →
+//! export. One task owns every stage's state, so the hot path takes no locks;
+//! the exporter runs on its own task behind a bounded queue.
+use std::{
+    collections::HashSet,
+    future::Future,
+    net::SocketAddr,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
-use crate::{probes::ProbeError, Config};
+use waggle_common::{ConnInfo, Counter, Role, SockKey};
+
+use crate::{
+    clock::Clock,
+    config::Config,
+    conntrack::{ConnEnvironment, ConnSpan, ConnTracker},
+    discovery::{self, ResourceResolver, SeedSocket, SeedState},
+    export::{self, ExportError, ExportHandle},
+    intake::{self, RawEvent},
+    metrics::Metrics,
+    probes::{ConnMaps, ProbeConfig, ProbeError, Probes},
+    protocols::ParserConfig,
+    spans::SpanAssembler,
+};
+
+/// Most records handled per wake-up before the loop yields to other work
+/// (shutdown, ticks); the rest are taken on the next turn.
+const DRAIN_BATCH: usize = 8192;
+const TICK: Duration = Duration::from_secs(1);
+const SHUTDOWN_FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
+const MAX_CONNS: usize = 65536;
+/// The agent's own ports are re-read at most this often when a loopback
+/// connection from an unknown port shows up.
+const OWN_PORTS_REFRESH: Duration = Duration::from_millis(100);
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
     #[error(transparent)]
     Probes(#[from] ProbeError),
+    #[error("starting the exporter: {0}")]
+    Export(#[from] ExportError),
+    #[error("waiting for kernel events: {0}")]
+    Intake(#[source] std::io::Error),
 }
 
-pub async fn run(_config: Config, shutdown: impl Future<Output = ()> + Send) -> Result<(), RunError> {
-    shutdown.await;
-    Ok(())
+/// Kernel maps + /proc, as the connection tracker sees them.
+struct LiveEnv {
+    maps: ConnMaps,
+    agent_pid: u32,
+    own_ports: HashSet<u16>,
+    own_ports_read: Option<Instant>,
+}
+
+impl ConnEnvironment for LiveEnv {
+    fn mute(&mut self, key: SockKey) {
+        if let Err(e) = self.maps.mute(key) {
+            tracing::debug!(error = %e, tgid = key.tgid, fd = key.fd, "muting connection in kernel");
+        }
+    }
+
+    fn track(&mut self, key: SockKey, info: ConnInfo) {
+        if let Err(e) = self.maps.track_conn(key, info) {
+            tracing::debug!(error = %e, tgid = key.tgid, fd = key.fd, "tracking connection in kernel");
+        }
+    }
+
+    fn forget(&mut self, key: SockKey) {
+        let _ = self.maps.forget(key);
+    }
+
+    fn socket_addrs(&mut self, pid: u32, fd: u32) -> Option<(SocketAddr, SocketAddr)> {
+        discovery::socket_info(pid, fd).map(|info| (info.local, info.peer))
+    }
+
+    fn is_own_socket(&mut self, peer: SocketAddr) -> bool {
+        if self.own_ports.contains(&peer.port()) {
+            return true;
+        }
+        let stale = self.own_ports_read.is_none_or(|t| t.elapsed() >= OWN_PORTS_REFRESH);
+        if stale {
+            self.own_ports = discovery::own_tcp_ports(self.agent_pid);
+            self.own_ports_read = Some(Instant::now());
+        }
+        self.own_ports.contains(&peer.port())
+    }
+}
+
+struct Stages {
+    tracker: ConnTracker,
+    env: LiveEnv,
+    assembler: SpanAssembler,
+    resolver: ResourceResolver,
+    exporter: ExportHandle,
+    metrics: Arc<Metrics>,
+    pending: Vec<ConnSpan>,
+}
+
+impl Stages {
+    fn handle_record(&mut self, bytes: &[u8]) {
+        Metrics::inc(&self.metrics.events_received);
+        match intake::decode(bytes) {
+            Err(e) => {
+                Metrics::inc(&self.metrics.events_malformed);
+                tracing::debug!(error = %e, "undecodable kernel record");
+            }
+            Ok(RawEvent::Data { header, payload }) => {
+                self.tracker.on_data(&header, payload, &mut self.env, &mut self.pending)
+            }
+            Ok(RawEvent::ConnOpen(ev)) => self.tracker.on_open(&ev, &mut self.env),
+            Ok(RawEvent::ConnUnverified(ev)) => self.tracker.on_unverified(&ev, &mut self.env),
+            Ok(RawEvent::ConnClose(ev)) => self.tracker.on_close(&ev, &mut self.pending),
+            Ok(RawEvent::ProcessFork(ev)) => {
+                let sockets = discovery::scan_process_sockets(ev.tgid);
+                self.seed(&sockets, ev.ts_ns);
+            }
+            Ok(RawEvent::ProcessExit(ev)) => {
+                self.tracker.on_process_exit(ev.tgid, ev.ts_ns, &mut self.env, &mut self.pending);
+                // Spans still pending for this pid resolve their resource
+                // first, then the cache entry goes.
+                self.emit();
+                self.resolver.forget(ev.tgid);
+            }
+        }
+        if !self.pending.is_empty() {
+            self.emit();
+        }
+    }
+
+    fn emit(&mut self) {
+        for ConnSpan { span, conn } in self.pending.drain(..) {
+            let resource = self.resolver.resource(conn.pid);
+            match self.assembler.assemble(span, &conn, resource) {
+                Some(finished) => {
+                    Metrics::inc(&self.metrics.spans_created);
+                    self.exporter.send(finished);
+                }
+                None => Metrics::inc(&self.metrics.spans_sampled_out),
+            }
+        }
+    }
+
+    /// Start tracking sockets found in /proc: listeners so the kernel knows
+    /// accepts on them are TCP, established connections under fresh ids.
+    fn seed(&mut self, sockets: &[SeedSocket], now_ns: u64) -> (usize, usize) {
+        let (mut listeners, mut conns) = (0, 0);
+        for s in sockets {
+            let key = SockKey { tgid: s.pid, fd: s.fd };
+            match s.state {
+                SeedState::Listen => {
+                    if let Err(e) = self.env.maps.track_inet_socket(key) {
+                        tracing::debug!(error = %e, pid = s.pid, fd = s.fd, "seeding listener");
+                    } else {
+                        listeners += 1;
+                    }
+                }
+                SeedState::Established => {
+                    let role = if s.is_server { Role::Server } else { Role::Client };
+                    self.tracker.seed(s.pid, s.fd, role, s.local, s.peer, &mut self.env, now_ns);
+                    conns += 1;
+                }
+            }
+        }
+        (listeners, conns)
+    }
+
+    fn tick(&mut self, probes: &Probes, last_lost: &mut u64) {
+        self.tracker.on_tick(Clock::now_monotonic_ns(), &mut self.pending);
+        self.emit();
+        let lost = probes
+            .kernel_counters()
+            .into_iter()
+            .find(|(c, _)| *c == Counter::EventsLost)
+            .map(|(_, n)| n)
+            .unwrap_or(0);
+        if lost > *last_lost {
+            tracing::warn!(lost = lost - *last_lost, total = lost, "kernel dropped events: ring buffer full (raise --ring-buffer-bytes or lower load)");
+            *last_lost = lost;
+        }
+        self.metrics.kernel_events_lost.store(lost, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// Runs the agent until `shutdown` resolves, then detaches the probes,
+/// flushes pending spans and returns.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send) -> Result<(), RunError> {
+    let metrics = Arc::new(Metrics::default());
+    let agent_pid = std::process::id();
+    let probe_config = ProbeConfig {
+        capture_bytes: config.capture_bytes,
+        ring_buffer_bytes: config.ring_buffer_bytes,
+        agent_tgid: agent_pid,
+    };
+    let (probes, mut source, maps) = Probes::load(&probe_config)?;
+    let exporter = export::spawn_exporter(&config, metrics.clone())?;
+    let mut stages = Stages {
+        tracker: ConnTracker::new(ParserConfig { raw_sql: config.raw_sql }, metrics.clone(), MAX_CONNS),
+        env: LiveEnv { maps, agent_pid, own_ports: HashSet::new(), own_ports_read: None },
+        assembler: SpanAssembler::new(Clock::new(), config.sampler, config.sampler_parent_based),
+        resolver: ResourceResolver::new(config.resource_attributes.clone(), agent_pid),
+        exporter,
+        metrics: metrics.clone(),
+        pending: Vec::new(),
+    };
+
+    // Probes are attached first, so a connection opened during the scan is
+    // seen by one or the other (or both: the kernel entry then wins).
+    let sockets = discovery::scan_inet_sockets(agent_pid);
+    let (listeners, conns) = stages.seed(&sockets, Clock::now_monotonic_ns());
+    tracing::info!(listeners, connections = conns, "tracking TCP sockets that existed before start-up");
+    tracing::info!(pid = agent_pid, "waggle ready");
+
+    tokio::pin!(shutdown);
+    let mut ticker = tokio::time::interval(TICK);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_lost = 0u64;
+    // The kernel signals the ring buffer only when the reader has caught up,
+    // so after a full batch the loop comes back without waiting.
+    let mut backlog = false;
+    let result = loop {
+        tokio::select! {
+            biased;
+            _ = &mut shutdown => break Ok(()),
+            _ = ticker.tick() => stages.tick(&probes, &mut last_lost),
+            ready = source.readable(), if !backlog => {
+                if let Err(e) = ready {
+                    break Err(RunError::Intake(e));
+                }
+                backlog = source.drain(DRAIN_BATCH, |record| stages.handle_record(record)) >= DRAIN_BATCH;
+            }
+            _ = std::future::ready(()), if backlog => {
+                backlog = source.drain(DRAIN_BATCH, |record| stages.handle_record(record)) >= DRAIN_BATCH;
+            }
+        }
+    };
+
+    tracing::info!("shutting down: detaching probes and flushing spans");
+    stages.tick(&probes, &mut last_lost);
+    drop(probes);
+    source.drain(usize::MAX, |record| stages.handle_record(record));
+    stages.tracker.flush_all(Clock::now_monotonic_ns(), &mut stages.pending);
+    stages.emit();
+    let Stages { exporter, .. } = stages;
+    if let Err(e) = exporter.shutdown(SHUTDOWN_FLUSH_TIMEOUT).await {
+        tracing::warn!(error = %e, "flushing spans at shutdown");
+    }
+    let counters: Vec<String> = metrics
+        .snapshot()
+        .into_iter()
+        .filter(|(_, _, v)| *v > 0)
+        .map(|(name, _, v)| format!("{name}={v}"))
+        .collect();
+    tracing::info!(counters = %counters.join(" "), "waggle stopped");
+    result
 }

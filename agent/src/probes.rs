@@ -1,13 +1,38 @@
 //! Loading and attaching the eBPF programs; handles to their maps.
 //!
-//! CONTRACT (used by lib.rs / pipeline.rs) — implementation pending:
+//! CONTRACT (used by lib.rs / pipeline.rs):
 //! - `Probes::load(&ProbeConfig)` loads the embedded object, sets globals,
 //!   attaches every program it can, logs attached/skipped (with reason) and
 //!   returns the probes (detached on drop), the event source and map handles.
 //! - `EventSource::readable().await` waits for ring-buffer data;
 //!   `EventSource::drain(max, f)` hands each record's bytes to `f`.
-//! - `ConnMaps` edits CONNS / INET_STREAM_SOCKS from userspace.
-use waggle_common::{ConnInfo, Counter, SockKey};
+//! - `ConnMaps` edits CONNS / INET_STREAM_SOCKS / TRACKED_TGIDS from userspace.
+//!
+//! Only the data path is essential: a node whose kernel lacks, say, the
+//! task tracepoints still traces requests, it just misses forks. Every other
+//! program that fails to load or attach is skipped and the reason logged.
+use std::{
+    fs, io,
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    maps::{HashMap, Map, MapData, MapError, PerCpuArray, RingBuf},
+    programs::{ProgramError, TracePoint},
+    Ebpf, EbpfError, EbpfLoader,
+};
+use tokio::io::unix::AsyncFd;
+use waggle_common::{conn_flags, globals, inet_sock, maps, ConnInfo, Counter, SockKey, MAX_CAPTURE};
+
+/// The object built by `cargo xtask build` (empty when it was not built).
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/waggle.bpf.o"));
+
+const TRACEFS: &str = "/sys/kernel/tracing";
+/// Lines of verifier output kept in a skipped program's warning; the end of
+/// the log is where the verifier says what it refused.
+const VERIFIER_TAIL_LINES: usize = 40;
+/// Largest ring buffer we ask for (the kernel caps ring buffers below 4 GiB).
+const MAX_RING_BYTES: u32 = 1 << 30;
 
 #[derive(Clone, Debug)]
 pub struct ProbeConfig {
@@ -20,49 +45,564 @@ pub struct ProbeConfig {
 pub enum ProbeError {
     #[error("this waggle binary was built without its eBPF object; build it with `cargo xtask build`")]
     NotBuilt,
+    #[error("waggle needs root (CAP_BPF, CAP_PERFMON, CAP_SYS_ADMIN) to load eBPF programs")]
+    NotPrivileged,
+    #[error("loading the eBPF object: {0}")]
+    Load(#[source] Box<EbpfError>),
+    #[error("no data-path probe attached (read/write/recvfrom/sendto), nothing can be traced: {reasons}")]
+    NoDataPath { reasons: String },
+    #[error("map {name} is missing from the eBPF object")]
+    MissingMap { name: &'static str },
+    #[error("opening map {name}: {source}")]
+    OpenMap {
+        name: &'static str,
+        #[source]
+        source: MapError,
+    },
+    #[error("{operation} (tgid {tgid}, fd {fd}): {source}")]
+    MapUpdate {
+        operation: &'static str,
+        tgid: u32,
+        fd: u32,
+        #[source]
+        source: MapError,
+    },
     #[error("{operation}: {message}")]
     Other { operation: &'static str, message: String },
 }
 
-pub struct Probes {}
+/// How the loader finds a program in the object and where it attaches.
+struct ProgramSpec {
+    /// Program (function) name in the object, also the tracepoint name.
+    name: &'static str,
+    category: &'static str,
+    /// Fields (name, offset) the program reads from a non-syscall record;
+    /// checked against the tracepoint's format file before attaching.
+    fields: &'static [(&'static str, usize)],
+}
 
-pub struct EventSource {}
+const fn syscall(name: &'static str) -> ProgramSpec {
+    ProgramSpec { name, category: "syscalls", fields: &[] }
+}
 
-pub struct ConnMaps {}
+/// Exit programs come before enter programs: an enter handler stashes
+/// arguments that only its exit handler removes, so once an enter is live its
+/// exit must be too, or the stash outlives the syscall.
+const PROGRAMS: &[ProgramSpec] = &[
+    syscall("sys_exit_read"),
+    syscall("sys_exit_write"),
+    syscall("sys_exit_recvfrom"),
+    syscall("sys_exit_sendto"),
+    syscall("sys_exit_readv"),
+    syscall("sys_exit_writev"),
+    syscall("sys_exit_recvmsg"),
+    syscall("sys_exit_sendmsg"),
+    syscall("sys_exit_sendfile64"),
+    syscall("sys_exit_socket"),
+    syscall("sys_exit_accept"),
+    syscall("sys_exit_accept4"),
+    syscall("sys_exit_connect"),
+    syscall("sys_enter_read"),
+    syscall("sys_enter_write"),
+    syscall("sys_enter_recvfrom"),
+    syscall("sys_enter_sendto"),
+    syscall("sys_enter_readv"),
+    syscall("sys_enter_writev"),
+    syscall("sys_enter_recvmsg"),
+    syscall("sys_enter_sendmsg"),
+    syscall("sys_enter_sendfile64"),
+    syscall("sys_enter_socket"),
+    syscall("sys_enter_accept"),
+    syscall("sys_enter_accept4"),
+    syscall("sys_enter_connect"),
+    syscall("sys_enter_close"),
+    ProgramSpec { name: "task_newtask", category: "task", fields: &[("pid", 8), ("clone_flags", 32)] },
+    ProgramSpec { name: "sched_process_exit", category: "sched", fields: &[] },
+];
+
+/// The data path works if at least one of these syscalls has both halves.
+const DATA_PATH: &[&str] = &["read", "write", "recvfrom", "sendto"];
+
+pub struct Probes {
+    /// Owns the programs and their links: dropping it detaches everything.
+    ebpf: Ebpf,
+    attached: Vec<&'static str>,
+    skipped: Vec<(&'static str, String)>,
+}
+
+impl std::fmt::Debug for Probes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Probes").field("attached", &self.attached).field("skipped", &self.skipped).finish()
+    }
+}
 
 impl Probes {
-    pub fn load(_config: &ProbeConfig) -> Result<(Probes, EventSource, ConnMaps), ProbeError> {
-        Err(ProbeError::NotBuilt)
+    pub fn load(config: &ProbeConfig) -> Result<(Probes, EventSource, ConnMaps), ProbeError> {
+        if EBPF_OBJECT.is_empty() {
+            return Err(ProbeError::NotBuilt);
+        }
+        if !has_bpf_privileges() {
+            return Err(ProbeError::NotPrivileged);
+        }
+        raise_memlock_limit();
+        ensure_tracefs();
+
+        let agent_tgid = if config.agent_tgid == 0 { std::process::id() } else { config.agent_tgid };
+        let capture_bytes = capture_bytes(config.capture_bytes);
+        let ring_bytes = ring_buffer_bytes(config.ring_buffer_bytes, page_size());
+        if ring_bytes != config.ring_buffer_bytes {
+            tracing::debug!(requested = config.ring_buffer_bytes, used = ring_bytes, "ring buffer size rounded to a power-of-two number of pages");
+        }
+        let mut ebpf = EbpfLoader::new()
+            .override_global(globals::AGENT_TGID, &agent_tgid, true)
+            .override_global(globals::CAPTURE_BYTES, &capture_bytes, true)
+            .map_max_entries(maps::EVENTS, ring_bytes)
+            .load(EBPF_OBJECT)
+            .map_err(|e| match &e {
+                EbpfError::MapError(MapError::CreateError { io_error, .. }) if is_permission(io_error) => {
+                    ProbeError::NotPrivileged
+                }
+                _ => ProbeError::Load(Box::new(e)),
+            })?;
+
+        let mut attached = Vec::new();
+        let mut skipped = Vec::new();
+        for spec in PROGRAMS {
+            match attach(&mut ebpf, spec) {
+                Ok(()) => attached.push(spec.name),
+                Err(AttachError::Program(ProgramError::LoadError { io_error, .. }))
+                    if is_permission(&io_error) =>
+                {
+                    return Err(ProbeError::NotPrivileged);
+                }
+                Err(e) => {
+                    let reason = e.describe();
+                    tracing::warn!(program = spec.name, reason = %reason, "probe skipped");
+                    skipped.push((spec.name, reason));
+                }
+            }
+        }
+        let data_path_ok = DATA_PATH.iter().any(|sys| {
+            let enter = format!("sys_enter_{sys}");
+            let exit = format!("sys_exit_{sys}");
+            attached.iter().any(|a| *a == enter) && attached.iter().any(|a| *a == exit)
+        });
+        if !data_path_ok {
+            let reasons = skipped.iter().map(|(p, r)| format!("{p}: {r}")).collect::<Vec<_>>().join("; ");
+            return Err(ProbeError::NoDataPath { reasons });
+        }
+        tracing::info!(count = attached.len(), programs = %attached.join(","), "probes attached");
+        let skipped_names: Vec<&str> = skipped.iter().map(|(p, _)| *p).collect();
+        tracing::info!(count = skipped.len(), programs = %skipped_names.join(","), "probes skipped");
+        if ebpf.map("AYA_LOGS").is_some() {
+            // The kernel side does not log (it would cost on every syscall);
+            // if that changes, bridge it with aya_log::EbpfLogger here.
+            tracing::debug!("eBPF object carries an aya-log map that is not read");
+        }
+
+        let ring = RingBuf::try_from(take_map(&mut ebpf, maps::EVENTS)?)
+            .map_err(|source| ProbeError::OpenMap { name: maps::EVENTS, source })?;
+        let conn_maps = ConnMaps {
+            conns: open_hash(&mut ebpf, maps::CONNS)?,
+            inet_socks: open_hash(&mut ebpf, maps::INET_STREAM_SOCKS)?,
+            tracked_tgids: open_hash(&mut ebpf, maps::TRACKED_TGIDS)?,
+        };
+        // Fail now rather than on every tick if the counters are unreadable.
+        open_counters(&ebpf)?;
+        Ok((Probes { ebpf, attached, skipped }, EventSource { ring: Ring::Plain(Some(ring)) }, conn_maps))
     }
 
     /// Sum over CPUs of each kernel counter.
     pub fn kernel_counters(&self) -> Vec<(Counter, u64)> {
-        Vec::new()
+        let counters = match open_counters(&self.ebpf) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::debug!(error = %e, "reading kernel counters");
+                return Vec::new();
+            }
+        };
+        Counter::ALL
+            .iter()
+            .map(|&c| {
+                let total = counters
+                    .get(&(c as u32), 0)
+                    .map(|per_cpu| per_cpu.iter().fold(0u64, |acc, v| acc.wrapping_add(*v)))
+                    .unwrap_or(0);
+                (c, total)
+            })
+            .collect()
     }
+
+    /// Names of the programs that attached.
+    pub fn attached(&self) -> &[&'static str] {
+        &self.attached
+    }
+
+    /// Programs that were skipped, with the reason.
+    pub fn skipped(&self) -> &[(&'static str, String)] {
+        &self.skipped
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum AttachError {
+    #[error("program not found in the eBPF object")]
+    NotInObject,
+    #[error("tracepoint {category}:{name} is not available: {reason}")]
+    Format { category: &'static str, name: &'static str, reason: String },
+    #[error(transparent)]
+    Program(#[from] ProgramError),
+}
+
+impl AttachError {
+    /// One-line-ish reason; verifier logs are cut to their informative tail.
+    fn describe(&self) -> String {
+        match self {
+            AttachError::Program(ProgramError::LoadError { io_error, verifier_log }) => {
+                let log = format!("{verifier_log}");
+                let lines: Vec<&str> = log.lines().collect();
+                let tail = lines[lines.len().saturating_sub(VERIFIER_TAIL_LINES)..].join("\n");
+                format!("BPF_PROG_LOAD failed: {io_error}; verifier log (tail):\n{tail}")
+            }
+            other => other.to_string(),
+        }
+    }
+}
+
+fn attach(ebpf: &mut Ebpf, spec: &ProgramSpec) -> Result<(), AttachError> {
+    if !spec.fields.is_empty() {
+        check_format(spec)?;
+    }
+    let program: &mut TracePoint =
+        ebpf.program_mut(spec.name).ok_or(AttachError::NotInObject)?.try_into()?;
+    program.load()?;
+    program.attach(spec.category, spec.name)?;
+    Ok(())
+}
+
+/// Non-syscall tracepoint records are read at fixed offsets: refuse to
+/// attach when this kernel lays the record out differently.
+fn check_format(spec: &ProgramSpec) -> Result<(), AttachError> {
+    let path = PathBuf::from(TRACEFS).join("events").join(spec.category).join(spec.name).join("format");
+    let fail = |reason: String| AttachError::Format { category: spec.category, name: spec.name, reason };
+    let text = fs::read_to_string(&path).map_err(|e| fail(format!("reading {}: {e}", path.display())))?;
+    for &(field, want) in spec.fields {
+        match field_offset(&text, field) {
+            Some(got) if got == want => {}
+            Some(got) => return Err(fail(format!("field {field} is at offset {got}, the program reads {want}"))),
+            None => return Err(fail(format!("record has no field {field}"))),
+        }
+    }
+    Ok(())
+}
+
+/// Offset of `field` in a tracefs format file
+/// (`\tfield:u64 clone_flags;\toffset:32;\tsize:8;\tsigned:0;`).
+fn field_offset(format: &str, field: &str) -> Option<usize> {
+    format.lines().find_map(|line| {
+        let decl = line.trim().strip_prefix("field:")?;
+        let (decl, rest) = decl.split_once(';')?;
+        let name = decl.split_whitespace().last()?;
+        // Arrays are declared `char comm[16]`.
+        let name = name.split('[').next()?;
+        if name != field {
+            return None;
+        }
+        rest.trim().strip_prefix("offset:")?.split(';').next()?.trim().parse().ok()
+    })
+}
+
+fn take_map(ebpf: &mut Ebpf, name: &'static str) -> Result<Map, ProbeError> {
+    ebpf.take_map(name).ok_or(ProbeError::MissingMap { name })
+}
+
+fn open_hash<K: aya::Pod, V: aya::Pod>(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+) -> Result<HashMap<MapData, K, V>, ProbeError> {
+    HashMap::try_from(take_map(ebpf, name)?).map_err(|source| ProbeError::OpenMap { name, source })
+}
+
+fn open_counters(ebpf: &Ebpf) -> Result<PerCpuArray<&MapData, u64>, ProbeError> {
+    let map = ebpf.map(maps::COUNTERS).ok_or(ProbeError::MissingMap { name: maps::COUNTERS })?;
+    PerCpuArray::try_from(map).map_err(|source| ProbeError::OpenMap { name: maps::COUNTERS, source })
+}
+
+fn is_permission(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EPERM) | Some(libc::EACCES))
+}
+
+/// 0 or anything above MAX_CAPTURE means MAX_CAPTURE.
+fn capture_bytes(requested: u32) -> u32 {
+    match requested {
+        0 => MAX_CAPTURE as u32,
+        n => n.min(MAX_CAPTURE as u32),
+    }
+}
+
+/// The kernel wants a power-of-two multiple of the page size.
+fn ring_buffer_bytes(requested: u32, page: u32) -> u32 {
+    requested.max(page).checked_next_power_of_two().unwrap_or(MAX_RING_BYTES).min(MAX_RING_BYTES)
+}
+
+fn page_size() -> u32 {
+    // SAFETY: sysconf only reads a configuration value.
+    let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    u32::try_from(size).ok().filter(|s| s.is_power_of_two()).unwrap_or(4096)
+}
+
+/// CAP_SYS_ADMIN alone, or CAP_BPF + CAP_PERFMON (tracepoints are attached
+/// through perf events). Unknown (no /proc) counts as yes: loading will say.
+fn has_bpf_privileges() -> bool {
+    const CAP_SYS_ADMIN: u32 = 21;
+    const CAP_PERFMON: u32 = 38;
+    const CAP_BPF: u32 = 39;
+    let Ok(status) = fs::read_to_string("/proc/self/status") else {
+        return true;
+    };
+    let Some(caps) = effective_caps(&status) else {
+        return true;
+    };
+    let has = |cap: u32| caps & (1u64 << cap) != 0;
+    has(CAP_SYS_ADMIN) || (has(CAP_BPF) && has(CAP_PERFMON))
+}
+
+fn effective_caps(status: &str) -> Option<u64> {
+    let hex = status.lines().find_map(|l| l.strip_prefix("CapEff:"))?;
+    u64::from_str_radix(hex.trim(), 16).ok()
+}
+
+/// Maps are memcg-charged on current kernels; the limit only matters on old
+/// ones, and a container without CAP_SYS_RESOURCE cannot raise it anyway.
+fn raise_memlock_limit() {
+    let limit = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
+    // SAFETY: setrlimit reads the struct we pass and nothing else.
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &limit) } != 0 {
+        tracing::debug!(error = %io::Error::last_os_error(), "raising RLIMIT_MEMLOCK failed; continuing");
+    }
+}
+
+/// aya attaches tracepoints through tracefs; mount it where it belongs when
+/// nobody has (common in containers). Failure is logged, attach will say more.
+fn ensure_tracefs() {
+    let mounted = |p: &Path| p.join("events").is_dir();
+    if mounted(Path::new(TRACEFS)) || mounted(Path::new("/sys/kernel/debug/tracing")) {
+        return;
+    }
+    let target = c"/sys/kernel/tracing";
+    let fstype = c"tracefs";
+    // SAFETY: all pointers are NUL-terminated static strings; no data argument.
+    let rc = unsafe {
+        libc::mount(fstype.as_ptr(), target.as_ptr(), fstype.as_ptr(), 0, std::ptr::null())
+    };
+    if rc != 0 {
+        tracing::warn!(path = TRACEFS, error = %io::Error::last_os_error(), "mounting tracefs failed");
+    } else {
+        tracing::info!(path = TRACEFS, "mounted tracefs");
+    }
+}
+
+enum Ring {
+    /// Not registered with the reactor yet: `load` may run outside a tokio
+    /// runtime, and `drain` works without one.
+    Plain(Option<RingBuf<MapData>>),
+    Async(AsyncFd<RingBuf<MapData>>),
+}
+
+pub struct EventSource {
+    ring: Ring,
 }
 
 impl EventSource {
-    pub async fn readable(&mut self) -> std::io::Result<()> {
-        std::future::pending().await
+    /// Waits until the ring buffer has records.
+    ///
+    /// Readiness is cleared before the caller drains: a record written after
+    /// the drain then raises a fresh wake-up instead of being lost between
+    /// "drained" and "cleared".
+    pub async fn readable(&mut self) -> io::Result<()> {
+        if let Ring::Plain(ring) = &mut self.ring {
+            if tokio::runtime::Handle::try_current().is_err() {
+                return Err(io::Error::other("EventSource::readable needs a tokio runtime"));
+            }
+            let Some(inner) = ring.take() else {
+                return Err(io::Error::other("ring buffer lost while registering it"));
+            };
+            // SAFETY: the RingBuf owns its map fd (MapData holds an OwnedFd)
+            // and neither closes nor swaps it while the AsyncFd owns it, so
+            // as_raw_fd stays the same open descriptor for its lifetime.
+            match unsafe { AsyncFd::register_with_interest(inner, tokio::io::Interest::READABLE) } {
+                Ok(fd) => self.ring = Ring::Async(fd),
+                Err(e) => {
+                    let (inner, cause) = e.into_parts();
+                    *ring = Some(inner);
+                    return Err(cause);
+                }
+            }
+        }
+        let Ring::Async(fd) = &mut self.ring else {
+            return Err(io::Error::other("ring buffer not registered"));
+        };
+        let mut guard = fd.readable_mut().await?;
+        guard.clear_ready();
+        Ok(())
     }
 
     /// Calls `f` on up to `max` records; returns how many were handled.
-    pub fn drain(&mut self, _max: usize, _f: impl FnMut(&[u8])) -> usize {
-        0
+    pub fn drain(&mut self, max: usize, mut f: impl FnMut(&[u8])) -> usize {
+        let ring = match &mut self.ring {
+            Ring::Plain(Some(ring)) => ring,
+            Ring::Plain(None) => return 0,
+            Ring::Async(fd) => fd.get_mut(),
+        };
+        let mut handled = 0;
+        while handled < max {
+            let Some(record) = ring.next() else {
+                break;
+            };
+            f(&record);
+            handled += 1;
+        }
+        handled
     }
 }
 
+/// Userspace edits of the kernel's connection tables.
+pub struct ConnMaps {
+    conns: HashMap<MapData, SockKey, ConnInfo>,
+    inet_socks: HashMap<MapData, SockKey, u8>,
+    tracked_tgids: HashMap<MapData, u32, u8>,
+}
+
+/// BPF_EXIST: update only if the key is present.
+const BPF_EXIST: u64 = 2;
+
 impl ConnMaps {
-    pub fn track_conn(&mut self, _key: SockKey, _info: ConnInfo) -> Result<(), ProbeError> {
-        Ok(())
+    /// Tracks a connection the kernel did not open itself (seeded from /proc,
+    /// verified after ConnUnverified); its process's forks and exit are then
+    /// reported too.
+    pub fn track_conn(&mut self, key: SockKey, info: ConnInfo) -> Result<(), ProbeError> {
+        self.conns.insert(key, info, 0).map_err(|source| update_error("tracking connection", key, source))?;
+        self.tracked_tgids
+            .insert(key.tgid, 1u8, 0)
+            .map_err(|source| update_error("tracking process", key, source))
     }
-    pub fn track_inet_socket(&mut self, _key: SockKey) -> Result<(), ProbeError> {
-        Ok(())
+
+    /// Marks a descriptor as a TCP socket (a listener that predates the agent),
+    /// so connections accepted from it are recognised in the kernel.
+    pub fn track_inet_socket(&mut self, key: SockKey) -> Result<(), ProbeError> {
+        self.inet_socks
+            .insert(key, inet_sock::STREAM, 0)
+            .map_err(|source| update_error("tracking inet socket", key, source))
     }
-    pub fn mute(&mut self, _key: SockKey) -> Result<(), ProbeError> {
-        Ok(())
+
+    /// Keeps tracking the connection but stops payload capture. A connection
+    /// that is already gone is not an error.
+    pub fn mute(&mut self, key: SockKey) -> Result<(), ProbeError> {
+        let mut info = match self.conns.get(&key, 0) {
+            Ok(info) => info,
+            Err(MapError::KeyNotFound) => return Ok(()),
+            Err(source) => return Err(update_error("reading connection", key, source)),
+        };
+        if info.flags & conn_flags::MUTED != 0 {
+            return Ok(());
+        }
+        info.flags |= conn_flags::MUTED;
+        // BPF_EXIST: if close() removed the entry meanwhile, don't revive it.
+        match self.conns.insert(key, info, BPF_EXIST) {
+            Ok(()) => Ok(()),
+            Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+            Err(source) => Err(update_error("muting connection", key, source)),
+        }
     }
-    pub fn forget(&mut self, _key: SockKey) -> Result<(), ProbeError> {
-        Ok(())
+
+    /// Stops tracking a connection. A connection that is already gone is not
+    /// an error.
+    pub fn forget(&mut self, key: SockKey) -> Result<(), ProbeError> {
+        match self.conns.remove(&key) {
+            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+            Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+            Err(source) => Err(update_error("forgetting connection", key, source)),
+        }
+    }
+
+    /// The kernel's view of a connection (tests, diagnostics).
+    pub fn conn(&self, key: SockKey) -> Option<ConnInfo> {
+        self.conns.get(&key, 0).ok()
+    }
+}
+
+fn update_error(operation: &'static str, key: SockKey, source: MapError) -> ProbeError {
+    ProbeError::MapUpdate { operation, tgid: key.tgid, fd: key.fd, source }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ring_buffer_size_is_a_power_of_two_number_of_pages() {
+        assert_eq!(ring_buffer_bytes(0, 4096), 4096);
+        assert_eq!(ring_buffer_bytes(5000, 4096), 8192);
+        assert_eq!(ring_buffer_bytes(16 << 20, 4096), 16 << 20);
+        assert_eq!(ring_buffer_bytes((16 << 20) + 1, 4096), 32 << 20);
+        assert_eq!(ring_buffer_bytes(u32::MAX, 4096), MAX_RING_BYTES);
+        assert_eq!(ring_buffer_bytes(100, 65536), 65536);
+    }
+
+    #[test]
+    fn capture_bytes_is_clamped() {
+        assert_eq!(capture_bytes(0), MAX_CAPTURE as u32);
+        assert_eq!(capture_bytes(100), 100);
+        assert_eq!(capture_bytes(1 << 20), MAX_CAPTURE as u32);
+    }
+
+    #[test]
+    fn reads_field_offsets_from_tracefs_format() {
+        let format = "name: task_newtask\nID: 205\nformat:\n\
+            \tfield:unsigned short common_type;\toffset:0;\tsize:2;\tsigned:0;\n\
+            \tfield:pid_t pid;\toffset:8;\tsize:4;\tsigned:1;\n\
+            \tfield:char comm[16];\toffset:12;\tsize:16;\tsigned:0;\n\
+            \tfield:u64 clone_flags;\toffset:32;\tsize:8;\tsigned:0;\n";
+        assert_eq!(field_offset(format, "pid"), Some(8));
+        assert_eq!(field_offset(format, "comm"), Some(12));
+        assert_eq!(field_offset(format, "clone_flags"), Some(32));
+        assert_eq!(field_offset(format, "common_type"), Some(0));
+        assert_eq!(field_offset(format, "oom_score_adj"), None);
+    }
+
+    #[test]
+    fn effective_capabilities_are_parsed() {
+        let status = "Name:\tx\nCapInh:\t0000000000000000\nCapEff:\t000001ffffffffff\n";
+        assert_eq!(effective_caps(status), Some(0x1ff_ffff_ffff));
+        assert_eq!(effective_caps("Name:\tx\n"), None);
+    }
+
+    #[test]
+    fn every_program_and_map_is_in_the_object() {
+        use object::{Object, ObjectSymbol};
+        if EBPF_OBJECT.is_empty() {
+            eprintln!("skipping: eBPF object not built (cargo xtask build)");
+            return;
+        }
+        let file = object::File::parse(EBPF_OBJECT).unwrap();
+        let symbols: Vec<String> =
+            file.symbols().filter_map(|s| s.name().ok().map(str::to_owned)).collect();
+        for spec in PROGRAMS {
+            assert!(symbols.iter().any(|s| s == spec.name), "program {} missing", spec.name);
+        }
+        for name in [
+            maps::EVENTS,
+            maps::CONNS,
+            maps::INET_STREAM_SOCKS,
+            maps::PENDING,
+            maps::COUNTERS,
+            maps::SCRATCH,
+            maps::TRACKED_TGIDS,
+            maps::CONN_SEQ,
+            globals::AGENT_TGID,
+            globals::CAPTURE_BYTES,
+        ] {
+            assert!(symbols.iter().any(|s| s == name), "symbol {name} missing");
+        }
     }
 }

@@ -124,3 +124,204 @@ pub fn hex(bytes: &[u8]) -> String {
     }
     s
 }
+
+/// Turns parser output into exportable spans: identity, sampling, wall-clock
+/// times, network attributes from the connection, and the process resource.
+pub struct SpanAssembler {
+    clock: crate::clock::Clock,
+    sampler: crate::config::Sampler,
+    /// Respect the caller's sampled flag (parentbased_* samplers); otherwise
+    /// the sampler decides on the trace id alone.
+    parent_based: bool,
+}
+
+fn random_nonzero<const N: usize>() -> [u8; N] {
+    loop {
+        let bytes: [u8; N] = rand::random();
+        if bytes.iter().any(|b| *b != 0) {
+            return bytes;
+        }
+    }
+}
+
+impl SpanAssembler {
+    pub fn new(clock: crate::clock::Clock, sampler: crate::config::Sampler, parent_based: bool) -> SpanAssembler {
+        SpanAssembler { clock, sampler, parent_based }
+    }
+
+    /// Sampling decision for a trace this agent starts (no incoming context).
+    fn sample_root(&self, trace_id: &[u8; 16]) -> bool {
+        use crate::config::Sampler;
+        match self.sampler {
+            Sampler::AlwaysOn => true,
+            Sampler::AlwaysOff => false,
+            Sampler::TraceIdRatio(ratio) => {
+                // As the OTel SDKs do: compare the low 8 bytes of the trace id
+                // with ratio * 2^63, so every agent and SDK agrees.
+                let mut low = [0u8; 8];
+                low.copy_from_slice(&trace_id[8..]);
+                let value = u64::from_be_bytes(low) >> 1;
+                (value as f64) < ratio.clamp(0.0, 1.0) * (1u64 << 63) as f64
+            }
+        }
+    }
+
+    /// Returns None when the span is sampled out.
+    pub fn assemble(
+        &self,
+        parsed: ParsedSpan,
+        conn: &crate::conntrack::ConnMeta,
+        resource: Arc<ProcessResource>,
+    ) -> Option<FinishedSpan> {
+        let span_id = random_nonzero::<8>();
+        let (trace_id, parent_span_id, sampled, tracestate) = match (parsed.kind, parsed.incoming_context) {
+            // A server joins its caller's trace; a client whose application
+            // wrote its own traceparent joins the application's trace.
+            (_, Some(ctx)) => {
+                let sampled = if self.parent_based { ctx.sampled } else { self.sample_root(&ctx.trace_id) };
+                (ctx.trace_id, Some(ctx.span_id), sampled, parsed.incoming_tracestate.clone())
+            }
+            (_, None) => {
+                let trace_id = random_nonzero::<16>();
+                let sampled = self.sample_root(&trace_id);
+                (trace_id, None, sampled, None)
+            }
+        };
+        if !sampled {
+            return None;
+        }
+        let mut attributes = parsed.attributes;
+        let has = |attrs: &Vec<Attribute>, key: &str| attrs.iter().any(|(k, _)| *k == key);
+        if let Some(peer) = conn.peer {
+            attributes.push(("network.peer.address", AttrValue::Str(peer.ip().to_string())));
+            attributes.push(("network.peer.port", AttrValue::Int(i64::from(peer.port()))));
+            match parsed.kind {
+                SpanKind::Server => {
+                    if !has(&attributes, "client.address") {
+                        attributes.push(("client.address", AttrValue::Str(peer.ip().to_string())));
+                    }
+                }
+                SpanKind::Client => {
+                    if !has(&attributes, "server.address") {
+                        attributes.push(("server.address", AttrValue::Str(peer.ip().to_string())));
+                    }
+                    if !has(&attributes, "server.port") {
+                        attributes.push(("server.port", AttrValue::Int(i64::from(peer.port()))));
+                    }
+                }
+            }
+        }
+        if parsed.kind == SpanKind::Server {
+            if let Some(local) = conn.local {
+                if !has(&attributes, "server.address") {
+                    attributes.push(("server.address", AttrValue::Str(local.ip().to_string())));
+                }
+                if !has(&attributes, "server.port") {
+                    attributes.push(("server.port", AttrValue::Int(i64::from(local.port()))));
+                }
+            }
+        }
+        if !has(&attributes, "network.transport") {
+            attributes.push(("network.transport", AttrValue::Str("tcp".into())));
+        }
+        let end_ns = parsed.end_ns.max(parsed.start_ns);
+        Some(FinishedSpan {
+            resource,
+            trace_id,
+            span_id,
+            parent_span_id,
+            tracestate,
+            sampled,
+            kind: parsed.kind,
+            name: parsed.name,
+            start: self.clock.to_system_time(parsed.start_ns),
+            end: self.clock.to_system_time(end_ns),
+            status: parsed.status,
+            attributes,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{clock::Clock, config::Sampler, conntrack::ConnMeta};
+    use waggle_common::Role;
+
+    fn parsed(kind: SpanKind, ctx: Option<TraceContext>) -> ParsedSpan {
+        ParsedSpan {
+            kind,
+            name: "GET /users/{id}".into(),
+            start_ns: 1_000,
+            end_ns: 301_000_000,
+            status: SpanStatus::Unset,
+            attributes: vec![("http.request.method", "GET".into())],
+            incoming_context: ctx,
+            incoming_tracestate: ctx.map(|_| "vendor=1".to_string()),
+            tid: 7,
+        }
+    }
+
+    fn conn(role: Role) -> ConnMeta {
+        ConnMeta {
+            pid: 42,
+            fd: 3,
+            conn_id: 1,
+            role,
+            protocol: "http1",
+            peer: Some("10.1.2.3:5555".parse().unwrap()),
+            local: Some("10.9.9.9:8080".parse().unwrap()),
+        }
+    }
+
+    fn resource() -> Arc<ProcessResource> {
+        Arc::new(ProcessResource { service_name: "app".into(), pid: 42, executable_name: "python3".into(), attributes: vec![] })
+    }
+
+    #[test]
+    fn server_span_joins_incoming_context_and_gets_network_identity() {
+        let a = SpanAssembler::new(Clock::new(), Sampler::AlwaysOn, true);
+        let ctx = TraceContext { trace_id: [7; 16], span_id: [8; 8], sampled: true };
+        let s = a.assemble(parsed(SpanKind::Server, Some(ctx)), &conn(Role::Server), resource()).unwrap();
+        assert_eq!(s.trace_id, [7; 16]);
+        assert_eq!(s.parent_span_id, Some([8; 8]));
+        assert_ne!(s.span_id, [0; 8]);
+        assert_eq!(s.tracestate.as_deref(), Some("vendor=1"));
+        assert_eq!(s.attr("client.address"), Some(&AttrValue::Str("10.1.2.3".into())));
+        assert_eq!(s.attr("server.port"), Some(&AttrValue::Int(8080)));
+        assert_eq!(s.attr("network.peer.port"), Some(&AttrValue::Int(5555)));
+        let ms = s.duration().as_millis();
+        assert_eq!(ms, 300, "monotonic durations survive the wall-clock mapping");
+    }
+
+    #[test]
+    fn client_span_names_its_server_from_the_peer() {
+        let a = SpanAssembler::new(Clock::new(), Sampler::AlwaysOn, true);
+        let s = a.assemble(parsed(SpanKind::Client, None), &conn(Role::Client), resource()).unwrap();
+        assert_eq!(s.parent_span_id, None);
+        assert_ne!(s.trace_id, [0; 16]);
+        assert_eq!(s.attr("server.address"), Some(&AttrValue::Str("10.1.2.3".into())));
+        assert_eq!(s.attr("server.port"), Some(&AttrValue::Int(5555)));
+        assert_eq!(s.attr("client.address"), None);
+    }
+
+    #[test]
+    fn sampler_rules() {
+        let off = SpanAssembler::new(Clock::new(), Sampler::AlwaysOff, true);
+        assert!(off.assemble(parsed(SpanKind::Server, None), &conn(Role::Server), resource()).is_none());
+        // Parent-based: a sampled caller wins over always_off for the root.
+        let ctx = TraceContext { trace_id: [7; 16], span_id: [8; 8], sampled: true };
+        assert!(off.assemble(parsed(SpanKind::Server, Some(ctx)), &conn(Role::Server), resource()).is_some());
+        let unsampled = TraceContext { sampled: false, ..ctx };
+        let on = SpanAssembler::new(Clock::new(), Sampler::AlwaysOn, true);
+        assert!(on.assemble(parsed(SpanKind::Server, Some(unsampled)), &conn(Role::Server), resource()).is_none());
+        // Not parent-based: the sampler alone decides.
+        let plain_off = SpanAssembler::new(Clock::new(), Sampler::AlwaysOff, false);
+        assert!(plain_off.assemble(parsed(SpanKind::Server, Some(ctx)), &conn(Role::Server), resource()).is_none());
+        let half = SpanAssembler::new(Clock::new(), Sampler::TraceIdRatio(0.5), false);
+        let kept = (0..2000)
+            .filter(|_| half.assemble(parsed(SpanKind::Client, None), &conn(Role::Client), resource()).is_some())
+            .count();
+        assert!((800..1200).contains(&kept), "ratio 0.5 kept {kept} of 2000");
+    }
+}

@@ -1,1 +1,131 @@
-fn main() {}
+//! `cargo xtask`: build orchestration for waggle (eBPF object + agent).
+//!
+//! `setup` finds or installs the eBPF toolchain; `build`, `run` and `test`
+//! run it first, so on a fresh Debian 12 machine `cargo xtask run` and
+//! `cargo xtask test` are all the setup there is.
+mod build;
+mod cmd;
+mod setup;
+mod test;
+
+use std::{ffi::OsString, process::ExitCode};
+
+use anyhow::{bail, Result};
+use clap::{Parser, Subcommand};
+
+use crate::{
+    build::Profile,
+    cmd::Cmd,
+    setup::{Apt, Toolchain},
+};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", bin_name = "cargo xtask", about = "Build, run and test waggle")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Detect the eBPF toolchain route and install what is missing.
+    Setup {
+        /// Print what would be installed without installing it.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Build the eBPF object and the agent (target/release/waggle).
+    Build {
+        /// Build the agent with the dev profile (the eBPF object is always
+        /// optimised: the verifier rejects unoptimised programs).
+        #[arg(long)]
+        debug: bool,
+    },
+    /// Build, then run the agent as root with ARGS.
+    Run {
+        /// Build the agent with the dev profile.
+        #[arg(long)]
+        debug: bool,
+        /// Arguments for the agent, after `--`.
+        #[arg(last = true)]
+        args: Vec<OsString>,
+    },
+    /// Build, install end-to-end test dependencies, run every test.
+    Test {
+        /// Skip the end-to-end tests (crate waggle-e2e) and their dependencies.
+        #[arg(long)]
+        unit_only: bool,
+        /// Passed to the test binaries, after `--` (e.g. a name filter).
+        #[arg(last = true)]
+        filter: Vec<OsString>,
+    },
+    // `bench` is added by its own change.
+}
+
+fn main() -> ExitCode {
+    cmd::install_signal_handlers();
+    let cli = Cli::parse();
+    match dispatch(cli.command) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("xtask: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn dispatch(command: Command) -> Result<ExitCode> {
+    let root = build::repo_root();
+    match command {
+        Command::Setup { dry_run } => {
+            setup::setup(&mut Apt::new(dry_run))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Build { debug } => {
+            let toolchain = setup::setup(&mut Apt::new(false))?;
+            build::build(&root, &toolchain, profile(debug))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Run { debug, args } => {
+            let toolchain = setup::setup(&mut Apt::new(false))?;
+            run(&root, &toolchain, profile(debug), &args)
+        }
+        Command::Test { unit_only, filter } => {
+            let mut apt = Apt::new(false);
+            let toolchain = setup::setup(&mut apt)?;
+            let built = build::build(&root, &toolchain, Profile::Release)?;
+            if !unit_only {
+                test::ensure_e2e_deps(&mut apt)?;
+            }
+            test::run_tests(&root, &built, unit_only, &filter)?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn profile(debug: bool) -> Profile {
+    if debug {
+        Profile::Debug
+    } else {
+        Profile::Release
+    }
+}
+
+/// Runs the agent as root (through `sudo -E` when needed, which keeps the
+/// OTEL_* variables) and returns its exit code.
+fn run(root: &std::path::Path, toolchain: &Toolchain, profile: Profile, args: &[OsString]) -> Result<ExitCode> {
+    let built = build::build(root, toolchain, profile)?;
+    let cmd = if cmd::is_root() {
+        Cmd::new(&built.agent_bin).args(args)
+    } else if cmd::find_program("sudo").is_some() {
+        Cmd::new("sudo").arg("-E").arg(&built.agent_bin).args(args)
+    } else {
+        bail!(
+            "waggle loads eBPF programs and must run as root; run as root:\n    {}",
+            Cmd::new(&built.agent_bin).args(args).display()
+        );
+    };
+    let status = cmd.status()?;
+    let code = cmd::exit_code(status);
+    Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
+}

@@ -12,6 +12,9 @@
 //! ([`Feed::LostSync`]) instead of guessing.
 pub mod http1;
 pub mod route;
+pub mod sql;
+pub mod postgres;
+pub mod mysql;
 
 use waggle_common::{Direction, Role};
 
@@ -96,6 +99,13 @@ pub trait ProtocolParser: Send {
     /// Nothing happened on the connection for a while: drop half-finished
     /// state older than `older_than_ns` (monotonic), emitting what is complete.
     fn on_idle(&mut self, _older_than_ns: u64, _out: &mut Vec<ParsedSpan>) {}
+    /// Exchanges the parser saw but dropped without a span since the last
+    /// call (a response with no request, requests still unanswered at close,
+    /// idle or lost sync). The connection layer adds them to
+    /// `Metrics::exchanges_dropped` so no drop goes uncounted.
+    fn take_dropped(&mut self) -> u64 {
+        0
+    }
 }
 
 /// Detectors in order of precedence.
@@ -109,8 +119,13 @@ pub enum Detection {
 }
 
 pub fn detect(role: Role, chunk: &Chunk<'_>, config: &ParserConfig) -> Detection {
+    detect_in(DETECTORS, role, chunk, config)
+}
+
+/// [`detect`] over an explicit detector list (tests use their own).
+pub fn detect_in(detectors: &[&dyn ProtocolDetector], role: Role, chunk: &Chunk<'_>, config: &ParserConfig) -> Detection {
     let mut need_more = false;
-    for detector in DETECTORS {
+    for detector in detectors {
         match detector.detect(role, chunk) {
             Confidence::Yes => return Detection::Parser(detector.new_parser(role, config)),
             Confidence::NeedMore => need_more = true,

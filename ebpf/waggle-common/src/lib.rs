@@ -25,6 +25,19 @@ pub mod maps {
     pub const COUNTERS: &str = "COUNTERS";
     pub const SCRATCH: &str = "SCRATCH";
     pub const TRACKED_TGIDS: &str = "TRACKED_TGIDS";
+    /// Per-CPU sequence the kernel mints connection ids from (kernel-only).
+    pub const CONN_SEQ: &str = "CONN_SEQ";
+}
+
+/// Values of the INET_STREAM_SOCKS map: what `socket()` said about an
+/// AF_INET/AF_INET6 descriptor. Datagram sockets are remembered too, so a
+/// `connect()` on one (every DNS lookup does that) is known not to be TCP
+/// instead of being reported as unverified.
+pub mod inet_sock {
+    /// SOCK_STREAM: TCP (or MPTCP).
+    pub const STREAM: u8 = 1;
+    /// Any other inet socket type (UDP, raw, ...): never tracked.
+    pub const OTHER: u8 = 2;
 }
 
 /// Globals patched by the loader (`EbpfLoader::set_global`).
@@ -162,6 +175,11 @@ pub enum SyscallId {
     Accept4 = 12,
     Connect = 13,
     Close = 14,
+    /// socket(): only seen in PENDING, never in an event.
+    Socket = 15,
+    /// sendfile(): the kernel copies file pages, no user buffer to read; the
+    /// event carries no payload, only `total_len` (a gap parsers skip).
+    Sendfile = 16,
 }
 
 /// Header of a data record; `captured_len` payload bytes follow it directly.

@@ -1,0 +1,302 @@
+//! waggle's kernel programs.
+//!
+//! Syscall tracepoints follow the TCP connections of unmodified processes
+//! (socket/accept/connect/close) and copy a bounded prefix of every payload
+//! read or written on them into one ring buffer; two task tracepoints report
+//! forks and exits of processes that own tracked connections.
+//!
+//! Rules every program follows:
+//! - the agent's own syscalls are dropped first, or its output would feed back
+//!   into capture;
+//! - the data-path enter handlers do one hash lookup and leave: they run for
+//!   every read/write on the machine, and CONNS is what keeps file, pipe and
+//!   tty I/O out;
+//! - anything larger than a few dozen bytes lives in per-CPU maps (the BPF
+//!   stack is 512 bytes), loops are bounded, and every drop bumps a counter.
+#![no_std]
+#![no_main]
+
+mod conn;
+mod data;
+mod process;
+
+use aya_ebpf::{
+    helpers::{bpf_get_current_pid_tgid, bpf_get_smp_processor_id, bpf_ktime_get_ns},
+    macros::{map, tracepoint},
+    maps::{LruHashMap, PerCpuArray, RingBuf},
+    programs::TracePointContext,
+    EbpfContext, Global,
+};
+use waggle_common::{
+    ConnInfo, Counter, Direction, SockKey, SyscallId, COUNTER_COUNT, CONNS_MAX_ENTRIES,
+    EVENTS_RINGBUF_BYTES, INET_STREAM_SOCKS_MAX_ENTRIES, MAX_CAPTURE, PENDING_MAX_ENTRIES,
+    TRACKED_TGIDS_MAX_ENTRIES, USERSPACE_CONN_ID_BIT,
+};
+
+// ---- globals (patched by the loader through EbpfLoader::override_global) ----
+
+/// tgid of the agent: never captured.
+#[unsafe(no_mangle)]
+static AGENT_TGID: Global<u32> = Global::new(0);
+
+/// Payload bytes copied per data event; 0 or anything above MAX_CAPTURE means
+/// MAX_CAPTURE.
+#[unsafe(no_mangle)]
+static CAPTURE_BYTES: Global<u32> = Global::new(MAX_CAPTURE as u32);
+
+// ---- maps (names must match waggle_common::maps) ----
+
+#[map]
+static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_RINGBUF_BYTES, 0);
+
+#[map]
+static CONNS: LruHashMap<SockKey, ConnInfo> = LruHashMap::with_max_entries(CONNS_MAX_ENTRIES, 0);
+
+/// AF_INET/AF_INET6 descriptors seen at socket(), valued waggle_common::inet_sock.
+#[map]
+static INET_STREAM_SOCKS: LruHashMap<SockKey, u8> =
+    LruHashMap::with_max_entries(INET_STREAM_SOCKS_MAX_ENTRIES, 0);
+
+/// Syscall arguments between enter and exit, keyed by pid_tgid (a thread is
+/// in one syscall at a time). LRU so entries whose exit we never saw (the
+/// agent attached mid-syscall) age out.
+#[map]
+static PENDING: LruHashMap<u64, Pending> = LruHashMap::with_max_entries(PENDING_MAX_ENTRIES, 0);
+
+#[map]
+static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_COUNT, 0);
+
+#[map]
+static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
+
+/// Processes that own (or inherited) tracked connections: only their forks
+/// and exits are reported.
+#[map]
+static TRACKED_TGIDS: LruHashMap<u32, u8> =
+    LruHashMap::with_max_entries(TRACKED_TGIDS_MAX_ENTRIES, 0);
+
+#[map]
+static CONN_SEQ: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+// ---- kernel-private types ----
+
+/// What an enter handler leaves for its exit handler.
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+pub(crate) struct Pending {
+    pub enter_ns: u64,
+    /// User pointer: payload buffer, iovec array, msghdr or peer sockaddr.
+    pub ptr: u64,
+    /// Buffer length or iovec count.
+    pub len: u64,
+    /// connect(): peer address, network order.
+    pub addr: [u8; 16],
+    pub fd: u32,
+    /// connect(): peer port, host order.
+    pub port: u16,
+    /// waggle_common::SyscallId of the enter handler; an exit handler ignores
+    /// entries left by another syscall.
+    pub syscall: u8,
+    /// socket()/connect(): address family.
+    pub family: u8,
+    /// socket(): waggle_common::inet_sock value. Padded with whole aligned
+    /// words so zero-initialising becomes a few stores, not a memset call.
+    pub sock_kind: u64,
+}
+
+/// Data events are assembled here: header, then payload. The payload area is
+/// twice MAX_CAPTURE because the copy loops prove `offset < MAX_CAPTURE` and
+/// `len <= MAX_CAPTURE` separately; the verifier only accepts the write when
+/// `offset + len` fits, and it cannot know the sum is <= MAX_CAPTURE.
+#[repr(C)]
+pub(crate) struct Scratch {
+    pub buf: [u8; data::HEADER + data::PAYLOAD_AREA],
+}
+
+// ---- helpers ----
+
+/// (pid_tgid, tgid) of the current task, or None for the agent itself.
+#[inline(always)]
+pub(crate) fn current() -> Option<(u64, u32)> {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = (pid_tgid >> 32) as u32;
+    if tgid == AGENT_TGID.load() {
+        return None;
+    }
+    Some((pid_tgid, tgid))
+}
+
+/// Syscall argument `n` (or the return value for n = 0 on sys_exit_*).
+/// Arguments start at offset 16: the first 8 bytes of the context are
+/// clobbered and `__syscall_nr` sits at 8.
+#[inline(always)]
+pub(crate) fn arg(ctx: &TracePointContext, n: usize) -> u64 {
+    // SAFETY: the verifier checks tracepoint context reads against the
+    // event's record size at attach time; every syscall tracepoint we attach
+    // has at least n + 1 eight-byte fields from offset 16.
+    unsafe { core::ptr::read_volatile(ctx.as_ptr().cast::<u64>().add(2 + n)) }
+}
+
+#[inline(always)]
+pub(crate) fn count(counter: Counter) {
+    if let Some(p) = COUNTERS.get_ptr_mut(counter as u32) {
+        // SAFETY: p points at this CPU's slot of a live map element; per-CPU
+        // values are not shared with other CPUs, and tracepoint programs do
+        // not nest on one CPU.
+        unsafe { *p += 1 }
+    }
+}
+
+#[inline(always)]
+pub(crate) fn now_ns() -> u64 {
+    // SAFETY: plain helper call without arguments.
+    unsafe { bpf_ktime_get_ns() }
+}
+
+/// A new connection id: `(per-CPU sequence << 8) | cpu`, never 0 and never
+/// with USERSPACE_CONN_ID_BIT set.
+#[inline(always)]
+pub(crate) fn mint_conn_id() -> u64 {
+    // SAFETY: plain helper call without arguments.
+    let cpu = u64::from(unsafe { bpf_get_smp_processor_id() }) & 0xff;
+    let Some(seq) = CONN_SEQ.get_ptr_mut(0) else {
+        return 0;
+    };
+    // SAFETY: as in `count`: this CPU's slot of a live per-CPU element.
+    let next = unsafe {
+        *seq += 1;
+        *seq
+    };
+    ((next << 8) | cpu) & !USERSPACE_CONN_ID_BIT
+}
+
+/// Remove and return the PENDING entry of this thread if `syscall` left it.
+#[inline(always)]
+pub(crate) fn take_pending(pid_tgid: u64, syscall: SyscallId) -> Option<Pending> {
+    let p = PENDING.get_ptr(pid_tgid)?;
+    // SAFETY: p points at a live map value of type Pending; it is copied out
+    // before the element is deleted.
+    let p = unsafe { *p };
+    let _ = PENDING.remove(pid_tgid);
+    (p.syscall == syscall as u8).then_some(p)
+}
+
+#[inline(always)]
+pub(crate) fn stash(pid_tgid: u64, p: &Pending) {
+    if PENDING.insert(pid_tgid, p, 0).is_err() {
+        count(Counter::MapInsertFailed);
+    }
+}
+
+// ---- programs ----
+//
+// Function names are the program names the loader looks up; each is named
+// after the tracepoint it attaches to.
+
+macro_rules! data_programs {
+    ($($enter:ident, $exit:ident, $id:ident, $dir:ident;)*) => {$(
+        #[tracepoint]
+        pub fn $enter(ctx: TracePointContext) -> u32 {
+            data::enter(&ctx, SyscallId::$id);
+            0
+        }
+
+        #[tracepoint]
+        pub fn $exit(ctx: TracePointContext) -> u32 {
+            data::exit(&ctx, SyscallId::$id, Direction::$dir);
+            0
+        }
+    )*};
+}
+
+data_programs! {
+    sys_enter_read, sys_exit_read, Read, Ingress;
+    sys_enter_write, sys_exit_write, Write, Egress;
+    sys_enter_recvfrom, sys_exit_recvfrom, Recvfrom, Ingress;
+    sys_enter_sendto, sys_exit_sendto, Sendto, Egress;
+    sys_enter_readv, sys_exit_readv, Readv, Ingress;
+    sys_enter_writev, sys_exit_writev, Writev, Egress;
+    sys_enter_recvmsg, sys_exit_recvmsg, Recvmsg, Ingress;
+    sys_enter_sendmsg, sys_exit_sendmsg, Sendmsg, Egress;
+    sys_enter_sendfile64, sys_exit_sendfile64, Sendfile, Egress;
+}
+
+#[tracepoint]
+pub fn sys_enter_socket(ctx: TracePointContext) -> u32 {
+    let _ = conn::socket_enter(&ctx);
+    0
+}
+
+#[tracepoint]
+pub fn sys_exit_socket(ctx: TracePointContext) -> u32 {
+    let _ = conn::socket_exit(&ctx);
+    0
+}
+
+#[tracepoint]
+pub fn sys_enter_accept(ctx: TracePointContext) -> u32 {
+    let _ = conn::accept_enter(&ctx, SyscallId::Accept);
+    0
+}
+
+#[tracepoint]
+pub fn sys_exit_accept(ctx: TracePointContext) -> u32 {
+    let _ = conn::accept_exit(&ctx, SyscallId::Accept);
+    0
+}
+
+#[tracepoint]
+pub fn sys_enter_accept4(ctx: TracePointContext) -> u32 {
+    let _ = conn::accept_enter(&ctx, SyscallId::Accept4);
+    0
+}
+
+#[tracepoint]
+pub fn sys_exit_accept4(ctx: TracePointContext) -> u32 {
+    let _ = conn::accept_exit(&ctx, SyscallId::Accept4);
+    0
+}
+
+#[tracepoint]
+pub fn sys_enter_connect(ctx: TracePointContext) -> u32 {
+    let _ = conn::connect_enter(&ctx);
+    0
+}
+
+#[tracepoint]
+pub fn sys_exit_connect(ctx: TracePointContext) -> u32 {
+    let _ = conn::connect_exit(&ctx);
+    0
+}
+
+#[tracepoint]
+pub fn sys_enter_close(ctx: TracePointContext) -> u32 {
+    let _ = conn::close_enter(&ctx);
+    0
+}
+
+#[tracepoint]
+pub fn task_newtask(ctx: TracePointContext) -> u32 {
+    let _ = process::task_newtask(&ctx);
+    0
+}
+
+#[tracepoint]
+pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
+    let _ = process::sched_process_exit(&ctx);
+    0
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    // No code path may panic (the verifier would reject the loop below); this
+    // only satisfies no_std.
+    loop {}
+}
+
+// bpf_probe_read_user and the ring-buffer helpers are GPL-only; the kernel
+// accepts "Dual MIT/GPL" as GPL-compatible.
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

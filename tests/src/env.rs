@@ -1,0 +1,280 @@
+//! The test environment: root check, serialisation, paths, ports, processes.
+use std::{
+    fs::File,
+    io::{BufRead, BufReader},
+    net::{SocketAddr, TcpListener, TcpStream},
+    os::{fd::AsRawFd, unix::process::CommandExt},
+    path::{Path, PathBuf},
+    process::{Child, Command, ExitStatus, Stdio},
+    sync::{Mutex, MutexGuard, OnceLock},
+    time::{Duration, Instant},
+};
+
+/// Held for the whole of one e2e test: only one agent may load probes at a
+/// time, both within this test binary (the mutex) and across binaries or
+/// people on the same machine (the flock).
+pub struct E2eGuard {
+    _flock: File,
+    _mutex: MutexGuard<'static, ()>,
+}
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+const LOCK_PATH: &str = "/tmp/waggle-e2e.lock";
+
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Starts an e2e test: `None` (after printing "skipped: not root") when not
+/// root, else the guard that serialises e2e tests.
+#[track_caller]
+pub fn e2e_setup(test: &str) -> Option<E2eGuard> {
+    if !is_root() {
+        println!("{test}: skipped: not root");
+        return None;
+    }
+    // A test that panicked while holding the mutex poisons it; the next test
+    // must still run, the state behind it is ().
+    let mutex = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let file = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(LOCK_PATH)
+        .unwrap_or_else(|e| panic!("opening {LOCK_PATH}: {e}"));
+    // SAFETY: the descriptor belongs to `file`, which outlives this call; the
+    // lock is released when `file` is closed with the guard.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) };
+    assert_eq!(rc, 0, "flock {LOCK_PATH}: {}", std::io::Error::last_os_error());
+    Some(E2eGuard { _flock: file, _mutex: mutex })
+}
+
+/// The workspace root (parent of this crate).
+pub fn workspace_root() -> PathBuf {
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    manifest.parent().unwrap_or(manifest).to_path_buf()
+}
+
+/// `tests/fixtures/<name>`.
+pub fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures").join(name)
+}
+
+/// The agent binary: `$WAGGLE_BIN`, else `$CARGO_TARGET_DIR/release/waggle`,
+/// else `<workspace>/target/release/waggle`.
+#[track_caller]
+pub fn agent_bin() -> PathBuf {
+    let path = match std::env::var_os("WAGGLE_BIN") {
+        Some(p) => PathBuf::from(p),
+        None => match std::env::var_os("CARGO_TARGET_DIR") {
+            Some(t) => PathBuf::from(t).join("release/waggle"),
+            None => workspace_root().join("target/release/waggle"),
+        },
+    };
+    assert!(
+        path.is_file(),
+        "agent binary {} not found: build it with `cargo xtask build` (release), or set WAGGLE_BIN to its absolute path",
+        path.display()
+    );
+    path
+}
+
+/// The real Python interpreter. pyenv-style shims are shell scripts that
+/// re-exec; resolving the interpreter once keeps `process.pid` of a spawned
+/// script equal to the pid we hold and makes start-up fast.
+#[track_caller]
+pub fn python() -> PathBuf {
+    static PYTHON: OnceLock<PathBuf> = OnceLock::new();
+    PYTHON
+        .get_or_init(|| {
+            if let Some(p) = std::env::var_os("WAGGLE_PYTHON") {
+                return PathBuf::from(p);
+            }
+            for candidate in ["/usr/bin/python3", "/usr/local/bin/python3"] {
+                if Path::new(candidate).is_file() {
+                    return PathBuf::from(candidate);
+                }
+            }
+            let out = Command::new("python3")
+                .args(["-c", "import sys; print(sys.executable)"])
+                .output()
+                .unwrap_or_else(|e| panic!("running python3 to find the interpreter: {e}"));
+            assert!(out.status.success(), "python3 -c sys.executable failed: {out:?}");
+            PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+        })
+        .clone()
+}
+
+/// A port that was free a moment ago (bind 127.0.0.1:0 and release).
+#[track_caller]
+pub fn free_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("binding 127.0.0.1:0: {e}"));
+    l.local_addr().map(|a| a.port()).unwrap_or_else(|e| panic!("local_addr: {e}"))
+}
+
+/// Polls `cond` every 20 ms until it holds or `timeout` passes.
+pub fn poll_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+pub fn can_connect(addr: SocketAddr) -> bool {
+    TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
+}
+
+/// The last `n` lines of a file, for failure messages.
+pub fn tail(path: &Path, n: usize) -> String {
+    match File::open(path) {
+        Ok(f) => {
+            let lines: Vec<String> = BufReader::new(f).lines().map_while(Result::ok).collect();
+            let start = lines.len().saturating_sub(n);
+            lines[start..].join("\n")
+        }
+        Err(e) => format!("(cannot read {}: {e})", path.display()),
+    }
+}
+
+/// A child process in its own process group, killed with the whole group on
+/// drop (nginx workers and shell grandchildren go with it).
+pub struct Proc {
+    pub child: Child,
+    pub name: String,
+    exited: Option<ExitStatus>,
+}
+
+impl Proc {
+    /// Spawns `cmd` as a new process-group leader.
+    #[track_caller]
+    pub fn spawn(name: &str, cmd: &mut Command) -> Proc {
+        cmd.process_group(0);
+        let child = cmd.spawn().unwrap_or_else(|e| panic!("spawning {name} ({cmd:?}): {e}"));
+        Proc { child, name: name.to_owned(), exited: None }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Exit status if the process has exited.
+    pub fn try_wait(&mut self) -> Option<ExitStatus> {
+        if self.exited.is_none() {
+            self.exited = self.child.try_wait().ok().flatten();
+        }
+        self.exited
+    }
+
+    pub fn signal_group(&self, sig: libc::c_int) {
+        let Ok(pgid) = libc::pid_t::try_from(self.pid()) else { return };
+        // SAFETY: kill has no memory-safety preconditions; the negative pid
+        // names the group this process leads (it was spawned with
+        // process_group(0)), so only our own children are signalled.
+        unsafe {
+            libc::kill(-pgid, sig);
+        }
+    }
+
+    /// Waits up to `timeout` for exit.
+    pub fn wait_timeout(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(st) = self.try_wait() {
+                return Some(st);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if self.try_wait().is_none() {
+            self.signal_group(libc::SIGKILL);
+            let _ = self.child.wait();
+        } else {
+            // The leader is gone but members of its group may not be.
+            self.signal_group(libc::SIGKILL);
+        }
+    }
+}
+
+/// Pids whose parent is `pid` (from /proc/*/stat).
+pub fn child_pids(pid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else { return out };
+    for entry in dir.flatten() {
+        let Some(child) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{child}/stat")) else { continue };
+        // The command name is parenthesised and may contain spaces: fields
+        // after the last ')' are state, ppid, ...
+        let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else { continue };
+        if rest.split_whitespace().nth(1).and_then(|p| p.parse::<u32>().ok()) == Some(pid) {
+            out.push(child);
+        }
+    }
+    out
+}
+
+/// Output of a short-lived client process.
+#[derive(Debug)]
+pub struct ClientRun {
+    pub pid: u32,
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl ClientRun {
+    #[track_caller]
+    pub fn assert_success(&self) -> &ClientRun {
+        assert!(self.status.success(), "client pid {} failed: {:?}\nstdout:\n{}\nstderr:\n{}", self.pid, self.status, self.stdout, self.stderr);
+        self
+    }
+}
+
+/// Runs `cmd` to completion (bounded by `timeout`), keeping its pid.
+#[track_caller]
+pub fn run_client(name: &str, cmd: &mut Command, timeout: Duration) -> ClientRun {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+    let out_path = dir.path().join("stdout");
+    let err_path = dir.path().join("stderr");
+    let out = File::create(&out_path).unwrap_or_else(|e| panic!("creating {}: {e}", out_path.display()));
+    let err = File::create(&err_path).unwrap_or_else(|e| panic!("creating {}: {e}", err_path.display()));
+    cmd.stdin(Stdio::null()).stdout(out).stderr(err);
+    let mut proc = Proc::spawn(name, cmd);
+    let pid = proc.pid();
+    let Some(status) = proc.wait_timeout(timeout) else {
+        panic!("{name} (pid {pid}) did not finish within {timeout:?}; stderr:\n{}", tail(&err_path, 30));
+    };
+    let stdout = std::fs::read_to_string(&out_path).unwrap_or_default();
+    let stderr = std::fs::read_to_string(&err_path).unwrap_or_default();
+    ClientRun { pid, status, stdout, stderr }
+}
+
+/// `curl -sS --max-time 10 <args>`.
+#[track_caller]
+pub fn curl(args: &[&str]) -> ClientRun {
+    let mut cmd = Command::new("curl");
+    cmd.args(["-sS", "--max-time", "10"]).args(args);
+    run_client("curl", &mut cmd, Duration::from_secs(20))
+}
+
+/// A `Command` running fixture script `script` with the real interpreter.
+pub fn python_script(script: &str) -> Command {
+    let mut cmd = Command::new(python());
+    // Unbuffered so a test reading the script's stdout sees lines at once.
+    cmd.arg("-u").arg(fixture(script));
+    cmd
+}

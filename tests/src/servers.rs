@@ -1,0 +1,177 @@
+//! Real servers to trace: Python's `http.server`, the fixture app
+//! (`tests/fixtures/app.py`, a threaded HTTP/1.1 server with test routes) and
+//! nginx. Each listens on a fresh 127.0.0.1 port, is ready (accepts TCP) when
+//! the constructor returns, and is killed with its process group on drop.
+use std::{
+    fs::File,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use crate::env::{can_connect, child_pids, fixture, free_port, poll_until, python, tail, Proc};
+
+pub const NGINX_BIN: &str = "/usr/sbin/nginx";
+const READY_TIMEOUT: Duration = Duration::from_secs(15);
+
+pub struct Server {
+    proc: Proc,
+    port: u16,
+    dir: tempfile::TempDir,
+    /// service.name the agent should give this server's spans.
+    pub service_name: &'static str,
+}
+
+impl Server {
+    /// `python3 -m http.server --bind 127.0.0.1 PORT` serving a temp dir that
+    /// holds `index.html` ("hello\n") and `data.txt` (1000 bytes).
+    #[track_caller]
+    pub fn python_http_server() -> Server {
+        let dir = temp_dir("waggle-pyhttp-");
+        write(&dir.path().join("index.html"), b"hello\n");
+        write(&dir.path().join("data.txt"), &[b'x'; 1000]);
+        Server::launch("http.server", dir, |port, dir| {
+            let mut cmd = Command::new(python());
+            cmd.args(["-m", "http.server", "--bind", "127.0.0.1"]).arg(port.to_string()).current_dir(dir);
+            cmd
+        })
+    }
+
+    /// The fixture app (service name `app`): see `tests/fixtures/app.py` for
+    /// its routes.
+    #[track_caller]
+    pub fn app() -> Server {
+        let dir = temp_dir("waggle-app-");
+        Server::launch("app", dir, |port, _| {
+            let mut cmd = Command::new(python());
+            cmd.arg("-u").arg(fixture("app.py")).arg(port.to_string());
+            cmd
+        })
+    }
+
+    /// nginx (one master, one worker) with `location /` returning "ok\n" and
+    /// `location /missing` returning 404.
+    #[track_caller]
+    pub fn nginx() -> Server {
+        assert!(Path::new(NGINX_BIN).is_file(), "{NGINX_BIN} not found: install nginx (apt-get install nginx-light)");
+        let dir = temp_dir("waggle-nginx-");
+        Server::launch("nginx", dir, |port, dir| {
+            let conf = dir.join("nginx.conf");
+            write(&conf, nginx_conf(dir, port).as_bytes());
+            let mut cmd = Command::new(NGINX_BIN);
+            // -e: nginx opens its error log before reading the config; keep
+            // even that one in the temp dir.
+            cmd.arg("-p").arg(dir).arg("-e").arg(dir.join("error.log")).arg("-c").arg(&conf);
+            cmd
+        })
+    }
+
+    #[track_caller]
+    fn launch(service_name: &'static str, dir: tempfile::TempDir, build: impl Fn(u16, &Path) -> Command) -> Server {
+        // The port is free when picked but may be taken before the server
+        // binds it: retry with another one a few times.
+        let mut last_err = String::new();
+        for _ in 0..3 {
+            let port = free_port();
+            let log = dir.path().join("server.log");
+            let out = File::create(&log).unwrap_or_else(|e| panic!("creating {}: {e}", log.display()));
+            let err = out.try_clone().unwrap_or_else(|e| panic!("dup server log: {e}"));
+            let mut cmd = build(port, dir.path());
+            cmd.stdin(Stdio::null()).stdout(out).stderr(err);
+            let mut proc = Proc::spawn(service_name, &mut cmd);
+            let addr = SocketAddr::from(([127, 0, 0, 1], port));
+            let mut exited = None;
+            let ready = poll_until(READY_TIMEOUT, || {
+                if can_connect(addr) {
+                    return true;
+                }
+                exited = proc.try_wait();
+                exited.is_some()
+            });
+            if ready && exited.is_none() {
+                return Server { proc, port, dir, service_name };
+            }
+            last_err = match exited {
+                Some(st) => format!("{service_name} exited with {st}; log:\n{}", tail(&log, 30)),
+                None => format!("{service_name} did not accept on {addr} within {READY_TIMEOUT:?}; log:\n{}", tail(&log, 30)),
+            };
+        }
+        panic!("starting {service_name}: {last_err}");
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    /// `http://127.0.0.1:PORT{path}`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    /// Pid of the process we started (nginx: the master).
+    pub fn pid(&self) -> u32 {
+        self.proc.pid()
+    }
+
+    /// The started process and its direct children (nginx's worker).
+    pub fn pids(&self) -> Vec<u32> {
+        let mut pids = vec![self.pid()];
+        pids.extend(child_pids(self.pid()));
+        pids
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The server's combined stdout/stderr (python's access log, nginx's
+    /// startup errors).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
+    }
+}
+
+fn nginx_conf(dir: &Path, port: u16) -> String {
+    let d = dir.display();
+    // `user root`: as root nginx would switch its worker to nobody, who
+    // cannot enter the 0700 temp dir.
+    format!(
+        r#"daemon off;
+master_process on;
+worker_processes 1;
+user root;
+pid {d}/nginx.pid;
+error_log {d}/error.log;
+events {{ worker_connections 64; }}
+http {{
+    access_log {d}/access.log;
+    client_body_temp_path {d}/client_body;
+    proxy_temp_path {d}/proxy;
+    fastcgi_temp_path {d}/fastcgi;
+    uwsgi_temp_path {d}/uwsgi;
+    scgi_temp_path {d}/scgi;
+    default_type text/plain;
+    server {{
+        listen 127.0.0.1:{port};
+        location / {{ return 200 "ok\n"; }}
+        location /missing {{ return 404; }}
+    }}
+}}
+"#
+    )
+}
+
+#[track_caller]
+fn temp_dir(prefix: &str) -> tempfile::TempDir {
+    tempfile::Builder::new().prefix(prefix).tempdir().unwrap_or_else(|e| panic!("creating a temp dir: {e}"))
+}
+
+#[track_caller]
+fn write(path: &PathBuf, bytes: &[u8]) {
+    std::fs::write(path, bytes).unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
+}

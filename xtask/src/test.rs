@@ -1,0 +1,168 @@
+//! `cargo xtask test`: end-to-end dependencies, then every test of the
+//! workspace against the freshly built agent, with a one-line summary
+//! (`N passed, N failed`) CI can read.
+use std::{ffi::OsString, path::Path};
+
+use anyhow::{bail, Result};
+
+use crate::{
+    build::{Built, OBJECT_ENV},
+    cmd::{self, Cmd},
+    setup::{self, Apt},
+};
+
+/// The crate holding the end-to-end tests (skipped by `--unit-only`).
+pub const E2E_PACKAGE: &str = "waggle-e2e";
+/// Variable the end-to-end tests read the agent's path from.
+pub const BIN_ENV: &str = "WAGGLE_BIN";
+
+/// Something the end-to-end tests run. Satisfied when any of `packages` is
+/// installed (dpkg) or `command` is found; `packages[0]` is what gets
+/// installed.
+#[derive(Clone, Copy, Debug)]
+pub struct Dep {
+    pub packages: &'static [&'static str],
+    pub command: Option<&'static str>,
+}
+
+/// Everything the end-to-end tests need from the system: extend this list
+/// when a test needs a new server or client.
+pub const E2E_DEPS: &[Dep] = &[
+    Dep { packages: &["nginx-light", "nginx", "nginx-core", "nginx-full"], command: Some("nginx") },
+    Dep { packages: &["curl"], command: Some("curl") },
+    Dep { packages: &["python3"], command: Some("python3") },
+    Dep { packages: &["procps"], command: Some("pgrep") },
+    Dep { packages: &["iproute2"], command: Some("ss") },
+];
+
+/// Packages to install for the deps that are not satisfied.
+pub fn missing_packages(
+    deps: &[Dep],
+    installed: impl Fn(&str) -> bool,
+    has_command: impl Fn(&str) -> bool,
+) -> Vec<&'static str> {
+    deps.iter()
+        .filter(|dep| !dep.packages.iter().any(|p| installed(p)) && !dep.command.is_some_and(&has_command))
+        .filter_map(|dep| dep.packages.first().copied())
+        .collect()
+}
+
+pub fn ensure_e2e_deps(apt: &mut Apt) -> Result<()> {
+    let names: Vec<&str> = E2E_DEPS.iter().flat_map(|d| d.packages.iter().copied()).collect();
+    let installed = setup::installed_packages(&names);
+    let missing = missing_packages(E2E_DEPS, |p| installed.contains(p), |c| cmd::find_program(c).is_some());
+    if missing.is_empty() {
+        eprintln!("xtask: end-to-end dependencies: all present");
+        return Ok(());
+    }
+    let can_install = cmd::is_root() && cmd::find_program("apt-get").is_some();
+    if can_install {
+        return apt.install(&missing);
+    }
+    // Not fatal: the unit tests still run, and each end-to-end test reports
+    // what it lacks.
+    eprintln!(
+        "xtask: warning: end-to-end test dependencies are missing: {}. Install them with:\n    \
+         sudo apt-get install -y {}",
+        missing.join(" "),
+        missing.join(" ")
+    );
+    Ok(())
+}
+
+/// Counts from libtest's `test result:` lines.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Tally {
+    pub passed: u64,
+    pub failed: u64,
+}
+
+impl Tally {
+    /// Adds the counts of one `test result: ok. 3 passed; 1 failed; ...` line.
+    pub fn add_line(&mut self, line: &str) {
+        let Some(rest) = line.trim_start().strip_prefix("test result: ") else {
+            return;
+        };
+        for part in rest.split(';') {
+            let mut words = part.split_whitespace().rev();
+            let (Some(what), Some(count)) = (words.next(), words.next()) else {
+                continue;
+            };
+            let Ok(count) = count.parse::<u64>() else {
+                continue;
+            };
+            match what {
+                "passed" => self.passed += count,
+                "failed" => self.failed += count,
+                _ => {}
+            }
+        }
+    }
+}
+
+pub fn run_tests(root: &Path, built: &Built, unit_only: bool, test_args: &[OsString]) -> Result<()> {
+    if !unit_only && !cmd::is_root() {
+        eprintln!("xtask: warning: not root: the end-to-end tests load eBPF programs and need root");
+    }
+    // Same profile and WAGGLE_EBPF_OBJECT as `build`, so the agent is not
+    // rebuilt with a different embedded object.
+    let mut cargo = Cmd::new("cargo")
+        .cwd(root)
+        .env(OBJECT_ENV, &built.ebpf_object)
+        .env(BIN_ENV, &built.agent_bin)
+        .args(["test", "--workspace", "--release", "--no-fail-fast"]);
+    if unit_only {
+        cargo = cargo.args(["--exclude", E2E_PACKAGE]);
+    }
+    if !test_args.is_empty() {
+        cargo = cargo.arg("--").args(test_args);
+    }
+    let mut tally = Tally::default();
+    let status = cargo.run_lines(|line| {
+        cmd::out(line);
+        tally.add_line(line);
+    })?;
+    cmd::out(&format!("{} passed, {} failed", tally.passed, tally.failed));
+    if tally.failed > 0 {
+        bail!("{} test(s) failed", tally.failed);
+    }
+    cmd::check(&cargo, status)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tally_sums_ok_and_failed_result_lines() {
+        let output = "running 3 tests\n\
+            test a ... ok\n\
+            test result: ok. 3 passed; 0 failed; 1 ignored; 0 measured; 0 filtered out; finished in 0.01s\n\
+            test result: FAILED. 10 passed; 2 failed; 0 ignored; 0 measured; 5 filtered out; finished in 1.50s\n\
+            some line mentioning 4 passed\n\
+            test result: ok. 0 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; finished in 0.00s\n";
+        let mut tally = Tally::default();
+        output.lines().for_each(|l| tally.add_line(l));
+        assert_eq!(tally, Tally { passed: 13, failed: 2 });
+    }
+
+    #[test]
+    fn deps_satisfied_by_package_alternative_or_command() {
+        let deps = &[
+            Dep { packages: &["nginx-light", "nginx"], command: Some("nginx") },
+            Dep { packages: &["curl"], command: Some("curl") },
+            Dep { packages: &["postgresql"], command: None },
+        ];
+        // nginx via the alternative package, curl via its command.
+        let missing = missing_packages(deps, |p| p == "nginx", |c| c == "curl");
+        assert_eq!(missing, ["postgresql"]);
+        // Nothing present: the first package of each dep is installed.
+        let missing = missing_packages(deps, |_| false, |_| false);
+        assert_eq!(missing, ["nginx-light", "curl", "postgresql"]);
+    }
+
+    #[test]
+    fn every_dep_names_a_package() {
+        assert!(E2E_DEPS.iter().all(|d| !d.packages.is_empty()));
+    }
+}
