@@ -22,7 +22,9 @@ use aya::{
     Ebpf, EbpfError, EbpfLoader,
 };
 use tokio::io::unix::AsyncFd;
-use waggle_common::{conn_flags, globals, inet_sock, maps, ConnInfo, Counter, SockKey, MAX_CAPTURE};
+use waggle_common::{
+    conn_flags, globals, inet_sock, maps, ConnInfo, Counter, SockKey, MAX_CAPTURE,
+};
 
 /// The object built by `cargo xtask build` (empty when it was not built).
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/waggle.bpf.o"));
@@ -43,7 +45,9 @@ pub struct ProbeConfig {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProbeError {
-    #[error("this waggle binary was built without its eBPF object; build it with `cargo xtask build`")]
+    #[error(
+        "this waggle binary was built without its eBPF object; build it with `cargo xtask build`"
+    )]
     NotBuilt,
     #[error("waggle needs root (CAP_BPF, CAP_PERFMON, CAP_SYS_ADMIN) to load eBPF programs")]
     NotPrivileged,
@@ -68,7 +72,10 @@ pub enum ProbeError {
         source: MapError,
     },
     #[error("{operation}: {message}")]
-    Other { operation: &'static str, message: String },
+    Other {
+        operation: &'static str,
+        message: String,
+    },
 }
 
 /// How the loader finds a program in the object and where it attaches.
@@ -82,7 +89,11 @@ struct ProgramSpec {
 }
 
 const fn syscall(name: &'static str) -> ProgramSpec {
-    ProgramSpec { name, category: "syscalls", fields: &[] }
+    ProgramSpec {
+        name,
+        category: "syscalls",
+        fields: &[],
+    }
 }
 
 /// Exit programs come before enter programs: an enter handler stashes
@@ -116,8 +127,16 @@ const PROGRAMS: &[ProgramSpec] = &[
     syscall("sys_enter_accept4"),
     syscall("sys_enter_connect"),
     syscall("sys_enter_close"),
-    ProgramSpec { name: "task_newtask", category: "task", fields: &[("pid", 8), ("clone_flags", 32)] },
-    ProgramSpec { name: "sched_process_exit", category: "sched", fields: &[] },
+    ProgramSpec {
+        name: "task_newtask",
+        category: "task",
+        fields: &[("pid", 8), ("clone_flags", 32)],
+    },
+    ProgramSpec {
+        name: "sched_process_exit",
+        category: "sched",
+        fields: &[],
+    },
 ];
 
 /// The data path works if at least one of these syscalls has both halves.
@@ -132,7 +151,10 @@ pub struct Probes {
 
 impl std::fmt::Debug for Probes {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Probes").field("attached", &self.attached).field("skipped", &self.skipped).finish()
+        f.debug_struct("Probes")
+            .field("attached", &self.attached)
+            .field("skipped", &self.skipped)
+            .finish()
     }
 }
 
@@ -147,11 +169,19 @@ impl Probes {
         raise_memlock_limit();
         ensure_tracefs();
 
-        let agent_tgid = if config.agent_tgid == 0 { std::process::id() } else { config.agent_tgid };
+        let agent_tgid = if config.agent_tgid == 0 {
+            std::process::id()
+        } else {
+            config.agent_tgid
+        };
         let capture_bytes = capture_bytes(config.capture_bytes);
         let ring_bytes = ring_buffer_bytes(config.ring_buffer_bytes, page_size());
         if ring_bytes != config.ring_buffer_bytes {
-            tracing::debug!(requested = config.ring_buffer_bytes, used = ring_bytes, "ring buffer size rounded to a power-of-two number of pages");
+            tracing::debug!(
+                requested = config.ring_buffer_bytes,
+                used = ring_bytes,
+                "ring buffer size rounded to a power-of-two number of pages"
+            );
         }
         let mut ebpf = EbpfLoader::new()
             .override_global(globals::AGENT_TGID, &agent_tgid, true)
@@ -159,7 +189,9 @@ impl Probes {
             .map_max_entries(maps::EVENTS, ring_bytes)
             .load(EBPF_OBJECT)
             .map_err(|e| match &e {
-                EbpfError::MapError(MapError::CreateError { io_error, .. }) if is_permission(io_error) => {
+                EbpfError::MapError(MapError::CreateError { io_error, .. })
+                    if is_permission(io_error) =>
+                {
                     ProbeError::NotPrivileged
                 }
                 _ => ProbeError::Load(Box::new(e)),
@@ -188,7 +220,11 @@ impl Probes {
             attached.iter().any(|a| *a == enter) && attached.iter().any(|a| *a == exit)
         });
         if !data_path_ok {
-            let reasons = skipped.iter().map(|(p, r)| format!("{p}: {r}")).collect::<Vec<_>>().join("; ");
+            let reasons = skipped
+                .iter()
+                .map(|(p, r)| format!("{p}: {r}"))
+                .collect::<Vec<_>>()
+                .join("; ");
             return Err(ProbeError::NoDataPath { reasons });
         }
         tracing::info!(count = attached.len(), programs = %attached.join(","), "probes attached");
@@ -200,8 +236,12 @@ impl Probes {
             tracing::debug!("eBPF object carries an aya-log map that is not read");
         }
 
-        let ring = RingBuf::try_from(take_map(&mut ebpf, maps::EVENTS)?)
-            .map_err(|source| ProbeError::OpenMap { name: maps::EVENTS, source })?;
+        let ring = RingBuf::try_from(take_map(&mut ebpf, maps::EVENTS)?).map_err(|source| {
+            ProbeError::OpenMap {
+                name: maps::EVENTS,
+                source,
+            }
+        })?;
         let conn_maps = ConnMaps {
             conns: open_hash(&mut ebpf, maps::CONNS)?,
             inet_socks: open_hash(&mut ebpf, maps::INET_STREAM_SOCKS)?,
@@ -209,7 +249,17 @@ impl Probes {
         };
         // Fail now rather than on every tick if the counters are unreadable.
         open_counters(&ebpf)?;
-        Ok((Probes { ebpf, attached, skipped }, EventSource { ring: Ring::Plain(Some(ring)) }, conn_maps))
+        Ok((
+            Probes {
+                ebpf,
+                attached,
+                skipped,
+            },
+            EventSource {
+                ring: Ring::Plain(Some(ring)),
+            },
+            conn_maps,
+        ))
     }
 
     /// Sum over CPUs of each kernel counter.
@@ -249,7 +299,11 @@ enum AttachError {
     #[error("program not found in the eBPF object")]
     NotInObject,
     #[error("tracepoint {category}:{name} is not available: {reason}")]
-    Format { category: &'static str, name: &'static str, reason: String },
+    Format {
+        category: &'static str,
+        name: &'static str,
+        reason: String,
+    },
     #[error(transparent)]
     Program(#[from] ProgramError),
 }
@@ -258,7 +312,10 @@ impl AttachError {
     /// One-line-ish reason; verifier logs are cut to their informative tail.
     fn describe(&self) -> String {
         match self {
-            AttachError::Program(ProgramError::LoadError { io_error, verifier_log }) => {
+            AttachError::Program(ProgramError::LoadError {
+                io_error,
+                verifier_log,
+            }) => {
                 let log = format!("{verifier_log}");
                 let lines: Vec<&str> = log.lines().collect();
                 let tail = lines[lines.len().saturating_sub(VERIFIER_TAIL_LINES)..].join("\n");
@@ -273,8 +330,10 @@ fn attach(ebpf: &mut Ebpf, spec: &ProgramSpec) -> Result<(), AttachError> {
     if !spec.fields.is_empty() {
         check_format(spec)?;
     }
-    let program: &mut TracePoint =
-        ebpf.program_mut(spec.name).ok_or(AttachError::NotInObject)?.try_into()?;
+    let program: &mut TracePoint = ebpf
+        .program_mut(spec.name)
+        .ok_or(AttachError::NotInObject)?
+        .try_into()?;
     program.load()?;
     program.attach(spec.category, spec.name)?;
     Ok(())
@@ -283,13 +342,26 @@ fn attach(ebpf: &mut Ebpf, spec: &ProgramSpec) -> Result<(), AttachError> {
 /// Non-syscall tracepoint records are read at fixed offsets: refuse to
 /// attach when this kernel lays the record out differently.
 fn check_format(spec: &ProgramSpec) -> Result<(), AttachError> {
-    let path = PathBuf::from(TRACEFS).join("events").join(spec.category).join(spec.name).join("format");
-    let fail = |reason: String| AttachError::Format { category: spec.category, name: spec.name, reason };
-    let text = fs::read_to_string(&path).map_err(|e| fail(format!("reading {}: {e}", path.display())))?;
+    let path = PathBuf::from(TRACEFS)
+        .join("events")
+        .join(spec.category)
+        .join(spec.name)
+        .join("format");
+    let fail = |reason: String| AttachError::Format {
+        category: spec.category,
+        name: spec.name,
+        reason,
+    };
+    let text =
+        fs::read_to_string(&path).map_err(|e| fail(format!("reading {}: {e}", path.display())))?;
     for &(field, want) in spec.fields {
         match field_offset(&text, field) {
             Some(got) if got == want => {}
-            Some(got) => return Err(fail(format!("field {field} is at offset {got}, the program reads {want}"))),
+            Some(got) => {
+                return Err(fail(format!(
+                    "field {field} is at offset {got}, the program reads {want}"
+                )))
+            }
             None => return Err(fail(format!("record has no field {field}"))),
         }
     }
@@ -308,7 +380,13 @@ fn field_offset(format: &str, field: &str) -> Option<usize> {
         if name != field {
             return None;
         }
-        rest.trim().strip_prefix("offset:")?.split(';').next()?.trim().parse().ok()
+        rest.trim()
+            .strip_prefix("offset:")?
+            .split(';')
+            .next()?
+            .trim()
+            .parse()
+            .ok()
     })
 }
 
@@ -324,8 +402,13 @@ fn open_hash<K: aya::Pod, V: aya::Pod>(
 }
 
 fn open_counters(ebpf: &Ebpf) -> Result<PerCpuArray<&MapData, u64>, ProbeError> {
-    let map = ebpf.map(maps::COUNTERS).ok_or(ProbeError::MissingMap { name: maps::COUNTERS })?;
-    PerCpuArray::try_from(map).map_err(|source| ProbeError::OpenMap { name: maps::COUNTERS, source })
+    let map = ebpf.map(maps::COUNTERS).ok_or(ProbeError::MissingMap {
+        name: maps::COUNTERS,
+    })?;
+    PerCpuArray::try_from(map).map_err(|source| ProbeError::OpenMap {
+        name: maps::COUNTERS,
+        source,
+    })
 }
 
 fn is_permission(e: &io::Error) -> bool {
@@ -342,13 +425,20 @@ fn capture_bytes(requested: u32) -> u32 {
 
 /// The kernel wants a power-of-two multiple of the page size.
 fn ring_buffer_bytes(requested: u32, page: u32) -> u32 {
-    requested.max(page).checked_next_power_of_two().unwrap_or(MAX_RING_BYTES).min(MAX_RING_BYTES)
+    requested
+        .max(page)
+        .checked_next_power_of_two()
+        .unwrap_or(MAX_RING_BYTES)
+        .min(MAX_RING_BYTES)
 }
 
 fn page_size() -> u32 {
     // SAFETY: sysconf only reads a configuration value.
     let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    u32::try_from(size).ok().filter(|s| s.is_power_of_two()).unwrap_or(4096)
+    u32::try_from(size)
+        .ok()
+        .filter(|s| s.is_power_of_two())
+        .unwrap_or(4096)
 }
 
 /// CAP_SYS_ADMIN alone, or CAP_BPF + CAP_PERFMON (tracepoints are attached
@@ -375,7 +465,10 @@ fn effective_caps(status: &str) -> Option<u64> {
 /// Maps are memcg-charged on current kernels; the limit only matters on old
 /// ones, and a container without CAP_SYS_RESOURCE cannot raise it anyway.
 fn raise_memlock_limit() {
-    let limit = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
+    let limit = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
     // SAFETY: setrlimit reads the struct we pass and nothing else.
     if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &limit) } != 0 {
         tracing::debug!(error = %io::Error::last_os_error(), "raising RLIMIT_MEMLOCK failed; continuing");
@@ -393,7 +486,13 @@ fn ensure_tracefs() {
     let fstype = c"tracefs";
     // SAFETY: all pointers are NUL-terminated static strings; no data argument.
     let rc = unsafe {
-        libc::mount(fstype.as_ptr(), target.as_ptr(), fstype.as_ptr(), 0, std::ptr::null())
+        libc::mount(
+            fstype.as_ptr(),
+            target.as_ptr(),
+            fstype.as_ptr(),
+            0,
+            std::ptr::null(),
+        )
     };
     if rc != 0 {
         tracing::warn!(path = TRACEFS, error = %io::Error::last_os_error(), "mounting tracefs failed");
@@ -422,7 +521,9 @@ impl EventSource {
     pub async fn readable(&mut self) -> io::Result<()> {
         if let Ring::Plain(ring) = &mut self.ring {
             if tokio::runtime::Handle::try_current().is_err() {
-                return Err(io::Error::other("EventSource::readable needs a tokio runtime"));
+                return Err(io::Error::other(
+                    "EventSource::readable needs a tokio runtime",
+                ));
             }
             let Some(inner) = ring.take() else {
                 return Err(io::Error::other("ring buffer lost while registering it"));
@@ -481,7 +582,9 @@ impl ConnMaps {
     /// verified after ConnUnverified); its process's forks and exit are then
     /// reported too.
     pub fn track_conn(&mut self, key: SockKey, info: ConnInfo) -> Result<(), ProbeError> {
-        self.conns.insert(key, info, 0).map_err(|source| update_error("tracking connection", key, source))?;
+        self.conns
+            .insert(key, info, 0)
+            .map_err(|source| update_error("tracking connection", key, source))?;
         self.tracked_tgids
             .insert(key.tgid, 1u8, 0)
             .map_err(|source| update_error("tracking process", key, source))
@@ -510,7 +613,9 @@ impl ConnMaps {
         // BPF_EXIST: if close() removed the entry meanwhile, don't revive it.
         match self.conns.insert(key, info, BPF_EXIST) {
             Ok(()) => Ok(()),
-            Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+            Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => {
+                Ok(())
+            }
             Err(source) => Err(update_error("muting connection", key, source)),
         }
     }
@@ -520,7 +625,9 @@ impl ConnMaps {
     pub fn forget(&mut self, key: SockKey) -> Result<(), ProbeError> {
         match self.conns.remove(&key) {
             Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
-            Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+            Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => {
+                Ok(())
+            }
             Err(source) => Err(update_error("forgetting connection", key, source)),
         }
     }
@@ -532,7 +639,12 @@ impl ConnMaps {
 }
 
 fn update_error(operation: &'static str, key: SockKey, source: MapError) -> ProbeError {
-    ProbeError::MapUpdate { operation, tgid: key.tgid, fd: key.fd, source }
+    ProbeError::MapUpdate {
+        operation,
+        tgid: key.tgid,
+        fd: key.fd,
+        source,
+    }
 }
 
 #[cfg(test)]
@@ -585,10 +697,16 @@ mod tests {
             return;
         }
         let file = object::File::parse(EBPF_OBJECT).unwrap();
-        let symbols: Vec<String> =
-            file.symbols().filter_map(|s| s.name().ok().map(str::to_owned)).collect();
+        let symbols: Vec<String> = file
+            .symbols()
+            .filter_map(|s| s.name().ok().map(str::to_owned))
+            .collect();
         for spec in PROGRAMS {
-            assert!(symbols.iter().any(|s| s == spec.name), "program {} missing", spec.name);
+            assert!(
+                symbols.iter().any(|s| s == spec.name),
+                "program {} missing",
+                spec.name
+            );
         }
         for name in [
             maps::EVENTS,

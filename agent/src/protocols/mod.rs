@@ -109,7 +109,8 @@ pub trait ProtocolParser: Send {
 }
 
 /// Detectors in order of precedence.
-pub static DETECTORS: &[&dyn ProtocolDetector] = &[&http1::Http1Detector];
+pub static DETECTORS: &[&dyn ProtocolDetector] =
+    &[&http1::Http1Detector, &postgres::PostgresDetector, &mysql::MysqlDetector];
 
 /// Picks the parser for a connection, or says to wait / give up.
 pub enum Detection {

@@ -52,7 +52,7 @@ use super::{
     },
     Chunk, Confidence, Feed, ParserConfig, ProtocolDetector, ProtocolParser,
 };
-use crate::spans::{ParsedSpan, SpanKind};
+use crate::spans::{AttrValue, ParsedSpan, SpanKind};
 
 pub const SYSTEM: &str = "postgresql";
 
@@ -471,6 +471,8 @@ pub struct PostgresParser {
     last_backend_exit: u64,
     /// A drop to report (as LostSync) at the next chunk.
     poisoned: Option<&'static str>,
+    /// Executions seen but dropped without a span, for `take_dropped`.
+    dropped: u64,
     front_frames: Vec<Framed<Head>>,
     back_frames: Vec<Framed<u8>>,
 }
@@ -493,12 +495,16 @@ impl PostgresParser {
             pipelining: false,
             last_backend_exit: 0,
             poisoned: None,
+            dropped: 0,
             front_frames: Vec::new(),
             back_frames: Vec::new(),
         }
     }
 
+    /// Forgets every pending request, counting the executions among them.
     fn clear_pending(&mut self) {
+        let lost = self.pending.iter().filter(|p| matches!(p, Pending::Execute(_) | Pending::Query(_))).count();
+        self.dropped += lost as u64;
         self.pending.clear();
         self.sync_points = 0;
     }
@@ -745,16 +751,20 @@ impl PostgresParser {
                 let outcome = Outcome { error: op.error.clone(), response_truncated: true, ..Outcome::default() };
                 self.emit(op, end_ns, outcome, out);
             }
-            _ => self.poisoned = Some("postgres: response framing lost over several executes"),
+            several => {
+                self.dropped += several.len() as u64;
+                self.poisoned = Some("postgres: response framing lost over several executes");
+            }
         }
     }
 
     fn on_backend_message(&mut self, f: Frame<u8>, out: &mut Vec<ParsedSpan>) {
         match f.head {
-            b'D' => match self.pending.front_mut() {
-                Some(Pending::Execute(op) | Pending::Query(op)) => op.rows += 1,
-                _ => {}
-            },
+            b'D' => {
+                if let Some(Pending::Execute(op) | Pending::Query(op)) = self.pending.front_mut() {
+                    op.rows += 1;
+                }
+            }
             b'C' | b'I' | b's' => {
                 let tag = (f.head == b'C').then(|| {
                     let mut pos = 0;
@@ -782,7 +792,8 @@ impl PostgresParser {
                             op.last_tag = Some(tag);
                         }
                     }
-                    _ => {}
+                    // A completion for a request we never saw (joined mid-stream).
+                    _ => self.dropped += 1,
                 }
             }
             b'E' => {
@@ -798,11 +809,7 @@ impl PostgresParser {
                             self.pop_pending();
                         }
                     }
-                    Some(Pending::Query(op)) => {
-                        if op.error.is_none() {
-                            op.error = Some(error);
-                        }
-                    }
+                    Some(Pending::Query(op)) if op.error.is_none() => op.error = Some(error),
                     _ => {}
                 }
             }
@@ -819,10 +826,11 @@ impl PostgresParser {
                     }
                 }
             }
-            b'G' | b'H' | b'W' => match self.pending.front_mut() {
-                Some(Pending::Execute(op) | Pending::Query(op)) => op.copy_out = f.head == b'H',
-                _ => {}
-            },
+            b'G' | b'H' | b'W' => {
+                if let Some(Pending::Execute(op) | Pending::Query(op)) = self.pending.front_mut() {
+                    op.copy_out = f.head == b'H';
+                }
+            }
             _ => {}
         }
     }
@@ -838,14 +846,23 @@ impl ProtocolParser for PostgresParser {
             return Feed::LostSync(reason);
         }
         let feed = if chunk.direction == self.frontend { self.on_frontend(chunk, out) } else { self.on_backend(chunk, out) };
-        match (feed, self.poisoned.take()) {
+        let feed = match (feed, self.poisoned.take()) {
             (Feed::Continue, Some(reason)) => Feed::LostSync(reason),
             (feed, _) => feed,
+        };
+        if feed != Feed::Continue {
+            // The parser is about to be replaced: what it holds is lost.
+            self.clear_pending();
         }
+        feed
     }
 
     fn on_close(&mut self, _ts_ns: u64, _out: &mut Vec<ParsedSpan>) {
         self.clear_pending();
+    }
+
+    fn take_dropped(&mut self) -> u64 {
+        std::mem::take(&mut self.dropped)
     }
 
     fn on_idle(&mut self, older_than_ns: u64, out: &mut Vec<ParsedSpan>) {
@@ -863,6 +880,19 @@ impl ProtocolParser for PostgresParser {
             self.poisoned = Some("postgres: requests unanswered for too long");
         }
     }
+}
+
+/// Fuzzing entry point (`fuzz/fuzz_targets/postgres.rs`): see [`super::sql::fuzz_script`].
+/// Panics when an invariant breaks; returns the spans emitted.
+pub fn fuzz_script(data: &[u8]) -> usize {
+    super::sql::fuzz_script(data, &PostgresDetector, check_span)
+}
+
+fn check_span(span: &ParsedSpan) {
+    if let Some(AttrValue::Str(code)) = span.attr("db.response.status_code") {
+        assert!(code == "_OTHER" || (code.len() == 5 && code.bytes().all(|b| b.is_ascii_alphanumeric())), "{code}");
+    }
+    assert_eq!(span.attr("db.system.name"), Some(&AttrValue::from(SYSTEM)));
 }
 
 #[cfg(test)]
@@ -1299,6 +1329,29 @@ mod tests {
     }
 
     #[test]
+    fn drops_are_counted() {
+        let mut p = parser();
+        let mut out = Vec::new();
+        feed(&mut p, 0, true, &[q("SELECT 1"), q("SELECT 2")].concat(), &mut out);
+        p.on_close(1, &mut out);
+        assert_eq!(p.take_dropped(), 2);
+        assert_eq!(p.take_dropped(), 0);
+        // A completion for a request never seen.
+        let mut p = parser();
+        feed(&mut p, 0, false, &[msg(b'C', b"SELECT 1\0"), msg(b'Z', b"I")].concat(), &mut out);
+        assert_eq!(p.take_dropped(), 1);
+        // Lost sync with a request in flight.
+        let mut p = parser();
+        feed(&mut p, 0, true, &q("SELECT 1"), &mut out);
+        assert!(matches!(feed(&mut p, 1, true, b"\x01\0\0\0\x05x", &mut out), Feed::LostSync(_)));
+        assert_eq!(p.take_dropped(), 1);
+        assert!(out.is_empty());
+        // Completed exchanges are not drops.
+        let r = replay(&mut parser(), &records(PSQL_SESSION), usize::MAX, Role::Client);
+        assert_eq!(r.spans.len(), 12);
+    }
+
+    #[test]
     fn detector_accepts_protocol_openings() {
         let d = PostgresDetector;
         for bin in ALL {
@@ -1350,6 +1403,32 @@ mod tests {
             let len = 1 + rng.below(64) as usize;
             let bytes: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
             assert_ne!(no(&bytes), Confidence::Yes, "{bytes:?}");
+        }
+    }
+
+    #[test]
+    fn fuzz_script_runs_captures_and_mutations() {
+        use crate::protocols::sql::script_from_records;
+        let mut rng = Lcg(11);
+        let mut spans = 0;
+        for bin in ALL {
+            let script = script_from_records(&records(bin));
+            spans += fuzz_script(&script);
+            for _ in 0..40 {
+                let mut m = script.clone();
+                for _ in 0..1 + rng.below(8) {
+                    let at = rng.below(m.len() as u64) as usize;
+                    m[at] = rng.next() as u8;
+                }
+                fuzz_script(&m);
+            }
+        }
+        // Client and Unknown roles read these scripts the right way round
+        // (Server sees them mirrored): the harness reaches the span paths.
+        assert!(spans >= 2 * 20, "only {spans} spans");
+        for _ in 0..300 {
+            let noise: Vec<u8> = (0..rng.below(600)).map(|_| rng.next() as u8).collect();
+            fuzz_script(&noise);
         }
     }
 

@@ -1,9 +1,7 @@
 //! Connection lifecycle: socket() remembers inet sockets, accept()/connect()
 //! start tracking TCP connections (CONNS), close() ends them.
 use aya_ebpf::{helpers::bpf_probe_read_user, programs::TracePointContext};
-use waggle_common::{
-    inet_sock, ConnEvent, ConnInfo, Counter, EventKind, Role, SockKey, SyscallId,
-};
+use waggle_common::{inet_sock, ConnEvent, ConnInfo, Counter, EventKind, Role, SockKey, SyscallId};
 
 use crate::{
     arg, count, current, mint_conn_id, now_ns, stash, take_pending, Pending, CONNS, EVENTS,
@@ -45,7 +43,11 @@ fn is_inet(family: u16) -> bool {
 fn read_peer(ptr: u64, addrlen: u64) -> Option<Peer> {
     // SAFETY: reads user memory through the fault-tolerant helper.
     let head = unsafe { bpf_probe_read_user(ptr as *const SockaddrHead) }.ok()?;
-    let mut peer = Peer { family: head.family, port: u16::from_be(head.port_be), addr: [0; 16] };
+    let mut peer = Peer {
+        family: head.family,
+        port: u16::from_be(head.port_be),
+        addr: [0; 16],
+    };
     if head.family == AF_INET {
         let [a, b, c, d] = head.addr4;
         peer.addr[0] = a;
@@ -117,7 +119,11 @@ pub(crate) fn socket_enter(ctx: &TracePointContext) -> Option<()> {
     let p = Pending {
         syscall: SyscallId::Socket as u8,
         family: family as u8,
-        sock_kind: u64::from(if ty == SOCK_STREAM { inet_sock::STREAM } else { inet_sock::OTHER }),
+        sock_kind: u64::from(if ty == SOCK_STREAM {
+            inet_sock::STREAM
+        } else {
+            inet_sock::OTHER
+        }),
         ..Pending::default()
     };
     stash(pid_tgid, &p);
@@ -132,7 +138,17 @@ pub(crate) fn socket_exit(ctx: &TracePointContext) -> Option<()> {
     if ret < 0 {
         return None;
     }
-    if INET_STREAM_SOCKS.insert(SockKey { tgid, fd: ret as u32 }, p.sock_kind as u8, 0).is_err() {
+    if INET_STREAM_SOCKS
+        .insert(
+            SockKey {
+                tgid,
+                fd: ret as u32,
+            },
+            p.sock_kind as u8,
+            0,
+        )
+        .is_err()
+    {
         count(Counter::MapInsertFailed);
     }
     Some(())
@@ -160,11 +176,18 @@ pub(crate) fn accept_exit(ctx: &TracePointContext, id: SyscallId) -> Option<()> 
     if ret < 0 {
         return None;
     }
-    let key = SockKey { tgid, fd: ret as u32 };
+    let key = SockKey {
+        tgid,
+        fd: ret as u32,
+    };
     let tid = pid_tgid as u32;
     // The kernel has filled the peer sockaddr by now; sockaddr_in6 is 28
     // bytes, and a caller that passed a shorter buffer still gets the family.
-    let peer = if p.ptr != 0 { read_peer(p.ptr, 28) } else { None };
+    let peer = if p.ptr != 0 {
+        read_peer(p.ptr, 28)
+    } else {
+        None
+    };
     match peer {
         Some(peer) if is_inet(peer.family) => {
             open_conn(key, tid, Role::Server, &peer);
@@ -182,7 +205,14 @@ pub(crate) fn accept_exit(ctx: &TracePointContext, id: SyscallId) -> Option<()> 
                 }
                 Some(_) => {}
                 // Listener created before the agent: userspace checks /proc.
-                None => emit_conn(EventKind::ConnUnverified, Role::Server, key, tid, 0, &Peer::default()),
+                None => emit_conn(
+                    EventKind::ConnUnverified,
+                    Role::Server,
+                    key,
+                    tid,
+                    0,
+                    &Peer::default(),
+                ),
             }
         }
     }
@@ -229,7 +259,11 @@ pub(crate) fn connect_exit(ctx: &TracePointContext) -> Option<()> {
     }
     let key = SockKey { tgid, fd: p.fd };
     let tid = pid_tgid as u32;
-    let peer = Peer { family: u16::from(p.family), port: p.port, addr: p.addr };
+    let peer = Peer {
+        family: u16::from(p.family),
+        port: p.port,
+        addr: p.addr,
+    };
     match INET_STREAM_SOCKS.get_ptr(key) {
         // SAFETY: points at a live map value.
         Some(kind) if unsafe { *kind } == inet_sock::STREAM => {
@@ -248,12 +282,18 @@ pub(crate) fn connect_exit(ctx: &TracePointContext) -> Option<()> {
 #[inline(always)]
 pub(crate) fn close_enter(ctx: &TracePointContext) -> Option<()> {
     let (pid_tgid, tgid) = current()?;
-    let key = SockKey { tgid, fd: arg(ctx, 0) as u32 };
+    let key = SockKey {
+        tgid,
+        fd: arg(ctx, 0) as u32,
+    };
     if let Some(info) = CONNS.get_ptr(key) {
         // SAFETY: points at a live CONNS value, copied before the delete.
         let info = unsafe { *info };
         let _ = CONNS.remove(key);
-        let peer = Peer { family: u16::from(info.family), ..Peer::default() };
+        let peer = Peer {
+            family: u16::from(info.family),
+            ..Peer::default()
+        };
         emit_conn(
             EventKind::ConnClose,
             Role::from_u8(info.role),

@@ -2,7 +2,10 @@
 //! tracked connections become DataEvents carrying a bounded payload prefix.
 use core::{ffi::c_void, hint::black_box, mem::size_of};
 
-use aya_ebpf::{helpers::generated::bpf_probe_read_user, programs::TracePointContext};
+use aya_ebpf::{
+    helpers::{bpf_probe_read_user, generated::bpf_probe_read_user as bpf_probe_read_user_raw},
+    programs::TracePointContext,
+};
 use waggle_common::{
     conn_flags, Counter, DataEvent, Direction, EventKind, SockKey, SyscallId, CAPTURE_MASK,
     MAX_CAPTURE, MAX_IOVECS,
@@ -133,7 +136,7 @@ pub(crate) fn exit(ctx: &TracePointContext, id: SyscallId, direction: Direction)
         Shape::Msghdr => {
             // struct user_msghdr: msg_iov at 16, msg_iovlen at 24.
             // SAFETY: reads user memory through the fault-tolerant helper.
-            match unsafe { aya_ebpf::helpers::bpf_probe_read_user((p.ptr + 16) as *const [u64; 2]) } {
+            match unsafe { bpf_probe_read_user((p.ptr + 16) as *const [u64; 2]) } {
                 Ok([iov, iovlen]) => copy_iovecs(payload, iov, iovlen, budget),
                 Err(_) => {
                     count(Counter::ReadFailed);
@@ -189,7 +192,11 @@ fn read_into(dst: *mut u8, off: u64, len: u64, src: u64) -> bool {
     // SAFETY: dst + off + len <= dst + 2 * MAX_CAPTURE - 1, inside the
     // payload area; the helper tolerates bad user pointers and returns < 0.
     let rc = unsafe {
-        bpf_probe_read_user(dst.add(off as usize).cast::<c_void>(), len as u32, src as *const c_void)
+        bpf_probe_read_user_raw(
+            dst.add(off as usize).cast::<c_void>(),
+            len as u32,
+            src as *const c_void,
+        )
     };
     if rc < 0 {
         count(Counter::ReadFailed);
@@ -219,8 +226,7 @@ fn copy_iovecs(dst: *mut u8, iov: u64, iovcnt: u64, budget: u64) -> u64 {
         }
         // struct iovec { void *iov_base; size_t iov_len; }
         // SAFETY: reads user memory through the fault-tolerant helper.
-        let Ok([base, len]) =
-            (unsafe { aya_ebpf::helpers::bpf_probe_read_user((iov + i * 16) as *const [u64; 2]) })
+        let Ok([base, len]) = (unsafe { bpf_probe_read_user((iov + i * 16) as *const [u64; 2]) })
         else {
             count(Counter::ReadFailed);
             break;

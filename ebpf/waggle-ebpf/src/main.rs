@@ -28,7 +28,7 @@ use aya_ebpf::{
     EbpfContext, Global,
 };
 use waggle_common::{
-    ConnInfo, Counter, Direction, SockKey, SyscallId, COUNTER_COUNT, CONNS_MAX_ENTRIES,
+    ConnInfo, Counter, Direction, SockKey, SyscallId, CONNS_MAX_ENTRIES, COUNTER_COUNT,
     EVENTS_RINGBUF_BYTES, INET_STREAM_SOCKS_MAX_ENTRIES, MAX_CAPTURE, PENDING_MAX_ENTRIES,
     TRACKED_TGIDS_MAX_ENTRIES, USERSPACE_CONN_ID_BIT,
 };

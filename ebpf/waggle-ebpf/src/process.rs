@@ -14,7 +14,14 @@ const NEWTASK_CLONE_FLAGS_OFFSET: usize = 32;
 
 #[inline(always)]
 fn emit(kind: EventKind, tgid: u32, parent_tgid: u32) {
-    let ev = ProcessEvent { kind: kind as u8, _pad0: [0; 3], tgid, parent_tgid, _pad1: 0, ts_ns: now_ns() };
+    let ev = ProcessEvent {
+        kind: kind as u8,
+        _pad0: [0; 3],
+        tgid,
+        parent_tgid,
+        _pad1: 0,
+        ts_ns: now_ns(),
+    };
     if EVENTS.output::<ProcessEvent>(&ev, 0).is_err() {
         count(Counter::EventsLost);
     }
@@ -31,7 +38,8 @@ pub(crate) fn task_newtask(ctx: &TracePointContext) -> Option<()> {
     let base = ctx.as_ptr().cast::<u8>();
     // SAFETY: constant in-bounds offsets into the tracepoint record (checked
     // by the verifier against the record size at attach time).
-    let flags = unsafe { core::ptr::read_volatile(base.add(NEWTASK_CLONE_FLAGS_OFFSET).cast::<u64>()) };
+    let flags =
+        unsafe { core::ptr::read_volatile(base.add(NEWTASK_CLONE_FLAGS_OFFSET).cast::<u64>()) };
     if flags & CLONE_THREAD != 0 {
         return None;
     }
