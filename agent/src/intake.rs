@@ -5,7 +5,7 @@
 //! allocated unless a parser keeps some of it.
 use std::mem::size_of;
 
-use waggle_common::{ConnEvent, DataEvent, EventKind, ProcessEvent, MAX_CAPTURE};
+use waggle_common::{ConnEvent, DataEvent, EventKind, ProcessEvent, TraceCtxEvent, MAX_CAPTURE};
 
 #[derive(Debug)]
 pub enum RawEvent<'a> {
@@ -15,6 +15,8 @@ pub enum RawEvent<'a> {
     ConnUnverified(ConnEvent),
     ProcessFork(ProcessEvent),
     ProcessExit(ProcessEvent),
+    ServerCtx(TraceCtxEvent),
+    ClientCtx(TraceCtxEvent),
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -58,6 +60,8 @@ pub fn decode(bytes: &[u8]) -> Result<RawEvent<'_>, DecodeError> {
         EventKind::ConnUnverified => RawEvent::ConnUnverified(read_header(bytes, kind)?),
         EventKind::ProcessFork => RawEvent::ProcessFork(read_header(bytes, kind)?),
         EventKind::ProcessExit => RawEvent::ProcessExit(read_header(bytes, kind)?),
+        EventKind::ServerCtx => RawEvent::ServerCtx(read_header(bytes, kind)?),
+        EventKind::ClientCtx => RawEvent::ClientCtx(read_header(bytes, kind)?),
     })
 }
 

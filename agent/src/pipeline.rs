@@ -114,6 +114,9 @@ impl Stages {
                 let sockets = discovery::scan_process_sockets(ev.tgid);
                 self.seed(&sockets, ev.ts_ns);
             }
+            Ok(RawEvent::ServerCtx(_) | RawEvent::ClientCtx(_)) => {
+                // Trace-context linking is wired in with propagation.
+            }
             Ok(RawEvent::ProcessExit(ev)) => {
                 self.tracker.on_process_exit(ev.tgid, ev.ts_ns, &mut self.env, &mut self.pending);
                 // Spans still pending for this pid resolve their resource

@@ -17,7 +17,7 @@ use waggle::{
     probes::{EventSource, ProbeConfig, ProbeError, Probes},
 };
 use waggle_common::{
-    ConnEvent, Counter, DataEvent, Direction, ProcessEvent, Role, SockKey, SyscallId,
+    ConnEvent, Counter, DataEvent, Direction, ProcessEvent, Role, SockKey, SyscallId, TraceCtxEvent,
 };
 
 /// Owned copy of a decoded record.
@@ -29,6 +29,8 @@ enum Ev {
     Unverified(ConnEvent),
     Fork(ProcessEvent),
     Exit(ProcessEvent),
+    #[allow(dead_code)]
+    Ctx(TraceCtxEvent),
 }
 
 /// Kills its process on drop, by pid, so a failing assertion leaves nothing
@@ -73,6 +75,7 @@ fn drain(source: &mut EventSource, events: &mut Vec<Ev>) {
             Ok(RawEvent::ConnUnverified(e)) => Ev::Unverified(e),
             Ok(RawEvent::ProcessFork(e)) => Ev::Fork(e),
             Ok(RawEvent::ProcessExit(e)) => Ev::Exit(e),
+            Ok(RawEvent::ServerCtx(e) | RawEvent::ClientCtx(e)) => Ev::Ctx(e),
             Err(e) => panic!("undecodable kernel record ({} bytes): {e}", record.len()),
         };
         events.push(ev);

@@ -27,6 +27,13 @@ pub mod maps {
     pub const TRACKED_TGIDS: &str = "TRACKED_TGIDS";
     /// Per-CPU sequence the kernel mints connection ids from (kernel-only).
     pub const CONN_SEQ: &str = "CONN_SEQ";
+    /// pid_tgid -> TraceCtx: the server request a thread is handling now.
+    pub const THREAD_CTX: &str = "THREAD_CTX";
+    /// pid_tgid -> InjectRequest: a traceparent the current send should carry
+    /// (set by the syscall tracepoint, consumed by the sk_msg program).
+    pub const INJECT_PENDING: &str = "INJECT_PENDING";
+    /// SockHash of established client sockets the sk_msg program runs on.
+    pub const CLIENT_SOCKS: &str = "CLIENT_SOCKS";
 }
 
 /// Values of the INET_STREAM_SOCKS map: what `socket()` said about an
@@ -46,7 +53,16 @@ pub mod globals {
     pub const AGENT_TGID: &str = "AGENT_TGID";
     /// Payload bytes copied per event, <= MAX_CAPTURE (0 means MAX_CAPTURE).
     pub const CAPTURE_BYTES: &str = "CAPTURE_BYTES";
+    /// 1: insert traceparent into outgoing HTTP/1.x requests; 0: don't.
+    pub const PROPAGATION: &str = "PROPAGATION";
 }
+
+/// Length of the header line the sk_msg program inserts:
+/// `traceparent: 00-<32 hex>-<16 hex>-01\r\n`.
+pub const TRACEPARENT_LINE_LEN: usize = 70;
+pub const THREAD_CTX_MAX_ENTRIES: u32 = 16384;
+pub const INJECT_PENDING_MAX_ENTRIES: u32 = 4096;
+pub const CLIENT_SOCKS_MAX_ENTRIES: u32 = 65536;
 
 /// Default sizes; userspace may override max_entries at load time.
 pub const EVENTS_RINGBUF_BYTES: u32 = 16 * 1024 * 1024;
@@ -94,6 +110,46 @@ pub mod conn_flags {
     /// unknown protocol, the agent's own export traffic): the kernel keeps
     /// tracking it but copies no payload.
     pub const MUTED: u8 = 1;
+    /// Client side: an HTTP request was sent and its final (non-1xx)
+    /// response has not been read yet. A send in this state is never a new
+    /// request (it is a body, a header continuation or a pipelined request),
+    /// so nothing is injected into it.
+    pub const AWAITING_RESPONSE: u8 = 2;
+}
+
+/// Flags of a [`TraceCtxEvent`] / [`TraceCtx`].
+pub mod ctx_flags {
+    /// W3C sampled flag.
+    pub const SAMPLED: u8 = 1;
+    /// `parent_span_id` is valid (a server request carried a traceparent, or
+    /// a client request was sent while its thread handled a server request).
+    pub const HAS_PARENT: u8 = 2;
+    /// The sk_msg program inserted a traceparent carrying `span_id`.
+    pub const INJECTED: u8 = 4;
+}
+
+/// Why an injection was skipped (index into COUNTERS after the base counters).
+pub mod skip_reason {
+    pub const ALREADY_HAS_TRACEPARENT: u32 = 0;
+    pub const NOT_REQUEST_START: u32 = 1;
+    pub const AWAITING_RESPONSE: u32 = 2;
+    pub const NO_REQUEST_LINE_END: u32 = 3;
+    pub const PUSH_FAILED: u32 = 4;
+    pub const NOT_IN_SOCKHASH: u32 = 5;
+    pub const COUNT: u32 = 6;
+}
+
+/// A trace context as the kernel keeps it per thread.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TraceCtx {
+    pub trace_id: [u8; 16],
+    pub span_id: [u8; 8],
+    pub parent_span_id: [u8; 8],
+    pub flags: u8,
+    pub _pad: [u8; 7],
+    /// Connection of the server request (so its response write ends it).
+    pub conn_id: u64,
 }
 
 /// Value of the CONNS map: one tracked TCP connection.
@@ -121,6 +177,11 @@ pub enum EventKind {
     /// A process that owns tracked sockets forked: its child inherited them.
     ProcessFork = 5,
     ProcessExit = 6,
+    /// A server request started: the ids its span must carry (TraceCtxEvent).
+    ServerCtx = 7,
+    /// A client request started on a thread with a context, or had a
+    /// traceparent injected: the ids its span must carry (TraceCtxEvent).
+    ClientCtx = 8,
 }
 
 impl EventKind {
@@ -132,6 +193,8 @@ impl EventKind {
             4 => EventKind::ConnUnverified,
             5 => EventKind::ProcessFork,
             6 => EventKind::ProcessExit,
+            7 => EventKind::ServerCtx,
+            8 => EventKind::ClientCtx,
             _ => return None,
         })
     }
@@ -239,6 +302,41 @@ pub struct ProcessEvent {
     pub ts_ns: u64,
 }
 
+/// Trace identity of one request, emitted by the kernel so userspace builds
+/// the span with exactly the ids the kernel used (and injected).
+///
+/// `ts_ns` equals the matching DataEvent's `exit_ns` (ServerCtx: the read
+/// that brought the request's first bytes) or `enter_ns` (ClientCtx: the
+/// send that carried them), so userspace matches ctx and span by
+/// (conn_id, timestamp).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TraceCtxEvent {
+    pub kind: u8,
+    pub flags: u8,
+    pub _pad0: [u8; 2],
+    pub tgid: u32,
+    pub tid: u32,
+    pub fd: u32,
+    pub conn_id: u64,
+    pub ts_ns: u64,
+    pub trace_id: [u8; 16],
+    pub span_id: [u8; 8],
+    pub parent_span_id: [u8; 8],
+}
+
+/// Pending injection for the current send of a thread.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct InjectRequest {
+    pub ctx: TraceCtx,
+    /// Set by the sk_msg program once the header is in.
+    pub injected: u8,
+    /// skip_reason + 1 when sk_msg declined; 0 when not decided.
+    pub skipped: u8,
+    pub _pad: [u8; 6],
+}
+
 /// Per-CPU counters, indexes into the COUNTERS PerCpuArray.
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -255,12 +353,30 @@ pub enum Counter {
     ReadFailed = 5,
     /// Data on a muted connection (counted, not copied).
     MutedEvents = 6,
+    /// traceparent headers inserted into outgoing requests.
+    Injected = 7,
+    /// Injection skipped, one counter per `skip_reason` (8..8+COUNT).
+    SkipAlreadyHasTraceparent = 8,
+    SkipNotRequestStart = 9,
+    SkipAwaitingResponse = 10,
+    SkipNoRequestLineEnd = 11,
+    SkipPushFailed = 12,
+    SkipNotInSockhash = 13,
+    /// Server requests that arrived with a valid traceparent.
+    IncomingTraceparent = 14,
+    /// Server request contexts the kernel started.
+    ServerCtxStarted = 15,
 }
 
-pub const COUNTER_COUNT: u32 = 8;
+pub const COUNTER_COUNT: u32 = 16;
 
 impl Counter {
-    pub const ALL: [Counter; 7] = [
+    /// The skip counter for a `skip_reason` value.
+    pub const fn skip(reason: u32) -> u32 {
+        Counter::SkipAlreadyHasTraceparent as u32 + reason
+    }
+
+    pub const ALL: [Counter; 16] = [
         Counter::EventsLost,
         Counter::DataEvents,
         Counter::DataTruncated,
@@ -268,6 +384,15 @@ impl Counter {
         Counter::MapInsertFailed,
         Counter::ReadFailed,
         Counter::MutedEvents,
+        Counter::Injected,
+        Counter::SkipAlreadyHasTraceparent,
+        Counter::SkipNotRequestStart,
+        Counter::SkipAwaitingResponse,
+        Counter::SkipNoRequestLineEnd,
+        Counter::SkipPushFailed,
+        Counter::SkipNotInSockhash,
+        Counter::IncomingTraceparent,
+        Counter::ServerCtxStarted,
     ];
 
     pub fn name(self) -> &'static str {
@@ -279,6 +404,15 @@ impl Counter {
             Counter::MapInsertFailed => "kernel_map_insert_failed",
             Counter::ReadFailed => "kernel_user_read_failed",
             Counter::MutedEvents => "kernel_muted_events",
+            Counter::Injected => "propagation_injected",
+            Counter::SkipAlreadyHasTraceparent => "propagation_skipped_has_traceparent",
+            Counter::SkipNotRequestStart => "propagation_skipped_not_request_start",
+            Counter::SkipAwaitingResponse => "propagation_skipped_awaiting_response",
+            Counter::SkipNoRequestLineEnd => "propagation_skipped_no_request_line_end",
+            Counter::SkipPushFailed => "propagation_skipped_push_failed",
+            Counter::SkipNotInSockhash => "propagation_skipped_not_in_sockhash",
+            Counter::IncomingTraceparent => "propagation_incoming_traceparent",
+            Counter::ServerCtxStarted => "propagation_server_ctx_started",
         }
     }
 }
@@ -291,6 +425,10 @@ mod user {
     unsafe impl aya::Pod for SockKey {}
     // SAFETY: as above.
     unsafe impl aya::Pod for ConnInfo {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for TraceCtx {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for InjectRequest {}
 }
 
 #[cfg(test)]
@@ -306,6 +444,10 @@ mod tests {
         assert_eq!(size_of::<DataEvent>(), 56);
         assert_eq!(size_of::<ConnEvent>(), 56);
         assert_eq!(size_of::<ProcessEvent>(), 24);
+        assert_eq!(size_of::<TraceCtx>(), 48);
+        assert_eq!(size_of::<TraceCtxEvent>(), 64);
+        assert_eq!(size_of::<InjectRequest>(), 56);
+        assert_eq!(b"traceparent: 00-".len() + 32 + 1 + 16 + 1 + 2 + 2, TRACEPARENT_LINE_LEN);
     }
 
     #[test]

@@ -159,10 +159,20 @@ pub fn tracing_line(line: &str) {
 
 /// Runs a bounded command (a load generator) to completion, capturing its
 /// output; it is killed if it runs past `timeout`.
-pub fn run_captured(name: &str, mut command: Command, timeout: Duration) -> Result<(ExitStatus, String, String)> {
+pub fn run_captured(name: &str, command: Command, timeout: Duration) -> Result<(ExitStatus, String, String)> {
+    run_captured_as(name, command, timeout, None)
+}
+
+/// [`run_captured`] as another user.
+pub fn run_captured_as(
+    name: &str,
+    mut command: Command,
+    timeout: Duration,
+    run_as: Option<RunAs>,
+) -> Result<(ExitStatus, String, String)> {
     command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
     eprintln!("$ {}", display(&command));
-    let mut proc = Proc::spawn(name, command, libc::SIGTERM, None)?;
+    let mut proc = Proc::spawn(name, command, libc::SIGTERM, run_as)?;
     let stdout = proc.child.stdout.take().map(reader_thread);
     let stderr = proc.child.stderr.take().map(reader_thread);
     let status = match proc.wait_timeout(timeout) {
