@@ -29,7 +29,6 @@ enum Ev {
     Unverified(ConnEvent),
     Fork(ProcessEvent),
     Exit(ProcessEvent),
-    #[allow(dead_code)]
     Ctx(TraceCtxEvent),
 }
 
@@ -638,6 +637,7 @@ async fn probes_see_http_over_tcp_and_nothing_else() {
         Ev::Data(h, _) => h.tgid == me,
         Ev::Open(c) | Ev::Close(c) | Ev::Unverified(c) => c.tgid == me,
         Ev::Fork(p) | Ev::Exit(p) => p.tgid == me || p.parent_tgid == me,
+        Ev::Ctx(c) => c.tgid == me,
     }));
     // ... while the server's side of it is.
     assert!(events.iter().any(|e| matches!(e, Ev::Data(h, p) if h.tgid == server_pid && p.starts_with(b"GET /own-traffic"))));
