@@ -12,6 +12,7 @@ pub mod conntrack;
 pub mod discovery;
 pub mod export;
 pub mod intake;
+pub mod linking;
 pub mod metrics;
 pub mod pipeline;
 pub mod probes;

@@ -18,6 +18,7 @@ use crate::{
     discovery::{self, ResourceResolver, SeedSocket, SeedState},
     export::{self, ExportError, ExportHandle},
     intake::{self, RawEvent},
+    linking::ContextLinker,
     metrics::Metrics,
     probes::{ConnMaps, ProbeConfig, ProbeError, Probes},
     protocols::ParserConfig,
@@ -90,6 +91,7 @@ struct Stages {
     tracker: ConnTracker,
     env: LiveEnv,
     assembler: SpanAssembler,
+    linker: ContextLinker,
     resolver: ResourceResolver,
     exporter: ExportHandle,
     metrics: Arc<Metrics>,
@@ -114,15 +116,15 @@ impl Stages {
                 let sockets = discovery::scan_process_sockets(ev.tgid);
                 self.seed(&sockets, ev.ts_ns);
             }
-            Ok(RawEvent::ServerCtx(_) | RawEvent::ClientCtx(_)) => {
-                // Trace-context linking is wired in with propagation.
-            }
+            Ok(RawEvent::ServerCtx(ev)) => self.linker.on_server_ctx(&ev),
+            Ok(RawEvent::ClientCtx(ev)) => self.linker.on_client_ctx(&ev),
             Ok(RawEvent::ProcessExit(ev)) => {
                 self.tracker.on_process_exit(ev.tgid, ev.ts_ns, &mut self.env, &mut self.pending);
                 // Spans still pending for this pid resolve their resource
                 // first, then the cache entry goes.
                 self.emit();
                 self.resolver.forget(ev.tgid);
+                self.linker.forget_process(ev.tgid);
             }
         }
         if !self.pending.is_empty() {
@@ -133,7 +135,8 @@ impl Stages {
     fn emit(&mut self) {
         for ConnSpan { span, conn } in self.pending.drain(..) {
             let resource = self.resolver.resource(conn.pid);
-            match self.assembler.assemble(span, &conn, resource) {
+            let identity = self.linker.identity_for(&span, &conn);
+            match self.assembler.assemble(span, &conn, resource, identity) {
                 Some(finished) => {
                     Metrics::inc(&self.metrics.spans_created);
                     self.exporter.send(finished);
@@ -168,7 +171,9 @@ impl Stages {
     }
 
     fn tick(&mut self, probes: &Probes, last_lost: &mut u64) {
-        self.tracker.on_tick(Clock::now_monotonic_ns(), &mut self.pending);
+        let now = Clock::now_monotonic_ns();
+        self.tracker.on_tick(now, &mut self.pending);
+        self.linker.prune(now);
         self.emit();
         let lost = probes
             .kernel_counters()
@@ -200,6 +205,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send) -> R
         tracker: ConnTracker::new(ParserConfig { raw_sql: config.raw_sql }, metrics.clone(), MAX_CONNS),
         env: LiveEnv { maps, agent_pid, own_ports: HashSet::new(), own_ports_read: None },
         assembler: SpanAssembler::new(Clock::new(), config.sampler, config.sampler_parent_based),
+        linker: ContextLinker::new(),
         resolver: ResourceResolver::new(config.resource_attributes.clone(), agent_pid),
         exporter,
         metrics: metrics.clone(),

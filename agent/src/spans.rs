@@ -135,7 +135,7 @@ pub struct SpanAssembler {
     parent_based: bool,
 }
 
-fn random_nonzero<const N: usize>() -> [u8; N] {
+pub(crate) fn random_nonzero<const N: usize>() -> [u8; N] {
     loop {
         let bytes: [u8; N] = rand::random();
         if bytes.iter().any(|b| *b != 0) {
@@ -172,19 +172,33 @@ impl SpanAssembler {
         parsed: ParsedSpan,
         conn: &crate::conntrack::ConnMeta,
         resource: Arc<ProcessResource>,
+        identity: Option<crate::linking::SpanIdentity>,
     ) -> Option<FinishedSpan> {
-        let span_id = random_nonzero::<8>();
-        let (trace_id, parent_span_id, sampled, tracestate) = match (parsed.kind, parsed.incoming_context) {
+        let decide = |trace_id: &[u8; 16], parent_sampled: Option<bool>| match parent_sampled {
+            Some(flag) if self.parent_based => flag,
+            _ => self.sample_root(trace_id),
+        };
+        let tracestate = parsed.incoming_tracestate.clone();
+        let (trace_id, span_id, parent_span_id, sampled, tracestate) = match (identity, parsed.incoming_context) {
+            // The application wrote its own traceparent and the kernel left it
+            // alone: our client span joins the application's trace.
+            (Some(id), Some(app)) if parsed.kind == SpanKind::Client && !id.injected => {
+                (app.trace_id, id.span_id, Some(app.span_id), decide(&app.trace_id, Some(app.sampled)), tracestate)
+            }
+            // The kernel decided (and maybe propagated) these ids.
+            (Some(id), _) => {
+                let parent_sampled = id.parent_span_id.map(|_| id.sampled);
+                let tracestate = if parsed.kind == SpanKind::Server { tracestate } else { None };
+                (id.trace_id, id.span_id, id.parent_span_id, decide(&id.trace_id, parent_sampled), tracestate)
+            }
             // A server joins its caller's trace; a client whose application
             // wrote its own traceparent joins the application's trace.
-            (_, Some(ctx)) => {
-                let sampled = if self.parent_based { ctx.sampled } else { self.sample_root(&ctx.trace_id) };
-                (ctx.trace_id, Some(ctx.span_id), sampled, parsed.incoming_tracestate.clone())
+            (None, Some(ctx)) => {
+                (ctx.trace_id, random_nonzero::<8>(), Some(ctx.span_id), decide(&ctx.trace_id, Some(ctx.sampled)), tracestate)
             }
-            (_, None) => {
+            (None, None) => {
                 let trace_id = random_nonzero::<16>();
-                let sampled = self.sample_root(&trace_id);
-                (trace_id, None, sampled, None)
+                (trace_id, random_nonzero::<8>(), None, decide(&trace_id, None), None)
             }
         };
         if !sampled {
@@ -282,7 +296,7 @@ mod tests {
     fn server_span_joins_incoming_context_and_gets_network_identity() {
         let a = SpanAssembler::new(Clock::new(), Sampler::AlwaysOn, true);
         let ctx = TraceContext { trace_id: [7; 16], span_id: [8; 8], sampled: true };
-        let s = a.assemble(parsed(SpanKind::Server, Some(ctx)), &conn(Role::Server), resource()).unwrap();
+        let s = a.assemble(parsed(SpanKind::Server, Some(ctx)), &conn(Role::Server), resource(), None).unwrap();
         assert_eq!(s.trace_id, [7; 16]);
         assert_eq!(s.parent_span_id, Some([8; 8]));
         assert_ne!(s.span_id, [0; 8]);
@@ -297,7 +311,7 @@ mod tests {
     #[test]
     fn client_span_names_its_server_from_the_peer() {
         let a = SpanAssembler::new(Clock::new(), Sampler::AlwaysOn, true);
-        let s = a.assemble(parsed(SpanKind::Client, None), &conn(Role::Client), resource()).unwrap();
+        let s = a.assemble(parsed(SpanKind::Client, None), &conn(Role::Client), resource(), None).unwrap();
         assert_eq!(s.parent_span_id, None);
         assert_ne!(s.trace_id, [0; 16]);
         assert_eq!(s.attr("server.address"), Some(&AttrValue::Str("10.1.2.3".into())));
@@ -308,19 +322,19 @@ mod tests {
     #[test]
     fn sampler_rules() {
         let off = SpanAssembler::new(Clock::new(), Sampler::AlwaysOff, true);
-        assert!(off.assemble(parsed(SpanKind::Server, None), &conn(Role::Server), resource()).is_none());
+        assert!(off.assemble(parsed(SpanKind::Server, None), &conn(Role::Server), resource(), None).is_none());
         // Parent-based: a sampled caller wins over always_off for the root.
         let ctx = TraceContext { trace_id: [7; 16], span_id: [8; 8], sampled: true };
-        assert!(off.assemble(parsed(SpanKind::Server, Some(ctx)), &conn(Role::Server), resource()).is_some());
+        assert!(off.assemble(parsed(SpanKind::Server, Some(ctx)), &conn(Role::Server), resource(), None).is_some());
         let unsampled = TraceContext { sampled: false, ..ctx };
         let on = SpanAssembler::new(Clock::new(), Sampler::AlwaysOn, true);
-        assert!(on.assemble(parsed(SpanKind::Server, Some(unsampled)), &conn(Role::Server), resource()).is_none());
+        assert!(on.assemble(parsed(SpanKind::Server, Some(unsampled)), &conn(Role::Server), resource(), None).is_none());
         // Not parent-based: the sampler alone decides.
         let plain_off = SpanAssembler::new(Clock::new(), Sampler::AlwaysOff, false);
-        assert!(plain_off.assemble(parsed(SpanKind::Server, Some(ctx)), &conn(Role::Server), resource()).is_none());
+        assert!(plain_off.assemble(parsed(SpanKind::Server, Some(ctx)), &conn(Role::Server), resource(), None).is_none());
         let half = SpanAssembler::new(Clock::new(), Sampler::TraceIdRatio(0.5), false);
         let kept = (0..2000)
-            .filter(|_| half.assemble(parsed(SpanKind::Client, None), &conn(Role::Client), resource()).is_some())
+            .filter(|_| half.assemble(parsed(SpanKind::Client, None), &conn(Role::Client), resource(), None).is_some())
             .count();
         assert!((800..1200).contains(&kept), "ratio 0.5 kept {kept} of 2000");
     }
