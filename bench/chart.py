@@ -6,6 +6,7 @@ agent CPU against a fixed request rate. A scenario that failed or did not run
 is left out of its panel, never drawn as zero.
 """
 import json
+import math
 import sys
 
 import matplotlib
@@ -49,7 +50,7 @@ def main(src: str, dst: str) -> None:
         ax.annotate(f"{v:.3f}", (bar.get_x() + bar.get_width() / 2, v), ha="center", va="bottom", fontsize=9)
     ax.axhline(1.0, color="black", linewidth=0.8)
     ax.axhline(0.97, color="tab:red", linestyle="--", linewidth=0.8, label="target 0.97x")
-    ax.set_ylim(min([0.5] + [v - 0.05 for v in values]), 1.05)
+    ax.set_ylim(min([0.5] + [v - 0.05 for v in values]), max([1.05] + [v + 0.05 for v in values]))
     ax.set_ylabel("throughput relative to no tracing")
     ax.set_title("Throughput (higher is better)")
     ax.legend(loc="lower left", fontsize=8)
@@ -59,12 +60,18 @@ def main(src: str, dst: str) -> None:
     if ok(res.get("syscalls")):
         rows = res["syscalls"]
         xs = range(len(rows))
-        empty = [r["empty_ns"] - r["none_ns"] for r in rows]
-        waggle = [r["waggle_ns"] - r["none_ns"] for r in rows]
+        def added(r, key):
+            # A probe set that could not run is null in the JSON: no bar.
+            return r[key] - r["none_ns"] if r[key] is not None and r["none_ns"] is not None else math.nan
+
+        empty = [added(r, "empty_ns") for r in rows]
+        waggle = [added(r, "waggle_ns") for r in rows]
         w = 0.38
         b1 = ax.bar([x - w / 2 for x in xs], empty, w, label="empty programs (floor)", color="tab:gray")
         b2 = ax.bar([x + w / 2 for x in xs], waggle, w, label="waggle", color="tab:orange")
         for bar, v in list(zip(b1, empty)) + list(zip(b2, waggle)):
+            if math.isnan(v):
+                continue
             ax.annotate(f"{v:.0f}", (bar.get_x() + bar.get_width() / 2, max(v, 0)), ha="center", va="bottom", fontsize=9)
         ax.set_xticks(list(xs), [r["mode"] for r in rows])
         ax.legend(fontsize=8)

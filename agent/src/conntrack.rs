@@ -267,6 +267,7 @@ impl ConnTracker {
         Metrics::inc(&self.metrics.conns_closed);
         if let ParseState::Active(parser) = &mut conn.state {
             parser.on_close(ev.ts_ns, &mut self.scratch);
+            Metrics::add(&self.metrics.exchanges_dropped, parser.take_dropped());
             Self::wrap(&mut self.scratch, &conn.meta, out);
         }
     }
@@ -280,6 +281,7 @@ impl ConnTracker {
                     Metrics::inc(&self.metrics.conns_closed);
                     if let ParseState::Active(parser) = &mut conn.state {
                         parser.on_close(ts_ns, &mut self.scratch);
+                        Metrics::add(&self.metrics.exchanges_dropped, parser.take_dropped());
                         Self::wrap(&mut self.scratch, &conn.meta, out);
                     }
                 }
@@ -327,7 +329,11 @@ impl ConnTracker {
         let key = SockKey { tgid: conn.meta.pid, fd: conn.meta.fd };
         let feed = match &mut conn.state {
             ParseState::Muted => return,
-            ParseState::Active(parser) => parser.on_data(&chunk, &mut self.scratch),
+            ParseState::Active(parser) => {
+                let feed = parser.on_data(&chunk, &mut self.scratch);
+                Metrics::add(&self.metrics.exchanges_dropped, parser.take_dropped());
+                feed
+            }
             ParseState::Detecting { buf, first, attempts_left } => {
                 // Consecutive small writes in one direction are joined so a
                 // request written a byte at a time is still recognised.
@@ -357,6 +363,7 @@ impl ConnTracker {
                         meta.protocol = protocol;
                         conn.meta = Arc::new(meta);
                         let feed = parser.on_data(&candidate, &mut self.scratch);
+                        Metrics::add(&self.metrics.exchanges_dropped, parser.take_dropped());
                         conn.state = ParseState::Active(parser);
                         feed
                     }
@@ -419,6 +426,7 @@ impl ConnTracker {
             if conn.last_active_ns < older_than {
                 if let ParseState::Active(parser) = &mut conn.state {
                     parser.on_idle(older_than, &mut self.scratch);
+                    Metrics::add(&self.metrics.exchanges_dropped, parser.take_dropped());
                     Self::wrap(&mut self.scratch, &conn.meta, out);
                 }
             }
@@ -430,6 +438,7 @@ impl ConnTracker {
         for conn in self.conns.values_mut() {
             if let ParseState::Active(parser) = &mut conn.state {
                 parser.on_idle(now_ns, &mut self.scratch);
+                Metrics::add(&self.metrics.exchanges_dropped, parser.take_dropped());
                 Self::wrap(&mut self.scratch, &conn.meta, out);
             }
         }

@@ -198,6 +198,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send) -> R
         capture_bytes: config.capture_bytes,
         ring_buffer_bytes: config.ring_buffer_bytes,
         agent_tgid: agent_pid,
+        propagation: config.propagation,
     };
     let (probes, mut source, maps) = Probes::load(&probe_config)?;
     let exporter = export::spawn_exporter(&config, metrics.clone())?;

@@ -7,23 +7,28 @@
 //! - `EventSource::readable().await` waits for ring-buffer data;
 //!   `EventSource::drain(max, f)` hands each record's bytes to `f`.
 //! - `ConnMaps` edits CONNS / INET_STREAM_SOCKS / TRACKED_TGIDS from userspace.
+//! - `ProbeConfig::propagation`: insert traceparent headers into outgoing
+//!   HTTP/1.x requests (sockops on the cgroup-v2 root + sk_msg). Off: those
+//!   two programs are not even attached; trace contexts are still reported.
 //!
 //! Only the data path is essential: a node whose kernel lacks, say, the
 //! task tracepoints still traces requests, it just misses forks. Every other
-//! program that fails to load or attach is skipped and the reason logged.
+//! program that fails to load or attach is skipped and the reason logged;
+//! without sockops/sk_msg, propagation degrades to in-process linking.
 use std::{
     fs, io,
+    os::unix::ffi::OsStrExt,
     path::{Path, PathBuf},
 };
 
 use aya::{
-    maps::{HashMap, Map, MapData, MapError, PerCpuArray, RingBuf},
-    programs::{ProgramError, TracePoint},
+    maps::{HashMap, Map, MapData, MapError, PerCpuArray, RingBuf, SockHash},
+    programs::{CgroupAttachMode, ProgramError, SkMsg, SockOps, TracePoint},
     Ebpf, EbpfError, EbpfLoader,
 };
 use tokio::io::unix::AsyncFd;
 use waggle_common::{
-    conn_flags, globals, inet_sock, maps, ConnInfo, Counter, SockKey, MAX_CAPTURE,
+    conn_flags, globals, inet_sock, maps, ConnInfo, Counter, SockKey, SockTuple, MAX_CAPTURE,
 };
 
 /// The object built by `cargo xtask build` (empty when it was not built).
@@ -41,6 +46,8 @@ pub struct ProbeConfig {
     pub capture_bytes: u32,
     pub ring_buffer_bytes: u32,
     pub agent_tgid: u32,
+    /// Insert traceparent into outgoing HTTP/1.x requests (config.propagation).
+    pub propagation: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -142,11 +149,19 @@ const PROGRAMS: &[ProgramSpec] = &[
 /// The data path works if at least one of these syscalls has both halves.
 const DATA_PATH: &[&str] = &["read", "write", "recvfrom", "sendto"];
 
+/// Propagation programs (waggle-ebpf sock.rs).
+const SK_MSG_PROGRAM: &str = "waggle_sk_msg";
+const SOCKOPS_PROGRAM: &str = "waggle_sockops";
+/// statfs f_type of a cgroup-v2 mount.
+const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
+
 pub struct Probes {
     /// Owns the programs and their links: dropping it detaches everything.
     ebpf: Ebpf,
     attached: Vec<&'static str>,
     skipped: Vec<(&'static str, String)>,
+    /// sockops and sk_msg are attached: outgoing requests get traceparent.
+    injecting: bool,
 }
 
 impl std::fmt::Debug for Probes {
@@ -154,6 +169,7 @@ impl std::fmt::Debug for Probes {
         f.debug_struct("Probes")
             .field("attached", &self.attached)
             .field("skipped", &self.skipped)
+            .field("injecting", &self.injecting)
             .finish()
     }
 }
@@ -183,9 +199,11 @@ impl Probes {
                 "ring buffer size rounded to a power-of-two number of pages"
             );
         }
+        let propagation = u32::from(config.propagation);
         let mut ebpf = EbpfLoader::new()
             .override_global(globals::AGENT_TGID, &agent_tgid, true)
             .override_global(globals::CAPTURE_BYTES, &capture_bytes, true)
+            .override_global(globals::PROPAGATION, &propagation, true)
             .map_max_entries(maps::EVENTS, ring_bytes)
             .load(EBPF_OBJECT)
             .map_err(|e| match &e {
@@ -227,6 +245,7 @@ impl Probes {
                 .join("; ");
             return Err(ProbeError::NoDataPath { reasons });
         }
+        let injecting = attach_propagation(&mut ebpf, config.propagation, &mut attached, &mut skipped);
         tracing::info!(count = attached.len(), programs = %attached.join(","), "probes attached");
         let skipped_names: Vec<&str> = skipped.iter().map(|(p, _)| *p).collect();
         tracing::info!(count = skipped.len(), programs = %skipped_names.join(","), "probes skipped");
@@ -254,6 +273,7 @@ impl Probes {
                 ebpf,
                 attached,
                 skipped,
+                injecting,
             },
             EventSource {
                 ring: Ring::Plain(Some(ring)),
@@ -292,6 +312,136 @@ impl Probes {
     pub fn skipped(&self) -> &[(&'static str, String)] {
         &self.skipped
     }
+
+    /// Outgoing HTTP/1.x requests get a traceparent header (propagation on
+    /// and both socket programs attached).
+    pub fn injecting(&self) -> bool {
+        self.injecting
+    }
+}
+
+/// Attaches sk_msg to CLIENT_SOCKS, then sockops to the cgroup-v2 root (in
+/// that order: a socket takes the map's programs when it is added, so
+/// sockets added before sk_msg is attached would never see it). Failures
+/// are skipped with their reason: propagation then degrades to linking
+/// spans within a process. Returns whether both are attached.
+fn attach_propagation(
+    ebpf: &mut Ebpf,
+    enabled: bool,
+    attached: &mut Vec<&'static str>,
+    skipped: &mut Vec<(&'static str, String)>,
+) -> bool {
+    if !enabled {
+        tracing::info!(
+            "propagation off: no traceparent is inserted into outgoing requests (sockops/sk_msg not attached)"
+        );
+        return false;
+    }
+    let mut skip = |program: &'static str, reason: String| {
+        tracing::warn!(
+            program,
+            reason = %reason,
+            "propagation probe skipped: outgoing requests carry no traceparent, spans are linked within processes only"
+        );
+        skipped.push((program, reason));
+    };
+    if let Err(e) = attach_sk_msg(ebpf) {
+        skip(SK_MSG_PROGRAM, e.describe());
+        skip(SOCKOPS_PROGRAM, format!("not attached without {SK_MSG_PROGRAM}"));
+        return false;
+    }
+    attached.push(SK_MSG_PROGRAM);
+    match attach_sockops(ebpf) {
+        Ok(root) => {
+            attached.push(SOCKOPS_PROGRAM);
+            tracing::info!(cgroup = %root.display(), "propagation on: traceparent inserted into outgoing HTTP/1.x requests of traced processes");
+            true
+        }
+        Err(e) => {
+            skip(SOCKOPS_PROGRAM, e.describe());
+            false
+        }
+    }
+}
+
+fn attach_sk_msg(ebpf: &mut Ebpf) -> Result<(), AttachError> {
+    let map = ebpf
+        .map(maps::CLIENT_SOCKS)
+        .ok_or(AttachError::NotInObject)?;
+    let socks: SockHash<&MapData, SockTuple> =
+        SockHash::try_from(map).map_err(|e| AttachError::Other(format!("opening CLIENT_SOCKS: {e}")))?;
+    let fd = socks
+        .fd()
+        .try_clone()
+        .map_err(|e| AttachError::Other(format!("duplicating the CLIENT_SOCKS descriptor: {e}")))?;
+    let program: &mut SkMsg = ebpf
+        .program_mut(SK_MSG_PROGRAM)
+        .ok_or(AttachError::NotInObject)?
+        .try_into()?;
+    program.load()?;
+    program.attach(&fd)?;
+    Ok(())
+}
+
+fn attach_sockops(ebpf: &mut Ebpf) -> Result<PathBuf, AttachError> {
+    let root = cgroup2_root().map_err(AttachError::Other)?;
+    let cgroup = fs::File::open(&root)
+        .map_err(|e| AttachError::Other(format!("opening {}: {e}", root.display())))?;
+    let program: &mut SockOps = ebpf
+        .program_mut(SOCKOPS_PROGRAM)
+        .ok_or(AttachError::NotInObject)?
+        .try_into()?;
+    program.load()?;
+    // Single is the flag-less mode: on kernels with BPF links (5.7+) aya
+    // attaches through one, and cgroup links always coexist with other
+    // programs on the cgroup (a CNI's, another agent's); BPF_F_ALLOW_MULTI
+    // is refused for links.
+    program.attach(cgroup, CgroupAttachMode::Single)?;
+    Ok(root)
+}
+
+/// The cgroup-v2 hierarchy: /sys/fs/cgroup on unified systems,
+/// /sys/fs/cgroup/unified on hybrid ones, else wherever /proc/mounts says.
+/// sockops only sees sockets of processes at or below it.
+fn cgroup2_root() -> Result<PathBuf, String> {
+    let mounts = fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    let candidates = cgroup2_mounts(&mounts);
+    let fallback = [PathBuf::from("/sys/fs/cgroup"), PathBuf::from("/sys/fs/cgroup/unified")];
+    for path in candidates.iter().chain(fallback.iter()) {
+        if is_cgroup2(path) {
+            return Ok(path.clone());
+        }
+    }
+    Err("no cgroup-v2 hierarchy is mounted (looked in /proc/self/mounts, /sys/fs/cgroup, /sys/fs/cgroup/unified)".to_owned())
+}
+
+/// cgroup2 mount points in a /proc/mounts text, shortest (outermost) first.
+fn cgroup2_mounts(mounts: &str) -> Vec<PathBuf> {
+    let mut found: Vec<PathBuf> = mounts
+        .lines()
+        .filter_map(|line| {
+            let mut fields = line.split_whitespace();
+            let (_dev, dir, fstype) = (fields.next()?, fields.next()?, fields.next()?);
+            // Mount points escape spaces as \040; cgroup roots never have any.
+            (fstype == "cgroup2" && !dir.contains('\\')).then(|| PathBuf::from(dir))
+        })
+        .collect();
+    found.sort_by_key(|p| p.as_os_str().len());
+    found
+}
+
+fn is_cgroup2(path: &Path) -> bool {
+    let Ok(c_path) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {
+        return false;
+    };
+    // SAFETY: statfs writes into the zeroed struct we own; the path is a
+    // NUL-terminated string that outlives the call.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    let rc = unsafe { libc::statfs(c_path.as_ptr(), &mut st) };
+    #[allow(clippy::unnecessary_cast)] // f_type's width differs between libcs
+    let magic = st.f_type as i64;
+    rc == 0 && magic == CGROUP2_SUPER_MAGIC
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -306,6 +456,8 @@ enum AttachError {
     },
     #[error(transparent)]
     Program(#[from] ProgramError),
+    #[error("{0}")]
+    Other(String),
 }
 
 impl AttachError {
@@ -321,7 +473,17 @@ impl AttachError {
                 let tail = lines[lines.len().saturating_sub(VERIFIER_TAIL_LINES)..].join("\n");
                 format!("BPF_PROG_LOAD failed: {io_error}; verifier log (tail):\n{tail}")
             }
-            other => other.to_string(),
+            other => {
+                // ProgramError::SyscallError's message omits the errno.
+                let mut text = other.to_string();
+                let mut source = std::error::Error::source(other);
+                while let Some(e) = source {
+                    text.push_str(": ");
+                    text.push_str(&e.to_string());
+                    source = e.source();
+                }
+                text
+            }
         }
     }
 }
@@ -683,6 +845,21 @@ mod tests {
     }
 
     #[test]
+    fn finds_cgroup2_mounts() {
+        let hybrid = "tmpfs /sys/fs/cgroup tmpfs rw 0 0\n\
+            cgroup /sys/fs/cgroup/cpu cgroup rw,cpu 0 0\n\
+            cgroup2 /sys/fs/cgroup/unified cgroup2 rw 0 0\n";
+        assert_eq!(cgroup2_mounts(hybrid), vec![PathBuf::from("/sys/fs/cgroup/unified")]);
+        let unified = "cgroup2 /sys/fs/cgroup/x cgroup2 rw 0 0\ncgroup2 /sys/fs/cgroup cgroup2 rw 0 0\n";
+        assert_eq!(
+            cgroup2_mounts(unified),
+            vec![PathBuf::from("/sys/fs/cgroup"), PathBuf::from("/sys/fs/cgroup/x")]
+        );
+        assert!(cgroup2_mounts("proc /proc proc rw 0 0\n").is_empty());
+        assert!(!is_cgroup2(Path::new("/proc")));
+    }
+
+    #[test]
     fn effective_capabilities_are_parsed() {
         let status = "Name:\tx\nCapInh:\t0000000000000000\nCapEff:\t000001ffffffffff\n";
         assert_eq!(effective_caps(status), Some(0x1ff_ffff_ffff));
@@ -708,6 +885,9 @@ mod tests {
                 spec.name
             );
         }
+        for name in [SK_MSG_PROGRAM, SOCKOPS_PROGRAM] {
+            assert!(symbols.iter().any(|s| s == name), "program {name} missing");
+        }
         for name in [
             maps::EVENTS,
             maps::CONNS,
@@ -717,8 +897,13 @@ mod tests {
             maps::SCRATCH,
             maps::TRACKED_TGIDS,
             maps::CONN_SEQ,
+            maps::THREAD_CTX,
+            maps::INJECT_PENDING,
+            maps::CLIENT_SOCKS,
+            maps::MSG_SCRATCH,
             globals::AGENT_TGID,
             globals::CAPTURE_BYTES,
+            globals::PROPAGATION,
         ] {
             assert!(symbols.iter().any(|s| s == name), "symbol {name} missing");
         }

@@ -220,6 +220,7 @@ async fn probes_see_http_over_tcp_and_nothing_else() {
         capture_bytes: 4096,
         ring_buffer_bytes: 4 << 20,
         agent_tgid: std::process::id(),
+        propagation: true,
     };
     let (probes, mut source, mut maps) = match Probes::load(&config) {
         Ok(loaded) => loaded,

@@ -183,14 +183,22 @@ impl std::fmt::Display for Span {
     }
 }
 
-/// Renders spans one per line, for failure messages.
+/// Spans [`describe`] renders at most: the agent sees the whole machine, and
+/// a failure message with thousands of other processes' spans helps nobody.
+pub const DESCRIBE_MAX: usize = 60;
+
+/// Renders spans one per line (at most [`DESCRIBE_MAX`]), for failure
+/// messages.
 pub fn describe(spans: &[Span]) -> String {
     if spans.is_empty() {
         return "  (no spans)".to_owned();
     }
     let mut out = String::new();
-    for s in spans {
+    for s in spans.iter().take(DESCRIBE_MAX) {
         let _ = writeln!(out, "  {s}");
+    }
+    if spans.len() > DESCRIBE_MAX {
+        let _ = writeln!(out, "  ... and {} more", spans.len() - DESCRIBE_MAX);
     }
     out
 }
@@ -334,6 +342,8 @@ async fn http_export(State(store): State<Shared>, uri: Uri, headers: HeaderMap, 
 /// Stops serving when dropped.
 pub struct OtlpReceiver {
     store: Shared,
+    /// Pids whose spans failure messages list first (see [`Self::focus`]).
+    focus: Mutex<Vec<u32>>,
     grpc_addr: SocketAddr,
     http_addr: SocketAddr,
     stop: Option<oneshot::Sender<()>>,
@@ -406,7 +416,7 @@ impl OtlpReceiver {
             }
         });
 
-        OtlpReceiver { store, grpc_addr, http_addr, stop: Some(stop_tx), runtime: Some(runtime) }
+        OtlpReceiver { store, focus: Mutex::default(), grpc_addr, http_addr, stop: Some(stop_tx), runtime: Some(runtime) }
     }
 
     /// Endpoint for the gRPC transport, e.g. `http://127.0.0.1:4317`.
@@ -499,21 +509,38 @@ impl OtlpReceiver {
         }
     }
 
-    /// Like [`wait_for`](Self::wait_for) but panics with `what` and every span
-    /// received when the timeout passes.
+    /// Makes failure messages of [`expect_spans`](Self::expect_spans) list
+    /// the spans of these processes (the ones the test started) rather than
+    /// whatever else the machine was doing.
+    pub fn focus(&self, pids: &[u32]) {
+        *self.focus.lock().unwrap_or_else(|e| e.into_inner()) = pids.to_vec();
+    }
+
+    /// Like [`wait_for`](Self::wait_for) but panics with `what` and the spans
+    /// received (those of the [`focus`](Self::focus) pids, when set) when the
+    /// timeout passes.
     #[track_caller]
     pub fn expect_spans(&self, what: &str, timeout: Duration, predicate: impl FnMut(&[Span]) -> bool) -> Vec<Span> {
         match self.wait_for(timeout, predicate) {
             Ok(spans) => spans,
-            Err(spans) => panic!(
-                "timed out after {timeout:?} waiting for {what}; received {} spans in {} grpc + {} http exports \
-                 (rejected: {:?}):\n{}",
-                spans.len(),
-                self.grpc_requests(),
-                self.http_requests(),
-                self.rejected(),
-                describe(&spans)
-            ),
+            Err(spans) => {
+                let focus = self.focus.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                let (label, shown) = if focus.is_empty() {
+                    ("all spans".to_owned(), spans.clone())
+                } else {
+                    let ours: Vec<Span> = spans.iter().filter(|s| s.pid().is_some_and(|p| focus.contains(&p))).cloned().collect();
+                    (format!("spans of pids {focus:?}"), ours)
+                };
+                panic!(
+                    "timed out after {timeout:?} waiting for {what}; received {} spans in {} grpc + {} http exports \
+                     (rejected: {:?}); {label}:\n{}",
+                    spans.len(),
+                    self.grpc_requests(),
+                    self.http_requests(),
+                    self.rejected(),
+                    describe(&shown)
+                )
+            }
         }
     }
 }

@@ -91,6 +91,7 @@ fn curl_get_user(test: &str, protocol: Protocol) {
     r.assert_success();
     assert_eq!(r.stdout, r#"{"id": "42", "name": "user-42"}"#);
 
+    receiver.focus(&[app.pid(), r.pid]);
     receiver.expect_spans("the SERVER span of app and the CLIENT span of curl", SPAN_TIMEOUT, |s| {
         !server_spans(s, app.pid()).is_empty() && !client_spans(s, r.pid).is_empty()
     });
@@ -144,6 +145,7 @@ fn keep_alive_connection_gives_one_span_per_request() {
     r.assert_success();
     assert_eq!(r.stdout, "1\n0\n0\n", "curl should reuse one connection");
 
+    receiver.focus(&[app.pid(), r.pid]);
     receiver.expect_spans("3 SERVER spans of app and 3 CLIENT spans of curl", SPAN_TIMEOUT, |s| {
         server_spans(s, app.pid()).len() >= 3 && client_spans(s, r.pid).len() >= 3
     });
@@ -190,6 +192,7 @@ fn pipelined_requests_give_spans_in_order() {
     r.assert_success();
     assert_eq!(r.stdout.trim(), "200 200 200");
 
+    receiver.focus(&[app.pid(), r.pid]);
     receiver.expect_spans("3 SERVER spans of app", SPAN_TIMEOUT, |s| server_spans(s, app.pid()).len() >= 3);
     agent.stop();
     let spans = receiver.spans();
@@ -222,6 +225,7 @@ fn chunked_response_span_ends_at_last_chunk() {
     r.assert_success();
     assert_eq!(r.stdout, "chunk-0\nchunk-1\nchunk-2\n");
 
+    receiver.focus(&[app.pid(), r.pid]);
     receiver.expect_spans("the SERVER span of /chunked and curl's CLIENT span", SPAN_TIMEOUT, |s| {
         server_spans(s, app.pid()).iter().any(|s| path_is(s, "/chunked")) && !client_spans(s, r.pid).is_empty()
     });
@@ -253,6 +257,7 @@ fn error_statuses_set_span_status() {
     let error = curl(&["-o", "/dev/null", "-w", "%{http_code}", &app.url("/error")]);
     assert_eq!(error.stdout, "500");
 
+    receiver.focus(&[app.pid(), missing.pid, error.pid]);
     receiver.expect_spans("2 SERVER spans of app and both CLIENT spans", SPAN_TIMEOUT, |s| {
         server_spans(s, app.pid()).len() >= 2 && !client_spans(s, missing.pid).is_empty() && !client_spans(s, error.pid).is_empty()
     });
@@ -289,6 +294,7 @@ fn slow_handler_span_measures_the_handler() {
     r.assert_success();
     assert_eq!(r.stdout, "slow\n");
 
+    receiver.focus(&[app.pid(), r.pid]);
     receiver.expect_spans("the SERVER span of /slow", SPAN_TIMEOUT, |s| server_spans(s, app.pid()).iter().any(|s| path_is(s, "/slow")));
     agent.stop();
     let spans = receiver.spans();
@@ -322,6 +328,7 @@ fn post_body_size_is_recorded() {
     r.assert_success();
     assert_eq!(r.stdout, r#"{"received": 20000}"#);
 
+    receiver.focus(&[app.pid(), r.pid]);
     receiver.expect_spans("the SERVER span of /upload and curl's CLIENT span", SPAN_TIMEOUT, |s| {
         server_spans(s, app.pid()).iter().any(|s| path_is(s, "/upload")) && !client_spans(s, r.pid).is_empty()
     });
@@ -364,6 +371,7 @@ fn connection_opened_before_agent_start_is_traced() {
     assert_eq!(next_line(), "second 200");
     assert!(client.wait_timeout(Duration::from_secs(10)).is_some_and(|s| s.success()), "the client failed");
 
+    receiver.focus(&[app.pid(), client_pid]);
     receiver.expect_spans("the SERVER and CLIENT spans of the second request", SPAN_TIMEOUT, |s| {
         server_spans(s, app.pid()).iter().any(|s| path_is(s, "/users/2")) && client_spans(s, client_pid).iter().any(|s| path_is(s, "/users/2"))
     });
@@ -397,6 +405,7 @@ fn nginx_server_with_curl_and_urllib_clients() {
     assert_eq!(py.stdout, format!("200 {}\n404 {}\n", nginx.url("/"), nginx.url("/missing")));
 
     let is_nginx_server = |s: &Span| s.is_server() && s.pid().is_some_and(|p| nginx_pids.contains(&p));
+    receiver.focus(&[&nginx_pids[..], &[c_ok.pid, c_missing.pid, py.pid]].concat());
     receiver.expect_spans("4 SERVER spans of nginx and the 4 CLIENT spans", SPAN_TIMEOUT, |s| {
         s.iter().filter(|s| is_nginx_server(s)).count() >= 4
             && !client_spans(s, c_ok.pid).is_empty()
@@ -510,6 +519,7 @@ fn bad_input_invents_no_spans_and_agent_survives() {
     let after = curl(&[&app.url("/users/99")]);
     after.assert_success();
 
+    receiver.focus(&[app.pid(), bad.pid, after.pid]);
     receiver.expect_spans("the SERVER spans of the 1-byte-per-write request and the request after", SPAN_TIMEOUT, |s| {
         let servers = server_spans(s, app.pid());
         servers.iter().any(|s| path_is(s, "/users/77")) && servers.iter().any(|s| path_is(s, "/users/99"))
@@ -556,6 +566,7 @@ fn agent_never_traces_its_own_export() {
         curl_pids.push(r.pid);
         std::thread::sleep(Duration::from_millis(1200));
     }
+    receiver.focus(&[&[app.pid()], &curl_pids[..]].concat());
     receiver.expect_spans("3 SERVER spans of app", SPAN_TIMEOUT, |s| server_spans(s, app.pid()).len() >= 3);
     // Give a feedback loop (export -> captured -> exported) time to show.
     std::thread::sleep(Duration::from_secs(3));
@@ -563,6 +574,8 @@ fn agent_never_traces_its_own_export() {
     let spans = receiver.spans();
 
     assert!(receiver.http_requests() >= 1, "the agent exported over http/protobuf");
+    let paths = receiver.http_paths();
+    assert!(paths.iter().all(|p| p == "/v1/traces"), "http/protobuf exports go to <endpoint>/v1/traces: {paths:?}");
     let receiver_port = i64::from(receiver.http_addr().port());
     let test_pid = std::process::id();
     for s in &spans {
@@ -591,6 +604,7 @@ fn python_http_server_module_is_named_after_the_module() {
     r.assert_success();
     assert_eq!(r.stdout.len(), 1000);
 
+    receiver.focus(&[py.pid(), r.pid]);
     receiver.expect_spans("the SERVER span of http.server", SPAN_TIMEOUT, |s| !server_spans(s, py.pid()).is_empty());
     agent.stop();
     let spans = receiver.spans();

@@ -105,7 +105,11 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             results
         }
     });
+    // Raw logs belong to one run: the previous run's are cleared.
     let raw_dir = out_dir.join("raw");
+    if raw_dir.is_dir() {
+        fs::remove_dir_all(&raw_dir).with_context(|| format!("clearing {}", raw_dir.display()))?;
+    }
     fs::create_dir_all(&raw_dir).with_context(|| format!("creating {}", raw_dir.display()))?;
 
     let mut apt = Apt::new(false);
@@ -123,13 +127,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         bail!("agent binary {} not found", agent_bin.display());
     }
 
-    let mut results = Results {
-        quick,
-        rounds,
-        seconds,
-        machine: machine_info(&root, &venv),
-        ..Default::default()
-    };
+    let mut results = Results { quick, rounds, seconds, machine: machine_info(&root, &venv), ..Default::default() };
     let disturbing = procs::disturbing_processes(&[std::process::id()]);
     if !disturbing.is_empty() {
         let list: Vec<String> = disturbing.iter().map(|(pid, comm)| format!("{comm} (pid {pid})")).collect();
@@ -147,7 +145,6 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     }
 
     let mut ctx = Ctx::new(root.clone(), agent_bin, venv.clone(), syscall_loop, raw_dir, rounds, seconds, quick)?;
-    let outcome = |r: Result<_>| Some(r.map_err(|e: anyhow::Error| format!("{e:#}")));
     if args.wants(Scenario::Nginx) {
         results.nginx = outcome(scenarios::nginx(&mut ctx));
     }
@@ -200,6 +197,12 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     Ok(())
 }
 
+/// A scenario's error is kept (with its causes) for the report; the other
+/// scenarios still run.
+fn outcome<T>(r: Result<T>) -> report::Outcome<T> {
+    Some(r.map_err(|e| format!("{e:#}")))
+}
+
 fn failures(res: &Results) -> Vec<String> {
     let mut failed = Vec::new();
     let mut check = |name: &str, err: Option<&String>| {
@@ -224,7 +227,8 @@ fn machine_info(root: &Path, venv: &Path) -> Machine {
         .find_map(|l| l.strip_prefix("model name")?.split_once(':').map(|(_, v)| v.trim().to_owned()))
         .unwrap_or_else(|| "unknown".into());
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
-    let memory_gib = procs::parse_status_kib(&read("/proc/meminfo"), "MemTotal").unwrap_or(0) as f64 / (1024.0 * 1024.0);
+    let memory_gib =
+        procs::parse_status_kib(&read("/proc/meminfo"), "MemTotal").unwrap_or(0) as f64 / (1024.0 * 1024.0);
     let kernel = read("/proc/sys/kernel/osrelease").trim().to_owned();
     let date_utc = Cmd::new("date").args(["-u", "+%Y-%m-%d %H:%M UTC"]).probe().unwrap_or_default();
     let commit = Cmd::new("git")
@@ -234,16 +238,7 @@ fn machine_info(root: &Path, venv: &Path) -> Machine {
         .probe()
         .unwrap_or_else(|| "unknown".into());
     let load_average = read("/proc/loadavg").split_whitespace().take(3).collect::<Vec<_>>().join(" ");
-    Machine {
-        kernel,
-        cpu_model,
-        cores,
-        memory_gib,
-        date_utc,
-        commit,
-        load_average,
-        tools: deps::tool_versions(venv),
-    }
+    Machine { kernel, cpu_model, cores, memory_gib, date_utc, commit, load_average, tools: deps::tool_versions(venv) }
 }
 
 #[cfg(test)]
@@ -277,7 +272,8 @@ mod tests {
 
     #[test]
     fn failed_scenarios_are_named() {
-        let res = Results { postgres: Some(Err("initdb failed".into())), nginx: Some(Ok(Vec::new())), ..Default::default() };
+        let res =
+            Results { postgres: Some(Err("initdb failed".into())), nginx: Some(Ok(Vec::new())), ..Default::default() };
         assert_eq!(failures(&res), ["postgres: initdb failed"]);
     }
 }

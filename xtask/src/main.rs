@@ -52,7 +52,8 @@ enum Command {
     },
     /// Build, install end-to-end test dependencies, run every test.
     Test {
-        /// Skip the end-to-end tests (crate waggle-e2e) and their dependencies.
+        /// Only unit tests (`--lib --bins`): no integration or end-to-end
+        /// tests, no end-to-end dependencies.
         #[arg(long)]
         unit_only: bool,
         /// Passed to the test binaries, after `--` (e.g. a name filter).

@@ -112,7 +112,9 @@ pub fn run_tests(root: &Path, built: &Built, unit_only: bool, test_args: &[OsStr
         .env(BIN_ENV, &built.agent_bin)
         .args(["test", "--workspace", "--release", "--no-fail-fast"]);
     if unit_only {
-        cargo = cargo.args(["--exclude", E2E_PACKAGE]);
+        // Libraries' and binaries' own tests only: integration tests (any
+        // crate's tests/ directory) may load eBPF programs and need root.
+        cargo = cargo.args(["--lib", "--bins", "--exclude", E2E_PACKAGE]);
     }
     if !test_args.is_empty() {
         cargo = cargo.arg("--").args(test_args);

@@ -214,7 +214,11 @@ impl ProtocolDetector for MysqlDetector {
         let b = chunk.bytes;
         if b.len() < 5 {
             let plausible = b.len() < 4 || b[3] == 0;
-            return if plausible && !b.is_empty() && !chunk.is_truncated() { Confidence::NeedMore } else { Confidence::No };
+            return if plausible && !b.is_empty() && !chunk.is_truncated() {
+                Confidence::NeedMore
+            } else {
+                Confidence::No
+            };
         }
         let len = u32::from(b[0]) | u32::from(b[1]) << 8 | u32::from(b[2]) << 16;
         if b[3] != 0 || len == 0 || u64::from(len) + 4 > chunk.total_len {
@@ -249,7 +253,11 @@ fn greeting_plausible(p: &[u8], len: u32, complete: bool) -> bool {
     let Some(version) = cstr(p, &mut pos) else {
         return false;
     };
-    if version.is_empty() || version.len() > 100 || !version[0].is_ascii_digit() || !version.iter().all(|c| c.is_ascii_graphic()) {
+    if version.is_empty()
+        || version.len() > 100
+        || !version[0].is_ascii_digit()
+        || !version.iter().all(|c| c.is_ascii_graphic())
+    {
         return false;
     }
     match p.get(pos + 12) {
@@ -269,7 +277,9 @@ fn command_plausible(p: &[u8], len: u32, complete: bool) -> bool {
             !text.is_empty() && looks_textual(text) && plausible_sql_start(text)
         }
         COM_STMT_EXECUTE => {
-            len >= 10 && p.get(5).is_some_and(|flags| flags & !0x0f == 0) && p.get(6..10).is_none_or(|it| it == [1, 0, 0, 0])
+            len >= 10
+                && p.get(5).is_some_and(|flags| flags & !0x0f == 0)
+                && p.get(6..10).is_none_or(|it| it == [1, 0, 0, 0])
         }
         COM_STMT_CLOSE | COM_STMT_RESET => len == 5,
         COM_STMT_FETCH => len == 9,
@@ -726,7 +736,13 @@ impl MysqlParser {
         }
     }
 
-    fn advance(cmd: &mut Command, body: &[u8], len: u32, deprecate_eof: Option<bool>, system: &str) -> Result<Step, &'static str> {
+    fn advance(
+        cmd: &mut Command,
+        body: &[u8],
+        len: u32,
+        deprecate_eof: Option<bool>,
+        system: &str,
+    ) -> Result<Step, &'static str> {
         let first = body.first().copied();
         if first == Some(0xff) && !matches!(cmd.state, Resp::ColumnDefs(_) | Resp::Skip(_)) {
             cmd.error = Some(parse_err(body, system));
@@ -777,7 +793,9 @@ impl MysqlParser {
                     cmd.state = Resp::LocalInfile;
                     Ok(Step::More)
                 }
-                Some(0xfe) => Ok(if terminator_status(body) & SERVER_MORE_RESULTS_EXISTS != 0 { Step::More } else { Step::Done }),
+                Some(0xfe) => {
+                    Ok(if terminator_status(body) & SERVER_MORE_RESULTS_EXISTS != 0 { Step::More } else { Step::Done })
+                }
                 _ => {
                     let Some((count, used)) = lenenc(body, 0) else {
                         return Err("mysql: bad column count");
@@ -855,7 +873,8 @@ impl MysqlParser {
             1 => {
                 if let Some(cmd) = self.pending.pop_front() {
                     if matches!(cmd.kind, CmdKind::Query | CmdKind::Execute) {
-                        let outcome = Outcome { error: cmd.error.clone(), response_truncated: true, ..Outcome::default() };
+                        let outcome =
+                            Outcome { error: cmd.error.clone(), response_truncated: true, ..Outcome::default() };
                         self.emit(&cmd, end_ns, outcome, out);
                     }
                 }
@@ -877,7 +896,8 @@ impl ProtocolParser for MysqlParser {
         if let Some(reason) = self.poisoned.take() {
             return Feed::LostSync(reason);
         }
-        let feed = if chunk.direction == self.frontend { self.on_frontend(chunk, out) } else { self.on_backend(chunk, out) };
+        let feed =
+            if chunk.direction == self.frontend { self.on_frontend(chunk, out) } else { self.on_backend(chunk, out) };
         let feed = match (feed, self.poisoned.take()) {
             (Feed::Continue, Some(reason)) => Feed::LostSync(reason),
             (feed, _) => feed,
@@ -901,7 +921,11 @@ impl ProtocolParser for MysqlParser {
         if self.hunting && self.last_backend_exit < older_than_ns {
             self.resolve_hunt(self.last_backend_exit, out);
         }
-        if self.pending.iter().any(|c| c.start.enter_ns < older_than_ns && c.kind != CmdKind::Opaque && c.state != Resp::Drain) {
+        if self
+            .pending
+            .iter()
+            .any(|c| c.start.enter_ns < older_than_ns && c.kind != CmdKind::Opaque && c.state != Resp::Drain)
+        {
             self.clear_pending();
             self.poisoned = Some("mysql: commands unanswered for too long");
         }
@@ -1108,7 +1132,10 @@ mod tests {
             assert_eq!(d.detect(Role::Client, &chunk(0, true, greeting, 4096, Role::Client)), Confidence::No);
             for (k, (c, bytes)) in recs.iter().enumerate().skip(1) {
                 let got = d.detect(Role::Client, &chunk(k, *c, bytes, 4096, Role::Client));
-                if *c && bytes[3] == 0 && matches!(bytes[4], COM_QUERY | COM_STMT_PREPARE | COM_STMT_EXECUTE | COM_STMT_CLOSE) {
+                if *c
+                    && bytes[3] == 0
+                    && matches!(bytes[4], COM_QUERY | COM_STMT_PREPARE | COM_STMT_EXECUTE | COM_STMT_CLOSE)
+                {
                     assert_eq!(got, Confidence::Yes, "{bytes:?}");
                 }
                 if !*c {
@@ -1116,7 +1143,8 @@ mod tests {
                 }
             }
         }
-        let no = |bytes: &[u8], from_client: bool| d.detect(Role::Client, &chunk(0, from_client, bytes, 4096, Role::Client));
+        let no =
+            |bytes: &[u8], from_client: bool| d.detect(Role::Client, &chunk(0, from_client, bytes, 4096, Role::Client));
         for text in [
             &b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"[..],
             b"POST /api HTTP/1.1\r\n\r\n",
@@ -1137,6 +1165,33 @@ mod tests {
             let len = 5 + rng.below(60) as usize;
             let bytes: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
             assert_ne!(no(&bytes, rng.below(2) == 0), Confidence::Yes, "{bytes:?}");
+        }
+    }
+
+    #[test]
+    fn registered_detectors_pick_the_right_parser() {
+        use crate::protocols::{detect, Detection};
+        let config = ParserConfig::default();
+        let protocol = |from_client: bool, bytes: &[u8]| match detect(
+            Role::Client,
+            &chunk(0, from_client, bytes, 4096, Role::Client),
+            &config,
+        ) {
+            Detection::Parser(p) => Some(p.protocol()),
+            Detection::NeedMore | Detection::Unknown => None,
+        };
+        let my = records(CLI);
+        assert_eq!(protocol(false, &my[0].1), Some(PROTOCOL), "greeting");
+        assert_eq!(protocol(true, &my[3].1), Some(PROTOCOL), "COM_QUERY mid-stream");
+        let pg = records(include_bytes!("testdata/postgres/psql_session.bin"));
+        assert_eq!(protocol(true, &pg[0].1), Some("postgresql"), "SSLRequest");
+        assert_eq!(protocol(true, &pg[2].1), Some("postgresql"), "StartupMessage");
+        assert_eq!(protocol(true, &pg[4].1), Some("postgresql"), "Q mid-stream");
+        for http in
+            [&b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"[..], b"POST /q HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n"]
+        {
+            assert_ne!(protocol(true, http), Some(PROTOCOL));
+            assert_ne!(protocol(true, http), Some("postgresql"));
         }
     }
 
@@ -1211,7 +1266,20 @@ mod tests {
         feed(&mut p, 5, false, &packet(5, &[0, 0, 0, 2, 0, 0, 0]), &mut out);
         assert_eq!(p.phase, Phase::Command);
         feed(&mut p, 6, true, &packet(0, b"\x03SELECT 1"), &mut out);
-        feed(&mut p, 7, false, &[packet(1, b"\x01"), packet(2, b"\x03def\0\0\0\x011\0\x0c?\0\x01\0\0\0\x08\x81\0\0\0\0"), packet(3, b"\xfe\0\0\x02\0"), packet(4, b"\x011"), packet(5, b"\xfe\0\0\x02\0")].concat(), &mut out);
+        feed(
+            &mut p,
+            7,
+            false,
+            &[
+                packet(1, b"\x01"),
+                packet(2, b"\x03def\0\0\0\x011\0\x0c?\0\x01\0\0\0\x08\x81\0\0\0\0"),
+                packet(3, b"\xfe\0\0\x02\0"),
+                packet(4, b"\x011"),
+                packet(5, b"\xfe\0\0\x02\0"),
+            ]
+            .concat(),
+            &mut out,
+        );
         assert_eq!(names(&out), ["SELECT"]);
         assert_eq!(attr_int(&out[0], "db.response.returned_rows"), Some(1));
 
@@ -1219,7 +1287,10 @@ mod tests {
         let mut out = Vec::new();
         feed(&mut p, 0, false, &greeting("8.0.36"), &mut out);
         feed(&mut p, 1, true, &handshake(CAPS, None), &mut out);
-        assert_eq!(feed(&mut p, 2, false, &packet(2, b"\xff\x15\x04#28000Access denied for user"), &mut out), Feed::Continue);
+        assert_eq!(
+            feed(&mut p, 2, false, &packet(2, b"\xff\x15\x04#28000Access denied for user"), &mut out),
+            Feed::Continue
+        );
         assert!(out.is_empty());
     }
 

@@ -309,7 +309,8 @@ fn typed_request_plausible(chunk: &Chunk<'_>) -> Confidence {
     let body = &b[5..end];
     let ok = match b[0] {
         b'Q' => {
-            let text = if complete { body.split_last().filter(|(nul, _)| **nul == 0).map(|(_, t)| t) } else { Some(body) };
+            let text =
+                if complete { body.split_last().filter(|(nul, _)| **nul == 0).map(|(_, t)| t) } else { Some(body) };
             text.is_some_and(|t| looks_textual(t) && plausible_sql_start(t))
         }
         b'P' => parse_plausible(body, complete),
@@ -654,7 +655,8 @@ impl PostgresParser {
             }
             Head::Typed(b'E') => {
                 let mut pos = 0;
-                let query = cstr(body, &mut pos).and_then(|portal| self.portals.get(&portal.to_vec()).cloned().flatten());
+                let query =
+                    cstr(body, &mut pos).and_then(|portal| self.portals.get(&portal.to_vec()).cloned().flatten());
                 self.push_pending(Pending::Execute(Op::new(query, f.start)))?;
             }
             Head::Typed(b'S') => self.push_pending(Pending::Sync)?,
@@ -845,7 +847,8 @@ impl ProtocolParser for PostgresParser {
         if let Some(reason) = self.poisoned.take() {
             return Feed::LostSync(reason);
         }
-        let feed = if chunk.direction == self.frontend { self.on_frontend(chunk, out) } else { self.on_backend(chunk, out) };
+        let feed =
+            if chunk.direction == self.frontend { self.on_frontend(chunk, out) } else { self.on_backend(chunk, out) };
         let feed = match (feed, self.poisoned.take()) {
             (Feed::Continue, Some(reason)) => Feed::LostSync(reason),
             (feed, _) => feed,
@@ -908,8 +911,15 @@ mod tests {
     const PGBENCH_PREPARED: &[u8] = include_bytes!("testdata/postgres/pgbench_prepared.bin");
     const PGBENCH_PIPELINE: &[u8] = include_bytes!("testdata/postgres/pgbench_pipeline.bin");
     const PGBENCH_ERROR: &[u8] = include_bytes!("testdata/postgres/pgbench_error.bin");
-    const ALL: &[&[u8]] =
-        &[PSQL_SESSION, PSQL_ERRORS, PGBENCH_SIMPLE, PGBENCH_EXTENDED, PGBENCH_PREPARED, PGBENCH_PIPELINE, PGBENCH_ERROR];
+    const ALL: &[&[u8]] = &[
+        PSQL_SESSION,
+        PSQL_ERRORS,
+        PGBENCH_SIMPLE,
+        PGBENCH_EXTENDED,
+        PGBENCH_PREPARED,
+        PGBENCH_PIPELINE,
+        PGBENCH_ERROR,
+    ];
 
     fn parser() -> PostgresParser {
         PostgresParser::new(Role::Client, &ParserConfig::default())
@@ -942,8 +952,18 @@ mod tests {
         assert_eq!(
             names(&r.spans),
             [
-                "CREATE items", "INSERT items", "SELECT items", "UPDATE items", "SELECT missing_table", "BEGIN",
-                "DELETE items", "COMMIT", "COPY items", "COPY items", "SELECT", "SELECT items"
+                "CREATE items",
+                "INSERT items",
+                "SELECT items",
+                "UPDATE items",
+                "SELECT missing_table",
+                "BEGIN",
+                "DELETE items",
+                "COMMIT",
+                "COPY items",
+                "COPY items",
+                "SELECT",
+                "SELECT items"
             ]
         );
         let s = &r.spans;
@@ -1005,7 +1025,13 @@ mod tests {
         // First read: 4 KiB of 6000 captured, boundary lost.
         let mut resp = msg(b'T', &[0, 0]);
         for _ in 0..200 {
-            resp.extend(msg(b'D', &[0, 1, 0, 0, 0, 20, b'x', b'x', b'x', b'x', b'x', b'x', b'x', b'x', b'x', b'x', b'x', b'x', b'x', b'x', b'x', b'x', b'x', b'x', b'x', b'x']));
+            resp.extend(msg(
+                b'D',
+                &[
+                    0, 1, 0, 0, 0, 20, b'x', b'x', b'x', b'x', b'x', b'x', b'x', b'x', b'x', b'x', b'x', b'x', b'x',
+                    b'x', b'x', b'x', b'x', b'x', b'x', b'x',
+                ],
+            ));
         }
         let first = &resp[..6000];
         let c = Chunk { bytes: &first[..4096], total_len: 6000, ..chunk(1, false, first, usize::MAX, Role::Client) };
@@ -1051,7 +1077,8 @@ mod tests {
 
     #[test]
     fn pgbench_in_every_query_mode() {
-        for (bin, mode) in [(PGBENCH_SIMPLE, "simple"), (PGBENCH_EXTENDED, "extended"), (PGBENCH_PREPARED, "prepared")] {
+        for (bin, mode) in [(PGBENCH_SIMPLE, "simple"), (PGBENCH_EXTENDED, "extended"), (PGBENCH_PREPARED, "prepared")]
+        {
             // 256 bytes cuts the startup answer (framing is hunted back).
             for capture in [usize::MAX, 4096, 256] {
                 let r = replay(&mut parser(), &records(bin), capture, Role::Client);
@@ -1094,10 +1121,14 @@ mod tests {
     fn statements_prepared_before_the_agent_give_spans_without_text() {
         let recs = records(PGBENCH_PREPARED);
         // Join the connection at the second transaction's first Bind.
-        let binds: Vec<usize> = recs.iter().enumerate().filter(|(_, (c, b))| *c && b[0] == b'B').map(|(i, _)| i).collect();
+        let binds: Vec<usize> =
+            recs.iter().enumerate().filter(|(_, (c, b))| *c && b[0] == b'B').map(|(i, _)| i).collect();
         let start = binds[7];
         let (from_client, first) = &recs[start];
-        assert_eq!(PostgresDetector.detect(Role::Client, &chunk(start, *from_client, first, 4096, Role::Client)), Confidence::Yes);
+        assert_eq!(
+            PostgresDetector.detect(Role::Client, &chunk(start, *from_client, first, 4096, Role::Client)),
+            Confidence::Yes
+        );
         let r = replay(&mut parser(), &recs[start..], usize::MAX, Role::Client);
         assert!(r.feeds.is_empty(), "{:?}", r.feeds);
         assert_eq!(names(&r.spans), ["BEGIN", "UPDATE", "SELECT", "UPDATE", "UPDATE", "INSERT", "COMMIT"]);
@@ -1113,7 +1144,10 @@ mod tests {
         assert_eq!(names(&r.spans), ["SELECT pgbench_accounts", "UPDATE pgbench_accounts", "SELECT"]);
         assert_eq!(attr_int(&r.spans[0], "db.response.returned_rows"), Some(1));
         assert_eq!(attr_int(&r.spans[1], "waggle.db.response.affected_rows"), Some(1));
-        assert_eq!(attr_str(&r.spans[0], "db.query.text"), Some("SELECT abalance FROM pgbench_accounts WHERE aid = ?;"));
+        assert_eq!(
+            attr_str(&r.spans[0], "db.query.text"),
+            Some("SELECT abalance FROM pgbench_accounts WHERE aid = ?;")
+        );
     }
 
     #[test]
@@ -1236,7 +1270,10 @@ mod tests {
     fn cancel_request_is_ignored() {
         let mut cancel = vec![0, 0, 0, 16, 0x04, 0xd2, 0x16, 0x2e];
         cancel.extend_from_slice(&[0, 0, 0x30, 0x39, 1, 2, 3, 4]);
-        assert_eq!(PostgresDetector.detect(Role::Client, &chunk(0, true, &cancel, 4096, Role::Client)), Confidence::Yes);
+        assert_eq!(
+            PostgresDetector.detect(Role::Client, &chunk(0, true, &cancel, 4096, Role::Client)),
+            Confidence::Yes
+        );
         let mut p = parser();
         let mut out = Vec::new();
         assert_eq!(feed(&mut p, 0, true, &cancel, &mut out), Feed::Continue);
@@ -1288,7 +1325,11 @@ mod tests {
         bind.extend(std::iter::repeat_n(b'v', 6000));
         bind.extend_from_slice(&[0, 0]);
         let write = [msg(b'B', &bind), msg(b'E', b"\0\0\0\0\0"), msg(b'S', b"")].concat();
-        let c = Chunk { bytes: &write[..4096], total_len: write.len() as u64, ..chunk(0, true, &write, usize::MAX, Role::Client) };
+        let c = Chunk {
+            bytes: &write[..4096],
+            total_len: write.len() as u64,
+            ..chunk(0, true, &write, usize::MAX, Role::Client)
+        };
         assert!(matches!(p.on_data(&c, &mut out), Feed::LostSync(_)));
     }
 
@@ -1299,7 +1340,11 @@ mod tests {
         feed(&mut p, 0, true, &[q("SELECT * FROM a"), q("SELECT * FROM b")].concat(), &mut out);
         assert!(p.pipelining);
         let big = [msg(b'T', &[0, 0]), msg(b'D', &vec![0; 8000])].concat();
-        let c = Chunk { bytes: &big[..4096], total_len: big.len() as u64 + 20, ..chunk(1, false, &big, usize::MAX, Role::Client) };
+        let c = Chunk {
+            bytes: &big[..4096],
+            total_len: big.len() as u64 + 20,
+            ..chunk(1, false, &big, usize::MAX, Role::Client)
+        };
         assert_eq!(p.on_data(&c, &mut out), Feed::Continue);
         let tail = [msg(b'C', b"SELECT 1\0"), msg(b'Z', b"I")].concat();
         assert!(matches!(feed(&mut p, 2, false, &tail, &mut out), Feed::LostSync(_)));
@@ -1363,7 +1408,11 @@ mod tests {
             // Every request write of the captures is a place to resync.
             for (k, (c, bytes)) in recs.iter().enumerate() {
                 if *c && matches!(bytes[0], b'Q' | b'P' | b'B') {
-                    assert_eq!(d.detect(Role::Client, &chunk(k, *c, bytes, 4096, Role::Client)), Confidence::Yes, "{bytes:?}");
+                    assert_eq!(
+                        d.detect(Role::Client, &chunk(k, *c, bytes, 4096, Role::Client)),
+                        Confidence::Yes,
+                        "{bytes:?}"
+                    );
                 }
                 if !*c {
                     assert_eq!(d.detect(Role::Client, &chunk(k, *c, bytes, 4096, Role::Client)), Confidence::No);
@@ -1392,7 +1441,10 @@ mod tests {
         }
         // MySQL COM_QUERY and handshake packets.
         assert_eq!(no(b"\x09\x00\x00\x00\x03SELECT 1"), Confidence::No);
-        assert_eq!(no(b"\x51\x00\x00\x00\x03SELECT * FROM t WHERE x = 1 AND y = 2 AND z = 3 ORDER BY a LIMIT 9"), Confidence::No);
+        assert_eq!(
+            no(b"\x51\x00\x00\x00\x03SELECT * FROM t WHERE x = 1 AND y = 2 AND z = 3 ORDER BY a LIMIT 9"),
+            Confidence::No
+        );
         // TLS ClientHello.
         assert_eq!(no(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03"), Confidence::No);
         // A Q with binary garbage, a Q whose length overruns the write.

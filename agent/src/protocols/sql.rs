@@ -175,7 +175,12 @@ fn tokenize(sql: &str, dialect: Dialect) -> Vec<Token> {
                 i = j;
                 kind = Kind::Param;
             } else {
-                while j < n && (s[j].is_ascii_alphabetic() || s[j] == b'_' || s[j] >= 0x80 || (j > i + 1 && s[j].is_ascii_digit())) {
+                while j < n
+                    && (s[j].is_ascii_alphabetic()
+                        || s[j] == b'_'
+                        || s[j] >= 0x80
+                        || (j > i + 1 && s[j].is_ascii_digit()))
+                {
                     j += 1;
                 }
                 if j < n && s[j] == b'$' {
@@ -458,7 +463,8 @@ impl<'a> Stmt<'a> {
         self.toks.get(i).map(|t| &self.sql[t.start..t.end])
     }
     fn is_word(&self, i: usize, w: &str) -> bool {
-        self.toks.get(i).is_some_and(|t| t.kind == Kind::Word) && self.text(i).is_some_and(|t| t.eq_ignore_ascii_case(w))
+        self.toks.get(i).is_some_and(|t| t.kind == Kind::Word)
+            && self.text(i).is_some_and(|t| t.eq_ignore_ascii_case(w))
     }
     fn is_punct(&self, i: usize, p: &str) -> bool {
         self.toks.get(i).is_some_and(|t| t.kind == Kind::Punct) && self.text(i) == Some(p)
@@ -541,10 +547,46 @@ impl<'a> Stmt<'a> {
 /// Words that cannot be table names (clause keywords).
 fn is_reserved(word: &str) -> bool {
     const RESERVED: &[&str] = &[
-        "select", "from", "where", "group", "order", "having", "limit", "offset", "union", "intersect", "except",
-        "join", "inner", "left", "right", "full", "cross", "natural", "on", "using", "as", "set", "values", "into",
-        "lateral", "only", "returning", "window", "for", "fetch", "with", "and", "or", "not", "straight_join",
-        "outer", "default", "table", "if", "exists",
+        "select",
+        "from",
+        "where",
+        "group",
+        "order",
+        "having",
+        "limit",
+        "offset",
+        "union",
+        "intersect",
+        "except",
+        "join",
+        "inner",
+        "left",
+        "right",
+        "full",
+        "cross",
+        "natural",
+        "on",
+        "using",
+        "as",
+        "set",
+        "values",
+        "into",
+        "lateral",
+        "only",
+        "returning",
+        "window",
+        "for",
+        "fetch",
+        "with",
+        "and",
+        "or",
+        "not",
+        "straight_join",
+        "outer",
+        "default",
+        "table",
+        "if",
+        "exists",
     ];
     RESERVED.iter().any(|r| word.eq_ignore_ascii_case(r))
 }
@@ -552,8 +594,22 @@ fn is_reserved(word: &str) -> bool {
 /// Words ending a FROM clause.
 fn ends_from_clause(word: &str) -> bool {
     const ENDS: &[&str] = &[
-        "where", "group", "order", "having", "limit", "offset", "fetch", "for", "window", "union", "intersect",
-        "except", "returning", "into", "lock", "procedure",
+        "where",
+        "group",
+        "order",
+        "having",
+        "limit",
+        "offset",
+        "fetch",
+        "for",
+        "window",
+        "union",
+        "intersect",
+        "except",
+        "returning",
+        "into",
+        "lock",
+        "procedure",
     ];
     ENDS.iter().any(|r| word.eq_ignore_ascii_case(r))
 }
@@ -598,7 +654,9 @@ fn analyze_statement(sql: &str, toks: &[&Token], truncated: bool) -> (Option<Str
                 Kind::Punct if text == "," && depth == 0 => expect_name = true,
                 Kind::Word | Kind::QuotedIdent if depth == 0 => {
                     if t.kind == Kind::Word
-                        && ["select", "insert", "update", "delete", "merge"].iter().any(|k| text.eq_ignore_ascii_case(k))
+                        && ["select", "insert", "update", "delete", "merge"]
+                            .iter()
+                            .any(|k| text.eq_ignore_ascii_case(k))
                         && st.complete(j)
                     {
                         found = Some(j);
@@ -920,7 +978,14 @@ pub struct Framer<F: Framing> {
 
 impl<F: Framing> Framer<F> {
     pub fn new(rules: F) -> Self {
-        Framer { rules, header: [0; MAX_HEADER], header_have: 0, header_start: Timing::default(), current: None, lost: false }
+        Framer {
+            rules,
+            header: [0; MAX_HEADER],
+            header_have: 0,
+            header_start: Timing::default(),
+            current: None,
+            lost: false,
+        }
     }
 
     pub fn is_lost(&self) -> bool {
@@ -948,7 +1013,13 @@ impl<F: Framing> Framer<F> {
 
     fn finish(&mut self, end_ns: u64, out: &mut Vec<Framed<F::Head>>) {
         if let Some(cur) = self.current.take() {
-            out.push(Framed::Frame(Frame { head: cur.head, body: cur.body, body_len: cur.body_len, start: cur.start, end_ns }));
+            out.push(Framed::Frame(Frame {
+                head: cur.head,
+                body: cur.body,
+                body_len: cur.body_len,
+                start: cur.start,
+                end_ns,
+            }));
         }
     }
 
@@ -977,7 +1048,8 @@ impl<F: Framing> Framer<F> {
             if self.header_have == 0 {
                 self.header_start = timing;
             }
-            let need = self.rules.header_len(if self.header_have > 0 { self.header[0] } else { data[0] }).clamp(1, MAX_HEADER);
+            let need =
+                self.rules.header_len(if self.header_have > 0 { self.header[0] } else { data[0] }).clamp(1, MAX_HEADER);
             let take = (need - self.header_have).min(data.len());
             self.header[self.header_have..self.header_have + take].copy_from_slice(&data[..take]);
             self.header_have += take;
@@ -1163,8 +1235,14 @@ pub fn fuzz_script(data: &[u8], detector: &dyn super::ProtocolDetector, check: f
                         0
                     };
                     let direction = if op & 1 == 0 { Direction::Ingress } else { Direction::Egress };
-                    let chunk =
-                        Chunk { direction, bytes, total_len: bytes.len() as u64 + blind, enter_ns: t, exit_ns: t + 500, tid: 7 };
+                    let chunk = Chunk {
+                        direction,
+                        bytes,
+                        total_len: bytes.len() as u64 + blind,
+                        enter_ns: t,
+                        exit_ns: t + 500,
+                        tid: 7,
+                    };
                     let _ = detector.detect(role, &chunk);
                     match parser.on_data(&chunk, &mut out) {
                         Feed::Continue => {}
@@ -1361,7 +1439,10 @@ mod tests {
 
     #[test]
     fn sanitizes_string_and_number_literals() {
-        assert_eq!(pg("SELECT * FROM users WHERE name = 'O''Brien' AND id = 42"), "SELECT * FROM users WHERE name = ? AND id = ?");
+        assert_eq!(
+            pg("SELECT * FROM users WHERE name = 'O''Brien' AND id = 42"),
+            "SELECT * FROM users WHERE name = ? AND id = ?"
+        );
         assert_eq!(pg("select 1.5, .5, 1e10, 2.5E-3, 0x1F, 0b101"), "select ?, ?, ?, ?, ?, ?");
         assert_eq!(pg("SELECT -5"), "SELECT -?");
         assert_eq!(pg("SELECT E'it\\'s secret'"), "SELECT ?");
@@ -1373,7 +1454,10 @@ mod tests {
 
     #[test]
     fn sanitizes_dollar_quotes_and_keeps_placeholders() {
-        assert_eq!(pg("SELECT $$secret ' stuff$$, $tag$a$$b$tag$ FROM t WHERE a = $1 AND b = $12"), "SELECT ?, ? FROM t WHERE a = $1 AND b = $12");
+        assert_eq!(
+            pg("SELECT $$secret ' stuff$$, $tag$a$$b$tag$ FROM t WHERE a = $1 AND b = $12"),
+            "SELECT ?, ? FROM t WHERE a = $1 AND b = $12"
+        );
         assert_eq!(pg("SELECT $body$ unterminated secret"), "SELECT ?");
         assert_eq!(my("SELECT * FROM t WHERE a = ? AND b = :name"), "SELECT * FROM t WHERE a = ? AND b = :name");
         assert_eq!(pg("SELECT x::int, y::text FROM t"), "SELECT x::int, y::text FROM t");
@@ -1381,7 +1465,10 @@ mod tests {
 
     #[test]
     fn keeps_identifiers_keywords_and_quoted_names() {
-        assert_eq!(pg("SELECT t1.col_2 FROM \"My Table\" t1 WHERE flag = TRUE AND x IS NULL"), "SELECT t1.col_2 FROM \"My Table\" t1 WHERE flag = TRUE AND x IS NULL");
+        assert_eq!(
+            pg("SELECT t1.col_2 FROM \"My Table\" t1 WHERE flag = TRUE AND x IS NULL"),
+            "SELECT t1.col_2 FROM \"My Table\" t1 WHERE flag = TRUE AND x IS NULL"
+        );
         assert_eq!(my("SELECT `col1` FROM `db`.`t2` WHERE c = \"secret\""), "SELECT `col1` FROM `db`.`t2` WHERE c = ?");
         assert_eq!(my("SELECT 1st_col FROM t"), "SELECT 1st_col FROM t");
         assert_eq!(pg("SELECT \"a\"\"b\" FROM t"), "SELECT \"a\"\"b\" FROM t");
@@ -1416,10 +1503,16 @@ mod tests {
 
     #[test]
     fn collapses_in_lists_of_literals() {
-        assert_eq!(pg("SELECT * FROM t WHERE id IN (1, 2, 3) AND s in ('a','b')"), "SELECT * FROM t WHERE id IN (?) AND s in (?)");
+        assert_eq!(
+            pg("SELECT * FROM t WHERE id IN (1, 2, 3) AND s in ('a','b')"),
+            "SELECT * FROM t WHERE id IN (?) AND s in (?)"
+        );
         assert_eq!(my("SELECT * FROM t WHERE id IN (?, ?, ?)"), "SELECT * FROM t WHERE id IN (?)");
         assert_eq!(pg("SELECT * FROM t WHERE id IN ($1, $2)"), "SELECT * FROM t WHERE id IN ($1, $2)");
-        assert_eq!(pg("SELECT * FROM t WHERE id IN (SELECT id FROM u WHERE x = 1)"), "SELECT * FROM t WHERE id IN (SELECT id FROM u WHERE x = ?)");
+        assert_eq!(
+            pg("SELECT * FROM t WHERE id IN (SELECT id FROM u WHERE x = 1)"),
+            "SELECT * FROM t WHERE id IN (SELECT id FROM u WHERE x = ?)"
+        );
         assert_eq!(pg("SELECT * FROM t WHERE id IN (1, a)"), "SELECT * FROM t WHERE id IN (?, a)");
     }
 
@@ -1441,7 +1534,10 @@ mod tests {
         assert_eq!(op_coll("(SELECT a FROM t) ORDER BY a"), oc("SELECT", Some("t")));
         assert_eq!(op_coll("INSERT INTO orders (a, b) VALUES (1, 2)"), oc("INSERT", Some("orders")));
         assert_eq!(op_coll("insert into orders select * from staging"), oc("INSERT", Some("orders")));
-        assert_eq!(op_coll("UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid = 5"), oc("UPDATE", Some("pgbench_accounts")));
+        assert_eq!(
+            op_coll("UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid = 5"),
+            oc("UPDATE", Some("pgbench_accounts"))
+        );
         assert_eq!(op_coll("UPDATE ONLY t SET a = 1"), oc("UPDATE", Some("t")));
         assert_eq!(op_coll("UPDATE a, b SET a.x = b.x"), oc("UPDATE", None));
         assert_eq!(op_coll("DELETE FROM sessions WHERE expires < now()"), oc("DELETE", Some("sessions")));
@@ -1467,8 +1563,14 @@ mod tests {
     #[test]
     fn with_clauses_give_the_main_statement() {
         assert_eq!(op_coll("WITH x AS (SELECT * FROM a) SELECT * FROM items"), oc("SELECT", Some("items")));
-        assert_eq!(op_coll("WITH RECURSIVE r(n) AS (SELECT 1 UNION SELECT n+1 FROM r) SELECT * FROM r"), oc("SELECT", None));
-        assert_eq!(op_coll("WITH moved AS (DELETE FROM a RETURNING *) INSERT INTO b SELECT * FROM moved"), oc("INSERT", Some("b")));
+        assert_eq!(
+            op_coll("WITH RECURSIVE r(n) AS (SELECT 1 UNION SELECT n+1 FROM r) SELECT * FROM r"),
+            oc("SELECT", None)
+        );
+        assert_eq!(
+            op_coll("WITH moved AS (DELETE FROM a RETURNING *) INSERT INTO b SELECT * FROM moved"),
+            oc("INSERT", Some("b"))
+        );
         assert_eq!(op_coll("WITH a AS (SELECT 1), b AS (SELECT 2) UPDATE t SET x = 1"), oc("UPDATE", Some("t")));
         assert_eq!(op_coll("WITH x AS (SELECT 1"), (None, None));
     }
@@ -1518,8 +1620,32 @@ mod tests {
     #[test]
     fn sanitizer_never_panics_on_odd_input() {
         let cases: &[&[u8]] = &[
-            b"", b"'", b"\"", b"`", b"$", b"$$", b"$a", b"$1", b"0x", b"0b", b"1e", b"1e+", b".", b"--", b"/*", b"/*/",
-            b"E'", b"U&'", b"U&", b"\xff\xfe'", b"SELECT \xe2\x82", b"x'", b"_'", b"IN (", b"IN (1,", b"IN (1",
+            b"",
+            b"'",
+            b"\"",
+            b"`",
+            b"$",
+            b"$$",
+            b"$a",
+            b"$1",
+            b"0x",
+            b"0b",
+            b"1e",
+            b"1e+",
+            b".",
+            b"--",
+            b"/*",
+            b"/*/",
+            b"E'",
+            b"U&'",
+            b"U&",
+            b"\xff\xfe'",
+            b"SELECT \xe2\x82",
+            b"x'",
+            b"_'",
+            b"IN (",
+            b"IN (1,",
+            b"IN (1",
         ];
         for case in cases {
             for d in [Dialect::Postgres, Dialect::MySql] {
@@ -1585,7 +1711,10 @@ mod tests {
             start_ns: 30,
             end_ns: 20,
             tid: 3,
-            outcome: Outcome { error: Some(DbError { code: "1146".into(), description: "d".into() }), ..Default::default() },
+            outcome: Outcome {
+                error: Some(DbError { code: "1146".into(), description: "d".into() }),
+                ..Default::default()
+            },
         }
         .build();
         assert_eq!(err.name, "UPDATE");
@@ -1649,7 +1778,10 @@ mod tests {
         // Two messages, the second split across chunks, header split too.
         f.push(&chunk(&[1, 2, b'a', b'b', 2], 5), &mut out);
         f.push(&chunk(&[5, b'c', b'd', b'e', b'f', b'g', 3, 0], 8), &mut out);
-        assert_eq!(frames(std::mem::take(&mut out)), vec![(1, b"ab".to_vec(), 2), (2, b"cde".to_vec(), 5), (3, vec![], 0)]);
+        assert_eq!(
+            frames(std::mem::take(&mut out)),
+            vec![(1, b"ab".to_vec(), 2), (2, b"cde".to_vec(), 5), (3, vec![], 0)]
+        );
         assert!(f.at_boundary());
         // A body partly captured: the rest is skipped by count.
         f.push(&chunk(&[4, 10, b'x'], 12), &mut out);

@@ -34,6 +34,9 @@ pub mod maps {
     pub const INJECT_PENDING: &str = "INJECT_PENDING";
     /// SockHash of established client sockets the sk_msg program runs on.
     pub const CLIENT_SOCKS: &str = "CLIENT_SOCKS";
+    /// Per-CPU copy of the first bytes of a message the sk_msg program scans
+    /// (kernel-only).
+    pub const MSG_SCRATCH: &str = "MSG_SCRATCH";
 }
 
 /// Values of the INET_STREAM_SOCKS map: what `socket()` said about an
@@ -137,6 +140,20 @@ pub mod skip_reason {
     pub const PUSH_FAILED: u32 = 4;
     pub const NOT_IN_SOCKHASH: u32 = 5;
     pub const COUNT: u32 = 6;
+}
+
+/// Key of CLIENT_SOCKS: a connection's addresses as the sockops program
+/// sees them (ports as in `struct bpf_sock_ops`: local in host order, remote
+/// in network order). IPv4 addresses sit in the first word.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SockTuple {
+    pub family: u32,
+    pub local_port: u32,
+    pub remote_port: u32,
+    pub _pad: u32,
+    pub local_ip: [u32; 4],
+    pub remote_ip: [u32; 4],
 }
 
 /// A trace context as the kernel keeps it per thread.
@@ -429,6 +446,8 @@ mod user {
     unsafe impl aya::Pod for TraceCtx {}
     // SAFETY: as above.
     unsafe impl aya::Pod for InjectRequest {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for SockTuple {}
 }
 
 #[cfg(test)]
@@ -447,6 +466,7 @@ mod tests {
         assert_eq!(size_of::<TraceCtx>(), 48);
         assert_eq!(size_of::<TraceCtxEvent>(), 64);
         assert_eq!(size_of::<InjectRequest>(), 56);
+        assert_eq!(size_of::<SockTuple>(), 48);
         assert_eq!(b"traceparent: 00-".len() + 32 + 1 + 16 + 1 + 2 + 2, TRACEPARENT_LINE_LEN);
     }
 

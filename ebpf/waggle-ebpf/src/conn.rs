@@ -119,7 +119,7 @@ pub(crate) fn socket_enter(ctx: &TracePointContext) -> Option<()> {
     let p = Pending {
         syscall: SyscallId::Socket as u8,
         family: family as u8,
-        sock_kind: u64::from(if ty == SOCK_STREAM {
+        aux: u64::from(if ty == SOCK_STREAM {
             inet_sock::STREAM
         } else {
             inet_sock::OTHER
@@ -144,7 +144,7 @@ pub(crate) fn socket_exit(ctx: &TracePointContext) -> Option<()> {
                 tgid,
                 fd: ret as u32,
             },
-            p.sock_kind as u8,
+            p.aux as u8,
             0,
         )
         .is_err()

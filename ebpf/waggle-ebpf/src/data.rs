@@ -7,13 +7,13 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 use waggle_common::{
-    conn_flags, Counter, DataEvent, Direction, EventKind, SockKey, SyscallId, CAPTURE_MASK,
+    conn_flags, Counter, DataEvent, Direction, EventKind, Role, SockKey, SyscallId, CAPTURE_MASK,
     MAX_CAPTURE, MAX_IOVECS,
 };
 
 use crate::{
-    arg, count, current, now_ns, stash, take_pending, Pending, CAPTURE_BYTES, CONNS, EVENTS,
-    SCRATCH,
+    arg, count, current, now_ns, stash, take_pending, trace, Pending, CAPTURE_BYTES, CONNS,
+    EVENTS, PROPAGATION, SCRATCH,
 };
 
 pub(crate) const HEADER: usize = size_of::<DataEvent>();
@@ -25,7 +25,7 @@ const MASK: u64 = CAPTURE_MASK as u64;
 
 /// Layout of the user buffer argument.
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Shape {
+pub(crate) enum Shape {
     /// (fd, buf, len)
     Flat,
     /// (fd, const struct iovec *, iovcnt)
@@ -41,7 +41,7 @@ enum Shape {
 const MSG_PEEK: u64 = 2;
 
 #[inline(always)]
-fn shape(id: SyscallId) -> Shape {
+pub(crate) fn shape(id: SyscallId) -> Shape {
     match id {
         SyscallId::Readv | SyscallId::Writev => Shape::Iovec,
         SyscallId::Recvmsg | SyscallId::Sendmsg => Shape::Msghdr,
@@ -50,15 +50,30 @@ fn shape(id: SyscallId) -> Shape {
     }
 }
 
+#[inline(always)]
+fn is_send(id: SyscallId) -> bool {
+    matches!(
+        id,
+        SyscallId::Write
+            | SyscallId::Sendto
+            | SyscallId::Writev
+            | SyscallId::Sendmsg
+            | SyscallId::Sendfile
+    )
+}
+
 /// Enter: remember the buffer only for tracked, unmuted connections. This
 /// runs on every read/write on the machine, so it is one lookup and out.
+/// Sends on tracked connections also take part in trace context (trace.rs):
+/// a client request start gets its ids, a server response ends the
+/// thread's request.
 #[inline(always)]
 pub(crate) fn enter(ctx: &TracePointContext, id: SyscallId) {
     let Some((pid_tgid, tgid)) = current() else {
         return;
     };
     let fd = arg(ctx, 0) as u32;
-    let Some(info) = CONNS.get_ptr(SockKey { tgid, fd }) else {
+    let Some(info) = CONNS.get_ptr_mut(SockKey { tgid, fd }) else {
         return;
     };
     // Muted connections are counted here rather than at exit so the bulk of
@@ -77,7 +92,7 @@ pub(crate) fn enter(ctx: &TracePointContext, id: SyscallId) {
     if peek {
         return;
     }
-    let p = Pending {
+    let mut p = Pending {
         enter_ns: now_ns(),
         ptr: arg(ctx, 1),
         len: arg(ctx, 2),
@@ -85,7 +100,31 @@ pub(crate) fn enter(ctx: &TracePointContext, id: SyscallId) {
         syscall: id as u8,
         ..Pending::default()
     };
-    stash(pid_tgid, &p);
+    if !is_send(id) {
+        stash(pid_tgid, &p);
+        return;
+    }
+    // SAFETY: info points at a live CONNS value; copied out.
+    let conn = unsafe { *info };
+    let shape = shape(id);
+    let request = match Role::from_u8(conn.role) {
+        Role::Client => trace::client_send_enter(pid_tgid, &conn, shape, p.ptr, p.len),
+        Role::Server => {
+            trace::server_send_enter(pid_tgid, &conn, shape, p.ptr, p.len);
+            None
+        }
+        Role::Unknown => None,
+    };
+    let Some(request) = request else {
+        stash(pid_tgid, &p);
+        return;
+    };
+    // Only the exit, through PENDING, takes INJECT_PENDING back: without
+    // the stash no request state may be left behind.
+    p.aux = 1;
+    if stash(pid_tgid, &p) {
+        trace::client_send_arm(pid_tgid, info, &request);
+    }
 }
 
 /// Exit: copy min(ret, CAPTURE_BYTES) payload bytes after a DataEvent header
@@ -98,19 +137,30 @@ pub(crate) fn exit(ctx: &TracePointContext, id: SyscallId, direction: Direction)
     let Some(p) = take_pending(pid_tgid, id) else {
         return;
     };
+    // Before any early return: a request left for this send must not
+    // outlive it.
+    let request = if p.aux != 0 {
+        trace::take_inject(pid_tgid)
+    } else {
+        None
+    };
     let ret = arg(ctx, 0) as i64;
+    // Looked up again: another thread may have closed or muted the
+    // connection while this syscall ran.
+    let Some(info_ptr) = CONNS.get_ptr_mut(SockKey { tgid, fd: p.fd }) else {
+        return;
+    };
+    if let Some(request) = request {
+        let propagation = PROPAGATION.load() != 0;
+        trace::client_send_exit(pid_tgid, &request, info_ptr, &p, ret > 0, propagation);
+    }
     if ret <= 0 {
         return;
     }
     let total = ret as u64;
-    // Looked up again: another thread may have closed or muted the
-    // connection while this syscall ran.
-    let Some(info) = CONNS.get_ptr(SockKey { tgid, fd: p.fd }) else {
-        return;
-    };
-    // SAFETY: info points at a live CONNS value; copied before any other map
-    // operation can delete it.
-    let info = unsafe { *info };
+    // SAFETY: info_ptr points at a live CONNS value; copied before any other
+    // map operation can delete it.
+    let info = unsafe { *info_ptr };
     if info.flags & conn_flags::MUTED != 0 {
         count(Counter::MutedEvents);
         return;
@@ -146,6 +196,20 @@ pub(crate) fn exit(ctx: &TracePointContext, id: SyscallId, direction: Direction)
         }
     };
 
+    // One timestamp for the DataEvent and the ServerCtx that matches it.
+    let exit_ns = now_ns();
+    if direction == Direction::Ingress && captured > 0 {
+        match Role::from_u8(info.role) {
+            Role::Server => {
+                let _ = trace::server_recv_exit(pid_tgid, p.fd, &info, payload, captured, exit_ns);
+            }
+            Role::Client if info.flags & conn_flags::AWAITING_RESPONSE != 0 => {
+                trace::client_recv_exit(info_ptr, payload, captured);
+            }
+            _ => {}
+        }
+    }
+
     let header = DataEvent {
         kind: EventKind::Data as u8,
         direction: direction as u8,
@@ -159,7 +223,7 @@ pub(crate) fn exit(ctx: &TracePointContext, id: SyscallId, direction: Direction)
         conn_id: info.conn_id,
         total_len: total,
         enter_ns: p.enter_ns,
-        exit_ns: now_ns(),
+        exit_ns,
     };
     // SAFETY: the scratch buffer is larger than a DataEvent; write_unaligned
     // needs no alignment.

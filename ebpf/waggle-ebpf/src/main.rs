@@ -5,6 +5,12 @@
 //! read or written on them into one ring buffer; two task tracepoints report
 //! forks and exits of processes that own tracked connections.
 //!
+//! Trace context (W3C traceparent) rides on the same tracepoints (trace.rs):
+//! a server request start gives its thread a context, client requests that
+//! thread sends become its children. A sockops program puts client sockets
+//! into a SockHash whose sk_msg program inserts the traceparent header into
+//! the request bytes on their way out (sock.rs).
+//!
 //! Rules every program follows:
 //! - the agent's own syscalls are dropped first, or its output would feed back
 //!   into capture;
@@ -18,19 +24,24 @@
 
 mod conn;
 mod data;
+mod http;
 mod process;
+mod sock;
+mod trace;
 
 use aya_ebpf::{
+    bindings::sk_action::SK_PASS,
     helpers::{bpf_get_current_pid_tgid, bpf_get_smp_processor_id, bpf_ktime_get_ns},
-    macros::{map, tracepoint},
-    maps::{LruHashMap, PerCpuArray, RingBuf},
-    programs::TracePointContext,
+    macros::{map, sk_msg, sock_ops, tracepoint},
+    maps::{LruHashMap, PerCpuArray, RingBuf, SockHash},
+    programs::{SkMsgContext, SockOpsContext, TracePointContext},
     EbpfContext, Global,
 };
 use waggle_common::{
-    ConnInfo, Counter, Direction, SockKey, SyscallId, CONNS_MAX_ENTRIES, COUNTER_COUNT,
-    EVENTS_RINGBUF_BYTES, INET_STREAM_SOCKS_MAX_ENTRIES, MAX_CAPTURE, PENDING_MAX_ENTRIES,
-    TRACKED_TGIDS_MAX_ENTRIES, USERSPACE_CONN_ID_BIT,
+    ConnInfo, Counter, Direction, InjectRequest, SockKey, SockTuple, SyscallId, TraceCtx,
+    CLIENT_SOCKS_MAX_ENTRIES, CONNS_MAX_ENTRIES, COUNTER_COUNT, EVENTS_RINGBUF_BYTES,
+    INET_STREAM_SOCKS_MAX_ENTRIES, INJECT_PENDING_MAX_ENTRIES, MAX_CAPTURE, PENDING_MAX_ENTRIES,
+    THREAD_CTX_MAX_ENTRIES, TRACKED_TGIDS_MAX_ENTRIES, USERSPACE_CONN_ID_BIT,
 };
 
 // ---- globals (patched by the loader through EbpfLoader::override_global) ----
@@ -43,6 +54,11 @@ static AGENT_TGID: Global<u32> = Global::new(0);
 /// MAX_CAPTURE.
 #[unsafe(no_mangle)]
 static CAPTURE_BYTES: Global<u32> = Global::new(MAX_CAPTURE as u32);
+
+/// 1: the sk_msg program inserts traceparent headers; 0: it passes every
+/// message untouched. Trace contexts are tracked (and reported) either way.
+#[unsafe(no_mangle)]
+static PROPAGATION: Global<u32> = Global::new(0);
 
 // ---- maps (names must match waggle_common::maps) ----
 
@@ -78,6 +94,29 @@ static TRACKED_TGIDS: LruHashMap<u32, u8> =
 #[map]
 static CONN_SEQ: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
+/// pid_tgid -> the server request the thread is handling. LRU: a thread that
+/// never answers (or dies unseen) ages out.
+#[map]
+static THREAD_CTX: LruHashMap<u64, TraceCtx> =
+    LruHashMap::with_max_entries(THREAD_CTX_MAX_ENTRIES, 0);
+
+/// pid_tgid -> the traceparent the thread's current send should carry; lives
+/// from the send's syscall entry to its exit.
+#[map]
+static INJECT_PENDING: LruHashMap<u64, InjectRequest> =
+    LruHashMap::with_max_entries(INJECT_PENDING_MAX_ENTRIES, 0);
+
+/// Established client sockets; the sk_msg program runs on their sends.
+#[map]
+static CLIENT_SOCKS: SockHash<SockTuple> = SockHash::with_max_entries(CLIENT_SOCKS_MAX_ENTRIES, 0);
+
+/// The sk_msg program's copy of a message's first bytes. Separate from
+/// SCRATCH so a send never scans bytes a tracepoint is assembling. Slack
+/// after MAX_CAPTURE so fixed-size reads at a masked offset stay inside.
+#[map]
+static MSG_SCRATCH: PerCpuArray<[u8; MSG_SCRATCH_BYTES]> = PerCpuArray::with_max_entries(1, 0);
+pub(crate) const MSG_SCRATCH_BYTES: usize = MAX_CAPTURE + 64;
+
 // ---- kernel-private types ----
 
 /// What an enter handler leaves for its exit handler.
@@ -99,9 +138,11 @@ pub(crate) struct Pending {
     pub syscall: u8,
     /// socket()/connect(): address family.
     pub family: u8,
-    /// socket(): waggle_common::inet_sock value. Padded with whole aligned
-    /// words so zero-initialising becomes a few stores, not a memset call.
-    pub sock_kind: u64,
+    /// socket(): waggle_common::inet_sock value. Data syscalls: 1 when the
+    /// enter handler left an INJECT_PENDING entry for the exit to take.
+    /// Padded with whole aligned words so zero-initialising becomes a few
+    /// stores, not a memset call.
+    pub aux: u64,
 }
 
 /// Data events are assembled here: header, then payload. The payload area is
@@ -139,7 +180,13 @@ pub(crate) fn arg(ctx: &TracePointContext, n: usize) -> u64 {
 
 #[inline(always)]
 pub(crate) fn count(counter: Counter) {
-    if let Some(p) = COUNTERS.get_ptr_mut(counter as u32) {
+    count_index(counter as u32);
+}
+
+/// `count` for computed indexes (`Counter::skip(reason)`).
+#[inline(always)]
+pub(crate) fn count_index(index: u32) {
+    if let Some(p) = COUNTERS.get_ptr_mut(index) {
         // SAFETY: p points at this CPU's slot of a live map element; per-CPU
         // values are not shared with other CPUs, and tracepoint programs do
         // not nest on one CPU.
@@ -181,11 +228,14 @@ pub(crate) fn take_pending(pid_tgid: u64, syscall: SyscallId) -> Option<Pending>
     (p.syscall == syscall as u8).then_some(p)
 }
 
+/// Leaves `p` for the exit handler; false (counted) if the map refused it.
 #[inline(always)]
-pub(crate) fn stash(pid_tgid: u64, p: &Pending) {
+pub(crate) fn stash(pid_tgid: u64, p: &Pending) -> bool {
     if PENDING.insert(pid_tgid, p, 0).is_err() {
         count(Counter::MapInsertFailed);
+        return false;
     }
+    true
 }
 
 // ---- programs ----
@@ -285,6 +335,21 @@ pub fn task_newtask(ctx: TracePointContext) -> u32 {
 pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
     let _ = process::sched_process_exit(&ctx);
     0
+}
+
+/// Not called `sockops`: that symbol would clash with the section name.
+#[sock_ops]
+pub fn waggle_sockops(ctx: SockOpsContext) -> u32 {
+    sock::sockops(&ctx);
+    1
+}
+
+#[sk_msg]
+pub fn waggle_sk_msg(ctx: SkMsgContext) -> u32 {
+    match sock::inject(&ctx) {
+        Some(verdict) => verdict,
+        None => SK_PASS,
+    }
 }
 
 #[cfg(not(test))]

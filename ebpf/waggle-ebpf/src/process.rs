@@ -1,10 +1,11 @@
 //! Process lifecycle of tracked processes: forks (children inherit the
 //! descriptors, userspace rescans them) and exits (the kernel closes the
-//! descriptors without a close() syscall, so no ConnClose follows).
+//! descriptors without a close() syscall, so no ConnClose follows). Thread
+//! creation and exit carry the per-thread trace context along.
 use aya_ebpf::{programs::TracePointContext, EbpfContext};
 use waggle_common::{Counter, EventKind, ProcessEvent};
 
-use crate::{count, current, now_ns, EVENTS, TRACKED_TGIDS};
+use crate::{count, current, now_ns, trace, EVENTS, TRACKED_TGIDS};
 
 const CLONE_THREAD: u64 = 0x0001_0000;
 /// task:task_newtask record: `pid_t pid` at 8, `u64 clone_flags` at 32 (the
@@ -34,18 +35,20 @@ fn emit(kind: EventKind, tgid: u32, parent_tgid: u32) {
 /// child's pid is assigned.
 #[inline(always)]
 pub(crate) fn task_newtask(ctx: &TracePointContext) -> Option<()> {
-    let (_, parent) = current()?;
+    let (pid_tgid, parent) = current()?;
     let base = ctx.as_ptr().cast::<u8>();
     // SAFETY: constant in-bounds offsets into the tracepoint record (checked
     // by the verifier against the record size at attach time).
     let flags =
         unsafe { core::ptr::read_volatile(base.add(NEWTASK_CLONE_FLAGS_OFFSET).cast::<u64>()) };
+    // SAFETY: as above.
+    let child = unsafe { core::ptr::read_volatile(base.add(NEWTASK_PID_OFFSET).cast::<u32>()) };
     if flags & CLONE_THREAD != 0 {
+        // A thread, not a process: it joins the request its creator handles.
+        trace::inherit(pid_tgid, (u64::from(parent) << 32) | u64::from(child));
         return None;
     }
     TRACKED_TGIDS.get_ptr(parent)?;
-    // SAFETY: as above.
-    let child = unsafe { core::ptr::read_volatile(base.add(NEWTASK_PID_OFFSET).cast::<u32>()) };
     // The child owns the inherited connections: its own forks matter too
     // (daemons double-fork before userspace has rescanned anything).
     if TRACKED_TGIDS.insert(child, 1u8, 0).is_err() {
@@ -60,6 +63,7 @@ pub(crate) fn task_newtask(ctx: &TracePointContext) -> Option<()> {
 #[inline(always)]
 pub(crate) fn sched_process_exit(_ctx: &TracePointContext) -> Option<()> {
     let (pid_tgid, tgid) = current()?;
+    trace::thread_exit(pid_tgid);
     if pid_tgid as u32 != tgid {
         return None;
     }

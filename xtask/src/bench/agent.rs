@@ -32,8 +32,6 @@ pub struct AgentRun {
     pub peak_rss_kib: u64,
     /// Counters from the `waggle stopped` line (only non-zero ones are printed).
     pub counters: BTreeMap<String, u64>,
-    /// `kernel dropped events` warnings logged while running.
-    pub lost_warnings: u64,
 }
 
 impl AgentRun {
@@ -54,7 +52,6 @@ impl AgentRun {
 enum LogEvent {
     Ready,
     Stopped(String),
-    LostWarning,
 }
 
 pub struct Agent {
@@ -94,8 +91,6 @@ impl Agent {
                     Some(LogEvent::Ready)
                 } else if line.contains("waggle stopped") {
                     Some(LogEvent::Stopped(line.clone()))
-                } else if line.contains("kernel dropped events") {
-                    Some(LogEvent::LostWarning)
                 } else {
                     None
                 };
@@ -109,8 +104,14 @@ impl Agent {
             }
             tail
         });
-        let mut agent =
-            Agent { proc, events, reader: Some(reader), window_start: None, window: None, log_path: log_path.to_owned() };
+        let mut agent = Agent {
+            proc,
+            events,
+            reader: Some(reader),
+            window_start: None,
+            window: None,
+            log_path: log_path.to_owned(),
+        };
         agent.wait_ready()?;
         thread::sleep(SETTLE);
         Ok(agent)
@@ -162,15 +163,10 @@ impl Agent {
         let peak_rss_kib = procs::peak_rss_kib(self.pid()).unwrap_or(0);
         let status = self.proc.stop()?;
         let tail = self.reader.take().and_then(|r| r.join().ok()).unwrap_or_default();
-        let mut stopped = None;
-        let mut lost_warnings = 0;
-        for event in self.events.try_iter() {
-            match event {
-                LogEvent::Stopped(line) => stopped = Some(line),
-                LogEvent::LostWarning => lost_warnings += 1,
-                LogEvent::Ready => {}
-            }
-        }
+        let stopped = self.events.try_iter().find_map(|event| match event {
+            LogEvent::Stopped(line) => Some(line),
+            LogEvent::Ready => None,
+        });
         let Some(line) = stopped else {
             bail!("waggle exited ({status}) without its `waggle stopped` line; last log lines:\n{}", tail.join("\n"));
         };
@@ -178,7 +174,7 @@ impl Agent {
             bail!("waggle exited with {status}; last log lines:\n{}", tail.join("\n"));
         }
         let (cpu_seconds, wall_seconds) = self.window.unwrap_or((0.0, 0.0));
-        Ok(AgentRun { cpu_seconds, wall_seconds, peak_rss_kib, counters: parse_counters(&line), lost_warnings })
+        Ok(AgentRun { cpu_seconds, wall_seconds, peak_rss_kib, counters: parse_counters(&line) })
     }
 }
 
@@ -189,8 +185,9 @@ pub fn parse_counters(line: &str) -> BTreeMap<String, u64> {
     for token in line.split_whitespace() {
         let token = token.trim_matches('"');
         let Some((left, value)) = token.rsplit_once('=') else { continue };
-        let name = left.rsplit('=').next().unwrap_or(left);
-        let valid_name = !name.is_empty() && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+        let name = left.rsplit('=').next().unwrap_or(left).trim_matches('"');
+        let valid_name =
+            !name.is_empty() && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
         if let (true, Ok(value)) = (valid_name, value.parse::<u64>()) {
             counters.insert(name.to_owned(), value);
         }

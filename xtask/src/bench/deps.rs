@@ -67,7 +67,10 @@ pub fn ensure_venv(root: &Path) -> Result<PathBuf> {
         let system = if Path::new(SYSTEM_PYTHON).is_file() { SYSTEM_PYTHON } else { "python3" };
         Cmd::new(system).args(["-m", "venv"]).arg(&venv).run().context("creating the benchmark venv")?;
     }
-    Cmd::new(&python).args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check"]).args(PIP_PACKAGES).run()?;
+    Cmd::new(&python)
+        .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check"])
+        .args(PIP_PACKAGES)
+        .run()?;
     if Cmd::new(&python).args(["-c", VENV_CHECK]).probe().is_none() {
         bail!("the venv at {} still lacks a package after pip install", venv.display());
     }
@@ -96,15 +99,17 @@ pub fn tool_versions(venv: &Path) -> Vec<(String, String)> {
     };
     // nginx -v prints on stderr.
     let nginx = cmd::find_program("nginx").and_then(|p| {
-        std::process::Command::new(p).arg("-v").output().ok().map(|o| String::from_utf8_lossy(&o.stderr).trim().to_owned())
+        std::process::Command::new(p)
+            .arg("-v")
+            .output()
+            .ok()
+            .map(|o| String::from_utf8_lossy(&o.stderr).trim().to_owned())
     });
     add("nginx", nginx);
     // wrk -v exits 1 after printing its version.
-    let wrk = std::process::Command::new("wrk")
-        .arg("-v")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8_lossy(&o.stdout).lines().next().map(str::to_owned));
+    let wrk = std::process::Command::new("wrk").arg("-v").output().ok().and_then(|o| {
+        String::from_utf8_lossy(&o.stdout).lines().next().map(|l| l.split(" Copyright").next().unwrap_or(l).to_owned())
+    });
     add("wrk", wrk);
     add("h2load", first_line(Cmd::new("h2load").arg("--version")));
     add("pgbench", first_line(Cmd::new("pgbench").arg("--version")));

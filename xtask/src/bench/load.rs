@@ -212,7 +212,8 @@ mod tests {
         let out = "latency average = 0.321 ms\ninitial connection time = 12.3 ms\n\
                    tps = 12455.120934 (without initial connection time)\n";
         assert_eq!(parse_pgbench_tps(out), Some(12455.120934));
-        let old = "tps = 11000.1 (including connections establishing)\ntps = 11111.5 (excluding connections establishing)\n";
+        let old =
+            "tps = 11000.1 (including connections establishing)\ntps = 11111.5 (excluding connections establishing)\n";
         assert_eq!(parse_pgbench_tps(old), Some(11111.5));
         assert_eq!(parse_pgbench_tps("nothing"), None);
     }

@@ -127,7 +127,11 @@ impl Proc {
         if let Some(status) = self.wait_timeout(STOP_GRACE) {
             return Ok(status);
         }
-        tracing_line(&format!("{} (pid {}) ignored its stop signal for {STOP_GRACE:?}: SIGKILL", self.name, self.pid()));
+        tracing_line(&format!(
+            "{} (pid {}) ignored its stop signal for {STOP_GRACE:?}: SIGKILL",
+            self.name,
+            self.pid()
+        ));
         self.signal(libc::SIGKILL);
         let status = self.child.wait().with_context(|| format!("reaping {}", self.name))?;
         self.done = Some(status);
@@ -289,7 +293,10 @@ pub fn disturbing_processes(own: &[u32]) -> Vec<(u32, String)> {
             continue;
         };
         let comm = comm.trim();
-        if ["waggle", "bpftrace", "beyla", "coroot-node-age", "deepflow-agent", "pixie"].iter().any(|n| comm.starts_with(n)) {
+        if ["waggle", "bpftrace", "beyla", "coroot-node-age", "deepflow-agent", "pixie"]
+            .iter()
+            .any(|n| comm.starts_with(n))
+        {
             found.push((pid, comm.to_owned()));
         }
     }

@@ -69,6 +69,18 @@ impl Ctx {
         self.root.join("bench")
     }
 
+    /// A file in the raw directory for a server's output (kept for
+    /// post-mortems, and out of the harness's own output).
+    fn log_file(&self, name: &str) -> Result<Stdio> {
+        let path = self.raw_dir.join(name);
+        let file = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .with_context(|| format!("opening {}", path.display()))?;
+        Ok(Stdio::from(file))
+    }
+
     fn start_agent(&mut self, label: &str) -> Result<Agent> {
         self.runs += 1;
         let log = self.raw_dir.join(format!("agent-{:03}-{label}.log", self.runs));
@@ -110,13 +122,20 @@ impl Nginx {
     pub fn start(ctx: &Ctx) -> Result<Nginx> {
         let dir = TempDir::new("nginx")?;
         let port = procs::free_port()?;
-        let template = fs::read_to_string(ctx.bench_dir().join("nginx.conf.tmpl")).context("reading bench/nginx.conf.tmpl")?;
+        let template =
+            fs::read_to_string(ctx.bench_dir().join("nginx.conf.tmpl")).context("reading bench/nginx.conf.tmpl")?;
         let conf = template.replace("@DIR@", &dir.path.to_string_lossy()).replace("@PORT@", &port.to_string());
         let conf_path = dir.path.join("nginx.conf");
         fs::write(&conf_path, conf).context("writing nginx.conf")?;
         let nginx = crate::cmd::find_program("nginx").ok_or_else(|| anyhow!("nginx not found"))?;
         let mut command = Command::new(nginx);
-        command.arg("-p").arg(&dir.path).arg("-c").arg(&conf_path).stdin(Stdio::null());
+        command
+            .arg("-p")
+            .arg(&dir.path)
+            .arg("-c")
+            .arg(&conf_path)
+            .stdin(Stdio::null())
+            .stderr(ctx.log_file("nginx.log")?);
         let mut proc = Proc::spawn("nginx", command, libc::SIGTERM, None)?;
         procs::wait_port(port, Duration::from_secs(20), &mut proc)?;
         Ok(Nginx { proc, port, _dir: dir })
@@ -228,7 +247,9 @@ fn start_gunicorn(ctx: &Ctx, variant: PyVariant, port: u16) -> Result<Proc> {
         .arg("flask_app:app")
         .env("PATH", format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default()))
         .env_remove("PYTHONPATH")
-        .stdin(Stdio::null());
+        .stdin(Stdio::null())
+        .stdout(ctx.log_file("gunicorn.log")?)
+        .stderr(ctx.log_file("gunicorn.log")?);
     eprintln!("$ {}", procs::display(&command));
     let mut proc = Proc::spawn("gunicorn", command, libc::SIGTERM, None)?;
     procs::wait_port(port, Duration::from_secs(60), &mut proc)?;
@@ -349,7 +370,8 @@ pub fn postgres(ctx: &mut Ctx) -> Result<Vec<PgRound>> {
         .args(["-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"])
         .args(["-c", "shared_buffers=128MB", "-c", "max_connections=50"])
         .stdin(Stdio::null())
-        .stdout(Stdio::null());
+        .stdout(Stdio::null())
+        .stderr(ctx.log_file("postgres.log")?);
     eprintln!("$ {}", procs::display(&command));
     let mut server = Proc::spawn("postgres", command, libc::SIGINT, Some(user))?;
     procs::wait_port(port, Duration::from_secs(60), &mut server)?;
@@ -404,8 +426,8 @@ pub struct SyscallResults {
     /// (mode, probe, ns per syscall) for every run.
     pub samples: Vec<(&'static str, Probe, f64)>,
     pub waggle_runs: Vec<AgentRun>,
-    /// Tracepoints the empty programs were attached to.
-    pub tracepoints: Vec<String>,
+    /// Why a probe set is missing (bpftrace could not attach, ...).
+    pub notes: Vec<String>,
 }
 
 impl SyscallResults {
@@ -461,11 +483,11 @@ struct EmptyPrograms {
 }
 
 impl EmptyPrograms {
-    fn start(raw_dir: &Path) -> Result<EmptyPrograms> {
-        let script = raw_dir.join("empty-programs.bt");
+    fn start(ctx: &Ctx) -> Result<EmptyPrograms> {
+        let script = ctx.raw_dir.join("empty-programs.bt");
         fs::write(&script, empty_programs_script()).context("writing the bpftrace script")?;
         let mut command = Command::new("bpftrace");
-        command.arg(&script).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::null());
+        command.arg(&script).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(ctx.log_file("bpftrace.log")?);
         eprintln!("$ {}", procs::display(&command));
         let mut proc = Proc::spawn("bpftrace", command, libc::SIGINT, None)?;
         let stdout = proc.child_mut().stdout.take().ok_or_else(|| anyhow!("bpftrace stdout not captured"))?;
@@ -482,7 +504,10 @@ impl EmptyPrograms {
             Ok(()) => {}
             Err(_) => {
                 let status = proc.exited().map(|s| s.to_string()).unwrap_or_else(|| "still running".into());
-                bail!("bpftrace did not attach its empty programs ({status}); run {} by hand to see why", script.display());
+                bail!(
+                    "bpftrace did not attach its empty programs ({status}); see {}",
+                    ctx.raw_dir.join("bpftrace.log").display()
+                );
             }
         }
         thread::sleep(Duration::from_millis(200));
@@ -521,10 +546,7 @@ pub fn parse_syscall_loop(stdout: &str) -> Option<f64> {
 }
 
 pub fn syscalls(ctx: &mut Ctx) -> Result<SyscallResults> {
-    let mut results = SyscallResults {
-        tracepoints: WAGGLE_TRACEPOINTS.iter().map(|s| s.to_string()).collect(),
-        ..Default::default()
-    };
+    let mut results = SyscallResults::default();
     // Syscall loops are short: more rounds than the other scenarios.
     let rounds = if ctx.quick { 1 } else { ctx.rounds.max(5) };
     for i in 0..rounds {
@@ -536,7 +558,17 @@ pub fn syscalls(ctx: &mut Ctx) -> Result<SyscallResults> {
                     }
                 }
                 Probe::Empty => {
-                    let _programs = EmptyPrograms::start(&ctx.raw_dir)?;
+                    if !results.notes.is_empty() {
+                        continue;
+                    }
+                    // Without the floor the other two columns still stand.
+                    let _programs = match EmptyPrograms::start(ctx) {
+                        Ok(p) => p,
+                        Err(e) => {
+                            results.notes.push(format!("no empty-program floor: {e:#}"));
+                            continue;
+                        }
+                    };
                     for &mode in SYSCALL_MODES {
                         results.samples.push((mode, probe, run_syscall_loop(ctx, mode)?));
                     }
@@ -604,7 +636,8 @@ pub fn sustained(ctx: &mut Ctx) -> Result<Vec<SustainedStep>> {
         a.end()?;
         let run = a.stop()?;
         server.check_alive()?;
-        let mut step = SustainedStep { rate, achieved: r.rps, failed: r.failed + r.errored, run, baseline_achieved: None };
+        let mut step =
+            SustainedStep { rate, achieved: r.rps, failed: r.failed + r.errored, run, baseline_achieved: None };
         if !step.reached() {
             let b = load::h2load_fixed_rate(&url, SUSTAINED_CONNECTIONS, rate, ctx.seconds)?;
             step.baseline_achieved = Some(b.rps);
@@ -667,23 +700,42 @@ impl Drop for BpfStats {
     }
 }
 
-/// `bpftool -j prog show`: stats of programs loaded by `pid`.
-fn bpf_prog_stats(pid: u32) -> Result<Vec<BpfProgStat>> {
+/// `bpftool -j prog show`: every loaded program.
+fn bpf_progs() -> Result<String> {
     let out = Command::new("bpftool").args(["-j", "prog", "show"]).output().context("running bpftool")?;
     if !out.status.success() {
         bail!("bpftool prog show failed: {}", String::from_utf8_lossy(&out.stderr));
     }
-    parse_bpftool_progs(&String::from_utf8_lossy(&out.stdout), pid)
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-pub fn parse_bpftool_progs(json: &str, pid: u32) -> Result<Vec<BpfProgStat>> {
+/// Ids of the programs loaded right now.
+fn bpf_prog_ids(json: &str) -> Result<Vec<u64>> {
     let progs: serde_json::Value = serde_json::from_str(json).context("parsing bpftool's JSON")?;
     let list = progs.as_array().ok_or_else(|| anyhow!("bpftool's JSON is not a list"))?;
+    Ok(list.iter().filter_map(|p| p["id"].as_u64()).collect())
+}
+
+/// The agent's programs in bpftool's JSON: those it owns when bpftool can
+/// tell (`pids`), else the tracepoint programs with a waggle program name
+/// that were not loaded before the agent started (`preexisting`).
+pub fn parse_bpftool_progs(json: &str, pid: u32, preexisting: &[u64]) -> Result<Vec<BpfProgStat>> {
+    let progs: serde_json::Value = serde_json::from_str(json).context("parsing bpftool's JSON")?;
+    let list = progs.as_array().ok_or_else(|| anyhow!("bpftool's JSON is not a list"))?;
+    // Program names are cut to 15 bytes by the kernel.
+    let waggle_names: Vec<String> =
+        WAGGLE_TRACEPOINTS.iter().filter_map(|t| t.split(':').nth(1)).map(|n| n.chars().take(15).collect()).collect();
+    let owned = |p: &serde_json::Value| match p["pids"].as_array() {
+        Some(pids) => pids.iter().any(|x| x["pid"].as_u64() == Some(u64::from(pid))),
+        None => {
+            let new = p["id"].as_u64().is_some_and(|id| !preexisting.contains(&id));
+            let name = p["name"].as_str().unwrap_or("");
+            new && p["type"].as_str() == Some("tracepoint") && waggle_names.iter().any(|n| n == name)
+        }
+    };
     Ok(list
         .iter()
-        .filter(|p| {
-            p["pids"].as_array().is_some_and(|pids| pids.iter().any(|x| x["pid"].as_u64() == Some(u64::from(pid))))
-        })
+        .filter(|p| owned(p))
         .map(|p| BpfProgStat {
             name: p["name"].as_str().unwrap_or("?").to_owned(),
             run_cnt: p["run_cnt"].as_u64().unwrap_or(0),
@@ -703,6 +755,8 @@ pub fn parse_perf_report(text: &str, limit: usize) -> Vec<(f64, String)> {
             let (pct, rest) = line.split_once('%')?;
             let pct: f64 = pct.trim().parse().ok()?;
             let symbol = rest.split_once("] ").map(|(_, s)| s).unwrap_or(rest).trim();
+            // Wide symbol columns are padded and followed by `-  -` fillers.
+            let symbol = symbol.split("  ").next().unwrap_or(symbol).trim();
             (!symbol.is_empty()).then(|| (pct, symbol.to_owned()))
         })
         .take(limit)
@@ -723,9 +777,11 @@ pub fn profile(ctx: &mut Ctx) -> Result<Profile> {
             None
         }
     };
+    let preexisting = bpf_progs().and_then(|j| bpf_prog_ids(&j)).unwrap_or_default();
     let mut a = ctx.start_agent("profile")?;
     let pid = a.pid();
-    let before = if stats.is_some() { bpf_prog_stats(pid).unwrap_or_default() } else { Vec::new() };
+    let agent_progs = || bpf_progs().and_then(|j| parse_bpftool_progs(&j, pid, &preexisting));
+    let before = if stats.is_some() { agent_progs().unwrap_or_default() } else { Vec::new() };
     let perf_data = ctx.raw_dir.join("perf-agent.data");
     let perf = if crate::cmd::find_program("perf").is_some() {
         let mut command = Command::new("perf");
@@ -744,13 +800,19 @@ pub fn profile(ctx: &mut Ctx) -> Result<Profile> {
     };
     let t0 = Instant::now();
     a.begin()?;
-    let r = load::Wrk { url: &url, threads: NGINX_WRK_THREADS, connections: NGINX_WRK_CONNECTIONS, seconds: ctx.seconds, script: &script }
-        .run()?;
+    let r = load::Wrk {
+        url: &url,
+        threads: NGINX_WRK_THREADS,
+        connections: NGINX_WRK_CONNECTIONS,
+        seconds: ctx.seconds,
+        script: &script,
+    }
+    .run()?;
     a.end()?;
     let window = t0.elapsed().as_secs_f64();
     profile.rps = r.rps();
     if stats.is_some() {
-        let after = bpf_prog_stats(pid).unwrap_or_default();
+        let after = agent_progs().unwrap_or_default();
         profile.bpf = after
             .into_iter()
             .map(|p| {
@@ -763,7 +825,7 @@ pub fn profile(ctx: &mut Ctx) -> Result<Profile> {
             })
             .filter(|p| p.run_cnt > 0)
             .collect();
-        profile.bpf.sort_by(|x, y| y.run_time_ns.cmp(&x.run_time_ns));
+        profile.bpf.sort_by_key(|p| std::cmp::Reverse(p.run_time_ns));
         profile.seconds = window;
         if profile.bpf.is_empty() {
             profile.notes.push("bpftool listed no run counts for the agent's programs".into());
@@ -775,12 +837,25 @@ pub fn profile(ctx: &mut Ctx) -> Result<Profile> {
             perf.stop()?;
         }
         let out = Command::new("perf")
-            .args(["report", "--stdio", "--no-children", "--sort", "symbol", "-g", "none", "--percent-limit", "1", "-i"])
+            .args([
+                "report",
+                "--stdio",
+                "--no-children",
+                "--sort",
+                "symbol",
+                "-g",
+                "none",
+                "--percent-limit",
+                "1",
+                "-i",
+            ])
             .arg(&perf_data)
             .stderr(Stdio::null())
             .output();
         match out {
-            Ok(out) if out.status.success() => profile.perf_top = parse_perf_report(&String::from_utf8_lossy(&out.stdout), 15),
+            Ok(out) if out.status.success() => {
+                profile.perf_top = parse_perf_report(&String::from_utf8_lossy(&out.stdout), 15)
+            }
             Ok(out) => profile.notes.push(format!("perf report failed: {}", String::from_utf8_lossy(&out.stderr))),
             Err(e) => profile.notes.push(format!("perf report: {e}")),
         }
@@ -849,16 +924,29 @@ mod tests {
             {"id":2,"type":"tracepoint","name":"other","run_time_ns":9,"run_cnt":1,"pids":[{"pid":7,"comm":"x"}]},
             {"id":3,"type":"kprobe","name":"nopids"}
         ]"#;
-        let progs = parse_bpftool_progs(json, 42).unwrap();
+        let progs = parse_bpftool_progs(json, 42, &[]).unwrap();
         assert_eq!(progs.len(), 1);
         assert_eq!((progs[0].name.as_str(), progs[0].run_cnt, progs[0].run_time_ns), ("sys_enter_read", 10, 5000));
-        assert!(parse_bpftool_progs("{}", 42).is_err());
+        assert!(parse_bpftool_progs("{}", 42, &[]).is_err());
+
+        // Without pid information: new programs with waggle's (truncated) names.
+        let json = r#"[
+            {"id":5,"type":"tracepoint","name":"sys_enter_read","run_time_ns":1,"run_cnt":1},
+            {"id":9,"type":"tracepoint","name":"sys_exit_sendfi","run_time_ns":700,"run_cnt":7},
+            {"id":10,"type":"tracepoint","name":"sys_enter_read","run_time_ns":300,"run_cnt":3},
+            {"id":11,"type":"tracepoint","name":"unrelated","run_time_ns":5,"run_cnt":5}
+        ]"#;
+        let progs = parse_bpftool_progs(json, 42, &[5]).unwrap();
+        let names: Vec<&str> = progs.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(names, ["sys_exit_sendfi", "sys_enter_read"]);
+        assert_eq!(progs[1].run_cnt, 3);
+        assert_eq!(bpf_prog_ids(json).unwrap(), [5, 9, 10, 11]);
     }
 
     #[test]
     fn perf_report_top_symbols() {
         let text = "# Samples: 1K of event 'cpu-clock'\n#\n    21.50%  [k] _raw_spin_unlock_irqrestore\n\
-                    \x20    9.10%  [.] waggle::conntrack::ConnTracker::on_data\n\n";
+                    \x20    9.10%  [.] waggle::conntrack::ConnTracker::on_data                    -      -\n\n";
         let top = parse_perf_report(text, 10);
         assert_eq!(top.len(), 2);
         assert_eq!(top[0], (21.5, "_raw_spin_unlock_irqrestore".to_owned()));
@@ -867,7 +955,13 @@ mod tests {
 
     #[test]
     fn sustained_step_verdicts() {
-        let mut step = SustainedStep { rate: 10_000, achieved: 9_990.0, failed: 0, run: AgentRun::default(), baseline_achieved: None };
+        let mut step = SustainedStep {
+            rate: 10_000,
+            achieved: 9_990.0,
+            failed: 0,
+            run: AgentRun::default(),
+            baseline_achieved: None,
+        };
         assert!(step.clean());
         step.run.counters.insert("kernel_events_lost".into(), 3);
         assert!(step.reached() && !step.clean());

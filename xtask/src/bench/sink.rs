@@ -248,8 +248,10 @@ mod tests {
         let mut reply = [0u8; 128];
         let n = conn.read(&mut reply).unwrap();
         assert!(String::from_utf8_lossy(&reply[..n]).starts_with("HTTP/1.1 200 OK"));
-        conn.write_all(b"POST /v1/traces HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n4\r\ndefg\r\n0\r\n\r\n")
-            .unwrap();
+        conn.write_all(
+            b"POST /v1/traces HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n4\r\ndefg\r\n0\r\n\r\n",
+        )
+        .unwrap();
         let n = conn.read(&mut reply).unwrap();
         assert!(String::from_utf8_lossy(&reply[..n]).starts_with("HTTP/1.1 200 OK"));
         assert_eq!(sink.count(), SinkCount { requests: 2, body_bytes: 12 });

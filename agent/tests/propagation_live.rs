@@ -1,0 +1,863 @@
+//! Trace-context propagation on a real kernel: the sk_msg injector, the
+//! per-thread server context and the ids the kernel reports for both.
+//!
+//! A python HTTP/1.1 server (raw sockets, one thread per connection) answers
+//! every request with what it received: the exact header block, the body's
+//! hash (and the body itself for /raw paths) and how many traceparent lines
+//! it saw. Clients are curl and python scripts; neither is this process,
+//! which the probes never trace.
+//!
+//! Needs root and the eBPF object (`cargo xtask build`); otherwise each test
+//! prints why and returns. The pure HTTP rules the kernel applies are unit
+//! tested below without either (the `http` module is the kernel's own file).
+use std::{
+    collections::HashMap,
+    io::{BufRead, BufReader, Write},
+    process::{Child, ChildStdin, ChildStdout, Command, Stdio},
+    sync::Mutex,
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+use waggle::{
+    intake::{decode, RawEvent},
+    probes::{ConnMaps, EventSource, ProbeConfig, ProbeError, Probes},
+};
+use waggle_common::{ctx_flags, Counter, DataEvent, Direction, SockKey, TraceCtxEvent};
+
+/// The kernel's HTTP rules, tested on the host.
+#[allow(dead_code)]
+#[path = "../../ebpf/waggle-ebpf/src/http.rs"]
+mod http;
+
+/// Probes are machine-wide: tests in this file take turns.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+/// Kills its process on drop, by pid.
+struct Proc(Child);
+
+impl Proc {
+    fn pid(&self) -> u32 {
+        self.0.id()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+fn python() -> String {
+    let out = Command::new("python3")
+        .args(["-c", "import sys; print(sys.executable)"])
+        .output()
+        .expect("python3 is needed for this test");
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+fn read_line(out: &mut BufReader<ChildStdout>) -> String {
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    line.trim().to_owned()
+}
+
+fn b64(s: &str) -> Vec<u8> {
+    // Tiny decoder: the test has no base64 dependency and needs none.
+    let mut out = Vec::with_capacity(s.len() * 3 / 4);
+    let (mut acc, mut bits) = (0u32, 0u32);
+    for c in s.bytes() {
+        let v = match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' => 62,
+            b'/' => 63,
+            b'=' => break,
+            _ => panic!("bad base64 byte {c}"),
+        };
+        acc = (acc << 6) | u32::from(v);
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+        }
+    }
+    out
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// Records and answers HTTP/1.1 requests; `/chain/<port>` and
+/// `/chain-thread/<port>` first call GET /leaf on 127.0.0.1:<port> from the
+/// handling thread or from a thread it spawns.
+const SERVER: &str = r#"
+import base64, hashlib, json, socket, sys, threading
+
+def read_message(s, buf):
+    while b"\r\n\r\n" not in buf:
+        d = s.recv(65536)
+        if not d:
+            return None
+        buf += d
+    i = buf.index(b"\r\n\r\n") + 4
+    head, buf = buf[:i], buf[i:]
+    n = 0
+    for line in head.split(b"\r\n")[1:]:
+        k, _, v = line.partition(b":")
+        if k.strip().lower() == b"content-length":
+            n = int(v.strip())
+    while len(buf) < n:
+        d = s.recv(65536)
+        if not d:
+            return None
+        buf += d
+    return head, buf[:n], buf[n:]
+
+def call(port):
+    s = socket.create_connection(("127.0.0.1", port))
+    s.sendall(b"GET /leaf HTTP/1.1\r\nHost: leaf\r\n\r\n")
+    _, body, _ = read_message(s, b"")
+    s.close()
+    out = json.loads(body)
+    out["caller_tid"] = threading.get_native_id()
+    return out
+
+def handle(conn):
+    buf = b""
+    while True:
+        r = read_message(conn, buf)
+        if r is None:
+            break
+        head, body, buf = r
+        lines = head.split(b"\r\n")
+        path = lines[0].split(b" ")[1].decode()
+        out = {
+            "tid": threading.get_native_id(),
+            "sha": hashlib.sha256(body).hexdigest(),
+            "len": len(body),
+            "tp": sum(1 for l in lines[1:] if l.lower().startswith(b"traceparent")),
+            "head": base64.b64encode(head).decode(),
+        }
+        if path.startswith("/raw"):
+            out["body"] = base64.b64encode(body).decode()
+        if path.startswith("/chain/"):
+            out["leaf"] = call(int(path.split("/")[2]))
+        if path.startswith("/chain-thread/"):
+            t = threading.Thread(target=lambda: out.__setitem__("leaf", call(int(path.split("/")[2]))))
+            t.start()
+            t.join()
+        reply = json.dumps(out).encode()
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(reply) + reply)
+    conn.close()
+
+lst = socket.socket()
+lst.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+lst.bind(("127.0.0.1", 0))
+lst.listen(64)
+print(lst.getsockname()[1], flush=True)
+while True:
+    c, _ = lst.accept()
+    threading.Thread(target=handle, args=(c,), daemon=True).start()
+"#;
+
+/// Reads every connection to EOF and prints what arrived, keyed by the
+/// client's port.
+const SINK: &str = r#"
+import base64, json, socket, threading
+def handle(c):
+    port = c.getpeername()[1]
+    data = b""
+    while True:
+        d = c.recv(65536)
+        if not d:
+            break
+        data += d
+    c.close()
+    print(json.dumps({"port": port, "data": base64.b64encode(data).decode()}), flush=True)
+lst = socket.socket()
+lst.bind(("127.0.0.1", 0))
+lst.listen(16)
+print(lst.getsockname()[1], flush=True)
+while True:
+    c, _ = lst.accept()
+    threading.Thread(target=handle, args=(c,), daemon=True).start()
+"#;
+
+/// Client for the recording server: sends each request as the listed
+/// writes (plain send, writev or sendmsg) on one keep-alive connection and
+/// prints, per request, what it sent and what the server saw.
+const WRITES: &str = r#"
+import base64, json, os, socket, sys
+port = int(sys.argv[1])
+inner = b"GET / HTTP/1.1\r\nHost: inner\r\n\r\n"
+def post(path, body):
+    return b"POST %s HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % (path, len(body))
+tp = b"traceparent: 00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01\r\n"
+plans = [
+    ("body-is-request-one-write", "send", [post(b"/raw/a", inner) + inner]),
+    ("body-is-request-own-write", "send", [post(b"/raw/b", inner), inner]),
+    ("header-split", "send", [b"GET /raw/split HTTP/1.1\r\n", b"Host: x\r\nX-A: 1\r\n", b"\r\n"]),
+    ("request-line-split", "send", [b"GET /raw/spl", b"it2 HTTP/1.1\r\nHost: x\r\n\r\n"]),
+    ("writev", "writev", [post(b"/raw/v", inner), inner]),
+    ("sendmsg", "sendmsg", [b"POST /raw/m HTT", b"P/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc"]),
+    ("has-traceparent", "send", [b"GET /raw/tp HTTP/1.1\r\nHost: x\r\n" + tp + b"\r\n"]),
+    ("has-traceparent-upper", "send", [b"GET /raw/tp2 HTTP/1.1\r\nTRACEPARENT: 00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01\r\n\r\n"]),
+    ("after-keepalive", "send", [b"GET /raw/again HTTP/1.1\r\nHost: x\r\n\r\n"]),
+]
+s = socket.create_connection(("127.0.0.1", port))
+buf = b""
+def read_response():
+    global buf
+    while b"\r\n\r\n" not in buf:
+        buf += s.recv(65536)
+    i = buf.index(b"\r\n\r\n") + 4
+    head, buf = buf[:i], buf[i:]
+    n = int([l for l in head.split(b"\r\n") if l.lower().startswith(b"content-length")][0].split(b":")[1])
+    while len(buf) < n:
+        buf += s.recv(65536)
+    body, buf = buf[:n], buf[n:]
+    return json.loads(body)
+for name, how, parts in plans:
+    if how == "send":
+        for p in parts:
+            s.sendall(p)
+    elif how == "writev":
+        os.writev(s.fileno(), parts)
+    else:
+        s.sendmsg(parts)
+    resp = read_response()
+    print(json.dumps({"name": name, "sent": base64.b64encode(b"".join(parts)).decode(), "resp": resp}), flush=True)
+"#;
+
+/// Bytes that are not HTTP requests, to the sink; the last connection gets
+/// a real request after the test muted it.
+const NON_HTTP: &str = r#"
+import os, socket, sys
+port = int(sys.argv[1])
+tls = bytes.fromhex("160301012c010001280303") + os.urandom(64) + b"GET / HTTP/1.1\r\n\r\n"
+cases = [
+    [tls],
+    [os.urandom(3000)],
+    [b"GET key\r\n", b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"],
+    [b"GET / HTTP/2.0\r\nHost: x\r\n\r\n"],
+    [b"SSH-2.0-OpenSSH_9.2\r\n", b"GET / HTTP/1.1\r\n\r\n"],
+]
+for parts in cases:
+    s = socket.create_connection(("127.0.0.1", port))
+    print(s.getsockname()[1], flush=True)
+    for p in parts:
+        s.sendall(p)
+    s.shutdown(socket.SHUT_WR)
+    s.close()
+s = socket.create_connection(("127.0.0.1", port))
+print(s.getsockname()[1], s.fileno(), flush=True)
+sys.stdin.readline()
+s.sendall(b"GET /muted HTTP/1.1\r\nHost: x\r\n\r\n")
+s.shutdown(socket.SHUT_WR)
+s.close()
+print("done", flush=True)
+"#;
+
+/// Keep-alive requests with random bodies on several connections; checks
+/// every answer itself and prints a summary.
+const STRESS: &str = r#"
+import hashlib, json, os, random, re, socket, sys, threading, base64
+port, total, conns, seed = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+inner = b"GET / HTTP/1.1\r\nHost: inner\r\n\r\n"
+line = re.compile(rb"traceparent: 00-[0-9a-f]{32}-[0-9a-f]{16}-01\r\n")
+lock = threading.Lock()
+result = {"ok": 0, "bad": 0, "examples": [], "injected_bytes_ok": 0}
+def worker(k, n):
+    rnd = random.Random(seed * 1000 + k)
+    s = socket.create_connection(("127.0.0.1", port))
+    buf = b""
+    for i in range(n):
+        r = rnd.random()
+        size = rnd.randint(0, 1024) if r < 0.5 else rnd.randint(1024, 16384) if r < 0.8 else rnd.randint(16384, 100 * 1024)
+        body = bytearray(os.urandom(size))
+        shape = rnd.random()
+        if size >= len(inner) and shape < 0.15:
+            body[:len(inner)] = inner
+        elif size >= 2 * len(inner) and shape < 0.3:
+            at = rnd.randint(0, size - len(inner))
+            body[at:at + len(inner)] = inner
+        body = bytes(body)
+        method = b"POST" if size or rnd.random() < 0.5 else b"GET"
+        head = b"%s /s/%d/%d HTTP/1.1\r\nHost: stress\r\nX-Seq: %d\r\nContent-Length: %d\r\n\r\n" % (method, k, i, i, size)
+        how = rnd.random()
+        if how < 0.4:
+            s.sendall(head + body)
+        elif how < 0.8:
+            s.sendall(head)
+            if body:
+                s.sendall(body)
+        else:
+            os.writev(s.fileno(), [head, body])
+            sent = len(head) + len(body)
+        while b"\r\n\r\n" not in buf:
+            buf += s.recv(65536)
+        j = buf.index(b"\r\n\r\n") + 4
+        rhead, buf = buf[:j], buf[j:]
+        m = int(re.search(rb"Content-Length: (\d+)", rhead).group(1))
+        while len(buf) < m:
+            buf += s.recv(65536)
+        resp, buf = json.loads(buf[:m]), buf[m:]
+        got = base64.b64decode(resp["head"])
+        first = head.index(b"\r\n") + 2
+        ok = resp["sha"] == hashlib.sha256(body).hexdigest() and resp["len"] == size and resp["tp"] == 1
+        ok = ok and got[:first] == head[:first] and got[first + 70:] == head[first:] and line.fullmatch(got[first:first + 70]) is not None
+        with lock:
+            if ok:
+                result["ok"] += 1
+            else:
+                result["bad"] += 1
+                if len(result["examples"]) < 3:
+                    result["examples"].append({"conn": k, "i": i, "size": size, "resp_len": resp["len"], "tp": resp["tp"], "head": got.decode("latin1")})
+    s.close()
+threads = [threading.Thread(target=worker, args=(k, total // conns)) for k in range(conns)]
+for t in threads: t.start()
+for t in threads: t.join()
+print(json.dumps(result), flush=True)
+"#;
+
+/// Owned copy of the records the tests look at.
+#[derive(Debug, Clone)]
+enum Ev {
+    Data(DataEvent, Vec<u8>),
+    Ctx(TraceCtxEvent),
+}
+
+struct Harness {
+    probes: Probes,
+    source: EventSource,
+    maps: ConnMaps,
+    events: Vec<Ev>,
+    py: String,
+}
+
+impl Harness {
+    fn load(propagation: bool) -> Option<Harness> {
+        if !is_root() {
+            eprintln!("skipping propagation_live: loading eBPF needs root");
+            return None;
+        }
+        let _ = tracing_subscriber::fmt().with_test_writer().try_init();
+        let config = ProbeConfig {
+            capture_bytes: 4096,
+            ring_buffer_bytes: 8 << 20,
+            agent_tgid: std::process::id(),
+            propagation,
+        };
+        let (probes, source, maps) = match Probes::load(&config) {
+            Ok(loaded) => loaded,
+            Err(ProbeError::NotBuilt) => {
+                eprintln!("skipping propagation_live: eBPF object not built (cargo xtask build)");
+                return None;
+            }
+            Err(e) => panic!("loading probes: {e}"),
+        };
+        assert!(probes.skipped().is_empty(), "programs skipped: {:?}", probes.skipped());
+        assert_eq!(probes.injecting(), propagation);
+        Some(Harness {
+            probes,
+            source,
+            maps,
+            events: Vec::new(),
+            py: python(),
+        })
+    }
+
+    fn drain(&mut self) {
+        let events = &mut self.events;
+        self.source.drain(usize::MAX, |record| match decode(record) {
+            Ok(RawEvent::Data { header, payload }) => events.push(Ev::Data(header, payload.to_vec())),
+            Ok(RawEvent::ServerCtx(e) | RawEvent::ClientCtx(e)) => events.push(Ev::Ctx(e)),
+            Ok(_) => {}
+            Err(e) => panic!("undecodable kernel record ({} bytes): {e}", record.len()),
+        });
+    }
+
+    /// Drains until `done` holds on the events (or 10 s pass).
+    async fn collect_until(&mut self, done: impl Fn(&[Ev]) -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            self.drain();
+            if done(&self.events) || Instant::now() > deadline {
+                return;
+            }
+            let _ = tokio::time::timeout(Duration::from_millis(100), self.source.readable()).await;
+        }
+    }
+
+    fn counter(&self, c: Counter) -> u64 {
+        self.probes
+            .kernel_counters()
+            .iter()
+            .find(|(k, _)| *k == c)
+            .map(|(_, v)| *v)
+            .unwrap_or(0)
+    }
+
+    fn spawn(&self, script: &str, args: &[&str]) -> (Proc, BufReader<ChildStdout>, ChildStdin) {
+        let mut child = Proc(
+            Command::new(&self.py)
+                .args(["-u", "-c", script])
+                .args(args)
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .spawn()
+                .unwrap(),
+        );
+        let out = BufReader::new(child.0.stdout.take().unwrap());
+        let stdin = child.0.stdin.take().unwrap();
+        (child, out, stdin)
+    }
+
+    /// A recording server (or sink) and its port.
+    fn server(&self, script: &str) -> (Proc, u16, BufReader<ChildStdout>) {
+        let (proc_, mut out, _) = self.spawn(script, &[]);
+        let port = read_line(&mut out).parse().expect("server port");
+        (proc_, port, out)
+    }
+
+    fn ctx_events(&self, kind_client: bool) -> Vec<TraceCtxEvent> {
+        let kind = if kind_client { 8 } else { 7 };
+        self.events
+            .iter()
+            .filter_map(|e| match e {
+                Ev::Ctx(c) if c.kind == kind => Some(*c),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn data_of(&self, tgid: u32, dir: Direction) -> Vec<(DataEvent, Vec<u8>)> {
+        self.events
+            .iter()
+            .filter_map(|e| match e {
+                Ev::Data(h, p) if h.tgid == tgid && h.direction == dir as u8 => Some((*h, p.clone())),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+/// (trace id, span id, flags) of a `traceparent: ...\r\n` line.
+fn parse_line(line: &[u8]) -> ([u8; 16], [u8; 8], u8) {
+    let text = std::str::from_utf8(line).unwrap();
+    let value = text
+        .strip_prefix("traceparent: ")
+        .and_then(|v| v.strip_suffix("\r\n"))
+        .unwrap_or_else(|| panic!("not a traceparent line: {text:?}"));
+    let parts: Vec<&str> = value.split('-').collect();
+    assert_eq!(parts.len(), 4, "{value}");
+    assert_eq!(parts[0], "00");
+    let bytes = |s: &str| -> Vec<u8> {
+        assert!(s.bytes().all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c)), "{s}");
+        (0..s.len() / 2)
+            .map(|i| u8::from_str_radix(&s[2 * i..2 * i + 2], 16).unwrap())
+            .collect()
+    };
+    let flags = bytes(parts[3])[0];
+    (
+        bytes(parts[1]).try_into().unwrap(),
+        bytes(parts[2]).try_into().unwrap(),
+        flags,
+    )
+}
+
+/// Splits what the server received around an inserted line right after the
+/// request line: (received without the line, the line).
+fn split_injected(received: &[u8]) -> (Vec<u8>, Vec<u8>) {
+    let first = received.windows(2).position(|w| w == b"\r\n").unwrap() + 2;
+    let line = received[first..first + 70].to_vec();
+    let mut rest = received[..first].to_vec();
+    rest.extend_from_slice(&received[first + 70..]);
+    (rest, line)
+}
+
+fn traceparent_lines(head: &[u8]) -> usize {
+    head.split(|b| *b == b'\n')
+        .filter(|l| l.to_ascii_lowercase().starts_with(b"traceparent"))
+        .count()
+}
+
+fn run_curl(args: &[&str]) -> (u32, Value) {
+    let child = Command::new("curl")
+        .args(["-sS", "--max-time", "10"])
+        .args(args)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let mut child = Proc(child);
+    let mut out = String::new();
+    std::io::Read::read_to_string(child.0.stdout.as_mut().unwrap(), &mut out).unwrap();
+    assert!(child.0.wait().unwrap().success(), "curl {args:?} failed");
+    (pid, serde_json::from_str(&out).unwrap_or_else(|e| panic!("curl output {out:?}: {e}")))
+}
+
+fn head_of(resp: &Value) -> Vec<u8> {
+    b64(resp["head"].as_str().unwrap())
+}
+
+fn received_of(resp: &Value) -> Vec<u8> {
+    let mut all = head_of(resp);
+    if let Some(body) = resp["body"].as_str() {
+        all.extend(b64(body));
+    }
+    all
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn injects_once_at_request_starts_and_keeps_every_byte() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(mut h) = Harness::load(true) else {
+        return;
+    };
+    let (_server, port, _) = h.server(SERVER);
+    let injected_before = h.counter(Counter::Injected);
+    let has_tp_before = h.counter(Counter::SkipAlreadyHasTraceparent);
+
+    // (1) curl: exactly one traceparent, right after the request line, with
+    // the ids the kernel reports for curl's client span; nothing else differs.
+    let (curl_pid, resp) = run_curl(&[&format!("http://127.0.0.1:{port}/one")]);
+    let head = head_of(&resp);
+    assert_eq!(resp["tp"], 1, "{}", String::from_utf8_lossy(&head));
+    let (without, line) = split_injected(&head);
+    assert!(head.starts_with(b"GET /one HTTP/1.1\r\ntraceparent: 00-"), "{}", String::from_utf8_lossy(&head));
+    let (trace, span, flags) = parse_line(&line);
+    assert_eq!(flags, 1);
+
+    // (2) the application's own traceparent: the request arrives unchanged.
+    let app_tp = "traceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let (curl2_pid, resp2) = run_curl(&["-H", app_tp, &format!("http://127.0.0.1:{port}/two")]);
+    let head2 = head_of(&resp2);
+    assert_eq!(resp2["tp"], 1);
+    assert_eq!(traceparent_lines(&head2), 1);
+    assert!(head2.windows(app_tp.len()).any(|w| w == app_tp.as_bytes()));
+
+    // (3) (4) python: bodies that look like requests, split headers, iovecs.
+    let (client, out, _stdin) = h.spawn(WRITES, &[&port.to_string()]);
+    let client_pid = client.pid();
+    let mut results: HashMap<String, (Vec<u8>, Value)> = HashMap::new();
+    for line in out.lines() {
+        let v: Value = serde_json::from_str(&line.unwrap()).unwrap();
+        let name = v["name"].as_str().unwrap().to_owned();
+        results.insert(name, (b64(v["sent"].as_str().unwrap()), v["resp"].clone()));
+    }
+    drop(client);
+    assert_eq!(results.len(), 9, "client results: {results:?}");
+
+    h.collect_until(|ev| {
+        let n = ev
+            .iter()
+            .filter(|e| matches!(e, Ev::Ctx(c) if c.kind == 8 && c.flags & ctx_flags::INJECTED != 0))
+            .count();
+        n >= 7
+    })
+    .await;
+    let clients = h.ctx_events(true);
+
+    // curl: the ClientCtx carries the injected ids; its send (captured from
+    // the user buffer, before injection) is the request minus the line.
+    let cc = clients
+        .iter()
+        .find(|c| c.tgid == curl_pid)
+        .unwrap_or_else(|| panic!("no ClientCtx for curl: {clients:?}"));
+    assert_eq!((cc.trace_id, cc.span_id), (trace, span));
+    assert_ne!(cc.flags & ctx_flags::INJECTED, 0);
+    assert_ne!(cc.flags & ctx_flags::SAMPLED, 0);
+    assert_eq!(cc.flags & ctx_flags::HAS_PARENT, 0, "curl has no server context");
+    let sends = h.data_of(curl_pid, Direction::Egress);
+    let (send, payload) = sends
+        .iter()
+        .find(|(d, _)| d.conn_id == cc.conn_id && d.enter_ns == cc.ts_ns)
+        .unwrap_or_else(|| panic!("no curl send with the ClientCtx timestamp: {sends:?}"));
+    assert_eq!(*payload, without, "the rest of curl's request must be byte-identical");
+    assert_eq!(send.total_len as usize, without.len());
+
+    // curl with its own traceparent: not injected, byte-identical.
+    let cc2 = clients.iter().find(|c| c.tgid == curl2_pid);
+    assert!(cc2.is_none_or(|c| c.flags & ctx_flags::INJECTED == 0), "{cc2:?}");
+    let sends2 = h.data_of(curl2_pid, Direction::Egress);
+    assert!(sends2.iter().any(|(_, p)| *p == head2), "curl's own traceparent request changed");
+
+    let injected_ids = |pid: u32| -> Vec<([u8; 16], [u8; 8])> {
+        clients
+            .iter()
+            .filter(|c| c.tgid == pid && c.flags & ctx_flags::INJECTED != 0)
+            .map(|c| (c.trace_id, c.span_id))
+            .collect()
+    };
+    let python_ids = injected_ids(client_pid);
+    let expect_injected = |name: &str| {
+        let (sent, resp) = &results[name];
+        let received = received_of(resp);
+        assert_eq!(traceparent_lines(&head_of(resp)), 1, "{name}: {}", String::from_utf8_lossy(&received));
+        let (rest, line) = split_injected(&received);
+        assert_eq!(&rest, sent, "{name}: bytes other than the header differ");
+        let (t, s, _) = parse_line(&line);
+        assert!(python_ids.contains(&(t, s)), "{name}: injected ids not reported");
+    };
+    let expect_untouched = |name: &str| {
+        let (sent, resp) = &results[name];
+        assert_eq!(&received_of(resp), sent, "{name}: request modified");
+    };
+    expect_injected("body-is-request-one-write");
+    expect_injected("body-is-request-own-write");
+    expect_injected("header-split");
+    expect_injected("writev");
+    expect_injected("after-keepalive");
+    // The first write holds only "POST /raw/m HTT": no request line end in
+    // it, and the second write is not a request start. Not injected.
+    expect_untouched("sendmsg");
+    // The request line spans two writes: unsure, so untouched.
+    expect_untouched("request-line-split");
+    expect_untouched("has-traceparent");
+    expect_untouched("has-traceparent-upper");
+    // Bodies: the body that is itself a request arrived as sent.
+    for name in ["body-is-request-one-write", "body-is-request-own-write", "writev"] {
+        let body = b64(results[name].1["body"].as_str().unwrap());
+        assert_eq!(body, b"GET / HTTP/1.1\r\nHost: inner\r\n\r\n", "{name}");
+    }
+    // Injected into the first write of the split header: the request line
+    // and the traceparent line arrive before the write that ends the header.
+    let split_head = head_of(&results["header-split"].1);
+    assert!(split_head.starts_with(b"GET /raw/split HTTP/1.1\r\ntraceparent: 00-"));
+    assert_eq!(python_ids.len(), 5, "python injections: {python_ids:?}");
+
+    assert!(h.counter(Counter::Injected) >= injected_before + 6);
+    assert!(
+        h.counter(Counter::SkipAlreadyHasTraceparent) >= has_tp_before + 3,
+        "counters: {:?}",
+        h.probes.kernel_counters()
+    );
+    assert!(h.counter(Counter::SkipAwaitingResponse) >= 2);
+    assert!(h.counter(Counter::SkipNoRequestLineEnd) >= 2);
+
+    // (5) TLS, binary, other text protocols and a muted connection: the
+    // sink receives exactly what was sent.
+    let (_sink, sink_port, mut sink_out) = h.server(SINK);
+    let (client, mut out, mut stdin) = h.spawn(NON_HTTP, &[&sink_port.to_string()]);
+    let mut ports = Vec::new();
+    for _ in 0..5 {
+        ports.push(read_line(&mut out).parse::<u16>().unwrap());
+    }
+    let last = read_line(&mut out);
+    let mut last = last.split_whitespace().map(|x| x.parse::<u32>().unwrap());
+    let (muted_port, muted_fd) = (last.next().unwrap() as u16, last.next().unwrap());
+    h.maps
+        .mute(SockKey {
+            tgid: client.pid(),
+            fd: muted_fd,
+        })
+        .unwrap();
+    writeln!(stdin, "go").unwrap();
+    assert_eq!(read_line(&mut out), "done");
+    ports.push(muted_port);
+    let mut arrived: HashMap<u16, Vec<u8>> = HashMap::new();
+    while arrived.len() < ports.len() {
+        let v: Value = serde_json::from_str(&read_line(&mut sink_out)).unwrap();
+        arrived.insert(v["port"].as_u64().unwrap() as u16, b64(v["data"].as_str().unwrap()));
+    }
+    h.collect_until(|_| false).await;
+    let sent_by_port: HashMap<u64, Vec<u8>> = {
+        // What the client wrote, per connection, as the kernel captured it
+        // from its user buffers (the muted one is not captured: compare it
+        // with the literal).
+        let mut m: HashMap<u64, Vec<u8>> = HashMap::new();
+        for (d, p) in h.data_of(client.pid(), Direction::Egress) {
+            m.entry(d.conn_id).or_default().extend(p);
+        }
+        m
+    };
+    for port in &ports[..5] {
+        let got = &arrived[port];
+        assert_eq!(traceparent_lines(got), 0, "port {port}: {}", String::from_utf8_lossy(got));
+        assert!(
+            sent_by_port.values().any(|sent| sent == got),
+            "port {port}: bytes changed on the way: {}",
+            String::from_utf8_lossy(got)
+        );
+    }
+    assert_eq!(arrived[&muted_port], b"GET /muted HTTP/1.1\r\nHost: x\r\n\r\n");
+    let injected_non_http = h
+        .ctx_events(true)
+        .iter()
+        .filter(|c| c.tgid == client.pid() && c.flags & ctx_flags::INJECTED != 0)
+        .count();
+    assert_eq!(injected_non_http, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_context_links_incoming_outgoing_and_spawned_threads() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(mut h) = Harness::load(true) else {
+        return;
+    };
+    let (leaf, leaf_port, _) = h.server(SERVER);
+    let (mid, mid_port, _) = h.server(SERVER);
+    let incoming_before = h.counter(Counter::IncomingTraceparent);
+
+    let trace = "0af7651916cd43dd8448eb211c80319c";
+    let parent = "b7ad6b7169203331";
+    let (_, resp) = run_curl(&[
+        "-H",
+        &format!("traceparent: 00-{trace}-{parent}-01"),
+        &format!("http://127.0.0.1:{mid_port}/chain/{leaf_port}"),
+    ]);
+    let (_, resp_thread) = run_curl(&[
+        "-H",
+        &format!("traceparent: 00-{trace}-{parent}-00"),
+        &format!("http://127.0.0.1:{mid_port}/chain-thread/{leaf_port}"),
+    ]);
+    let (_, resp_bad) = run_curl(&[
+        "-H",
+        &format!("traceparent: 00-{trace}-{parent}-1"),
+        &format!("http://127.0.0.1:{mid_port}/chain/{leaf_port}"),
+    ]);
+    let (mid_pid, leaf_pid) = (mid.pid(), leaf.pid());
+    h.collect_until(|ev| {
+        ev.iter()
+            .filter(|e| matches!(e, Ev::Ctx(c) if c.kind == 7 && c.tgid == leaf_pid))
+            .count()
+            >= 3
+    })
+    .await;
+    let servers = h.ctx_events(false);
+    let clients = h.ctx_events(true);
+    let server_ctx = |pid: u32, tid: u64| -> TraceCtxEvent {
+        *servers
+            .iter()
+            .find(|c| c.tgid == pid && u64::from(c.tid) == tid)
+            .unwrap_or_else(|| panic!("no ServerCtx for {pid}/{tid}: {servers:?}"))
+    };
+    let client_ctx = |pid: u32, tid: u64| -> TraceCtxEvent {
+        *clients
+            .iter()
+            .find(|c| c.tgid == pid && u64::from(c.tid) == tid)
+            .unwrap_or_else(|| panic!("no ClientCtx for {pid}/{tid}: {clients:?}"))
+    };
+    let tid = |v: &Value, k: &str| v[k].as_u64().unwrap();
+
+    // Incoming traceparent honoured: same trace, the sender's span as parent.
+    let s = server_ctx(mid_pid, tid(&resp, "tid"));
+    assert_eq!(hex(&s.trace_id), trace);
+    assert_eq!(hex(&s.parent_span_id), parent);
+    assert_eq!(s.flags & (ctx_flags::HAS_PARENT | ctx_flags::SAMPLED), ctx_flags::HAS_PARENT | ctx_flags::SAMPLED);
+    assert_ne!(s.span_id, [0; 8]);
+    // The ServerCtx timestamp is the exit of the read that brought the request.
+    let reads = h.data_of(mid_pid, Direction::Ingress);
+    let read = reads
+        .iter()
+        .find(|(d, _)| d.conn_id == s.conn_id && d.exit_ns == s.ts_ns)
+        .unwrap_or_else(|| panic!("no read matching the ServerCtx timestamp"));
+    assert!(read.1.starts_with(b"GET /chain/"));
+    // The handler's call: child of the server span, and what went on the wire.
+    let c = client_ctx(mid_pid, tid(&resp, "tid"));
+    assert_eq!(c.trace_id, s.trace_id);
+    assert_eq!(c.parent_span_id, s.span_id);
+    assert_ne!(c.flags & ctx_flags::HAS_PARENT, 0);
+    assert_ne!(c.flags & ctx_flags::INJECTED, 0);
+    assert_ne!(c.span_id, s.span_id);
+    let leaf_head = head_of(&resp["leaf"]);
+    let (_, line) = split_injected(&leaf_head);
+    assert_eq!(parse_line(&line), (s.trace_id, c.span_id, 1));
+    // ... and the leaf server joins the same trace under the client span.
+    let l = server_ctx(leaf_pid, tid(&resp["leaf"], "tid"));
+    assert_eq!((l.trace_id, l.parent_span_id), (s.trace_id, c.span_id));
+
+    // A thread spawned while handling the request inherits its context;
+    // sampled=0 is carried through.
+    let s2 = server_ctx(mid_pid, tid(&resp_thread, "tid"));
+    assert_eq!(hex(&s2.trace_id), trace);
+    assert_eq!(s2.flags & ctx_flags::SAMPLED, 0);
+    let caller = tid(&resp_thread["leaf"], "caller_tid");
+    assert_ne!(caller, tid(&resp_thread, "tid"), "the call ran on a spawned thread");
+    let c2 = client_ctx(mid_pid, caller);
+    assert_eq!((c2.trace_id, c2.parent_span_id), (s2.trace_id, s2.span_id));
+    assert_eq!(c2.flags & ctx_flags::SAMPLED, 0);
+    let (_, line2) = split_injected(&head_of(&resp_thread["leaf"]));
+    assert_eq!(parse_line(&line2), (s2.trace_id, c2.span_id, 0));
+
+    // Malformed incoming traceparent: ignored entirely, a fresh trace.
+    let s3 = server_ctx(mid_pid, tid(&resp_bad, "tid"));
+    assert_ne!(hex(&s3.trace_id), trace);
+    assert_eq!(s3.parent_span_id, [0; 8]);
+    assert_eq!(s3.flags & ctx_flags::HAS_PARENT, 0);
+    let c3 = client_ctx(mid_pid, tid(&resp_bad, "tid"));
+    assert_eq!((c3.trace_id, c3.parent_span_id), (s3.trace_id, s3.span_id));
+
+    // After the response the handler thread has no context any more: the
+    // leaf's answers started contexts there, the mid's requests did too.
+    assert_eq!(h.counter(Counter::IncomingTraceparent), incoming_before + 2 + 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stress_random_bodies_arrive_intact_with_one_traceparent_each() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(mut h) = Harness::load(true) else {
+        return;
+    };
+    let (_server, port, _) = h.server(SERVER);
+    let injected_before = h.counter(Counter::Injected);
+    let total = 4000u64;
+    let started = Instant::now();
+    let (client, mut out, _stdin) = h.spawn(STRESS, &[&port.to_string(), &total.to_string(), "4", "7"]);
+    // Keep the ring buffer flowing while the client runs.
+    let summary = loop {
+        h.drain();
+        h.events.clear();
+        let mut line = String::new();
+        // The summary is the only line the client prints, at the end.
+        let read = tokio::task::block_in_place(|| {
+            let _ = &client;
+            out.read_line(&mut line)
+        });
+        if read.unwrap() > 0 {
+            break line;
+        }
+    };
+    let v: Value = serde_json::from_str(&summary).unwrap();
+    eprintln!("stress: {} requests in {:?}: {v}", total, started.elapsed());
+    assert_eq!(v["bad"], 0, "{v}");
+    assert_eq!(v["ok"].as_u64().unwrap(), total);
+    assert!(h.counter(Counter::Injected) >= injected_before + total);
+    assert!(started.elapsed() < Duration::from_secs(60));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn propagation_off_modifies_nothing_but_still_reports_contexts() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(mut h) = Harness::load(false) else {
+        return;
+    };
+    assert!(!h.probes.attached().contains(&"waggle_sk_msg"));
+    let (_server, port, _) = h.server(SERVER);
+    let injected_before = h.counter(Counter::Injected);
+    let (curl_pid, resp) = run_curl(&[&format!("http://127.0.0.1:{port}/off")]);
+    let head = head_of(&resp);
+    assert_eq!(resp["tp"], 0);
+    h.collect_until(|ev| ev.iter().any(|e| matches!(e, Ev::Ctx(c) if c.tgid == curl_pid)))
+        .await;
+    let sends = h.data_of(curl_pid, Direction::Egress);
+    assert!(sends.iter().any(|(_, p)| *p == head), "curl's request changed with propagation off");
+    let cc = h
+        .ctx_events(true)
+        .into_iter()
+        .find(|c| c.tgid == curl_pid)
+        .expect("ClientCtx is reported with propagation off");
+    assert_eq!(cc.flags & ctx_flags::INJECTED, 0);
+    assert_eq!(h.counter(Counter::Injected), injected_before);
+    assert_eq!(h.counter(Counter::SkipNotInSockhash), 0, "nothing counted as skipped when off");
+}
