@@ -2,7 +2,9 @@
  * Per-syscall cost probe for `cargo xtask bench`.
  *
  * Times a tight loop of small write()/read() pairs and prints the mean
- * wall-clock nanoseconds per syscall. The harness runs it with no eBPF
+ * nanoseconds per syscall, both of the thread's CPU time (what the syscalls
+ * and the eBPF programs running inside them cost; immune to the thread being
+ * preempted by the agent or anything else) and of wall-clock time. The harness runs it with no eBPF
  * program attached, with empty programs on the same tracepoints waggle uses,
  * and with waggle; the differences are the cost each adds per syscall.
  *
@@ -18,7 +20,8 @@
  * the other core instead of interleaving with the loop.
  *
  * Usage: syscall_loop MODE ITERATIONS [CPU]
- * Output (one line): mode=M syscalls=N elapsed_ns=T ns_per_syscall=X
+ * Output (one line):
+ *   mode=M syscalls=N elapsed_ns=T ns_per_syscall=X cpu_ns_per_syscall=Y
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -36,11 +39,14 @@
 static const char HTTP_REQ[] = "GET /loop HTTP/1.1\r\nHost: bench\r\n\r\n";
 static const char HTTP_RESP[] = "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
 
-static long long now_ns(void) {
+static long long clock_ns(clockid_t clock) {
     struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
+    clock_gettime(clock, &ts);
     return (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec;
 }
+
+static long long now_ns(void) { return clock_ns(CLOCK_MONOTONIC); }
+static long long cpu_ns(void) { return clock_ns(CLOCK_THREAD_CPUTIME_ID); }
 
 static void die(const char *what) {
     fprintf(stderr, "syscall_loop: %s: %s\n", what, strerror(errno));
@@ -105,7 +111,7 @@ int main(int argc, char **argv) {
 
     int fds[2];
     char buf[256];
-    long long syscalls = 0, start, elapsed;
+    long long syscalls = 0, start, elapsed, cpu_start, cpu;
     if (strcmp(mode, "unix") == 0 || strcmp(mode, "tcp-raw") == 0) {
         if (mode[0] == 'u') {
             if (socketpair(AF_UNIX, SOCK_STREAM, 0, fds) < 0) die("socketpair");
@@ -120,12 +126,14 @@ int main(int argc, char **argv) {
             get(fds[1], buf, sizeof payload);
         }
         usleep(200000);
+        cpu_start = cpu_ns();
         start = now_ns();
         for (long i = 0; i < iterations; i++) {
             put(fds[0], payload, sizeof payload);
             get(fds[1], buf, sizeof payload);
         }
         elapsed = now_ns() - start;
+        cpu = cpu_ns() - cpu_start;
         syscalls = 2LL * iterations;
     } else if (strcmp(mode, "tcp-http") == 0) {
         tcp_pair(fds);
@@ -136,6 +144,7 @@ int main(int argc, char **argv) {
             put(fds[1], HTTP_RESP, resp);
             get(fds[0], buf, resp);
         }
+        cpu_start = cpu_ns();
         start = now_ns();
         for (long i = 0; i < iterations; i++) {
             put(fds[0], HTTP_REQ, req);
@@ -144,12 +153,13 @@ int main(int argc, char **argv) {
             get(fds[0], buf, resp);
         }
         elapsed = now_ns() - start;
+        cpu = cpu_ns() - cpu_start;
         syscalls = 4LL * iterations;
     } else {
         fprintf(stderr, "syscall_loop: unknown mode %s\n", mode);
         return 2;
     }
-    printf("mode=%s syscalls=%lld elapsed_ns=%lld ns_per_syscall=%.1f\n", mode, syscalls, elapsed,
-           (double)elapsed / (double)syscalls);
+    printf("mode=%s syscalls=%lld elapsed_ns=%lld ns_per_syscall=%.1f cpu_ns_per_syscall=%.1f\n", mode, syscalls,
+           elapsed, (double)elapsed / (double)syscalls, (double)cpu / (double)syscalls);
     return 0;
 }

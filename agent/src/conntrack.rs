@@ -64,8 +64,9 @@ pub trait ConnEnvironment {
     /// Addresses of a live TCP descriptor, None if it is not a TCP socket.
     fn socket_addrs(&mut self, pid: u32, fd: u32) -> Option<(SocketAddr, SocketAddr)>;
     /// True when `peer` is one of the agent's own sockets (its export traffic
-    /// arriving at a collector on this node).
-    fn is_own_socket(&mut self, peer: SocketAddr) -> bool;
+    /// arriving at a collector on this node). `opened_ns` is when the
+    /// connection was seen opening: a cached answer older than that is stale.
+    fn is_own_socket(&mut self, peer: SocketAddr, opened_ns: u64) -> bool;
 }
 
 enum ParseState {
@@ -179,6 +180,17 @@ impl ConnTracker {
         Metrics::inc(&self.metrics.conns_opened);
     }
 
+    /// The agent's own export traffic: keep the connection in the table as
+    /// muted, so payload the kernel queued before the mute took effect is
+    /// recognised and ignored instead of adopted as a new connection.
+    fn mute_own(&mut self, conn_id: u64, key: SockKey, env: &mut dyn ConnEnvironment) {
+        if let Some(conn) = self.conns.get_mut(&conn_id) {
+            conn.state = ParseState::Muted;
+        }
+        env.mute(key);
+        Metrics::inc(&self.metrics.conns_muted);
+    }
+
     fn evict_oldest(&mut self) {
         let oldest = self.conns.iter().min_by_key(|(_, c)| c.last_active_ns).map(|(id, c)| (*id, c.meta.clone()));
         if let Some((id, meta)) = oldest {
@@ -204,15 +216,7 @@ impl ConnTracker {
                 return;
             }
         }
-        if role == Role::Server {
-            if let Some(peer) = peer {
-                if peer.ip().is_loopback() && env.is_own_socket(peer) {
-                    env.mute(key);
-                    Metrics::inc(&self.metrics.conns_muted);
-                    return;
-                }
-            }
-        }
+        let own = role == Role::Server && peer.is_some_and(|p| p.ip().is_loopback() && env.is_own_socket(p, ev.ts_ns));
         let meta = ConnMeta {
             pid: ev.tgid,
             fd: ev.fd,
@@ -223,6 +227,9 @@ impl ConnTracker {
             local: None,
         };
         self.insert(meta, false, ev.ts_ns);
+        if own {
+            self.mute_own(ev.conn_id, key, env);
+        }
     }
 
     /// accept/connect on a descriptor the kernel could not classify.
@@ -232,7 +239,8 @@ impl ConnTracker {
             return;
         };
         let role = Role::from_u8(ev.role);
-        if role == Role::Server && peer.ip().is_loopback() && env.is_own_socket(peer) {
+        if role == Role::Server && peer.ip().is_loopback() && env.is_own_socket(peer, ev.ts_ns) {
+            // Never tracked in the kernel, so nothing to mute there.
             Metrics::inc(&self.metrics.conns_muted);
             return;
         }
@@ -246,7 +254,7 @@ impl ConnTracker {
     /// A connection that existed before the agent (or was inherited through
     /// fork): it is tracked in the kernel under a userspace-minted id.
     pub fn seed(&mut self, pid: u32, fd: u32, role: Role, local: SocketAddr, peer: SocketAddr, env: &mut dyn ConnEnvironment, now_ns: u64) {
-        if role == Role::Server && peer.ip().is_loopback() && env.is_own_socket(peer) {
+        if role == Role::Server && peer.ip().is_loopback() && env.is_own_socket(peer, now_ns) {
             return;
         }
         let conn_id = self.mint_user_id();
@@ -551,7 +559,7 @@ mod tests {
         fn socket_addrs(&mut self, _pid: u32, _fd: u32) -> Option<(SocketAddr, SocketAddr)> {
             self.addrs
         }
-        fn is_own_socket(&mut self, peer: SocketAddr) -> bool {
+        fn is_own_socket(&mut self, peer: SocketAddr, _opened_ns: u64) -> bool {
             self.own_ports.contains(&peer.port())
         }
     }
@@ -692,8 +700,12 @@ mod tests {
         let (mut t, _) = tracker();
         let mut env = FakeEnv { own_ports: vec![45000], ..Default::default() };
         t.on_open(&open_event(EventKind::ConnOpen, 10, 5, 1, Role::Server, 45000), &mut env);
-        assert!(t.is_empty());
         assert_eq!(env.muted, vec![SockKey { tgid: 10, fd: 5 }]);
+        // Payload queued before the mute reached the kernel is ignored, not
+        // adopted as a fresh connection.
+        feed(&mut t, &mut env, data(1, 10, 5, Role::Server, Direction::Ingress, 6, 1), b"REQ /v1/traces");
+        let spans = feed(&mut t, &mut env, data(1, 10, 5, Role::Server, Direction::Egress, 2, 2), b"OK");
+        assert!(spans.is_empty());
     }
 
     #[test]

@@ -573,6 +573,9 @@ pub struct ResourceResolver {
     /// seq -> pid, oldest first: the eviction order.
     order: BTreeMap<u64, u32>,
     next_seq: u64,
+    /// Kernel-reported task names of processes seen opening connections, for
+    /// when /proc is gone before the resource is built (bounded like the cache).
+    comm_hints: HashMap<u32, String>,
 }
 
 impl ResourceResolver {
@@ -597,6 +600,7 @@ impl ResourceResolver {
             cache: HashMap::new(),
             order: BTreeMap::new(),
             next_seq: 0,
+            comm_hints: HashMap::new(),
         }
     }
 
@@ -647,6 +651,22 @@ impl ResourceResolver {
         if let Some(entry) = self.cache.remove(&pid) {
             self.order.remove(&entry.seq);
         }
+        self.comm_hints.remove(&pid);
+    }
+
+    /// A process was seen opening a connection: resolve it now, while it is
+    /// alive (a short-lived client may be gone by the time its span is
+    /// built). `comm` (the kernel's task name) names it if /proc already is.
+    pub fn observe(&mut self, pid: u32, comm: &[u8]) {
+        let end = comm.iter().position(|b| *b == 0).unwrap_or(comm.len());
+        let comm = String::from_utf8_lossy(&comm[..end]).into_owned();
+        if !comm.is_empty() {
+            if self.comm_hints.len() >= self.capacity && !self.comm_hints.contains_key(&pid) {
+                self.comm_hints.clear();
+            }
+            self.comm_hints.insert(pid, comm);
+        }
+        let _ = self.resource(pid);
     }
 
     /// Number of cached resources.
@@ -685,13 +705,18 @@ impl ResourceResolver {
     }
 
     fn resolve(&self, pid: u32) -> Resolved {
-        let facts = match ProcessFacts::read(pid) {
+        let mut facts = match ProcessFacts::read(pid) {
             Ok(facts) => facts,
             Err(e) => {
                 tracing::debug!(pid, error = %e, "process unreadable; using a pid-based resource");
                 ProcessFacts::default()
             }
         };
+        if facts.comm.is_empty() {
+            if let Some(comm) = self.comm_hints.get(&pid) {
+                facts.comm = comm.clone();
+            }
+        }
         // Kernel threads have neither exe nor argv; a user process with an
         // executable but no argv is most likely still inside execve.
         let incomplete = facts.exe_path.is_some() && facts.argv.is_empty();

@@ -6,7 +6,7 @@ use std::{
     future::Future,
     net::SocketAddr,
     sync::Arc,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use waggle_common::{ConnInfo, Counter, Role, SockKey};
@@ -31,9 +31,6 @@ const DRAIN_BATCH: usize = 8192;
 const TICK: Duration = Duration::from_secs(1);
 const SHUTDOWN_FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 const MAX_CONNS: usize = 65536;
-/// The agent's own ports are re-read at most this often when a loopback
-/// connection from an unknown port shows up.
-const OWN_PORTS_REFRESH: Duration = Duration::from_millis(100);
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -50,7 +47,8 @@ struct LiveEnv {
     maps: ConnMaps,
     agent_pid: u32,
     own_ports: HashSet<u16>,
-    own_ports_read: Option<Instant>,
+    /// CLOCK_MONOTONIC ns when `own_ports` was read.
+    own_ports_read_ns: u64,
 }
 
 impl ConnEnvironment for LiveEnv {
@@ -74,14 +72,15 @@ impl ConnEnvironment for LiveEnv {
         discovery::socket_info(pid, fd).map(|info| (info.local, info.peer))
     }
 
-    fn is_own_socket(&mut self, peer: SocketAddr) -> bool {
+    fn is_own_socket(&mut self, peer: SocketAddr, opened_ns: u64) -> bool {
         if self.own_ports.contains(&peer.port()) {
             return true;
         }
-        let stale = self.own_ports_read.is_none_or(|t| t.elapsed() >= OWN_PORTS_REFRESH);
-        if stale {
+        // Re-read only when the cached set predates the connection: a set read
+        // after it opened already holds our end of it, if it is ours.
+        if self.own_ports_read_ns <= opened_ns {
+            self.own_ports_read_ns = Clock::now_monotonic_ns();
             self.own_ports = discovery::own_tcp_ports(self.agent_pid);
-            self.own_ports_read = Some(Instant::now());
         }
         self.own_ports.contains(&peer.port())
     }
@@ -109,8 +108,14 @@ impl Stages {
             Ok(RawEvent::Data { header, payload }) => {
                 self.tracker.on_data(&header, payload, &mut self.env, &mut self.pending)
             }
-            Ok(RawEvent::ConnOpen(ev)) => self.tracker.on_open(&ev, &mut self.env),
-            Ok(RawEvent::ConnUnverified(ev)) => self.tracker.on_unverified(&ev, &mut self.env),
+            Ok(RawEvent::ConnOpen(ev)) => {
+                self.resolver.observe(ev.tgid, &ev.comm);
+                self.tracker.on_open(&ev, &mut self.env)
+            }
+            Ok(RawEvent::ConnUnverified(ev)) => {
+                self.resolver.observe(ev.tgid, &ev.comm);
+                self.tracker.on_unverified(&ev, &mut self.env)
+            }
             Ok(RawEvent::ConnClose(ev)) => self.tracker.on_close(&ev, &mut self.pending),
             Ok(RawEvent::ProcessFork(ev)) => {
                 let sockets = discovery::scan_process_sockets(ev.tgid);
@@ -204,7 +209,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send) -> R
     let exporter = export::spawn_exporter(&config, metrics.clone())?;
     let mut stages = Stages {
         tracker: ConnTracker::new(ParserConfig { raw_sql: config.raw_sql }, metrics.clone(), MAX_CONNS),
-        env: LiveEnv { maps, agent_pid, own_ports: HashSet::new(), own_ports_read: None },
+        env: LiveEnv { maps, agent_pid, own_ports: HashSet::new(), own_ports_read_ns: 0 },
         assembler: SpanAssembler::new(Clock::new(), config.sampler, config.sampler_parent_based),
         linker: ContextLinker::new(),
         resolver: ResourceResolver::new(config.resource_attributes.clone(), agent_pid),

@@ -245,7 +245,8 @@ impl Probes {
                 .join("; ");
             return Err(ProbeError::NoDataPath { reasons });
         }
-        let injecting = attach_propagation(&mut ebpf, config.propagation, &mut attached, &mut skipped);
+        let injecting =
+            attach_propagation(&mut ebpf, config.propagation, &mut attached, &mut skipped);
         tracing::info!(count = attached.len(), programs = %attached.join(","), "probes attached");
         let skipped_names: Vec<&str> = skipped.iter().map(|(p, _)| *p).collect();
         tracing::info!(count = skipped.len(), programs = %skipped_names.join(","), "probes skipped");
@@ -345,9 +346,22 @@ fn attach_propagation(
         );
         skipped.push((program, reason));
     };
+    // A socket takes the sk_msg program of the first socket map it enters:
+    // with another injector running, whichever sockops program runs first
+    // owns each new connection, and ours skips it (SkipNotInSockhash).
+    let others = other_injectors();
+    if !others.is_empty() {
+        tracing::warn!(
+            program_ids = ?others,
+            "another {SK_MSG_PROGRAM} program is loaded (a second waggle?): connections it claims first get no traceparent from this agent"
+        );
+    }
     if let Err(e) = attach_sk_msg(ebpf) {
         skip(SK_MSG_PROGRAM, e.describe());
-        skip(SOCKOPS_PROGRAM, format!("not attached without {SK_MSG_PROGRAM}"));
+        skip(
+            SOCKOPS_PROGRAM,
+            format!("not attached without {SK_MSG_PROGRAM}"),
+        );
         return false;
     }
     attached.push(SK_MSG_PROGRAM);
@@ -364,12 +378,21 @@ fn attach_propagation(
     }
 }
 
+/// Ids of loaded sk_msg programs named like ours (call before loading ours).
+pub fn other_injectors() -> Vec<u32> {
+    aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .filter(|p| p.name_as_str() == Some(SK_MSG_PROGRAM))
+        .map(|p| p.id())
+        .collect()
+}
+
 fn attach_sk_msg(ebpf: &mut Ebpf) -> Result<(), AttachError> {
     let map = ebpf
         .map(maps::CLIENT_SOCKS)
         .ok_or(AttachError::NotInObject)?;
-    let socks: SockHash<&MapData, SockTuple> =
-        SockHash::try_from(map).map_err(|e| AttachError::Other(format!("opening CLIENT_SOCKS: {e}")))?;
+    let socks: SockHash<&MapData, SockTuple> = SockHash::try_from(map)
+        .map_err(|e| AttachError::Other(format!("opening CLIENT_SOCKS: {e}")))?;
     let fd = socks
         .fd()
         .try_clone()
@@ -406,7 +429,10 @@ fn attach_sockops(ebpf: &mut Ebpf) -> Result<PathBuf, AttachError> {
 fn cgroup2_root() -> Result<PathBuf, String> {
     let mounts = fs::read_to_string("/proc/self/mounts").unwrap_or_default();
     let candidates = cgroup2_mounts(&mounts);
-    let fallback = [PathBuf::from("/sys/fs/cgroup"), PathBuf::from("/sys/fs/cgroup/unified")];
+    let fallback = [
+        PathBuf::from("/sys/fs/cgroup"),
+        PathBuf::from("/sys/fs/cgroup/unified"),
+    ];
     for path in candidates.iter().chain(fallback.iter()) {
         if is_cgroup2(path) {
             return Ok(path.clone());
@@ -849,11 +875,18 @@ mod tests {
         let hybrid = "tmpfs /sys/fs/cgroup tmpfs rw 0 0\n\
             cgroup /sys/fs/cgroup/cpu cgroup rw,cpu 0 0\n\
             cgroup2 /sys/fs/cgroup/unified cgroup2 rw 0 0\n";
-        assert_eq!(cgroup2_mounts(hybrid), vec![PathBuf::from("/sys/fs/cgroup/unified")]);
-        let unified = "cgroup2 /sys/fs/cgroup/x cgroup2 rw 0 0\ncgroup2 /sys/fs/cgroup cgroup2 rw 0 0\n";
+        assert_eq!(
+            cgroup2_mounts(hybrid),
+            vec![PathBuf::from("/sys/fs/cgroup/unified")]
+        );
+        let unified =
+            "cgroup2 /sys/fs/cgroup/x cgroup2 rw 0 0\ncgroup2 /sys/fs/cgroup cgroup2 rw 0 0\n";
         assert_eq!(
             cgroup2_mounts(unified),
-            vec![PathBuf::from("/sys/fs/cgroup"), PathBuf::from("/sys/fs/cgroup/x")]
+            vec![
+                PathBuf::from("/sys/fs/cgroup"),
+                PathBuf::from("/sys/fs/cgroup/x")
+            ]
         );
         assert!(cgroup2_mounts("proc /proc proc rw 0 0\n").is_empty());
         assert!(!is_cgroup2(Path::new("/proc")));

@@ -126,16 +126,16 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     if !agent_bin.is_file() {
         bail!("agent binary {} not found", agent_bin.display());
     }
+    // A private copy: a rebuild of target/release/waggle during the run
+    // must not change the agent between rounds.
+    let agent_dir = root.join("target").join("bench").join("agent");
+    fs::create_dir_all(&agent_dir).with_context(|| format!("creating {}", agent_dir.display()))?;
+    let agent_copy = agent_dir.join("waggle");
+    fs::copy(&agent_bin, &agent_copy)
+        .with_context(|| format!("copying {} to {}", agent_bin.display(), agent_copy.display()))?;
+    let agent_bin = agent_copy;
 
     let mut results = Results { quick, rounds, seconds, machine: machine_info(&root, &venv), ..Default::default() };
-    let disturbing = procs::disturbing_processes(&[std::process::id()]);
-    if !disturbing.is_empty() {
-        let list: Vec<String> = disturbing.iter().map(|(pid, comm)| format!("{comm} (pid {pid})")).collect();
-        results.warnings.push(format!(
-            "other tracers were running during the benchmark and add their own cost to every variant: {}",
-            list.join(", ")
-        ));
-    }
     if let Some(load) = results.machine.load_average.split_whitespace().next().and_then(|l| l.parse::<f64>().ok()) {
         if load > 0.5 {
             results.warnings.push(format!(
@@ -163,6 +163,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     if args.wants(Scenario::Profile) {
         results.profile = outcome(scenarios::profile(&mut ctx));
     }
+    results.warnings.append(&mut ctx.warnings);
     if ctx.sink.bad_requests() > 0 {
         results.warnings.push(format!("the OTLP sink refused {} malformed requests", ctx.sink.bad_requests()));
     }

@@ -2,10 +2,10 @@
 //! shell line (`$ KEY=VAL prog args`) before it runs, and a failure names the
 //! command and its exit status.
 //!
-//! While a child runs, xtask stays alive through Ctrl-C (the terminal sends
-//! SIGINT to the child too, and the child decides what it means) so that it can
-//! report and forward the child's exit status; SIGTERM/SIGHUP sent to xtask are
-//! passed on to the child.
+//! While a child runs, xtask stays alive through Ctrl-C so that it can report
+//! and forward the child's exit status: a terminal's Ctrl-C already reaches
+//! the child (same process group), and a signal another process sent to xtask
+//! alone (`kill`, `timeout`) is relayed to the child, as sudo does.
 use std::{
     ffi::{OsStr, OsString},
     io::{BufRead, BufReader},
@@ -19,13 +19,15 @@ use anyhow::{bail, Context, Result};
 /// pid of the child being waited for, 0 when none: read by the signal handler.
 static CHILD: AtomicI32 = AtomicI32::new(0);
 
-extern "C" fn on_signal(sig: libc::c_int) {
+extern "C" fn on_signal(sig: libc::c_int, info: *mut libc::siginfo_t, _ctx: *mut libc::c_void) {
     let pid = CHILD.load(Ordering::SeqCst);
     if pid > 0 {
-        // A terminal's Ctrl-C / Ctrl-\ already reached the child (same
-        // process group); termination requests aimed at xtask alone are
-        // relayed so the child is never orphaned.
-        if sig == libc::SIGTERM || sig == libc::SIGHUP {
+        // SAFETY: the kernel passes a valid siginfo to SA_SIGINFO handlers;
+        // null is checked anyway.
+        let from_kernel = !info.is_null() && unsafe { (*info).si_code } == libc::SI_KERNEL;
+        // Terminal-generated signals (SI_KERNEL) went to the whole foreground
+        // process group, child included: relaying them would deliver twice.
+        if !from_kernel {
             // SAFETY: kill(2) is async-signal-safe; pid is a child we spawned.
             unsafe { libc::kill(pid, sig) };
         }
@@ -44,10 +46,15 @@ extern "C" fn on_signal(sig: libc::c_int) {
 /// children start with normal signal behaviour.
 pub fn install_signal_handlers() {
     for sig in [libc::SIGINT, libc::SIGQUIT, libc::SIGTERM, libc::SIGHUP] {
-        // SAFETY: on_signal only touches an atomic and async-signal-safe
-        // functions; the handler address is valid for the program's life.
+        // SAFETY: the sigaction struct is zero-initialised then filled in
+        // full; on_signal only touches an atomic and async-signal-safe
+        // functions and lives for the whole program.
         unsafe {
-            libc::signal(sig, on_signal as *const () as libc::sighandler_t);
+            let mut action: libc::sigaction = std::mem::zeroed();
+            action.sa_sigaction = on_signal as *const () as libc::sighandler_t;
+            action.sa_flags = libc::SA_SIGINFO | libc::SA_RESTART;
+            libc::sigemptyset(&mut action.sa_mask);
+            libc::sigaction(sig, &action, std::ptr::null_mut());
         }
     }
 }

@@ -33,6 +33,13 @@ pub const E2E_DEPS: &[Dep] = &[
     Dep { packages: &["python3"], command: Some("python3") },
     Dep { packages: &["procps"], command: Some("pgrep") },
     Dep { packages: &["iproute2"], command: Some("ss") },
+    // SQL tests (tests/src/db.rs): Debian's PostgreSQL 15 and MariaDB, and a
+    // venv for the Python client libraries.
+    Dep { packages: &["postgresql-15"], command: Some("/usr/lib/postgresql/15/bin/postgres") },
+    Dep { packages: &["postgresql-client-15"], command: Some("/usr/lib/postgresql/15/bin/psql") },
+    Dep { packages: &["mariadb-server"], command: Some("/usr/sbin/mariadbd") },
+    Dep { packages: &["mariadb-client"], command: Some("/usr/bin/mariadb") },
+    Dep { packages: &["python3-venv", "python3.11-venv"], command: None },
 ];
 
 /// Packages to install for the deps that are not satisfied.

@@ -1300,8 +1300,9 @@ fn parse_response_head(bytes: &[u8]) -> Result<ResponseHead, HeadError> {
         Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooManyHeaders),
         Err(_) => return Err(HeadError::Invalid("invalid response head")),
     }
-    let Some(status) = resp.code else {
-        return Err(HeadError::Invalid("response without status"));
+    // httparse takes any three digits; below 100 is not a status (RFC 9110 §15).
+    let Some(status) = resp.code.filter(|c| *c >= 100) else {
+        return Err(HeadError::Invalid("invalid status code"));
     };
     let framing = read_framing(resp.headers, false)?;
     Ok(ResponseHead {
@@ -2325,6 +2326,9 @@ mod tests {
         let mut c = Conn::new(Role::Server);
         c.req(b"GET / HTTP/1.1\r\n\r\n");
         assert_eq!(c.resp(b"\x00\x01binary"), Feed::LostSync("invalid status line"));
+        let mut c = Conn::new(Role::Server);
+        c.req(b"GET / HTTP/1.1\r\n\r\n");
+        assert_eq!(c.resp(b"HTTP/1.1 002 Odd\r\n\r\n"), Feed::LostSync("invalid status code"));
         assert!(c.take().is_empty());
         let mut c = Conn::new(Role::Server);
         c.req(b"GET / HTTP/1.1\r\n\r\n");

@@ -118,6 +118,13 @@ pub mod conn_flags {
     /// request (it is a body, a header continuation or a pipelined request),
     /// so nothing is injected into it.
     pub const AWAITING_RESPONSE: u8 = 2;
+    /// Client side: the kernel has seen a send on this connection (the
+    /// first one decides NOT_HTTP1).
+    pub const SENT: u8 = 4;
+    /// Client side: the first send seen was not the start of an HTTP/1.x
+    /// request (TLS, SSH, a binary protocol, a connection picked up
+    /// mid-stream): nothing is ever injected into this connection.
+    pub const NOT_HTTP1: u8 = 8;
 }
 
 /// Flags of a [`TraceCtxEvent`] / [`TraceCtx`].
@@ -304,6 +311,10 @@ pub struct ConnEvent {
     /// Host byte order.
     pub peer_port: u16,
     pub _pad1: [u8; 6],
+    /// Thread name (task comm) of the process that opened the connection:
+    /// names a short-lived client (curl) that is gone from /proc before its
+    /// span is assembled.
+    pub comm: [u8; 16],
 }
 
 /// Process lifecycle record (ProcessFork, ProcessExit).
@@ -461,7 +472,7 @@ mod tests {
         assert_eq!(size_of::<SockKey>(), 8);
         assert_eq!(size_of::<ConnInfo>(), 16);
         assert_eq!(size_of::<DataEvent>(), 56);
-        assert_eq!(size_of::<ConnEvent>(), 56);
+        assert_eq!(size_of::<ConnEvent>(), 72);
         assert_eq!(size_of::<ProcessEvent>(), 24);
         assert_eq!(size_of::<TraceCtx>(), 48);
         assert_eq!(size_of::<TraceCtxEvent>(), 64);

@@ -1,6 +1,9 @@
 //! Connection lifecycle: socket() remembers inet sockets, accept()/connect()
 //! start tracking TCP connections (CONNS), close() ends them.
-use aya_ebpf::{helpers::bpf_probe_read_user, programs::TracePointContext};
+use aya_ebpf::{
+    helpers::{bpf_get_current_comm, bpf_probe_read_user},
+    programs::TracePointContext,
+};
 use waggle_common::{inet_sock, ConnEvent, ConnInfo, Counter, EventKind, Role, SockKey, SyscallId};
 
 use crate::{
@@ -79,6 +82,7 @@ fn emit_conn(kind: EventKind, role: Role, key: SockKey, tid: u32, conn_id: u64, 
         peer_addr: peer.addr,
         peer_port: peer.port,
         _pad1: [0; 6],
+        comm: bpf_get_current_comm().unwrap_or([0; 16]),
     };
     if EVENTS.output::<ConnEvent>(&ev, 0).is_err() {
         count(Counter::EventsLost);

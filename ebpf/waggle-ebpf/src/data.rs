@@ -12,8 +12,8 @@ use waggle_common::{
 };
 
 use crate::{
-    arg, count, current, now_ns, stash, take_pending, trace, Pending, CAPTURE_BYTES, CONNS,
-    EVENTS, PROPAGATION, SCRATCH,
+    arg, count, current, now_ns, stash, take_pending, trace, Pending, CAPTURE_BYTES, CONNS, EVENTS,
+    PROPAGATION, SCRATCH,
 };
 
 pub(crate) const HEADER: usize = size_of::<DataEvent>();
@@ -108,7 +108,7 @@ pub(crate) fn enter(ctx: &TracePointContext, id: SyscallId) {
     let conn = unsafe { *info };
     let shape = shape(id);
     let request = match Role::from_u8(conn.role) {
-        Role::Client => trace::client_send_enter(pid_tgid, &conn, shape, p.ptr, p.len),
+        Role::Client => trace::client_send_enter(pid_tgid, info, shape, p.ptr, p.len),
         Role::Server => {
             trace::server_send_enter(pid_tgid, &conn, shape, p.ptr, p.len);
             None

@@ -159,7 +159,10 @@ impl HeaderScan {
             return false;
         }
         // The request line itself is never a header.
-        if self.request_line_end != 0 && self.matched != NO_MATCH && u32::from(self.matched) == self.line_len {
+        if self.request_line_end != 0
+            && self.matched != NO_MATCH
+            && u32::from(self.matched) == self.line_len
+        {
             if self.matched < NAME_LEN {
                 let lower = if b.is_ascii_uppercase() { b | 0x20 } else { b };
                 self.matched = if lower == name_byte(self.matched) {
@@ -354,7 +357,9 @@ mod tests {
 
     #[test]
     fn recognises_request_starts_only() {
-        for m in ["GET", "PUT", "POST", "HEAD", "PATCH", "TRACE", "DELETE", "OPTIONS", "CONNECT"] {
+        for m in [
+            "GET", "PUT", "POST", "HEAD", "PATCH", "TRACE", "DELETE", "OPTIONS", "CONNECT",
+        ] {
             assert!(starts(format!("{m} / HTTP/1.1\r\n").as_bytes()), "{m}");
             assert!(!starts(m.as_bytes()), "{m} without its space");
             assert!(!starts(format!("{m}x / HTTP/1.1").as_bytes()), "{m}x");
@@ -429,7 +434,10 @@ mod tests {
         let bare = b"GET / HTTP/1.1\nHost: x\r\n\r\n";
         let sc = scan(bare);
         assert_eq!(sc.request_line_end, 24);
-        assert!(!http1_line(bare, &sc), "bare LF must not pass as a request line end");
+        assert!(
+            !http1_line(bare, &sc),
+            "bare LF must not pass as a request line end"
+        );
         assert_eq!(scan(b"GET / HTTP/1.1").request_line_end, 0);
         assert_eq!(scan(b"GET / HTTP/1.1\r").request_line_end, 0);
     }
@@ -476,7 +484,10 @@ mod tests {
         let got = parse(&format!(" {VALID}\r\n")).unwrap();
         assert_eq!(got.trace_id[0], 0x0a);
         assert_eq!(got.trace_id[15], 0x9c);
-        assert_eq!(got.span_id, [0xb7, 0xad, 0x6b, 0x71, 0x69, 0x20, 0x33, 0x31]);
+        assert_eq!(
+            got.span_id,
+            [0xb7, 0xad, 0x6b, 0x71, 0x69, 0x20, 0x33, 0x31]
+        );
         assert_eq!(got.flags, 1);
         let got = parse(&format!("{}\r\n", VALID.replace("-01", "-00"))).unwrap();
         assert_eq!(got.flags, 0);
@@ -494,7 +505,10 @@ mod tests {
             format!("{VALID}0"),
             format!("{VALID};x"),
             VALID.replace("b7ad6b7169203331", "0000000000000000"),
-            VALID.replace("0af7651916cd43dd8448eb211c80319c", "00000000000000000000000000000000"),
+            VALID.replace(
+                "0af7651916cd43dd8448eb211c80319c",
+                "00000000000000000000000000000000",
+            ),
             VALID[..54].to_owned(),
             VALID.replace('-', "_"),
         ];

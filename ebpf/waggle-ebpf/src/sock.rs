@@ -13,13 +13,12 @@ use core::{
 };
 
 use aya_ebpf::{
-    bindings::{
-        sk_action::SK_DROP,
-        BPF_ANY, BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB,
-    },
+    bindings::{sk_action::SK_DROP, BPF_ANY, BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB},
     helpers::{
         bpf_get_current_pid_tgid,
-        generated::{bpf_msg_pop_data, bpf_msg_pull_data, bpf_msg_push_data, bpf_probe_read_kernel},
+        generated::{
+            bpf_msg_pop_data, bpf_msg_pull_data, bpf_msg_push_data, bpf_probe_read_kernel,
+        },
     },
     programs::{SkMsgContext, SockOpsContext},
 };
@@ -28,7 +27,10 @@ use waggle_common::{
     TRACEPARENT_LINE_LEN,
 };
 
-use crate::{count, count_index, http, trace, CLIENT_SOCKS, INJECT_PENDING, MSG_SCRATCH, PENDING, PROPAGATION};
+use crate::{
+    count, count_index, http, trace, CLIENT_SOCKS, INJECT_PENDING, MSG_SCRATCH, PENDING,
+    PROPAGATION,
+};
 
 const AF_INET: u32 = 2;
 const AF_INET6: u32 = 10;
@@ -79,7 +81,10 @@ pub(crate) fn sockops(ctx: &SockOpsContext) {
         return;
     }
     // SAFETY: ctx.ops is the live context pointer of this program.
-    if CLIENT_SOCKS.update(key, unsafe { &mut *ctx.ops }, u64::from(BPF_ANY)).is_err() {
+    if CLIENT_SOCKS
+        .update(key, unsafe { &mut *ctx.ops }, u64::from(BPF_ANY))
+        .is_err()
+    {
         // The map is full, or the socket already belongs to another sk_msg
         // program; its requests are counted as SkipNotInSockhash.
         count(Counter::MapInsertFailed);
@@ -228,9 +233,28 @@ fn decide(ctx: &SkMsgContext, pid_tgid: u64, request: &InjectRequest) -> Result<
     }
     // The pushed bytes are uninitialised until written: from here on every
     // failure must take them out again.
+    //
+    // The push split the message's first scatterlist element in three
+    // (request line, new line, rest). tcp_bpf sends each element with its
+    // own tcp_sendmsg call, and Nagle then holds everything after the short
+    // request line until the peer's delayed ACK: ~40 ms per request. Pulling
+    // across all three merges them into one element again (a copy of the
+    // first element, at most a few pages). If that allocation fails, the
+    // line alone is pulled: correct, only slower.
+    let size = ctx.size();
+    let merge_end = if rle + LINE < size {
+        rle + LINE + 1
+    } else {
+        rle + LINE
+    };
     // SAFETY: as above.
-    let pulled = unsafe { bpf_msg_pull_data(msg, rle, rle + LINE, 0) } == 0;
-    let dst = ctx.data();
+    let (pulled, at) = if unsafe { bpf_msg_pull_data(msg, 0, merge_end, 0) } == 0 {
+        (true, rle)
+    } else {
+        // SAFETY: as above.
+        (unsafe { bpf_msg_pull_data(msg, rle, rle + LINE, 0) } == 0, 0)
+    };
+    let dst = ctx.data() + (black_box(at) & (MSG_SCAN - 1)) as usize;
     if pulled && dst + LINE as usize <= ctx.data_end() {
         // SAFETY: [dst, dst + LINE) is inside the message, checked above.
         unsafe { core::ptr::copy_nonoverlapping(line.as_ptr(), dst as *mut u8, LINE as usize) };

@@ -131,7 +131,15 @@ fn new_trace_id() -> [u8; 16] {
 }
 
 #[inline(always)]
-fn emit(kind: EventKind, ctx: &TraceCtx, flags: u8, pid_tgid: u64, fd: u32, conn_id: u64, ts_ns: u64) {
+fn emit(
+    kind: EventKind,
+    ctx: &TraceCtx,
+    flags: u8,
+    pid_tgid: u64,
+    fd: u32,
+    conn_id: u64,
+    ts_ns: u64,
+) {
     let ev = TraceCtxEvent {
         kind: kind as u8,
         flags,
@@ -162,7 +170,8 @@ fn peek_user(shape: Shape, ptr: u64, len: u64) -> Option<([u8; 16], u64)> {
             let (iov, cnt) = if shape == Shape::Msghdr {
                 // struct user_msghdr: msg_iov at 16, msg_iovlen at 24.
                 // SAFETY: fault-tolerant read of user memory.
-                let [iov, cnt] = unsafe { bpf_probe_read_user((ptr + 16) as *const [u64; 2]) }.ok()?;
+                let [iov, cnt] =
+                    unsafe { bpf_probe_read_user((ptr + 16) as *const [u64; 2]) }.ok()?;
                 (iov, cnt)
             } else {
                 (ptr, len)
@@ -219,22 +228,45 @@ pub(crate) fn server_send_enter(pid_tgid: u64, info: &ConnInfo, shape: Shape, pt
 /// Write-family syscall entry on a client connection: if the send starts an
 /// HTTP/1.x request, decide its ids. Returns the request to leave in
 /// INJECT_PENDING (once the PENDING stash succeeded, see `client_send_arm`).
+///
+/// The first send seen on a connection classifies it: HTTP/1.x connections
+/// begin with a request, so one that begins otherwise (TLS, SSH, ...) never
+/// gets anything injected, whatever its later bytes look like.
 #[inline(always)]
 pub(crate) fn client_send_enter(
     pid_tgid: u64,
-    info: &ConnInfo,
+    info: *mut ConnInfo,
     shape: Shape,
     ptr: u64,
     len: u64,
 ) -> Option<InjectRequest> {
-    let (head, n) = peek_user(shape, ptr, len)?;
-    if !http::is_request_start(head_word(&head), n) {
+    // SAFETY: info points at a live CONNS value; copied out.
+    let conn = unsafe { *info };
+    // Not even a peek at user memory for TLS and the like.
+    if conn.flags & conn_flags::NOT_HTTP1 != 0 {
         return None;
     }
-    if info.flags & conn_flags::AWAITING_RESPONSE != 0 {
+    let start = match peek_user(shape, ptr, len) {
+        Some((head, n)) => http::is_request_start(head_word(&head), n),
+        None => false,
+    };
+    if conn.flags & conn_flags::SENT == 0 {
+        let mark = if start {
+            conn_flags::SENT
+        } else {
+            conn_flags::SENT | conn_flags::NOT_HTTP1
+        };
+        // SAFETY: as above; see client_send_arm on races.
+        unsafe { (*info).flags |= mark };
+    }
+    if !start {
+        return None;
+    }
+    if conn.flags & conn_flags::AWAITING_RESPONSE != 0 {
         count(Counter::SkipAwaitingResponse);
         return None;
     }
+    let info = &conn;
     let mut ctx = TraceCtx {
         span_id: new_span_id(),
         conn_id: info.conn_id,
@@ -314,7 +346,15 @@ pub(crate) fn client_send_exit(
     }
     // SAFETY: as above.
     let conn_id = unsafe { (*info).conn_id };
-    emit(EventKind::ClientCtx, &req.ctx, flags, pid_tgid, p.fd, conn_id, p.enter_ns);
+    emit(
+        EventKind::ClientCtx,
+        &req.ctx,
+        flags,
+        pid_tgid,
+        p.fd,
+        conn_id,
+        p.enter_ns,
+    );
 }
 
 /// Read-family exit on a client connection awaiting its response: the first
@@ -364,7 +404,8 @@ pub(crate) fn server_recv_exit(
         return None;
     }
     // SAFETY: (rle - 11) & MASK + 10 stays inside the payload area.
-    let tail = unsafe { core::ptr::read_unaligned(payload.add((rle - 11) & MASK).cast::<[u8; 10]>()) };
+    let tail =
+        unsafe { core::ptr::read_unaligned(payload.add((rle - 11) & MASK).cast::<[u8; 10]>()) };
     if !http::request_line_is_http1(&tail) {
         return None;
     }
@@ -390,7 +431,15 @@ pub(crate) fn server_recv_exit(
         count(Counter::MapInsertFailed);
     }
     count(Counter::ServerCtxStarted);
-    emit(EventKind::ServerCtx, &ctx, ctx.flags, pid_tgid, fd, info.conn_id, exit_ns);
+    emit(
+        EventKind::ServerCtx,
+        &ctx,
+        ctx.flags,
+        pid_tgid,
+        fd,
+        info.conn_id,
+        exit_ns,
+    );
     Some(())
 }
 
@@ -403,14 +452,24 @@ fn incoming(sc: &HeaderScan, payload: *const u8, len: u32) -> Option<http::Incom
     }
     let at = sc.traceparent_value;
     // SAFETY: (at & MASK) + 8 stays inside the payload area.
-    let ows = unsafe { core::ptr::read_unaligned(payload.add(at as usize & MASK).cast::<[u8; http::MAX_OWS]>()) };
+    let ows = unsafe {
+        core::ptr::read_unaligned(
+            payload
+                .add(at as usize & MASK)
+                .cast::<[u8; http::MAX_OWS]>(),
+        )
+    };
     let start = at + http::ows_len(&ows);
     if start >= len {
         return None;
     }
     // SAFETY: (start & MASK) + VALUE_WINDOW stays inside the payload area.
     let v = unsafe {
-        core::ptr::read_unaligned(payload.add(start as usize & MASK).cast::<[u8; http::VALUE_WINDOW]>())
+        core::ptr::read_unaligned(
+            payload
+                .add(start as usize & MASK)
+                .cast::<[u8; http::VALUE_WINDOW]>(),
+        )
     };
     http::parse_traceparent(&v, len - start)
 }

@@ -36,6 +36,10 @@ pub struct Ctx {
     pub warmup: f64,
     pub quick: bool,
     runs: u32,
+    /// Things that make the numbers less trustworthy, for the report.
+    pub warnings: Vec<String>,
+    /// Disturbing processes already reported.
+    seen: Vec<u32>,
 }
 
 impl Ctx {
@@ -62,6 +66,8 @@ impl Ctx {
             warmup: if quick { 0.5 } else { 1.0 },
             quick,
             runs: 0,
+            warnings: Vec::new(),
+            seen: Vec::new(),
         })
     }
 
@@ -79,6 +85,23 @@ impl Ctx {
             .open(&path)
             .with_context(|| format!("opening {}", path.display()))?;
         Ok(Stdio::from(file))
+    }
+
+    /// Looks for other eBPF tracers (another waggle, bpftrace, ...) before a
+    /// round: they add their own cost to every variant, baseline included.
+    fn check_quiet(&mut self, what: &str) {
+        let found: Vec<(u32, String)> = procs::disturbing_processes(&[std::process::id()])
+            .into_iter()
+            .filter(|(pid, _)| !self.seen.contains(pid))
+            .collect();
+        if found.is_empty() {
+            return;
+        }
+        self.seen.extend(found.iter().map(|(pid, _)| *pid));
+        let list: Vec<String> = found.iter().map(|(pid, comm)| format!("{comm} (pid {pid})")).collect();
+        let warning = format!("other tracers were running during {what}: {}", list.join(", "));
+        procs::tracing_line(&warning);
+        self.warnings.push(warning);
     }
 
     fn start_agent(&mut self, label: &str) -> Result<Agent> {
@@ -166,6 +189,7 @@ pub fn nginx(ctx: &mut Ctx) -> Result<Vec<NginxRound>> {
     };
     let mut rounds = Vec::new();
     for i in 0..ctx.rounds {
+        ctx.check_quiet(&format!("nginx round {}", i + 1));
         let (mut base, mut agent) = (None, None);
         for with_agent in round_order(i, &[false, true]) {
             if with_agent {
@@ -260,6 +284,7 @@ pub fn flask(ctx: &mut Ctx) -> Result<Vec<FlaskRound>> {
     let script = ctx.bench_dir().join("wrk_report.lua");
     let mut rounds = Vec::new();
     for i in 0..ctx.rounds {
+        ctx.check_quiet(&format!("flask round {}", i + 1));
         let mut none = None;
         let mut waggle = None;
         let mut sdk = None;
@@ -385,6 +410,7 @@ pub fn postgres(ctx: &mut Ctx) -> Result<Vec<PgRound>> {
 
     let mut rounds = Vec::new();
     for i in 0..ctx.rounds {
+        ctx.check_quiet(&format!("postgres round {}", i + 1));
         let (mut base, mut agent) = (None, None);
         for with_agent in round_order(i, &[false, true]) {
             if with_agent {
@@ -424,15 +450,21 @@ pub enum Probe {
 #[derive(Clone, Debug, Default)]
 pub struct SyscallResults {
     /// (mode, probe, ns per syscall) for every run.
-    pub samples: Vec<(&'static str, Probe, f64)>,
+    pub samples: Vec<(&'static str, Probe, LoopTiming)>,
     pub waggle_runs: Vec<AgentRun>,
     /// Why a probe set is missing (bpftrace could not attach, ...).
     pub notes: Vec<String>,
 }
 
 impl SyscallResults {
+    /// CPU ns per syscall of every run of `mode` under `probe`.
     pub fn values(&self, mode: &str, probe: Probe) -> Vec<f64> {
-        self.samples.iter().filter(|(m, p, _)| *m == mode && *p == probe).map(|(_, _, v)| *v).collect()
+        self.samples.iter().filter(|(m, p, _)| *m == mode && *p == probe).map(|(_, _, t)| t.cpu_ns).collect()
+    }
+
+    /// Wall-clock ns per syscall (includes time the loop was preempted).
+    pub fn wall_values(&self, mode: &str, probe: Probe) -> Vec<f64> {
+        self.samples.iter().filter(|(m, p, _)| *m == mode && *p == probe).map(|(_, _, t)| t.wall_ns).collect()
     }
 }
 
@@ -530,7 +562,15 @@ fn syscall_iterations(mode: &str, quick: bool) -> u64 {
     }
 }
 
-fn run_syscall_loop(ctx: &Ctx, mode: &'static str) -> Result<f64> {
+/// What syscall_loop reports, per syscall.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct LoopTiming {
+    /// The thread's CPU time: the syscalls and the eBPF programs inside them.
+    pub cpu_ns: f64,
+    pub wall_ns: f64,
+}
+
+fn run_syscall_loop(ctx: &Ctx, mode: &'static str) -> Result<LoopTiming> {
     let mut command = Command::new(&ctx.syscall_loop);
     // CPU 0: the agent's userspace gets the other core.
     command.arg(mode).arg(syscall_iterations(mode, ctx.quick).to_string()).arg("0");
@@ -541,8 +581,9 @@ fn run_syscall_loop(ctx: &Ctx, mode: &'static str) -> Result<f64> {
     parse_syscall_loop(&stdout).ok_or_else(|| anyhow!("unexpected syscall_loop output: {stdout}"))
 }
 
-pub fn parse_syscall_loop(stdout: &str) -> Option<f64> {
-    stdout.split_whitespace().find_map(|kv| kv.strip_prefix("ns_per_syscall=")?.parse().ok())
+pub fn parse_syscall_loop(stdout: &str) -> Option<LoopTiming> {
+    let get = |key: &str| stdout.split_whitespace().find_map(|kv| kv.strip_prefix(key)?.parse::<f64>().ok());
+    Some(LoopTiming { cpu_ns: get("cpu_ns_per_syscall=")?, wall_ns: get("ns_per_syscall=")? })
 }
 
 pub fn syscalls(ctx: &mut Ctx) -> Result<SyscallResults> {
@@ -551,6 +592,7 @@ pub fn syscalls(ctx: &mut Ctx) -> Result<SyscallResults> {
     let rounds = if ctx.quick { 1 } else { ctx.rounds.max(5) };
     for i in 0..rounds {
         for probe in round_order(i, &[Probe::None, Probe::Empty, Probe::Waggle]) {
+            ctx.check_quiet(&format!("syscall round {}", i + 1));
             match probe {
                 Probe::None => {
                     for &mode in SYSCALL_MODES {
@@ -630,6 +672,7 @@ pub fn sustained(ctx: &mut Ctx) -> Result<Vec<SustainedStep>> {
     let url = server.url();
     let mut steps = Vec::new();
     for rate in sustained_rates(ctx.quick) {
+        ctx.check_quiet(&format!("the {rate} req/s step"));
         let mut a = ctx.start_agent(&format!("sustained-{rate}"))?;
         a.begin()?;
         let r = load::h2load_fixed_rate(&url, SUSTAINED_CONNECTIONS, rate, ctx.seconds)?;
@@ -709,33 +752,33 @@ fn bpf_progs() -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// Ids of the programs loaded right now.
-fn bpf_prog_ids(json: &str) -> Result<Vec<u64>> {
-    let progs: serde_json::Value = serde_json::from_str(json).context("parsing bpftool's JSON")?;
-    let list = progs.as_array().ok_or_else(|| anyhow!("bpftool's JSON is not a list"))?;
-    Ok(list.iter().filter_map(|p| p["id"].as_u64()).collect())
+/// Ids of the eBPF programs a process holds open, from
+/// /proc/PID/fdinfo (`prog_id:` lines): exact even when other agents load
+/// programs with the same names at the same time.
+fn prog_ids_of(pid: u32) -> Result<Vec<u64>> {
+    let dir = format!("/proc/{pid}/fdinfo");
+    let mut ids = Vec::new();
+    for entry in fs::read_dir(&dir).with_context(|| format!("listing {dir}"))?.flatten() {
+        if let Ok(info) = fs::read_to_string(entry.path()) {
+            ids.extend(parse_fdinfo_prog_id(&info));
+        }
+    }
+    ids.sort_unstable();
+    ids.dedup();
+    Ok(ids)
 }
 
-/// The agent's programs in bpftool's JSON: those it owns when bpftool can
-/// tell (`pids`), else the tracepoint programs with a waggle program name
-/// that were not loaded before the agent started (`preexisting`).
-pub fn parse_bpftool_progs(json: &str, pid: u32, preexisting: &[u64]) -> Result<Vec<BpfProgStat>> {
+pub fn parse_fdinfo_prog_id(fdinfo: &str) -> Option<u64> {
+    fdinfo.lines().find_map(|l| l.strip_prefix("prog_id:")?.trim().parse().ok())
+}
+
+/// The programs with these ids in bpftool's JSON, with their run stats.
+pub fn parse_bpftool_progs(json: &str, ids: &[u64]) -> Result<Vec<BpfProgStat>> {
     let progs: serde_json::Value = serde_json::from_str(json).context("parsing bpftool's JSON")?;
     let list = progs.as_array().ok_or_else(|| anyhow!("bpftool's JSON is not a list"))?;
-    // Program names are cut to 15 bytes by the kernel.
-    let waggle_names: Vec<String> =
-        WAGGLE_TRACEPOINTS.iter().filter_map(|t| t.split(':').nth(1)).map(|n| n.chars().take(15).collect()).collect();
-    let owned = |p: &serde_json::Value| match p["pids"].as_array() {
-        Some(pids) => pids.iter().any(|x| x["pid"].as_u64() == Some(u64::from(pid))),
-        None => {
-            let new = p["id"].as_u64().is_some_and(|id| !preexisting.contains(&id));
-            let name = p["name"].as_str().unwrap_or("");
-            new && p["type"].as_str() == Some("tracepoint") && waggle_names.iter().any(|n| n == name)
-        }
-    };
     Ok(list
         .iter()
-        .filter(|p| owned(p))
+        .filter(|p| p["id"].as_u64().is_some_and(|id| ids.contains(&id)))
         .map(|p| BpfProgStat {
             name: p["name"].as_str().unwrap_or("?").to_owned(),
             run_cnt: p["run_cnt"].as_u64().unwrap_or(0),
@@ -777,10 +820,13 @@ pub fn profile(ctx: &mut Ctx) -> Result<Profile> {
             None
         }
     };
-    let preexisting = bpf_progs().and_then(|j| bpf_prog_ids(&j)).unwrap_or_default();
     let mut a = ctx.start_agent("profile")?;
     let pid = a.pid();
-    let agent_progs = || bpf_progs().and_then(|j| parse_bpftool_progs(&j, pid, &preexisting));
+    let ids = prog_ids_of(pid).unwrap_or_default();
+    if ids.is_empty() {
+        profile.notes.push(format!("no eBPF program ids in /proc/{pid}/fdinfo"));
+    }
+    let agent_progs = || bpf_progs().and_then(|j| parse_bpftool_progs(&j, &ids));
     let before = if stats.is_some() { agent_progs().unwrap_or_default() } else { Vec::new() };
     let perf_data = ctx.raw_dir.join("perf-agent.data");
     let perf = if crate::cmd::find_program("perf").is_some() {
@@ -912,35 +958,28 @@ mod tests {
 
     #[test]
     fn syscall_loop_output() {
-        let out = "mode=unix syscalls=400000 elapsed_ns=614947026 ns_per_syscall=1537.4\n";
-        assert_eq!(parse_syscall_loop(out), Some(1537.4));
+        let out = "mode=unix syscalls=400000 elapsed_ns=614947026 ns_per_syscall=1537.4 cpu_ns_per_syscall=1400.5\n";
+        assert_eq!(parse_syscall_loop(out), Some(LoopTiming { cpu_ns: 1400.5, wall_ns: 1537.4 }));
+        assert_eq!(parse_syscall_loop("mode=unix ns_per_syscall=1537.4\n"), None);
         assert_eq!(parse_syscall_loop("oops"), None);
     }
 
     #[test]
-    fn bpftool_json_is_filtered_by_owner() {
-        let json = r#"[
-            {"id":1,"type":"tracepoint","name":"sys_enter_read","run_time_ns":5000,"run_cnt":10,"pids":[{"pid":42,"comm":"waggle"}]},
-            {"id":2,"type":"tracepoint","name":"other","run_time_ns":9,"run_cnt":1,"pids":[{"pid":7,"comm":"x"}]},
-            {"id":3,"type":"kprobe","name":"nopids"}
-        ]"#;
-        let progs = parse_bpftool_progs(json, 42, &[]).unwrap();
-        assert_eq!(progs.len(), 1);
-        assert_eq!((progs[0].name.as_str(), progs[0].run_cnt, progs[0].run_time_ns), ("sys_enter_read", 10, 5000));
-        assert!(parse_bpftool_progs("{}", 42, &[]).is_err());
-
-        // Without pid information: new programs with waggle's (truncated) names.
+    fn agent_programs_are_picked_by_id() {
         let json = r#"[
             {"id":5,"type":"tracepoint","name":"sys_enter_read","run_time_ns":1,"run_cnt":1},
             {"id":9,"type":"tracepoint","name":"sys_exit_sendfi","run_time_ns":700,"run_cnt":7},
             {"id":10,"type":"tracepoint","name":"sys_enter_read","run_time_ns":300,"run_cnt":3},
-            {"id":11,"type":"tracepoint","name":"unrelated","run_time_ns":5,"run_cnt":5}
+            {"id":11,"type":"kprobe","name":"nostats"}
         ]"#;
-        let progs = parse_bpftool_progs(json, 42, &[5]).unwrap();
-        let names: Vec<&str> = progs.iter().map(|p| p.name.as_str()).collect();
-        assert_eq!(names, ["sys_exit_sendfi", "sys_enter_read"]);
-        assert_eq!(progs[1].run_cnt, 3);
-        assert_eq!(bpf_prog_ids(json).unwrap(), [5, 9, 10, 11]);
+        let progs = parse_bpftool_progs(json, &[9, 10, 11]).unwrap();
+        let got: Vec<(&str, u64, u64)> = progs.iter().map(|p| (p.name.as_str(), p.run_cnt, p.run_time_ns)).collect();
+        assert_eq!(got, [("sys_exit_sendfi", 7, 700), ("sys_enter_read", 3, 300), ("nostats", 0, 0)]);
+        assert!(parse_bpftool_progs("{}", &[1]).is_err());
+
+        let fdinfo = "pos:\t0\nflags:\t02000002\nprog_type:\t5\nprog_jited:\t1\nprog_id:\t1446\nrun_cnt:\t0\n";
+        assert_eq!(parse_fdinfo_prog_id(fdinfo), Some(1446));
+        assert_eq!(parse_fdinfo_prog_id("pos:\t0\nflags:\t02\nmap_id:\t3\n"), None);
     }
 
     #[test]
