@@ -216,7 +216,7 @@ impl ConnTracker {
                 return;
             }
         }
-        let own = role == Role::Server && peer.is_some_and(|p| p.ip().is_loopback() && env.is_own_socket(p, ev.ts_ns));
+        let own = role == Role::Server && peer.is_some_and(|p| env.is_own_socket(p, ev.ts_ns));
         let meta = ConnMeta {
             pid: ev.tgid,
             fd: ev.fd,
@@ -239,7 +239,7 @@ impl ConnTracker {
             return;
         };
         let role = Role::from_u8(ev.role);
-        if role == Role::Server && peer.ip().is_loopback() && env.is_own_socket(peer, ev.ts_ns) {
+        if role == Role::Server && env.is_own_socket(peer, ev.ts_ns) {
             // Never tracked in the kernel, so nothing to mute there.
             Metrics::inc(&self.metrics.conns_muted);
             return;
@@ -254,7 +254,7 @@ impl ConnTracker {
     /// A connection that existed before the agent (or was inherited through
     /// fork): it is tracked in the kernel under a userspace-minted id.
     pub fn seed(&mut self, pid: u32, fd: u32, role: Role, local: SocketAddr, peer: SocketAddr, env: &mut dyn ConnEnvironment, now_ns: u64) {
-        if role == Role::Server && peer.ip().is_loopback() && env.is_own_socket(peer, now_ns) {
+        if role == Role::Server && env.is_own_socket(peer, now_ns) {
             return;
         }
         let conn_id = self.mint_user_id();

@@ -334,24 +334,62 @@ pub fn scan_process_sockets(pid: u32) -> Vec<SeedSocket> {
     out
 }
 
-/// Local ports of every TCP socket the agent holds, in any state (an export
-/// connection may still be connecting). A collector on this node sees these
-/// as peer ports of the agent's export traffic, which must never be traced.
-pub fn own_tcp_ports(agent_pid: u32) -> HashSet<u16> {
+/// Local addresses of every TCP socket the agent holds, in any state (an
+/// export connection may still be connecting). A collector on this node sees
+/// these as the peer addresses of the agent's export traffic, which must
+/// never be traced.
+pub fn own_tcp_addrs(agent_pid: u32) -> HashSet<SocketAddr> {
     let table = match TcpTable::read(agent_pid) {
         Ok(table) => table,
         Err(e) => {
-            tracing::warn!(pid = agent_pid, error = %e, "cannot list the agent's own TCP ports");
+            tracing::warn!(pid = agent_pid, error = %e, "cannot list the agent's own TCP sockets");
             return HashSet::new();
         }
     };
     match tcp_fds(agent_pid, &table) {
-        Ok(fds) => fds.into_iter().map(|(_, info)| info.local.port()).filter(|&p| p != 0).collect(),
+        Ok(fds) => fds.into_iter().map(|(_, info)| info.local).filter(|a| a.port() != 0).collect(),
         Err(e) => {
-            tracing::warn!(pid = agent_pid, error = %e, "cannot list the agent's own TCP ports");
+            tracing::warn!(pid = agent_pid, error = %e, "cannot list the agent's own TCP sockets");
             HashSet::new()
         }
     }
+}
+
+/// Addresses of the network interfaces in the agent's network namespace
+/// (getifaddrs). Only a peer with one of these addresses can be the agent.
+pub fn local_interface_ips() -> HashSet<IpAddr> {
+    let mut ips = HashSet::new();
+    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs allocates a list and stores its head in `head`; on
+    // failure it returns -1 and we read nothing.
+    if unsafe { libc::getifaddrs(&mut head) } != 0 {
+        tracing::warn!(error = %std::io::Error::last_os_error(), "listing local interface addresses");
+        return ips;
+    }
+    let mut cursor = head;
+    while !cursor.is_null() {
+        // SAFETY: cursor is a node of the list getifaddrs returned, alive
+        // until freeifaddrs below.
+        let ifa = unsafe { &*cursor };
+        if !ifa.ifa_addr.is_null() {
+            // SAFETY: ifa_addr points at a sockaddr whose family tells its
+            // real type; we only read the matching sockaddr_in/sockaddr_in6.
+            let family = i32::from(unsafe { (*ifa.ifa_addr).sa_family });
+            if family == libc::AF_INET {
+                // SAFETY: family is AF_INET, so this is a sockaddr_in.
+                let sin = unsafe { &*(ifa.ifa_addr as *const libc::sockaddr_in) };
+                ips.insert(IpAddr::V4(std::net::Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr))));
+            } else if family == libc::AF_INET6 {
+                // SAFETY: family is AF_INET6, so this is a sockaddr_in6.
+                let sin6 = unsafe { &*(ifa.ifa_addr as *const libc::sockaddr_in6) };
+                ips.insert(IpAddr::V6(std::net::Ipv6Addr::from(sin6.sin6_addr.s6_addr)));
+            }
+        }
+        cursor = ifa.ifa_next;
+    }
+    // SAFETY: head came from a successful getifaddrs and is freed once.
+    unsafe { libc::freeifaddrs(head) };
+    ips
 }
 
 /// Is descriptor `fd` of process `pid` a TCP socket, and what are its
@@ -1817,14 +1855,20 @@ time.sleep(60)
     }
 
     #[test]
-    fn own_tcp_ports_lists_listeners_and_connections() {
+    fn own_tcp_addrs_lists_listeners_and_connections() {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         let (_accepted, _) = listener.accept().unwrap();
-        let ports = own_tcp_ports(std::process::id());
-        assert!(ports.contains(&listener.local_addr().unwrap().port()), "{ports:?}");
-        assert!(ports.contains(&client.local_addr().unwrap().port()), "{ports:?}");
-        assert!(!ports.contains(&0));
+        let addrs = own_tcp_addrs(std::process::id());
+        assert!(addrs.contains(&listener.local_addr().unwrap()), "{addrs:?}");
+        assert!(addrs.contains(&client.local_addr().unwrap()), "{addrs:?}");
+        assert!(addrs.iter().all(|a| a.port() != 0));
+    }
+
+    #[test]
+    fn local_interface_ips_include_loopback() {
+        let ips = local_interface_ips();
+        assert!(ips.contains(&IpAddr::V4(Ipv4Addr::LOCALHOST)), "{ips:?}");
     }
 
     fn attr<'a>(r: &'a ProcessResource, key: &str) -> Option<&'a str> {

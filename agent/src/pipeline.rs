@@ -4,7 +4,7 @@
 use std::{
     collections::HashSet,
     future::Future,
-    net::SocketAddr,
+    net::{IpAddr, SocketAddr},
     sync::Arc,
     time::Duration,
 };
@@ -46,9 +46,12 @@ pub enum RunError {
 struct LiveEnv {
     maps: ConnMaps,
     agent_pid: u32,
-    own_ports: HashSet<u16>,
-    /// CLOCK_MONOTONIC ns when `own_ports` was read.
-    own_ports_read_ns: u64,
+    /// Local addresses of the agent's own TCP sockets.
+    own_addrs: HashSet<SocketAddr>,
+    /// CLOCK_MONOTONIC ns when `own_addrs` was read.
+    own_addrs_read_ns: u64,
+    /// Addresses of the agent's network namespace.
+    local_ips: HashSet<IpAddr>,
 }
 
 impl ConnEnvironment for LiveEnv {
@@ -73,16 +76,23 @@ impl ConnEnvironment for LiveEnv {
     }
 
     fn is_own_socket(&mut self, peer: SocketAddr, opened_ns: u64) -> bool {
-        if self.own_ports.contains(&peer.port()) {
+        if self.own_addrs.contains(&peer) {
             return true;
+        }
+        // Only a peer in the agent's own network namespace can be the agent
+        // (a collector on this node sees the agent's loopback, pod or node
+        // address); anything else is a different machine or pod.
+        if !peer.ip().is_loopback() && !self.local_ips.contains(&peer.ip()) {
+            return false;
         }
         // Re-read only when the cached set predates the connection: a set read
         // after it opened already holds our end of it, if it is ours.
-        if self.own_ports_read_ns <= opened_ns {
-            self.own_ports_read_ns = Clock::now_monotonic_ns();
-            self.own_ports = discovery::own_tcp_ports(self.agent_pid);
+        if self.own_addrs_read_ns <= opened_ns {
+            self.own_addrs_read_ns = Clock::now_monotonic_ns();
+            self.own_addrs = discovery::own_tcp_addrs(self.agent_pid);
+            self.local_ips = discovery::local_interface_ips();
         }
-        self.own_ports.contains(&peer.port())
+        self.own_addrs.contains(&peer)
     }
 }
 
@@ -209,7 +219,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send) -> R
     let exporter = export::spawn_exporter(&config, metrics.clone())?;
     let mut stages = Stages {
         tracker: ConnTracker::new(ParserConfig { raw_sql: config.raw_sql }, metrics.clone(), MAX_CONNS),
-        env: LiveEnv { maps, agent_pid, own_ports: HashSet::new(), own_ports_read_ns: 0 },
+        env: LiveEnv { maps, agent_pid, own_addrs: HashSet::new(), own_addrs_read_ns: 0, local_ips: discovery::local_interface_ips() },
         assembler: SpanAssembler::new(Clock::new(), config.sampler, config.sampler_parent_based),
         linker: ContextLinker::new(),
         resolver: ResourceResolver::new(config.resource_attributes.clone(), agent_pid),
