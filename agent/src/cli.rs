@@ -23,6 +23,10 @@ pub fn main() -> ExitCode {
             return ExitCode::from(EXIT_USAGE);
         }
     };
+    if args.check_config {
+        println!("{}", describe_config(&config));
+        return ExitCode::SUCCESS;
+    }
     if let Err(e) = init_logging(&config.log_filter) {
         eprintln!("waggle: {e}");
         return ExitCode::FAILURE;
@@ -97,13 +101,45 @@ fn level_to_log(level: tracing_subscriber::filter::LevelFilter) -> log::LevelFil
     }
 }
 
-fn log_config(config: &Config) {
+fn sampler_name(config: &Config) -> String {
     let root = match config.sampler {
         Sampler::AlwaysOn => "always_on".to_owned(),
         Sampler::AlwaysOff => "always_off".to_owned(),
         Sampler::TraceIdRatio(ratio) => format!("traceidratio({ratio})"),
     };
-    let sampler = format!("{}{root}", if config.sampler_parent_based { "parentbased_" } else { "" });
+    format!("{}{root}", if config.sampler_parent_based { "parentbased_" } else { "" })
+}
+
+/// `--check-config` output: the effective settings, one per line, header
+/// names but never header values (they are credentials).
+fn describe_config(config: &Config) -> String {
+    let otlp = match &config.otlp {
+        Some(o) => {
+            let names: Vec<&str> = o.headers.iter().map(|(k, _)| k.as_str()).collect();
+            format!("{} ({}), headers: [{}]", o.endpoint, o.protocol, names.join(", "))
+        }
+        None => "none".to_owned(),
+    };
+    let mut lines = vec![
+        "configuration is valid".to_owned(),
+        format!("otlp: {otlp}"),
+        format!("print: {:?}", config.print),
+        format!("sampler: {}", sampler_name(config)),
+        format!("capture_bytes: {}", config.capture_bytes),
+        format!("ring_buffer_bytes: {}", config.ring_buffer_bytes),
+        format!("max_queued_spans: {}", config.max_queued_spans),
+        format!("raw_sql: {}", config.raw_sql),
+        format!("propagation: {}", if config.propagation { "on" } else { "off" }),
+        format!("metrics_addr: {}", config.metrics_addr.map(|a| a.to_string()).unwrap_or_else(|| "none".into())),
+    ];
+    for (k, v) in &config.resource_attributes {
+        lines.push(format!("resource attribute: {k}={v}"));
+    }
+    lines.join("\n")
+}
+
+fn log_config(config: &Config) {
+    let sampler = sampler_name(config);
     tracing::info!(
         otlp_endpoint = config.otlp.as_ref().map(|o| o.endpoint.as_str()).unwrap_or("none"),
         otlp_protocol = config.otlp.as_ref().map(|o| o.protocol.to_string()).unwrap_or_default(),

@@ -269,6 +269,11 @@ pub struct CliArgs {
     /// waggle=debug); RUST_LOG is used when this is absent [default: info]
     #[arg(long, value_name = "FILTER")]
     pub log_level: Option<String>,
+
+    /// Validate the configuration (flags, environment, file), print the
+    /// effective settings and exit: 0 when valid, 2 with the error otherwise
+    #[arg(long)]
+    pub check_config: bool,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -14,6 +14,7 @@ pub mod export;
 pub mod intake;
 pub mod linking;
 pub mod metrics;
+pub mod metrics_server;
 pub mod pipeline;
 pub mod probes;
 pub mod protocols;

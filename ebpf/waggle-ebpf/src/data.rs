@@ -145,6 +145,10 @@ pub(crate) fn exit(ctx: &TracePointContext, id: SyscallId, direction: Direction)
         None
     };
     let ret = arg(ctx, 0) as i64;
+    // EAGAIN reads of event loops end here, as before.
+    if ret <= 0 && request.is_none() {
+        return;
+    }
     // Looked up again: another thread may have closed or muted the
     // connection while this syscall ran.
     let Some(info_ptr) = CONNS.get_ptr_mut(SockKey { tgid, fd: p.fd }) else {

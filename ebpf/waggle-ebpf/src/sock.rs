@@ -248,11 +248,13 @@ fn decide(ctx: &SkMsgContext, pid_tgid: u64, request: &InjectRequest) -> Result<
         rle + LINE
     };
     // SAFETY: as above.
-    let (pulled, at) = if unsafe { bpf_msg_pull_data(msg, 0, merge_end, 0) } == 0 {
+    let merged = unsafe { bpf_msg_pull_data(msg, 0, merge_end, 0) } == 0;
+    let (pulled, at) = if merged {
         (true, rle)
     } else {
         // SAFETY: as above.
-        (unsafe { bpf_msg_pull_data(msg, rle, rle + LINE, 0) } == 0, 0)
+        let line_only = unsafe { bpf_msg_pull_data(msg, rle, rle + LINE, 0) } == 0;
+        (line_only, 0)
     };
     let dst = ctx.data() + (black_box(at) & (MSG_SCAN - 1)) as usize;
     if pulled && dst + LINE as usize <= ctx.data_end() {

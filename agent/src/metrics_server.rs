@@ -1,0 +1,509 @@
+//! Prometheus/OpenMetrics endpoint for the agent's self-metrics.
+//!
+//! `GET /metrics` renders, at scrape time, every [`Metrics`] counter, the
+//! kernel's per-CPU counters (as last published by the pipeline through a
+//! [`KernelCounterCell`]) and a few gauges. Values are read when scraped, so
+//! the hot path never does more than its existing relaxed atomic adds.
+//!
+//! The server is a bare hyper HTTP/1 server rather than a framework so that
+//! what a (possibly hostile) client can hold is bounded: at most
+//! [`MAX_CONNECTIONS`] connections, one request each, each with a deadline.
+use std::{
+    future::Future,
+    net::SocketAddr,
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
+
+use http_body_util::Full;
+use hyper::{
+    body::{Bytes, Incoming},
+    header::{ALLOW, CONTENT_TYPE},
+    server::conn::http1,
+    service::service_fn,
+    Method, Request, Response, StatusCode,
+};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use prometheus_client::{
+    collector::Collector,
+    encoding::{text, DescriptorEncoder, EncodeMetric},
+    metrics::{counter::ConstCounter, gauge::ConstGauge},
+    registry::Registry,
+};
+use tokio::{net::TcpListener, task::JoinSet, task::JoinHandle};
+use waggle_common::{Counter, COUNTER_COUNT};
+
+use crate::metrics::Metrics;
+
+/// Scrapers open one connection at a time; more than this many at once is a
+/// misconfiguration or abuse, and is refused rather than queued.
+pub const MAX_CONNECTIONS: usize = 16;
+/// A whole connection (headers in, body out) must finish within this.
+const CONNECTION_DEADLINE: Duration = Duration::from_secs(10);
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// hyper's smallest allowed read buffer; a scrape request is a few hundred bytes.
+const MAX_REQUEST_BUF: usize = 8192;
+const METRIC_PREFIX: &str = "waggle";
+const METRICS_PATH: &str = "/metrics";
+/// The exposition `text::encode` produces (it ends with `# EOF`).
+pub const CONTENT_TYPE_OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+#[derive(Debug, thiserror::Error)]
+pub enum MetricsServerError {
+    #[error("binding the metrics endpoint to {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("reading the metrics endpoint's bound address: {0}")]
+    LocalAddr(#[source] std::io::Error),
+}
+
+/// Point-in-time values the pipeline publishes; exposed as gauges.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Gauge {
+    /// Connections in the userspace connection table (`ConnTracker::len`).
+    ConnectionsTracked,
+    /// Spans waiting in the export queue (`ExportHandle::queued`).
+    ExportQueueSpans,
+}
+
+impl Gauge {
+    pub const ALL: [Gauge; 2] = [Gauge::ConnectionsTracked, Gauge::ExportQueueSpans];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Gauge::ConnectionsTracked => "connections_tracked",
+            Gauge::ExportQueueSpans => "export_queue_spans",
+        }
+    }
+
+    pub fn help(self) -> &'static str {
+        match self {
+            Gauge::ConnectionsTracked => "connections currently tracked by the agent",
+            Gauge::ExportQueueSpans => "spans waiting in the export queue",
+        }
+    }
+}
+
+/// HELP text of each kernel counter. Exhaustive on purpose: a new counter in
+/// waggle-common does not compile until it is described here.
+fn kernel_counter_help(counter: Counter) -> &'static str {
+    match counter {
+        Counter::EventsLost => "events the kernel could not write (ring buffer full)",
+        Counter::DataEvents => "payload events the kernel emitted",
+        Counter::DataTruncated => "payloads longer than the capture size (prefix sent)",
+        Counter::ConnsOpened => "connections the kernel started tracking",
+        Counter::MapInsertFailed => "kernel map inserts that failed (map full)",
+        Counter::ReadFailed => "failed reads of user memory (payloads, arguments)",
+        Counter::MutedEvents => "data events on muted connections (counted, not copied)",
+        Counter::Injected => "traceparent headers inserted into outgoing requests",
+        Counter::SkipAlreadyHasTraceparent => "injection skipped: request already carried a traceparent",
+        Counter::SkipNotRequestStart => "injection skipped: message was not the start of a request",
+        Counter::SkipAwaitingResponse => "injection skipped: previous request still awaiting its response",
+        Counter::SkipNoRequestLineEnd => "injection skipped: request line end not found in the message",
+        Counter::SkipPushFailed => "injection skipped: inserting the header into the message failed",
+        Counter::SkipNotInSockhash => "injection skipped: socket not in the sockhash",
+        Counter::IncomingTraceparent => "server requests that arrived with a valid traceparent",
+        Counter::ServerCtxStarted => "server request contexts the kernel started",
+    }
+}
+
+/// Sentinel for a gauge nobody has set: it is left out of the scrape rather
+/// than reported as a misleading 0.
+const GAUGE_UNSET: u64 = u64::MAX;
+
+#[derive(Debug)]
+struct Shared {
+    kernel: [AtomicU64; COUNTER_COUNT as usize],
+    /// Kernel counters are only reported once the pipeline has read them, so a
+    /// scrape before the first read (or without probes) shows no false zeros.
+    kernel_published: AtomicBool,
+    gauges: [AtomicU64; Gauge::ALL.len()],
+}
+
+/// Latest kernel counters and gauges, written by the pipeline's tick and read
+/// by scrapes. Cloning shares the same cell. Lock-free: a scrape never stalls
+/// the pipeline.
+#[derive(Debug, Clone)]
+pub struct KernelCounterCell(Arc<Shared>);
+
+impl Default for KernelCounterCell {
+    fn default() -> Self {
+        KernelCounterCell::new()
+    }
+}
+
+impl KernelCounterCell {
+    pub fn new() -> Self {
+        KernelCounterCell(Arc::new(Shared {
+            kernel: std::array::from_fn(|_| AtomicU64::new(0)),
+            kernel_published: AtomicBool::new(false),
+            gauges: std::array::from_fn(|_| AtomicU64::new(GAUGE_UNSET)),
+        }))
+    }
+
+    /// Publishes the output of `Probes::kernel_counters()`. An empty slice (a
+    /// failed read) keeps the previous values, so counters never go back.
+    pub fn store(&self, counters: &[(Counter, u64)]) {
+        if counters.is_empty() {
+            return;
+        }
+        for &(counter, value) in counters {
+            if let Some(slot) = self.0.kernel.get(counter as usize) {
+                slot.store(value, Ordering::Relaxed);
+            }
+        }
+        self.0.kernel_published.store(true, Ordering::Release);
+    }
+
+    pub fn set_gauge(&self, gauge: Gauge, value: u64) {
+        // u64::MAX is the "unset" marker; no real gauge here gets near it.
+        self.0.gauges[gauge as usize].store(value.min(GAUGE_UNSET - 1), Ordering::Relaxed);
+    }
+
+    fn kernel_counters(&self) -> Option<Vec<(Counter, u64)>> {
+        if !self.0.kernel_published.load(Ordering::Acquire) {
+            return None;
+        }
+        Some(Counter::ALL.iter().map(|&c| (c, self.0.kernel[c as usize].load(Ordering::Relaxed))).collect())
+    }
+
+    fn gauge(&self, gauge: Gauge) -> Option<u64> {
+        match self.0.gauges[gauge as usize].load(Ordering::Relaxed) {
+            GAUGE_UNSET => None,
+            v => Some(v),
+        }
+    }
+}
+
+/// Reads every source at scrape time.
+#[derive(Debug)]
+struct AgentCollector {
+    metrics: Arc<Metrics>,
+    kernel: KernelCounterCell,
+}
+
+impl Collector for AgentCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let agent = self.metrics.snapshot();
+        for &(name, help, value) in &agent {
+            encode_counter(&mut encoder, name, help, value)?;
+        }
+        if let Some(kernel) = self.kernel.kernel_counters() {
+            for (counter, value) in kernel {
+                let name = counter.name();
+                // The pipeline mirrors some kernel counters into Metrics
+                // (kernel_events_lost); a family may appear only once.
+                if agent.iter().any(|(n, _, _)| *n == name) {
+                    continue;
+                }
+                encode_counter(&mut encoder, name, kernel_counter_help(counter), value)?;
+            }
+        }
+        for gauge in Gauge::ALL {
+            if let Some(value) = self.kernel.gauge(gauge) {
+                let metric = ConstGauge::new(value);
+                let enc = encoder.encode_descriptor(gauge.name(), gauge.help(), None, metric.metric_type())?;
+                metric.encode(enc)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The text encoder appends `_total` to counter names.
+fn encode_counter(encoder: &mut DescriptorEncoder, name: &str, help: &str, value: u64) -> Result<(), std::fmt::Error> {
+    let metric = ConstCounter::new(value);
+    let enc = encoder.encode_descriptor(name, help, None, metric.metric_type())?;
+    metric.encode(enc)
+}
+
+fn registry(metrics: Arc<Metrics>, kernel: KernelCounterCell) -> Registry {
+    let mut registry = Registry::with_prefix(METRIC_PREFIX);
+    registry.register_collector(Box::new(AgentCollector { metrics, kernel }));
+    registry
+}
+
+/// Renders the whole exposition, as served on `/metrics`.
+pub fn render(metrics: Arc<Metrics>, kernel: KernelCounterCell) -> Result<String, std::fmt::Error> {
+    render_registry(&registry(metrics, kernel))
+}
+
+fn render_registry(registry: &Registry) -> Result<String, std::fmt::Error> {
+    let mut body = String::with_capacity(8192);
+    text::encode(&mut body, registry)?;
+    Ok(body)
+}
+
+/// A running metrics endpoint.
+#[derive(Debug)]
+pub struct MetricsServer {
+    local_addr: SocketAddr,
+    task: JoinHandle<()>,
+}
+
+impl MetricsServer {
+    /// The bound address (differs from the requested one for port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Waits until the server has stopped (after `shutdown` resolved).
+    pub async fn join(self) {
+        if let Err(e) = self.task.await {
+            tracing::warn!(error = %e, "metrics endpoint task failed");
+        }
+    }
+}
+
+/// Binds `addr` (failing synchronously if it cannot), then serves
+/// `GET /metrics` on a spawned task until `shutdown` resolves; in-flight
+/// scrapes are cut off then. Must be called within a tokio runtime.
+pub async fn serve(
+    addr: SocketAddr,
+    metrics: Arc<Metrics>,
+    kernel: KernelCounterCell,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<MetricsServer, MetricsServerError> {
+    let listener = TcpListener::bind(addr).await.map_err(|source| MetricsServerError::Bind { addr, source })?;
+    let local_addr = listener.local_addr().map_err(MetricsServerError::LocalAddr)?;
+    tracing::info!(addr = %local_addr, path = METRICS_PATH, "serving agent metrics");
+    let registry = Arc::new(registry(metrics, kernel));
+    let task = tokio::spawn(accept_loop(listener, registry, shutdown));
+    Ok(MetricsServer { local_addr, task })
+}
+
+async fn accept_loop(listener: TcpListener, registry: Arc<Registry>, shutdown: impl Future<Output = ()> + Send) {
+    tokio::pin!(shutdown);
+    let mut conns = JoinSet::new();
+    loop {
+        tokio::select! {
+            biased;
+            _ = &mut shutdown => break,
+            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+            accepted = listener.accept() => {
+                let (stream, peer) = match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        // Per-connection failures (EMFILE, aborted handshakes):
+                        // back off briefly instead of spinning on them.
+                        tracing::debug!(error = %e, "accepting a metrics connection");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                if conns.len() >= MAX_CONNECTIONS {
+                    tracing::debug!(%peer, limit = MAX_CONNECTIONS, "refusing metrics connection: too many open");
+                    continue;
+                }
+                conns.spawn(serve_connection(stream, peer, registry.clone()));
+            }
+        }
+    }
+    conns.shutdown().await;
+    tracing::debug!("metrics endpoint stopped");
+}
+
+async fn serve_connection(stream: tokio::net::TcpStream, peer: SocketAddr, registry: Arc<Registry>) {
+    let service = service_fn(move |req: Request<Incoming>| {
+        let registry = registry.clone();
+        async move { Ok::<_, std::convert::Infallible>(respond(&req, &registry)) }
+    });
+    let conn = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .max_buf_size(MAX_REQUEST_BUF)
+        .keep_alive(false)
+        .serve_connection(TokioIo::new(stream), service);
+    match tokio::time::timeout(CONNECTION_DEADLINE, conn).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "metrics connection"),
+        Err(_) => tracing::debug!(%peer, "metrics connection exceeded its deadline"),
+    }
+}
+
+fn respond<B>(req: &Request<B>, registry: &Registry) -> Response<Full<Bytes>> {
+    if req.uri().path() != METRICS_PATH {
+        return plain(StatusCode::NOT_FOUND, "not found; metrics are at /metrics\n");
+    }
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        let mut resp = plain(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
+        resp.headers_mut().insert(ALLOW, hyper::header::HeaderValue::from_static("GET, HEAD"));
+        return resp;
+    }
+    match render_registry(registry) {
+        Ok(body) => {
+            let mut resp = Response::new(Full::new(Bytes::from(body)));
+            resp.headers_mut().insert(CONTENT_TYPE, hyper::header::HeaderValue::from_static(CONTENT_TYPE_OPENMETRICS));
+            resp
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "encoding agent metrics");
+            plain(StatusCode::INTERNAL_SERVER_ERROR, "encoding metrics failed\n")
+        }
+    }
+}
+
+fn plain(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(CONTENT_TYPE, hyper::header::HeaderValue::from_static("text/plain; charset=utf-8"));
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::{
+        io::{AsyncReadExt, AsyncWriteExt},
+        net::TcpStream,
+        sync::oneshot,
+    };
+
+    /// One raw HTTP/1.1 exchange; returns (status line, headers, body).
+    async fn request(addr: SocketAddr, method: &str, path: &str) -> (String, String, String) {
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        let req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+        stream.write_all(req.as_bytes()).await.unwrap();
+        let mut raw = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut raw)).await.unwrap().unwrap();
+        let raw = String::from_utf8(raw).unwrap();
+        let (head, body) = raw.split_once("\r\n\r\n").unwrap();
+        let (status, headers) = head.split_once("\r\n").unwrap_or((head, ""));
+        (status.to_string(), headers.to_ascii_lowercase(), body.to_string())
+    }
+
+    async fn start(metrics: Arc<Metrics>, kernel: KernelCounterCell) -> (MetricsServer, oneshot::Sender<()>) {
+        let (stop_tx, stop_rx) = oneshot::channel::<()>();
+        let server = serve("127.0.0.1:0".parse().unwrap(), metrics, kernel, async move {
+            let _ = stop_rx.await;
+        })
+        .await
+        .unwrap();
+        (server, stop_tx)
+    }
+
+    /// The value on the sample line of `name` (exactly one such line).
+    fn sample(body: &str, name: &str) -> Option<u64> {
+        let prefix = format!("{name} ");
+        let lines: Vec<&str> = body.lines().filter(|l| l.starts_with(&prefix)).collect();
+        assert!(lines.len() <= 1, "{name} appears {} times:\n{body}", lines.len());
+        lines.first().map(|l| l[prefix.len()..].parse().unwrap())
+    }
+
+    #[tokio::test]
+    async fn metrics_server_scrape_reports_counters_kernel_counters_and_gauges() {
+        let metrics = Arc::new(Metrics::default());
+        Metrics::add(&metrics.parse_failures, 3);
+        Metrics::inc(&metrics.spans_dropped_queue_full);
+        metrics.kernel_events_lost.store(7, Ordering::Relaxed);
+        let kernel = KernelCounterCell::new();
+        let (server, stop) = start(metrics.clone(), kernel.clone()).await;
+
+        // Before the pipeline published anything: no kernel counters, no gauges.
+        let (status, headers, body) = request(server.local_addr(), "GET", "/metrics").await;
+        assert_eq!(status, "HTTP/1.1 200 OK");
+        assert!(headers.contains(&format!("content-type: {CONTENT_TYPE_OPENMETRICS}")), "{headers}");
+        assert_eq!(sample(&body, "waggle_parse_failures_total"), Some(3));
+        assert_eq!(sample(&body, "waggle_spans_dropped_queue_full_total"), Some(1));
+        assert_eq!(sample(&body, "waggle_spans_exported_total"), Some(0));
+        assert!(body.contains("# HELP waggle_parse_failures payloads a protocol parser could not follow"), "{body}");
+        assert!(body.contains("# TYPE waggle_parse_failures counter\n"), "{body}");
+        assert_eq!(sample(&body, "waggle_propagation_injected_total"), None);
+        assert_eq!(sample(&body, "waggle_connections_tracked"), None);
+        assert!(body.ends_with("# EOF\n"), "{body}");
+
+        // Scrapes read live values.
+        Metrics::add(&metrics.parse_failures, 2);
+        kernel.store(&[(Counter::Injected, 11), (Counter::SkipPushFailed, 4), (Counter::EventsLost, 7)]);
+        kernel.set_gauge(Gauge::ConnectionsTracked, 42);
+        kernel.set_gauge(Gauge::ExportQueueSpans, 0);
+        let (_, _, body) = request(server.local_addr(), "GET", "/metrics").await;
+        assert_eq!(sample(&body, "waggle_parse_failures_total"), Some(5));
+        assert_eq!(sample(&body, "waggle_propagation_injected_total"), Some(11));
+        assert_eq!(sample(&body, "waggle_propagation_skipped_push_failed_total"), Some(4));
+        assert_eq!(sample(&body, "waggle_kernel_map_insert_failed_total"), Some(0));
+        assert!(body.contains("# HELP waggle_propagation_injected traceparent headers inserted"), "{body}");
+        // Mirrored in Metrics and in the kernel: one family only (sample() asserts it).
+        assert_eq!(sample(&body, "waggle_kernel_events_lost_total"), Some(7));
+        assert_eq!(body.matches("# TYPE waggle_kernel_events_lost ").count(), 1, "{body}");
+        assert_eq!(sample(&body, "waggle_connections_tracked"), Some(42));
+        assert_eq!(sample(&body, "waggle_export_queue_spans"), Some(0));
+        assert!(body.contains("# TYPE waggle_connections_tracked gauge\n"), "{body}");
+
+        // A failed kernel read (empty) keeps the last values.
+        kernel.store(&[]);
+        let (_, _, body) = request(server.local_addr(), "GET", "/metrics").await;
+        assert_eq!(sample(&body, "waggle_propagation_injected_total"), Some(11));
+
+        stop.send(()).unwrap();
+        tokio::time::timeout(Duration::from_secs(5), server.join()).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn metrics_server_other_paths_are_404_and_other_methods_405() {
+        let (server, _stop) = start(Arc::new(Metrics::default()), KernelCounterCell::new()).await;
+        let (status, _, body) = request(server.local_addr(), "GET", "/").await;
+        assert_eq!(status, "HTTP/1.1 404 Not Found");
+        assert!(!body.contains("waggle_"), "{body}");
+        let (status, _, _) = request(server.local_addr(), "GET", "/metrics/extra").await;
+        assert_eq!(status, "HTTP/1.1 404 Not Found");
+        let (status, headers, _) = request(server.local_addr(), "POST", "/metrics").await;
+        assert_eq!(status, "HTTP/1.1 405 Method Not Allowed");
+        assert!(headers.contains("allow: get, head"), "{headers}");
+        // Query strings are ignored, as Prometheus may add some.
+        let (status, _, body) = request(server.local_addr(), "GET", "/metrics?x=1").await;
+        assert_eq!(status, "HTTP/1.1 200 OK");
+        assert!(body.contains("waggle_events_received_total 0"), "{body}");
+    }
+
+    #[tokio::test]
+    async fn metrics_server_bind_failure_names_the_address() {
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = taken.local_addr().unwrap();
+        let err = serve(addr, Arc::new(Metrics::default()), KernelCounterCell::new(), std::future::pending())
+            .await
+            .unwrap_err();
+        assert!(matches!(err, MetricsServerError::Bind { addr: a, .. } if a == addr), "{err:?}");
+        let msg = err.to_string();
+        assert!(msg.starts_with(&format!("binding the metrics endpoint to {addr}: ")), "{msg}");
+        assert!(msg.to_lowercase().contains("in use"), "{msg}");
+    }
+
+    #[tokio::test]
+    async fn metrics_server_stops_on_shutdown() {
+        let (server, stop) = start(Arc::new(Metrics::default()), KernelCounterCell::new()).await;
+        let addr = server.local_addr();
+        // An idle connection that never sends a request must not keep it alive.
+        let _idle = TcpStream::connect(addr).await.unwrap();
+        drop(stop); // dropping the sender resolves the shutdown future too
+        tokio::time::timeout(Duration::from_secs(5), server.join()).await.unwrap();
+        assert!(TcpStream::connect(addr).await.is_err(), "still accepting after shutdown");
+    }
+
+    #[tokio::test]
+    async fn metrics_server_refuses_connections_beyond_the_limit() {
+        let (server, _stop) = start(Arc::new(Metrics::default()), KernelCounterCell::new()).await;
+        let addr = server.local_addr();
+        let mut idle = Vec::new();
+        for _ in 0..MAX_CONNECTIONS {
+            idle.push(TcpStream::connect(addr).await.unwrap());
+        }
+        // Let the accept loop take all of them.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let mut extra = TcpStream::connect(addr).await.unwrap();
+        let mut buf = [0u8; 64];
+        let n = tokio::time::timeout(Duration::from_secs(5), extra.read(&mut buf)).await.unwrap().unwrap_or(0);
+        assert_eq!(n, 0, "the connection over the limit is closed without a response");
+        drop(idle);
+        // Slots free up once the idle connections go away.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let (status, _, _) = request(addr, "GET", "/metrics").await;
+        assert_eq!(status, "HTTP/1.1 200 OK");
+    }
+}
