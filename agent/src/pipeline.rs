@@ -19,6 +19,7 @@ use crate::{
     export::{self, ExportError, ExportHandle},
     intake::{self, RawEvent},
     linking::ContextLinker,
+    metrics_server::{self, Gauge, KernelCounterCell},
     metrics::Metrics,
     probes::{ConnMaps, ProbeConfig, ProbeError, Probes},
     protocols::ParserConfig,
@@ -38,6 +39,8 @@ pub enum RunError {
     Probes(#[from] ProbeError),
     #[error("starting the exporter: {0}")]
     Export(#[from] ExportError),
+    #[error(transparent)]
+    Metrics(#[from] crate::metrics_server::MetricsServerError),
     #[error("waiting for kernel events: {0}")]
     Intake(#[source] std::io::Error),
 }
@@ -105,6 +108,9 @@ struct Stages {
     exporter: ExportHandle,
     metrics: Arc<Metrics>,
     pending: Vec<ConnSpan>,
+    /// Latest kernel counters, published to the metrics endpoint.
+    kernel_cell: KernelCounterCell,
+    kernel_counters: Vec<(Counter, u64)>,
 }
 
 impl Stages {
@@ -190,17 +196,17 @@ impl Stages {
         self.tracker.on_tick(now, &mut self.pending);
         self.linker.prune(now);
         self.emit();
-        let lost = probes
-            .kernel_counters()
-            .into_iter()
-            .find(|(c, _)| *c == Counter::EventsLost)
-            .map(|(_, n)| n)
-            .unwrap_or(0);
+        let kernel = probes.kernel_counters();
+        self.kernel_cell.store(&kernel);
+        self.kernel_cell.set_gauge(Gauge::ConnectionsTracked, self.tracker.len() as u64);
+        self.kernel_cell.set_gauge(Gauge::ExportQueueSpans, self.exporter.queued() as u64);
+        let lost = kernel.iter().find(|(c, _)| *c == Counter::EventsLost).map(|(_, n)| *n).unwrap_or(0);
         if lost > *last_lost {
             tracing::warn!(lost = lost - *last_lost, total = lost, "kernel dropped events: ring buffer full (raise --ring-buffer-bytes or lower load)");
             *last_lost = lost;
         }
         self.metrics.kernel_events_lost.store(lost, std::sync::atomic::Ordering::Relaxed);
+        self.kernel_counters = kernel;
     }
 }
 
@@ -209,6 +215,18 @@ impl Stages {
 pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send) -> Result<(), RunError> {
     let metrics = Arc::new(Metrics::default());
     let agent_pid = std::process::id();
+    let kernel_cell = KernelCounterCell::new();
+    // Dropping the sender (also on an early error return) stops the server.
+    let (metrics_stop, metrics_stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let metrics_server = match config.metrics_addr {
+        Some(addr) => Some(
+            metrics_server::serve(addr, metrics.clone(), kernel_cell.clone(), async move {
+                let _ = metrics_stop_rx.await;
+            })
+            .await?,
+        ),
+        None => None,
+    };
     let probe_config = ProbeConfig {
         capture_bytes: config.capture_bytes,
         ring_buffer_bytes: config.ring_buffer_bytes,
@@ -226,6 +244,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send) -> R
         exporter,
         metrics: metrics.clone(),
         pending: Vec::new(),
+        kernel_cell: kernel_cell.clone(),
+        kernel_counters: Vec::new(),
     };
 
     // Probes are attached first, so a connection opened during the scan is
@@ -265,15 +285,22 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send) -> R
     source.drain(usize::MAX, |record| stages.handle_record(record));
     stages.tracker.flush_all(Clock::now_monotonic_ns(), &mut stages.pending);
     stages.emit();
-    let Stages { exporter, .. } = stages;
+    let Stages { exporter, kernel_counters, .. } = stages;
     if let Err(e) = exporter.shutdown(SHUTDOWN_FLUSH_TIMEOUT).await {
         tracing::warn!(error = %e, "flushing spans at shutdown");
     }
+    drop(metrics_stop);
+    if let Some(server) = metrics_server {
+        server.join().await;
+    }
+    // Every drop, the agent's and the kernel's, in one line for the operator.
     let counters: Vec<String> = metrics
         .snapshot()
         .into_iter()
-        .filter(|(_, _, v)| *v > 0)
-        .map(|(name, _, v)| format!("{name}={v}"))
+        .map(|(name, _, v)| (name, v))
+        .chain(kernel_counters.iter().filter(|(c, _)| *c != Counter::EventsLost).map(|(c, v)| (c.name(), *v)))
+        .filter(|(_, v)| *v > 0)
+        .map(|(name, v)| format!("{name}={v}"))
         .collect();
     tracing::info!(counters = %counters.join(" "), "waggle stopped");
     result
