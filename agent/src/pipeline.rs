@@ -2,14 +2,14 @@
 //! export. One task owns every stage's state, so the hot path takes no locks;
 //! the exporter runs on its own task behind a bounded queue.
 use std::{
-    collections::HashSet,
+    collections::{HashMap, HashSet},
     future::Future,
     net::{IpAddr, SocketAddr},
     sync::Arc,
     time::Duration,
 };
 
-use waggle_common::{ConnInfo, Counter, Role, SockKey};
+use waggle_common::{ConnInfo, Counter, Pending, Role, SockKey};
 
 use crate::{
     clock::Clock,
@@ -188,7 +188,40 @@ impl Stages {
                 }
             }
         }
+        self.adopt_blocked_reads(sockets, now_ns);
         (listeners, conns)
+    }
+
+    /// A thread that was already waiting in a read on a seeded connection
+    /// when the probes attached has no enter record, so its read would be
+    /// lost (typically the next request on a keep-alive connection). Write
+    /// the record the enter handler would have written, from
+    /// /proc/<pid>/task/<tid>/syscall, and take it back if the read ended
+    /// meanwhile.
+    fn adopt_blocked_reads(&mut self, sockets: &[SeedSocket], now_ns: u64) {
+        let mut fds_by_pid: HashMap<u32, HashSet<u32>> = HashMap::new();
+        for s in sockets.iter().filter(|s| s.state == SeedState::Established) {
+            fds_by_pid.entry(s.pid).or_default().insert(s.fd);
+        }
+        for (pid, fds) in fds_by_pid {
+            for read in discovery::blocked_reads(pid, &fds) {
+                let pending = Pending {
+                    enter_ns: now_ns,
+                    ptr: read.ptr,
+                    len: read.len,
+                    fd: read.fd,
+                    syscall: read.syscall as u8,
+                    ..Pending::default()
+                };
+                if let Err(e) = self.env.maps.stash_blocked_read(pid, read.tid, pending) {
+                    tracing::debug!(error = %e, pid, tid = read.tid, "adopting a blocked read");
+                    continue;
+                }
+                if !discovery::still_blocked(pid, &read) {
+                    self.env.maps.unstash_blocked_read(pid, read.tid);
+                }
+            }
+        }
     }
 
     fn tick(&mut self, probes: &Probes, last_lost: &mut u64) {

@@ -28,7 +28,7 @@ use aya::{
 };
 use tokio::io::unix::AsyncFd;
 use waggle_common::{
-    conn_flags, globals, inet_sock, maps, ConnInfo, Counter, SockKey, SockTuple, MAX_CAPTURE,
+    conn_flags, globals, inet_sock, maps, ConnInfo, Counter, Pending, SockKey, SockTuple, MAX_CAPTURE,
 };
 
 /// The object built by `cargo xtask build` (empty when it was not built).
@@ -266,6 +266,7 @@ impl Probes {
             conns: open_hash(&mut ebpf, maps::CONNS)?,
             inet_socks: open_hash(&mut ebpf, maps::INET_STREAM_SOCKS)?,
             tracked_tgids: open_hash(&mut ebpf, maps::TRACKED_TGIDS)?,
+            pending: open_hash(&mut ebpf, maps::PENDING)?,
         };
         // Fail now rather than on every tick if the counters are unreadable.
         open_counters(&ebpf)?;
@@ -760,10 +761,17 @@ pub struct ConnMaps {
     conns: HashMap<MapData, SockKey, ConnInfo>,
     inet_socks: HashMap<MapData, SockKey, u8>,
     tracked_tgids: HashMap<MapData, u32, u8>,
+    pending: HashMap<MapData, u64, Pending>,
 }
 
 /// BPF_EXIST: update only if the key is present.
 const BPF_EXIST: u64 = 2;
+/// BPF_NOEXIST: insert only if the key is absent.
+const BPF_NOEXIST: u64 = 1;
+
+fn pid_tgid(pid: u32, tid: u32) -> u64 {
+    (u64::from(pid) << 32) | u64::from(tid)
+}
 
 impl ConnMaps {
     /// Tracks a connection the kernel did not open itself (seeded from /proc,
@@ -776,6 +784,24 @@ impl ConnMaps {
         self.tracked_tgids
             .insert(key.tgid, 1u8, 0)
             .map_err(|source| update_error("tracking process", key, source))
+    }
+
+    /// Stands in for the enter handler of a read the thread `tid` of `pid`
+    /// was already blocked in when the probes attached, so its exit captures
+    /// the payload (the first request on a connection that predates the
+    /// agent). Never replaces an entry the kernel wrote itself.
+    pub fn stash_blocked_read(&mut self, pid: u32, tid: u32, pending: Pending) -> Result<(), ProbeError> {
+        let key = SockKey { tgid: pid, fd: pending.fd };
+        match self.pending.insert(pid_tgid(pid, tid), pending, BPF_NOEXIST) {
+            Ok(()) => Ok(()),
+            Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::EEXIST) => Ok(()),
+            Err(source) => Err(update_error("stashing a blocked read", key, source)),
+        }
+    }
+
+    /// Takes back a stand-in entry whose read finished before it was written.
+    pub fn unstash_blocked_read(&mut self, pid: u32, tid: u32) {
+        let _ = self.pending.remove(&pid_tgid(pid, tid));
     }
 
     /// Marks a descriptor as a TCP socket (a listener that predates the agent),

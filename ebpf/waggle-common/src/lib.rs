@@ -365,6 +365,36 @@ pub struct InjectRequest {
     pub _pad: [u8; 6],
 }
 
+/// Value of the PENDING map: what a syscall's enter handler leaves for its
+/// exit handler, keyed by pid_tgid. Shared so the agent can stand in for an
+/// enter the kernel never saw: a thread already blocked in a read on a
+/// connection when the probes attached.
+#[repr(C)]
+#[derive(Clone, Copy, Default, Debug)]
+pub struct Pending {
+    /// CLOCK_MONOTONIC ns at syscall entry.
+    pub enter_ns: u64,
+    /// User pointer: payload buffer, iovec array, msghdr or peer sockaddr.
+    pub ptr: u64,
+    /// Buffer length or iovec count.
+    pub len: u64,
+    /// connect(): peer address, network order.
+    pub addr: [u8; 16],
+    pub fd: u32,
+    /// connect(): peer port, host order.
+    pub port: u16,
+    /// SyscallId of the enter handler; an exit handler ignores entries left
+    /// by another syscall.
+    pub syscall: u8,
+    /// socket()/connect(): address family.
+    pub family: u8,
+    /// socket(): inet_sock value. Data syscalls: 1 when the enter handler
+    /// left an INJECT_PENDING entry for the exit to take. Padded with whole
+    /// aligned words so zero-initialising becomes a few stores, not a memset
+    /// call.
+    pub aux: u64,
+}
+
 /// Per-CPU counters, indexes into the COUNTERS PerCpuArray.
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -456,6 +486,8 @@ mod user {
     // SAFETY: as above.
     unsafe impl aya::Pod for TraceCtx {}
     // SAFETY: as above.
+    unsafe impl aya::Pod for Pending {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for InjectRequest {}
     // SAFETY: as above.
     unsafe impl aya::Pod for SockTuple {}
@@ -475,6 +507,7 @@ mod tests {
         assert_eq!(size_of::<ConnEvent>(), 72);
         assert_eq!(size_of::<ProcessEvent>(), 24);
         assert_eq!(size_of::<TraceCtx>(), 48);
+        assert_eq!(size_of::<Pending>(), 56);
         assert_eq!(size_of::<TraceCtxEvent>(), 64);
         assert_eq!(size_of::<InjectRequest>(), 56);
         assert_eq!(size_of::<SockTuple>(), 48);

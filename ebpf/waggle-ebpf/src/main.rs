@@ -119,31 +119,9 @@ pub(crate) const MSG_SCRATCH_BYTES: usize = MAX_CAPTURE + 64;
 
 // ---- kernel-private types ----
 
-/// What an enter handler leaves for its exit handler.
-#[repr(C)]
-#[derive(Clone, Copy, Default)]
-pub(crate) struct Pending {
-    pub enter_ns: u64,
-    /// User pointer: payload buffer, iovec array, msghdr or peer sockaddr.
-    pub ptr: u64,
-    /// Buffer length or iovec count.
-    pub len: u64,
-    /// connect(): peer address, network order.
-    pub addr: [u8; 16],
-    pub fd: u32,
-    /// connect(): peer port, host order.
-    pub port: u16,
-    /// waggle_common::SyscallId of the enter handler; an exit handler ignores
-    /// entries left by another syscall.
-    pub syscall: u8,
-    /// socket()/connect(): address family.
-    pub family: u8,
-    /// socket(): waggle_common::inet_sock value. Data syscalls: 1 when the
-    /// enter handler left an INJECT_PENDING entry for the exit to take.
-    /// Padded with whole aligned words so zero-initialising becomes a few
-    /// stores, not a memset call.
-    pub aux: u64,
-}
+/// What an enter handler leaves for its exit handler (shared with the agent,
+/// which writes it for threads blocked in a read when the probes attached).
+pub(crate) use waggle_common::Pending;
 
 /// Data events are assembled here: header, then payload. The payload area is
 /// twice MAX_CAPTURE because the copy loops prove `offset < MAX_CAPTURE` and
