@@ -53,7 +53,7 @@ def main(src: str, dst: str) -> None:
     ax.set_ylim(min([0.5] + [v - 0.05 for v in values]), max([1.05] + [v + 0.05 for v in values]))
     ax.set_ylabel("throughput relative to no tracing")
     ax.set_title("Throughput (higher is better)")
-    ax.legend(loc="lower left", fontsize=8)
+    ax.legend(loc="upper right", fontsize=8)
 
     # 2. ns added per syscall.
     ax = axes[1]
