@@ -3,6 +3,7 @@
 //! `setup` finds or installs the eBPF toolchain; `build`, `run` and `test`
 //! run it first, so on a fresh Debian 12 machine `cargo xtask run` and
 //! `cargo xtask test` are all the setup there is.
+mod bench;
 mod build;
 mod cmd;
 mod setup;
@@ -50,7 +51,11 @@ enum Command {
         #[arg(last = true)]
         args: Vec<OsString>,
     },
-    /// Build, install end-to-end test dependencies, run every test.
+    /// Measure waggle's overhead (nginx, Flask vs OTel SDK, pgbench,
+    /// per-syscall cost, sustained rate); see bench/README.md.
+    Bench(bench::BenchArgs),
+    /// Build, install end-to-end test dependencies, run every test (and a
+    /// quick benchmark round, so the harness never rots).
     Test {
         /// Only unit tests (`--lib --bins`): no integration or end-to-end
         /// tests, no end-to-end dependencies.
@@ -98,7 +103,22 @@ fn dispatch(command: Command) -> Result<ExitCode> {
             if !unit_only {
                 test::ensure_e2e_deps(&mut apt)?;
             }
+            // The quick benchmark runs first so the test tally stays the
+            // last line of the output; its failure still fails the run.
+            let bench = if unit_only || !filter.is_empty() {
+                Ok(())
+            } else {
+                bench::run(&bench::BenchArgs { quick: true, agent: Some(built.agent_bin.clone()), ..Default::default() })
+            };
+            if let Err(e) = &bench {
+                eprintln!("xtask: quick benchmark failed: {e:#}");
+            }
             test::run_tests(&root, &built, unit_only, &filter)?;
+            bench?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench(args) => {
+            bench::run(&args)?;
             Ok(ExitCode::SUCCESS)
         }
     }

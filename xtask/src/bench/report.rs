@@ -587,7 +587,7 @@ pub fn markdown(res: &Results) -> String {
          programs run in the context of the traced processes, so their cost shows as lost throughput, not \
          here (the per-syscall table and the profile give it separately). Peak RSS is VmHWM.\n\
          - The agent exports OTLP/HTTP to an in-process receiver of the harness that discards the payload.\n\
-         - Reproduce: `cargo xtask bench` (about 15 minutes) or `cargo xtask bench --quick` (smoke run, \
+         - Reproduce: `cargo xtask bench` (about 10 minutes) or `cargo xtask bench --quick` (smoke run, \
          results in bench/results/quick/). Raw logs: bench/results/raw/."
     );
     md
@@ -638,9 +638,19 @@ fn profile_markdown(md: &mut String, p: &Profile) {
     if !p.perf_top.is_empty() {
         let _ = writeln!(
             md,
-            "\nAgent userspace, `perf record -g` self time, top symbols:\n\n| self % | symbol |\n| --- | --- |"
+            "\nAgent userspace, `perf record --call-graph dwarf`, self time, top symbols:\n\n| self % | symbol |\n| --- | --- |"
         );
         for (pct, sym) in &p.perf_top {
+            let _ = writeln!(md, "| {pct:.1} | `{}` |", sym.replace('|', "\\|"));
+        }
+    }
+    if !p.perf_inclusive.is_empty() {
+        let _ = writeln!(
+            md,
+            "\nAgent userspace, inclusive time of waggle's own functions (where the self time above is \
+             spent):\n\n| incl. % | function |\n| --- | --- |"
+        );
+        for (pct, sym) in &p.perf_inclusive {
             let _ = writeln!(md, "| {pct:.1} | `{}` |", sym.replace('|', "\\|"));
         }
     }

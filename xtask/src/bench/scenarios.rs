@@ -718,6 +718,9 @@ pub struct Profile {
     pub bpf: Vec<BpfProgStat>,
     /// Userspace side: `perf report` top symbols of the agent (percent, symbol).
     pub perf_top: Vec<(f64, String)>,
+    /// The agent's own functions by inclusive time (percent, function),
+    /// from DWARF call graphs: which stage the self time above belongs to.
+    pub perf_inclusive: Vec<(f64, String)>,
     pub agent_millicores: f64,
     pub notes: Vec<String>,
 }
@@ -787,6 +790,22 @@ pub fn parse_bpftool_progs(json: &str, ids: &[u64]) -> Result<Vec<BpfProgStat>> 
         .collect())
 }
 
+/// The agent's own functions among inclusive-time rows, once each (inlined
+/// copies merged), hottest first.
+pub fn waggle_frames(rows: &[(f64, String)], limit: usize) -> Vec<(f64, String)> {
+    let mut out: Vec<(f64, String)> = Vec::new();
+    for (pct, sym) in rows {
+        let name = sym.trim_end_matches(" (inlined)").to_owned();
+        let ours = name.starts_with("waggle::") || name.starts_with("<waggle::");
+        if ours && !out.iter().any(|(_, n)| *n == name) {
+            out.push((*pct, name));
+        }
+    }
+    out.sort_by(|a, b| b.0.total_cmp(&a.0));
+    out.truncate(limit);
+    out
+}
+
 /// `perf report --stdio` lines like `    12.34%  waggle  [.] symbol`.
 pub fn parse_perf_report(text: &str, limit: usize) -> Vec<(f64, String)> {
     text.lines()
@@ -832,7 +851,9 @@ pub fn profile(ctx: &mut Ctx) -> Result<Profile> {
     let perf = if crate::cmd::find_program("perf").is_some() {
         let mut command = Command::new("perf");
         command
-            .args(["record", "-F", "499", "-g", "-o"])
+            // DWARF unwinding: the release build has no frame pointers,
+            // and without them allocator time cannot be attributed.
+            .args(["record", "-F", "199", "--call-graph", "dwarf,16384", "-o"])
             .arg(&perf_data)
             .args(["-p", &pid.to_string(), "--", "sleep"])
             .arg(format!("{}", ctx.seconds.max(1.0)))
@@ -882,28 +903,26 @@ pub fn profile(ctx: &mut Ctx) -> Result<Profile> {
         if perf.wait_timeout(Duration::from_secs(30)).is_none() {
             perf.stop()?;
         }
-        let out = Command::new("perf")
-            .args([
-                "report",
-                "--stdio",
-                "--no-children",
-                "--sort",
-                "symbol",
-                "-g",
-                "none",
-                "--percent-limit",
-                "1",
-                "-i",
-            ])
-            .arg(&perf_data)
-            .stderr(Stdio::null())
-            .output();
-        match out {
-            Ok(out) if out.status.success() => {
-                profile.perf_top = parse_perf_report(&String::from_utf8_lossy(&out.stdout), 15)
+        let report = |children: bool| -> Result<String, String> {
+            let out = Command::new("perf")
+                .args(["report", "--stdio", if children { "--children" } else { "--no-children" }])
+                .args(["--sort", "symbol", "-g", "none", "--percent-limit", "1", "-i"])
+                .arg(&perf_data)
+                .stderr(Stdio::null())
+                .output()
+                .map_err(|e| format!("perf report: {e}"))?;
+            if !out.status.success() {
+                return Err(format!("perf report failed: {}", String::from_utf8_lossy(&out.stderr)));
             }
-            Ok(out) => profile.notes.push(format!("perf report failed: {}", String::from_utf8_lossy(&out.stderr))),
-            Err(e) => profile.notes.push(format!("perf report: {e}")),
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        };
+        match report(false) {
+            Ok(text) => profile.perf_top = parse_perf_report(&text, 15),
+            Err(e) => profile.notes.push(e),
+        }
+        match report(true) {
+            Ok(text) => profile.perf_inclusive = waggle_frames(&parse_perf_report(&text, usize::MAX), 15),
+            Err(e) => profile.notes.push(e),
         }
     }
     let run = a.stop()?;
@@ -980,6 +999,29 @@ mod tests {
         let fdinfo = "pos:\t0\nflags:\t02000002\nprog_type:\t5\nprog_jited:\t1\nprog_id:\t1446\nrun_cnt:\t0\n";
         assert_eq!(parse_fdinfo_prog_id(fdinfo), Some(1446));
         assert_eq!(parse_fdinfo_prog_id("pos:\t0\nflags:\t02\nmap_id:\t3\n"), None);
+    }
+
+    #[test]
+    fn inclusive_rows_keep_the_agents_functions_once() {
+        let text = "    82.45%     0.00%  [.] tokio::runtime::park::CachedParkThread::block_on\n\
+                    \x20   70.74%     1.60%  [.] waggle::pipeline::Stages::handle_record\n\
+                    \x20   44.68%     3.19%  [.] waggle::conntrack::ConnTracker::on_data (inlined)\n\
+                    \x20   40.00%     3.19%  [.] waggle::conntrack::ConnTracker::on_data\n\
+                    \x20   38.30%     3.19%  [.] <waggle::protocols::http1::Http1Parser as waggle::protocols::ProtocolParser>::on_data\n\
+                    \x20    3.19%     3.19%  [.] malloc\n";
+        let rows = parse_perf_report(text, usize::MAX);
+        assert_eq!(rows.len(), 6);
+        let ours = waggle_frames(&rows, 10);
+        let names: Vec<&str> = ours.iter().map(|(_, n)| n.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "waggle::pipeline::Stages::handle_record",
+                "waggle::conntrack::ConnTracker::on_data",
+                "<waggle::protocols::http1::Http1Parser as waggle::protocols::ProtocolParser>::on_data"
+            ]
+        );
+        assert_eq!(ours[1].0, 44.68);
     }
 
     #[test]
