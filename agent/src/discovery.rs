@@ -334,25 +334,31 @@ pub fn scan_process_sockets(pid: u32) -> Vec<SeedSocket> {
     out
 }
 
-/// Local addresses of every TCP socket the agent holds, in any state (an
-/// export connection may still be connecting). A collector on this node sees
-/// these as the peer addresses of the agent's export traffic, which must
-/// never be traced.
-pub fn own_tcp_addrs(agent_pid: u32) -> HashSet<SocketAddr> {
-    let table = match TcpTable::read(agent_pid) {
-        Ok(table) => table,
-        Err(e) => {
-            tracing::warn!(pid = agent_pid, error = %e, "cannot list the agent's own TCP sockets");
-            return HashSet::new();
-        }
+/// Local addresses of every TCP socket this process (the agent) holds, in
+/// any state (an export connection may still be connecting). A collector on
+/// this node sees these as the peer addresses of the agent's export traffic,
+/// which must never be traced.
+///
+/// Asked of the sockets themselves (getsockname on our own descriptors):
+/// this runs whenever a loopback connection opens, and a /proc/net/tcp walk
+/// costs a scan of every socket on the node each time.
+pub fn own_tcp_addrs() -> HashSet<SocketAddr> {
+    let Ok(dir) = fs::read_dir("/proc/self/fd") else {
+        return HashSet::new();
     };
-    match tcp_fds(agent_pid, &table) {
-        Ok(fds) => fds.into_iter().map(|(_, info)| info.local).filter(|a| a.port() != 0).collect(),
-        Err(e) => {
-            tracing::warn!(pid = agent_pid, error = %e, "cannot list the agent's own TCP sockets");
-            HashSet::new()
-        }
-    }
+    dir.flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<RawFd>().ok())
+        .filter_map(|fd| {
+            // SAFETY: fd is one of this process's open descriptors (it may
+            // have been closed since the listing: then the calls below fail
+            // with EBADF and we skip it); it is borrowed only for these calls.
+            let fd = unsafe { BorrowedFd::borrow_raw(fd) };
+            if !is_tcp_socket(fd) {
+                return None;
+            }
+            socket_name(fd, libc::getsockname).filter(|a| a.port() != 0)
+        })
+        .collect()
 }
 
 /// Addresses of the network interfaces in the agent's network namespace
@@ -465,11 +471,7 @@ fn socket_info_pidfd(pid: u32, fd: u32) -> Result<Option<SocketInfo>, PidfdFailu
     let dup = duplicate_fd(pid, fd)?;
     // `dup` is closed when it goes out of scope, right after these queries.
     let sock = dup.as_fd();
-    let is_tcp = sockopt_int(sock, libc::SOL_SOCKET, libc::SO_DOMAIN)
-        .is_ok_and(|d| d == libc::AF_INET || d == libc::AF_INET6)
-        && sockopt_int(sock, libc::SOL_SOCKET, libc::SO_TYPE).is_ok_and(|t| t == libc::SOCK_STREAM)
-        && sockopt_int(sock, libc::SOL_SOCKET, libc::SO_PROTOCOL).is_ok_and(|p| p == libc::IPPROTO_TCP);
-    if !is_tcp {
+    if !is_tcp_socket(sock) {
         // Not a socket (ENOTSOCK), or not TCP.
         return Ok(None);
     }
@@ -485,6 +487,13 @@ fn socket_info_pidfd(pid: u32, fd: u32) -> Result<Option<SocketInfo>, PidfdFailu
         },
     };
     Ok(Some(SocketInfo { local, peer, state }))
+}
+
+/// An AF_INET/AF_INET6 stream socket speaking TCP.
+fn is_tcp_socket(sock: BorrowedFd<'_>) -> bool {
+    sockopt_int(sock, libc::SOL_SOCKET, libc::SO_DOMAIN).is_ok_and(|d| d == libc::AF_INET || d == libc::AF_INET6)
+        && sockopt_int(sock, libc::SOL_SOCKET, libc::SO_TYPE).is_ok_and(|t| t == libc::SOCK_STREAM)
+        && sockopt_int(sock, libc::SOL_SOCKET, libc::SO_PROTOCOL).is_ok_and(|p| p == libc::IPPROTO_TCP)
 }
 
 fn sockopt_int(fd: BorrowedFd<'_>, level: libc::c_int, name: libc::c_int) -> io::Result<libc::c_int> {
@@ -1859,7 +1868,7 @@ time.sleep(60)
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         let (_accepted, _) = listener.accept().unwrap();
-        let addrs = own_tcp_addrs(std::process::id());
+        let addrs = own_tcp_addrs();
         assert!(addrs.contains(&listener.local_addr().unwrap()), "{addrs:?}");
         assert!(addrs.contains(&client.local_addr().unwrap()), "{addrs:?}");
         assert!(addrs.iter().all(|a| a.port() != 0));

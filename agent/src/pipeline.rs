@@ -48,7 +48,6 @@ pub enum RunError {
 /// Kernel maps + /proc, as the connection tracker sees them.
 struct LiveEnv {
     maps: ConnMaps,
-    agent_pid: u32,
     /// Local addresses of the agent's own TCP sockets.
     own_addrs: HashSet<SocketAddr>,
     /// CLOCK_MONOTONIC ns when `own_addrs` was read.
@@ -92,7 +91,7 @@ impl ConnEnvironment for LiveEnv {
         // after it opened already holds our end of it, if it is ours.
         if self.own_addrs_read_ns <= opened_ns {
             self.own_addrs_read_ns = Clock::now_monotonic_ns();
-            self.own_addrs = discovery::own_tcp_addrs(self.agent_pid);
+            self.own_addrs = discovery::own_tcp_addrs();
             self.local_ips = discovery::local_interface_ips();
         }
         self.own_addrs.contains(&peer)
@@ -270,7 +269,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send) -> R
     let exporter = export::spawn_exporter(&config, metrics.clone())?;
     let mut stages = Stages {
         tracker: ConnTracker::new(ParserConfig { raw_sql: config.raw_sql }, metrics.clone(), MAX_CONNS),
-        env: LiveEnv { maps, agent_pid, own_addrs: HashSet::new(), own_addrs_read_ns: 0, local_ips: discovery::local_interface_ips() },
+        env: LiveEnv { maps, own_addrs: HashSet::new(), own_addrs_read_ns: 0, local_ips: discovery::local_interface_ips() },
         assembler: SpanAssembler::new(Clock::new(), config.sampler, config.sampler_parent_based),
         linker: ContextLinker::new(),
         resolver: ResourceResolver::new(config.resource_attributes.clone(), agent_pid),
@@ -292,8 +291,12 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send) -> R
     let mut ticker = tokio::time::interval(TICK);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_lost = 0u64;
-    // The kernel signals the ring buffer only when the reader has caught up,
-    // so after a full batch the loop comes back without waiting.
+    // The kernel wakes us only past a fill watermark (a wake-up per record
+    // costs more than the record at high rates), so a short timer drains
+    // what a quiet node leaves below it.
+    let mut drain_ticker = tokio::time::interval(Duration::from_millis(waggle_common::DRAIN_INTERVAL_MS));
+    drain_ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // After a full batch the loop comes back without waiting.
     let mut backlog = false;
     let result = loop {
         tokio::select! {
@@ -307,6 +310,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send) -> R
                 backlog = source.drain(DRAIN_BATCH, |record| stages.handle_record(record)) >= DRAIN_BATCH;
             }
             _ = std::future::ready(()), if backlog => {
+                backlog = source.drain(DRAIN_BATCH, |record| stages.handle_record(record)) >= DRAIN_BATCH;
+            }
+            _ = drain_ticker.tick(), if !backlog => {
                 backlog = source.drain(DRAIN_BATCH, |record| stages.handle_record(record)) >= DRAIN_BATCH;
             }
         }

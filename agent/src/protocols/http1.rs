@@ -1564,83 +1564,31 @@ fn build_span(kind: SpanKind, exchange: Exchange, end_ns: u64) -> Option<ParsedS
     })
 }
 
-/// Fuzz harness shared by `fuzz/fuzz_targets/http1.rs` and the unit tests.
-///
-/// `data` is a script: each step is a control byte, then for data steps a
-/// length byte and that many payload bytes (for truncated steps one more byte
-/// scaling the uncaptured length). Control byte: low 3 bits = operation
-/// (0..=5 data: bit 0 = direction, bit 1 = truncated; 6 = close; 7 = idle),
-/// high 4 bits = time advance. Every role is exercised; lost sync restarts
-/// the parser as the connection layer would. Panics on a broken invariant;
-/// returns how many spans were emitted (so tests can check coverage).
+/// Fuzzing entry point (`fuzz/fuzz_targets/http1.rs`), also run by the unit
+/// tests: runs `data` as a [`super::script`] in every role. Besides the
+/// interpreter's own checks, a span from a script step must have a name, a
+/// method, the role's kind and a plausible status. Panics on a broken
+/// invariant; returns how many spans were emitted (so tests can check
+/// coverage).
 #[doc(hidden)]
 pub fn fuzz_script(data: &[u8]) -> usize {
-    let mut emitted = 0usize;
-    for role in [Role::Server, Role::Client, Role::Unknown] {
-        let mut parser = Http1Parser::new(role);
-        let mut out = Vec::new();
-        let mut t: u64 = 1_000_000;
-        let mut i = 0usize;
-        let mut opaque = false;
-        while i < data.len() && !opaque {
-            let ctrl = data[i];
-            i += 1;
-            t += u64::from(ctrl >> 4) * 1_000;
-            match ctrl & 7 {
-                6 => parser.on_close(t, &mut out),
-                7 => parser.on_idle(t.saturating_sub(u64::from(ctrl >> 4) * 3_000), &mut out),
-                op => {
-                    let len = usize::from(data.get(i).copied().unwrap_or(0));
-                    i += 1;
-                    let end = (i + len).min(data.len());
-                    let bytes = &data[i.min(end)..end];
-                    i = end;
-                    let blind = if op & 2 != 0 {
-                        let scale = u64::from(data.get(i).copied().unwrap_or(1));
-                        i += 1;
-                        1 + scale * 67
-                    } else {
-                        0
-                    };
-                    let direction = if op & 1 == 0 { Direction::Ingress } else { Direction::Egress };
-                    let chunk = Chunk {
-                        direction,
-                        bytes,
-                        total_len: bytes.len() as u64 + blind,
-                        enter_ns: t,
-                        exit_ns: t + 500,
-                        tid: 7,
-                    };
-                    let _ = Http1Detector.detect(role, &chunk);
-                    match parser.on_data(&chunk, &mut out) {
-                        Feed::Continue => {}
-                        Feed::LostSync(_) => parser = Http1Parser::new(role),
-                        Feed::Opaque(_) => opaque = true,
-                    }
-                }
-            }
-            for span in out.drain(..) {
-                emitted += 1;
-                assert!(span.end_ns >= span.start_ns, "span ends before it starts: {span:?}");
-                assert!(!span.name.is_empty());
-                if role != Role::Unknown {
-                    let expected = if role == Role::Server { SpanKind::Server } else { SpanKind::Client };
-                    assert_eq!(span.kind, expected);
-                }
-                if let Some(AttrValue::Int(code)) = span.attr("http.response.status_code") {
-                    assert!((100..=999).contains(code), "status {code}");
-                }
-                assert!(span.attr("http.request.method").is_some());
-            }
-            let _ = parser.take_dropped();
+    let new_parser = |role| Box::new(Http1Parser::new(role)) as Box<dyn ProtocolParser>;
+    super::script::run(data, &Http1Detector, new_parser, |span, role, from| {
+        // Spans flushed by the final close get only the interpreter's
+        // timing check.
+        if from == super::script::Emitted::FinalClose {
+            return;
         }
-        parser.on_close(t + 1, &mut out);
-        for span in out.drain(..) {
-            emitted += 1;
-            assert!(span.end_ns >= span.start_ns, "span ends before it starts: {span:?}");
+        assert!(!span.name.is_empty());
+        if role != Role::Unknown {
+            let expected = if role == Role::Server { SpanKind::Server } else { SpanKind::Client };
+            assert_eq!(span.kind, expected);
         }
-    }
-    emitted
+        if let Some(AttrValue::Int(code)) = span.attr("http.response.status_code") {
+            assert!((100..=999).contains(code), "status {code}");
+        }
+        assert!(span.attr("http.request.method").is_some());
+    })
 }
 
 #[cfg(test)]

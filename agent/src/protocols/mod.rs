@@ -12,6 +12,7 @@
 //! ([`Feed::LostSync`]) instead of guessing.
 pub mod http1;
 pub mod route;
+pub mod script;
 pub mod sql;
 pub mod postgres;
 pub mod mysql;

@@ -1460,11 +1460,11 @@ mod tests {
 
     #[test]
     fn fuzz_script_runs_captures_and_mutations() {
-        use crate::protocols::sql::script_from_records;
+        use crate::protocols::script::from_records;
         let mut rng = Lcg(11);
         let mut spans = 0;
         for bin in ALL {
-            let script = script_from_records(&records(bin));
+            let script = from_records(&records(bin));
             spans += fuzz_script(&script);
             for _ in 0..40 {
                 let mut m = script.clone();

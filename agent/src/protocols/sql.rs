@@ -1187,81 +1187,20 @@ pub fn plausible_sql_start(bytes: &[u8]) -> bool {
     }
 }
 
-/// Drives a SQL parser with a fuzzer-chosen script (the format of the
-/// http1 target's): a control byte per step; `ctrl & 7` is 6 = close,
-/// 7 = idle, else a chunk of `len` (next byte) bytes, egress when bit 0 is
-/// set, with uncaptured bytes after it when bit 1 is set (next byte scales
-/// them); `ctrl >> 4` advances time. Every role is run, the detector is
-/// probed on each chunk, and every span is checked by [`check_db_span`] and
-/// `check`. Returns the spans emitted.
+/// Drives a SQL parser with a fuzzer-chosen [`super::script`]: every role is
+/// run (the Unknown one with raw SQL text, so both text paths are fuzzed),
+/// and every span is checked by [`check_db_span`] and `check`. Returns the
+/// spans emitted.
 pub fn fuzz_script(data: &[u8], detector: &dyn super::ProtocolDetector, check: fn(&ParsedSpan)) -> usize {
-    use waggle_common::{Direction, Role};
+    use waggle_common::Role;
 
-    use super::{Feed, ParserConfig};
+    use super::ParserConfig;
 
-    let mut emitted = 0usize;
-    for (role, raw_sql) in [(Role::Client, false), (Role::Server, false), (Role::Unknown, true)] {
-        let config = ParserConfig { raw_sql };
-        let mut parser = detector.new_parser(role, &config);
-        let mut out = Vec::new();
-        let mut t: u64 = 1_000_000;
-        let mut i = 0usize;
-        let mut opaque = false;
-        let mut spans = |out: &mut Vec<ParsedSpan>| {
-            for span in out.drain(..) {
-                emitted += 1;
-                check_db_span(&span, role);
-                check(&span);
-            }
-        };
-        while i < data.len() && !opaque {
-            let ctrl = data[i];
-            i += 1;
-            t += u64::from(ctrl >> 4) * 1_000;
-            match ctrl & 7 {
-                6 => parser.on_close(t, &mut out),
-                7 => parser.on_idle(t.saturating_sub(u64::from(ctrl >> 4) * 3_000), &mut out),
-                op => {
-                    let len = usize::from(data.get(i).copied().unwrap_or(0));
-                    i += 1;
-                    let end = (i + len).min(data.len());
-                    let bytes = &data[i.min(end)..end];
-                    i = end;
-                    let blind = if op & 2 != 0 {
-                        let scale = u64::from(data.get(i).copied().unwrap_or(1));
-                        i += 1;
-                        1 + scale * 67
-                    } else {
-                        0
-                    };
-                    let direction = if op & 1 == 0 { Direction::Ingress } else { Direction::Egress };
-                    let chunk = Chunk {
-                        direction,
-                        bytes,
-                        total_len: bytes.len() as u64 + blind,
-                        enter_ns: t,
-                        exit_ns: t + 500,
-                        tid: 7,
-                    };
-                    let _ = detector.detect(role, &chunk);
-                    match parser.on_data(&chunk, &mut out) {
-                        Feed::Continue => {}
-                        Feed::LostSync(_) => {
-                            spans(&mut out);
-                            let _ = parser.take_dropped();
-                            parser = detector.new_parser(role, &config);
-                        }
-                        Feed::Opaque(_) => opaque = true,
-                    }
-                }
-            }
-            spans(&mut out);
-            let _ = parser.take_dropped();
-        }
-        parser.on_close(t + 1, &mut out);
-        spans(&mut out);
-    }
-    emitted
+    let new_parser = |role| detector.new_parser(role, &ParserConfig { raw_sql: role == Role::Unknown });
+    super::script::run(data, detector, new_parser, |span, role, _| {
+        check_db_span(span, role);
+        check(span);
+    })
 }
 
 /// Invariants of every DB span, whatever the input.
@@ -1290,19 +1229,6 @@ pub fn check_db_span(span: &ParsedSpan, role: waggle_common::Role) {
             assert!(matches!(v, AttrValue::Int(n) if *n >= 0), "{key}: {v:?}");
         }
     }
-}
-
-/// Turns capture records into a [`fuzz_script`] (for tests and seed corpora).
-pub fn script_from_records(records: &[(bool, Vec<u8>)]) -> Vec<u8> {
-    let mut script = Vec::new();
-    for (from_client, bytes) in records {
-        for piece in bytes.chunks(255) {
-            script.push(0x10 | u8::from(*from_client));
-            script.push(piece.len() as u8);
-            script.extend_from_slice(piece);
-        }
-    }
-    script
 }
 
 /// Replays captured traffic through parsers in tests.

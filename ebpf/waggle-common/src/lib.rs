@@ -67,6 +67,13 @@ pub const THREAD_CTX_MAX_ENTRIES: u32 = 16384;
 pub const INJECT_PENDING_MAX_ENTRIES: u32 = 4096;
 pub const CLIENT_SOCKS_MAX_ENTRIES: u32 = 65536;
 
+/// The kernel wakes the agent only once this many bytes wait in the ring
+/// buffer: at high request rates a wake-up per record costs more than the
+/// record. The agent also drains every [`DRAIN_INTERVAL_MS`], so a quiet
+/// node's few events are never stuck.
+pub const WAKEUP_WATERMARK_BYTES: u64 = 64 * 1024;
+pub const DRAIN_INTERVAL_MS: u64 = 10;
+
 /// Default sizes; userspace may override max_entries at load time.
 pub const EVENTS_RINGBUF_BYTES: u32 = 16 * 1024 * 1024;
 pub const CONNS_MAX_ENTRIES: u32 = 65536;

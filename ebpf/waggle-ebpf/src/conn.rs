@@ -7,7 +7,7 @@ use aya_ebpf::{
 use waggle_common::{inet_sock, ConnEvent, ConnInfo, Counter, EventKind, Role, SockKey, SyscallId};
 
 use crate::{
-    arg, count, current, mint_conn_id, now_ns, stash, take_pending, Pending, CONNS, EVENTS,
+    arg, count, current, mint_conn_id, now_ns, stash, take_pending, wakeup_flags, Pending, CONNS, EVENTS,
     INET_STREAM_SOCKS, TRACKED_TGIDS,
 };
 
@@ -84,7 +84,7 @@ fn emit_conn(kind: EventKind, role: Role, key: SockKey, tid: u32, conn_id: u64, 
         _pad1: [0; 6],
         comm: bpf_get_current_comm().unwrap_or([0; 16]),
     };
-    if EVENTS.output::<ConnEvent>(&ev, 0).is_err() {
+    if EVENTS.output::<ConnEvent>(&ev, wakeup_flags()).is_err() {
         count(Counter::EventsLost);
     }
 }

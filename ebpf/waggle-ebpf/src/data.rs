@@ -12,7 +12,8 @@ use waggle_common::{
 };
 
 use crate::{
-    arg, count, current, now_ns, stash, take_pending, trace, Pending, CAPTURE_BYTES, CONNS, EVENTS,
+    arg, count, current, now_ns, stash, take_pending, trace, wakeup_flags, Pending, CAPTURE_BYTES, CONNS,
+    EVENTS,
     PROPAGATION, SCRATCH,
 };
 
@@ -239,7 +240,7 @@ pub(crate) fn exit(ctx: &TracePointContext, id: SyscallId, direction: Direction)
     // SAFETY: base..base+len lies inside this CPU's Scratch value (len <=
     // HEADER + PAYLOAD_AREA - 1), which stays valid for the whole program.
     let record = unsafe { core::slice::from_raw_parts(base.cast_const(), len) };
-    if EVENTS.output::<[u8]>(record, 0).is_err() {
+    if EVENTS.output::<[u8]>(record, wakeup_flags()).is_err() {
         count(Counter::EventsLost);
         return;
     }

@@ -134,6 +134,20 @@ pub(crate) struct Scratch {
 
 // ---- helpers ----
 
+/// Flags for every ring-buffer output: no wake-up until the agent has
+/// WAKEUP_WATERMARK_BYTES to read (it polls on a short timer otherwise).
+#[inline(always)]
+pub(crate) fn wakeup_flags() -> u64 {
+    const BPF_RB_AVAIL_DATA: u64 = 0;
+    const BPF_RB_NO_WAKEUP: u64 = 1;
+    const BPF_RB_FORCE_WAKEUP: u64 = 2;
+    if EVENTS.query(BPF_RB_AVAIL_DATA) >= waggle_common::WAKEUP_WATERMARK_BYTES {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
+    }
+}
+
 /// (pid_tgid, tgid) of the current task, or None for the agent itself.
 #[inline(always)]
 pub(crate) fn current() -> Option<(u64, u32)> {

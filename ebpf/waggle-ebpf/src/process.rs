@@ -5,7 +5,7 @@
 use aya_ebpf::{programs::TracePointContext, EbpfContext};
 use waggle_common::{Counter, EventKind, ProcessEvent};
 
-use crate::{count, current, now_ns, trace, EVENTS, TRACKED_TGIDS};
+use crate::{count, current, now_ns, trace, wakeup_flags, EVENTS, TRACKED_TGIDS};
 
 const CLONE_THREAD: u64 = 0x0001_0000;
 /// task:task_newtask record: `pid_t pid` at 8, `u64 clone_flags` at 32 (the
@@ -23,7 +23,7 @@ fn emit(kind: EventKind, tgid: u32, parent_tgid: u32) {
         _pad1: 0,
         ts_ns: now_ns(),
     };
-    if EVENTS.output::<ProcessEvent>(&ev, 0).is_err() {
+    if EVENTS.output::<ProcessEvent>(&ev, wakeup_flags()).is_err() {
         count(Counter::EventsLost);
     }
 }

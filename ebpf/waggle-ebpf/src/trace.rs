@@ -26,7 +26,7 @@ use crate::{
     count,
     data::{Shape, HEADER},
     http::{self, HeaderScan},
-    Pending, EVENTS, INJECT_PENDING, MSG_SCRATCH, SCRATCH, THREAD_CTX,
+    wakeup_flags, Pending, EVENTS, INJECT_PENDING, MSG_SCRATCH, SCRATCH, THREAD_CTX,
 };
 
 const MASK: usize = CAPTURE_MASK;
@@ -153,7 +153,7 @@ fn emit(
         span_id: ctx.span_id,
         parent_span_id: ctx.parent_span_id,
     };
-    if EVENTS.output::<TraceCtxEvent>(&ev, 0).is_err() {
+    if EVENTS.output::<TraceCtxEvent>(&ev, wakeup_flags()).is_err() {
         count(Counter::EventsLost);
     }
 }
