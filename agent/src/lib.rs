@@ -6,6 +6,7 @@
 //! [`spans`] (assembly) → [`export`] (OTLP or terminal).
 //! [`discovery`] reads /proc, [`config`] merges flags/env/file, [`metrics`]
 //! counts every drop.
+pub mod allocator;
 pub mod clock;
 pub mod config;
 pub mod conntrack;

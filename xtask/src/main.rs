@@ -6,6 +6,7 @@
 mod bench;
 mod build;
 mod cmd;
+mod fuzz;
 mod setup;
 mod test;
 
@@ -54,8 +55,10 @@ enum Command {
     /// Measure waggle's overhead (nginx, Flask vs OTel SDK, pgbench,
     /// per-syscall cost, sustained rate); see bench/README.md.
     Bench(bench::BenchArgs),
+    /// Coverage-guided fuzzing of the protocol parsers (libFuzzer).
+    Fuzz(fuzz::FuzzArgs),
     /// Build, install end-to-end test dependencies, run every test (and a
-    /// quick benchmark round, so the harness never rots).
+    /// quick benchmark round and short fuzzing runs, so neither rots).
     Test {
         /// Only unit tests (`--lib --bins`): no integration or end-to-end
         /// tests, no end-to-end dependencies.
@@ -113,8 +116,21 @@ fn dispatch(command: Command) -> Result<ExitCode> {
             if let Err(e) = &bench {
                 eprintln!("xtask: quick benchmark failed: {e:#}");
             }
+            let fuzzing = if unit_only || !filter.is_empty() {
+                Ok(())
+            } else {
+                fuzz::run(&root, &fuzz::FuzzArgs { seconds: FUZZ_SECONDS_IN_TEST })
+            };
+            if let Err(e) = &fuzzing {
+                eprintln!("xtask: fuzzing failed: {e:#}");
+            }
             test::run_tests(&root, &built, unit_only, &filter)?;
             bench?;
+            fuzzing?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Fuzz(args) => {
+            fuzz::run(&root, &args)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Bench(args) => {
@@ -123,6 +139,9 @@ fn dispatch(command: Command) -> Result<ExitCode> {
         }
     }
 }
+
+/// Seconds per fuzz target during `cargo xtask test`.
+const FUZZ_SECONDS_IN_TEST: u64 = 20;
 
 fn profile(debug: bool) -> Profile {
     if debug {
