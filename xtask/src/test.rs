@@ -40,6 +40,10 @@ pub const E2E_DEPS: &[Dep] = &[
     Dep { packages: &["mariadb-server"], command: Some("/usr/sbin/mariadbd") },
     Dep { packages: &["mariadb-client"], command: Some("/usr/bin/mariadb") },
     Dep { packages: &["python3-venv", "python3.11-venv"], command: None },
+    // Propagation tests (tests/tests/propagation.rs): service B is node.js;
+    // the CLI edge test drops privileges with setpriv (util-linux).
+    Dep { packages: &["nodejs"], command: Some("node") },
+    Dep { packages: &["util-linux"], command: Some("setpriv") },
 ];
 
 /// Packages to install for the deps that are not satisfied.
