@@ -37,7 +37,7 @@ use std::{
 
 use procfs::process::Process;
 
-use crate::spans::ProcessResource;
+use crate::spans::{truncate_utf8, ProcessResource};
 
 /// Resources cached at most; the oldest (least recently revalidated) entry is
 /// evicted beyond this.
@@ -789,12 +789,12 @@ impl ResourceResolver {
             attrs.insert(ATTR_HOST_NAME.into(), self.host_name.clone());
         }
         if !exe_path.is_empty() {
-            attrs.insert(ATTR_EXECUTABLE_PATH.into(), truncate(exe_path, MAX_VALUE_LEN));
+            attrs.insert(ATTR_EXECUTABLE_PATH.into(), truncate_utf8(exe_path, MAX_VALUE_LEN));
         }
         if let Some(argv0) = facts.argv.first() {
             let command = command_of(argv0);
             if !command.is_empty() {
-                attrs.insert(ATTR_COMMAND.into(), truncate(command, MAX_VALUE_LEN));
+                attrs.insert(ATTR_COMMAND.into(), truncate_utf8(command, MAX_VALUE_LEN));
             }
         }
         let argv0_name = facts.argv.first().map(|a| basename(command_of(a))).unwrap_or("");
@@ -813,7 +813,7 @@ impl ResourceResolver {
             if k == ATTR_SERVICE_NAME {
                 own_service_name = Some(v);
             } else {
-                attrs.insert(k, truncate(&v, MAX_VALUE_LEN));
+                attrs.insert(k, truncate_utf8(&v, MAX_VALUE_LEN));
             }
         }
         attrs.remove(ATTR_SERVICE_NAME);
@@ -840,9 +840,9 @@ impl ResourceResolver {
         };
 
         ProcessResource {
-            service_name: truncate(&service_name, MAX_SERVICE_NAME_LEN),
+            service_name: truncate_utf8(&service_name, MAX_SERVICE_NAME_LEN),
             pid,
-            executable_name: truncate(&executable_name, MAX_SERVICE_NAME_LEN),
+            executable_name: truncate_utf8(&executable_name, MAX_SERVICE_NAME_LEN),
             attributes: attrs.into_iter().collect(),
         }
     }
@@ -929,16 +929,6 @@ fn read_host_name() -> String {
     String::new()
 }
 
-fn truncate(s: &str, max: usize) -> String {
-    if s.len() <= max {
-        return s.to_owned();
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    s[..end].to_owned()
-}
 
 /// Splits /proc/<pid>/cmdline. When the read was cut short the last argument
 /// is incomplete and dropped.

@@ -116,6 +116,19 @@ impl FinishedSpan {
     }
 }
 
+/// `s` cut to at most `max` bytes on a character boundary: attribute values
+/// from captured traffic and /proc are bounded before they are stored.
+pub fn truncate_utf8(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_owned();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s[..end].to_owned()
+}
+
 pub fn hex(bytes: &[u8]) -> String {
     use std::fmt::Write;
     let mut s = String::with_capacity(bytes.len() * 2);
@@ -317,6 +330,13 @@ mod tests {
         assert_eq!(s.attr("server.address"), Some(&AttrValue::Str("10.1.2.3".into())));
         assert_eq!(s.attr("server.port"), Some(&AttrValue::Int(5555)));
         assert_eq!(s.attr("client.address"), None);
+    }
+
+    #[test]
+    fn truncation_keeps_characters_whole() {
+        assert_eq!(truncate_utf8("héllo", 2), "h");
+        assert_eq!(truncate_utf8("héllo", 3), "hé");
+        assert_eq!(truncate_utf8("abc", 10), "abc");
     }
 
     #[test]

@@ -23,7 +23,7 @@ use std::collections::VecDeque;
 use waggle_common::{Direction, Role};
 
 use super::{route::infer_route, Chunk, Confidence, Feed, ParserConfig, ProtocolDetector, ProtocolParser};
-use crate::spans::{AttrValue, Attribute, ParsedSpan, SpanKind, SpanStatus, TraceContext};
+use crate::spans::{truncate_utf8, AttrValue, Attribute, ParsedSpan, SpanKind, SpanStatus, TraceContext};
 
 /// Largest request/response head (request line + headers) the parser buffers.
 pub const MAX_HEAD_BYTES: usize = 64 * 1024;
@@ -1231,7 +1231,7 @@ fn parse_request_head(bytes: &[u8]) -> Result<RequestHead, HeadError> {
     };
     let (method, method_original) = match KNOWN_METHODS.iter().find(|m| **m == method) {
         Some(m) => (*m, None),
-        None => ("_OTHER", Some(bounded(method, 32))),
+        None => ("_OTHER", Some(truncate_utf8(method, 32))),
     };
     let (path, target_authority) = split_target(method, target);
     let framing = read_framing(req.headers, true)?;
@@ -1248,7 +1248,7 @@ fn parse_request_head(bytes: &[u8]) -> Result<RequestHead, HeadError> {
             }
         } else if h.name.eq_ignore_ascii_case("user-agent") {
             if user_agent.is_none() {
-                user_agent = Some(bounded(String::from_utf8_lossy(h.value).trim(), MAX_USER_AGENT));
+                user_agent = Some(truncate_utf8(String::from_utf8_lossy(h.value).trim(), MAX_USER_AGENT));
             }
         } else if h.name.eq_ignore_ascii_case("traceparent") {
             traceparents += 1;
@@ -1374,11 +1374,11 @@ fn parse_content_length(value: &[u8]) -> Option<u64> {
 /// Path (query and fragment removed) and authority of a request target.
 fn split_target(method: &str, target: &str) -> (Option<String>, Option<String>) {
     if method == "CONNECT" {
-        return (None, Some(bounded(target, MAX_HOST)).filter(|a| valid_host(a)));
+        return (None, Some(truncate_utf8(target, MAX_HOST)).filter(|a| valid_host(a)));
     }
     let strip = |p: &str| -> String {
         let end = p.find(['?', '#']).unwrap_or(p.len());
-        bounded(&p[..end], MAX_PATH)
+        truncate_utf8(&p[..end], MAX_PATH)
     };
     let has_scheme = |scheme: &str| target.len() >= scheme.len() && target.as_bytes()[..scheme.len()].eq_ignore_ascii_case(scheme.as_bytes());
     let rest = if has_scheme("http://") {
@@ -1423,16 +1423,6 @@ fn split_host_port(host: &str) -> (String, Option<u16>) {
     }
 }
 
-fn bounded(s: &str, max: usize) -> String {
-    if s.len() <= max {
-        return s.to_owned();
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    s[..end].to_owned()
-}
 
 fn hex_nibble(c: u8) -> Option<u8> {
     match c {
@@ -2473,7 +2463,7 @@ mod tests {
         assert_eq!(parse_content_length(b"7, 8"), None);
         assert_eq!(parse_content_length(b"-1"), None);
         assert_eq!(parse_content_length(b"99999999999999999999"), None);
-        assert_eq!(bounded("héllo", 2), "h");
+        assert_eq!(truncate_utf8("héllo", 2), "h");
     }
 
     #[test]
