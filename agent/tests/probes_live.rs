@@ -5,10 +5,13 @@
 //!
 //! Needs root and the eBPF object (`cargo xtask build`); otherwise it prints
 //! why and returns.
+mod common;
+use common::{is_root, python, read_line, Proc};
+
 use std::{
-    io::{BufRead, BufReader, Read, Write},
+    io::{BufReader, Read, Write},
     path::Path,
-    process::{Child, ChildStdin, ChildStdout, Command, Stdio},
+    process::{ChildStdin, Command, Stdio},
     time::{Duration, Instant},
 };
 
@@ -32,38 +35,8 @@ enum Ev {
     Ctx(TraceCtxEvent),
 }
 
-/// Kills its process on drop, by pid, so a failing assertion leaves nothing
-/// running.
-struct Proc(Child);
 
-impl Proc {
-    fn pid(&self) -> u32 {
-        self.0.id()
-    }
-}
 
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn python() -> String {
-    let out = Command::new("python3")
-        .args(["-c", "import sys; print(sys.executable)"])
-        .output()
-        .expect("python3 is needed for this test");
-    // The real interpreter, not a pyenv shim: the pid we spawn must be the
-    // process that does the I/O.
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
-}
-
-fn read_line(out: &mut BufReader<ChildStdout>) -> String {
-    let mut line = String::new();
-    out.read_line(&mut line).unwrap();
-    line.trim().to_owned()
-}
 
 fn drain(source: &mut EventSource, events: &mut Vec<Ev>) {
     source.drain(usize::MAX, |record| {
@@ -132,10 +105,6 @@ fn data_on(events: &[Ev], conn_id: u64, dir: Direction) -> Vec<&[u8]> {
         .collect()
 }
 
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
-}
 
 /// A process whose listener and client socket exist before the probes load:
 /// the kernel cannot tell they are TCP and must ask (ConnUnverified). It

@@ -10,10 +10,13 @@
 //! Needs root and the eBPF object (`cargo xtask build`); otherwise each test
 //! prints why and returns. The pure HTTP rules the kernel applies are unit
 //! tested below without either (the `http` module is the kernel's own file).
+mod common;
+use common::{is_root, python, read_line, Proc};
+
 use std::{
     collections::HashMap,
     io::{BufRead, BufReader, Write},
-    process::{Child, ChildStdin, ChildStdout, Command, Stdio},
+    process::{ChildStdin, ChildStdout, Command, Stdio},
     time::{Duration, Instant},
 };
 
@@ -33,40 +36,9 @@ mod http;
 /// Probes are machine-wide: tests in this file take turns.
 static SERIAL: Mutex<()> = Mutex::const_new(());
 
-/// Kills its process on drop, by pid.
-struct Proc(Child);
 
-impl Proc {
-    fn pid(&self) -> u32 {
-        self.0.id()
-    }
-}
 
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
-}
-
-fn python() -> String {
-    let out = Command::new("python3")
-        .args(["-c", "import sys; print(sys.executable)"])
-        .output()
-        .expect("python3 is needed for this test");
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
-}
-
-fn read_line(out: &mut BufReader<ChildStdout>) -> String {
-    let mut line = String::new();
-    out.read_line(&mut line).unwrap();
-    line.trim().to_owned()
-}
 
 fn b64(s: &str) -> Vec<u8> {
     // Tiny decoder: the test has no base64 dependency and needs none.
