@@ -171,6 +171,10 @@ impl Stages {
     fn seed(&mut self, sockets: &[SeedSocket], now_ns: u64) -> (usize, usize) {
         let (mut listeners, mut conns) = (0, 0);
         for s in sockets {
+            // Name the process now, while it is alive: a client that exits
+            // right after its next request would otherwise be gone from /proc
+            // when that request's span is built (no open event names it).
+            self.resolver.observe(s.pid, &[]);
             let key = SockKey { tgid: s.pid, fd: s.fd };
             match s.state {
                 SeedState::Listen => {
