@@ -70,7 +70,9 @@ pub trait ConnEnvironment {
 }
 
 enum ParseState {
-    Detecting { buf: Vec<u8>, first: Option<(Direction, u64, u64, u32)>, attempts_left: u32 },
+    /// `first`: direction, entry time and thread of the first buffered chunk
+    /// (a joined request starts when its first byte was sent).
+    Detecting { buf: Vec<u8>, first: Option<(Direction, u64, u32)>, attempts_left: u32 },
     Active(Box<dyn ProtocolParser>),
     Muted,
 }
@@ -348,9 +350,9 @@ impl ConnTracker {
                 let continuing = !buf.is_empty() && first.is_some_and(|(d, ..)| d == direction);
                 if !continuing {
                     buf.clear();
-                    *first = Some((direction, chunk.enter_ns, chunk.exit_ns, chunk.tid));
+                    *first = Some((direction, chunk.enter_ns, chunk.tid));
                 }
-                let (_, enter_ns, _, tid) = first.unwrap_or((direction, chunk.enter_ns, chunk.exit_ns, chunk.tid));
+                let (_, enter_ns, tid) = first.unwrap_or((direction, chunk.enter_ns, chunk.tid));
                 let joined: Vec<u8>;
                 let candidate = if continuing {
                     joined = [buf.as_slice(), payload].concat();
