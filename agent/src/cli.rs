@@ -129,7 +129,14 @@ fn describe_config(config: &Config) -> String {
         format!("ring_buffer_bytes: {}", config.ring_buffer_bytes),
         format!("max_queued_spans: {}", config.max_queued_spans),
         format!("raw_sql: {}", config.raw_sql),
-        format!("propagation: {}", if config.propagation { "on" } else { "off" }),
+        format!(
+            "propagation: {}",
+            match (config.propagation, config.propagation_unsafe_keepalive) {
+                (false, _) => "off",
+                (true, false) => "on",
+                (true, true) => "unsafe-keepalive",
+            }
+        ),
         format!("metrics_addr: {}", config.metrics_addr.map(|a| a.to_string()).unwrap_or_else(|| "none".into())),
     ];
     for (k, v) in &config.resource_attributes {

@@ -7,7 +7,7 @@
 use std::{
     collections::{BTreeMap, HashMap},
     fmt,
-    net::SocketAddr,
+    net::{IpAddr, SocketAddr},
     path::{Path, PathBuf},
     time::Duration,
 };
@@ -88,6 +88,19 @@ pub enum Sampler {
     TraceIdRatio(f64),
 }
 
+impl Sampler {
+    /// The threshold of `waggle_common::sampled_by_threshold`: the one rule
+    /// the kernel (which decides for the traces it starts and propagates)
+    /// and the agent share.
+    pub fn threshold(self) -> u64 {
+        match self {
+            Sampler::AlwaysOn => u64::MAX,
+            Sampler::AlwaysOff => 0,
+            Sampler::TraceIdRatio(ratio) => waggle_common::ratio_threshold(ratio),
+        }
+    }
+}
+
 pub const DEFAULT_OTLP_TIMEOUT: Duration = Duration::from_millis(10_000);
 pub const MAX_QUEUED_SPANS_LIMIT: usize = 1 << 20;
 pub const MAX_EXPORT_BATCH_LIMIT: usize = 1 << 16;
@@ -117,6 +130,15 @@ pub struct Config {
     pub raw_sql: bool,
     /// Inject traceparent into outgoing HTTP requests.
     pub propagation: bool,
+    /// Keep client sockets in the propagation sockmap for their lifetime, so
+    /// every request of a keep-alive connection carries traceparent (their
+    /// receive path then runs through the kernel's tcp_bpf code). Off: the
+    /// first request of each connection only.
+    pub propagation_unsafe_keepalive: bool,
+    /// Peers whose incoming traceparent is honoured; None: every peer (the
+    /// W3C default inside a cluster). Requests from other peers start a new
+    /// trace.
+    pub trusted_networks: Option<Vec<(IpAddr, u8)>>,
     /// Serve Prometheus metrics here.
     pub metrics_addr: Option<SocketAddr>,
     pub config_file: Option<PathBuf>,
@@ -145,6 +167,8 @@ impl Default for Config {
             export_interval: Duration::from_millis(1000),
             raw_sql: false,
             propagation: true,
+            propagation_unsafe_keepalive: false,
+            trusted_networks: None,
             metrics_addr: None,
             config_file: None,
             agent_service_name: "waggle".to_owned(),
@@ -253,9 +277,20 @@ pub struct CliArgs {
     #[arg(long)]
     pub raw_sql: bool,
 
-    /// Inject W3C traceparent into outgoing HTTP requests [default: on]
-    #[arg(long, value_name = "on|off")]
+    /// Inject W3C traceparent into outgoing HTTP requests [default: on]: the
+    /// first request of each connection. unsafe-keepalive: every request of
+    /// keep-alive connections too, by keeping client sockets in the kernel's
+    /// sockmap for their lifetime (their receive path then runs through
+    /// tcp_bpf: FIONREAD reports 0 on current kernels, and a missed FIN
+    /// after an early response was seen)
+    #[arg(long, value_name = "on|off|unsafe-keepalive")]
     pub propagation: Option<String>,
+
+    /// Honour incoming traceparent only from peers in these networks
+    /// (comma-separated CIDRs, e.g. 10.0.0.0/8,fd00::/8); requests from
+    /// other peers start a new trace [default: every peer]
+    #[arg(long, value_name = "CIDRS")]
+    pub trusted_networks: Option<String>,
 
     /// Serve Prometheus metrics on this address, e.g. 0.0.0.0:9464
     #[arg(long, value_name = "ADDR")]
@@ -361,6 +396,7 @@ struct FileConfig {
     sampler_arg: Option<Scalar>,
     raw_sql: Option<bool>,
     propagation: Option<Scalar>,
+    trusted_networks: Option<String>,
     metrics_addr: Option<String>,
     resource_attributes: Option<BTreeMap<String, Scalar>>,
     log_level: Option<String>,
@@ -397,6 +433,35 @@ fn env_var(env: &dyn Env, key: &'static str) -> Sourced<String> {
         .map(|v| v.trim().to_owned())
         .filter(|v| !v.is_empty())
         .map(|v| (v, Source::Env(key)))
+}
+
+/// Comma-separated CIDRs ("10.0.0.0/8", "fd00::/8"; a bare address is a
+/// single host).
+fn parse_networks(raw: &str, source: &Source) -> Result<Vec<(IpAddr, u8)>, ConfigError> {
+    let mut nets = Vec::new();
+    for part in raw.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (addr, prefix) = match part.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (part, None),
+        };
+        let addr: IpAddr = addr
+            .parse()
+            .map_err(|_| source.invalid(format!("invalid network {part:?} (expected CIDR, e.g. 10.0.0.0/8)")))?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            Some(p) => p
+                .parse::<u8>()
+                .ok()
+                .filter(|p| *p <= max)
+                .ok_or_else(|| source.invalid(format!("invalid prefix length in {part:?} (0..={max})")))?,
+            None => max,
+        };
+        nets.push((addr, prefix));
+    }
+    if nets.is_empty() {
+        return Err(source.invalid("no network given".to_owned()));
+    }
+    Ok(nets)
 }
 
 fn flag<T>(value: Option<T>, name: &'static str) -> Sourced<T> {
@@ -753,8 +818,20 @@ impl Config {
             flag(args.propagation.clone(), "propagation"),
             file_key(file.propagation.map(Scalar::into_string), "propagation", path),
         ]) {
-            Some((raw, source)) => parse_on_off(&raw, &source)?,
-            None => defaults.propagation,
+            Some((raw, _)) if raw.trim().eq_ignore_ascii_case("unsafe-keepalive") => (true, true),
+            Some((raw, source)) => (parse_on_off(&raw, &source)?, false),
+            None => (defaults.propagation, defaults.propagation_unsafe_keepalive),
+        };
+        // Tracing disabled: nothing may be sent downstream either.
+        let (propagation, propagation_unsafe_keepalive) =
+            (propagation.0 && !sdk_disabled, propagation.1 && !sdk_disabled);
+        let trusted_networks = match first([
+            flag(args.trusted_networks.clone(), "trusted-networks"),
+            env_var(env, "WAGGLE_TRUSTED_NETWORKS"),
+            file_key(file.trusted_networks, "trusted_networks", path),
+        ]) {
+            Some((raw, source)) => Some(parse_networks(&raw, &source)?),
+            None => defaults.trusted_networks,
         };
         let metrics_addr = match first([
             flag(args.metrics_addr.clone(), "metrics-addr"),
@@ -817,6 +894,8 @@ impl Config {
             export_interval,
             raw_sql,
             propagation,
+            propagation_unsafe_keepalive,
+            trusted_networks,
             metrics_addr,
             config_file: args.config.clone(),
             agent_service_name,

@@ -248,7 +248,7 @@ impl ConnTracker {
         }
         let conn_id = self.mint_user_id();
         let key = SockKey { tgid: ev.tgid, fd: ev.fd };
-        env.track(key, ConnInfo { conn_id, role: role as u8, family: ev.family, flags: 0, _pad: [0; 5] });
+        env.track(key, ConnInfo { conn_id, role: role as u8, family: ev.family, flags: 0, _pad: [0; 5], req_remaining: 0 });
         let meta = ConnMeta { pid: ev.tgid, fd: ev.fd, conn_id, role, protocol: "", peer: Some(peer), local: Some(local) };
         self.insert(meta, false, ev.ts_ns);
     }
@@ -261,7 +261,7 @@ impl ConnTracker {
         }
         let conn_id = self.mint_user_id();
         let family = if local.is_ipv4() { libc::AF_INET } else { libc::AF_INET6 } as u8;
-        env.track(SockKey { tgid: pid, fd }, ConnInfo { conn_id, role: role as u8, family, flags: 0, _pad: [0; 5] });
+        env.track(SockKey { tgid: pid, fd }, ConnInfo { conn_id, role: role as u8, family, flags: 0, _pad: [0; 5], req_remaining: 0 });
         let meta = ConnMeta { pid, fd, conn_id, role, protocol: "", peer: Some(peer), local: Some(local) };
         self.insert(meta, true, now_ns);
     }

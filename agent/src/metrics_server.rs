@@ -104,12 +104,19 @@ fn kernel_counter_help(counter: Counter) -> &'static str {
         Counter::Injected => "traceparent headers inserted into outgoing requests",
         Counter::SkipAlreadyHasTraceparent => "injection skipped: request already carried a traceparent",
         Counter::SkipNotRequestStart => "injection skipped: message was not the start of a request",
-        Counter::SkipAwaitingResponse => "injection skipped: previous request still awaiting its response",
-        Counter::SkipNoRequestLineEnd => "injection skipped: request line end not found in the message",
+        Counter::SkipInsideBody => "injection skipped: bytes that look like a request inside the current request's body",
+        Counter::SkipHeadersIncomplete => "injection skipped: the request's header block was not whole in its first send",
         Counter::SkipPushFailed => "injection skipped: inserting the header into the message failed",
         Counter::SkipNotInSockhash => "injection skipped: socket not in the sockhash",
+        Counter::SkipBoundaryLost => "injection skipped: an earlier request's end on this connection was unknown (chunked, upgrade, incomplete header block)",
+        Counter::SkipSendBufferLow => "injection skipped: the socket might not take the whole message at once",
+        Counter::SkipAgentStalled => "injection skipped: the agent has not drained events recently",
         Counter::IncomingTraceparent => "server requests that arrived with a valid traceparent",
         Counter::ServerCtxStarted => "server request contexts the kernel started",
+        Counter::IncomingUntrusted => "incoming traceparent ignored: peer outside the trusted networks",
+        Counter::SockmapAdded => "client sockets of traced processes added to the propagation sockmap",
+        Counter::SockmapRefused => "client sockets the propagation sockmap refused (full, or owned by another sk_msg program)",
+        Counter::SockmapLeft => "client sockets that left the propagation sockmap at their first packet (FIONREAD-safe mode)",
     }
 }
 

@@ -268,6 +268,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send) -> R
         ring_buffer_bytes: config.ring_buffer_bytes,
         agent_tgid: agent_pid,
         propagation: config.propagation,
+        unsafe_keepalive: config.propagation_unsafe_keepalive,
+        sample_threshold: config.sampler.threshold(),
+        parent_based: config.sampler_parent_based,
+        trusted_networks: config.trusted_networks.clone(),
     };
     let (probes, mut source, maps) = Probes::load(&probe_config)?;
     let exporter = export::spawn_exporter(&config, metrics.clone())?;

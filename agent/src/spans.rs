@@ -164,19 +164,9 @@ impl SpanAssembler {
 
     /// Sampling decision for a trace this agent starts (no incoming context).
     fn sample_root(&self, trace_id: &[u8; 16]) -> bool {
-        use crate::config::Sampler;
-        match self.sampler {
-            Sampler::AlwaysOn => true,
-            Sampler::AlwaysOff => false,
-            Sampler::TraceIdRatio(ratio) => {
-                // As the OTel SDKs do: compare the low 8 bytes of the trace id
-                // with ratio * 2^63, so every agent and SDK agrees.
-                let mut low = [0u8; 8];
-                low.copy_from_slice(&trace_id[8..]);
-                let value = u64::from_be_bytes(low) >> 1;
-                (value as f64) < ratio.clamp(0.0, 1.0) * (1u64 << 63) as f64
-            }
-        }
+        // As the OTel SDKs do (low 8 bytes of the trace id against
+        // ratio * 2^63), and exactly as the kernel does.
+        waggle_common::sampled_by_threshold(trace_id, self.sampler.threshold())
     }
 
     /// Returns None when the span is sampled out.
@@ -198,11 +188,12 @@ impl SpanAssembler {
             (Some(id), Some(app)) if parsed.kind == SpanKind::Client && !id.injected => {
                 (app.trace_id, id.span_id, Some(app.span_id), decide(&app.trace_id, Some(app.sampled)), tracestate)
             }
-            // The kernel decided (and maybe propagated) these ids.
+            // The kernel decided (and maybe propagated) these ids and made
+            // the sampling decision with the same sampler: honour it, so
+            // what goes downstream and what is exported agree.
             (Some(id), _) => {
-                let parent_sampled = id.parent_span_id.map(|_| id.sampled);
                 let tracestate = if parsed.kind == SpanKind::Server { tracestate } else { None };
-                (id.trace_id, id.span_id, id.parent_span_id, decide(&id.trace_id, parent_sampled), tracestate)
+                (id.trace_id, id.span_id, id.parent_span_id, id.sampled, tracestate)
             }
             // A server joins its caller's trace; a client whose application
             // wrote its own traceparent joins the application's trace.

@@ -190,6 +190,7 @@ async fn probes_see_http_over_tcp_and_nothing_else() {
         ring_buffer_bytes: 4 << 20,
         agent_tgid: std::process::id(),
         propagation: true,
+        ..ProbeConfig::default()
     };
     let (probes, mut source, mut maps) = match Probes::load(&config) {
         Ok(loaded) => loaded,
@@ -578,6 +579,7 @@ async fn probes_see_http_over_tcp_and_nothing_else() {
         family: 2,
         flags: 0,
         _pad: [0; 5],
+        req_remaining: 0,
     };
     maps.track_conn(key, info).unwrap();
     maps.mute(key).unwrap();

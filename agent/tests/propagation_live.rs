@@ -28,10 +28,6 @@ use waggle::{
 };
 use waggle_common::{ctx_flags, Counter, DataEvent, Direction, SockKey, TraceCtxEvent};
 
-/// The kernel's HTTP rules, tested on the host.
-#[allow(dead_code)]
-#[path = "../../ebpf/waggle-ebpf/src/http.rs"]
-mod http;
 
 /// Probes are machine-wide: tests in this file take turns.
 static SERIAL: Mutex<()> = Mutex::const_new(());
@@ -181,17 +177,20 @@ inner = b"GET / HTTP/1.1\r\nHost: inner\r\n\r\n"
 def post(path, body):
     return b"POST %s HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % (path, len(body))
 tp = b"traceparent: 00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01\r\n"
+# A header block split over sends makes the request's end unknowable for
+# the kernel, so nothing more is injected on the connection: those go last.
 plans = [
     ("body-is-request-one-write", "send", [post(b"/raw/a", inner) + inner]),
     ("body-is-request-own-write", "send", [post(b"/raw/b", inner), inner]),
-    ("header-split", "send", [b"GET /raw/split HTTP/1.1\r\n", b"Host: x\r\nX-A: 1\r\n", b"\r\n"]),
-    ("request-line-split", "send", [b"GET /raw/spl", b"it2 HTTP/1.1\r\nHost: x\r\n\r\n"]),
     ("writev", "writev", [post(b"/raw/v", inner), inner]),
     ("sendmsg", "sendmsg", [b"POST /raw/m HTT", b"P/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc"]),
     ("has-traceparent", "send", [b"GET /raw/tp HTTP/1.1\r\nHost: x\r\n" + tp + b"\r\n"]),
     ("has-traceparent-upper", "send", [b"GET /raw/tp2 HTTP/1.1\r\nTRACEPARENT: 00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01\r\n\r\n"]),
     ("after-keepalive", "send", [b"GET /raw/again HTTP/1.1\r\nHost: x\r\n\r\n"]),
     ("expect-100", "expect", [post(b"/raw/e", inner)[:-2] + b"Expect: 100-continue\r\n\r\n", inner]),
+    ("header-split", "send", [b"GET /raw/split HTTP/1.1\r\n", b"Host: x\r\nX-A: 1\r\n", b"\r\n"]),
+    ("request-line-split", "send", [b"GET /raw/spl", b"it2 HTTP/1.1\r\nHost: x\r\n\r\n"]),
+    ("after-split", "send", [b"GET /raw/after HTTP/1.1\r\nHost: x\r\n\r\n"]),
 ]
 s = socket.create_connection(("127.0.0.1", port))
 buf = b""
@@ -356,17 +355,27 @@ struct Harness {
 
 impl Harness {
     fn load(propagation: bool) -> Option<Harness> {
+        Harness::load_with(propagation, true)
+    }
+
+    /// `unsafe_keepalive`: false runs the kernel's FIONREAD-safe mode.
+    fn load_with(propagation: bool, unsafe_keepalive: bool) -> Option<Harness> {
         if !is_root() {
             eprintln!("skipping propagation_live: loading eBPF needs root");
             return None;
         }
         let _ = tracing_subscriber::fmt().with_test_writer().try_init();
         wait_for_other_injectors();
+        // Every request of a keep-alive connection is a candidate: these
+        // tests check the injector's byte handling, not the FIONREAD-safe
+        // mode (tested on its own below).
         let config = ProbeConfig {
             capture_bytes: 4096,
             ring_buffer_bytes: 8 << 20,
             agent_tgid: std::process::id(),
             propagation,
+            unsafe_keepalive,
+            ..ProbeConfig::default()
         };
         let (probes, source, maps) = match Probes::load(&config) {
             Ok(loaded) => loaded,
@@ -608,7 +617,7 @@ async fn injects_once_at_request_starts_and_keeps_every_byte() {
         results.insert(name, (b64(v["sent"].as_str().unwrap()), v["resp"].clone()));
     }
     drop(client);
-    assert_eq!(results.len(), 10, "client results: {results:?}");
+    assert_eq!(results.len(), 11, "client results: {results:?}");
 
     h.collect_until(|ev| {
         let n = ev
@@ -617,7 +626,7 @@ async fn injects_once_at_request_starts_and_keeps_every_byte() {
                 |e| matches!(e, Ev::Ctx(c) if c.kind == 8 && c.flags & ctx_flags::INJECTED != 0),
             )
             .count();
-        n >= 8
+        n >= 7
     })
     .await;
     let clients = h.ctx_events(true);
@@ -690,15 +699,18 @@ async fn injects_once_at_request_starts_and_keeps_every_byte() {
     };
     expect_injected("body-is-request-one-write");
     expect_injected("body-is-request-own-write");
-    expect_injected("header-split");
     expect_injected("writev");
     expect_injected("after-keepalive");
     expect_injected("expect-100");
     // One sendmsg whose first iovec ends inside the request line: sk_msg
     // sees the whole message, so the line end is found.
     expect_injected("sendmsg");
-    // The request line spans two writes: unsure, so untouched.
+    // The header block (or even the request line) spans writes: the kernel
+    // never sees it whole, so it is untouched, and so is everything after
+    // it on the connection (where that request ends is unknown).
+    expect_untouched("header-split");
     expect_untouched("request-line-split");
+    expect_untouched("after-split");
     expect_untouched("has-traceparent");
     expect_untouched("has-traceparent-upper");
     // Bodies: the body that is itself a request arrived as sent.
@@ -711,13 +723,9 @@ async fn injects_once_at_request_starts_and_keeps_every_byte() {
         let body = b64(results[name].1["body"].as_str().unwrap());
         assert_eq!(body, b"GET / HTTP/1.1\r\nHost: inner\r\n\r\n", "{name}");
     }
-    // Injected into the first write of the split header: the request line
-    // and the traceparent line arrive before the write that ends the header.
-    let split_head = head_of(&results["header-split"].1);
-    assert!(split_head.starts_with(b"GET /raw/split HTTP/1.1\r\ntraceparent: 00-"));
-    assert_eq!(python_ids.len(), 7, "python injections: {python_ids:?}");
+    assert_eq!(python_ids.len(), 6, "python injections: {python_ids:?}");
 
-    assert!(h.counter(Counter::Injected) >= injected_before + 8);
+    assert!(h.counter(Counter::Injected) >= injected_before + 7);
     assert!(
         h.counter(Counter::SkipAlreadyHasTraceparent) >= has_tp_before + 3,
         "counters: {:?}",
@@ -794,19 +802,12 @@ async fn injects_once_at_request_starts_and_keeps_every_byte() {
         .filter(|c| c.tgid == client.pid() && c.flags & ctx_flags::INJECTED != 0)
         .count();
     assert_eq!(injected_non_http, 0);
-    // The bodies written on their own (one after 100 Continue) and "GET
-    // key"'s follow-up; the split request line and "GET key" itself; the
-    // HTTP/2.0 request line.
+    // The bodies written on their own (one after 100 Continue); the split
+    // header block; what followed it, and "GET key"'s follow-up.
     let counters = h.probes.kernel_counters();
-    assert!(
-        h.counter(Counter::SkipAwaitingResponse) >= 3,
-        "{counters:?}"
-    );
-    assert!(
-        h.counter(Counter::SkipNoRequestLineEnd) >= 2,
-        "{counters:?}"
-    );
-    assert!(h.counter(Counter::SkipNotRequestStart) >= 1, "{counters:?}");
+    assert!(h.counter(Counter::SkipInsideBody) >= 2, "{counters:?}");
+    assert!(h.counter(Counter::SkipHeadersIncomplete) >= 1, "{counters:?}");
+    assert!(h.counter(Counter::SkipBoundaryLost) >= 3, "{counters:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -922,7 +923,7 @@ async fn server_context_links_incoming_outgoing_and_spawned_threads() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stress_random_bodies_arrive_intact_with_one_traceparent_each() {
     let _serial = SERIAL.lock().await;
-    let Some(h) = Harness::load(true) else {
+    let Some(mut h) = Harness::load(true) else {
         return;
     };
     let (_server, port, _) = h.server(SERVER);
@@ -936,13 +937,25 @@ async fn stress_random_bodies_arrive_intact_with_one_traceparent_each() {
     let started = Instant::now();
     let (_client, mut out, _stdin) =
         h.spawn(STRESS, &[&port.to_string(), &total.to_string(), "4", "7"]);
-    // The summary is the only line the client prints, at the end. The ring
-    // buffer overflows meanwhile (counted as lost events): not checked here.
-    let summary = read_line(&mut out);
+    // The summary is the only line the client prints, at the end. Events
+    // are drained (and dropped) meanwhile, as the agent would: the kernel
+    // injects only while the agent keeps up (its heartbeat).
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(read_line(&mut out));
+    });
+    let summary = loop {
+        h.source.drain(usize::MAX, |_| {});
+        match rx.recv_timeout(Duration::from_millis(50)) {
+            Ok(line) => break line,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+            Err(e) => panic!("stress client: {e}"),
+        }
+    };
     let v: Value = serde_json::from_str(&summary)
         .unwrap_or_else(|e| panic!("stress client said {summary:?}: {e}"));
     eprintln!("stress: {} requests in {:?}: {v}", total, started.elapsed());
-    assert_eq!(v["bad"], 0, "{v}");
+    assert_eq!(v["bad"], 0, "{v}\nkernel counters: {:?}", h.probes.kernel_counters());
     assert_eq!(v["ok"].as_u64().unwrap(), total);
     assert!(h.counter(Counter::Injected) >= injected_before + total);
 }
@@ -1028,6 +1041,7 @@ async fn connections_from_before_the_agent_are_counted_not_injected() {
         family: libc::AF_INET as u8,
         flags: 0,
         _pad: [0; 5],
+        req_remaining: 0,
     };
     h.maps.track_conn(key, info).unwrap();
     writeln!(stdin, "go").unwrap();
@@ -1052,13 +1066,194 @@ async fn connections_from_before_the_agent_are_counted_not_injected() {
         "{:?}",
         h.probes.kernel_counters()
     );
-    // The request set AWAITING_RESPONSE, the response read cleared it.
+    // The whole request went out: the connection is at a request boundary.
     assert_eq!(
-        h.maps
-            .conn(key)
-            .map(|c| c.flags & waggle_common::conn_flags::AWAITING_RESPONSE),
-        Some(0),
-        "the response read clears AWAITING_RESPONSE"
+        h.maps.conn(key).map(|c| (c.req_remaining, c.flags & waggle_common::conn_flags::BOUNDARY_LOST)),
+        Some((0, 0)),
+        "a sent request without body leaves the connection at a boundary"
     );
     writeln!(stdin, "bye").unwrap();
 }
+
+/// Prints the SO_COOKIE of a connection to argv[1] and holds it until stdin
+/// closes (a traced process's client socket, for the sockmap checks).
+const COOKIE_CLIENT: &str = r#"
+import socket, struct, sys
+s = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
+print(struct.unpack("Q", s.getsockopt(socket.SOL_SOCKET, 57, 8))[0], flush=True)
+sys.stdin.read()
+"#;
+
+fn own_cookie(s: &std::net::TcpStream) -> u64 {
+    use std::os::fd::AsRawFd;
+    let mut cookie = 0u64;
+    let mut len = 8 as libc::socklen_t;
+    // SAFETY: SO_COOKIE writes 8 bytes into `cookie`.
+    let rc = unsafe {
+        libc::getsockopt(s.as_raw_fd(), libc::SOL_SOCKET, libc::SO_COOKIE, (&mut cookie as *mut u64).cast(), &mut len)
+    };
+    assert_eq!(rc, 0, "SO_COOKIE: {}", std::io::Error::last_os_error());
+    cookie
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_sockets_of_traced_processes_enter_the_sockmap() {
+    let _serial = SERIAL.lock().await;
+    if !is_root() {
+        panic!("propagation_live needs root (run through `cargo xtask test`)");
+    }
+    let py = python();
+    // A server, and a client connection that predates the probes.
+    let mut server = Proc(Command::new(&py).args(["-u", "-c", SINK]).stdout(Stdio::piped()).spawn().unwrap());
+    let mut server_out = BufReader::new(server.0.stdout.take().unwrap());
+    let port = read_line(&mut server_out);
+    let mut early = Proc(
+        Command::new(&py).args(["-u", "-c", COOKIE_CLIENT, &port]).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap(),
+    );
+    let early_cookie: u64 = read_line(&mut BufReader::new(early.0.stdout.take().unwrap())).parse().unwrap();
+
+    // Sockets stay in the map for their lifetime in this mode, so the map
+    // shows every socket that ever entered it.
+    let Some(h) = Harness::load_with(true, true) else {
+        panic!("probes did not load");
+    };
+    assert_eq!(h.probes.sockmap_mode(), waggle_common::sockmap_mode::KEEP);
+    let added_before = h.counter(Counter::SockmapAdded);
+    let mut traced = Proc(
+        Command::new(&py).args(["-u", "-c", COOKIE_CLIENT, &port]).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap(),
+    );
+    let traced_cookie: u64 = read_line(&mut BufReader::new(traced.0.stdout.take().unwrap())).parse().unwrap();
+    // This process is the agent: its own sockets must never enter.
+    let own = std::net::TcpStream::connect(("127.0.0.1", port.parse::<u16>().unwrap())).unwrap();
+    let own_cookie = own_cookie(&own);
+
+    let cookies = h.probes.client_sock_cookies();
+    assert!(cookies.contains(&traced_cookie), "a traced process's new client socket is in CLIENT_SOCKS: {cookies:?}");
+    assert!(!cookies.contains(&own_cookie), "the agent's own socket entered CLIENT_SOCKS: {cookies:?}");
+    assert!(!cookies.contains(&early_cookie), "a socket connected before the agent entered CLIENT_SOCKS: {cookies:?}");
+    // Every socket in the map belongs to a process the probes trace: none
+    // is the agent's, and each was counted on the way in.
+    assert!(h.counter(Counter::SockmapAdded) >= added_before + 1);
+    drop(own);
+    drop(traced);
+    drop(early);
+}
+
+/// Serves HTTP on its first port (answers every request with a body of the
+/// size in its path, and says how many traceparent lines it saw) and, on
+/// its second, sends the next size from argv to each new connection at
+/// once (a server that speaks first).
+const FIONREAD_SERVER: &str = r#"
+import socket, sys, threading
+sizes = [int(x) for x in sys.argv[1:]]
+def http(c):
+    buf = b""
+    while b"\r\n\r\n" not in buf:
+        d = c.recv(65536)
+        if not d:
+            return
+        buf += d
+    head = buf.split(b"\r\n\r\n")[0]
+    lines = head.split(b"\r\n")
+    size = int(lines[0].split(b" ")[1].split(b"/")[-1])
+    tp = sum(1 for l in lines[1:] if l.lower().startswith(b"traceparent"))
+    c.sendall(b"HTTP/1.1 200 OK\r\nX-Tp: %d\r\nContent-Length: %d\r\n\r\n" % (tp, size) + b"x" * size)
+    c.recv(1)
+    c.close()
+def first(c, size):
+    c.sendall(b"y" * size)
+    c.recv(1)
+    c.close()
+a, b = socket.socket(), socket.socket()
+for l in (a, b):
+    l.bind(("127.0.0.1", 0))
+    l.listen(16)
+print(a.getsockname()[1], b.getsockname()[1], flush=True)
+def serve_b():
+    for size in sizes:
+        c, _ = b.accept()
+        threading.Thread(target=first, args=(c, size), daemon=True).start()
+threading.Thread(target=serve_b, daemon=True).start()
+while True:
+    c, _ = a.accept()
+    threading.Thread(target=http, args=(c,), daemon=True).start()
+"#;
+
+/// For each size: one request to the HTTP port, and one connection to the
+/// speaking-first port; waits until every byte is there (MSG_PEEK), then
+/// compares FIONREAD with it. Prints one JSON line per check.
+const FIONREAD_CLIENT: &str = r#"
+import fcntl, json, select, socket, struct, sys, termios, time
+http_port, first_port = int(sys.argv[1]), int(sys.argv[2])
+sizes = [int(x) for x in sys.argv[3:]]
+def settle(s, want):
+    # Everything that will arrive, arrived: peek until `want` bytes wait.
+    deadline = time.time() + 20
+    while True:
+        select.select([s], [], [], 1)
+        n = len(s.recv(want + 1, socket.MSG_PEEK | socket.MSG_DONTWAIT))
+        if n >= want or time.time() > deadline:
+            return n
+def check(s, want, case, size):
+    waiting = settle(s, want)
+    fionread = struct.unpack("i", fcntl.ioctl(s.fileno(), termios.FIONREAD, b"\0\0\0\0"))[0]
+    head = s.recv(256, socket.MSG_PEEK)
+    tp = int(head.split(b"X-Tp: ")[1].split(b"\r")[0]) if b"X-Tp: " in head else None
+    print(json.dumps({"case": case, "size": size, "waiting": waiting, "fionread": fionread, "tp": tp}), flush=True)
+    s.sendall(b"!")
+    s.close()
+def conn(port):
+    s = socket.socket()
+    # SO_RCVBUFFORCE (root): room for the largest size to wait whole.
+    s.setsockopt(socket.SOL_SOCKET, 33, 8 << 20)
+    s.connect(("127.0.0.1", port))
+    return s
+for size in sizes:
+    s = conn(http_port)
+    s.sendall(b"GET /size/%d HTTP/1.1\r\nHost: x\r\n\r\n" % size)
+    head_len = len(b"HTTP/1.1 200 OK\r\nX-Tp: 1\r\nContent-Length: %d\r\n\r\n" % size)
+    check(s, head_len + size, "request", size)
+    check(conn(first_port), size, "server-first", size)
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fionread_reports_the_bytes_waiting_on_watched_sockets() {
+    let _serial = SERIAL.lock().await;
+    // The default mode: whatever this kernel makes of FIONREAD on sockets
+    // in a sockmap, the agent must keep it right.
+    let Some(mut h) = Harness::load_with(true, false) else {
+        panic!("probes did not load");
+    };
+    let mode = h.probes.sockmap_mode();
+    assert_ne!(mode, waggle_common::sockmap_mode::UNSET, "propagation must be on");
+    let sizes: Vec<String> = [1usize, 2, 100, 1460, 4096, 65_536, 1 << 20].iter().map(|n| n.to_string()).collect();
+    let size_args: Vec<&str> = sizes.iter().map(String::as_str).collect();
+    let (_server, mut server_out, _) = h.spawn(FIONREAD_SERVER, &size_args);
+    let ports = read_line(&mut server_out);
+    let mut ports = ports.split_whitespace();
+    let (http_port, first_port) = (ports.next().unwrap().to_owned(), ports.next().unwrap().to_owned());
+    let added_before = h.counter(Counter::SockmapAdded);
+    let mut args = vec![http_port.as_str(), first_port.as_str()];
+    args.extend(size_args.iter());
+    let (client, mut out, _stdin) = h.spawn(FIONREAD_CLIENT, &args);
+    let mut checks = Vec::new();
+    for _ in 0..2 * sizes.len() {
+        let v: Value = serde_json::from_str(&read_line(&mut out)).unwrap();
+        checks.push(v);
+    }
+    drop(client);
+    for v in &checks {
+        assert_eq!(v["fionread"], v["waiting"], "FIONREAD must equal the bytes waiting: {v} (all: {checks:?})");
+    }
+    // The client sockets really were in the sockmap, and the requests
+    // really were injected into: the check is not vacuous.
+    assert!(h.counter(Counter::SockmapAdded) >= added_before + 2 * sizes.len() as u64, "{:?}", h.probes.kernel_counters());
+    for v in checks.iter().filter(|v| v["case"] == "request") {
+        assert_eq!(v["tp"], 1, "each first request carries one traceparent: {v}");
+    }
+    if mode == waggle_common::sockmap_mode::LEAVE_AT_FIRST_TRANSMIT {
+        assert!(h.counter(Counter::SockmapLeft) >= 2 * sizes.len() as u64, "{:?}", h.probes.kernel_counters());
+    }
+    h.drain();
+}
+

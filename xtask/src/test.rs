@@ -44,6 +44,10 @@ pub const E2E_DEPS: &[Dep] = &[
     // the CLI edge test drops privileges with setpriv (util-linux).
     Dep { packages: &["nodejs"], command: Some("node") },
     Dep { packages: &["util-linux"], command: Some("setpriv") },
+    // Traffic-integrity suite (tests/tests/integrity.rs): Go and Java
+    // clients built at test time (node, curl and nginx are above).
+    Dep { packages: &["golang-go"], command: Some("go") },
+    Dep { packages: &["default-jdk-headless", "openjdk-17-jdk-headless"], command: Some("javac") },
 ];
 
 /// Packages to install for the deps that are not satisfied.

@@ -6,6 +6,8 @@
 //! and the agent reads them back with `read_unaligned`.
 #![no_std]
 
+pub mod http;
+
 /// Bytes of payload copied per data event. A power of two so the kernel side
 /// can bound copy lengths with a mask the verifier understands.
 pub const MAX_CAPTURE: usize = 4096;
@@ -32,12 +34,26 @@ pub mod maps {
     /// pid_tgid -> InjectRequest: a traceparent the current send should carry
     /// (set by the syscall tracepoint, consumed by the sk_msg program).
     pub const INJECT_PENDING: &str = "INJECT_PENDING";
-    /// SockHash of established client sockets the sk_msg program runs on.
+    /// SockHash of established client sockets the sk_msg program runs on,
+    /// keyed by socket cookie (unique across network namespaces).
     pub const CLIENT_SOCKS: &str = "CLIENT_SOCKS";
-    /// Per-CPU copy of the first bytes of a message the sk_msg program scans
-    /// (kernel-only).
-    pub const MSG_SCRATCH: &str = "MSG_SCRATCH";
+    /// Socket cookies of connects by traced processes, from the connect()
+    /// call (sockops TCP_CONNECT_CB, process context) until the connection
+    /// is established and may enter CLIENT_SOCKS (kernel-only).
+    pub const CONNECTING: &str = "CONNECTING";
+    /// Array of u64 the agent sets while running, indexed by [`super::runtime`].
+    pub const RUNTIME: &str = "RUNTIME";
+    /// LPM trie of peer networks whose incoming traceparent is trusted
+    /// (consulted only when the TRUST_ALL_PEERS global is 0).
+    pub const TRUSTED_NETS: &str = "TRUSTED_NETS";
 }
+
+/// The kernel injects only while the agent drained within this long: a
+/// stopped or hung agent would otherwise send ids downstream for spans it
+/// never exports.
+pub const HEARTBEAT_STALE_NS: u64 = 5_000_000_000;
+/// How often the agent refreshes HEARTBEAT.
+pub const HEARTBEAT_INTERVAL_MS: u64 = 500;
 
 /// Values of the INET_STREAM_SOCKS map: what `socket()` said about an
 /// AF_INET/AF_INET6 descriptor. Datagram sockets are remembered too, so a
@@ -58,6 +74,80 @@ pub mod globals {
     pub const CAPTURE_BYTES: &str = "CAPTURE_BYTES";
     /// 1: insert traceparent into outgoing HTTP/1.x requests; 0: don't.
     pub const PROPAGATION: &str = "PROPAGATION";
+    /// u64: a trace the kernel starts is sampled when
+    /// [`super::sampled_by_threshold`] says so (0: never, u64::MAX: always).
+    pub const SAMPLE_THRESHOLD: &str = "SAMPLE_THRESHOLD";
+    /// 1: an incoming traceparent's sampled flag decides (parentbased_*).
+    pub const PARENT_BASED: &str = "PARENT_BASED";
+    /// 1: every peer's incoming traceparent is trusted (no TRUSTED_NETS lookup).
+    pub const TRUST_ALL_PEERS: &str = "TRUST_ALL_PEERS";
+    /// Byte offsets in the running kernel's `struct tcp_sock` (from its BTF)
+    /// of the fields that decide whether a send can complete without
+    /// waiting for memory; 0 = unknown, and then nothing is injected.
+    pub const OFF_SNDBUF: &str = "OFF_SNDBUF";
+    pub const OFF_WMEM_QUEUED: &str = "OFF_WMEM_QUEUED";
+    pub const OFF_WRITE_SEQ: &str = "OFF_WRITE_SEQ";
+    pub const OFF_SND_NXT: &str = "OFF_SND_NXT";
+    pub const OFF_NOTSENT_LOWAT: &str = "OFF_NOTSENT_LOWAT";
+    /// net.ipv4.tcp_notsent_lowat, for sockets that set none of their own.
+    pub const NOTSENT_LOWAT_DEFAULT: &str = "NOTSENT_LOWAT_DEFAULT";
+}
+
+/// Indexes of the RUNTIME array.
+pub mod runtime {
+    /// CLOCK_MONOTONIC ns of the agent's last drain. The kernel stops
+    /// injecting when it is older than [`super::HEARTBEAT_STALE_NS`].
+    pub const HEARTBEAT: u32 = 0;
+    /// A [`super::sockmap_mode`] value, set once the agent has checked how
+    /// the kernel treats sockets in a sockmap.
+    pub const SOCKMAP_MODE: u32 = 1;
+    pub const COUNT: u32 = 2;
+}
+
+/// How long a client socket stays in CLIENT_SOCKS.
+pub mod sockmap_mode {
+    /// Not decided yet: no socket enters the map.
+    pub const UNSET: u64 = 0;
+    /// For its lifetime (`--propagation unsafe-keepalive`): every request
+    /// of a keep-alive connection can carry traceparent, but the socket's
+    /// receive path runs through the kernel's tcp_bpf code all along
+    /// (FIONREAD misreports on current kernels; a missed FIN was seen).
+    pub const KEEP: u64 = 1;
+    /// Until it first transmits a packet after the handshake (its first
+    /// request, or the ACK of the first bytes it receives): no socket is in
+    /// the map while it has received data waiting, so the application's
+    /// receive path never meets tcp_bpf. Only the first request of a
+    /// connection can carry a traceparent. The default.
+    pub const LEAVE_AT_FIRST_TRANSMIT: u64 = 2;
+}
+
+/// `SAMPLE_THRESHOLD` for a trace-id ratio (as the OpenTelemetry SDKs
+/// compute it: the low 8 bytes of the trace id, shifted right once, below
+/// ratio * 2^63).
+pub fn ratio_threshold(ratio: f64) -> u64 {
+    if ratio.is_nan() || ratio <= 0.0 {
+        0
+    } else if ratio >= 1.0 {
+        u64::MAX
+    } else {
+        (ratio * (1u64 << 63) as f64) as u64
+    }
+}
+
+/// The one sampling rule for traces waggle starts, in the kernel and the agent.
+#[inline(always)]
+pub fn sampled_by_threshold(trace_id: &[u8; 16], threshold: u64) -> bool {
+    let low = u64::from_be_bytes([
+        trace_id[8],
+        trace_id[9],
+        trace_id[10],
+        trace_id[11],
+        trace_id[12],
+        trace_id[13],
+        trace_id[14],
+        trace_id[15],
+    ]);
+    (low >> 1) < threshold
 }
 
 /// Length of the header line the sk_msg program inserts:
@@ -66,6 +156,8 @@ pub const TRACEPARENT_LINE_LEN: usize = 70;
 pub const THREAD_CTX_MAX_ENTRIES: u32 = 16384;
 pub const INJECT_PENDING_MAX_ENTRIES: u32 = 4096;
 pub const CLIENT_SOCKS_MAX_ENTRIES: u32 = 65536;
+pub const CONNECTING_MAX_ENTRIES: u32 = 16384;
+pub const TRUSTED_NETS_MAX_ENTRIES: u32 = 1024;
 
 /// The kernel wakes the agent only once this many bytes wait in the ring
 /// buffer: at high request rates a wake-up per record costs more than the
@@ -120,11 +212,9 @@ pub mod conn_flags {
     /// unknown protocol, the agent's own export traffic): the kernel keeps
     /// tracking it but copies no payload.
     pub const MUTED: u8 = 1;
-    /// Client side: an HTTP request was sent and its final (non-1xx)
-    /// response has not been read yet. A send in this state is never a new
-    /// request (it is a body, a header continuation or a pipelined request),
-    /// so nothing is injected into it.
-    pub const AWAITING_RESPONSE: u8 = 2;
+    /// Server side: the peer is outside the trusted networks; its incoming
+    /// traceparent is ignored.
+    pub const UNTRUSTED_PEER: u8 = 2;
     /// Client side: the kernel has seen a send on this connection (the
     /// first one decides NOT_HTTP1).
     pub const SENT: u8 = 4;
@@ -132,6 +222,11 @@ pub mod conn_flags {
     /// request (TLS, SSH, a binary protocol, a connection picked up
     /// mid-stream): nothing is ever injected into this connection.
     pub const NOT_HTTP1: u8 = 8;
+    /// Client side: where a request ended could not be told from its header
+    /// block (chunked or unknown length, an upgrade, a header block the
+    /// kernel did not see whole): no later send is known to start a request,
+    /// so nothing more is injected into this connection.
+    pub const BOUNDARY_LOST: u8 = 16;
 }
 
 /// Flags of a [`TraceCtxEvent`] / [`TraceCtx`].
@@ -147,27 +242,26 @@ pub mod ctx_flags {
 
 /// Why an injection was skipped (index into COUNTERS after the base counters).
 pub mod skip_reason {
+    /// The application's header block has its own traceparent.
     pub const ALREADY_HAS_TRACEPARENT: u32 = 0;
+    /// The bytes the socket layer got are not those the syscall saw.
     pub const NOT_REQUEST_START: u32 = 1;
-    pub const AWAITING_RESPONSE: u32 = 2;
-    pub const NO_REQUEST_LINE_END: u32 = 3;
+    /// Looks like a request start but lies inside the current request's
+    /// body (counted by Content-Length).
+    pub const INSIDE_BODY: u32 = 2;
+    /// The request's header block was not whole in its first send's first
+    /// 4 KiB.
+    pub const HEADERS_INCOMPLETE: u32 = 3;
     pub const PUSH_FAILED: u32 = 4;
     pub const NOT_IN_SOCKHASH: u32 = 5;
-    pub const COUNT: u32 = 6;
-}
-
-/// Key of CLIENT_SOCKS: a connection's addresses as the sockops program
-/// sees them (ports as in `struct bpf_sock_ops`: local in host order, remote
-/// in network order). IPv4 addresses sit in the first word.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub struct SockTuple {
-    pub family: u32,
-    pub local_port: u32,
-    pub remote_port: u32,
-    pub _pad: u32,
-    pub local_ip: [u32; 4],
-    pub remote_ip: [u32; 4],
+    /// An earlier request's end was unknown (BOUNDARY_LOST).
+    pub const BOUNDARY_LOST: u32 = 6;
+    /// The socket might not take the whole message without waiting for
+    /// memory: a partial send could cut the inserted line.
+    pub const SEND_BUFFER_LOW: u32 = 7;
+    /// The agent has not drained events for HEARTBEAT_STALE_NS.
+    pub const AGENT_STALLED: u32 = 8;
+    pub const COUNT: u32 = 9;
 }
 
 /// A trace context as the kernel keeps it per thread.
@@ -193,6 +287,9 @@ pub struct ConnInfo {
     pub family: u8,
     pub flags: u8,
     pub _pad: [u8; 5],
+    /// Client side: bytes of the current request the application has yet to
+    /// send; the next send is a request boundary when 0.
+    pub req_remaining: u64,
 }
 
 /// Kind byte at offset 0 of every ring-buffer record.
@@ -365,11 +462,18 @@ pub struct TraceCtxEvent {
 #[derive(Clone, Copy, Debug, Default)]
 pub struct InjectRequest {
     pub ctx: TraceCtx,
+    /// First 8 bytes of the request as the syscall tracepoint read them; the
+    /// sk_msg program injects only if the message starts with the same.
+    pub head: u64,
+    /// Where the request line and the header block end, as scanned by the
+    /// tracepoint (both <= MAX_CAPTURE).
+    pub request_line_end: u16,
+    pub headers_end: u16,
     /// Set by the sk_msg program once the header is in.
     pub injected: u8,
     /// skip_reason + 1 when sk_msg declined; 0 when not decided.
     pub skipped: u8,
-    pub _pad: [u8; 6],
+    pub _pad: [u8; 2],
 }
 
 /// Value of the PENDING map: what a syscall's enter handler leaves for its
@@ -423,17 +527,28 @@ pub enum Counter {
     /// Injection skipped, one counter per `skip_reason` (8..8+COUNT).
     SkipAlreadyHasTraceparent = 8,
     SkipNotRequestStart = 9,
-    SkipAwaitingResponse = 10,
-    SkipNoRequestLineEnd = 11,
+    SkipInsideBody = 10,
+    SkipHeadersIncomplete = 11,
     SkipPushFailed = 12,
     SkipNotInSockhash = 13,
+    SkipBoundaryLost = 14,
+    SkipSendBufferLow = 15,
+    SkipAgentStalled = 16,
     /// Server requests that arrived with a valid traceparent.
-    IncomingTraceparent = 14,
+    IncomingTraceparent = 17,
     /// Server request contexts the kernel started.
-    ServerCtxStarted = 15,
+    ServerCtxStarted = 18,
+    /// Incoming traceparent ignored: the peer is outside the trusted networks.
+    IncomingUntrusted = 19,
+    /// Client sockets of traced processes put into CLIENT_SOCKS.
+    SockmapAdded = 20,
+    /// CLIENT_SOCKS refused a socket (full, or another sk_msg program owns it).
+    SockmapRefused = 21,
+    /// Sockets taken out of CLIENT_SOCKS at their first transmit (sockmap_mode::LEAVE_AT_FIRST_TRANSMIT).
+    SockmapLeft = 22,
 }
 
-pub const COUNTER_COUNT: u32 = 16;
+pub const COUNTER_COUNT: u32 = 23;
 
 impl Counter {
     /// The skip counter for a `skip_reason` value.
@@ -441,7 +556,7 @@ impl Counter {
         Counter::SkipAlreadyHasTraceparent as u32 + reason
     }
 
-    pub const ALL: [Counter; 16] = [
+    pub const ALL: [Counter; 23] = [
         Counter::EventsLost,
         Counter::DataEvents,
         Counter::DataTruncated,
@@ -452,12 +567,19 @@ impl Counter {
         Counter::Injected,
         Counter::SkipAlreadyHasTraceparent,
         Counter::SkipNotRequestStart,
-        Counter::SkipAwaitingResponse,
-        Counter::SkipNoRequestLineEnd,
+        Counter::SkipInsideBody,
+        Counter::SkipHeadersIncomplete,
         Counter::SkipPushFailed,
         Counter::SkipNotInSockhash,
+        Counter::SkipBoundaryLost,
+        Counter::SkipSendBufferLow,
+        Counter::SkipAgentStalled,
         Counter::IncomingTraceparent,
         Counter::ServerCtxStarted,
+        Counter::IncomingUntrusted,
+        Counter::SockmapAdded,
+        Counter::SockmapRefused,
+        Counter::SockmapLeft,
     ];
 
     pub fn name(self) -> &'static str {
@@ -472,12 +594,19 @@ impl Counter {
             Counter::Injected => "propagation_injected",
             Counter::SkipAlreadyHasTraceparent => "propagation_skipped_has_traceparent",
             Counter::SkipNotRequestStart => "propagation_skipped_not_request_start",
-            Counter::SkipAwaitingResponse => "propagation_skipped_awaiting_response",
-            Counter::SkipNoRequestLineEnd => "propagation_skipped_no_request_line_end",
+            Counter::SkipInsideBody => "propagation_skipped_inside_body",
+            Counter::SkipHeadersIncomplete => "propagation_skipped_headers_incomplete",
             Counter::SkipPushFailed => "propagation_skipped_push_failed",
             Counter::SkipNotInSockhash => "propagation_skipped_not_in_sockhash",
+            Counter::SkipBoundaryLost => "propagation_skipped_boundary_lost",
+            Counter::SkipSendBufferLow => "propagation_skipped_send_buffer_low",
+            Counter::SkipAgentStalled => "propagation_skipped_agent_stalled",
             Counter::IncomingTraceparent => "propagation_incoming_traceparent",
             Counter::ServerCtxStarted => "propagation_server_ctx_started",
+            Counter::IncomingUntrusted => "propagation_incoming_untrusted",
+            Counter::SockmapAdded => "propagation_sockmap_added",
+            Counter::SockmapRefused => "propagation_sockmap_refused",
+            Counter::SockmapLeft => "propagation_sockmap_left",
         }
     }
 }
@@ -496,8 +625,6 @@ mod user {
     unsafe impl aya::Pod for Pending {}
     // SAFETY: as above.
     unsafe impl aya::Pod for InjectRequest {}
-    // SAFETY: as above.
-    unsafe impl aya::Pod for SockTuple {}
 }
 
 #[cfg(test)]
@@ -509,16 +636,43 @@ mod tests {
     #[test]
     fn layouts_have_no_implicit_padding() {
         assert_eq!(size_of::<SockKey>(), 8);
-        assert_eq!(size_of::<ConnInfo>(), 16);
+        assert_eq!(size_of::<ConnInfo>(), 24);
         assert_eq!(size_of::<DataEvent>(), 56);
         assert_eq!(size_of::<ConnEvent>(), 72);
         assert_eq!(size_of::<ProcessEvent>(), 24);
         assert_eq!(size_of::<TraceCtx>(), 48);
         assert_eq!(size_of::<Pending>(), 56);
         assert_eq!(size_of::<TraceCtxEvent>(), 64);
-        assert_eq!(size_of::<InjectRequest>(), 56);
-        assert_eq!(size_of::<SockTuple>(), 48);
+        assert_eq!(size_of::<InjectRequest>(), 64);
+        assert_eq!(size_of::<http::HeaderScan>(), 80);
         assert_eq!(b"traceparent: 00-".len() + 32 + 1 + 16 + 1 + 2 + 2, TRACEPARENT_LINE_LEN);
+    }
+
+    #[test]
+    fn skip_counters_line_up_with_reasons() {
+        assert_eq!(Counter::skip(skip_reason::ALREADY_HAS_TRACEPARENT), Counter::SkipAlreadyHasTraceparent as u32);
+        assert_eq!(Counter::skip(skip_reason::AGENT_STALLED), Counter::SkipAgentStalled as u32);
+        assert_eq!(Counter::skip(skip_reason::COUNT), Counter::IncomingTraceparent as u32);
+        for (i, c) in Counter::ALL.iter().enumerate() {
+            assert_eq!(*c as usize, i);
+        }
+    }
+
+    #[test]
+    fn ratio_sampling_matches_the_sdk_rule() {
+        let id = |low: u64| {
+            let mut t = [0u8; 16];
+            t[8..].copy_from_slice(&low.to_be_bytes());
+            t
+        };
+        assert!(!sampled_by_threshold(&id(0), ratio_threshold(0.0)));
+        assert!(sampled_by_threshold(&id(u64::MAX), ratio_threshold(1.0)));
+        let t = ratio_threshold(0.25);
+        assert!(sampled_by_threshold(&id((1u64 << 62) - 2), t));
+        assert!(!sampled_by_threshold(&id(1u64 << 62), t));
+        // Roughly a quarter of evenly spread ids.
+        let hits = (0..1000u64).filter(|i| sampled_by_threshold(&id(i.wrapping_mul(0x9e37_79b9_7f4a_7c15)), t)).count();
+        assert!((200..300).contains(&hits), "{hits}");
     }
 
     #[test]

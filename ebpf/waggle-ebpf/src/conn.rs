@@ -2,13 +2,16 @@
 //! start tracking TCP connections (CONNS), close() ends them.
 use aya_ebpf::{
     helpers::{bpf_get_current_comm, bpf_probe_read_user},
+    maps::lpm_trie::Key,
     programs::TracePointContext,
 };
-use waggle_common::{inet_sock, ConnEvent, ConnInfo, Counter, EventKind, Role, SockKey, SyscallId};
+use waggle_common::{
+    conn_flags, inet_sock, ConnEvent, ConnInfo, Counter, EventKind, Role, SockKey, SyscallId,
+};
 
 use crate::{
-    arg, count, current, mint_conn_id, now_ns, stash, take_pending, wakeup_flags, Pending, CONNS, EVENTS,
-    INET_STREAM_SOCKS, TRACKED_TGIDS,
+    arg, count, current, mint_conn_id, now_ns, stash, take_pending, wakeup_flags, Pending, CONNS,
+    EVENTS, INET_STREAM_SOCKS, TRACKED_TGIDS, TRUSTED_NETS, TRUST_ALL_PEERS,
 };
 
 const AF_INET: u16 = 2;
@@ -89,16 +92,40 @@ fn emit_conn(kind: EventKind, role: Role, key: SockKey, tid: u32, conn_id: u64, 
     }
 }
 
+/// A server connection's peer may set its trace context: every peer unless
+/// trusted networks are configured, then only theirs (an unknown peer
+/// address is not trusted).
+#[inline(always)]
+fn peer_trusted(peer: &Peer) -> bool {
+    if TRUST_ALL_PEERS.load() != 0 {
+        return true;
+    }
+    let mut addr = peer.addr;
+    if peer.family == AF_INET {
+        // ::ffff:a.b.c.d, as userspace stores IPv4 networks.
+        addr = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, addr[0], addr[1], addr[2], addr[3]];
+    } else if peer.family != AF_INET6 {
+        return false;
+    }
+    TRUSTED_NETS.get(Key::new(128, addr)).is_some()
+}
+
 /// Starts tracking a TCP connection and reports it.
 #[inline(always)]
 fn open_conn(key: SockKey, tid: u32, role: Role, peer: &Peer) {
     let conn_id = mint_conn_id();
+    let flags = if role == Role::Server && !peer_trusted(peer) {
+        conn_flags::UNTRUSTED_PEER
+    } else {
+        0
+    };
     let info = ConnInfo {
         conn_id,
         role: role as u8,
         family: peer.family as u8,
-        flags: 0,
+        flags,
         _pad: [0; 5],
+        req_remaining: 0,
     };
     if CONNS.insert(key, info, 0).is_err() {
         count(Counter::MapInsertFailed);

@@ -1,55 +1,33 @@
 //! The data path: read/write/recvfrom/sendto/readv/writev/recvmsg/sendmsg on
 //! tracked connections become DataEvents carrying a bounded payload prefix.
-use core::{ffi::c_void, hint::black_box, mem::size_of};
+use core::hint::black_box;
 
-use aya_ebpf::{
-    helpers::{bpf_probe_read_user, generated::bpf_probe_read_user as bpf_probe_read_user_raw},
-    programs::TracePointContext,
-};
+use aya_ebpf::programs::TracePointContext;
 use waggle_common::{
-    conn_flags, Counter, DataEvent, Direction, EventKind, Role, SockKey, SyscallId, CAPTURE_MASK,
-    MAX_CAPTURE, MAX_IOVECS,
+    conn_flags, ConnInfo, Counter, DataEvent, Direction, EventKind, Role, SockKey, SyscallId,
+    MAX_CAPTURE,
 };
 
 use crate::{
-    arg, count, current, now_ns, stash, take_pending, trace, wakeup_flags, Pending, CAPTURE_BYTES, CONNS,
-    EVENTS,
-    PROPAGATION, SCRATCH,
+    arg, count, current, now_ns, stash, take_pending, trace,
+    user_copy::{copy_user, shape, HEADER, PAYLOAD_AREA},
+    wakeup_flags, Pending, CAPTURE_BYTES, CONNS, EVENTS, PROPAGATION, SCRATCH,
 };
 
-pub(crate) const HEADER: usize = size_of::<DataEvent>();
-pub(crate) const PAYLOAD_AREA: usize = 2 * MAX_CAPTURE;
 /// Bounds the output length for the verifier: HEADER + (x & OUT_MASK) always
 /// fits the scratch buffer.
 const OUT_MASK: u64 = (PAYLOAD_AREA - 1) as u64;
-const MASK: u64 = CAPTURE_MASK as u64;
 
-/// Layout of the user buffer argument.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Shape {
-    /// (fd, buf, len)
-    Flat,
-    /// (fd, const struct iovec *, iovcnt)
-    Iovec,
-    /// (fd, struct user_msghdr *, flags)
-    Msghdr,
-    /// sendfile(out_fd, in_fd, offset, count): nothing to copy.
-    NoBuffer,
-}
+/// `Pending::aux` bits of a send on a client connection.
+/// The enter handler left an INJECT_PENDING entry for the exit to take.
+pub(crate) const AUX_INJECT: u64 = 1;
+/// The send starts a request whose length the enter handler stored in
+/// `ConnInfo::req_remaining`.
+pub(crate) const AUX_REQUEST_START: u64 = 2;
 
 /// Peeked bytes are read again by a later recv: capturing both would show
 /// parsers the same bytes twice.
 const MSG_PEEK: u64 = 2;
-
-#[inline(always)]
-pub(crate) fn shape(id: SyscallId) -> Shape {
-    match id {
-        SyscallId::Readv | SyscallId::Writev => Shape::Iovec,
-        SyscallId::Recvmsg | SyscallId::Sendmsg => Shape::Msghdr,
-        SyscallId::Sendfile => Shape::NoBuffer,
-        _ => Shape::Flat,
-    }
-}
 
 #[inline(always)]
 fn is_send(id: SyscallId) -> bool {
@@ -108,23 +86,67 @@ pub(crate) fn enter(ctx: &TracePointContext, id: SyscallId) {
     // SAFETY: info points at a live CONNS value; copied out.
     let conn = unsafe { *info };
     let shape = shape(id);
-    let request = match Role::from_u8(conn.role) {
+    let send = match Role::from_u8(conn.role) {
         Role::Client => trace::client_send_enter(pid_tgid, info, shape, p.ptr, p.len),
         Role::Server => {
             trace::server_send_enter(pid_tgid, &conn, shape, p.ptr, p.len);
-            None
+            trace::ClientSend::default()
         }
-        Role::Unknown => None,
+        Role::Unknown => trace::ClientSend::default(),
     };
-    let Some(request) = request else {
-        stash(pid_tgid, &p);
+    if send.request_start {
+        p.aux |= AUX_REQUEST_START;
+    }
+    let Some(request) = send.request else {
+        if !stash(pid_tgid, &p) && send.request_start {
+            // No exit will account for this send: the boundary is lost.
+            // SAFETY: as above.
+            unsafe { (*info).flags |= conn_flags::BOUNDARY_LOST };
+        }
         return;
     };
     // Only the exit, through PENDING, takes INJECT_PENDING back: without
     // the stash no request state may be left behind.
-    p.aux = 1;
+    p.aux |= AUX_INJECT;
     if stash(pid_tgid, &p) {
-        trace::client_send_arm(pid_tgid, info, &request);
+        trace::client_send_arm(pid_tgid, &request);
+    } else if send.request_start {
+        // SAFETY: as above.
+        unsafe { (*info).flags |= conn_flags::BOUNDARY_LOST };
+    }
+}
+
+/// Client side: keeps `req_remaining` equal to what the application has yet
+/// to send of its current request, from what each send returned.
+#[inline(always)]
+fn account_client_send(info: *mut ConnInfo, aux: u64, ret: i64) {
+    // SAFETY: info points at a live CONNS value; only threads of its process
+    // send on it.
+    unsafe {
+        if (*info).flags & (conn_flags::NOT_HTTP1 | conn_flags::BOUNDARY_LOST) != 0 {
+            return;
+        }
+        if ret <= 0 {
+            if aux & AUX_REQUEST_START != 0 {
+                // Nothing went out (EAGAIN, EINTR...): the retry starts the
+                // request again.
+                (*info).req_remaining = 0;
+            }
+            return;
+        }
+        let sent = ret as u64;
+        let remaining = (*info).req_remaining;
+        if sent > remaining {
+            // The send carried bytes past the request's end (the next
+            // request, pipelined into the same write): that request's own
+            // end is unknown.
+            if remaining != 0 || aux & AUX_REQUEST_START != 0 {
+                (*info).flags |= conn_flags::BOUNDARY_LOST;
+            }
+            (*info).req_remaining = 0;
+        } else {
+            (*info).req_remaining = remaining - sent;
+        }
     }
 }
 
@@ -138,34 +160,32 @@ pub(crate) fn exit(ctx: &TracePointContext, id: SyscallId, direction: Direction)
     let Some(p) = take_pending(pid_tgid, id) else {
         return;
     };
-    // Before any early return: a request left for this send must not
-    // outlive it.
-    let request = if p.aux != 0 {
-        trace::take_inject(pid_tgid)
-    } else {
-        None
-    };
     let ret = arg(ctx, 0) as i64;
     // EAGAIN reads of event loops end here, as before.
-    if ret <= 0 && request.is_none() {
+    if ret <= 0 && p.aux == 0 {
         return;
     }
     // Looked up again: another thread may have closed or muted the
     // connection while this syscall ran.
-    let Some(info_ptr) = CONNS.get_ptr_mut(SockKey { tgid, fd: p.fd }) else {
+    let info_ptr = CONNS.get_ptr_mut(SockKey { tgid, fd: p.fd });
+    if p.aux & AUX_INJECT != 0 {
+        // Taken whatever happens next: a request left for this send must
+        // not outlive it.
+        trace::finish_inject(pid_tgid, info_ptr, &p, ret > 0, PROPAGATION.load() != 0);
+    }
+    let Some(info_ptr) = info_ptr else {
         return;
     };
-    if let Some(request) = request {
-        let propagation = PROPAGATION.load() != 0;
-        trace::client_send_exit(pid_tgid, &request, info_ptr, &p, ret > 0, propagation);
+    // SAFETY: info_ptr points at a live CONNS value; copied before any other
+    // map operation can delete it.
+    let info = unsafe { *info_ptr };
+    if direction == Direction::Egress && Role::from_u8(info.role) == Role::Client {
+        account_client_send(info_ptr, p.aux, ret);
     }
     if ret <= 0 {
         return;
     }
     let total = ret as u64;
-    // SAFETY: info_ptr points at a live CONNS value; copied before any other
-    // map operation can delete it.
-    let info = unsafe { *info_ptr };
     if info.flags & conn_flags::MUTED != 0 {
         count(Counter::MutedEvents);
         return;
@@ -184,35 +204,12 @@ pub(crate) fn exit(ctx: &TracePointContext, id: SyscallId, direction: Direction)
     if total < budget {
         budget = total;
     }
-    let captured = match shape(id) {
-        Shape::Flat => copy_flat(payload, p.ptr, budget),
-        Shape::Iovec => copy_iovecs(payload, p.ptr, p.len, budget),
-        Shape::NoBuffer => 0,
-        Shape::Msghdr => {
-            // struct user_msghdr: msg_iov at 16, msg_iovlen at 24.
-            // SAFETY: reads user memory through the fault-tolerant helper.
-            match unsafe { bpf_probe_read_user((p.ptr + 16) as *const [u64; 2]) } {
-                Ok([iov, iovlen]) => copy_iovecs(payload, iov, iovlen, budget),
-                Err(_) => {
-                    count(Counter::ReadFailed);
-                    0
-                }
-            }
-        }
-    };
+    let captured = copy_user(payload, shape(id), p.ptr, p.len, budget);
 
     // One timestamp for the DataEvent and the ServerCtx that matches it.
     let exit_ns = now_ns();
-    if direction == Direction::Ingress && captured > 0 {
-        match Role::from_u8(info.role) {
-            Role::Server => {
-                let _ = trace::server_recv_exit(pid_tgid, p.fd, &info, payload, captured, exit_ns);
-            }
-            Role::Client if info.flags & conn_flags::AWAITING_RESPONSE != 0 => {
-                trace::client_recv_exit(info_ptr, payload, captured);
-            }
-            _ => {}
-        }
+    if direction == Direction::Ingress && captured > 0 && Role::from_u8(info.role) == Role::Server {
+        let _ = trace::server_recv_exit(pid_tgid, p.fd, &info, payload, captured, exit_ns);
     }
 
     let header = DataEvent {
@@ -248,67 +245,4 @@ pub(crate) fn exit(ctx: &TracePointContext, id: SyscallId, direction: Direction)
     if total > captured {
         count(Counter::DataTruncated);
     }
-}
-
-/// Copies `len` (1..=MAX_CAPTURE) user bytes from `src` to `dst + off`
-/// (off < MAX_CAPTURE). The masks are semantically no-ops; black_box keeps
-/// LLVM from dropping them after proving the ranges itself, so the verifier
-/// sees the bounds on the registers it checks.
-#[inline(always)]
-fn read_into(dst: *mut u8, off: u64, len: u64, src: u64) -> bool {
-    let off = black_box(off) & MASK;
-    let len = ((black_box(len) - 1) & MASK) + 1;
-    // SAFETY: dst + off + len <= dst + 2 * MAX_CAPTURE - 1, inside the
-    // payload area; the helper tolerates bad user pointers and returns < 0.
-    let rc = unsafe {
-        bpf_probe_read_user_raw(
-            dst.add(off as usize).cast::<c_void>(),
-            len as u32,
-            src as *const c_void,
-        )
-    };
-    if rc < 0 {
-        count(Counter::ReadFailed);
-        return false;
-    }
-    true
-}
-
-/// budget is in 1..=MAX_CAPTURE.
-#[inline(always)]
-fn copy_flat(dst: *mut u8, src: u64, budget: u64) -> u64 {
-    if read_into(dst, 0, budget, src) {
-        budget
-    } else {
-        0
-    }
-}
-
-/// Copies sequentially from up to MAX_IOVECS iovecs until `budget` (1..=
-/// MAX_CAPTURE) bytes are in; returns the bytes copied.
-#[inline(always)]
-fn copy_iovecs(dst: *mut u8, iov: u64, iovcnt: u64, budget: u64) -> u64 {
-    let mut off: u64 = 0;
-    for i in 0..MAX_IOVECS as u64 {
-        if i >= iovcnt || off >= budget {
-            break;
-        }
-        // struct iovec { void *iov_base; size_t iov_len; }
-        // SAFETY: reads user memory through the fault-tolerant helper.
-        let Ok([base, len]) = (unsafe { bpf_probe_read_user((iov + i * 16) as *const [u64; 2]) })
-        else {
-            count(Counter::ReadFailed);
-            break;
-        };
-        let want = budget - off;
-        let n = if len < want { len } else { want };
-        if n == 0 {
-            continue;
-        }
-        if !read_into(dst, off, n, base) {
-            break;
-        }
-        off += n;
-    }
-    off
 }

@@ -24,24 +24,25 @@
 
 mod conn;
 mod data;
-mod http;
 mod process;
 mod sock;
 mod trace;
+mod user_copy;
 
 use aya_ebpf::{
     bindings::sk_action::SK_PASS,
     helpers::{bpf_get_current_pid_tgid, bpf_get_smp_processor_id, bpf_ktime_get_ns},
     macros::{map, sk_msg, sock_ops, tracepoint},
-    maps::{LruHashMap, PerCpuArray, RingBuf, SockHash},
+    maps::{lpm_trie::LpmTrie, Array, LruHashMap, PerCpuArray, RingBuf, SockHash},
     programs::{SkMsgContext, SockOpsContext, TracePointContext},
     EbpfContext, Global,
 };
 use waggle_common::{
-    ConnInfo, Counter, Direction, InjectRequest, SockKey, SockTuple, SyscallId, TraceCtx,
-    CLIENT_SOCKS_MAX_ENTRIES, CONNS_MAX_ENTRIES, COUNTER_COUNT, EVENTS_RINGBUF_BYTES,
-    INET_STREAM_SOCKS_MAX_ENTRIES, INJECT_PENDING_MAX_ENTRIES, MAX_CAPTURE, PENDING_MAX_ENTRIES,
-    THREAD_CTX_MAX_ENTRIES, TRACKED_TGIDS_MAX_ENTRIES, USERSPACE_CONN_ID_BIT,
+    ConnInfo, Counter, Direction, InjectRequest, SockKey, SyscallId, TraceCtx,
+    CLIENT_SOCKS_MAX_ENTRIES, CONNECTING_MAX_ENTRIES, CONNS_MAX_ENTRIES, COUNTER_COUNT,
+    EVENTS_RINGBUF_BYTES, INET_STREAM_SOCKS_MAX_ENTRIES, INJECT_PENDING_MAX_ENTRIES, MAX_CAPTURE,
+    PENDING_MAX_ENTRIES, THREAD_CTX_MAX_ENTRIES, TRACKED_TGIDS_MAX_ENTRIES,
+    TRUSTED_NETS_MAX_ENTRIES, USERSPACE_CONN_ID_BIT,
 };
 
 // ---- globals (patched by the loader through EbpfLoader::override_global) ----
@@ -59,6 +60,34 @@ static CAPTURE_BYTES: Global<u32> = Global::new(MAX_CAPTURE as u32);
 /// message untouched. Trace contexts are tracked (and reported) either way.
 #[unsafe(no_mangle)]
 static PROPAGATION: Global<u32> = Global::new(0);
+
+/// Traces the kernel starts are sampled below this (waggle_common::
+/// sampled_by_threshold); the default samples everything.
+#[unsafe(no_mangle)]
+static SAMPLE_THRESHOLD: Global<u64> = Global::new(u64::MAX);
+
+/// 1: an incoming traceparent's sampled flag is followed.
+#[unsafe(no_mangle)]
+static PARENT_BASED: Global<u32> = Global::new(1);
+
+/// 1: every peer's incoming traceparent is trusted; 0: only TRUSTED_NETS'.
+#[unsafe(no_mangle)]
+static TRUST_ALL_PEERS: Global<u32> = Global::new(1);
+
+/// Field offsets in `struct tcp_sock` of the running kernel (0: unknown,
+/// and then nothing is injected) and net.ipv4.tcp_notsent_lowat.
+#[unsafe(no_mangle)]
+static OFF_SNDBUF: Global<u32> = Global::new(0);
+#[unsafe(no_mangle)]
+static OFF_WMEM_QUEUED: Global<u32> = Global::new(0);
+#[unsafe(no_mangle)]
+static OFF_WRITE_SEQ: Global<u32> = Global::new(0);
+#[unsafe(no_mangle)]
+static OFF_SND_NXT: Global<u32> = Global::new(0);
+#[unsafe(no_mangle)]
+static OFF_NOTSENT_LOWAT: Global<u32> = Global::new(0);
+#[unsafe(no_mangle)]
+static NOTSENT_LOWAT_DEFAULT: Global<u32> = Global::new(u32::MAX);
 
 // ---- maps (names must match waggle_common::maps) ----
 
@@ -85,6 +114,10 @@ static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_COUNT,
 #[map]
 static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
 
+/// State of the header scan over SCRATCH (trace.rs).
+#[map]
+static SCAN: PerCpuArray<waggle_common::http::HeaderScan> = PerCpuArray::with_max_entries(1, 0);
+
 /// Processes that own (or inherited) tracked connections: only their forks
 /// and exits are reported.
 #[map]
@@ -106,16 +139,24 @@ static THREAD_CTX: LruHashMap<u64, TraceCtx> =
 static INJECT_PENDING: LruHashMap<u64, InjectRequest> =
     LruHashMap::with_max_entries(INJECT_PENDING_MAX_ENTRIES, 0);
 
-/// Established client sockets; the sk_msg program runs on their sends.
+/// Established client sockets of traced processes, by socket cookie; the
+/// sk_msg program runs on their sends.
 #[map]
-static CLIENT_SOCKS: SockHash<SockTuple> = SockHash::with_max_entries(CLIENT_SOCKS_MAX_ENTRIES, 0);
+static CLIENT_SOCKS: SockHash<u64> = SockHash::with_max_entries(CLIENT_SOCKS_MAX_ENTRIES, 0);
 
-/// The sk_msg program's copy of a message's first bytes. Separate from
-/// SCRATCH so a send never scans bytes a tracepoint is assembling. Slack
-/// after MAX_CAPTURE so fixed-size reads at a masked offset stay inside.
+/// Cookies of sockets a traced process is connecting (sock.rs).
 #[map]
-static MSG_SCRATCH: PerCpuArray<[u8; MSG_SCRATCH_BYTES]> = PerCpuArray::with_max_entries(1, 0);
-pub(crate) const MSG_SCRATCH_BYTES: usize = MAX_CAPTURE + 64;
+static CONNECTING: LruHashMap<u64, u8> = LruHashMap::with_max_entries(CONNECTING_MAX_ENTRIES, 0);
+
+/// Values the agent sets while running (waggle_common::runtime).
+#[map]
+static RUNTIME: Array<u64> = Array::with_max_entries(waggle_common::runtime::COUNT, 0);
+
+/// Peer networks (IPv6, IPv4 mapped into ::ffff:0:0/96) whose incoming
+/// traceparent is trusted when TRUST_ALL_PEERS is 0.
+#[map]
+static TRUSTED_NETS: LpmTrie<[u8; 16], u8> =
+    LpmTrie::with_max_entries(TRUSTED_NETS_MAX_ENTRIES, 0);
 
 // ---- kernel-private types ----
 
@@ -123,13 +164,13 @@ pub(crate) const MSG_SCRATCH_BYTES: usize = MAX_CAPTURE + 64;
 /// which writes it for threads blocked in a read when the probes attached).
 pub(crate) use waggle_common::Pending;
 
-/// Data events are assembled here: header, then payload. The payload area is
+/// Data events (and the header scan of client request starts) are assembled here: header, then payload. The payload area is
 /// twice MAX_CAPTURE because the copy loops prove `offset < MAX_CAPTURE` and
 /// `len <= MAX_CAPTURE` separately; the verifier only accepts the write when
 /// `offset + len` fits, and it cannot know the sum is <= MAX_CAPTURE.
 #[repr(C)]
 pub(crate) struct Scratch {
-    pub buf: [u8; data::HEADER + data::PAYLOAD_AREA],
+    pub buf: [u8; user_copy::HEADER + user_copy::PAYLOAD_AREA],
 }
 
 // ---- helpers ----

@@ -1,94 +1,172 @@
-//! Outgoing traceparent: a sockops program on the cgroup-v2 root puts every
-//! actively established TCP socket into CLIENT_SOCKS, and the sk_msg program
-//! attached to that map runs on each of their sends, in the sender's
-//! context. It inserts `traceparent: ...\r\n` right after the request line
-//! only when the syscall tracepoint left an undecided INJECT_PENDING entry
-//! for this very send (a tracked client connection, request start, no
-//! response pending), and only after re-checking the bytes themselves.
-//! Every other message passes untouched after one hash lookup.
-use core::{
-    ffi::c_void,
-    hint::black_box,
-    ptr::{addr_of, read_volatile},
-};
+//! Outgoing traceparent.
+//!
+//! Which sockets: the sockops program on the cgroup-v2 root sees every TCP
+//! connect of the node, but remembers only those made by a process the
+//! syscall tracepoints trace (its connect() left a PENDING entry; the agent
+//! and untraced processes leave none), by socket cookie (unique across
+//! network namespaces). When such a connection is established it enters
+//! CLIENT_SOCKS, whose sk_msg program then runs on its sends. On kernels
+//! whose FIONREAD misreports sockets in a sockmap (`sockmap_mode`), it
+//! leaves the map again at the first packet it transmits after the
+//! handshake, before any byte it receives can be waiting unread.
+//!
+//! What is inserted: the sk_msg program runs in the sender's context on the
+//! kernel's copy of the bytes. It acts only when the syscall tracepoint left
+//! an undecided INJECT_PENDING entry for this very send: the tracepoint has
+//! already scanned the request's whole header block (request boundary,
+//! no traceparent, see trace.rs). sk_msg re-checks the facts that decide
+//! the insertion point on the message itself (first bytes, the request
+//! line's CRLF, the header block's end), which no other task can change,
+//! checks that the socket can take the whole message without waiting for
+//! memory (a partial send would cut the inserted line and make tcp_bpf
+//! count it against the application), and inserts
+//! `traceparent: ...\r\n` right after the request line.
+use core::{ffi::c_void, hint::black_box};
 
 use aya_ebpf::{
-    bindings::{sk_action::SK_DROP, BPF_ANY, BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB},
+    bindings::{
+        bpf_sock, sk_action::SK_DROP, BPF_NOEXIST, BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB,
+        BPF_SOCK_OPS_HDR_OPT_LEN_CB, BPF_SOCK_OPS_TCP_CONNECT_CB,
+        BPF_SOCK_OPS_WRITE_HDR_OPT_CB_FLAG,
+    },
     helpers::{
         bpf_get_current_pid_tgid,
         generated::{
-            bpf_msg_pop_data, bpf_msg_pull_data, bpf_msg_push_data, bpf_probe_read_kernel,
+            bpf_get_socket_cookie, bpf_map_delete_elem, bpf_msg_pop_data, bpf_msg_pull_data,
+            bpf_msg_push_data, bpf_probe_read_kernel,
         },
     },
     programs::{SkMsgContext, SockOpsContext},
 };
 use waggle_common::{
-    ctx_flags, skip_reason, Counter, InjectRequest, SockTuple, SyscallId, MAX_CAPTURE,
-    TRACEPARENT_LINE_LEN,
+    ctx_flags, http, runtime, skip_reason, sockmap_mode, Counter, InjectRequest, SyscallId,
+    MAX_CAPTURE, TRACEPARENT_LINE_LEN,
 };
 
 use crate::{
-    count, count_index, http, trace, CLIENT_SOCKS, INJECT_PENDING, MSG_SCRATCH, PENDING,
-    PROPAGATION,
+    count, count_index, current, CLIENT_SOCKS, CONNECTING, INJECT_PENDING, NOTSENT_LOWAT_DEFAULT,
+    OFF_NOTSENT_LOWAT, OFF_SNDBUF, OFF_SND_NXT, OFF_WMEM_QUEUED, OFF_WRITE_SEQ, PENDING,
+    PROPAGATION, RUNTIME,
 };
 
-const AF_INET: u32 = 2;
-const AF_INET6: u32 = 10;
-/// Bytes of a message scanned for the request line and an existing
-/// traceparent: one page, so pulling them never needs more than an order-0
-/// allocation.
-const MSG_SCAN: u32 = MAX_CAPTURE as u32;
 const LINE: u32 = TRACEPARENT_LINE_LEN as u32;
 /// Shortest request line: "GET / HTTP/1.1\r\n".
 const MIN_REQUEST_LINE: u32 = 16;
+/// Offsets into the message are masked with this for the verifier. Twice
+/// the scan window, so no offset the tracepoint can report (<= MAX_CAPTURE)
+/// ever wraps to another.
+const OFF_MASK: u32 = (2 * MAX_CAPTURE - 1) as u32;
+/// Send-buffer room the socket must have beyond twice the message: skb
+/// heads and truesize overhead of the segments the message becomes.
+const ROOM_SLACK: u64 = 16 * 1024;
 
 const _: () = assert!(http::LINE_LEN == TRACEPARENT_LINE_LEN);
 
 pub(crate) fn sockops(ctx: &SockOpsContext) {
-    if ctx.op() != BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB {
-        return;
+    match ctx.op() {
+        BPF_SOCK_OPS_TCP_CONNECT_CB => connecting(ctx),
+        BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB => established(ctx),
+        BPF_SOCK_OPS_HDR_OPT_LEN_CB => transmitting(ctx),
+        _ => {}
     }
-    let family = ctx.family();
-    let mut key = SockTuple {
-        family,
-        local_port: ctx.local_port(),
-        remote_port: ctx.remote_port(),
-        ..SockTuple::default()
+}
+
+#[inline(always)]
+fn cookie(ctx: &SockOpsContext) -> u64 {
+    // SAFETY: ctx.ops is this program's live context.
+    unsafe { bpf_get_socket_cookie(ctx.ops.cast::<c_void>()) }
+}
+
+/// tcp_connect(), inside the connect() syscall of the connecting task.
+#[inline(always)]
+fn connecting(ctx: &SockOpsContext) {
+    let Some((pid_tgid, _)) = current() else {
+        return;
     };
-    if family == AF_INET {
-        key.local_ip[0] = ctx.local_ip4();
-        key.remote_ip[0] = ctx.remote_ip4();
-    } else if family == AF_INET6 {
-        let ops = ctx.ops;
-        // Word by word: the verifier refuses loads through a ctx pointer
-        // that was moved to the array first, which a whole-array copy does.
-        // SAFETY: in-bounds fields of this program's context.
-        unsafe {
-            key.local_ip = [
-                read_volatile(addr_of!((*ops).local_ip6[0])),
-                read_volatile(addr_of!((*ops).local_ip6[1])),
-                read_volatile(addr_of!((*ops).local_ip6[2])),
-                read_volatile(addr_of!((*ops).local_ip6[3])),
-            ];
-            key.remote_ip = [
-                read_volatile(addr_of!((*ops).remote_ip6[0])),
-                read_volatile(addr_of!((*ops).remote_ip6[1])),
-                read_volatile(addr_of!((*ops).remote_ip6[2])),
-                read_volatile(addr_of!((*ops).remote_ip6[3])),
-            ];
-        }
-    } else {
+    let Some(p) = PENDING.get_ptr(pid_tgid) else {
+        return;
+    };
+    // SAFETY: p points at a live PENDING value.
+    if unsafe { (*p).syscall } != SyscallId::Connect as u8 {
         return;
     }
-    // SAFETY: ctx.ops is the live context pointer of this program.
-    if CLIENT_SOCKS
-        .update(key, unsafe { &mut *ctx.ops }, u64::from(BPF_ANY))
-        .is_err()
-    {
-        // The map is full, or the socket already belongs to another sk_msg
-        // program; its requests are counted as SkipNotInSockhash.
+    if CONNECTING.insert(cookie(ctx), 1u8, 0).is_err() {
         count(Counter::MapInsertFailed);
     }
+}
+
+#[inline(always)]
+fn established(ctx: &SockOpsContext) {
+    let key = cookie(ctx);
+    if CONNECTING.get_ptr(key).is_none() {
+        return;
+    }
+    let _ = CONNECTING.remove(key);
+    let mode = match RUNTIME.get(runtime::SOCKMAP_MODE) {
+        Some(mode) => *mode,
+        None => sockmap_mode::UNSET,
+    };
+    if mode != sockmap_mode::KEEP && mode != sockmap_mode::LEAVE_AT_FIRST_TRANSMIT {
+        return;
+    }
+    let mut map_key = key;
+    // SAFETY: ctx.ops is the live context pointer of this program.
+    if CLIENT_SOCKS
+        .update(
+            &mut map_key,
+            unsafe { &mut *ctx.ops },
+            u64::from(BPF_NOEXIST),
+        )
+        .is_err()
+    {
+        // Full, or the socket belongs to another sk_msg program already:
+        // it is left alone (its requests count as SkipNotInSockhash).
+        count(Counter::SockmapRefused);
+        return;
+    }
+    count(Counter::SockmapAdded);
+    if mode == sockmap_mode::LEAVE_AT_FIRST_TRANSMIT {
+        let flags = ctx.cb_flags() | BPF_SOCK_OPS_WRITE_HDR_OPT_CB_FLAG;
+        if ctx.set_cb_flags(flags as i32).is_err() {
+            // Cannot learn when to leave: do not stay.
+            leave(key);
+        }
+    }
+}
+
+/// A packet is about to be sent (only for sockets whose flag `established`
+/// set). The handshake's last ACK passes; anything after it (the first
+/// request, or the ACK of the first bytes received, sent before the
+/// receiving softirq wakes the reader) takes the socket out of the map.
+#[inline(always)]
+fn transmitting(ctx: &SockOpsContext) {
+    // SAFETY: in-bounds fields of this program's context.
+    let (payload, received) = unsafe { ((*ctx.ops).skb_len, (*ctx.ops).bytes_received) };
+    if payload == 0 && received == 0 {
+        return;
+    }
+    if leave(cookie(ctx)) {
+        // Only the flag this program set, and only on its own sockets.
+        let flags = ctx.cb_flags() & !BPF_SOCK_OPS_WRITE_HDR_OPT_CB_FLAG;
+        let _ = ctx.set_cb_flags(flags as i32);
+    }
+}
+
+#[inline(always)]
+fn leave(key: u64) -> bool {
+    let mut key = key;
+    // SAFETY: CLIENT_SOCKS is a map of this object; the key lives on the
+    // stack for the call. sockops may delete from a sockhash.
+    let removed = unsafe {
+        bpf_map_delete_elem(
+            (&CLIENT_SOCKS as *const _ as *mut c_void).cast(),
+            (&mut key as *mut u64).cast(),
+        )
+    } == 0;
+    if removed {
+        count(Counter::SockmapLeft);
+    }
+    removed
 }
 
 /// Why a message was left alone, or that it must not go out.
@@ -110,12 +188,13 @@ pub(crate) fn inject(ctx: &SkMsgContext) -> Option<u32> {
     // only writer while its send syscall runs.
     let decided = unsafe { (*req).injected != 0 || (*req).skipped != 0 };
     if decided {
-        // Later chunks of a large send, or a retry of a refused one.
+        // Later chunks of a large send, a retry of a refused one, or a
+        // request the tracepoint already declined.
         return None;
     }
     // SAFETY: as above; copied out.
     let request = unsafe { *req };
-    match decide(ctx, pid_tgid, &request) {
+    match decide(ctx, &request) {
         Ok(()) => {
             // SAFETY: as above.
             unsafe { (*req).injected = 1 };
@@ -142,86 +221,115 @@ fn skip(reason: u32) -> Result<(), Decision> {
     Err(Decision::Skip(reason))
 }
 
+/// A u32 field of the message's socket at `off` (from the kernel's BTF).
 #[inline(always)]
-fn decide(ctx: &SkMsgContext, pid_tgid: u64, request: &InjectRequest) -> Result<(), Decision> {
-    // The entry must belong to the send this thread is in now: its syscall
-    // entry left PENDING too (a stale entry never meets a later send).
-    let Some(p) = PENDING.get_ptr(pid_tgid) else {
-        return skip(skip_reason::NOT_REQUEST_START);
+fn sock_u32(sk: u64, off: u32) -> Option<u32> {
+    if off == 0 {
+        return None;
+    }
+    let mut v = 0u32;
+    // SAFETY: fault-tolerant read of kernel memory inside the socket the
+    // kernel handed this program; the offset comes from the running
+    // kernel's BTF.
+    let rc = unsafe {
+        bpf_probe_read_kernel(
+            (&mut v as *mut u32).cast(),
+            4,
+            (sk + u64::from(off)) as *const c_void,
+        )
     };
-    // SAFETY: p points at a live PENDING value.
-    let (syscall, aux) = unsafe { ((*p).syscall, (*p).aux) };
-    let is_send = syscall == SyscallId::Write as u8
-        || syscall == SyscallId::Sendto as u8
-        || syscall == SyscallId::Writev as u8
-        || syscall == SyscallId::Sendmsg as u8;
-    if !is_send || aux == 0 {
+    (rc == 0).then_some(v)
+}
+
+/// The socket can queue `bytes` more without waiting for memory: then
+/// tcp_bpf sends the whole message (the inserted line with it) in this call,
+/// and the count it returns to the application is exactly its own bytes.
+#[inline(always)]
+fn has_room(ctx: &SkMsgContext, bytes: u32) -> bool {
+    // The socket pointer as a plain address (the verifier forbids
+    // arithmetic on it): read back through the stack.
+    // SAFETY: in-bounds field of this program's context.
+    let sk: *mut bpf_sock = unsafe { (*ctx.msg).__bindgen_anon_3.sk };
+    let slot = [sk as u64];
+    let mut addr = 0u64;
+    // SAFETY: reads 8 bytes of this program's own stack.
+    if unsafe {
+        bpf_probe_read_kernel(
+            (&mut addr as *mut u64).cast(),
+            8,
+            black_box(slot.as_ptr()).cast(),
+        )
+    } != 0
+        || addr == 0
+    {
+        return false;
+    }
+    let (Some(sndbuf), Some(queued), Some(write_seq), Some(snd_nxt), Some(lowat)) = (
+        sock_u32(addr, OFF_SNDBUF.load()),
+        sock_u32(addr, OFF_WMEM_QUEUED.load()),
+        sock_u32(addr, OFF_WRITE_SEQ.load()),
+        sock_u32(addr, OFF_SND_NXT.load()),
+        sock_u32(addr, OFF_NOTSENT_LOWAT.load()),
+    ) else {
+        return false;
+    };
+    let (sndbuf, queued) = (sndbuf as i32, queued as i32);
+    if sndbuf <= 0 || queued < 0 || queued >= sndbuf {
+        return false;
+    }
+    let free = (sndbuf - queued) as u64;
+    let need = 2 * u64::from(bytes) + ROOM_SLACK;
+    if free < need {
+        return false;
+    }
+    let lowat = if lowat != 0 {
+        lowat
+    } else {
+        NOTSENT_LOWAT_DEFAULT.load()
+    };
+    let unsent = u64::from(write_seq.wrapping_sub(snd_nxt));
+    unsent + u64::from(bytes) < u64::from(lowat)
+}
+
+/// Reads `N` bytes at `off` of the (pulled, linear) message data, or None
+/// when they are not inside it.
+#[inline(always)]
+fn msg_bytes<const N: usize>(ctx: &SkMsgContext, off: u32) -> Option<[u8; N]> {
+    let at = ctx.data() + (black_box(off) & OFF_MASK) as usize;
+    if at + N > ctx.data_end() {
+        return None;
+    }
+    // SAFETY: [at, at + N) was checked against data_end just above.
+    Some(unsafe { core::ptr::read_unaligned(at as *const [u8; N]) })
+}
+
+#[inline(always)]
+fn decide(ctx: &SkMsgContext, request: &InjectRequest) -> Result<(), Decision> {
+    let rle = u32::from(request.request_line_end);
+    let headers_end = u32::from(request.headers_end);
+    if rle < MIN_REQUEST_LINE || headers_end < rle + 2 || headers_end > MAX_CAPTURE as u32 {
         return skip(skip_reason::NOT_REQUEST_START);
     }
-
     let msg = ctx.msg;
     let size = ctx.size();
-    if size < MIN_REQUEST_LINE {
-        return skip(skip_reason::NO_REQUEST_LINE_END);
+    // The first part of a send larger than the socket layer takes at once
+    // still holds the header block; anything less is not what was scanned.
+    if size < headers_end {
+        return skip(skip_reason::HEADERS_INCOMPLETE);
     }
-    let want = if size > MSG_SCAN { MSG_SCAN } else { size };
+    if !has_room(ctx, size + LINE) {
+        return skip(skip_reason::SEND_BUFFER_LOW);
+    }
     // SAFETY: msg is this program's context; the helper checks the range.
-    if unsafe { bpf_msg_pull_data(msg, 0, want, 0) } != 0 {
+    if unsafe { bpf_msg_pull_data(msg, 0, headers_end, 0) } != 0 {
         return skip(skip_reason::PUSH_FAILED);
     }
-    let data = ctx.data();
-    let end = ctx.data_end();
-    if data + MIN_REQUEST_LINE as usize > end {
-        return skip(skip_reason::NO_REQUEST_LINE_END);
-    }
-    let avail = (end - data) as u32;
-    let n = if avail > want { want } else { avail };
-    let Some(buf) = MSG_SCRATCH.get_ptr_mut(0) else {
-        return skip(skip_reason::PUSH_FAILED);
-    };
-    let buf = buf.cast::<u8>();
-    // Masked for the verifier: 1..=MSG_SCAN.
-    let n = ((n - 1) & (MSG_SCAN - 1)) + 1;
-    // SAFETY: buf holds more than MSG_SCAN bytes; the source is the pulled, linear
-    // message data [data, data + n).
-    if unsafe { bpf_probe_read_kernel(buf.cast::<c_void>(), n, data as *const c_void) } != 0 {
-        return skip(skip_reason::PUSH_FAILED);
-    }
-    // SAFETY: buf holds at least 8 bytes; n >= MIN_REQUEST_LINE of them are
-    // this message's.
-    let head = unsafe { core::ptr::read_unaligned(buf.cast::<u64>()) };
-    if !http::is_request_start(head, u64::from(n)) {
-        // TLS, another protocol, or bytes the tracepoint did not see.
-        return skip(skip_reason::NOT_REQUEST_START);
-    }
-    let sc = trace::scan(trace::SOURCE_MSG, n);
-    let rle = sc.request_line_end;
-    if rle == 0 {
-        return skip(skip_reason::NO_REQUEST_LINE_END);
-    }
-    if rle < MIN_REQUEST_LINE {
-        return skip(skip_reason::NOT_REQUEST_START);
-    }
-    // Masked after the subtraction, where the verifier needs the bound
-    // (rle >= MIN_REQUEST_LINE, so the masks change nothing).
-    let tail_at = black_box(rle - 11) & (MSG_SCAN - 1);
-    // SAFETY: tail_at + 10 < MSG_SCAN + 64, the size of MSG_SCRATCH's value.
-    let tail = unsafe { core::ptr::read_unaligned(buf.add(tail_at as usize).cast::<[u8; 10]>()) };
-    if !http::request_line_is_http1(&tail) {
-        return skip(skip_reason::NOT_REQUEST_START);
-    }
-    if sc.traceparent_lines != 0 || sc.name_cut_off() {
-        return skip(skip_reason::ALREADY_HAS_TRACEPARENT);
-    }
-    // MSG_SCRATCH is per CPU, not per task: confirm on the message itself
-    // that the insertion point follows a CRLF.
-    let at = ctx.data() + (black_box(rle - 2) & (MSG_SCAN - 1)) as usize;
-    if at + 2 > ctx.data_end() {
-        return skip(skip_reason::NO_REQUEST_LINE_END);
-    }
-    // SAFETY: [at, at + 2) was checked against data_end just above.
-    let crlf = unsafe { (*(at as *const u8), *((at + 1) as *const u8)) };
-    if crlf != (b'\r', b'\n') {
+    // The tracepoint scanned the application's buffer; these are the bytes
+    // that are going out. They must agree where the decision depends on them.
+    let same = msg_bytes::<8>(ctx, 0).map(u64::from_le_bytes) == Some(request.head)
+        && msg_bytes::<2>(ctx, rle - 2) == Some(*b"\r\n")
+        && msg_bytes::<4>(ctx, headers_end - 4) == Some(*b"\r\n\r\n");
+    if !same {
         return skip(skip_reason::NOT_REQUEST_START);
     }
 
@@ -256,7 +364,7 @@ fn decide(ctx: &SkMsgContext, pid_tgid: u64, request: &InjectRequest) -> Result<
         let line_only = unsafe { bpf_msg_pull_data(msg, rle, rle + LINE, 0) } == 0;
         (line_only, 0)
     };
-    let dst = ctx.data() + (black_box(at) & (MSG_SCAN - 1)) as usize;
+    let dst = ctx.data() + (black_box(at) & OFF_MASK) as usize;
     if pulled && dst + LINE as usize <= ctx.data_end() {
         // SAFETY: [dst, dst + LINE) is inside the message, checked above.
         unsafe { core::ptr::copy_nonoverlapping(line.as_ptr(), dst as *mut u8, LINE as usize) };

@@ -8,9 +8,10 @@
 //!   new span id, and the thread's server context (if any) as parent. The
 //!   ids wait in INJECT_PENDING for the sk_msg program to insert, and are
 //!   reported at the send's exit either way.
-//! - AWAITING_RESPONSE on a client connection, from such a send until the
-//!   final response is read, marks every other send on it as not a request
-//!   start (bodies, header continuations, pipelining).
+//! - `ConnInfo::req_remaining` counts what the application has yet to send
+//!   of its current request (header block + Content-Length, from what each
+//!   send returned): only a send at zero can start a request, so bodies,
+//!   header continuations and early-answered uploads are never touched.
 //!
 //! Every ctx record is emitted before the DataEvent of the same syscall and
 //! carries that event's timestamp (server: exit_ns, client: enter_ns).
@@ -18,87 +19,110 @@ use core::ffi::c_void;
 
 use aya_ebpf::helpers::{bpf_get_prandom_u32, bpf_probe_read_user, generated::bpf_loop};
 use waggle_common::{
-    conn_flags, ctx_flags, ConnInfo, Counter, EventKind, InjectRequest, TraceCtx, TraceCtxEvent,
-    CAPTURE_MASK, MAX_CAPTURE,
+    conn_flags, ctx_flags,
+    http::{self, HeaderScan},
+    runtime, sampled_by_threshold, skip_reason, ConnInfo, Counter, EventKind, InjectRequest,
+    TraceCtx, TraceCtxEvent, CAPTURE_MASK, HEARTBEAT_STALE_NS, MAX_CAPTURE,
 };
 
 use crate::{
-    count,
-    data::{Shape, HEADER},
-    http::{self, HeaderScan},
-    wakeup_flags, Pending, EVENTS, INJECT_PENDING, MSG_SCRATCH, SCRATCH, THREAD_CTX,
+    count, count_index, now_ns,
+    user_copy::{copy_user, Shape, HEADER},
+    wakeup_flags, Pending, EVENTS, INJECT_PENDING, PARENT_BASED, PROPAGATION, RUNTIME,
+    SAMPLE_THRESHOLD, SCAN, SCRATCH, THREAD_CTX,
 };
 
 const MASK: usize = CAPTURE_MASK;
+/// Shortest request line: "GET / HTTP/1.1\r\n".
+const MIN_REQUEST_LINE: u64 = 16;
 
-/// Which per-CPU buffer `scan_step` reads.
-pub(crate) const SOURCE_SCRATCH: u32 = 0;
-pub(crate) const SOURCE_MSG: u32 = 1;
-
-/// bpf_loop state: the scan plus what the callback needs to find its bytes.
-#[repr(C)]
-pub(crate) struct ScanState {
-    pub scan: HeaderScan,
-    pub len: u32,
-    pub source: u32,
-}
-
-/// One byte of the header scan. The buffer is looked up on every call
-/// rather than passed in: a per-CPU array lookup is inlined by the verifier,
-/// and it keeps map pointers out of the callback's context.
+/// One byte of the header scan over this CPU's SCRATCH payload. Both the
+/// bytes and the scan state live in per-CPU maps, looked up on every call
+/// (a per-CPU array lookup is inlined by the verifier): map memory is opaque
+/// to the verifier, so the callback's states converge at once, where a
+/// state on the stack would be tracked field by field through every
+/// iteration. Tracepoint programs do not nest or get preempted on a CPU, so
+/// neither can change under the scan.
 extern "C" fn scan_step(index: u64, ctx: *mut c_void) -> i64 {
-    // SAFETY: bpf_loop passes back the pointer `scan` gave it: a live
-    // ScanState on the caller's stack, not aliased while the loop runs.
-    let st = unsafe { &mut *ctx.cast::<ScanState>() };
-    let i = index as u32;
-    if i >= st.len {
+    // SAFETY: bpf_loop passes back the pointer `scan` gave it: a u64 on the
+    // caller's stack.
+    let len = unsafe { *ctx.cast::<u64>() };
+    if index >= len {
         return 1;
     }
-    let off = (i as usize) & MASK;
-    let byte = if st.source == SOURCE_MSG {
-        match MSG_SCRATCH.get_ptr(0) {
-            // SAFETY: off < MAX_CAPTURE < MSG_SCRATCH_BYTES.
-            Some(buf) => unsafe { *buf.cast::<u8>().add(off) },
-            None => return 1,
-        }
-    } else {
-        match SCRATCH.get_ptr(0) {
-            // SAFETY: HEADER + off lies inside the Scratch value.
-            Some(buf) => unsafe { *buf.cast::<u8>().add(HEADER + off) },
-            None => return 1,
-        }
+    let (Some(buf), Some(st)) = (SCRATCH.get_ptr(0), SCAN.get_ptr_mut(0)) else {
+        return 1;
     };
-    if st.scan.step(i, byte) {
+    let payload = buf.cast::<u8>();
+    let off = (index as usize) & MASK;
+    // SAFETY: HEADER + off lies inside the Scratch value.
+    let byte = unsafe { *payload.add(HEADER + off) };
+    // SAFETY: st points at this CPU's SCAN value, used by this program only.
+    let st = unsafe { &mut *st };
+    let done = st.step(index as u32, byte, |at| {
+        // SAFETY: HEADER + (at & MASK) + NAME_WINDOW lies inside the
+        // Scratch value (the payload area is twice MAX_CAPTURE).
+        unsafe {
+            core::ptr::read_unaligned(
+                payload
+                    .add(HEADER + (at as usize & MASK))
+                    .cast::<[u64; 3]>(),
+            )
+        }
+    });
+    if done {
         1
     } else {
         0
     }
 }
 
-/// Scans the first `len` (<= MAX_CAPTURE) bytes of `source`.
+/// Scans the first `len` (<= MAX_CAPTURE) bytes of the SCRATCH payload.
 #[inline(always)]
-pub(crate) fn scan(source: u32, len: u32) -> HeaderScan {
-    let mut st = ScanState {
-        scan: HeaderScan::default(),
-        len,
-        source,
+fn scan(len: u32) -> HeaderScan {
+    let Some(st) = SCAN.get_ptr_mut(0) else {
+        return HeaderScan::default();
     };
-    let n = if len > MAX_CAPTURE as u32 {
+    // SAFETY: st points at this CPU's SCAN value.
+    unsafe { *st = HeaderScan::default() };
+    let mut n = u64::from(if len > MAX_CAPTURE as u32 {
         MAX_CAPTURE as u32
     } else {
         len
-    };
+    });
     // SAFETY: the callback is a static function of the right signature;
     // the context pointer outlives the call.
     unsafe {
         bpf_loop(
-            n,
+            n as u32,
             scan_step as *const () as *mut c_void,
-            (&mut st as *mut ScanState).cast(),
+            (&mut n as *mut u64).cast(),
             0,
         );
     }
-    st.scan
+    // SAFETY: as above; copied out.
+    unsafe { *st }
+}
+
+/// W3C flags of a trace the kernel starts (or, without parentbased_*
+/// samplers, joins): the one sampling decision, shared with the agent.
+#[inline(always)]
+fn root_flags(trace_id: &[u8; 16]) -> u8 {
+    if sampled_by_threshold(trace_id, SAMPLE_THRESHOLD.load()) {
+        ctx_flags::SAMPLED
+    } else {
+        0
+    }
+}
+
+/// The agent drained the ring buffer recently: ids the kernel sends
+/// downstream now will have spans.
+#[inline(always)]
+fn agent_alive() -> bool {
+    match RUNTIME.get(runtime::HEARTBEAT) {
+        Some(beat) => now_ns().saturating_sub(*beat) <= HEARTBEAT_STALE_NS,
+        None => false,
+    }
 }
 
 #[inline(always)]
@@ -225,9 +249,27 @@ pub(crate) fn server_send_enter(pid_tgid: u64, info: &ConnInfo, shape: Shape, pt
     let _ = THREAD_CTX.remove(pid_tgid);
 }
 
-/// Write-family syscall entry on a client connection: if the send starts an
-/// HTTP/1.x request, decide its ids. Returns the request to leave in
-/// INJECT_PENDING (once the PENDING stash succeeded, see `client_send_arm`).
+/// What a send on a client connection is, decided at its syscall entry.
+#[derive(Default)]
+pub(crate) struct ClientSend {
+    /// The ids the request carries, to leave in INJECT_PENDING (once the
+    /// PENDING stash succeeded, see `client_send_arm`); `skipped` already
+    /// set when it must not be injected.
+    pub request: Option<InjectRequest>,
+    /// The send starts a request whose length went into `req_remaining`.
+    pub request_start: bool,
+}
+
+/// Write-family syscall entry on a client connection.
+///
+/// A send can only start a request at a request boundary: the first send of
+/// the connection, or one after the application has sent every byte of the
+/// previous request (its header block plus its Content-Length; see
+/// `data::account_client_send`). There the first 4 KiB of the send are
+/// copied and scanned; a request is injected into only when its whole header
+/// block is among them and has no traceparent. Whatever says the request's
+/// end cannot be known (chunked, an upgrade, CONNECT, an incomplete header
+/// block) ends injection on the connection for good.
 ///
 /// The first send seen on a connection classifies it: HTTP/1.x connections
 /// begin with a request, so one that begins otherwise (TLS, SSH, ...) never
@@ -239,14 +281,18 @@ pub(crate) fn client_send_enter(
     shape: Shape,
     ptr: u64,
     len: u64,
-) -> Option<InjectRequest> {
-    // SAFETY: info points at a live CONNS value; copied out.
+) -> ClientSend {
+    let mut out = ClientSend::default();
+    // SAFETY: info points at a live CONNS value; copied out. Only threads
+    // of its process send on it, and a lost race with userspace muting
+    // only costs a skipped injection.
     let conn = unsafe { *info };
     // Not even a peek at user memory for TLS and the like.
     if conn.flags & conn_flags::NOT_HTTP1 != 0 {
-        return None;
+        return out;
     }
-    let start = match peek_user(shape, ptr, len) {
+    let peeked = peek_user(shape, ptr, len);
+    let start = match peeked {
         Some((head, n)) => http::is_request_start(head_word(&head), n),
         None => false,
     };
@@ -256,20 +302,94 @@ pub(crate) fn client_send_enter(
         } else {
             conn_flags::SENT | conn_flags::NOT_HTTP1
         };
-        // SAFETY: as above; see client_send_arm on races.
+        // SAFETY: as above.
         unsafe { (*info).flags |= mark };
+        if !start {
+            return out;
+        }
+    }
+    if conn.req_remaining != 0 {
+        // A body (or the rest of a header block) that looks like a request.
+        if start {
+            count(Counter::SkipInsideBody);
+        }
+        return out;
+    }
+    if conn.flags & conn_flags::BOUNDARY_LOST != 0 {
+        if start && PROPAGATION.load() != 0 {
+            count(Counter::SkipBoundaryLost);
+        }
+        return out;
     }
     if !start {
-        return None;
+        // At a boundary, but no request: not (or no longer) plain HTTP/1.x.
+        // SAFETY: as above.
+        unsafe { (*info).flags |= conn_flags::BOUNDARY_LOST };
+        return out;
     }
-    if conn.flags & conn_flags::AWAITING_RESPONSE != 0 {
-        count(Counter::SkipAwaitingResponse);
-        return None;
+    let Some((head, _)) = peeked else {
+        return out;
+    };
+    let head = head_word(&head);
+
+    let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
+        return out;
+    };
+    // SAFETY: HEADER < size of Scratch.
+    let payload = unsafe { scratch.cast::<u8>().add(HEADER) };
+    let budget = match shape {
+        // Never past the application's buffer.
+        Shape::Flat if len < MAX_CAPTURE as u64 => len,
+        _ => MAX_CAPTURE as u64,
+    };
+    let copied = copy_user(payload, shape, ptr, len, budget) as u32;
+    let sc = scan(copied);
+    let rle = sc.request_line_end;
+    if rle != 0 {
+        // SAFETY: ((rle - 11) & MASK) + 10 stays inside the payload area.
+        let tail = unsafe {
+            core::ptr::read_unaligned(
+                payload
+                    .add((rle.wrapping_sub(11) as usize) & MASK)
+                    .cast::<[u8; 10]>(),
+            )
+        };
+        if rle < MIN_REQUEST_LINE || !http::request_line_is_http1(&tail) {
+            // Redis inline commands and other text protocols also start
+            // with "GET ".
+            // SAFETY: as above.
+            unsafe { (*info).flags |= conn_flags::BOUNDARY_LOST };
+            return out;
+        }
     }
-    let info = &conn;
+    match sc.request_len() {
+        Some(total) if !http::is_connect(head) => {
+            // SAFETY: as above.
+            unsafe { (*info).req_remaining = total };
+            out.request_start = true;
+        }
+        // SAFETY: as above.
+        _ => unsafe { (*info).flags |= conn_flags::BOUNDARY_LOST },
+    }
+
+    let skip = if sc.headers_end == 0 {
+        Some(skip_reason::HEADERS_INCOMPLETE)
+    } else if sc.traceparent_lines != 0 {
+        Some(skip_reason::ALREADY_HAS_TRACEPARENT)
+    } else if !agent_alive() {
+        Some(skip_reason::AGENT_STALLED)
+    } else {
+        None
+    };
+    if let Some(reason) = skip {
+        if PROPAGATION.load() != 0 {
+            count_index(Counter::skip(reason));
+        }
+    }
+
     let mut ctx = TraceCtx {
         span_id: new_span_id(),
-        conn_id: info.conn_id,
+        conn_id: conn.conn_id,
         ..TraceCtx::default()
     };
     match THREAD_CTX.get_ptr(pid_tgid) {
@@ -282,94 +402,79 @@ pub(crate) fn client_send_enter(
         }
         None => {
             ctx.trace_id = new_trace_id();
-            ctx.flags = ctx_flags::SAMPLED;
+            ctx.flags = root_flags(&ctx.trace_id);
         }
     }
-    Some(InjectRequest {
+    out.request = Some(InjectRequest {
         ctx,
+        head,
+        request_line_end: rle as u16,
+        headers_end: sc.headers_end as u16,
         injected: 0,
-        skipped: 0,
-        _pad: [0; 6],
-    })
+        skipped: match skip {
+            Some(reason) => reason as u8 + 1,
+            None => 0,
+        },
+        _pad: [0; 2],
+    });
+    out
 }
 
-/// After the PENDING stash: mark the connection as awaiting its response
-/// and leave the request for sk_msg and the exit handler.
+/// After the PENDING stash: leave the request for sk_msg and the exit handler.
 #[inline(always)]
-pub(crate) fn client_send_arm(pid_tgid: u64, info: *mut ConnInfo, req: &InjectRequest) {
+pub(crate) fn client_send_arm(pid_tgid: u64, req: &InjectRequest) {
     if INJECT_PENDING.insert(pid_tgid, req, 0).is_err() {
         count(Counter::MapInsertFailed);
-        return;
     }
-    // SAFETY: info points at a live CONNS value; only threads of its
-    // process send on it, and a lost race with userspace muting only costs
-    // a skipped injection.
-    unsafe { (*info).flags |= conn_flags::AWAITING_RESPONSE };
 }
 
-/// Takes this thread's INJECT_PENDING entry (the exit of the send that left
-/// it). Called before anything that could return early, so a stale entry
-/// never meets a later send.
+/// Exit of a send that left an INJECT_PENDING entry: report the request's
+/// ids (when something was sent on a connection still tracked) and take
+/// the entry away, so it never meets a later send. Works on the map value
+/// in place: a copy of it in an Option leaves LLVM free to read undefined
+/// registers on the empty path, which the verifier refuses.
 #[inline(always)]
-pub(crate) fn take_inject(pid_tgid: u64) -> Option<InjectRequest> {
-    let r = INJECT_PENDING.get_ptr(pid_tgid)?;
-    // SAFETY: r points at a live map value; copied before the delete.
-    let r = unsafe { *r };
-    let _ = INJECT_PENDING.remove(pid_tgid);
-    Some(r)
-}
-
-/// Exit of a send that started a request: report its ids (or undo the
-/// request state when nothing was sent).
-#[inline(always)]
-pub(crate) fn client_send_exit(
+pub(crate) fn finish_inject(
     pid_tgid: u64,
-    req: &InjectRequest,
-    info: *mut ConnInfo,
+    info: Option<*mut ConnInfo>,
     p: &Pending,
     sent: bool,
     propagation: bool,
 ) {
-    if !sent {
-        // Nothing went out (EAGAIN, EINTR...): the retry is the request start.
-        // SAFETY: info points at a live CONNS value.
-        unsafe { (*info).flags &= !conn_flags::AWAITING_RESPONSE };
+    let Some(req) = INJECT_PENDING.get_ptr(pid_tgid) else {
         return;
+    };
+    if let (true, Some(info)) = (sent, info) {
+        // SAFETY: req and info point at live map values; read in place.
+        let (flags, injected, skipped, conn_id) = unsafe {
+            (
+                (*req).ctx.flags,
+                (*req).injected,
+                (*req).skipped,
+                (*info).conn_id,
+            )
+        };
+        let mut flags = flags;
+        if injected != 0 {
+            flags |= ctx_flags::INJECTED;
+        } else if propagation && skipped == 0 {
+            // sk_msg never saw the send: the socket is not in CLIENT_SOCKS
+            // (connected before the agent started, left it, or the map
+            // was full).
+            count(Counter::SkipNotInSockhash);
+        }
+        // SAFETY: as above.
+        emit(
+            EventKind::ClientCtx,
+            unsafe { &(*req).ctx },
+            flags,
+            pid_tgid,
+            p.fd,
+            conn_id,
+            p.enter_ns,
+        );
     }
-    let mut flags = req.ctx.flags;
-    if req.injected != 0 {
-        flags |= ctx_flags::INJECTED;
-    } else if propagation && req.skipped == 0 {
-        // sk_msg never saw the send: the socket is not in CLIENT_SOCKS
-        // (connected before the agent started, or the map was full).
-        count(Counter::SkipNotInSockhash);
-    }
-    // SAFETY: as above.
-    let conn_id = unsafe { (*info).conn_id };
-    emit(
-        EventKind::ClientCtx,
-        &req.ctx,
-        flags,
-        pid_tgid,
-        p.fd,
-        conn_id,
-        p.enter_ns,
-    );
-}
-
-/// Read-family exit on a client connection awaiting its response: the first
-/// read of a final (non-1xx) response ends the exchange.
-#[inline(always)]
-pub(crate) fn client_recv_exit(info: *mut ConnInfo, payload: *const u8, captured: u64) {
-    // SAFETY: payload is the scratch payload area, >= 16 bytes long; bytes
-    // past `captured` are stale and is_interim_response only trusts
-    // `captured` of them.
-    let head = unsafe { core::ptr::read_unaligned(payload.cast::<[u8; 16]>()) };
-    if http::is_interim_response(&head, captured) {
-        return;
-    }
-    // SAFETY: info points at a live CONNS value.
-    unsafe { (*info).flags &= !conn_flags::AWAITING_RESPONSE };
+    let _ = INJECT_PENDING.remove(pid_tgid);
 }
 
 /// Read-family exit on a server connection, payload already in SCRATCH: if
@@ -398,7 +503,7 @@ pub(crate) fn server_recv_exit(
         }
     }
     let len = captured as u32;
-    let sc = scan(SOURCE_SCRATCH, len);
+    let sc = scan(len);
     let rle = sc.request_line_end as usize;
     if rle < 12 {
         return None;
@@ -415,16 +520,28 @@ pub(crate) fn server_recv_exit(
         conn_id: info.conn_id,
         ..TraceCtx::default()
     };
-    match incoming(&sc, payload, len) {
+    let incoming = match incoming(&sc, payload, len) {
+        Some(_) if info.flags & conn_flags::UNTRUSTED_PEER != 0 => {
+            count(Counter::IncomingUntrusted);
+            None
+        }
+        other => other,
+    };
+    match incoming {
         Some(inc) => {
             ctx.trace_id = inc.trace_id;
             ctx.parent_span_id = inc.span_id;
-            ctx.flags = (inc.flags & ctx_flags::SAMPLED) | ctx_flags::HAS_PARENT;
+            let sampled = if PARENT_BASED.load() != 0 {
+                inc.flags & ctx_flags::SAMPLED
+            } else {
+                root_flags(&inc.trace_id)
+            };
+            ctx.flags = sampled | ctx_flags::HAS_PARENT;
             count(Counter::IncomingTraceparent);
         }
         None => {
             ctx.trace_id = new_trace_id();
-            ctx.flags = ctx_flags::SAMPLED;
+            ctx.flags = root_flags(&ctx.trace_id);
         }
     }
     if THREAD_CTX.insert(pid_tgid, &ctx, 0).is_err() {
@@ -450,7 +567,7 @@ fn incoming(sc: &HeaderScan, payload: *const u8, len: u32) -> Option<http::Incom
     if sc.traceparent_lines != 1 || sc.traceparent_value == 0 {
         return None;
     }
-    let at = sc.traceparent_value;
+    let at = sc.traceparent_value as u32;
     // SAFETY: (at & MASK) + 8 stays inside the payload area.
     let ows = unsafe {
         core::ptr::read_unaligned(

@@ -11,25 +11,38 @@
 //!   HTTP/1.x requests (sockops on the cgroup-v2 root + sk_msg). Off: those
 //!   two programs are not even attached; trace contexts are still reported.
 //!
+//! Propagation is attached only when its safety can be verified on this
+//! kernel: the socket fields sk_msg reads must be found in the kernel's BTF
+//! (`btf.rs`), and how FIONREAD treats sockets in a sockmap decides how long
+//! a socket may stay in one (`sockmap.rs`). Otherwise it is off, said once.
+//!
 //! Only the data path is essential: a node whose kernel lacks, say, the
 //! task tracepoints still traces requests, it just misses forks. Every other
 //! program that fails to load or attach is skipped and the reason logged;
 //! without sockops/sk_msg, propagation degrades to in-process linking.
+mod btf;
+mod sockmap;
+
 use std::{
     fs, io,
+    net::IpAddr,
     os::unix::ffi::OsStrExt,
     path::{Path, PathBuf},
 };
 
 use aya::{
-    maps::{HashMap, Map, MapData, MapError, PerCpuArray, RingBuf, SockHash},
+    maps::{lpm_trie::Key, Array, HashMap, LpmTrie, Map, MapData, MapError, PerCpuArray, RingBuf, SockHash},
     programs::{CgroupAttachMode, ProgramError, SkMsg, SockOps, TracePoint},
     Ebpf, EbpfError, EbpfLoader,
 };
 use tokio::io::unix::AsyncFd;
 use waggle_common::{
-    conn_flags, globals, inet_sock, maps, ConnInfo, Counter, Pending, SockKey, SockTuple, MAX_CAPTURE,
+    conn_flags, globals, inet_sock, maps, runtime, sockmap_mode, ConnInfo, Counter, Pending, SockKey,
+    HEARTBEAT_INTERVAL_MS, MAX_CAPTURE,
 };
+
+pub use btf::{Btf, BtfError, SendRoomOffsets};
+pub use sockmap::{check_fionread, FionreadCheck};
 
 /// The object built by `cargo xtask build` (empty when it was not built).
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/waggle.bpf.o"));
@@ -48,6 +61,31 @@ pub struct ProbeConfig {
     pub agent_tgid: u32,
     /// Insert traceparent into outgoing HTTP/1.x requests (config.propagation).
     pub propagation: bool,
+    /// Keep sockets in CLIENT_SOCKS even where FIONREAD misreports them
+    /// (config.propagation_unsafe_keepalive).
+    pub unsafe_keepalive: bool,
+    /// Traces the kernel starts are sampled by this threshold
+    /// (`waggle_common::ratio_threshold`), the same rule the agent applies.
+    pub sample_threshold: u64,
+    /// An incoming traceparent's sampled flag decides (parentbased_* samplers).
+    pub parent_based: bool,
+    /// Peers whose incoming traceparent is trusted; None: every peer.
+    pub trusted_networks: Option<Vec<(IpAddr, u8)>>,
+}
+
+impl Default for ProbeConfig {
+    fn default() -> ProbeConfig {
+        ProbeConfig {
+            capture_bytes: MAX_CAPTURE as u32,
+            ring_buffer_bytes: waggle_common::EVENTS_RINGBUF_BYTES,
+            agent_tgid: 0,
+            propagation: true,
+            unsafe_keepalive: false,
+            sample_threshold: u64::MAX,
+            parent_based: true,
+            trusted_networks: None,
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -162,6 +200,9 @@ pub struct Probes {
     skipped: Vec<(&'static str, String)>,
     /// sockops and sk_msg are attached: outgoing requests get traceparent.
     injecting: bool,
+    /// How long sockets stay in CLIENT_SOCKS (when injecting).
+    sockmap_mode: u64,
+    client_socks: Option<SockHash<MapData, u64>>,
 }
 
 impl std::fmt::Debug for Probes {
@@ -199,11 +240,38 @@ impl Probes {
                 "ring buffer size rounded to a power-of-two number of pages"
             );
         }
-        let propagation = u32::from(config.propagation);
+        // sk_msg must know whether a socket can take a whole message without
+        // waiting (a partial send would cut the inserted line): without the
+        // socket field offsets it cannot, and nothing may be inserted.
+        let room = if config.propagation {
+            match Btf::from_sys_fs().and_then(|btf| SendRoomOffsets::from_btf(&btf)) {
+                Ok(room) => Some(room),
+                Err(e) => {
+                    tracing::warn!(reason = %e, "propagation off: the socket fields that show whether a send can complete at once are not in this kernel's BTF, so inserting a header could cut a request");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        let room_offsets = room.unwrap_or_default();
+        let propagation = u32::from(room.is_some());
+        let parent_based = u32::from(config.parent_based);
+        let trust_all = u32::from(config.trusted_networks.is_none());
+        let notsent_lowat = notsent_lowat_default();
         let mut ebpf = EbpfLoader::new()
             .override_global(globals::AGENT_TGID, &agent_tgid, true)
             .override_global(globals::CAPTURE_BYTES, &capture_bytes, true)
             .override_global(globals::PROPAGATION, &propagation, true)
+            .override_global(globals::SAMPLE_THRESHOLD, &config.sample_threshold, true)
+            .override_global(globals::PARENT_BASED, &parent_based, true)
+            .override_global(globals::TRUST_ALL_PEERS, &trust_all, true)
+            .override_global(globals::OFF_SNDBUF, &room_offsets.sndbuf, true)
+            .override_global(globals::OFF_WMEM_QUEUED, &room_offsets.wmem_queued, true)
+            .override_global(globals::OFF_WRITE_SEQ, &room_offsets.write_seq, true)
+            .override_global(globals::OFF_SND_NXT, &room_offsets.snd_nxt, true)
+            .override_global(globals::OFF_NOTSENT_LOWAT, &room_offsets.notsent_lowat, true)
+            .override_global(globals::NOTSENT_LOWAT_DEFAULT, &notsent_lowat, true)
             .map_max_entries(maps::EVENTS, ring_bytes)
             .load(EBPF_OBJECT)
             .map_err(|e| match &e {
@@ -220,8 +288,10 @@ impl Probes {
         for spec in PROGRAMS {
             match attach(&mut ebpf, spec) {
                 Ok(()) => attached.push(spec.name),
-                Err(AttachError::Program(ProgramError::LoadError { io_error, .. }))
-                    if is_permission(&io_error) =>
+                // EACCES with a verifier log is the verifier refusing this
+                // program, not missing privileges: skipped with its log.
+                Err(AttachError::Program(ProgramError::LoadError { io_error, verifier_log }))
+                    if is_permission(&io_error) && format!("{verifier_log}").trim().is_empty() =>
                 {
                     return Err(ProbeError::NotPrivileged);
                 }
@@ -245,8 +315,18 @@ impl Probes {
                 .join("; ");
             return Err(ProbeError::NoDataPath { reasons });
         }
-        let injecting =
-            attach_propagation(&mut ebpf, config.propagation, &mut attached, &mut skipped);
+        if let Some(nets) = &config.trusted_networks {
+            fill_trusted_networks(&mut ebpf, nets)?;
+        }
+        let mut runtime = Array::<MapData, u64>::try_from(take_map(&mut ebpf, maps::RUNTIME)?)
+            .map_err(|source| ProbeError::OpenMap { name: maps::RUNTIME, source })?;
+        let mut heartbeat = Heartbeat { runtime, last_ns: 0 };
+        heartbeat.beat(crate::clock::Clock::now_monotonic_ns());
+        runtime = heartbeat.runtime;
+        let (client_socks, sockmap_mode) =
+            attach_propagation(&mut ebpf, &mut runtime, propagation != 0, config.unsafe_keepalive, &mut attached, &mut skipped);
+        let injecting = sockmap_mode != sockmap_mode::UNSET;
+        let heartbeat = Heartbeat { runtime, last_ns: crate::clock::Clock::now_monotonic_ns() };
         tracing::info!(count = attached.len(), programs = %attached.join(","), "probes attached");
         let skipped_names: Vec<&str> = skipped.iter().map(|(p, _)| *p).collect();
         tracing::info!(count = skipped.len(), programs = %skipped_names.join(","), "probes skipped");
@@ -276,9 +356,12 @@ impl Probes {
                 attached,
                 skipped,
                 injecting,
+                sockmap_mode,
+                client_socks,
             },
             EventSource {
                 ring: Ring::Plain(Some(ring)),
+                heartbeat: Some(heartbeat),
             },
             conn_maps,
         ))
@@ -320,24 +403,93 @@ impl Probes {
     pub fn injecting(&self) -> bool {
         self.injecting
     }
+
+    /// How long sockets stay in CLIENT_SOCKS (a `sockmap_mode` value).
+    pub fn sockmap_mode(&self) -> u64 {
+        self.sockmap_mode
+    }
+
+    /// Cookies of the sockets in CLIENT_SOCKS now (empty when not injecting).
+    pub fn client_sock_cookies(&self) -> Vec<u64> {
+        match &self.client_socks {
+            Some(socks) => socks.keys().filter_map(Result::ok).collect(),
+            None => Vec::new(),
+        }
+    }
 }
 
-/// Attaches sk_msg to CLIENT_SOCKS, then sockops to the cgroup-v2 root (in
-/// that order: a socket takes the map's programs when it is added, so
-/// sockets added before sk_msg is attached would never see it). Failures
-/// are skipped with their reason: propagation then degrades to linking
-/// spans within a process. Returns whether both are attached.
+/// Tells the kernel the agent is draining events: it stops inserting
+/// traceparent headers when this goes stale (a stopped or hung agent would
+/// otherwise send ids downstream for spans it never exports).
+pub struct Heartbeat {
+    runtime: Array<MapData, u64>,
+    last_ns: u64,
+}
+
+impl Heartbeat {
+    /// Refreshes the kernel's copy at most every HEARTBEAT_INTERVAL_MS.
+    pub fn beat(&mut self, now_ns: u64) {
+        if now_ns.saturating_sub(self.last_ns) < HEARTBEAT_INTERVAL_MS * 1_000_000 {
+            return;
+        }
+        self.last_ns = now_ns;
+        if let Err(e) = self.runtime.set(runtime::HEARTBEAT, now_ns, 0) {
+            tracing::debug!(error = %e, "updating the propagation heartbeat");
+        }
+    }
+}
+
+/// net.ipv4.tcp_notsent_lowat of the agent's network namespace (the kernel
+/// default, "no limit", when unreadable).
+fn notsent_lowat_default() -> u32 {
+    fs::read_to_string("/proc/sys/net/ipv4/tcp_notsent_lowat")
+        .ok()
+        .and_then(|s| s.trim().parse::<u32>().ok())
+        .unwrap_or(u32::MAX)
+}
+
+/// TRUSTED_NETS holds IPv6 prefixes; IPv4 networks are stored mapped into
+/// ::ffff:0:0/96, as the kernel looks peers up.
+fn trusted_key(addr: IpAddr, prefix: u8) -> Key<[u8; 16]> {
+    match addr {
+        IpAddr::V4(v4) => Key::new(96 + u32::from(prefix.min(32)), v4.to_ipv6_mapped().octets()),
+        IpAddr::V6(v6) => Key::new(u32::from(prefix.min(128)), v6.octets()),
+    }
+}
+
+fn fill_trusted_networks(ebpf: &mut Ebpf, nets: &[(IpAddr, u8)]) -> Result<(), ProbeError> {
+    let map = ebpf.map_mut(maps::TRUSTED_NETS).ok_or(ProbeError::MissingMap { name: maps::TRUSTED_NETS })?;
+    let mut trie: LpmTrie<&mut MapData, [u8; 16], u8> =
+        LpmTrie::try_from(map).map_err(|source| ProbeError::OpenMap { name: maps::TRUSTED_NETS, source })?;
+    for &(addr, prefix) in nets {
+        trie.insert(&trusted_key(addr, prefix), 1, 0).map_err(|e| ProbeError::Other {
+            operation: "adding a trusted network",
+            message: format!("{addr}/{prefix}: {e}"),
+        })?;
+    }
+    Ok(())
+}
+
+/// Attaches sk_msg to CLIENT_SOCKS, checks how this kernel answers FIONREAD
+/// for sockets in it, sets the sockmap mode, then attaches sockops to the
+/// cgroup-v2 root (in that order: a socket takes the map's programs when it
+/// is added, so sockets added before sk_msg is attached would never see it,
+/// and none is added before the mode is set). Failures are skipped with
+/// their reason: propagation then degrades to linking spans within a
+/// process. Returns the map and the mode when both are attached.
 fn attach_propagation(
     ebpf: &mut Ebpf,
+    runtime: &mut Array<MapData, u64>,
     enabled: bool,
+    unsafe_keepalive: bool,
     attached: &mut Vec<&'static str>,
     skipped: &mut Vec<(&'static str, String)>,
-) -> bool {
+) -> (Option<SockHash<MapData, u64>>, u64) {
     if !enabled {
         tracing::info!(
             "propagation off: no traceparent is inserted into outgoing requests (sockops/sk_msg not attached)"
         );
-        return false;
+        return (None, sockmap_mode::UNSET);
     }
     let mut skip = |program: &'static str, reason: String| {
         tracing::warn!(
@@ -348,52 +500,97 @@ fn attach_propagation(
         skipped.push((program, reason));
     };
     // A socket takes the sk_msg program of the first socket map it enters:
-    // with another injector running, whichever sockops program runs first
-    // owns each new connection, and ours skips it (SkipNotInSockhash).
-    let others = other_injectors();
+    // sockets another program already claimed are refused by ours and left
+    // alone (propagation_sockmap_refused).
+    let others = other_sk_msg_programs();
     if !others.is_empty() {
         tracing::warn!(
-            program_ids = ?others,
-            "another {SK_MSG_PROGRAM} program is loaded (a second waggle?): connections it claims first get no traceparent from this agent"
+            programs = ?others,
+            "other sk_msg programs are loaded (another waggle, a CNI or a mesh): sockets they own are left alone and get no traceparent"
         );
     }
-    if let Err(e) = attach_sk_msg(ebpf) {
-        skip(SK_MSG_PROGRAM, e.describe());
-        skip(
-            SOCKOPS_PROGRAM,
-            format!("not attached without {SK_MSG_PROGRAM}"),
-        );
-        return false;
-    }
+    let mut socks = match attach_sk_msg(ebpf) {
+        Ok(socks) => socks,
+        Err(e) => {
+            skip(SK_MSG_PROGRAM, e.describe());
+            skip(SOCKOPS_PROGRAM, format!("not attached without {SK_MSG_PROGRAM}"));
+            return (None, sockmap_mode::UNSET);
+        }
+    };
     attached.push(SK_MSG_PROGRAM);
+    // Sockets leave the map at their first packet unless asked otherwise:
+    // for as long as a socket sits in a sockmap, the kernel's tcp_bpf code
+    // serves its receive path too, which misreports FIONREAD on current
+    // kernels and was seen here to miss a peer's FIN after an early
+    // response (the application waits for EOF forever). FIONREAD is checked
+    // either way, for the log.
+    let fionread = check_fionread(&mut socks);
+    let mode = if unsafe_keepalive {
+        match &fionread {
+            Ok(FionreadCheck::Correct) => tracing::warn!(
+                "--propagation unsafe-keepalive: client sockets stay in the sockmap for their lifetime (their receive path runs through the kernel's tcp_bpf code)"
+            ),
+            Ok(FionreadCheck::Misreports { reported }) => tracing::warn!(
+                reported,
+                expected = 1000,
+                "--propagation unsafe-keepalive: client sockets stay in the sockmap for their lifetime, and this kernel misreports FIONREAD for them"
+            ),
+            Err(e) => tracing::warn!(reason = %e, "--propagation unsafe-keepalive: FIONREAD on sockmap sockets could not be checked"),
+        }
+        sockmap_mode::KEEP
+    } else {
+        if let Ok(FionreadCheck::Misreports { reported }) = fionread {
+            tracing::info!(
+                reported,
+                expected = 1000,
+                "this kernel misreports FIONREAD for sockets in a sockmap; client sockets leave it at their first packet, before anything they receive can wait unread"
+            );
+        }
+        sockmap_mode::LEAVE_AT_FIRST_TRANSMIT
+    };
+    if let Err(e) = runtime.set(runtime::SOCKMAP_MODE, mode, 0) {
+        skip(SOCKOPS_PROGRAM, format!("setting the sockmap mode: {e}"));
+        return (None, sockmap_mode::UNSET);
+    }
     match attach_sockops(ebpf) {
         Ok(root) => {
             attached.push(SOCKOPS_PROGRAM);
-            tracing::info!(cgroup = %root.display(), "propagation on: traceparent inserted into outgoing HTTP/1.x requests of traced processes");
-            true
+            let keep = mode == sockmap_mode::KEEP;
+            tracing::info!(
+                cgroup = %root.display(),
+                sockets = if keep { "for their lifetime" } else { "until their first packet" },
+                requests = if keep { "every request" } else { "the first request of each connection" },
+                "propagation on: traceparent inserted into outgoing HTTP/1.x requests of traced processes"
+            );
+            (Some(socks), mode)
         }
         Err(e) => {
             skip(SOCKOPS_PROGRAM, e.describe());
-            false
+            (None, sockmap_mode::UNSET)
         }
     }
 }
 
-/// Ids of loaded sk_msg programs named like ours (call before loading ours).
-pub fn other_injectors() -> Vec<u32> {
+/// (id, name) of loaded sk_msg programs other than this agent's own (call
+/// before loading ours).
+pub fn other_sk_msg_programs() -> Vec<(u32, String)> {
     aya::programs::loaded_programs()
         .filter_map(Result::ok)
-        .filter(|p| p.name_as_str() == Some(SK_MSG_PROGRAM))
-        .map(|p| p.id())
+        // bpf_prog_type is not re-exported by aya: compare by name.
+        .filter(|p| format!("{:?}", p.program_type()) == "BPF_PROG_TYPE_SK_MSG")
+        .map(|p| (p.id(), p.name_as_str().unwrap_or("").to_owned()))
         .collect()
 }
 
-fn attach_sk_msg(ebpf: &mut Ebpf) -> Result<(), AttachError> {
-    let map = ebpf
-        .map(maps::CLIENT_SOCKS)
-        .ok_or(AttachError::NotInObject)?;
-    let socks: SockHash<&MapData, SockTuple> = SockHash::try_from(map)
-        .map_err(|e| AttachError::Other(format!("opening CLIENT_SOCKS: {e}")))?;
+/// Ids of loaded sk_msg programs named like ours: other waggle agents.
+pub fn other_injectors() -> Vec<u32> {
+    other_sk_msg_programs().into_iter().filter(|(_, name)| name == SK_MSG_PROGRAM).map(|(id, _)| id).collect()
+}
+
+fn attach_sk_msg(ebpf: &mut Ebpf) -> Result<SockHash<MapData, u64>, AttachError> {
+    let map = take_map(ebpf, maps::CLIENT_SOCKS).map_err(|e| AttachError::Other(e.to_string()))?;
+    let socks: SockHash<MapData, u64> =
+        SockHash::try_from(map).map_err(|e| AttachError::Other(format!("opening CLIENT_SOCKS: {e}")))?;
     let fd = socks
         .fd()
         .try_clone()
@@ -404,7 +601,7 @@ fn attach_sk_msg(ebpf: &mut Ebpf) -> Result<(), AttachError> {
         .try_into()?;
     program.load()?;
     program.attach(&fd)?;
-    Ok(())
+    Ok(socks)
 }
 
 fn attach_sockops(ebpf: &mut Ebpf) -> Result<PathBuf, AttachError> {
@@ -699,6 +896,7 @@ enum Ring {
 
 pub struct EventSource {
     ring: Ring,
+    heartbeat: Option<Heartbeat>,
 }
 
 impl EventSource {
@@ -751,6 +949,9 @@ impl EventSource {
             };
             f(&record);
             handled += 1;
+        }
+        if let Some(heartbeat) = &mut self.heartbeat {
+            heartbeat.beat(crate::clock::Clock::now_monotonic_ns());
         }
         handled
     }
@@ -959,7 +1160,9 @@ mod tests {
             maps::THREAD_CTX,
             maps::INJECT_PENDING,
             maps::CLIENT_SOCKS,
-            maps::MSG_SCRATCH,
+            maps::CONNECTING,
+            maps::RUNTIME,
+            maps::TRUSTED_NETS,
             globals::AGENT_TGID,
             globals::CAPTURE_BYTES,
             globals::PROPAGATION,

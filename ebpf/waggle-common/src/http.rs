@@ -61,6 +61,12 @@ pub fn is_request_start(head: u64, len: u64) -> bool {
     false
 }
 
+/// The request's method is CONNECT: what follows its response is a tunnel.
+#[inline(always)]
+pub fn is_connect(head: u64) -> bool {
+    head == word(b"CONNECT ")
+}
+
 /// "HTTP/1." little-endian: the first 7 bytes of every HTTP/1.x response.
 const HTTP1: u64 = word(b"HTTP/1.");
 
@@ -97,104 +103,217 @@ pub fn request_line_is_http1(tail: &[u8; 10]) -> bool {
         && tail[9] == b'\r'
 }
 
-/// "traceparent" lowercase, as two little-endian words (8 + 3 bytes).
-const NAME_LO: u64 = word(b"tracepar");
-const NAME_HI: u64 = word(b"ent");
-const NAME_LEN: u8 = 11;
-/// `HeaderScan::matched` once the current line cannot be a traceparent line.
-const NO_MATCH: u8 = 0xff;
+/// Header names the scan recognises, lowercase, as little-endian words
+/// (zero-padded).
+const TRACEPARENT: [u64; 2] = [word(b"tracepar"), word(b"ent")];
+const CONTENT_LENGTH: [u64; 2] = [word(b"content-"), word(b"length")];
+const TRANSFER_ENCODING: [u64; 3] = [word(b"transfer"), word(b"-encodin"), word(b"g")];
+const UPGRADE: u64 = word(b"upgrade");
+/// Bytes of a header line the scan looks at to name it.
+pub const NAME_WINDOW: usize = 24;
+/// Content-Length values above this are refused (no request body is that
+/// large, and the sum with the header length must not overflow).
+const MAX_CONTENT_LENGTH: u64 = 1 << 50;
 
+/// ASCII letters of `w` lowercased, other bytes untouched (SWAR: no
+/// branches for the verifier to explore).
 #[inline(always)]
-fn name_byte(i: u8) -> u8 {
-    if i < 8 {
-        (NAME_LO >> (8 * u32::from(i))) as u8
-    } else {
-        (NAME_HI >> (8 * u32::from(i - 8))) as u8
-    }
+pub const fn lower_word(w: u64) -> u64 {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    let low7 = w & (ONES * 0x7f);
+    let at_least_a = low7 + ONES * (0x80 - b'A' as u64);
+    let above_z = low7 + ONES * (0x80 - b'Z' as u64 - 1);
+    let upper = at_least_a & !above_z & !w & (ONES * 0x80);
+    w | (upper >> 2)
 }
 
-/// One pass over the start of a request, one byte per `step`.
+#[inline(always)]
+const fn byte_of(words: &[u64; 3], k: usize) -> u8 {
+    (words[k / 8] >> (8 * (k % 8))) as u8
+}
+
+#[inline(always)]
+const fn ends_name(b: u8) -> bool {
+    b == b':' || b == b' ' || b == b'\t'
+}
+
+/// One pass over the start of a request, one byte per `step`: where its
+/// request line and header block end, whether it carries a `traceparent`,
+/// and what says where its body ends.
 ///
 /// Lines end at CRLF only; a bare LF is an ordinary byte, so a request line
 /// that ends in one is never taken for HTTP/1.x (its CRLF-terminated "line"
 /// does not end in " HTTP/1.x").
+///
+/// Shaped for the verifier, which explores every branch of `step` for every
+/// state it can be in: per byte only line ends are looked for; a header line
+/// is named once, from its first NAME_WINDOW bytes (handed in by the
+/// caller, which owns the buffer), and the Content-Length digits are
+/// parsed as they pass, once the line's name is known at its colon. Every
+/// field is a whole u64: the
+/// verifier generalises 8-byte stack slots between loop iterations, while
+/// narrower writes leave byte patterns that make each iteration a new state.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct HeaderScan {
     /// Index just past the request line's CRLF; 0 until seen.
-    pub request_line_end: u32,
+    pub request_line_end: u64,
     /// Index just past the empty line that ends the header block; 0 until seen.
-    pub headers_end: u32,
+    pub headers_end: u64,
     /// Header lines whose name is `traceparent` (any case), including the
     /// malformed forms with whitespace before the colon.
-    pub traceparent_lines: u32,
+    pub traceparent_lines: u64,
     /// Index just past "traceparent:" when the first such line has exactly
     /// that form; 0 otherwise.
-    pub traceparent_value: u32,
-    /// Bytes of the current line so far (its CR included).
-    line_len: u32,
-    /// Bytes of "traceparent" matched at the start of the current line, or
-    /// NO_MATCH.
-    matched: u8,
-    prev: u8,
-    _pad: [u8; 2],
+    pub traceparent_value: u64,
+    pub content_length_lines: u64,
+    /// The value of the Content-Length line(s).
+    pub content_length: u64,
+    /// Transfer-Encoding or Upgrade present, a malformed Content-Length
+    /// line, or an obsolete line folding: where the body ends (or whether
+    /// HTTP/1.x follows at all) cannot be told from the header block.
+    pub framing_unknown: u64,
+    /// Index of the current line's first byte.
+    line_start: u64,
+    /// VALUE_* while the current line is a Content-Length value.
+    value: u64,
+    prev: u64,
 }
+
+/// Where a Content-Length value is in its line.
+const VALUE_NONE: u64 = 0;
+const VALUE_LEADING_OWS: u64 = 1;
+const VALUE_DIGITS: u64 = 2;
+const VALUE_TRAILING_OWS: u64 = 3;
+/// Position of the colon in "content-length:".
+const CONTENT_LENGTH_COLON: u64 = 14;
 
 impl HeaderScan {
     /// Feeds byte `b` at index `i` (indexes must be consecutive from 0).
-    /// Returns true once the header block is complete: later bytes are body.
+    /// `window(at)` returns the NAME_WINDOW bytes from index `at` (as
+    /// little-endian words; bytes past the data may be anything). Returns
+    /// true once the header block is complete: later bytes are body.
     #[inline(always)]
-    pub fn step(&mut self, i: u32, b: u8) -> bool {
-        if b == b'\n' && self.prev == b'\r' {
-            if self.request_line_end == 0 {
-                self.request_line_end = i + 1;
-            } else if self.line_len == 1 {
-                self.headers_end = i + 1;
-                self.prev = b;
-                return true;
+    pub fn step(&mut self, i: u32, b: u8, window: impl Fn(u64) -> [u64; 3]) -> bool {
+        let i = u64::from(i);
+        let line_end = b == b'\n' && self.prev == u64::from(b'\r');
+        self.prev = u64::from(b);
+        if !line_end {
+            if self.value != VALUE_NONE {
+                self.content_length_value(b);
+            } else if b == b':'
+                && self.request_line_end != 0
+                && i == self.line_start + CONTENT_LENGTH_COLON
+                && is_content_length(&window(self.line_start))
+            {
+                self.content_length_lines += 1;
+                self.value = VALUE_LEADING_OWS;
             }
-            self.line_len = 0;
-            self.matched = 0;
-            self.prev = b;
             return false;
         }
-        // The request line itself is never a header.
-        if self.request_line_end != 0
-            && self.matched != NO_MATCH
-            && u32::from(self.matched) == self.line_len
-        {
-            if self.matched < NAME_LEN {
-                let lower = if b.is_ascii_uppercase() { b | 0x20 } else { b };
-                self.matched = if lower == name_byte(self.matched) {
-                    self.matched + 1
-                } else {
-                    NO_MATCH
-                };
-            } else {
-                if b == b':' || b == b' ' || b == b'\t' {
-                    self.traceparent_lines += 1;
-                    if self.traceparent_lines == 1 && b == b':' {
-                        self.traceparent_value = i + 1;
-                    }
-                }
-                // "traceparent-x:" is another header.
-                self.matched = NO_MATCH;
-            }
+        if self.request_line_end == 0 {
+            self.request_line_end = i + 1;
+            self.line_start = i + 1;
+            return false;
         }
-        self.line_len += 1;
-        self.prev = b;
+        if self.value != VALUE_NONE {
+            // A Content-Length line ends: a number, or nothing trusted.
+            if self.value == VALUE_LEADING_OWS {
+                self.framing_unknown = 1;
+            }
+            self.value = VALUE_NONE;
+            self.line_start = i + 1;
+            return false;
+        }
+        // The line without its CRLF.
+        let len = i - 1 - self.line_start;
+        if len == 0 {
+            self.headers_end = i + 1;
+            return true;
+        }
+        let start = self.line_start;
+        self.line_start = i + 1;
+        self.header_line(start, len, window(start));
         false
     }
 
-    /// The scanned bytes stop inside a header name that may still turn out
-    /// to be `traceparent` (the rest arrives in a later write).
+    /// A header line other than a Content-Length value ended.
     #[inline(always)]
-    pub fn name_cut_off(&self) -> bool {
-        self.headers_end == 0
-            && self.request_line_end != 0
-            && self.matched != NO_MATCH
-            && self.matched != 0
+    fn header_line(&mut self, start: u64, len: u64, w: [u64; 3]) {
+        let first = w[0] as u8;
+        if first == b' ' || first == b'\t' {
+            // Obsolete line folding continues the previous header.
+            self.framing_unknown = 1;
+            return;
+        }
+        let l = [lower_word(w[0]), lower_word(w[1]), lower_word(w[2])];
+        if len > 11
+            && l[0] == TRACEPARENT[0]
+            && l[1] & 0xff_ffff == TRACEPARENT[1]
+            && ends_name(byte_of(&w, 11))
+        {
+            self.traceparent_lines += 1;
+            if self.traceparent_lines == 1 && byte_of(&w, 11) == b':' {
+                self.traceparent_value = start + 12;
+            }
+        } else if (len > 14 && is_content_length(&w))
+            || (len > 17
+                && l[0] == TRANSFER_ENCODING[0]
+                && l[1] == TRANSFER_ENCODING[1]
+                && l[2] & 0xff == TRANSFER_ENCODING[2]
+                && ends_name(byte_of(&w, 17)))
+            || (len > 7 && l[0] & 0xff_ffff_ffff_ffff == UPGRADE && ends_name(byte_of(&w, 7)))
+        {
+            // "Content-Length :" (whitespace before the colon; a proper one
+            // was taken at its colon), chunked and other codings, upgrades.
+            self.framing_unknown = 1;
+        }
     }
+
+    #[inline(always)]
+    fn content_length_value(&mut self, b: u8) {
+        if b == b'\r' {
+            return;
+        }
+        let ows = b == b' ' || b == b'\t';
+        if b.is_ascii_digit() && self.value <= VALUE_DIGITS {
+            if self.value != VALUE_DIGITS {
+                // A second Content-Length line starts its own number.
+                self.content_length = 0;
+            }
+            self.value = VALUE_DIGITS;
+            self.content_length = self.content_length * 10 + u64::from(b - b'0');
+            if self.content_length > MAX_CONTENT_LENGTH {
+                self.framing_unknown = 1;
+                self.content_length = MAX_CONTENT_LENGTH;
+            }
+        } else if ows && self.value == VALUE_LEADING_OWS {
+        } else if ows {
+            self.value = VALUE_TRAILING_OWS;
+        } else {
+            self.framing_unknown = 1;
+            self.value = VALUE_TRAILING_OWS;
+        }
+    }
+
+    /// Bytes of the request (header block and body) when the scan saw its
+    /// whole header block and that block says where the body ends: a single
+    /// plain Content-Length, or none (no body). None otherwise.
+    #[inline(always)]
+    pub fn request_len(&self) -> Option<u64> {
+        if self.headers_end == 0 || self.framing_unknown != 0 || self.content_length_lines > 1 {
+            return None;
+        }
+        Some(self.headers_end + self.content_length)
+    }
+}
+
+/// The (raw) first bytes of a line are "content-length:" in any case.
+#[inline(always)]
+fn is_content_length(w: &[u64; 3]) -> bool {
+    lower_word(w[0]) == CONTENT_LENGTH[0]
+        && lower_word(w[1]) & 0xffff_ffff_ffff == CONTENT_LENGTH[1]
+        && ends_name(byte_of(w, 14))
 }
 
 /// Trace identity read from a valid incoming `traceparent`.
@@ -371,6 +490,8 @@ mod tests {
         assert!(!starts(b""));
         assert!(!starts(b"GE"));
         assert!(!starts(b" GET / HTTP/1.1"));
+        assert!(is_connect(head(b"CONNECT a:443 HTTP/1.1").0));
+        assert!(!is_connect(head(b"GET / HTTP/1.1").0));
     }
 
     #[test]
@@ -397,14 +518,31 @@ mod tests {
         assert!(!starts_http1(&b));
     }
 
+    fn window<const N: usize>(s: &[u8], at: u64) -> [u8; N] {
+        let mut out = [0u8; N];
+        let from = (at as usize).min(s.len());
+        let n = (s.len() - from).min(N);
+        out[..n].copy_from_slice(&s[from..from + n]);
+        out
+    }
+
+    fn words(s: &[u8], at: u64) -> [u64; 3] {
+        let b: [u8; NAME_WINDOW] = window(s, at);
+        core::array::from_fn(|k| u64::from_le_bytes(b[8 * k..8 * k + 8].try_into().unwrap()))
+    }
+
     fn scan(s: &[u8]) -> HeaderScan {
         let mut sc = HeaderScan::default();
         for (i, b) in s.iter().enumerate() {
-            if sc.step(i as u32, *b) {
+            if sc.step(i as u32, *b, |at| words(s, at)) {
                 break;
             }
         }
         sc
+    }
+
+    fn request_len(s: &[u8]) -> Option<u64> {
+        scan(s).request_len()
     }
 
     fn http1_line(s: &[u8], sc: &HeaderScan) -> bool {
@@ -426,7 +564,7 @@ mod tests {
         assert_eq!(sc.headers_end, 32);
         // The body's "traceparent" is not a header.
         assert_eq!(sc.traceparent_lines, 0);
-        assert!(!sc.name_cut_off());
+        assert_eq!(request_len(req), Some(32));
 
         let sc = scan(b"GET key\r\n");
         assert_eq!(sc.request_line_end, 9);
@@ -457,11 +595,9 @@ mod tests {
         // The request line is not a header even if it looks like one.
         let sc = scan(b"traceparent: x\r\n\r\n");
         assert_eq!(sc.traceparent_lines, 0);
-        // A header block cut inside a name that may become traceparent.
-        assert!(scan(b"GET / HTTP/1.1\r\nHost: x\r\ntrace").name_cut_off());
-        assert!(scan(b"GET / HTTP/1.1\r\nHost: x\r\ntraceparent").name_cut_off());
-        assert!(!scan(b"GET / HTTP/1.1\r\nHost: x\r\n").name_cut_off());
-        assert!(!scan(b"GET / HTTP/1.1\r\nHost: x\r\nAccept").name_cut_off());
+        // A header block cut inside a name: not complete, so not usable.
+        let cut = b"GET / HTTP/1.1\r\nHost: x\r\ntrace";
+        assert_eq!((scan(cut).headers_end, request_len(cut)), (0, None));
     }
 
     const VALID: &str = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
@@ -539,5 +675,54 @@ mod tests {
         w[..v.len()].copy_from_slice(&v);
         let back = parse_traceparent(&w, v.len() as u32).unwrap();
         assert_eq!((back.trace_id, back.span_id, back.flags), (trace, span, 0));
+    }
+
+    #[test]
+    fn lowercases_ascii_letters_only() {
+        let w = u64::from_le_bytes(*b"AZaz@[`{");
+        assert_eq!(lower_word(w).to_le_bytes(), *b"azaz@[`{");
+        let w = u64::from_le_bytes([0xc1, 0xda, b'Q', 0x80, 0xff, b'-', b'0', b'M']);
+        assert_eq!(
+            lower_word(w).to_le_bytes(),
+            [0xc1, 0xda, b'q', 0x80, 0xff, b'-', b'0', b'm']
+        );
+    }
+
+    #[test]
+    fn request_length_from_the_header_block() {
+        let req = b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length:  12 \r\n\r\nhello world!";
+        assert_eq!(request_len(req), Some(req.len() as u64));
+        assert_eq!(
+            request_len(b"GET / HTTP/1.1\r\ncontent-LENGTH: 0\r\n\r\n"),
+            Some(37)
+        );
+        // Unknown framing: chunked, upgrades, malformed or repeated lengths.
+        for bad in [
+            &b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"[..],
+            b"GET / HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+            b"POST / HTTP/1.1\r\nContent-Length: 1, 1\r\n\r\n",
+            b"POST / HTTP/1.1\r\nContent-Length: 1 1\r\n\r\n",
+            b"POST / HTTP/1.1\r\nContent-Length: 0x10\r\n\r\n",
+            b"POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\n",
+            b"POST / HTTP/1.1\r\nContent-Length : 1\r\n\r\n",
+            b"POST / HTTP/1.1\r\nContent-Length:\r\n\r\n",
+            b"POST / HTTP/1.1\r\nContent-Length: -1\r\n\r\n",
+            b"POST / HTTP/1.1\r\nContent-Length: 99999999999999999999\r\n\r\n",
+            b"POST / HTTP/1.1\r\nX-A: b\r\n c\r\nContent-Length: 1\r\n\r\n",
+        ] {
+            assert_eq!(request_len(bad), None, "{:?}", core::str::from_utf8(bad));
+        }
+        // Look-alike names are other headers.
+        let alike =
+            b"GET / HTTP/1.1\r\nX-Content-Length: 5\r\nContent-Lengths: 3\r\nUpgraded: 1\r\n\r\n";
+        assert_eq!(request_len(alike), Some(72));
+        // Incomplete header block: unknown.
+        assert_eq!(
+            request_len(b"POST / HTTP/1.1\r\nContent-Length: 5\r\n"),
+            None
+        );
+        // Names in any case, values with whitespace around.
+        let ok = b"PUT /x HTTP/1.1\r\nCONTENT-LENGTH:\t7\t\r\n\r\n1234567";
+        assert_eq!(request_len(ok), Some(ok.len() as u64));
     }
 }
