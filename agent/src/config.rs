@@ -1215,6 +1215,9 @@ mod tests {
         assert_eq!(c.otlp, None);
         assert_eq!(c.print, None);
         assert_eq!((c.sampler, c.sampler_parent_based), (Sampler::AlwaysOff, false));
+        // Tracing disabled: nothing is injected downstream either.
+        assert!(!c.propagation && !c.propagation_unsafe_keepalive);
+        assert!(!load(&["--propagation", "unsafe-keepalive"], &[("OTEL_SDK_DISABLED", "true")]).unwrap().propagation);
 
         let c = load(&["--print", "text"], &e).unwrap();
         assert!(!c.sdk_disabled);
@@ -1226,6 +1229,29 @@ mod tests {
             err(&[], &[("OTEL_SDK_DISABLED", "yes please")]),
             "OTEL_SDK_DISABLED: expected true or false, got \"yes please\""
         );
+    }
+
+    #[test]
+    fn propagation_modes_and_trusted_networks() {
+        let c = load(&[], &[]).unwrap();
+        assert!(c.propagation && !c.propagation_unsafe_keepalive);
+        assert_eq!(c.trusted_networks, None);
+        let c = load(&["--propagation", "unsafe-keepalive"], &[]).unwrap();
+        assert!(c.propagation && c.propagation_unsafe_keepalive);
+        let c = load(&["--trusted-networks", "10.0.0.0/8, 192.168.1.7,fd00::/8"], &[]).unwrap();
+        assert_eq!(
+            c.trusted_networks,
+            Some(vec![
+                ("10.0.0.0".parse().unwrap(), 8),
+                ("192.168.1.7".parse().unwrap(), 32),
+                ("fd00::".parse().unwrap(), 8)
+            ])
+        );
+        let c = load(&[], &[("WAGGLE_TRUSTED_NETWORKS", "127.0.0.0/8")]).unwrap();
+        assert_eq!(c.trusted_networks, Some(vec![("127.0.0.0".parse().unwrap(), 8)]));
+        assert!(err(&["--trusted-networks", "10.0.0.0/33"], &[]).contains("prefix length"));
+        assert!(err(&["--trusted-networks", "intranet"], &[]).contains("invalid network"));
+        assert!(err(&["--trusted-networks", " , "], &[]).contains("no network"));
     }
 
     #[test]

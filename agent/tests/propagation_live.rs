@@ -1133,7 +1133,7 @@ async fn only_sockets_of_traced_processes_enter_the_sockmap() {
     assert!(!cookies.contains(&early_cookie), "a socket connected before the agent entered CLIENT_SOCKS: {cookies:?}");
     // Every socket in the map belongs to a process the probes trace: none
     // is the agent's, and each was counted on the way in.
-    assert!(h.counter(Counter::SockmapAdded) >= added_before + 1);
+    assert!(h.counter(Counter::SockmapAdded) > added_before);
     drop(own);
     drop(traced);
     drop(early);

@@ -189,14 +189,21 @@ fn wait_for_other_injectors() {
 /// port (returned).
 #[track_caller]
 fn start_agent(receiver: &OtlpReceiver, propagation: bool) -> (Agent, u16) {
+    let extra: &[&str] = if propagation { &[] } else { &["--propagation", "off"] };
+    start_agent_with(receiver, extra, &[])
+}
+
+/// [`start_agent`] with more arguments and environment (propagation on
+/// unless `extra` turns it off).
+#[track_caller]
+fn start_agent_with(receiver: &OtlpReceiver, extra: &[&str], env: &[(&str, &str)]) -> (Agent, u16) {
     wait_for_other_injectors();
+    let propagation = !extra.windows(2).any(|w| w == ["--propagation", "off"]);
     let metrics_port = free_port();
     let mut args = receiver.agent_args(Protocol::Grpc);
     args.extend(["--metrics-addr".to_owned(), format!("127.0.0.1:{metrics_port}")]);
-    if !propagation {
-        args.extend(["--propagation".to_owned(), "off".to_owned()]);
-    }
-    let mut agent = Agent::start(&args, &[]);
+    args.extend(extra.iter().map(|a| (*a).to_owned()));
+    let mut agent = Agent::start(&args, env);
     let stderr = agent.stderr();
     assert_eq!(
         stderr.contains("propagation on:"),
@@ -643,14 +650,45 @@ fn keepalive_connection_from_before_the_agent_gets_no_injection() {
     agent.stop();
 }
 
-/// A keep-alive connection opened after the agent: every request on it is
-/// injected, each with its own client span.
+/// A keep-alive connection opened after the agent, by default: its first
+/// request (A's warm-up) is the only one injected; the test's requests on
+/// it are not (counted), and are still linked inside A.
 #[test]
-fn keepalive_connection_after_the_agent_injects_every_request() {
-    let Some(_guard) = e2e_setup("keepalive_connection_after_the_agent_injects_every_request") else { return };
+fn keepalive_requests_after_the_first_are_counted_not_injected_by_default() {
+    let Some(_guard) = e2e_setup("keepalive_requests_after_the_first_are_counted_not_injected_by_default") else { return };
     let pg = Postgres::start();
     let receiver = OtlpReceiver::start();
-    let (agent, _metrics_port) = start_agent(&receiver, true);
+    let (agent, metrics_port) = start_agent(&receiver, true);
+    assert!(agent.stderr().contains("sockets=\"until their first packet\""), "{}", agent.stderr_tail(20));
+    let b = start_b();
+    let a = start_a(&b, &pg, true);
+    let injected_before = counter(&scrape(metrics_port), "propagation_injected");
+
+    let run = curl_checkout(&a, &[]);
+    assert_served(&run, &a, &b);
+    let seen = b_saw(&run);
+    assert!(seen.is_empty(), "a later request on a keep-alive connection was injected by default: {seen:?}");
+    let pids = Pids { a: a.pid(), b: b.pid() };
+    let f = flows(&receiver, &pids, &[&run]).pop().unwrap();
+    assert_eq!(f.a_server.parent_span_id, f.curl.span_id, "curl's new connection is injected\n{}", f.render());
+    assert_children_of_a(&f);
+    assert_eq!(f.b_server.parent_span_id, "", "B got no context on the reused connection\n{}", f.render());
+    scrape_until(metrics_port, "the skipped keep-alive request and curl's injection", |body| {
+        counter(body, "propagation_skipped_not_in_sockhash") >= 1 && counter(body, "propagation_injected") > injected_before
+    });
+    agent.stop();
+}
+
+/// A keep-alive connection opened after the agent, with `--propagation
+/// unsafe-keepalive`: every request on it is injected, each with its own
+/// client span.
+#[test]
+fn keepalive_connection_after_the_agent_injects_every_request_when_asked() {
+    let Some(_guard) = e2e_setup("keepalive_connection_after_the_agent_injects_every_request_when_asked") else { return };
+    let pg = Postgres::start();
+    let receiver = OtlpReceiver::start();
+    let (agent, _metrics_port) = start_agent_with(&receiver, &["--propagation", "unsafe-keepalive"], &[]);
+    assert!(agent.stderr().contains("sockets=\"for their lifetime\""), "{}", agent.stderr_tail(20));
     let b = start_b();
     let a = start_a(&b, &pg, true);
 
@@ -670,4 +708,262 @@ fn keepalive_connection_after_the_agent_injects_every_request() {
     }
     assert_ne!(flows[0].a_server.trace_id, flows[1].a_server.trace_id, "two requests, two traces");
     agent.stop();
+}
+
+// ---------------------------------------------------------------------------
+// Sampling, a stalled or killed agent, trusted networks (issue 8)
+// ---------------------------------------------------------------------------
+
+/// The OpenTelemetry SDKs' TraceIdRatioBased rule, written out here so the
+/// test checks the kernel against the spec, not against itself.
+fn sdk_samples(trace_hex: &str, ratio: f64) -> bool {
+    let low = u64::from_str_radix(&trace_hex[16..32], 16).unwrap_or_else(|e| panic!("trace id {trace_hex}: {e}"));
+    ((low >> 1) as f64) < ratio * (1u64 << 63) as f64
+}
+
+/// `00-<trace>-<span>-<flags>` split.
+fn split_tp(tp: &str) -> (String, String, String) {
+    let parts: Vec<&str> = tp.split('-').collect();
+    assert_eq!(parts.len(), 4, "traceparent {tp:?}");
+    (parts[1].to_owned(), parts[2].to_owned(), parts[3].to_owned())
+}
+
+/// One sampling decision, made once (in the kernel, by the SDK rule) and
+/// honoured everywhere: what B is told agrees with what is exported, and no
+/// exported span lacks its exported parent.
+#[test]
+fn sampling_at_a_quarter_agrees_downstream_and_leaves_no_orphans() {
+    let Some(_guard) = e2e_setup("sampling_at_a_quarter_agrees_downstream_and_leaves_no_orphans") else { return };
+    const RATIO: f64 = 0.25;
+    const REQUESTS: usize = 40;
+    let pg = Postgres::start();
+    let receiver = OtlpReceiver::start();
+    let (agent, _metrics_port) = start_agent_with(
+        &receiver,
+        &[],
+        &[("OTEL_TRACES_SAMPLER", "parentbased_traceidratio"), ("OTEL_TRACES_SAMPLER_ARG", "0.25")],
+    );
+    let b = start_b();
+    let a = start_a(&b, &pg, false);
+
+    // What B was told for each request (curl's trace, started and decided
+    // by the kernel when curl sent it).
+    let mut told = Vec::new();
+    for _ in 0..REQUESTS {
+        let run = curl_checkout(&a, &[]);
+        assert_served(&run, &a, &b);
+        let seen = b_saw(&run);
+        assert_eq!(seen.len(), 1, "B must receive exactly one traceparent: {seen:?}");
+        told.push(split_tp(&seen[0]));
+    }
+    // A sampled caller as the last request: once its spans are in, every
+    // earlier request has been through the agent.
+    let fence_trace = "5e1ec7ed5e1ec7ed5e1ec7ed5e1ec7ed";
+    let fence = curl_checkout(&a, &[&format!("traceparent: 00-{fence_trace}-00f067aa0ba902b7-01")]);
+    assert_served(&fence, &a, &b);
+    let sampled: Vec<&(String, String, String)> = told.iter().filter(|(_, _, f)| f == "01").collect();
+    for (trace, _, flags) in &told {
+        assert_eq!(
+            flags == "01",
+            sdk_samples(trace, RATIO),
+            "trace {trace}: the kernel's sampled flag {flags} disagrees with the SDK rule at ratio {RATIO}"
+        );
+    }
+    assert!(
+        !sampled.is_empty() && sampled.len() < REQUESTS,
+        "{} of {REQUESTS} sampled at ratio {RATIO}: the decision is not made per trace",
+        sampled.len()
+    );
+    // Complete: B's and A's server spans are in, and every exported span of
+    // the trace has its parent exported too (curl's client span is the root).
+    let complete = |spans: &[Span], t: &str| {
+        let of: Vec<&Span> = spans.iter().filter(|s| s.trace_id == t).collect();
+        let server_of = |pid: u32| of.iter().any(|s| s.pid() == Some(pid) && s.is_server());
+        server_of(b.pid())
+            && server_of(a.pid())
+            && of.iter().all(|s| s.parent_span_id.is_empty() || of.iter().any(|p| p.span_id == s.parent_span_id))
+    };
+    let done = |spans: &[Span]| {
+        spans.iter().any(|s| s.trace_id == fence_trace && s.pid() == Some(b.pid()))
+            && sampled.iter().all(|(t, _, _)| complete(spans, t))
+    };
+    let spans = receiver.wait_for(SPAN_TIMEOUT, done).unwrap_or_else(|spans| {
+        let mut report = String::new();
+        for (t, _, _) in sampled.iter().filter(|(t, _, _)| !complete(&spans, t)) {
+            let of: Vec<Span> = spans.iter().filter(|s| &s.trace_id == t).cloned().collect();
+            report.push_str(&format!("incomplete sampled trace {t}:\n{}\n", describe(&of)));
+        }
+        let fence_in = spans.iter().any(|s| s.trace_id == fence_trace);
+        panic!("sampled traces incomplete after {SPAN_TIMEOUT:?} (fence exported: {fence_in}):\n{report}")
+    });
+    for (trace, span, flags) in &told {
+        let of_trace: Vec<Span> = spans.iter().filter(|s| &s.trace_id == trace).cloned().collect();
+        if flags == "01" {
+            // B's server span is the child of exactly the span B was told.
+            let b_span = of_trace.iter().find(|s| s.pid() == Some(b.pid()) && s.is_server());
+            assert!(
+                b_span.is_some_and(|s| &s.parent_span_id == span),
+                "sampled trace {trace}: B's server span must have parent {span}:\n{}",
+                describe(&of_trace)
+            );
+            // No orphans: every parent of an exported span is exported.
+            for s in of_trace.iter().filter(|s| !s.parent_span_id.is_empty()) {
+                assert!(
+                    of_trace.iter().any(|p| p.span_id == s.parent_span_id),
+                    "orphan in sampled trace {trace}: {s}\n{}",
+                    describe(&of_trace)
+                );
+            }
+        } else {
+            assert!(of_trace.is_empty(), "unsampled trace {trace} (B was told -00) was exported:\n{}", describe(&of_trace));
+        }
+    }
+    eprintln!("sampling: {} of {REQUESTS} traces sampled at ratio {RATIO}, all agreeing downstream", sampled.len());
+    agent.stop();
+}
+
+fn signal(pid: u32, sig: libc::c_int) {
+    // SAFETY: kill has no memory-safety preconditions; pid is our agent.
+    let rc = unsafe { libc::kill(pid as libc::pid_t, sig) };
+    assert_eq!(rc, 0, "kill({pid}, {sig}): {}", std::io::Error::last_os_error());
+}
+
+/// Traceparents B received for one direct request from curl.
+#[track_caller]
+fn b_direct(b: &Service) -> Vec<String> {
+    let run = curl(&[&b.url("/inventory")]);
+    run.assert_success();
+    let v: serde_json::Value =
+        serde_json::from_str(&run.stdout).unwrap_or_else(|e| panic!("B's reply is not JSON ({e}): {:?}", run.stdout));
+    v["traceparents"].as_array().map(|a| a.iter().filter_map(|t| t.as_str().map(str::to_owned)).collect()).unwrap_or_default()
+}
+
+/// Programs and maps of the agent's propagation path still loaded.
+fn propagation_objects() -> Vec<String> {
+    let progs = aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .filter_map(|p| p.name_as_str().map(str::to_owned))
+        .filter(|n| n == SK_MSG_PROGRAM || n == "waggle_sockops");
+    let maps = aya::maps::loaded_maps()
+        .filter_map(Result::ok)
+        .filter_map(|m| m.name_as_str().map(str::to_owned))
+        .filter(|n| n == "CLIENT_SOCKS" || n == "INJECT_PENDING");
+    progs.chain(maps).collect()
+}
+
+/// A stopped agent: injection stops by itself within 5 s (its heartbeat),
+/// resumes on SIGCONT; a killed agent leaves no program or map behind.
+/// Applications never see an error.
+#[test]
+fn stopped_agent_stops_injecting_and_killed_agent_leaves_nothing_attached() {
+    let Some(_guard) = e2e_setup("stopped_agent_stops_injecting_and_killed_agent_leaves_nothing_attached") else { return };
+    let receiver = OtlpReceiver::start();
+    let (mut agent, _metrics_port) = start_agent(&receiver, true);
+    let b = start_b();
+    assert_eq!(b_direct(&b).len(), 1, "a running agent injects into curl's request");
+
+    signal(agent.pid(), libc::SIGSTOP);
+    let stopped = Instant::now();
+    let mut requests = 0;
+    let stop_took = loop {
+        requests += 1;
+        let seen = b_direct(&b);
+        if seen.is_empty() {
+            break stopped.elapsed();
+        }
+        assert!(stopped.elapsed() < Duration::from_secs(8), "still injecting {:?} after SIGSTOP: {seen:?}", stopped.elapsed());
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    // The last heartbeat is at most 5 s old when the kernel gives up; curl
+    // itself takes a few milliseconds.
+    assert!(stop_took <= Duration::from_millis(5_500), "injection stopped only {stop_took:?} after SIGSTOP");
+
+    signal(agent.pid(), libc::SIGCONT);
+    let resumed = Instant::now();
+    while b_direct(&b).is_empty() {
+        assert!(resumed.elapsed() < Duration::from_secs(5), "injection did not resume after SIGCONT");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(agent.is_running());
+
+    assert!(!propagation_objects().is_empty(), "the running agent's propagation programs are not visible");
+    signal(agent.pid(), libc::SIGKILL);
+    let killed = Instant::now();
+    // The programs that edit traffic first; the maps follow once the
+    // kernel has detached every tracepoint program using them.
+    let is_program = |n: &String| n.starts_with("waggle_");
+    while propagation_objects().iter().any(is_program) && killed.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let programs_gone_after = killed.elapsed();
+    let mut left = propagation_objects();
+    while !left.is_empty() && killed.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(20));
+        left = propagation_objects();
+    }
+    let gone_after = killed.elapsed();
+    assert!(left.is_empty(), "still loaded 5 s after SIGKILL: {left:?}");
+    assert!(
+        programs_gone_after <= Duration::from_secs(1),
+        "sockops/sk_msg took {programs_gone_after:?} to go after SIGKILL"
+    );
+    assert!(b_direct(&b).is_empty(), "nothing injects after the agent died");
+    eprintln!(
+        "stall: injection stopped {stop_took:?} after SIGSTOP ({requests} requests, all answered), resumed on SIGCONT; \
+         SIGKILL: sockops/sk_msg gone after {programs_gone_after:?}, every propagation map after {gone_after:?}"
+    );
+    drop(agent);
+}
+
+/// A python HTTP server (it accepts with a peer address, which the kernel
+/// checks against the trusted networks; servers that accept without one,
+/// like node's, count as untrusted peers when networks are configured).
+const PLAIN_SERVER: &str = r#"
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+class H(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def do_GET(self):
+        self.send_response(200)
+        self.send_header("Content-Length", "2")
+        self.end_headers()
+        self.wfile.write(b"ok")
+    def log_message(self, *a):
+        pass
+s = ThreadingHTTPServer(("127.0.0.1", 0), H)
+print("port %d" % s.server_address[1], flush=True)
+s.serve_forever()
+"#;
+
+/// With --trusted-networks, a traceparent from a peer outside them starts a
+/// new trace (counted); from inside them it is honoured.
+#[test]
+fn untrusted_peers_traceparent_starts_a_new_trace() {
+    let Some(_guard) = e2e_setup("untrusted_peers_traceparent_starts_a_new_trace") else { return };
+    let caller = format!("traceparent: 00-{TRACE}-{CALLER_SPAN}-01");
+    for (nets, trusted) in [("10.0.0.0/8,fd00::/8", false), ("127.0.0.0/8", true)] {
+        let receiver = OtlpReceiver::start();
+        let (agent, metrics_port) = start_agent_with(&receiver, &["--trusted-networks", nets], &[]);
+        let mut cmd = Command::new(venv_python());
+        cmd.args(["-u", "-c", PLAIN_SERVER]);
+        let b = Service::start("plain-server", cmd);
+        let run = curl(&["-H", &caller, &b.url("/inventory")]);
+        run.assert_success();
+        receiver.focus(&[b.pid()]);
+        let spans = receiver.expect_spans("B's server span", SPAN_TIMEOUT, |spans| {
+            spans.iter().any(|s| s.pid() == Some(b.pid()) && s.is_server())
+        });
+        let b_span = one(
+            spans.iter().filter(|s| s.pid() == Some(b.pid()) && s.is_server()).cloned().collect(),
+            "SERVER span of B",
+            &spans,
+        );
+        if trusted {
+            assert_eq!((b_span.trace_id.as_str(), b_span.parent_span_id.as_str()), (TRACE, CALLER_SPAN), "{b_span}");
+        } else {
+            assert_ne!(b_span.trace_id, TRACE, "an untrusted peer set the trace: {b_span}");
+            assert_eq!(b_span.parent_span_id, "", "{b_span}");
+            scrape_until(metrics_port, "the untrusted traceparent", |body| counter(body, "propagation_incoming_untrusted") >= 1);
+        }
+        agent.stop();
+    }
 }
