@@ -13,6 +13,34 @@ use crate::env::{agent_bin, poll_until, tail, Proc};
 pub const READY_MARKER: &str = "waggle ready";
 pub const READY_TIMEOUT: Duration = Duration::from_secs(60);
 pub const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+/// Name of the agent's sk_msg program (agent/src/probes/mod.rs).
+pub const SK_MSG_PROGRAM: &str = "waggle_sk_msg";
+const OTHER_INJECTORS_TIMEOUT: Duration = Duration::from_secs(180);
+
+/// Another agent with propagation on (a colleague's benchmark, the agent
+/// crate's live tests) claims new client sockets for its own sk_msg program,
+/// and the test's requests would carry its ids: waits until no other
+/// `waggle_sk_msg` program is loaded.
+#[track_caller]
+pub fn wait_for_other_injectors() {
+    let deadline = std::time::Instant::now() + OTHER_INJECTORS_TIMEOUT;
+    loop {
+        let others: Vec<u32> = aya::programs::loaded_programs()
+            .filter_map(Result::ok)
+            .filter(|p| p.name_as_str() == Some(SK_MSG_PROGRAM))
+            .map(|p| p.id())
+            .collect();
+        if others.is_empty() {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "another {SK_MSG_PROGRAM} program stays loaded (ids {others:?}): stop the other agent, it owns the sockets these tests inject into"
+        );
+        eprintln!("waiting for another agent's {SK_MSG_PROGRAM} program ({others:?}) to go away");
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
 
 /// A running agent. Its stdout/stderr go to files in a temp dir so neither
 /// pipe can fill up and stall it. Dropped without `stop()`, it is killed.

@@ -16,7 +16,7 @@ pub mod servers;
 
 use std::time::Duration;
 
-pub use agent::{Agent, AgentOutput};
+pub use agent::{wait_for_other_injectors, Agent, AgentOutput, SK_MSG_PROGRAM};
 pub use env::{curl, e2e_setup, fixture, is_root, python, python_script, run_client, ClientRun, E2eGuard, Proc};
 pub use receiver::{describe, AttrVal, Kind, OtlpReceiver, Protocol, Span, StatusCode};
 pub use servers::Server;

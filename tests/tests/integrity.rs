@@ -56,16 +56,13 @@ use waggle_e2e::{
     env::{poll_until, tail},
     fixture, python, run_client,
     servers::NGINX_BIN,
-    Agent, ClientRun, Proc,
+    wait_for_other_injectors, Agent, ClientRun, Proc,
 };
 
 /// `traceparent: 00-<32>-<16>-<2>\r\n`.
 const LINE_LEN: usize = 70;
 /// Requests the whole run must check.
 const MIN_REQUESTS: u64 = 100_000;
-/// Name of the agent's sk_msg program (agent/src/probes.rs).
-const SK_MSG_PROGRAM: &str = "waggle_sk_msg";
-const OTHER_INJECTORS_TIMEOUT: Duration = Duration::from_secs(180);
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(300);
 const BUILD_TIMEOUT: Duration = Duration::from_secs(180);
@@ -1450,7 +1447,8 @@ fn check_raw(
             continue;
         };
         if let Some(e) = log.error.as_deref().filter(|e| {
-            let stall = e.starts_with("closing: timed out") && KEEPS_SOCKETS.load(std::sync::atomic::Ordering::Relaxed);
+            let stall = e.starts_with("closing: timed out")
+                && KEEPS_SOCKETS.load(std::sync::atomic::Ordering::Relaxed);
             tally.close_stalls += u64::from(stall);
             !stall
         }) {
@@ -1586,7 +1584,9 @@ fn compare(
         if is_injected_line(&recorded[j..]) {
             injected += 1;
             j += LINE_LEN;
-        } else if m.must_inject && (k == 0 || EVERY_REQUEST.load(std::sync::atomic::Ordering::Relaxed)) {
+        } else if m.must_inject
+            && (k == 0 || EVERY_REQUEST.load(std::sync::atomic::Ordering::Relaxed))
+        {
             missing.push(k);
         }
     }
@@ -2200,29 +2200,6 @@ fn build_go(go: &Path, dir: &Path) -> PathBuf {
     bin
 }
 
-/// Another agent's sk_msg program owns the client sockets it registers
-/// first: wait it out (as propagation.rs does).
-#[track_caller]
-fn wait_for_other_injectors() {
-    let deadline = Instant::now() + OTHER_INJECTORS_TIMEOUT;
-    loop {
-        let others: Vec<u32> = aya::programs::loaded_programs()
-            .filter_map(Result::ok)
-            .filter(|p| p.name_as_str() == Some(SK_MSG_PROGRAM))
-            .map(|p| p.id())
-            .collect();
-        if others.is_empty() {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "another {SK_MSG_PROGRAM} program stays loaded (ids {others:?}): stop the other agent"
-        );
-        eprintln!("integrity: waiting for another agent's {SK_MSG_PROGRAM} program ({others:?}) to go away");
-        std::thread::sleep(Duration::from_secs(1));
-    }
-}
-
 /// nginx proxying everything to the recording server on `upstream` over
 /// keep-alive HTTP/1.1 connections. The application's traceparent arrives
 /// as X-App-Traceparent and leaves as traceparent; an incoming traceparent
@@ -2445,14 +2422,18 @@ fn integrity_injected_traffic_arrives_intact() {
     } else {
         &[
             ("default", &["--print", "off"]),
-            ("unsafe-keepalive", &["--print", "off", "--propagation", "unsafe-keepalive"]),
+            (
+                "unsafe-keepalive",
+                &["--print", "off", "--propagation", "unsafe-keepalive"],
+            ),
         ]
     };
     let mut outcomes: Vec<Outcome> = Vec::new();
     for (pass, args) in passes {
         // Each pass records into its own directory.
         let pass_dir = work.join(pass.replace(' ', "-"));
-        fs::create_dir_all(&pass_dir).unwrap_or_else(|e| panic!("creating {}: {e}", pass_dir.display()));
+        fs::create_dir_all(&pass_dir)
+            .unwrap_or_else(|e| panic!("creating {}: {e}", pass_dir.display()));
         let work = pass_dir.as_path();
         wait_for_other_injectors();
         let agent = (!without_agent()).then(|| {

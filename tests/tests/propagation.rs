@@ -36,6 +36,8 @@ use std::{
 };
 
 use waggle_e2e::{
+    SK_MSG_PROGRAM,
+    wait_for_other_injectors,
     curl,
     db::{venv_python, Postgres},
     describe, e2e_setup,
@@ -50,9 +52,6 @@ const CALLER_SPAN: &str = "00f067aa0ba902b7";
 const SERVICE_A: &str = "service-a";
 const SERVICE_B: &str = "service-b";
 
-/// Name of the agent's sk_msg program (agent/src/probes.rs).
-const SK_MSG_PROGRAM: &str = "waggle_sk_msg";
-const OTHER_INJECTORS_TIMEOUT: Duration = Duration::from_secs(180);
 const SERVICE_START_TIMEOUT: Duration = Duration::from_secs(30);
 /// Kernel counters reach the metrics endpoint on the agent's 1 s tick.
 const COUNTER_TIMEOUT: Duration = Duration::from_secs(10);
@@ -161,29 +160,6 @@ fn start_a(b: &Service, pg: &Postgres, keepalive: bool) -> Service {
 // Agent and its counters
 // ---------------------------------------------------------------------------
 
-/// Another agent's sk_msg program owns the client sockets it registers
-/// first, and this test's requests would carry its ids: wait it out (as
-/// agent/tests/propagation_live.rs does).
-#[track_caller]
-fn wait_for_other_injectors() {
-    let deadline = Instant::now() + OTHER_INJECTORS_TIMEOUT;
-    loop {
-        let others: Vec<u32> = aya::programs::loaded_programs()
-            .filter_map(Result::ok)
-            .filter(|p| p.name_as_str() == Some(SK_MSG_PROGRAM))
-            .map(|p| p.id())
-            .collect();
-        if others.is_empty() {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "another {SK_MSG_PROGRAM} program stays loaded (ids {others:?}): stop the other agent, it owns the sockets these tests inject into"
-        );
-        eprintln!("propagation e2e: waiting for another agent's {SK_MSG_PROGRAM} program ({others:?}) to go away");
-        std::thread::sleep(Duration::from_secs(1));
-    }
-}
 
 /// The agent exporting to `receiver` with its metrics endpoint on a fresh
 /// port (returned).

@@ -318,15 +318,20 @@ impl Probes {
         if let Some(nets) = &config.trusted_networks {
             fill_trusted_networks(&mut ebpf, nets)?;
         }
-        let mut runtime = Array::<MapData, u64>::try_from(take_map(&mut ebpf, maps::RUNTIME)?)
+        let runtime = Array::<MapData, u64>::try_from(take_map(&mut ebpf, maps::RUNTIME)?)
             .map_err(|source| ProbeError::OpenMap { name: maps::RUNTIME, source })?;
+        // Alive from the start: the first drain is still milliseconds away.
         let mut heartbeat = Heartbeat { runtime, last_ns: 0 };
         heartbeat.beat(crate::clock::Clock::now_monotonic_ns());
-        runtime = heartbeat.runtime;
-        let (client_socks, sockmap_mode) =
-            attach_propagation(&mut ebpf, &mut runtime, propagation != 0, config.unsafe_keepalive, &mut attached, &mut skipped);
+        let (client_socks, sockmap_mode) = attach_propagation(
+            &mut ebpf,
+            &mut heartbeat.runtime,
+            propagation != 0,
+            config.unsafe_keepalive,
+            &mut attached,
+            &mut skipped,
+        );
         let injecting = sockmap_mode != sockmap_mode::UNSET;
-        let heartbeat = Heartbeat { runtime, last_ns: crate::clock::Clock::now_monotonic_ns() };
         tracing::info!(count = attached.len(), programs = %attached.join(","), "probes attached");
         let skipped_names: Vec<&str> = skipped.iter().map(|(p, _)| *p).collect();
         tracing::info!(count = skipped.len(), programs = %skipped_names.join(","), "probes skipped");
@@ -565,7 +570,18 @@ fn attach_propagation(
             (Some(socks), mode)
         }
         Err(e) => {
-            skip(SOCKOPS_PROGRAM, e.describe());
+            let reason = e.describe();
+            if reason.contains("bpf_get_current_pid_tgid") {
+                // Before Linux 6.10 sockops programs may not ask which task
+                // is connecting: injection could not be kept to traced
+                // processes, so there is none.
+                skip(
+                    SOCKOPS_PROGRAM,
+                    "propagation off: this kernel does not let sockops programs see the connecting process (Linux 6.10+), so injection could not be limited to traced processes".to_owned(),
+                );
+            } else {
+                skip(SOCKOPS_PROGRAM, reason);
+            }
             (None, sockmap_mode::UNSET)
         }
     }
