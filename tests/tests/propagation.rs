@@ -704,6 +704,23 @@ fn split_tp(tp: &str) -> (String, String, String) {
     (parts[1].to_owned(), parts[2].to_owned(), parts[3].to_owned())
 }
 
+/// GETs /checkout on A (argv[1]) argv[2] times, a new connection each,
+/// printing each reply; then once more with a sampled caller context
+/// (trace argv[3]).
+const SAMPLING_CLIENT: &str = r#"
+import http.client, sys
+port, n, fence = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+for i in range(n + 1):
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=20)
+    headers = {"traceparent": "00-%s-00f067aa0ba902b7-01" % fence} if i == n else {}
+    c.request("GET", "/checkout", headers=headers)
+    r = c.getresponse()
+    body = r.read()
+    assert r.status == 200, (r.status, body)
+    print(body.decode(), flush=True)
+    c.close()
+"#;
+
 /// One sampling decision, made once (in the kernel, by the SDK rule) and
 /// honoured everywhere: what B is told agrees with what is exported, and no
 /// exported span lacks its exported parent.
@@ -722,21 +739,25 @@ fn sampling_at_a_quarter_agrees_downstream_and_leaves_no_orphans() {
     let b = start_b();
     let a = start_a(&b, &pg, false);
 
-    // What B was told for each request (curl's trace, started and decided
-    // by the kernel when curl sent it).
-    let mut told = Vec::new();
-    for _ in 0..REQUESTS {
-        let run = curl_checkout(&a, &[]);
-        assert_served(&run, &a, &b);
-        let seen = b_saw(&run);
-        assert_eq!(seen.len(), 1, "B must receive exactly one traceparent: {seen:?}");
-        told.push(split_tp(&seen[0]));
-    }
-    // A sampled caller as the last request: once its spans are in, every
-    // earlier request has been through the agent.
+    // One long-lived client process makes every request, each on a new
+    // connection (so each is injected), and prints A's replies: its CLIENT
+    // span is each trace's root, started and decided by the kernel when it
+    // sends. The last request carries a sampled caller context: once its
+    // spans are in, every earlier request has been through the agent.
     let fence_trace = "5e1ec7ed5e1ec7ed5e1ec7ed5e1ec7ed";
-    let fence = curl_checkout(&a, &[&format!("traceparent: 00-{fence_trace}-00f067aa0ba902b7-01")]);
-    assert_served(&fence, &a, &b);
+    let mut cmd = Command::new(venv_python());
+    cmd.args(["-u", "-c", SAMPLING_CLIENT, &a.port.to_string(), &REQUESTS.to_string(), fence_trace]);
+    let client = waggle_e2e::run_client("sampling client", &mut cmd, Duration::from_secs(120));
+    client.assert_success();
+    let replies: Vec<&str> = client.stdout.lines().collect();
+    assert_eq!(replies.len(), REQUESTS + 1, "one reply per request: {}", client.stdout);
+    let mut told = Vec::new();
+    for reply in &replies[..REQUESTS] {
+        let v: serde_json::Value = serde_json::from_str(reply).unwrap_or_else(|e| panic!("A's reply {reply:?}: {e}"));
+        let seen: Vec<&str> = v["b"]["traceparents"].as_array().map(|a| a.iter().filter_map(|t| t.as_str()).collect()).unwrap_or_default();
+        assert_eq!(seen.len(), 1, "B must receive exactly one traceparent: {v}");
+        told.push(split_tp(seen[0]));
+    }
     let sampled: Vec<&(String, String, String)> = told.iter().filter(|(_, _, f)| f == "01").collect();
     for (trace, _, flags) in &told {
         assert_eq!(
@@ -751,7 +772,7 @@ fn sampling_at_a_quarter_agrees_downstream_and_leaves_no_orphans() {
         sampled.len()
     );
     // Complete: B's and A's server spans are in, and every exported span of
-    // the trace has its parent exported too (curl's client span is the root).
+    // the trace has its parent exported too (the client's span is the root).
     let complete = |spans: &[Span], t: &str| {
         let of: Vec<&Span> = spans.iter().filter(|s| s.trace_id == t).collect();
         let server_of = |pid: u32| of.iter().any(|s| s.pid() == Some(pid) && s.is_server());
@@ -770,7 +791,8 @@ fn sampling_at_a_quarter_agrees_downstream_and_leaves_no_orphans() {
             report.push_str(&format!("incomplete sampled trace {t}:\n{}\n", describe(&of)));
         }
         let fence_in = spans.iter().any(|s| s.trace_id == fence_trace);
-        panic!("sampled traces incomplete after {SPAN_TIMEOUT:?} (fence exported: {fence_in}):\n{report}")
+        let roots: Vec<Span> = spans.iter().filter(|s| s.pid() == Some(client.pid)).cloned().collect();
+        panic!("sampled traces incomplete after {SPAN_TIMEOUT:?} (fence exported: {fence_in}):\n{report}\nthe client's spans:\n{}", describe(&roots))
     });
     for (trace, span, flags) in &told {
         let of_trace: Vec<Span> = spans.iter().filter(|s| &s.trace_id == trace).cloned().collect();
