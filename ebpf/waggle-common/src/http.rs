@@ -9,6 +9,9 @@
 //! shapes are chosen for the verifier: fixed-size arrays, constant indexes,
 //! one byte per step in the header scan (driven by `bpf_loop`).
 
+/// Shortest HTTP/1.x request line: "GET / HTTP/1.1\r\n".
+pub const MIN_REQUEST_LINE: u32 = 16;
+
 /// Bytes of a send/recv looked at to recognise a request start: the longest
 /// method plus its space ("OPTIONS ", "CONNECT ") is 8.
 pub const PEEK: usize = 8;

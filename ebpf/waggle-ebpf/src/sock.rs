@@ -50,8 +50,6 @@ use crate::{
 };
 
 const LINE: u32 = TRACEPARENT_LINE_LEN as u32;
-/// Shortest request line: "GET / HTTP/1.1\r\n".
-const MIN_REQUEST_LINE: u32 = 16;
 /// Offsets into the message are masked with this for the verifier. Twice
 /// the scan window, so no offset the tracepoint can report (<= MAX_CAPTURE)
 /// ever wraps to another.
@@ -307,7 +305,7 @@ fn msg_bytes<const N: usize>(ctx: &SkMsgContext, off: u32) -> Option<[u8; N]> {
 fn decide(ctx: &SkMsgContext, request: &InjectRequest) -> Result<(), Decision> {
     let rle = u32::from(request.request_line_end);
     let headers_end = u32::from(request.headers_end);
-    if rle < MIN_REQUEST_LINE || headers_end < rle + 2 || headers_end > MAX_CAPTURE as u32 {
+    if rle < http::MIN_REQUEST_LINE || headers_end < rle + 2 || headers_end > MAX_CAPTURE as u32 {
         return skip(skip_reason::NOT_REQUEST_START);
     }
     let msg = ctx.msg;

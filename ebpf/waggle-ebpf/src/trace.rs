@@ -33,8 +33,6 @@ use crate::{
 };
 
 const MASK: usize = CAPTURE_MASK;
-/// Shortest request line: "GET / HTTP/1.1\r\n".
-const MIN_REQUEST_LINE: u64 = 16;
 
 /// One byte of the header scan over this CPU's SCRATCH payload. Both the
 /// bytes and the scan state live in per-CPU maps, looked up on every call
@@ -354,7 +352,7 @@ pub(crate) fn client_send_enter(
                     .cast::<[u8; 10]>(),
             )
         };
-        if rle < MIN_REQUEST_LINE || !http::request_line_is_http1(&tail) {
+        if rle < u64::from(http::MIN_REQUEST_LINE) || !http::request_line_is_http1(&tail) {
             // Redis inline commands and other text protocols also start
             // with "GET ".
             // SAFETY: as above.
