@@ -8,8 +8,7 @@ use std::{env, fs, path::PathBuf};
 
 fn main() {
     let manifest_dir = PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("set by cargo"));
-    let default = manifest_dir
-        .join("../ebpf/waggle-ebpf/target/bpfel-unknown-none/release/waggle");
+    let default = manifest_dir.join("../ebpf/waggle-ebpf/target/bpfel-unknown-none/release/waggle");
     let object = env::var_os("WAGGLE_EBPF_OBJECT").map(PathBuf::from).unwrap_or(default);
     println!("cargo:rerun-if-env-changed=WAGGLE_EBPF_OBJECT");
     println!("cargo:rerun-if-changed={}", object.display());

@@ -416,10 +416,8 @@ impl FileConfig {
         if text.trim().is_empty() {
             return Ok(FileConfig::default());
         }
-        serde_yaml_ng::from_str(&text).map_err(|e| ConfigError::ParseFile {
-            path: path.to_owned(),
-            message: one_line(&e.to_string()),
-        })
+        serde_yaml_ng::from_str(&text)
+            .map_err(|e| ConfigError::ParseFile { path: path.to_owned(), message: one_line(&e.to_string()) })
     }
 }
 
@@ -429,10 +427,7 @@ fn one_line(s: &str) -> String {
 
 /// Environment lookups: the OTel spec treats an empty value as unset.
 fn env_var(env: &dyn Env, key: &'static str) -> Sourced<String> {
-    env.var(key)
-        .map(|v| v.trim().to_owned())
-        .filter(|v| !v.is_empty())
-        .map(|v| (v, Source::Env(key)))
+    env.var(key).map(|v| v.trim().to_owned()).filter(|v| !v.is_empty()).map(|v| (v, Source::Env(key)))
 }
 
 /// Comma-separated CIDRs ("10.0.0.0/8", "fd00::/8"; a bare address is a
@@ -511,10 +506,8 @@ fn validate_headers(headers: Vec<(String, String)>, source: &Source) -> Result<V
         let printable = value.bytes().all(|b| b == b'\t' || (0x20..0x7f).contains(&b));
         if !printable {
             // The value is a credential more often than not: name the header only.
-            return Err(source.invalid(format!(
-                "value of header {:?} must be printable ASCII (value not shown)",
-                name.as_str()
-            )));
+            return Err(source
+                .invalid(format!("value of header {:?} must be printable ASCII (value not shown)", name.as_str())));
         }
         let name = name.as_str().to_owned();
         out.retain(|(k, _)| *k != name);
@@ -527,9 +520,7 @@ fn parse_protocol(raw: &str, source: &Source) -> Result<OtlpProtocol, ConfigErro
     match raw.trim().to_ascii_lowercase().as_str() {
         "grpc" => Ok(OtlpProtocol::Grpc),
         "http/protobuf" => Ok(OtlpProtocol::HttpProtobuf),
-        "http/json" => Err(source.invalid(format!(
-            "protocol {raw:?} is not supported (use grpc or http/protobuf)"
-        ))),
+        "http/json" => Err(source.invalid(format!("protocol {raw:?} is not supported (use grpc or http/protobuf)"))),
         _ => Err(source.invalid(format!("unsupported protocol {raw:?} (use grpc or http/protobuf)"))),
     }
 }
@@ -584,10 +575,8 @@ fn parse_sampler(
     let ratio = || -> Result<f64, ConfigError> {
         // The spec's default ratio is 1.0 when no argument is given.
         let Some((raw, source)) = arg else { return Ok(1.0) };
-        let ratio: f64 = raw
-            .trim()
-            .parse()
-            .map_err(|_| source.invalid(format!("{raw:?} is not a ratio between 0 and 1")))?;
+        let ratio: f64 =
+            raw.trim().parse().map_err(|_| source.invalid(format!("{raw:?} is not a ratio between 0 and 1")))?;
         if !(0.0..=1.0).contains(&ratio) {
             return Err(source.invalid(format!("{raw:?} is not a ratio between 0 and 1")));
         }
@@ -625,9 +614,7 @@ fn resolve_endpoint(
                 "endpoint {raw:?} uses TLS, which this build does not support (send to a local collector over http://)"
             )))
         }
-        other => {
-            return Err(source.invalid(format!("endpoint {raw:?} has unsupported scheme {other:?} (use http://)")))
-        }
+        other => return Err(source.invalid(format!("endpoint {raw:?} has unsupported scheme {other:?} (use http://)"))),
     }
     if url.host_str().is_none_or(str::is_empty) {
         return Err(source.invalid(format!("endpoint {raw:?} has no host")));
@@ -714,7 +701,8 @@ impl Config {
             Some((raw, source)) => validate_headers(parse_key_values(&raw, &source)?, &source)?,
             None => match file_otlp.headers {
                 Some(map) => {
-                    let source = Source::File { key: "otlp.headers", path: path.map(Path::to_owned).unwrap_or_default() };
+                    let source =
+                        Source::File { key: "otlp.headers", path: path.map(Path::to_owned).unwrap_or_default() };
                     let pairs = map.into_iter().map(|(k, v)| (k, v.into_string())).collect();
                     validate_headers(pairs, &source)?
                 }
@@ -848,24 +836,23 @@ impl Config {
         if let Some(map) = file.resource_attributes {
             for (k, v) in map {
                 if k.trim().is_empty() {
-                    let source = Source::File { key: "resource_attributes", path: path.map(Path::to_owned).unwrap_or_default() };
+                    let source =
+                        Source::File { key: "resource_attributes", path: path.map(Path::to_owned).unwrap_or_default() };
                     return Err(source.invalid("empty attribute key"));
                 }
                 resource_attributes.insert(k, v.into_string());
             }
         }
-        for layer in [
-            env_var(env, "OTEL_RESOURCE_ATTRIBUTES"),
-            flag(args.resource_attributes.clone(), "resource-attributes"),
-        ] {
-            if let Some((raw, source)) = layer {
-                resource_attributes.extend(parse_key_values(&raw, &source)?);
-            }
+        for (raw, source) in
+            [env_var(env, "OTEL_RESOURCE_ATTRIBUTES"), flag(args.resource_attributes.clone(), "resource-attributes")]
+                .into_iter()
+                .flatten()
+        {
+            resource_attributes.extend(parse_key_values(&raw, &source)?);
         }
 
-        let agent_service_name = env_var(env, "OTEL_SERVICE_NAME")
-            .map(|(v, _)| v)
-            .unwrap_or(defaults.agent_service_name);
+        let agent_service_name =
+            env_var(env, "OTEL_SERVICE_NAME").map(|(v, _)| v).unwrap_or(defaults.agent_service_name);
 
         let log_filter = match first([
             flag(args.log_level.clone(), "log-level"),
@@ -1131,7 +1118,8 @@ mod tests {
     fn bad_header_errors_do_not_leak_values() {
         let e = err(&["--otlp-endpoint", "http://c:4318", "--otlp-headers", "authorization:Bearer s3cr3t"], &[]);
         assert_eq!(e, "--otlp-headers: entry 1 is not key=value");
-        let e = err(&[], &[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c"), ("OTEL_EXPORTER_OTLP_HEADERS", "a=ok,bad key=x")]);
+        let e =
+            err(&[], &[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c"), ("OTEL_EXPORTER_OTLP_HEADERS", "a=ok,bad key=x")]);
         assert_eq!(e, "OTEL_EXPORTER_OTLP_HEADERS: invalid header name \"bad key\"");
         let e = err(&[], &[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c"), ("OTEL_EXPORTER_OTLP_HEADERS", "k=s3cr%0At")]);
         assert!(e.starts_with("OTEL_EXPORTER_OTLP_HEADERS: value of header \"k\""), "{e}");

@@ -72,7 +72,11 @@ pub trait ConnEnvironment {
 enum ParseState {
     /// `first`: direction, entry time and thread of the first buffered chunk
     /// (a joined request starts when its first byte was sent).
-    Detecting { buf: Vec<u8>, first: Option<(Direction, u64, u32)>, attempts_left: u32 },
+    Detecting {
+        buf: Vec<u8>,
+        first: Option<(Direction, u64, u32)>,
+        attempts_left: u32,
+    },
     Active(Box<dyn ProtocolParser>),
     Muted,
 }
@@ -219,15 +223,7 @@ impl ConnTracker {
             }
         }
         let own = role == Role::Server && peer.is_some_and(|p| env.is_own_socket(p, ev.ts_ns));
-        let meta = ConnMeta {
-            pid: ev.tgid,
-            fd: ev.fd,
-            conn_id: ev.conn_id,
-            role,
-            protocol: "",
-            peer,
-            local: None,
-        };
+        let meta = ConnMeta { pid: ev.tgid, fd: ev.fd, conn_id: ev.conn_id, role, protocol: "", peer, local: None };
         self.insert(meta, false, ev.ts_ns);
         if own {
             self.mute_own(ev.conn_id, key, env);
@@ -248,20 +244,33 @@ impl ConnTracker {
         }
         let conn_id = self.mint_user_id();
         let key = SockKey { tgid: ev.tgid, fd: ev.fd };
-        env.track(key, ConnInfo { conn_id, role: role as u8, family: ev.family, flags: 0, _pad: [0; 5], req_remaining: 0 });
-        let meta = ConnMeta { pid: ev.tgid, fd: ev.fd, conn_id, role, protocol: "", peer: Some(peer), local: Some(local) };
+        env.track(
+            key,
+            ConnInfo { conn_id, role: role as u8, family: ev.family, flags: 0, _pad: [0; 5], req_remaining: 0 },
+        );
+        let meta =
+            ConnMeta { pid: ev.tgid, fd: ev.fd, conn_id, role, protocol: "", peer: Some(peer), local: Some(local) };
         self.insert(meta, false, ev.ts_ns);
     }
 
     /// A connection that existed before the agent (or was inherited through
     /// fork): it is tracked in the kernel under a userspace-minted id.
-    pub fn seed(&mut self, pid: u32, fd: u32, role: Role, local: SocketAddr, peer: SocketAddr, env: &mut dyn ConnEnvironment, now_ns: u64) {
+    pub fn seed(
+        &mut self,
+        key: SockKey,
+        role: Role,
+        local: SocketAddr,
+        peer: SocketAddr,
+        env: &mut dyn ConnEnvironment,
+        now_ns: u64,
+    ) {
         if role == Role::Server && env.is_own_socket(peer, now_ns) {
             return;
         }
+        let SockKey { tgid: pid, fd } = key;
         let conn_id = self.mint_user_id();
         let family = if local.is_ipv4() { libc::AF_INET } else { libc::AF_INET6 } as u8;
-        env.track(SockKey { tgid: pid, fd }, ConnInfo { conn_id, role: role as u8, family, flags: 0, _pad: [0; 5], req_remaining: 0 });
+        env.track(key, ConnInfo { conn_id, role: role as u8, family, flags: 0, _pad: [0; 5], req_remaining: 0 });
         let meta = ConnMeta { pid, fd, conn_id, role, protocol: "", peer: Some(peer), local: Some(local) };
         self.insert(meta, true, now_ns);
     }
@@ -304,7 +313,13 @@ impl ConnTracker {
         out.extend(spans.drain(..).map(|span| ConnSpan { span, conn: meta.clone() }));
     }
 
-    pub fn on_data(&mut self, header: &DataEvent, payload: &[u8], env: &mut dyn ConnEnvironment, out: &mut Vec<ConnSpan>) {
+    pub fn on_data(
+        &mut self,
+        header: &DataEvent,
+        payload: &[u8],
+        env: &mut dyn ConnEnvironment,
+        out: &mut Vec<ConnSpan>,
+    ) {
         let Some(direction) = Direction::from_u8(header.direction) else {
             Metrics::inc(&self.metrics.events_malformed);
             return;
@@ -400,12 +415,23 @@ impl ConnTracker {
         match feed {
             Feed::Continue => {}
             Feed::LostSync(reason) => {
-                tracing::debug!(pid = conn.meta.pid, protocol = conn.meta.protocol, reason, "parser lost sync; re-detecting");
+                tracing::debug!(
+                    pid = conn.meta.pid,
+                    protocol = conn.meta.protocol,
+                    reason,
+                    "parser lost sync; re-detecting"
+                );
                 Metrics::inc(&self.metrics.parse_failures);
-                conn.state = ParseState::Detecting { buf: Vec::new(), first: None, attempts_left: DETECT_ATTEMPTS_MIDSTREAM };
+                conn.state =
+                    ParseState::Detecting { buf: Vec::new(), first: None, attempts_left: DETECT_ATTEMPTS_MIDSTREAM };
             }
             Feed::Opaque(reason) => {
-                tracing::debug!(pid = conn.meta.pid, protocol = conn.meta.protocol, reason, "connection became opaque; muting");
+                tracing::debug!(
+                    pid = conn.meta.pid,
+                    protocol = conn.meta.protocol,
+                    reason,
+                    "connection became opaque; muting"
+                );
                 conn.state = ParseState::Muted;
                 env.mute(key);
                 Metrics::inc(&self.metrics.conns_muted);
@@ -634,7 +660,8 @@ mod tests {
         let mut env = FakeEnv::default();
         t.on_open(&open_event(EventKind::ConnOpen, 10, 5, 1, Role::Client, 80), &mut env);
         for (i, b) in b"REQ ".iter().enumerate() {
-            let out = feed(&mut t, &mut env, data(1, 10, 5, Role::Client, Direction::Egress, 1, 100 + i as u64 * 100), &[*b]);
+            let out =
+                feed(&mut t, &mut env, data(1, 10, 5, Role::Client, Direction::Egress, 1, 100 + i as u64 * 100), &[*b]);
             assert!(out.is_empty());
         }
         let spans = feed(&mut t, &mut env, data(1, 10, 5, Role::Client, Direction::Ingress, 2, 1000), b"OK");
@@ -731,7 +758,7 @@ mod tests {
         let mut env = FakeEnv::default();
         let local: SocketAddr = "127.0.0.1:80".parse().unwrap();
         let peer: SocketAddr = "127.0.0.1:9".parse().unwrap();
-        t.seed(10, 5, Role::Server, local, peer, &mut env, 0);
+        t.seed(SockKey { tgid: 10, fd: 5 }, Role::Server, local, peer, &mut env, 0);
         let (key, info) = env.tracked[0];
         assert_eq!(key, SockKey { tgid: 10, fd: 5 });
         assert!(info.conn_id & USERSPACE_CONN_ID_BIT != 0);

@@ -929,7 +929,6 @@ fn read_host_name() -> String {
     String::new()
 }
 
-
 /// Splits /proc/<pid>/cmdline. When the read was cut short the last argument
 /// is incomplete and dropped.
 fn parse_cmdline(bytes: &[u8], truncated: bool) -> Vec<String> {
@@ -2231,16 +2230,28 @@ mod blocked_read_tests {
     #[test]
     fn parses_proc_syscall_lines() {
         let b = parse_blocked_read(7, "45 0x5 0x7f1c2a3b4000 0x10000 0x0 0x0 0x0 0x7ffd5e8 0x7f1c2f\n").unwrap();
-        assert_eq!((b.tid, b.fd, b.syscall, b.ptr, b.len), (7, 5, waggle_common::SyscallId::Recvfrom, 0x7f1c2a3b4000, 0x10000));
-        assert_eq!(parse_blocked_read(7, "0 0x3 0x1000 0x20 0x0 0x0 0x0 0x1 0x2").unwrap().syscall, waggle_common::SyscallId::Read);
+        assert_eq!(
+            (b.tid, b.fd, b.syscall, b.ptr, b.len),
+            (7, 5, waggle_common::SyscallId::Recvfrom, 0x7f1c2a3b4000, 0x10000)
+        );
+        assert_eq!(
+            parse_blocked_read(7, "0 0x3 0x1000 0x20 0x0 0x0 0x0 0x1 0x2").unwrap().syscall,
+            waggle_common::SyscallId::Read
+        );
         assert!(parse_blocked_read(7, "running").is_none());
         assert!(parse_blocked_read(7, "-1 0x7ffd 0x7f").is_none());
-        assert!(parse_blocked_read(7, "232 0x4 0x7f 0x10 0xffffffff 0x0 0x0 0x1 0x2").is_none(), "epoll_wait is not a read");
+        assert!(
+            parse_blocked_read(7, "232 0x4 0x7f 0x10 0xffffffff 0x0 0x0 0x1 0x2").is_none(),
+            "epoll_wait is not a read"
+        );
     }
 
     #[test]
     fn finds_a_thread_blocked_in_recv_on_a_socket() {
-        use std::{io::Read, net::{TcpListener, TcpStream}};
+        use std::{
+            io::Read,
+            net::{TcpListener, TcpStream},
+        };
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let _client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         let (mut accepted, _) = listener.accept().unwrap();

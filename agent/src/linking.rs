@@ -82,7 +82,12 @@ impl ContextLinker {
         if self.threads.len() < MAX_THREADS || self.threads.contains_key(&(ev.tgid, ev.tid)) {
             self.threads.insert(
                 (ev.tgid, ev.tid),
-                ThreadServer { trace_id: ev.trace_id, span_id: ev.span_id, sampled: identity.sampled, since_ns: ev.ts_ns },
+                ThreadServer {
+                    trace_id: ev.trace_id,
+                    span_id: ev.span_id,
+                    sampled: identity.sampled,
+                    since_ns: ev.ts_ns,
+                },
             );
         }
     }
@@ -185,7 +190,15 @@ mod tests {
     fn server_http_and_sql_children_share_the_kernel_trace() {
         let mut l = ContextLinker::new();
         l.on_server_ctx(&ctx(EventKind::ServerCtx, 1, 1000, 7, 0xA, Some(0xE), ctx_flags::SAMPLED));
-        l.on_client_ctx(&ctx(EventKind::ClientCtx, 2, 1500, 7, 0xB, Some(0xA), ctx_flags::SAMPLED | ctx_flags::INJECTED));
+        l.on_client_ctx(&ctx(
+            EventKind::ClientCtx,
+            2,
+            1500,
+            7,
+            0xB,
+            Some(0xA),
+            ctx_flags::SAMPLED | ctx_flags::INJECTED,
+        ));
         // HTTP client call: the kernel's ids, injected.
         let http = l.identity_for(&span(SpanKind::Client, 1500, 7), &conn(2, Role::Client)).unwrap();
         assert_eq!((http.span_id, http.parent_span_id, http.injected), ([0xB; 8], Some([0xA; 8]), true));

@@ -33,7 +33,7 @@ use prometheus_client::{
     metrics::{counter::ConstCounter, gauge::ConstGauge},
     registry::Registry,
 };
-use tokio::{net::TcpListener, task::JoinSet, task::JoinHandle};
+use tokio::{net::TcpListener, task::JoinHandle, task::JoinSet};
 use waggle_common::{Counter, COUNTER_COUNT};
 
 use crate::metrics::Metrics;

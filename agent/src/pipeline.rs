@@ -19,8 +19,8 @@ use crate::{
     export::{self, ExportError, ExportHandle},
     intake::{self, RawEvent},
     linking::ContextLinker,
-    metrics_server::{self, Gauge, KernelCounterCell},
     metrics::Metrics,
+    metrics_server::{self, Gauge, KernelCounterCell},
     probes::{ConnMaps, ProbeConfig, ProbeError, Probes},
     protocols::ParserConfig,
     spans::SpanAssembler,
@@ -186,7 +186,7 @@ impl Stages {
                 }
                 SeedState::Established => {
                     let role = if s.is_server { Role::Server } else { Role::Client };
-                    self.tracker.seed(s.pid, s.fd, role, s.local, s.peer, &mut self.env, now_ns);
+                    self.tracker.seed(SockKey { tgid: s.pid, fd: s.fd }, role, s.local, s.peer, &mut self.env, now_ns);
                     conns += 1;
                 }
             }
@@ -238,7 +238,11 @@ impl Stages {
         self.kernel_cell.set_gauge(Gauge::ExportQueueSpans, self.exporter.queued() as u64);
         let lost = kernel.iter().find(|(c, _)| *c == Counter::EventsLost).map(|(_, n)| *n).unwrap_or(0);
         if lost > *last_lost {
-            tracing::warn!(lost = lost - *last_lost, total = lost, "kernel dropped events: ring buffer full (raise --ring-buffer-bytes or lower load)");
+            tracing::warn!(
+                lost = lost - *last_lost,
+                total = lost,
+                "kernel dropped events: ring buffer full (raise --ring-buffer-bytes or lower load)"
+            );
             *last_lost = lost;
         }
         self.metrics.kernel_events_lost.store(lost, std::sync::atomic::Ordering::Relaxed);
@@ -277,7 +281,12 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send) -> R
     let exporter = export::spawn_exporter(&config, metrics.clone())?;
     let mut stages = Stages {
         tracker: ConnTracker::new(ParserConfig { raw_sql: config.raw_sql }, metrics.clone(), MAX_CONNS),
-        env: LiveEnv { maps, own_addrs: HashSet::new(), own_addrs_read_ns: 0, local_ips: discovery::local_interface_ips() },
+        env: LiveEnv {
+            maps,
+            own_addrs: HashSet::new(),
+            own_addrs_read_ns: 0,
+            local_ips: discovery::local_interface_ips(),
+        },
         assembler: SpanAssembler::new(Clock::new(), config.sampler, config.sampler_parent_based),
         linker: ContextLinker::new(),
         resolver: ResourceResolver::new(config.resource_attributes.clone(), agent_pid),

@@ -197,9 +197,13 @@ impl SpanAssembler {
             }
             // A server joins its caller's trace; a client whose application
             // wrote its own traceparent joins the application's trace.
-            (None, Some(ctx)) => {
-                (ctx.trace_id, random_nonzero::<8>(), Some(ctx.span_id), decide(&ctx.trace_id, Some(ctx.sampled)), tracestate)
-            }
+            (None, Some(ctx)) => (
+                ctx.trace_id,
+                random_nonzero::<8>(),
+                Some(ctx.span_id),
+                decide(&ctx.trace_id, Some(ctx.sampled)),
+                tracestate,
+            ),
             (None, None) => {
                 let trace_id = random_nonzero::<16>();
                 (trace_id, random_nonzero::<8>(), None, decide(&trace_id, None), None)
@@ -293,7 +297,12 @@ mod tests {
     }
 
     fn resource() -> Arc<ProcessResource> {
-        Arc::new(ProcessResource { service_name: "app".into(), pid: 42, executable_name: "python3".into(), attributes: vec![] })
+        Arc::new(ProcessResource {
+            service_name: "app".into(),
+            pid: 42,
+            executable_name: "python3".into(),
+            attributes: vec![],
+        })
     }
 
     #[test]
@@ -339,10 +348,14 @@ mod tests {
         assert!(off.assemble(parsed(SpanKind::Server, Some(ctx)), &conn(Role::Server), resource(), None).is_some());
         let unsampled = TraceContext { sampled: false, ..ctx };
         let on = SpanAssembler::new(Clock::new(), Sampler::AlwaysOn, true);
-        assert!(on.assemble(parsed(SpanKind::Server, Some(unsampled)), &conn(Role::Server), resource(), None).is_none());
+        assert!(on
+            .assemble(parsed(SpanKind::Server, Some(unsampled)), &conn(Role::Server), resource(), None)
+            .is_none());
         // Not parent-based: the sampler alone decides.
         let plain_off = SpanAssembler::new(Clock::new(), Sampler::AlwaysOff, false);
-        assert!(plain_off.assemble(parsed(SpanKind::Server, Some(ctx)), &conn(Role::Server), resource(), None).is_none());
+        assert!(plain_off
+            .assemble(parsed(SpanKind::Server, Some(ctx)), &conn(Role::Server), resource(), None)
+            .is_none());
         let half = SpanAssembler::new(Clock::new(), Sampler::TraceIdRatio(0.5), false);
         let kept = (0..2000)
             .filter(|_| half.assemble(parsed(SpanKind::Client, None), &conn(Role::Client), resource(), None).is_some())

@@ -19,9 +19,7 @@ use waggle::{
     intake::{decode, RawEvent},
     probes::{EventSource, ProbeConfig, ProbeError, Probes},
 };
-use waggle_common::{
-    ConnEvent, Counter, DataEvent, Direction, ProcessEvent, Role, SockKey, SyscallId, TraceCtxEvent,
-};
+use waggle_common::{ConnEvent, Counter, DataEvent, Direction, ProcessEvent, Role, SockKey, SyscallId, TraceCtxEvent};
 
 /// Owned copy of a decoded record.
 #[derive(Debug, Clone)]
@@ -34,9 +32,6 @@ enum Ev {
     Exit(ProcessEvent),
     Ctx(TraceCtxEvent),
 }
-
-
-
 
 fn drain(source: &mut EventSource, events: &mut Vec<Ev>) {
     source.drain(usize::MAX, |record| {
@@ -55,11 +50,7 @@ fn drain(source: &mut EventSource, events: &mut Vec<Ev>) {
 }
 
 /// Waits (through `readable`, as the agent does) until `done` holds.
-async fn collect_until(
-    source: &mut EventSource,
-    events: &mut Vec<Ev>,
-    done: impl Fn(&[Ev]) -> bool,
-) {
+async fn collect_until(source: &mut EventSource, events: &mut Vec<Ev>, done: impl Fn(&[Ev]) -> bool) {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         drain(source, events);
@@ -88,23 +79,18 @@ fn opens(events: &[Ev], tgid: u32, role: Role) -> Vec<ConnEvent> {
 }
 
 fn closed(events: &[Ev], conn_id: u64) -> bool {
-    events
-        .iter()
-        .any(|e| matches!(e, Ev::Close(c) if c.conn_id == conn_id))
+    events.iter().any(|e| matches!(e, Ev::Close(c) if c.conn_id == conn_id))
 }
 
 fn data_on(events: &[Ev], conn_id: u64, dir: Direction) -> Vec<&[u8]> {
     events
         .iter()
         .filter_map(|e| match e {
-            Ev::Data(h, p) if h.conn_id == conn_id && h.direction == dir as u8 => {
-                Some(p.as_slice())
-            }
+            Ev::Data(h, p) if h.conn_id == conn_id && h.direction == dir as u8 => Some(p.as_slice()),
             _ => None,
         })
         .collect()
 }
-
 
 /// A process whose listener and client socket exist before the probes load:
 /// the kernel cannot tell they are TCP and must ask (ConnUnverified). It
@@ -174,12 +160,7 @@ async fn probes_see_http_over_tcp_and_nothing_else() {
 
     // Sockets that predate the probes.
     let mut legacy = Proc(
-        Command::new(&py)
-            .args(["-u", "-c", LEGACY])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap(),
+        Command::new(&py).args(["-u", "-c", LEGACY]).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap(),
     );
     let mut legacy_out = BufReader::new(legacy.0.stdout.take().unwrap());
     let mut legacy_in: ChildStdin = legacy.0.stdin.take().unwrap();
@@ -200,11 +181,7 @@ async fn probes_see_http_over_tcp_and_nothing_else() {
         }
         Err(e) => panic!("loading probes: {e}"),
     };
-    assert!(
-        probes.skipped().is_empty(),
-        "programs skipped: {:?}",
-        probes.skipped()
-    );
+    assert!(probes.skipped().is_empty(), "programs skipped: {:?}", probes.skipped());
     assert!(probes.attached().contains(&"sys_enter_read"));
 
     // Server and a plain curl client.
@@ -227,15 +204,8 @@ async fn probes_see_http_over_tcp_and_nothing_else() {
         .and_then(|p| p.parse().ok())
         .unwrap_or_else(|| panic!("unexpected http.server banner {banner:?}"));
 
-    let curl = Command::new("curl")
-        .args([
-            "-sS",
-            "-o",
-            "/dev/null",
-            &format!("http://127.0.0.1:{port}/"),
-        ])
-        .spawn()
-        .unwrap();
+    let curl =
+        Command::new("curl").args(["-sS", "-o", "/dev/null", &format!("http://127.0.0.1:{port}/")]).spawn().unwrap();
     let curl_pid = curl.id();
     let status = Proc(curl).0.wait().unwrap();
     assert!(status.success(), "curl failed: {status}");
@@ -250,12 +220,7 @@ async fn probes_see_http_over_tcp_and_nothing_else() {
     }
 
     let big_curl = Command::new("curl")
-        .args([
-            "-sS",
-            "-o",
-            "/dev/null",
-            &format!("http://127.0.0.1:{port}/big.bin"),
-        ])
+        .args(["-sS", "-o", "/dev/null", &format!("http://127.0.0.1:{port}/big.bin")])
         .status()
         .unwrap();
     assert!(big_curl.success());
@@ -263,49 +228,24 @@ async fn probes_see_http_over_tcp_and_nothing_else() {
     let request_file = dir.join("request.txt");
     std::fs::write(&request_file, SENDFILE_REQUEST).unwrap();
     let client = Command::new(&py)
-        .args([
-            "-u",
-            "-c",
-            CLIENT,
-            &port.to_string(),
-            request_file.to_str().unwrap(),
-        ])
+        .args(["-u", "-c", CLIENT, &port.to_string(), request_file.to_str().unwrap()])
         .output()
         .unwrap();
-    assert!(
-        client.status.success(),
-        "client script: {}",
-        String::from_utf8_lossy(&client.stderr)
-    );
-    let fork_child: u32 = String::from_utf8_lossy(&client.stdout)
-        .trim()
-        .parse()
-        .unwrap();
+    assert!(client.status.success(), "client script: {}", String::from_utf8_lossy(&client.stderr));
+    let fork_child: u32 = String::from_utf8_lossy(&client.stdout).trim().parse().unwrap();
 
     // Files and pipes: never data events.
     let file = dir.join("file.txt");
     std::fs::write(&file, "GET /file-marker HTTP/1.1\r\n\r\n").unwrap();
-    let cat = Command::new("cat")
-        .arg(&file)
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let cat = Command::new("cat").arg(&file).stdout(Stdio::piped()).spawn().unwrap();
     let cat_pid = cat.id();
     let mut cat = Proc(cat);
     let mut cat_out = Vec::new();
-    cat.0
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_end(&mut cat_out)
-        .unwrap();
+    cat.0.stdout.take().unwrap().read_to_end(&mut cat_out).unwrap();
     assert!(cat.0.wait().unwrap().success());
     assert!(cat_out.starts_with(b"GET /file-marker"));
     let pipe = Command::new("sh")
-        .args([
-            "-c",
-            "printf 'GET /pipe-marker HTTP/1.1\\r\\n\\r\\n' | cat | cat > /dev/null",
-        ])
+        .args(["-c", "printf 'GET /pipe-marker HTTP/1.1\\r\\n\\r\\n' | cat | cat > /dev/null"])
         .status()
         .unwrap();
     assert!(pipe.success());
@@ -325,13 +265,10 @@ async fn probes_see_http_over_tcp_and_nothing_else() {
     };
     let mut events = Vec::new();
     collect_until(&mut source, &mut events, |ev| {
-        let curl_done = opens(ev, curl_pid, Role::Client)
-            .iter()
-            .all(|c| closed(ev, c.conn_id))
+        let curl_done = opens(ev, curl_pid, Role::Client).iter().all(|c| closed(ev, c.conn_id))
             && !opens(ev, curl_pid, Role::Client).is_empty();
         let script = client_pid_of(ev);
-        let script_exited =
-            script.is_some_and(|p| ev.iter().any(|e| matches!(e, Ev::Exit(x) if x.tgid == p)));
+        let script_exited = script.is_some_and(|p| ev.iter().any(|e| matches!(e, Ev::Exit(x) if x.tgid == p)));
         let unverified = ev.iter().filter(|e| matches!(e, Ev::Unverified(_))).count() >= 2;
         curl_done && script_exited && unverified
     })
@@ -361,13 +298,7 @@ async fn probes_see_http_over_tcp_and_nothing_else() {
             }
         }
     }
-    let summary = || {
-        format!(
-            "{} events: {:#?}",
-            events.len(),
-            events.iter().take(60).collect::<Vec<_>>()
-        )
-    };
+    let summary = || format!("{} events: {:#?}", events.len(), events.iter().take(60).collect::<Vec<_>>());
 
     // curl: one client connection to the server, request out, response in.
     let curl_conns = opens(&events, curl_pid, Role::Client);
@@ -377,44 +308,23 @@ async fn probes_see_http_over_tcp_and_nothing_else() {
     assert_eq!(cc.peer_port, port);
     assert_eq!(&cc.peer_addr[..4], &[127, 0, 0, 1]);
     let out = data_on(&events, cc.conn_id, Direction::Egress);
-    assert!(
-        out.iter().any(|p| p.starts_with(b"GET / HTTP/1.1\r\n")),
-        "curl egress: {out:?}"
-    );
+    assert!(out.iter().any(|p| p.starts_with(b"GET / HTTP/1.1\r\n")), "curl egress: {out:?}");
     let back = data_on(&events, cc.conn_id, Direction::Ingress);
-    assert!(
-        back.iter().any(|p| p.starts_with(b"HTTP/1.0 200")),
-        "curl ingress: {back:?}"
-    );
-    assert!(
-        closed(&events, cc.conn_id),
-        "curl close missing: {}",
-        summary()
-    );
+    assert!(back.iter().any(|p| p.starts_with(b"HTTP/1.0 200")), "curl ingress: {back:?}");
+    assert!(closed(&events, cc.conn_id), "curl close missing: {}", summary());
 
     // The server side of the same exchange.
     let server_conns = opens(&events, server_pid, Role::Server);
-    assert_eq!(
-        server_conns.len(),
-        7,
-        "server accepts (2 curl + own + 4 script conns): {}",
-        summary()
-    );
+    assert_eq!(server_conns.len(), 7, "server accepts (2 curl + own + 4 script conns): {}", summary());
     let sc = server_conns
         .iter()
-        .find(|c| {
-            data_on(&events, c.conn_id, Direction::Ingress)
-                .iter()
-                .any(|p| p.starts_with(b"GET / "))
-        })
+        .find(|c| data_on(&events, c.conn_id, Direction::Ingress).iter().any(|p| p.starts_with(b"GET / ")))
         .unwrap_or_else(|| panic!("no server conn carried curl's request: {}", summary()));
     assert_eq!(&sc.peer_addr[..4], &[127, 0, 0, 1]);
     assert_ne!(sc.conn_id, cc.conn_id);
     let replies = data_on(&events, sc.conn_id, Direction::Egress);
     assert!(
-        replies
-            .iter()
-            .any(|p| p.starts_with(b"HTTP/1.0 200") || p.starts_with(b"HTTP/1.1 200")),
+        replies.iter().any(|p| p.starts_with(b"HTTP/1.0 200") || p.starts_with(b"HTTP/1.1 200")),
         "server egress: {replies:?}"
     );
     // Payloads beyond the capture size: the first 4096 bytes, exactly.
@@ -424,64 +334,36 @@ async fn probes_see_http_over_tcp_and_nothing_else() {
     assert_eq!(body.0.captured_len, 4096);
     assert_eq!(body.1, &big_file()[..4096]);
     for c in &server_conns {
-        assert!(
-            closed(&events, c.conn_id),
-            "server close missing for {}: {}",
-            c.conn_id,
-            summary()
-        );
+        assert!(closed(&events, c.conn_id), "server close missing for {}: {}", c.conn_id, summary());
     }
 
     // iovec syscalls: the payload is the iovecs concatenated.
-    let script_pid =
-        client_pid_of(&events).unwrap_or_else(|| panic!("no fork event: {}", summary()));
+    let script_pid = client_pid_of(&events).unwrap_or_else(|| panic!("no fork event: {}", summary()));
     let script_data: Vec<_> = data(&events, script_pid).collect();
-    let sendmsg = script_data
-        .iter()
-        .find(|(h, _)| h.syscall == SyscallId::Sendmsg as u8);
+    let sendmsg = script_data.iter().find(|(h, _)| h.syscall == SyscallId::Sendmsg as u8);
     let (h, p) = sendmsg.unwrap_or_else(|| panic!("no sendmsg event: {}", summary()));
     assert_eq!(*p, b"GET /sendmsg HTTP/1.0\r\n\r\n");
     assert_eq!(h.total_len, p.len() as u64);
     assert_eq!(h.direction, Direction::Egress as u8);
-    let writev = script_data
-        .iter()
-        .find(|(h, _)| h.syscall == SyscallId::Writev as u8);
-    assert_eq!(
-        writev.map(|(_, p)| *p),
-        Some(&b"GET /writev HTTP/1.0\r\n\r\n"[..])
-    );
-    let readv = script_data
-        .iter()
-        .find(|(h, _)| h.syscall == SyscallId::Readv as u8);
+    let writev = script_data.iter().find(|(h, _)| h.syscall == SyscallId::Writev as u8);
+    assert_eq!(writev.map(|(_, p)| *p), Some(&b"GET /writev HTTP/1.0\r\n\r\n"[..]));
+    let readv = script_data.iter().find(|(h, _)| h.syscall == SyscallId::Readv as u8);
     let (h, p) = readv.unwrap_or_else(|| panic!("no readv event: {}", summary()));
-    assert!(
-        p.starts_with(b"HTTP/1.0 404"),
-        "readv payload {:?}",
-        String::from_utf8_lossy(p)
-    );
+    assert!(p.starts_with(b"HTTP/1.0 404"), "readv payload {:?}", String::from_utf8_lossy(p));
     assert!(p.len() > 8, "readv must continue into the second iovec");
     assert_eq!(h.captured_len as usize, p.len());
     assert_eq!(h.direction, Direction::Ingress as u8);
     assert!(h.exit_ns >= h.enter_ns && h.enter_ns > 0);
-    assert!(script_data
-        .iter()
-        .any(|(h, p)| h.syscall == SyscallId::Recvmsg as u8 && p.starts_with(b"HTTP/1.0 404")));
+    assert!(script_data.iter().any(|(h, p)| h.syscall == SyscallId::Recvmsg as u8 && p.starts_with(b"HTTP/1.0 404")));
     // MSG_PEEK: the peeked bytes are read again by recvmsg, so not reported.
     assert!(
-        !script_data
-            .iter()
-            .any(|(h, p)| h.syscall == SyscallId::Recvfrom as u8 && *p == b"HTTP/"),
+        !script_data.iter().any(|(h, p)| h.syscall == SyscallId::Recvfrom as u8 && *p == b"HTTP/"),
         "peeked bytes reported"
     );
     // sendfile: no user buffer, the event only says how many bytes went out.
-    let sf = script_data
-        .iter()
-        .find(|(h, _)| h.syscall == SyscallId::Sendfile as u8);
+    let sf = script_data.iter().find(|(h, _)| h.syscall == SyscallId::Sendfile as u8);
     let (h, p) = sf.unwrap_or_else(|| panic!("no sendfile event: {}", summary()));
-    assert_eq!(
-        (h.captured_len, h.total_len, p.len()),
-        (0, SENDFILE_REQUEST.len() as u64, 0)
-    );
+    assert_eq!((h.captured_len, h.total_len, p.len()), (0, SENDFILE_REQUEST.len() as u64, 0));
     assert_eq!(h.direction, Direction::Egress as u8);
     // writev beyond the capture size: the prefix spans both iovecs.
     let big = script_data
@@ -504,43 +386,20 @@ async fn probes_see_http_over_tcp_and_nothing_else() {
     let loopback6 = std::net::Ipv6Addr::LOCALHOST.octets();
     assert!(v6.iter().all(|c| c.peer_addr == loopback6), "{v6:?}");
     let v6_client = v6.iter().find(|c| c.role == Role::Client as u8).unwrap();
-    assert_eq!(
-        data_on(&events, v6_client.conn_id, Direction::Egress),
-        vec![&b"ping6"[..]]
-    );
+    assert_eq!(data_on(&events, v6_client.conn_id, Direction::Egress), vec![&b"ping6"[..]]);
     let v6_server = v6.iter().find(|c| c.role == Role::Server as u8).unwrap();
-    assert_eq!(
-        data_on(&events, v6_server.conn_id, Direction::Ingress),
-        vec![&b"ping6"[..]]
-    );
+    assert_eq!(data_on(&events, v6_server.conn_id, Direction::Ingress), vec![&b"ping6"[..]]);
     // Four TCP connections to the server and one over IPv6; the UDP
     // "connection" is not one.
-    assert_eq!(
-        opens(&events, script_pid, Role::Client).len(),
-        5,
-        "{}",
-        summary()
-    );
-    assert!(
-        !events
-            .iter()
-            .any(|e| matches!(e, Ev::Unverified(c) if c.tgid == script_pid)),
-        "UDP connect reported"
-    );
+    assert_eq!(opens(&events, script_pid, Role::Client).len(), 5, "{}", summary());
+    assert!(!events.iter().any(|e| matches!(e, Ev::Unverified(c) if c.tgid == script_pid)), "UDP connect reported");
 
     // Fork of a tracked process is reported once (the thread is not), and
     // both exits.
-    let forks: Vec<_> = events
-        .iter()
-        .filter(|e| matches!(e, Ev::Fork(p) if p.parent_tgid == script_pid))
-        .collect();
+    let forks: Vec<_> = events.iter().filter(|e| matches!(e, Ev::Fork(p) if p.parent_tgid == script_pid)).collect();
     assert_eq!(forks.len(), 1, "forks: {forks:?}");
-    assert!(events
-        .iter()
-        .any(|e| matches!(e, Ev::Exit(p) if p.tgid == fork_child)));
-    assert!(events
-        .iter()
-        .any(|e| matches!(e, Ev::Exit(p) if p.tgid == script_pid)));
+    assert!(events.iter().any(|e| matches!(e, Ev::Exit(p) if p.tgid == fork_child)));
+    assert!(events.iter().any(|e| matches!(e, Ev::Exit(p) if p.tgid == script_pid)));
 
     // Pre-agent sockets: reported for verification, not tracked.
     let legacy_pid = legacy.pid();
@@ -552,27 +411,15 @@ async fn probes_see_http_over_tcp_and_nothing_else() {
         })
         .collect();
     let srv = unverified.iter().find(|c| c.role == Role::Server as u8);
-    assert_eq!(
-        srv.map(|c| c.fd),
-        Some(accepted_fd),
-        "unverified: {unverified:?}"
-    );
+    assert_eq!(srv.map(|c| c.fd), Some(accepted_fd), "unverified: {unverified:?}");
     let cli = unverified.iter().find(|c| c.role == Role::Client as u8);
     let cli = cli.unwrap_or_else(|| panic!("no unverified client: {unverified:?}"));
     assert_eq!((cli.fd, cli.peer_port), (client_fd, legacy_port));
     assert_eq!(&cli.peer_addr[..4], &[127, 0, 0, 1]);
-    assert!(maps
-        .conn(SockKey {
-            tgid: legacy_pid,
-            fd: client_fd
-        })
-        .is_none());
+    assert!(maps.conn(SockKey { tgid: legacy_pid, fd: client_fd }).is_none());
 
     // Userspace can then track, mute and forget it.
-    let key = SockKey {
-        tgid: legacy_pid,
-        fd: client_fd,
-    };
+    let key = SockKey { tgid: legacy_pid, fd: client_fd };
     let info = waggle_common::ConnInfo {
         conn_id: 7 | waggle_common::USERSPACE_CONN_ID_BIT,
         role: Role::Client as u8,
@@ -583,24 +430,16 @@ async fn probes_see_http_over_tcp_and_nothing_else() {
     };
     maps.track_conn(key, info).unwrap();
     maps.mute(key).unwrap();
-    assert_eq!(
-        maps.conn(key).map(|i| i.flags),
-        Some(waggle_common::conn_flags::MUTED)
-    );
+    assert_eq!(maps.conn(key).map(|i| i.flags), Some(waggle_common::conn_flags::MUTED));
     maps.forget(key).unwrap();
     assert!(maps.conn(key).is_none());
     maps.forget(key).unwrap();
     maps.mute(key).unwrap();
 
     // Files and pipes stayed out.
+    assert!(data(&events, cat_pid).next().is_none(), "cat produced data events");
     assert!(
-        data(&events, cat_pid).next().is_none(),
-        "cat produced data events"
-    );
-    assert!(
-        !events
-            .iter()
-            .any(|e| matches!(e, Ev::Data(_, p) if p.windows(6).any(|w| w == b"marker"))),
+        !events.iter().any(|e| matches!(e, Ev::Data(_, p) if p.windows(6).any(|w| w == b"marker"))),
         "file or pipe payload captured"
     );
     // The agent's own syscalls are never captured.
@@ -612,16 +451,12 @@ async fn probes_see_http_over_tcp_and_nothing_else() {
         Ev::Ctx(c) => c.tgid == me,
     }));
     // ... while the server's side of it is.
-    assert!(events.iter().any(|e| matches!(e, Ev::Data(h, p) if h.tgid == server_pid && p.starts_with(b"GET /own-traffic"))));
+    assert!(events
+        .iter()
+        .any(|e| matches!(e, Ev::Data(h, p) if h.tgid == server_pid && p.starts_with(b"GET /own-traffic"))));
 
     let counters = probes.kernel_counters();
-    let get = |c: Counter| {
-        counters
-            .iter()
-            .find(|(k, _)| *k == c)
-            .map(|(_, v)| *v)
-            .unwrap_or(0)
-    };
+    let get = |c: Counter| counters.iter().find(|(k, _)| *k == c).map(|(_, v)| *v).unwrap_or(0);
     assert!(get(Counter::DataEvents) >= 8, "counters: {counters:?}");
     assert!(get(Counter::ConnsOpened) >= 6, "counters: {counters:?}");
     assert_eq!(get(Counter::EventsLost), 0, "counters: {counters:?}");

@@ -28,13 +28,8 @@ use waggle::{
 };
 use waggle_common::{ctx_flags, Counter, DataEvent, Direction, SockKey, TraceCtxEvent};
 
-
 /// Probes are machine-wide: tests in this file take turns.
 static SERIAL: Mutex<()> = Mutex::const_new(());
-
-
-
-
 
 fn b64(s: &str) -> Vec<u8> {
     // Tiny decoder: the test has no base64 dependency and needs none.
@@ -385,32 +380,19 @@ impl Harness {
             }
             Err(e) => panic!("loading probes: {e}"),
         };
-        assert!(
-            probes.skipped().is_empty(),
-            "programs skipped: {:?}",
-            probes.skipped()
-        );
+        assert!(probes.skipped().is_empty(), "programs skipped: {:?}", probes.skipped());
         assert_eq!(probes.injecting(), propagation);
-        Some(Harness {
-            probes,
-            source,
-            maps,
-            events: Vec::new(),
-            py: python(),
-        })
+        Some(Harness { probes, source, maps, events: Vec::new(), py: python() })
     }
 
     fn drain(&mut self) {
         let events = &mut self.events;
-        self.source
-            .drain(usize::MAX, |record| match decode(record) {
-                Ok(RawEvent::Data { header, payload }) => {
-                    events.push(Ev::Data(header, payload.to_vec()))
-                }
-                Ok(RawEvent::ServerCtx(e) | RawEvent::ClientCtx(e)) => events.push(Ev::Ctx(e)),
-                Ok(_) => {}
-                Err(e) => panic!("undecodable kernel record ({} bytes): {e}", record.len()),
-            });
+        self.source.drain(usize::MAX, |record| match decode(record) {
+            Ok(RawEvent::Data { header, payload }) => events.push(Ev::Data(header, payload.to_vec())),
+            Ok(RawEvent::ServerCtx(e) | RawEvent::ClientCtx(e)) => events.push(Ev::Ctx(e)),
+            Ok(_) => {}
+            Err(e) => panic!("undecodable kernel record ({} bytes): {e}", record.len()),
+        });
     }
 
     /// Drains until `done` holds on the events (or 10 s pass).
@@ -426,12 +408,7 @@ impl Harness {
     }
 
     fn counter(&self, c: Counter) -> u64 {
-        self.probes
-            .kernel_counters()
-            .iter()
-            .find(|(k, _)| *k == c)
-            .map(|(_, v)| *v)
-            .unwrap_or(0)
+        self.probes.kernel_counters().iter().find(|(k, _)| *k == c).map(|(_, v)| *v).unwrap_or(0)
     }
 
     fn spawn(&self, script: &str, args: &[&str]) -> (Proc, BufReader<ChildStdout>, ChildStdin) {
@@ -471,9 +448,7 @@ impl Harness {
         self.events
             .iter()
             .filter_map(|e| match e {
-                Ev::Data(h, p) if h.tgid == tgid && h.direction == dir as u8 => {
-                    Some((*h, p.clone()))
-                }
+                Ev::Data(h, p) if h.tgid == tgid && h.direction == dir as u8 => Some((*h, p.clone())),
                 _ => None,
             })
             .collect()
@@ -494,9 +469,7 @@ fn wait_for_other_injectors() {
             Instant::now() < deadline,
             "another waggle_sk_msg program stays loaded (ids {others:?}): stop the other agent, it owns the sockets these tests inject into"
         );
-        eprintln!(
-            "propagation_live: waiting for another agent's sk_msg program ({others:?}) to go away"
-        );
+        eprintln!("propagation_live: waiting for another agent's sk_msg program ({others:?}) to go away");
         std::thread::sleep(Duration::from_secs(1));
     }
 }
@@ -512,21 +485,11 @@ fn parse_line(line: &[u8]) -> ([u8; 16], [u8; 8], u8) {
     assert_eq!(parts.len(), 4, "{value}");
     assert_eq!(parts[0], "00");
     let bytes = |s: &str| -> Vec<u8> {
-        assert!(
-            s.bytes()
-                .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c)),
-            "{s}"
-        );
-        (0..s.len() / 2)
-            .map(|i| u8::from_str_radix(&s[2 * i..2 * i + 2], 16).unwrap())
-            .collect()
+        assert!(s.bytes().all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c)), "{s}");
+        (0..s.len() / 2).map(|i| u8::from_str_radix(&s[2 * i..2 * i + 2], 16).unwrap()).collect()
     };
     let flags = bytes(parts[3])[0];
-    (
-        bytes(parts[1]).try_into().unwrap(),
-        bytes(parts[2]).try_into().unwrap(),
-        flags,
-    )
+    (bytes(parts[1]).try_into().unwrap(), bytes(parts[2]).try_into().unwrap(), flags)
 }
 
 /// Splits what the server received around an inserted line right after the
@@ -540,27 +503,18 @@ fn split_injected(received: &[u8]) -> (Vec<u8>, Vec<u8>) {
 }
 
 fn traceparent_lines(head: &[u8]) -> usize {
-    head.split(|b| *b == b'\n')
-        .filter(|l| l.to_ascii_lowercase().starts_with(b"traceparent"))
-        .count()
+    head.split(|b| *b == b'\n').filter(|l| l.to_ascii_lowercase().starts_with(b"traceparent")).count()
 }
 
 fn run_curl(args: &[&str]) -> (u32, Value) {
-    let child = Command::new("curl")
-        .args(["-sS", "--max-time", "10"])
-        .args(args)
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child =
+        Command::new("curl").args(["-sS", "--max-time", "10"]).args(args).stdout(Stdio::piped()).spawn().unwrap();
     let pid = child.id();
     let mut child = Proc(child);
     let mut out = String::new();
     std::io::Read::read_to_string(child.0.stdout.as_mut().unwrap(), &mut out).unwrap();
     assert!(child.0.wait().unwrap().success(), "curl {args:?} failed");
-    (
-        pid,
-        serde_json::from_str(&out).unwrap_or_else(|e| panic!("curl output {out:?}: {e}")),
-    )
+    (pid, serde_json::from_str(&out).unwrap_or_else(|e| panic!("curl output {out:?}: {e}")))
 }
 
 fn head_of(resp: &Value) -> Vec<u8> {
@@ -591,11 +545,7 @@ async fn injects_once_at_request_starts_and_keeps_every_byte() {
     let head = head_of(&resp);
     assert_eq!(resp["tp"], 1, "{}", String::from_utf8_lossy(&head));
     let (without, line) = split_injected(&head);
-    assert!(
-        head.starts_with(b"GET /one HTTP/1.1\r\ntraceparent: 00-"),
-        "{}",
-        String::from_utf8_lossy(&head)
-    );
+    assert!(head.starts_with(b"GET /one HTTP/1.1\r\ntraceparent: 00-"), "{}", String::from_utf8_lossy(&head));
     let (trace, span, flags) = parse_line(&line);
     assert_eq!(flags, 1);
 
@@ -620,12 +570,8 @@ async fn injects_once_at_request_starts_and_keeps_every_byte() {
     assert_eq!(results.len(), 11, "client results: {results:?}");
 
     h.collect_until(|ev| {
-        let n = ev
-            .iter()
-            .filter(
-                |e| matches!(e, Ev::Ctx(c) if c.kind == 8 && c.flags & ctx_flags::INJECTED != 0),
-            )
-            .count();
+        let n =
+            ev.iter().filter(|e| matches!(e, Ev::Ctx(c) if c.kind == 8 && c.flags & ctx_flags::INJECTED != 0)).count();
         n >= 7
     })
     .await;
@@ -633,40 +579,25 @@ async fn injects_once_at_request_starts_and_keeps_every_byte() {
 
     // curl: the ClientCtx carries the injected ids; its send (captured from
     // the user buffer, before injection) is the request minus the line.
-    let cc = clients
-        .iter()
-        .find(|c| c.tgid == curl_pid)
-        .unwrap_or_else(|| panic!("no ClientCtx for curl: {clients:?}"));
+    let cc =
+        clients.iter().find(|c| c.tgid == curl_pid).unwrap_or_else(|| panic!("no ClientCtx for curl: {clients:?}"));
     assert_eq!((cc.trace_id, cc.span_id), (trace, span));
     assert_ne!(cc.flags & ctx_flags::INJECTED, 0);
     assert_ne!(cc.flags & ctx_flags::SAMPLED, 0);
-    assert_eq!(
-        cc.flags & ctx_flags::HAS_PARENT,
-        0,
-        "curl has no server context"
-    );
+    assert_eq!(cc.flags & ctx_flags::HAS_PARENT, 0, "curl has no server context");
     let sends = h.data_of(curl_pid, Direction::Egress);
     let (send, payload) = sends
         .iter()
         .find(|(d, _)| d.conn_id == cc.conn_id && d.enter_ns == cc.ts_ns)
         .unwrap_or_else(|| panic!("no curl send with the ClientCtx timestamp: {sends:?}"));
-    assert_eq!(
-        *payload, without,
-        "the rest of curl's request must be byte-identical"
-    );
+    assert_eq!(*payload, without, "the rest of curl's request must be byte-identical");
     assert_eq!(send.total_len as usize, without.len());
 
     // curl with its own traceparent: not injected, byte-identical.
     let cc2 = clients.iter().find(|c| c.tgid == curl2_pid);
-    assert!(
-        cc2.is_none_or(|c| c.flags & ctx_flags::INJECTED == 0),
-        "{cc2:?}"
-    );
+    assert!(cc2.is_none_or(|c| c.flags & ctx_flags::INJECTED == 0), "{cc2:?}");
     let sends2 = h.data_of(curl2_pid, Direction::Egress);
-    assert!(
-        sends2.iter().any(|(_, p)| *p == head2),
-        "curl's own traceparent request changed"
-    );
+    assert!(sends2.iter().any(|(_, p)| *p == head2), "curl's own traceparent request changed");
 
     let injected_ids = |pid: u32| -> Vec<([u8; 16], [u8; 8])> {
         clients
@@ -679,19 +610,11 @@ async fn injects_once_at_request_starts_and_keeps_every_byte() {
     let expect_injected = |name: &str| {
         let (sent, resp) = &results[name];
         let received = received_of(resp);
-        assert_eq!(
-            traceparent_lines(&head_of(resp)),
-            1,
-            "{name}: {}",
-            String::from_utf8_lossy(&received)
-        );
+        assert_eq!(traceparent_lines(&head_of(resp)), 1, "{name}: {}", String::from_utf8_lossy(&received));
         let (rest, line) = split_injected(&received);
         assert_eq!(&rest, sent, "{name}: bytes other than the header differ");
         let (t, s, _) = parse_line(&line);
-        assert!(
-            python_ids.contains(&(t, s)),
-            "{name}: injected ids not reported"
-        );
+        assert!(python_ids.contains(&(t, s)), "{name}: injected ids not reported");
     };
     let expect_untouched = |name: &str| {
         let (sent, resp) = &results[name];
@@ -714,12 +637,7 @@ async fn injects_once_at_request_starts_and_keeps_every_byte() {
     expect_untouched("has-traceparent");
     expect_untouched("has-traceparent-upper");
     // Bodies: the body that is itself a request arrived as sent.
-    for name in [
-        "body-is-request-one-write",
-        "body-is-request-own-write",
-        "writev",
-        "expect-100",
-    ] {
+    for name in ["body-is-request-one-write", "body-is-request-own-write", "writev", "expect-100"] {
         let body = b64(results[name].1["body"].as_str().unwrap());
         assert_eq!(body, b"GET / HTTP/1.1\r\nHost: inner\r\n\r\n", "{name}");
     }
@@ -743,22 +661,14 @@ async fn injects_once_at_request_starts_and_keeps_every_byte() {
     let last = read_line(&mut out);
     let mut last = last.split_whitespace().map(|x| x.parse::<u32>().unwrap());
     let (muted_port, muted_fd) = (last.next().unwrap() as u16, last.next().unwrap());
-    h.maps
-        .mute(SockKey {
-            tgid: client.pid(),
-            fd: muted_fd,
-        })
-        .unwrap();
+    h.maps.mute(SockKey { tgid: client.pid(), fd: muted_fd }).unwrap();
     writeln!(stdin, "go").unwrap();
     assert_eq!(read_line(&mut out), "done");
     ports.push(muted_port);
     let mut arrived: HashMap<u16, Vec<u8>> = HashMap::new();
     while arrived.len() < ports.len() {
         let v: Value = serde_json::from_str(&read_line(&mut sink_out)).unwrap();
-        arrived.insert(
-            v["port"].as_u64().unwrap() as u16,
-            b64(v["data"].as_str().unwrap()),
-        );
+        arrived.insert(v["port"].as_u64().unwrap() as u16, b64(v["data"].as_str().unwrap()));
     }
     let client_pid = client.pid();
     h.collect_until(|ev| {
@@ -780,27 +690,16 @@ async fn injects_once_at_request_starts_and_keeps_every_byte() {
     };
     for port in &ports[..5] {
         let got = &arrived[port];
-        assert_eq!(
-            traceparent_lines(got),
-            0,
-            "port {port}: {}",
-            String::from_utf8_lossy(got)
-        );
+        assert_eq!(traceparent_lines(got), 0, "port {port}: {}", String::from_utf8_lossy(got));
         assert!(
             sent_by_port.values().any(|sent| sent == got),
             "port {port}: bytes changed on the way: {}",
             String::from_utf8_lossy(got)
         );
     }
-    assert_eq!(
-        arrived[&muted_port],
-        b"GET /muted HTTP/1.1\r\nHost: x\r\n\r\n"
-    );
-    let injected_non_http = h
-        .ctx_events(true)
-        .iter()
-        .filter(|c| c.tgid == client.pid() && c.flags & ctx_flags::INJECTED != 0)
-        .count();
+    assert_eq!(arrived[&muted_port], b"GET /muted HTTP/1.1\r\nHost: x\r\n\r\n");
+    let injected_non_http =
+        h.ctx_events(true).iter().filter(|c| c.tgid == client.pid() && c.flags & ctx_flags::INJECTED != 0).count();
     assert_eq!(injected_non_http, 0);
     // The bodies written on their own (one after 100 Continue); the split
     // header block; what followed it, and "GET key"'s follow-up.
@@ -839,10 +738,7 @@ async fn server_context_links_incoming_outgoing_and_spawned_threads() {
     ]);
     let (mid_pid, leaf_pid) = (mid.pid(), leaf.pid());
     h.collect_until(|ev| {
-        ev.iter()
-            .filter(|e| matches!(e, Ev::Ctx(c) if c.kind == 7 && c.tgid == leaf_pid))
-            .count()
-            >= 3
+        ev.iter().filter(|e| matches!(e, Ev::Ctx(c) if c.kind == 7 && c.tgid == leaf_pid)).count() >= 3
     })
     .await;
     let servers = h.ctx_events(false);
@@ -865,10 +761,7 @@ async fn server_context_links_incoming_outgoing_and_spawned_threads() {
     let s = server_ctx(mid_pid, tid(&resp, "tid"));
     assert_eq!(hex(&s.trace_id), trace);
     assert_eq!(hex(&s.parent_span_id), parent);
-    assert_eq!(
-        s.flags & (ctx_flags::HAS_PARENT | ctx_flags::SAMPLED),
-        ctx_flags::HAS_PARENT | ctx_flags::SAMPLED
-    );
+    assert_eq!(s.flags & (ctx_flags::HAS_PARENT | ctx_flags::SAMPLED), ctx_flags::HAS_PARENT | ctx_flags::SAMPLED);
     assert_ne!(s.span_id, [0; 8]);
     // The ServerCtx timestamp is the exit of the read that brought the request.
     let reads = h.data_of(mid_pid, Direction::Ingress);
@@ -897,11 +790,7 @@ async fn server_context_links_incoming_outgoing_and_spawned_threads() {
     assert_eq!(hex(&s2.trace_id), trace);
     assert_eq!(s2.flags & ctx_flags::SAMPLED, 0);
     let caller = tid(&resp_thread["leaf"], "caller_tid");
-    assert_ne!(
-        caller,
-        tid(&resp_thread, "tid"),
-        "the call ran on a spawned thread"
-    );
+    assert_ne!(caller, tid(&resp_thread, "tid"), "the call ran on a spawned thread");
     let c2 = client_ctx(mid_pid, caller);
     assert_eq!((c2.trace_id, c2.parent_span_id), (s2.trace_id, s2.span_id));
     assert_eq!(c2.flags & ctx_flags::SAMPLED, 0);
@@ -930,13 +819,9 @@ async fn stress_random_bodies_arrive_intact_with_one_traceparent_each() {
     let injected_before = h.counter(Counter::Injected);
     // Several thousand requests, ~12 KB on average; WAGGLE_STRESS_REQUESTS
     // scales it for longer soaks.
-    let total: u64 = std::env::var("WAGGLE_STRESS_REQUESTS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(3000);
+    let total: u64 = std::env::var("WAGGLE_STRESS_REQUESTS").ok().and_then(|v| v.parse().ok()).unwrap_or(3000);
     let started = Instant::now();
-    let (_client, mut out, _stdin) =
-        h.spawn(STRESS, &[&port.to_string(), &total.to_string(), "4", "7"]);
+    let (_client, mut out, _stdin) = h.spawn(STRESS, &[&port.to_string(), &total.to_string(), "4", "7"]);
     // The summary is the only line the client prints, at the end. Events
     // are drained (and dropped) meanwhile, as the agent would: the kernel
     // injects only while the agent keeps up (its heartbeat).
@@ -952,8 +837,7 @@ async fn stress_random_bodies_arrive_intact_with_one_traceparent_each() {
             Err(e) => panic!("stress client: {e}"),
         }
     };
-    let v: Value = serde_json::from_str(&summary)
-        .unwrap_or_else(|e| panic!("stress client said {summary:?}: {e}"));
+    let v: Value = serde_json::from_str(&summary).unwrap_or_else(|e| panic!("stress client said {summary:?}: {e}"));
     eprintln!("stress: {} requests in {:?}: {v}", total, started.elapsed());
     assert_eq!(v["bad"], 0, "{v}\nkernel counters: {:?}", h.probes.kernel_counters());
     assert_eq!(v["ok"].as_u64().unwrap(), total);
@@ -972,16 +856,9 @@ async fn propagation_off_modifies_nothing_but_still_reports_contexts() {
     let (curl_pid, resp) = run_curl(&[&format!("http://127.0.0.1:{port}/off")]);
     let head = head_of(&resp);
     assert_eq!(resp["tp"], 0);
-    h.collect_until(|ev| {
-        ev.iter()
-            .any(|e| matches!(e, Ev::Ctx(c) if c.tgid == curl_pid))
-    })
-    .await;
+    h.collect_until(|ev| ev.iter().any(|e| matches!(e, Ev::Ctx(c) if c.tgid == curl_pid))).await;
     let sends = h.data_of(curl_pid, Direction::Egress);
-    assert!(
-        sends.iter().any(|(_, p)| *p == head),
-        "curl's request changed with propagation off"
-    );
+    assert!(sends.iter().any(|(_, p)| *p == head), "curl's request changed with propagation off");
     let cc = h
         .ctx_events(true)
         .into_iter()
@@ -989,11 +866,7 @@ async fn propagation_off_modifies_nothing_but_still_reports_contexts() {
         .expect("ClientCtx is reported with propagation off");
     assert_eq!(cc.flags & ctx_flags::INJECTED, 0);
     assert_eq!(h.counter(Counter::Injected), injected_before);
-    assert_eq!(
-        h.counter(Counter::SkipNotInSockhash),
-        0,
-        "nothing counted as skipped when off"
-    );
+    assert_eq!(h.counter(Counter::SkipNotInSockhash), 0, "nothing counted as skipped when off");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1006,13 +879,7 @@ async fn connections_from_before_the_agent_are_counted_not_injected() {
     // Server and client connection exist before the probes: sockops never
     // saw the connection established, so it is not in CLIENT_SOCKS.
     let py = python();
-    let mut server = Proc(
-        Command::new(&py)
-            .args(["-u", "-c", SERVER])
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap(),
-    );
+    let mut server = Proc(Command::new(&py).args(["-u", "-c", SERVER]).stdout(Stdio::piped()).spawn().unwrap());
     let mut server_out = BufReader::new(server.0.stdout.take().unwrap());
     let port = read_line(&mut server_out);
     let mut client = Proc(
@@ -1031,10 +898,7 @@ async fn connections_from_before_the_agent_are_counted_not_injected() {
         return;
     };
     // As userspace does for connections it finds in /proc.
-    let key = SockKey {
-        tgid: client.pid(),
-        fd,
-    };
+    let key = SockKey { tgid: client.pid(), fd };
     let info = waggle_common::ConnInfo {
         conn_id: 42 | waggle_common::USERSPACE_CONN_ID_BIT,
         role: waggle_common::Role::Client as u8,
@@ -1047,25 +911,13 @@ async fn connections_from_before_the_agent_are_counted_not_injected() {
     writeln!(stdin, "go").unwrap();
     let resp: Value = serde_json::from_str(&read_line(&mut out)).unwrap();
     assert_eq!(resp["tp"], 0, "{resp}");
-    assert_eq!(
-        received_of(&resp),
-        b"GET /raw/early HTTP/1.1\r\nHost: x\r\n\r\n"
-    );
+    assert_eq!(received_of(&resp), b"GET /raw/early HTTP/1.1\r\nHost: x\r\n\r\n");
     let pid = client.pid();
-    h.collect_until(|ev| ev.iter().any(|e| matches!(e, Ev::Ctx(c) if c.tgid == pid)))
-        .await;
-    let cc = h
-        .ctx_events(true)
-        .into_iter()
-        .find(|c| c.tgid == pid)
-        .expect("ClientCtx for the early connection");
+    h.collect_until(|ev| ev.iter().any(|e| matches!(e, Ev::Ctx(c) if c.tgid == pid))).await;
+    let cc = h.ctx_events(true).into_iter().find(|c| c.tgid == pid).expect("ClientCtx for the early connection");
     assert_eq!(cc.conn_id, info.conn_id);
     assert_eq!(cc.flags & ctx_flags::INJECTED, 0);
-    assert!(
-        h.counter(Counter::SkipNotInSockhash) >= 1,
-        "{:?}",
-        h.probes.kernel_counters()
-    );
+    assert!(h.counter(Counter::SkipNotInSockhash) >= 1, "{:?}", h.probes.kernel_counters());
     // The whole request went out: the connection is at a request boundary.
     assert_eq!(
         h.maps.conn(key).map(|c| (c.req_remaining, c.flags & waggle_common::conn_flags::BOUNDARY_LOST)),
@@ -1108,7 +960,12 @@ async fn only_sockets_of_traced_processes_enter_the_sockmap() {
     let mut server_out = BufReader::new(server.0.stdout.take().unwrap());
     let port = read_line(&mut server_out);
     let mut early = Proc(
-        Command::new(&py).args(["-u", "-c", COOKIE_CLIENT, &port]).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap(),
+        Command::new(&py)
+            .args(["-u", "-c", COOKIE_CLIENT, &port])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
     );
     let early_cookie: u64 = read_line(&mut BufReader::new(early.0.stdout.take().unwrap())).parse().unwrap();
 
@@ -1120,7 +977,12 @@ async fn only_sockets_of_traced_processes_enter_the_sockmap() {
     assert_eq!(h.probes.sockmap_mode(), waggle_common::sockmap_mode::KEEP);
     let added_before = h.counter(Counter::SockmapAdded);
     let mut traced = Proc(
-        Command::new(&py).args(["-u", "-c", COOKIE_CLIENT, &port]).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap(),
+        Command::new(&py)
+            .args(["-u", "-c", COOKIE_CLIENT, &port])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
     );
     let traced_cookie: u64 = read_line(&mut BufReader::new(traced.0.stdout.take().unwrap())).parse().unwrap();
     // This process is the agent: its own sockets must never enter.
@@ -1247,7 +1109,11 @@ async fn fionread_reports_the_bytes_waiting_on_watched_sockets() {
     }
     // The client sockets really were in the sockmap, and the requests
     // really were injected into: the check is not vacuous.
-    assert!(h.counter(Counter::SockmapAdded) >= added_before + 2 * sizes.len() as u64, "{:?}", h.probes.kernel_counters());
+    assert!(
+        h.counter(Counter::SockmapAdded) >= added_before + 2 * sizes.len() as u64,
+        "{:?}",
+        h.probes.kernel_counters()
+    );
     for v in checks.iter().filter(|v| v["case"] == "request") {
         assert_eq!(v["tp"], 1, "each first request carries one traceparent: {v}");
     }
@@ -1256,4 +1122,3 @@ async fn fionread_reports_the_bytes_waiting_on_watched_sockets() {
     }
     h.drain();
 }
-

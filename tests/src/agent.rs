@@ -73,8 +73,10 @@ impl Agent {
             .prefix("waggle-agent-")
             .tempdir()
             .unwrap_or_else(|e| panic!("creating the agent's temp dir: {e}"));
-        let stdout = File::create(dir.path().join("stdout")).unwrap_or_else(|e| panic!("creating agent stdout file: {e}"));
-        let stderr = File::create(dir.path().join("stderr")).unwrap_or_else(|e| panic!("creating agent stderr file: {e}"));
+        let stdout =
+            File::create(dir.path().join("stdout")).unwrap_or_else(|e| panic!("creating agent stdout file: {e}"));
+        let stderr =
+            File::create(dir.path().join("stderr")).unwrap_or_else(|e| panic!("creating agent stderr file: {e}"));
         let mut cmd = Command::new(bin);
         cmd.args(args).stdin(Stdio::null()).stdout(stdout).stderr(stderr);
         for (key, _) in std::env::vars_os() {
@@ -164,7 +166,11 @@ impl Agent {
     #[track_caller]
     pub fn stop_within(mut self, timeout: Duration) -> AgentOutput {
         if let Some(status) = self.proc.try_wait() {
-            panic!("agent (pid {}) had already exited with {status}; stderr tail:\n{}", self.pid(), self.stderr_tail(40));
+            panic!(
+                "agent (pid {}) had already exited with {status}; stderr tail:\n{}",
+                self.pid(),
+                self.stderr_tail(40)
+            );
         }
         let Ok(pid) = libc::pid_t::try_from(self.pid()) else {
             panic!("agent pid {} does not fit pid_t", self.pid());
@@ -179,7 +185,12 @@ impl Agent {
                 self.stderr_tail(40)
             );
         };
-        assert_eq!(status.code(), Some(0), "agent (pid {pid}) exited with {status} after SIGTERM; stderr tail:\n{}", self.stderr_tail(40));
+        assert_eq!(
+            status.code(),
+            Some(0),
+            "agent (pid {pid}) exited with {status} after SIGTERM; stderr tail:\n{}",
+            self.stderr_tail(40)
+        );
         AgentOutput { stdout: self.stdout(), stderr: self.stderr() }
     }
 }

@@ -239,7 +239,14 @@ pub struct ClientRun {
 impl ClientRun {
     #[track_caller]
     pub fn assert_success(&self) -> &ClientRun {
-        assert!(self.status.success(), "client pid {} failed: {:?}\nstdout:\n{}\nstderr:\n{}", self.pid, self.status, self.stdout, self.stderr);
+        assert!(
+            self.status.success(),
+            "client pid {} failed: {:?}\nstdout:\n{}\nstderr:\n{}",
+            self.pid,
+            self.status,
+            self.stdout,
+            self.stderr
+        );
         self
     }
 }

@@ -51,7 +51,12 @@ pub fn with_path(spans: &[Span], path: &str) -> Vec<Span> {
 #[track_caller]
 pub fn assert_resource(span: &Span, service: &str, pid: u32) {
     assert_eq!(span.service_name, service, "service.name of {span}\nresource: {:?}", span.resource);
-    assert_eq!(span.resource_int("process.pid"), Some(i64::from(pid)), "process.pid (int) of {span}\nresource: {:?}", span.resource);
+    assert_eq!(
+        span.resource_int("process.pid"),
+        Some(i64::from(pid)),
+        "process.pid (int) of {span}\nresource: {:?}",
+        span.resource
+    );
     for key in ["process.executable.name", "host.name"] {
         assert!(
             span.resource_str(key).is_some_and(|v| !v.is_empty()),

@@ -382,7 +382,8 @@ impl OtlpReceiver {
         // Bound with std and registered under `enter()` rather than inside
         // `block_on`, so a receiver can also be started from async code.
         let bind = |what: &str| {
-            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("binding the OTLP {what} listener: {e}"));
+            let l = std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap_or_else(|e| panic!("binding the OTLP {what} listener: {e}"));
             l.set_nonblocking(true).unwrap_or_else(|e| panic!("OTLP {what} listener nonblocking: {e}"));
             l
         };
@@ -416,7 +417,14 @@ impl OtlpReceiver {
             }
         });
 
-        OtlpReceiver { store, focus: Mutex::default(), grpc_addr, http_addr, stop: Some(stop_tx), runtime: Some(runtime) }
+        OtlpReceiver {
+            store,
+            focus: Mutex::default(),
+            grpc_addr,
+            http_addr,
+            stop: Some(stop_tx),
+            runtime: Some(runtime),
+        }
     }
 
     /// Endpoint for the gRPC transport, e.g. `http://127.0.0.1:4317`.
@@ -495,7 +503,11 @@ impl OtlpReceiver {
 
     /// Polls (every 50 ms) until `predicate` holds for the spans received so
     /// far; returns them either way, with whether it held.
-    pub fn wait_for(&self, timeout: Duration, mut predicate: impl FnMut(&[Span]) -> bool) -> Result<Vec<Span>, Vec<Span>> {
+    pub fn wait_for(
+        &self,
+        timeout: Duration,
+        mut predicate: impl FnMut(&[Span]) -> bool,
+    ) -> Result<Vec<Span>, Vec<Span>> {
         let deadline = Instant::now() + timeout;
         loop {
             let spans = self.spans();
@@ -528,7 +540,8 @@ impl OtlpReceiver {
                 let (label, shown) = if focus.is_empty() {
                     ("all spans".to_owned(), spans.clone())
                 } else {
-                    let ours: Vec<Span> = spans.iter().filter(|s| s.pid().is_some_and(|p| focus.contains(&p))).cloned().collect();
+                    let ours: Vec<Span> =
+                        spans.iter().filter(|s| s.pid().is_some_and(|p| focus.contains(&p))).cloned().collect();
                     (format!("spans of pids {focus:?}"), ours)
                 };
                 panic!(

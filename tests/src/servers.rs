@@ -94,7 +94,10 @@ impl Server {
             }
             last_err = match exited {
                 Some(st) => format!("{service_name} exited with {st}; log:\n{}", tail(&log, 30)),
-                None => format!("{service_name} did not accept on {addr} within {READY_TIMEOUT:?}; log:\n{}", tail(&log, 30)),
+                None => format!(
+                    "{service_name} did not accept on {addr} within {READY_TIMEOUT:?}; log:\n{}",
+                    tail(&log, 30)
+                ),
             };
         }
         panic!("starting {service_name}: {last_err}");

@@ -21,13 +21,20 @@ fn one_line(bytes: &[u8]) -> String {
     lines[0].to_owned()
 }
 
+/// Arguments, environment, and a word the one-line error must contain.
+type BadConfigCase<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
+
 #[test]
 fn bad_configuration_is_one_line_and_exit_2() {
-    let cases: [(&[&str], &[(&str, &str)], &str); 5] = [
+    let cases: [BadConfigCase; 5] = [
         (&["--otlp-protocol", "http/json"], &[], "http/json"),
         (&[], &[("OTEL_EXPORTER_OTLP_PROTOCOL", "carrier-pigeon")], "OTEL_EXPORTER_OTLP_PROTOCOL"),
         (&["--capture-bytes", "999999"], &[], "capture"),
-        (&[], &[("OTEL_TRACES_SAMPLER", "traceidratio"), ("OTEL_TRACES_SAMPLER_ARG", "lots")], "OTEL_TRACES_SAMPLER_ARG"),
+        (
+            &[],
+            &[("OTEL_TRACES_SAMPLER", "traceidratio"), ("OTEL_TRACES_SAMPLER_ARG", "lots")],
+            "OTEL_TRACES_SAMPLER_ARG",
+        ),
         (&["--config", "/nonexistent/waggle.yaml"], &[], "/nonexistent/waggle.yaml"),
     ];
     for (args, env, needle) in cases {
@@ -62,6 +69,16 @@ fn without_privileges_the_agent_says_so_in_one_line() {
         .output()
         .unwrap();
     assert_ne!(out.status.code(), Some(0));
-    let line = one_line(&out.stderr.iter().copied().filter(|_| true).collect::<Vec<u8>>().split(|b| *b == b'\n').filter(|l| l.starts_with(b"waggle: ")).flat_map(|l| l.iter().copied().chain([b'\n'])).collect::<Vec<u8>>());
+    let line = one_line(
+        &out.stderr
+            .iter()
+            .copied()
+            .filter(|_| true)
+            .collect::<Vec<u8>>()
+            .split(|b| *b == b'\n')
+            .filter(|l| l.starts_with(b"waggle: "))
+            .flat_map(|l| l.iter().copied().chain([b'\n']))
+            .collect::<Vec<u8>>(),
+    );
     assert!(line.contains("root"), "{line}");
 }

@@ -14,7 +14,7 @@ fn documents(path: &str) -> Vec<Value> {
 fn daemonset() -> Value {
     documents("deploy/kubernetes/waggle.yaml")
         .into_iter()
-        .find(|d| d["kind"] == Value::from("DaemonSet"))
+        .find(|d| d["kind"] == "DaemonSet")
         .expect("a DaemonSet in deploy/kubernetes/waggle.yaml")
 }
 
@@ -50,7 +50,10 @@ fn daemonset_arguments_and_environment_are_valid_agent_config() {
     let out = cmd.output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{}{}", stdout, String::from_utf8_lossy(&out.stderr));
-    assert!(stdout.contains("otlp: http://otel-collector.observability.svc:4318/v1/traces (http/protobuf)"), "{stdout}");
+    assert!(
+        stdout.contains("otlp: http://otel-collector.observability.svc:4318/v1/traces (http/protobuf)"),
+        "{stdout}"
+    );
     assert!(stdout.contains("metrics_addr: 0.0.0.0:9464"), "{stdout}");
     assert!(stdout.contains("resource attribute: k8s.node.name=node-1"), "{stdout}");
 }

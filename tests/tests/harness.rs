@@ -13,15 +13,15 @@ use opentelemetry::{
     InstrumentationScope, KeyValue,
 };
 use opentelemetry_otlp::WithExportConfig;
-use opentelemetry_sdk::{
-    trace::{SpanData, SpanEvents, SpanExporter, SpanLinks},
-    Resource,
-};
 use opentelemetry_proto::tonic::{
     collector::trace::v1::ExportTraceServiceRequest,
     common::v1::{any_value, AnyValue, KeyValue as PbKeyValue},
     resource::v1::Resource as PbResource,
     trace::v1::{ResourceSpans, ScopeSpans, Span as PbSpan},
+};
+use opentelemetry_sdk::{
+    trace::{SpanData, SpanEvents, SpanExporter, SpanLinks},
+    Resource,
 };
 use prost::Message;
 use waggle_e2e::{curl, env::child_pids, python_script, run_client, Kind, OtlpReceiver, Server, StatusCode};
@@ -46,10 +46,7 @@ fn span_data() -> SpanData {
         name: "GET /users/{id}".into(),
         start_time: start,
         end_time: start + Duration::from_millis(250),
-        attributes: vec![
-            KeyValue::new("url.path", "/users/42"),
-            KeyValue::new("http.response.status_code", 503_i64),
-        ],
+        attributes: vec![KeyValue::new("url.path", "/users/42"), KeyValue::new("http.response.status_code", 503_i64)],
         dropped_attributes_count: 0,
         events: SpanEvents::default(),
         links: SpanLinks::default(),
@@ -127,7 +124,11 @@ fn receiver_takes_an_http_protobuf_export_from_opentelemetry_otlp() {
 }
 
 fn pb_request(path: &str) -> ExportTraceServiceRequest {
-    let kv = |k: &str, v: any_value::Value| PbKeyValue { key: k.into(), value: Some(AnyValue { value: Some(v) }), ..Default::default() };
+    let kv = |k: &str, v: any_value::Value| PbKeyValue {
+        key: k.into(),
+        value: Some(AnyValue { value: Some(v) }),
+        ..Default::default()
+    };
     ExportTraceServiceRequest {
         resource_spans: vec![ResourceSpans {
             resource: Some(PbResource {
@@ -159,8 +160,12 @@ fn pb_request(path: &str) -> ExportTraceServiceRequest {
 fn raw_post(addr: std::net::SocketAddr, headers: &str, body: &[u8]) -> String {
     let mut s = TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    write!(s, "POST /v1/traces HTTP/1.1\r\nHost: {addr}\r\n{headers}Content-Length: {}\r\nConnection: close\r\n\r\n", body.len())
-        .unwrap();
+    write!(
+        s,
+        "POST /v1/traces HTTP/1.1\r\nHost: {addr}\r\n{headers}Content-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    )
+    .unwrap();
     s.write_all(body).unwrap();
     let mut resp = String::new();
     let _ = s.read_to_string(&mut resp);
@@ -174,7 +179,8 @@ fn receiver_takes_gzip_http_protobuf_and_rejects_junk() {
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
     gz.write_all(&body).unwrap();
     let gz = gz.finish().unwrap();
-    let status = raw_post(receiver.http_addr(), "Content-Type: application/x-protobuf\r\nContent-Encoding: gzip\r\n", &gz);
+    let status =
+        raw_post(receiver.http_addr(), "Content-Type: application/x-protobuf\r\nContent-Encoding: gzip\r\n", &gz);
     assert!(status.contains(" 200 "), "{status}");
     let spans = receiver.spans();
     assert_eq!(spans.len(), 1);
@@ -184,7 +190,8 @@ fn receiver_takes_gzip_http_protobuf_and_rejects_junk() {
     assert_eq!(spans[0].trace_id, "01".repeat(16));
     assert!(receiver.raw_dump().contains("POST /upload"));
 
-    let status = raw_post(receiver.http_addr(), "Content-Type: application/x-protobuf\r\n", b"\xff\xff\xff not protobuf");
+    let status =
+        raw_post(receiver.http_addr(), "Content-Type: application/x-protobuf\r\n", b"\xff\xff\xff not protobuf");
     assert!(status.contains(" 400 "), "{status}");
     let status = raw_post(receiver.http_addr(), "Content-Type: application/json\r\n", b"{}");
     assert!(status.contains(" 400 "), "{status}");
@@ -234,11 +241,24 @@ fn app_serves_every_route() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("body");
     std::fs::write(&file, vec![b'z'; 20000]).unwrap();
-    let r = curl(&["-X", "POST", "-H", "Expect:", "--data-binary", &format!("@{}", file.display()), &app.url("/upload")]);
+    let r =
+        curl(&["-X", "POST", "-H", "Expect:", "--data-binary", &format!("@{}", file.display()), &app.url("/upload")]);
     assert_eq!(r.stdout, r#"{"received": 20000}"#);
 
     // Keep-alive: one connection for three transfers.
-    let r = curl(&["-w", "%{num_connects}\n", "-o", "/dev/null", "-o", "/dev/null", "-o", "/dev/null", &app.url("/users/1"), &app.url("/users/2"), &app.url("/users/3")]);
+    let r = curl(&[
+        "-w",
+        "%{num_connects}\n",
+        "-o",
+        "/dev/null",
+        "-o",
+        "/dev/null",
+        "-o",
+        "/dev/null",
+        &app.url("/users/1"),
+        &app.url("/users/2"),
+        &app.url("/users/3"),
+    ]);
     assert_eq!(r.stdout, "1\n0\n0\n");
 }
 
@@ -246,15 +266,27 @@ fn app_serves_every_route() {
 fn python_clients_work_against_the_app() {
     let app = Server::app();
     let port = app.port().to_string();
-    let r = run_client("pipeline", python_script("pipeline_client.py").args([&port, "/users/1", "/users/2", "/missing"]), Duration::from_secs(20));
+    let r = run_client(
+        "pipeline",
+        python_script("pipeline_client.py").args([&port, "/users/1", "/users/2", "/missing"]),
+        Duration::from_secs(20),
+    );
     r.assert_success();
     assert_eq!(r.stdout.trim(), "200 200 404");
 
-    let r = run_client("urllib", python_script("urllib_client.py").args([app.url("/users/5"), app.url("/missing")]), Duration::from_secs(20));
+    let r = run_client(
+        "urllib",
+        python_script("urllib_client.py").args([app.url("/users/5"), app.url("/missing")]),
+        Duration::from_secs(20),
+    );
     r.assert_success();
     assert_eq!(r.stdout, format!("200 {}\n404 {}\n", app.url("/users/5"), app.url("/missing")));
 
-    let r = run_client("bad_input", python_script("bad_input.py").args([&port, "/users/77", "/users/88"]), Duration::from_secs(30));
+    let r = run_client(
+        "bad_input",
+        python_script("bad_input.py").args([&port, "/users/77", "/users/88"]),
+        Duration::from_secs(30),
+    );
     r.assert_success();
     let lines: Vec<&str> = r.stdout.lines().collect();
     assert_eq!(lines.len(), 4, "{}", r.stdout);
@@ -361,7 +393,8 @@ while true; do sleep 0.05; done"#,
     let stubborn = fake_agent(dir.path(), "trap '' TERM; echo 'waggle ready' >&2; while true; do sleep 0.05; done");
     let agent = waggle_e2e::Agent::start_bin(&stubborn, &[] as &[&str], &[]);
     let pid = agent.pid();
-    let msg = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| agent.stop_within(Duration::from_secs(1)))) {
+    let msg = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| agent.stop_within(Duration::from_secs(1))))
+    {
         Ok(_) => panic!("stop should fail for an agent ignoring SIGTERM"),
         Err(e) => e.downcast_ref::<String>().cloned().unwrap_or_default(),
     };

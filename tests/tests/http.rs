@@ -26,7 +26,14 @@ fn assert_clean_receiver(receiver: &OtlpReceiver) {
 #[track_caller]
 fn one(spans: &[Span], what: &str, pred: impl Fn(&Span) -> bool) -> Span {
     let hits: Vec<Span> = spans.iter().filter(|s| pred(s)).cloned().collect();
-    assert_eq!(hits.len(), 1, "want exactly one {what}, got {}:\n{}\nall spans:\n{}", hits.len(), describe(&hits), describe(spans));
+    assert_eq!(
+        hits.len(),
+        1,
+        "want exactly one {what}, got {}:\n{}\nall spans:\n{}",
+        hits.len(),
+        describe(&hits),
+        describe(spans)
+    );
     hits.into_iter().next().unwrap_or_else(|| unreachable!())
 }
 
@@ -122,7 +129,9 @@ fn curl_get_user(test: &str, protocol: Protocol) {
     assert_client_span(&client, "curl", r.pid, app.port(), req("GET", "/users/42", "/users/{id}", 200));
     assert_eq!(by_pid_count(&spans, r.pid), 1, "curl made one request:\n{}", describe(&spans));
 
-    for (what, text) in [("exported spans", receiver.raw_dump()), ("agent stdout", out.stdout), ("agent stderr", out.stderr)] {
+    for (what, text) in
+        [("exported spans", receiver.raw_dump()), ("agent stdout", out.stdout), ("agent stderr", out.stderr)]
+    {
         assert!(!text.contains(&secret), "the query string leaked into the {what}");
         assert!(!text.contains("token="), "the query string leaked into the {what}");
     }
@@ -154,7 +163,17 @@ fn keep_alive_connection_gives_one_span_per_request() {
 
     let urls: Vec<String> = (1..=3).map(|i| app.url(&format!("/users/{i}"))).collect();
     let r = curl(&[
-        "-w", "%{num_connects}\n", "-o", "/dev/null", "-o", "/dev/null", "-o", "/dev/null", &urls[0], &urls[1], &urls[2],
+        "-w",
+        "%{num_connects}\n",
+        "-o",
+        "/dev/null",
+        "-o",
+        "/dev/null",
+        "-o",
+        "/dev/null",
+        &urls[0],
+        &urls[1],
+        &urls[2],
     ]);
     r.assert_success();
     assert_eq!(r.stdout, "1\n0\n0\n", "curl should reuse one connection");
@@ -173,7 +192,11 @@ fn keep_alive_connection_gives_one_span_per_request() {
         assert_server_span(s, &app, "GET", &format!("/users/{}", i + 1), "/users/{id}", 200);
     }
     let peer_port = servers[0].attr_int("network.peer.port");
-    assert!(servers.iter().all(|s| s.attr_int("network.peer.port") == peer_port), "one connection, one peer port:\n{}", describe(&servers));
+    assert!(
+        servers.iter().all(|s| s.attr_int("network.peer.port") == peer_port),
+        "one connection, one peer port:\n{}",
+        describe(&servers)
+    );
     // Sequential on one connection: each exchange ends before the next starts.
     for w in servers.windows(2) {
         assert!(w[0].end_ns <= w[1].start_ns, "overlapping keep-alive spans:\n{}", describe(&servers));
@@ -273,7 +296,9 @@ fn error_statuses_set_span_status() {
 
     receiver.focus(&[app.pid(), missing.pid, error.pid]);
     receiver.expect_spans("2 SERVER spans of app and both CLIENT spans", SPAN_TIMEOUT, |s| {
-        server_spans(s, app.pid()).len() >= 2 && !client_spans(s, missing.pid).is_empty() && !client_spans(s, error.pid).is_empty()
+        server_spans(s, app.pid()).len() >= 2
+            && !client_spans(s, missing.pid).is_empty()
+            && !client_spans(s, error.pid).is_empty()
     });
     agent.stop();
     let spans = receiver.spans();
@@ -309,7 +334,9 @@ fn slow_handler_span_measures_the_handler() {
     assert_eq!(r.stdout, "slow\n");
 
     receiver.focus(&[app.pid(), r.pid]);
-    receiver.expect_spans("the SERVER span of /slow", SPAN_TIMEOUT, |s| server_spans(s, app.pid()).iter().any(|s| path_is(s, "/slow")));
+    receiver.expect_spans("the SERVER span of /slow", SPAN_TIMEOUT, |s| {
+        server_spans(s, app.pid()).iter().any(|s| path_is(s, "/slow"))
+    });
     agent.stop();
     let spans = receiver.spans();
     let server = one(&server_spans(&spans, app.pid()), "SERVER span of /slow", |s| path_is(s, "/slow"));
@@ -336,8 +363,15 @@ fn post_body_size_is_recorded() {
     // `Expect:` off: curl would otherwise wait for 100-continue on some
     // versions, which is a different test.
     let r = curl(&[
-        "-X", "POST", "-H", "Expect:", "-H", "Content-Type: application/octet-stream",
-        "--data-binary", &format!("@{}", body.display()), &app.url("/upload"),
+        "-X",
+        "POST",
+        "-H",
+        "Expect:",
+        "-H",
+        "Content-Type: application/octet-stream",
+        "--data-binary",
+        &format!("@{}", body.display()),
+        &app.url("/upload"),
     ]);
     r.assert_success();
     assert_eq!(r.stdout, r#"{"received": 20000}"#);
@@ -369,14 +403,18 @@ fn connection_opened_before_agent_start_is_traced() {
     let receiver = OtlpReceiver::start();
 
     let mut cmd = python_script("keepalive_pause_client.py");
-    cmd.args([&app.port().to_string(), "/users/1", "/users/2"]).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::inherit());
+    cmd.args([&app.port().to_string(), "/users/1", "/users/2"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
     let mut client = Proc::spawn("keepalive_pause_client", &mut cmd);
     let client_pid = client.pid();
     let mut stdin = client.child.stdin.take().unwrap();
     let mut lines = BufReader::new(client.child.stdout.take().unwrap()).lines();
     let mut next_line = || lines.next().and_then(Result::ok).unwrap_or_default();
     let sockname = next_line();
-    let local_port: i64 = sockname.strip_prefix("sockname ").and_then(|p| p.parse().ok()).unwrap_or_else(|| panic!("{sockname:?}"));
+    let local_port: i64 =
+        sockname.strip_prefix("sockname ").and_then(|p| p.parse().ok()).unwrap_or_else(|| panic!("{sockname:?}"));
     assert_eq!(next_line(), "first 200");
 
     // The connection exists (both ends idle) before the agent starts.
@@ -387,16 +425,27 @@ fn connection_opened_before_agent_start_is_traced() {
 
     receiver.focus(&[app.pid(), client_pid]);
     receiver.expect_spans("the SERVER and CLIENT spans of the second request", SPAN_TIMEOUT, |s| {
-        server_spans(s, app.pid()).iter().any(|s| path_is(s, "/users/2")) && client_spans(s, client_pid).iter().any(|s| path_is(s, "/users/2"))
+        server_spans(s, app.pid()).iter().any(|s| path_is(s, "/users/2"))
+            && client_spans(s, client_pid).iter().any(|s| path_is(s, "/users/2"))
     });
     agent.stop();
     let spans = receiver.spans();
 
     let server = one(&server_spans(&spans, app.pid()), "SERVER span of app", |_| true);
     assert_server_span(&server, &app, "GET", "/users/2", "/users/{id}", 200);
-    assert_eq!(server.attr_int("network.peer.port"), Some(local_port), "the pre-existing connection's peer port: {server}");
+    assert_eq!(
+        server.attr_int("network.peer.port"),
+        Some(local_port),
+        "the pre-existing connection's peer port: {server}"
+    );
     let client = one(&client_spans(&spans, client_pid), "CLIENT span of the client", |_| true);
-    assert_client_span(&client, "keepalive_pause_client", client_pid, app.port(), req("GET", "/users/2", "/users/{id}", 200));
+    assert_client_span(
+        &client,
+        "keepalive_pause_client",
+        client_pid,
+        app.port(),
+        req("GET", "/users/2", "/users/{id}", 200),
+    );
     assert_clean_receiver(&receiver);
 }
 
@@ -414,7 +463,11 @@ fn nginx_server_with_curl_and_urllib_clients() {
     assert_eq!(c_ok.stdout, "ok\n");
     let c_missing = curl(&["-o", "/dev/null", "-w", "%{http_code}", &nginx.url("/missing")]);
     assert_eq!(c_missing.stdout, "404");
-    let py = run_client("urllib_client", python_script("urllib_client.py").args([nginx.url("/"), nginx.url("/missing")]), Duration::from_secs(20));
+    let py = run_client(
+        "urllib_client",
+        python_script("urllib_client.py").args([nginx.url("/"), nginx.url("/missing")]),
+        Duration::from_secs(20),
+    );
     py.assert_success();
     assert_eq!(py.stdout, format!("200 {}\n404 {}\n", nginx.url("/"), nginx.url("/missing")));
 
@@ -468,7 +521,8 @@ fn zero_config_prints_spans_as_text() {
     let r = curl(&[&app.url("/users/7")]);
     r.assert_success();
 
-    let client_line = |l: &str| l.contains("curl") && l.contains("CLIENT") && l.contains("GET") && l.contains("/users/{id}");
+    let client_line =
+        |l: &str| l.contains("curl") && l.contains("CLIENT") && l.contains("GET") && l.contains("/users/{id}");
     let server_line = |l: &str| l.contains("SERVER") && l.contains("GET") && l.contains("/users/{id}");
     // Best effort while running (stdout may be buffered); the assertions
     // below are on what the agent printed by the time it exited.
@@ -477,7 +531,11 @@ fn zero_config_prints_spans_as_text() {
         out.lines().any(client_line) && out.lines().any(server_line)
     });
     let out = agent.stop();
-    assert!(out.stdout.lines().any(client_line), "no line with curl, CLIENT, GET and /users/{{id}} in stdout:\n{}", out.stdout);
+    assert!(
+        out.stdout.lines().any(client_line),
+        "no line with curl, CLIENT, GET and /users/{{id}} in stdout:\n{}",
+        out.stdout
+    );
     assert!(out.stdout.lines().any(server_line), "no SERVER line for GET /users/{{id}} in stdout:\n{}", out.stdout);
 }
 
@@ -501,14 +559,26 @@ fn print_json_gives_json_lines() {
 
     let mut kinds = Vec::new();
     for line in out.stdout.lines().filter(|l| !l.trim().is_empty()) {
-        let v: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("stdout line is not JSON ({e}): {line}"));
-        let kind = v.get("kind").and_then(|k| k.as_str()).unwrap_or_else(|| panic!("JSON line without a string \"kind\": {line}"));
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("stdout line is not JSON ({e}): {line}"));
+        let kind = v
+            .get("kind")
+            .and_then(|k| k.as_str())
+            .unwrap_or_else(|| panic!("JSON line without a string \"kind\": {line}"));
         if line.contains("/users/8") || line.contains("/users/{id}") {
             kinds.push(kind.to_ascii_lowercase());
         }
     }
-    assert!(kinds.iter().any(|k| k.contains("server")), "no SERVER JSON line for /users/8, kinds {kinds:?}:\n{}", out.stdout);
-    assert!(kinds.iter().any(|k| k.contains("client")), "no CLIENT JSON line for /users/8, kinds {kinds:?}:\n{}", out.stdout);
+    assert!(
+        kinds.iter().any(|k| k.contains("server")),
+        "no SERVER JSON line for /users/8, kinds {kinds:?}:\n{}",
+        out.stdout
+    );
+    assert!(
+        kinds.iter().any(|k| k.contains("client")),
+        "no CLIENT JSON line for /users/8, kinds {kinds:?}:\n{}",
+        out.stdout
+    );
 }
 
 // 11. Hostile input.
@@ -534,10 +604,14 @@ fn bad_input_invents_no_spans_and_agent_survives() {
     after.assert_success();
 
     receiver.focus(&[app.pid(), bad.pid, after.pid]);
-    receiver.expect_spans("the SERVER spans of the 1-byte-per-write request and the request after", SPAN_TIMEOUT, |s| {
-        let servers = server_spans(s, app.pid());
-        servers.iter().any(|s| path_is(s, "/users/77")) && servers.iter().any(|s| path_is(s, "/users/99"))
-    });
+    receiver.expect_spans(
+        "the SERVER spans of the 1-byte-per-write request and the request after",
+        SPAN_TIMEOUT,
+        |s| {
+            let servers = server_spans(s, app.pid());
+            servers.iter().any(|s| path_is(s, "/users/77")) && servers.iter().any(|s| path_is(s, "/users/99"))
+        },
+    );
     assert!(agent.is_running(), "the agent died; stderr:\n{}", agent.stderr_tail(40));
     let agent_pid = agent.pid();
     agent.stop();
@@ -554,7 +628,10 @@ fn bad_input_invents_no_spans_and_agent_survives() {
     for pid in [app.pid(), bad.pid] {
         for s in spans.iter().filter(|s| s.pid() == Some(pid)) {
             let path = s.attr_str("url.path").unwrap_or("");
-            assert!(["/users/77", "/users/88"].contains(&path) || (pid == app.pid() && path == "/users/99"), "invented span: {s}");
+            assert!(
+                ["/users/77", "/users/88"].contains(&path) || (pid == app.pid() && path == "/users/99"),
+                "invented span: {s}"
+            );
             assert_ne!(s.attr_int("http.response.status_code"), Some(400), "span for junk input: {s}");
         }
     }
@@ -598,8 +675,12 @@ fn agent_never_traces_its_own_export() {
         // Other agents on the same machine (a developer's, another test run)
         // export to other receivers; their export traffic is fair game for
         // this agent. Ours is what reaches this receiver.
-        let ours = s.pid() == Some(agent_pid) || s.pid() == Some(test_pid) || s.attr_int("server.port") == Some(receiver_port);
-        assert!(!(ours && s.attr_str("url.path").is_some_and(|p| p.ends_with("/v1/traces"))), "a span of an OTLP export: {s}");
+        let ours =
+            s.pid() == Some(agent_pid) || s.pid() == Some(test_pid) || s.attr_int("server.port") == Some(receiver_port);
+        assert!(
+            !(ours && s.attr_str("url.path").is_some_and(|p| p.ends_with("/v1/traces"))),
+            "a span of an OTLP export: {s}"
+        );
         assert_ne!(s.attr_int("server.port"), Some(receiver_port), "a span of traffic to the receiver: {s}");
     }
     assert_eq!(server_spans(&spans, app.pid()).len(), 3, "{}", describe(&spans));

@@ -117,12 +117,7 @@ impl Rng {
 
     /// An application's own traceparent value (distinct ids every call).
     fn app_traceparent(&mut self) -> String {
-        format!(
-            "00-{:016x}{:016x}-{:016x}-01",
-            self.next() | 1,
-            self.next(),
-            self.next() | 1
-        )
+        format!("00-{:016x}{:016x}-{:016x}-01", self.next() | 1, self.next(), self.next() | 1)
     }
 }
 
@@ -159,17 +154,13 @@ fn request_like_piece(rng: &mut Rng, n: usize) -> Vec<u8> {
 /// Printable filler for targets and header values.
 fn filler(n: usize, salt: usize) -> String {
     const CHARS: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789-._~ABCDEFGHIJKLMNOPQRSTUVWXYZ";
-    (0..n)
-        .map(|i| CHARS[(i * 7 + salt) % CHARS.len()] as char)
-        .collect()
+    (0..n).map(|i| CHARS[(i * 7 + salt) % CHARS.len()] as char).collect()
 }
 
 /// A request target making `METHOD SP target SP VERSION CRLF` exactly
 /// `line_len` bytes (at least "/"), starting with `prefix` when it fits.
 fn target_for(method: &str, version: &str, line_len: usize, prefix: &str) -> String {
-    let n = line_len
-        .saturating_sub(method.len() + version.len() + 4)
-        .max(1);
+    let n = line_len.saturating_sub(method.len() + version.len() + 4).max(1);
     if n > prefix.len() {
         format!("{prefix}/{}", filler(n - prefix.len() - 1, line_len))
     } else {
@@ -216,9 +207,7 @@ fn req(method: &str, target: &str, version: &str, headers: &[(String, String)], 
     }
     match &body {
         Body::None => {}
-        Body::Cl(data) => {
-            b.extend_from_slice(format!("Content-Length: {}\r\n", data.len()).as_bytes())
-        }
+        Body::Cl(data) => b.extend_from_slice(format!("Content-Length: {}\r\n", data.len()).as_bytes()),
         Body::Chunked(_) => b.extend_from_slice(b"Transfer-Encoding: chunked\r\n"),
     }
     b.extend_from_slice(b"\r\n");
@@ -237,22 +226,9 @@ fn req(method: &str, target: &str, version: &str, headers: &[(String, String)], 
             b.extend_from_slice(b"0\r\n\r\n");
         }
     }
-    let app_tp = headers
-        .iter()
-        .any(|(n, _)| n.eq_ignore_ascii_case("traceparent"));
-    let status = if target.starts_with("/early401") {
-        401
-    } else {
-        200
-    };
-    Req {
-        bytes: b,
-        line_end,
-        head_end,
-        chunk_data,
-        app_tp,
-        status,
-    }
+    let app_tp = headers.iter().any(|(n, _)| n.eq_ignore_ascii_case("traceparent"));
+    let status = if target.starts_with("/early401") { 401 } else { 200 };
+    Req { bytes: b, line_end, head_end, chunk_data, app_tp, status }
 }
 
 fn host() -> (String, String) {
@@ -261,35 +237,15 @@ fn host() -> (String, String) {
 
 /// A plain GET with a Host and a User-Agent.
 fn get(target: &str) -> Req {
-    req(
-        "GET",
-        target,
-        "HTTP/1.1",
-        &[host(), header("User-Agent", "integrity/1")],
-        Body::None,
-    )
+    req("GET", target, "HTTP/1.1", &[host(), header("User-Agent", "integrity/1")], Body::None)
 }
 
 /// A request whose header block (request line to the empty line) is exactly
 /// `head_len` bytes, padded with an `X-Fill` header.
 fn req_with_head_len(method: &str, target: &str, head_len: usize, body: impl Fn() -> Body) -> Req {
-    let base = req(
-        method,
-        target,
-        "HTTP/1.1",
-        &[host(), header("X-Fill", "")],
-        body(),
-    );
-    let pad = head_len
-        .checked_sub(base.head_end)
-        .unwrap_or_else(|| panic!("head of {head_len} bytes too short"));
-    req(
-        method,
-        target,
-        "HTTP/1.1",
-        &[host(), header("X-Fill", filler(pad, head_len))],
-        body(),
-    )
+    let base = req(method, target, "HTTP/1.1", &[host(), header("X-Fill", "")], body());
+    let pad = head_len.checked_sub(base.head_end).unwrap_or_else(|| panic!("head of {head_len} bytes too short"));
+    req(method, target, "HTTP/1.1", &[host(), header("X-Fill", filler(pad, head_len))], body())
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -331,20 +287,11 @@ struct Conn {
 
 impl Conn {
     fn new(case: impl Into<String>) -> Conn {
-        Conn {
-            case: case.into(),
-            ops: Vec::new(),
-            marks: Vec::new(),
-            len: 0,
-            plain: false,
-        }
+        Conn { case: case.into(), ops: Vec::new(), marks: Vec::new(), len: 0, plain: false }
     }
 
     fn plain(case: impl Into<String>) -> Conn {
-        Conn {
-            plain: true,
-            ..Conn::new(case)
-        }
+        Conn { plain: true, ..Conn::new(case) }
     }
 
     fn write(&mut self, sys: Sys, bytes: &[u8]) {
@@ -371,8 +318,7 @@ impl Conn {
     }
 
     fn read(&mut self, n: usize, status: u32) {
-        self.ops
-            .push(Op::Read(u32::try_from(n).unwrap_or(u32::MAX), status));
+        self.ops.push(Op::Read(u32::try_from(n).unwrap_or(u32::MAX), status));
     }
 
     /// Writes `r` cut at `cuts` (one write per piece), then reads its answer.
@@ -413,11 +359,7 @@ impl Conn {
 
 /// `bytes` cut at the (sorted, deduplicated, in-range) offsets `cuts`.
 fn pieces(bytes: &[u8], cuts: &[usize]) -> Vec<Vec<u8>> {
-    let mut cuts: Vec<usize> = cuts
-        .iter()
-        .copied()
-        .filter(|&c| c > 0 && c < bytes.len())
-        .collect();
+    let mut cuts: Vec<usize> = cuts.iter().copied().filter(|&c| c > 0 && c < bytes.len()).collect();
     cuts.sort_unstable();
     cuts.dedup();
     let mut out = Vec::new();
@@ -488,18 +430,8 @@ fn case_request_line_lengths(rng: &mut Rng, conns: &mut Vec<Conn>) {
     for (i, &len) in lengths.iter().enumerate() {
         // Methods longer than GET only where the line has room for them.
         let version = if i % 7 == 3 { "HTTP/1.0" } else { "HTTP/1.1" };
-        let method = if len < 24 {
-            "GET"
-        } else {
-            ["GET", "DELETE", "OPTIONS", "GET", "HEAD"][i % 5]
-        };
-        let r = req(
-            method,
-            &target_for(method, version, len, "/len"),
-            version,
-            &[host()],
-            Body::None,
-        );
+        let method = if len < 24 { "GET" } else { ["GET", "DELETE", "OPTIONS", "GET", "HEAD"][i % 5] };
+        let r = req(method, &target_for(method, version, len, "/len"), version, &[host()], Body::None);
         assert_eq!(r.line_end, len, "request line length");
         let mut conn = Conn::new(format!("reqline_len/{len}/{method}"));
         match sys_of(i) {
@@ -515,26 +447,14 @@ fn case_request_line_lengths(rng: &mut Rng, conns: &mut Vec<Conn>) {
         keepalive.send(&r, &[], Sys::Send);
 
         let post_target = target_for("POST", "HTTP/1.1", len.max(17), "/len");
-        let r = req(
-            "POST",
-            &post_target,
-            "HTTP/1.1",
-            &[host()],
-            Body::Cl(body(rng, 1 + i % 97, i % 2 == 0)),
-        );
+        let r = req("POST", &post_target, "HTTP/1.1", &[host()], Body::Cl(body(rng, 1 + i % 97, i % 2 == 0)));
         let mut conn = Conn::new(format!("reqline_len/{}/POST+body", r.line_end));
         conn.send(&r, &[], Sys::Send);
         conns.push(conn);
 
         if len.is_power_of_two() || i % 10 == 0 {
             // No header: the request line is followed by the empty line.
-            let r = req(
-                "GET",
-                &target_for("GET", "HTTP/1.1", len, "/bare"),
-                "HTTP/1.1",
-                &[],
-                Body::None,
-            );
+            let r = req("GET", &target_for("GET", "HTTP/1.1", len, "/bare"), "HTTP/1.1", &[], Body::None);
             let mut conn = Conn::new(format!("reqline_len/{len}/no-headers"));
             conn.send(&r, &[], Sys::Send);
             conns.push(conn);
@@ -551,10 +471,7 @@ fn case_head_lengths(rng: &mut Rng, conns: &mut Vec<Conn>) {
     for center in [2048, 4096, 8192] {
         for t in center - 6..=center + 6 {
             let rs = [
-                (
-                    "GET",
-                    req_with_head_len("GET", &format!("/head/{t}"), t, || Body::None),
-                ),
+                ("GET", req_with_head_len("GET", &format!("/head/{t}"), t, || Body::None)),
                 ("POST+64", {
                     let b = body(rng, 64, true);
                     req_with_head_len("POST", &format!("/head/{t}"), t, || Body::Cl(b.clone()))
@@ -564,22 +481,10 @@ fn case_head_lengths(rng: &mut Rng, conns: &mut Vec<Conn>) {
                     // length changes the Content-Length digits: settle it).
                     let mut n = t - 60;
                     for _ in 0..3 {
-                        n = t - req(
-                            "POST",
-                            &format!("/msg/{t}"),
-                            "HTTP/1.1",
-                            &[host()],
-                            Body::Cl(vec![b'x'; n]),
-                        )
-                        .head_end;
+                        n = t - req("POST", &format!("/msg/{t}"), "HTTP/1.1", &[host()], Body::Cl(vec![b'x'; n]))
+                            .head_end;
                     }
-                    let r = req(
-                        "POST",
-                        &format!("/msg/{t}"),
-                        "HTTP/1.1",
-                        &[host()],
-                        Body::Cl(body(rng, n, true)),
-                    );
+                    let r = req("POST", &format!("/msg/{t}"), "HTTP/1.1", &[host()], Body::Cl(body(rng, n, true)));
                     assert_eq!(r.bytes.len(), t, "message length");
                     r
                 }),
@@ -601,14 +506,7 @@ fn case_head_lengths(rng: &mut Rng, conns: &mut Vec<Conn>) {
 /// traceparent (also in a later write, after a >4 KiB Cookie, mixed case).
 fn case_split_heads(rng: &mut Rng, conns: &mut Vec<Conn>) {
     let cookie = || header("Cookie", format!("session={}", filler(4500, 3)));
-    for variant in [
-        "plain",
-        "tp",
-        "TraceParent",
-        "tp-first",
-        "cookie",
-        "cookie-tp",
-    ] {
+    for variant in ["plain", "tp", "TraceParent", "tp-first", "cookie", "cookie-tp"] {
         for method in ["GET", "POST"] {
             for keepalive in [false, true] {
                 let tp = rng.app_traceparent();
@@ -625,11 +523,7 @@ fn case_split_heads(rng: &mut Rng, conns: &mut Vec<Conn>) {
                     _ => {}
                 }
                 hs.push(header("Accept", "*/*"));
-                let b = if method == "POST" {
-                    Body::Cl(body(rng, 300, true))
-                } else {
-                    Body::None
-                };
+                let b = if method == "POST" { Body::Cl(body(rng, 300, true)) } else { Body::None };
                 let r = req(method, &format!("/split/{variant}"), "HTTP/1.1", &hs, b);
                 let (le, he) = (r.line_end, r.head_end);
                 let text = String::from_utf8_lossy(&r.bytes[..he]).into_owned();
@@ -700,16 +594,9 @@ fn case_request_like_bodies(rng: &mut Rng, conns: &mut Vec<Conn>) {
                 c
             };
 
-            let r = req(
-                "POST",
-                "/body",
-                "HTTP/1.1",
-                &[host()],
-                Body::Cl(all.clone()),
-            );
-            let head_cuts: Vec<usize> = std::iter::once(r.head_end)
-                .chain(cuts.iter().map(|c| r.head_end + c))
-                .collect();
+            let r = req("POST", "/body", "HTTP/1.1", &[host()], Body::Cl(all.clone()));
+            let head_cuts: Vec<usize> =
+                std::iter::once(r.head_end).chain(cuts.iter().map(|c| r.head_end + c)).collect();
             let mut conn = new("cl-pieces");
             conn.send(&r, &head_cuts, sys_of(k));
             conn.send(&get("/after"), &[], Sys::Send);
@@ -722,13 +609,7 @@ fn case_request_like_bodies(rng: &mut Rng, conns: &mut Vec<Conn>) {
             conns.push(conn);
 
             // Chunked, every chunk's data (a request) written on its own.
-            let r = req(
-                "POST",
-                "/chunked",
-                "HTTP/1.1",
-                &[host()],
-                Body::Chunked(ps.clone()),
-            );
+            let r = req("POST", "/chunked", "HTTP/1.1", &[host()], Body::Chunked(ps.clone()));
             let mut ccuts = vec![r.head_end];
             for (i, &d) in r.chunk_data.iter().enumerate() {
                 ccuts.push(d);
@@ -741,18 +622,13 @@ fn case_request_like_bodies(rng: &mut Rng, conns: &mut Vec<Conn>) {
 
             // Each chunk (size line, data, CRLF) in one write.
             let mut conn = new("chunked-whole-chunks");
-            let whole: Vec<usize> = std::iter::once(r.head_end)
-                .chain(r.chunk_data.iter().zip(&ps).map(|(d, p)| d + p.len() + 2))
-                .collect();
+            let whole: Vec<usize> =
+                std::iter::once(r.head_end).chain(r.chunk_data.iter().zip(&ps).map(|(d, p)| d + p.len() + 2)).collect();
             conn.send(&r, &whole, Sys::Write);
             conns.push(conn);
 
             // Expect: 100-continue, then the pieces.
-            let tp = if k % 2 == 0 {
-                vec![header("traceparent", rng.app_traceparent())]
-            } else {
-                vec![]
-            };
+            let tp = if k % 2 == 0 { vec![header("traceparent", rng.app_traceparent())] } else { vec![] };
             let mut hs = vec![host(), header("Expect", "100-continue")];
             hs.extend(tp);
             let r = req("POST", "/expect", "HTTP/1.1", &hs, Body::Cl(all.clone()));
@@ -778,14 +654,8 @@ fn case_large_bodies(rng: &mut Rng, conns: &mut Vec<Conn>, slow: bool, prefix: &
         }
         let path = if slow { "/slow/large" } else { "/large" };
         for (enc, r) in [
-            (
-                "cl",
-                req("POST", path, "HTTP/1.1", &[host()], Body::Cl(data.clone())),
-            ),
-            (
-                "chunked",
-                req("PUT", path, "HTTP/1.1", &[host()], Body::Chunked(chunks)),
-            ),
+            ("cl", req("POST", path, "HTTP/1.1", &[host()], Body::Cl(data.clone()))),
+            ("chunked", req("PUT", path, "HTTP/1.1", &[host()], Body::Chunked(chunks))),
         ] {
             let len = r.bytes.len();
             let mut random = Vec::new();
@@ -814,35 +684,16 @@ fn case_large_bodies(rng: &mut Rng, conns: &mut Vec<Conn>, slow: bool, prefix: &
 /// The server answers 401 as soon as the header block is in; the client
 /// reads that and keeps streaming its body (pieces that look like requests).
 fn case_early_responses(rng: &mut Rng, conns: &mut Vec<Conn>, prefix: &str) {
-    for variant in [
-        "head-alone",
-        "head+piece",
-        "split-head",
-        "chunked",
-        "tp",
-        "keepalive",
-    ] {
+    for variant in ["head-alone", "head+piece", "split-head", "chunked", "tp", "keepalive"] {
         let ps: Vec<Vec<u8>> = (0..10).map(|_| request_like_piece(rng, 30_000)).collect();
         let mut hs = vec![host()];
         if variant == "tp" {
             hs.push(header("traceparent", rng.app_traceparent()));
         }
         let r = if variant == "chunked" {
-            req(
-                "POST",
-                "/early401",
-                "HTTP/1.1",
-                &hs,
-                Body::Chunked(ps.clone()),
-            )
+            req("POST", "/early401", "HTTP/1.1", &hs, Body::Chunked(ps.clone()))
         } else {
-            req(
-                "POST",
-                "/early401/upload",
-                "HTTP/1.1",
-                &hs,
-                Body::Cl(ps.concat()),
-            )
+            req("POST", "/early401/upload", "HTTP/1.1", &hs, Body::Cl(ps.concat()))
         };
         let mut conn = Conn::new(format!("{prefix}early_401/{variant}"));
         if variant == "keepalive" {
@@ -850,11 +701,7 @@ fn case_early_responses(rng: &mut Rng, conns: &mut Vec<Conn>, prefix: &str) {
         }
         let start = conn.len;
         conn.mark(&r, start);
-        let first = if variant == "head+piece" {
-            r.head_end + ps[0].len()
-        } else {
-            r.head_end
-        };
+        let first = if variant == "head+piece" { r.head_end + ps[0].len() } else { r.head_end };
         if variant == "split-head" {
             conn.write(Sys::Send, &r.bytes[..r.line_end]);
             conn.write(Sys::Send, &r.bytes[r.line_end..first]);
@@ -881,13 +728,7 @@ fn small_request(rng: &mut Rng, i: usize) -> Req {
         0 | 3 => get(&format!("/p/{i}")),
         1 => {
             let n = rng.range(0, 300);
-            req(
-                "POST",
-                &format!("/p/{i}"),
-                "HTTP/1.1",
-                &[host()],
-                Body::Cl(body(rng, n, true)),
-            )
+            req("POST", &format!("/p/{i}"), "HTTP/1.1", &[host()], Body::Cl(body(rng, n, true)))
         }
         2 => req(
             "PUT",
@@ -898,13 +739,7 @@ fn small_request(rng: &mut Rng, i: usize) -> Req {
         ),
         _ => {
             let n = rng.range(1, 200);
-            req(
-                "DELETE",
-                &format!("/p/{i}?q={}", filler(n, i)),
-                "HTTP/1.1",
-                &[host()],
-                Body::None,
-            )
+            req("DELETE", &format!("/p/{i}?q={}", filler(n, i)), "HTTP/1.1", &[host()], Body::None)
         }
     }
 }
@@ -927,16 +762,10 @@ fn case_pipelines(rng: &mut Rng, conns: &mut Vec<Conn>, prefix: &str) {
             c += rng.range(1, 700);
             random.push(c);
         }
-        for (scheme, cuts) in [
-            ("one-write", vec![]),
-            ("write-each", per_request),
-            ("random-cuts", random),
-        ] {
+        for (scheme, cuts) in [("one-write", vec![]), ("write-each", per_request), ("random-cuts", random)] {
             for keepalive in [false, true] {
-                let mut conn = Conn::new(format!(
-                    "{prefix}pipeline/{n}/{scheme}{}",
-                    if keepalive { "/keepalive" } else { "" }
-                ));
+                let mut conn =
+                    Conn::new(format!("{prefix}pipeline/{n}/{scheme}{}", if keepalive { "/keepalive" } else { "" }));
                 if keepalive {
                     conn.send(&get("/first"), &[], Sys::Send);
                 }
@@ -980,25 +809,13 @@ fn case_expect(rng: &mut Rng, conns: &mut Vec<Conn>) {
 }
 
 /// Many small keep-alive requests, one write and one answer each.
-fn case_bulk_pingpong(
-    rng: &mut Rng,
-    conns: &mut Vec<Conn>,
-    prefix: &str,
-    n_conns: usize,
-    per_conn: usize,
-) {
+fn case_bulk_pingpong(rng: &mut Rng, conns: &mut Vec<Conn>, prefix: &str, n_conns: usize, per_conn: usize) {
     for c in 0..n_conns {
         let mut conn = Conn::new(format!("{prefix}bulk/pingpong"));
         for i in 0..per_conn {
             let r = if i % 4 == 3 {
                 let n = rng.range(1, 64);
-                req(
-                    "POST",
-                    &format!("/bulk/{c}/{i}"),
-                    "HTTP/1.1",
-                    &[host()],
-                    Body::Cl(body(rng, n, i % 8 == 3)),
-                )
+                req("POST", &format!("/bulk/{c}/{i}"), "HTTP/1.1", &[host()], Body::Cl(body(rng, n, i % 8 == 3)))
             } else {
                 get(&format!("/bulk/{c}/{i}"))
             };
@@ -1022,11 +839,7 @@ fn case_bulk_pipelined(
         for b in 0..batches {
             let reqs: Vec<Req> = (0..batch).map(|i| small_request(rng, c + b + i)).collect();
             // Batches alternate between one write and a few random cuts.
-            let cuts = if b % 2 == 0 {
-                vec![]
-            } else {
-                (0..3).map(|_| rng.range(1, batch * 40)).collect()
-            };
+            let cuts = if b % 2 == 0 { vec![] } else { (0..3).map(|_| rng.range(1, batch * 40)).collect() };
             conn.pipeline(&reqs, &cuts, Sys::Send);
         }
         conns.push(conn);
@@ -1038,13 +851,7 @@ fn case_bulk_pipelined(
 /// inside the header block.
 fn case_big_heads(rng: &mut Rng, conns: &mut Vec<Conn>) {
     for len in [16_384, 32_771, 65_536, 65_539] {
-        let r = req(
-            "GET",
-            &target_for("GET", "HTTP/1.1", len, "/bighead"),
-            "HTTP/1.1",
-            &[host()],
-            Body::None,
-        );
+        let r = req("GET", &target_for("GET", "HTTP/1.1", len, "/bighead"), "HTTP/1.1", &[host()], Body::None);
         let mut conn = Conn::new(format!("nb/big_head/reqline-{len}"));
         conn.send(&r, &[], Sys::Send);
         conn.send(&get("/after"), &[], Sys::Send);
@@ -1055,17 +862,8 @@ fn case_big_heads(rng: &mut Rng, conns: &mut Vec<Conn>) {
         if tp {
             hs.push(header("traceparent", rng.app_traceparent()));
         }
-        let r = req(
-            "POST",
-            "/slow/bighead",
-            "HTTP/1.1",
-            &hs,
-            Body::Cl(body(rng, 200_000, true)),
-        );
-        let mut conn = Conn::new(format!(
-            "nb/big_head/60k-headers{}",
-            if tp { "/tp" } else { "" }
-        ));
+        let r = req("POST", "/slow/bighead", "HTTP/1.1", &hs, Body::Cl(body(rng, 200_000, true)));
+        let mut conn = Conn::new(format!("nb/big_head/60k-headers{}", if tp { "/tp" } else { "" }));
         conn.send(&r, &[], Sys::Send);
         conns.push(conn);
     }
@@ -1112,11 +910,8 @@ fn nonblocking_plan(rng: &mut Rng) -> Vec<Conn> {
 /// Writes a plan in raw_client.py's format.
 fn write_plan(path: &Path, conns: &[Conn]) {
     let mut out = b"WGPLAN1\n".to_vec();
-    let u32le = |v: usize| {
-        u32::try_from(v)
-            .unwrap_or_else(|_| panic!("{v} does not fit the plan format"))
-            .to_le_bytes()
-    };
+    let u32le =
+        |v: usize| u32::try_from(v).unwrap_or_else(|_| panic!("{v} does not fit the plan format")).to_le_bytes();
     out.extend(u32le(conns.len()));
     for (id, c) in conns.iter().enumerate() {
         out.extend(u32le(id));
@@ -1172,10 +967,7 @@ impl RecServer {
         let mut exited = None;
         poll_until(START_TIMEOUT, || {
             port = fs::read_to_string(&out_path).ok().and_then(|s| {
-                s.lines().find_map(|l| {
-                    l.strip_prefix("port ")
-                        .and_then(|p| p.trim().parse::<u16>().ok())
-                })
+                s.lines().find_map(|l| l.strip_prefix("port ").and_then(|p| p.trim().parse::<u16>().ok()))
             });
             if port.is_some() {
                 return true;
@@ -1184,16 +976,8 @@ impl RecServer {
             exited.is_some()
         });
         match (port, exited) {
-            (Some(port), _) => RecServer {
-                proc,
-                port,
-                dir,
-                name,
-            },
-            (None, Some(st)) => panic!(
-                "recording server {name} exited with {st}; stderr:\n{}",
-                tail(&err_path, 30)
-            ),
+            (Some(port), _) => RecServer { proc, port, dir, name },
+            (None, Some(st)) => panic!("recording server {name} exited with {st}; stderr:\n{}", tail(&err_path, 30)),
             (None, None) => panic!(
                 "recording server {name} printed no port within {START_TIMEOUT:?}; stderr:\n{}",
                 tail(&err_path, 30)
@@ -1221,11 +1005,7 @@ impl RecServer {
             self.name,
             open(&self.dir)
         );
-        assert!(
-            self.proc.try_wait().is_none(),
-            "recording server {} died",
-            self.name
-        );
+        assert!(self.proc.try_wait().is_none(), "recording server {} died", self.name);
         let mut recs: Vec<Recording> = fs::read_dir(&self.dir)
             .unwrap_or_else(|e| panic!("reading {}: {e}", self.dir.display()))
             .flatten()
@@ -1233,11 +1013,7 @@ impl RecServer {
                 let name = e.file_name().to_string_lossy().into_owned();
                 let stem = name.strip_suffix(".bin")?;
                 let (seq, port) = stem.split_once('-')?;
-                Some(Recording {
-                    seq: seq.parse().ok()?,
-                    port: port.parse().ok()?,
-                    path: e.path(),
-                })
+                Some(Recording { seq: seq.parse().ok()?, port: port.parse().ok()?, path: e.path() })
             })
             .collect();
         recs.sort_by_key(|r| r.seq);
@@ -1292,17 +1068,11 @@ impl Tally {
 /// `traceparent: 00-<32 hex>-<16 hex>-<2 hex>\r\n` with non-zero ids, as
 /// the kernel writes it.
 fn is_injected_line(b: &[u8]) -> bool {
-    if b.len() < LINE_LEN
-        || !b.starts_with(b"traceparent: 00-")
-        || &b[LINE_LEN - 2..LINE_LEN] != b"\r\n"
-    {
+    if b.len() < LINE_LEN || !b.starts_with(b"traceparent: 00-") || &b[LINE_LEN - 2..LINE_LEN] != b"\r\n" {
         return false;
     }
     let v = &b[13..LINE_LEN - 2];
-    let hex = |s: &[u8]| {
-        s.iter()
-            .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(c))
-    };
+    let hex = |s: &[u8]| s.iter().all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(c));
     v.len() == 55
         && v[2] == b'-'
         && v[35] == b'-'
@@ -1354,30 +1124,24 @@ struct ConnLog {
 
 #[track_caller]
 fn read_logs(path: &Path) -> HashMap<usize, ConnLog> {
-    let text =
-        fs::read_to_string(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    let text = fs::read_to_string(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
     text.lines()
         .map(|l| {
-            let v: serde_json::Value = serde_json::from_str(l)
-                .unwrap_or_else(|e| panic!("{}: bad line {l:?}: {e}", path.display()));
+            let v: serde_json::Value =
+                serde_json::from_str(l).unwrap_or_else(|e| panic!("{}: bad line {l:?}: {e}", path.display()));
             let id = v["id"].as_u64().unwrap_or_else(|| panic!("no id in {l}")) as usize;
             let sends = v["sends"]
                 .as_array()
                 .map(|a| {
                     a.iter()
                         .map(|s| {
-                            s.as_array()
-                                .map(|x| x.iter().filter_map(|n| n.as_i64()).collect())
-                                .unwrap_or_default()
+                            s.as_array().map(|x| x.iter().filter_map(|n| n.as_i64()).collect()).unwrap_or_default()
                         })
                         .collect()
                 })
                 .unwrap_or_default();
             let log = ConnLog {
-                port: v["port"]
-                    .as_u64()
-                    .and_then(|p| u16::try_from(p).ok())
-                    .unwrap_or(0),
+                port: v["port"].as_u64().and_then(|p| u16::try_from(p).ok()).unwrap_or(0),
                 sends,
                 error: v["error"].as_str().map(str::to_owned),
             };
@@ -1400,9 +1164,7 @@ fn family_of(case: &str) -> String {
 /// `WAGGLE_INTEGRITY_CASES`: run only the raw cases and high-level clients
 /// whose name contains it (see the module doc).
 fn case_filter() -> Option<String> {
-    std::env::var("WAGGLE_INTEGRITY_CASES")
-        .ok()
-        .filter(|f| !f.is_empty())
+    std::env::var("WAGGLE_INTEGRITY_CASES").ok().filter(|f| !f.is_empty())
 }
 
 /// The agent keeps client sockets in its sockmap for their lifetime (it
@@ -1423,13 +1185,7 @@ fn without_agent() -> bool {
 }
 
 /// Checks a raw client's connections against their recordings.
-fn check_raw(
-    client: &str,
-    conns: &[Conn],
-    logs: &HashMap<usize, ConnLog>,
-    recs: Vec<Recording>,
-    tally: &mut Tally,
-) {
+fn check_raw(client: &str, conns: &[Conn], logs: &HashMap<usize, ConnLog>, recs: Vec<Recording>, tally: &mut Tally) {
     // The client runs its connections one after the other, so the
     // recordings of one local port are in the order of its connections.
     let mut by_port: HashMap<u16, std::collections::VecDeque<Recording>> = HashMap::new();
@@ -1440,29 +1196,19 @@ fn check_raw(
         let what = format!("[{client}] {} (connection {id})", conn.case);
         let fam = family_of(&conn.case);
         let Some(log) = logs.get(&id) else {
-            tally.fail(
-                fam.as_str(),
-                format!("{what}: the client never logged this connection"),
-            );
+            tally.fail(fam.as_str(), format!("{what}: the client never logged this connection"));
             continue;
         };
         if let Some(e) = log.error.as_deref().filter(|e| {
-            let stall = e.starts_with("closing: timed out")
-                && KEEPS_SOCKETS.load(std::sync::atomic::Ordering::Relaxed);
+            let stall = e.starts_with("closing: timed out") && KEEPS_SOCKETS.load(std::sync::atomic::Ordering::Relaxed);
             tally.close_stalls += u64::from(stall);
             !stall
         }) {
-            tally.fail(
-                fam.as_str(),
-                format!("{what}, local port {}: client error: {e}", log.port),
-            );
+            tally.fail(fam.as_str(), format!("{what}, local port {}: client error: {e}", log.port));
         }
         let Some(rec) = by_port.get_mut(&log.port).and_then(|q| q.pop_front()) else {
             if log.error.is_none() {
-                tally.fail(
-                    fam.as_str(),
-                    format!("{what}: no recording for local port {}", log.port),
-                );
+                tally.fail(fam.as_str(), format!("{what}: no recording for local port {}", log.port));
             }
             continue;
         };
@@ -1478,10 +1224,13 @@ fn check_raw(
             w += 1;
             let sum: i64 = rets.iter().skip(1).sum();
             if rets.first() != Some(&(len as i64)) || sum != len as i64 {
-                tally.fail(fam.as_str(), format!(
-                    "{what}: write {w} ({sys:?} of {len} bytes): the calls returned {:?}, adding up to {sum}",
-                    &rets[1.min(rets.len())..]
-                ));
+                tally.fail(
+                    fam.as_str(),
+                    format!(
+                        "{what}: write {w} ({sys:?} of {len} bytes): the calls returned {:?}, adding up to {sum}",
+                        &rets[1.min(rets.len())..]
+                    ),
+                );
             }
             let accepted = usize::try_from(sum.max(0)).unwrap_or(0).min(len);
             writes.push((expected.len(), accepted));
@@ -1514,24 +1263,11 @@ fn check_raw(
                     } else {
                         "body"
                     };
-                    format!(
-                        "request {} of {}, {part}, byte {} of the request",
-                        m + 1,
-                        conn.marks.len(),
-                        e - mk.start
-                    )
+                    format!("request {} of {}, {part}, byte {} of the request", m + 1, conn.marks.len(), e - mk.start)
                 });
-                let write = writes
-                    .iter()
-                    .position(|&(s, n)| e >= s && e < s + n.max(1))
-                    .map_or(String::new(), |i| {
-                        format!(
-                            ", write {} of {} (byte {} of it)",
-                            i + 1,
-                            writes.len(),
-                            e - writes[i].0
-                        )
-                    });
+                let write = writes.iter().position(|&(s, n)| e >= s && e < s + n.max(1)).map_or(String::new(), |i| {
+                    format!(", write {} of {} (byte {} of it)", i + 1, writes.len(), e - writes[i].0)
+                });
                 tally.fail(fam.as_str(), format!(
                     "{what}, local port {}: first difference at byte {e} of what the client wrote ({region}{write}), byte {r} of what arrived ({} bytes written, {} arrived, {})\n    wrote:   {}\n    arrived: {}",
                     log.port,
@@ -1551,11 +1287,7 @@ fn check_raw(
 /// traceparent. Ok: (requests, inserted lines, indexes of plain requests
 /// without an inserted line); Err: first differing offsets (written,
 /// arrived).
-fn compare(
-    conn: &Conn,
-    expected: &[u8],
-    recorded: &[u8],
-) -> Result<(u64, u64, Vec<usize>), (usize, usize)> {
+fn compare(conn: &Conn, expected: &[u8], recorded: &[u8]) -> Result<(u64, u64, Vec<usize>), (usize, usize)> {
     let (mut i, mut j) = (0, 0);
     let mut injected = 0;
     let mut missing = Vec::new();
@@ -1584,9 +1316,7 @@ fn compare(
         if is_injected_line(&recorded[j..]) {
             injected += 1;
             j += LINE_LEN;
-        } else if m.must_inject
-            && (k == 0 || EVERY_REQUEST.load(std::sync::atomic::Ordering::Relaxed))
-        {
+        } else if m.must_inject && (k == 0 || EVERY_REQUEST.load(std::sync::atomic::Ordering::Relaxed)) {
             missing.push(k);
         }
     }
@@ -1624,10 +1354,7 @@ fn hl(
     flags: &str,
     headers: Vec<(String, String)>,
 ) -> HlReq {
-    let app_tp = headers
-        .iter()
-        .find(|(n, _)| n.eq_ignore_ascii_case("traceparent"))
-        .map(|(_, v)| v.clone());
+    let app_tp = headers.iter().find(|(n, _)| n.eq_ignore_ascii_case("traceparent")).map(|(_, v)| v.clone());
     HlReq {
         label,
         method,
@@ -1653,62 +1380,20 @@ fn hl_plan(rng: &mut Rng, client: &str, nginx: bool) -> Vec<HlReq> {
     }
     for i in 0..5 {
         let n = rng.range(1, 2000);
-        plan.push(hl(
-            "POST",
-            "POST",
-            Some(body(rng, n, i % 2 == 0)),
-            "",
-            vec![],
-        ));
+        plan.push(hl("POST", "POST", Some(body(rng, n, i % 2 == 0)), "", vec![]));
     }
     plan.push(hl("PUT", "PUT", Some(body(rng, 777, true)), "", vec![]));
     plan.push(hl("DELETE", "DELETE", None, "", vec![]));
     for n in [200, 20_000] {
-        plan.push(hl(
-            "request-like body",
-            "POST",
-            Some(request_like_piece(rng, n)),
-            "",
-            vec![],
-        ));
+        plan.push(hl("request-like body", "POST", Some(request_like_piece(rng, n)), "", vec![]));
     }
     for n in [300_000, 1_048_576] {
-        plan.push(hl(
-            "large body",
-            "POST",
-            Some(body(rng, n, true)),
-            "",
-            vec![],
-        ));
+        plan.push(hl("large body", "POST", Some(body(rng, n, true)), "", vec![]));
     }
-    plan.push(hl(
-        "chunked",
-        "POST",
-        Some(request_like_piece(rng, 5000)),
-        "c",
-        vec![],
-    ));
-    plan.push(hl(
-        "chunked",
-        "PUT",
-        Some(body(rng, 200_000, true)),
-        "c",
-        vec![],
-    ));
-    plan.push(hl(
-        "expect",
-        "POST",
-        Some(request_like_piece(rng, 50_000)),
-        "e",
-        vec![],
-    ));
-    plan.push(hl(
-        "own traceparent",
-        "GET",
-        None,
-        "",
-        vec![header("traceparent", rng.app_traceparent())],
-    ));
+    plan.push(hl("chunked", "POST", Some(request_like_piece(rng, 5000)), "c", vec![]));
+    plan.push(hl("chunked", "PUT", Some(body(rng, 200_000, true)), "c", vec![]));
+    plan.push(hl("expect", "POST", Some(request_like_piece(rng, 50_000)), "e", vec![]));
+    plan.push(hl("own traceparent", "GET", None, "", vec![header("traceparent", rng.app_traceparent())]));
     plan.push(hl(
         "own traceparent",
         "POST",
@@ -1716,40 +1401,17 @@ fn hl_plan(rng: &mut Rng, client: &str, nginx: bool) -> Vec<HlReq> {
         "",
         vec![header("traceparent", rng.app_traceparent())],
     ));
-    plan.push(hl(
-        "own traceparent",
-        "GET",
-        None,
-        "",
-        vec![header("TraceParent", rng.app_traceparent())],
-    ));
+    plan.push(hl("own traceparent", "GET", None, "", vec![header("TraceParent", rng.app_traceparent())]));
     plan.push(hl(
         "cookie + own traceparent",
         "GET",
         None,
         "",
-        vec![
-            header("Cookie", format!("s={}", filler(4600, 5))),
-            header("traceparent", rng.app_traceparent()),
-        ],
+        vec![header("Cookie", format!("s={}", filler(4600, 5))), header("traceparent", rng.app_traceparent())],
     ));
-    plan.push(hl(
-        "cookie",
-        "GET",
-        None,
-        "",
-        vec![header("Cookie", format!("s={}", filler(4600, 6)))],
-    ));
-    plan.push(hl(
-        "4 KB header",
-        "GET",
-        None,
-        "",
-        vec![header("X-Fill", filler(4000, 7))],
-    ));
-    for len in [
-        4093, 4094, 4095, 4096, 4097, 4098, 8190, 8191, 8192, 8193, 8194,
-    ] {
+    plan.push(hl("cookie", "GET", None, "", vec![header("Cookie", format!("s={}", filler(4600, 6)))]));
+    plan.push(hl("4 KB header", "GET", None, "", vec![header("X-Fill", filler(4000, 7))]));
+    for len in [4093, 4094, 4095, 4096, 4097, 4098, 8190, 8191, 8192, 8193, 8194] {
         long_lines.push((plan.len(), len));
         plan.push(hl("long request line", "GET", None, "", vec![]));
     }
@@ -1787,11 +1449,7 @@ fn write_hl_plan(dir: &Path, plan: &[HlReq]) -> PathBuf {
             }
             None => "-".to_owned(),
         };
-        let flags = format!(
-            "{}{}-",
-            if r.chunked { "c" } else { "" },
-            if r.expect { "e" } else { "" }
-        );
+        let flags = format!("{}{}-", if r.chunked { "c" } else { "" }, if r.expect { "e" } else { "" });
         let _ = write!(text, "{}\t{}\t{body}\t{flags}", r.method, r.path);
         for (name, value) in &r.headers {
             let _ = write!(text, "\t{name}\t{value}");
@@ -1811,26 +1469,12 @@ fn curl_args(plan: &[HlReq], plan_dir: &Path, base: &str) -> Vec<String> {
         if i > 0 {
             args.push("--next".to_owned());
         }
-        args.extend(
-            [
-                "-sS",
-                "--max-time",
-                "20",
-                "-o",
-                "/dev/null",
-                "-w",
-                "%{http_code}\\n",
-            ]
-            .map(str::to_owned),
-        );
+        args.extend(["-sS", "--max-time", "20", "-o", "/dev/null", "-w", "%{http_code}\\n"].map(str::to_owned));
         if r.method != "GET" {
             args.extend(["-X".to_owned(), r.method.to_owned()]);
         }
         if r.body.is_some() {
-            args.extend([
-                "--data-binary".to_owned(),
-                format!("@{}", plan_dir.join(format!("body-{i}.bin")).display()),
-            ]);
+            args.extend(["--data-binary".to_owned(), format!("@{}", plan_dir.join(format!("body-{i}.bin")).display())]);
         }
         if r.chunked {
             args.extend(["-H".to_owned(), "Transfer-Encoding: chunked".to_owned()]);
@@ -1861,10 +1505,7 @@ fn is_tchar(c: u8) -> bool {
 }
 
 fn find(b: &[u8], from: usize, pat: &[u8]) -> Option<usize> {
-    b.get(from..)?
-        .windows(pat.len())
-        .position(|w| w == pat)
-        .map(|p| p + from)
+    b.get(from..)?.windows(pat.len()).position(|w| w == pat).map(|p| p + from)
 }
 
 /// Parses `b` as a sequence of HTTP/1.1 requests, strictly. Err: (offset,
@@ -1882,13 +1523,8 @@ fn parse_into(b: &[u8], out: &mut Vec<Parsed>) -> Result<(), (usize, String)> {
         let eol = find(b, at, b"\r\n").ok_or((at, "request line without CRLF".to_owned()))?;
         let line = &b[at..eol];
         let mut parts = line.split(|&c| c == b' ');
-        let (Some(m), Some(t), Some(v), None) =
-            (parts.next(), parts.next(), parts.next(), parts.next())
-        else {
-            return Err((
-                at,
-                "request line is not METHOD SP TARGET SP VERSION".to_owned(),
-            ));
+        let (Some(m), Some(t), Some(v), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
+            return Err((at, "request line is not METHOD SP TARGET SP VERSION".to_owned()));
         };
         if m.is_empty()
             || !m.iter().all(u8::is_ascii_uppercase)
@@ -1901,46 +1537,26 @@ fn parse_into(b: &[u8], out: &mut Vec<Parsed>) -> Result<(), (usize, String)> {
         at = eol + 2;
         let mut headers = Vec::new();
         loop {
-            let eol =
-                find(b, at, b"\r\n").ok_or((at, "header block without its end".to_owned()))?;
+            let eol = find(b, at, b"\r\n").ok_or((at, "header block without its end".to_owned()))?;
             if eol == at {
                 at += 2;
                 break;
             }
             let line = &b[at..eol];
-            let colon = line
-                .iter()
-                .position(|&c| c == b':')
-                .ok_or((at, "header line without ':'".to_owned()))?;
+            let colon = line.iter().position(|&c| c == b':').ok_or((at, "header line without ':'".to_owned()))?;
             let (name, value) = (&line[..colon], &line[colon + 1..]);
             if name.is_empty() || !name.iter().all(|&c| is_tchar(c)) {
                 return Err((at, "bad header name".to_owned()));
             }
-            if let Some(k) = value
-                .iter()
-                .position(|&c| (c < 0x20 && c != b'\t') || c == 0x7f)
-            {
-                return Err((
-                    at + colon + 1 + k,
-                    "control byte in a header value".to_owned(),
-                ));
+            if let Some(k) = value.iter().position(|&c| (c < 0x20 && c != b'\t') || c == 0x7f) {
+                return Err((at + colon + 1 + k, "control byte in a header value".to_owned()));
             }
             let trimmed: &[u8] = {
-                let s = value
-                    .iter()
-                    .position(|c| !b" \t".contains(c))
-                    .unwrap_or(value.len());
-                let e = value
-                    .iter()
-                    .rposition(|c| !b" \t".contains(c))
-                    .map_or(s, |e| e + 1);
+                let s = value.iter().position(|c| !b" \t".contains(c)).unwrap_or(value.len());
+                let e = value.iter().rposition(|c| !b" \t".contains(c)).map_or(s, |e| e + 1);
                 &value[s..e]
             };
-            headers.push((
-                String::from_utf8_lossy(name).to_ascii_lowercase(),
-                trimmed.to_vec(),
-                at,
-            ));
+            headers.push((String::from_utf8_lossy(name).to_ascii_lowercase(), trimmed.to_vec(), at));
             at = eol + 2;
         }
         let get = |n: &str| headers.iter().find(|h| h.0 == n).map(|h| h.1.clone());
@@ -1949,15 +1565,13 @@ fn parse_into(b: &[u8], out: &mut Vec<Parsed>) -> Result<(), (usize, String)> {
             loop {
                 let eol = find(b, at, b"\r\n").ok_or((at, "chunk size without CRLF".to_owned()))?;
                 let size_text = String::from_utf8_lossy(&b[at..eol]);
-                let size =
-                    usize::from_str_radix(size_text.split(';').next().unwrap_or("").trim(), 16)
-                        .map_err(|_| (at, format!("bad chunk size {size_text:?}")))?;
+                let size = usize::from_str_radix(size_text.split(';').next().unwrap_or("").trim(), 16)
+                    .map_err(|_| (at, format!("bad chunk size {size_text:?}")))?;
                 at = eol + 2;
                 if size == 0 {
                     // Trailers, then the empty line.
                     loop {
-                        let eol = find(b, at, b"\r\n")
-                            .ok_or((at, "trailers without their end".to_owned()))?;
+                        let eol = find(b, at, b"\r\n").ok_or((at, "trailers without their end".to_owned()))?;
                         let empty = eol == at;
                         at = eol + 2;
                         if empty {
@@ -1973,14 +1587,9 @@ fn parse_into(b: &[u8], out: &mut Vec<Parsed>) -> Result<(), (usize, String)> {
                 at += size + 2;
             }
         } else if let Some(cl) = get("content-length") {
-            let n: usize = String::from_utf8_lossy(&cl)
-                .parse()
-                .map_err(|_| (at, "bad Content-Length".to_owned()))?;
+            let n: usize = String::from_utf8_lossy(&cl).parse().map_err(|_| (at, "bad Content-Length".to_owned()))?;
             if at + n > b.len() {
-                return Err((
-                    at,
-                    format!("body of {n} bytes cut off after {}", b.len() - at),
-                ));
+                return Err((at, format!("body of {n} bytes cut off after {}", b.len() - at)));
             }
             body.extend_from_slice(&b[at..at + n]);
             at += n;
@@ -1998,11 +1607,7 @@ fn parse_into(b: &[u8], out: &mut Vec<Parsed>) -> Result<(), (usize, String)> {
 
 /// Checks a high-level client's recordings against its plan.
 fn check_hl(client: &str, plan: &[HlReq], recs: Vec<Recording>, tally: &mut Tally) {
-    let by_path: HashMap<&str, usize> = plan
-        .iter()
-        .enumerate()
-        .map(|(i, r)| (r.path.as_str(), i))
-        .collect();
+    let by_path: HashMap<&str, usize> = plan.iter().enumerate().map(|(i, r)| (r.path.as_str(), i)).collect();
     let mut seen = vec![false; plan.len()];
     for rec in recs {
         let bytes = rec.bytes();
@@ -2010,19 +1615,11 @@ fn check_hl(client: &str, plan: &[HlReq], recs: Vec<Recording>, tally: &mut Tall
             continue;
         }
         tally.connections += 1;
-        let what = format!(
-            "[{client}] connection from port {} ({})",
-            rec.port,
-            rec.path.display()
-        );
+        let what = format!("[{client}] connection from port {} ({})", rec.port, rec.path.display());
         let (reqs, err) = parse_requests(&bytes);
         if let Some((at, why)) = err {
             let after = reqs.last().map_or("at the start".to_owned(), |p| {
-                format!(
-                    "after {} good requests, the last {}",
-                    reqs.len(),
-                    short(&p.target)
-                )
+                format!("after {} good requests, the last {}", reqs.len(), short(&p.target))
             });
             tally.fail(
                 "unparsable stream",
@@ -2036,10 +1633,7 @@ fn check_hl(client: &str, plan: &[HlReq], recs: Vec<Recording>, tally: &mut Tall
             let Some(&i) = by_path.get(p.target.as_str()) else {
                 tally.fail(
                     "unexpected request",
-                    format!(
-                        "{what}: request at byte {} for {:?}, which the client never sent",
-                        p.offset, p.target
-                    ),
+                    format!("{what}: request at byte {} for {:?}, which the client never sent", p.offset, p.target),
                 );
                 continue;
             };
@@ -2050,20 +1644,12 @@ fn check_hl(client: &str, plan: &[HlReq], recs: Vec<Recording>, tally: &mut Tall
                 short(&r.path),
                 r.body.as_ref().map_or(0, Vec::len),
                 if r.chunked { ", chunked" } else { "" },
-                if r.app_tp.is_some() {
-                    ", own traceparent"
-                } else {
-                    ""
-                }
+                if r.app_tp.is_some() { ", own traceparent" } else { "" }
             );
             if std::mem::replace(&mut seen[i], true) {
                 tally.fail(
                     r.label,
-                    format!(
-                        "{case}: arrived twice (again at byte {} of {})",
-                        p.offset,
-                        rec.path.display()
-                    ),
+                    format!("{case}: arrived twice (again at byte {} of {})", p.offset, rec.path.display()),
                 );
                 continue;
             }
@@ -2073,28 +1659,28 @@ fn check_hl(client: &str, plan: &[HlReq], recs: Vec<Recording>, tally: &mut Tall
             }
             let want = r.body.as_deref().unwrap_or(&[]);
             if p.body != want {
-                let k = p
-                    .body
-                    .iter()
-                    .zip(want)
-                    .position(|(a, b)| a != b)
-                    .unwrap_or(p.body.len().min(want.len()));
-                tally.fail(r.label, format!(
+                let k = p.body.iter().zip(want).position(|(a, b)| a != b).unwrap_or(p.body.len().min(want.len()));
+                tally.fail(
+                    r.label,
+                    format!(
                     "{case}: body differs from byte {k} ({} bytes arrived, {} sent)\n    sent:    {}\n    arrived: {}",
                     p.body.len(),
                     want.len(),
                     snippet(want, k),
                     snippet(&p.body, k)
-                ));
+                ),
+                );
             }
-            let tps: Vec<&(String, Vec<u8>, usize)> =
-                p.headers.iter().filter(|h| h.0 == "traceparent").collect();
+            let tps: Vec<&(String, Vec<u8>, usize)> = p.headers.iter().filter(|h| h.0 == "traceparent").collect();
             match (&r.app_tp, tps.as_slice()) {
                 (Some(v), [one]) if one.1 == v.as_bytes() => {}
-                (Some(v), _) => tally.fail(r.label, format!(
-                    "{case}: the application's traceparent {v} must arrive alone and unchanged; arrived: {:?}",
-                    tps.iter().map(|h| String::from_utf8_lossy(&h.1).into_owned()).collect::<Vec<_>>()
-                )),
+                (Some(v), _) => tally.fail(
+                    r.label,
+                    format!(
+                        "{case}: the application's traceparent {v} must arrive alone and unchanged; arrived: {:?}",
+                        tps.iter().map(|h| String::from_utf8_lossy(&h.1).into_owned()).collect::<Vec<_>>()
+                    ),
+                ),
                 (None, []) => {}
                 (None, [one]) => {
                     let line_start = one.2;
@@ -2108,11 +1694,14 @@ fn check_hl(client: &str, plan: &[HlReq], recs: Vec<Recording>, tally: &mut Tall
                         ));
                     }
                 }
-                (None, more) => tally.fail(r.label, format!(
-                    "{case}: {} traceparent headers arrived: {:?}",
-                    more.len(),
-                    more.iter().map(|h| String::from_utf8_lossy(&h.1).into_owned()).collect::<Vec<_>>()
-                )),
+                (None, more) => tally.fail(
+                    r.label,
+                    format!(
+                        "{case}: {} traceparent headers arrived: {:?}",
+                        more.len(),
+                        more.iter().map(|h| String::from_utf8_lossy(&h.1).into_owned()).collect::<Vec<_>>()
+                    ),
+                ),
             }
         }
     }
@@ -2151,27 +1740,21 @@ fn short(p: &str) -> String {
 /// The first of `candidates` that exists, else a panic naming the package.
 #[track_caller]
 fn tool(candidates: &[&str], package: &str) -> PathBuf {
-    candidates
-        .iter()
-        .map(PathBuf::from)
-        .find(|p| p.is_file())
-        .unwrap_or_else(|| panic!("{} not found: install Debian package {package} (`cargo xtask test` installs the e2e dependencies)", candidates[0]))
+    candidates.iter().map(PathBuf::from).find(|p| p.is_file()).unwrap_or_else(|| {
+        panic!(
+            "{} not found: install Debian package {package} (`cargo xtask test` installs the e2e dependencies)",
+            candidates[0]
+        )
+    })
 }
 
 /// Compiles the Java client into `dir`.
 #[track_caller]
 fn build_java(javac: &Path, dir: &Path) {
     let mut cmd = Command::new(javac);
-    cmd.arg("-d")
-        .arg(dir)
-        .arg(fixture("integrity/IntegrityClient.java"));
+    cmd.arg("-d").arg(dir).arg(fixture("integrity/IntegrityClient.java"));
     let run = run_client("javac", &mut cmd, BUILD_TIMEOUT);
-    assert!(
-        run.status.success(),
-        "javac failed: {}\n{}",
-        run.stdout,
-        run.stderr
-    );
+    assert!(run.status.success(), "javac failed: {}\n{}", run.stdout, run.stderr);
 }
 
 /// Builds the Go client into `dir/go_client`, offline, with caches in `dir`.
@@ -2179,10 +1762,7 @@ fn build_java(javac: &Path, dir: &Path) {
 fn build_go(go: &Path, dir: &Path) -> PathBuf {
     let bin = dir.join("go_client");
     let mut cmd = Command::new(go);
-    cmd.arg("build")
-        .arg("-o")
-        .arg(&bin)
-        .arg(fixture("integrity/go_client.go"));
+    cmd.arg("build").arg("-o").arg(&bin).arg(fixture("integrity/go_client.go"));
     cmd.current_dir(dir)
         .env("HOME", dir)
         .env("GOCACHE", dir.join("gocache"))
@@ -2191,12 +1771,7 @@ fn build_go(go: &Path, dir: &Path) -> PathBuf {
         .env("GOFLAGS", "")
         .env("GO111MODULE", "off");
     let run = run_client("go build", &mut cmd, BUILD_TIMEOUT);
-    assert!(
-        run.status.success(),
-        "go build failed: {}\n{}",
-        run.stdout,
-        run.stderr
-    );
+    assert!(run.status.success(), "go build failed: {}\n{}", run.stdout, run.stderr);
     bin
 }
 
@@ -2258,55 +1833,29 @@ fn run_raw(client: &'static str, conns: &[Conn], work: &Path, extra: &[&str]) ->
     let log = work.join(format!("{client}.log"));
     write_plan(&plan, conns);
     let mut cmd = Command::new(python());
-    cmd.arg("-u")
-        .arg(fixture("integrity/raw_client.py"))
-        .arg(&plan)
-        .arg(&log)
-        .arg(server.port.to_string())
-        .args(extra);
+    cmd.arg("-u").arg(fixture("integrity/raw_client.py")).arg(&plan).arg(&log).arg(server.port.to_string()).args(extra);
     let run = run_client(client, &mut cmd, CLIENT_TIMEOUT);
     let mut tally = Tally::default();
     if !run.status.success() {
-        tally.fail(
-            "client",
-            format!("[{client}] exited with {}: {}", run.status, run.stderr),
-        );
+        tally.fail("client", format!("[{client}] exited with {}: {}", run.status, run.stderr));
     }
     let recs = server.recordings();
     if log.is_file() {
         check_raw(client, conns, &read_logs(&log), recs, &mut tally);
     }
-    let note = run
-        .stdout
-        .lines()
-        .find(|l| l.starts_with("summary "))
-        .unwrap_or("")
-        .to_owned();
-    Outcome {
-        client: client.to_owned(),
-        tally,
-        note,
-    }
+    let note = run.stdout.lines().find(|l| l.starts_with("summary ")).unwrap_or("").to_owned();
+    Outcome { client: client.to_owned(), tally, note }
 }
 
 /// Sends `plan` with a high-level client run by `run(port)` against a fresh
 /// recording server.
-fn run_hl(
-    client: &'static str,
-    work: &Path,
-    plan: &[HlReq],
-    run: impl FnOnce(u16) -> ClientRun,
-) -> Outcome {
+fn run_hl(client: &'static str, work: &Path, plan: &[HlReq], run: impl FnOnce(u16) -> ClientRun) -> Outcome {
     let mut server = RecServer::start(client, work);
     let r = run(server.port);
     let mut tally = Tally::default();
     check_client_run(client, &r, plan, &mut tally);
     check_hl(client, plan, server.recordings(), &mut tally);
-    Outcome {
-        client: client.to_owned(),
-        tally,
-        note: String::new(),
-    }
+    Outcome { client: client.to_owned(), tally, note: String::new() }
 }
 
 /// The client got an answer 200 for every request (curl: one status line
@@ -2317,31 +1866,22 @@ fn check_client_run(client: &str, run: &ClientRun, plan: &[HlReq], tally: &mut T
         let codes: Vec<&str> = run.stdout.lines().map(str::trim).collect();
         for (r, code) in plan.iter().zip(&codes) {
             if *code != "200" {
-                tally.fail(
-                    r.label,
-                    format!(
-                        "[{client}] request {} {} was answered {code}",
-                        r.method,
-                        short(&r.path)
-                    ),
-                );
+                tally.fail(r.label, format!("[{client}] request {} {} was answered {code}", r.method, short(&r.path)));
             }
         }
         codes.len() == n
     } else {
-        run.stdout
-            .lines()
-            .any(|l| l.trim() == format!("done ok={n} failed=0"))
+        run.stdout.lines().any(|l| l.trim() == format!("done ok={n} failed=0"))
     };
     if !run.status.success() || !ok {
         tally.fail(
             "client",
             format!(
-            "[{client}] the client did not get {n} answers 200 (exit {}): stdout {:?}, stderr {}",
-            run.status,
-            short(&run.stdout.replace('\n', " ")),
-            run.stderr
-        ),
+                "[{client}] the client did not get {n} answers 200 (exit {}): stdout {:?}, stderr {}",
+                run.status,
+                short(&run.stdout.replace('\n', " ")),
+                run.stderr
+            ),
         );
     }
 }
@@ -2358,10 +1898,7 @@ fn integrity_injected_traffic_arrives_intact() {
         return;
     };
     let started = Instant::now();
-    let node = tool(
-        &["/usr/bin/node", "/usr/local/bin/node", "/usr/bin/nodejs"],
-        "nodejs",
-    );
+    let node = tool(&["/usr/bin/node", "/usr/local/bin/node", "/usr/bin/nodejs"], "nodejs");
     let javac = tool(&["/usr/bin/javac"], "default-jdk-headless");
     let java = tool(&["/usr/bin/java"], "default-jdk-headless");
     let go = tool(&["/usr/bin/go", "/usr/lib/go/bin/go"], "golang-go");
@@ -2383,20 +1920,10 @@ fn integrity_injected_traffic_arrives_intact() {
         let mut rng = Rng(SEED);
         let plans = (blocking_plan(&mut rng), nonblocking_plan(&mut rng));
         j.join().unwrap_or_else(|e| std::panic::resume_unwind(e));
-        (
-            g.join().unwrap_or_else(|e| std::panic::resume_unwind(e)),
-            plans,
-        )
+        (g.join().unwrap_or_else(|e| std::panic::resume_unwind(e)), plans)
     });
     let mut rng = Rng(SEED ^ 0x5eed);
-    let hl_clients = [
-        "curl",
-        "node",
-        "java-urlconnection",
-        "java-httpclient",
-        "go",
-        "nginx",
-    ];
+    let hl_clients = ["curl", "node", "java-urlconnection", "java-httpclient", "go", "nginx"];
     let filter = case_filter();
     if let Some(f) = &filter {
         blocking.retain(|c| c.case.contains(f.as_str()));
@@ -2422,28 +1949,20 @@ fn integrity_injected_traffic_arrives_intact() {
     } else {
         &[
             ("default", &["--print", "off"]),
-            (
-                "unsafe-keepalive",
-                &["--print", "off", "--propagation", "unsafe-keepalive"],
-            ),
+            ("unsafe-keepalive", &["--print", "off", "--propagation", "unsafe-keepalive"]),
         ]
     };
     let mut outcomes: Vec<Outcome> = Vec::new();
     for (pass, args) in passes {
         // Each pass records into its own directory.
         let pass_dir = work.join(pass.replace(' ', "-"));
-        fs::create_dir_all(&pass_dir)
-            .unwrap_or_else(|e| panic!("creating {}: {e}", pass_dir.display()));
+        fs::create_dir_all(&pass_dir).unwrap_or_else(|e| panic!("creating {}: {e}", pass_dir.display()));
         let work = pass_dir.as_path();
         wait_for_other_injectors();
         let agent = (!without_agent()).then(|| {
             let agent = Agent::start(args, &[]);
             let log = agent.stderr();
-            assert!(
-                log.contains("propagation on:"),
-                "propagation is not on; agent stderr:\n{}",
-                agent.stderr_tail(40)
-            );
+            assert!(log.contains("propagation on:"), "propagation is not on; agent stderr:\n{}", agent.stderr_tail(40));
             // Which requests the agent promises to inject into.
             let every = log.contains("sockets=\"for their lifetime\"");
             assert!(
@@ -2456,45 +1975,33 @@ fn integrity_injected_traffic_arrives_intact() {
             agent
         });
         let pass_outcomes: Vec<Outcome> = std::thread::scope(|s| {
-            let b = (!blocking.is_empty())
-                .then(|| s.spawn(|| run_raw("raw-blocking", &blocking, work, &[])));
+            let b = (!blocking.is_empty()).then(|| s.spawn(|| run_raw("raw-blocking", &blocking, work, &[])));
             let nb = (!nonblocking.is_empty()).then(|| {
-                s.spawn(|| {
-                    run_raw(
-                        "raw-nonblocking",
-                        &nonblocking,
-                        work,
-                        &["--nonblock", "--sndbuf", "4096"],
-                    )
-                })
+                s.spawn(|| run_raw("raw-nonblocking", &nonblocking, work, &["--nonblock", "--sndbuf", "4096"]))
             });
             let high = s.spawn(|| {
                 let mut out = Vec::new();
                 for (client, plan, file) in &hl {
                     let dir = file.parent().unwrap_or(work);
                     let o = match *client {
-                        "curl" => run_hl(client, work, plan, |port| {
-                            curl_run(plan, dir, &format!("http://127.0.0.1:{port}"))
-                        }),
+                        "curl" => {
+                            run_hl(client, work, plan, |port| curl_run(plan, dir, &format!("http://127.0.0.1:{port}")))
+                        }
                         "node" => run_hl(client, work, plan, |port| {
                             let mut cmd = Command::new(&node);
-                            cmd.arg(fixture("integrity/node_client.js"))
-                                .arg(port.to_string())
-                                .arg(file);
+                            cmd.arg(fixture("integrity/node_client.js")).arg(port.to_string()).arg(file);
                             run_client("node", &mut cmd, CLIENT_TIMEOUT)
                         }),
-                        "java-urlconnection" | "java-httpclient" => {
-                            run_hl(client, work, plan, |port| {
-                                let mut cmd = Command::new(&java);
-                                cmd.arg("-cp")
-                                    .arg(&java_dir)
-                                    .arg("IntegrityClient")
-                                    .arg(client.trim_start_matches("java-"))
-                                    .arg(port.to_string())
-                                    .arg(file);
-                                run_client(client, &mut cmd, CLIENT_TIMEOUT)
-                            })
-                        }
+                        "java-urlconnection" | "java-httpclient" => run_hl(client, work, plan, |port| {
+                            let mut cmd = Command::new(&java);
+                            cmd.arg("-cp")
+                                .arg(&java_dir)
+                                .arg("IntegrityClient")
+                                .arg(client.trim_start_matches("java-"))
+                                .arg(port.to_string())
+                                .arg(file);
+                            run_client(client, &mut cmd, CLIENT_TIMEOUT)
+                        }),
                         "go" => run_hl(client, work, plan, |port| {
                             let mut cmd = Command::new(&go_bin);
                             cmd.arg(port.to_string()).arg(file);
@@ -2576,8 +2083,7 @@ fn integrity_injected_traffic_arrives_intact() {
     );
     if !total.failures.is_empty() {
         let file = work.join("failures.txt");
-        fs::write(&file, &every_failure)
-            .unwrap_or_else(|e| panic!("writing {}: {e}", file.display()));
+        fs::write(&file, &every_failure).unwrap_or_else(|e| panic!("writing {}: {e}", file.display()));
         let kept = work_dir.keep();
         println!(
             "integrity: every difference is listed in {}; plans, logs and recordings are kept in {} (delete it when done)",
@@ -2590,32 +2096,21 @@ fn integrity_injected_traffic_arrives_intact() {
         "{} lines were inserted although this run started no agent: another agent with propagation on is running",
         total.injected
     );
-    assert!(
-        total.failures.is_empty(),
-        "{} differences (see above)",
-        total.failures.len()
-    );
+    assert!(total.failures.is_empty(), "{} differences (see above)", total.failures.len());
     if let Some(f) = filter {
         println!("integrity: only cases matching {f:?}: the totals were not checked");
         return;
     }
-    let nb = outcomes
-        .iter()
-        .find(|o| o.client.ends_with("raw-nonblocking"))
-        .map(|o| o.note.clone())
-        .unwrap_or_default();
+    let nb =
+        outcomes.iter().find(|o| o.client.ends_with("raw-nonblocking")).map(|o| o.note.clone()).unwrap_or_default();
     let count = |key: &str| {
-        nb.split_whitespace()
-            .find_map(|w| w.strip_prefix(key))
-            .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or(0)
+        nb.split_whitespace().find_map(|w| w.strip_prefix(key)).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
     };
-    assert!(count("short=") + count("eagain=") > 0, "the non-blocking client never saw a short write or EAGAIN ({nb}): that case was not exercised");
     assert!(
-        total.requests >= MIN_REQUESTS,
-        "only {} requests checked, want at least {MIN_REQUESTS}",
-        total.requests
+        count("short=") + count("eagain=") > 0,
+        "the non-blocking client never saw a short write or EAGAIN ({nb}): that case was not exercised"
     );
+    assert!(total.requests >= MIN_REQUESTS, "only {} requests checked, want at least {MIN_REQUESTS}", total.requests);
 }
 
 /// nginx on a fresh port proxying to `upstream`, driven by curl; stopped
@@ -2630,12 +2125,7 @@ fn run_nginx(work: &Path, upstream: u16, plan: &[HlReq], plan_dir: &Path) -> Cli
         fs::write(&conf, nginx_conf(&dir, port, upstream))
             .unwrap_or_else(|e| panic!("writing {}: {e}", conf.display()));
         let mut cmd = Command::new(NGINX_BIN);
-        cmd.arg("-p")
-            .arg(&dir)
-            .arg("-e")
-            .arg(dir.join("error.log"))
-            .arg("-c")
-            .arg(&conf);
+        cmd.arg("-p").arg(&dir).arg("-e").arg(dir.join("error.log")).arg("-c").arg(&conf);
         let mut proc = spawn_logged("nginx", cmd, &dir.join("out"), &dir.join("err"));
         let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
         let mut exited = None;
@@ -2653,10 +2143,7 @@ fn run_nginx(work: &Path, upstream: u16, plan: &[HlReq], plan_dir: &Path) -> Cli
             drop(proc);
             return run;
         }
-        last = format!(
-            "exited {exited:?}; error.log:\n{}",
-            tail(&dir.join("error.log"), 20)
-        );
+        last = format!("exited {exited:?}; error.log:\n{}", tail(&dir.join("error.log"), 20));
     }
     panic!("nginx did not start: {last}");
 }

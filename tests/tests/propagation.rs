@@ -36,13 +36,12 @@ use std::{
 };
 
 use waggle_e2e::{
-    SK_MSG_PROGRAM,
-    wait_for_other_injectors,
     curl,
     db::{venv_python, Postgres},
     describe, e2e_setup,
     env::{free_port, poll_until, tail},
-    fixture, Agent, ClientRun, OtlpReceiver, Proc, Protocol, Span, SPAN_TIMEOUT,
+    fixture, wait_for_other_injectors, Agent, ClientRun, OtlpReceiver, Proc, Protocol, Span, SK_MSG_PROGRAM,
+    SPAN_TIMEOUT,
 };
 
 /// The caller's context in test 1 (the W3C spec's example ids).
@@ -99,9 +98,9 @@ impl Service {
         let mut port = None;
         let mut exited = None;
         poll_until(SERVICE_START_TIMEOUT, || {
-            port = std::fs::read_to_string(&out_path)
-                .ok()
-                .and_then(|s| s.lines().find_map(|l| l.strip_prefix("port ").and_then(|p| p.trim().parse::<u16>().ok())));
+            port = std::fs::read_to_string(&out_path).ok().and_then(|s| {
+                s.lines().find_map(|l| l.strip_prefix("port ").and_then(|p| p.trim().parse::<u16>().ok()))
+            });
             if port.is_some() {
                 return true;
             }
@@ -111,10 +110,9 @@ impl Service {
         match (port, exited) {
             (Some(port), _) => Service { proc, port, dir },
             (None, Some(st)) => panic!("{name} exited with {st} before listening; stderr:\n{}", tail(&err_path, 30)),
-            (None, None) => panic!(
-                "{name} printed no port within {SERVICE_START_TIMEOUT:?}; stderr:\n{}",
-                tail(&err_path, 30)
-            ),
+            (None, None) => {
+                panic!("{name} printed no port within {SERVICE_START_TIMEOUT:?}; stderr:\n{}", tail(&err_path, 30))
+            }
         }
     }
 
@@ -160,7 +158,6 @@ fn start_a(b: &Service, pg: &Postgres, keepalive: bool) -> Service {
 // Agent and its counters
 // ---------------------------------------------------------------------------
 
-
 /// The agent exporting to `receiver` with its metrics endpoint on a fresh
 /// port (returned).
 #[track_caller]
@@ -198,7 +195,8 @@ fn start_agent_with(receiver: &OtlpReceiver, extra: &[&str], env: &[(&str, &str)
 /// `waggle_propagation_injected_total`.
 #[track_caller]
 fn scrape(port: u16) -> String {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap_or_else(|e| panic!("connecting to metrics port {port}: {e}"));
+    let mut s =
+        TcpStream::connect(("127.0.0.1", port)).unwrap_or_else(|e| panic!("connecting to metrics port {port}: {e}"));
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap_or_else(|e| panic!("set_read_timeout: {e}"));
     let req = format!(
         "GET /metrics HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\
@@ -282,7 +280,14 @@ struct Pids {
 /// Exactly one element of `v`, or a panic naming `what`.
 #[track_caller]
 fn one(v: Vec<Span>, what: &str, context: &[Span]) -> Span {
-    assert_eq!(v.len(), 1, "expected exactly one {what}, got {}:\n{}\nspans of the test's processes:\n{}", v.len(), describe(&v), describe(context));
+    assert_eq!(
+        v.len(),
+        1,
+        "expected exactly one {what}, got {}:\n{}\nspans of the test's processes:\n{}",
+        v.len(),
+        describe(&v),
+        describe(context)
+    );
     v.into_iter().next().unwrap()
 }
 
@@ -295,22 +300,22 @@ fn flows(receiver: &OtlpReceiver, pids: &Pids, curls: &[&ClientRun]) -> Vec<Flow
     focus.extend(&curl_pids);
     receiver.focus(&focus);
     let n = curls.len();
-    let count = |spans: &[Span], pid: u32, f: &dyn Fn(&Span) -> bool| spans.iter().filter(|s| s.pid() == Some(pid) && f(s)).count();
+    let count = |spans: &[Span], pid: u32, f: &dyn Fn(&Span) -> bool| {
+        spans.iter().filter(|s| s.pid() == Some(pid) && f(s)).count()
+    };
     // A's server span ends after its client calls and after B answered, so
     // once it is in, everything of that request has been exported.
-    let spans = receiver.expect_spans(
-        &format!("{n} request(s) curl -> A -> (B, PostgreSQL)"),
-        SPAN_TIMEOUT,
-        |spans| {
-            curl_pids.iter().all(|p| count(spans, *p, &|s| is_http_to(s, true, "/checkout")) == 1)
-                && count(spans, pids.a, &|s| is_http_to(s, false, "/checkout")) >= n
-                && count(spans, pids.a, &|s| is_http_to(s, true, "/inventory")) >= n
-                && count(spans, pids.a, &|s| is_sql(s) && s.attr_str("db.operation.name") == Some("SELECT")) >= n
-                && count(spans, pids.b, &|s| is_http_to(s, false, "/inventory")) >= n
-        },
-    );
+    let spans = receiver.expect_spans(&format!("{n} request(s) curl -> A -> (B, PostgreSQL)"), SPAN_TIMEOUT, |spans| {
+        curl_pids.iter().all(|p| count(spans, *p, &|s| is_http_to(s, true, "/checkout")) == 1)
+            && count(spans, pids.a, &|s| is_http_to(s, false, "/checkout")) >= n
+            && count(spans, pids.a, &|s| is_http_to(s, true, "/inventory")) >= n
+            && count(spans, pids.a, &|s| is_sql(s) && s.attr_str("db.operation.name") == Some("SELECT")) >= n
+            && count(spans, pids.b, &|s| is_http_to(s, false, "/inventory")) >= n
+    });
     let ours: Vec<Span> = spans.iter().filter(|s| s.pid().is_some_and(|p| focus.contains(&p))).cloned().collect();
-    let of = |pid: u32, f: &dyn Fn(&Span) -> bool| -> Vec<Span> { ours.iter().filter(|s| s.pid() == Some(pid) && f(s)).cloned().collect() };
+    let of = |pid: u32, f: &dyn Fn(&Span) -> bool| -> Vec<Span> {
+        ours.iter().filter(|s| s.pid() == Some(pid) && f(s)).cloned().collect()
+    };
     curls
         .iter()
         .map(|c| {
@@ -362,7 +367,10 @@ fn assert_children_of_a(f: &Flow) {
     assert_eq!(f.a_server.service_name, SERVICE_A, "service.name of A's server span\n{ctx}");
     assert_eq!(f.b_server.service_name, SERVICE_B, "service.name of B's server span\n{ctx}");
     assert_eq!(f.a_http.trace_id, f.a_server.trace_id, "A's HTTP client span is in A's trace\n{ctx}");
-    assert_eq!(f.a_http.parent_span_id, f.a_server.span_id, "A's HTTP client span is a child of A's server span\n{ctx}");
+    assert_eq!(
+        f.a_http.parent_span_id, f.a_server.span_id,
+        "A's HTTP client span is a child of A's server span\n{ctx}"
+    );
     assert!(
         f.a_sql.iter().any(|s| {
             s.attr_str("db.system.name") == Some("postgresql")
@@ -395,14 +403,18 @@ fn assert_injected_into_b(f: &Flow, seen: &[String]) {
         "B must receive exactly one traceparent: A's trace, A's HTTP client span\n{ctx}"
     );
     assert_eq!(f.b_server.trace_id, f.a_server.trace_id, "B's server span is in A's trace\n{ctx}");
-    assert_eq!(f.b_server.parent_span_id, f.a_http.span_id, "B's server span is a child of A's HTTP client span\n{ctx}");
+    assert_eq!(
+        f.b_server.parent_span_id, f.a_http.span_id,
+        "B's server span is a child of A's HTTP client span\n{ctx}"
+    );
 }
 
 /// Every span of the test's processes belongs to trace `trace`: one request,
 /// one trace.
 #[track_caller]
 fn assert_one_trace(receiver: &OtlpReceiver, pids: &[u32], trace: &str) {
-    let spans: Vec<Span> = receiver.spans().into_iter().filter(|s| s.pid().is_some_and(|p| pids.contains(&p))).collect();
+    let spans: Vec<Span> =
+        receiver.spans().into_iter().filter(|s| s.pid().is_some_and(|p| pids.contains(&p))).collect();
     let stray: Vec<Span> = spans.iter().filter(|s| s.trace_id != trace).cloned().collect();
     assert!(stray.is_empty(), "spans outside trace {trace}:\n{}\nall:\n{}", describe(&stray), describe(&spans));
 }
@@ -419,12 +431,7 @@ fn curl_checkout(a: &Service, headers: &[&str]) -> ClientRun {
 
 #[track_caller]
 fn assert_served(run: &ClientRun, a: &Service, b: &Service) {
-    assert!(
-        run.status.success(),
-        "curl -> A failed: {run:?}\nA stderr:\n{}\nB stderr:\n{}",
-        a.stderr(),
-        b.stderr()
-    );
+    assert!(run.status.success(), "curl -> A failed: {run:?}\nA stderr:\n{}\nB stderr:\n{}", a.stderr(), b.stderr());
 }
 
 // ---------------------------------------------------------------------------
@@ -631,7 +638,9 @@ fn keepalive_connection_from_before_the_agent_gets_no_injection() {
 /// it are not (counted), and are still linked inside A.
 #[test]
 fn keepalive_requests_after_the_first_are_counted_not_injected_by_default() {
-    let Some(_guard) = e2e_setup("keepalive_requests_after_the_first_are_counted_not_injected_by_default") else { return };
+    let Some(_guard) = e2e_setup("keepalive_requests_after_the_first_are_counted_not_injected_by_default") else {
+        return;
+    };
     let pg = Postgres::start();
     let receiver = OtlpReceiver::start();
     let (agent, metrics_port) = start_agent(&receiver, true);
@@ -650,7 +659,8 @@ fn keepalive_requests_after_the_first_are_counted_not_injected_by_default() {
     assert_children_of_a(&f);
     assert_eq!(f.b_server.parent_span_id, "", "B got no context on the reused connection\n{}", f.render());
     scrape_until(metrics_port, "the skipped keep-alive request and curl's injection", |body| {
-        counter(body, "propagation_skipped_not_in_sockhash") >= 1 && counter(body, "propagation_injected") > injected_before
+        counter(body, "propagation_skipped_not_in_sockhash") >= 1
+            && counter(body, "propagation_injected") > injected_before
     });
     agent.stop();
 }
@@ -660,7 +670,9 @@ fn keepalive_requests_after_the_first_are_counted_not_injected_by_default() {
 /// client span.
 #[test]
 fn keepalive_connection_after_the_agent_injects_every_request_when_asked() {
-    let Some(_guard) = e2e_setup("keepalive_connection_after_the_agent_injects_every_request_when_asked") else { return };
+    let Some(_guard) = e2e_setup("keepalive_connection_after_the_agent_injects_every_request_when_asked") else {
+        return;
+    };
     let pg = Postgres::start();
     let receiver = OtlpReceiver::start();
     let (agent, _metrics_port) = start_agent_with(&receiver, &["--propagation", "unsafe-keepalive"], &[]);
@@ -754,7 +766,10 @@ fn sampling_at_a_quarter_agrees_downstream_and_leaves_no_orphans() {
     let mut told = Vec::new();
     for reply in &replies[..REQUESTS] {
         let v: serde_json::Value = serde_json::from_str(reply).unwrap_or_else(|e| panic!("A's reply {reply:?}: {e}"));
-        let seen: Vec<&str> = v["b"]["traceparents"].as_array().map(|a| a.iter().filter_map(|t| t.as_str()).collect()).unwrap_or_default();
+        let seen: Vec<&str> = v["b"]["traceparents"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|t| t.as_str()).collect())
+            .unwrap_or_default();
         assert_eq!(seen.len(), 1, "B must receive exactly one traceparent: {v}");
         told.push(split_tp(seen[0]));
     }
@@ -813,7 +828,11 @@ fn sampling_at_a_quarter_agrees_downstream_and_leaves_no_orphans() {
                 );
             }
         } else {
-            assert!(of_trace.is_empty(), "unsampled trace {trace} (B was told -00) was exported:\n{}", describe(&of_trace));
+            assert!(
+                of_trace.is_empty(),
+                "unsampled trace {trace} (B was told -00) was exported:\n{}",
+                describe(&of_trace)
+            );
         }
     }
     eprintln!("sampling: {} of {REQUESTS} traces sampled at ratio {RATIO}, all agreeing downstream", sampled.len());
@@ -833,7 +852,10 @@ fn b_direct(b: &Service) -> Vec<String> {
     run.assert_success();
     let v: serde_json::Value =
         serde_json::from_str(&run.stdout).unwrap_or_else(|e| panic!("B's reply is not JSON ({e}): {:?}", run.stdout));
-    v["traceparents"].as_array().map(|a| a.iter().filter_map(|t| t.as_str().map(str::to_owned)).collect()).unwrap_or_default()
+    v["traceparents"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|t| t.as_str().map(str::to_owned)).collect())
+        .unwrap_or_default()
 }
 
 /// Programs and maps of the agent's propagation path still loaded.
@@ -854,7 +876,9 @@ fn propagation_objects() -> Vec<String> {
 /// Applications never see an error.
 #[test]
 fn stopped_agent_stops_injecting_and_killed_agent_leaves_nothing_attached() {
-    let Some(_guard) = e2e_setup("stopped_agent_stops_injecting_and_killed_agent_leaves_nothing_attached") else { return };
+    let Some(_guard) = e2e_setup("stopped_agent_stops_injecting_and_killed_agent_leaves_nothing_attached") else {
+        return;
+    };
     let receiver = OtlpReceiver::start();
     let (mut agent, _metrics_port) = start_agent(&receiver, true);
     let b = start_b();
@@ -869,7 +893,11 @@ fn stopped_agent_stops_injecting_and_killed_agent_leaves_nothing_attached() {
         if seen.is_empty() {
             break stopped.elapsed();
         }
-        assert!(stopped.elapsed() < Duration::from_secs(8), "still injecting {:?} after SIGSTOP: {seen:?}", stopped.elapsed());
+        assert!(
+            stopped.elapsed() < Duration::from_secs(8),
+            "still injecting {:?} after SIGSTOP: {seen:?}",
+            stopped.elapsed()
+        );
         std::thread::sleep(Duration::from_millis(100));
     };
     // The last heartbeat is at most 5 s old when the kernel gives up; curl
@@ -960,7 +988,9 @@ fn untrusted_peers_traceparent_starts_a_new_trace() {
         } else {
             assert_ne!(b_span.trace_id, TRACE, "an untrusted peer set the trace: {b_span}");
             assert_eq!(b_span.parent_span_id, "", "{b_span}");
-            scrape_until(metrics_port, "the untrusted traceparent", |body| counter(body, "propagation_incoming_untrusted") >= 1);
+            scrape_until(metrics_port, "the untrusted traceparent", |body| {
+                counter(body, "propagation_incoming_untrusted") >= 1
+            });
         }
         agent.stop();
     }

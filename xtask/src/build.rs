@@ -62,9 +62,8 @@ pub fn build_ebpf(root: &Path, toolchain: &Toolchain) -> Result<PathBuf> {
     }
     let cmd = setup::ebpf_build_cmd(toolchain, &dir).arg("--message-format=json-render-diagnostics");
     let object = build_collecting(&cmd, EBPF_BIN)?;
-    let object = object.with_context(|| {
-        format!("`{}` succeeded but reported no binary target named `{EBPF_BIN}`", cmd.display())
-    })?;
+    let object = object
+        .with_context(|| format!("`{}` succeeded but reported no binary target named `{EBPF_BIN}`", cmd.display()))?;
     check_bpf_object(&object)?;
     Ok(object)
 }

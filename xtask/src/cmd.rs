@@ -122,11 +122,8 @@ impl Cmd {
 
     /// The command as a shell line, e.g. `(cd dir && K=V prog 'a b')`.
     pub fn display(&self) -> String {
-        let mut words: Vec<String> = self
-            .envs
-            .iter()
-            .map(|(k, v)| format!("{}={}", k.to_string_lossy(), quote(&v.to_string_lossy())))
-            .collect();
+        let mut words: Vec<String> =
+            self.envs.iter().map(|(k, v)| format!("{}={}", k.to_string_lossy(), quote(&v.to_string_lossy()))).collect();
         if !self.path_prepend.is_empty() {
             let dirs: Vec<String> = self.path_prepend.iter().map(|d| quote(&d.to_string_lossy())).collect();
             words.push(format!("PATH={}:$PATH", dirs.join(":")));
@@ -256,8 +253,7 @@ pub fn check(cmd: &Cmd, status: ExitStatus) -> Result<()> {
 
 /// Quotes `word` for a POSIX shell when it needs it.
 pub fn quote(word: &str) -> String {
-    let plain = !word.is_empty()
-        && word.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_./:=+,@%".contains(&b));
+    let plain = !word.is_empty() && word.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_./:=+,@%".contains(&b));
     if plain {
         word.to_owned()
     } else {
@@ -304,10 +300,7 @@ mod tests {
 
     #[test]
     fn display_shows_env_and_directory() {
-        let cmd = Cmd::new("cargo")
-            .args(["build", "--release"])
-            .env("RUSTC_BOOTSTRAP", "1")
-            .cwd("/repo/ebpf dir");
+        let cmd = Cmd::new("cargo").args(["build", "--release"]).env("RUSTC_BOOTSTRAP", "1").cwd("/repo/ebpf dir");
         assert_eq!(cmd.display(), "(cd '/repo/ebpf dir' && RUSTC_BOOTSTRAP=1 cargo build --release)");
     }
 

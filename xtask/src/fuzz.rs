@@ -30,10 +30,7 @@ pub struct FuzzArgs {
 
 fn host_triple() -> Result<String> {
     let info = Cmd::new("rustc").arg("-vV").probe().context("running `rustc -vV`")?;
-    info.lines()
-        .find_map(|l| l.strip_prefix("host: "))
-        .map(str::to_owned)
-        .context("`rustc -vV` printed no host triple")
+    info.lines().find_map(|l| l.strip_prefix("host: ")).map(str::to_owned).context("`rustc -vV` printed no host triple")
 }
 
 pub fn run(root: &Path, args: &FuzzArgs) -> Result<()> {

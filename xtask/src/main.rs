@@ -111,7 +111,11 @@ fn dispatch(command: Command) -> Result<ExitCode> {
             let bench = if unit_only || !filter.is_empty() {
                 Ok(())
             } else {
-                bench::run(&bench::BenchArgs { quick: true, agent: Some(built.agent_bin.clone()), ..Default::default() })
+                bench::run(&bench::BenchArgs {
+                    quick: true,
+                    agent: Some(built.agent_bin.clone()),
+                    ..Default::default()
+                })
             };
             if let Err(e) = &bench {
                 eprintln!("xtask: quick benchmark failed: {e:#}");

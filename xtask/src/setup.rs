@@ -52,9 +52,14 @@ pub enum Route {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Linker {
     /// Found and `--version` works.
-    Works { path: PathBuf, version: String },
+    Works {
+        path: PathBuf,
+        version: String,
+    },
     /// Found but `--version` fails (e.g. its libLLVM is gone).
-    Broken { path: PathBuf },
+    Broken {
+        path: PathBuf,
+    },
     Missing,
 }
 
@@ -493,7 +498,12 @@ mod tests {
         let err = plan(&facts).unwrap_err();
         assert!(err.contains("sudo apt-get update && sudo apt-get install -y rustc-web rust-web-src"), "{err}");
         assert!(err.contains("bpf-linker was not found"), "{err}");
-        assert!(err.contains("sudo apt-get update && sudo apt-get install -y llvm-22-dev libpolly-22-dev libzstd-dev zlib1g-dev"), "{err}");
+        assert!(
+            err.contains(
+                "sudo apt-get update && sudo apt-get install -y llvm-22-dev libpolly-22-dev libzstd-dev zlib1g-dev"
+            ),
+            "{err}"
+        );
         assert!(
             err.ends_with(
                 "LLVM_PREFIX=/usr/lib/llvm-22 PATH=/usr/lib/llvm-22/bin:$PATH \
@@ -556,7 +566,10 @@ mod tests {
 
     #[test]
     fn rustc_versions_parse() {
-        assert_eq!(parse_rustc_version("rustc 1.96.0 (ac68faa20 2026-05-25) (built from a source tarball)"), Some((1, 96, 0)));
+        assert_eq!(
+            parse_rustc_version("rustc 1.96.0 (ac68faa20 2026-05-25) (built from a source tarball)"),
+            Some((1, 96, 0))
+        );
         assert_eq!(parse_rustc_version("rustc 1.97.0-nightly (abc 2026-05-15)"), Some((1, 97, 0)));
         assert_eq!(parse_rustc_version("cargo 1.95.0"), None);
         assert_eq!(parse_rustc_version("rustc x.y"), None);

@@ -272,8 +272,7 @@ pub(crate) fn to_span_data(span: FinishedSpan, scope: &InstrumentationScope) -> 
     let flags = if span.sampled { TraceFlags::SAMPLED } else { TraceFlags::NOT_SAMPLED };
     // Parsers validate tracestate; one that still fails to parse is dropped
     // rather than failing the span.
-    let trace_state =
-        span.tracestate.as_deref().and_then(|s| TraceState::from_str(s).ok()).unwrap_or_default();
+    let trace_state = span.tracestate.as_deref().and_then(|s| TraceState::from_str(s).ok()).unwrap_or_default();
     let parent_span_is_remote = span.parent_span_id.is_some() && span.kind == SpanKind::Server;
     SpanData {
         span_context: SpanContext::new(
@@ -621,10 +620,7 @@ mod tests {
                 assert_eq!(hex::encode(&s.trace_id), "4bf92f3577b34da6a3ce929d0e0e4736");
                 assert_eq!(hex::encode(&s.span_id), "00f067aa0ba902b7");
                 assert_eq!(s.kind, ProtoKind::Server as i32);
-                assert_eq!(
-                    attr(&s.attributes, "http.response.status_code"),
-                    Some(&any_value::Value::IntValue(200))
-                );
+                assert_eq!(attr(&s.attributes, "http.response.status_code"), Some(&any_value::Value::IntValue(200)));
             } else {
                 assert_eq!(service, "billing");
                 assert_eq!(str_attr(&resource.attributes, "deployment.environment.name").as_deref(), Some("prod"));
@@ -696,7 +692,8 @@ mod tests {
                         assert_eq!(headers["content-type"], "application/x-protobuf");
                         let request = ExportTraceServiceRequest::decode(body.as_slice()).unwrap();
                         received.lock().unwrap().push((headers, request));
-                        let reply = b"HTTP/1.1 200 OK\r\ncontent-type: application/x-protobuf\r\ncontent-length: 0\r\n\r\n";
+                        let reply =
+                            b"HTTP/1.1 200 OK\r\ncontent-type: application/x-protobuf\r\ncontent-length: 0\r\n\r\n";
                         reader.get_mut().write_all(reply).await.unwrap();
                     }
                 });

@@ -192,13 +192,7 @@ pub fn write_text<W: Write>(w: &mut W, span: &FinishedSpan) -> io::Result<()> {
         SpanStatus::Error { description } if description.is_empty() => write!(w, " ERROR")?,
         SpanStatus::Error { description } => write!(w, " ERROR \"{}\"", Clean(description))?,
     }
-    write!(
-        w,
-        " {} trace={} span={}",
-        format_duration(span.duration()),
-        hex(&span.trace_id),
-        hex(&span.span_id)
-    )?;
+    write!(w, " {} trace={} span={}", format_duration(span.duration()), hex(&span.trace_id), hex(&span.span_id))?;
     if let Some(parent) = &span.parent_span_id {
         write!(w, " parent={}", hex(parent))?;
     }

@@ -52,17 +52,12 @@ pub struct Btf {
 }
 
 fn u32_at(data: &[u8], at: usize) -> Result<u32, BtfError> {
-    data.get(at..at + 4)
-        .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-        .ok_or(BtfError::Malformed("truncated"))
+    data.get(at..at + 4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]])).ok_or(BtfError::Malformed("truncated"))
 }
 
 impl Btf {
     pub fn from_sys_fs() -> Result<Btf, BtfError> {
-        let data = std::fs::read(VMLINUX).map_err(|source| BtfError::Read {
-            path: VMLINUX,
-            source,
-        })?;
+        let data = std::fs::read(VMLINUX).map_err(|source| BtfError::Read { path: VMLINUX, source })?;
         Btf::parse(&data)
     }
 
@@ -77,18 +72,9 @@ impl Btf {
         let str_len = u32_at(data, 20)? as usize;
         let types_at = hdr_len + type_off;
         let strings_at = hdr_len + str_off;
-        let type_data = data
-            .get(types_at..types_at + type_len)
-            .ok_or(BtfError::Malformed("type section"))?;
-        let strings = data
-            .get(strings_at..strings_at + str_len)
-            .ok_or(BtfError::Malformed("string section"))?
-            .to_vec();
-        let mut btf = Btf {
-            strings,
-            types: Vec::new(),
-            by_name: HashMap::new(),
-        };
+        let type_data = data.get(types_at..types_at + type_len).ok_or(BtfError::Malformed("type section"))?;
+        let strings = data.get(strings_at..strings_at + str_len).ok_or(BtfError::Malformed("string section"))?.to_vec();
+        let mut btf = Btf { strings, types: Vec::new(), by_name: HashMap::new() };
         let mut at = 0;
         while at < type_data.len() {
             let name_off = u32_at(type_data, at)?;
@@ -108,11 +94,7 @@ impl Btf {
                         members.push(Member {
                             name_off: u32_at(type_data, m)?,
                             type_id: u32_at(type_data, m + 4)?,
-                            bit_offset: if kind_flag {
-                                offset & 0x00ff_ffff
-                            } else {
-                                offset
-                            },
+                            bit_offset: if kind_flag { offset & 0x00ff_ffff } else { offset },
                         });
                     }
                     12 * vlen
@@ -132,11 +114,7 @@ impl Btf {
                 let name = btf.name(name_off).to_owned();
                 btf.by_name.entry(name).or_insert(id);
             }
-            btf.types.push(Type {
-                kind,
-                name_off,
-                members,
-            });
+            btf.types.push(Type { kind, name_off, members });
         }
         Ok(btf)
     }
@@ -150,16 +128,10 @@ impl Btf {
     /// Byte offset of `member` in struct `strukt`, looking into anonymous
     /// struct/union members too.
     pub fn member_offset(&self, strukt: &str, member: &str) -> Result<u32, BtfError> {
-        let id = *self
-            .by_name
-            .get(strukt)
-            .ok_or_else(|| BtfError::NoStruct(strukt.to_owned()))?;
+        let id = *self.by_name.get(strukt).ok_or_else(|| BtfError::NoStruct(strukt.to_owned()))?;
         self.find(id, member, 0, 0)
             .map(|bits| bits / 8)
-            .ok_or_else(|| BtfError::NoMember {
-                strukt: strukt.to_owned(),
-                member: member.to_owned(),
-            })
+            .ok_or_else(|| BtfError::NoMember { strukt: strukt.to_owned(), member: member.to_owned() })
     }
 
     fn find(&self, id: u32, member: &str, base_bits: u32, depth: u32) -> Option<u32> {
@@ -218,23 +190,10 @@ mod tests {
         let off = SendRoomOffsets::from_btf(&btf).expect("socket fields");
         // struct sock starts tcp_sock; tcp_sock's own fields come after it.
         assert!(off.sndbuf > 0 && off.wmem_queued > 0);
-        let sock_size = btf
-            .member_offset("tcp_sock", "inet_conn")
-            .map(|_| ())
-            .is_ok();
+        let sock_size = btf.member_offset("tcp_sock", "inet_conn").map(|_| ()).is_ok();
         assert!(sock_size);
-        assert!(
-            off.write_seq > off.sndbuf
-                && off.snd_nxt > off.sndbuf
-                && off.notsent_lowat > off.sndbuf
-        );
-        assert!(matches!(
-            btf.member_offset("sock", "no_such_field"),
-            Err(BtfError::NoMember { .. })
-        ));
-        assert!(matches!(
-            btf.member_offset("no_such_struct", "x"),
-            Err(BtfError::NoStruct(_))
-        ));
+        assert!(off.write_seq > off.sndbuf && off.snd_nxt > off.sndbuf && off.notsent_lowat > off.sndbuf);
+        assert!(matches!(btf.member_offset("sock", "no_such_field"), Err(BtfError::NoMember { .. })));
+        assert!(matches!(btf.member_offset("no_such_struct", "x"), Err(BtfError::NoStruct(_))));
     }
 }

@@ -90,9 +90,7 @@ impl Default for ProbeConfig {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProbeError {
-    #[error(
-        "this waggle binary was built without its eBPF object; build it with `cargo xtask build`"
-    )]
+    #[error("this waggle binary was built without its eBPF object; build it with `cargo xtask build`")]
     NotBuilt,
     #[error("waggle needs root (CAP_BPF, CAP_PERFMON, CAP_SYS_ADMIN) to load eBPF programs")]
     NotPrivileged,
@@ -117,10 +115,7 @@ pub enum ProbeError {
         source: MapError,
     },
     #[error("{operation}: {message}")]
-    Other {
-        operation: &'static str,
-        message: String,
-    },
+    Other { operation: &'static str, message: String },
 }
 
 /// How the loader finds a program in the object and where it attaches.
@@ -134,11 +129,7 @@ struct ProgramSpec {
 }
 
 const fn syscall(name: &'static str) -> ProgramSpec {
-    ProgramSpec {
-        name,
-        category: "syscalls",
-        fields: &[],
-    }
+    ProgramSpec { name, category: "syscalls", fields: &[] }
 }
 
 /// Exit programs come before enter programs: an enter handler stashes
@@ -172,16 +163,8 @@ const PROGRAMS: &[ProgramSpec] = &[
     syscall("sys_enter_accept4"),
     syscall("sys_enter_connect"),
     syscall("sys_enter_close"),
-    ProgramSpec {
-        name: "task_newtask",
-        category: "task",
-        fields: &[("pid", 8), ("clone_flags", 32)],
-    },
-    ProgramSpec {
-        name: "sched_process_exit",
-        category: "sched",
-        fields: &[],
-    },
+    ProgramSpec { name: "task_newtask", category: "task", fields: &[("pid", 8), ("clone_flags", 32)] },
+    ProgramSpec { name: "sched_process_exit", category: "sched", fields: &[] },
 ];
 
 /// The data path works if at least one of these syscalls has both halves.
@@ -226,11 +209,7 @@ impl Probes {
         raise_memlock_limit();
         ensure_tracefs();
 
-        let agent_tgid = if config.agent_tgid == 0 {
-            std::process::id()
-        } else {
-            config.agent_tgid
-        };
+        let agent_tgid = if config.agent_tgid == 0 { std::process::id() } else { config.agent_tgid };
         let capture_bytes = capture_bytes(config.capture_bytes);
         let ring_bytes = ring_buffer_bytes(config.ring_buffer_bytes, page_size());
         if ring_bytes != config.ring_buffer_bytes {
@@ -275,9 +254,7 @@ impl Probes {
             .map_max_entries(maps::EVENTS, ring_bytes)
             .load(EBPF_OBJECT)
             .map_err(|e| match &e {
-                EbpfError::MapError(MapError::CreateError { io_error, .. })
-                    if is_permission(io_error) =>
-                {
+                EbpfError::MapError(MapError::CreateError { io_error, .. }) if is_permission(io_error) => {
                     ProbeError::NotPrivileged
                 }
                 _ => ProbeError::Load(Box::new(e)),
@@ -308,11 +285,7 @@ impl Probes {
             attached.iter().any(|a| *a == enter) && attached.iter().any(|a| *a == exit)
         });
         if !data_path_ok {
-            let reasons = skipped
-                .iter()
-                .map(|(p, r)| format!("{p}: {r}"))
-                .collect::<Vec<_>>()
-                .join("; ");
+            let reasons = skipped.iter().map(|(p, r)| format!("{p}: {r}")).collect::<Vec<_>>().join("; ");
             return Err(ProbeError::NoDataPath { reasons });
         }
         if let Some(nets) = &config.trusted_networks {
@@ -341,12 +314,8 @@ impl Probes {
             tracing::debug!("eBPF object carries an aya-log map that is not read");
         }
 
-        let ring = RingBuf::try_from(take_map(&mut ebpf, maps::EVENTS)?).map_err(|source| {
-            ProbeError::OpenMap {
-                name: maps::EVENTS,
-                source,
-            }
-        })?;
+        let ring = RingBuf::try_from(take_map(&mut ebpf, maps::EVENTS)?)
+            .map_err(|source| ProbeError::OpenMap { name: maps::EVENTS, source })?;
         let conn_maps = ConnMaps {
             conns: open_hash(&mut ebpf, maps::CONNS)?,
             inet_socks: open_hash(&mut ebpf, maps::INET_STREAM_SOCKS)?,
@@ -356,18 +325,8 @@ impl Probes {
         // Fail now rather than on every tick if the counters are unreadable.
         open_counters(&ebpf)?;
         Ok((
-            Probes {
-                ebpf,
-                attached,
-                skipped,
-                injecting,
-                sockmap_mode,
-                client_socks,
-            },
-            EventSource {
-                ring: Ring::Plain(Some(ring)),
-                heartbeat: Some(heartbeat),
-            },
+            Probes { ebpf, attached, skipped, injecting, sockmap_mode, client_socks },
+            EventSource { ring: Ring::Plain(Some(ring)), heartbeat: Some(heartbeat) },
             conn_maps,
         ))
     }
@@ -611,10 +570,7 @@ fn attach_sk_msg(ebpf: &mut Ebpf) -> Result<SockHash<MapData, u64>, AttachError>
         .fd()
         .try_clone()
         .map_err(|e| AttachError::Other(format!("duplicating the CLIENT_SOCKS descriptor: {e}")))?;
-    let program: &mut SkMsg = ebpf
-        .program_mut(SK_MSG_PROGRAM)
-        .ok_or(AttachError::NotInObject)?
-        .try_into()?;
+    let program: &mut SkMsg = ebpf.program_mut(SK_MSG_PROGRAM).ok_or(AttachError::NotInObject)?.try_into()?;
     program.load()?;
     program.attach(&fd)?;
     Ok(socks)
@@ -622,12 +578,8 @@ fn attach_sk_msg(ebpf: &mut Ebpf) -> Result<SockHash<MapData, u64>, AttachError>
 
 fn attach_sockops(ebpf: &mut Ebpf) -> Result<PathBuf, AttachError> {
     let root = cgroup2_root().map_err(AttachError::Other)?;
-    let cgroup = fs::File::open(&root)
-        .map_err(|e| AttachError::Other(format!("opening {}: {e}", root.display())))?;
-    let program: &mut SockOps = ebpf
-        .program_mut(SOCKOPS_PROGRAM)
-        .ok_or(AttachError::NotInObject)?
-        .try_into()?;
+    let cgroup = fs::File::open(&root).map_err(|e| AttachError::Other(format!("opening {}: {e}", root.display())))?;
+    let program: &mut SockOps = ebpf.program_mut(SOCKOPS_PROGRAM).ok_or(AttachError::NotInObject)?.try_into()?;
     program.load()?;
     // Single is the flag-less mode: on kernels with BPF links (5.7+) aya
     // attaches through one, and cgroup links always coexist with other
@@ -643,16 +595,14 @@ fn attach_sockops(ebpf: &mut Ebpf) -> Result<PathBuf, AttachError> {
 fn cgroup2_root() -> Result<PathBuf, String> {
     let mounts = fs::read_to_string("/proc/self/mounts").unwrap_or_default();
     let candidates = cgroup2_mounts(&mounts);
-    let fallback = [
-        PathBuf::from("/sys/fs/cgroup"),
-        PathBuf::from("/sys/fs/cgroup/unified"),
-    ];
+    let fallback = [PathBuf::from("/sys/fs/cgroup"), PathBuf::from("/sys/fs/cgroup/unified")];
     for path in candidates.iter().chain(fallback.iter()) {
         if is_cgroup2(path) {
             return Ok(path.clone());
         }
     }
-    Err("no cgroup-v2 hierarchy is mounted (looked in /proc/self/mounts, /sys/fs/cgroup, /sys/fs/cgroup/unified)".to_owned())
+    Err("no cgroup-v2 hierarchy is mounted (looked in /proc/self/mounts, /sys/fs/cgroup, /sys/fs/cgroup/unified)"
+        .to_owned())
 }
 
 /// cgroup2 mount points in a /proc/mounts text, shortest (outermost) first.
@@ -689,11 +639,7 @@ enum AttachError {
     #[error("program not found in the eBPF object")]
     NotInObject,
     #[error("tracepoint {category}:{name} is not available: {reason}")]
-    Format {
-        category: &'static str,
-        name: &'static str,
-        reason: String,
-    },
+    Format { category: &'static str, name: &'static str, reason: String },
     #[error(transparent)]
     Program(#[from] ProgramError),
     #[error("{0}")]
@@ -704,10 +650,7 @@ impl AttachError {
     /// One-line-ish reason; verifier logs are cut to their informative tail.
     fn describe(&self) -> String {
         match self {
-            AttachError::Program(ProgramError::LoadError {
-                io_error,
-                verifier_log,
-            }) => {
+            AttachError::Program(ProgramError::LoadError { io_error, verifier_log }) => {
                 let log = format!("{verifier_log}");
                 let lines: Vec<&str> = log.lines().collect();
                 let tail = lines[lines.len().saturating_sub(VERIFIER_TAIL_LINES)..].join("\n");
@@ -732,10 +675,7 @@ fn attach(ebpf: &mut Ebpf, spec: &ProgramSpec) -> Result<(), AttachError> {
     if !spec.fields.is_empty() {
         check_format(spec)?;
     }
-    let program: &mut TracePoint = ebpf
-        .program_mut(spec.name)
-        .ok_or(AttachError::NotInObject)?
-        .try_into()?;
+    let program: &mut TracePoint = ebpf.program_mut(spec.name).ok_or(AttachError::NotInObject)?.try_into()?;
     program.load()?;
     program.attach(spec.category, spec.name)?;
     Ok(())
@@ -744,26 +684,13 @@ fn attach(ebpf: &mut Ebpf, spec: &ProgramSpec) -> Result<(), AttachError> {
 /// Non-syscall tracepoint records are read at fixed offsets: refuse to
 /// attach when this kernel lays the record out differently.
 fn check_format(spec: &ProgramSpec) -> Result<(), AttachError> {
-    let path = PathBuf::from(TRACEFS)
-        .join("events")
-        .join(spec.category)
-        .join(spec.name)
-        .join("format");
-    let fail = |reason: String| AttachError::Format {
-        category: spec.category,
-        name: spec.name,
-        reason,
-    };
-    let text =
-        fs::read_to_string(&path).map_err(|e| fail(format!("reading {}: {e}", path.display())))?;
+    let path = PathBuf::from(TRACEFS).join("events").join(spec.category).join(spec.name).join("format");
+    let fail = |reason: String| AttachError::Format { category: spec.category, name: spec.name, reason };
+    let text = fs::read_to_string(&path).map_err(|e| fail(format!("reading {}: {e}", path.display())))?;
     for &(field, want) in spec.fields {
         match field_offset(&text, field) {
             Some(got) if got == want => {}
-            Some(got) => {
-                return Err(fail(format!(
-                    "field {field} is at offset {got}, the program reads {want}"
-                )))
-            }
+            Some(got) => return Err(fail(format!("field {field} is at offset {got}, the program reads {want}"))),
             None => return Err(fail(format!("record has no field {field}"))),
         }
     }
@@ -782,13 +709,7 @@ fn field_offset(format: &str, field: &str) -> Option<usize> {
         if name != field {
             return None;
         }
-        rest.trim()
-            .strip_prefix("offset:")?
-            .split(';')
-            .next()?
-            .trim()
-            .parse()
-            .ok()
+        rest.trim().strip_prefix("offset:")?.split(';').next()?.trim().parse().ok()
     })
 }
 
@@ -804,13 +725,8 @@ fn open_hash<K: aya::Pod, V: aya::Pod>(
 }
 
 fn open_counters(ebpf: &Ebpf) -> Result<PerCpuArray<&MapData, u64>, ProbeError> {
-    let map = ebpf.map(maps::COUNTERS).ok_or(ProbeError::MissingMap {
-        name: maps::COUNTERS,
-    })?;
-    PerCpuArray::try_from(map).map_err(|source| ProbeError::OpenMap {
-        name: maps::COUNTERS,
-        source,
-    })
+    let map = ebpf.map(maps::COUNTERS).ok_or(ProbeError::MissingMap { name: maps::COUNTERS })?;
+    PerCpuArray::try_from(map).map_err(|source| ProbeError::OpenMap { name: maps::COUNTERS, source })
 }
 
 fn is_permission(e: &io::Error) -> bool {
@@ -827,20 +743,13 @@ fn capture_bytes(requested: u32) -> u32 {
 
 /// The kernel wants a power-of-two multiple of the page size.
 fn ring_buffer_bytes(requested: u32, page: u32) -> u32 {
-    requested
-        .max(page)
-        .checked_next_power_of_two()
-        .unwrap_or(MAX_RING_BYTES)
-        .min(MAX_RING_BYTES)
+    requested.max(page).checked_next_power_of_two().unwrap_or(MAX_RING_BYTES).min(MAX_RING_BYTES)
 }
 
 fn page_size() -> u32 {
     // SAFETY: sysconf only reads a configuration value.
     let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    u32::try_from(size)
-        .ok()
-        .filter(|s| s.is_power_of_two())
-        .unwrap_or(4096)
+    u32::try_from(size).ok().filter(|s| s.is_power_of_two()).unwrap_or(4096)
 }
 
 /// CAP_SYS_ADMIN alone, or CAP_BPF + CAP_PERFMON (tracepoints are attached
@@ -867,10 +776,7 @@ fn effective_caps(status: &str) -> Option<u64> {
 /// Maps are memcg-charged on current kernels; the limit only matters on old
 /// ones, and a container without CAP_SYS_RESOURCE cannot raise it anyway.
 fn raise_memlock_limit() {
-    let limit = libc::rlimit {
-        rlim_cur: libc::RLIM_INFINITY,
-        rlim_max: libc::RLIM_INFINITY,
-    };
+    let limit = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
     // SAFETY: setrlimit reads the struct we pass and nothing else.
     if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &limit) } != 0 {
         tracing::debug!(error = %io::Error::last_os_error(), "raising RLIMIT_MEMLOCK failed; continuing");
@@ -887,15 +793,7 @@ fn ensure_tracefs() {
     let target = c"/sys/kernel/tracing";
     let fstype = c"tracefs";
     // SAFETY: all pointers are NUL-terminated static strings; no data argument.
-    let rc = unsafe {
-        libc::mount(
-            fstype.as_ptr(),
-            target.as_ptr(),
-            fstype.as_ptr(),
-            0,
-            std::ptr::null(),
-        )
-    };
+    let rc = unsafe { libc::mount(fstype.as_ptr(), target.as_ptr(), fstype.as_ptr(), 0, std::ptr::null()) };
     if rc != 0 {
         tracing::warn!(path = TRACEFS, error = %io::Error::last_os_error(), "mounting tracefs failed");
     } else {
@@ -924,9 +822,7 @@ impl EventSource {
     pub async fn readable(&mut self) -> io::Result<()> {
         if let Ring::Plain(ring) = &mut self.ring {
             if tokio::runtime::Handle::try_current().is_err() {
-                return Err(io::Error::other(
-                    "EventSource::readable needs a tokio runtime",
-                ));
+                return Err(io::Error::other("EventSource::readable needs a tokio runtime"));
             }
             let Some(inner) = ring.take() else {
                 return Err(io::Error::other("ring buffer lost while registering it"));
@@ -995,12 +891,8 @@ impl ConnMaps {
     /// verified after ConnUnverified); its process's forks and exit are then
     /// reported too.
     pub fn track_conn(&mut self, key: SockKey, info: ConnInfo) -> Result<(), ProbeError> {
-        self.conns
-            .insert(key, info, 0)
-            .map_err(|source| update_error("tracking connection", key, source))?;
-        self.tracked_tgids
-            .insert(key.tgid, 1u8, 0)
-            .map_err(|source| update_error("tracking process", key, source))
+        self.conns.insert(key, info, 0).map_err(|source| update_error("tracking connection", key, source))?;
+        self.tracked_tgids.insert(key.tgid, 1u8, 0).map_err(|source| update_error("tracking process", key, source))
     }
 
     /// Stands in for the enter handler of a read the thread `tid` of `pid`
@@ -1044,9 +936,7 @@ impl ConnMaps {
         // BPF_EXIST: if close() removed the entry meanwhile, don't revive it.
         match self.conns.insert(key, info, BPF_EXIST) {
             Ok(()) => Ok(()),
-            Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => {
-                Ok(())
-            }
+            Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(()),
             Err(source) => Err(update_error("muting connection", key, source)),
         }
     }
@@ -1056,9 +946,7 @@ impl ConnMaps {
     pub fn forget(&mut self, key: SockKey) -> Result<(), ProbeError> {
         match self.conns.remove(&key) {
             Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
-            Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => {
-                Ok(())
-            }
+            Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(()),
             Err(source) => Err(update_error("forgetting connection", key, source)),
         }
     }
@@ -1070,12 +958,7 @@ impl ConnMaps {
 }
 
 fn update_error(operation: &'static str, key: SockKey, source: MapError) -> ProbeError {
-    ProbeError::MapUpdate {
-        operation,
-        tgid: key.tgid,
-        fd: key.fd,
-        source,
-    }
+    ProbeError::MapUpdate { operation, tgid: key.tgid, fd: key.fd, source }
 }
 
 #[cfg(test)]
@@ -1118,19 +1001,9 @@ mod tests {
         let hybrid = "tmpfs /sys/fs/cgroup tmpfs rw 0 0\n\
             cgroup /sys/fs/cgroup/cpu cgroup rw,cpu 0 0\n\
             cgroup2 /sys/fs/cgroup/unified cgroup2 rw 0 0\n";
-        assert_eq!(
-            cgroup2_mounts(hybrid),
-            vec![PathBuf::from("/sys/fs/cgroup/unified")]
-        );
-        let unified =
-            "cgroup2 /sys/fs/cgroup/x cgroup2 rw 0 0\ncgroup2 /sys/fs/cgroup cgroup2 rw 0 0\n";
-        assert_eq!(
-            cgroup2_mounts(unified),
-            vec![
-                PathBuf::from("/sys/fs/cgroup"),
-                PathBuf::from("/sys/fs/cgroup/x")
-            ]
-        );
+        assert_eq!(cgroup2_mounts(hybrid), vec![PathBuf::from("/sys/fs/cgroup/unified")]);
+        let unified = "cgroup2 /sys/fs/cgroup/x cgroup2 rw 0 0\ncgroup2 /sys/fs/cgroup cgroup2 rw 0 0\n";
+        assert_eq!(cgroup2_mounts(unified), vec![PathBuf::from("/sys/fs/cgroup"), PathBuf::from("/sys/fs/cgroup/x")]);
         assert!(cgroup2_mounts("proc /proc proc rw 0 0\n").is_empty());
         assert!(!is_cgroup2(Path::new("/proc")));
     }
@@ -1150,16 +1023,9 @@ mod tests {
             return;
         }
         let file = object::File::parse(EBPF_OBJECT).unwrap();
-        let symbols: Vec<String> = file
-            .symbols()
-            .filter_map(|s| s.name().ok().map(str::to_owned))
-            .collect();
+        let symbols: Vec<String> = file.symbols().filter_map(|s| s.name().ok().map(str::to_owned)).collect();
         for spec in PROGRAMS {
-            assert!(
-                symbols.iter().any(|s| s == spec.name),
-                "program {} missing",
-                spec.name
-            );
+            assert!(symbols.iter().any(|s| s == spec.name), "program {} missing", spec.name);
         }
         for name in [SK_MSG_PROGRAM, SOCKOPS_PROGRAM] {
             assert!(symbols.iter().any(|s| s == name), "program {name} missing");

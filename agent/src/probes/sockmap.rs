@@ -32,40 +32,24 @@ pub enum FionreadCheck {
 /// `PROBE_BYTES` arrive on it and compares FIONREAD with them. The socket is
 /// taken out of the map again before returning.
 pub fn check_fionread(socks: &mut SockHash<MapData, u64>) -> Result<FionreadCheck, String> {
-    let listener = TcpListener::bind("127.0.0.1:0")
-        .map_err(|e| format!("binding a loopback listener: {e}"))?;
-    let addr = listener
-        .local_addr()
-        .map_err(|e| format!("listener address: {e}"))?;
+    let listener = TcpListener::bind("127.0.0.1:0").map_err(|e| format!("binding a loopback listener: {e}"))?;
+    let addr = listener.local_addr().map_err(|e| format!("listener address: {e}"))?;
     let mut client = TcpStream::connect(addr).map_err(|e| format!("connecting to {addr}: {e}"))?;
-    let (mut server, _) = listener
-        .accept()
-        .map_err(|e| format!("accepting on {addr}: {e}"))?;
+    let (mut server, _) = listener.accept().map_err(|e| format!("accepting on {addr}: {e}"))?;
     let cookie = socket_cookie(&client)?;
-    socks
-        .insert(cookie, client.as_fd().as_raw_fd(), 0)
-        .map_err(|e| format!("adding a socket to CLIENT_SOCKS: {e}"))?;
+    socks.insert(cookie, client.as_fd().as_raw_fd(), 0).map_err(|e| format!("adding a socket to CLIENT_SOCKS: {e}"))?;
     let result = (|| {
         // A send through the sk_msg path, as application sockets do.
-        client
-            .write_all(b"x")
-            .map_err(|e| format!("sending: {e}"))?;
+        client.write_all(b"x").map_err(|e| format!("sending: {e}"))?;
         let mut one = [0u8; 1];
-        server
-            .read_exact(&mut one)
-            .map_err(|e| format!("receiving: {e}"))?;
-        server
-            .write_all(&[b'y'; PROBE_BYTES])
-            .map_err(|e| format!("sending: {e}"))?;
+        server.read_exact(&mut one).map_err(|e| format!("receiving: {e}"))?;
+        server.write_all(&[b'y'; PROBE_BYTES]).map_err(|e| format!("sending: {e}"))?;
         wait_readable(&client, Duration::from_secs(2))?;
         let mut waiting: libc::c_int = 0;
         // SAFETY: FIONREAD writes one int into `waiting`, which outlives the call.
         let rc = unsafe { libc::ioctl(client.as_raw_fd(), libc::FIONREAD, &mut waiting) };
         if rc != 0 {
-            return Err(format!(
-                "ioctl(FIONREAD): {}",
-                std::io::Error::last_os_error()
-            ));
+            return Err(format!("ioctl(FIONREAD): {}", std::io::Error::last_os_error()));
         }
         Ok(if waiting as usize == PROBE_BYTES {
             FionreadCheck::Correct
@@ -93,10 +77,7 @@ fn socket_cookie(sock: &TcpStream) -> Result<u64, String> {
         )
     };
     if rc != 0 {
-        return Err(format!(
-            "getsockopt(SO_COOKIE): {}",
-            std::io::Error::last_os_error()
-        ));
+        return Err(format!("getsockopt(SO_COOKIE): {}", std::io::Error::last_os_error()));
     }
     Ok(cookie)
 }
@@ -106,32 +87,21 @@ fn socket_cookie(sock: &TcpStream) -> Result<u64, String> {
 fn wait_readable(sock: &TcpStream, timeout: Duration) -> Result<(), String> {
     let deadline = std::time::Instant::now() + timeout;
     loop {
-        let mut pfd = libc::pollfd {
-            fd: sock.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
+        let mut pfd = libc::pollfd { fd: sock.as_raw_fd(), events: libc::POLLIN, revents: 0 };
         // SAFETY: one pollfd we own.
         let rc = unsafe { libc::poll(&mut pfd, 1, 100) };
         if rc > 0 {
             let mut buf = [0u8; PROBE_BYTES];
             // SAFETY: MSG_PEEK|MSG_DONTWAIT into a buffer we own; nothing is consumed.
             let peeked = unsafe {
-                libc::recv(
-                    sock.as_raw_fd(),
-                    buf.as_mut_ptr().cast(),
-                    buf.len(),
-                    libc::MSG_PEEK | libc::MSG_DONTWAIT,
-                )
+                libc::recv(sock.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), libc::MSG_PEEK | libc::MSG_DONTWAIT)
             };
             if peeked >= 0 && peeked as usize == PROBE_BYTES {
                 return Ok(());
             }
         }
         if std::time::Instant::now() >= deadline {
-            return Err(format!(
-                "{PROBE_BYTES} bytes did not arrive on a loopback socket within {timeout:?}"
-            ));
+            return Err(format!("{PROBE_BYTES} bytes did not arrive on a loopback socket within {timeout:?}"));
         }
     }
 }

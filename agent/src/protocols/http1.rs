@@ -55,8 +55,20 @@ const MAX_CHUNK_META_BYTES: u32 = 64 * 1024;
 const KNOWN_METHODS: [&str; 9] = ["GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"];
 /// Further methods the detector recognises as HTTP (WebDAV, caches, ...).
 const EXTRA_METHODS: [&str; 14] = [
-    "PROPFIND", "PROPPATCH", "MKCOL", "COPY", "MOVE", "LOCK", "UNLOCK", "PURGE", "REPORT", "SEARCH", "MKCALENDAR", "LINK",
-    "UNLINK", "QUERY",
+    "PROPFIND",
+    "PROPPATCH",
+    "MKCOL",
+    "COPY",
+    "MOVE",
+    "LOCK",
+    "UNLOCK",
+    "PURGE",
+    "REPORT",
+    "SEARCH",
+    "MKCALENDAR",
+    "LINK",
+    "UNLINK",
+    "QUERY",
 ];
 
 fn request_direction(role: Role) -> Option<Direction> {
@@ -155,7 +167,8 @@ fn check_request_line_with(b: &[u8], truncated: bool, patience: usize, any_metho
         b'*' => method == b"OPTIONS" && target.get(1).is_none_or(|&c| c == b' '),
         _ if method == b"CONNECT" => first.is_ascii_alphanumeric() || first == b'[',
         b'h' | b'H' => {
-            let full = |scheme: &[u8]| target.len() >= scheme.len() && target[..scheme.len()].eq_ignore_ascii_case(scheme);
+            let full =
+                |scheme: &[u8]| target.len() >= scheme.len() && target[..scheme.len()].eq_ignore_ascii_case(scheme);
             let partial = |scheme: &[u8]| {
                 let k = target.len().min(scheme.len());
                 target[..k].eq_ignore_ascii_case(&scheme[..k])
@@ -253,7 +266,11 @@ enum HeadStep {
     TooLarge,
     /// The head is `len` bytes, in the buffer (`in_buf`) or at the start of
     /// the input; `consumed` input bytes belonged to it.
-    Complete { in_buf: bool, len: usize, consumed: usize },
+    Complete {
+        in_buf: bool,
+        len: usize,
+        consumed: usize,
+    },
 }
 
 impl HeadBuf {
@@ -313,11 +330,18 @@ impl HeadBuf {
 /// Chunked transfer-coding decoder. Tracks framing only; data is skipped.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum ChunkedState {
-    Size { value: u64, digits: u8 },
+    Size {
+        value: u64,
+        digits: u8,
+    },
     /// Chunk extension or whitespace after the size, up to LF.
     Ext,
-    SizeLf { value: u64 },
-    Data { remaining: u64 },
+    SizeLf {
+        value: u64,
+    },
+    Data {
+        remaining: u64,
+    },
     DataCr,
     DataLf,
     TrailerLineStart,
@@ -451,7 +475,8 @@ impl ChunkedDecoder {
         match self.state {
             ChunkedState::Data { remaining } if n <= remaining => {
                 self.body_bytes = self.body_bytes.saturating_add(n);
-                self.state = if n == remaining { ChunkedState::DataCr } else { ChunkedState::Data { remaining: remaining - n } };
+                self.state =
+                    if n == remaining { ChunkedState::DataCr } else { ChunkedState::Data { remaining: remaining - n } };
                 true
             }
             _ => false,
@@ -529,7 +554,10 @@ enum ReqState {
     Idle,
     /// Head bytes are arriving (some may be buffered in `head`).
     Head,
-    Body { id: u64, framing: ReqBody },
+    Body {
+        id: u64,
+        framing: ReqBody,
+    },
 }
 
 #[derive(Debug)]
@@ -545,10 +573,15 @@ enum RespState {
     Unsynced,
     Idle,
     Head,
-    Body { exchange: Box<Exchange>, framing: RespBody },
+    Body {
+        exchange: Box<Exchange>,
+        framing: RespBody,
+    },
     /// The response's end is not visible: it ends at the last response chunk
     /// before the next request, close or idle.
-    Unframed { exchange: Box<Exchange> },
+    Unframed {
+        exchange: Box<Exchange>,
+    },
 }
 
 #[derive(Debug)]
@@ -683,7 +716,12 @@ impl Http1Parser {
                     if !self.req.line_ok {
                         let view = if self.req.head.buf.is_empty() { input } else { &self.req.head.buf[..] };
                         let any_method = !self.req.tentative;
-                        match check_request_line_with(&view[..view.len().min(LINE_CHECK_BYTES)], false, DETECT_LINE_PATIENCE, any_method) {
+                        match check_request_line_with(
+                            &view[..view.len().min(LINE_CHECK_BYTES)],
+                            false,
+                            DETECT_LINE_PATIENCE,
+                            any_method,
+                        ) {
                             Confidence::Yes => self.req.line_ok = true,
                             Confidence::NeedMore => {}
                             Confidence::No => match self.request_error("invalid request line") {
@@ -708,10 +746,12 @@ impl Http1Parser {
                             self.req.head.reset();
                             let head = match parsed {
                                 Ok(head) => head,
-                                Err(HeadError::TooManyHeaders) => match self.request_error("too many request headers") {
-                                    Some(feed) => return feed,
-                                    None => return Feed::Continue,
-                                },
+                                Err(HeadError::TooManyHeaders) => {
+                                    match self.request_error("too many request headers") {
+                                        Some(feed) => return feed,
+                                        None => return Feed::Continue,
+                                    }
+                                }
                                 Err(HeadError::Invalid(reason)) => match self.request_error(reason) {
                                     Some(feed) => return feed,
                                     None => return Feed::Continue,
@@ -775,7 +815,12 @@ impl Http1Parser {
     /// A complete request head (or a placeholder when `head` is None: a
     /// request we know exists but cannot read, so its response is consumed
     /// without being matched to the wrong request).
-    fn accept_request(&mut self, head: Option<RequestHead>, framing_known: bool, out: &mut Vec<ParsedSpan>) -> Option<Feed> {
+    fn accept_request(
+        &mut self,
+        head: Option<RequestHead>,
+        framing_known: bool,
+        out: &mut Vec<ParsedSpan>,
+    ) -> Option<Feed> {
         self.req.tentative = false;
         if let RespState::Unframed { .. } = self.resp.state {
             // The next request marks the end of a response we could not frame.
@@ -922,7 +967,9 @@ impl Http1Parser {
                     // A new status line while requests wait ends the unframed
                     // response at the previous chunk.
                     if off == 0 && !self.pending.is_empty() && check_status_line(bytes) == Confidence::Yes {
-                        if let RespState::Unframed { exchange } = std::mem::replace(&mut self.resp.state, RespState::Idle) {
+                        if let RespState::Unframed { exchange } =
+                            std::mem::replace(&mut self.resp.state, RespState::Idle)
+                        {
                             self.finish(*exchange, previous_ns, out);
                         }
                         continue;
@@ -1000,7 +1047,9 @@ impl Http1Parser {
                         }
                     };
                     if done {
-                        if let RespState::Body { exchange, .. } = std::mem::replace(&mut self.resp.state, RespState::Idle) {
+                        if let RespState::Body { exchange, .. } =
+                            std::mem::replace(&mut self.resp.state, RespState::Idle)
+                        {
                             self.finish(*exchange, c.exit_ns, out);
                         }
                     }
@@ -1073,7 +1122,8 @@ impl Http1Parser {
                 self.resp.head.reset();
                 match self.pending.pop_front() {
                     Some(req) => {
-                        let exchange = Exchange { req, status: head.map(|h| h.status), body_bytes: 0, body_size_known: false };
+                        let exchange =
+                            Exchange { req, status: head.map(|h| h.status), body_bytes: 0, body_size_known: false };
                         self.resp.state = RespState::Unframed { exchange: Box::new(exchange) };
                     }
                     None => {
@@ -1089,7 +1139,9 @@ impl Http1Parser {
                     *remaining -= take;
                     exchange.body_bytes += take;
                     if *remaining == 0 {
-                        if let RespState::Body { exchange, .. } = std::mem::replace(&mut self.resp.state, RespState::Idle) {
+                        if let RespState::Body { exchange, .. } =
+                            std::mem::replace(&mut self.resp.state, RespState::Idle)
+                        {
                             self.finish(*exchange, now_ns, out);
                         }
                         if overflow {
@@ -1100,7 +1152,9 @@ impl Http1Parser {
                 RespBody::Chunked(dec) => {
                     if dec.skip_blind(blind) {
                         exchange.body_bytes = dec.body_bytes;
-                    } else if let RespState::Body { mut exchange, .. } = std::mem::replace(&mut self.resp.state, RespState::Idle) {
+                    } else if let RespState::Body { mut exchange, .. } =
+                        std::mem::replace(&mut self.resp.state, RespState::Idle)
+                    {
                         exchange.body_size_known = false;
                         self.resp.state = RespState::Unframed { exchange };
                     }
@@ -1203,7 +1257,9 @@ impl ProtocolParser for Http1Parser {
             }
         }
         let mut stale = 0u64;
-        while self.pending.front().is_some_and(|r| r.start_ns < older_than_ns) && !matches!(self.resp.state, RespState::Head) {
+        while self.pending.front().is_some_and(|r| r.start_ns < older_than_ns)
+            && !matches!(self.resp.state, RespState::Head)
+        {
             self.pending.pop_front();
             stale += 1;
         }
@@ -1380,7 +1436,9 @@ fn split_target(method: &str, target: &str) -> (Option<String>, Option<String>) 
         let end = p.find(['?', '#']).unwrap_or(p.len());
         truncate_utf8(&p[..end], MAX_PATH)
     };
-    let has_scheme = |scheme: &str| target.len() >= scheme.len() && target.as_bytes()[..scheme.len()].eq_ignore_ascii_case(scheme.as_bytes());
+    let has_scheme = |scheme: &str| {
+        target.len() >= scheme.len() && target.as_bytes()[..scheme.len()].eq_ignore_ascii_case(scheme.as_bytes())
+    };
     let rest = if has_scheme("http://") {
         Some(&target[7..])
     } else if has_scheme("https://") {
@@ -1422,7 +1480,6 @@ fn split_host_port(host: &str) -> (String, Option<u16>) {
         _ => (host.to_owned(), None),
     }
 }
-
 
 fn hex_nibble(c: u8) -> Option<u8> {
     match c {
@@ -1601,7 +1658,8 @@ mod tests {
 
         fn chunk(&mut self, direction: Direction, bytes: &[u8], total_len: u64) -> Feed {
             self.t += 100;
-            let chunk = Chunk { direction, bytes, total_len, enter_ns: self.t, exit_ns: self.t + 10, tid: self.t as u32 };
+            let chunk =
+                Chunk { direction, bytes, total_len, enter_ns: self.t, exit_ns: self.t + 10, tid: self.t as u32 };
             let feed = self.parser.on_data(&chunk, &mut self.out);
             self.feeds.push(feed.clone());
             feed
@@ -2098,7 +2156,10 @@ mod tests {
     fn invalid_chunked_body_loses_sync() {
         let mut c = Conn::new(Role::Server);
         c.req(b"GET / HTTP/1.1\r\n\r\n");
-        assert_eq!(c.resp(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n"), Feed::LostSync("invalid chunked response body"));
+        assert_eq!(
+            c.resp(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n"),
+            Feed::LostSync("invalid chunked response body")
+        );
         assert!(c.take().is_empty());
         assert_eq!(c.parser.take_dropped(), 1);
     }
@@ -2283,7 +2344,10 @@ mod tests {
     fn upgrade_and_connect_make_the_stream_opaque() {
         let mut c = Conn::new(Role::Server);
         c.req(b"GET /ws HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n");
-        assert_eq!(c.resp(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n\x81\x05hello"), Feed::Opaque("http protocol upgrade"));
+        assert_eq!(
+            c.resp(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n\x81\x05hello"),
+            Feed::Opaque("http protocol upgrade")
+        );
         let spans = c.take();
         assert_eq!(names(&spans), ["GET /ws"]);
         assert_eq!(spans[0].attr("http.response.status_code"), Some(&i(101)));
@@ -2455,7 +2519,10 @@ mod tests {
         assert_eq!(split_host_port("[::1]:8080"), ("::1".into(), Some(8080)));
         assert_eq!(split_host_port("::1"), ("::1".into(), None));
         assert_eq!(split_target("GET", "/a/b?c=d#e"), (Some("/a/b".into()), None));
-        assert_eq!(split_target("GET", "http://user:pw@proxy.example:3128/x?y"), (Some("/x".into()), Some("proxy.example:3128".into())));
+        assert_eq!(
+            split_target("GET", "http://user:pw@proxy.example:3128/x?y"),
+            (Some("/x".into()), Some("proxy.example:3128".into()))
+        );
         assert_eq!(split_target("GET", "HTTPS://h"), (Some("/".into()), Some("h".into())));
         assert_eq!(split_target("CONNECT", "h:443"), (None, Some("h:443".into())));
         assert_eq!(parse_content_length(b"42"), Some(42));
@@ -2623,14 +2690,14 @@ mod tests {
             }
             c.close();
             assert!(c.all_continue());
-            c.take()
-                .into_iter()
-                .map(|s| (s.name, s.status, s.attributes, s.incoming_context))
-                .collect::<Vec<_>>()
+            c.take().into_iter().map(|s| (s.name, s.status, s.attributes, s.incoming_context)).collect::<Vec<_>>()
         };
         let whole = run(&mut |n| n);
         assert_eq!(whole.len(), 5);
-        assert_eq!(whole.iter().map(|s| s.0.as_str()).collect::<Vec<_>>(), ["POST /e", "GET /a/{id}", "HEAD /h", "PUT /c", "GET /old"]);
+        assert_eq!(
+            whole.iter().map(|s| s.0.as_str()).collect::<Vec<_>>(),
+            ["POST /e", "GET /a/{id}", "HEAD /h", "PUT /c", "GET /old"]
+        );
         let mut rng = Rng(42);
         for _ in 0..300 {
             let split = run(&mut |n| 1 + rng.below(n));

@@ -11,11 +11,11 @@
 //! and a parser that cannot follow the stream any more must say so
 //! ([`Feed::LostSync`]) instead of guessing.
 pub mod http1;
+pub mod mysql;
+pub mod postgres;
 pub mod route;
 pub mod script;
 pub mod sql;
-pub mod postgres;
-pub mod mysql;
 
 use waggle_common::{Direction, Role};
 
@@ -65,16 +65,10 @@ pub enum Confidence {
 }
 
 /// Knobs parsers need; filled from the agent config.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct ParserConfig {
     /// Export SQL text with literals intact (default false: sanitized).
     pub raw_sql: bool,
-}
-
-impl Default for ParserConfig {
-    fn default() -> Self {
-        ParserConfig { raw_sql: false }
-    }
 }
 
 /// Recognises a protocol from the first chunk seen on a connection.
@@ -125,7 +119,12 @@ pub fn detect(role: Role, chunk: &Chunk<'_>, config: &ParserConfig) -> Detection
 }
 
 /// [`detect`] over an explicit detector list (tests use their own).
-pub fn detect_in(detectors: &[&dyn ProtocolDetector], role: Role, chunk: &Chunk<'_>, config: &ParserConfig) -> Detection {
+pub fn detect_in(
+    detectors: &[&dyn ProtocolDetector],
+    role: Role,
+    chunk: &Chunk<'_>,
+    config: &ParserConfig,
+) -> Detection {
     let mut need_more = false;
     for detector in detectors {
         match detector.detect(role, chunk) {

@@ -82,7 +82,10 @@ pub(crate) fn looks_like_id(seg: &str) -> bool {
     let digits = b.iter().filter(|c| c.is_ascii_digit()).count();
     let letters = b.iter().filter(|c| c.is_ascii_alphabetic()).count();
     // 123, 2024-01-15, 1.2.3, 12:30
-    if digits > 0 && b[0].is_ascii_digit() && b.iter().all(|c| c.is_ascii_digit() || matches!(c, b'-' | b'_' | b'.' | b',' | b':')) {
+    if digits > 0
+        && b[0].is_ascii_digit()
+        && b.iter().all(|c| c.is_ascii_digit() || matches!(c, b'-' | b'_' | b'.' | b',' | b':'))
+    {
         return true;
     }
     if is_uuid(b) {
@@ -169,7 +172,15 @@ mod tests {
 
     #[test]
     fn words_survive() {
-        for path in ["/api/v2beta1/items", "/health", "/facade", "/decade/added", "/static/jquery-3.6.0.min.js", "/oauth2/callback", "/users/me/profile-settings"] {
+        for path in [
+            "/api/v2beta1/items",
+            "/health",
+            "/facade",
+            "/decade/added",
+            "/static/jquery-3.6.0.min.js",
+            "/oauth2/callback",
+            "/users/me/profile-settings",
+        ] {
             assert_eq!(infer_route(path), path, "{path} must not be templated");
         }
         // Short hex-looking words are words unless they contain a digit.

@@ -83,10 +83,7 @@ pub fn is_interim_response(head: &[u8; 16], len: u64) -> bool {
 /// The bytes start like an HTTP/1.x status line.
 #[inline(always)]
 pub fn starts_http1(head: &[u8; 16]) -> bool {
-    u64::from_le_bytes([
-        head[0], head[1], head[2], head[3], head[4], head[5], head[6], head[7],
-    ]) & low_bytes(7)
-        == HTTP1
+    u64::from_le_bytes([head[0], head[1], head[2], head[3], head[4], head[5], head[6], head[7]]) & low_bytes(7) == HTTP1
 }
 
 /// The request line (`line`: the 10 bytes before and including its CRLF)
@@ -250,11 +247,7 @@ impl HeaderScan {
             return;
         }
         let l = [lower_word(w[0]), lower_word(w[1]), lower_word(w[2])];
-        if len > 11
-            && l[0] == TRACEPARENT[0]
-            && l[1] & 0xff_ffff == TRACEPARENT[1]
-            && ends_name(byte_of(&w, 11))
-        {
+        if len > 11 && l[0] == TRACEPARENT[0] && l[1] & 0xff_ffff == TRACEPARENT[1] && ends_name(byte_of(&w, 11)) {
             self.traceparent_lines += 1;
             if self.traceparent_lines == 1 && byte_of(&w, 11) == b':' {
                 self.traceparent_value = start + 12;
@@ -479,9 +472,7 @@ mod tests {
 
     #[test]
     fn recognises_request_starts_only() {
-        for m in [
-            "GET", "PUT", "POST", "HEAD", "PATCH", "TRACE", "DELETE", "OPTIONS", "CONNECT",
-        ] {
+        for m in ["GET", "PUT", "POST", "HEAD", "PATCH", "TRACE", "DELETE", "OPTIONS", "CONNECT"] {
             assert!(starts(format!("{m} / HTTP/1.1\r\n").as_bytes()), "{m}");
             assert!(!starts(m.as_bytes()), "{m} without its space");
             assert!(!starts(format!("{m}x / HTTP/1.1").as_bytes()), "{m}x");
@@ -575,10 +566,7 @@ mod tests {
         let bare = b"GET / HTTP/1.1\nHost: x\r\n\r\n";
         let sc = scan(bare);
         assert_eq!(sc.request_line_end, 24);
-        assert!(
-            !http1_line(bare, &sc),
-            "bare LF must not pass as a request line end"
-        );
+        assert!(!http1_line(bare, &sc), "bare LF must not pass as a request line end");
         assert_eq!(scan(b"GET / HTTP/1.1").request_line_end, 0);
         assert_eq!(scan(b"GET / HTTP/1.1\r").request_line_end, 0);
     }
@@ -623,10 +611,7 @@ mod tests {
         let got = parse(&format!(" {VALID}\r\n")).unwrap();
         assert_eq!(got.trace_id[0], 0x0a);
         assert_eq!(got.trace_id[15], 0x9c);
-        assert_eq!(
-            got.span_id,
-            [0xb7, 0xad, 0x6b, 0x71, 0x69, 0x20, 0x33, 0x31]
-        );
+        assert_eq!(got.span_id, [0xb7, 0xad, 0x6b, 0x71, 0x69, 0x20, 0x33, 0x31]);
         assert_eq!(got.flags, 1);
         let got = parse(&format!("{}\r\n", VALID.replace("-01", "-00"))).unwrap();
         assert_eq!(got.flags, 0);
@@ -644,10 +629,7 @@ mod tests {
             format!("{VALID}0"),
             format!("{VALID};x"),
             VALID.replace("b7ad6b7169203331", "0000000000000000"),
-            VALID.replace(
-                "0af7651916cd43dd8448eb211c80319c",
-                "00000000000000000000000000000000",
-            ),
+            VALID.replace("0af7651916cd43dd8448eb211c80319c", "00000000000000000000000000000000"),
             VALID[..54].to_owned(),
             VALID.replace('-', "_"),
         ];
@@ -685,20 +667,14 @@ mod tests {
         let w = u64::from_le_bytes(*b"AZaz@[`{");
         assert_eq!(lower_word(w).to_le_bytes(), *b"azaz@[`{");
         let w = u64::from_le_bytes([0xc1, 0xda, b'Q', 0x80, 0xff, b'-', b'0', b'M']);
-        assert_eq!(
-            lower_word(w).to_le_bytes(),
-            [0xc1, 0xda, b'q', 0x80, 0xff, b'-', b'0', b'm']
-        );
+        assert_eq!(lower_word(w).to_le_bytes(), [0xc1, 0xda, b'q', 0x80, 0xff, b'-', b'0', b'm']);
     }
 
     #[test]
     fn request_length_from_the_header_block() {
         let req = b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length:  12 \r\n\r\nhello world!";
         assert_eq!(request_len(req), Some(req.len() as u64));
-        assert_eq!(
-            request_len(b"GET / HTTP/1.1\r\ncontent-LENGTH: 0\r\n\r\n"),
-            Some(37)
-        );
+        assert_eq!(request_len(b"GET / HTTP/1.1\r\ncontent-LENGTH: 0\r\n\r\n"), Some(37));
         // Unknown framing: chunked, upgrades, malformed or repeated lengths.
         for bad in [
             &b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"[..],
@@ -716,14 +692,10 @@ mod tests {
             assert_eq!(request_len(bad), None, "{:?}", core::str::from_utf8(bad));
         }
         // Look-alike names are other headers.
-        let alike =
-            b"GET / HTTP/1.1\r\nX-Content-Length: 5\r\nContent-Lengths: 3\r\nUpgraded: 1\r\n\r\n";
+        let alike = b"GET / HTTP/1.1\r\nX-Content-Length: 5\r\nContent-Lengths: 3\r\nUpgraded: 1\r\n\r\n";
         assert_eq!(request_len(alike), Some(72));
         // Incomplete header block: unknown.
-        assert_eq!(
-            request_len(b"POST / HTTP/1.1\r\nContent-Length: 5\r\n"),
-            None
-        );
+        assert_eq!(request_len(b"POST / HTTP/1.1\r\nContent-Length: 5\r\n"), None);
         // Names in any case, values with whitespace around.
         let ok = b"PUT /x HTTP/1.1\r\nCONTENT-LENGTH:\t7\t\r\n\r\n1234567";
         assert_eq!(request_len(ok), Some(ok.len() as u64));

@@ -5,13 +5,11 @@ use aya_ebpf::{
     maps::lpm_trie::Key,
     programs::TracePointContext,
 };
-use waggle_common::{
-    conn_flags, inet_sock, ConnEvent, ConnInfo, Counter, EventKind, Role, SockKey, SyscallId,
-};
+use waggle_common::{conn_flags, inet_sock, ConnEvent, ConnInfo, Counter, EventKind, Role, SockKey, SyscallId};
 
 use crate::{
-    arg, count, current, mint_conn_id, now_ns, stash, take_pending, wakeup_flags, Pending, CONNS,
-    EVENTS, INET_STREAM_SOCKS, TRACKED_TGIDS, TRUSTED_NETS, TRUST_ALL_PEERS,
+    arg, count, current, mint_conn_id, now_ns, stash, take_pending, wakeup_flags, Pending, CONNS, EVENTS,
+    INET_STREAM_SOCKS, TRACKED_TGIDS, TRUSTED_NETS, TRUST_ALL_PEERS,
 };
 
 const AF_INET: u16 = 2;
@@ -49,11 +47,7 @@ fn is_inet(family: u16) -> bool {
 fn read_peer(ptr: u64, addrlen: u64) -> Option<Peer> {
     // SAFETY: reads user memory through the fault-tolerant helper.
     let head = unsafe { bpf_probe_read_user(ptr as *const SockaddrHead) }.ok()?;
-    let mut peer = Peer {
-        family: head.family,
-        port: u16::from_be(head.port_be),
-        addr: [0; 16],
-    };
+    let mut peer = Peer { family: head.family, port: u16::from_be(head.port_be), addr: [0; 16] };
     if head.family == AF_INET {
         let [a, b, c, d] = head.addr4;
         peer.addr[0] = a;
@@ -114,19 +108,8 @@ fn peer_trusted(peer: &Peer) -> bool {
 #[inline(always)]
 fn open_conn(key: SockKey, tid: u32, role: Role, peer: &Peer) {
     let conn_id = mint_conn_id();
-    let flags = if role == Role::Server && !peer_trusted(peer) {
-        conn_flags::UNTRUSTED_PEER
-    } else {
-        0
-    };
-    let info = ConnInfo {
-        conn_id,
-        role: role as u8,
-        family: peer.family as u8,
-        flags,
-        _pad: [0; 5],
-        req_remaining: 0,
-    };
+    let flags = if role == Role::Server && !peer_trusted(peer) { conn_flags::UNTRUSTED_PEER } else { 0 };
+    let info = ConnInfo { conn_id, role: role as u8, family: peer.family as u8, flags, _pad: [0; 5], req_remaining: 0 };
     if CONNS.insert(key, info, 0).is_err() {
         count(Counter::MapInsertFailed);
         return;
@@ -150,11 +133,7 @@ pub(crate) fn socket_enter(ctx: &TracePointContext) -> Option<()> {
     let p = Pending {
         syscall: SyscallId::Socket as u8,
         family: family as u8,
-        aux: u64::from(if ty == SOCK_STREAM {
-            inet_sock::STREAM
-        } else {
-            inet_sock::OTHER
-        }),
+        aux: u64::from(if ty == SOCK_STREAM { inet_sock::STREAM } else { inet_sock::OTHER }),
         ..Pending::default()
     };
     stash(pid_tgid, &p);
@@ -169,17 +148,7 @@ pub(crate) fn socket_exit(ctx: &TracePointContext) -> Option<()> {
     if ret < 0 {
         return None;
     }
-    if INET_STREAM_SOCKS
-        .insert(
-            SockKey {
-                tgid,
-                fd: ret as u32,
-            },
-            p.aux as u8,
-            0,
-        )
-        .is_err()
-    {
+    if INET_STREAM_SOCKS.insert(SockKey { tgid, fd: ret as u32 }, p.aux as u8, 0).is_err() {
         count(Counter::MapInsertFailed);
     }
     Some(())
@@ -189,12 +158,7 @@ pub(crate) fn socket_exit(ctx: &TracePointContext) -> Option<()> {
 #[inline(always)]
 pub(crate) fn accept_enter(ctx: &TracePointContext, id: SyscallId) -> Option<()> {
     let (pid_tgid, _) = current()?;
-    let p = Pending {
-        fd: arg(ctx, 0) as u32,
-        ptr: arg(ctx, 1),
-        syscall: id as u8,
-        ..Pending::default()
-    };
+    let p = Pending { fd: arg(ctx, 0) as u32, ptr: arg(ctx, 1), syscall: id as u8, ..Pending::default() };
     stash(pid_tgid, &p);
     Some(())
 }
@@ -207,18 +171,11 @@ pub(crate) fn accept_exit(ctx: &TracePointContext, id: SyscallId) -> Option<()> 
     if ret < 0 {
         return None;
     }
-    let key = SockKey {
-        tgid,
-        fd: ret as u32,
-    };
+    let key = SockKey { tgid, fd: ret as u32 };
     let tid = pid_tgid as u32;
     // The kernel has filled the peer sockaddr by now; sockaddr_in6 is 28
     // bytes, and a caller that passed a shorter buffer still gets the family.
-    let peer = if p.ptr != 0 {
-        read_peer(p.ptr, 28)
-    } else {
-        None
-    };
+    let peer = if p.ptr != 0 { read_peer(p.ptr, 28) } else { None };
     match peer {
         Some(peer) if is_inet(peer.family) => {
             open_conn(key, tid, Role::Server, &peer);
@@ -236,14 +193,7 @@ pub(crate) fn accept_exit(ctx: &TracePointContext, id: SyscallId) -> Option<()> 
                 }
                 Some(_) => {}
                 // Listener created before the agent: userspace checks /proc.
-                None => emit_conn(
-                    EventKind::ConnUnverified,
-                    Role::Server,
-                    key,
-                    tid,
-                    0,
-                    &Peer::default(),
-                ),
+                None => emit_conn(EventKind::ConnUnverified, Role::Server, key, tid, 0, &Peer::default()),
             }
         }
     }
@@ -290,11 +240,7 @@ pub(crate) fn connect_exit(ctx: &TracePointContext) -> Option<()> {
     }
     let key = SockKey { tgid, fd: p.fd };
     let tid = pid_tgid as u32;
-    let peer = Peer {
-        family: u16::from(p.family),
-        port: p.port,
-        addr: p.addr,
-    };
+    let peer = Peer { family: u16::from(p.family), port: p.port, addr: p.addr };
     match INET_STREAM_SOCKS.get_ptr(key) {
         // SAFETY: points at a live map value.
         Some(kind) if unsafe { *kind } == inet_sock::STREAM => {
@@ -313,26 +259,13 @@ pub(crate) fn connect_exit(ctx: &TracePointContext) -> Option<()> {
 #[inline(always)]
 pub(crate) fn close_enter(ctx: &TracePointContext) -> Option<()> {
     let (pid_tgid, tgid) = current()?;
-    let key = SockKey {
-        tgid,
-        fd: arg(ctx, 0) as u32,
-    };
+    let key = SockKey { tgid, fd: arg(ctx, 0) as u32 };
     if let Some(info) = CONNS.get_ptr(key) {
         // SAFETY: points at a live CONNS value, copied before the delete.
         let info = unsafe { *info };
         let _ = CONNS.remove(key);
-        let peer = Peer {
-            family: u16::from(info.family),
-            ..Peer::default()
-        };
-        emit_conn(
-            EventKind::ConnClose,
-            Role::from_u8(info.role),
-            key,
-            pid_tgid as u32,
-            info.conn_id,
-            &peer,
-        );
+        let peer = Peer { family: u16::from(info.family), ..Peer::default() };
+        emit_conn(EventKind::ConnClose, Role::from_u8(info.role), key, pid_tgid as u32, info.conn_id, &peer);
     }
     let _ = INET_STREAM_SOCKS.remove(key);
     Some(())

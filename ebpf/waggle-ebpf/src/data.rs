@@ -4,8 +4,7 @@ use core::hint::black_box;
 
 use aya_ebpf::programs::TracePointContext;
 use waggle_common::{
-    conn_flags, ConnInfo, Counter, DataEvent, Direction, EventKind, Role, SockKey, SyscallId,
-    MAX_CAPTURE,
+    conn_flags, ConnInfo, Counter, DataEvent, Direction, EventKind, Role, SockKey, SyscallId, MAX_CAPTURE,
 };
 
 use crate::{
@@ -31,14 +30,7 @@ const MSG_PEEK: u64 = 2;
 
 #[inline(always)]
 fn is_send(id: SyscallId) -> bool {
-    matches!(
-        id,
-        SyscallId::Write
-            | SyscallId::Sendto
-            | SyscallId::Writev
-            | SyscallId::Sendmsg
-            | SyscallId::Sendfile
-    )
+    matches!(id, SyscallId::Write | SyscallId::Sendto | SyscallId::Writev | SyscallId::Sendmsg | SyscallId::Sendfile)
 }
 
 /// Enter: remember the buffer only for tracked, unmuted connections. This
@@ -71,14 +63,8 @@ pub(crate) fn enter(ctx: &TracePointContext, id: SyscallId) {
     if peek {
         return;
     }
-    let mut p = Pending {
-        enter_ns: now_ns(),
-        ptr: arg(ctx, 1),
-        len: arg(ctx, 2),
-        fd,
-        syscall: id as u8,
-        ..Pending::default()
-    };
+    let mut p =
+        Pending { enter_ns: now_ns(), ptr: arg(ctx, 1), len: arg(ctx, 2), fd, syscall: id as u8, ..Pending::default() };
     if !is_send(id) {
         stash(pid_tgid, &p);
         return;

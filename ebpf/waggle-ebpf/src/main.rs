@@ -38,10 +38,9 @@ use aya_ebpf::{
     EbpfContext, Global,
 };
 use waggle_common::{
-    ConnInfo, Counter, Direction, InjectRequest, SockKey, SyscallId, TraceCtx,
-    CLIENT_SOCKS_MAX_ENTRIES, CONNECTING_MAX_ENTRIES, CONNS_MAX_ENTRIES, COUNTER_COUNT,
-    EVENTS_RINGBUF_BYTES, INET_STREAM_SOCKS_MAX_ENTRIES, INJECT_PENDING_MAX_ENTRIES, MAX_CAPTURE,
-    PENDING_MAX_ENTRIES, THREAD_CTX_MAX_ENTRIES, TRACKED_TGIDS_MAX_ENTRIES,
+    ConnInfo, Counter, Direction, InjectRequest, SockKey, SyscallId, TraceCtx, CLIENT_SOCKS_MAX_ENTRIES,
+    CONNECTING_MAX_ENTRIES, CONNS_MAX_ENTRIES, COUNTER_COUNT, EVENTS_RINGBUF_BYTES, INET_STREAM_SOCKS_MAX_ENTRIES,
+    INJECT_PENDING_MAX_ENTRIES, MAX_CAPTURE, PENDING_MAX_ENTRIES, THREAD_CTX_MAX_ENTRIES, TRACKED_TGIDS_MAX_ENTRIES,
     TRUSTED_NETS_MAX_ENTRIES, USERSPACE_CONN_ID_BIT,
 };
 
@@ -99,8 +98,7 @@ static CONNS: LruHashMap<SockKey, ConnInfo> = LruHashMap::with_max_entries(CONNS
 
 /// AF_INET/AF_INET6 descriptors seen at socket(), valued waggle_common::inet_sock.
 #[map]
-static INET_STREAM_SOCKS: LruHashMap<SockKey, u8> =
-    LruHashMap::with_max_entries(INET_STREAM_SOCKS_MAX_ENTRIES, 0);
+static INET_STREAM_SOCKS: LruHashMap<SockKey, u8> = LruHashMap::with_max_entries(INET_STREAM_SOCKS_MAX_ENTRIES, 0);
 
 /// Syscall arguments between enter and exit, keyed by pid_tgid (a thread is
 /// in one syscall at a time). LRU so entries whose exit we never saw (the
@@ -121,8 +119,7 @@ static SCAN: PerCpuArray<waggle_common::http::HeaderScan> = PerCpuArray::with_ma
 /// Processes that own (or inherited) tracked connections: only their forks
 /// and exits are reported.
 #[map]
-static TRACKED_TGIDS: LruHashMap<u32, u8> =
-    LruHashMap::with_max_entries(TRACKED_TGIDS_MAX_ENTRIES, 0);
+static TRACKED_TGIDS: LruHashMap<u32, u8> = LruHashMap::with_max_entries(TRACKED_TGIDS_MAX_ENTRIES, 0);
 
 #[map]
 static CONN_SEQ: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
@@ -130,14 +127,12 @@ static CONN_SEQ: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 /// pid_tgid -> the server request the thread is handling. LRU: a thread that
 /// never answers (or dies unseen) ages out.
 #[map]
-static THREAD_CTX: LruHashMap<u64, TraceCtx> =
-    LruHashMap::with_max_entries(THREAD_CTX_MAX_ENTRIES, 0);
+static THREAD_CTX: LruHashMap<u64, TraceCtx> = LruHashMap::with_max_entries(THREAD_CTX_MAX_ENTRIES, 0);
 
 /// pid_tgid -> the traceparent the thread's current send should carry; lives
 /// from the send's syscall entry to its exit.
 #[map]
-static INJECT_PENDING: LruHashMap<u64, InjectRequest> =
-    LruHashMap::with_max_entries(INJECT_PENDING_MAX_ENTRIES, 0);
+static INJECT_PENDING: LruHashMap<u64, InjectRequest> = LruHashMap::with_max_entries(INJECT_PENDING_MAX_ENTRIES, 0);
 
 /// Established client sockets of traced processes, by socket cookie; the
 /// sk_msg program runs on their sends.
@@ -155,8 +150,7 @@ static RUNTIME: Array<u64> = Array::with_max_entries(waggle_common::runtime::COU
 /// Peer networks (IPv6, IPv4 mapped into ::ffff:0:0/96) whose incoming
 /// traceparent is trusted when TRUST_ALL_PEERS is 0.
 #[map]
-static TRUSTED_NETS: LpmTrie<[u8; 16], u8> =
-    LpmTrie::with_max_entries(TRUSTED_NETS_MAX_ENTRIES, 0);
+static TRUSTED_NETS: LpmTrie<[u8; 16], u8> = LpmTrie::with_max_entries(TRUSTED_NETS_MAX_ENTRIES, 0);
 
 // ---- kernel-private types ----
 

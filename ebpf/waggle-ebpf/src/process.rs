@@ -15,14 +15,7 @@ const NEWTASK_CLONE_FLAGS_OFFSET: usize = 32;
 
 #[inline(always)]
 fn emit(kind: EventKind, tgid: u32, parent_tgid: u32) {
-    let ev = ProcessEvent {
-        kind: kind as u8,
-        _pad0: [0; 3],
-        tgid,
-        parent_tgid,
-        _pad1: 0,
-        ts_ns: now_ns(),
-    };
+    let ev = ProcessEvent { kind: kind as u8, _pad0: [0; 3], tgid, parent_tgid, _pad1: 0, ts_ns: now_ns() };
     if EVENTS.output::<ProcessEvent>(&ev, wakeup_flags()).is_err() {
         count(Counter::EventsLost);
     }
@@ -39,8 +32,7 @@ pub(crate) fn task_newtask(ctx: &TracePointContext) -> Option<()> {
     let base = ctx.as_ptr().cast::<u8>();
     // SAFETY: constant in-bounds offsets into the tracepoint record (checked
     // by the verifier against the record size at attach time).
-    let flags =
-        unsafe { core::ptr::read_volatile(base.add(NEWTASK_CLONE_FLAGS_OFFSET).cast::<u64>()) };
+    let flags = unsafe { core::ptr::read_volatile(base.add(NEWTASK_CLONE_FLAGS_OFFSET).cast::<u64>()) };
     // SAFETY: as above.
     let child = unsafe { core::ptr::read_volatile(base.add(NEWTASK_PID_OFFSET).cast::<u32>()) };
     if flags & CLONE_THREAD != 0 {

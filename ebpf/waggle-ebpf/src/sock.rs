@@ -25,28 +25,26 @@ use core::{ffi::c_void, hint::black_box};
 
 use aya_ebpf::{
     bindings::{
-        bpf_sock, sk_action::SK_DROP, BPF_NOEXIST, BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB,
-        BPF_SOCK_OPS_HDR_OPT_LEN_CB, BPF_SOCK_OPS_TCP_CONNECT_CB,
-        BPF_SOCK_OPS_WRITE_HDR_OPT_CB_FLAG,
+        bpf_sock, sk_action::SK_DROP, BPF_NOEXIST, BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_HDR_OPT_LEN_CB,
+        BPF_SOCK_OPS_TCP_CONNECT_CB, BPF_SOCK_OPS_WRITE_HDR_OPT_CB_FLAG,
     },
     helpers::{
         bpf_get_current_pid_tgid,
         generated::{
-            bpf_get_socket_cookie, bpf_map_delete_elem, bpf_msg_pop_data, bpf_msg_pull_data,
-            bpf_msg_push_data, bpf_probe_read_kernel,
+            bpf_get_socket_cookie, bpf_map_delete_elem, bpf_msg_pop_data, bpf_msg_pull_data, bpf_msg_push_data,
+            bpf_probe_read_kernel,
         },
     },
     programs::{SkMsgContext, SockOpsContext},
 };
 use waggle_common::{
-    ctx_flags, http, runtime, skip_reason, sockmap_mode, Counter, InjectRequest, SyscallId,
-    MAX_CAPTURE, TRACEPARENT_LINE_LEN,
+    ctx_flags, http, runtime, skip_reason, sockmap_mode, Counter, InjectRequest, SyscallId, MAX_CAPTURE,
+    TRACEPARENT_LINE_LEN,
 };
 
 use crate::{
-    count, count_index, current, CLIENT_SOCKS, CONNECTING, INJECT_PENDING, NOTSENT_LOWAT_DEFAULT,
-    OFF_NOTSENT_LOWAT, OFF_SNDBUF, OFF_SND_NXT, OFF_WMEM_QUEUED, OFF_WRITE_SEQ, PENDING,
-    PROPAGATION, RUNTIME,
+    count, count_index, current, CLIENT_SOCKS, CONNECTING, INJECT_PENDING, NOTSENT_LOWAT_DEFAULT, OFF_NOTSENT_LOWAT,
+    OFF_SNDBUF, OFF_SND_NXT, OFF_WMEM_QUEUED, OFF_WRITE_SEQ, PENDING, PROPAGATION, RUNTIME,
 };
 
 const LINE: u32 = TRACEPARENT_LINE_LEN as u32;
@@ -109,14 +107,7 @@ fn established(ctx: &SockOpsContext) {
     }
     let mut map_key = key;
     // SAFETY: ctx.ops is the live context pointer of this program.
-    if CLIENT_SOCKS
-        .update(
-            &mut map_key,
-            unsafe { &mut *ctx.ops },
-            u64::from(BPF_NOEXIST),
-        )
-        .is_err()
-    {
+    if CLIENT_SOCKS.update(&mut map_key, unsafe { &mut *ctx.ops }, u64::from(BPF_NOEXIST)).is_err() {
         // Full, or the socket belongs to another sk_msg program already:
         // it is left alone (its requests count as SkipNotInSockhash).
         count(Counter::SockmapRefused);
@@ -156,10 +147,7 @@ fn leave(key: u64) -> bool {
     // SAFETY: CLIENT_SOCKS is a map of this object; the key lives on the
     // stack for the call. sockops may delete from a sockhash.
     let removed = unsafe {
-        bpf_map_delete_elem(
-            (&CLIENT_SOCKS as *const _ as *mut c_void).cast(),
-            (&mut key as *mut u64).cast(),
-        )
+        bpf_map_delete_elem((&CLIENT_SOCKS as *const _ as *mut c_void).cast(), (&mut key as *mut u64).cast())
     } == 0;
     if removed {
         count(Counter::SockmapLeft);
@@ -229,13 +217,7 @@ fn sock_u32(sk: u64, off: u32) -> Option<u32> {
     // SAFETY: fault-tolerant read of kernel memory inside the socket the
     // kernel handed this program; the offset comes from the running
     // kernel's BTF.
-    let rc = unsafe {
-        bpf_probe_read_kernel(
-            (&mut v as *mut u32).cast(),
-            4,
-            (sk + u64::from(off)) as *const c_void,
-        )
-    };
+    let rc = unsafe { bpf_probe_read_kernel((&mut v as *mut u32).cast(), 4, (sk + u64::from(off)) as *const c_void) };
     (rc == 0).then_some(v)
 }
 
@@ -251,13 +233,7 @@ fn has_room(ctx: &SkMsgContext, bytes: u32) -> bool {
     let slot = [sk as u64];
     let mut addr = 0u64;
     // SAFETY: reads 8 bytes of this program's own stack.
-    if unsafe {
-        bpf_probe_read_kernel(
-            (&mut addr as *mut u64).cast(),
-            8,
-            black_box(slot.as_ptr()).cast(),
-        )
-    } != 0
+    if unsafe { bpf_probe_read_kernel((&mut addr as *mut u64).cast(), 8, black_box(slot.as_ptr()).cast()) } != 0
         || addr == 0
     {
         return false;
@@ -280,11 +256,7 @@ fn has_room(ctx: &SkMsgContext, bytes: u32) -> bool {
     if free < need {
         return false;
     }
-    let lowat = if lowat != 0 {
-        lowat
-    } else {
-        NOTSENT_LOWAT_DEFAULT.load()
-    };
+    let lowat = if lowat != 0 { lowat } else { NOTSENT_LOWAT_DEFAULT.load() };
     let unsent = u64::from(write_seq.wrapping_sub(snd_nxt));
     unsent + u64::from(bytes) < u64::from(lowat)
 }
@@ -348,11 +320,7 @@ fn decide(ctx: &SkMsgContext, request: &InjectRequest) -> Result<(), Decision> {
     // first element, at most a few pages). If that allocation fails, the
     // line alone is pulled: correct, only slower.
     let size = ctx.size();
-    let merge_end = if rle + LINE < size {
-        rle + LINE + 1
-    } else {
-        rle + LINE
-    };
+    let merge_end = if rle + LINE < size { rle + LINE + 1 } else { rle + LINE };
     // SAFETY: as above.
     let merged = unsafe { bpf_msg_pull_data(msg, 0, merge_end, 0) } == 0;
     let (pulled, at) = if merged {

@@ -21,15 +21,15 @@ use aya_ebpf::helpers::{bpf_get_prandom_u32, bpf_probe_read_user, generated::bpf
 use waggle_common::{
     conn_flags, ctx_flags,
     http::{self, HeaderScan},
-    runtime, sampled_by_threshold, skip_reason, ConnInfo, Counter, EventKind, InjectRequest,
-    TraceCtx, TraceCtxEvent, CAPTURE_MASK, HEARTBEAT_STALE_NS, MAX_CAPTURE,
+    runtime, sampled_by_threshold, skip_reason, ConnInfo, Counter, EventKind, InjectRequest, TraceCtx, TraceCtxEvent,
+    CAPTURE_MASK, HEARTBEAT_STALE_NS, MAX_CAPTURE,
 };
 
 use crate::{
     count, count_index, now_ns,
     user_copy::{copy_user, Shape, HEADER},
-    wakeup_flags, Pending, EVENTS, INJECT_PENDING, PARENT_BASED, PROPAGATION, RUNTIME,
-    SAMPLE_THRESHOLD, SCAN, SCRATCH, THREAD_CTX,
+    wakeup_flags, Pending, EVENTS, INJECT_PENDING, PARENT_BASED, PROPAGATION, RUNTIME, SAMPLE_THRESHOLD, SCAN, SCRATCH,
+    THREAD_CTX,
 };
 
 const MASK: usize = CAPTURE_MASK;
@@ -60,13 +60,7 @@ extern "C" fn scan_step(index: u64, ctx: *mut c_void) -> i64 {
     let done = st.step(index as u32, byte, |at| {
         // SAFETY: HEADER + (at & MASK) + NAME_WINDOW lies inside the
         // Scratch value (the payload area is twice MAX_CAPTURE).
-        unsafe {
-            core::ptr::read_unaligned(
-                payload
-                    .add(HEADER + (at as usize & MASK))
-                    .cast::<[u64; 3]>(),
-            )
-        }
+        unsafe { core::ptr::read_unaligned(payload.add(HEADER + (at as usize & MASK)).cast::<[u64; 3]>()) }
     });
     if done {
         1
@@ -83,20 +77,11 @@ fn scan(len: u32) -> HeaderScan {
     };
     // SAFETY: st points at this CPU's SCAN value.
     unsafe { *st = HeaderScan::default() };
-    let mut n = u64::from(if len > MAX_CAPTURE as u32 {
-        MAX_CAPTURE as u32
-    } else {
-        len
-    });
+    let mut n = u64::from(if len > MAX_CAPTURE as u32 { MAX_CAPTURE as u32 } else { len });
     // SAFETY: the callback is a static function of the right signature;
     // the context pointer outlives the call.
     unsafe {
-        bpf_loop(
-            n as u32,
-            scan_step as *const () as *mut c_void,
-            (&mut n as *mut u64).cast(),
-            0,
-        );
+        bpf_loop(n as u32, scan_step as *const () as *mut c_void, (&mut n as *mut u64).cast(), 0);
     }
     // SAFETY: as above; copied out.
     unsafe { *st }
@@ -146,22 +131,11 @@ fn new_trace_id() -> [u8; 16] {
         lo = 1;
     }
     let (a, b) = (hi.to_be_bytes(), lo.to_be_bytes());
-    [
-        a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7], b[0], b[1], b[2], b[3], b[4], b[5], b[6],
-        b[7],
-    ]
+    [a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7], b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]
 }
 
 #[inline(always)]
-fn emit(
-    kind: EventKind,
-    ctx: &TraceCtx,
-    flags: u8,
-    pid_tgid: u64,
-    fd: u32,
-    conn_id: u64,
-    ts_ns: u64,
-) {
+fn emit(kind: EventKind, ctx: &TraceCtx, flags: u8, pid_tgid: u64, fd: u32, conn_id: u64, ts_ns: u64) {
     let ev = TraceCtxEvent {
         kind: kind as u8,
         flags,
@@ -192,8 +166,7 @@ fn peek_user(shape: Shape, ptr: u64, len: u64) -> Option<([u8; 16], u64)> {
             let (iov, cnt) = if shape == Shape::Msghdr {
                 // struct user_msghdr: msg_iov at 16, msg_iovlen at 24.
                 // SAFETY: fault-tolerant read of user memory.
-                let [iov, cnt] =
-                    unsafe { bpf_probe_read_user((ptr + 16) as *const [u64; 2]) }.ok()?;
+                let [iov, cnt] = unsafe { bpf_probe_read_user((ptr + 16) as *const [u64; 2]) }.ok()?;
                 (iov, cnt)
             } else {
                 (ptr, len)
@@ -273,13 +246,7 @@ pub(crate) struct ClientSend {
 /// begin with a request, so one that begins otherwise (TLS, SSH, ...) never
 /// gets anything injected, whatever its later bytes look like.
 #[inline(always)]
-pub(crate) fn client_send_enter(
-    pid_tgid: u64,
-    info: *mut ConnInfo,
-    shape: Shape,
-    ptr: u64,
-    len: u64,
-) -> ClientSend {
+pub(crate) fn client_send_enter(pid_tgid: u64, info: *mut ConnInfo, shape: Shape, ptr: u64, len: u64) -> ClientSend {
     let mut out = ClientSend::default();
     // SAFETY: info points at a live CONNS value; copied out. Only threads
     // of its process send on it, and a lost race with userspace muting
@@ -295,11 +262,7 @@ pub(crate) fn client_send_enter(
         None => false,
     };
     if conn.flags & conn_flags::SENT == 0 {
-        let mark = if start {
-            conn_flags::SENT
-        } else {
-            conn_flags::SENT | conn_flags::NOT_HTTP1
-        };
+        let mark = if start { conn_flags::SENT } else { conn_flags::SENT | conn_flags::NOT_HTTP1 };
         // SAFETY: as above.
         unsafe { (*info).flags |= mark };
         if !start {
@@ -346,11 +309,7 @@ pub(crate) fn client_send_enter(
     if rle != 0 {
         // SAFETY: ((rle - 11) & MASK) + 10 stays inside the payload area.
         let tail = unsafe {
-            core::ptr::read_unaligned(
-                payload
-                    .add((rle.wrapping_sub(11) as usize) & MASK)
-                    .cast::<[u8; 10]>(),
-            )
+            core::ptr::read_unaligned(payload.add((rle.wrapping_sub(11) as usize) & MASK).cast::<[u8; 10]>())
         };
         if rle < u64::from(http::MIN_REQUEST_LINE) || !http::request_line_is_http1(&tail) {
             // Redis inline commands and other text protocols also start
@@ -385,11 +344,7 @@ pub(crate) fn client_send_enter(
         }
     }
 
-    let mut ctx = TraceCtx {
-        span_id: new_span_id(),
-        conn_id: conn.conn_id,
-        ..TraceCtx::default()
-    };
+    let mut ctx = TraceCtx { span_id: new_span_id(), conn_id: conn.conn_id, ..TraceCtx::default() };
     match THREAD_CTX.get_ptr(pid_tgid) {
         Some(parent) => {
             // SAFETY: parent points at a live THREAD_CTX value; copied out.
@@ -432,26 +387,14 @@ pub(crate) fn client_send_arm(pid_tgid: u64, req: &InjectRequest) {
 /// in place: a copy of it in an Option leaves LLVM free to read undefined
 /// registers on the empty path, which the verifier refuses.
 #[inline(always)]
-pub(crate) fn finish_inject(
-    pid_tgid: u64,
-    info: Option<*mut ConnInfo>,
-    p: &Pending,
-    sent: bool,
-    propagation: bool,
-) {
+pub(crate) fn finish_inject(pid_tgid: u64, info: Option<*mut ConnInfo>, p: &Pending, sent: bool, propagation: bool) {
     let Some(req) = INJECT_PENDING.get_ptr(pid_tgid) else {
         return;
     };
     if let (true, Some(info)) = (sent, info) {
         // SAFETY: req and info point at live map values; read in place.
-        let (flags, injected, skipped, conn_id) = unsafe {
-            (
-                (*req).ctx.flags,
-                (*req).injected,
-                (*req).skipped,
-                (*info).conn_id,
-            )
-        };
+        let (flags, injected, skipped, conn_id) =
+            unsafe { ((*req).ctx.flags, (*req).injected, (*req).skipped, (*info).conn_id) };
         let mut flags = flags;
         if injected != 0 {
             flags |= ctx_flags::INJECTED;
@@ -462,15 +405,7 @@ pub(crate) fn finish_inject(
             count(Counter::SkipNotInSockhash);
         }
         // SAFETY: as above.
-        emit(
-            EventKind::ClientCtx,
-            unsafe { &(*req).ctx },
-            flags,
-            pid_tgid,
-            p.fd,
-            conn_id,
-            p.enter_ns,
-        );
+        emit(EventKind::ClientCtx, unsafe { &(*req).ctx }, flags, pid_tgid, p.fd, conn_id, p.enter_ns);
     }
     let _ = INJECT_PENDING.remove(pid_tgid);
 }
@@ -507,17 +442,12 @@ pub(crate) fn server_recv_exit(
         return None;
     }
     // SAFETY: (rle - 11) & MASK + 10 stays inside the payload area.
-    let tail =
-        unsafe { core::ptr::read_unaligned(payload.add((rle - 11) & MASK).cast::<[u8; 10]>()) };
+    let tail = unsafe { core::ptr::read_unaligned(payload.add((rle - 11) & MASK).cast::<[u8; 10]>()) };
     if !http::request_line_is_http1(&tail) {
         return None;
     }
 
-    let mut ctx = TraceCtx {
-        span_id: new_span_id(),
-        conn_id: info.conn_id,
-        ..TraceCtx::default()
-    };
+    let mut ctx = TraceCtx { span_id: new_span_id(), conn_id: info.conn_id, ..TraceCtx::default() };
     let incoming = match incoming(&sc, payload, len) {
         Some(_) if info.flags & conn_flags::UNTRUSTED_PEER != 0 => {
             count(Counter::IncomingUntrusted);
@@ -529,11 +459,8 @@ pub(crate) fn server_recv_exit(
         Some(inc) => {
             ctx.trace_id = inc.trace_id;
             ctx.parent_span_id = inc.span_id;
-            let sampled = if PARENT_BASED.load() != 0 {
-                inc.flags & ctx_flags::SAMPLED
-            } else {
-                root_flags(&inc.trace_id)
-            };
+            let sampled =
+                if PARENT_BASED.load() != 0 { inc.flags & ctx_flags::SAMPLED } else { root_flags(&inc.trace_id) };
             ctx.flags = sampled | ctx_flags::HAS_PARENT;
             count(Counter::IncomingTraceparent);
         }
@@ -542,19 +469,11 @@ pub(crate) fn server_recv_exit(
             ctx.flags = root_flags(&ctx.trace_id);
         }
     }
-    if THREAD_CTX.insert(pid_tgid, &ctx, 0).is_err() {
+    if THREAD_CTX.insert(pid_tgid, ctx, 0).is_err() {
         count(Counter::MapInsertFailed);
     }
     count(Counter::ServerCtxStarted);
-    emit(
-        EventKind::ServerCtx,
-        &ctx,
-        ctx.flags,
-        pid_tgid,
-        fd,
-        info.conn_id,
-        exit_ns,
-    );
+    emit(EventKind::ServerCtx, &ctx, ctx.flags, pid_tgid, fd, info.conn_id, exit_ns);
     Some(())
 }
 
@@ -567,25 +486,13 @@ fn incoming(sc: &HeaderScan, payload: *const u8, len: u32) -> Option<http::Incom
     }
     let at = sc.traceparent_value as u32;
     // SAFETY: (at & MASK) + 8 stays inside the payload area.
-    let ows = unsafe {
-        core::ptr::read_unaligned(
-            payload
-                .add(at as usize & MASK)
-                .cast::<[u8; http::MAX_OWS]>(),
-        )
-    };
+    let ows = unsafe { core::ptr::read_unaligned(payload.add(at as usize & MASK).cast::<[u8; http::MAX_OWS]>()) };
     let start = at + http::ows_len(&ows);
     if start >= len {
         return None;
     }
     // SAFETY: (start & MASK) + VALUE_WINDOW stays inside the payload area.
-    let v = unsafe {
-        core::ptr::read_unaligned(
-            payload
-                .add(start as usize & MASK)
-                .cast::<[u8; http::VALUE_WINDOW]>(),
-        )
-    };
+    let v = unsafe { core::ptr::read_unaligned(payload.add(start as usize & MASK).cast::<[u8; http::VALUE_WINDOW]>()) };
     http::parse_traceparent(&v, len - start)
 }
 
@@ -596,7 +503,7 @@ pub(crate) fn inherit(parent_pid_tgid: u64, child_pid_tgid: u64) {
     if let Some(tc) = THREAD_CTX.get_ptr(parent_pid_tgid) {
         // SAFETY: tc points at a live THREAD_CTX value; copied out.
         let tc = unsafe { *tc };
-        if THREAD_CTX.insert(child_pid_tgid, &tc, 0).is_err() {
+        if THREAD_CTX.insert(child_pid_tgid, tc, 0).is_err() {
             count(Counter::MapInsertFailed);
         }
     }

@@ -3,9 +3,7 @@
 //! client request start both read through here.
 use core::{ffi::c_void, hint::black_box, mem::size_of};
 
-use aya_ebpf::helpers::{
-    bpf_probe_read_user, generated::bpf_probe_read_user as bpf_probe_read_user_raw,
-};
+use aya_ebpf::helpers::{bpf_probe_read_user, generated::bpf_probe_read_user as bpf_probe_read_user_raw};
 use waggle_common::{Counter, DataEvent, SyscallId, CAPTURE_MASK, MAX_CAPTURE, MAX_IOVECS};
 
 use crate::count;
@@ -75,13 +73,8 @@ fn read_into(dst: *mut u8, off: u64, len: u64, src: u64) -> bool {
     let len = ((black_box(len) - 1) & MASK) + 1;
     // SAFETY: dst + off + len <= dst + 2 * MAX_CAPTURE - 1, inside the
     // payload area; the helper tolerates bad user pointers and returns < 0.
-    let rc = unsafe {
-        bpf_probe_read_user_raw(
-            dst.add(off as usize).cast::<c_void>(),
-            len as u32,
-            src as *const c_void,
-        )
-    };
+    let rc =
+        unsafe { bpf_probe_read_user_raw(dst.add(off as usize).cast::<c_void>(), len as u32, src as *const c_void) };
     if rc < 0 {
         count(Counter::ReadFailed);
         return false;
@@ -100,8 +93,7 @@ fn copy_iovecs(dst: *mut u8, iov: u64, iovcnt: u64, budget: u64) -> u64 {
         }
         // struct iovec { void *iov_base; size_t iov_len; }
         // SAFETY: reads user memory through the fault-tolerant helper.
-        let Ok([base, len]) = (unsafe { bpf_probe_read_user((iov + i * 16) as *const [u64; 2]) })
-        else {
+        let Ok([base, len]) = (unsafe { bpf_probe_read_user((iov + i * 16) as *const [u64; 2]) }) else {
             count(Counter::ReadFailed);
             break;
         };
