@@ -19,8 +19,8 @@ use waggle_common::{ConnEvent, ConnInfo, DataEvent, Direction, Role, SockKey, US
 
 use crate::{
     metrics::Metrics,
+    model::{ConnMeta, ParsedSpan},
     protocols::{self, Chunk, Detection, Feed, ParserConfig, ProtocolParser},
-    spans::ParsedSpan,
 };
 
 /// Bytes kept while a protocol is not yet recognisable (e.g. a client that
@@ -33,18 +33,6 @@ const DETECT_ATTEMPTS_FRESH: u32 = 4;
 const DETECT_ATTEMPTS_MIDSTREAM: u32 = 64;
 /// Parser state older than this is dropped on idle ticks.
 pub const IDLE_STATE_NS: u64 = 120_000_000_000;
-
-/// Identity of the connection a span came from.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ConnMeta {
-    pub pid: u32,
-    pub fd: u32,
-    pub conn_id: u64,
-    pub role: Role,
-    pub protocol: &'static str,
-    pub peer: Option<SocketAddr>,
-    pub local: Option<SocketAddr>,
-}
 
 #[derive(Debug)]
 pub struct ConnSpan {
@@ -375,7 +363,7 @@ impl ConnTracker {
                 } else {
                     chunk
                 };
-                match protocols::detect_in(self.detectors, conn.meta.role, &candidate, &self.parser_config) {
+                match protocols::detect(self.detectors, conn.meta.role, &candidate, &self.parser_config) {
                     Detection::Parser(mut parser) => {
                         let protocol = parser.protocol();
                         if conn.meta.role == Role::Server && is_db_protocol(protocol) && !self.trace_db_servers {
@@ -489,8 +477,8 @@ mod tests {
 
     use super::*;
     use crate::{
+        model::{SpanKind, SpanStatus},
         protocols::{Confidence, ProtocolDetector},
-        spans::{SpanKind, SpanStatus},
     };
 
     /// A toy line protocol: the requester sends `REQ <name>`, the other side

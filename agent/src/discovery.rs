@@ -37,7 +37,7 @@ use std::{
 
 use procfs::process::Process;
 
-use crate::spans::{truncate_utf8, ProcessResource};
+use crate::model::{truncate_utf8, ProcessResource};
 
 /// Resources cached at most; the oldest (least recently revalidated) entry is
 /// evicted beyond this.

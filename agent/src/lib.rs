@@ -7,6 +7,7 @@
 //! [`discovery`] reads /proc, [`config`] merges flags/env/file, [`metrics`]
 //! counts every drop.
 pub mod allocator;
+pub mod assembly;
 pub mod clock;
 pub mod config;
 pub mod conntrack;
@@ -16,10 +17,10 @@ pub mod intake;
 pub mod linking;
 pub mod metrics;
 pub mod metrics_server;
+pub mod model;
 pub mod pipeline;
 pub mod probes;
 pub mod protocols;
-pub mod spans;
 
 pub use config::Config;
 pub use pipeline::{run, RunError};

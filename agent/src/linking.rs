@@ -14,10 +14,7 @@ use std::collections::HashMap;
 
 use waggle_common::{ctx_flags, TraceCtxEvent};
 
-use crate::{
-    conntrack::ConnMeta,
-    spans::{ParsedSpan, SpanKind},
-};
+use crate::model::{random_nonzero, ConnMeta, ParsedSpan, SpanIdentity, SpanKind};
 
 /// Contexts whose span never showed up (parser disagreed, connection lost)
 /// are dropped after this long.
@@ -25,17 +22,6 @@ const CTX_TTL_NS: u64 = 120_000_000_000;
 /// Upper bound on remembered contexts (each a few dozen bytes).
 const MAX_PENDING: usize = 65536;
 const MAX_THREADS: usize = 65536;
-
-/// The ids a span must carry.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct SpanIdentity {
-    pub trace_id: [u8; 16],
-    pub span_id: [u8; 8],
-    pub parent_span_id: Option<[u8; 8]>,
-    pub sampled: bool,
-    /// The kernel wrote these ids into the request's `traceparent`.
-    pub injected: bool,
-}
 
 impl SpanIdentity {
     fn from_event(ev: &TraceCtxEvent) -> SpanIdentity {
@@ -122,7 +108,7 @@ impl ContextLinker {
         }
         Some(SpanIdentity {
             trace_id: thread.trace_id,
-            span_id: crate::spans::random_nonzero::<8>(),
+            span_id: random_nonzero::<8>(),
             parent_span_id: Some(thread.span_id),
             sampled: thread.sampled,
             injected: false,
@@ -151,7 +137,7 @@ mod tests {
     use waggle_common::{EventKind, Role};
 
     use super::*;
-    use crate::spans::SpanStatus;
+    use crate::model::SpanStatus;
 
     fn ctx(kind: EventKind, conn_id: u64, ts: u64, tid: u32, span: u8, parent: Option<u8>, flags: u8) -> TraceCtxEvent {
         TraceCtxEvent {

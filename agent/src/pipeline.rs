@@ -12,6 +12,7 @@ use std::{
 use waggle_common::{ConnInfo, Counter, Pending, Role, SockKey};
 
 use crate::{
+    assembly::SpanAssembler,
     clock::Clock,
     config::Config,
     conntrack::{ConnEnvironment, ConnSpan, ConnTracker},
@@ -23,7 +24,6 @@ use crate::{
     metrics_server::{self, Gauge, KernelCounterCell},
     probes::{ConnMaps, ProbeConfig, ProbeError, Probes},
     protocols::ParserConfig,
-    spans::SpanAssembler,
 };
 
 /// Most records handled per wake-up before the loop yields to other work

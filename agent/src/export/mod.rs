@@ -21,7 +21,7 @@ use tokio::{
     task::JoinHandle,
 };
 
-use crate::{config::Config, metrics::Metrics, spans::FinishedSpan};
+use crate::{config::Config, metrics::Metrics, model::FinishedSpan};
 
 pub mod otlp;
 pub mod stdout;
@@ -343,7 +343,7 @@ pub(crate) mod tests {
     use tokio::sync::Notify;
 
     use super::*;
-    use crate::spans::{AttrValue, ProcessResource, SpanKind, SpanStatus};
+    use crate::model::{AttrValue, ProcessResource, SpanKind, SpanStatus};
 
     pub(crate) fn span(name: &str) -> FinishedSpan {
         let start = UNIX_EPOCH + Duration::from_millis(1_700_000_000_123);

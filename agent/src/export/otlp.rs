@@ -30,7 +30,7 @@ use tonic::{metadata::MetadataMap, service::Interceptor, transport::Channel};
 use super::{ExportError, SpanSink};
 use crate::{
     config::{OtlpConfig, OtlpProtocol},
-    spans::{AttrValue, FinishedSpan, ProcessResource, SpanKind, SpanStatus},
+    model::{AttrValue, FinishedSpan, ProcessResource, SpanKind, SpanStatus},
 };
 
 /// Distinct process resources with a live exporter; the least recently used
@@ -634,7 +634,7 @@ mod tests {
 
     mod hex {
         pub fn encode(bytes: &[u8]) -> String {
-            crate::spans::hex(bytes)
+            crate::model::hex(bytes)
         }
     }
 

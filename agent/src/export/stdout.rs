@@ -18,7 +18,7 @@ use serde::{ser::SerializeMap, Serialize, Serializer};
 use super::{ExportError, SpanSink};
 use crate::{
     config::PrintFormat,
-    spans::{hex, AttrValue, Attribute, FinishedSpan, SpanKind, SpanStatus},
+    model::{hex, AttrValue, Attribute, FinishedSpan, SpanKind, SpanStatus},
 };
 
 /// Longest name/description shown in text mode; the rest is elided.

@@ -23,7 +23,7 @@ use std::collections::VecDeque;
 use waggle_common::{Direction, Role};
 
 use super::{route::infer_route, Chunk, Confidence, Feed, ParserConfig, ProtocolDetector, ProtocolParser};
-use crate::spans::{truncate_utf8, AttrValue, Attribute, ParsedSpan, SpanKind, SpanStatus, TraceContext};
+use crate::model::{truncate_utf8, AttrValue, Attribute, ParsedSpan, SpanKind, SpanStatus, TraceContext};
 
 /// Largest request/response head (request line + headers) the parser buffers.
 pub const MAX_HEAD_BYTES: usize = 64 * 1024;
@@ -1617,7 +1617,7 @@ fn build_span(kind: SpanKind, exchange: Exchange, end_ns: u64) -> Option<ParsedS
 /// method, the role's kind and a plausible status. Panics on a broken
 /// invariant; returns how many spans were emitted (so tests can check
 /// coverage).
-#[doc(hidden)]
+#[cfg(any(test, feature = "fuzz"))]
 pub fn fuzz_script(data: &[u8]) -> usize {
     let new_parser = |role| Box::new(Http1Parser::new(role)) as Box<dyn ProtocolParser>;
     super::script::run(data, &Http1Detector, new_parser, |span, role, from| {
@@ -2460,8 +2460,8 @@ mod tests {
     fn valid_traceparent_is_parsed() {
         let (ctx, state) = ctx_of("traceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\r\ntracestate: rojo=00f067aa0ba902b7,congo=t61rcWkgMzE\r\n");
         let ctx = ctx.unwrap();
-        assert_eq!(crate::spans::hex(&ctx.trace_id), "4bf92f3577b34da6a3ce929d0e0e4736");
-        assert_eq!(crate::spans::hex(&ctx.span_id), "00f067aa0ba902b7");
+        assert_eq!(crate::model::hex(&ctx.trace_id), "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(crate::model::hex(&ctx.span_id), "00f067aa0ba902b7");
         assert!(ctx.sampled);
         assert_eq!(state.as_deref(), Some("rojo=00f067aa0ba902b7,congo=t61rcWkgMzE"));
         let (ctx, _) = ctx_of("TraceParent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00\r\n");

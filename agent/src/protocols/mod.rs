@@ -12,130 +12,13 @@
 //! ([`Feed::LostSync`]) instead of guessing.
 pub mod http1;
 pub mod mysql;
+mod parser;
 pub mod postgres;
+mod registry;
 pub mod route;
+#[cfg(any(test, feature = "fuzz"))]
 pub mod script;
 pub mod sql;
 
-use waggle_common::{Direction, Role};
-
-use crate::spans::ParsedSpan;
-
-/// One syscall's worth of payload on one connection.
-#[derive(Clone, Copy, Debug)]
-pub struct Chunk<'a> {
-    pub direction: Direction,
-    /// The captured prefix of the payload.
-    pub bytes: &'a [u8],
-    /// Bytes the syscall transferred; `>= bytes.len()`.
-    pub total_len: u64,
-    /// CLOCK_MONOTONIC ns at syscall entry / exit.
-    pub enter_ns: u64,
-    pub exit_ns: u64,
-    /// Thread that made the syscall.
-    pub tid: u32,
-}
-
-impl Chunk<'_> {
-    pub fn is_truncated(&self) -> bool {
-        (self.bytes.len() as u64) < self.total_len
-    }
-}
-
-/// What the connection manager should do after feeding a chunk.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Feed {
-    /// Keep feeding this parser.
-    Continue,
-    /// The parser lost track of message boundaries and dropped its state; the
-    /// connection goes back to detection at the next chunk.
-    LostSync(&'static str),
-    /// The stream is not (or no longer) this protocol, e.g. TLS after an
-    /// upgrade: stop parsing and mute the connection.
-    Opaque(&'static str),
-}
-
-/// How sure a detector is that a connection speaks its protocol.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Confidence {
-    No,
-    /// Plausible, but need more bytes to tell (e.g. a 3-byte first read).
-    NeedMore,
-    Yes,
-}
-
-/// Knobs parsers need; filled from the agent config.
-#[derive(Clone, Debug, Default)]
-pub struct ParserConfig {
-    /// Export SQL text with literals intact (default false: sanitized).
-    pub raw_sql: bool,
-}
-
-/// Recognises a protocol from the first chunk seen on a connection.
-pub trait ProtocolDetector: Sync {
-    fn name(&self) -> &'static str;
-    /// `role` is the traced process's side. The chunk may be the first bytes of
-    /// the connection, or the first bytes seen on a connection opened before
-    /// the agent started (mid-stream).
-    fn detect(&self, role: Role, chunk: &Chunk<'_>) -> Confidence;
-    fn new_parser(&self, role: Role, config: &ParserConfig) -> Box<dyn ProtocolParser>;
-}
-
-/// Per-connection parser state machine.
-pub trait ProtocolParser: Send {
-    fn protocol(&self) -> &'static str;
-    /// Feed the next chunk (either direction, in syscall order). Completed
-    /// spans are pushed to `out`.
-    fn on_data(&mut self, chunk: &Chunk<'_>, out: &mut Vec<ParsedSpan>) -> Feed;
-    /// The connection closed at `ts_ns`: flush what a close completes (e.g. a
-    /// close-delimited HTTP body). Incomplete exchanges are dropped, not
-    /// invented.
-    fn on_close(&mut self, ts_ns: u64, out: &mut Vec<ParsedSpan>);
-    /// Nothing happened on the connection for a while: drop half-finished
-    /// state older than `older_than_ns` (monotonic), emitting what is complete.
-    fn on_idle(&mut self, _older_than_ns: u64, _out: &mut Vec<ParsedSpan>) {}
-    /// Exchanges the parser saw but dropped without a span since the last
-    /// call (a response with no request, requests still unanswered at close,
-    /// idle or lost sync). The connection layer adds them to
-    /// `Metrics::exchanges_dropped` so no drop goes uncounted.
-    fn take_dropped(&mut self) -> u64 {
-        0
-    }
-}
-
-/// Detectors in order of precedence.
-pub static DETECTORS: &[&dyn ProtocolDetector] =
-    &[&http1::Http1Detector, &postgres::PostgresDetector, &mysql::MysqlDetector];
-
-/// Picks the parser for a connection, or says to wait / give up.
-pub enum Detection {
-    Parser(Box<dyn ProtocolParser>),
-    NeedMore,
-    Unknown,
-}
-
-pub fn detect(role: Role, chunk: &Chunk<'_>, config: &ParserConfig) -> Detection {
-    detect_in(DETECTORS, role, chunk, config)
-}
-
-/// [`detect`] over an explicit detector list (tests use their own).
-pub fn detect_in(
-    detectors: &[&dyn ProtocolDetector],
-    role: Role,
-    chunk: &Chunk<'_>,
-    config: &ParserConfig,
-) -> Detection {
-    let mut need_more = false;
-    for detector in detectors {
-        match detector.detect(role, chunk) {
-            Confidence::Yes => return Detection::Parser(detector.new_parser(role, config)),
-            Confidence::NeedMore => need_more = true,
-            Confidence::No => {}
-        }
-    }
-    if need_more {
-        Detection::NeedMore
-    } else {
-        Detection::Unknown
-    }
-}
+pub use parser::{Chunk, Confidence, Feed, ParserConfig, ProtocolDetector, ProtocolParser};
+pub use registry::{detect, Detection, DETECTORS};

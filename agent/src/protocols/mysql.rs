@@ -41,7 +41,7 @@ use super::{
     },
     Chunk, Confidence, Feed, ParserConfig, ProtocolDetector, ProtocolParser,
 };
-use crate::spans::{AttrValue, ParsedSpan, SpanKind};
+use crate::model::{ParsedSpan, SpanKind};
 
 /// Protocol name (also for MariaDB, which speaks the same protocol).
 pub const PROTOCOL: &str = "mysql";
@@ -934,11 +934,15 @@ impl ProtocolParser for MysqlParser {
 
 /// Fuzzing entry point (`fuzz/fuzz_targets/mysql.rs`): see [`super::sql::fuzz_script`].
 /// Panics when an invariant breaks; returns the spans emitted.
+#[cfg(any(test, feature = "fuzz"))]
 pub fn fuzz_script(data: &[u8]) -> usize {
     super::sql::fuzz_script(data, &MysqlDetector, check_span)
 }
 
+#[cfg(any(test, feature = "fuzz"))]
 fn check_span(span: &ParsedSpan) {
+    use crate::model::AttrValue;
+
     if let Some(AttrValue::Str(code)) = span.attr("db.response.status_code") {
         assert!(code.parse::<u16>().is_ok(), "{code}");
     }
@@ -947,8 +951,8 @@ fn check_span(span: &ParsedSpan) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::{AttrValue, SpanStatus};
     use crate::protocols::sql::replay::{assert_absent, attr_int, attr_str, chunk, names, records, replay, Lcg};
-    use crate::spans::{AttrValue, SpanStatus};
 
     const CLI: &[u8] = include_bytes!("testdata/mysql/mariadb_cli.bin");
     const STMT: &[u8] = include_bytes!("testdata/mysql/mariadb_stmt.bin");
@@ -1170,9 +1174,10 @@ mod tests {
 
     #[test]
     fn registered_detectors_pick_the_right_parser() {
-        use crate::protocols::{detect, Detection};
+        use crate::protocols::{detect, Detection, DETECTORS};
         let config = ParserConfig::default();
         let protocol = |from_client: bool, bytes: &[u8]| match detect(
+            DETECTORS,
             Role::Client,
             &chunk(0, from_client, bytes, 4096, Role::Client),
             &config,

@@ -52,7 +52,7 @@ use super::{
     },
     Chunk, Confidence, Feed, ParserConfig, ProtocolDetector, ProtocolParser,
 };
-use crate::spans::{AttrValue, ParsedSpan, SpanKind};
+use crate::model::{ParsedSpan, SpanKind};
 
 pub const SYSTEM: &str = "postgresql";
 
@@ -887,11 +887,15 @@ impl ProtocolParser for PostgresParser {
 
 /// Fuzzing entry point (`fuzz/fuzz_targets/postgres.rs`): see [`super::sql::fuzz_script`].
 /// Panics when an invariant breaks; returns the spans emitted.
+#[cfg(any(test, feature = "fuzz"))]
 pub fn fuzz_script(data: &[u8]) -> usize {
     super::sql::fuzz_script(data, &PostgresDetector, check_span)
 }
 
+#[cfg(any(test, feature = "fuzz"))]
 fn check_span(span: &ParsedSpan) {
+    use crate::model::AttrValue;
+
     if let Some(AttrValue::Str(code)) = span.attr("db.response.status_code") {
         assert!(code == "_OTHER" || (code.len() == 5 && code.bytes().all(|b| b.is_ascii_alphanumeric())), "{code}");
     }
@@ -901,8 +905,8 @@ fn check_span(span: &ParsedSpan) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::{AttrValue, SpanStatus};
     use crate::protocols::sql::replay::{assert_absent, attr_int, attr_str, chunk, names, records, replay, Lcg};
-    use crate::spans::{AttrValue, SpanStatus};
 
     const PSQL_SESSION: &[u8] = include_bytes!("testdata/postgres/psql_session.bin");
     const PSQL_ERRORS: &[u8] = include_bytes!("testdata/postgres/psql_errors.bin");

@@ -20,7 +20,7 @@
 use waggle_common::{Direction, Role};
 
 use super::{Chunk, Feed, ProtocolDetector, ProtocolParser};
-use crate::spans::ParsedSpan;
+use crate::model::ParsedSpan;
 
 /// Every role a script is run in, in order.
 const ROLES: [Role; 3] = [Role::Client, Role::Server, Role::Unknown];

@@ -42,7 +42,7 @@
 use std::{collections::HashMap, hash::Hash, sync::Arc};
 
 use super::Chunk;
-use crate::spans::{AttrValue, Attribute, ParsedSpan, SpanKind, SpanStatus};
+use crate::model::{AttrValue, Attribute, ParsedSpan, SpanKind, SpanStatus};
 
 /// Query text bytes kept per statement; longer text is cut and marked with
 /// `waggle.db.query.truncated`.
@@ -1191,6 +1191,7 @@ pub fn plausible_sql_start(bytes: &[u8]) -> bool {
 /// run (the Unknown one with raw SQL text, so both text paths are fuzzed),
 /// and every span is checked by [`check_db_span`] and `check`. Returns the
 /// spans emitted.
+#[cfg(any(test, feature = "fuzz"))]
 pub fn fuzz_script(data: &[u8], detector: &dyn super::ProtocolDetector, check: fn(&ParsedSpan)) -> usize {
     use waggle_common::Role;
 
@@ -1204,6 +1205,7 @@ pub fn fuzz_script(data: &[u8], detector: &dyn super::ProtocolDetector, check: f
 }
 
 /// Invariants of every DB span, whatever the input.
+#[cfg(any(test, feature = "fuzz"))]
 pub fn check_db_span(span: &ParsedSpan, role: waggle_common::Role) {
     assert!(span.end_ns >= span.start_ns, "span ends before it starts: {span:?}");
     assert!(!span.name.is_empty());
@@ -1242,7 +1244,7 @@ pub(crate) mod replay {
     use waggle_common::{Direction, Role};
 
     use super::super::{Chunk, Feed, ProtocolParser};
-    use crate::spans::ParsedSpan;
+    use crate::model::ParsedSpan;
 
     /// (from the client?, bytes) per record.
     pub fn records(bin: &[u8]) -> Vec<(bool, Vec<u8>)> {
@@ -1301,14 +1303,14 @@ pub(crate) mod replay {
 
     pub fn attr_str<'a>(span: &'a ParsedSpan, key: &str) -> Option<&'a str> {
         match span.attr(key) {
-            Some(crate::spans::AttrValue::Str(s)) => Some(s),
+            Some(crate::model::AttrValue::Str(s)) => Some(s),
             _ => None,
         }
     }
 
     pub fn attr_int(span: &ParsedSpan, key: &str) -> Option<i64> {
         match span.attr(key) {
-            Some(crate::spans::AttrValue::Int(n)) => Some(*n),
+            Some(crate::model::AttrValue::Int(n)) => Some(*n),
             _ => None,
         }
     }
@@ -1318,7 +1320,7 @@ pub(crate) mod replay {
         for span in spans {
             assert!(!span.name.contains(needle), "{needle} leaked into name {}", span.name);
             for (k, v) in &span.attributes {
-                if let crate::spans::AttrValue::Str(s) = v {
+                if let crate::model::AttrValue::Str(s) = v {
                     assert!(!s.contains(needle), "{needle} leaked into {k}={s}");
                 }
             }

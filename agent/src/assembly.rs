@@ -1,164 +1,29 @@
-//! Span model: what parsers produce ([`ParsedSpan`]) and what exporters
-//! consume ([`FinishedSpan`]), plus the assembly step between them that adds
-//! identity (trace/span ids), wall-clock times, the connection's network
-//! attributes and the process resource.
-use std::{sync::Arc, time::SystemTime};
+//! Span assembly: turns parser output into exportable spans with identity
+//! (trace/span ids and the sampling decision), wall-clock times, the
+//! connection's network attributes and the process resource.
+use std::sync::Arc;
 
-/// Span kind, from the traced process's point of view.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum SpanKind {
-    Server,
-    Client,
-}
-
-#[derive(Clone, Debug, PartialEq)]
-pub enum AttrValue {
-    Str(String),
-    Int(i64),
-    Bool(bool),
-}
-
-impl From<String> for AttrValue {
-    fn from(v: String) -> Self {
-        AttrValue::Str(v)
-    }
-}
-impl From<&str> for AttrValue {
-    fn from(v: &str) -> Self {
-        AttrValue::Str(v.to_owned())
-    }
-}
-impl From<i64> for AttrValue {
-    fn from(v: i64) -> Self {
-        AttrValue::Int(v)
-    }
-}
-impl From<bool> for AttrValue {
-    fn from(v: bool) -> Self {
-        AttrValue::Bool(v)
-    }
-}
-
-/// Semantic-convention attribute: key + value.
-pub type Attribute = (&'static str, AttrValue);
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum SpanStatus {
-    Unset,
-    Error { description: String },
-}
-
-/// W3C trace context (`traceparent`), parsed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct TraceContext {
-    pub trace_id: [u8; 16],
-    pub span_id: [u8; 8],
-    pub sampled: bool,
-}
-
-/// A span as a protocol parser sees it: times are CLOCK_MONOTONIC ns from the
-/// kernel; no ids, no process or network identity yet.
-#[derive(Clone, Debug, PartialEq)]
-pub struct ParsedSpan {
-    pub kind: SpanKind,
-    pub name: String,
-    pub start_ns: u64,
-    pub end_ns: u64,
-    pub status: SpanStatus,
-    pub attributes: Vec<Attribute>,
-    /// Context the request carried (`traceparent`/`tracestate`), if valid.
-    pub incoming_context: Option<TraceContext>,
-    pub incoming_tracestate: Option<String>,
-    /// Thread that read the request (server) or wrote it (client).
-    pub tid: u32,
-}
-
-impl ParsedSpan {
-    pub fn attr(&self, key: &str) -> Option<&AttrValue> {
-        self.attributes.iter().find(|(k, _)| *k == key).map(|(_, v)| v)
-    }
-}
-
-/// Resource of one traced process.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct ProcessResource {
-    pub service_name: String,
-    pub pid: u32,
-    pub executable_name: String,
-    /// All other resource attributes (host.name, the process's and the
-    /// agent's OTEL_RESOURCE_ATTRIBUTES, ...), sorted by key.
-    pub attributes: Vec<(String, String)>,
-}
-
-/// A complete span ready for export.
-#[derive(Clone, Debug, PartialEq)]
-pub struct FinishedSpan {
-    pub resource: Arc<ProcessResource>,
-    pub trace_id: [u8; 16],
-    pub span_id: [u8; 8],
-    pub parent_span_id: Option<[u8; 8]>,
-    pub tracestate: Option<String>,
-    pub sampled: bool,
-    pub kind: SpanKind,
-    pub name: String,
-    pub start: SystemTime,
-    pub end: SystemTime,
-    pub status: SpanStatus,
-    pub attributes: Vec<Attribute>,
-}
-
-impl FinishedSpan {
-    pub fn attr(&self, key: &str) -> Option<&AttrValue> {
-        self.attributes.iter().find(|(k, _)| *k == key).map(|(_, v)| v)
-    }
-    pub fn duration(&self) -> std::time::Duration {
-        self.end.duration_since(self.start).unwrap_or_default()
-    }
-}
-
-/// `s` cut to at most `max` bytes on a character boundary: attribute values
-/// from captured traffic and /proc are bounded before they are stored.
-pub fn truncate_utf8(s: &str, max: usize) -> String {
-    if s.len() <= max {
-        return s.to_owned();
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    s[..end].to_owned()
-}
-
-pub fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write;
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        let _ = write!(s, "{b:02x}");
-    }
-    s
-}
+use crate::{
+    clock::Clock,
+    config::Sampler,
+    model::{
+        random_nonzero, AttrValue, Attribute, ConnMeta, FinishedSpan, ParsedSpan, ProcessResource, SpanIdentity,
+        SpanKind,
+    },
+};
 
 /// Turns parser output into exportable spans: identity, sampling, wall-clock
 /// times, network attributes from the connection, and the process resource.
 pub struct SpanAssembler {
-    clock: crate::clock::Clock,
-    sampler: crate::config::Sampler,
+    clock: Clock,
+    sampler: Sampler,
     /// Respect the caller's sampled flag (parentbased_* samplers); otherwise
     /// the sampler decides on the trace id alone.
     parent_based: bool,
 }
 
-pub(crate) fn random_nonzero<const N: usize>() -> [u8; N] {
-    loop {
-        let bytes: [u8; N] = rand::random();
-        if bytes.iter().any(|b| *b != 0) {
-            return bytes;
-        }
-    }
-}
-
 impl SpanAssembler {
-    pub fn new(clock: crate::clock::Clock, sampler: crate::config::Sampler, parent_based: bool) -> SpanAssembler {
+    pub fn new(clock: Clock, sampler: Sampler, parent_based: bool) -> SpanAssembler {
         SpanAssembler { clock, sampler, parent_based }
     }
 
@@ -173,9 +38,9 @@ impl SpanAssembler {
     pub fn assemble(
         &self,
         parsed: ParsedSpan,
-        conn: &crate::conntrack::ConnMeta,
+        conn: &ConnMeta,
         resource: Arc<ProcessResource>,
-        identity: Option<crate::linking::SpanIdentity>,
+        identity: Option<SpanIdentity>,
     ) -> Option<FinishedSpan> {
         let decide = |trace_id: &[u8; 16], parent_sampled: Option<bool>| match parent_sampled {
             Some(flag) if self.parent_based => flag,
@@ -267,7 +132,7 @@ impl SpanAssembler {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{clock::Clock, config::Sampler, conntrack::ConnMeta};
+    use crate::model::{SpanStatus, TraceContext};
     use waggle_common::Role;
 
     fn parsed(kind: SpanKind, ctx: Option<TraceContext>) -> ParsedSpan {
@@ -330,13 +195,6 @@ mod tests {
         assert_eq!(s.attr("server.address"), Some(&AttrValue::Str("10.1.2.3".into())));
         assert_eq!(s.attr("server.port"), Some(&AttrValue::Int(5555)));
         assert_eq!(s.attr("client.address"), None);
-    }
-
-    #[test]
-    fn truncation_keeps_characters_whole() {
-        assert_eq!(truncate_utf8("héllo", 2), "h");
-        assert_eq!(truncate_utf8("héllo", 3), "hé");
-        assert_eq!(truncate_utf8("abc", 10), "abc");
     }
 
     #[test]

@@ -1,0 +1,14 @@
+//! The data every stage passes on: spans, trace identity, connection and
+//! process identity. A leaf: it imports nothing else of the agent, so any
+//! stage may use it and data only flows down the pipeline.
+mod conn;
+mod resource;
+mod span;
+mod text;
+mod trace_context;
+
+pub use conn::ConnMeta;
+pub use resource::ProcessResource;
+pub use span::{AttrValue, Attribute, FinishedSpan, ParsedSpan, SpanKind, SpanStatus};
+pub use text::{hex, truncate_utf8};
+pub use trace_context::{random_nonzero, SpanIdentity, TraceContext};
