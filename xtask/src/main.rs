@@ -7,6 +7,7 @@ mod bench;
 mod build;
 mod cmd;
 mod fuzz;
+mod lint;
 mod setup;
 mod test;
 
@@ -57,6 +58,9 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Coverage-guided fuzzing of the protocol parsers (libFuzzer).
     Fuzz(fuzz::FuzzArgs),
+    /// rustfmt, clippy -D warnings (workspace, fuzz feature, kernel crate),
+    /// no import circles, no oversized files.
+    Lint,
     /// Build, install end-to-end test dependencies, run every test (and a
     /// quick benchmark round and short fuzzing runs, so neither rots).
     Test {
@@ -135,6 +139,10 @@ fn dispatch(command: Command) -> Result<ExitCode> {
         }
         Command::Fuzz(args) => {
             fuzz::run(&root, &args)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Lint => {
+            lint::run(&root)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Bench(args) => {

@@ -1,0 +1,95 @@
+//! What an exporter is ([`SpanSink`]), how exporting fails
+//! ([`ExportError`]), and the rate limit on logging those failures.
+use std::{
+    future::Future,
+    time::{Duration, Instant},
+};
+
+use crate::model::FinishedSpan;
+
+/// Where finished spans go. `export` receives batches; `shutdown` flushes.
+pub trait SpanSink: Send {
+    /// On error, [`ExportError::failed_spans`] tells how many of the batch
+    /// were lost (OTLP may deliver some resources' spans and not others).
+    fn export(&mut self, batch: Vec<FinishedSpan>) -> impl Future<Output = Result<(), ExportError>> + Send;
+    fn shutdown(&mut self) -> impl Future<Output = Result<(), ExportError>> + Send;
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ExportError {
+    #[error("building the OTLP exporter for {endpoint}: {source}")]
+    Build {
+        endpoint: String,
+        #[source]
+        source: opentelemetry_otlp::ExporterBuildError,
+    },
+    #[error("exporting {spans} spans over OTLP: {message}")]
+    Otlp { spans: usize, message: String },
+    #[error("writing spans to stdout: {0}")]
+    Stdout(#[from] std::io::Error),
+    #[error("setting up the OTLP transport to {endpoint}: {message}")]
+    Transport { endpoint: String, message: String },
+    #[error("starting the exporter: not called from within a tokio runtime")]
+    NoRuntime,
+    #[error("flushing spans at shutdown: gave up after {timeout:?} with {pending} spans unsent")]
+    ShutdownTimeout { timeout: Duration, pending: usize },
+    #[error("exporter task failed: {0}")]
+    Task(String),
+}
+
+impl ExportError {
+    /// How many spans of a batch of `batch_len` this error lost.
+    pub fn failed_spans(&self, batch_len: usize) -> usize {
+        match self {
+            ExportError::Otlp { spans, .. } => (*spans).min(batch_len),
+            _ => batch_len,
+        }
+    }
+}
+
+/// Logs at most once per interval; counts what it held back.
+#[derive(Debug)]
+pub(crate) struct RateLimitedLog {
+    every: Duration,
+    last: Option<Instant>,
+    suppressed: u64,
+}
+
+impl RateLimitedLog {
+    pub(crate) fn new(every: Duration) -> RateLimitedLog {
+        RateLimitedLog { every, last: None, suppressed: 0 }
+    }
+
+    /// Some(number of suppressed events since the last log) when the caller
+    /// should log now.
+    pub(crate) fn check(&mut self) -> Option<u64> {
+        let now = Instant::now();
+        match self.last {
+            Some(last) if now.duration_since(last) < self.every => {
+                self.suppressed += 1;
+                None
+            }
+            _ => {
+                self.last = Some(now);
+                Some(std::mem::take(&mut self.suppressed))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rate_limited_log_counts_suppressed() {
+        let mut log = RateLimitedLog::new(Duration::from_secs(3600));
+        assert_eq!(log.check(), Some(0));
+        assert_eq!(log.check(), None);
+        assert_eq!(log.check(), None);
+        assert_eq!(log.suppressed, 2);
+        let mut log = RateLimitedLog::new(Duration::ZERO);
+        assert_eq!(log.check(), Some(0));
+        assert_eq!(log.check(), Some(0));
+    }
+}
