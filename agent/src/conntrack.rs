@@ -15,6 +15,7 @@ use std::{
     sync::Arc,
 };
 
+use lru::LruCache;
 use waggle_common::{ConnEvent, ConnInfo, DataEvent, Direction, Role, SockKey, USERSPACE_CONN_ID_BIT};
 
 use crate::{
@@ -78,15 +79,13 @@ struct Conn {
 }
 
 pub struct ConnTracker {
-    conns: HashMap<u64, Conn>,
+    /// Least recently active first: eviction when full is O(1).
+    conns: LruCache<u64, Conn>,
     by_key: HashMap<SockKey, u64>,
     parser_config: ParserConfig,
     metrics: Arc<Metrics>,
     max_conns: usize,
     next_user_id: u64,
-    /// Trace database server processes too (their side duplicates the
-    /// application's client spans, so off by default).
-    trace_db_servers: bool,
     scratch: Vec<ParsedSpan>,
     detectors: &'static [&'static dyn protocols::ProtocolDetector],
 }
@@ -113,13 +112,12 @@ fn is_db_protocol(protocol: &str) -> bool {
 impl ConnTracker {
     pub fn new(parser_config: ParserConfig, metrics: Arc<Metrics>, max_conns: usize) -> ConnTracker {
         ConnTracker {
-            conns: HashMap::new(),
+            conns: LruCache::unbounded(),
             by_key: HashMap::new(),
             parser_config,
             metrics,
             max_conns: max_conns.max(16),
             next_user_id: 1,
-            trace_db_servers: false,
             scratch: Vec::new(),
             detectors: protocols::DETECTORS,
         }
@@ -129,10 +127,6 @@ impl ConnTracker {
     pub fn with_detectors(mut self, detectors: &'static [&'static dyn protocols::ProtocolDetector]) -> Self {
         self.detectors = detectors;
         self
-    }
-
-    pub fn set_trace_db_servers(&mut self, on: bool) {
-        self.trace_db_servers = on;
     }
 
     pub fn len(&self) -> usize {
@@ -156,13 +150,13 @@ impl ConnTracker {
         if let Some(old) = self.by_key.insert(key, meta.conn_id) {
             // The descriptor was reused without us seeing the close (e.g. the
             // close event was lost): the old connection is over.
-            if old != meta.conn_id {
-                self.conns.remove(&old);
+            if old != meta.conn_id && self.conns.pop(&old).is_some() {
+                Metrics::inc(&self.metrics.conns_replaced);
             }
         }
         let attempts_left = if midstream { DETECT_ATTEMPTS_MIDSTREAM } else { DETECT_ATTEMPTS_FRESH };
         let local_pending = meta.local.is_none();
-        self.conns.insert(
+        self.conns.put(
             meta.conn_id,
             Conn {
                 meta: Arc::new(meta),
@@ -186,9 +180,7 @@ impl ConnTracker {
     }
 
     fn evict_oldest(&mut self) {
-        let oldest = self.conns.iter().min_by_key(|(_, c)| c.last_active_ns).map(|(id, c)| (*id, c.meta.clone()));
-        if let Some((id, meta)) = oldest {
-            self.conns.remove(&id);
+        if let Some((id, Conn { meta, .. })) = self.conns.pop_lru() {
             let key = SockKey { tgid: meta.pid, fd: meta.fd };
             if self.by_key.get(&key) == Some(&id) {
                 self.by_key.remove(&key);
@@ -202,7 +194,7 @@ impl ConnTracker {
         let role = Role::from_u8(ev.role);
         let peer = sockaddr_from_event(ev.family, &ev.peer_addr, ev.peer_port);
         let key = SockKey { tgid: ev.tgid, fd: ev.fd };
-        if let Some(existing) = self.by_key.get(&key).and_then(|id| self.conns.get(id)) {
+        if let Some(existing) = self.by_key.get(&key).and_then(|id| self.conns.peek(id)) {
             // Seeding from /proc raced this open and already re-keyed the
             // kernel entry to a userspace id: that entry is this connection.
             let seeded = existing.meta.conn_id & USERSPACE_CONN_ID_BIT != 0;
@@ -264,7 +256,7 @@ impl ConnTracker {
     }
 
     pub fn on_close(&mut self, ev: &ConnEvent, out: &mut Vec<ConnSpan>) {
-        let Some(mut conn) = self.conns.remove(&ev.conn_id) else {
+        let Some(mut conn) = self.conns.pop(&ev.conn_id) else {
             return;
         };
         let key = SockKey { tgid: conn.meta.pid, fd: conn.meta.fd };
@@ -284,7 +276,7 @@ impl ConnTracker {
         let keys: Vec<SockKey> = self.by_key.keys().filter(|k| k.tgid == tgid).copied().collect();
         for key in keys {
             if let Some(id) = self.by_key.remove(&key) {
-                if let Some(mut conn) = self.conns.remove(&id) {
+                if let Some(mut conn) = self.conns.pop(&id) {
                     Metrics::inc(&self.metrics.conns_closed);
                     if let ParseState::Active(parser) = &mut conn.state {
                         parser.on_close(ts_ns, &mut self.scratch);
@@ -312,7 +304,7 @@ impl ConnTracker {
             Metrics::inc(&self.metrics.events_malformed);
             return;
         };
-        if !self.conns.contains_key(&header.conn_id) {
+        if !self.conns.contains(&header.conn_id) {
             // The open event was lost (ring buffer full) or raced us: adopt the
             // connection from what the data event says, mid-stream.
             Metrics::inc(&self.metrics.data_events_untracked);
@@ -366,7 +358,7 @@ impl ConnTracker {
                 match protocols::detect(self.detectors, conn.meta.role, &candidate, &self.parser_config) {
                     Detection::Parser(mut parser) => {
                         let protocol = parser.protocol();
-                        if conn.meta.role == Role::Server && is_db_protocol(protocol) && !self.trace_db_servers {
+                        if conn.meta.role == Role::Server && is_db_protocol(protocol) {
                             conn.state = ParseState::Muted;
                             env.mute(key);
                             Metrics::inc(&self.metrics.conns_muted);
@@ -446,7 +438,7 @@ impl ConnTracker {
     /// Periodic housekeeping: parsers drop stale half-finished exchanges.
     pub fn on_tick(&mut self, now_ns: u64, out: &mut Vec<ConnSpan>) {
         let older_than = now_ns.saturating_sub(IDLE_STATE_NS);
-        for conn in self.conns.values_mut() {
+        for (_, conn) in self.conns.iter_mut() {
             if conn.last_active_ns < older_than {
                 if let ParseState::Active(parser) = &mut conn.state {
                     parser.on_idle(older_than, &mut self.scratch);
@@ -459,7 +451,7 @@ impl ConnTracker {
 
     /// Shutdown: let every parser flush what a close would complete.
     pub fn flush_all(&mut self, now_ns: u64, out: &mut Vec<ConnSpan>) {
-        for conn in self.conns.values_mut() {
+        for (_, conn) in self.conns.iter_mut() {
             if let ParseState::Active(parser) = &mut conn.state {
                 parser.on_idle(now_ns, &mut self.scratch);
                 Metrics::add(&self.metrics.exchanges_dropped, parser.take_dropped());
@@ -704,6 +696,7 @@ mod tests {
         t.on_open(&open_event(EventKind::ConnOpen, 10, 5, 1, Role::Server, 9), &mut env);
         t.on_open(&open_event(EventKind::ConnOpen, 10, 5, 2, Role::Server, 10), &mut env);
         assert_eq!(t.len(), 1, "a reused descriptor replaces the old connection");
+        assert_eq!(m.conns_replaced.load(Ordering::Relaxed), 1);
         // Data for a connection whose open we never saw is adopted.
         feed(&mut t, &mut env, data(3, 11, 6, Role::Server, Direction::Ingress, 6, 1), b"REQ /c");
         assert_eq!(m.data_events_untracked.load(Ordering::Relaxed), 1);
@@ -770,5 +763,24 @@ mod tests {
         }
         assert_eq!(t.len(), 16);
         assert_eq!(metrics.conns_evicted.load(Ordering::Relaxed), 24);
+    }
+
+    #[test]
+    fn eviction_takes_the_least_recently_active() {
+        let metrics = Arc::new(Metrics::default());
+        let mut t = ConnTracker::new(ParserConfig::default(), metrics.clone(), 16).with_detectors(TEST_DETECTORS);
+        let mut env = FakeEnv::default();
+        for i in 0..16u32 {
+            t.on_open(&open_event(EventKind::ConnOpen, 10, i, u64::from(i) + 1, Role::Server, 9), &mut env);
+        }
+        // Connection 1 (the oldest) is active again; connection 2 is now the
+        // least recently active and goes when a 17th arrives.
+        feed(&mut t, &mut env, data(1, 10, 0, Role::Server, Direction::Ingress, 6, 1), b"REQ /a");
+        t.on_open(&open_event(EventKind::ConnOpen, 10, 99, 100, Role::Server, 9), &mut env);
+        assert_eq!(metrics.conns_evicted.load(Ordering::Relaxed), 1);
+        feed(&mut t, &mut env, data(1, 10, 0, Role::Server, Direction::Egress, 2, 2), b"OK");
+        assert_eq!(metrics.data_events_untracked.load(Ordering::Relaxed), 0, "connection 1 was kept");
+        feed(&mut t, &mut env, data(2, 10, 1, Role::Server, Direction::Ingress, 6, 3), b"REQ /b");
+        assert_eq!(metrics.data_events_untracked.load(Ordering::Relaxed), 1, "connection 2 was evicted");
     }
 }

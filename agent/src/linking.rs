@@ -10,10 +10,11 @@
 //! Calls without a kernel ClientCtx (SQL, or HTTP the kernel could not
 //! classify) are linked through the thread: a client span started on a
 //! thread while it handled a server request is that request's child.
-use std::collections::HashMap;
+use std::{collections::HashMap, sync::Arc};
 
 use waggle_common::{ctx_flags, TraceCtxEvent};
 
+use crate::metrics::Metrics;
 use crate::model::{random_nonzero, ConnMeta, ParsedSpan, SpanIdentity, SpanKind};
 
 /// Contexts whose span never showed up (parser disagreed, connection lost)
@@ -43,12 +44,12 @@ struct ThreadServer {
     since_ns: u64,
 }
 
-#[derive(Default)]
 pub struct ContextLinker {
     /// (kind, conn_id, start ns) -> identity from the kernel.
     pending: HashMap<(bool, u64, u64), SpanIdentity>,
     /// (pid, tid) -> server request the thread is handling.
     threads: HashMap<(u32, u32), ThreadServer>,
+    metrics: Arc<Metrics>,
 }
 
 fn is_server(kind: SpanKind) -> bool {
@@ -56,16 +57,26 @@ fn is_server(kind: SpanKind) -> bool {
 }
 
 impl ContextLinker {
-    pub fn new() -> ContextLinker {
-        ContextLinker::default()
+    pub fn new(metrics: Arc<Metrics>) -> ContextLinker {
+        ContextLinker { pending: HashMap::new(), threads: HashMap::new(), metrics }
+    }
+
+    /// Remembers the kernel's identity for the span starting at `key`;
+    /// counted when the table is full.
+    fn remember(&mut self, key: (bool, u64, u64), identity: SpanIdentity) {
+        if self.pending.len() < MAX_PENDING {
+            self.pending.insert(key, identity);
+        } else {
+            Metrics::inc(&self.metrics.contexts_dropped_full);
+        }
     }
 
     pub fn on_server_ctx(&mut self, ev: &TraceCtxEvent) {
         let identity = SpanIdentity::from_event(ev);
-        if self.pending.len() < MAX_PENDING {
-            self.pending.insert((true, ev.conn_id, ev.ts_ns), identity);
-        }
-        if self.threads.len() < MAX_THREADS || self.threads.contains_key(&(ev.tgid, ev.tid)) {
+        self.remember((true, ev.conn_id, ev.ts_ns), identity);
+        if self.threads.len() >= MAX_THREADS && !self.threads.contains_key(&(ev.tgid, ev.tid)) {
+            Metrics::inc(&self.metrics.threads_dropped_full);
+        } else {
             self.threads.insert(
                 (ev.tgid, ev.tid),
                 ThreadServer {
@@ -79,9 +90,7 @@ impl ContextLinker {
     }
 
     pub fn on_client_ctx(&mut self, ev: &TraceCtxEvent) {
-        if self.pending.len() < MAX_PENDING {
-            self.pending.insert((false, ev.conn_id, ev.ts_ns), SpanIdentity::from_event(ev));
-        }
+        self.remember((false, ev.conn_id, ev.ts_ns), SpanIdentity::from_event(ev));
     }
 
     /// The identity `span` must carry, if the kernel or its thread decided one.
@@ -174,7 +183,7 @@ mod tests {
 
     #[test]
     fn server_http_and_sql_children_share_the_kernel_trace() {
-        let mut l = ContextLinker::new();
+        let mut l = ContextLinker::new(Arc::default());
         l.on_server_ctx(&ctx(EventKind::ServerCtx, 1, 1000, 7, 0xA, Some(0xE), ctx_flags::SAMPLED));
         l.on_client_ctx(&ctx(
             EventKind::ClientCtx,
@@ -203,10 +212,21 @@ mod tests {
 
     #[test]
     fn unmatched_contexts_expire() {
-        let mut l = ContextLinker::new();
+        let mut l = ContextLinker::new(Arc::default());
         l.on_server_ctx(&ctx(EventKind::ServerCtx, 1, 1000, 7, 0xA, None, ctx_flags::SAMPLED));
         l.prune(1000 + CTX_TTL_NS + 1);
         assert_eq!(l.pending_len(), 0);
         assert!(l.identity_for(&span(SpanKind::Client, 1500, 7), &conn(3, Role::Client)).is_none());
+    }
+
+    #[test]
+    fn a_full_table_counts_what_it_drops() {
+        let metrics = Arc::new(Metrics::default());
+        let mut l = ContextLinker::new(metrics.clone());
+        for i in 0..MAX_PENDING as u64 + 2 {
+            l.on_client_ctx(&ctx(EventKind::ClientCtx, i + 1, 1000, 7, 0xB, None, ctx_flags::SAMPLED));
+        }
+        assert_eq!(l.pending_len(), MAX_PENDING);
+        assert_eq!(metrics.contexts_dropped_full.load(std::sync::atomic::Ordering::Relaxed), 2);
     }
 }

@@ -288,7 +288,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send) -> R
             local_ips: discovery::local_interface_ips(),
         },
         assembler: SpanAssembler::new(Clock::new(), config.sampler, config.sampler_parent_based),
-        linker: ContextLinker::new(),
+        linker: ContextLinker::new(metrics.clone()),
         resolver: ResourceResolver::new(config.resource_attributes.clone(), agent_pid),
         exporter,
         metrics: metrics.clone(),
