@@ -12,8 +12,8 @@ Standard OpenTelemetry variables honoured:
   OTEL_EXPORTER_OTLP_[TRACES_]HEADERS  key=value,key2=value2 (values percent-decoded)
   OTEL_EXPORTER_OTLP_[TRACES_]TIMEOUT  export timeout in milliseconds (default 10000)
   OTEL_RESOURCE_ATTRIBUTES             key=value,... added to every traced process's resource
-  OTEL_SERVICE_NAME                    the agent's own name (default waggle); traced processes
-                                       keep their own service.name
+  OTEL_SERVICE_NAME                    not read from the agent's environment: each traced process's
+                                       own OTEL_SERVICE_NAME names its service
   OTEL_TRACES_SAMPLER, OTEL_TRACES_SAMPLER_ARG
   OTEL_BSP_MAX_QUEUE_SIZE, OTEL_BSP_MAX_EXPORT_BATCH_SIZE, OTEL_BSP_SCHEDULE_DELAY (ms)
   OTEL_SDK_DISABLED=true               no OTLP export, no default printing, sampler always_off;

@@ -219,9 +219,6 @@ impl Config {
             resource_attributes.extend(parse_key_values(&raw, &source)?);
         }
 
-        let agent_service_name =
-            env_var(env, "OTEL_SERVICE_NAME").map(|(v, _)| v).unwrap_or(defaults.agent_service_name);
-
         let log_filter = match first([
             flag(args.log_level.clone(), "log-level"),
             env_var(env, "RUST_LOG"),
@@ -253,7 +250,6 @@ impl Config {
             trusted_networks,
             metrics_addr,
             config_file: args.config.clone(),
-            agent_service_name,
             log_filter,
             sdk_disabled,
         })

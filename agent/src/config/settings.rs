@@ -87,9 +87,6 @@ pub struct Config {
     /// Serve Prometheus metrics here.
     pub metrics_addr: Option<SocketAddr>,
     pub config_file: Option<PathBuf>,
-    /// OTEL_SERVICE_NAME: the agent's own name. Traced processes get their
-    /// own service.name; this one names the agent's self-telemetry.
-    pub agent_service_name: String,
     /// tracing-subscriber EnvFilter directives (--log-level, RUST_LOG).
     pub log_filter: String,
     /// OTEL_SDK_DISABLED=true took effect: no OTLP, no default printing,
@@ -116,7 +113,6 @@ impl Default for Config {
             trusted_networks: None,
             metrics_addr: None,
             config_file: None,
-            agent_service_name: "waggle".to_owned(),
             log_filter: "info".to_owned(),
             sdk_disabled: false,
         }

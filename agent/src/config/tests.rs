@@ -73,7 +73,6 @@ fn defaults_print_text_and_no_otlp() {
     assert_eq!(c.print, Some(PrintFormat::Text));
     assert_eq!(c.sampler, Sampler::AlwaysOn);
     assert!(c.sampler_parent_based);
-    assert_eq!(c.agent_service_name, "waggle");
     assert_eq!(c.log_filter, "info");
     assert_eq!(c.capture_bytes, 4096);
     assert!(c.propagation);
@@ -364,8 +363,8 @@ fn resource_attributes_merge_per_key() {
     )
     .unwrap();
     let attrs: Vec<(&str, &str)> = c.resource_attributes.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    // The agent's own OTEL_SERVICE_NAME is not a resource attribute of the processes it traces.
     assert_eq!(attrs, vec![("a", "file"), ("b", "env two"), ("c", "flag"), ("d", "env")]);
-    assert_eq!(c.agent_service_name, "agent-x");
 }
 
 #[test]
