@@ -6,8 +6,7 @@ use std::{future::Future, io::IsTerminal, process::ExitCode};
 use clap::Parser;
 use tokio::signal::unix::{signal, SignalKind};
 
-pub use crate::config::CliArgs;
-use crate::config::{Config, ProcessEnv, Sampler};
+use crate::config::{CliArgs, Config, ProcessEnv, Sampler};
 
 const EXIT_USAGE: u8 = 2;
 /// Exit code after a second SIGINT/SIGTERM cut the shutdown short.

@@ -1,0 +1,136 @@
+//! The command line: clap flags and the `--help` text that documents the
+//! environment variables and the config file too.
+use std::path::PathBuf;
+
+const AFTER_HELP: &str = "\
+Precedence: command-line flag > environment variable > --config file > default.
+
+Standard OpenTelemetry variables honoured:
+  OTEL_EXPORTER_OTLP_ENDPOINT          collector base URL (http/protobuf: /v1/traces is appended)
+  OTEL_EXPORTER_OTLP_TRACES_ENDPOINT   full traces URL, used as is
+  OTEL_EXPORTER_OTLP_[TRACES_]PROTOCOL grpc | http/protobuf (http/json is not supported)
+  OTEL_EXPORTER_OTLP_[TRACES_]HEADERS  key=value,key2=value2 (values percent-decoded)
+  OTEL_EXPORTER_OTLP_[TRACES_]TIMEOUT  export timeout in milliseconds (default 10000)
+  OTEL_RESOURCE_ATTRIBUTES             key=value,... added to every traced process's resource
+  OTEL_SERVICE_NAME                    not read from the agent's environment: each traced process's
+                                       own OTEL_SERVICE_NAME names its service
+  OTEL_TRACES_SAMPLER, OTEL_TRACES_SAMPLER_ARG
+  OTEL_BSP_MAX_QUEUE_SIZE, OTEL_BSP_MAX_EXPORT_BATCH_SIZE, OTEL_BSP_SCHEDULE_DELAY (ms)
+  OTEL_SDK_DISABLED=true               no OTLP export, no default printing, sampler always_off;
+                                       explicit --otlp-endpoint / --print flags still apply
+  RUST_LOG                             log filter, when --log-level is not given
+
+Without an OTLP endpoint spans are printed on stdout (logs go to stderr).
+
+Config file (YAML, unknown keys are an error):
+  otlp: {endpoint: http://collector:4318, protocol: http/protobuf, headers: {key: value}, timeout: 10000}
+  print: text | json | off          capture_bytes: 4096        ring_buffer_bytes: 16777216
+  max_queued_spans: 65536           max_export_batch: 512      export_interval: 1000
+  sampler: parentbased_traceidratio sampler_arg: 0.25          raw_sql: false
+  propagation: on | off             metrics_addr: 0.0.0.0:9464 log_level: info
+  resource_attributes: {deployment.environment.name: prod}";
+
+/// Command-line flags. Every setting is optional here so that an absent flag
+/// falls through to the environment, the file and the default.
+#[derive(Clone, Debug, Default, clap::Parser)]
+#[command(
+    name = "waggle",
+    version,
+    about = "Zero-code distributed tracing: captures HTTP and SQL traffic of unmodified processes with eBPF and exports OpenTelemetry spans",
+    after_help = AFTER_HELP
+)]
+pub struct CliArgs {
+    /// OTLP collector URL (e.g. http://localhost:4318). Enables OTLP export.
+    /// For http/protobuf, /v1/traces is appended unless the URL already ends with it
+    #[arg(long, value_name = "URL")]
+    pub otlp_endpoint: Option<String>,
+
+    /// OTLP protocol: grpc or http/protobuf. Default: http/protobuf, as the
+    /// OpenTelemetry specification requires (collector ports: grpc 4317, http 4318)
+    #[arg(long, value_name = "PROTOCOL")]
+    pub otlp_protocol: Option<String>,
+
+    /// Headers sent with every export, key=value,key2=value2 (values percent-decoded)
+    #[arg(long, value_name = "KEY=VALUE,...")]
+    pub otlp_headers: Option<String>,
+
+    /// OTLP export timeout in milliseconds [default: 10000]
+    #[arg(long, value_name = "MS")]
+    pub otlp_timeout: Option<u64>,
+
+    /// Print spans on stdout as text or JSON lines; off disables printing.
+    /// Default: text without an OTLP endpoint, off with one
+    #[arg(long, value_name = "text|json|off")]
+    pub print: Option<String>,
+
+    /// YAML config file; its keys mirror these flags (see below)
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Payload bytes copied from the kernel per read/write, 1..=4096 [default: 4096]
+    #[arg(long, value_name = "N")]
+    pub capture_bytes: Option<u32>,
+
+    /// Size of the kernel-to-agent ring buffer: a power of two, 4096..=1073741824 [default: 16777216]
+    #[arg(long, value_name = "BYTES")]
+    pub ring_buffer_bytes: Option<u32>,
+
+    /// Spans waiting for export before new ones are dropped (and counted) [default: 65536]
+    #[arg(long, value_name = "N")]
+    pub max_queued_spans: Option<usize>,
+
+    /// Most spans per export request [default: 512]
+    #[arg(long, value_name = "N")]
+    pub max_export_batch: Option<usize>,
+
+    /// Longest a span waits for its batch to fill, in milliseconds [default: 1000]
+    #[arg(long, value_name = "MS")]
+    pub export_interval: Option<u64>,
+
+    /// Sampler for traces the agent starts: always_on, always_off, traceidratio,
+    /// parentbased_always_on, parentbased_always_off, parentbased_traceidratio
+    /// [default: parentbased_always_on]
+    #[arg(long, value_name = "NAME")]
+    pub sampler: Option<String>,
+
+    /// Sampler argument: the ratio (0..=1) for the traceidratio samplers [default: 1.0]
+    #[arg(long, value_name = "ARG")]
+    pub sampler_arg: Option<String>,
+
+    /// Export SQL statements with their literal values (default: literals are replaced by ?)
+    #[arg(long)]
+    pub raw_sql: bool,
+
+    /// Inject W3C traceparent into outgoing HTTP requests [default: on]: the
+    /// first request of each connection. unsafe-keepalive: every request of
+    /// keep-alive connections too, by keeping client sockets in the kernel's
+    /// sockmap for their lifetime (their receive path then runs through
+    /// tcp_bpf: FIONREAD reports 0 on current kernels, and a missed FIN
+    /// after an early response was seen)
+    #[arg(long, value_name = "on|off|unsafe-keepalive")]
+    pub propagation: Option<String>,
+
+    /// Honour incoming traceparent only from peers in these networks
+    /// (comma-separated CIDRs, e.g. 10.0.0.0/8,fd00::/8); requests from
+    /// other peers start a new trace [default: every peer]
+    #[arg(long, value_name = "CIDRS")]
+    pub trusted_networks: Option<String>,
+
+    /// Serve Prometheus metrics on this address, e.g. 0.0.0.0:9464
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_addr: Option<String>,
+
+    /// Extra resource attributes for every traced process, key=value,... (like OTEL_RESOURCE_ATTRIBUTES)
+    #[arg(long, value_name = "KEY=VALUE,...")]
+    pub resource_attributes: Option<String>,
+
+    /// Log filter (error, warn, info, debug, trace or tracing directives such as
+    /// waggle=debug); RUST_LOG is used when this is absent [default: info]
+    #[arg(long, value_name = "FILTER")]
+    pub log_level: Option<String>,
+
+    /// Validate the configuration (flags, environment, file), print the
+    /// effective settings and exit: 0 when valid, 2 with the error otherwise
+    #[arg(long)]
+    pub check_config: bool,
+}

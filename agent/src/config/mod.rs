@@ -1,0 +1,26 @@
+//! Configuration: clap flags, the standard `OTEL_*` environment variables
+//! (read through [`Env`] so tests never touch the process environment) and an
+//! optional YAML file. Precedence: flag > environment > file > default.
+//!
+//! Every setting is resolved together with where it came from, so a bad value
+//! is reported as one line naming the flag, variable or file key and the value.
+//!
+//! Files, each importing only those listed before it: `source` (where a raw
+//! value came from, the error naming it), `cli` (flags and `--help`),
+//! `sampler`, `settings` (the resolved [`Config`]), `file` (the YAML schema),
+//! `values` (parsing one value), `load` (the merge, [`Config::load`]).
+mod cli;
+mod file;
+mod load;
+mod sampler;
+mod settings;
+mod source;
+mod values;
+
+#[cfg(test)]
+mod tests;
+
+pub use cli::CliArgs;
+pub use sampler::Sampler;
+pub use settings::{Config, OtlpConfig, OtlpProtocol, PrintFormat};
+pub use source::{ConfigError, Env, ProcessEnv};

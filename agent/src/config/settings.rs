@@ -1,0 +1,120 @@
+//! The resolved configuration the agent runs with, and its defaults.
+use std::{
+    fmt,
+    net::{IpAddr, SocketAddr},
+    path::PathBuf,
+    time::Duration,
+};
+
+use super::Sampler;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OtlpProtocol {
+    Grpc,
+    HttpProtobuf,
+}
+
+impl fmt::Display for OtlpProtocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            OtlpProtocol::Grpc => "grpc",
+            OtlpProtocol::HttpProtobuf => "http/protobuf",
+        })
+    }
+}
+
+#[derive(Clone, PartialEq)]
+pub struct OtlpConfig {
+    /// Full traces endpoint: for http/protobuf it ends in `/v1/traces`.
+    pub endpoint: String,
+    pub protocol: OtlpProtocol,
+    /// Header names are lower-case; values may be credentials (never log them).
+    pub headers: Vec<(String, String)>,
+    pub timeout: Duration,
+}
+
+// Header values are usually credentials (`authorization=Bearer ...`), and the
+// config is logged with `?config`: only the names are shown.
+impl fmt::Debug for OtlpConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let names: Vec<&str> = self.headers.iter().map(|(k, _)| k.as_str()).collect();
+        f.debug_struct("OtlpConfig")
+            .field("endpoint", &self.endpoint)
+            .field("protocol", &self.protocol)
+            .field("headers", &format_args!("{names:?} (values redacted)"))
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PrintFormat {
+    Text,
+    Json,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Config {
+    pub otlp: Option<OtlpConfig>,
+    /// Print spans on stdout (default when no OTLP endpoint is configured).
+    pub print: Option<PrintFormat>,
+    /// The agent's own OTEL_RESOURCE_ATTRIBUTES, added to every resource.
+    pub resource_attributes: Vec<(String, String)>,
+    pub sampler: Sampler,
+    /// False for the non-`parentbased_*` samplers: then `sampler` decides for
+    /// every span and an incoming sampled flag is ignored.
+    pub sampler_parent_based: bool,
+    /// Payload bytes the kernel copies per syscall (<= MAX_CAPTURE).
+    pub capture_bytes: u32,
+    pub ring_buffer_bytes: u32,
+    /// Spans waiting for export before new ones are dropped (and counted).
+    pub max_queued_spans: usize,
+    pub max_export_batch: usize,
+    pub export_interval: Duration,
+    /// Export SQL text with literals (default: sanitized).
+    pub raw_sql: bool,
+    /// Inject traceparent into outgoing HTTP requests.
+    pub propagation: bool,
+    /// Keep client sockets in the propagation sockmap for their lifetime, so
+    /// every request of a keep-alive connection carries traceparent (their
+    /// receive path then runs through the kernel's tcp_bpf code). Off: the
+    /// first request of each connection only.
+    pub propagation_unsafe_keepalive: bool,
+    /// Peers whose incoming traceparent is honoured; None: every peer (the
+    /// W3C default inside a cluster). Requests from other peers start a new
+    /// trace.
+    pub trusted_networks: Option<Vec<(IpAddr, u8)>>,
+    /// Serve Prometheus metrics here.
+    pub metrics_addr: Option<SocketAddr>,
+    pub config_file: Option<PathBuf>,
+    /// tracing-subscriber EnvFilter directives (--log-level, RUST_LOG).
+    pub log_filter: String,
+    /// OTEL_SDK_DISABLED=true took effect: no OTLP, no default printing,
+    /// sampler always_off.
+    pub sdk_disabled: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            otlp: None,
+            print: Some(PrintFormat::Text),
+            resource_attributes: Vec::new(),
+            sampler: Sampler::AlwaysOn,
+            sampler_parent_based: true,
+            capture_bytes: waggle_common::MAX_CAPTURE as u32,
+            ring_buffer_bytes: waggle_common::EVENTS_RINGBUF_BYTES,
+            max_queued_spans: 65536,
+            max_export_batch: 512,
+            export_interval: Duration::from_millis(1000),
+            raw_sql: false,
+            propagation: true,
+            propagation_unsafe_keepalive: false,
+            trusted_networks: None,
+            metrics_addr: None,
+            config_file: None,
+            log_filter: "info".to_owned(),
+            sdk_disabled: false,
+        }
+    }
+}

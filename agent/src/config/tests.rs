@@ -1,0 +1,415 @@
+//! `Config::load` end to end: precedence, every setting's parsing and the
+//! one-line errors naming where a bad value came from.
+use std::{collections::HashMap, io::Write, time::Duration};
+
+use clap::Parser;
+
+use super::*;
+
+impl Env for HashMap<String, String> {
+    fn var(&self, key: &str) -> Option<String> {
+        self.get(key).cloned()
+    }
+}
+
+fn args(list: &[&str]) -> CliArgs {
+    let mut argv = vec!["waggle"];
+    argv.extend_from_slice(list);
+    CliArgs::try_parse_from(argv).unwrap()
+}
+
+fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+}
+
+fn load(list: &[&str], pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
+    Config::load(&args(list), &env(pairs))
+}
+
+fn err(list: &[&str], pairs: &[(&str, &str)]) -> String {
+    let e = load(list, pairs).unwrap_err().to_string();
+    assert!(!e.contains('\n'), "error must be one line: {e}");
+    e
+}
+
+fn yaml(text: &str) -> tempfile_like::TempFile {
+    tempfile_like::TempFile::new(text)
+}
+
+/// Minimal temp file helper (the agent crate has no tempfile dependency).
+mod tempfile_like {
+    use std::{path::PathBuf, sync::atomic::AtomicU32, sync::atomic::Ordering};
+
+    pub struct TempFile(pub PathBuf);
+    static N: AtomicU32 = AtomicU32::new(0);
+
+    impl TempFile {
+        pub fn new(text: &str) -> TempFile {
+            let path = std::env::temp_dir().join(format!(
+                "waggle-config-test-{}-{}.yaml",
+                std::process::id(),
+                N.fetch_add(1, Ordering::Relaxed)
+            ));
+            let mut f = std::fs::File::create(&path).unwrap();
+            super::Write::write_all(&mut f, text.as_bytes()).unwrap();
+            TempFile(path)
+        }
+        pub fn arg(&self) -> String {
+            self.0.display().to_string()
+        }
+    }
+
+    impl Drop for TempFile {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+}
+
+#[test]
+fn defaults_print_text_and_no_otlp() {
+    let c = load(&[], &[]).unwrap();
+    assert_eq!(c.otlp, None);
+    assert_eq!(c.print, Some(PrintFormat::Text));
+    assert_eq!(c.sampler, Sampler::AlwaysOn);
+    assert!(c.sampler_parent_based);
+    assert_eq!(c.log_filter, "info");
+    assert_eq!(c.capture_bytes, 4096);
+    assert!(c.propagation);
+    assert!(!c.raw_sql);
+}
+
+#[test]
+fn base_endpoint_gets_traces_path_and_http_protobuf_default() {
+    let c = load(&[], &[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318/")]).unwrap();
+    let otlp = c.otlp.unwrap();
+    assert_eq!(otlp.endpoint, "http://collector:4318/v1/traces");
+    assert_eq!(otlp.protocol, OtlpProtocol::HttpProtobuf);
+    assert_eq!(otlp.timeout, Duration::from_secs(10));
+    // An endpoint turns the default printer off.
+    assert_eq!(c.print, None);
+}
+
+#[test]
+fn traces_endpoint_is_used_as_is_and_beats_base() {
+    let c = load(
+        &[],
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://base:4318"),
+            ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://traces:9999/custom"),
+        ],
+    )
+    .unwrap();
+    assert_eq!(c.otlp.unwrap().endpoint, "http://traces:9999/custom");
+}
+
+#[test]
+fn grpc_endpoint_has_no_path_appended() {
+    let c =
+        load(&[], &[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4317"), ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")])
+            .unwrap();
+    let otlp = c.otlp.unwrap();
+    assert_eq!(otlp.endpoint, "http://collector:4317");
+    assert_eq!(otlp.protocol, OtlpProtocol::Grpc);
+}
+
+#[test]
+fn flag_endpoint_keeps_explicit_traces_path() {
+    let c = load(&["--otlp-endpoint", "http://c:4318/v1/traces"], &[]).unwrap();
+    assert_eq!(c.otlp.unwrap().endpoint, "http://c:4318/v1/traces");
+    let c = load(&["--otlp-endpoint", "http://c:4318/prefix"], &[]).unwrap();
+    assert_eq!(c.otlp.unwrap().endpoint, "http://c:4318/prefix/v1/traces");
+}
+
+#[test]
+fn flag_beats_env_beats_file() {
+    let f = yaml(
+        "otlp:\n  endpoint: http://file:4318\n  protocol: grpc\n  timeout: 1234\nsampler: always_off\ncapture_bytes: 100\n",
+    );
+    // File only.
+    let c = load(&["--config", &f.arg()], &[]).unwrap();
+    let otlp = c.otlp.clone().unwrap();
+    assert_eq!(otlp.endpoint, "http://file:4318");
+    assert_eq!(otlp.protocol, OtlpProtocol::Grpc);
+    assert_eq!(otlp.timeout, Duration::from_millis(1234));
+    assert_eq!((c.sampler, c.sampler_parent_based), (Sampler::AlwaysOff, false));
+    assert_eq!(c.capture_bytes, 100);
+    assert_eq!(c.config_file.as_deref(), Some(f.0.as_path()));
+
+    // Env beats file.
+    let e = [
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://env:4318"),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
+        ("OTEL_EXPORTER_OTLP_TIMEOUT", "500"),
+        ("OTEL_TRACES_SAMPLER", "parentbased_traceidratio"),
+        ("OTEL_TRACES_SAMPLER_ARG", "0.25"),
+    ];
+    let c = load(&["--config", &f.arg()], &e).unwrap();
+    let otlp = c.otlp.unwrap();
+    assert_eq!(otlp.endpoint, "http://env:4318/v1/traces");
+    assert_eq!(otlp.protocol, OtlpProtocol::HttpProtobuf);
+    assert_eq!(otlp.timeout, Duration::from_millis(500));
+    assert_eq!((c.sampler, c.sampler_parent_based), (Sampler::TraceIdRatio(0.25), true));
+
+    // Flags beat both.
+    let c = load(
+        &[
+            "--config",
+            &f.arg(),
+            "--otlp-endpoint",
+            "http://flag:4317",
+            "--otlp-protocol",
+            "grpc",
+            "--otlp-timeout",
+            "42",
+            "--sampler",
+            "always_on",
+            "--capture-bytes",
+            "7",
+        ],
+        &e,
+    )
+    .unwrap();
+    let otlp = c.otlp.unwrap();
+    assert_eq!(otlp.endpoint, "http://flag:4317");
+    assert_eq!(otlp.protocol, OtlpProtocol::Grpc);
+    assert_eq!(otlp.timeout, Duration::from_millis(42));
+    assert_eq!((c.sampler, c.sampler_parent_based), (Sampler::AlwaysOn, false));
+    assert_eq!(c.capture_bytes, 7);
+}
+
+#[test]
+fn signal_specific_env_beats_generic() {
+    let c = load(
+        &[],
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4317"),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
+            ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "grpc"),
+            ("OTEL_EXPORTER_OTLP_HEADERS", "a=generic"),
+            ("OTEL_EXPORTER_OTLP_TRACES_HEADERS", "b=traces"),
+            ("OTEL_EXPORTER_OTLP_TIMEOUT", "100"),
+            ("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "200"),
+        ],
+    )
+    .unwrap();
+    let otlp = c.otlp.unwrap();
+    assert_eq!(otlp.protocol, OtlpProtocol::Grpc);
+    assert_eq!(otlp.headers, vec![("b".to_owned(), "traces".to_owned())]);
+    assert_eq!(otlp.timeout, Duration::from_millis(200));
+}
+
+#[test]
+fn headers_are_percent_decoded_lowercased_and_flag_wins() {
+    let e = [
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318"),
+        ("OTEL_EXPORTER_OTLP_HEADERS", "Authorization=Basic%20abc%3D%3D , x-tenant = t1"),
+    ];
+    let otlp = load(&[], &e).unwrap().otlp.unwrap();
+    assert_eq!(
+        otlp.headers,
+        vec![("authorization".to_owned(), "Basic abc==".to_owned()), ("x-tenant".to_owned(), "t1".to_owned())]
+    );
+    let otlp = load(&["--otlp-headers", "x-only=flag"], &e).unwrap().otlp.unwrap();
+    assert_eq!(otlp.headers, vec![("x-only".to_owned(), "flag".to_owned())]);
+}
+
+#[test]
+fn debug_output_redacts_header_values() {
+    let c =
+        load(&["--otlp-endpoint", "http://c:4318", "--otlp-headers", "authorization=Bearer%20s3cr3t"], &[]).unwrap();
+    let dbg = format!("{c:?}");
+    assert!(dbg.contains("authorization"), "{dbg}");
+    assert!(!dbg.contains("s3cr3t"), "{dbg}");
+}
+
+#[test]
+fn bad_header_errors_do_not_leak_values() {
+    let e = err(&["--otlp-endpoint", "http://c:4318", "--otlp-headers", "authorization:Bearer s3cr3t"], &[]);
+    assert_eq!(e, "--otlp-headers: entry 1 is not key=value");
+    let e = err(&[], &[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c"), ("OTEL_EXPORTER_OTLP_HEADERS", "a=ok,bad key=x")]);
+    assert_eq!(e, "OTEL_EXPORTER_OTLP_HEADERS: invalid header name \"bad key\"");
+    let e = err(&[], &[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c"), ("OTEL_EXPORTER_OTLP_HEADERS", "k=s3cr%0At")]);
+    assert!(e.starts_with("OTEL_EXPORTER_OTLP_HEADERS: value of header \"k\""), "{e}");
+    assert!(!e.contains("s3cr"), "{e}");
+}
+
+#[test]
+fn protocol_errors_name_setting_and_value() {
+    let e = err(&[], &[("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json")]);
+    assert_eq!(e, "OTEL_EXPORTER_OTLP_PROTOCOL: protocol \"http/json\" is not supported (use grpc or http/protobuf)");
+    let e = err(&["--otlp-protocol", "thrift"], &[]);
+    assert_eq!(e, "--otlp-protocol: unsupported protocol \"thrift\" (use grpc or http/protobuf)");
+}
+
+#[test]
+fn endpoint_errors() {
+    let e = err(&["--otlp-endpoint", "collector:4318"], &[]);
+    assert!(e.starts_with("--otlp-endpoint: "), "{e}");
+    assert!(e.contains("collector:4318"), "{e}");
+    let e = err(&[], &[("OTEL_EXPORTER_OTLP_ENDPOINT", "https://saas.example:443")]);
+    assert!(e.starts_with("OTEL_EXPORTER_OTLP_ENDPOINT: endpoint \"https://saas.example:443\" uses TLS"), "{e}");
+    let e = err(&[], &[("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "not a url")]);
+    assert!(e.starts_with("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT: invalid endpoint \"not a url\""), "{e}");
+}
+
+#[test]
+fn numeric_range_errors() {
+    assert_eq!(err(&["--capture-bytes", "0"], &[]), "--capture-bytes: 0 is out of range (1..=4096)");
+    assert_eq!(err(&["--capture-bytes", "5000"], &[]), "--capture-bytes: 5000 is out of range (1..=4096)");
+    assert_eq!(err(&["--ring-buffer-bytes", "12288"], &[]), "--ring-buffer-bytes: 12288 is not a power of two");
+    assert_eq!(
+        err(&[], &[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c"), ("OTEL_EXPORTER_OTLP_TIMEOUT", "soon")]),
+        "OTEL_EXPORTER_OTLP_TIMEOUT: \"soon\" is not a valid number"
+    );
+    assert_eq!(err(&["--max-queued-spans", "0"], &[]), "--max-queued-spans: 0 is out of range (1..=1048576)");
+    assert_eq!(
+        err(&[], &[("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "-3")]),
+        "OTEL_BSP_MAX_EXPORT_BATCH_SIZE: \"-3\" is not a valid number"
+    );
+    assert_eq!(load(&["--ring-buffer-bytes", "65536"], &[]).unwrap().ring_buffer_bytes, 65536);
+    let c = load(&[], &[("OTEL_BSP_MAX_QUEUE_SIZE", "10"), ("OTEL_BSP_SCHEDULE_DELAY", "50")]).unwrap();
+    assert_eq!((c.max_queued_spans, c.export_interval), (10, Duration::from_millis(50)));
+}
+
+#[test]
+fn sampler_parsing() {
+    let c = load(&[], &[("OTEL_TRACES_SAMPLER", "traceidratio"), ("OTEL_TRACES_SAMPLER_ARG", "0.5")]).unwrap();
+    assert_eq!((c.sampler, c.sampler_parent_based), (Sampler::TraceIdRatio(0.5), false));
+    let c = load(&[], &[("OTEL_TRACES_SAMPLER", "parentbased_traceidratio")]).unwrap();
+    assert_eq!((c.sampler, c.sampler_parent_based), (Sampler::TraceIdRatio(1.0), true));
+    let c = load(&[], &[("OTEL_TRACES_SAMPLER", "parentbased_always_off")]).unwrap();
+    assert_eq!((c.sampler, c.sampler_parent_based), (Sampler::AlwaysOff, true));
+    // The argument only matters to ratio samplers.
+    let c = load(&[], &[("OTEL_TRACES_SAMPLER", "always_on"), ("OTEL_TRACES_SAMPLER_ARG", "junk")]).unwrap();
+    assert_eq!(c.sampler, Sampler::AlwaysOn);
+    assert_eq!(
+        err(&[], &[("OTEL_TRACES_SAMPLER", "traceidratio"), ("OTEL_TRACES_SAMPLER_ARG", "1.5")]),
+        "OTEL_TRACES_SAMPLER_ARG: \"1.5\" is not a ratio between 0 and 1"
+    );
+    let e = err(&["--sampler", "sometimes"], &[]);
+    assert!(e.starts_with("--sampler: unknown sampler \"sometimes\""), "{e}");
+}
+
+#[test]
+fn print_rules() {
+    let c = load(&["--otlp-endpoint", "http://c:4318", "--print", "json"], &[]).unwrap();
+    assert_eq!(c.print, Some(PrintFormat::Json));
+    assert!(c.otlp.is_some());
+    assert_eq!(load(&["--print", "off"], &[]).unwrap().print, None);
+    assert_eq!(err(&["--print", "xml"], &[]), "--print: unknown format \"xml\" (use text, json or off)");
+}
+
+#[test]
+fn sdk_disabled_turns_off_env_output_but_not_flags() {
+    let e = [("OTEL_SDK_DISABLED", "true"), ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318")];
+    let c = load(&[], &e).unwrap();
+    assert!(c.sdk_disabled);
+    assert_eq!(c.otlp, None);
+    assert_eq!(c.print, None);
+    assert_eq!((c.sampler, c.sampler_parent_based), (Sampler::AlwaysOff, false));
+    // Tracing disabled: nothing is injected downstream either.
+    assert!(!c.propagation && !c.propagation_unsafe_keepalive);
+    assert!(!load(&["--propagation", "unsafe-keepalive"], &[("OTEL_SDK_DISABLED", "true")]).unwrap().propagation);
+
+    let c = load(&["--print", "text"], &e).unwrap();
+    assert!(!c.sdk_disabled);
+    assert_eq!(c.print, Some(PrintFormat::Text));
+    assert!(c.otlp.is_some(), "explicit flags override OTEL_SDK_DISABLED as a whole");
+
+    assert!(!load(&[], &[("OTEL_SDK_DISABLED", "false")]).unwrap().sdk_disabled);
+    assert_eq!(
+        err(&[], &[("OTEL_SDK_DISABLED", "yes please")]),
+        "OTEL_SDK_DISABLED: expected true or false, got \"yes please\""
+    );
+}
+
+#[test]
+fn propagation_modes_and_trusted_networks() {
+    let c = load(&[], &[]).unwrap();
+    assert!(c.propagation && !c.propagation_unsafe_keepalive);
+    assert_eq!(c.trusted_networks, None);
+    let c = load(&["--propagation", "unsafe-keepalive"], &[]).unwrap();
+    assert!(c.propagation && c.propagation_unsafe_keepalive);
+    let c = load(&["--trusted-networks", "10.0.0.0/8, 192.168.1.7,fd00::/8"], &[]).unwrap();
+    assert_eq!(
+        c.trusted_networks,
+        Some(vec![
+            ("10.0.0.0".parse().unwrap(), 8),
+            ("192.168.1.7".parse().unwrap(), 32),
+            ("fd00::".parse().unwrap(), 8)
+        ])
+    );
+    let c = load(&[], &[("WAGGLE_TRUSTED_NETWORKS", "127.0.0.0/8")]).unwrap();
+    assert_eq!(c.trusted_networks, Some(vec![("127.0.0.0".parse().unwrap(), 8)]));
+    assert!(err(&["--trusted-networks", "10.0.0.0/33"], &[]).contains("prefix length"));
+    assert!(err(&["--trusted-networks", "intranet"], &[]).contains("invalid network"));
+    assert!(err(&["--trusted-networks", " , "], &[]).contains("no network"));
+}
+
+#[test]
+fn empty_env_values_count_as_unset() {
+    let c = load(&[], &[("OTEL_EXPORTER_OTLP_ENDPOINT", "  "), ("OTEL_TRACES_SAMPLER", "")]).unwrap();
+    assert_eq!(c.otlp, None);
+    assert_eq!(c.sampler, Sampler::AlwaysOn);
+}
+
+#[test]
+fn resource_attributes_merge_per_key() {
+    let f = yaml("resource_attributes:\n  a: file\n  b: 2\n  c: file\n");
+    let c = load(
+        &["--config", &f.arg(), "--resource-attributes", "c=flag"],
+        &[("OTEL_RESOURCE_ATTRIBUTES", "b=env%20two,d=env"), ("OTEL_SERVICE_NAME", "agent-x")],
+    )
+    .unwrap();
+    let attrs: Vec<(&str, &str)> = c.resource_attributes.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    // The agent's own OTEL_SERVICE_NAME is not a resource attribute of the processes it traces.
+    assert_eq!(attrs, vec![("a", "file"), ("b", "env two"), ("c", "flag"), ("d", "env")]);
+}
+
+#[test]
+fn file_keys_and_errors() {
+    let f = yaml(
+        "otlp:\n  endpoint: http://f:4318\n  headers:\n    X-Api-Key: abc\nprint: json\nraw_sql: true\npropagation: off\nmetrics_addr: 127.0.0.1:9464\nmax_export_batch: 64\nexport_interval: 250\nlog_level: debug\n",
+    );
+    let c = load(&["--config", &f.arg()], &[]).unwrap();
+    assert_eq!(c.otlp.as_ref().unwrap().headers, vec![("x-api-key".to_owned(), "abc".to_owned())]);
+    assert_eq!(c.print, Some(PrintFormat::Json));
+    assert!(c.raw_sql);
+    assert!(!c.propagation);
+    assert_eq!(c.metrics_addr, Some("127.0.0.1:9464".parse().unwrap()));
+    assert_eq!(c.max_export_batch, 64);
+    assert_eq!(c.export_interval, Duration::from_millis(250));
+    assert_eq!(c.log_filter, "debug");
+    // RUST_LOG beats the file; --log-level beats RUST_LOG.
+    assert_eq!(load(&["--config", &f.arg()], &[("RUST_LOG", "warn")]).unwrap().log_filter, "warn");
+    assert_eq!(
+        load(&["--config", &f.arg(), "--log-level", "trace"], &[("RUST_LOG", "warn")]).unwrap().log_filter,
+        "trace"
+    );
+
+    let bad = yaml("otlp:\n  endpoint: http://f:4318\n  compression: gzip\n");
+    let e = err(&["--config", &bad.arg()], &[]);
+    assert!(e.starts_with(&format!("parsing config file {}: ", bad.arg())), "{e}");
+    assert!(e.contains("unknown field `compression`"), "{e}");
+
+    let bad = yaml("capture_bytes: 9999\n");
+    assert_eq!(
+        err(&["--config", &bad.arg()], &[]),
+        format!("capture_bytes in {}: 9999 is out of range (1..=4096)", bad.arg())
+    );
+
+    let e = err(&["--config", "/nonexistent/waggle.yaml"], &[]);
+    assert!(e.starts_with("reading config file /nonexistent/waggle.yaml: "), "{e}");
+}
+
+#[test]
+fn metrics_addr_and_log_filter_errors() {
+    assert_eq!(
+        err(&["--metrics-addr", "localhost"], &[]),
+        "--metrics-addr: invalid address \"localhost\" (expected IP:PORT, e.g. 0.0.0.0:9464)"
+    );
+    let e = err(&["--log-level", "waggle=loud"], &[]);
+    assert!(e.starts_with("--log-level: invalid log filter \"waggle=loud\""), "{e}");
+    assert_eq!(err(&["--propagation", "maybe"], &[]), "--propagation: expected on or off, got \"maybe\"");
+}

@@ -1,0 +1,182 @@
+//! Parsing and validating one raw setting value; errors name its [`Source`].
+use std::{fmt, net::IpAddr};
+
+use super::{source::Source, ConfigError, OtlpProtocol, PrintFormat};
+
+/// Comma-separated CIDRs ("10.0.0.0/8", "fd00::/8"; a bare address is a
+/// single host).
+pub(super) fn parse_networks(raw: &str, source: &Source) -> Result<Vec<(IpAddr, u8)>, ConfigError> {
+    let mut nets = Vec::new();
+    for part in raw.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (addr, prefix) = match part.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (part, None),
+        };
+        let addr: IpAddr = addr
+            .parse()
+            .map_err(|_| source.invalid(format!("invalid network {part:?} (expected CIDR, e.g. 10.0.0.0/8)")))?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            Some(p) => p
+                .parse::<u8>()
+                .ok()
+                .filter(|p| *p <= max)
+                .ok_or_else(|| source.invalid(format!("invalid prefix length in {part:?} (0..={max})")))?,
+            None => max,
+        };
+        nets.push((addr, prefix));
+    }
+    if nets.is_empty() {
+        return Err(source.invalid("no network given".to_owned()));
+    }
+    Ok(nets)
+}
+
+/// Parses `k=v,k2=v2` as used by OTEL_EXPORTER_OTLP_HEADERS and
+/// OTEL_RESOURCE_ATTRIBUTES: entries trimmed, values percent-decoded.
+/// Errors never echo a value: header values are credentials.
+pub(super) fn parse_key_values(raw: &str, source: &Source) -> Result<Vec<(String, String)>, ConfigError> {
+    let mut out = Vec::new();
+    for (i, entry) in raw.split(',').enumerate() {
+        let entry = entry.trim();
+        if entry.is_empty() {
+            continue;
+        }
+        let Some((key, value)) = entry.split_once('=') else {
+            return Err(source.invalid(format!("entry {} is not key=value", i + 1)));
+        };
+        let key = key.trim();
+        if key.is_empty() {
+            return Err(source.invalid(format!("entry {} has an empty key", i + 1)));
+        }
+        let value = percent_encoding::percent_decode_str(value.trim())
+            .decode_utf8()
+            .map_err(|_| source.invalid(format!("value of {key:?} is not valid UTF-8 once percent-decoded")))?;
+        out.push((key.to_owned(), value.into_owned()));
+    }
+    Ok(out)
+}
+
+/// Header names must be valid HTTP header names (stored lower-case, as gRPC
+/// metadata requires) and values visible ASCII, so they are valid both as
+/// HTTP headers and as gRPC metadata.
+pub(super) fn validate_headers(
+    headers: Vec<(String, String)>,
+    source: &Source,
+) -> Result<Vec<(String, String)>, ConfigError> {
+    let mut out: Vec<(String, String)> = Vec::with_capacity(headers.len());
+    for (key, value) in headers {
+        let name = reqwest::header::HeaderName::from_bytes(key.as_bytes())
+            .map_err(|_| source.invalid(format!("invalid header name {key:?}")))?;
+        let printable = value.bytes().all(|b| b == b'\t' || (0x20..0x7f).contains(&b));
+        if !printable {
+            // The value is a credential more often than not: name the header only.
+            return Err(source
+                .invalid(format!("value of header {:?} must be printable ASCII (value not shown)", name.as_str())));
+        }
+        let name = name.as_str().to_owned();
+        out.retain(|(k, _)| *k != name);
+        out.push((name, value));
+    }
+    Ok(out)
+}
+
+pub(super) fn parse_protocol(raw: &str, source: &Source) -> Result<OtlpProtocol, ConfigError> {
+    match raw.trim().to_ascii_lowercase().as_str() {
+        "grpc" => Ok(OtlpProtocol::Grpc),
+        "http/protobuf" => Ok(OtlpProtocol::HttpProtobuf),
+        "http/json" => Err(source.invalid(format!("protocol {raw:?} is not supported (use grpc or http/protobuf)"))),
+        _ => Err(source.invalid(format!("unsupported protocol {raw:?} (use grpc or http/protobuf)"))),
+    }
+}
+
+pub(super) fn parse_print(raw: &str, source: &Source) -> Result<Option<PrintFormat>, ConfigError> {
+    match raw.trim().to_ascii_lowercase().as_str() {
+        "text" => Ok(Some(PrintFormat::Text)),
+        "json" => Ok(Some(PrintFormat::Json)),
+        "off" | "none" | "false" => Ok(None),
+        _ => Err(source.invalid(format!("unknown format {raw:?} (use text, json or off)"))),
+    }
+}
+
+pub(super) fn parse_on_off(raw: &str, source: &Source) -> Result<bool, ConfigError> {
+    match raw.trim().to_ascii_lowercase().as_str() {
+        "on" | "true" | "yes" | "1" => Ok(true),
+        "off" | "false" | "no" | "0" => Ok(false),
+        _ => Err(source.invalid(format!("expected on or off, got {raw:?}"))),
+    }
+}
+
+pub(super) fn parse_bool_env(raw: &str, source: &Source) -> Result<bool, ConfigError> {
+    match raw.trim().to_ascii_lowercase().as_str() {
+        "true" => Ok(true),
+        "false" => Ok(false),
+        _ => Err(source.invalid(format!("expected true or false, got {raw:?}"))),
+    }
+}
+
+pub(super) fn parse_number<T: std::str::FromStr>(raw: &str, source: &Source) -> Result<T, ConfigError> {
+    raw.trim().parse().map_err(|_| source.invalid(format!("{raw:?} is not a valid number")))
+}
+
+pub(super) fn check_range<T: PartialOrd + fmt::Display + Copy>(
+    value: T,
+    min: T,
+    max: T,
+    source: &Source,
+) -> Result<T, ConfigError> {
+    if value < min || value > max {
+        return Err(source.invalid(format!("{value} is out of range ({min}..={max})")));
+    }
+    Ok(value)
+}
+
+/// Turns a configured endpoint into the URL exports go to.
+/// `base` endpoints get `/v1/traces` appended for http/protobuf.
+pub(super) fn resolve_endpoint(
+    raw: &str,
+    source: &Source,
+    protocol: OtlpProtocol,
+    base: EndpointKind,
+) -> Result<String, ConfigError> {
+    let url = reqwest::Url::parse(raw.trim())
+        .map_err(|e| source.invalid(format!("invalid endpoint {raw:?}: {e} (expected e.g. http://localhost:4318)")))?;
+    match url.scheme() {
+        "http" => {}
+        "https" => {
+            return Err(source.invalid(format!(
+                "endpoint {raw:?} uses TLS, which this build does not support (send to a local collector over http://)"
+            )))
+        }
+        other => return Err(source.invalid(format!("endpoint {raw:?} has unsupported scheme {other:?} (use http://)"))),
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err(source.invalid(format!("endpoint {raw:?} has no host")));
+    }
+    let trimmed = raw.trim();
+    Ok(match (protocol, base) {
+        // gRPC has no URL path: the service path comes from the protobuf definition.
+        (OtlpProtocol::Grpc, _) | (OtlpProtocol::HttpProtobuf, EndpointKind::Signal) => trimmed.to_owned(),
+        (OtlpProtocol::HttpProtobuf, EndpointKind::Base) => {
+            format!("{}/v1/traces", trimmed.trim_end_matches('/'))
+        }
+        (OtlpProtocol::HttpProtobuf, EndpointKind::BaseOrSignal) => {
+            let path = url.path().trim_end_matches('/');
+            if path.ends_with("/v1/traces") {
+                trimmed.to_owned()
+            } else {
+                format!("{}/v1/traces", trimmed.trim_end_matches('/'))
+            }
+        }
+    })
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum EndpointKind {
+    /// OTEL_EXPORTER_OTLP_ENDPOINT: always a base URL, per the spec.
+    Base,
+    /// OTEL_EXPORTER_OTLP_TRACES_ENDPOINT: used as is.
+    Signal,
+    /// Flag / file: a base URL unless it already ends with /v1/traces.
+    BaseOrSignal,
+}
