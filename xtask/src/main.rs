@@ -61,8 +61,9 @@ enum Command {
     /// rustfmt, clippy -D warnings (workspace, fuzz feature, kernel crate),
     /// no import circles, no oversized files.
     Lint,
-    /// Build, install end-to-end test dependencies, run every test (and a
-    /// quick benchmark round and short fuzzing runs, so neither rots).
+    /// Build, install end-to-end test dependencies, run the lints (see
+    /// `lint`) and every test (and a quick benchmark round and short fuzzing
+    /// runs, so neither rots).
     Test {
         /// Only unit tests (`--lib --bins`): no integration or end-to-end
         /// tests, no end-to-end dependencies.
@@ -132,7 +133,14 @@ fn dispatch(command: Command) -> Result<ExitCode> {
             if let Err(e) = &fuzzing {
                 eprintln!("xtask: fuzzing failed: {e:#}");
             }
+            // Lint before the tests so its report is not lost in their
+            // output, but after building: a build error reads better first.
+            let lint = if filter.is_empty() { lint::run(&root) } else { Ok(()) };
+            if let Err(e) = &lint {
+                eprintln!("xtask: {e:#}");
+            }
             test::run_tests(&root, &built, unit_only, &filter)?;
+            lint?;
             bench?;
             fuzzing?;
             Ok(ExitCode::SUCCESS)
