@@ -1,4 +1,4 @@
-//! Bounded text for attribute values.
+//! Text for attribute values: bounded strings, and ids in hex.
 
 /// `s` cut to at most `max` bytes on a character boundary: attribute values
 /// from captured traffic and /proc are bounded before they are stored.
@@ -13,13 +13,9 @@ pub fn truncate_utf8(s: &str, max: usize) -> String {
     s[..end].to_owned()
 }
 
+/// Lowercase hex, two digits per byte: how trace and span ids are written.
 pub fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write;
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        let _ = write!(s, "{b:02x}");
-    }
-    s
+    bytes.iter().flat_map(|b| waggle_common::http::hex_byte(*b)).map(char::from).collect()
 }
 
 #[cfg(test)]
@@ -31,5 +27,11 @@ mod tests {
         assert_eq!(truncate_utf8("héllo", 2), "h");
         assert_eq!(truncate_utf8("héllo", 3), "hé");
         assert_eq!(truncate_utf8("abc", 10), "abc");
+    }
+
+    #[test]
+    fn hex_is_two_lowercase_digits_per_byte() {
+        assert_eq!(hex(&[0x00, 0x0f, 0xa0, 0xff, 0x4b]), "000fa0ff4b");
+        assert_eq!(hex(&[]), "");
     }
 }

@@ -15,7 +15,6 @@ pub mod mysql;
 mod parser;
 pub mod postgres;
 mod registry;
-pub mod route;
 #[cfg(any(test, feature = "fuzz"))]
 pub mod script;
 pub mod sql;

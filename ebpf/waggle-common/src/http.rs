@@ -16,19 +16,28 @@ pub const MIN_REQUEST_LINE: u32 = 16;
 /// method plus its space ("OPTIONS ", "CONNECT ") is 8.
 pub const PEEK: usize = 8;
 
-/// Methods that start an HTTP/1.x request, followed by their space, as
-/// little-endian words with their lengths.
-const METHODS: [(u64, u32); 9] = [
-    (word(b"GET "), 4),
-    (word(b"PUT "), 4),
-    (word(b"POST "), 5),
-    (word(b"HEAD "), 5),
-    (word(b"PATCH "), 6),
-    (word(b"TRACE "), 6),
-    (word(b"DELETE "), 7),
-    (word(b"OPTIONS "), 8),
-    (word(b"CONNECT "), 8),
-];
+pub mod request_line;
+
+/// The request methods RFC 9110 defines, plus PATCH: the ones OpenTelemetry
+/// calls "known" (others are reported as `_OTHER`) and the only ones the
+/// kernel takes for the start of a request.
+pub const KNOWN_METHODS: [&str; 9] = ["GET", "PUT", "POST", "HEAD", "PATCH", "TRACE", "DELETE", "OPTIONS", "CONNECT"];
+
+/// [`KNOWN_METHODS`] followed by their space, as little-endian words with
+/// their lengths.
+const METHODS: [(u64, u32); 9] = method_words(&KNOWN_METHODS);
+
+const fn method_words(methods: &[&str; 9]) -> [(u64, u32); 9] {
+    let mut out = [(0u64, 0u32); 9];
+    let mut i = 0;
+    while i < methods.len() {
+        let m = methods[i].as_bytes();
+        // Every method is at most 7 bytes, so its space still fits the word.
+        out[i] = (word(m) | (b' ' as u64) << (8 * m.len()), m.len() as u32 + 1);
+        i += 1;
+    }
+    out
+}
 
 const fn word(s: &[u8]) -> u64 {
     let mut w = 0u64;
@@ -321,6 +330,13 @@ pub struct Incoming {
     pub flags: u8,
 }
 
+impl Incoming {
+    /// The W3C `sampled` trace flag.
+    pub fn sampled(&self) -> bool {
+        self.flags & 1 == 1
+    }
+}
+
 /// Most spaces/tabs accepted between "traceparent:" and the value.
 pub const MAX_OWS: usize = 8;
 /// Bytes handed to `parse_traceparent`: "00-" 32 "-" 16 "-" 2 = 55, then
@@ -409,6 +425,24 @@ pub fn parse_traceparent(v: &[u8; VALUE_WINDOW], avail: u32) -> Option<Incoming>
     Some(out)
 }
 
+/// Parses a whole `traceparent` header value as userspace holds it (spaces
+/// and tabs around it allowed, no line end): the rule of
+/// [`parse_traceparent`], applied to the value as if its line ended there.
+pub fn parse_traceparent_value(value: &[u8]) -> Option<Incoming> {
+    let start = value.iter().position(|c| !matches!(c, b' ' | b'\t')).unwrap_or(value.len());
+    let end = value.iter().rposition(|c| !matches!(c, b' ' | b'\t')).map_or(start, |e| e + 1);
+    let v = &value[start..end.max(start)];
+    // A valid value is exactly this long; the window's CR ends its line.
+    const LEN: usize = 55;
+    if v.len() != LEN {
+        return None;
+    }
+    let mut window = [0u8; VALUE_WINDOW];
+    window[..LEN].copy_from_slice(v);
+    window[LEN] = b'\r';
+    parse_traceparent(&window, LEN as u32 + 1)
+}
+
 /// Length of the inserted header line (waggle_common::TRACEPARENT_LINE_LEN).
 pub const LINE_LEN: usize = 70;
 
@@ -419,6 +453,13 @@ fn hex_digit(n: u8) -> u8 {
     } else {
         b'a' + (n - 10)
     }
+}
+
+/// The two lowercase hex digits of `b`, high nibble first: how W3C ids are
+/// spelled.
+#[inline(always)]
+pub fn hex_byte(b: u8) -> [u8; 2] {
+    [hex_digit(b >> 4), hex_digit(b & 0xf)]
 }
 
 /// `traceparent: 00-<trace>-<span>-<01|00>\r\n`.
@@ -486,6 +527,22 @@ mod tests {
         assert!(!starts(b" GET / HTTP/1.1"));
         assert!(is_connect(head(b"CONNECT a:443 HTTP/1.1").0));
         assert!(!is_connect(head(b"GET / HTTP/1.1").0));
+    }
+
+    #[test]
+    fn method_words_are_the_methods_and_their_space() {
+        let literal = [
+            (word(b"GET "), 4),
+            (word(b"PUT "), 4),
+            (word(b"POST "), 5),
+            (word(b"HEAD "), 5),
+            (word(b"PATCH "), 6),
+            (word(b"TRACE "), 6),
+            (word(b"DELETE "), 7),
+            (word(b"OPTIONS "), 8),
+            (word(b"CONNECT "), 8),
+        ];
+        assert_eq!(METHODS, literal);
     }
 
     #[test]
@@ -641,6 +698,47 @@ mod tests {
         assert!(parse(&format!(" {VALID}   ")).is_none());
         // Too much leading whitespace for the window.
         assert!(parse(&format!("{}{VALID}\r\n", " ".repeat(9))).is_none());
+    }
+
+    #[test]
+    fn parses_a_whole_header_value_by_the_same_rule() {
+        let got = parse_traceparent_value(VALID.as_bytes()).unwrap();
+        assert_eq!(Some(got), parse(&format!("{VALID}\r\n")));
+        assert!(got.sampled());
+        let unsampled = parse_traceparent_value(VALID.replace("-01", "-00").as_bytes()).unwrap();
+        assert!(!unsampled.sampled());
+        // Whitespace around the value, any amount of it.
+        let padded = format!("{}{VALID}\t ", " ".repeat(20));
+        assert_eq!(parse_traceparent_value(padded.as_bytes()), Some(got));
+        let bad = [
+            VALID.replacen("00-", "01-", 1),
+            VALID.to_uppercase(),
+            VALID.replace("0af7", "0ag7"),
+            VALID.replace("-b7ad", "-b7a"),
+            format!("{VALID}0"),
+            format!("{VALID};x"),
+            format!("{VALID} x"),
+            format!("{VALID}\r"),
+            VALID.replace("b7ad6b7169203331", "0000000000000000"),
+            VALID.replace("0af7651916cd43dd8448eb211c80319c", "00000000000000000000000000000000"),
+            VALID[..54].to_owned(),
+            VALID.replace('-', "_"),
+            " ".to_owned(),
+            "".to_owned(),
+        ];
+        for b in &bad {
+            assert_eq!(parse_traceparent_value(b.as_bytes()), None, "{b}");
+        }
+    }
+
+    #[test]
+    fn hex_bytes_are_two_lowercase_digits() {
+        let all: Vec<[u8; 2]> = [0x00, 0x09, 0x0a, 0x5f, 0xa0, 0xff].iter().map(|b| hex_byte(*b)).collect();
+        assert_eq!(all, [*b"00", *b"09", *b"0a", *b"5f", *b"a0", *b"ff"]);
+        for b in 0..=255u8 {
+            let [h, l] = hex_byte(b);
+            assert_eq!((hex_val(h).unwrap() << 4) | hex_val(l).unwrap(), b);
+        }
     }
 
     #[test]

@@ -1,0 +1,160 @@
+//! The per-connection HTTP/1.x state: where each direction is in its
+//! stream, the requests waiting for responses, and what every path through
+//! the state machine shares (ending an exchange, losing sync).
+
+use std::collections::VecDeque;
+
+use waggle_common::Role;
+
+use super::{
+    chunked::ChunkedDecoder,
+    head_buf::HeadBuf,
+    span::{build_span, Exchange, PendingRequest},
+};
+use crate::model::{ParsedSpan, SpanKind};
+use crate::protocols::Feed;
+
+/// Requests waiting for their responses on one connection (pipelining).
+pub const MAX_PENDING: usize = 64;
+
+#[derive(Debug)]
+pub(super) enum ReqState {
+    /// Position in the stream unknown (joined mid-stream, after an
+    /// unfollowable body, after CONNECT): the next chunk starting with a
+    /// full request line resynchronises.
+    Skip,
+    /// At a message boundary.
+    Idle,
+    /// Head bytes are arriving (some may be buffered in `head`).
+    Head,
+    Body {
+        id: u64,
+        framing: ReqBody,
+    },
+}
+
+#[derive(Debug)]
+pub(super) enum ReqBody {
+    Length(u64),
+    Chunked(ChunkedDecoder),
+}
+
+#[derive(Debug)]
+pub(super) enum RespState {
+    /// Joined mid-stream or after an unfollowable response: bytes are skipped
+    /// until a chunk starts with a status line while a request is pending.
+    Unsynced,
+    Idle,
+    Head,
+    Body {
+        exchange: Box<Exchange>,
+        framing: RespBody,
+    },
+    /// The response's end is not visible: it ends at the last response chunk
+    /// before the next request, close or idle.
+    Unframed {
+        exchange: Box<Exchange>,
+    },
+}
+
+#[derive(Debug)]
+pub(super) enum RespBody {
+    Length(u64),
+    Chunked(ChunkedDecoder),
+    Close,
+}
+
+pub(super) struct ReqSide {
+    pub(super) state: ReqState,
+    pub(super) head: HeadBuf,
+    pub(super) head_start_ns: u64,
+    pub(super) head_tid: u32,
+    /// The current head started while resynchronising: if it turns out not
+    /// to be a request, go back to skipping instead of losing sync.
+    pub(super) tentative: bool,
+    /// The first bytes of the current head passed the request-line check.
+    pub(super) line_ok: bool,
+    pub(super) last_ns: u64,
+}
+
+pub(super) struct RespSide {
+    pub(super) state: RespState,
+    pub(super) head: HeadBuf,
+    /// exit_ns of the last response-direction chunk.
+    pub(super) last_ns: u64,
+}
+
+/// Per-connection HTTP/1.x state machine.
+pub struct Http1Parser {
+    /// Traced process's side; Unknown until the first request line shows
+    /// which direction carries requests.
+    pub(super) role: Role,
+    pub(super) pending: VecDeque<PendingRequest>,
+    pub(super) next_id: u64,
+    pub(super) req: ReqSide,
+    pub(super) resp: RespSide,
+    pub(super) dropped: u64,
+}
+
+impl Http1Parser {
+    pub fn new(role: Role) -> Http1Parser {
+        Http1Parser {
+            role,
+            pending: VecDeque::new(),
+            next_id: 0,
+            req: ReqSide {
+                // The first request-direction chunk must itself start with a
+                // request line: a connection may be joined mid-body.
+                state: ReqState::Skip,
+                head: HeadBuf::default(),
+                head_start_ns: 0,
+                head_tid: 0,
+                tentative: false,
+                line_ok: false,
+                last_ns: 0,
+            },
+            resp: RespSide { state: RespState::Idle, head: HeadBuf::default(), last_ns: 0 },
+            dropped: 0,
+        }
+    }
+
+    fn span_kind(&self) -> SpanKind {
+        if self.role == Role::Client {
+            SpanKind::Client
+        } else {
+            SpanKind::Server
+        }
+    }
+
+    /// Drops everything (lost sync, opaque, close): every exchange still in
+    /// flight is counted as dropped.
+    pub(super) fn reset(&mut self) {
+        self.dropped += self.pending.len() as u64;
+        self.pending.clear();
+        if matches!(self.resp.state, RespState::Body { .. } | RespState::Unframed { .. }) {
+            self.dropped += 1;
+        }
+        if matches!(self.req.state, ReqState::Head) && !self.req.tentative {
+            self.dropped += 1;
+        }
+        self.req.state = ReqState::Skip;
+        self.req.head.reset();
+        self.req.tentative = false;
+        self.req.line_ok = false;
+        self.resp.state = RespState::Unsynced;
+        self.resp.head.reset();
+    }
+
+    pub(super) fn lost_sync(&mut self, reason: &'static str) -> Feed {
+        tracing::trace!(reason, "http1 parser lost sync");
+        self.reset();
+        Feed::LostSync(reason)
+    }
+
+    pub(super) fn finish(&mut self, exchange: Exchange, end_ns: u64, out: &mut Vec<ParsedSpan>) {
+        match build_span(self.span_kind(), exchange, end_ns) {
+            Some(span) => out.push(span),
+            None => self.dropped += 1,
+        }
+    }
+}
