@@ -3,11 +3,11 @@
 //! `traceparent`, and the W3C `traceparent` wire format.
 //!
 //! Pure functions over bytes, no aya: the kernel programs call them with
-//! bytes they copied into maps or onto the stack, and the host tests include
-//! this file (`agent/tests/propagation_live.rs` uses `#[path]`) so every rule
-//! that decides whether application bytes get modified is unit-tested. The
-//! shapes are chosen for the verifier: fixed-size arrays, constant indexes,
-//! one byte per step in the header scan (driven by `bpf_loop`).
+//! bytes they copied into maps or onto the stack, the agent's parsers call
+//! the same ones, and every rule that decides whether application bytes get
+//! modified is unit-tested on the host. The shapes are chosen for the
+//! verifier: fixed-size arrays, constant indexes, one byte per step in the
+//! header scan (driven by `bpf_loop`).
 
 /// Shortest HTTP/1.x request line: "GET / HTTP/1.1\r\n".
 pub const MIN_REQUEST_LINE: u32 = 16;
