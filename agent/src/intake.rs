@@ -5,6 +5,7 @@
 //! allocated unless a parser keeps some of it.
 use std::mem::size_of;
 
+use bytemuck::Pod;
 use waggle_common::{ConnEvent, DataEvent, EventKind, ProcessEvent, TraceCtxEvent, MAX_CAPTURE};
 
 #[derive(Debug)]
@@ -31,14 +32,13 @@ pub enum DecodeError {
     BadPayloadLength { claimed: usize, carried: usize },
 }
 
-fn read_header<T: Copy>(bytes: &[u8], kind: EventKind) -> Result<T, DecodeError> {
-    if bytes.len() < size_of::<T>() {
-        return Err(DecodeError::Short { kind, len: bytes.len() });
+/// Copies the record's header out: the ring buffer aligns records to 8
+/// bytes, not to T.
+fn read_header<T: Pod>(bytes: &[u8], kind: EventKind) -> Result<T, DecodeError> {
+    match bytes.get(..size_of::<T>()) {
+        Some(head) => Ok(bytemuck::pod_read_unaligned(head)),
+        None => Err(DecodeError::Short { kind, len: bytes.len() }),
     }
-    // SAFETY: length checked above; T is a #[repr(C)] plain-old-data ABI type
-    // from waggle-common for which every bit pattern is valid, and
-    // read_unaligned copes with the ring buffer's 8-byte (not T's) alignment.
-    Ok(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<T>()) })
 }
 
 pub fn decode(bytes: &[u8]) -> Result<RawEvent<'_>, DecodeError> {
@@ -69,9 +69,8 @@ pub fn decode(bytes: &[u8]) -> Result<RawEvent<'_>, DecodeError> {
 mod tests {
     use super::*;
 
-    fn as_bytes<T: Copy>(v: &T) -> Vec<u8> {
-        // SAFETY: T is a padding-free #[repr(C)] ABI struct; viewing it as bytes is sound.
-        unsafe { std::slice::from_raw_parts((v as *const T).cast::<u8>(), size_of::<T>()) }.to_vec()
+    fn as_bytes<T: Pod>(v: &T) -> Vec<u8> {
+        bytemuck::bytes_of(v).to_vec()
     }
 
     #[test]

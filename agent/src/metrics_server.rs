@@ -90,36 +90,6 @@ impl Gauge {
     }
 }
 
-/// HELP text of each kernel counter. Exhaustive on purpose: a new counter in
-/// waggle-common does not compile until it is described here.
-fn kernel_counter_help(counter: Counter) -> &'static str {
-    match counter {
-        Counter::EventsLost => "events the kernel could not write (ring buffer full)",
-        Counter::DataEvents => "payload events the kernel emitted",
-        Counter::DataTruncated => "payloads longer than the capture size (prefix sent)",
-        Counter::ConnsOpened => "connections the kernel started tracking",
-        Counter::MapInsertFailed => "kernel map inserts that failed (map full)",
-        Counter::ReadFailed => "failed reads of user memory (payloads, arguments)",
-        Counter::MutedEvents => "data events on muted connections (counted, not copied)",
-        Counter::Injected => "traceparent headers inserted into outgoing requests",
-        Counter::SkipAlreadyHasTraceparent => "injection skipped: request already carried a traceparent",
-        Counter::SkipNotRequestStart => "injection skipped: message was not the start of a request",
-        Counter::SkipInsideBody => "injection skipped: bytes that look like a request inside the current request's body",
-        Counter::SkipHeadersIncomplete => "injection skipped: the request's header block was not whole in its first send",
-        Counter::SkipPushFailed => "injection skipped: inserting the header into the message failed",
-        Counter::SkipNotInSockhash => "injection skipped: socket not in the sockhash",
-        Counter::SkipBoundaryLost => "injection skipped: an earlier request's end on this connection was unknown (chunked, upgrade, incomplete header block)",
-        Counter::SkipSendBufferLow => "injection skipped: the socket might not take the whole message at once",
-        Counter::SkipAgentStalled => "injection skipped: the agent has not drained events recently",
-        Counter::IncomingTraceparent => "server requests that arrived with a valid traceparent",
-        Counter::ServerCtxStarted => "server request contexts the kernel started",
-        Counter::IncomingUntrusted => "incoming traceparent ignored: peer outside the trusted networks",
-        Counter::SockmapAdded => "client sockets of traced processes added to the propagation sockmap",
-        Counter::SockmapRefused => "client sockets the propagation sockmap refused (full, or owned by another sk_msg program)",
-        Counter::SockmapLeft => "client sockets that left the propagation sockmap at their first packet (FIONREAD-safe mode)",
-    }
-}
-
 /// Sentinel for a gauge nobody has set: it is left out of the scrape rather
 /// than reported as a misleading 0.
 const GAUGE_UNSET: u64 = u64::MAX;
@@ -209,7 +179,7 @@ impl Collector for AgentCollector {
                 if agent.iter().any(|(n, _, _)| *n == name) {
                     continue;
                 }
-                encode_counter(&mut encoder, name, kernel_counter_help(counter), value)?;
+                encode_counter(&mut encoder, name, counter.help(), value)?;
             }
         }
         for gauge in Gauge::ALL {

@@ -2,9 +2,12 @@
 //!
 //! Every map name, constant and event layout is defined here exactly once.
 //! All structs are `#[repr(C)]`, fixed-width and laid out so that there is no
-//! implicit padding: the kernel writes them byte for byte into the ring buffer
-//! and the agent reads them back with `read_unaligned`.
+//! implicit padding (their `bytemuck::Pod` derive refuses to compile
+//! otherwise): the kernel writes them byte for byte into the ring buffer and
+//! maps, and the agent reads them back as plain bytes.
 #![no_std]
+
+use bytemuck::{Pod, Zeroable};
 
 pub mod http;
 
@@ -15,8 +18,6 @@ pub const MAX_CAPTURE: usize = 4096;
 pub const CAPTURE_MASK: usize = MAX_CAPTURE - 1;
 /// Most iovec entries walked per readv/writev/recvmsg/sendmsg (bounded loop).
 pub const MAX_IOVECS: usize = 8;
-/// Size of the per-CPU scratch buffer a data event is assembled in.
-pub const SCRATCH_SIZE: usize = core::mem::size_of::<DataEvent>() + MAX_CAPTURE;
 
 /// Map names, for userspace lookups (`ebpf.map_mut(maps::CONNS)`).
 pub mod maps {
@@ -179,7 +180,7 @@ pub const USERSPACE_CONN_ID_BIT: u64 = 1 << 63;
 
 /// Key of every per-file-descriptor map: (process, descriptor).
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default, Pod, Zeroable)]
 pub struct SockKey {
     pub tgid: u32,
     pub fd: u32,
@@ -266,7 +267,7 @@ pub mod skip_reason {
 
 /// A trace context as the kernel keeps it per thread.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
 pub struct TraceCtx {
     pub trace_id: [u8; 16],
     pub span_id: [u8; 8],
@@ -279,7 +280,7 @@ pub struct TraceCtx {
 
 /// Value of the CONNS map: one tracked TCP connection.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Pod, Zeroable)]
 pub struct ConnInfo {
     pub conn_id: u64,
     pub role: u8,
@@ -348,7 +349,9 @@ impl Direction {
     }
 }
 
-/// Which syscall produced a data event (diagnostics only).
+/// Which syscall left a PENDING entry or produced a data event. Values are
+/// not contiguous: ids of syscalls no program handles were dropped, the
+/// others kept theirs.
 #[repr(u8)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SyscallId {
@@ -360,12 +363,9 @@ pub enum SyscallId {
     Writev = 6,
     Recvmsg = 7,
     Sendmsg = 8,
-    Recvmmsg = 9,
-    Sendmmsg = 10,
     Accept = 11,
     Accept4 = 12,
     Connect = 13,
-    Close = 14,
     /// socket(): only seen in PENDING, never in an event.
     Socket = 15,
     /// sendfile(): the kernel copies file pages, no user buffer to read; the
@@ -375,7 +375,7 @@ pub enum SyscallId {
 
 /// Header of a data record; `captured_len` payload bytes follow it directly.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
 pub struct DataEvent {
     pub kind: u8,
     pub direction: u8,
@@ -398,7 +398,7 @@ pub struct DataEvent {
 
 /// Connection lifecycle record (ConnOpen, ConnClose, ConnUnverified).
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
 pub struct ConnEvent {
     pub kind: u8,
     pub role: u8,
@@ -423,7 +423,7 @@ pub struct ConnEvent {
 
 /// Process lifecycle record (ProcessFork, ProcessExit).
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
 pub struct ProcessEvent {
     pub kind: u8,
     pub _pad0: [u8; 3],
@@ -442,7 +442,7 @@ pub struct ProcessEvent {
 /// send that carried them), so userspace matches ctx and span by
 /// (conn_id, timestamp).
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
 pub struct TraceCtxEvent {
     pub kind: u8,
     pub flags: u8,
@@ -459,7 +459,7 @@ pub struct TraceCtxEvent {
 
 /// Pending injection for the current send of a thread.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
 pub struct InjectRequest {
     pub ctx: TraceCtx,
     /// First 8 bytes of the request as the syscall tracepoint read them; the
@@ -481,7 +481,7 @@ pub struct InjectRequest {
 /// enter the kernel never saw: a thread already blocked in a read on a
 /// connection when the probes attached.
 #[repr(C)]
-#[derive(Clone, Copy, Default, Debug)]
+#[derive(Clone, Copy, Default, Debug, Pod, Zeroable)]
 pub struct Pending {
     /// CLOCK_MONOTONIC ns at syscall entry.
     pub enter_ns: u64,
@@ -506,125 +506,94 @@ pub struct Pending {
     pub aux: u64,
 }
 
-/// Per-CPU counters, indexes into the COUNTERS PerCpuArray.
-#[repr(u32)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Counter {
-    /// A ring-buffer write failed: the agent fell behind and an event was lost.
-    EventsLost = 0,
-    DataEvents = 1,
-    /// Payload longer than the capture size (header + prefix were sent).
-    DataTruncated = 2,
-    ConnsOpened = 3,
-    /// CONNS / INET_STREAM_SOCKS / PENDING insert failed.
-    MapInsertFailed = 4,
-    /// Failed bpf_probe_read_user of a payload or argument.
-    ReadFailed = 5,
-    /// Data on a muted connection (counted, not copied).
-    MutedEvents = 6,
-    /// traceparent headers inserted into outgoing requests.
-    Injected = 7,
-    /// Injection skipped, one counter per `skip_reason` (8..8+COUNT).
-    SkipAlreadyHasTraceparent = 8,
-    SkipNotRequestStart = 9,
-    SkipInsideBody = 10,
-    SkipHeadersIncomplete = 11,
-    SkipPushFailed = 12,
-    SkipNotInSockhash = 13,
-    SkipBoundaryLost = 14,
-    SkipSendBufferLow = 15,
-    SkipAgentStalled = 16,
-    /// Server requests that arrived with a valid traceparent.
-    IncomingTraceparent = 17,
-    /// Server request contexts the kernel started.
-    ServerCtxStarted = 18,
-    /// Incoming traceparent ignored: the peer is outside the trusted networks.
-    IncomingUntrusted = 19,
-    /// Client sockets of traced processes put into CLIENT_SOCKS.
-    SockmapAdded = 20,
-    /// CLIENT_SOCKS refused a socket (full, or another sk_msg program owns it).
-    SockmapRefused = 21,
-    /// Sockets taken out of CLIENT_SOCKS at their first transmit (sockmap_mode::LEAVE_AT_FIRST_TRANSMIT).
-    SockmapLeft = 22,
+/// Defines [`Counter`] (the indexes of the COUNTERS per-CPU array),
+/// [`COUNTER_COUNT`], and each counter's metric name and help text, from one
+/// list. Names become `waggle_<name>_total` on `/metrics`.
+macro_rules! kernel_counters {
+    ($($variant:ident => $name:literal: $help:literal,)*) => {
+        /// Per-CPU counters, indexes into the COUNTERS PerCpuArray.
+        #[repr(u32)]
+        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        pub enum Counter {
+            $(#[doc = $help] $variant,)*
+        }
+
+        pub const COUNTER_COUNT: u32 = [$(Counter::$variant),*].len() as u32;
+
+        impl Counter {
+            pub const ALL: [Counter; COUNTER_COUNT as usize] = [$(Counter::$variant),*];
+
+            /// Metric name (without the `waggle_` prefix and `_total` suffix).
+            pub const fn name(self) -> &'static str {
+                match self {
+                    $(Counter::$variant => $name,)*
+                }
+            }
+
+            /// HELP text on `/metrics`: what is counted and what it means.
+            pub const fn help(self) -> &'static str {
+                match self {
+                    $(Counter::$variant => $help,)*
+                }
+            }
+        }
+    };
 }
 
-pub const COUNTER_COUNT: u32 = 23;
+kernel_counters! {
+    EventsLost => "kernel_events_lost":
+        "events the kernel could not write (ring buffer full)",
+    DataEvents => "kernel_data_events": "payload events the kernel emitted",
+    DataTruncated => "kernel_data_truncated": "payloads longer than the capture size (prefix sent)",
+    ConnsOpened => "kernel_conns_opened": "connections the kernel started tracking",
+    MapInsertFailed => "kernel_map_insert_failed": "kernel map inserts that failed (map full)",
+    ReadFailed => "kernel_user_read_failed": "failed reads of user memory (payloads, arguments)",
+    MutedEvents => "kernel_muted_events": "data events on muted connections (counted, not copied)",
+    Injected => "propagation_injected": "traceparent headers inserted into outgoing requests",
+    // One skip counter per `skip_reason`, in its order (`Counter::skip`).
+    SkipAlreadyHasTraceparent => "propagation_skipped_has_traceparent":
+        "injection skipped: request already carried a traceparent",
+    SkipNotRequestStart => "propagation_skipped_not_request_start":
+        "injection skipped: message was not the start of a request",
+    SkipInsideBody => "propagation_skipped_inside_body":
+        "injection skipped: bytes that look like a request inside the current request's body",
+    SkipHeadersIncomplete => "propagation_skipped_headers_incomplete":
+        "injection skipped: the request's header block was not whole in its first send",
+    SkipPushFailed => "propagation_skipped_push_failed":
+        "injection skipped: inserting the header into the message failed",
+    SkipNotInSockhash => "propagation_skipped_not_in_sockhash": "injection skipped: socket not in the sockhash",
+    SkipBoundaryLost => "propagation_skipped_boundary_lost":
+        "injection skipped: an earlier request's end on this connection was unknown (chunked, upgrade, incomplete header block)",
+    SkipSendBufferLow => "propagation_skipped_send_buffer_low":
+        "injection skipped: the socket might not take the whole message at once",
+    SkipAgentStalled => "propagation_skipped_agent_stalled":
+        "injection skipped: the agent has not drained events recently",
+    IncomingTraceparent => "propagation_incoming_traceparent":
+        "server requests that arrived with a valid traceparent",
+    ServerCtxStarted => "propagation_server_ctx_started": "server request contexts the kernel started",
+    IncomingUntrusted => "propagation_incoming_untrusted":
+        "incoming traceparent ignored: peer outside the trusted networks",
+    SockmapAdded => "propagation_sockmap_added":
+        "client sockets of traced processes added to the propagation sockmap",
+    SockmapRefused => "propagation_sockmap_refused":
+        "client sockets the propagation sockmap refused (full, or owned by another sk_msg program)",
+    SockmapLeft => "propagation_sockmap_left":
+        "client sockets that left the propagation sockmap at their first packet (FIONREAD-safe mode)",
+    ConnLost => "kernel_conn_lost":
+        "reads/writes on a tracked connection whose CONNS entry was gone when the call returned (evicted from the full LRU map, after which the connection is untracked and its close unreported; or closed by another thread during the call): payload not captured",
+    InjectPendingLost => "kernel_inject_pending_lost":
+        "client requests whose INJECT_PENDING entry was gone when their send returned (evicted from the full LRU map, or its insert failed): their ids are not reported, so a traceparent sent with them names a span that is never exported",
+    PendingStored => "kernel_pending_stored":
+        "syscall entries that left arguments in PENDING for their exit; stored minus taken is syscalls still running (threads blocked in a read) plus entries lost: evicted from the full LRU map or left by a thread that died in the call",
+    PendingTaken => "kernel_pending_taken":
+        "syscall exits that found a PENDING entry (the agent's stand-ins for reads blocked at its start included); see kernel_pending_stored",
+}
 
 impl Counter {
     /// The skip counter for a `skip_reason` value.
     pub const fn skip(reason: u32) -> u32 {
         Counter::SkipAlreadyHasTraceparent as u32 + reason
     }
-
-    pub const ALL: [Counter; 23] = [
-        Counter::EventsLost,
-        Counter::DataEvents,
-        Counter::DataTruncated,
-        Counter::ConnsOpened,
-        Counter::MapInsertFailed,
-        Counter::ReadFailed,
-        Counter::MutedEvents,
-        Counter::Injected,
-        Counter::SkipAlreadyHasTraceparent,
-        Counter::SkipNotRequestStart,
-        Counter::SkipInsideBody,
-        Counter::SkipHeadersIncomplete,
-        Counter::SkipPushFailed,
-        Counter::SkipNotInSockhash,
-        Counter::SkipBoundaryLost,
-        Counter::SkipSendBufferLow,
-        Counter::SkipAgentStalled,
-        Counter::IncomingTraceparent,
-        Counter::ServerCtxStarted,
-        Counter::IncomingUntrusted,
-        Counter::SockmapAdded,
-        Counter::SockmapRefused,
-        Counter::SockmapLeft,
-    ];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Counter::EventsLost => "kernel_events_lost",
-            Counter::DataEvents => "kernel_data_events",
-            Counter::DataTruncated => "kernel_data_truncated",
-            Counter::ConnsOpened => "kernel_conns_opened",
-            Counter::MapInsertFailed => "kernel_map_insert_failed",
-            Counter::ReadFailed => "kernel_user_read_failed",
-            Counter::MutedEvents => "kernel_muted_events",
-            Counter::Injected => "propagation_injected",
-            Counter::SkipAlreadyHasTraceparent => "propagation_skipped_has_traceparent",
-            Counter::SkipNotRequestStart => "propagation_skipped_not_request_start",
-            Counter::SkipInsideBody => "propagation_skipped_inside_body",
-            Counter::SkipHeadersIncomplete => "propagation_skipped_headers_incomplete",
-            Counter::SkipPushFailed => "propagation_skipped_push_failed",
-            Counter::SkipNotInSockhash => "propagation_skipped_not_in_sockhash",
-            Counter::SkipBoundaryLost => "propagation_skipped_boundary_lost",
-            Counter::SkipSendBufferLow => "propagation_skipped_send_buffer_low",
-            Counter::SkipAgentStalled => "propagation_skipped_agent_stalled",
-            Counter::IncomingTraceparent => "propagation_incoming_traceparent",
-            Counter::ServerCtxStarted => "propagation_server_ctx_started",
-            Counter::IncomingUntrusted => "propagation_incoming_untrusted",
-            Counter::SockmapAdded => "propagation_sockmap_added",
-            Counter::SockmapRefused => "propagation_sockmap_refused",
-            Counter::SockmapLeft => "propagation_sockmap_left",
-        }
-    }
-}
-
-#[cfg(feature = "user")]
-mod user {
-    use super::*;
-    // SAFETY: plain-old-data: #[repr(C)], fixed-width integer fields only, no
-    // implicit padding (checked by the layout tests below), any bit pattern valid.
-    unsafe impl aya::Pod for SockKey {}
-    // SAFETY: as above.
-    unsafe impl aya::Pod for ConnInfo {}
-    // SAFETY: as above.
-    unsafe impl aya::Pod for TraceCtx {}
-    // SAFETY: as above.
-    unsafe impl aya::Pod for Pending {}
-    // SAFETY: as above.
-    unsafe impl aya::Pod for InjectRequest {}
 }
 
 #[cfg(test)]
@@ -656,6 +625,15 @@ mod tests {
         for (i, c) in Counter::ALL.iter().enumerate() {
             assert_eq!(*c as usize, i);
         }
+    }
+
+    #[test]
+    fn counter_names_are_unique_and_described() {
+        for (i, a) in Counter::ALL.iter().enumerate() {
+            assert!(!a.help().is_empty(), "{a:?}");
+            assert!(Counter::ALL[i + 1..].iter().all(|b| b.name() != a.name()), "{a:?}");
+        }
+        assert_eq!(Counter::ALL.len(), COUNTER_COUNT as usize);
     }
 
     #[test]

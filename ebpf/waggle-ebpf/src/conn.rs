@@ -5,11 +5,13 @@ use aya_ebpf::{
     maps::lpm_trie::Key,
     programs::TracePointContext,
 };
-use waggle_common::{conn_flags, inet_sock, ConnEvent, ConnInfo, Counter, EventKind, Role, SockKey, SyscallId};
+use waggle_common::{
+    conn_flags, inet_sock, ConnEvent, ConnInfo, Counter, EventKind, Pending, Role, SockKey, SyscallId,
+};
 
 use crate::{
-    arg, count, current, mint_conn_id, now_ns, stash, take_pending, wakeup_flags, Pending, CONNS, EVENTS,
-    INET_STREAM_SOCKS, TRACKED_TGIDS, TRUSTED_NETS, TRUST_ALL_PEERS,
+    helpers::{arg, count, current, mint_conn_id, now_ns, stash, take_pending, wakeup_flags},
+    maps::{CONNS, EVENTS, INET_STREAM_SOCKS, TRACKED_TGIDS, TRUSTED_NETS, TRUST_ALL_PEERS},
 };
 
 const AF_INET: u16 = 2;

@@ -4,13 +4,14 @@ use core::hint::black_box;
 
 use aya_ebpf::programs::TracePointContext;
 use waggle_common::{
-    conn_flags, ConnInfo, Counter, DataEvent, Direction, EventKind, Role, SockKey, SyscallId, MAX_CAPTURE,
+    conn_flags, ConnInfo, Counter, DataEvent, Direction, EventKind, Pending, Role, SockKey, SyscallId, MAX_CAPTURE,
 };
 
 use crate::{
-    arg, count, current, now_ns, stash, take_pending, trace,
-    user_copy::{copy_user, shape, HEADER, PAYLOAD_AREA},
-    wakeup_flags, Pending, CAPTURE_BYTES, CONNS, EVENTS, PROPAGATION, SCRATCH,
+    helpers::{arg, count, current, now_ns, stash, take_pending, wakeup_flags},
+    maps::{CAPTURE_BYTES, CONNS, EVENTS, HEADER, PAYLOAD_AREA, PROPAGATION, SCRATCH},
+    trace,
+    user_copy::{copy_user, shape},
 };
 
 /// Bounds the output length for the verifier: HEADER + (x & OUT_MASK) always
@@ -160,6 +161,9 @@ pub(crate) fn exit(ctx: &TracePointContext, id: SyscallId, direction: Direction)
         trace::finish_inject(pid_tgid, info_ptr, &p, ret > 0, PROPAGATION.load() != 0);
     }
     let Some(info_ptr) = info_ptr else {
+        // The enter found the connection tracked (it left PENDING); gone
+        // now: evicted from CONNS, or closed by another thread meanwhile.
+        count(Counter::ConnLost);
         return;
     };
     // SAFETY: info_ptr points at a live CONNS value; copied before any other

@@ -5,7 +5,11 @@
 use aya_ebpf::{programs::TracePointContext, EbpfContext};
 use waggle_common::{Counter, EventKind, ProcessEvent};
 
-use crate::{count, current, now_ns, trace, wakeup_flags, EVENTS, TRACKED_TGIDS};
+use crate::{
+    helpers::{count, current, now_ns, wakeup_flags},
+    maps::{EVENTS, TRACKED_TGIDS},
+    trace,
+};
 
 const CLONE_THREAD: u64 = 0x0001_0000;
 /// task:task_newtask record: `pid_t pid` at 8, `u64 clone_flags` at 32 (the

@@ -21,15 +21,16 @@ use aya_ebpf::helpers::{bpf_get_prandom_u32, bpf_probe_read_user, generated::bpf
 use waggle_common::{
     conn_flags, ctx_flags,
     http::{self, HeaderScan},
-    runtime, sampled_by_threshold, skip_reason, ConnInfo, Counter, EventKind, InjectRequest, TraceCtx, TraceCtxEvent,
-    CAPTURE_MASK, HEARTBEAT_STALE_NS, MAX_CAPTURE,
+    runtime, sampled_by_threshold, skip_reason, ConnInfo, Counter, EventKind, InjectRequest, Pending, TraceCtx,
+    TraceCtxEvent, CAPTURE_MASK, HEARTBEAT_STALE_NS, MAX_CAPTURE,
 };
 
 use crate::{
-    count, count_index, now_ns,
-    user_copy::{copy_user, Shape, HEADER},
-    wakeup_flags, Pending, EVENTS, INJECT_PENDING, PARENT_BASED, PROPAGATION, RUNTIME, SAMPLE_THRESHOLD, SCAN, SCRATCH,
-    THREAD_CTX,
+    helpers::{count, count_index, now_ns, wakeup_flags},
+    maps::{
+        EVENTS, HEADER, INJECT_PENDING, PARENT_BASED, PROPAGATION, RUNTIME, SAMPLE_THRESHOLD, SCAN, SCRATCH, THREAD_CTX,
+    },
+    user_copy::{copy_user, Shape},
 };
 
 const MASK: usize = CAPTURE_MASK;
@@ -236,7 +237,7 @@ pub(crate) struct ClientSend {
 /// A send can only start a request at a request boundary: the first send of
 /// the connection, or one after the application has sent every byte of the
 /// previous request (its header block plus its Content-Length; see
-/// `data::account_client_send`). There the first 4 KiB of the send are
+/// `account_client_send` in data.rs). There the first 4 KiB of the send are
 /// copied and scanned; a request is injected into only when its whole header
 /// block is among them and has no traceparent. Whatever says the request's
 /// end cannot be known (chunked, an upgrade, CONNECT, an incomplete header
@@ -389,6 +390,9 @@ pub(crate) fn client_send_arm(pid_tgid: u64, req: &InjectRequest) {
 #[inline(always)]
 pub(crate) fn finish_inject(pid_tgid: u64, info: Option<*mut ConnInfo>, p: &Pending, sent: bool, propagation: bool) {
     let Some(req) = INJECT_PENDING.get_ptr(pid_tgid) else {
+        // The enter left one (Pending::aux says so) and only this exit
+        // removes it: evicted from the LRU map, or its insert failed.
+        count(Counter::InjectPendingLost);
         return;
     };
     if let (true, Some(info)) = (sent, info) {

@@ -1,15 +1,13 @@
 //! Copies from the user buffers a syscall was given into this CPU's
 //! scratch: the data path's payload capture and the header scan of a
 //! client request start both read through here.
-use core::{ffi::c_void, hint::black_box, mem::size_of};
+use core::{ffi::c_void, hint::black_box};
 
 use aya_ebpf::helpers::{bpf_probe_read_user, generated::bpf_probe_read_user as bpf_probe_read_user_raw};
-use waggle_common::{Counter, DataEvent, SyscallId, CAPTURE_MASK, MAX_CAPTURE, MAX_IOVECS};
+use waggle_common::{Counter, SyscallId, CAPTURE_MASK, MAX_IOVECS};
 
-use crate::count;
+use crate::helpers::count;
 
-pub(crate) const HEADER: usize = size_of::<DataEvent>();
-pub(crate) const PAYLOAD_AREA: usize = 2 * MAX_CAPTURE;
 const MASK: u64 = CAPTURE_MASK as u64;
 
 /// Layout of the user buffer argument.

@@ -1,0 +1,114 @@
+//! Small helpers every program uses: the current task, syscall arguments,
+//! the clock, counters, connection ids, the PENDING stash between a
+//! syscall's enter and exit, and ring-buffer wake-ups.
+use aya_ebpf::{
+    helpers::{bpf_get_current_pid_tgid, bpf_get_smp_processor_id, bpf_ktime_get_ns},
+    programs::TracePointContext,
+    EbpfContext,
+};
+use waggle_common::{Counter, Pending, SyscallId, USERSPACE_CONN_ID_BIT};
+
+use crate::maps::{AGENT_TGID, CONN_SEQ, COUNTERS, EVENTS, PENDING};
+
+/// Flags for every ring-buffer output: no wake-up until the agent has
+/// WAKEUP_WATERMARK_BYTES to read (it polls on a short timer otherwise).
+#[inline(always)]
+pub(crate) fn wakeup_flags() -> u64 {
+    const BPF_RB_AVAIL_DATA: u64 = 0;
+    const BPF_RB_NO_WAKEUP: u64 = 1;
+    const BPF_RB_FORCE_WAKEUP: u64 = 2;
+    if EVENTS.query(BPF_RB_AVAIL_DATA) >= waggle_common::WAKEUP_WATERMARK_BYTES {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
+    }
+}
+
+/// (pid_tgid, tgid) of the current task, or None for the agent itself.
+#[inline(always)]
+pub(crate) fn current() -> Option<(u64, u32)> {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = (pid_tgid >> 32) as u32;
+    if tgid == AGENT_TGID.load() {
+        return None;
+    }
+    Some((pid_tgid, tgid))
+}
+
+/// Syscall argument `n` (or the return value for n = 0 on sys_exit_*).
+/// Arguments start at offset 16: the first 8 bytes of the context are
+/// clobbered and `__syscall_nr` sits at 8.
+#[inline(always)]
+pub(crate) fn arg(ctx: &TracePointContext, n: usize) -> u64 {
+    // SAFETY: the verifier checks tracepoint context reads against the
+    // event's record size at attach time; every syscall tracepoint we attach
+    // has at least n + 1 eight-byte fields from offset 16.
+    unsafe { core::ptr::read_volatile(ctx.as_ptr().cast::<u64>().add(2 + n)) }
+}
+
+#[inline(always)]
+pub(crate) fn count(counter: Counter) {
+    count_index(counter as u32);
+}
+
+/// `count` for computed indexes (`Counter::skip(reason)`).
+#[inline(always)]
+pub(crate) fn count_index(index: u32) {
+    if let Some(p) = COUNTERS.get_ptr_mut(index) {
+        // SAFETY: p points at this CPU's slot of a live map element; per-CPU
+        // values are not shared with other CPUs, and tracepoint programs do
+        // not nest on one CPU.
+        unsafe { *p += 1 }
+    }
+}
+
+#[inline(always)]
+pub(crate) fn now_ns() -> u64 {
+    // SAFETY: plain helper call without arguments.
+    unsafe { bpf_ktime_get_ns() }
+}
+
+/// A new connection id: `(per-CPU sequence << 8) | cpu`, never 0 and never
+/// with USERSPACE_CONN_ID_BIT set.
+#[inline(always)]
+pub(crate) fn mint_conn_id() -> u64 {
+    // SAFETY: plain helper call without arguments.
+    let cpu = u64::from(unsafe { bpf_get_smp_processor_id() }) & 0xff;
+    let Some(seq) = CONN_SEQ.get_ptr_mut(0) else {
+        return 0;
+    };
+    // SAFETY: as in `count`: this CPU's slot of a live per-CPU element.
+    let next = unsafe {
+        *seq += 1;
+        *seq
+    };
+    ((next << 8) | cpu) & !USERSPACE_CONN_ID_BIT
+}
+
+/// Remove and return the PENDING entry of this thread if `syscall` left it.
+#[inline(always)]
+pub(crate) fn take_pending(pid_tgid: u64, syscall: SyscallId) -> Option<Pending> {
+    let p = PENDING.get_ptr(pid_tgid)?;
+    // SAFETY: p points at a live map value of type Pending; it is copied out
+    // before the element is deleted.
+    let p = unsafe { *p };
+    let _ = PENDING.remove(pid_tgid);
+    count(Counter::PendingTaken);
+    (p.syscall == syscall as u8).then_some(p)
+}
+
+/// Leaves `p` for the exit handler; false (counted) if the map refused it.
+///
+/// PENDING is an LRU map: when it is full the insert succeeds and evicts
+/// another thread's entry, whose exit then finds nothing. No program can see
+/// that happen, so stores and takes are both counted: their difference is
+/// what is still waiting for its exit plus what was lost.
+#[inline(always)]
+pub(crate) fn stash(pid_tgid: u64, p: &Pending) -> bool {
+    if PENDING.insert(pid_tgid, p, 0).is_err() {
+        count(Counter::MapInsertFailed);
+        return false;
+    }
+    count(Counter::PendingStored);
+    true
+}

@@ -1,0 +1,146 @@
+//! Every map and loader-patched global of the object, and the layout of the
+//! per-CPU scratch buffer. Names must match `waggle_common::maps` and
+//! `waggle_common::globals`: the agent finds them by name.
+use core::mem::size_of;
+
+use aya_ebpf::{
+    macros::map,
+    maps::{lpm_trie::LpmTrie, Array, LruHashMap, PerCpuArray, RingBuf, SockHash},
+    Global,
+};
+use waggle_common::{
+    ConnInfo, DataEvent, InjectRequest, Pending, SockKey, TraceCtx, CLIENT_SOCKS_MAX_ENTRIES, CONNECTING_MAX_ENTRIES,
+    CONNS_MAX_ENTRIES, COUNTER_COUNT, EVENTS_RINGBUF_BYTES, INET_STREAM_SOCKS_MAX_ENTRIES, INJECT_PENDING_MAX_ENTRIES,
+    MAX_CAPTURE, PENDING_MAX_ENTRIES, THREAD_CTX_MAX_ENTRIES, TRACKED_TGIDS_MAX_ENTRIES, TRUSTED_NETS_MAX_ENTRIES,
+};
+
+// ---- globals (patched by the loader through EbpfLoader::override_global) ----
+
+/// tgid of the agent: never captured.
+#[unsafe(no_mangle)]
+pub(crate) static AGENT_TGID: Global<u32> = Global::new(0);
+
+/// Payload bytes copied per data event; 0 or anything above MAX_CAPTURE means
+/// MAX_CAPTURE.
+#[unsafe(no_mangle)]
+pub(crate) static CAPTURE_BYTES: Global<u32> = Global::new(MAX_CAPTURE as u32);
+
+/// 1: the sk_msg program inserts traceparent headers; 0: it passes every
+/// message untouched. Trace contexts are tracked (and reported) either way.
+#[unsafe(no_mangle)]
+pub(crate) static PROPAGATION: Global<u32> = Global::new(0);
+
+/// Traces the kernel starts are sampled below this (waggle_common::
+/// sampled_by_threshold); the default samples everything.
+#[unsafe(no_mangle)]
+pub(crate) static SAMPLE_THRESHOLD: Global<u64> = Global::new(u64::MAX);
+
+/// 1: an incoming traceparent's sampled flag is followed.
+#[unsafe(no_mangle)]
+pub(crate) static PARENT_BASED: Global<u32> = Global::new(1);
+
+/// 1: every peer's incoming traceparent is trusted; 0: only TRUSTED_NETS'.
+#[unsafe(no_mangle)]
+pub(crate) static TRUST_ALL_PEERS: Global<u32> = Global::new(1);
+
+/// Field offsets in `struct tcp_sock` of the running kernel (0: unknown,
+/// and then nothing is injected) and net.ipv4.tcp_notsent_lowat.
+#[unsafe(no_mangle)]
+pub(crate) static OFF_SNDBUF: Global<u32> = Global::new(0);
+#[unsafe(no_mangle)]
+pub(crate) static OFF_WMEM_QUEUED: Global<u32> = Global::new(0);
+#[unsafe(no_mangle)]
+pub(crate) static OFF_WRITE_SEQ: Global<u32> = Global::new(0);
+#[unsafe(no_mangle)]
+pub(crate) static OFF_SND_NXT: Global<u32> = Global::new(0);
+#[unsafe(no_mangle)]
+pub(crate) static OFF_NOTSENT_LOWAT: Global<u32> = Global::new(0);
+#[unsafe(no_mangle)]
+pub(crate) static NOTSENT_LOWAT_DEFAULT: Global<u32> = Global::new(u32::MAX);
+
+// ---- maps (names must match waggle_common::maps) ----
+
+#[map]
+pub(crate) static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_RINGBUF_BYTES, 0);
+
+/// Tracked connections. Like every LruHashMap here, a full map evicts an
+/// entry silently to make room; what the programs can notice of that is
+/// counted (Counter::ConnLost, PendingStored/PendingTaken,
+/// InjectPendingLost).
+#[map]
+pub(crate) static CONNS: LruHashMap<SockKey, ConnInfo> = LruHashMap::with_max_entries(CONNS_MAX_ENTRIES, 0);
+
+/// AF_INET/AF_INET6 descriptors seen at socket(), valued waggle_common::inet_sock.
+#[map]
+pub(crate) static INET_STREAM_SOCKS: LruHashMap<SockKey, u8> =
+    LruHashMap::with_max_entries(INET_STREAM_SOCKS_MAX_ENTRIES, 0);
+
+/// Syscall arguments between enter and exit, keyed by pid_tgid (a thread is
+/// in one syscall at a time). LRU so entries whose exit we never saw (the
+/// agent attached mid-syscall) age out.
+#[map]
+pub(crate) static PENDING: LruHashMap<u64, Pending> = LruHashMap::with_max_entries(PENDING_MAX_ENTRIES, 0);
+
+#[map]
+pub(crate) static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_COUNT, 0);
+
+#[map]
+pub(crate) static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
+
+/// State of the header scan over SCRATCH (trace.rs).
+#[map]
+pub(crate) static SCAN: PerCpuArray<waggle_common::http::HeaderScan> = PerCpuArray::with_max_entries(1, 0);
+
+/// Processes that own (or inherited) tracked connections: only their forks
+/// and exits are reported.
+#[map]
+pub(crate) static TRACKED_TGIDS: LruHashMap<u32, u8> = LruHashMap::with_max_entries(TRACKED_TGIDS_MAX_ENTRIES, 0);
+
+#[map]
+pub(crate) static CONN_SEQ: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+/// pid_tgid -> the server request the thread is handling. LRU: a thread that
+/// never answers (or dies unseen) ages out.
+#[map]
+pub(crate) static THREAD_CTX: LruHashMap<u64, TraceCtx> = LruHashMap::with_max_entries(THREAD_CTX_MAX_ENTRIES, 0);
+
+/// pid_tgid -> the traceparent the thread's current send should carry; lives
+/// from the send's syscall entry to its exit.
+#[map]
+pub(crate) static INJECT_PENDING: LruHashMap<u64, InjectRequest> =
+    LruHashMap::with_max_entries(INJECT_PENDING_MAX_ENTRIES, 0);
+
+/// Established client sockets of traced processes, by socket cookie; the
+/// sk_msg program runs on their sends.
+#[map]
+pub(crate) static CLIENT_SOCKS: SockHash<u64> = SockHash::with_max_entries(CLIENT_SOCKS_MAX_ENTRIES, 0);
+
+/// Cookies of sockets a traced process is connecting (sock.rs).
+#[map]
+pub(crate) static CONNECTING: LruHashMap<u64, u8> = LruHashMap::with_max_entries(CONNECTING_MAX_ENTRIES, 0);
+
+/// Values the agent sets while running (waggle_common::runtime).
+#[map]
+pub(crate) static RUNTIME: Array<u64> = Array::with_max_entries(waggle_common::runtime::COUNT, 0);
+
+/// Peer networks (IPv6, IPv4 mapped into ::ffff:0:0/96) whose incoming
+/// traceparent is trusted when TRUST_ALL_PEERS is 0.
+#[map]
+pub(crate) static TRUSTED_NETS: LpmTrie<[u8; 16], u8> = LpmTrie::with_max_entries(TRUSTED_NETS_MAX_ENTRIES, 0);
+
+// ---- the scratch buffer ----
+
+/// Bytes of the DataEvent header at the start of the scratch buffer.
+pub(crate) const HEADER: usize = size_of::<DataEvent>();
+/// The payload area after the header: twice MAX_CAPTURE (see [`Scratch`]).
+pub(crate) const PAYLOAD_AREA: usize = 2 * MAX_CAPTURE;
+
+/// Data events (and the header scan of client request starts) are assembled
+/// here: header, then payload. The payload area is twice MAX_CAPTURE because
+/// the copy loops prove `offset < MAX_CAPTURE` and `len <= MAX_CAPTURE`
+/// separately; the verifier only accepts the write when `offset + len` fits,
+/// and it cannot know the sum is <= MAX_CAPTURE.
+#[repr(C)]
+pub(crate) struct Scratch {
+    pub buf: [u8; HEADER + PAYLOAD_AREA],
+}
