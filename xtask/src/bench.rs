@@ -16,12 +16,16 @@
 //! the hot spots. `--quick` does one short round of everything so CI keeps
 //! the harness working; its results go to bench/results/quick/.
 mod agent;
+mod ctx;
 mod deps;
 mod load;
+mod markdown;
 mod procs;
+mod profile;
 mod report;
 mod scenarios;
 mod sink;
+mod syscalls;
 
 use std::{
     fs,
@@ -32,8 +36,8 @@ use std::{
 use anyhow::{bail, Context, Result};
 
 use self::{
+    ctx::Ctx,
     report::{Machine, Results},
-    scenarios::Ctx,
 };
 use crate::{
     build::{self, Profile},
@@ -155,13 +159,13 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         results.postgres = outcome(scenarios::postgres(&mut ctx));
     }
     if args.wants(Scenario::Syscalls) {
-        results.syscalls = outcome(scenarios::syscalls(&mut ctx));
+        results.syscalls = outcome(syscalls::syscalls(&mut ctx));
     }
     if args.wants(Scenario::Sustained) {
         results.sustained = outcome(scenarios::sustained(&mut ctx));
     }
     if args.wants(Scenario::Profile) {
-        results.profile = outcome(scenarios::profile(&mut ctx));
+        results.profile = outcome(profile::profile(&mut ctx));
     }
     results.warnings.append(&mut ctx.warnings);
     if ctx.sink.bad_requests() > 0 {
@@ -169,7 +173,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     }
     drop(ctx);
 
-    let md = report::markdown(&results);
+    let md = markdown::markdown(&results);
     let md_path = out_dir.join("latest.md");
     fs::write(&md_path, &md).with_context(|| format!("writing {}", md_path.display()))?;
     let json_path = out_dir.join("latest.json");
