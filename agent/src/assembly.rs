@@ -155,7 +155,7 @@ mod tests {
             fd: 3,
             conn_id: 1,
             role,
-            protocol: "http1",
+            protocol: crate::model::Protocol::Http1,
             peer: Some("10.1.2.3:5555".parse().unwrap()),
             local: Some("10.9.9.9:8080".parse().unwrap()),
         }

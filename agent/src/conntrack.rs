@@ -20,7 +20,7 @@ use waggle_common::{ConnEvent, ConnInfo, DataEvent, Direction, Role, SockKey, US
 
 use crate::{
     metrics::Metrics,
-    model::{ConnMeta, ParsedSpan},
+    model::{ConnMeta, ParsedSpan, Protocol},
     protocols::{self, Chunk, Detection, Feed, ParserConfig, ProtocolParser},
 };
 
@@ -103,10 +103,6 @@ pub fn sockaddr_from_event(family: u8, addr: &[u8; 16], port: u16) -> Option<Soc
         _ => return None,
     };
     Some(SocketAddr::new(ip, port))
-}
-
-fn is_db_protocol(protocol: &str) -> bool {
-    matches!(protocol, "postgresql" | "mysql")
 }
 
 impl ConnTracker {
@@ -203,7 +199,15 @@ impl ConnTracker {
             }
         }
         let own = role == Role::Server && peer.is_some_and(|p| env.is_own_socket(p, ev.ts_ns));
-        let meta = ConnMeta { pid: ev.tgid, fd: ev.fd, conn_id: ev.conn_id, role, protocol: "", peer, local: None };
+        let meta = ConnMeta {
+            pid: ev.tgid,
+            fd: ev.fd,
+            conn_id: ev.conn_id,
+            role,
+            protocol: Protocol::Unknown,
+            peer,
+            local: None,
+        };
         self.insert(meta, false, ev.ts_ns);
         if own {
             self.mute_own(ev.conn_id, key, env);
@@ -228,8 +232,15 @@ impl ConnTracker {
             key,
             ConnInfo { conn_id, role: role as u8, family: ev.family, flags: 0, _pad: [0; 5], req_remaining: 0 },
         );
-        let meta =
-            ConnMeta { pid: ev.tgid, fd: ev.fd, conn_id, role, protocol: "", peer: Some(peer), local: Some(local) };
+        let meta = ConnMeta {
+            pid: ev.tgid,
+            fd: ev.fd,
+            conn_id,
+            role,
+            protocol: Protocol::Unknown,
+            peer: Some(peer),
+            local: Some(local),
+        };
         self.insert(meta, false, ev.ts_ns);
     }
 
@@ -251,7 +262,8 @@ impl ConnTracker {
         let conn_id = self.mint_user_id();
         let family = if local.is_ipv4() { libc::AF_INET } else { libc::AF_INET6 } as u8;
         env.track(key, ConnInfo { conn_id, role: role as u8, family, flags: 0, _pad: [0; 5], req_remaining: 0 });
-        let meta = ConnMeta { pid, fd, conn_id, role, protocol: "", peer: Some(peer), local: Some(local) };
+        let meta =
+            ConnMeta { pid, fd, conn_id, role, protocol: Protocol::Unknown, peer: Some(peer), local: Some(local) };
         self.insert(meta, true, now_ns);
     }
 
@@ -313,7 +325,7 @@ impl ConnTracker {
                 fd: header.fd,
                 conn_id: header.conn_id,
                 role: Role::from_u8(header.role),
-                protocol: "",
+                protocol: Protocol::Unknown,
                 peer: None,
                 local: None,
             };
@@ -358,7 +370,7 @@ impl ConnTracker {
                 match protocols::detect(self.detectors, conn.meta.role, &candidate, &self.parser_config) {
                     Detection::Parser(mut parser) => {
                         let protocol = parser.protocol();
-                        if conn.meta.role == Role::Server && is_db_protocol(protocol) {
+                        if conn.meta.role == Role::Server && protocol.is_database() {
                             conn.state = ParseState::Muted;
                             env.mute(key);
                             Metrics::inc(&self.metrics.conns_muted);
@@ -397,7 +409,7 @@ impl ConnTracker {
             Feed::LostSync(reason) => {
                 tracing::debug!(
                     pid = conn.meta.pid,
-                    protocol = conn.meta.protocol,
+                    protocol = conn.meta.protocol.as_str(),
                     reason,
                     "parser lost sync; re-detecting"
                 );
@@ -408,7 +420,7 @@ impl ConnTracker {
             Feed::Opaque(reason) => {
                 tracing::debug!(
                     pid = conn.meta.pid,
-                    protocol = conn.meta.protocol,
+                    protocol = conn.meta.protocol.as_str(),
                     reason,
                     "connection became opaque; muting"
                 );
@@ -490,8 +502,9 @@ mod tests {
     }
 
     impl ProtocolDetector for LineDetector {
-        fn name(&self) -> &'static str {
-            "line"
+        // Stands in for a real protocol; only its identity is checked.
+        fn protocol(&self) -> Protocol {
+            Protocol::Http1
         }
         fn detect(&self, role: Role, chunk: &Chunk<'_>) -> Confidence {
             if chunk.direction != request_direction(role) {
@@ -511,8 +524,8 @@ mod tests {
     }
 
     impl ProtocolParser for LineParser {
-        fn protocol(&self) -> &'static str {
-            "line"
+        fn protocol(&self) -> Protocol {
+            Protocol::Http1
         }
         fn on_data(&mut self, chunk: &Chunk<'_>, out: &mut Vec<ParsedSpan>) -> Feed {
             if chunk.bytes.starts_with(b"BAD") {
@@ -630,7 +643,7 @@ mod tests {
         assert_eq!(s.span.name, "REQ /a");
         assert_eq!((s.span.start_ns, s.span.end_ns), (110, 210));
         assert_eq!(s.conn.pid, 10);
-        assert_eq!(s.conn.protocol, "line");
+        assert_eq!(s.conn.protocol, Protocol::Http1);
         assert_eq!(s.conn.peer, Some("127.0.0.1:40000".parse().unwrap()));
     }
 

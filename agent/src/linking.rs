@@ -178,7 +178,7 @@ mod tests {
     }
 
     fn conn(conn_id: u64, role: Role) -> ConnMeta {
-        ConnMeta { pid: 100, fd: 3, conn_id, role, protocol: "http1", peer: None, local: None }
+        ConnMeta { pid: 100, fd: 3, conn_id, role, protocol: crate::model::Protocol::Http1, peer: None, local: None }
     }
 
     #[test]

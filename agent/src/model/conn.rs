@@ -10,7 +10,41 @@ pub struct ConnMeta {
     pub fd: u32,
     pub conn_id: u64,
     pub role: Role,
-    pub protocol: &'static str,
+    pub protocol: Protocol,
     pub peer: Option<SocketAddr>,
     pub local: Option<SocketAddr>,
+}
+
+/// What a connection speaks, once a parser recognised it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Protocol {
+    /// Not (yet) recognised.
+    #[default]
+    Unknown,
+    Http1,
+    Postgres,
+    Mysql,
+}
+
+impl Protocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Unknown => "unknown",
+            Protocol::Http1 => "http1",
+            Protocol::Postgres => "postgresql",
+            Protocol::Mysql => "mysql",
+        }
+    }
+
+    /// A database wire protocol: its server side duplicates the clients'
+    /// spans, so database servers are not traced.
+    pub fn is_database(self) -> bool {
+        matches!(self, Protocol::Postgres | Protocol::Mysql)
+    }
+}
+
+impl std::fmt::Display for Protocol {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }

@@ -7,7 +7,7 @@ mod span;
 mod text;
 mod trace_context;
 
-pub use conn::ConnMeta;
+pub use conn::{ConnMeta, Protocol};
 pub use resource::ProcessResource;
 pub use span::{AttrValue, Attribute, FinishedSpan, ParsedSpan, SpanKind, SpanStatus};
 pub use text::{hex, truncate_utf8};

@@ -2,7 +2,7 @@
 //! detector that creates it.
 use waggle_common::{Direction, Role};
 
-use crate::model::ParsedSpan;
+use crate::model::{ParsedSpan, Protocol};
 
 /// One syscall's worth of payload on one connection.
 #[derive(Clone, Copy, Debug)]
@@ -56,7 +56,7 @@ pub struct ParserConfig {
 
 /// Recognises a protocol from the first chunk seen on a connection.
 pub trait ProtocolDetector: Sync {
-    fn name(&self) -> &'static str;
+    fn protocol(&self) -> Protocol;
     /// `role` is the traced process's side. The chunk may be the first bytes of
     /// the connection, or the first bytes seen on a connection opened before
     /// the agent started (mid-stream).
@@ -66,7 +66,7 @@ pub trait ProtocolDetector: Sync {
 
 /// Per-connection parser state machine.
 pub trait ProtocolParser: Send {
-    fn protocol(&self) -> &'static str;
+    fn protocol(&self) -> Protocol;
     /// Feed the next chunk (either direction, in syscall order). Completed
     /// spans are pushed to `out`.
     fn on_data(&mut self, chunk: &Chunk<'_>, out: &mut Vec<ParsedSpan>) -> Feed;

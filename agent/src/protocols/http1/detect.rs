@@ -1,6 +1,7 @@
 //! Recognising HTTP/1.x: the detector that claims a connection, and the
 //! request-line and status-line checks the parser resynchronises with.
 
+use crate::model::Protocol;
 use waggle_common::{
     http::request_line::{self, LineCheck},
     Direction, Role,
@@ -30,8 +31,8 @@ pub(super) fn request_direction(role: Role) -> Option<Direction> {
 pub struct Http1Detector;
 
 impl ProtocolDetector for Http1Detector {
-    fn name(&self) -> &'static str {
-        "http1"
+    fn protocol(&self) -> Protocol {
+        Protocol::Http1
     }
 
     fn detect(&self, role: Role, chunk: &Chunk<'_>) -> Confidence {

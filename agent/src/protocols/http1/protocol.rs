@@ -7,7 +7,7 @@ use super::{
     detect::{check_request_line, check_status_line, request_direction, DETECT_LINE_PATIENCE},
     parser::{Http1Parser, ReqState, RespBody, RespState},
 };
-use crate::model::ParsedSpan;
+use crate::model::{ParsedSpan, Protocol};
 use crate::protocols::{Chunk, Confidence, Feed, ProtocolParser};
 
 impl Http1Parser {
@@ -23,8 +23,8 @@ impl Http1Parser {
 }
 
 impl ProtocolParser for Http1Parser {
-    fn protocol(&self) -> &'static str {
-        "http1"
+    fn protocol(&self) -> Protocol {
+        Protocol::Http1
     }
 
     fn on_data(&mut self, chunk: &Chunk<'_>, out: &mut Vec<ParsedSpan>) -> Feed {

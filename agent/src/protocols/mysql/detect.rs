@@ -1,12 +1,13 @@
 //! Recognising a MySQL connection: the server's protocol-10 greeting, or
 //! (joined mid-stream) a plausible command packet.
+use crate::model::Protocol;
 use waggle_common::Role;
 
 use super::{
     packets::{
         query_text, COM_QUERY, COM_STMT_CLOSE, COM_STMT_EXECUTE, COM_STMT_FETCH, COM_STMT_PREPARE, COM_STMT_RESET,
     },
-    parser::{MysqlParser, PROTOCOL},
+    parser::MysqlParser,
 };
 use crate::protocols::{
     sql::{cstr, frontend_direction, looks_textual, plausible_sql_start},
@@ -16,8 +17,8 @@ use crate::protocols::{
 pub struct MysqlDetector;
 
 impl ProtocolDetector for MysqlDetector {
-    fn name(&self) -> &'static str {
-        PROTOCOL
+    fn protocol(&self) -> Protocol {
+        Protocol::Mysql
     }
 
     fn detect(&self, role: Role, chunk: &Chunk<'_>) -> Confidence {

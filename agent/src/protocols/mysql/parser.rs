@@ -12,6 +12,7 @@ use super::{
         SYSTEM_MARIADB,
     },
 };
+use crate::model::Protocol;
 use crate::{
     model::ParsedSpan,
     protocols::{
@@ -195,6 +196,7 @@ impl Wire for MysqlWire {
     type Front = PacketFraming;
     type Back = PacketFraming;
     const PROTOCOL: &'static str = PROTOCOL;
+    const KIND: Protocol = Protocol::Mysql;
     /// MariaDB connectors pipeline a few commands.
     const MAX_PENDING: usize = 256;
     const TOO_MANY_PENDING: &'static str = "mysql: too many commands awaiting responses";

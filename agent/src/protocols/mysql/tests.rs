@@ -9,7 +9,7 @@ use super::{
         CLIENT_SSL, COM_INIT_DB, COM_QUERY, COM_QUIT, COM_STMT_CLOSE, COM_STMT_EXECUTE, COM_STMT_PREPARE,
     },
     parser::Phase,
-    MysqlDetector, MysqlParser, PROTOCOL,
+    MysqlDetector, MysqlParser,
 };
 use crate::model::{AttrValue, ParsedSpan, SpanKind, SpanStatus};
 use crate::protocols::sql::replay::{assert_absent, attr_int, attr_str, chunk, names, records, replay, Lcg};
@@ -248,16 +248,16 @@ fn registered_detectors_pick_the_right_parser() {
         Detection::NeedMore | Detection::Unknown => None,
     };
     let my = records(CLI);
-    assert_eq!(protocol(false, &my[0].1), Some(PROTOCOL), "greeting");
-    assert_eq!(protocol(true, &my[3].1), Some(PROTOCOL), "COM_QUERY mid-stream");
+    assert_eq!(protocol(false, &my[0].1), Some(crate::model::Protocol::Mysql), "greeting");
+    assert_eq!(protocol(true, &my[3].1), Some(crate::model::Protocol::Mysql), "COM_QUERY mid-stream");
     let pg = records(include_bytes!("../testdata/postgres/psql_session.bin"));
-    assert_eq!(protocol(true, &pg[0].1), Some("postgresql"), "SSLRequest");
-    assert_eq!(protocol(true, &pg[2].1), Some("postgresql"), "StartupMessage");
-    assert_eq!(protocol(true, &pg[4].1), Some("postgresql"), "Q mid-stream");
+    assert_eq!(protocol(true, &pg[0].1), Some(crate::model::Protocol::Postgres), "SSLRequest");
+    assert_eq!(protocol(true, &pg[2].1), Some(crate::model::Protocol::Postgres), "StartupMessage");
+    assert_eq!(protocol(true, &pg[4].1), Some(crate::model::Protocol::Postgres), "Q mid-stream");
     for http in [&b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"[..], b"POST /q HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n"]
     {
-        assert_ne!(protocol(true, http), Some(PROTOCOL));
-        assert_ne!(protocol(true, http), Some("postgresql"));
+        assert_ne!(protocol(true, http), Some(crate::model::Protocol::Mysql));
+        assert_ne!(protocol(true, http), Some(crate::model::Protocol::Postgres));
     }
 }
 

@@ -1,5 +1,6 @@
 //! Recognising a PostgreSQL connection from its first frontend write: a
 //! startup-phase request, or (joined mid-stream) a plausible `Q`/`P`/`B`.
+use crate::model::Protocol;
 use waggle_common::Role;
 
 use super::{
@@ -7,7 +8,7 @@ use super::{
         be16, be32, is_frontend_type, is_startup_code, CANCEL_REQUEST, GSSENC_REQUEST, MAX_MESSAGE_LEN, MAX_NAME,
         MAX_STARTUP_LEN, MIN_STARTUP_LEN, SSL_REQUEST,
     },
-    parser::{PostgresParser, SYSTEM},
+    parser::PostgresParser,
 };
 use crate::protocols::{
     sql::{cstr, frontend_direction, looks_textual, plausible_sql_start},
@@ -128,8 +129,8 @@ fn format_codes(body: &[u8], pos: &mut usize, complete: bool) -> Result<u16, boo
 }
 
 impl ProtocolDetector for PostgresDetector {
-    fn name(&self) -> &'static str {
-        SYSTEM
+    fn protocol(&self) -> Protocol {
+        Protocol::Postgres
     }
 
     fn detect(&self, role: Role, chunk: &Chunk<'_>) -> Confidence {

@@ -5,6 +5,7 @@ use super::messages::{
     parse_error, tag_counts, BackFraming, FrontFraming, Head, CANCEL_REQUEST, GSSENC_REQUEST, MAX_NAME,
     READY_FOR_QUERY, SSL_REQUEST,
 };
+use crate::model::Protocol;
 use crate::{
     model::ParsedSpan,
     protocols::{
@@ -132,6 +133,7 @@ impl Wire for PostgresWire {
     type Front = FrontFraming;
     type Back = BackFraming;
     const PROTOCOL: &'static str = SYSTEM;
+    const KIND: Protocol = Protocol::Postgres;
     const MAX_PENDING: usize = 4096;
     const TOO_MANY_PENDING: &'static str = "postgres: too many requests awaiting responses";
     const SEVERAL_IN_FLIGHT: &'static str = "postgres: response framing lost with several requests in flight";

@@ -4,6 +4,7 @@
 //! responses, counts the exchanges it drops, latches a loss of sync until the
 //! next chunk can report it, hunts for the end of a response whose framing
 //! was lost, and expires requests unanswered on idle.
+use crate::model::Protocol;
 use std::{collections::VecDeque, ops::Deref};
 
 use waggle_common::{Direction, Role};
@@ -122,6 +123,8 @@ pub trait Wire: Send + Sized {
     /// [`ProtocolParser::protocol`], and `db.system.name` until the
     /// protocol learns better.
     const PROTOCOL: &'static str;
+    /// Which protocol this is, for the connection's identity.
+    const KIND: Protocol;
     /// Requests awaiting responses before the parser gives up on the
     /// connection, and the reason it gives then.
     const MAX_PENDING: usize;
@@ -345,8 +348,8 @@ impl<W: Wire> Shell<W> {
 }
 
 impl<W: Wire> ProtocolParser for Shell<W> {
-    fn protocol(&self) -> &'static str {
-        W::PROTOCOL
+    fn protocol(&self) -> Protocol {
+        W::KIND
     }
 
     fn on_data(&mut self, chunk: &Chunk<'_>, out: &mut Vec<ParsedSpan>) -> Feed {
