@@ -3,10 +3,10 @@
 //! sendmsg/recvmsg, writev/readv, UDP, threads and fork, plus a process whose
 //! sockets predate the probes. File and pipe I/O must produce nothing.
 //!
-//! Needs root and the eBPF object (`cargo xtask build`); otherwise it prints
-//! why and returns.
+//! Needs root and the eBPF object: ignored by plain `cargo test`, run by
+//! `cargo xtask test`, failing with what is missing when either is.
 mod common;
-use common::{is_root, python, read_line, Proc};
+use common::{load_probes, python, read_line, require_root, Proc};
 
 use std::{
     io::{BufReader, Read, Write},
@@ -17,7 +17,7 @@ use std::{
 
 use waggle::{
     intake::{decode, RawEvent},
-    probes::{EventSource, ProbeConfig, ProbeError, Probes},
+    probes::{EventSource, ProbeConfig},
 };
 use waggle_common::{ConnEvent, Counter, DataEvent, Direction, ProcessEvent, Role, SockKey, SyscallId, TraceCtxEvent};
 
@@ -149,11 +149,9 @@ print(pid, flush=True)
 "#;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root and the eBPF object: cargo xtask test runs it"]
 async fn probes_see_http_over_tcp_and_nothing_else() {
-    if !is_root() {
-        eprintln!("skipping probes_live: loading eBPF needs root");
-        return;
-    }
+    require_root("probes_see_http_over_tcp_and_nothing_else");
     let _ = tracing_subscriber::fmt().with_test_writer().try_init();
     let dir = tempfile_dir();
     let py = python();
@@ -173,14 +171,7 @@ async fn probes_see_http_over_tcp_and_nothing_else() {
         propagation: true,
         ..ProbeConfig::default()
     };
-    let (probes, mut source, mut maps) = match Probes::load(&config) {
-        Ok(loaded) => loaded,
-        Err(ProbeError::NotBuilt) => {
-            eprintln!("skipping probes_live: eBPF object not built (cargo xtask build)");
-            return;
-        }
-        Err(e) => panic!("loading probes: {e}"),
-    };
+    let (probes, mut source, mut maps) = load_probes("probes_see_http_over_tcp_and_nothing_else", &config);
     assert!(probes.skipped().is_empty(), "programs skipped: {:?}", probes.skipped());
     assert!(probes.attached().contains(&"sys_enter_read"));
 

@@ -7,11 +7,12 @@
 //! it saw. Clients are curl and python scripts; neither is this process,
 //! which the probes never trace.
 //!
-//! Needs root and the eBPF object (`cargo xtask build`); otherwise each test
-//! prints why and returns. The pure HTTP rules the kernel applies are unit
+//! Needs root and the eBPF object: ignored by plain `cargo test`, run by
+//! `cargo xtask test`, failing with what is missing when either is. The pure
+//! HTTP rules the kernel applies are unit
 //! tested below without either (the `http` module is the kernel's own file).
 mod common;
-use common::{is_root, python, read_line, Proc};
+use common::{load_probes, python, read_line, require_root, Proc};
 
 use std::{
     collections::HashMap,
@@ -24,7 +25,7 @@ use serde_json::Value;
 use tokio::sync::Mutex;
 use waggle::{
     intake::{decode, RawEvent},
-    probes::{ConnMaps, EventSource, ProbeConfig, ProbeError, Probes},
+    probes::{ConnMaps, EventSource, ProbeConfig, Probes},
 };
 use waggle_common::{ctx_flags, Counter, DataEvent, Direction, SockKey, TraceCtxEvent};
 
@@ -349,16 +350,16 @@ struct Harness {
 }
 
 impl Harness {
-    fn load(propagation: bool) -> Option<Harness> {
-        Harness::load_with(propagation, true)
+    #[track_caller]
+    fn load(test: &str, propagation: bool) -> Harness {
+        Harness::load_with(test, propagation, true)
     }
 
     /// `unsafe_keepalive`: false runs the kernel's FIONREAD-safe mode.
-    fn load_with(propagation: bool, unsafe_keepalive: bool) -> Option<Harness> {
-        if !is_root() {
-            eprintln!("skipping propagation_live: loading eBPF needs root");
-            return None;
-        }
+    /// Fails the test when not root or without the eBPF object.
+    #[track_caller]
+    fn load_with(test: &str, propagation: bool, unsafe_keepalive: bool) -> Harness {
+        require_root(test);
         let _ = tracing_subscriber::fmt().with_test_writer().try_init();
         wait_for_other_injectors();
         // Every request of a keep-alive connection is a candidate: these
@@ -372,17 +373,10 @@ impl Harness {
             unsafe_keepalive,
             ..ProbeConfig::default()
         };
-        let (probes, source, maps) = match Probes::load(&config) {
-            Ok(loaded) => loaded,
-            Err(ProbeError::NotBuilt) => {
-                eprintln!("skipping propagation_live: eBPF object not built (cargo xtask build)");
-                return None;
-            }
-            Err(e) => panic!("loading probes: {e}"),
-        };
+        let (probes, source, maps) = load_probes(test, &config);
         assert!(probes.skipped().is_empty(), "programs skipped: {:?}", probes.skipped());
         assert_eq!(probes.injecting(), propagation);
-        Some(Harness { probes, source, maps, events: Vec::new(), py: python() })
+        Harness { probes, source, maps, events: Vec::new(), py: python() }
     }
 
     fn drain(&mut self) {
@@ -530,11 +524,10 @@ fn received_of(resp: &Value) -> Vec<u8> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root and the eBPF object: cargo xtask test runs it"]
 async fn injects_once_at_request_starts_and_keeps_every_byte() {
     let _serial = SERIAL.lock().await;
-    let Some(mut h) = Harness::load(true) else {
-        return;
-    };
+    let mut h = Harness::load("injects_once_at_request_starts_and_keeps_every_byte", true);
     let (_server, port, _) = h.server(SERVER);
     let injected_before = h.counter(Counter::Injected);
     let has_tp_before = h.counter(Counter::SkipAlreadyHasTraceparent);
@@ -710,11 +703,10 @@ async fn injects_once_at_request_starts_and_keeps_every_byte() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root and the eBPF object: cargo xtask test runs it"]
 async fn server_context_links_incoming_outgoing_and_spawned_threads() {
     let _serial = SERIAL.lock().await;
-    let Some(mut h) = Harness::load(true) else {
-        return;
-    };
+    let mut h = Harness::load("server_context_links_incoming_outgoing_and_spawned_threads", true);
     let (leaf, leaf_port, _) = h.server(SERVER);
     let (mid, mid_port, _) = h.server(SERVER);
     let incoming_before = h.counter(Counter::IncomingTraceparent);
@@ -810,11 +802,10 @@ async fn server_context_links_incoming_outgoing_and_spawned_threads() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root and the eBPF object: cargo xtask test runs it"]
 async fn stress_random_bodies_arrive_intact_with_one_traceparent_each() {
     let _serial = SERIAL.lock().await;
-    let Some(mut h) = Harness::load(true) else {
-        return;
-    };
+    let mut h = Harness::load("stress_random_bodies_arrive_intact_with_one_traceparent_each", true);
     let (_server, port, _) = h.server(SERVER);
     let injected_before = h.counter(Counter::Injected);
     // Several thousand requests, ~12 KB on average; WAGGLE_STRESS_REQUESTS
@@ -845,11 +836,10 @@ async fn stress_random_bodies_arrive_intact_with_one_traceparent_each() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root and the eBPF object: cargo xtask test runs it"]
 async fn propagation_off_modifies_nothing_but_still_reports_contexts() {
     let _serial = SERIAL.lock().await;
-    let Some(mut h) = Harness::load(false) else {
-        return;
-    };
+    let mut h = Harness::load("propagation_off_modifies_nothing_but_still_reports_contexts", false);
     assert!(!h.probes.attached().contains(&"waggle_sk_msg"));
     let (_server, port, _) = h.server(SERVER);
     let injected_before = h.counter(Counter::Injected);
@@ -870,12 +860,10 @@ async fn propagation_off_modifies_nothing_but_still_reports_contexts() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root and the eBPF object: cargo xtask test runs it"]
 async fn connections_from_before_the_agent_are_counted_not_injected() {
     let _serial = SERIAL.lock().await;
-    if !is_root() {
-        eprintln!("skipping propagation_live: loading eBPF needs root");
-        return;
-    }
+    require_root("connections_from_before_the_agent_are_counted_not_injected");
     // Server and client connection exist before the probes: sockops never
     // saw the connection established, so it is not in CLIENT_SOCKS.
     let py = python();
@@ -894,9 +882,7 @@ async fn connections_from_before_the_agent_are_counted_not_injected() {
     let mut stdin = client.0.stdin.take().unwrap();
     let fd: u32 = read_line(&mut out).parse().unwrap();
 
-    let Some(mut h) = Harness::load(true) else {
-        return;
-    };
+    let mut h = Harness::load("connections_from_before_the_agent_are_counted_not_injected", true);
     // As userspace does for connections it finds in /proc.
     let key = SockKey { tgid: client.pid(), fd };
     let info = waggle_common::ConnInfo {
@@ -949,11 +935,10 @@ fn own_cookie(s: &std::net::TcpStream) -> u64 {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root and the eBPF object: cargo xtask test runs it"]
 async fn only_sockets_of_traced_processes_enter_the_sockmap() {
     let _serial = SERIAL.lock().await;
-    if !is_root() {
-        panic!("propagation_live needs root (run through `cargo xtask test`)");
-    }
+    require_root("only_sockets_of_traced_processes_enter_the_sockmap");
     let py = python();
     // A server, and a client connection that predates the probes.
     let mut server = Proc(Command::new(&py).args(["-u", "-c", SINK]).stdout(Stdio::piped()).spawn().unwrap());
@@ -971,9 +956,7 @@ async fn only_sockets_of_traced_processes_enter_the_sockmap() {
 
     // Sockets stay in the map for their lifetime in this mode, so the map
     // shows every socket that ever entered it.
-    let Some(h) = Harness::load_with(true, true) else {
-        panic!("probes did not load");
-    };
+    let h = Harness::load_with("only_sockets_of_traced_processes_enter_the_sockmap", true, true);
     assert_eq!(h.probes.sockmap_mode(), waggle_common::sockmap_mode::KEEP);
     let added_before = h.counter(Counter::SockmapAdded);
     let mut traced = Proc(
@@ -1079,13 +1062,12 @@ for size in sizes:
 "#;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root and the eBPF object: cargo xtask test runs it"]
 async fn fionread_reports_the_bytes_waiting_on_watched_sockets() {
     let _serial = SERIAL.lock().await;
     // The default mode: whatever this kernel makes of FIONREAD on sockets
     // in a sockmap, the agent must keep it right.
-    let Some(mut h) = Harness::load_with(true, false) else {
-        panic!("probes did not load");
-    };
+    let mut h = Harness::load_with("fionread_reports_the_bytes_waiting_on_watched_sockets", true, false);
     let mode = h.probes.sockmap_mode();
     assert_ne!(mode, waggle_common::sockmap_mode::UNSET, "propagation must be on");
     let sizes: Vec<String> = [1usize, 2, 100, 1460, 4096, 65_536, 1 << 20].iter().map(|n| n.to_string()).collect();

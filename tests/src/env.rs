@@ -27,14 +27,23 @@ pub fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
-/// Starts an e2e test: `None` (after printing "skipped: not root") when not
-/// root, else the guard that serialises e2e tests.
+/// Panics, naming what is missing, unless this process is root.
 #[track_caller]
-pub fn e2e_setup(test: &str) -> Option<E2eGuard> {
-    if !is_root() {
-        println!("{test}: skipped: not root");
-        return None;
-    }
+pub fn require_root(test: &str) {
+    assert!(
+        is_root(),
+        "{test} needs root (it loads eBPF programs or changes users): run it as root, \
+         e.g. `sudo -E cargo xtask test`; plain `cargo test` reports it as ignored"
+    );
+}
+
+/// Starts an e2e test: the guard that serialises e2e tests. Panics when not
+/// root: e2e tests are `#[ignore]`d for plain `cargo test` and run by
+/// `cargo xtask test` (`--include-ignored`), where a test that cannot run
+/// must fail, never pass.
+#[track_caller]
+pub fn e2e_setup(test: &str) -> E2eGuard {
+    require_root(test);
     // A test that panicked while holding the mutex poisons it; the next test
     // must still run, the state behind it is ().
     let mutex = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
@@ -48,7 +57,7 @@ pub fn e2e_setup(test: &str) -> Option<E2eGuard> {
     // lock is released when `file` is closed with the guard.
     let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) };
     assert_eq!(rc, 0, "flock {LOCK_PATH}: {}", std::io::Error::last_os_error());
-    Some(E2eGuard { _flock: file, _mutex: mutex })
+    E2eGuard { _flock: file, _mutex: mutex }
 }
 
 /// The workspace root (parent of this crate).

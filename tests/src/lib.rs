@@ -2,9 +2,11 @@
 //! ([`Agent`]) watching real servers ([`Server`]) and clients (curl, Python
 //! fixture scripts), exporting to a real OTLP receiver ([`OtlpReceiver`]).
 //!
-//! Every e2e test starts with [`e2e_setup`], which skips when not root and
-//! otherwise serialises the tests (they all load probes, and an agent sees
-//! every process on the machine).
+//! Every e2e test is `#[ignore = "needs root ..."]` (plain `cargo test`
+//! reports it as ignored; `cargo xtask test` runs it with
+//! `--include-ignored`) and starts with [`e2e_setup`], which fails the test
+//! when not root and otherwise serialises the tests (they all load probes,
+//! and an agent sees every process on the machine).
 //!
 //! The agent binary is `$WAGGLE_BIN` (set by `cargo xtask test`), else the
 //! release build in the workspace's target dir.
@@ -17,7 +19,9 @@ pub mod servers;
 use std::time::Duration;
 
 pub use agent::{wait_for_other_injectors, Agent, AgentOutput, SK_MSG_PROGRAM};
-pub use env::{curl, e2e_setup, fixture, is_root, python, python_script, run_client, ClientRun, E2eGuard, Proc};
+pub use env::{
+    curl, e2e_setup, fixture, is_root, python, python_script, require_root, run_client, ClientRun, E2eGuard, Proc,
+};
 pub use receiver::{describe, AttrVal, Kind, OtlpReceiver, Protocol, Span, StatusCode};
 pub use servers::Server;
 

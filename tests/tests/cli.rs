@@ -1,8 +1,12 @@
 //! The agent's edge: bad configuration and missing privileges give one clear
 //! line and a non-zero exit, never a panic or a backtrace.
+//!
+//! Every test runs the agent binary (`$WAGGLE_BIN`, see `env::agent_bin`):
+//! plain `cargo test` reports them as ignored, `cargo xtask test` builds the
+//! agent and runs them.
 use std::process::{Command, Output};
 
-use waggle_e2e::env::{agent_bin, is_root};
+use waggle_e2e::env::{agent_bin, require_root};
 
 fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
     let mut cmd = Command::new(agent_bin());
@@ -25,6 +29,7 @@ fn one_line(bytes: &[u8]) -> String {
 type BadConfigCase<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
 
 #[test]
+#[ignore = "needs the agent binary: cargo xtask test runs it"]
 fn bad_configuration_is_one_line_and_exit_2() {
     let cases: [BadConfigCase; 5] = [
         (&["--otlp-protocol", "http/json"], &[], "http/json"),
@@ -46,6 +51,7 @@ fn bad_configuration_is_one_line_and_exit_2() {
 }
 
 #[test]
+#[ignore = "needs the agent binary: cargo xtask test runs it"]
 fn unknown_yaml_key_is_rejected() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("waggle.yaml");
@@ -56,11 +62,9 @@ fn unknown_yaml_key_is_rejected() {
 }
 
 #[test]
+#[ignore = "needs root (to drop to nobody) and the agent binary: cargo xtask test runs it"]
 fn without_privileges_the_agent_says_so_in_one_line() {
-    if !is_root() {
-        eprintln!("skipped: not root (needs to drop to nobody)");
-        return;
-    }
+    require_root("without_privileges_the_agent_says_so_in_one_line");
     let out = Command::new("setpriv")
         .args(["--reuid=nobody", "--regid=nogroup", "--clear-groups", "--inh-caps=-all", "--bounding-set=-all"])
         .arg(agent_bin())

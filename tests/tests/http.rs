@@ -1,8 +1,9 @@
 //! HTTP acceptance tests: the real agent watching real servers and clients,
 //! asserting on the CONTENT of the spans it exports.
 //!
-//! Every test runs as root (it loads probes; otherwise it prints "skipped:
-//! not root" and passes) and holds the e2e lock for its whole run. The agent
+//! Every test needs root (it loads probes): plain `cargo test` reports it as
+//! ignored, `cargo xtask test` runs it, and without root it fails. It holds
+//! the e2e lock for its whole run. The agent
 //! sees every process on the machine, so spans are always picked out by the
 //! pid of the process the test started, never by "the only span received".
 use std::{
@@ -101,7 +102,7 @@ fn assert_client_span(s: &Span, service: &str, pid: u32, port: u16, r: Req<'_>) 
 // 1. One GET through curl: one SERVER span, one CLIENT span, no query string.
 
 fn curl_get_user(test: &str, protocol: Protocol) {
-    let Some(_guard) = e2e_setup(test) else { return };
+    let _guard = e2e_setup(test);
     let app = Server::app();
     let receiver = OtlpReceiver::start();
     let agent = Agent::start(&receiver.agent_args(protocol), &[]);
@@ -143,11 +144,13 @@ fn by_pid_count(spans: &[Span], pid: u32) -> usize {
 }
 
 #[test]
+#[ignore = "needs root and the agent binary: cargo xtask test runs it"]
 fn curl_get_gives_server_and_client_spans_grpc() {
     curl_get_user("curl_get_gives_server_and_client_spans_grpc", Protocol::Grpc);
 }
 
 #[test]
+#[ignore = "needs root and the agent binary: cargo xtask test runs it"]
 fn curl_get_gives_server_and_client_spans_http_protobuf() {
     curl_get_user("curl_get_gives_server_and_client_spans_http_protobuf", Protocol::HttpProtobuf);
 }
@@ -155,8 +158,9 @@ fn curl_get_gives_server_and_client_spans_http_protobuf() {
 // 2. Keep-alive: three requests on one curl connection.
 
 #[test]
+#[ignore = "needs root and the agent binary: cargo xtask test runs it"]
 fn keep_alive_connection_gives_one_span_per_request() {
-    let Some(_guard) = e2e_setup("keep_alive_connection_gives_one_span_per_request") else { return };
+    let _guard = e2e_setup("keep_alive_connection_gives_one_span_per_request");
     let app = Server::app();
     let receiver = OtlpReceiver::start();
     let agent = Agent::start(&receiver.agent_args(Protocol::HttpProtobuf), &[]);
@@ -214,8 +218,9 @@ fn keep_alive_connection_gives_one_span_per_request() {
 // 3. Pipelining: three requests in one write.
 
 #[test]
+#[ignore = "needs root and the agent binary: cargo xtask test runs it"]
 fn pipelined_requests_give_spans_in_order() {
-    let Some(_guard) = e2e_setup("pipelined_requests_give_spans_in_order") else { return };
+    let _guard = e2e_setup("pipelined_requests_give_spans_in_order");
     let app = Server::app();
     let receiver = OtlpReceiver::start();
     let agent = Agent::start(&receiver.agent_args(Protocol::Grpc), &[]);
@@ -252,8 +257,9 @@ fn pipelined_requests_give_spans_in_order() {
 // 4. Chunked response: the span ends at the last chunk.
 
 #[test]
+#[ignore = "needs root and the agent binary: cargo xtask test runs it"]
 fn chunked_response_span_ends_at_last_chunk() {
-    let Some(_guard) = e2e_setup("chunked_response_span_ends_at_last_chunk") else { return };
+    let _guard = e2e_setup("chunked_response_span_ends_at_last_chunk");
     let app = Server::app();
     let receiver = OtlpReceiver::start();
     let agent = Agent::start(&receiver.agent_args(Protocol::HttpProtobuf), &[]);
@@ -283,8 +289,9 @@ fn chunked_response_span_ends_at_last_chunk() {
 // 5. 404 and 500.
 
 #[test]
+#[ignore = "needs root and the agent binary: cargo xtask test runs it"]
 fn error_statuses_set_span_status() {
-    let Some(_guard) = e2e_setup("error_statuses_set_span_status") else { return };
+    let _guard = e2e_setup("error_statuses_set_span_status");
     let app = Server::app();
     let receiver = OtlpReceiver::start();
     let agent = Agent::start(&receiver.agent_args(Protocol::Grpc), &[]);
@@ -323,8 +330,9 @@ fn error_statuses_set_span_status() {
 // 6. Slow handler: the span measures the handler.
 
 #[test]
+#[ignore = "needs root and the agent binary: cargo xtask test runs it"]
 fn slow_handler_span_measures_the_handler() {
-    let Some(_guard) = e2e_setup("slow_handler_span_measures_the_handler") else { return };
+    let _guard = e2e_setup("slow_handler_span_measures_the_handler");
     let app = Server::app();
     let receiver = OtlpReceiver::start();
     let agent = Agent::start(&receiver.agent_args(Protocol::HttpProtobuf), &[]);
@@ -351,8 +359,9 @@ fn slow_handler_span_measures_the_handler() {
 // 7. A 20 KB POST body.
 
 #[test]
+#[ignore = "needs root and the agent binary: cargo xtask test runs it"]
 fn post_body_size_is_recorded() {
-    let Some(_guard) = e2e_setup("post_body_size_is_recorded") else { return };
+    let _guard = e2e_setup("post_body_size_is_recorded");
     let app = Server::app();
     let receiver = OtlpReceiver::start();
     let agent = Agent::start(&receiver.agent_args(Protocol::Grpc), &[]);
@@ -397,8 +406,9 @@ fn post_body_size_is_recorded() {
 // 8. A keep-alive connection opened before the agent started.
 
 #[test]
+#[ignore = "needs root and the agent binary: cargo xtask test runs it"]
 fn connection_opened_before_agent_start_is_traced() {
-    let Some(_guard) = e2e_setup("connection_opened_before_agent_start_is_traced") else { return };
+    let _guard = e2e_setup("connection_opened_before_agent_start_is_traced");
     let app = Server::app();
     let receiver = OtlpReceiver::start();
 
@@ -452,8 +462,9 @@ fn connection_opened_before_agent_start_is_traced() {
 // 9. nginx as the server, curl and urllib as clients.
 
 #[test]
+#[ignore = "needs root, nginx and the agent binary: cargo xtask test runs it"]
 fn nginx_server_with_curl_and_urllib_clients() {
-    let Some(_guard) = e2e_setup("nginx_server_with_curl_and_urllib_clients") else { return };
+    let _guard = e2e_setup("nginx_server_with_curl_and_urllib_clients");
     let nginx = Server::nginx();
     let nginx_pids = nginx.pids();
     let receiver = OtlpReceiver::start();
@@ -463,22 +474,38 @@ fn nginx_server_with_curl_and_urllib_clients() {
     assert_eq!(c_ok.stdout, "ok\n");
     let c_missing = curl(&["-o", "/dev/null", "-w", "%{http_code}", &nginx.url("/missing")]);
     assert_eq!(c_missing.stdout, "404");
-    let py = run_client(
+    // The client stays until its stdin closes: the agent names a process
+    // from /proc when it drains the connection's open event, and a client
+    // gone before that is named after its executable (python3). It is let
+    // go once its spans, which carry the name, are in.
+    let mut py_proc = Proc::spawn(
         "urllib_client",
-        python_script("urllib_client.py").args([nginx.url("/"), nginx.url("/missing")]),
-        Duration::from_secs(20),
+        python_script("urllib_client.py")
+            .args([nginx.url("/"), nginx.url("/missing")])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped()),
     );
-    py.assert_success();
-    assert_eq!(py.stdout, format!("200 {}\n404 {}\n", nginx.url("/"), nginx.url("/missing")));
+    let py_pid = py_proc.pid();
+    let mut py_out = BufReader::new(py_proc.child.stdout.take().expect("urllib_client stdout"));
+    let mut py_stdout = String::new();
+    for _ in 0..2 {
+        py_out.read_line(&mut py_stdout).unwrap_or_else(|e| panic!("reading urllib_client's output: {e}"));
+    }
+    assert_eq!(py_stdout, format!("200 {}\n404 {}\n", nginx.url("/"), nginx.url("/missing")));
 
     let is_nginx_server = |s: &Span| s.is_server() && s.pid().is_some_and(|p| nginx_pids.contains(&p));
-    receiver.focus(&[&nginx_pids[..], &[c_ok.pid, c_missing.pid, py.pid]].concat());
+    receiver.focus(&[&nginx_pids[..], &[c_ok.pid, c_missing.pid, py_pid]].concat());
     receiver.expect_spans("4 SERVER spans of nginx and the 4 CLIENT spans", SPAN_TIMEOUT, |s| {
         s.iter().filter(|s| is_nginx_server(s)).count() >= 4
             && !client_spans(s, c_ok.pid).is_empty()
             && !client_spans(s, c_missing.pid).is_empty()
-            && client_spans(s, py.pid).len() >= 2
+            && client_spans(s, py_pid).len() >= 2
     });
+    drop(py_proc.child.stdin.take());
+    let status = py_proc
+        .wait_timeout(Duration::from_secs(10))
+        .unwrap_or_else(|| panic!("urllib_client (pid {py_pid}) did not exit within 10 s of its stdin closing"));
+    assert!(status.success(), "urllib_client (pid {py_pid}) failed: {status:?}");
     agent.stop();
     let spans = receiver.spans();
 
@@ -502,19 +529,20 @@ fn nginx_server_with_curl_and_urllib_clients() {
     assert_client_span(&c, "curl", c_ok.pid, nginx.port(), req("GET", "/", "/", 200));
     let c = one(&client_spans(&spans, c_missing.pid), "CLIENT span of curl /missing", |_| true);
     assert_client_span(&c, "curl", c_missing.pid, nginx.port(), req("GET", "/missing", "/missing", 404));
-    let py_spans = client_spans(&spans, py.pid);
+    let py_spans = client_spans(&spans, py_pid);
     let c = one(&py_spans, "urllib CLIENT span of /", |s| path_is(s, "/"));
-    assert_client_span(&c, "urllib_client", py.pid, nginx.port(), req("GET", "/", "/", 200));
+    assert_client_span(&c, "urllib_client", py_pid, nginx.port(), req("GET", "/", "/", 200));
     let c = one(&py_spans, "urllib CLIENT span of /missing", |s| path_is(s, "/missing"));
-    assert_client_span(&c, "urllib_client", py.pid, nginx.port(), req("GET", "/missing", "/missing", 404));
+    assert_client_span(&c, "urllib_client", py_pid, nginx.port(), req("GET", "/missing", "/missing", 404));
     assert_clean_receiver(&receiver);
 }
 
 // 10. Zero-config terminal output.
 
 #[test]
+#[ignore = "needs root and the agent binary: cargo xtask test runs it"]
 fn zero_config_prints_spans_as_text() {
-    let Some(_guard) = e2e_setup("zero_config_prints_spans_as_text") else { return };
+    let _guard = e2e_setup("zero_config_prints_spans_as_text");
     let app = Server::app();
     let agent = Agent::start(&[] as &[&str], &[]);
 
@@ -540,8 +568,9 @@ fn zero_config_prints_spans_as_text() {
 }
 
 #[test]
+#[ignore = "needs root and the agent binary: cargo xtask test runs it"]
 fn print_json_gives_json_lines() {
-    let Some(_guard) = e2e_setup("print_json_gives_json_lines") else { return };
+    let _guard = e2e_setup("print_json_gives_json_lines");
     let app = Server::app();
     let agent = Agent::start(&["--print", "json"], &[]);
 
@@ -584,8 +613,9 @@ fn print_json_gives_json_lines() {
 // 11. Hostile input.
 
 #[test]
+#[ignore = "needs root and the agent binary: cargo xtask test runs it"]
 fn bad_input_invents_no_spans_and_agent_survives() {
-    let Some(_guard) = e2e_setup("bad_input_invents_no_spans_and_agent_survives") else { return };
+    let _guard = e2e_setup("bad_input_invents_no_spans_and_agent_survives");
     let app = Server::app();
     let receiver = OtlpReceiver::start();
     let mut agent = Agent::start(&receiver.agent_args(Protocol::Grpc), &[]);
@@ -642,25 +672,30 @@ fn bad_input_invents_no_spans_and_agent_survives() {
 // 12. The agent never traces its own export traffic.
 
 #[test]
+#[ignore = "needs root and the agent binary: cargo xtask test runs it"]
 fn agent_never_traces_its_own_export() {
-    let Some(_guard) = e2e_setup("agent_never_traces_its_own_export") else { return };
+    let _guard = e2e_setup("agent_never_traces_its_own_export");
     let app = Server::app();
     let receiver = OtlpReceiver::start();
     let agent = Agent::start(&receiver.agent_args(Protocol::HttpProtobuf), &[]);
     let agent_pid = agent.pid();
 
-    // Several rounds, so several export batches travel while capture runs.
+    // Several rounds, each waiting for its span to be exported, so several
+    // export batches travel while capture runs.
     let mut curl_pids = Vec::new();
     for i in 0..3 {
         let r = curl(&[&app.url(&format!("/users/{i}"))]);
         r.assert_success();
         curl_pids.push(r.pid);
-        std::thread::sleep(Duration::from_millis(1200));
+        receiver.focus(&[&[app.pid()], &curl_pids[..]].concat());
+        receiver.expect_spans(&format!("SERVER span {} of app", i + 1), SPAN_TIMEOUT, |s| {
+            server_spans(s, app.pid()).len() > i
+        });
     }
-    receiver.focus(&[&[app.pid()], &curl_pids[..]].concat());
-    receiver.expect_spans("3 SERVER spans of app", SPAN_TIMEOUT, |s| server_spans(s, app.pid()).len() >= 3);
-    // Give a feedback loop (export -> captured -> exported) time to show.
-    std::thread::sleep(Duration::from_secs(3));
+    // A feedback loop (export -> captured -> exported) would show by now:
+    // the first exports finished before the last round's span was even
+    // exported, and stop() drains every captured event and flushes the
+    // spans before the agent exits.
     agent.stop();
     let spans = receiver.spans();
 
@@ -693,8 +728,9 @@ fn agent_never_traces_its_own_export() {
 // service.name of `python3 -m http.server` is the module name.
 
 #[test]
+#[ignore = "needs root and the agent binary: cargo xtask test runs it"]
 fn python_http_server_module_is_named_after_the_module() {
-    let Some(_guard) = e2e_setup("python_http_server_module_is_named_after_the_module") else { return };
+    let _guard = e2e_setup("python_http_server_module_is_named_after_the_module");
     let py = Server::python_http_server();
     let receiver = OtlpReceiver::start();
     let agent = Agent::start(&receiver.agent_args(Protocol::HttpProtobuf), &[]);

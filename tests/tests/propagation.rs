@@ -441,8 +441,9 @@ fn assert_served(run: &ClientRun, a: &Service, b: &Service) {
 /// Test 1 (and counters, test 5): an incoming traceparent makes the whole
 /// request one trace with that id.
 #[test]
+#[ignore = "needs root, node, PostgreSQL and the agent binary: cargo xtask test runs it"]
 fn incoming_traceparent_gives_one_trace_through_a_b_and_postgres() {
-    let Some(_guard) = e2e_setup("incoming_traceparent_gives_one_trace_through_a_b_and_postgres") else { return };
+    let _guard = e2e_setup("incoming_traceparent_gives_one_trace_through_a_b_and_postgres");
     let pg = Postgres::start();
     let receiver = OtlpReceiver::start();
     let (agent, metrics_port) = start_agent(&receiver, true);
@@ -484,8 +485,9 @@ fn incoming_traceparent_gives_one_trace_through_a_b_and_postgres() {
 /// Test 2 (and counters): without an incoming header curl's CLIENT span is
 /// the root and everything downstream joins its trace.
 #[test]
+#[ignore = "needs root, node, PostgreSQL and the agent binary: cargo xtask test runs it"]
 fn without_incoming_header_curls_client_span_is_the_root() {
-    let Some(_guard) = e2e_setup("without_incoming_header_curls_client_span_is_the_root") else { return };
+    let _guard = e2e_setup("without_incoming_header_curls_client_span_is_the_root");
     let pg = Postgres::start();
     let receiver = OtlpReceiver::start();
     let (agent, metrics_port) = start_agent(&receiver, true);
@@ -515,8 +517,9 @@ fn without_incoming_header_curls_client_span_is_the_root() {
 /// Test 3 (and counters): `--propagation off` injects nothing; incoming
 /// context and in-process links still work.
 #[test]
+#[ignore = "needs root, node, PostgreSQL and the agent binary: cargo xtask test runs it"]
 fn propagation_off_injects_nothing_but_links_inside_a() {
-    let Some(_guard) = e2e_setup("propagation_off_injects_nothing_but_links_inside_a") else { return };
+    let _guard = e2e_setup("propagation_off_injects_nothing_but_links_inside_a");
     let pg = Postgres::start();
     let receiver = OtlpReceiver::start();
     let (agent, metrics_port) = start_agent(&receiver, false);
@@ -552,8 +555,9 @@ fn propagation_off_injects_nothing_but_links_inside_a() {
 /// starts a fresh trace with no parent, and curl's span is a separate root
 /// (its own header did not parse). Injection A -> B still happens.
 #[test]
+#[ignore = "needs root, node, PostgreSQL and the agent binary: cargo xtask test runs it"]
 fn malformed_incoming_traceparent_starts_a_fresh_trace() {
-    let Some(_guard) = e2e_setup("malformed_incoming_traceparent_starts_a_fresh_trace") else { return };
+    let _guard = e2e_setup("malformed_incoming_traceparent_starts_a_fresh_trace");
     let pg = Postgres::start();
     let receiver = OtlpReceiver::start();
     let (agent, metrics_port) = start_agent(&receiver, true);
@@ -605,8 +609,9 @@ fn malformed_incoming_traceparent_starts_a_fresh_trace() {
 /// so nothing is injected there (counted), while in-process links hold and
 /// curl's new connection to A is still injected.
 #[test]
+#[ignore = "needs root, node, PostgreSQL and the agent binary: cargo xtask test runs it"]
 fn keepalive_connection_from_before_the_agent_gets_no_injection() {
-    let Some(_guard) = e2e_setup("keepalive_connection_from_before_the_agent_gets_no_injection") else { return };
+    let _guard = e2e_setup("keepalive_connection_from_before_the_agent_gets_no_injection");
     let pg = Postgres::start();
     let b = start_b();
     let a = start_a(&b, &pg, true);
@@ -637,10 +642,9 @@ fn keepalive_connection_from_before_the_agent_gets_no_injection() {
 /// request (A's warm-up) is the only one injected; the test's requests on
 /// it are not (counted), and are still linked inside A.
 #[test]
+#[ignore = "needs root, node, PostgreSQL and the agent binary: cargo xtask test runs it"]
 fn keepalive_requests_after_the_first_are_counted_not_injected_by_default() {
-    let Some(_guard) = e2e_setup("keepalive_requests_after_the_first_are_counted_not_injected_by_default") else {
-        return;
-    };
+    let _guard = e2e_setup("keepalive_requests_after_the_first_are_counted_not_injected_by_default");
     let pg = Postgres::start();
     let receiver = OtlpReceiver::start();
     let (agent, metrics_port) = start_agent(&receiver, true);
@@ -669,10 +673,9 @@ fn keepalive_requests_after_the_first_are_counted_not_injected_by_default() {
 /// unsafe-keepalive`: every request on it is injected, each with its own
 /// client span.
 #[test]
+#[ignore = "needs root, node, PostgreSQL and the agent binary: cargo xtask test runs it"]
 fn keepalive_connection_after_the_agent_injects_every_request_when_asked() {
-    let Some(_guard) = e2e_setup("keepalive_connection_after_the_agent_injects_every_request_when_asked") else {
-        return;
-    };
+    let _guard = e2e_setup("keepalive_connection_after_the_agent_injects_every_request_when_asked");
     let pg = Postgres::start();
     let receiver = OtlpReceiver::start();
     let (agent, _metrics_port) = start_agent_with(&receiver, &["--propagation", "unsafe-keepalive"], &[]);
@@ -737,8 +740,9 @@ for i in range(n + 1):
 /// honoured everywhere: what B is told agrees with what is exported, and no
 /// exported span lacks its exported parent.
 #[test]
+#[ignore = "needs root, node, PostgreSQL and the agent binary: cargo xtask test runs it"]
 fn sampling_at_a_quarter_agrees_downstream_and_leaves_no_orphans() {
-    let Some(_guard) = e2e_setup("sampling_at_a_quarter_agrees_downstream_and_leaves_no_orphans") else { return };
+    let _guard = e2e_setup("sampling_at_a_quarter_agrees_downstream_and_leaves_no_orphans");
     const RATIO: f64 = 0.25;
     const REQUESTS: usize = 40;
     let pg = Postgres::start();
@@ -875,10 +879,9 @@ fn propagation_objects() -> Vec<String> {
 /// resumes on SIGCONT; a killed agent leaves no program or map behind.
 /// Applications never see an error.
 #[test]
+#[ignore = "needs root, node and the agent binary: cargo xtask test runs it"]
 fn stopped_agent_stops_injecting_and_killed_agent_leaves_nothing_attached() {
-    let Some(_guard) = e2e_setup("stopped_agent_stops_injecting_and_killed_agent_leaves_nothing_attached") else {
-        return;
-    };
+    let _guard = e2e_setup("stopped_agent_stops_injecting_and_killed_agent_leaves_nothing_attached");
     let receiver = OtlpReceiver::start();
     let (mut agent, _metrics_port) = start_agent(&receiver, true);
     let b = start_b();
@@ -963,8 +966,9 @@ s.serve_forever()
 /// With --trusted-networks, a traceparent from a peer outside them starts a
 /// new trace (counted); from inside them it is honoured.
 #[test]
+#[ignore = "needs root and the agent binary: cargo xtask test runs it"]
 fn untrusted_peers_traceparent_starts_a_new_trace() {
-    let Some(_guard) = e2e_setup("untrusted_peers_traceparent_starts_a_new_trace") else { return };
+    let _guard = e2e_setup("untrusted_peers_traceparent_starts_a_new_trace");
     let caller = format!("traceparent: 00-{TRACE}-{CALLER_SPAN}-01");
     for (nets, trusted) in [("10.0.0.0/8,fd00::/8", false), ("127.0.0.0/8", true)] {
         let receiver = OtlpReceiver::start();

@@ -1,6 +1,13 @@
 //! `cargo xtask test`: end-to-end dependencies, then every test of the
 //! workspace against the freshly built agent, with a one-line summary
-//! (`N passed, N failed`) CI can read.
+//! (`N passed, N failed, N skipped`) CI can read.
+//!
+//! Tests that need root, the eBPF object, the agent binary or an end-to-end
+//! dependency are `#[ignore = "needs ..."]`: plain `cargo test` reports them
+//! as ignored, and this runs them (`--include-ignored`), where a missing
+//! precondition fails the test. Whatever libtest still reports as ignored is
+//! counted as skipped, and under CI (`CI=true`) a skipped test fails the
+//! run: nothing may silently not run there.
 use std::{ffi::OsString, path::Path};
 
 use anyhow::{bail, Result};
@@ -85,11 +92,13 @@ pub fn ensure_e2e_deps(apt: &mut Apt) -> Result<()> {
     Ok(())
 }
 
-/// Counts from libtest's `test result:` lines.
+/// Counts from libtest's `test result:` lines (`ignored` is reported as
+/// skipped).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Tally {
     pub passed: u64,
     pub failed: u64,
+    pub ignored: u64,
 }
 
 impl Tally {
@@ -109,15 +118,51 @@ impl Tally {
             match what {
                 "passed" => self.passed += count,
                 "failed" => self.failed += count,
+                "ignored" => self.ignored += count,
                 _ => {}
             }
         }
     }
+
+    /// The summary line, e.g. `12 passed, 0 failed, 1 skipped`.
+    pub fn summary(&self) -> String {
+        format!("{} passed, {} failed, {} skipped", self.passed, self.failed, self.ignored)
+    }
+
+    /// Why the run failed, if it did: failed tests, or skipped ones when
+    /// `skipped_fails` (under CI).
+    pub fn verdict(&self, skipped_fails: bool) -> Result<()> {
+        if self.failed > 0 {
+            bail!("{} test(s) failed", self.failed);
+        }
+        if skipped_fails && self.ignored > 0 {
+            bail!("{} test(s) skipped, which fails a CI run: nothing may silently not run", self.ignored);
+        }
+        Ok(())
+    }
+}
+
+/// Whether this is a CI run (`CI=true`, as CI services set it).
+fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v.eq_ignore_ascii_case("true") || v == "1")
+}
+
+/// The arguments for the test binaries: `--include-ignored` (unless the
+/// caller chose `--ignored`/`--include-ignored` already) and then the
+/// caller's.
+pub fn harness_args(unit_only: bool, test_args: &[OsString]) -> Vec<OsString> {
+    let chosen = test_args.iter().any(|a| a == "--ignored" || a == "--include-ignored");
+    // --unit-only is the no-root run: a unit test that is ignored because it
+    // needs root stays ignored there, and is reported as skipped.
+    let mut args: Vec<OsString> =
+        if unit_only || chosen { Vec::new() } else { vec![OsString::from("--include-ignored")] };
+    args.extend(test_args.iter().cloned());
+    args
 }
 
 pub fn run_tests(root: &Path, built: &Built, unit_only: bool, test_args: &[OsString]) -> Result<()> {
     if !unit_only && !cmd::is_root() {
-        eprintln!("xtask: warning: not root: the end-to-end tests load eBPF programs and need root");
+        eprintln!("xtask: warning: not root: the end-to-end and live tests load eBPF programs and will fail");
     }
     // Same profile and WAGGLE_EBPF_OBJECT as `build`, so the agent is not
     // rebuilt with a different embedded object.
@@ -131,18 +176,17 @@ pub fn run_tests(root: &Path, built: &Built, unit_only: bool, test_args: &[OsStr
         // crate's tests/ directory) may load eBPF programs and need root.
         cargo = cargo.args(["--lib", "--bins", "--exclude", E2E_PACKAGE]);
     }
-    if !test_args.is_empty() {
-        cargo = cargo.arg("--").args(test_args);
+    let harness = harness_args(unit_only, test_args);
+    if !harness.is_empty() {
+        cargo = cargo.arg("--").args(harness);
     }
     let mut tally = Tally::default();
     let status = cargo.run_lines(|line| {
         cmd::out(line);
         tally.add_line(line);
     })?;
-    cmd::out(&format!("{} passed, {} failed", tally.passed, tally.failed));
-    if tally.failed > 0 {
-        bail!("{} test(s) failed", tally.failed);
-    }
+    cmd::out(&tally.summary());
+    tally.verdict(in_ci())?;
     cmd::check(&cargo, status)
 }
 
@@ -160,7 +204,29 @@ mod tests {
             test result: ok. 0 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; finished in 0.00s\n";
         let mut tally = Tally::default();
         output.lines().for_each(|l| tally.add_line(l));
-        assert_eq!(tally, Tally { passed: 13, failed: 2 });
+        assert_eq!(tally, Tally { passed: 13, failed: 2, ignored: 1 });
+        assert_eq!(tally.summary(), "13 passed, 2 failed, 1 skipped");
+    }
+
+    #[test]
+    fn skipped_tests_fail_only_a_ci_run() {
+        let skipped = Tally { passed: 3, failed: 0, ignored: 1 };
+        assert!(skipped.verdict(false).is_ok());
+        let err = skipped.verdict(true).unwrap_err().to_string();
+        assert!(err.contains("1 test(s) skipped"), "{err}");
+        assert!(Tally { passed: 3, failed: 0, ignored: 0 }.verdict(true).is_ok());
+        let err = Tally { passed: 3, failed: 1, ignored: 0 }.verdict(false).unwrap_err().to_string();
+        assert!(err.contains("1 test(s) failed"), "{err}");
+    }
+
+    #[test]
+    fn ignored_tests_run_except_in_the_unit_only_run() {
+        let os = |args: &[&str]| args.iter().map(OsString::from).collect::<Vec<_>>();
+        assert_eq!(harness_args(false, &[]), os(&["--include-ignored"]));
+        assert_eq!(harness_args(false, &os(&["integrity"])), os(&["--include-ignored", "integrity"]));
+        assert_eq!(harness_args(false, &os(&["--ignored"])), os(&["--ignored"]));
+        assert_eq!(harness_args(true, &os(&["parse"])), os(&["parse"]));
+        assert!(harness_args(true, &[]).is_empty());
     }
 
     #[test]
