@@ -11,8 +11,9 @@
 //! would merge from the environment are overwritten on every request by the
 //! interceptor / HTTP client wrapper below, so `--otlp-headers` really beats
 //! the environment as documented.
-use std::{borrow::Cow, collections::HashMap, fmt, hash::Hash, str::FromStr, sync::Arc, time::Duration};
+use std::{borrow::Cow, collections::HashMap, fmt, num::NonZeroUsize, str::FromStr, sync::Arc, time::Duration};
 
+use lru::LruCache;
 use opentelemetry::{
     trace::{SpanContext, SpanId, SpanKind as OtelSpanKind, Status, TraceFlags, TraceId, TraceState},
     InstrumentationScope, KeyValue, Value,
@@ -41,47 +42,6 @@ pub const MAX_CACHED_RESOURCES: usize = 1024;
 const MAX_CONCURRENT_REQUESTS: usize = 16;
 const USER_AGENT_VALUE: &str = concat!("waggle/", env!("CARGO_PKG_VERSION"));
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// Bounded map with least-recently-used eviction.
-struct LruCache<K, V> {
-    entries: HashMap<K, (V, u64)>,
-    capacity: usize,
-    clock: u64,
-}
-
-impl<K: Hash + Eq + Clone, V: Clone> LruCache<K, V> {
-    fn new(capacity: usize) -> Self {
-        LruCache { entries: HashMap::new(), capacity: capacity.max(1), clock: 0 }
-    }
-
-    fn get(&mut self, key: &K) -> Option<V> {
-        self.clock += 1;
-        let (value, used) = self.entries.get_mut(key)?;
-        *used = self.clock;
-        Some(value.clone())
-    }
-
-    fn insert(&mut self, key: K, value: V) {
-        self.clock += 1;
-        if self.entries.len() >= self.capacity && !self.entries.contains_key(&key) {
-            // O(n) scan, only on a miss with a full cache: n is small and the
-            // common case (a hit) stays a single hash lookup.
-            let oldest = self.entries.iter().min_by_key(|(_, (_, used))| *used).map(|(k, _)| k.clone());
-            if let Some(oldest) = oldest {
-                self.entries.remove(&oldest);
-            }
-        }
-        self.entries.insert(key, (value, self.clock));
-    }
-
-    fn len(&self) -> usize {
-        self.entries.len()
-    }
-
-    fn drain(&mut self) -> impl Iterator<Item = V> + '_ {
-        self.entries.drain().map(|(_, (v, _))| v)
-    }
-}
 
 /// Replaces the request metadata with exactly the configured headers.
 #[derive(Clone)]
@@ -191,7 +151,7 @@ impl OtlpSink {
             transport,
             endpoint: config.endpoint.clone(),
             timeout: config.timeout,
-            exporters: LruCache::new(MAX_CACHED_RESOURCES),
+            exporters: LruCache::new(NonZeroUsize::new(MAX_CACHED_RESOURCES).unwrap_or(NonZeroUsize::MIN)),
             scope: instrumentation_scope(),
         })
     }
@@ -225,10 +185,11 @@ impl OtlpSink {
         resource: &Arc<ProcessResource>,
     ) -> Result<Arc<opentelemetry_otlp::SpanExporter>, ExportError> {
         if let Some(exporter) = self.exporters.get(resource) {
-            return Ok(exporter);
+            return Ok(exporter.clone());
         }
         let exporter = Arc::new(self.build_exporter(resource)?);
-        self.exporters.insert(resource.clone(), exporter.clone());
+        // At capacity, the least recently used exporter is dropped.
+        self.exporters.put(resource.clone(), exporter.clone());
         Ok(exporter)
     }
 
@@ -396,7 +357,7 @@ impl SpanSink for OtlpSink {
     }
 
     async fn shutdown(&mut self) -> Result<(), ExportError> {
-        for exporter in self.exporters.drain() {
+        while let Some((_, exporter)) = self.exporters.pop_lru() {
             // Only fails if already shut down, which is what we want anyway.
             let _ = exporter.shutdown();
         }
@@ -522,16 +483,16 @@ mod tests {
 
     #[test]
     fn lru_cache_is_bounded_and_evicts_least_recently_used() {
-        let mut cache: LruCache<u32, u32> = LruCache::new(2);
-        cache.insert(1, 10);
-        cache.insert(2, 20);
-        assert_eq!(cache.get(&1), Some(10)); // 1 is now more recent than 2
-        cache.insert(3, 30); // evicts 2
+        let mut cache: LruCache<u32, u32> = LruCache::new(NonZeroUsize::new(2).unwrap());
+        cache.put(1, 10);
+        cache.put(2, 20);
+        assert_eq!(cache.get(&1).copied(), Some(10)); // 1 is now more recent than 2
+        cache.put(3, 30); // evicts 2
         assert_eq!(cache.len(), 2);
-        assert_eq!(cache.get(&2), None);
-        assert_eq!((cache.get(&1), cache.get(&3)), (Some(10), Some(30)));
-        cache.insert(3, 31); // replacing an entry evicts nothing
-        assert_eq!((cache.get(&1), cache.get(&3)), (Some(10), Some(31)));
+        assert_eq!(cache.get(&2).copied(), None);
+        assert_eq!((cache.get(&1).copied(), cache.get(&3).copied()), (Some(10), Some(30)));
+        cache.put(3, 31); // replacing an entry evicts nothing
+        assert_eq!((cache.get(&1).copied(), cache.get(&3).copied()), (Some(10), Some(31)));
     }
 
     #[test]

@@ -8,7 +8,9 @@ mod text;
 mod trace_context;
 
 pub use conn::{ConnMeta, Protocol};
-pub use resource::ProcessResource;
+pub use resource::{
+    parse_resource_attributes, parse_resource_attributes_lossy, ProcessResource, ResourceAttributesError,
+};
 pub use span::{AttrValue, Attribute, FinishedSpan, ParsedSpan, SpanKind, SpanStatus};
 pub use text::{hex, truncate_utf8};
 pub use trace_context::{random_nonzero, SpanIdentity, TraceContext};

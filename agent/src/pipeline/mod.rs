@@ -1,28 +1,30 @@
 //! The agent's main loop: probes → intake → conntrack → parsers → assembly →
 //! export. One task owns every stage's state, so the hot path takes no locks;
 //! the exporter runs on its own task behind a bounded queue.
-use std::{
-    collections::{HashMap, HashSet},
-    future::Future,
-    net::{IpAddr, SocketAddr},
-    sync::Arc,
-    time::Duration,
-};
+//!
+//! This file is the loop and its stages; `env.rs` is what the connection
+//! tracker asks of the kernel and /proc, `seed.rs` adopts sockets that
+//! existed before the probes attached.
+mod env;
+mod seed;
 
-use waggle_common::{ConnInfo, Counter, Pending, Role, SockKey};
+use std::{future::Future, sync::Arc, time::Duration};
 
+use waggle_common::Counter;
+
+use self::env::LiveEnv;
 use crate::{
     assembly::SpanAssembler,
     clock::Clock,
     config::Config,
-    conntrack::{ConnEnvironment, ConnSpan, ConnTracker},
-    discovery::{self, ResourceResolver, SeedSocket, SeedState},
+    conntrack::{ConnSpan, ConnTracker},
+    discovery::{self, ResourceResolver, SeedSocket},
     export::{self, ExportError, ExportHandle},
     intake::{self, RawEvent},
     linking::ContextLinker,
     metrics::Metrics,
     metrics_server::{self, Gauge, KernelCounterCell},
-    probes::{ConnMaps, ProbeConfig, ProbeError, Probes},
+    probes::{ProbeConfig, ProbeError, Probes},
     protocols::ParserConfig,
 };
 
@@ -43,59 +45,6 @@ pub enum RunError {
     Metrics(#[from] crate::metrics_server::MetricsServerError),
     #[error("waiting for kernel events: {0}")]
     Intake(#[source] std::io::Error),
-}
-
-/// Kernel maps + /proc, as the connection tracker sees them.
-struct LiveEnv {
-    maps: ConnMaps,
-    /// Local addresses of the agent's own TCP sockets.
-    own_addrs: HashSet<SocketAddr>,
-    /// CLOCK_MONOTONIC ns when `own_addrs` was read.
-    own_addrs_read_ns: u64,
-    /// Addresses of the agent's network namespace.
-    local_ips: HashSet<IpAddr>,
-}
-
-impl ConnEnvironment for LiveEnv {
-    fn mute(&mut self, key: SockKey) {
-        if let Err(e) = self.maps.mute(key) {
-            tracing::debug!(error = %e, tgid = key.tgid, fd = key.fd, "muting connection in kernel");
-        }
-    }
-
-    fn track(&mut self, key: SockKey, info: ConnInfo) {
-        if let Err(e) = self.maps.track_conn(key, info) {
-            tracing::debug!(error = %e, tgid = key.tgid, fd = key.fd, "tracking connection in kernel");
-        }
-    }
-
-    fn forget(&mut self, key: SockKey) {
-        let _ = self.maps.forget(key);
-    }
-
-    fn socket_addrs(&mut self, pid: u32, fd: u32) -> Option<(SocketAddr, SocketAddr)> {
-        discovery::socket_info(pid, fd).map(|info| (info.local, info.peer))
-    }
-
-    fn is_own_socket(&mut self, peer: SocketAddr, opened_ns: u64) -> bool {
-        if self.own_addrs.contains(&peer) {
-            return true;
-        }
-        // Only a peer in the agent's own network namespace can be the agent
-        // (a collector on this node sees the agent's loopback, pod or node
-        // address); anything else is a different machine or pod.
-        if !peer.ip().is_loopback() && !self.local_ips.contains(&peer.ip()) {
-            return false;
-        }
-        // Re-read only when the cached set predates the connection: a set read
-        // after it opened already holds our end of it, if it is ours.
-        if self.own_addrs_read_ns <= opened_ns {
-            self.own_addrs_read_ns = Clock::now_monotonic_ns();
-            self.own_addrs = discovery::own_tcp_addrs();
-            self.local_ips = discovery::local_interface_ips();
-        }
-        self.own_addrs.contains(&peer)
-    }
 }
 
 struct Stages {
@@ -166,65 +115,9 @@ impl Stages {
         }
     }
 
-    /// Start tracking sockets found in /proc: listeners so the kernel knows
-    /// accepts on them are TCP, established connections under fresh ids.
+    /// Start tracking sockets found in /proc (see `seed.rs`).
     fn seed(&mut self, sockets: &[SeedSocket], now_ns: u64) -> (usize, usize) {
-        let (mut listeners, mut conns) = (0, 0);
-        for s in sockets {
-            // Name the process now, while it is alive: a client that exits
-            // right after its next request would otherwise be gone from /proc
-            // when that request's span is built (no open event names it).
-            self.resolver.observe(s.pid, &[]);
-            let key = SockKey { tgid: s.pid, fd: s.fd };
-            match s.state {
-                SeedState::Listen => {
-                    if let Err(e) = self.env.maps.track_inet_socket(key) {
-                        tracing::debug!(error = %e, pid = s.pid, fd = s.fd, "seeding listener");
-                    } else {
-                        listeners += 1;
-                    }
-                }
-                SeedState::Established => {
-                    let role = if s.is_server { Role::Server } else { Role::Client };
-                    self.tracker.seed(SockKey { tgid: s.pid, fd: s.fd }, role, s.local, s.peer, &mut self.env, now_ns);
-                    conns += 1;
-                }
-            }
-        }
-        self.adopt_blocked_reads(sockets, now_ns);
-        (listeners, conns)
-    }
-
-    /// A thread that was already waiting in a read on a seeded connection
-    /// when the probes attached has no enter record, so its read would be
-    /// lost (typically the next request on a keep-alive connection). Write
-    /// the record the enter handler would have written, from
-    /// /proc/<pid>/task/<tid>/syscall, and take it back if the read ended
-    /// meanwhile.
-    fn adopt_blocked_reads(&mut self, sockets: &[SeedSocket], now_ns: u64) {
-        let mut fds_by_pid: HashMap<u32, HashSet<u32>> = HashMap::new();
-        for s in sockets.iter().filter(|s| s.state == SeedState::Established) {
-            fds_by_pid.entry(s.pid).or_default().insert(s.fd);
-        }
-        for (pid, fds) in fds_by_pid {
-            for read in discovery::blocked_reads(pid, &fds) {
-                let pending = Pending {
-                    enter_ns: now_ns,
-                    ptr: read.ptr,
-                    len: read.len,
-                    fd: read.fd,
-                    syscall: read.syscall as u8,
-                    ..Pending::default()
-                };
-                if let Err(e) = self.env.maps.stash_blocked_read(pid, read.tid, pending) {
-                    tracing::debug!(error = %e, pid, tid = read.tid, "adopting a blocked read");
-                    continue;
-                }
-                if !discovery::still_blocked(pid, &read) {
-                    self.env.maps.unstash_blocked_read(pid, read.tid);
-                }
-            }
-        }
+        seed::seed_sockets(sockets, now_ns, &mut self.tracker, &mut self.env, &mut self.resolver)
     }
 
     fn tick(&mut self, probes: &Probes, last_lost: &mut u64) {
@@ -281,12 +174,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send) -> R
     let exporter = export::spawn_exporter(&config, metrics.clone())?;
     let mut stages = Stages {
         tracker: ConnTracker::new(ParserConfig { raw_sql: config.raw_sql }, metrics.clone(), MAX_CONNS),
-        env: LiveEnv {
-            maps,
-            own_addrs: HashSet::new(),
-            own_addrs_read_ns: 0,
-            local_ips: discovery::local_interface_ips(),
-        },
+        env: LiveEnv::new(maps),
         assembler: SpanAssembler::new(Clock::new(), config.sampler, config.sampler_parent_based),
         linker: ContextLinker::new(metrics.clone()),
         resolver: ResourceResolver::new(config.resource_attributes.clone(), agent_pid),
