@@ -2,6 +2,7 @@
 use std::{fmt, net::IpAddr};
 
 use super::{source::Source, ConfigError, OtlpProtocol, PrintFormat};
+use crate::model::parse_resource_attributes;
 
 /// Comma-separated CIDRs ("10.0.0.0/8", "fd00::/8"; a bare address is a
 /// single host).
@@ -33,28 +34,11 @@ pub(super) fn parse_networks(raw: &str, source: &Source) -> Result<Vec<(IpAddr, 
 }
 
 /// Parses `k=v,k2=v2` as used by OTEL_EXPORTER_OTLP_HEADERS and
-/// OTEL_RESOURCE_ATTRIBUTES: entries trimmed, values percent-decoded.
-/// Errors never echo a value: header values are credentials.
+/// OTEL_RESOURCE_ATTRIBUTES, with the one parser traced processes' own
+/// OTEL_RESOURCE_ATTRIBUTES go through ([`parse_resource_attributes`]).
+/// Its errors never echo a value: header values are credentials.
 pub(super) fn parse_key_values(raw: &str, source: &Source) -> Result<Vec<(String, String)>, ConfigError> {
-    let mut out = Vec::new();
-    for (i, entry) in raw.split(',').enumerate() {
-        let entry = entry.trim();
-        if entry.is_empty() {
-            continue;
-        }
-        let Some((key, value)) = entry.split_once('=') else {
-            return Err(source.invalid(format!("entry {} is not key=value", i + 1)));
-        };
-        let key = key.trim();
-        if key.is_empty() {
-            return Err(source.invalid(format!("entry {} has an empty key", i + 1)));
-        }
-        let value = percent_encoding::percent_decode_str(value.trim())
-            .decode_utf8()
-            .map_err(|_| source.invalid(format!("value of {key:?} is not valid UTF-8 once percent-decoded")))?;
-        out.push((key.to_owned(), value.into_owned()));
-    }
-    Ok(out)
+    parse_resource_attributes(raw).map_err(|e| source.invalid(e.to_string()))
 }
 
 /// Header names must be valid HTTP header names (stored lower-case, as gRPC
