@@ -1,6 +1,6 @@
 //! Loading and attaching the eBPF programs; handles to their maps.
 //!
-//! CONTRACT (used by lib.rs / pipeline.rs):
+//! What the pipeline (`pipeline/`) uses:
 //! - `Probes::load(&ProbeConfig)` loads the embedded object, sets globals,
 //!   attaches every program it can, logs attached/skipped (with reason) and
 //!   returns the probes (detached on drop), the event source and map handles.

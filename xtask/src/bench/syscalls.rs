@@ -48,7 +48,7 @@ impl SyscallResults {
     }
 }
 
-/// The tracepoints waggle attaches to (agent/src/probes.rs `PROGRAMS`):
+/// The tracepoints waggle attaches to (agent/src/probes/load.rs `PROGRAMS`):
 /// the floor is empty programs on exactly these.
 pub const WAGGLE_TRACEPOINTS: &[&str] = &[
     "syscalls:sys_exit_read",
