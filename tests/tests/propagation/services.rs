@@ -1,0 +1,133 @@
+//! The fixture services: A (python, calling B and PostgreSQL), B (node.js)
+//! and a plain python HTTP server, each started and waited for.
+use std::{
+    fs::File,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use waggle_e2e::{
+    db::{venv_python, Postgres},
+    env::{poll_until, tail},
+    fixture, Proc,
+};
+
+pub const SERVICE_A: &str = "service-a";
+pub const SERVICE_B: &str = "service-b";
+
+pub const SERVICE_START_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// node.js: `/usr/bin/node`, else `node` on PATH.
+#[track_caller]
+pub fn node() -> PathBuf {
+    for candidate in ["/usr/bin/node", "/usr/local/bin/node", "/usr/bin/nodejs"] {
+        if Path::new(candidate).is_file() {
+            return PathBuf::from(candidate);
+        }
+    }
+    let found = std::env::var_os("PATH")
+        .and_then(|paths| std::env::split_paths(&paths).map(|d| d.join("node")).find(|p| p.is_file()));
+    found.unwrap_or_else(|| {
+        panic!("node.js not found: install Debian package nodejs (`cargo xtask test` installs the e2e dependencies)")
+    })
+}
+
+/// A fixture service that prints `port <n>` on stdout once it listens.
+/// Killed with its process group on drop.
+pub struct Service {
+    pub proc: Proc,
+    pub port: u16,
+    pub dir: tempfile::TempDir,
+}
+
+impl Service {
+    #[track_caller]
+    pub fn start(name: &str, mut cmd: Command) -> Service {
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("waggle-{name}-"))
+            .tempdir()
+            .unwrap_or_else(|e| panic!("creating a temp dir for {name}: {e}"));
+        let out_path = dir.path().join("stdout");
+        let err_path = dir.path().join("stderr");
+        let out = File::create(&out_path).unwrap_or_else(|e| panic!("creating {}: {e}", out_path.display()));
+        let err = File::create(&err_path).unwrap_or_else(|e| panic!("creating {}: {e}", err_path.display()));
+        cmd.stdin(Stdio::null()).stdout(out).stderr(err);
+        let mut proc = Proc::spawn(name, &mut cmd);
+        let mut port = None;
+        let mut exited = None;
+        poll_until(SERVICE_START_TIMEOUT, || {
+            port = std::fs::read_to_string(&out_path).ok().and_then(|s| {
+                s.lines().find_map(|l| l.strip_prefix("port ").and_then(|p| p.trim().parse::<u16>().ok()))
+            });
+            if port.is_some() {
+                return true;
+            }
+            exited = proc.try_wait();
+            exited.is_some()
+        });
+        match (port, exited) {
+            (Some(port), _) => Service { proc, port, dir },
+            (None, Some(st)) => panic!("{name} exited with {st} before listening; stderr:\n{}", tail(&err_path, 30)),
+            (None, None) => {
+                panic!("{name} printed no port within {SERVICE_START_TIMEOUT:?}; stderr:\n{}", tail(&err_path, 30))
+            }
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.proc.pid()
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    pub fn stderr(&self) -> String {
+        tail(&self.dir.path().join("stderr"), 30)
+    }
+}
+
+/// Service B. `OTEL_SERVICE_NAME` names it in the resource (the agent reads
+/// the variable from /proc; nothing in the process uses it).
+#[track_caller]
+pub fn start_b() -> Service {
+    let mut cmd = Command::new(node());
+    cmd.arg(fixture("propagation/service_b.js")).env("OTEL_SERVICE_NAME", SERVICE_B);
+    Service::start("service-b", cmd)
+}
+
+/// Service A, calling `b` and `pg`; `keepalive`: one connection to B opened
+/// (and used once) at start-up, shared by every request.
+#[track_caller]
+pub fn start_a(b: &Service, pg: &Postgres, keepalive: bool) -> Service {
+    let mut cmd = Command::new(venv_python());
+    cmd.arg("-u")
+        .arg(fixture("propagation/service_a.py"))
+        .arg(b.port.to_string())
+        .arg(pg.port().to_string())
+        .env("OTEL_SERVICE_NAME", SERVICE_A);
+    if keepalive {
+        cmd.arg("--keepalive");
+    }
+    Service::start("service-a", cmd)
+}
+
+/// A python HTTP server (it accepts with a peer address, which the kernel
+/// checks against the trusted networks; servers that accept without one,
+/// like node's, count as untrusted peers when networks are configured).
+pub const PLAIN_SERVER: &str = r#"
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+class H(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def do_GET(self):
+        self.send_response(200)
+        self.send_header("Content-Length", "2")
+        self.end_headers()
+        self.wfile.write(b"ok")
+    def log_message(self, *a):
+        pass
+s = ThreadingHTTPServer(("127.0.0.1", 0), H)
+print("port %d" % s.server_address[1], flush=True)
+s.serve_forever()
+"#;
