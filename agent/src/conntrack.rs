@@ -44,12 +44,14 @@ pub struct ConnSpan {
 /// What the tracker needs from the outside world: kernel maps and /proc.
 /// A trait so the tracker's logic is testable without loading probes.
 pub trait ConnEnvironment {
-    /// Tell the kernel to stop copying payload for this connection.
-    fn mute(&mut self, key: SockKey);
+    /// Tell the kernel to stop copying payload for connection `conn_id` at
+    /// `key`. The id matters: the descriptor may already belong to the next
+    /// connection, which must not be silenced.
+    fn mute(&mut self, key: SockKey, conn_id: u64);
     /// Start tracking a descriptor in the kernel (after userspace verified it).
     fn track(&mut self, key: SockKey, info: ConnInfo);
-    /// Forget a descriptor in the kernel (process gone).
-    fn forget(&mut self, key: SockKey);
+    /// Forget connection `conn_id` at `key` in the kernel (process gone).
+    fn forget(&mut self, key: SockKey, conn_id: u64);
     /// Addresses of a live TCP descriptor, None if it is not a TCP socket.
     fn socket_addrs(&mut self, pid: u32, fd: u32) -> Option<(SocketAddr, SocketAddr)>;
     /// True when `peer` is one of the agent's own sockets (its export traffic
@@ -171,7 +173,7 @@ impl ConnTracker {
         if let Some(conn) = self.conns.get_mut(&conn_id) {
             conn.state = ParseState::Muted;
         }
-        env.mute(key);
+        env.mute(key, conn_id);
         Metrics::inc(&self.metrics.conns_muted);
     }
 
@@ -287,17 +289,16 @@ impl ConnTracker {
     pub fn on_process_exit(&mut self, tgid: u32, ts_ns: u64, env: &mut dyn ConnEnvironment, out: &mut Vec<ConnSpan>) {
         let keys: Vec<SockKey> = self.by_key.keys().filter(|k| k.tgid == tgid).copied().collect();
         for key in keys {
-            if let Some(id) = self.by_key.remove(&key) {
-                if let Some(mut conn) = self.conns.pop(&id) {
-                    Metrics::inc(&self.metrics.conns_closed);
-                    if let ParseState::Active(parser) = &mut conn.state {
-                        parser.on_close(ts_ns, &mut self.scratch);
-                        Metrics::add(&self.metrics.exchanges_dropped, parser.take_dropped());
-                        Self::wrap(&mut self.scratch, &conn.meta, out);
-                    }
+            let Some(id) = self.by_key.remove(&key) else { continue };
+            if let Some(mut conn) = self.conns.pop(&id) {
+                Metrics::inc(&self.metrics.conns_closed);
+                if let ParseState::Active(parser) = &mut conn.state {
+                    parser.on_close(ts_ns, &mut self.scratch);
+                    Metrics::add(&self.metrics.exchanges_dropped, parser.take_dropped());
+                    Self::wrap(&mut self.scratch, &conn.meta, out);
                 }
             }
-            env.forget(key);
+            env.forget(key, id);
         }
     }
 
@@ -344,6 +345,7 @@ impl ConnTracker {
             tid: header.tid,
         };
         let key = SockKey { tgid: conn.meta.pid, fd: conn.meta.fd };
+        let conn_id = conn.meta.conn_id;
         let feed = match &mut conn.state {
             ParseState::Muted => return,
             ParseState::Active(parser) => {
@@ -372,7 +374,7 @@ impl ConnTracker {
                         let protocol = parser.protocol();
                         if conn.meta.role == Role::Server && protocol.is_database() {
                             conn.state = ParseState::Muted;
-                            env.mute(key);
+                            env.mute(key, conn_id);
                             Metrics::inc(&self.metrics.conns_muted);
                             return;
                         }
@@ -395,7 +397,7 @@ impl ConnTracker {
                         *attempts_left = attempts_left.saturating_sub(1);
                         if *attempts_left == 0 {
                             conn.state = ParseState::Muted;
-                            env.mute(key);
+                            env.mute(key, conn_id);
                             Metrics::inc(&self.metrics.protocol_unknown);
                             Metrics::inc(&self.metrics.conns_muted);
                         }
@@ -425,7 +427,7 @@ impl ConnTracker {
                     "connection became opaque; muting"
                 );
                 conn.state = ParseState::Muted;
-                env.mute(key);
+                env.mute(key, conn_id);
                 Metrics::inc(&self.metrics.conns_muted);
             }
         }
@@ -568,13 +570,13 @@ mod tests {
     }
 
     impl ConnEnvironment for FakeEnv {
-        fn mute(&mut self, key: SockKey) {
+        fn mute(&mut self, key: SockKey, _conn_id: u64) {
             self.muted.push(key);
         }
         fn track(&mut self, key: SockKey, info: ConnInfo) {
             self.tracked.push((key, info));
         }
-        fn forget(&mut self, key: SockKey) {
+        fn forget(&mut self, key: SockKey, _conn_id: u64) {
             self.forgotten.push(key);
         }
         fn socket_addrs(&mut self, _pid: u32, _fd: u32) -> Option<(SocketAddr, SocketAddr)> {

@@ -420,12 +420,19 @@ async fn probes_see_http_over_tcp_and_nothing_else() {
         req_remaining: 0,
     };
     maps.track_conn(key, info).unwrap();
-    maps.mute(key).unwrap();
+    // A decision about the descriptor's previous connection (closed, fd
+    // reused) must not touch the connection that holds it now.
+    let previous = 6 | waggle_common::USERSPACE_CONN_ID_BIT;
+    maps.mute(key, previous).unwrap();
+    assert_eq!(maps.conn(key).map(|i| i.flags), Some(0), "muted by a stale connection id");
+    maps.forget(key, previous).unwrap();
+    assert!(maps.conn(key).is_some(), "forgotten by a stale connection id");
+    maps.mute(key, info.conn_id).unwrap();
     assert_eq!(maps.conn(key).map(|i| i.flags), Some(waggle_common::conn_flags::MUTED));
-    maps.forget(key).unwrap();
+    maps.forget(key, info.conn_id).unwrap();
     assert!(maps.conn(key).is_none());
-    maps.forget(key).unwrap();
-    maps.mute(key).unwrap();
+    maps.forget(key, info.conn_id).unwrap();
+    maps.mute(key, info.conn_id).unwrap();
 
     // Files and pipes stayed out.
     assert!(data(&events, cat_pid).next().is_none(), "cat produced data events");

@@ -174,7 +174,9 @@ async fn injects_once_at_request_starts_and_keeps_every_byte() {
     let last = read_line(&mut out);
     let mut last = last.split_whitespace().map(|x| x.parse::<u32>().unwrap());
     let (muted_port, muted_fd) = (last.next().unwrap() as u16, last.next().unwrap());
-    h.maps.mute(SockKey { tgid: client.pid(), fd: muted_fd }).unwrap();
+    let muted = SockKey { tgid: client.pid(), fd: muted_fd };
+    let muted_id = h.maps.conn(muted).expect("the kernel tracks the connection to mute").conn_id;
+    h.maps.mute(muted, muted_id).unwrap();
     writeln!(stdin, "go").unwrap();
     assert_eq!(read_line(&mut out), "done");
     ports.push(muted_port);

@@ -27,8 +27,8 @@ impl LiveEnv {
 }
 
 impl ConnEnvironment for LiveEnv {
-    fn mute(&mut self, key: SockKey) {
-        if let Err(e) = self.maps.mute(key) {
+    fn mute(&mut self, key: SockKey, conn_id: u64) {
+        if let Err(e) = self.maps.mute(key, conn_id) {
             tracing::debug!(error = %e, tgid = key.tgid, fd = key.fd, "muting connection in kernel");
         }
     }
@@ -39,8 +39,8 @@ impl ConnEnvironment for LiveEnv {
         }
     }
 
-    fn forget(&mut self, key: SockKey) {
-        let _ = self.maps.forget(key);
+    fn forget(&mut self, key: SockKey, conn_id: u64) {
+        let _ = self.maps.forget(key, conn_id);
     }
 
     fn socket_addrs(&mut self, pid: u32, fd: u32) -> Option<(SocketAddr, SocketAddr)> {

@@ -124,15 +124,17 @@ impl ConnMaps {
             .map_err(|source| update_error("tracking inet socket", key, source))
     }
 
-    /// Keeps tracking the connection but stops payload capture. A connection
-    /// that is already gone is not an error.
-    pub fn mute(&mut self, key: SockKey) -> Result<(), ProbeError> {
+    /// Keeps tracking connection `conn_id` but stops payload capture. A
+    /// connection that is already gone is not an error, and neither is a
+    /// descriptor that now holds another connection (closed and reused since
+    /// the decision): that one is left alone.
+    pub fn mute(&mut self, key: SockKey, conn_id: u64) -> Result<(), ProbeError> {
         let Plain(mut info) = match self.conns.get(&Plain(key), 0) {
             Ok(info) => info,
             Err(MapError::KeyNotFound) => return Ok(()),
             Err(source) => return Err(update_error("reading connection", key, source)),
         };
-        if info.flags & conn_flags::MUTED != 0 {
+        if info.conn_id != conn_id || info.flags & conn_flags::MUTED != 0 {
             return Ok(());
         }
         info.flags |= conn_flags::MUTED;
@@ -144,9 +146,13 @@ impl ConnMaps {
         }
     }
 
-    /// Stops tracking a connection. A connection that is already gone is not
-    /// an error.
-    pub fn forget(&mut self, key: SockKey) -> Result<(), ProbeError> {
+    /// Stops tracking connection `conn_id`. A connection that is already
+    /// gone is not an error; a descriptor now holding another connection is
+    /// left alone.
+    pub fn forget(&mut self, key: SockKey, conn_id: u64) -> Result<(), ProbeError> {
+        if self.conn(key).is_none_or(|info| info.conn_id != conn_id) {
+            return Ok(());
+        }
         match self.conns.remove(&Plain(key)) {
             Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
             Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(()),
