@@ -1,0 +1,329 @@
+//! The tracker against a fake kernel and /proc: detection, muting, eviction, seeding.
+use std::sync::atomic::Ordering;
+
+use waggle_common::EventKind;
+
+use super::*;
+use crate::{
+    model::{SpanKind, SpanStatus},
+    protocols::{Confidence, ProtocolDetector},
+};
+
+/// A toy line protocol: the requester sends `REQ <name>`, the other side
+/// answers anything; `BAD` loses sync, `TLS` makes the stream opaque.
+struct LineDetector;
+struct LineParser {
+    role: Role,
+    open: Option<(String, u64, u32)>,
+}
+
+fn request_direction(role: Role) -> Direction {
+    if role == Role::Server {
+        Direction::Ingress
+    } else {
+        Direction::Egress
+    }
+}
+
+impl ProtocolDetector for LineDetector {
+    // Stands in for a real protocol; only its identity is checked.
+    fn protocol(&self) -> Protocol {
+        Protocol::Http1
+    }
+    fn detect(&self, role: Role, chunk: &Chunk<'_>) -> Confidence {
+        if chunk.direction != request_direction(role) {
+            return Confidence::No;
+        }
+        if chunk.bytes.starts_with(b"REQ ") {
+            Confidence::Yes
+        } else if b"REQ ".starts_with(chunk.bytes) {
+            Confidence::NeedMore
+        } else {
+            Confidence::No
+        }
+    }
+    fn new_parser(&self, role: Role, _config: &ParserConfig) -> Box<dyn ProtocolParser> {
+        Box::new(LineParser { role, open: None })
+    }
+}
+
+impl ProtocolParser for LineParser {
+    fn protocol(&self) -> Protocol {
+        Protocol::Http1
+    }
+    fn on_data(&mut self, chunk: &Chunk<'_>, out: &mut Vec<ParsedSpan>) -> Feed {
+        if chunk.bytes.starts_with(b"BAD") {
+            return Feed::LostSync("bad");
+        }
+        if chunk.bytes.starts_with(b"TLS") {
+            return Feed::Opaque("tls");
+        }
+        if chunk.direction == request_direction(self.role) {
+            let name = String::from_utf8_lossy(chunk.bytes).into_owned();
+            let start = if self.role == Role::Server { chunk.exit_ns } else { chunk.enter_ns };
+            self.open = Some((name, start, chunk.tid));
+        } else if let Some((name, start_ns, tid)) = self.open.take() {
+            out.push(ParsedSpan {
+                kind: if self.role == Role::Server { SpanKind::Server } else { SpanKind::Client },
+                name,
+                start_ns,
+                end_ns: chunk.exit_ns,
+                status: SpanStatus::Unset,
+                attributes: Vec::new(),
+                incoming_context: None,
+                incoming_tracestate: None,
+                tid,
+            });
+        }
+        Feed::Continue
+    }
+    fn on_close(&mut self, _ts_ns: u64, _out: &mut Vec<ParsedSpan>) {}
+}
+
+static TEST_DETECTORS: &[&dyn ProtocolDetector] = &[&LineDetector];
+
+#[derive(Default)]
+struct FakeEnv {
+    muted: Vec<SockKey>,
+    /// The connection each mute named (the descriptor may be reused).
+    muted_ids: Vec<u64>,
+    tracked: Vec<(SockKey, ConnInfo)>,
+    forgotten: Vec<SockKey>,
+    forgotten_ids: Vec<u64>,
+    own_ports: Vec<u16>,
+    addrs: Option<(SocketAddr, SocketAddr)>,
+}
+
+impl ConnEnvironment for FakeEnv {
+    fn mute(&mut self, key: SockKey, conn_id: u64) {
+        self.muted.push(key);
+        self.muted_ids.push(conn_id);
+    }
+    fn track(&mut self, key: SockKey, info: ConnInfo) {
+        self.tracked.push((key, info));
+    }
+    fn forget(&mut self, key: SockKey, conn_id: u64) {
+        self.forgotten.push(key);
+        self.forgotten_ids.push(conn_id);
+    }
+    fn socket_addrs(&mut self, _pid: u32, _fd: u32) -> Option<(SocketAddr, SocketAddr)> {
+        self.addrs
+    }
+    fn is_own_socket(&mut self, peer: SocketAddr, _opened_ns: u64) -> bool {
+        self.own_ports.contains(&peer.port())
+    }
+}
+
+fn tracker() -> (ConnTracker, Arc<Metrics>) {
+    let metrics = Arc::new(Metrics::default());
+    let t = ConnTracker::new(ParserConfig::default(), metrics.clone(), 1024).with_detectors(TEST_DETECTORS);
+    (t, metrics)
+}
+
+fn open_event(kind: EventKind, pid: u32, fd: u32, conn_id: u64, role: Role, peer_port: u16) -> ConnEvent {
+    let mut peer_addr = [0u8; 16];
+    peer_addr[..4].copy_from_slice(&[127, 0, 0, 1]);
+    ConnEvent {
+        kind: kind as u8,
+        role: role as u8,
+        family: libc::AF_INET as u8,
+        tgid: pid,
+        tid: pid,
+        fd,
+        conn_id,
+        ts_ns: 1,
+        peer_addr,
+        peer_port,
+        ..Default::default()
+    }
+}
+
+fn data(conn_id: u64, pid: u32, fd: u32, role: Role, dir: Direction, len: u64, t: u64) -> DataEvent {
+    DataEvent {
+        kind: EventKind::Data as u8,
+        direction: dir as u8,
+        role: role as u8,
+        tgid: pid,
+        tid: pid + 1,
+        fd,
+        conn_id,
+        total_len: len,
+        enter_ns: t,
+        exit_ns: t + 10,
+        ..Default::default()
+    }
+}
+
+fn feed(t: &mut ConnTracker, env: &mut FakeEnv, ev: DataEvent, bytes: &[u8]) -> Vec<ConnSpan> {
+    let mut out = Vec::new();
+    t.on_data(&ev, bytes, env, &mut out);
+    out
+}
+
+#[test]
+fn server_exchange_carries_connection_identity() {
+    let (mut t, _) = tracker();
+    let mut env = FakeEnv::default();
+    t.on_open(&open_event(EventKind::ConnOpen, 10, 5, 77, Role::Server, 40000), &mut env);
+    assert!(feed(&mut t, &mut env, data(77, 10, 5, Role::Server, Direction::Ingress, 6, 100), b"REQ /a").is_empty());
+    let spans = feed(&mut t, &mut env, data(77, 10, 5, Role::Server, Direction::Egress, 2, 200), b"OK");
+    assert_eq!(spans.len(), 1);
+    let s = &spans[0];
+    assert_eq!(s.span.name, "REQ /a");
+    assert_eq!((s.span.start_ns, s.span.end_ns), (110, 210));
+    assert_eq!(s.conn.pid, 10);
+    assert_eq!(s.conn.protocol, Protocol::Http1);
+    assert_eq!(s.conn.peer, Some("127.0.0.1:40000".parse().unwrap()));
+}
+
+#[test]
+fn one_byte_writes_are_joined_for_detection() {
+    let (mut t, _) = tracker();
+    let mut env = FakeEnv::default();
+    t.on_open(&open_event(EventKind::ConnOpen, 10, 5, 1, Role::Client, 80), &mut env);
+    for (i, b) in b"REQ ".iter().enumerate() {
+        let out =
+            feed(&mut t, &mut env, data(1, 10, 5, Role::Client, Direction::Egress, 1, 100 + i as u64 * 100), &[*b]);
+        assert!(out.is_empty());
+    }
+    let spans = feed(&mut t, &mut env, data(1, 10, 5, Role::Client, Direction::Ingress, 2, 1000), b"OK");
+    assert_eq!(spans.len(), 1);
+    assert_eq!(spans[0].span.name, "REQ ");
+    assert_eq!(spans[0].span.start_ns, 100, "starts when the first byte was written");
+    assert!(env.muted.is_empty());
+}
+
+#[test]
+fn unknown_protocol_is_muted_and_counted() {
+    let (mut t, m) = tracker();
+    let mut env = FakeEnv::default();
+    t.on_open(&open_event(EventKind::ConnOpen, 10, 5, 1, Role::Server, 9), &mut env);
+    for i in 0..DETECT_ATTEMPTS_FRESH {
+        feed(&mut t, &mut env, data(1, 10, 5, Role::Server, Direction::Ingress, 4, i as u64), b"\x16\x03\x01\x00");
+    }
+    assert_eq!(env.muted, vec![SockKey { tgid: 10, fd: 5 }]);
+    assert_eq!(env.muted_ids, vec![1], "the mute names the connection, not just its descriptor");
+    assert_eq!(m.protocol_unknown.load(Ordering::Relaxed), 1);
+    // Muted connections produce nothing afterwards.
+    assert!(feed(&mut t, &mut env, data(1, 10, 5, Role::Server, Direction::Ingress, 6, 50), b"REQ /a").is_empty());
+}
+
+#[test]
+fn lost_sync_is_counted_and_redetected() {
+    let (mut t, m) = tracker();
+    let mut env = FakeEnv::default();
+    t.on_open(&open_event(EventKind::ConnOpen, 10, 5, 1, Role::Server, 9), &mut env);
+    feed(&mut t, &mut env, data(1, 10, 5, Role::Server, Direction::Ingress, 6, 1), b"REQ /a");
+    feed(&mut t, &mut env, data(1, 10, 5, Role::Server, Direction::Egress, 3, 2), b"BAD");
+    assert_eq!(m.parse_failures.load(Ordering::Relaxed), 1);
+    feed(&mut t, &mut env, data(1, 10, 5, Role::Server, Direction::Ingress, 6, 3), b"REQ /b");
+    let spans = feed(&mut t, &mut env, data(1, 10, 5, Role::Server, Direction::Egress, 2, 4), b"OK");
+    assert_eq!(spans.len(), 1);
+    assert_eq!(spans[0].span.name, "REQ /b");
+}
+
+#[test]
+fn opaque_stream_mutes_in_kernel() {
+    let (mut t, _) = tracker();
+    let mut env = FakeEnv::default();
+    t.on_open(&open_event(EventKind::ConnOpen, 10, 5, 1, Role::Server, 9), &mut env);
+    feed(&mut t, &mut env, data(1, 10, 5, Role::Server, Direction::Ingress, 6, 1), b"REQ /a");
+    feed(&mut t, &mut env, data(1, 10, 5, Role::Server, Direction::Egress, 3, 2), b"TLS");
+    assert_eq!(env.muted.len(), 1);
+}
+
+#[test]
+fn descriptor_reuse_and_lost_open_events() {
+    let (mut t, m) = tracker();
+    let mut env = FakeEnv::default();
+    t.on_open(&open_event(EventKind::ConnOpen, 10, 5, 1, Role::Server, 9), &mut env);
+    t.on_open(&open_event(EventKind::ConnOpen, 10, 5, 2, Role::Server, 10), &mut env);
+    assert_eq!(t.len(), 1, "a reused descriptor replaces the old connection");
+    assert_eq!(m.conns_replaced.load(Ordering::Relaxed), 1);
+    // Data for a connection whose open we never saw is adopted.
+    feed(&mut t, &mut env, data(3, 11, 6, Role::Server, Direction::Ingress, 6, 1), b"REQ /c");
+    assert_eq!(m.data_events_untracked.load(Ordering::Relaxed), 1);
+    let spans = feed(&mut t, &mut env, data(3, 11, 6, Role::Server, Direction::Egress, 2, 2), b"OK");
+    assert_eq!(spans.len(), 1);
+    assert_eq!(spans[0].conn.pid, 11);
+}
+
+#[test]
+fn agent_export_traffic_is_never_traced() {
+    let (mut t, _) = tracker();
+    let mut env = FakeEnv { own_ports: vec![45000], ..Default::default() };
+    t.on_open(&open_event(EventKind::ConnOpen, 10, 5, 1, Role::Server, 45000), &mut env);
+    assert_eq!(env.muted, vec![SockKey { tgid: 10, fd: 5 }]);
+    // Payload queued before the mute reached the kernel is ignored, not
+    // adopted as a fresh connection.
+    feed(&mut t, &mut env, data(1, 10, 5, Role::Server, Direction::Ingress, 6, 1), b"REQ /v1/traces");
+    let spans = feed(&mut t, &mut env, data(1, 10, 5, Role::Server, Direction::Egress, 2, 2), b"OK");
+    assert!(spans.is_empty());
+}
+
+#[test]
+fn close_and_exit_forget_connections() {
+    let (mut t, _) = tracker();
+    let mut env = FakeEnv::default();
+    t.on_open(&open_event(EventKind::ConnOpen, 10, 5, 1, Role::Server, 9), &mut env);
+    t.on_open(&open_event(EventKind::ConnOpen, 10, 6, 2, Role::Server, 9), &mut env);
+    t.on_open(&open_event(EventKind::ConnOpen, 12, 6, 3, Role::Server, 9), &mut env);
+    let mut out = Vec::new();
+    t.on_close(&open_event(EventKind::ConnClose, 10, 5, 1, Role::Server, 9), &mut out);
+    assert_eq!(t.len(), 2);
+    t.on_process_exit(10, 5, &mut env, &mut out);
+    assert_eq!(t.len(), 1);
+    assert_eq!(env.forgotten, vec![SockKey { tgid: 10, fd: 6 }]);
+    assert_eq!(env.forgotten_ids, vec![2]);
+}
+
+#[test]
+fn seeded_connection_wins_over_racing_open() {
+    let (mut t, _) = tracker();
+    let mut env = FakeEnv::default();
+    let local: SocketAddr = "127.0.0.1:80".parse().unwrap();
+    let peer: SocketAddr = "127.0.0.1:9".parse().unwrap();
+    t.seed(SockKey { tgid: 10, fd: 5 }, Role::Server, local, peer, &mut env, 0);
+    let (key, info) = env.tracked[0];
+    assert_eq!(key, SockKey { tgid: 10, fd: 5 });
+    assert!(info.conn_id & USERSPACE_CONN_ID_BIT != 0);
+    t.on_open(&open_event(EventKind::ConnOpen, 10, 5, 99, Role::Server, 9), &mut env);
+    assert_eq!(t.len(), 1);
+    feed(&mut t, &mut env, data(info.conn_id, 10, 5, Role::Server, Direction::Ingress, 6, 1), b"REQ /s");
+    let spans = feed(&mut t, &mut env, data(info.conn_id, 10, 5, Role::Server, Direction::Egress, 2, 2), b"OK");
+    assert_eq!(spans.len(), 1);
+    assert_eq!(spans[0].conn.local, Some(local));
+}
+
+#[test]
+fn table_is_bounded() {
+    let metrics = Arc::new(Metrics::default());
+    let mut t = ConnTracker::new(ParserConfig::default(), metrics.clone(), 16).with_detectors(TEST_DETECTORS);
+    let mut env = FakeEnv::default();
+    for i in 0..40u32 {
+        let mut ev = open_event(EventKind::ConnOpen, 10, i, u64::from(i) + 1, Role::Server, 9);
+        ev.ts_ns = u64::from(i);
+        t.on_open(&ev, &mut env);
+    }
+    assert_eq!(t.len(), 16);
+    assert_eq!(metrics.conns_evicted.load(Ordering::Relaxed), 24);
+}
+
+#[test]
+fn eviction_takes_the_least_recently_active() {
+    let metrics = Arc::new(Metrics::default());
+    let mut t = ConnTracker::new(ParserConfig::default(), metrics.clone(), 16).with_detectors(TEST_DETECTORS);
+    let mut env = FakeEnv::default();
+    for i in 0..16u32 {
+        t.on_open(&open_event(EventKind::ConnOpen, 10, i, u64::from(i) + 1, Role::Server, 9), &mut env);
+    }
+    // Connection 1 (the oldest) is active again; connection 2 is now the
+    // least recently active and goes when a 17th arrives.
+    feed(&mut t, &mut env, data(1, 10, 0, Role::Server, Direction::Ingress, 6, 1), b"REQ /a");
+    t.on_open(&open_event(EventKind::ConnOpen, 10, 99, 100, Role::Server, 9), &mut env);
+    assert_eq!(metrics.conns_evicted.load(Ordering::Relaxed), 1);
+    feed(&mut t, &mut env, data(1, 10, 0, Role::Server, Direction::Egress, 2, 2), b"OK");
+    assert_eq!(metrics.data_events_untracked.load(Ordering::Relaxed), 0, "connection 1 was kept");
+    feed(&mut t, &mut env, data(2, 10, 1, Role::Server, Direction::Ingress, 6, 3), b"REQ /b");
+    assert_eq!(metrics.data_events_untracked.load(Ordering::Relaxed), 1, "connection 2 was evicted");
+}
