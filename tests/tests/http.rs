@@ -13,8 +13,8 @@ use std::{
 };
 
 use waggle_e2e::{
-    client_spans, curl, describe, e2e_setup, python_script, run_client, server_spans, Agent, Kind, OtlpReceiver, Proc,
-    Protocol, Server, Span, StatusCode, SPAN_TIMEOUT,
+    client_spans, curl, describe, e2e_setup, env::poll_until, python_script, run_client, server_spans, Agent, Kind,
+    OtlpReceiver, Proc, Protocol, Server, Span, StatusCode, SPAN_TIMEOUT,
 };
 
 /// The receiver must have decoded everything the agent sent.
@@ -456,6 +456,37 @@ fn connection_opened_before_agent_start_is_traced() {
         app.port(),
         req("GET", "/users/2", "/users/{id}", 200),
     );
+    assert_clean_receiver(&receiver);
+}
+
+// 8b. A server already blocked in accept() when the agent starts: its first
+// connection is traced (the accept has no enter record; the agent adopts it).
+
+#[test]
+#[ignore = "needs root and the agent binary: cargo xtask test runs it"]
+fn first_connection_to_a_server_waiting_in_accept_is_traced() {
+    let _guard = e2e_setup("first_connection_to_a_server_waiting_in_accept_is_traced");
+    let receiver = OtlpReceiver::start();
+    let mut cmd = python_script("accept_server.py");
+    cmd.stdout(Stdio::piped()).stderr(Stdio::inherit());
+    let mut server = Proc::spawn("accept_server", &mut cmd);
+    let mut lines = BufReader::new(server.child.stdout.take().unwrap()).lines();
+    let port: u16 = lines.next().and_then(Result::ok).and_then(|l| l.parse().ok()).expect("the server's port");
+    let syscall = format!("/proc/{}/syscall", server.pid());
+    let in_accept = || std::fs::read_to_string(&syscall).is_ok_and(|s| s.starts_with("288 ") || s.starts_with("43 "));
+    assert!(poll_until(Duration::from_secs(10), in_accept), "the server never blocked in accept()");
+
+    let agent = Agent::start(&receiver.agent_args(Protocol::HttpProtobuf), &[]);
+    let first = curl(&[&format!("http://127.0.0.1:{port}/first")]);
+    assert_eq!(first.stdout, "ok\n");
+    receiver.focus(&[server.pid()]);
+    receiver.expect_spans("the SERVER span of the first connection", SPAN_TIMEOUT, |s| {
+        server_spans(s, server.pid()).iter().any(|s| path_is(s, "/first"))
+    });
+    agent.stop();
+    let server_span = one(&server_spans(&receiver.spans(), server.pid()), "SERVER span", |_| true);
+    assert_eq!(server_span.attr_str("url.path"), Some("/first"), "{server_span}");
+    assert_eq!(server_span.attr_int("http.response.status_code"), Some(200), "{server_span}");
     assert_clean_receiver(&receiver);
 }
 

@@ -27,8 +27,8 @@
 //! `socket_info` tells what one descriptor is, `own_sockets` recognises
 //! the agent's own traffic, `resource` builds and caches process resources
 //! (from `process_facts`, `environ` and `service_name`), and
-//! `blocked_reads` finds reads already waiting when the probes attached.
-mod blocked_reads;
+//! `blocked_calls` finds reads and accepts already waiting when the probes attached.
+mod blocked_calls;
 mod environ;
 mod own_sockets;
 mod proc;
@@ -41,7 +41,7 @@ mod sockets;
 #[cfg(test)]
 mod test_support;
 
-pub use blocked_reads::{blocked_reads, parse_blocked_read, still_blocked, BlockedRead};
+pub use blocked_calls::{blocked_calls, parse_blocked_call, still_blocked, BlockedCall};
 pub use own_sockets::{local_interface_ips, own_tcp_addrs};
 pub use proc::DiscoveryError;
 pub use process_facts::container_id_from_cgroup;

@@ -43,37 +43,41 @@ pub(super) fn seed_sockets(
             }
         }
     }
-    adopt_blocked_reads(sockets, now_ns, env);
+    adopt_blocked_calls(sockets, now_ns, env);
     (listeners, conns)
 }
 
-/// A thread that was already waiting in a read on a seeded connection
-/// when the probes attached has no enter record, so its read would be
-/// lost (typically the next request on a keep-alive connection). Write
-/// the record the enter handler would have written, from
-/// /proc/<pid>/task/<tid>/syscall, and take it back if the read ended
-/// meanwhile.
-fn adopt_blocked_reads(sockets: &[SeedSocket], now_ns: u64, env: &mut LiveEnv) {
-    let mut fds_by_pid: HashMap<u32, HashSet<u32>> = HashMap::new();
-    for s in sockets.iter().filter(|s| s.state == SeedState::Established) {
-        fds_by_pid.entry(s.pid).or_default().insert(s.fd);
+/// A thread that was already waiting in a read on a seeded connection, or
+/// in an accept on a seeded listener, when the probes attached has no enter
+/// record, so its call would be lost (typically the next request on a
+/// keep-alive connection, or a server's first connection). Write the record
+/// the enter handler would have written, from /proc/<pid>/task/<tid>/syscall,
+/// and take it back if the call ended meanwhile.
+fn adopt_blocked_calls(sockets: &[SeedSocket], now_ns: u64, env: &mut LiveEnv) {
+    let mut fds_by_pid: HashMap<u32, (HashSet<u32>, HashSet<u32>)> = HashMap::new();
+    for s in sockets {
+        let (connections, listeners) = fds_by_pid.entry(s.pid).or_default();
+        match s.state {
+            SeedState::Established => connections.insert(s.fd),
+            SeedState::Listen => listeners.insert(s.fd),
+        };
     }
-    for (pid, fds) in fds_by_pid {
-        for read in discovery::blocked_reads(pid, &fds) {
+    for (pid, (connections, listeners)) in fds_by_pid {
+        for call in discovery::blocked_calls(pid, &connections, &listeners) {
             let pending = Pending {
                 enter_ns: now_ns,
-                ptr: read.ptr,
-                len: read.len,
-                fd: read.fd,
-                syscall: read.syscall as u8,
+                ptr: call.ptr,
+                len: call.len,
+                fd: call.fd,
+                syscall: call.syscall as u8,
                 ..Pending::default()
             };
-            if let Err(e) = env.maps.stash_blocked_read(pid, read.tid, pending) {
-                tracing::debug!(error = %e, pid, tid = read.tid, "adopting a blocked read");
+            if let Err(e) = env.maps.stash_blocked_call(pid, call.tid, pending) {
+                tracing::debug!(error = %e, pid, tid = call.tid, "adopting a blocked call");
                 continue;
             }
-            if !discovery::still_blocked(pid, &read) {
-                env.maps.unstash_blocked_read(pid, read.tid);
+            if !discovery::still_blocked(pid, &call) {
+                env.maps.unstash_blocked_call(pid, call.tid);
             }
         }
     }

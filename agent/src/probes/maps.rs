@@ -98,21 +98,22 @@ impl ConnMaps {
         self.tracked_tgids.insert(key.tgid, 1u8, 0).map_err(|source| update_error("tracking process", key, source))
     }
 
-    /// Stands in for the enter handler of a read the thread `tid` of `pid`
-    /// was already blocked in when the probes attached, so its exit captures
-    /// the payload (the first request on a connection that predates the
-    /// agent). Never replaces an entry the kernel wrote itself.
-    pub fn stash_blocked_read(&mut self, pid: u32, tid: u32, pending: Pending) -> Result<(), ProbeError> {
+    /// Stands in for the enter handler of a read or accept the thread `tid`
+    /// of `pid` was already blocked in when the probes attached, so its exit
+    /// captures the payload (the next request on a connection that predates
+    /// the agent) or opens the connection (a server's first one). Never
+    /// replaces an entry the kernel wrote itself.
+    pub fn stash_blocked_call(&mut self, pid: u32, tid: u32, pending: Pending) -> Result<(), ProbeError> {
         let key = SockKey { tgid: pid, fd: pending.fd };
         match self.pending.insert(pid_tgid(pid, tid), Plain(pending), BPF_NOEXIST) {
             Ok(()) => Ok(()),
             Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::EEXIST) => Ok(()),
-            Err(source) => Err(update_error("stashing a blocked read", key, source)),
+            Err(source) => Err(update_error("stashing a blocked call", key, source)),
         }
     }
 
-    /// Takes back a stand-in entry whose read finished before it was written.
-    pub fn unstash_blocked_read(&mut self, pid: u32, tid: u32) {
+    /// Takes back a stand-in entry whose call finished before it was written.
+    pub fn unstash_blocked_call(&mut self, pid: u32, tid: u32) {
         let _ = self.pending.remove(&pid_tgid(pid, tid));
     }
 
