@@ -121,6 +121,16 @@ pub fn markdown(res: &Results) -> String {
             let _ = writeln!(md, "| spans dropped (export queue full) | | {} | |", s.spans_dropped);
             let _ = writeln!(md, "| spans per request (2 = both sides traced) | | {:.2} | |", s.spans_per_request);
             undertraced(&mut md, s.spans_per_request);
+            if let Some(floor_rps) = s.floor_rps {
+                let _ = writeln!(
+                    md,
+                    "\nThe floor, empty programs on the same tracepoints (bpftrace): {} req/s, {} no agent; \
+                     waggle reaches {} the floor.",
+                    f0(floor_rps),
+                    ratio_cell(&s.floor_ratios),
+                    ratio_cell(&s.agent_to_floor_ratios)
+                );
+            }
         }
         other => outcome_note(&mut md, other),
     }
@@ -383,6 +393,7 @@ mod tests {
         assert!(md.contains("| throughput (req/s) | 30500 | 29435 | 0.965× (0.960–0.970) |"), "{md}");
         assert!(md.contains("**Failed:** initdb failed"), "{md}");
         assert!(md.contains("| throughput ≥ 0.97× no-agent on saturated nginx | 0.965× | **missed** |"), "{md}");
+        assert!(md.contains("24000 req/s, 0.800× no agent; waggle reaches 1.200× the floor."), "{md}");
         assert!(md.contains("**Highest clean rate: 10000 req/s.**"), "{md}");
         assert!(md.contains("| throughput cost | | 1.0 % | 30.0 % |"), "{md}");
         assert!(!md.contains("spans per request: it was not tracing"), "{md}");

@@ -78,6 +78,11 @@ pub struct NginxSummary {
     pub base_rps: f64,
     pub agent_rps: f64,
     pub rps_ratios: Vec<f64>,
+    /// Median throughput with empty programs on the same tracepoints, and
+    /// per round: floor ÷ no agent, waggle ÷ floor (empty without a floor).
+    pub floor_rps: Option<f64>,
+    pub floor_ratios: Vec<f64>,
+    pub agent_to_floor_ratios: Vec<f64>,
     pub p50_ratios: Vec<f64>,
     pub p99_ratios: Vec<f64>,
     pub base_p50: f64,
@@ -98,10 +103,15 @@ pub fn summarize_nginx(rounds: &[NginxRound]) -> NginxSummary {
     let agent_rps = median(&col(&|r| r.agent.rps()));
     let spans: u64 = rounds.iter().map(|r| r.run.counter("spans_created")).sum();
     let requests: u64 = rounds.iter().map(|r| r.agent_requests).sum();
+    let with_floor: Vec<(&NginxRound, f64)> =
+        rounds.iter().filter_map(|r| r.floor.as_ref().map(|f| (r, f.rps()))).collect();
     NginxSummary {
         base_rps: median(&col(&|r| r.base.rps())),
         agent_rps,
         rps_ratios: col(&|r| ratio(r.agent.rps(), r.base.rps())),
+        floor_rps: (!with_floor.is_empty()).then(|| median(&with_floor.iter().map(|(_, f)| *f).collect::<Vec<_>>())),
+        floor_ratios: with_floor.iter().map(|(r, f)| ratio(*f, r.base.rps())).collect(),
+        agent_to_floor_ratios: with_floor.iter().map(|(r, f)| ratio(r.agent.rps(), *f)).collect(),
         p50_ratios: col(&|r| ratio(r.agent.p50_us, r.base.p50_us)),
         p99_ratios: col(&|r| ratio(r.agent.p99_us, r.base.p99_us)),
         base_p50: median(&col(&|r| r.base.p50_us)),
@@ -309,6 +319,9 @@ pub fn to_json(res: &Results) -> Value {
             json!({
                 "base_rps": s.base_rps, "agent_rps": s.agent_rps,
                 "rps_ratio": median(&s.rps_ratios), "rps_ratios": s.rps_ratios,
+                "floor_rps": s.floor_rps,
+                "floor_ratio": (!s.floor_ratios.is_empty()).then(|| median(&s.floor_ratios)),
+                "agent_to_floor_ratio": (!s.agent_to_floor_ratios.is_empty()).then(|| median(&s.agent_to_floor_ratios)),
                 "p50_ratio": median(&s.p50_ratios), "p99_ratio": median(&s.p99_ratios),
                 "agent_millicores": s.millicores, "millicores_per_10k_rps": s.millicores_per_10k,
                 "peak_rss_mib": s.peak_rss_mib, "events_lost": s.events_lost,
@@ -421,12 +434,14 @@ pub(super) mod tests {
         let nginx = vec![
             NginxRound {
                 base: wrk(300_000, 100.0, 400.0),
+                floor: Some(wrk(240_000, 110.0, 450.0)),
                 agent: wrk(288_000, 104.0, 440.0),
                 agent_requests: 316_800,
                 run: agent_run(150.0, 40, &[("spans_created", 633_600), ("kernel_events_lost", 0)]),
             },
             NginxRound {
                 base: wrk(310_000, 100.0, 400.0),
+                floor: None,
                 agent: wrk(300_700, 102.0, 420.0),
                 agent_requests: 330_000,
                 run: agent_run(160.0, 42, &[("spans_created", 660_000)]),
@@ -475,6 +490,10 @@ pub(super) mod tests {
         // Ratios 0.96 and 0.97: median 0.965.
         assert!((median(&nginx.rps_ratios) - 0.965).abs() < 1e-9, "{:?}", nginx.rps_ratios);
         assert!((nginx.spans_per_request - 2.0).abs() < 1e-9);
+        // Only the first round had a floor: 240k of 300k, waggle 288k of 240k.
+        assert_eq!(nginx.floor_ratios.len(), 1);
+        assert!((nginx.floor_ratios[0] - 0.8).abs() < 1e-9, "{:?}", nginx.floor_ratios);
+        assert!((nginx.agent_to_floor_ratios[0] - 1.2).abs() < 1e-9, "{:?}", nginx.agent_to_floor_ratios);
         assert_eq!(nginx.peak_rss_mib, 42.0);
 
         let verdicts = targets(&res);

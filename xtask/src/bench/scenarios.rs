@@ -18,6 +18,7 @@ use super::{
     load::{self, WrkResult},
     procs::{self, Proc},
     sink::SinkCount,
+    syscalls::EmptyPrograms,
 };
 
 // ---------------------------------------------------------------- nginx
@@ -25,6 +26,9 @@ use super::{
 #[derive(Clone, Debug)]
 pub struct NginxRound {
     pub base: WrkResult,
+    /// The same load with empty programs on waggle's tracepoints (None when
+    /// bpftrace could not attach them; the reason is in the warnings).
+    pub floor: Option<WrkResult>,
     pub agent: WrkResult,
     /// Requests served while the agent ran (warm-up included), for spans/request.
     pub agent_requests: u64,
@@ -76,6 +80,13 @@ impl Nginx {
     }
 }
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum NginxVariant {
+    None,
+    Waggle,
+    Floor,
+}
+
 pub fn nginx(ctx: &mut Ctx) -> Result<Vec<NginxRound>> {
     let mut server = Nginx::start(ctx)?;
     let url = server.url();
@@ -90,9 +101,17 @@ pub fn nginx(ctx: &mut Ctx) -> Result<Vec<NginxRound>> {
     let mut rounds = Vec::new();
     for i in 0..ctx.rounds {
         ctx.check_quiet(&format!("nginx round {}", i + 1));
-        let (mut base, mut agent) = (None, None);
-        for with_agent in round_order(i, &[false, true]) {
-            if with_agent {
+        let (mut base, mut agent, mut floor) = (None, None, None);
+        for variant in round_order(i, &[NginxVariant::None, NginxVariant::Waggle, NginxVariant::Floor]) {
+            if variant == NginxVariant::Floor {
+                match EmptyPrograms::start(ctx) {
+                    Ok(_programs) => {
+                        wrk(ctx.warmup).run()?;
+                        floor = Some(wrk(ctx.seconds).run()?);
+                    }
+                    Err(e) => ctx.warnings.push(format!("nginx round {}: no empty-program floor: {e:#}", i + 1)),
+                }
+            } else if variant == NginxVariant::Waggle {
                 let mut a = ctx.start_agent("nginx")?;
                 let warm = wrk(ctx.warmup).run()?;
                 a.begin()?;
@@ -116,7 +135,7 @@ pub fn nginx(ctx: &mut Ctx) -> Result<Vec<NginxRound>> {
             agent.rps(),
             run.millicores()
         ));
-        rounds.push(NginxRound { base, agent, agent_requests, run });
+        rounds.push(NginxRound { base, floor, agent, agent_requests, run });
     }
     Ok(rounds)
 }

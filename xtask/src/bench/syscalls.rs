@@ -90,12 +90,14 @@ pub fn empty_programs_script() -> String {
 }
 
 /// bpftrace running empty programs, detached on drop.
-struct EmptyPrograms {
+/// Empty programs on every tracepoint waggle uses (bpftrace), running until
+/// dropped: the floor any tracepoint-based agent pays.
+pub struct EmptyPrograms {
     _proc: Proc,
 }
 
 impl EmptyPrograms {
-    fn start(ctx: &Ctx) -> Result<EmptyPrograms> {
+    pub fn start(ctx: &Ctx) -> Result<EmptyPrograms> {
         let script = ctx.raw_dir.join("empty-programs.bt");
         fs::write(&script, empty_programs_script()).context("writing the bpftrace script")?;
         let mut command = Command::new("bpftrace");
