@@ -17,6 +17,8 @@ use std::{
 
 use anyhow::{Context, Result};
 
+use super::files::walk_files;
+
 /// One file of a crate, by module path (`["protocols", "http1"]`).
 struct SourceFile {
     path: PathBuf,
@@ -70,28 +72,19 @@ pub fn circles(crate_root: &Path) -> Result<Vec<Vec<Edge>>> {
 
 fn collect(crate_root: &Path) -> Result<Vec<SourceFile>> {
     let mut files = Vec::new();
-    let mut stack = vec![crate_root.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        for entry in fs::read_dir(&dir).with_context(|| format!("listing {}", dir.display()))? {
-            let path = entry?.path();
-            if path.is_dir() {
-                stack.push(path);
-                continue;
-            }
-            if path.extension().is_none_or(|e| e != "rs") {
-                continue;
-            }
-            let relative = path.strip_prefix(crate_root).unwrap_or(&path);
-            let mut module: Vec<String> =
-                relative.with_extension("").iter().map(|c| c.to_string_lossy().into_owned()).collect();
-            if matches!(module.last().map(String::as_str), Some("mod" | "lib" | "main")) {
-                module.pop();
-            }
-            let text = fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-            files.push(SourceFile { path, module, text: blank_comments_and_strings(&text) });
+    for path in walk_files(crate_root)? {
+        if path.extension().is_none_or(|e| e != "rs") {
+            continue;
         }
+        let relative = path.strip_prefix(crate_root).unwrap_or(&path);
+        let mut module: Vec<String> =
+            relative.with_extension("").iter().map(|c| c.to_string_lossy().into_owned()).collect();
+        if matches!(module.last().map(String::as_str), Some("mod" | "lib" | "main")) {
+            module.pop();
+        }
+        let text = fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+        files.push(SourceFile { path, module, text: blank_comments_and_strings(&text) });
     }
-    files.sort_by(|a, b| a.path.cmp(&b.path));
     Ok(files)
 }
 
@@ -373,7 +366,7 @@ fn blank_comments_and_strings(text: &str) -> String {
 
 /// Tarjan's strongly connected components over `edges` (from, to, _).
 fn strongly_connected(nodes: usize, edges: &[(usize, usize, usize)]) -> Vec<Vec<usize>> {
-    struct State<'a> {
+    struct State {
         adjacency: Vec<Vec<usize>>,
         index: Vec<Option<usize>>,
         low: Vec<usize>,
@@ -381,7 +374,6 @@ fn strongly_connected(nodes: usize, edges: &[(usize, usize, usize)]) -> Vec<Vec<
         stack: Vec<usize>,
         next: usize,
         groups: Vec<Vec<usize>>,
-        _edges: &'a [(usize, usize, usize)],
     }
     fn visit(s: &mut State, v: usize) {
         s.index[v] = Some(s.next);
@@ -423,7 +415,6 @@ fn strongly_connected(nodes: usize, edges: &[(usize, usize, usize)]) -> Vec<Vec<
         stack: Vec::new(),
         next: 0,
         groups: Vec::new(),
-        _edges: edges,
     };
     for v in 0..nodes {
         if s.index[v].is_none() {

@@ -9,12 +9,14 @@
 //! - no import circle between the files of the agent or the kernel crate;
 //! - no source file over [`MAX_LINES`] lines, except the ones in
 //!   [`LARGE_FILES`], each with the reason its single job is that big.
+mod files;
 mod imports;
 
 use std::{fs, path::Path};
 
 use anyhow::{bail, Context, Result};
 
+use self::files::walk_files;
 use crate::cmd::Cmd;
 
 /// Longest source file before it must be split or listed in [`LARGE_FILES`].
@@ -139,24 +141,4 @@ fn file_sizes(root: &Path) -> Result<()> {
         );
     }
     Ok(())
-}
-
-/// Every file under `dir`, skipping build output (`target/`).
-fn walk_files(dir: &Path) -> Result<Vec<std::path::PathBuf>> {
-    let mut files = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        for entry in fs::read_dir(&dir).with_context(|| format!("listing {}", dir.display()))? {
-            let path = entry?.path();
-            if path.is_dir() {
-                if path.file_name().is_some_and(|n| n != "target") {
-                    stack.push(path);
-                }
-            } else {
-                files.push(path);
-            }
-        }
-    }
-    files.sort();
-    Ok(files)
 }
