@@ -123,6 +123,25 @@ pub fn free_port() -> u16 {
     l.local_addr().map(|a| a.port()).unwrap_or_else(|e| panic!("local_addr: {e}"))
 }
 
+/// Waits until `proc` writes a `port N` line to `out_path` (a fixture
+/// server announcing where it listens). `Err(Some(status))` when it exited
+/// first, `Err(None)` when `timeout` passed.
+pub fn wait_for_port_line(proc: &mut Proc, out_path: &Path, timeout: Duration) -> Result<u16, Option<ExitStatus>> {
+    let mut port = None;
+    let mut exited = None;
+    poll_until(timeout, || {
+        port = std::fs::read_to_string(out_path)
+            .ok()
+            .and_then(|s| s.lines().find_map(|l| l.strip_prefix("port ").and_then(|p| p.trim().parse::<u16>().ok())));
+        if port.is_some() {
+            return true;
+        }
+        exited = proc.try_wait();
+        exited.is_some()
+    });
+    port.ok_or(exited)
+}
+
 /// Polls `cond` every 20 ms until it holds or `timeout` passes.
 pub fn poll_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + timeout;

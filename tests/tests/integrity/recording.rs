@@ -8,7 +8,7 @@ use std::{
 };
 
 use waggle_e2e::{
-    env::{poll_until, tail},
+    env::{poll_until, tail, wait_for_port_line},
     fixture, python, Proc,
 };
 
@@ -35,22 +35,10 @@ impl RecServer {
         let mut cmd = Command::new(python());
         cmd.arg("-u").arg(fixture("integrity/server.py")).arg(&dir);
         let mut proc = spawn_logged(name, cmd, &out_path, &err_path);
-        let mut port = None;
-        let mut exited = None;
-        poll_until(START_TIMEOUT, || {
-            port = fs::read_to_string(&out_path).ok().and_then(|s| {
-                s.lines().find_map(|l| l.strip_prefix("port ").and_then(|p| p.trim().parse::<u16>().ok()))
-            });
-            if port.is_some() {
-                return true;
-            }
-            exited = proc.try_wait();
-            exited.is_some()
-        });
-        match (port, exited) {
-            (Some(port), _) => RecServer { proc, port, dir, name },
-            (None, Some(st)) => panic!("recording server {name} exited with {st}; stderr:\n{}", tail(&err_path, 30)),
-            (None, None) => panic!(
+        match wait_for_port_line(&mut proc, &out_path, START_TIMEOUT) {
+            Ok(port) => RecServer { proc, port, dir, name },
+            Err(Some(st)) => panic!("recording server {name} exited with {st}; stderr:\n{}", tail(&err_path, 30)),
+            Err(None) => panic!(
                 "recording server {name} printed no port within {START_TIMEOUT:?}; stderr:\n{}",
                 tail(&err_path, 30)
             ),

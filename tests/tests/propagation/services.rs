@@ -9,7 +9,7 @@ use std::{
 
 use waggle_e2e::{
     db::{venv_python, Postgres},
-    env::{poll_until, tail},
+    env::{tail, wait_for_port_line},
     fixture, Proc,
 };
 
@@ -54,22 +54,10 @@ impl Service {
         let err = File::create(&err_path).unwrap_or_else(|e| panic!("creating {}: {e}", err_path.display()));
         cmd.stdin(Stdio::null()).stdout(out).stderr(err);
         let mut proc = Proc::spawn(name, &mut cmd);
-        let mut port = None;
-        let mut exited = None;
-        poll_until(SERVICE_START_TIMEOUT, || {
-            port = std::fs::read_to_string(&out_path).ok().and_then(|s| {
-                s.lines().find_map(|l| l.strip_prefix("port ").and_then(|p| p.trim().parse::<u16>().ok()))
-            });
-            if port.is_some() {
-                return true;
-            }
-            exited = proc.try_wait();
-            exited.is_some()
-        });
-        match (port, exited) {
-            (Some(port), _) => Service { proc, port, dir },
-            (None, Some(st)) => panic!("{name} exited with {st} before listening; stderr:\n{}", tail(&err_path, 30)),
-            (None, None) => {
+        match wait_for_port_line(&mut proc, &out_path, SERVICE_START_TIMEOUT) {
+            Ok(port) => Service { proc, port, dir },
+            Err(Some(st)) => panic!("{name} exited with {st} before listening; stderr:\n{}", tail(&err_path, 30)),
+            Err(None) => {
                 panic!("{name} printed no port within {SERVICE_START_TIMEOUT:?}; stderr:\n{}", tail(&err_path, 30))
             }
         }
