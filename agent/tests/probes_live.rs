@@ -19,7 +19,9 @@ use waggle::{
     intake::{decode, RawEvent},
     probes::{EventSource, ProbeConfig},
 };
-use waggle_common::{ConnEvent, Counter, DataEvent, Direction, ProcessEvent, Role, SockKey, SyscallId, TraceCtxEvent};
+use waggle_common::{
+    conn_event_flags, ConnEvent, Counter, DataEvent, Direction, ProcessEvent, Role, SockKey, SyscallId, TraceCtxEvent,
+};
 
 /// Owned copy of a decoded record.
 #[derive(Debug, Clone)]
@@ -248,6 +250,7 @@ async fn probes_see_http_over_tcp_and_nothing_else() {
     let (accepted_fd, client_fd) = (fds.next().unwrap(), fds.next().unwrap());
 
     let server_pid = server.pid();
+    let legacy_pid = legacy.pid();
     let client_pid_of = |events: &[Ev]| {
         events.iter().find_map(|e| match e {
             Ev::Fork(p) if p.tgid == fork_child => Some(p.parent_tgid),
@@ -260,8 +263,10 @@ async fn probes_see_http_over_tcp_and_nothing_else() {
             && !opens(ev, curl_pid, Role::Client).is_empty();
         let script = client_pid_of(ev);
         let script_exited = script.is_some_and(|p| ev.iter().any(|e| matches!(e, Ev::Exit(x) if x.tgid == p)));
-        let unverified = ev.iter().filter(|e| matches!(e, Ev::Unverified(_))).count() >= 2;
-        curl_done && script_exited && unverified
+        // The pre-agent sockets: the listener predates the probes and its
+        // accept passes no address; the kernel reads both from the socket.
+        let legacy = ev.iter().filter(|e| matches!(e, Ev::Open(c) if c.tgid == legacy_pid)).count() >= 2;
+        curl_done && script_exited && legacy
     })
     .await;
     eprintln!(
@@ -298,6 +303,10 @@ async fn probes_see_http_over_tcp_and_nothing_else() {
     assert_eq!(cc.family, libc::AF_INET as u8);
     assert_eq!(cc.peer_port, port);
     assert_eq!(&cc.peer_addr[..4], &[127, 0, 0, 1]);
+    // Both ends read from the socket: userspace looks nothing up.
+    assert_eq!(cc.flags & conn_event_flags::FROM_SOCKET, conn_event_flags::FROM_SOCKET);
+    assert_eq!(&cc.local_addr[..4], &[127, 0, 0, 1]);
+    assert_ne!(cc.local_port, 0);
     let out = data_on(&events, cc.conn_id, Direction::Egress);
     assert!(out.iter().any(|p| p.starts_with(b"GET / HTTP/1.1\r\n")), "curl egress: {out:?}");
     let back = data_on(&events, cc.conn_id, Direction::Ingress);
@@ -306,13 +315,16 @@ async fn probes_see_http_over_tcp_and_nothing_else() {
 
     // The server side of the same exchange.
     let server_conns = opens(&events, server_pid, Role::Server);
-    assert_eq!(server_conns.len(), 7, "server accepts (2 curl + own + 4 script conns): {}", summary());
+    assert_eq!(server_conns.len(), 6, "server accepts (2 curl + 4 script conns; not the agent's): {}", summary());
     let sc = server_conns
         .iter()
         .find(|c| data_on(&events, c.conn_id, Direction::Ingress).iter().any(|p| p.starts_with(b"GET / ")))
         .unwrap_or_else(|| panic!("no server conn carried curl's request: {}", summary()));
     assert_eq!(&sc.peer_addr[..4], &[127, 0, 0, 1]);
     assert_ne!(sc.conn_id, cc.conn_id);
+    // The two ends of one connection, as each side's socket has them.
+    assert_eq!((sc.local_port, sc.peer_port), (port, cc.local_port), "server {sc:?} client {cc:?}");
+    assert_eq!(sc.flags & conn_event_flags::FROM_SOCKET, conn_event_flags::FROM_SOCKET);
     let replies = data_on(&events, sc.conn_id, Direction::Egress);
     assert!(
         replies.iter().any(|p| p.starts_with(b"HTTP/1.0 200") || p.starts_with(b"HTTP/1.1 200")),
@@ -375,7 +387,7 @@ async fn probes_see_http_over_tcp_and_nothing_else() {
         .collect();
     assert_eq!(v6.len(), 2, "IPv6 opens: {v6:?}");
     let loopback6 = std::net::Ipv6Addr::LOCALHOST.octets();
-    assert!(v6.iter().all(|c| c.peer_addr == loopback6), "{v6:?}");
+    assert!(v6.iter().all(|c| c.peer_addr == loopback6 && c.local_addr == loopback6), "{v6:?}");
     let v6_client = v6.iter().find(|c| c.role == Role::Client as u8).unwrap();
     assert_eq!(data_on(&events, v6_client.conn_id, Direction::Egress), vec![&b"ping6"[..]]);
     let v6_server = v6.iter().find(|c| c.role == Role::Server as u8).unwrap();
@@ -383,7 +395,7 @@ async fn probes_see_http_over_tcp_and_nothing_else() {
     // Four TCP connections to the server and one over IPv6; the UDP
     // "connection" is not one.
     assert_eq!(opens(&events, script_pid, Role::Client).len(), 5, "{}", summary());
-    assert!(!events.iter().any(|e| matches!(e, Ev::Unverified(c) if c.tgid == script_pid)), "UDP connect reported");
+    assert!(!events.iter().any(|e| matches!(e, Ev::Unverified(_))), "the kernel read every socket itself");
 
     // Fork of a tracked process is reported once (the thread is not), and
     // both exits.
@@ -392,25 +404,30 @@ async fn probes_see_http_over_tcp_and_nothing_else() {
     assert!(events.iter().any(|e| matches!(e, Ev::Exit(p) if p.tgid == fork_child)));
     assert!(events.iter().any(|e| matches!(e, Ev::Exit(p) if p.tgid == script_pid)));
 
-    // Pre-agent sockets: reported for verification, not tracked.
-    let legacy_pid = legacy.pid();
-    let unverified: Vec<ConnEvent> = events
+    // Pre-agent sockets (a listener the probes never saw created, accept
+    // without an address, a socket() before the probes): the kernel tells
+    // them from files by their socket, and reads both ends.
+    let legacy_opens: Vec<ConnEvent> = events
         .iter()
         .filter_map(|e| match e {
-            Ev::Unverified(c) if c.tgid == legacy_pid => Some(*c),
+            Ev::Open(c) if c.tgid == legacy_pid => Some(*c),
             _ => None,
         })
         .collect();
-    let srv = unverified.iter().find(|c| c.role == Role::Server as u8);
-    assert_eq!(srv.map(|c| c.fd), Some(accepted_fd), "unverified: {unverified:?}");
-    let cli = unverified.iter().find(|c| c.role == Role::Client as u8);
-    let cli = cli.unwrap_or_else(|| panic!("no unverified client: {unverified:?}"));
+    let srv = legacy_opens.iter().find(|c| c.role == Role::Server as u8);
+    let srv = srv.unwrap_or_else(|| panic!("no legacy server open: {legacy_opens:?}"));
+    let cli = legacy_opens.iter().find(|c| c.role == Role::Client as u8);
+    let cli = cli.unwrap_or_else(|| panic!("no legacy client open: {legacy_opens:?}"));
+    assert_eq!(srv.fd, accepted_fd);
     assert_eq!((cli.fd, cli.peer_port), (client_fd, legacy_port));
     assert_eq!(&cli.peer_addr[..4], &[127, 0, 0, 1]);
-    assert!(maps.conn(SockKey { tgid: legacy_pid, fd: client_fd }).is_none());
-
-    // Userspace can then track, mute and forget it.
+    assert_eq!((srv.local_port, srv.peer_port), (legacy_port, cli.local_port), "{legacy_opens:?}");
     let key = SockKey { tgid: legacy_pid, fd: client_fd };
+    assert_eq!(maps.conn(key).map(|i| i.conn_id), Some(cli.conn_id));
+    maps.forget(key, cli.conn_id).unwrap();
+    assert!(maps.conn(key).is_none());
+
+    // Userspace can track, mute and forget a descriptor itself.
     let info = waggle_common::ConnInfo {
         conn_id: 7 | waggle_common::USERSPACE_CONN_ID_BIT,
         role: Role::Client as u8,
@@ -448,16 +465,20 @@ async fn probes_see_http_over_tcp_and_nothing_else() {
         Ev::Fork(p) | Ev::Exit(p) => p.tgid == me || p.parent_tgid == me,
         Ev::Ctx(c) => c.tgid == me,
     }));
-    // ... while the server's side of it is.
-    assert!(events
-        .iter()
-        .any(|e| matches!(e, Ev::Data(h, p) if h.tgid == server_pid && p.starts_with(b"GET /own-traffic"))));
+    // ... nor is the server's side of it: the kernel knew the connection
+    // from the agent's connect() before the server accepted it.
+    assert!(
+        !events.iter().any(|e| matches!(e, Ev::Data(_, p) if p.starts_with(b"GET /own-traffic"))),
+        "the server's side of the agent's own connection was captured"
+    );
 
     let counters = probes.kernel_counters();
     let get = |c: Counter| counters.iter().find(|(k, _)| *k == c).map(|(_, v)| *v).unwrap_or(0);
     assert!(get(Counter::DataEvents) >= 8, "counters: {counters:?}");
     assert!(get(Counter::ConnsOpened) >= 6, "counters: {counters:?}");
     assert_eq!(get(Counter::EventsLost), 0, "counters: {counters:?}");
+    assert!(get(Counter::OwnConnsSkipped) >= 1, "counters: {counters:?}");
+    assert_eq!(get(Counter::SocketUnreadable), 0, "counters: {counters:?}");
     assert!(get(Counter::DataTruncated) >= 2, "counters: {counters:?}");
     drop(legacy_in);
     drop(probes);

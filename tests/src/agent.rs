@@ -56,6 +56,19 @@ pub struct AgentOutput {
     pub stderr: String,
 }
 
+impl AgentOutput {
+    /// A counter from the shutdown line (`waggle stopped`, which lists every
+    /// counter above zero as `name=value`): 0 when it is not listed.
+    #[track_caller]
+    pub fn counter(&self, name: &str) -> u64 {
+        let line = self.stderr.lines().rev().find(|l| l.contains("waggle stopped"));
+        let line = line.unwrap_or_else(|| panic!("no shutdown line in the agent's stderr:\n{}", self.stderr));
+        line.split(|c: char| c.is_whitespace() || c == '"')
+            .find_map(|word| word.strip_prefix(name)?.strip_prefix('=')?.parse().ok())
+            .unwrap_or(0)
+    }
+}
+
 impl Agent {
     /// Spawns the agent with `args` and `env` (on top of the test's
     /// environment minus every `OTEL_*` variable, so tests are hermetic) and

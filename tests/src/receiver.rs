@@ -370,6 +370,19 @@ impl Protocol {
 impl OtlpReceiver {
     #[track_caller]
     pub fn start() -> OtlpReceiver {
+        Self::start_with(false)
+    }
+
+    /// A receiver whose http/protobuf side answers `Connection: close`, so
+    /// every export arrives on a new connection that is gone by the time
+    /// the agent processes its open (as with many collectors and proxies).
+    #[track_caller]
+    pub fn start_closing() -> OtlpReceiver {
+        Self::start_with(true)
+    }
+
+    #[track_caller]
+    fn start_with(close_each_connection: bool) -> OtlpReceiver {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("otlp-receiver")
@@ -401,10 +414,16 @@ impl OtlpReceiver {
         let grpc_service = TraceServiceServer::new(GrpcService { store: store.clone() })
             .accept_compressed(tonic::codec::CompressionEncoding::Gzip)
             .max_decoding_message_size(MAX_BODY_BYTES);
-        let app = axum::Router::new()
+        let mut app = axum::Router::new()
             .fallback(axum::routing::post(http_export))
             .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
             .with_state(store.clone());
+        if close_each_connection {
+            app = app.layer(axum::middleware::map_response(|mut response: axum::response::Response| async move {
+                response.headers_mut().insert(header::CONNECTION, header::HeaderValue::from_static("close"));
+                response
+            }));
+        }
 
         runtime.spawn(async move {
             let incoming = tonic::transport::server::TcpIncoming::from(grpc_listener);

@@ -10,13 +10,15 @@
 //! least recently active is evicted and counted), detection buffers at most
 //! [`DETECT_BUFFER`] bytes, and each parser bounds its own state.
 use std::{
-    collections::HashMap,
+    collections::BTreeMap,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     sync::Arc,
 };
 
 use lru::LruCache;
-use waggle_common::{ConnEvent, ConnInfo, DataEvent, Direction, Role, SockKey, USERSPACE_CONN_ID_BIT};
+use waggle_common::{
+    conn_event_flags, ConnEvent, ConnInfo, DataEvent, Direction, Role, SockKey, USERSPACE_CONN_ID_BIT,
+};
 
 use crate::{
     metrics::Metrics,
@@ -83,7 +85,8 @@ struct Conn {
 pub struct ConnTracker {
     /// Least recently active first: eviction when full is O(1).
     conns: LruCache<u64, Conn>,
-    by_key: HashMap<SockKey, u64>,
+    /// Ordered: a process's descriptors are one range (forks, exits).
+    by_key: BTreeMap<SockKey, u64>,
     parser_config: ParserConfig,
     metrics: Arc<Metrics>,
     max_conns: usize,
@@ -111,7 +114,7 @@ impl ConnTracker {
     pub fn new(parser_config: ParserConfig, metrics: Arc<Metrics>, max_conns: usize) -> ConnTracker {
         ConnTracker {
             conns: LruCache::unbounded(),
-            by_key: HashMap::new(),
+            by_key: BTreeMap::new(),
             parser_config,
             metrics,
             max_conns: max_conns.max(16),
@@ -200,16 +203,13 @@ impl ConnTracker {
                 return;
             }
         }
-        let own = role == Role::Server && peer.is_some_and(|p| env.is_own_socket(p, ev.ts_ns));
-        let meta = ConnMeta {
-            pid: ev.tgid,
-            fd: ev.fd,
-            conn_id: ev.conn_id,
-            role,
-            protocol: Protocol::Unknown,
-            peer,
-            local: None,
-        };
+        // A socket the kernel read: both ends are known, and the kernel has
+        // already skipped the agent's own connections.
+        let from_socket = ev.flags & conn_event_flags::FROM_SOCKET != 0;
+        let local = if from_socket { sockaddr_from_event(ev.family, &ev.local_addr, ev.local_port) } else { None };
+        let own = !from_socket && role == Role::Server && peer.is_some_and(|p| env.is_own_socket(p, ev.ts_ns));
+        let meta =
+            ConnMeta { pid: ev.tgid, fd: ev.fd, conn_id: ev.conn_id, role, protocol: Protocol::Unknown, peer, local };
         self.insert(meta, false, ev.ts_ns);
         if own {
             self.mute_own(ev.conn_id, key, env);
@@ -218,6 +218,7 @@ impl ConnTracker {
 
     /// accept/connect on a descriptor the kernel could not classify.
     pub fn on_unverified(&mut self, ev: &ConnEvent, env: &mut dyn ConnEnvironment) {
+        Metrics::inc(&self.metrics.conn_addr_lookups);
         let Some((local, peer)) = env.socket_addrs(ev.tgid, ev.fd) else {
             Metrics::inc(&self.metrics.conns_unverified_rejected);
             return;
@@ -260,13 +261,44 @@ impl ConnTracker {
         if role == Role::Server && env.is_own_socket(peer, now_ns) {
             return;
         }
+        self.adopt(key, role, Some(local), Some(peer), env, now_ns);
+    }
+
+    /// Tracks `key` in the kernel under a fresh userspace id, as a
+    /// connection joined mid-stream.
+    fn adopt(
+        &mut self,
+        key: SockKey,
+        role: Role,
+        local: Option<SocketAddr>,
+        peer: Option<SocketAddr>,
+        env: &mut dyn ConnEnvironment,
+        now_ns: u64,
+    ) {
         let SockKey { tgid: pid, fd } = key;
         let conn_id = self.mint_user_id();
-        let family = if local.is_ipv4() { libc::AF_INET } else { libc::AF_INET6 } as u8;
+        let v6 = local.or(peer).is_some_and(|a| a.is_ipv6());
+        let family = if v6 { libc::AF_INET6 } else { libc::AF_INET } as u8;
         env.track(key, ConnInfo { conn_id, role: role as u8, family, flags: 0, _pad: [0; 5], req_remaining: 0 });
-        let meta =
-            ConnMeta { pid, fd, conn_id, role, protocol: Protocol::Unknown, peer: Some(peer), local: Some(local) };
+        let meta = ConnMeta { pid, fd, conn_id, role, protocol: Protocol::Unknown, peer, local };
         self.insert(meta, true, now_ns);
+    }
+
+    /// A tracked process forked: the child holds the parent's connections
+    /// under the same descriptors. They are copied from the parent's
+    /// entries (no /proc read); returns how many.
+    pub fn on_fork(&mut self, parent: u32, child: u32, env: &mut dyn ConnEnvironment, now_ns: u64) -> usize {
+        let range = SockKey { tgid: parent, fd: 0 }..=SockKey { tgid: parent, fd: u32::MAX };
+        let inherited: Vec<(u32, Role, Option<SocketAddr>, Option<SocketAddr>)> = self
+            .by_key
+            .range(range)
+            .filter_map(|(_, id)| self.conns.peek(id))
+            .map(|c| (c.meta.fd, c.meta.role, c.meta.local, c.meta.peer))
+            .collect();
+        for &(fd, role, local, peer) in &inherited {
+            self.adopt(SockKey { tgid: child, fd }, role, local, peer, env, now_ns);
+        }
+        inherited.len()
     }
 
     pub fn on_close(&mut self, ev: &ConnEvent, out: &mut Vec<ConnSpan>) {
@@ -287,7 +319,8 @@ impl ConnTracker {
 
     /// The process exited: its descriptors closed without close() calls.
     pub fn on_process_exit(&mut self, tgid: u32, ts_ns: u64, env: &mut dyn ConnEnvironment, out: &mut Vec<ConnSpan>) {
-        let keys: Vec<SockKey> = self.by_key.keys().filter(|k| k.tgid == tgid).copied().collect();
+        let range = SockKey { tgid, fd: 0 }..=SockKey { tgid, fd: u32::MAX };
+        let keys: Vec<SockKey> = self.by_key.range(range).map(|(k, _)| *k).collect();
         for key in keys {
             let Some(id) = self.by_key.remove(&key) else { continue };
             if let Some(mut conn) = self.conns.pop(&id) {
@@ -434,6 +467,7 @@ impl ConnTracker {
         if !self.scratch.is_empty() {
             if conn.local_pending {
                 conn.local_pending = false;
+                Metrics::inc(&self.metrics.conn_addr_lookups);
                 if let Some((local, peer)) = env.socket_addrs(conn.meta.pid, conn.meta.fd) {
                     // Only trust the lookup if the descriptor still is this
                     // connection (it may have been closed and reused).

@@ -92,6 +92,9 @@ struct FakeEnv {
     forgotten_ids: Vec<u64>,
     own_ports: Vec<u16>,
     addrs: Option<(SocketAddr, SocketAddr)>,
+    /// Calls that would cost syscalls or /proc reads in the live agent.
+    lookups: usize,
+    own_checks: usize,
 }
 
 impl ConnEnvironment for FakeEnv {
@@ -107,9 +110,11 @@ impl ConnEnvironment for FakeEnv {
         self.forgotten_ids.push(conn_id);
     }
     fn socket_addrs(&mut self, _pid: u32, _fd: u32) -> Option<(SocketAddr, SocketAddr)> {
+        self.lookups += 1;
         self.addrs
     }
     fn is_own_socket(&mut self, peer: SocketAddr, _opened_ns: u64) -> bool {
+        self.own_checks += 1;
         self.own_ports.contains(&peer.port())
     }
 }
@@ -259,6 +264,65 @@ fn agent_export_traffic_is_never_traced() {
     feed(&mut t, &mut env, data(1, 10, 5, Role::Server, Direction::Ingress, 6, 1), b"REQ /v1/traces");
     let spans = feed(&mut t, &mut env, data(1, 10, 5, Role::Server, Direction::Egress, 2, 2), b"OK");
     assert!(spans.is_empty());
+}
+
+/// An open event whose addresses the kernel read from the socket.
+fn socket_open_event(pid: u32, fd: u32, conn_id: u64, role: Role, local_port: u16, peer_port: u16) -> ConnEvent {
+    let mut ev = open_event(EventKind::ConnOpen, pid, fd, conn_id, role, peer_port);
+    ev.flags = conn_event_flags::FROM_SOCKET;
+    ev.local_addr[..4].copy_from_slice(&[10, 0, 0, 7]);
+    ev.local_port = local_port;
+    ev
+}
+
+#[test]
+fn a_socket_the_kernel_read_costs_no_lookup() {
+    let (mut t, m) = tracker();
+    // Even a peer port the environment would call ours: the kernel has
+    // already skipped the agent's own connections, so nothing is asked.
+    let mut env = FakeEnv { own_ports: vec![45000], ..Default::default() };
+    t.on_open(&socket_open_event(10, 5, 1, Role::Server, 8080, 45000), &mut env);
+    feed(&mut t, &mut env, data(1, 10, 5, Role::Server, Direction::Ingress, 6, 1), b"REQ /a");
+    let spans = feed(&mut t, &mut env, data(1, 10, 5, Role::Server, Direction::Egress, 2, 2), b"OK");
+    assert_eq!(spans.len(), 1);
+    assert_eq!(spans[0].conn.local, Some("10.0.0.7:8080".parse().unwrap()));
+    assert_eq!(spans[0].conn.peer, Some("127.0.0.1:45000".parse().unwrap()));
+    assert_eq!((env.lookups, env.own_checks), (0, 0));
+    assert!(env.muted.is_empty());
+    assert_eq!(m.conn_addr_lookups.load(Ordering::Relaxed), 0);
+
+    // Without the kernel's reading, the first span costs one lookup.
+    t.on_open(&open_event(EventKind::ConnOpen, 10, 6, 2, Role::Server, 45001), &mut env);
+    feed(&mut t, &mut env, data(2, 10, 6, Role::Server, Direction::Ingress, 6, 3), b"REQ /b");
+    feed(&mut t, &mut env, data(2, 10, 6, Role::Server, Direction::Egress, 2, 4), b"OK");
+    assert_eq!((env.lookups, env.own_checks), (1, 1));
+    assert_eq!(m.conn_addr_lookups.load(Ordering::Relaxed), 1);
+}
+
+#[test]
+fn a_fork_copies_the_parents_connections() {
+    let (mut t, _) = tracker();
+    let mut env = FakeEnv::default();
+    t.on_open(&socket_open_event(10, 5, 1, Role::Server, 8080, 40000), &mut env);
+    t.on_open(&open_event(EventKind::ConnOpen, 10, 6, 2, Role::Client, 5432), &mut env);
+    t.on_open(&open_event(EventKind::ConnOpen, 12, 5, 3, Role::Server, 40001), &mut env);
+    let asked_before = (env.lookups, env.own_checks);
+    assert_eq!(t.on_fork(10, 20, &mut env, 7), 2);
+    assert_eq!(t.len(), 5);
+    let keys: Vec<SockKey> = env.tracked.iter().map(|(k, _)| *k).collect();
+    assert_eq!(keys, vec![SockKey { tgid: 20, fd: 5 }, SockKey { tgid: 20, fd: 6 }]);
+    assert!(env.tracked.iter().all(|(_, info)| info.conn_id & USERSPACE_CONN_ID_BIT != 0));
+    assert_eq!(env.tracked[0].1.role, Role::Server as u8);
+    assert_eq!(env.tracked[1].1.role, Role::Client as u8);
+    assert_eq!((env.lookups, env.own_checks), asked_before, "nothing read from /proc or the sockets");
+    // The child's copy parses on its own and names the child.
+    let id = env.tracked[0].1.conn_id;
+    feed(&mut t, &mut env, data(id, 20, 5, Role::Server, Direction::Ingress, 6, 8), b"REQ /f");
+    let spans = feed(&mut t, &mut env, data(id, 20, 5, Role::Server, Direction::Egress, 2, 9), b"OK");
+    assert_eq!(spans.len(), 1);
+    assert_eq!(spans[0].conn.pid, 20);
+    assert_eq!(spans[0].conn.local, Some("10.0.0.7:8080".parse().unwrap()));
+    assert_eq!(spans[0].conn.peer, Some("127.0.0.1:40000".parse().unwrap()));
 }
 
 #[test]

@@ -3,11 +3,12 @@
 use std::{
     collections::HashSet,
     net::{IpAddr, SocketAddr},
+    sync::Arc,
 };
 
 use waggle_common::{ConnInfo, SockKey};
 
-use crate::{clock::Clock, conntrack::ConnEnvironment, discovery, probes::ConnMaps};
+use crate::{clock::Clock, conntrack::ConnEnvironment, discovery, metrics::Metrics, probes::ConnMaps};
 
 /// Kernel maps + /proc, as the connection tracker sees them.
 pub(super) struct LiveEnv {
@@ -18,11 +19,18 @@ pub(super) struct LiveEnv {
     own_addrs_read_ns: u64,
     /// Addresses of the agent's network namespace.
     local_ips: HashSet<IpAddr>,
+    metrics: Arc<Metrics>,
 }
 
 impl LiveEnv {
-    pub(super) fn new(maps: ConnMaps) -> LiveEnv {
-        LiveEnv { maps, own_addrs: HashSet::new(), own_addrs_read_ns: 0, local_ips: discovery::local_interface_ips() }
+    pub(super) fn new(maps: ConnMaps, metrics: Arc<Metrics>) -> LiveEnv {
+        LiveEnv {
+            maps,
+            own_addrs: HashSet::new(),
+            own_addrs_read_ns: 0,
+            local_ips: discovery::local_interface_ips(),
+            metrics,
+        }
     }
 }
 
@@ -60,6 +68,7 @@ impl ConnEnvironment for LiveEnv {
         // Re-read only when the cached set predates the connection: a set read
         // after it opened already holds our end of it, if it is ours.
         if self.own_addrs_read_ns <= opened_ns {
+            Metrics::inc(&self.metrics.own_socket_scans);
             self.own_addrs_read_ns = Clock::now_monotonic_ns();
             self.own_addrs = discovery::own_tcp_addrs();
             self.local_ips = discovery::local_interface_ips();

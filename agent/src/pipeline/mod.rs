@@ -59,6 +59,8 @@ struct Stages {
     /// Latest kernel counters, published to the metrics endpoint.
     kernel_cell: KernelCounterCell,
     kernel_counters: Vec<(Counter, u64)>,
+    /// The kernel reads each connection's socket (`Probes::reads_sockets`).
+    reads_sockets: bool,
 }
 
 impl Stages {
@@ -82,8 +84,15 @@ impl Stages {
             }
             Ok(RawEvent::ConnClose(ev)) => self.tracker.on_close(&ev, &mut self.pending),
             Ok(RawEvent::ProcessFork(ev)) => {
-                let sockets = discovery::scan_process_sockets(ev.tgid);
-                self.seed(&sockets, ev.ts_ns);
+                if self.reads_sockets {
+                    // Every connection the parent has was opened where the
+                    // kernel saw it (or seeded at start-up): the tracker
+                    // already knows what the child inherits.
+                    self.tracker.on_fork(ev.parent_tgid, ev.tgid, &mut self.env, ev.ts_ns);
+                } else {
+                    let sockets = discovery::scan_process_sockets(ev.tgid);
+                    self.seed(&sockets, ev.ts_ns);
+                }
             }
             Ok(RawEvent::ServerCtx(ev)) => self.linker.on_server_ctx(&ev),
             Ok(RawEvent::ClientCtx(ev)) => self.linker.on_client_ctx(&ev),
@@ -174,7 +183,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send) -> R
     let exporter = export::spawn_exporter(&config, metrics.clone())?;
     let mut stages = Stages {
         tracker: ConnTracker::new(ParserConfig { raw_sql: config.raw_sql }, metrics.clone(), MAX_CONNS),
-        env: LiveEnv::new(maps),
+        env: LiveEnv::new(maps, metrics.clone()),
+        reads_sockets: probes.reads_sockets(),
         assembler: SpanAssembler::new(Clock::new(), config.sampler, config.sampler_parent_based),
         linker: ContextLinker::new(metrics.clone()),
         resolver: ResourceResolver::new(config.resource_attributes.clone(), agent_pid),

@@ -1,13 +1,16 @@
 //! Field offsets of kernel structs, from the running kernel's BTF
-//! (`/sys/kernel/btf/vmlinux`). The sk_msg program reads a few socket fields
+//! (`/sys/kernel/btf/vmlinux`). The sk_msg program reads a few socket fields,
+//! and accept()/connect() walk from a descriptor to its socket's addresses,
 //! with `bpf_probe_read_kernel`; Rust eBPF programs cannot carry CO-RE
-//! relocations, so the loader looks the offsets up here and patches them in.
+//! relocations, so the loader looks the offsets up here and hands them in.
 //!
 //! Only what that needs is parsed: the header, the type section walked
 //! record by record (sizes per kind from `include/uapi/linux/btf.h`), and
 //! the names of struct members. aya-obj parses BTF too but keeps member
 //! offsets crate-private.
 use std::collections::HashMap;
+
+use waggle_common::SockWalkOffsets;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BtfError {
@@ -178,9 +181,50 @@ impl SendRoomOffsets {
     }
 }
 
+/// Offsets of the descriptor → socket → addresses walk (see
+/// `waggle_common::SockWalkOffsets`), `enabled` set.
+pub fn sock_walk_offsets(btf: &Btf) -> Result<SockWalkOffsets, BtfError> {
+    // struct sock starts with struct sock_common, which holds the addresses.
+    let common = btf.member_offset("sock", "__sk_common")?;
+    let skc = |member: &str| btf.member_offset("sock_common", member).map(|off| off + common);
+    Ok(SockWalkOffsets {
+        enabled: 1,
+        task_files: btf.member_offset("task_struct", "files")?,
+        files_fdt: btf.member_offset("files_struct", "fdt")?,
+        fdt_max_fds: btf.member_offset("fdtable", "max_fds")?,
+        fdt_fd: btf.member_offset("fdtable", "fd")?,
+        file_inode: btf.member_offset("file", "f_inode")?,
+        file_private_data: btf.member_offset("file", "private_data")?,
+        inode_mode: btf.member_offset("inode", "i_mode")?,
+        socket_type: btf.member_offset("socket", "type")?,
+        socket_sk: btf.member_offset("socket", "sk")?,
+        skc_family: skc("skc_family")?,
+        skc_daddr: skc("skc_daddr")?,
+        skc_rcv_saddr: skc("skc_rcv_saddr")?,
+        skc_dport: skc("skc_dport")?,
+        skc_num: skc("skc_num")?,
+        skc_v6_daddr: skc("skc_v6_daddr")?,
+        skc_v6_rcv_saddr: skc("skc_v6_rcv_saddr")?,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn finds_the_socket_walk_in_this_kernels_btf() {
+        let btf = Btf::from_sys_fs().expect("every supported kernel has BTF");
+        let off = sock_walk_offsets(&btf).expect("socket walk fields");
+        assert_eq!(off.enabled, 1);
+        // Layouts every kernel since 5.x shares: the address pair opens
+        // sock_common, ports follow the hash, max_fds opens fdtable.
+        assert_eq!((off.skc_daddr, off.skc_rcv_saddr), (0, 4));
+        assert_eq!((off.skc_dport, off.skc_num), (12, 14));
+        assert_eq!(off.fdt_max_fds, 0);
+        assert!(off.skc_v6_rcv_saddr == off.skc_v6_daddr + 16, "{off:?}");
+        assert!(off.task_files > 0 && off.file_private_data > 0 && off.socket_sk > 0, "{off:?}");
+    }
 
     #[test]
     fn finds_socket_fields_in_this_kernels_btf() {

@@ -13,12 +13,12 @@ use aya::{
     programs::{ProgramError, TracePoint},
     Ebpf, EbpfError, EbpfLoader,
 };
-use waggle_common::{globals, maps, sockmap_mode, Counter, MAX_CAPTURE};
+use waggle_common::{globals, maps, sockmap_mode, Counter, SockWalkOffsets, MAX_CAPTURE};
 
 use super::{
-    btf::{Btf, SendRoomOffsets},
+    btf::{sock_walk_offsets, Btf, BtfError, SendRoomOffsets},
     error::{is_permission, AttachError, ProbeError},
-    maps::{kernel_counters, open_counters, take_map, ConnMaps},
+    maps::{kernel_counters, open_counters, take_map, ConnMaps, Plain},
     propagation::{attach_propagation, fill_trusted_networks, notsent_lowat_default},
     ring::{EventSource, Heartbeat},
 };
@@ -127,6 +127,9 @@ pub struct Probes {
     /// How long sockets stay in CLIENT_SOCKS (when injecting).
     sockmap_mode: u64,
     client_socks: Option<SockHash<MapData, u64>>,
+    /// The kernel reads each connection's addresses from its socket and
+    /// skips the agent's own connections (SOCK_WALK is set).
+    reads_sockets: bool,
 }
 
 impl std::fmt::Debug for Probes {
@@ -163,8 +166,13 @@ impl Probes {
         // sk_msg must know whether a socket can take a whole message without
         // waiting (a partial send would cut the inserted line): without the
         // socket field offsets it cannot, and nothing may be inserted.
+        let btf = Btf::from_sys_fs();
         let room = if config.propagation {
-            match Btf::from_sys_fs().and_then(|btf| SendRoomOffsets::from_btf(&btf)) {
+            match btf
+                .as_ref()
+                .map_err(|e| e.to_string())
+                .and_then(|btf| SendRoomOffsets::from_btf(btf).map_err(|e| e.to_string()))
+            {
                 Ok(room) => Some(room),
                 Err(e) => {
                     tracing::warn!(reason = %e, "propagation off: the socket fields that show whether a send can complete at once are not in this kernel's BTF, so inserting a header could cut a request");
@@ -201,6 +209,7 @@ impl Probes {
                 _ => ProbeError::Load(Box::new(e)),
             })?;
 
+        let reads_sockets = set_sock_walk(&mut ebpf, &btf)?;
         let mut attached = Vec::new();
         let mut skipped = Vec::new();
         for spec in PROGRAMS {
@@ -260,7 +269,7 @@ impl Probes {
         // Fail now rather than on every tick if the counters are unreadable.
         open_counters(&ebpf)?;
         Ok((
-            Probes { ebpf, attached, skipped, injecting, sockmap_mode, client_socks },
+            Probes { ebpf, attached, skipped, injecting, sockmap_mode, client_socks, reads_sockets },
             EventSource::new(ring, heartbeat),
             conn_maps,
         ))
@@ -287,6 +296,12 @@ impl Probes {
         self.injecting
     }
 
+    /// The kernel reads each new connection's addresses from its socket and
+    /// skips the agent's own connections: userspace looks nothing up.
+    pub fn reads_sockets(&self) -> bool {
+        self.reads_sockets
+    }
+
     /// How long sockets stay in CLIENT_SOCKS (a `sockmap_mode` value).
     pub fn sockmap_mode(&self) -> u64 {
         self.sockmap_mode
@@ -299,6 +314,31 @@ impl Probes {
             None => Vec::new(),
         }
     }
+}
+
+/// Hands the kernel the descriptor → socket walk of this kernel (before any
+/// program runs). Without BTF the programs fall back to the caller's
+/// sockaddr, and userspace looks up what is missing, per connection.
+fn set_sock_walk(ebpf: &mut Ebpf, btf: &Result<Btf, BtfError>) -> Result<bool, ProbeError> {
+    let offsets = match btf
+        .as_ref()
+        .map_err(|e| e.to_string())
+        .and_then(|btf| sock_walk_offsets(btf).map_err(|e| e.to_string()))
+    {
+        Ok(offsets) => offsets,
+        Err(reason) => {
+            tracing::warn!(reason = %reason, "socket addresses not readable in the kernel: each new connection costs the agent a lookup in /proc, and its own export traffic is recognised by scanning its sockets");
+            return Ok(false);
+        }
+    };
+    let map = ebpf.map_mut(maps::SOCK_WALK).ok_or(ProbeError::MissingMap { name: maps::SOCK_WALK })?;
+    let mut array: Array<&mut MapData, Plain<SockWalkOffsets>> =
+        Array::try_from(map).map_err(|source| ProbeError::OpenMap { name: maps::SOCK_WALK, source })?;
+    array
+        .set(0, Plain(offsets), 0)
+        .map_err(|e| ProbeError::Other { operation: "setting the socket walk offsets", message: e.to_string() })?;
+    tracing::debug!(?offsets, "socket addresses read in the kernel");
+    Ok(true)
 }
 
 fn attach(ebpf: &mut Ebpf, spec: &ProgramSpec) -> Result<(), AttachError> {

@@ -15,7 +15,7 @@ use super::error::ProbeError;
 /// it here for waggle-common's types, so they are wrapped.
 #[repr(transparent)]
 #[derive(Clone, Copy)]
-struct Plain<T>(T);
+pub(super) struct Plain<T>(pub(super) T);
 
 // SAFETY: aya::Pod asks that the type have no padding and that every bit
 // pattern be a valid value, which is exactly what bytemuck::Pod guarantees;

@@ -9,7 +9,10 @@
 
 use bytemuck::{Pod, Zeroable};
 
+pub mod addr;
 pub mod http;
+
+pub use addr::{mapped_v6, ConnEnds, FlowKey, SockWalkOffsets, AF_INET, AF_INET6};
 
 /// Bytes of payload copied per data event. A power of two so the kernel side
 /// can bound copy lengths with a mask the verifier understands.
@@ -47,6 +50,19 @@ pub mod maps {
     /// LPM trie of peer networks whose incoming traceparent is trusted
     /// (consulted only when the TRUST_ALL_PEERS global is 0).
     pub const TRUSTED_NETS: &str = "TRUSTED_NETS";
+    /// FlowKey -> 1: the agent's own TCP connections (its export traffic), from
+    /// its connect() until it closes the socket. A server whose accepted
+    /// connection is one of these is not traced (kernel-only).
+    pub const OWN_FLOWS: &str = "OWN_FLOWS";
+    /// FlowKey (only the peer half set) -> number of the agent's connect()
+    /// calls to that address still running: covers the moment before
+    /// OWN_FLOWS knows the connection, when on loopback the whole handshake
+    /// (and the collector's accept) can already have happened (kernel-only).
+    pub const OWN_CONNECTING: &str = "OWN_CONNECTING";
+    /// Array of one [`super::SockWalkOffsets`], set by the agent before it
+    /// attaches anything: how a program gets from a descriptor to its
+    /// socket's addresses on the running kernel.
+    pub const SOCK_WALK: &str = "SOCK_WALK";
 }
 
 /// The kernel injects only while the agent drained within this long: a
@@ -159,6 +175,8 @@ pub const INJECT_PENDING_MAX_ENTRIES: u32 = 4096;
 pub const CLIENT_SOCKS_MAX_ENTRIES: u32 = 65536;
 pub const CONNECTING_MAX_ENTRIES: u32 = 16384;
 pub const TRUSTED_NETS_MAX_ENTRIES: u32 = 1024;
+/// The agent holds a handful of export connections at a time.
+pub const OWN_FLOWS_MAX_ENTRIES: u32 = 1024;
 
 /// The kernel wakes the agent only once this many bytes wait in the ring
 /// buffer: at high request rates a wake-up per record costs more than the
@@ -178,9 +196,10 @@ pub const TRACKED_TGIDS_MAX_ENTRIES: u32 = 16384;
 /// they never collide with kernel-minted ids.
 pub const USERSPACE_CONN_ID_BIT: u64 = 1 << 63;
 
-/// Key of every per-file-descriptor map: (process, descriptor).
+/// Key of every per-file-descriptor map: (process, descriptor). Ordered by
+/// process first, so one process's keys form a range.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default, Pod, Zeroable)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Pod, Zeroable)]
 pub struct SockKey {
     pub tgid: u32,
     pub fd: u32,
@@ -208,6 +227,13 @@ impl Role {
 }
 
 /// Flags in `ConnInfo::flags`.
+/// Flags of a [`ConnEvent`].
+pub mod conn_event_flags {
+    /// Family and both addresses were read from the kernel's socket (not
+    /// from the caller's sockaddr): userspace needs no lookup of its own.
+    pub const FROM_SOCKET: u8 = 1;
+}
+
 pub mod conn_flags {
     /// Userspace decided this connection carries nothing it parses (TLS,
     /// unknown protocol, the agent's own export traffic): the kernel keeps
@@ -404,7 +430,8 @@ pub struct ConnEvent {
     pub role: u8,
     /// AF_INET / AF_INET6 of `peer_addr`, 0 when the kernel did not see it.
     pub family: u8,
-    pub _pad0: u8,
+    /// [`conn_event_flags`].
+    pub flags: u8,
     pub tgid: u32,
     pub tid: u32,
     pub fd: u32,
@@ -414,7 +441,11 @@ pub struct ConnEvent {
     pub peer_addr: [u8; 16],
     /// Host byte order.
     pub peer_port: u16,
-    pub _pad1: [u8; 6],
+    /// Host byte order; 0 when the kernel did not read the socket.
+    pub local_port: u16,
+    pub _pad1: [u8; 4],
+    /// Like `peer_addr`; valid when `flags` has [`conn_event_flags::FROM_SOCKET`].
+    pub local_addr: [u8; 16],
     /// Thread name (task comm) of the process that opened the connection:
     /// names a short-lived client (curl) that is gone from /proc before its
     /// span is assembled.
@@ -587,6 +618,10 @@ kernel_counters! {
         "syscall entries that left arguments in PENDING for their exit; stored minus taken is syscalls still running (threads blocked in a read) plus entries lost: evicted from the full LRU map or left by a thread that died in the call",
     PendingTaken => "kernel_pending_taken":
         "syscall exits that found a PENDING entry (the agent's stand-ins for reads blocked at its start included); see kernel_pending_stored",
+    OwnConnsSkipped => "kernel_own_conns_skipped":
+        "connections accepted from the agent's own sockets (its export traffic to a collector on this node): not traced",
+    SocketUnreadable => "kernel_socket_unreadable":
+        "accepted/connected descriptors whose socket the kernel could not read (addresses taken from the caller's sockaddr, or looked up by userspace)",
 }
 
 impl Counter {
@@ -607,7 +642,7 @@ mod tests {
         assert_eq!(size_of::<SockKey>(), 8);
         assert_eq!(size_of::<ConnInfo>(), 24);
         assert_eq!(size_of::<DataEvent>(), 56);
-        assert_eq!(size_of::<ConnEvent>(), 72);
+        assert_eq!(size_of::<ConnEvent>(), 88);
         assert_eq!(size_of::<ProcessEvent>(), 24);
         assert_eq!(size_of::<TraceCtx>(), 48);
         assert_eq!(size_of::<Pending>(), 56);

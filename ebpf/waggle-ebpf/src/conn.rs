@@ -1,117 +1,83 @@
 //! Connection lifecycle: socket() remembers inet sockets, accept()/connect()
 //! start tracking TCP connections (CONNS), close() ends them.
 use aya_ebpf::{
-    helpers::{bpf_get_current_comm, bpf_probe_read_user},
+    helpers::{bpf_get_current_pid_tgid, generated::bpf_get_current_comm},
     maps::lpm_trie::Key,
     programs::TracePointContext,
 };
 use waggle_common::{
-    conn_flags, inet_sock, ConnEvent, ConnInfo, Counter, EventKind, Pending, Role, SockKey, SyscallId,
+    conn_event_flags, conn_flags, inet_sock, mapped_v6, ConnEvent, ConnInfo, Counter, EventKind, Pending, Role,
+    SockKey, SyscallId,
 };
 
 use crate::{
     helpers::{arg, count, current, mint_conn_id, now_ns, stash, take_pending, wakeup_flags},
     maps::{CONNS, EVENTS, INET_STREAM_SOCKS, TRACKED_TGIDS, TRUSTED_NETS, TRUST_ALL_PEERS},
+    own,
+    socket_facts::{is_inet, read_peer, walk, Ends, Walk, AF_INET, AF_INET6},
 };
 
-const AF_INET: u16 = 2;
-const AF_INET6: u16 = 10;
 const SOCK_STREAM: u64 = 1;
 const SOCK_NONBLOCK: u64 = 0o4000;
 const SOCK_CLOEXEC: u64 = 0o2000000;
 const EINPROGRESS: i64 = 115;
 
-/// First 8 bytes of sockaddr_in / sockaddr_in6 (ports are big-endian).
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct SockaddrHead {
-    family: u16,
-    port_be: u16,
-    /// sockaddr_in: the IPv4 address; sockaddr_in6: flowinfo.
-    addr4: [u8; 4],
-}
-
-/// A peer address read from user memory.
-#[derive(Clone, Copy, Default)]
-struct Peer {
-    family: u16,
-    port: u16,
-    addr: [u8; 16],
-}
-
+/// Written in place in the ring buffer: the record is too big to build on
+/// the stack next to everything an accept() exit holds.
 #[inline(always)]
-fn is_inet(family: u16) -> bool {
-    family == AF_INET || family == AF_INET6
-}
-
-/// Reads the family, port and address of a user sockaddr; None if unreadable.
-#[inline(always)]
-fn read_peer(ptr: u64, addrlen: u64) -> Option<Peer> {
-    // SAFETY: reads user memory through the fault-tolerant helper.
-    let head = unsafe { bpf_probe_read_user(ptr as *const SockaddrHead) }.ok()?;
-    let mut peer = Peer { family: head.family, port: u16::from_be(head.port_be), addr: [0; 16] };
-    if head.family == AF_INET {
-        let [a, b, c, d] = head.addr4;
-        peer.addr[0] = a;
-        peer.addr[1] = b;
-        peer.addr[2] = c;
-        peer.addr[3] = d;
-    } else if head.family == AF_INET6 && addrlen >= 24 {
-        // sin6_addr follows sin6_flowinfo at offset 8.
-        // SAFETY: as above.
-        if let Ok(a) = unsafe { bpf_probe_read_user((ptr + 8) as *const [u8; 16]) } {
-            peer.addr = a;
+fn emit_conn(kind: EventKind, role: Role, key: SockKey, tid: u32, conn_id: u64, ends: &Ends) {
+    let flags = wakeup_flags();
+    let Some(mut entry) = EVENTS.reserve::<ConnEvent>(0) else {
+        count(Counter::EventsLost);
+        return;
+    };
+    let ev = entry.as_mut_ptr();
+    // SAFETY: `ev` points at the reserved, exclusively owned record; every
+    // field is written before the submit.
+    unsafe {
+        (*ev).kind = kind as u8;
+        (*ev).role = role as u8;
+        (*ev).family = ends.family as u8;
+        (*ev).flags = if ends.from_socket != 0 { conn_event_flags::FROM_SOCKET } else { 0 };
+        (*ev).tgid = key.tgid;
+        (*ev).tid = tid;
+        (*ev).fd = key.fd;
+        (*ev).conn_id = conn_id;
+        (*ev).ts_ns = now_ns();
+        (*ev).peer_addr = ends.peer_addr;
+        (*ev).peer_port = ends.peer_port;
+        (*ev).local_port = ends.local_port;
+        (*ev)._pad1 = [0; 4];
+        (*ev).local_addr = ends.local_addr;
+        let comm = &mut (*ev).comm;
+        if bpf_get_current_comm(comm.as_mut_ptr().cast(), comm.len() as u32) != 0 {
+            *comm = [0; 16];
         }
     }
-    Some(peer)
-}
-
-#[inline(always)]
-fn emit_conn(kind: EventKind, role: Role, key: SockKey, tid: u32, conn_id: u64, peer: &Peer) {
-    let ev = ConnEvent {
-        kind: kind as u8,
-        role: role as u8,
-        family: peer.family as u8,
-        _pad0: 0,
-        tgid: key.tgid,
-        tid,
-        fd: key.fd,
-        conn_id,
-        ts_ns: now_ns(),
-        peer_addr: peer.addr,
-        peer_port: peer.port,
-        _pad1: [0; 6],
-        comm: bpf_get_current_comm().unwrap_or([0; 16]),
-    };
-    if EVENTS.output::<ConnEvent>(&ev, wakeup_flags()).is_err() {
-        count(Counter::EventsLost);
-    }
+    entry.submit(flags);
 }
 
 /// A server connection's peer may set its trace context: every peer unless
 /// trusted networks are configured, then only theirs (an unknown peer
 /// address is not trusted).
 #[inline(always)]
-fn peer_trusted(peer: &Peer) -> bool {
+fn peer_trusted(ends: &Ends) -> bool {
     if TRUST_ALL_PEERS.load() != 0 {
         return true;
     }
-    let mut addr = peer.addr;
-    if peer.family == AF_INET {
-        // ::ffff:a.b.c.d, as userspace stores IPv4 networks.
-        addr = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, addr[0], addr[1], addr[2], addr[3]];
-    } else if peer.family != AF_INET6 {
+    if ends.family != AF_INET && ends.family != AF_INET6 {
         return false;
     }
-    TRUSTED_NETS.get(Key::new(128, addr)).is_some()
+    // ::ffff:a.b.c.d, as userspace stores IPv4 networks.
+    TRUSTED_NETS.get(Key::new(128, mapped_v6(&ends.peer_addr, ends.family == AF_INET))).is_some()
 }
 
 /// Starts tracking a TCP connection and reports it.
 #[inline(always)]
-fn open_conn(key: SockKey, tid: u32, role: Role, peer: &Peer) {
+fn open_conn(key: SockKey, tid: u32, role: Role, ends: &Ends) {
     let conn_id = mint_conn_id();
-    let flags = if role == Role::Server && !peer_trusted(peer) { conn_flags::UNTRUSTED_PEER } else { 0 };
-    let info = ConnInfo { conn_id, role: role as u8, family: peer.family as u8, flags, _pad: [0; 5], req_remaining: 0 };
+    let flags = if role == Role::Server && !peer_trusted(ends) { conn_flags::UNTRUSTED_PEER } else { 0 };
+    let info = ConnInfo { conn_id, role: role as u8, family: ends.family as u8, flags, _pad: [0; 5], req_remaining: 0 };
     if CONNS.insert(key, info, 0).is_err() {
         count(Counter::MapInsertFailed);
         return;
@@ -120,7 +86,7 @@ fn open_conn(key: SockKey, tid: u32, role: Role, peer: &Peer) {
         count(Counter::MapInsertFailed);
     }
     count(Counter::ConnsOpened);
-    emit_conn(EventKind::ConnOpen, role, key, tid, conn_id, peer);
+    emit_conn(EventKind::ConnOpen, role, key, tid, conn_id, ends);
 }
 
 // socket(family, type, protocol)
@@ -175,6 +141,18 @@ pub(crate) fn accept_exit(ctx: &TracePointContext, id: SyscallId) -> Option<()> 
     }
     let key = SockKey { tgid, fd: ret as u32 };
     let tid = pid_tgid as u32;
+    match walk(key.fd) {
+        Walk::InetStream(ends) => {
+            if own::is_own(ends) {
+                count(Counter::OwnConnsSkipped);
+            } else {
+                open_conn(key, tid, Role::Server, ends);
+            }
+            return Some(());
+        }
+        Walk::Other => return Some(()),
+        Walk::Unknown | Walk::Off => {}
+    }
     // The kernel has filled the peer sockaddr by now; sockaddr_in6 is 28
     // bytes, and a caller that passed a shorter buffer still gets the family.
     let peer = if p.ptr != 0 { read_peer(p.ptr, 28) } else { None };
@@ -191,11 +169,11 @@ pub(crate) fn accept_exit(ctx: &TracePointContext, id: SyscallId) -> Option<()> 
             match INET_STREAM_SOCKS.get_ptr(listener) {
                 // SAFETY: points at a live map value.
                 Some(kind) if unsafe { *kind } == inet_sock::STREAM => {
-                    open_conn(key, tid, Role::Server, &Peer::default());
+                    open_conn(key, tid, Role::Server, &Ends::default());
                 }
                 Some(_) => {}
                 // Listener created before the agent: userspace checks /proc.
-                None => emit_conn(EventKind::ConnUnverified, Role::Server, key, tid, 0, &Peer::default()),
+                None => emit_conn(EventKind::ConnUnverified, Role::Server, key, tid, 0, &Ends::default()),
             }
         }
     }
@@ -205,7 +183,9 @@ pub(crate) fn accept_exit(ctx: &TracePointContext, id: SyscallId) -> Option<()> 
 // connect(fd, uservaddr, addrlen)
 #[inline(always)]
 pub(crate) fn connect_enter(ctx: &TracePointContext) -> Option<()> {
-    let (pid_tgid, tgid) = current()?;
+    let Some((pid_tgid, tgid)) = current() else {
+        return own::connect_enter(ctx, bpf_get_current_pid_tgid());
+    };
     let fd = arg(ctx, 0) as u32;
     let ptr = arg(ctx, 1);
     if ptr == 0 {
@@ -224,8 +204,8 @@ pub(crate) fn connect_enter(ctx: &TracePointContext) -> Option<()> {
         fd,
         syscall: SyscallId::Connect as u8,
         family: peer.family as u8,
-        port: peer.port,
-        addr: peer.addr,
+        port: peer.peer_port,
+        addr: peer.peer_addr,
         ..Pending::default()
     };
     stash(pid_tgid, &p);
@@ -234,7 +214,9 @@ pub(crate) fn connect_enter(ctx: &TracePointContext) -> Option<()> {
 
 #[inline(always)]
 pub(crate) fn connect_exit(ctx: &TracePointContext) -> Option<()> {
-    let (pid_tgid, tgid) = current()?;
+    let Some((pid_tgid, tgid)) = current() else {
+        return own::connect_exit(ctx, bpf_get_current_pid_tgid());
+    };
     let p = take_pending(pid_tgid, SyscallId::Connect)?;
     let ret = arg(ctx, 0) as i64;
     if ret != 0 && ret != -EINPROGRESS {
@@ -242,7 +224,15 @@ pub(crate) fn connect_exit(ctx: &TracePointContext) -> Option<()> {
     }
     let key = SockKey { tgid, fd: p.fd };
     let tid = pid_tgid as u32;
-    let peer = Peer { family: u16::from(p.family), port: p.port, addr: p.addr };
+    match walk(key.fd) {
+        Walk::InetStream(ends) => {
+            open_conn(key, tid, Role::Client, ends);
+            return Some(());
+        }
+        Walk::Other => return Some(()),
+        Walk::Unknown | Walk::Off => {}
+    }
+    let peer = Ends { family: u16::from(p.family), peer_port: p.port, peer_addr: p.addr, ..Ends::default() };
     match INET_STREAM_SOCKS.get_ptr(key) {
         // SAFETY: points at a live map value.
         Some(kind) if unsafe { *kind } == inet_sock::STREAM => {
@@ -260,14 +250,18 @@ pub(crate) fn connect_exit(ctx: &TracePointContext) -> Option<()> {
 /// the next owner of the number does.
 #[inline(always)]
 pub(crate) fn close_enter(ctx: &TracePointContext) -> Option<()> {
-    let (pid_tgid, tgid) = current()?;
-    let key = SockKey { tgid, fd: arg(ctx, 0) as u32 };
+    let fd = arg(ctx, 0) as u32;
+    let Some((pid_tgid, tgid)) = current() else {
+        own::close_enter(fd);
+        return None;
+    };
+    let key = SockKey { tgid, fd };
     if let Some(info) = CONNS.get_ptr(key) {
         // SAFETY: points at a live CONNS value, copied before the delete.
         let info = unsafe { *info };
         let _ = CONNS.remove(key);
-        let peer = Peer { family: u16::from(info.family), ..Peer::default() };
-        emit_conn(EventKind::ConnClose, Role::from_u8(info.role), key, pid_tgid as u32, info.conn_id, &peer);
+        let ends = Ends { family: u16::from(info.family), ..Ends::default() };
+        emit_conn(EventKind::ConnClose, Role::from_u8(info.role), key, pid_tgid as u32, info.conn_id, &ends);
     }
     let _ = INET_STREAM_SOCKS.remove(key);
     Some(())

@@ -32,8 +32,10 @@ mod conn;
 mod data;
 mod helpers;
 mod maps;
+mod own;
 mod process;
 mod sock;
+mod socket_facts;
 mod trace;
 mod user_copy;
 

@@ -9,9 +9,10 @@ use aya_ebpf::{
     Global,
 };
 use waggle_common::{
-    ConnInfo, DataEvent, InjectRequest, Pending, SockKey, TraceCtx, CLIENT_SOCKS_MAX_ENTRIES, CONNECTING_MAX_ENTRIES,
-    CONNS_MAX_ENTRIES, COUNTER_COUNT, EVENTS_RINGBUF_BYTES, INET_STREAM_SOCKS_MAX_ENTRIES, INJECT_PENDING_MAX_ENTRIES,
-    MAX_CAPTURE, PENDING_MAX_ENTRIES, THREAD_CTX_MAX_ENTRIES, TRACKED_TGIDS_MAX_ENTRIES, TRUSTED_NETS_MAX_ENTRIES,
+    ConnEnds, ConnInfo, DataEvent, FlowKey, InjectRequest, Pending, SockKey, SockWalkOffsets, TraceCtx,
+    CLIENT_SOCKS_MAX_ENTRIES, CONNECTING_MAX_ENTRIES, CONNS_MAX_ENTRIES, COUNTER_COUNT, EVENTS_RINGBUF_BYTES,
+    INET_STREAM_SOCKS_MAX_ENTRIES, INJECT_PENDING_MAX_ENTRIES, MAX_CAPTURE, OWN_FLOWS_MAX_ENTRIES, PENDING_MAX_ENTRIES,
+    THREAD_CTX_MAX_ENTRIES, TRACKED_TGIDS_MAX_ENTRIES, TRUSTED_NETS_MAX_ENTRIES,
 };
 
 // ---- globals (patched by the loader through EbpfLoader::override_global) ----
@@ -127,6 +128,28 @@ pub(crate) static RUNTIME: Array<u64> = Array::with_max_entries(waggle_common::r
 /// traceparent is trusted when TRUST_ALL_PEERS is 0.
 #[map]
 pub(crate) static TRUSTED_NETS: LpmTrie<[u8; 16], u8> = LpmTrie::with_max_entries(TRUSTED_NETS_MAX_ENTRIES, 0);
+
+/// One element: how to get from a descriptor to its socket's addresses on
+/// this kernel (`enabled` 0: unknown, see socket_facts.rs). A map, not a
+/// global, so programs read fields in place instead of copying the struct
+/// onto their small stack.
+#[map]
+pub(crate) static SOCK_WALK: Array<SockWalkOffsets> = Array::with_max_entries(1, 0);
+
+/// Per-CPU room for the addresses socket_facts.rs reads (the stack is too
+/// small to hold them next to everything an accept() exit needs).
+#[map]
+pub(crate) static ENDS: PerCpuArray<ConnEnds> = PerCpuArray::with_max_entries(1, 0);
+
+/// The agent's own connections, from its connect() until it closes them;
+/// accept() skips connections from them (own.rs).
+#[map]
+pub(crate) static OWN_FLOWS: LruHashMap<FlowKey, u8> = LruHashMap::with_max_entries(OWN_FLOWS_MAX_ENTRIES, 0);
+
+/// Addresses the agent is connecting to right now, and which of its
+/// threads is (own.rs).
+#[map]
+pub(crate) static OWN_CONNECTING: LruHashMap<FlowKey, u64> = LruHashMap::with_max_entries(OWN_FLOWS_MAX_ENTRIES, 0);
 
 // ---- the scratch buffer ----
 
