@@ -85,14 +85,23 @@ pub(crate) fn mint_conn_id() -> u64 {
     ((next << 8) | cpu) & !USERSPACE_CONN_ID_BIT
 }
 
-/// Remove and return the PENDING entry of this thread if `syscall` left it.
+/// Take the PENDING entry of this thread, if `syscall` left it.
+///
+/// Taken in place: the entry is marked empty (`syscall` 0) rather than
+/// deleted, and the thread's next `stash` overwrites it, so the steady state
+/// of a busy thread costs two lookups per syscall and no element is ever
+/// allocated or freed (deletes and inserts take the LRU map's locks).
 #[inline(always)]
 pub(crate) fn take_pending(pid_tgid: u64, syscall: SyscallId) -> Option<Pending> {
-    let p = PENDING.get_ptr(pid_tgid)?;
-    // SAFETY: p points at a live map value of type Pending; it is copied out
-    // before the element is deleted.
-    let p = unsafe { *p };
-    let _ = PENDING.remove(pid_tgid);
+    let slot = PENDING.get_ptr_mut(pid_tgid)?;
+    // SAFETY: slot points at a live map value of type Pending; only this
+    // thread stashes or takes its own entry while it runs.
+    let p = unsafe { *slot };
+    if p.syscall == 0 {
+        return None;
+    }
+    // SAFETY: as above.
+    unsafe { (*slot).syscall = 0 };
     count(Counter::PendingTaken);
     (p.syscall == syscall as u8).then_some(p)
 }
@@ -105,7 +114,10 @@ pub(crate) fn take_pending(pid_tgid: u64, syscall: SyscallId) -> Option<Pending>
 /// what is still waiting for its exit plus what was lost.
 #[inline(always)]
 pub(crate) fn stash(pid_tgid: u64, p: &Pending) -> bool {
-    if PENDING.insert(pid_tgid, p, 0).is_err() {
+    if let Some(slot) = PENDING.get_ptr_mut(pid_tgid) {
+        // SAFETY: as in `take_pending`: this thread's own live entry.
+        unsafe { *slot = *p };
+    } else if PENDING.insert(pid_tgid, p, 0).is_err() {
         count(Counter::MapInsertFailed);
         return false;
     }
