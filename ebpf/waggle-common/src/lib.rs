@@ -254,6 +254,11 @@ pub mod conn_flags {
     /// kernel did not see whole): no later send is known to start a request,
     /// so nothing more is injected into this connection.
     pub const BOUNDARY_LOST: u8 = 16;
+    /// Client side: no later send on this connection can be injected (its
+    /// socket leaves the sockmap at its first request): request starts are
+    /// told from their first bytes, for their ids, without copying and
+    /// scanning their header block.
+    pub const INJECTION_OVER: u8 = 32;
 }
 
 /// Flags of a [`TraceCtxEvent`] / [`TraceCtx`].

@@ -21,7 +21,7 @@ use aya_ebpf::helpers::{bpf_get_prandom_u32, bpf_probe_read_user, generated::bpf
 use waggle_common::{
     conn_flags, ctx_flags,
     http::{self, HeaderScan},
-    runtime, sampled_by_threshold, skip_reason, ConnInfo, Counter, EventKind, InjectRequest, Pending, TraceCtx,
+    runtime, sampled_by_threshold, skip_reason, sockmap_mode, ConnInfo, Counter, EventKind, InjectRequest, Pending, TraceCtx,
     TraceCtxEvent, CAPTURE_MASK, HEARTBEAT_STALE_NS, MAX_CAPTURE,
 };
 
@@ -270,6 +270,32 @@ pub(crate) fn client_send_enter(pid_tgid: u64, info: *mut ConnInfo, shape: Shape
             return out;
         }
     }
+    let mode = match RUNTIME.get(runtime::SOCKMAP_MODE) {
+        Some(mode) => *mode,
+        None => sockmap_mode::UNSET,
+    };
+    let injectable = PROPAGATION.load() != 0
+        && (mode == sockmap_mode::KEEP
+            || (mode == sockmap_mode::LEAVE_AT_FIRST_TRANSMIT && conn.flags & conn_flags::INJECTION_OVER == 0));
+    if !injectable {
+        // Nothing this send carries can be injected: its ids are all the
+        // request needs, and a look at its first bytes says it starts one.
+        if let (true, Some((head, _))) = (start, peeked) {
+            if PROPAGATION.load() != 0 {
+                count(Counter::SkipNotInSockhash);
+            }
+            out.request = Some(InjectRequest {
+                ctx: request_ctx(pid_tgid, conn.conn_id),
+                head: head_word(&head),
+                request_line_end: 0,
+                headers_end: 0,
+                injected: 0,
+                skipped: skip_reason::NOT_IN_SOCKHASH as u8 + 1,
+                _pad: [0; 2],
+            });
+        }
+        return out;
+    }
     if conn.req_remaining != 0 {
         // A body (or the rest of a header block) that looks like a request.
         if start {
@@ -345,22 +371,13 @@ pub(crate) fn client_send_enter(pid_tgid: u64, info: *mut ConnInfo, shape: Shape
         }
     }
 
-    let mut ctx = TraceCtx { span_id: new_span_id(), conn_id: conn.conn_id, ..TraceCtx::default() };
-    match THREAD_CTX.get_ptr(pid_tgid) {
-        Some(parent) => {
-            // SAFETY: parent points at a live THREAD_CTX value; copied out.
-            let parent = unsafe { *parent };
-            ctx.trace_id = parent.trace_id;
-            ctx.parent_span_id = parent.span_id;
-            ctx.flags = (parent.flags & ctx_flags::SAMPLED) | ctx_flags::HAS_PARENT;
-        }
-        None => {
-            ctx.trace_id = new_trace_id();
-            ctx.flags = root_flags(&ctx.trace_id);
-        }
+    if mode == sockmap_mode::LEAVE_AT_FIRST_TRANSMIT {
+        // This send is the socket's first transmit: it leaves the sockmap.
+        // SAFETY: as above.
+        unsafe { (*info).flags |= conn_flags::INJECTION_OVER };
     }
     out.request = Some(InjectRequest {
-        ctx,
+        ctx: request_ctx(pid_tgid, conn.conn_id),
         head,
         request_line_end: rle as u16,
         headers_end: sc.headers_end as u16,
@@ -412,6 +429,27 @@ pub(crate) fn finish_inject(pid_tgid: u64, info: Option<*mut ConnInfo>, p: &Pend
         emit(EventKind::ClientCtx, unsafe { &(*req).ctx }, flags, pid_tgid, p.fd, conn_id, p.enter_ns);
     }
     let _ = INJECT_PENDING.remove(pid_tgid);
+}
+
+/// The ids of a client request the thread sends now: a child of the
+/// server request it is handling, else the root of a new trace.
+#[inline(always)]
+fn request_ctx(pid_tgid: u64, conn_id: u64) -> TraceCtx {
+    let mut ctx = TraceCtx { span_id: new_span_id(), conn_id, ..TraceCtx::default() };
+    match THREAD_CTX.get_ptr(pid_tgid) {
+        Some(parent) => {
+            // SAFETY: parent points at a live THREAD_CTX value; copied out.
+            let parent = unsafe { *parent };
+            ctx.trace_id = parent.trace_id;
+            ctx.parent_span_id = parent.span_id;
+            ctx.flags = (parent.flags & ctx_flags::SAMPLED) | ctx_flags::HAS_PARENT;
+        }
+        None => {
+            ctx.trace_id = new_trace_id();
+            ctx.flags = root_flags(&ctx.trace_id);
+        }
+    }
+    ctx
 }
 
 /// Read-family exit on a server connection, payload already in SCRATCH: if
