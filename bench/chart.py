@@ -22,7 +22,7 @@ def ok(section):
 def main(src: str, dst: str) -> None:
     with open(src, encoding="utf-8") as f:
         res = json.load(f)
-    fig, axes = plt.subplots(1, 3, figsize=(16, 5.2))
+    fig, axes = plt.subplots(1, 3, figsize=(19, 5.2), gridspec_kw={"width_ratios": [1.8, 1, 1]})
     m = res["machine"]
     mode = "quick smoke run" if res["quick"] else f'{res["rounds"]} rounds x {res["seconds"]:.0f} s'
     fig.suptitle(
@@ -41,11 +41,28 @@ def main(src: str, dst: str) -> None:
         labels += ["Flask\nwaggle", "Flask\nOTel SDK"]
         values += [res["flask"]["waggle_ratio"], res["flask"]["sdk_ratio"]]
         colors += ["tab:orange", "tab:gray"]
+    if ok(res.get("conn")):
+        if res["conn"].get("nginx"):
+            labels.append("nginx close\nwaggle")
+            values.append(res["conn"]["nginx"]["rps_ratio"])
+            colors.append("tab:orange")
+        if res["conn"].get("flask"):
+            labels += ["Flask close\nwaggle", "Flask close\nOTel SDK"]
+            values += [res["conn"]["flask"]["waggle_ratio"], res["conn"]["flask"]["sdk_ratio"]]
+            colors += ["tab:orange", "tab:gray"]
+    if ok(res.get("node")):
+        labels += ["Node.js\nwaggle", "Node.js\nOTel SDK"]
+        values += [res["node"]["waggle_ratio"], res["node"]["sdk_ratio"]]
+        colors += ["tab:orange", "tab:gray"]
     if ok(res.get("postgres")):
         labels.append("pgbench -S\nwaggle")
         values.append(res["postgres"]["tps_ratio"])
         colors.append("tab:orange")
+    # A ratio that could not be computed is null in the JSON: no bar.
+    kept = [(label, v, c) for label, v, c in zip(labels, values, colors) if v is not None]
+    labels, values, colors = ([list(x) for x in zip(*kept)]) if kept else ([], [], [])
     bars = ax.bar(labels, values, color=colors)
+    ax.tick_params(axis="x", labelsize=8)
     for bar, v in zip(bars, values):
         ax.annotate(f"{v:.3f}", (bar.get_x() + bar.get_width() / 2, v), ha="center", va="bottom", fontsize=9)
     ax.axhline(1.0, color="black", linewidth=0.8)

@@ -1,29 +1,39 @@
 //! `cargo xtask bench`: what waggle costs the services it watches.
 //!
 //! Every scenario runs with and without the agent in alternating rounds in
-//! one run, on real servers and load tools (Debian packages, PyPI), and the
-//! results land in bench/results/ as markdown, JSON and a PNG chart:
+//! one run, on real servers and load tools (Debian packages, PyPI, npm), and
+//! the results land in bench/results/ as markdown, JSON and a PNG chart:
 //!
 //! 1. nginx saturated by wrk: throughput, p50/p99 latency, agent CPU per
-//!    10k req/s, peak RSS, lost events;
+//!    10k req/s and per span, peak RSS, lost events, and the floor (empty
+//!    programs on the same tracepoints);
 //! 2. a Flask app on gunicorn: no tracing vs waggle vs OpenTelemetry Python
 //!    auto-instrumentation;
-//! 3. PostgreSQL under `pgbench -S -M prepared`;
-//! 4. per-syscall cost of waggle vs empty programs on the same tracepoints;
-//! 5. the highest fixed request rate at which no event is lost;
+//! 3. a new connection per request (`Connection: close`) against nginx and
+//!    the Flask app: throughput and agent CPU per new connection;
+//! 4. a Node.js http app: no tracing vs waggle vs the OpenTelemetry Node.js
+//!    SDK (`@opentelemetry/auto-instrumentations-node`);
+//! 5. PostgreSQL under `pgbench -S -M prepared`;
+//! 6. per-syscall cost of waggle vs empty programs on the same tracepoints;
+//! 7. the highest fixed request rate at which no event is lost;
 //!
 //! plus a profile (per-program kernel time, perf of the agent) that names
-//! the hot spots. `--quick` does one short round of everything so CI keeps
-//! the harness working; its results go to bench/results/quick/.
+//! the hot spots. Agent CPU per span divides the agent's CPU over a measured
+//! window by the spans the harness's OTLP sink received in it. `--quick`
+//! does one short round of everything so CI keeps the harness working; its
+//! results go to bench/results/quick/.
 mod agent;
 mod ctx;
 mod deps;
+mod json;
 mod load;
 mod markdown;
+mod otlp;
 mod procs;
 mod profile;
 mod report;
 mod scenarios;
+mod sections;
 mod sink;
 mod syscalls;
 
@@ -49,6 +59,9 @@ use crate::{
 pub enum Scenario {
     Nginx,
     Flask,
+    /// A new connection per request against nginx and Flask.
+    Conn,
+    Node,
     Postgres,
     Syscalls,
     Sustained,
@@ -139,7 +152,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         .with_context(|| format!("copying {} to {}", agent_bin.display(), agent_copy.display()))?;
     let agent_bin = agent_copy;
 
-    let mut results = Results { quick, rounds, seconds, machine: machine_info(&root, &venv), ..Default::default() };
+    let mut results = Results { quick, rounds, seconds, machine: machine_info(&root), ..Default::default() };
     if let Some(load) = results.machine.load_average.split_whitespace().next().and_then(|l| l.parse::<f64>().ok()) {
         if load > 0.5 {
             results.warnings.push(format!(
@@ -155,6 +168,12 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     if args.wants(Scenario::Flask) {
         results.flask = outcome(scenarios::flask(&mut ctx));
     }
+    if args.wants(Scenario::Conn) {
+        results.conn = outcome(scenarios::conn(&mut ctx));
+    }
+    if args.wants(Scenario::Node) {
+        results.node = outcome(scenarios::node(&mut ctx));
+    }
     if args.wants(Scenario::Postgres) {
         results.postgres = outcome(scenarios::postgres(&mut ctx));
     }
@@ -167,6 +186,8 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     if args.wants(Scenario::Profile) {
         results.profile = outcome(profile::profile(&mut ctx));
     }
+    // Read after the scenarios: the Node.js one installs its packages first.
+    results.machine.tools = deps::tool_versions(&root, &venv);
     results.warnings.append(&mut ctx.warnings);
     if ctx.sink.bad_requests() > 0 {
         results.warnings.push(format!("the OTLP sink refused {} malformed requests", ctx.sink.bad_requests()));
@@ -177,7 +198,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     let md_path = out_dir.join("latest.md");
     fs::write(&md_path, &md).with_context(|| format!("writing {}", md_path.display()))?;
     let json_path = out_dir.join("latest.json");
-    let json = serde_json::to_string_pretty(&report::to_json(&results))?;
+    let json = serde_json::to_string_pretty(&json::to_json(&results))?;
     fs::write(&json_path, json + "\n").with_context(|| format!("writing {}", json_path.display()))?;
     let png_path = out_dir.join("latest.png");
     let chart = Cmd::new(venv.join("bin").join("python"))
@@ -217,6 +238,8 @@ fn failures(res: &Results) -> Vec<String> {
     };
     check("nginx", res.nginx.as_ref().and_then(|r| r.as_ref().err()));
     check("flask", res.flask.as_ref().and_then(|r| r.as_ref().err()));
+    check("conn", res.conn.as_ref().and_then(|r| r.as_ref().err()));
+    check("node", res.node.as_ref().and_then(|r| r.as_ref().err()));
     check("postgres", res.postgres.as_ref().and_then(|r| r.as_ref().err()));
     check("syscalls", res.syscalls.as_ref().and_then(|r| r.as_ref().err()));
     check("sustained", res.sustained.as_ref().and_then(|r| r.as_ref().err()));
@@ -224,7 +247,8 @@ fn failures(res: &Results) -> Vec<String> {
     failed
 }
 
-fn machine_info(root: &Path, venv: &Path) -> Machine {
+/// The machine and the run; its tools are read after the scenarios.
+fn machine_info(root: &Path) -> Machine {
     let read = |p: &str| fs::read_to_string(p).unwrap_or_default();
     let cpuinfo = read("/proc/cpuinfo");
     let cpu_model = cpuinfo
@@ -243,7 +267,7 @@ fn machine_info(root: &Path, venv: &Path) -> Machine {
         .probe()
         .unwrap_or_else(|| "unknown".into());
     let load_average = read("/proc/loadavg").split_whitespace().take(3).collect::<Vec<_>>().join(" ");
-    Machine { kernel, cpu_model, cores, memory_gib, date_utc, commit, load_average, tools: deps::tool_versions(venv) }
+    Machine { kernel, cpu_model, cores, memory_gib, date_utc, commit, load_average, tools: Vec::new() }
 }
 
 #[cfg(test)]
@@ -266,8 +290,12 @@ mod tests {
         assert!(w.args.wants(Scenario::Nginx) && w.args.wants(Scenario::Syscalls));
         assert!(!w.args.wants(Scenario::Flask));
 
+        let w = Wrapper::try_parse_from(["bench", "--only", "conn,node"]).unwrap();
+        assert_eq!(w.args.only, [Scenario::Conn, Scenario::Node]);
+        assert!(!w.args.wants(Scenario::Nginx));
+
         let w = Wrapper::try_parse_from(["bench", "--quick"]).unwrap();
-        assert!(w.args.wants(Scenario::Sustained));
+        assert!(w.args.wants(Scenario::Sustained) && w.args.wants(Scenario::Conn) && w.args.wants(Scenario::Node));
         assert!(!w.args.wants(Scenario::Profile));
         let w = Wrapper::try_parse_from(["bench"]).unwrap();
         assert!(w.args.wants(Scenario::Profile));

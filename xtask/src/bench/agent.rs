@@ -1,7 +1,9 @@
 //! Running the waggle agent for one measurement: start it, wait until its
 //! probes are attached (`waggle ready`), sample its CPU around the measured
 //! window, stop it with SIGINT and read its counters from the
-//! `waggle stopped` line it logs at exit.
+//! `waggle stopped` line it logs at exit. For agent CPU per span, the
+//! measurement goes on past the window until the window's spans have been
+//! exported, counting the spans the OTLP sink received.
 use std::{
     collections::BTreeMap,
     fs::File,
@@ -15,11 +17,17 @@ use std::{
 
 use anyhow::{anyhow, bail, Context, Result};
 
-use super::procs::{self, Proc};
+use super::{
+    procs::{self, Proc},
+    sink::SinkCounter,
+};
 
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
 /// After `waggle ready`, let the start-up scan and first allocations settle.
 const SETTLE: Duration = Duration::from_millis(300);
+/// After the load stops: the agent's export interval (1 s, a partial batch
+/// waits that long) plus time for an agent that fell behind to catch up.
+const DRAIN: Duration = Duration::from_millis(1300);
 
 /// What one agent run cost and counted.
 #[derive(Clone, Debug, Default)]
@@ -30,6 +38,15 @@ pub struct AgentRun {
     pub wall_seconds: f64,
     /// VmHWM at the end of the run, KiB.
     pub peak_rss_kib: u64,
+    /// utime+stime from the window's start until its spans were exported
+    /// (the window plus [`DRAIN`]), seconds; 0 when not drained.
+    pub drained_cpu_seconds: f64,
+    /// Spans the OTLP sink received over that same time. An agent that lags
+    /// under load exports part of a window's spans after it, and a
+    /// windowed count would be short by that lag; spans of the warm-up still
+    /// in the agent at the window's start are processed (CPU) and exported
+    /// (spans) inside it, so both sides count them.
+    pub drained_spans: u64,
     /// Counters from the `waggle stopped` line (only non-zero ones are printed).
     pub counters: BTreeMap<String, u64>,
 }
@@ -47,6 +64,27 @@ impl AgentRun {
             0.0
         }
     }
+
+    /// Agent CPU per exported span, µs (NaN when nothing was exported or
+    /// the run was not drained).
+    pub fn cpu_us_per_span(&self) -> f64 {
+        if self.drained_spans > 0 {
+            1e6 * self.drained_cpu_seconds / self.drained_spans as f64
+        } else {
+            f64::NAN
+        }
+    }
+
+    /// Agent CPU per request, µs, for `requests` served while it ran: CPU per
+    /// span × the spans it made per request (per new connection when each
+    /// request had its own).
+    pub fn cpu_us_per_request(&self, requests: u64) -> f64 {
+        if requests > 0 {
+            self.cpu_us_per_span() * self.counter("spans_created") as f64 / requests as f64
+        } else {
+            f64::NAN
+        }
+    }
 }
 
 enum LogEvent {
@@ -58,15 +96,17 @@ pub struct Agent {
     proc: Proc,
     events: mpsc::Receiver<LogEvent>,
     reader: Option<thread::JoinHandle<Vec<String>>>,
-    window_start: Option<(u64, Instant)>,
+    sink: SinkCounter,
+    window_start: Option<(u64, Instant, u64)>,
     window: Option<(f64, f64)>,
+    drained: Option<(f64, u64)>,
     log_path: PathBuf,
 }
 
 impl Agent {
     /// Starts the agent exporting OTLP to `otlp_base_url`; its stderr is
     /// copied to `log_path`. Returns once the probes are attached.
-    pub fn start(bin: &Path, otlp_base_url: &str, log_path: &Path) -> Result<Agent> {
+    pub fn start(bin: &Path, otlp_base_url: &str, sink: SinkCounter, log_path: &Path) -> Result<Agent> {
         let mut command = Command::new(bin);
         command
             .args(["--otlp-endpoint", otlp_base_url, "--log-level", "info"])
@@ -108,8 +148,10 @@ impl Agent {
             proc,
             events,
             reader: Some(reader),
+            sink,
             window_start: None,
             window: None,
+            drained: None,
             log_path: log_path.to_owned(),
         };
         agent.wait_ready()?;
@@ -146,15 +188,27 @@ impl Agent {
 
     /// Starts the measured window (CPU is counted from here).
     pub fn begin(&mut self) -> Result<()> {
-        self.window_start = Some((procs::cpu_ticks(self.pid())?, Instant::now()));
+        self.window_start = Some((procs::cpu_ticks(self.pid())?, Instant::now(), self.sink.count().spans));
         Ok(())
     }
 
     /// Ends the measured window.
     pub fn end(&mut self) -> Result<()> {
-        let (ticks0, t0) = self.window_start.take().ok_or_else(|| anyhow!("agent window ended before it began"))?;
+        let (ticks0, t0, _) = self.window_start.ok_or_else(|| anyhow!("agent window ended before it began"))?;
         let ticks = procs::cpu_ticks(self.pid())?.saturating_sub(ticks0);
         self.window = Some((ticks as f64 / procs::clock_ticks_per_second(), t0.elapsed().as_secs_f64()));
+        Ok(())
+    }
+
+    /// Ends the measured window (call it as the load stops), then waits
+    /// until the window's spans are exported, for agent CPU per span.
+    pub fn end_and_drain(&mut self) -> Result<()> {
+        self.end()?;
+        let (ticks0, _, spans0) = self.window_start.ok_or_else(|| anyhow!("agent drained before it began"))?;
+        thread::sleep(DRAIN);
+        let ticks = procs::cpu_ticks(self.pid())?.saturating_sub(ticks0);
+        let spans = self.sink.count().spans.saturating_sub(spans0);
+        self.drained = Some((ticks as f64 / procs::clock_ticks_per_second(), spans));
         Ok(())
     }
 
@@ -174,7 +228,15 @@ impl Agent {
             bail!("waggle exited with {status}; last log lines:\n{}", tail.join("\n"));
         }
         let (cpu_seconds, wall_seconds) = self.window.unwrap_or((0.0, 0.0));
-        Ok(AgentRun { cpu_seconds, wall_seconds, peak_rss_kib, counters: parse_counters(&line) })
+        let (drained_cpu_seconds, drained_spans) = self.drained.unwrap_or((0.0, 0));
+        Ok(AgentRun {
+            cpu_seconds,
+            wall_seconds,
+            peak_rss_kib,
+            drained_cpu_seconds,
+            drained_spans,
+            counters: parse_counters(&line),
+        })
     }
 }
 
@@ -220,5 +282,13 @@ mod tests {
         assert!((run.millicores() - 50.0).abs() < 1e-9);
         assert_eq!(AgentRun::default().millicores(), 0.0);
         assert_eq!(run.counter("missing"), 0);
+        assert!(run.cpu_us_per_span().is_nan(), "not drained");
+        // 0.6 s of CPU until drained, 120k spans exported: 5 µs each; at 2
+        // spans per request (60k spans created for 30k requests), 10 µs per request.
+        let mut run = AgentRun { drained_cpu_seconds: 0.6, drained_spans: 120_000, ..run };
+        run.counters.insert("spans_created".into(), 60_000);
+        assert!((run.cpu_us_per_span() - 5.0).abs() < 1e-9);
+        assert!((run.cpu_us_per_request(30_000) - 10.0).abs() < 1e-9);
+        assert!(run.cpu_us_per_request(0).is_nan());
     }
 }

@@ -94,7 +94,7 @@ impl Ctx {
     pub fn start_agent(&mut self, label: &str) -> Result<Agent> {
         self.runs += 1;
         let log = self.raw_dir.join(format!("agent-{:03}-{label}.log", self.runs));
-        Agent::start(&self.agent_bin, &self.sink.base_url(), &log)
+        Agent::start(&self.agent_bin, &self.sink.base_url(), self.sink.counter(), &log)
     }
 }
 

@@ -18,6 +18,9 @@ pub struct WrkResult {
     pub p90_us: f64,
     pub p99_us: f64,
     pub max_us: f64,
+    /// TCP connections this network namespace opened during the run
+    /// (ActiveOpens of /proc/net/snmp): wrk's own, plus whatever else ran.
+    pub tcp_opens: Option<u64>,
 }
 
 impl WrkResult {
@@ -36,6 +39,9 @@ pub struct Wrk<'a> {
     pub connections: u32,
     pub seconds: f64,
     pub script: &'a Path,
+    /// Extra request headers (`Connection: close` makes wrk reconnect for
+    /// every request).
+    pub headers: &'a [&'a str],
 }
 
 impl Wrk<'_> {
@@ -50,13 +56,18 @@ impl Wrk<'_> {
             .arg("--timeout")
             .arg("5s")
             .arg("-s")
-            .arg(self.script)
-            .arg(self.url);
+            .arg(self.script);
+        for header in self.headers {
+            command.arg("-H").arg(header);
+        }
+        command.arg(self.url);
+        let opens_before = procs::tcp_active_opens();
         let (status, stdout, stderr) = procs::run_captured("wrk", command, Duration::from_secs(secs) + SLACK)?;
         if !status.success() {
             bail!("wrk failed ({status}): {stderr}{stdout}");
         }
-        let result = parse_wrk(&stdout).ok_or_else(|| anyhow!("no WRK_RESULT line in wrk's output:\n{stdout}"))?;
+        let mut result = parse_wrk(&stdout).ok_or_else(|| anyhow!("no WRK_RESULT line in wrk's output:\n{stdout}"))?;
+        result.tcp_opens = opens_before.zip(procs::tcp_active_opens()).map(|(a, b)| b.saturating_sub(a));
         if result.requests == 0 {
             bail!("wrk completed no request against {}:\n{stdout}", self.url);
         }
@@ -78,6 +89,7 @@ pub fn parse_wrk(stdout: &str) -> Option<WrkResult> {
         p90_us: get("p90_us")?,
         p99_us: get("p99_us")?,
         max_us: get("max_us")?,
+        tcp_opens: None,
     })
 }
 

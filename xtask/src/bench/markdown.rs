@@ -4,39 +4,11 @@ use std::fmt::Write as _;
 
 use super::{
     profile::Profile,
-    report::{
-        highest_clean_rate, median, mib, ratio, summarize_flask, summarize_nginx, summarize_syscalls, targets, Outcome,
-        Results,
-    },
-    scenarios::{
-        FLASK_WORKERS, FLASK_WRK_CONNECTIONS, NGINX_WRK_CONNECTIONS, NGINX_WRK_THREADS, PGBENCH_CLIENTS,
-        SUSTAINED_CONNECTIONS,
-    },
+    report::{highest_clean_rate, median, mib, ratio, summarize_nginx, summarize_syscalls, targets, Results},
+    scenarios::{NGINX_WRK_CONNECTIONS, NGINX_WRK_THREADS, PGBENCH_CLIENTS, SUSTAINED_CONNECTIONS},
+    sections::{self, f0, outcome_note, ratio_cell, undertraced, us1},
     syscalls::WAGGLE_TRACEPOINTS,
 };
-
-fn min_max(values: &[f64]) -> (f64, f64) {
-    values.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &x| (lo.min(x), hi.max(x)))
-}
-
-/// `0.981 (0.975–0.990)` when there is more than one round.
-fn ratio_cell(ratios: &[f64]) -> String {
-    let m = median(ratios);
-    if ratios.len() > 1 {
-        let (lo, hi) = min_max(ratios);
-        format!("{m:.3}× ({lo:.3}–{hi:.3})")
-    } else {
-        format!("{m:.3}×")
-    }
-}
-
-fn f0(x: f64) -> String {
-    if x.is_finite() {
-        format!("{x:.0}")
-    } else {
-        "n/a".into()
-    }
-}
 
 fn verdict_word(met: Option<bool>) -> &'static str {
     match met {
@@ -116,6 +88,7 @@ pub fn markdown(res: &Results) -> String {
             );
             let _ = writeln!(md, "| agent CPU (millicores) | | {} | |", f0(s.millicores));
             let _ = writeln!(md, "| agent CPU per 10k req/s | | {}m | |", f0(s.millicores_per_10k));
+            let _ = writeln!(md, "| agent CPU per span (µs) | | {} | |", us1(s.cpu_us_per_span));
             let _ = writeln!(md, "| agent peak RSS | | {:.1} MiB | |", s.peak_rss_mib);
             let _ = writeln!(md, "| kernel events lost | | {} | |", s.events_lost);
             let _ = writeln!(md, "| spans dropped (export queue full) | | {} | |", s.spans_dropped);
@@ -135,49 +108,11 @@ pub fn markdown(res: &Results) -> String {
         other => outcome_note(&mut md, other),
     }
 
-    let _ = writeln!(md, "\n## 2. Python web app: waggle vs OpenTelemetry auto-instrumentation\n");
-    let _ = writeln!(
-        md,
-        "Flask route hashing 32 KiB and building a small JSON body (bench/flask_app.py), gunicorn {FLASK_WORKERS} sync \
-         workers (one connection per request); wrk -t1 -c{FLASK_WRK_CONNECTIONS}. The SDK run is \
-         `opentelemetry-instrument` with the Flask instrumentation exporting OTLP/HTTP to the same local \
-         receiver waggle exports to, batch delay 1 s like waggle's.\n"
-    );
-    match &res.flask {
-        Some(Ok(rounds)) if !rounds.is_empty() => {
-            let s = summarize_flask(rounds);
-            let _ = writeln!(md, "| metric | no tracing | waggle | OpenTelemetry SDK |\n| --- | --- | --- | --- |");
-            let _ =
-                writeln!(md, "| throughput (req/s) | {} | {} | {} |", f0(s.none_rps), f0(s.waggle_rps), f0(s.sdk_rps));
-            let _ = writeln!(
-                md,
-                "| throughput ratio | 1 | {} | {} |",
-                ratio_cell(&s.waggle_ratios),
-                ratio_cell(&s.sdk_ratios)
-            );
-            let _ = writeln!(
-                md,
-                "| throughput cost | | {:.1} % | {:.1} % |",
-                100.0 * s.waggle_cost(),
-                100.0 * s.sdk_cost()
-            );
-            let _ =
-                writeln!(md, "| p50 latency (µs) | {} | {} | {} |", f0(s.none_p50), f0(s.waggle_p50), f0(s.sdk_p50));
-            let _ =
-                writeln!(md, "| p99 latency (µs) | {} | {} | {} |", f0(s.none_p99), f0(s.waggle_p99), f0(s.sdk_p99));
-            let _ = writeln!(md, "| agent CPU (millicores) | | {} | (in-process) |", f0(s.waggle_millicores));
-            let _ = writeln!(
-                md,
-                "| spans per request / OTLP exports | | {:.2} | {} exports |",
-                s.spans_per_request, s.sdk_export_requests
-            );
-            let _ = writeln!(md, "| kernel events lost | | {} | |", s.events_lost);
-            undertraced(&mut md, s.spans_per_request);
-        }
-        other => outcome_note(&mut md, other),
-    }
+    sections::flask_section(&mut md, res);
+    sections::conn_section(&mut md, res);
+    sections::node_section(&mut md, res);
 
-    let _ = writeln!(md, "\n## 3. PostgreSQL, `pgbench -S -M prepared`\n");
+    let _ = writeln!(md, "\n## 5. PostgreSQL, `pgbench -S -M prepared`\n");
     let _ = writeln!(md, "Select-only, prepared statements, scale 1, {PGBENCH_CLIENTS} clients over loopback TCP.\n");
     match &res.postgres {
         Some(Ok(rounds)) if !rounds.is_empty() => {
@@ -185,18 +120,20 @@ pub fn markdown(res: &Results) -> String {
             let agent = median(&rounds.iter().map(|r| r.agent_tps).collect::<Vec<_>>());
             let ratios: Vec<f64> = rounds.iter().map(|r| ratio(r.agent_tps, r.base_tps)).collect();
             let cpu = median(&rounds.iter().map(|r| r.run.millicores()).collect::<Vec<_>>());
+            let per_span = median(&rounds.iter().map(|r| r.run.cpu_us_per_span()).collect::<Vec<_>>());
             let spans: u64 = rounds.iter().map(|r| r.run.counter("spans_created")).sum();
             let lost: u64 = rounds.iter().map(|r| r.run.counter("kernel_events_lost")).sum();
             let _ = writeln!(md, "| metric | no agent | waggle | ratio |\n| --- | --- | --- | --- |");
             let _ = writeln!(md, "| transactions/s | {} | {} | {} |", f0(base), f0(agent), ratio_cell(&ratios));
             let _ = writeln!(md, "| agent CPU (millicores) | | {} | |", f0(cpu));
+            let _ = writeln!(md, "| agent CPU per span (µs) | | {} | |", us1(per_span));
             let _ = writeln!(md, "| spans created (all rounds) | | {spans} | |");
             let _ = writeln!(md, "| kernel events lost | | {lost} | |");
         }
         other => outcome_note(&mut md, other),
     }
 
-    let _ = writeln!(md, "\n## 4. Per-syscall cost\n");
+    let _ = writeln!(md, "\n## 6. Per-syscall cost\n");
     let _ = writeln!(
         md,
         "bench/syscall_loop.c pinned to CPU 0, 64-byte write/read pairs (tcp-http: HTTP request/response \
@@ -243,7 +180,7 @@ pub fn markdown(res: &Results) -> String {
         other => outcome_note(&mut md, other),
     }
 
-    let _ = writeln!(md, "\n## 5. Sustained load: highest rate with no lost event\n");
+    let _ = writeln!(md, "\n## 7. Sustained load: highest rate with no lost event\n");
     let _ = writeln!(
         md,
         "h2load --h1 -c{SUSTAINED_CONNECTIONS} at a fixed request rate against the nginx of scenario 1, stepping \
@@ -254,7 +191,7 @@ pub fn markdown(res: &Results) -> String {
         Some(Ok(steps)) => {
             let _ = writeln!(
                 md,
-                "| target rate | achieved | events lost | spans dropped | agent CPU | agent peak RSS | verdict |\n| --- | --- | --- | --- | --- | --- | --- |"
+                "| target rate | achieved | events lost | spans dropped | agent CPU | agent CPU per span | agent peak RSS | verdict |\n| --- | --- | --- | --- | --- | --- | --- | --- |"
             );
             for s in steps {
                 let verdict = if s.clean() {
@@ -272,12 +209,13 @@ pub fn markdown(res: &Results) -> String {
                 };
                 let _ = writeln!(
                     md,
-                    "| {} | {:.0} | {} | {} | {:.0}m | {:.1} MiB | {verdict} |",
+                    "| {} | {:.0} | {} | {} | {:.0}m | {} µs | {:.1} MiB | {verdict} |",
                     s.rate,
                     s.achieved,
                     s.lost(),
                     s.run.counter("spans_dropped_queue_full"),
                     s.run.millicores(),
+                    us1(s.run.cpu_us_per_span()),
                     mib(s.run.peak_rss_kib)
                 );
             }
@@ -309,31 +247,16 @@ pub fn markdown(res: &Results) -> String {
          - Agent CPU is utime+stime of the agent process from /proc over the measured window only; eBPF \
          programs run in the context of the traced processes, so their cost shows as lost throughput, not \
          here (the per-syscall table and the profile give it separately). Peak RSS is VmHWM.\n\
-         - The agent exports OTLP/HTTP to an in-process receiver of the harness that discards the payload.\n\
+         - Agent CPU per span: the agent's CPU from the window's start until its spans were exported (the \
+         window plus 1.3 s: the 1 s export interval, and catch-up for an agent that fell behind) ÷ the \
+         spans the receiver counted over that same time. Per new connection: CPU per span × the spans the \
+         agent made per connection.\n\
+         - The agent exports OTLP/HTTP to an in-process receiver of the harness that counts the spans in each \
+         body and discards it.\n\
          - Reproduce: `cargo xtask bench` (about 10 minutes) or `cargo xtask bench --quick` (smoke run, \
          results in bench/results/quick/). Raw logs: bench/results/raw/."
     );
     md
-}
-
-/// An agent that traced less than one span per request was not doing the
-/// work whose cost the table claims to show.
-fn undertraced(md: &mut String, spans_per_request: f64) {
-    if spans_per_request.is_nan() || spans_per_request < 1.0 {
-        let _ = writeln!(
-            md,
-            "\n**Warning:** waggle produced {spans_per_request:.2} spans per request: it was not tracing every \
-             request, so this is not the cost of full tracing (see the agent logs in raw/)."
-        );
-    }
-}
-
-fn outcome_note<T>(md: &mut String, outcome: &Outcome<T>) {
-    let _ = match outcome {
-        None => writeln!(md, "Not run."),
-        Some(Err(e)) => writeln!(md, "**Failed:** {e}"),
-        Some(Ok(_)) => writeln!(md, "No rounds."),
-    };
 }
 
 fn profile_markdown(md: &mut String, p: &Profile) {
@@ -396,12 +319,26 @@ mod tests {
         assert!(md.contains("24000 req/s, 0.800× no agent; waggle reaches 1.200× the floor."), "{md}");
         assert!(md.contains("**Highest clean rate: 10000 req/s.**"), "{md}");
         assert!(md.contains("| throughput cost | | 1.0 % | 30.0 % |"), "{md}");
+        // nginx: 1.8 s of CPU until drained for 600k spans; per-connection nginx: 1.92 s for 192k spans.
+        assert!(md.contains("| agent CPU per 10k req/s | | 53m | |\n| agent CPU per span (µs) | | 3.0 | |"), "{md}");
+        assert!(md.contains("| connections/s (one request each) | 10000 | 8000 | 0.800× |"), "{md}");
+        assert!(md.contains("| agent CPU per new connection (µs) | | 20.0 | |\n| agent CPU per span (µs) | | 10.0 | |"));
+        // Per-connection Flask: 60 µs per span, 2 spans per connection.
+        assert!(md.contains("| agent CPU per new connection (µs) | | 120.0 | |"), "{md}");
+        assert!(md.contains("| throughput cost | | 4.0 % | 40.0 % |"), "{md}");
+        assert!(md.contains("| spans per request | | 2.00 | 1.00 (12 OTLP exports) |"), "{md}");
+        assert!(md.contains("| 20000 | 19990 | 12 | 0 | 80m | 2.4 µs | 50.0 MiB | events lost |"), "{md}");
+        assert!(md.contains("| 10000 | 9995 | 0 | 0 | 40m | n/a µs |"), "{md}");
+        let (conn, node) = (md.find("## 3. A new connection").unwrap(), md.find("## 4. Node.js").unwrap());
+        assert!(conn < node && node < md.find("## 5. PostgreSQL").unwrap());
         assert!(!md.contains("spans per request: it was not tracing"), "{md}");
         let mut res = sample_results();
         if let Some(Ok(rounds)) = &mut res.nginx {
             rounds.iter_mut().for_each(|r| r.run.counters.clear());
         }
+        res.node = Some(Err("npm install failed".into()));
         let md = markdown(&res);
         assert!(md.contains("waggle produced 0.00 spans per request"), "{md}");
+        assert!(md.contains("**Failed:** npm install failed"), "{md}");
     }
 }

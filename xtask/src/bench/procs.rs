@@ -251,6 +251,22 @@ pub fn parse_status_kib(status: &str, key: &str) -> Option<u64> {
     })
 }
 
+/// TCP connections opened by this network namespace so far (ActiveOpens).
+pub fn tcp_active_opens() -> Option<u64> {
+    parse_snmp(&fs::read_to_string("/proc/net/snmp").ok()?, "Tcp", "ActiveOpens")
+}
+
+/// A counter from /proc/net/snmp, where each protocol has a line of names
+/// followed by a line of values, both prefixed `Proto:`.
+pub fn parse_snmp(snmp: &str, proto: &str, name: &str) -> Option<u64> {
+    let prefix = format!("{proto}:");
+    let mut lines = snmp.lines().filter(|l| l.starts_with(&prefix));
+    let names = lines.next()?;
+    let values = lines.next()?;
+    let index = names.split_whitespace().position(|n| n == name)?;
+    values.split_whitespace().nth(index)?.parse().ok()
+}
+
 /// A loopback port nobody listens on right now.
 pub fn free_port() -> Result<u16> {
     let listener = TcpListener::bind("127.0.0.1:0").context("finding a free loopback port")?;
@@ -349,6 +365,18 @@ mod tests {
         assert_eq!(parse_status_kib(status, "VmHWM"), Some(51234));
         assert_eq!(parse_status_kib(status, "VmRSS"), Some(40000));
         assert_eq!(parse_status_kib(status, "VmSwap"), None);
+    }
+
+    #[test]
+    fn snmp_counters() {
+        let snmp = "Ip: Forwarding DefaultTTL\nIp: 1 64\n\
+                    Tcp: RtoAlgorithm RtoMin RtoMax MaxConn ActiveOpens PassiveOpens\n\
+                    Tcp: 1 200 120000 -1 48213 47002\nUdp: InDatagrams\nUdp: 7\n";
+        assert_eq!(parse_snmp(snmp, "Tcp", "ActiveOpens"), Some(48213));
+        assert_eq!(parse_snmp(snmp, "Tcp", "PassiveOpens"), Some(47002));
+        assert_eq!(parse_snmp(snmp, "Tcp", "Nope"), None);
+        assert_eq!(parse_snmp(snmp, "Icmp", "ActiveOpens"), None);
+        assert!(tcp_active_opens().is_some());
     }
 
     #[test]

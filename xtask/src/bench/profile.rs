@@ -186,6 +186,7 @@ pub fn profile(ctx: &mut Ctx) -> Result<Profile> {
         connections: NGINX_WRK_CONNECTIONS,
         seconds: ctx.seconds,
         script: &script,
+        headers: &[],
     }
     .run()?;
     a.end()?;

@@ -1,10 +1,8 @@
-//! Summaries of the measurements, the verdict on each target of the
-//! acceptance, and the JSON the chart script reads.
-use serde_json::{json, Value};
-
+//! Summaries of the measurements and the verdict on each target of the
+//! acceptance.
 use super::{
     profile::Profile,
-    scenarios::{FlaskRound, NginxRound, PgRound, SustainedStep},
+    scenarios::{ConnResults, ConnRound, NginxRound, PgRound, SdkRound, SustainedStep},
     syscalls::{Probe, SyscallResults, SYSCALL_MODES},
 };
 
@@ -15,6 +13,11 @@ pub const TARGET_CLEAN_RATE: u32 = 20_000;
 pub const TARGET_RSS_MIB_AT_10K: f64 = 60.0;
 /// waggle's throughput cost at most this fraction of the SDK's.
 pub const TARGET_COST_VS_SDK: f64 = 0.2;
+/// Agent CPU per new connection (both ends traced), µs.
+pub const TARGET_CPU_US_PER_CONNECTION: f64 = 5.0;
+/// Agent CPU per span at a fixed 10k req/s, µs (50m per 10k req/s, two
+/// spans per request).
+pub const TARGET_CPU_US_PER_SPAN: f64 = 2.5;
 
 #[derive(Clone, Debug, Default)]
 pub struct Machine {
@@ -39,7 +42,9 @@ pub struct Results {
     pub machine: Machine,
     pub warnings: Vec<String>,
     pub nginx: Outcome<Vec<NginxRound>>,
-    pub flask: Outcome<Vec<FlaskRound>>,
+    pub flask: Outcome<Vec<SdkRound>>,
+    pub conn: Outcome<ConnResults>,
+    pub node: Outcome<Vec<SdkRound>>,
     pub postgres: Outcome<Vec<PgRound>>,
     pub syscalls: Outcome<SyscallResults>,
     pub sustained: Outcome<Vec<SustainedStep>>,
@@ -91,6 +96,7 @@ pub struct NginxSummary {
     pub agent_p99: f64,
     pub millicores: f64,
     pub millicores_per_10k: f64,
+    pub cpu_us_per_span: f64,
     pub peak_rss_mib: f64,
     pub events_lost: u64,
     pub spans_dropped: u64,
@@ -120,6 +126,7 @@ pub fn summarize_nginx(rounds: &[NginxRound]) -> NginxSummary {
         agent_p99: median(&col(&|r| r.agent.p99_us)),
         millicores,
         millicores_per_10k: median(&col(&|r| ratio(r.run.millicores(), r.agent.rps() / 10_000.0))),
+        cpu_us_per_span: median(&col(&|r| r.run.cpu_us_per_span())),
         peak_rss_mib: rounds.iter().map(|r| mib(r.run.peak_rss_kib)).fold(0.0, f64::max),
         events_lost: rounds.iter().map(|r| r.run.counter("kernel_events_lost")).sum(),
         spans_dropped: rounds.iter().map(|r| r.run.counter("spans_dropped_queue_full")).sum(),
@@ -128,7 +135,7 @@ pub fn summarize_nginx(rounds: &[NginxRound]) -> NginxSummary {
 }
 
 #[derive(Clone, Debug, Default)]
-pub struct FlaskSummary {
+pub struct SdkSummary {
     pub none_rps: f64,
     pub waggle_rps: f64,
     pub sdk_rps: f64,
@@ -141,12 +148,18 @@ pub struct FlaskSummary {
     pub waggle_p99: f64,
     pub sdk_p99: f64,
     pub waggle_millicores: f64,
+    pub waggle_cpu_us_per_span: f64,
+    /// Agent CPU per span × its spans per request: per new connection when
+    /// every request has its own (gunicorn sync, `Connection: close`).
+    pub waggle_cpu_us_per_request: f64,
     pub spans_per_request: f64,
     pub sdk_export_requests: u64,
+    /// Spans the SDK delivered per request served (below 1: it dropped some).
+    pub sdk_spans_per_request: f64,
     pub events_lost: u64,
 }
 
-impl FlaskSummary {
+impl SdkSummary {
     /// Throughput lost, as a fraction (0.02 = 2 %).
     pub fn waggle_cost(&self) -> f64 {
         1.0 - median(&self.waggle_ratios)
@@ -156,11 +169,13 @@ impl FlaskSummary {
     }
 }
 
-pub fn summarize_flask(rounds: &[FlaskRound]) -> FlaskSummary {
-    let col = |f: &dyn Fn(&FlaskRound) -> f64| rounds.iter().map(f).collect::<Vec<f64>>();
+pub fn summarize_sdk(rounds: &[SdkRound]) -> SdkSummary {
+    let col = |f: &dyn Fn(&SdkRound) -> f64| rounds.iter().map(f).collect::<Vec<f64>>();
     let spans: u64 = rounds.iter().map(|r| r.waggle_run.counter("spans_created")).sum();
     let requests: u64 = rounds.iter().map(|r| r.waggle_requests).sum();
-    FlaskSummary {
+    let sdk_spans: u64 = rounds.iter().map(|r| r.sdk_export.spans).sum();
+    let sdk_requests: u64 = rounds.iter().map(|r| r.sdk_requests).sum();
+    SdkSummary {
         none_rps: median(&col(&|r| r.none.rps())),
         waggle_rps: median(&col(&|r| r.waggle.rps())),
         sdk_rps: median(&col(&|r| r.sdk.rps())),
@@ -173,9 +188,39 @@ pub fn summarize_flask(rounds: &[FlaskRound]) -> FlaskSummary {
         waggle_p99: median(&col(&|r| r.waggle.p99_us)),
         sdk_p99: median(&col(&|r| r.sdk.p99_us)),
         waggle_millicores: median(&col(&|r| r.waggle_run.millicores())),
+        waggle_cpu_us_per_span: median(&col(&|r| r.waggle_run.cpu_us_per_span())),
+        waggle_cpu_us_per_request: median(&col(&|r| r.waggle_run.cpu_us_per_request(r.waggle_requests))),
         spans_per_request: ratio(spans as f64, requests as f64),
         sdk_export_requests: rounds.iter().map(|r| r.sdk_export.requests).sum(),
+        sdk_spans_per_request: ratio(sdk_spans as f64, sdk_requests as f64),
         events_lost: rounds.iter().map(|r| r.waggle_run.counter("kernel_events_lost")).sum(),
+    }
+}
+
+/// nginx with a new connection per request.
+#[derive(Clone, Debug, Default)]
+pub struct ConnSummary {
+    pub base_rps: f64,
+    pub agent_rps: f64,
+    pub rps_ratios: Vec<f64>,
+    pub millicores: f64,
+    pub cpu_us_per_connection: f64,
+    pub cpu_us_per_span: f64,
+    pub spans_per_connection: f64,
+    pub events_lost: u64,
+}
+
+pub fn summarize_conn_nginx(c: &ConnResults) -> ConnSummary {
+    let col = |f: &dyn Fn(&ConnRound) -> f64| c.nginx.iter().map(f).collect::<Vec<f64>>();
+    ConnSummary {
+        base_rps: median(&col(&|r| r.none.rps())),
+        agent_rps: median(&col(&|r| r.waggle.rps())),
+        rps_ratios: col(&|r| ratio(r.waggle.rps(), r.none.rps())),
+        millicores: median(&col(&|r| r.run.millicores())),
+        cpu_us_per_connection: median(&col(&|r| r.run.cpu_us_per_request(r.waggle_requests))),
+        cpu_us_per_span: median(&col(&|r| r.run.cpu_us_per_span())),
+        spans_per_connection: median(&col(&|r| ratio(r.run.counter("spans_created") as f64, r.waggle_requests as f64))),
+        events_lost: c.nginx.iter().map(|r| r.run.counter("kernel_events_lost")).sum(),
     }
 }
 
@@ -293,106 +338,51 @@ pub fn targets(res: &Results) -> Vec<Verdict> {
         }
         None => out.push(missing(&t)),
     }
-    let t = "waggle's throughput cost ≤ 1/5 of the Python SDK's".to_owned();
-    match &res.flask {
-        Some(Ok(rounds)) if !rounds.is_empty() => {
-            let s = summarize_flask(rounds);
-            let (w, k) = (s.waggle_cost(), s.sdk_cost());
-            let met = if k <= 0.0 { None } else { Some(w <= TARGET_COST_VS_SDK * k) };
+    let t = format!("agent ≤ {TARGET_CPU_US_PER_SPAN} µs CPU per span (fixed 10k rps)");
+    match at_10k.filter(|s| s.run.drained_spans > 0) {
+        Some(s) => {
+            let us = s.run.cpu_us_per_span();
+            out.push(Verdict { target: t, measured: format!("{us:.1} µs"), met: Some(us <= TARGET_CPU_US_PER_SPAN) });
+        }
+        None => out.push(missing(&t)),
+    }
+    let t = format!("agent ≤ {TARGET_CPU_US_PER_CONNECTION} µs CPU per new connection (nginx, `Connection: close`)");
+    match &res.conn {
+        Some(Ok(c)) if !c.nginx.is_empty() => {
+            let us = summarize_conn_nginx(c).cpu_us_per_connection;
+            let flask = (!c.flask.is_empty()).then(|| summarize_sdk(&c.flask).waggle_cpu_us_per_request);
             out.push(Verdict {
                 target: t,
-                measured: format!("waggle {:.1} % vs SDK {:.1} % (ratio {:.2})", 100.0 * w, 100.0 * k, ratio(w, k)),
-                met,
+                measured: match flask {
+                    Some(f) => format!("{us:.1} µs (gunicorn sync Flask: {f:.1} µs)"),
+                    None => format!("{us:.1} µs"),
+                },
+                met: us.is_finite().then_some(us <= TARGET_CPU_US_PER_CONNECTION),
             });
         }
         _ => out.push(missing(&t)),
     }
+    out.push(sdk_verdict("the Python SDK's (Flask, gunicorn sync)", &res.flask));
+    out.push(sdk_verdict("the Node.js SDK's (http, keep-alive)", &res.node));
     out
 }
 
-/// Machine-readable results (bench/results/*.json), also what chart.py reads.
-pub fn to_json(res: &Results) -> Value {
-    let err = |e: &String| json!({ "error": e });
-    let nginx = match &res.nginx {
-        Some(Ok(rounds)) => {
-            let s = summarize_nginx(rounds);
-            json!({
-                "base_rps": s.base_rps, "agent_rps": s.agent_rps,
-                "rps_ratio": median(&s.rps_ratios), "rps_ratios": s.rps_ratios,
-                "floor_rps": s.floor_rps,
-                "floor_ratio": (!s.floor_ratios.is_empty()).then(|| median(&s.floor_ratios)),
-                "agent_to_floor_ratio": (!s.agent_to_floor_ratios.is_empty()).then(|| median(&s.agent_to_floor_ratios)),
-                "p50_ratio": median(&s.p50_ratios), "p99_ratio": median(&s.p99_ratios),
-                "agent_millicores": s.millicores, "millicores_per_10k_rps": s.millicores_per_10k,
-                "peak_rss_mib": s.peak_rss_mib, "events_lost": s.events_lost,
-                "spans_dropped": s.spans_dropped, "spans_per_request": s.spans_per_request,
-            })
+/// waggle's throughput cost against an SDK's: met when it is at most
+/// [`TARGET_COST_VS_SDK`] of it; n/a when the SDK cost nothing measurable.
+fn sdk_verdict(whose: &str, outcome: &Outcome<Vec<SdkRound>>) -> Verdict {
+    let target = format!("waggle's throughput cost ≤ 1/5 of {whose}");
+    match outcome {
+        Some(Ok(rounds)) if !rounds.is_empty() => {
+            let s = summarize_sdk(rounds);
+            let (w, k) = (s.waggle_cost(), s.sdk_cost());
+            Verdict {
+                target,
+                measured: format!("waggle {:.1} % vs SDK {:.1} % (ratio {:.2})", 100.0 * w, 100.0 * k, ratio(w, k)),
+                met: if k <= 0.0 { None } else { Some(w <= TARGET_COST_VS_SDK * k) },
+            }
         }
-        Some(Err(e)) => err(e),
-        None => Value::Null,
-    };
-    let flask = match &res.flask {
-        Some(Ok(rounds)) => {
-            let s = summarize_flask(rounds);
-            json!({
-                "none_rps": s.none_rps, "waggle_rps": s.waggle_rps, "sdk_rps": s.sdk_rps,
-                "waggle_ratio": median(&s.waggle_ratios), "sdk_ratio": median(&s.sdk_ratios),
-                "waggle_cost": s.waggle_cost(), "sdk_cost": s.sdk_cost(),
-                "waggle_millicores": s.waggle_millicores, "spans_per_request": s.spans_per_request,
-            })
-        }
-        Some(Err(e)) => err(e),
-        None => Value::Null,
-    };
-    let postgres = match &res.postgres {
-        Some(Ok(rounds)) => {
-            let ratios: Vec<f64> = rounds.iter().map(|r| ratio(r.agent_tps, r.base_tps)).collect();
-            json!({
-                "base_tps": median(&rounds.iter().map(|r| r.base_tps).collect::<Vec<_>>()),
-                "agent_tps": median(&rounds.iter().map(|r| r.agent_tps).collect::<Vec<_>>()),
-                "tps_ratio": median(&ratios), "tps_ratios": ratios,
-            })
-        }
-        Some(Err(e)) => err(e),
-        None => Value::Null,
-    };
-    let syscalls = match &res.syscalls {
-        Some(Ok(r)) => Value::Array(
-            summarize_syscalls(r)
-                .iter()
-                .map(|row| {
-                    json!({"mode": row.mode, "none_ns": row.none, "empty_ns": row.empty, "waggle_ns": row.waggle,
-                    "wall_none_ns": row.wall_none, "wall_waggle_ns": row.wall_waggle})
-                })
-                .collect(),
-        ),
-        Some(Err(e)) => err(e),
-        None => Value::Null,
-    };
-    let sustained = match &res.sustained {
-        Some(Ok(steps)) => json!({
-            "highest_clean_rate": highest_clean_rate(steps),
-            "steps": steps.iter().map(|s| json!({
-                "rate": s.rate, "achieved": s.achieved, "events_lost": s.lost(), "clean": s.clean(),
-                "agent_millicores": s.run.millicores(), "peak_rss_mib": mib(s.run.peak_rss_kib),
-                "spans_dropped": s.run.counter("spans_dropped_queue_full"),
-                "baseline_achieved": s.baseline_achieved,
-            })).collect::<Vec<_>>(),
-        }),
-        Some(Err(e)) => err(e),
-        None => Value::Null,
-    };
-    let m = &res.machine;
-    json!({
-        "quick": res.quick, "rounds": res.rounds, "seconds": res.seconds,
-        "machine": {
-            "kernel": m.kernel, "cpu_model": m.cpu_model, "cores": m.cores, "memory_gib": m.memory_gib,
-            "date_utc": m.date_utc, "commit": m.commit, "load_average": m.load_average,
-        },
-        "warnings": res.warnings,
-        "targets": targets(res).iter().map(|v| json!({"target": v.target, "measured": v.measured, "met": v.met})).collect::<Vec<_>>(),
-        "nginx": nginx, "flask": flask, "postgres": postgres, "syscalls": syscalls, "sustained": sustained,
-    })
+        _ => Verdict { target, measured: "not measured".into(), met: None },
+    }
 }
 
 #[cfg(test)]
@@ -401,15 +391,40 @@ pub(super) mod tests {
     use crate::bench::{agent::AgentRun, load::WrkResult, sink::SinkCount};
 
     fn wrk(requests: u64, p50: f64, p99: f64) -> WrkResult {
-        WrkResult { requests, duration_s: 10.0, errors: 0, p50_us: p50, p90_us: p50, p99_us: p99, max_us: p99 }
+        WrkResult {
+            requests,
+            duration_s: 10.0,
+            errors: 0,
+            p50_us: p50,
+            p90_us: p50,
+            p99_us: p99,
+            max_us: p99,
+            tcp_opens: None,
+        }
     }
 
-    fn agent_run(millicores: f64, rss_mib: u64, counters: &[(&str, u64)]) -> AgentRun {
+    /// A 10-second window at `millicores`; until drained 1.2× its CPU, with
+    /// `drained_spans` exported.
+    fn agent_run(millicores: f64, rss_mib: u64, drained_spans: u64, counters: &[(&str, u64)]) -> AgentRun {
         AgentRun {
             cpu_seconds: millicores / 100.0,
             wall_seconds: 10.0,
             peak_rss_kib: rss_mib * 1024,
+            drained_cpu_seconds: 1.2 * millicores / 100.0,
+            drained_spans,
             counters: counters.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
+        }
+    }
+
+    fn sdk_round(none: u64, waggle: u64, millicores: f64, sdk: u64) -> SdkRound {
+        SdkRound {
+            none: wrk(none, 800.0, 2000.0),
+            waggle: wrk(waggle, 808.0, 2020.0),
+            waggle_requests: waggle + waggle / 10,
+            waggle_run: agent_run(millicores, 30, 2 * waggle, &[("spans_created", 2 * (waggle + waggle / 10))]),
+            sdk: wrk(sdk, 1100.0, 3000.0),
+            sdk_requests: sdk + sdk / 10,
+            sdk_export: SinkCount { requests: 12, body_bytes: 1_000_000, spans: sdk + sdk / 10, uncounted: 0 },
         }
     }
 
@@ -428,8 +443,9 @@ pub(super) mod tests {
         assert_eq!(median(&[f64::NAN, 5.0]), 5.0);
     }
 
-    /// Two nginx rounds, a Flask round, a failed PostgreSQL run and two
-    /// sustained steps (the second losing events); shared with the markdown tests.
+    /// Two nginx rounds, a Flask round, a per-connection round, a Node.js
+    /// round, a failed PostgreSQL run and two sustained steps (the second
+    /// losing events); shared with the markdown and JSON tests.
     pub fn sample_results() -> Results {
         let nginx = vec![
             NginxRound {
@@ -437,37 +453,44 @@ pub(super) mod tests {
                 floor: Some(wrk(240_000, 110.0, 450.0)),
                 agent: wrk(288_000, 104.0, 440.0),
                 agent_requests: 316_800,
-                run: agent_run(150.0, 40, &[("spans_created", 633_600), ("kernel_events_lost", 0)]),
+                run: agent_run(150.0, 40, 600_000, &[("spans_created", 633_600), ("kernel_events_lost", 0)]),
             },
             NginxRound {
                 base: wrk(310_000, 100.0, 400.0),
                 floor: None,
                 agent: wrk(300_700, 102.0, 420.0),
                 agent_requests: 330_000,
-                run: agent_run(160.0, 42, &[("spans_created", 660_000)]),
+                run: agent_run(160.0, 42, 640_000, &[("spans_created", 660_000)]),
             },
         ];
-        let flask = vec![FlaskRound {
-            none: wrk(10_000, 800.0, 2000.0),
-            waggle: wrk(9_900, 808.0, 2020.0),
-            waggle_requests: 10_900,
-            waggle_run: agent_run(20.0, 30, &[("spans_created", 21_800)]),
-            sdk: wrk(7_000, 1100.0, 3000.0),
-            sdk_export: SinkCount { requests: 12, body_bytes: 1_000_000 },
-        }];
+        // waggle 1 % vs SDK 30 %.
+        let flask = vec![sdk_round(10_000, 9_900, 20.0, 7_000)];
+        // 1.92 s of agent CPU until drained for 192k spans: 10 µs each, 2 spans
+        // per connection: 20 µs; Flask: 2.4 s for 40k spans, 120 µs per connection.
+        let conn = ConnResults {
+            nginx: vec![ConnRound {
+                none: wrk(100_000, 300.0, 900.0),
+                waggle: wrk(80_000, 380.0, 1200.0),
+                waggle_requests: 88_000,
+                run: agent_run(160.0, 35, 192_000, &[("spans_created", 176_000)]),
+            }],
+            flask: vec![sdk_round(30_000, 20_000, 200.0, 15_000)],
+        };
+        // waggle 4 % vs SDK 40 %.
+        let node = vec![sdk_round(100_000, 96_000, 100.0, 60_000)];
         let steps = vec![
             SustainedStep {
                 rate: 10_000,
                 achieved: 9_995.0,
                 failed: 0,
-                run: agent_run(40.0, 45, &[]),
+                run: agent_run(40.0, 45, 0, &[]),
                 baseline_achieved: None,
             },
             SustainedStep {
                 rate: 20_000,
                 achieved: 19_990.0,
                 failed: 0,
-                run: agent_run(80.0, 50, &[("kernel_events_lost", 12)]),
+                run: agent_run(80.0, 50, 400_000, &[("kernel_events_lost", 12)]),
                 baseline_achieved: None,
             },
         ];
@@ -477,6 +500,8 @@ pub(super) mod tests {
             seconds: 10.0,
             nginx: Some(Ok(nginx)),
             flask: Some(Ok(flask)),
+            conn: Some(Ok(conn)),
+            node: Some(Ok(node)),
             postgres: Some(Err("initdb failed".into())),
             sustained: Some(Ok(steps)),
             ..Default::default()
@@ -497,7 +522,7 @@ pub(super) mod tests {
         assert_eq!(nginx.peak_rss_mib, 42.0);
 
         let verdicts = targets(&res);
-        assert_eq!(verdicts.len(), 5);
+        assert_eq!(verdicts.len(), 8);
         assert_eq!(verdicts[0].met, Some(false), "{:?}", verdicts[0]);
         assert_eq!(verdicts[0].measured, "0.965×");
         // 40 millicores at 9 995 rps: 40m per 10k.
@@ -506,16 +531,25 @@ pub(super) mod tests {
         assert_eq!(verdicts[2].met, Some(false));
         assert!(verdicts[2].measured.starts_with("12 lost"), "{:?}", verdicts[2]);
         assert_eq!(verdicts[3].met, Some(true));
-        // waggle 1 % vs SDK 30 %.
-        assert_eq!(verdicts[4].met, Some(true), "{:?}", verdicts[4]);
-        assert_eq!(highest_clean_rate(res.sustained.as_ref().unwrap().as_ref().unwrap()), Some(10_000));
-    }
+        // The 10k step exported no span in its window: no CPU per span.
+        assert_eq!((verdicts[4].met, verdicts[4].measured.as_str()), (None, "not measured"), "{:?}", verdicts[4]);
+        assert_eq!(verdicts[5].met, Some(false), "{:?}", verdicts[5]);
+        assert_eq!(verdicts[5].measured, "20.0 µs (gunicorn sync Flask: 120.0 µs)");
+        // Python: waggle 1 % vs SDK 30 %; Node.js: 4 % vs 40 %.
+        assert_eq!(verdicts[6].met, Some(true), "{:?}", verdicts[6]);
+        assert_eq!(verdicts[7].met, Some(true), "{:?}", verdicts[7]);
+        assert_eq!(verdicts[7].measured, "waggle 4.0 % vs SDK 40.0 % (ratio 0.10)");
+        let node = summarize_sdk(res.node.as_ref().unwrap().as_ref().unwrap());
+        assert!((node.sdk_spans_per_request - 1.0).abs() < 1e-9);
+        // 1.2 s of CPU until drained for 192k spans.
+        assert!((node.waggle_cpu_us_per_span - 6.25).abs() < 1e-9);
 
-    #[test]
-    fn json_carries_summaries_and_failures() {
-        let json = to_json(&sample_results());
-        assert_eq!(json["sustained"]["highest_clean_rate"], 10_000);
-        assert_eq!(json["postgres"]["error"], "initdb failed");
-        assert!((json["nginx"]["rps_ratio"].as_f64().unwrap() - 0.965).abs() < 1e-9);
+        let mut res = res;
+        if let Some(Ok(node)) = &mut res.node {
+            node[0].sdk = node[0].none;
+        }
+        let v = targets(&res);
+        assert_eq!(v[7].met, None, "an SDK that cost nothing gives no verdict: {:?}", v[7]);
+        assert_eq!(highest_clean_rate(res.sustained.as_ref().unwrap().as_ref().unwrap()), Some(10_000));
     }
 }

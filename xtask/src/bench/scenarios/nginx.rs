@@ -1,0 +1,136 @@
+//! nginx saturated by wrk over keep-alive connections: no agent, waggle, and
+//! the floor (empty programs on waggle's tracepoints). [`Nginx`] is also the
+//! server of the per-connection, sustained and profile runs.
+use std::{
+    fs,
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use anyhow::{anyhow, bail, Context, Result};
+
+use crate::bench::{
+    agent::AgentRun,
+    ctx::{round_order, Ctx, TempDir},
+    load::{self, WrkResult},
+    procs::{self, Proc},
+    syscalls::EmptyPrograms,
+};
+
+#[derive(Clone, Debug)]
+pub struct NginxRound {
+    pub base: WrkResult,
+    /// The same load with empty programs on waggle's tracepoints (None when
+    /// bpftrace could not attach them; the reason is in the warnings).
+    pub floor: Option<WrkResult>,
+    pub agent: WrkResult,
+    /// Requests served while the agent ran (warm-up included), for spans/request.
+    pub agent_requests: u64,
+    pub run: AgentRun,
+}
+
+pub const NGINX_WRK_THREADS: u32 = 1;
+pub const NGINX_WRK_CONNECTIONS: u32 = 32;
+
+/// nginx (one worker) and its temp directory, both removed on drop.
+pub struct Nginx {
+    proc: Proc,
+    pub port: u16,
+    _dir: TempDir,
+}
+
+impl Nginx {
+    pub fn start(ctx: &Ctx) -> Result<Nginx> {
+        let dir = TempDir::new("nginx")?;
+        let port = procs::free_port()?;
+        let template =
+            fs::read_to_string(ctx.bench_dir().join("nginx.conf.tmpl")).context("reading bench/nginx.conf.tmpl")?;
+        let conf = template.replace("@DIR@", &dir.path.to_string_lossy()).replace("@PORT@", &port.to_string());
+        let conf_path = dir.path.join("nginx.conf");
+        fs::write(&conf_path, conf).context("writing nginx.conf")?;
+        let nginx = crate::cmd::find_program("nginx").ok_or_else(|| anyhow!("nginx not found"))?;
+        let mut command = Command::new(nginx);
+        command
+            .arg("-p")
+            .arg(&dir.path)
+            .arg("-c")
+            .arg(&conf_path)
+            .stdin(Stdio::null())
+            .stderr(ctx.log_file("nginx.log")?);
+        let mut proc = Proc::spawn("nginx", command, libc::SIGTERM, None)?;
+        procs::wait_port(port, Duration::from_secs(20), &mut proc)?;
+        Ok(Nginx { proc, port, _dir: dir })
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}/", self.port)
+    }
+
+    pub fn check_alive(&mut self) -> Result<()> {
+        if let Some(status) = self.proc.exited() {
+            bail!("nginx exited ({status}) during the benchmark");
+        }
+        Ok(())
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum NginxVariant {
+    None,
+    Waggle,
+    Floor,
+}
+
+pub fn nginx(ctx: &mut Ctx) -> Result<Vec<NginxRound>> {
+    let mut server = Nginx::start(ctx)?;
+    let url = server.url();
+    let script = ctx.bench_dir().join("wrk_report.lua");
+    let wrk = |seconds: f64| load::Wrk {
+        url: &url,
+        threads: NGINX_WRK_THREADS,
+        connections: NGINX_WRK_CONNECTIONS,
+        seconds,
+        script: &script,
+        headers: &[],
+    };
+    let mut rounds = Vec::new();
+    for i in 0..ctx.rounds {
+        ctx.check_quiet(&format!("nginx round {}", i + 1));
+        let (mut base, mut agent, mut floor) = (None, None, None);
+        for variant in round_order(i, &[NginxVariant::None, NginxVariant::Waggle, NginxVariant::Floor]) {
+            if variant == NginxVariant::Floor {
+                match EmptyPrograms::start(ctx) {
+                    Ok(_programs) => {
+                        wrk(ctx.warmup).run()?;
+                        floor = Some(wrk(ctx.seconds).run()?);
+                    }
+                    Err(e) => ctx.warnings.push(format!("nginx round {}: no empty-program floor: {e:#}", i + 1)),
+                }
+            } else if variant == NginxVariant::Waggle {
+                let mut a = ctx.start_agent("nginx")?;
+                let warm = wrk(ctx.warmup).run()?;
+                a.begin()?;
+                let measured = wrk(ctx.seconds).run()?;
+                a.end_and_drain()?;
+                let run = a.stop()?;
+                agent = Some((measured, warm.requests + measured.requests, run));
+            } else {
+                wrk(ctx.warmup).run()?;
+                base = Some(wrk(ctx.seconds).run()?);
+            }
+            server.check_alive()?;
+        }
+        let (Some(base), Some((agent, agent_requests, run))) = (base, agent) else {
+            bail!("round {i} lost a variant");
+        };
+        procs::tracing_line(&format!(
+            "nginx round {}: {:.0} rps without agent, {:.0} rps with waggle ({:.0} m agent CPU)",
+            i + 1,
+            base.rps(),
+            agent.rps(),
+            run.millicores()
+        ));
+        rounds.push(NginxRound { base, floor, agent, agent_requests, run });
+    }
+    Ok(rounds)
+}

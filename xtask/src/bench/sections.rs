@@ -1,0 +1,165 @@
+//! Markdown sections of the three-way SDK comparisons (Flask, Node.js) and
+//! of the per-connection scenario, and the cell formats every section of the
+//! report shares.
+use std::fmt::Write as _;
+
+use super::{
+    report::{median, summarize_conn_nginx, summarize_sdk, Outcome, Results, SdkSummary},
+    scenarios::{
+        CONNECTION_CLOSE, FLASK_WORKERS, FLASK_WRK_CONNECTIONS, NGINX_WRK_CONNECTIONS, NGINX_WRK_THREADS,
+        NODE_WRK_CONNECTIONS,
+    },
+};
+
+fn min_max(values: &[f64]) -> (f64, f64) {
+    values.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &x| (lo.min(x), hi.max(x)))
+}
+
+/// `0.981 (0.975–0.990)` when there is more than one round.
+pub fn ratio_cell(ratios: &[f64]) -> String {
+    let m = median(ratios);
+    if ratios.len() > 1 {
+        let (lo, hi) = min_max(ratios);
+        format!("{m:.3}× ({lo:.3}–{hi:.3})")
+    } else {
+        format!("{m:.3}×")
+    }
+}
+
+pub fn f0(x: f64) -> String {
+    if x.is_finite() {
+        format!("{x:.0}")
+    } else {
+        "n/a".into()
+    }
+}
+
+/// Microseconds with one decimal (agent CPU per span or connection).
+pub fn us1(x: f64) -> String {
+    if x.is_finite() {
+        format!("{x:.1}")
+    } else {
+        "n/a".into()
+    }
+}
+
+/// An agent that traced less than one span per request was not doing the
+/// work whose cost the table claims to show.
+pub fn undertraced(md: &mut String, spans_per_request: f64) {
+    if spans_per_request.is_nan() || spans_per_request < 1.0 {
+        let _ = writeln!(
+            md,
+            "\n**Warning:** waggle produced {spans_per_request:.2} spans per request: it was not tracing every \
+             request, so this is not the cost of full tracing (see the agent logs in raw/)."
+        );
+    }
+}
+
+pub fn outcome_note<T>(md: &mut String, outcome: &Outcome<T>) {
+    let _ = match outcome {
+        None => writeln!(md, "Not run."),
+        Some(Err(e)) => writeln!(md, "**Failed:** {e}"),
+        Some(Ok(_)) => writeln!(md, "No rounds."),
+    };
+}
+
+/// No tracing vs waggle vs an SDK; `per_connection` when every request had
+/// a connection of its own, so agent CPU per request is per new connection.
+fn sdk_table(md: &mut String, s: &SdkSummary, sdk: &str, per_connection: bool) {
+    let _ = writeln!(md, "| metric | no tracing | waggle | {sdk} |\n| --- | --- | --- | --- |");
+    let _ = writeln!(md, "| throughput (req/s) | {} | {} | {} |", f0(s.none_rps), f0(s.waggle_rps), f0(s.sdk_rps));
+    let _ = writeln!(md, "| throughput ratio | 1 | {} | {} |", ratio_cell(&s.waggle_ratios), ratio_cell(&s.sdk_ratios));
+    let _ = writeln!(md, "| throughput cost | | {:.1} % | {:.1} % |", 100.0 * s.waggle_cost(), 100.0 * s.sdk_cost());
+    let _ = writeln!(md, "| p50 latency (µs) | {} | {} | {} |", f0(s.none_p50), f0(s.waggle_p50), f0(s.sdk_p50));
+    let _ = writeln!(md, "| p99 latency (µs) | {} | {} | {} |", f0(s.none_p99), f0(s.waggle_p99), f0(s.sdk_p99));
+    let _ = writeln!(md, "| agent CPU (millicores) | | {} | (in-process) |", f0(s.waggle_millicores));
+    let _ = writeln!(md, "| agent CPU per span (µs) | | {} | |", us1(s.waggle_cpu_us_per_span));
+    if per_connection {
+        let _ = writeln!(md, "| agent CPU per new connection (µs) | | {} | |", us1(s.waggle_cpu_us_per_request));
+    }
+    let _ = writeln!(
+        md,
+        "| spans per request | | {:.2} | {:.2} ({} OTLP exports) |",
+        s.spans_per_request, s.sdk_spans_per_request, s.sdk_export_requests
+    );
+    let _ = writeln!(md, "| kernel events lost | | {} | |", s.events_lost);
+    undertraced(md, s.spans_per_request);
+    if s.sdk_spans_per_request < 1.0 {
+        let _ = writeln!(
+            md,
+            "\n_The SDK delivered {:.2} spans per request (0 when its bodies could not be counted): it dropped \
+             spans (batch queue full) or did not trace every request, so its cost is that of less work._",
+            s.sdk_spans_per_request
+        );
+    }
+}
+
+pub fn flask_section(md: &mut String, res: &Results) {
+    let _ = writeln!(md, "\n## 2. Python web app: waggle vs OpenTelemetry auto-instrumentation\n");
+    let _ = writeln!(
+        md,
+        "Flask route hashing 32 KiB and building a small JSON body (bench/flask_app.py), gunicorn {FLASK_WORKERS} sync \
+         workers (one connection per request); wrk -t1 -c{FLASK_WRK_CONNECTIONS}. The SDK run is \
+         `opentelemetry-instrument` with the Flask instrumentation exporting OTLP/HTTP to the same local \
+         receiver waggle exports to, batch delay 1 s like waggle's.\n"
+    );
+    match &res.flask {
+        Some(Ok(rounds)) if !rounds.is_empty() => sdk_table(md, &summarize_sdk(rounds), "OpenTelemetry SDK", true),
+        other => outcome_note(md, other),
+    }
+}
+
+pub fn conn_section(md: &mut String, res: &Results) {
+    let _ = writeln!(md, "\n## 3. A new connection per request (`{CONNECTION_CLOSE}`)\n");
+    let _ = writeln!(
+        md,
+        "The nginx of scenario 1 (wrk -t{NGINX_WRK_THREADS} -c{NGINX_WRK_CONNECTIONS}) and the Flask app of scenario \
+         2, with wrk sending `{CONNECTION_CLOSE}`: every request opens a TCP connection of its own (checked \
+         against the kernel's ActiveOpens count), and the agent sees each connection open and close on both \
+         ends. Agent CPU per new connection is its CPU per span × the spans it made per connection.\n"
+    );
+    let c = match &res.conn {
+        Some(Ok(c)) => c,
+        other => {
+            outcome_note(md, other);
+            return;
+        }
+    };
+    if !c.nginx.is_empty() {
+        let s = summarize_conn_nginx(c);
+        let _ = writeln!(md, "| nginx | no agent | waggle | ratio |\n| --- | --- | --- | --- |");
+        let _ = writeln!(
+            md,
+            "| connections/s (one request each) | {} | {} | {} |",
+            f0(s.base_rps),
+            f0(s.agent_rps),
+            ratio_cell(&s.rps_ratios)
+        );
+        let _ = writeln!(md, "| agent CPU (millicores) | | {} | |", f0(s.millicores));
+        let _ = writeln!(md, "| agent CPU per new connection (µs) | | {} | |", us1(s.cpu_us_per_connection));
+        let _ = writeln!(md, "| agent CPU per span (µs) | | {} | |", us1(s.cpu_us_per_span));
+        let _ = writeln!(md, "| spans exported per connection | | {:.2} | |", s.spans_per_connection);
+        let _ = writeln!(md, "| kernel events lost | | {} | |", s.events_lost);
+    }
+    if !c.flask.is_empty() {
+        let _ = writeln!(md, "\nFlask on gunicorn sync workers:\n");
+        sdk_table(md, &summarize_sdk(&c.flask), "OpenTelemetry SDK", true);
+    }
+}
+
+pub fn node_section(md: &mut String, res: &Results) {
+    let _ = writeln!(md, "\n## 4. Node.js web app: waggle vs OpenTelemetry auto-instrumentation\n");
+    let _ = writeln!(
+        md,
+        "bench/node_app.js, the Flask route's work on Node.js's own `http` module (one process); wrk -t1 \
+         -c{NODE_WRK_CONNECTIONS}, keep-alive. The SDK run is `node --require \
+         @opentelemetry/auto-instrumentations-node/register` (default instrumentations; versions in the machine \
+         table) exporting OTLP/HTTP protobuf to the same receiver, batch delay 1 s, resource detectors \
+         env, host, os, process and service instance (the cloud detectors would query addresses off this \
+         machine).\n"
+    );
+    match &res.node {
+        Some(Ok(rounds)) if !rounds.is_empty() => sdk_table(md, &summarize_sdk(rounds), "OpenTelemetry SDK", false),
+        other => outcome_note(md, other),
+    }
+}
