@@ -257,10 +257,14 @@ pub(crate) fn client_send_enter(pid_tgid: u64, info: *mut ConnInfo, shape: Shape
     if conn.flags & conn_flags::NOT_HTTP1 != 0 {
         return out;
     }
-    let peeked = peek_user(shape, ptr, len);
-    let start = match peeked {
-        Some((head, n)) => http::is_request_start(head_word(&head), n),
-        None => false,
+    // Plain values, not the Option: a copy of an empty Option leaves LLVM
+    // free to spill undefined registers, which the verifier refuses.
+    let (start, head) = match peek_user(shape, ptr, len) {
+        Some((head, n)) => {
+            let head = head_word(&head);
+            (http::is_request_start(head, n), head)
+        }
+        None => (false, 0),
     };
     if conn.flags & conn_flags::SENT == 0 {
         let mark = if start { conn_flags::SENT } else { conn_flags::SENT | conn_flags::NOT_HTTP1 };
@@ -280,13 +284,13 @@ pub(crate) fn client_send_enter(pid_tgid: u64, info: *mut ConnInfo, shape: Shape
     if !injectable {
         // Nothing this send carries can be injected: its ids are all the
         // request needs, and a look at its first bytes says it starts one.
-        if let (true, Some((head, _))) = (start, peeked) {
+        if start {
             if PROPAGATION.load() != 0 {
                 count(Counter::SkipNotInSockhash);
             }
             out.request = Some(InjectRequest {
                 ctx: request_ctx(pid_tgid, conn.conn_id),
-                head: head_word(&head),
+                head,
                 request_line_end: 0,
                 headers_end: 0,
                 injected: 0,
@@ -315,10 +319,6 @@ pub(crate) fn client_send_enter(pid_tgid: u64, info: *mut ConnInfo, shape: Shape
         unsafe { (*info).flags |= conn_flags::BOUNDARY_LOST };
         return out;
     }
-    let Some((head, _)) = peeked else {
-        return out;
-    };
-    let head = head_word(&head);
 
     let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
         return out;
