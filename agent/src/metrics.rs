@@ -30,6 +30,7 @@ counters! {
     conns_replaced: "connection states dropped because their descriptor was reused without a close event (the close was lost)",
     conn_addr_lookups: "socket address lookups the agent made itself (pidfd + getsockname, or /proc): only for connections the kernel could not read (no BTF, or opened before the agent)",
     own_socket_scans: "scans of the agent's own sockets to recognise its export traffic (only where the kernel cannot recognise it)",
+    buffers_dropped_over_budget: "connection parse states dropped because the connections' buffers together would exceed --max-buffer-bytes (the connection starts over at its next message)",
     parse_failures: "payloads a protocol parser could not follow (lost sync, garbage)",
     exchanges_dropped: "request/response exchanges a parser saw but could not turn into a span (response without request, unanswered at close/idle)",
     protocol_unknown: "connections whose first bytes matched no protocol",

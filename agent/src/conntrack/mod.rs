@@ -34,6 +34,8 @@ const DETECT_ATTEMPTS_FRESH: u32 = 4;
 /// A connection joined mid-stream (seeded, or after lost sync) may be in the
 /// middle of a large body: give it longer to reach a message boundary.
 const DETECT_ATTEMPTS_MIDSTREAM: u32 = 64;
+/// Bytes all connections may buffer together unless configured otherwise.
+pub const DEFAULT_BUFFER_BUDGET: usize = 64 << 20;
 /// Parser state older than this is dropped on idle ticks.
 pub const IDLE_STATE_NS: u64 = 120_000_000_000;
 
@@ -80,6 +82,8 @@ struct Conn {
     last_active_ns: u64,
     /// Local address still to be looked up (done once, when first needed).
     local_pending: bool,
+    /// Buffered bytes of this connection counted in `ConnTracker::buffered`.
+    charged: usize,
 }
 
 pub struct ConnTracker {
@@ -93,6 +97,10 @@ pub struct ConnTracker {
     next_user_id: u64,
     scratch: Vec<ParsedSpan>,
     detectors: &'static [&'static dyn protocols::ProtocolDetector],
+    /// Bytes all connections may buffer together (detection buffers and
+    /// parser state), and what they buffer now.
+    buffer_budget: usize,
+    buffered: usize,
 }
 
 pub fn sockaddr_from_event(family: u8, addr: &[u8; 16], port: u16) -> Option<SocketAddr> {
@@ -121,7 +129,53 @@ impl ConnTracker {
             next_user_id: 1,
             scratch: Vec::new(),
             detectors: protocols::DETECTORS,
+            buffer_budget: DEFAULT_BUFFER_BUDGET,
+            buffered: 0,
         }
+    }
+
+    /// Bytes all connections may buffer together; a connection whose
+    /// buffers would take the total past it loses its parse state (counted)
+    /// and starts over at its next message.
+    pub fn with_buffer_budget(mut self, bytes: usize) -> Self {
+        self.buffer_budget = bytes;
+        self
+    }
+
+    /// Bytes the connections buffer now (detection buffers and parsers).
+    pub fn buffered_bytes(&self) -> usize {
+        self.buffered
+    }
+
+    /// A connection left the table: its buffers are freed.
+    fn release(&mut self, conn: &Conn) {
+        self.buffered = self.buffered.saturating_sub(conn.charged);
+    }
+
+    /// Brings connection `conn_id`'s charge up to date after it was fed.
+    fn recharge(&mut self, conn_id: u64) {
+        let Some(conn) = self.conns.peek_mut(&conn_id) else { return };
+        let now = match &conn.state {
+            ParseState::Detecting { buf, .. } => buf.capacity(),
+            ParseState::Active(parser) => parser.buffered_bytes(),
+            ParseState::Muted => 0,
+        };
+        let others = self.buffered.saturating_sub(conn.charged);
+        if others + now > self.buffer_budget {
+            // Over budget: this connection, the one that grew, gives its
+            // state up; its next message boundary starts it over.
+            if let ParseState::Active(parser) = &mut conn.state {
+                Metrics::add(&self.metrics.exchanges_dropped, parser.take_dropped());
+            }
+            conn.state =
+                ParseState::Detecting { buf: Vec::new(), first: None, attempts_left: DETECT_ATTEMPTS_MIDSTREAM };
+            conn.charged = 0;
+            self.buffered = others;
+            Metrics::inc(&self.metrics.buffers_dropped_over_budget);
+            return;
+        }
+        conn.charged = now;
+        self.buffered = others + now;
     }
 
     /// Use these detectors instead of [`protocols::DETECTORS`].
@@ -151,8 +205,11 @@ impl ConnTracker {
         if let Some(old) = self.by_key.insert(key, meta.conn_id) {
             // The descriptor was reused without us seeing the close (e.g. the
             // close event was lost): the old connection is over.
-            if old != meta.conn_id && self.conns.pop(&old).is_some() {
-                Metrics::inc(&self.metrics.conns_replaced);
+            if old != meta.conn_id {
+                if let Some(conn) = self.conns.pop(&old) {
+                    self.release(&conn);
+                    Metrics::inc(&self.metrics.conns_replaced);
+                }
             }
         }
         let attempts_left = if midstream { DETECT_ATTEMPTS_MIDSTREAM } else { DETECT_ATTEMPTS_FRESH };
@@ -164,6 +221,7 @@ impl ConnTracker {
                 state: ParseState::Detecting { buf: Vec::new(), first: None, attempts_left },
                 last_active_ns: now_ns,
                 local_pending,
+                charged: 0,
             },
         );
         Metrics::inc(&self.metrics.conns_opened);
@@ -181,7 +239,9 @@ impl ConnTracker {
     }
 
     fn evict_oldest(&mut self) {
-        if let Some((id, Conn { meta, .. })) = self.conns.pop_lru() {
+        if let Some((id, conn)) = self.conns.pop_lru() {
+            self.release(&conn);
+            let meta = conn.meta;
             let key = SockKey { tgid: meta.pid, fd: meta.fd };
             if self.by_key.get(&key) == Some(&id) {
                 self.by_key.remove(&key);
@@ -305,6 +365,7 @@ impl ConnTracker {
         let Some(mut conn) = self.conns.pop(&ev.conn_id) else {
             return;
         };
+        self.release(&conn);
         let key = SockKey { tgid: conn.meta.pid, fd: conn.meta.fd };
         if self.by_key.get(&key) == Some(&ev.conn_id) {
             self.by_key.remove(&key);
@@ -324,6 +385,7 @@ impl ConnTracker {
         for key in keys {
             let Some(id) = self.by_key.remove(&key) else { continue };
             if let Some(mut conn) = self.conns.pop(&id) {
+                self.release(&conn);
                 Metrics::inc(&self.metrics.conns_closed);
                 if let ParseState::Active(parser) = &mut conn.state {
                     parser.on_close(ts_ns, &mut self.scratch);
@@ -346,6 +408,11 @@ impl ConnTracker {
         env: &mut dyn ConnEnvironment,
         out: &mut Vec<ConnSpan>,
     ) {
+        self.feed(header, payload, env, out);
+        self.recharge(header.conn_id);
+    }
+
+    fn feed(&mut self, header: &DataEvent, payload: &[u8], env: &mut dyn ConnEnvironment, out: &mut Vec<ConnSpan>) {
         let Some(direction) = Direction::from_u8(header.direction) else {
             Metrics::inc(&self.metrics.events_malformed);
             return;

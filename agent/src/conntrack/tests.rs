@@ -391,3 +391,31 @@ fn eviction_takes_the_least_recently_active() {
     feed(&mut t, &mut env, data(2, 10, 1, Role::Server, Direction::Ingress, 6, 3), b"REQ /b");
     assert_eq!(metrics.data_events_untracked.load(Ordering::Relaxed), 1, "connection 2 was evicted");
 }
+
+#[test]
+fn buffers_beyond_the_budget_are_dropped_and_counted() {
+    let metrics = Arc::new(Metrics::default());
+    // Room for one detection buffer of a few bytes, not two.
+    let mut t = ConnTracker::new(ParserConfig::default(), metrics.clone(), 1024)
+        .with_detectors(TEST_DETECTORS)
+        .with_buffer_budget(4);
+    let mut env = FakeEnv::default();
+    t.on_open(&open_event(EventKind::ConnOpen, 10, 5, 1, Role::Server, 9), &mut env);
+    t.on_open(&open_event(EventKind::ConnOpen, 10, 6, 2, Role::Server, 9), &mut env);
+    // "RE" needs more bytes before it can be recognised: it is buffered.
+    feed(&mut t, &mut env, data(1, 10, 5, Role::Server, Direction::Ingress, 2, 1), b"RE");
+    assert_eq!(t.buffered_bytes(), 2);
+    assert_eq!(metrics.buffers_dropped_over_budget.load(Ordering::Relaxed), 0);
+    feed(&mut t, &mut env, data(2, 10, 6, Role::Server, Direction::Ingress, 3, 2), b"REQ");
+    assert_eq!(metrics.buffers_dropped_over_budget.load(Ordering::Relaxed), 1, "the second buffer did not fit");
+    assert_eq!(t.buffered_bytes(), 2);
+    // The connection that gave its state up starts over at its next message.
+    feed(&mut t, &mut env, data(2, 10, 6, Role::Server, Direction::Ingress, 6, 3), b"REQ /b");
+    let spans = feed(&mut t, &mut env, data(2, 10, 6, Role::Server, Direction::Egress, 2, 4), b"OK");
+    assert_eq!(spans.len(), 1);
+    // Closing frees what a connection held.
+    let mut out = Vec::new();
+    t.on_close(&open_event(EventKind::ConnClose, 10, 5, 1, Role::Server, 9), &mut out);
+    t.on_close(&open_event(EventKind::ConnClose, 10, 6, 2, Role::Server, 9), &mut out);
+    assert_eq!(t.buffered_bytes(), 0);
+}

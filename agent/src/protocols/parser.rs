@@ -84,4 +84,10 @@ pub trait ProtocolParser: Send {
     fn take_dropped(&mut self) -> u64 {
         0
     }
+    /// Heap bytes the parser holds for this connection (buffered heads and
+    /// bodies, queued requests, statement caches): what the connection layer
+    /// charges against the agent's buffer budget.
+    fn buffered_bytes(&self) -> usize {
+        0
+    }
 }

@@ -54,6 +54,11 @@ impl ProtocolParser for Http1Parser {
         std::mem::take(&mut self.dropped)
     }
 
+    fn buffered_bytes(&self) -> usize {
+        let queued = self.pending.capacity() * std::mem::size_of::<super::span::PendingRequest>();
+        self.req.head.buf.capacity() + self.resp.head.buf.capacity() + queued
+    }
+
     fn on_idle(&mut self, older_than_ns: u64, out: &mut Vec<ParsedSpan>) {
         if self.req.last_ns < older_than_ns {
             match self.req.state {

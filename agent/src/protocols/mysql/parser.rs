@@ -203,6 +203,10 @@ impl Wire for MysqlWire {
     const SEVERAL_IN_FLIGHT: &'static str = "mysql: response framing lost with several commands in flight";
     const UNANSWERED: &'static str = "mysql: commands unanswered for too long";
 
+    fn buffered_bytes(&self) -> usize {
+        self.statements.weight()
+    }
+
     fn new() -> Self {
         MysqlWire {
             phase: Phase::Start,

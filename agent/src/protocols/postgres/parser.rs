@@ -139,6 +139,10 @@ impl Wire for PostgresWire {
     const SEVERAL_IN_FLIGHT: &'static str = "postgres: response framing lost with several requests in flight";
     const UNANSWERED: &'static str = "postgres: requests unanswered for too long";
 
+    fn buffered_bytes(&self) -> usize {
+        self.statements.weight() + self.portals.weight()
+    }
+
     fn new() -> Self {
         PostgresWire {
             encryption_answer_pending: false,

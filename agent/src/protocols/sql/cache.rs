@@ -48,6 +48,11 @@ impl<K: Hash + Eq + Clone, V> BoundedMap<K, V> {
         self.weight = 0;
     }
 
+    /// Sum of the weights of the entries held.
+    pub fn weight(&self) -> usize {
+        self.weight
+    }
+
     pub fn len(&self) -> usize {
         self.map.len()
     }

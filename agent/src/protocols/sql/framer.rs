@@ -81,6 +81,11 @@ pub struct Framer<F: Framing> {
 }
 
 impl<F: Framing> Framer<F> {
+    /// Heap bytes of the message being assembled.
+    pub fn buffered_bytes(&self) -> usize {
+        self.current.as_ref().map_or(0, |c| c.body.capacity())
+    }
+
     pub fn new(rules: F) -> Self {
         Framer {
             rules,

@@ -137,6 +137,10 @@ pub trait Wire: Send + Sized {
 
     fn new() -> Self;
     fn framing() -> (Self::Front, Self::Back);
+    /// Heap bytes of the protocol's own caches (prepared statements).
+    fn buffered_bytes(&self) -> usize {
+        0
+    }
     /// A request message; Err stops the chunk with that result.
     fn on_request(
         &mut self,
@@ -378,6 +382,12 @@ impl<W: Wire> ProtocolParser for Shell<W> {
 
     fn take_dropped(&mut self) -> u64 {
         std::mem::take(&mut self.conn.dropped)
+    }
+
+    fn buffered_bytes(&self) -> usize {
+        let frames = self.front_frames.capacity() * std::mem::size_of::<Framed<<W::Front as Framing>::Head>>()
+            + self.back_frames.capacity() * std::mem::size_of::<Framed<<W::Back as Framing>::Head>>();
+        self.front.buffered_bytes() + self.back.buffered_bytes() + frames + self.wire.buffered_bytes()
     }
 
     fn on_idle(&mut self, older_than_ns: u64, out: &mut Vec<ParsedSpan>) {
