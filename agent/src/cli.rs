@@ -115,7 +115,7 @@ fn describe_config(config: &Config) -> String {
     let otlp = match &config.otlp {
         Some(o) => {
             let names: Vec<&str> = o.headers.iter().map(|(k, _)| k.as_str()).collect();
-            format!("{} ({}), headers: [{}]", o.endpoint, o.protocol, names.join(", "))
+            format!("{} ({}), headers: [{}], compression: {}", o.endpoint, o.protocol, names.join(", "), o.compression)
         }
         None => "none".to_owned(),
     };
@@ -149,6 +149,7 @@ fn log_config(config: &Config) {
     tracing::info!(
         otlp_endpoint = config.otlp.as_ref().map(|o| o.endpoint.as_str()).unwrap_or("none"),
         otlp_protocol = config.otlp.as_ref().map(|o| o.protocol.to_string()).unwrap_or_default(),
+        otlp_compression = config.otlp.as_ref().map(|o| o.compression.to_string()).unwrap_or_default(),
         // Header names only: the values are credentials.
         otlp_headers = ?config.otlp.as_ref().map(|o| o.headers.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>()),
         print = ?config.print,

@@ -11,6 +11,7 @@ Standard OpenTelemetry variables honoured:
   OTEL_EXPORTER_OTLP_[TRACES_]PROTOCOL grpc | http/protobuf (http/json is not supported)
   OTEL_EXPORTER_OTLP_[TRACES_]HEADERS  key=value,key2=value2 (values percent-decoded)
   OTEL_EXPORTER_OTLP_[TRACES_]TIMEOUT  export timeout in milliseconds (default 10000)
+  OTEL_EXPORTER_OTLP_[TRACES_]COMPRESSION gzip | none (default: gzip unless the endpoint is loopback)
   OTEL_RESOURCE_ATTRIBUTES             key=value,... added to every traced process's resource
   OTEL_SERVICE_NAME                    not read from the agent's environment: each traced process's
                                        own OTEL_SERVICE_NAME names its service
@@ -23,7 +24,8 @@ Standard OpenTelemetry variables honoured:
 Without an OTLP endpoint spans are printed on stdout (logs go to stderr).
 
 Config file (YAML, unknown keys are an error):
-  otlp: {endpoint: http://collector:4318, protocol: http/protobuf, headers: {key: value}, timeout: 10000}
+  otlp: {endpoint: http://collector:4318, protocol: http/protobuf, headers: {key: value}, timeout: 10000,
+         compression: gzip}
   print: text | json | off          capture_bytes: 4096        ring_buffer_bytes: 16777216
   max_queued_spans: 65536           max_export_batch: 512      export_interval: 1000
   sampler: parentbased_traceidratio sampler_arg: 0.25          raw_sql: false
@@ -57,6 +59,11 @@ pub struct CliArgs {
     /// OTLP export timeout in milliseconds [default: 10000]
     #[arg(long, value_name = "MS")]
     pub otlp_timeout: Option<u64>,
+
+    /// Compress export requests: gzip or none. Default: gzip when the
+    /// endpoint is on another host, none when it is loopback or localhost
+    #[arg(long, value_name = "gzip|none")]
+    pub otlp_compression: Option<String>,
 
     /// Print spans on stdout as text or JSON lines; off disables printing.
     /// Default: text without an OTLP endpoint, off with one

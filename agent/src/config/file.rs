@@ -36,6 +36,7 @@ pub(super) struct FileOtlp {
     pub(super) protocol: Option<String>,
     pub(super) headers: Option<BTreeMap<String, Scalar>>,
     pub(super) timeout: Option<u64>,
+    pub(super) compression: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -7,8 +7,8 @@ use super::{
     sampler::parse_sampler,
     source::{env_var, file_key, first, flag, Source},
     values::{
-        check_range, parse_bool_env, parse_key_values, parse_networks, parse_number, parse_on_off, parse_print,
-        parse_protocol, resolve_endpoint, validate_headers, EndpointKind,
+        check_range, default_compression, parse_bool_env, parse_compression, parse_key_values, parse_networks,
+        parse_number, parse_on_off, parse_print, parse_protocol, resolve_endpoint, validate_headers, EndpointKind,
     },
     CliArgs, Config, ConfigError, Env, OtlpConfig, OtlpProtocol, PrintFormat, Sampler,
 };
@@ -89,7 +89,19 @@ impl Config {
             }
             None => DEFAULT_OTLP_TIMEOUT,
         };
-        let otlp = endpoint.map(|endpoint| OtlpConfig { endpoint, protocol, headers, timeout });
+        let compression = match first([
+            flag(args.otlp_compression.clone(), "otlp-compression"),
+            env_var(env, "OTEL_EXPORTER_OTLP_TRACES_COMPRESSION"),
+            env_var(env, "OTEL_EXPORTER_OTLP_COMPRESSION"),
+            file_key(file_otlp.compression, "otlp.compression", path),
+        ]) {
+            Some((raw, source)) => Some(parse_compression(&raw, &source)?),
+            None => None,
+        };
+        let otlp = endpoint.map(|endpoint| {
+            let compression = compression.unwrap_or_else(|| default_compression(&endpoint));
+            OtlpConfig { endpoint, protocol, headers, timeout, compression }
+        });
 
         // --- printing ---
         let print = match first([flag(args.print.clone(), "print"), file_key(file.print, "print", path)]) {

@@ -22,5 +22,5 @@ mod tests;
 
 pub use cli::CliArgs;
 pub use sampler::Sampler;
-pub use settings::{Config, OtlpConfig, OtlpProtocol, PrintFormat};
+pub use settings::{Config, OtlpCompression, OtlpConfig, OtlpProtocol, PrintFormat};
 pub use source::{ConfigError, Env, ProcessEnv};

@@ -23,6 +23,22 @@ impl fmt::Display for OtlpProtocol {
     }
 }
 
+/// Compression of OTLP export requests.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OtlpCompression {
+    None,
+    Gzip,
+}
+
+impl fmt::Display for OtlpCompression {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            OtlpCompression::None => "none",
+            OtlpCompression::Gzip => "gzip",
+        })
+    }
+}
+
 #[derive(Clone, PartialEq)]
 pub struct OtlpConfig {
     /// Full traces endpoint: for http/protobuf it ends in `/v1/traces`.
@@ -31,6 +47,9 @@ pub struct OtlpConfig {
     /// Header names are lower-case; values may be credentials (never log them).
     pub headers: Vec<(String, String)>,
     pub timeout: Duration,
+    /// Unset, gzip when the endpoint is on another host (bandwidth costs
+    /// there), none on loopback (where compressing only costs CPU).
+    pub compression: OtlpCompression,
 }
 
 // Header values are usually credentials (`authorization=Bearer ...`), and the
@@ -43,6 +62,7 @@ impl fmt::Debug for OtlpConfig {
             .field("protocol", &self.protocol)
             .field("headers", &format_args!("{names:?} (values redacted)"))
             .field("timeout", &self.timeout)
+            .field("compression", &self.compression)
             .finish()
     }
 }

@@ -388,10 +388,10 @@ fn file_keys_and_errors() {
         "trace"
     );
 
-    let bad = yaml("otlp:\n  endpoint: http://f:4318\n  compression: gzip\n");
+    let bad = yaml("otlp:\n  endpoint: http://f:4318\n  certificate: /etc/ca.pem\n");
     let e = err(&["--config", &bad.arg()], &[]);
     assert!(e.starts_with(&format!("parsing config file {}: ", bad.arg())), "{e}");
-    assert!(e.contains("unknown field `compression`"), "{e}");
+    assert!(e.contains("unknown field `certificate`"), "{e}");
 
     let bad = yaml("capture_bytes: 9999\n");
     assert_eq!(
@@ -401,6 +401,57 @@ fn file_keys_and_errors() {
 
     let e = err(&["--config", "/nonexistent/waggle.yaml"], &[]);
     assert!(e.starts_with("reading config file /nonexistent/waggle.yaml: "), "{e}");
+}
+
+#[test]
+fn default_compression_is_gzip_for_remote_endpoints_only() {
+    use super::values::default_compression;
+    for local in [
+        "http://127.0.0.1:4318/v1/traces",
+        "http://127.9.9.9:4317",
+        "http://[::1]:4317",
+        "http://[::ffff:127.0.0.1]:4317",
+        "http://localhost:4318",
+        "http://LocalHost.:4318",
+    ] {
+        assert_eq!(default_compression(local), OtlpCompression::None, "{local}");
+    }
+    for remote in
+        ["http://10.1.2.3:4318", "http://collector.example:4317", "http://[fd00::1]:4317", "http://localhost.example:1"]
+    {
+        assert_eq!(default_compression(remote), OtlpCompression::Gzip, "{remote}");
+    }
+    // The loaded config applies it to the resolved endpoint.
+    let c = load(&["--otlp-endpoint", "http://collector.example:4318"], &[]).unwrap();
+    assert_eq!(c.otlp.unwrap().compression, OtlpCompression::Gzip);
+    let c = load(&[], &[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4318")]).unwrap();
+    assert_eq!(c.otlp.unwrap().compression, OtlpCompression::None);
+}
+
+#[test]
+fn compression_flag_beats_env_beats_file() {
+    let f = yaml("otlp:\n  endpoint: http://127.0.0.1:4318\n  compression: gzip\n");
+    let c = load(&["--config", &f.arg()], &[]).unwrap();
+    assert_eq!(c.otlp.unwrap().compression, OtlpCompression::Gzip, "file beats the loopback default");
+    let e = [("OTEL_EXPORTER_OTLP_COMPRESSION", "none")];
+    assert_eq!(load(&["--config", &f.arg()], &e).unwrap().otlp.unwrap().compression, OtlpCompression::None);
+    let e = [("OTEL_EXPORTER_OTLP_COMPRESSION", "none"), ("OTEL_EXPORTER_OTLP_TRACES_COMPRESSION", "GZIP")];
+    assert_eq!(load(&["--config", &f.arg()], &e).unwrap().otlp.unwrap().compression, OtlpCompression::Gzip);
+    let c = load(&["--config", &f.arg(), "--otlp-compression", "none"], &e).unwrap();
+    assert_eq!(c.otlp.unwrap().compression, OtlpCompression::None);
+    let remote = [("OTEL_EXPORTER_OTLP_ENDPOINT", "http://10.1.2.3:4318")];
+    let c = load(&["--otlp-compression", "none"], &remote).unwrap();
+    assert_eq!(c.otlp.unwrap().compression, OtlpCompression::None, "explicit none beats the remote default");
+
+    assert_eq!(
+        err(&["--otlp-endpoint", "http://c:4318", "--otlp-compression", "zstd"], &[]),
+        "--otlp-compression: unsupported compression \"zstd\" (use gzip or none)"
+    );
+    let bad = yaml("otlp:\n  endpoint: http://c:4318\n  compression: brotli\n");
+    assert_eq!(
+        err(&["--config", &bad.arg()], &[]),
+        format!("otlp.compression in {}: unsupported compression \"brotli\" (use gzip or none)", bad.arg())
+    );
 }
 
 #[test]

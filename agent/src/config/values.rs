@@ -1,7 +1,7 @@
 //! Parsing and validating one raw setting value; errors name its [`Source`].
 use std::{fmt, net::IpAddr};
 
-use super::{source::Source, ConfigError, OtlpProtocol, PrintFormat};
+use super::{source::Source, ConfigError, OtlpCompression, OtlpProtocol, PrintFormat};
 use crate::model::parse_resource_attributes;
 
 /// Comma-separated CIDRs ("10.0.0.0/8", "fd00::/8"; a bare address is a
@@ -71,6 +71,34 @@ pub(super) fn parse_protocol(raw: &str, source: &Source) -> Result<OtlpProtocol,
         "http/protobuf" => Ok(OtlpProtocol::HttpProtobuf),
         "http/json" => Err(source.invalid(format!("protocol {raw:?} is not supported (use grpc or http/protobuf)"))),
         _ => Err(source.invalid(format!("unsupported protocol {raw:?} (use grpc or http/protobuf)"))),
+    }
+}
+
+pub(super) fn parse_compression(raw: &str, source: &Source) -> Result<OtlpCompression, ConfigError> {
+    match raw.trim().to_ascii_lowercase().as_str() {
+        "gzip" => Ok(OtlpCompression::Gzip),
+        "none" => Ok(OtlpCompression::None),
+        _ => Err(source.invalid(format!("unsupported compression {raw:?} (use gzip or none)"))),
+    }
+}
+
+/// Compression when none is configured: gzip when the endpoint is on another
+/// host, none when it is this one. Names are not resolved: `localhost` is
+/// local, any other name remote; literal addresses count by their value.
+pub(super) fn default_compression(endpoint: &str) -> OtlpCompression {
+    let url = reqwest::Url::parse(endpoint).ok();
+    // host_str keeps an IPv6 literal's brackets; the URL parser has already
+    // normalised IPv4 forms such as 127.1.
+    let host = url.as_ref().and_then(reqwest::Url::host_str).unwrap_or("");
+    let local = match host.trim_start_matches('[').trim_end_matches(']').parse::<IpAddr>() {
+        Ok(IpAddr::V4(ip)) => ip.is_loopback(),
+        Ok(IpAddr::V6(ip)) => ip.is_loopback() || ip.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback()),
+        Err(_) => host.trim_end_matches('.').eq_ignore_ascii_case("localhost"),
+    };
+    if local {
+        OtlpCompression::None
+    } else {
+        OtlpCompression::Gzip
     }
 }
 

@@ -1,5 +1,5 @@
-//! Exporters: OTLP (grpc, http/protobuf) through opentelemetry-otlp, and/or
-//! the terminal printer.
+//! Exporters: OTLP (grpc, http/protobuf, encoded straight from our spans),
+//! and/or the terminal printer.
 //!
 //! The pipeline hands spans to [`ExportHandle::send`], which never blocks: a
 //! bounded queue feeds one exporter task that batches spans (up to

@@ -17,12 +17,6 @@ pub trait SpanSink: Send {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ExportError {
-    #[error("building the OTLP exporter for {endpoint}: {source}")]
-    Build {
-        endpoint: String,
-        #[source]
-        source: opentelemetry_otlp::ExporterBuildError,
-    },
     #[error("exporting {spans} spans over OTLP: {message}")]
     Otlp { spans: usize, message: String },
     #[error("writing spans to stdout: {0}")]
