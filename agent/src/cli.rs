@@ -127,6 +127,7 @@ fn describe_config(config: &Config) -> String {
         format!("capture_bytes: {}", config.capture_bytes),
         format!("ring_buffer_bytes: {}", config.ring_buffer_bytes),
         format!("max_queued_spans: {}", config.max_queued_spans),
+        format!("max_buffer_bytes: {}", config.max_buffer_bytes),
         format!("raw_sql: {}", config.raw_sql),
         format!(
             "propagation: {}",

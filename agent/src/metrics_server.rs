@@ -70,15 +70,18 @@ pub enum Gauge {
     ConnectionsTracked,
     /// Spans waiting in the export queue (`ExportHandle::queued`).
     ExportQueueSpans,
+    /// Bytes the connections' buffers hold (`ConnTracker::buffered_bytes`).
+    BufferedBytes,
 }
 
 impl Gauge {
-    pub const ALL: [Gauge; 2] = [Gauge::ConnectionsTracked, Gauge::ExportQueueSpans];
+    pub const ALL: [Gauge; 3] = [Gauge::ConnectionsTracked, Gauge::ExportQueueSpans, Gauge::BufferedBytes];
 
     pub fn name(self) -> &'static str {
         match self {
             Gauge::ConnectionsTracked => "connections_tracked",
             Gauge::ExportQueueSpans => "export_queue_spans",
+            Gauge::BufferedBytes => "buffered_bytes",
         }
     }
 
@@ -86,6 +89,9 @@ impl Gauge {
         match self {
             Gauge::ConnectionsTracked => "connections currently tracked by the agent",
             Gauge::ExportQueueSpans => "spans waiting in the export queue",
+            Gauge::BufferedBytes => {
+                "bytes the connections' buffers hold (partial messages, statement caches), capped by --max-buffer-bytes"
+            }
         }
     }
 }

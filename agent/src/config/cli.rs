@@ -28,6 +28,7 @@ Config file (YAML, unknown keys are an error):
          compression: gzip}
   print: text | json | off          capture_bytes: 4096        ring_buffer_bytes: 16777216
   max_queued_spans: 65536           max_export_batch: 512      export_interval: 1000
+  max_buffer_bytes: 67108864
   sampler: parentbased_traceidratio sampler_arg: 0.25          raw_sql: false
   propagation: on | off             metrics_addr: 0.0.0.0:9464 log_level: info
   resource_attributes: {deployment.environment.name: prod}";
@@ -85,6 +86,11 @@ pub struct CliArgs {
     /// Spans waiting for export before new ones are dropped (and counted) [default: 65536]
     #[arg(long, value_name = "N")]
     pub max_queued_spans: Option<usize>,
+
+    /// Bytes all connections' buffers may hold together (partial requests,
+    /// statement caches); a connection past it starts over, counted [default: 67108864]
+    #[arg(long, value_name = "BYTES")]
+    pub max_buffer_bytes: Option<usize>,
 
     /// Most spans per export request [default: 512]
     #[arg(long, value_name = "N")]

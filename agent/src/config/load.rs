@@ -161,6 +161,13 @@ impl Config {
             Some((raw, source)) => check_range(parse_number(&raw, &source)?, 1, MAX_QUEUED_SPANS_LIMIT, &source)?,
             None => defaults.max_queued_spans,
         };
+        let max_buffer_bytes = match first([
+            flag(args.max_buffer_bytes.map(|v| v.to_string()), "max-buffer-bytes"),
+            file_key(file.max_buffer_bytes.map(|v| v.to_string()), "max_buffer_bytes", path),
+        ]) {
+            Some((raw, source)) => check_range(parse_number(&raw, &source)?, 1 << 20, 1 << 40, &source)?,
+            None => defaults.max_buffer_bytes,
+        };
         let max_export_batch = match first([
             flag(args.max_export_batch.map(|v| v.to_string()), "max-export-batch"),
             env_var(env, "OTEL_BSP_MAX_EXPORT_BATCH_SIZE"),
@@ -254,6 +261,7 @@ impl Config {
             capture_bytes,
             ring_buffer_bytes,
             max_queued_spans,
+            max_buffer_bytes,
             max_export_batch,
             export_interval,
             raw_sql,

@@ -89,6 +89,8 @@ pub struct Config {
     pub ring_buffer_bytes: u32,
     /// Spans waiting for export before new ones are dropped (and counted).
     pub max_queued_spans: usize,
+    /// Bytes all connections' buffers may hold together.
+    pub max_buffer_bytes: usize,
     pub max_export_batch: usize,
     pub export_interval: Duration,
     /// Export SQL text with literals (default: sanitized).
@@ -125,6 +127,7 @@ impl Default for Config {
             capture_bytes: waggle_common::MAX_CAPTURE as u32,
             ring_buffer_bytes: waggle_common::EVENTS_RINGBUF_BYTES,
             max_queued_spans: 65536,
+            max_buffer_bytes: 64 << 20,
             max_export_batch: 512,
             export_interval: Duration::from_millis(1000),
             raw_sql: false,

@@ -270,6 +270,12 @@ fn numeric_range_errors() {
     assert_eq!(load(&["--ring-buffer-bytes", "65536"], &[]).unwrap().ring_buffer_bytes, 65536);
     let c = load(&[], &[("OTEL_BSP_MAX_QUEUE_SIZE", "10"), ("OTEL_BSP_SCHEDULE_DELAY", "50")]).unwrap();
     assert_eq!((c.max_queued_spans, c.export_interval), (10, Duration::from_millis(50)));
+    assert_eq!(load(&[], &[]).unwrap().max_buffer_bytes, 64 << 20);
+    assert_eq!(load(&["--max-buffer-bytes", "134217728"], &[]).unwrap().max_buffer_bytes, 128 << 20);
+    assert_eq!(
+        err(&["--max-buffer-bytes", "4096"], &[]),
+        "--max-buffer-bytes: 4096 is out of range (1048576..=1099511627776)"
+    );
 }
 
 #[test]

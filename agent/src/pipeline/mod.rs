@@ -138,6 +138,7 @@ impl Stages {
         self.kernel_cell.store(&kernel);
         self.kernel_cell.set_gauge(Gauge::ConnectionsTracked, self.tracker.len() as u64);
         self.kernel_cell.set_gauge(Gauge::ExportQueueSpans, self.exporter.queued() as u64);
+        self.kernel_cell.set_gauge(Gauge::BufferedBytes, self.tracker.buffered_bytes() as u64);
         let lost = kernel.iter().find(|(c, _)| *c == Counter::EventsLost).map(|(_, n)| *n).unwrap_or(0);
         if lost > *last_lost {
             tracing::warn!(
@@ -182,7 +183,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send) -> R
     let (probes, mut source, maps) = Probes::load(&probe_config)?;
     let exporter = export::spawn_exporter(&config, metrics.clone())?;
     let mut stages = Stages {
-        tracker: ConnTracker::new(ParserConfig { raw_sql: config.raw_sql }, metrics.clone(), MAX_CONNS),
+        tracker: ConnTracker::new(ParserConfig { raw_sql: config.raw_sql }, metrics.clone(), MAX_CONNS)
+            .with_buffer_budget(config.max_buffer_bytes),
         env: LiveEnv::new(maps, metrics.clone()),
         reads_sockets: probes.reads_sockets(),
         assembler: SpanAssembler::new(Clock::new(), config.sampler, config.sampler_parent_based),

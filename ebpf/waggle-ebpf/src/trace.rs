@@ -21,8 +21,8 @@ use aya_ebpf::helpers::{bpf_get_prandom_u32, bpf_probe_read_user, generated::bpf
 use waggle_common::{
     conn_flags, ctx_flags,
     http::{self, HeaderScan},
-    runtime, sampled_by_threshold, skip_reason, sockmap_mode, ConnInfo, Counter, EventKind, InjectRequest, Pending, TraceCtx,
-    TraceCtxEvent, CAPTURE_MASK, HEARTBEAT_STALE_NS, MAX_CAPTURE,
+    runtime, sampled_by_threshold, skip_reason, sockmap_mode, ConnInfo, Counter, EventKind, InjectRequest, Pending,
+    TraceCtx, TraceCtxEvent, CAPTURE_MASK, HEARTBEAT_STALE_NS, MAX_CAPTURE,
 };
 
 use crate::{
