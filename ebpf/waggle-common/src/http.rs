@@ -246,6 +246,33 @@ impl HeaderScan {
         false
     }
 
+    /// Feeds the eight bytes at `i..i + 8` (`word`, little-endian) at once
+    /// when nothing in them can change the scan but `prev`: no line ends in
+    /// them, no Content-Length value is being read, and the colon a
+    /// Content-Length name would put at a fixed place is not among them.
+    /// Returns false, having changed nothing, when the bytes must be fed one
+    /// by one with [`step`](Self::step). The common case (the middle of a
+    /// request line or a header value) then costs one step per eight bytes.
+    #[inline(always)]
+    pub fn skip_word(&mut self, i: u32, word: u64) -> bool {
+        const ONES: u64 = 0x0101_0101_0101_0101;
+        const HIGHS: u64 = 0x8080_8080_8080_8080;
+        let i = u64::from(i);
+        if self.value != VALUE_NONE {
+            return false;
+        }
+        let lf = word ^ (ONES * u64::from(b'\n'));
+        if lf.wrapping_sub(ONES) & !lf & HIGHS != 0 {
+            return false;
+        }
+        let colon = self.line_start + CONTENT_LENGTH_COLON;
+        if self.request_line_end != 0 && colon >= i && colon < i + 8 {
+            return false;
+        }
+        self.prev = word >> 56;
+        true
+    }
+
     /// A header line other than a Content-Length value ended.
     #[inline(always)]
     fn header_line(&mut self, start: u64, len: u64, w: [u64; 3]) {

@@ -90,7 +90,17 @@ pub(crate) static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(
 
 /// State of the header scan over SCRATCH (trace.rs).
 #[map]
-pub(crate) static SCAN: PerCpuArray<waggle_common::http::HeaderScan> = PerCpuArray::with_max_entries(1, 0);
+pub(crate) static SCAN: PerCpuArray<ScanState> = PerCpuArray::with_max_entries(1, 0);
+
+/// The header scan and where it has got to: map memory, so the verifier
+/// treats the cursor as an unknown number and the scan loop's states
+/// converge (on the stack it would track every value it takes).
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+pub(crate) struct ScanState {
+    pub scan: waggle_common::http::HeaderScan,
+    pub pos: u64,
+}
 
 /// Processes that own (or inherited) tracked connections: only their forks
 /// and exits are reported.

@@ -28,37 +28,46 @@ use waggle_common::{
 use crate::{
     helpers::{count, count_index, now_ns, wakeup_flags},
     maps::{
-        EVENTS, HEADER, INJECT_PENDING, PARENT_BASED, PROPAGATION, RUNTIME, SAMPLE_THRESHOLD, SCAN, SCRATCH, THREAD_CTX,
+        ScanState, EVENTS, HEADER, INJECT_PENDING, PARENT_BASED, PROPAGATION, RUNTIME, SAMPLE_THRESHOLD, SCAN, SCRATCH,
+        THREAD_CTX,
     },
     user_copy::{copy_user, Shape},
 };
 
 const MASK: usize = CAPTURE_MASK;
 
-/// One byte of the header scan over this CPU's SCRATCH payload. Both the
-/// bytes and the scan state live in per-CPU maps, looked up on every call
-/// (a per-CPU array lookup is inlined by the verifier): map memory is opaque
-/// to the verifier, so the callback's states converge at once, where a
-/// state on the stack would be tracked field by field through every
-/// iteration. Tracepoint programs do not nest or get preempted on a CPU, so
-/// neither can change under the scan.
-extern "C" fn scan_step(index: u64, ctx: *mut c_void) -> i64 {
+/// One step of the header scan over this CPU's SCRATCH payload: eight
+/// bytes at once where `HeaderScan::skip_word` allows (the middle of a
+/// line), else one byte (host-tested to give exactly the byte-wise result).
+/// The cursor and the scan state live in a per-CPU map and the bytes in
+/// another, looked up on every call (a per-CPU array lookup is inlined by
+/// the verifier): map memory is opaque to the verifier, so the callback's
+/// states converge at once, where a state on the stack would be tracked
+/// field by field through every iteration. Tracepoint programs do not nest
+/// or get preempted on a CPU, so neither can change under the scan.
+extern "C" fn scan_step(_index: u64, ctx: *mut c_void) -> i64 {
     // SAFETY: bpf_loop passes back the pointer `scan` gave it: a u64 on the
     // caller's stack.
     let len = unsafe { *ctx.cast::<u64>() };
-    if index >= len {
-        return 1;
-    }
     let (Some(buf), Some(st)) = (SCRATCH.get_ptr(0), SCAN.get_ptr_mut(0)) else {
         return 1;
     };
-    let payload = buf.cast::<u8>();
-    let off = (index as usize) & MASK;
-    // SAFETY: HEADER + off lies inside the Scratch value.
-    let byte = unsafe { *payload.add(HEADER + off) };
     // SAFETY: st points at this CPU's SCAN value, used by this program only.
     let st = unsafe { &mut *st };
-    let done = st.step(index as u32, byte, |at| {
+    let pos = st.pos;
+    if pos >= len {
+        return 1;
+    }
+    let payload = buf.cast::<u8>();
+    // SAFETY: HEADER + (pos & MASK) + 8 lies inside the Scratch value (the
+    // payload area is twice MAX_CAPTURE).
+    let word = unsafe { core::ptr::read_unaligned(payload.add(HEADER + (pos as usize & MASK)).cast::<u64>()) };
+    if pos + 8 <= len && st.scan.skip_word(pos as u32, word) {
+        st.pos = pos + 8;
+        return 0;
+    }
+    st.pos = pos + 1;
+    let done = st.scan.step(pos as u32, word as u8, |at| {
         // SAFETY: HEADER + (at & MASK) + NAME_WINDOW lies inside the
         // Scratch value (the payload area is twice MAX_CAPTURE).
         unsafe { core::ptr::read_unaligned(payload.add(HEADER + (at as usize & MASK)).cast::<[u64; 3]>()) }
@@ -77,15 +86,16 @@ fn scan(len: u32) -> HeaderScan {
         return HeaderScan::default();
     };
     // SAFETY: st points at this CPU's SCAN value.
-    unsafe { *st = HeaderScan::default() };
+    unsafe { *st = ScanState::default() };
     let mut n = u64::from(if len > MAX_CAPTURE as u32 { MAX_CAPTURE as u32 } else { len });
+    // At most one call per byte; a skipped word ends the loop sooner.
     // SAFETY: the callback is a static function of the right signature;
     // the context pointer outlives the call.
     unsafe {
         bpf_loop(n as u32, scan_step as *const () as *mut c_void, (&mut n as *mut u64).cast(), 0);
     }
     // SAFETY: as above; copied out.
-    unsafe { *st }
+    unsafe { (*st).scan }
 }
 
 /// W3C flags of a trace the kernel starts (or, without parentbased_*

@@ -96,6 +96,78 @@ fn scan(s: &[u8]) -> HeaderScan {
     sc
 }
 
+/// The kernel's way: eight bytes at a time where `skip_word` allows.
+fn scan_by_words(s: &[u8]) -> HeaderScan {
+    let mut sc = HeaderScan::default();
+    for base in (0..s.len()).step_by(8) {
+        if base + 8 <= s.len() {
+            let word = u64::from_le_bytes(s[base..base + 8].try_into().unwrap());
+            if sc.skip_word(base as u32, word) {
+                continue;
+            }
+        }
+        for (i, b) in s.iter().enumerate().skip(base).take(8) {
+            if sc.step(i as u32, *b, |at| words(s, at)) {
+                return sc;
+            }
+        }
+    }
+    sc
+}
+
+#[test]
+fn word_steps_scan_exactly_like_byte_steps() {
+    let mut cases: std::vec::Vec<std::vec::Vec<u8>> = std::vec![
+        b"GET / HTTP/1.1\r\nHost: a\r\n\r\n".to_vec(),
+        b"POST /x HTTP/1.1\r\nContent-Length: 12\r\ntraceparent: 00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01\r\n\r\nbody".to_vec(),
+        b"GET /a HTTP/1.1\r\ncontent-length : 5\r\nTransfer-Encoding: chunked\r\n folded\r\n\r\n".to_vec(),
+        b"PUT /u HTTP/1.0\r\nContent-Length:  007 \r\nContent-Length: 7\r\nUpgrade: h2c\r\n\r\n".to_vec(),
+    ];
+    // Random header blocks built from the pieces the scan reacts to, at
+    // every alignment against the eight-byte words.
+    let pieces: [&[u8]; 14] = [
+        b"Content-Length: 42\r\n",
+        b"content-length:7\r\n",
+        b"Content-Length : 1\r\n",
+        b"Content-Length: 1 2\r\n",
+        b"traceparent: 00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01\r\n",
+        b"TraceParent :x\r\n",
+        b"Transfer-Encoding: chunked\r\n",
+        b"Upgrade: websocket\r\n",
+        b" folded\r\n",
+        b"Host: example.com\r\n",
+        b"X-Long-Header-Name-That-Spans-Words: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n",
+        b"\r\n",
+        b"\n",
+        b"\r",
+    ];
+    let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    for _ in 0..3000 {
+        let mut s = std::vec::Vec::from(&b"GET /"[..]);
+        s.extend(std::iter::repeat_n(b'p', (next() % 17) as usize));
+        s.extend_from_slice(b" HTTP/1.1\r\n");
+        for _ in 0..next() % 8 {
+            s.extend_from_slice(pieces[(next() % pieces.len() as u64) as usize]);
+        }
+        if next() % 4 != 0 {
+            s.extend_from_slice(b"\r\nbody GET / HTTP/1.1\r\n");
+        }
+        cases.push(s);
+    }
+    for s in &cases {
+        for len in 0..=s.len() {
+            let prefix = &s[..len];
+            assert_eq!(scan_by_words(prefix), scan(prefix), "{:?}", std::string::String::from_utf8_lossy(prefix));
+        }
+    }
+}
+
 fn request_len(s: &[u8]) -> Option<u64> {
     scan(s).request_len()
 }
