@@ -76,6 +76,15 @@ enum ParseState {
     Muted,
 }
 
+impl ParseState {
+    /// Nothing buffered yet. A connection joined mid-stream (seeded, after
+    /// lost sync or a dropped state) gets longer to reach a message start.
+    fn detecting(midstream: bool) -> ParseState {
+        let attempts_left = if midstream { DETECT_ATTEMPTS_MIDSTREAM } else { DETECT_ATTEMPTS_FRESH };
+        ParseState::Detecting { buf: Vec::new(), first: None, attempts_left }
+    }
+}
+
 struct Conn {
     meta: Arc<ConnMeta>,
     state: ParseState,
@@ -167,8 +176,7 @@ impl ConnTracker {
             if let ParseState::Active(parser) = &mut conn.state {
                 Metrics::add(&self.metrics.exchanges_dropped, parser.take_dropped());
             }
-            conn.state =
-                ParseState::Detecting { buf: Vec::new(), first: None, attempts_left: DETECT_ATTEMPTS_MIDSTREAM };
+            conn.state = ParseState::detecting(true);
             conn.charged = 0;
             self.buffered = others;
             Metrics::inc(&self.metrics.buffers_dropped_over_budget);
@@ -212,13 +220,12 @@ impl ConnTracker {
                 }
             }
         }
-        let attempts_left = if midstream { DETECT_ATTEMPTS_MIDSTREAM } else { DETECT_ATTEMPTS_FRESH };
         let local_pending = meta.local.is_none();
         self.conns.put(
             meta.conn_id,
             Conn {
                 meta: Arc::new(meta),
-                state: ParseState::Detecting { buf: Vec::new(), first: None, attempts_left },
+                state: ParseState::detecting(midstream),
                 last_active_ns: now_ns,
                 local_pending,
                 charged: 0,
@@ -516,8 +523,7 @@ impl ConnTracker {
                     "parser lost sync; re-detecting"
                 );
                 Metrics::inc(&self.metrics.parse_failures);
-                conn.state =
-                    ParseState::Detecting { buf: Vec::new(), first: None, attempts_left: DETECT_ATTEMPTS_MIDSTREAM };
+                conn.state = ParseState::detecting(true);
             }
             Feed::Opaque(reason) => {
                 tracing::debug!(

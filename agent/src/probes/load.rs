@@ -168,11 +168,7 @@ impl Probes {
         // socket field offsets it cannot, and nothing may be inserted.
         let btf = Btf::from_sys_fs();
         let room = if config.propagation {
-            match btf
-                .as_ref()
-                .map_err(|e| e.to_string())
-                .and_then(|btf| SendRoomOffsets::from_btf(btf).map_err(|e| e.to_string()))
-            {
+            match from_btf(&btf, SendRoomOffsets::from_btf) {
                 Ok(room) => Some(room),
                 Err(e) => {
                     tracing::warn!(reason = %e, "propagation off: the socket fields that show whether a send can complete at once are not in this kernel's BTF, so inserting a header could cut a request");
@@ -316,15 +312,20 @@ impl Probes {
     }
 }
 
+/// Offsets read from the kernel's BTF by `read`, or why they are not
+/// there (no BTF at all, or a struct or member missing).
+fn from_btf<T>(btf: &Result<Btf, BtfError>, read: impl Fn(&Btf) -> Result<T, BtfError>) -> Result<T, String> {
+    match btf {
+        Ok(btf) => read(btf).map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 /// Hands the kernel the descriptor → socket walk of this kernel (before any
 /// program runs). Without BTF the programs fall back to the caller's
 /// sockaddr, and userspace looks up what is missing, per connection.
 fn set_sock_walk(ebpf: &mut Ebpf, btf: &Result<Btf, BtfError>) -> Result<bool, ProbeError> {
-    let offsets = match btf
-        .as_ref()
-        .map_err(|e| e.to_string())
-        .and_then(|btf| sock_walk_offsets(btf).map_err(|e| e.to_string()))
-    {
+    let offsets = match from_btf(btf, sock_walk_offsets) {
         Ok(offsets) => offsets,
         Err(reason) => {
             tracing::warn!(reason = %reason, "socket addresses not readable in the kernel: each new connection costs the agent a lookup in /proc, and its own export traffic is recognised by scanning its sockets");
