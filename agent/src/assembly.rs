@@ -1,14 +1,14 @@
 //! Span assembly: turns parser output into exportable spans with identity
 //! (trace/span ids and the sampling decision), wall-clock times, the
 //! connection's network attributes and the process resource.
-use std::sync::Arc;
+use std::{collections::HashMap, net::IpAddr, sync::Arc};
 
 use crate::{
     clock::Clock,
     config::Sampler,
     model::{
         random_nonzero, AttrValue, Attribute, ConnMeta, FinishedSpan, ParsedSpan, ProcessResource, SpanIdentity,
-        SpanKind,
+        SpanKind, Text,
     },
 };
 
@@ -20,11 +20,32 @@ pub struct SpanAssembler {
     /// Respect the caller's sampled flag (parentbased_* samplers); otherwise
     /// the sampler decides on the trace id alone.
     parent_based: bool,
+    /// Addresses as text, shared by every span that names them: a node
+    /// talks to few peers, and formatting one per attribute per span was a
+    /// third of a span's allocations.
+    ip_texts: HashMap<IpAddr, Arc<str>>,
 }
+
+/// Peer and local addresses kept as text at most; the table starts over
+/// when full (amortised O(1), and a scan of many addresses only costs the
+/// formatting it saves otherwise).
+const MAX_IP_TEXTS: usize = 4096;
 
 impl SpanAssembler {
     pub fn new(clock: Clock, sampler: Sampler, parent_based: bool) -> SpanAssembler {
-        SpanAssembler { clock, sampler, parent_based }
+        SpanAssembler { clock, sampler, parent_based, ip_texts: HashMap::new() }
+    }
+
+    fn ip_text(&mut self, ip: IpAddr) -> Text {
+        if let Some(text) = self.ip_texts.get(&ip) {
+            return Text::Shared(Arc::clone(text));
+        }
+        if self.ip_texts.len() >= MAX_IP_TEXTS {
+            self.ip_texts.clear();
+        }
+        let text: Arc<str> = Arc::from(ip.to_string());
+        self.ip_texts.insert(ip, Arc::clone(&text));
+        Text::Shared(text)
     }
 
     /// Sampling decision for a trace this agent starts (no incoming context).
@@ -36,7 +57,7 @@ impl SpanAssembler {
 
     /// Returns None when the span is sampled out.
     pub fn assemble(
-        &self,
+        &mut self,
         parsed: ParsedSpan,
         conn: &ConnMeta,
         resource: Arc<ProcessResource>,
@@ -80,17 +101,18 @@ impl SpanAssembler {
         let mut attributes = parsed.attributes;
         let has = |attrs: &Vec<Attribute>, key: &str| attrs.iter().any(|(k, _)| *k == key);
         if let Some(peer) = conn.peer {
-            attributes.push(("network.peer.address", AttrValue::Str(peer.ip().to_string())));
+            let peer_ip = self.ip_text(peer.ip());
+            attributes.push(("network.peer.address", AttrValue::Str(peer_ip.clone())));
             attributes.push(("network.peer.port", AttrValue::Int(i64::from(peer.port()))));
             match parsed.kind {
                 SpanKind::Server => {
                     if !has(&attributes, "client.address") {
-                        attributes.push(("client.address", AttrValue::Str(peer.ip().to_string())));
+                        attributes.push(("client.address", AttrValue::Str(peer_ip)));
                     }
                 }
                 SpanKind::Client => {
                     if !has(&attributes, "server.address") {
-                        attributes.push(("server.address", AttrValue::Str(peer.ip().to_string())));
+                        attributes.push(("server.address", AttrValue::Str(peer_ip)));
                     }
                     if !has(&attributes, "server.port") {
                         attributes.push(("server.port", AttrValue::Int(i64::from(peer.port()))));
@@ -101,7 +123,7 @@ impl SpanAssembler {
         if parsed.kind == SpanKind::Server {
             if let Some(local) = conn.local {
                 if !has(&attributes, "server.address") {
-                    attributes.push(("server.address", AttrValue::Str(local.ip().to_string())));
+                    attributes.push(("server.address", AttrValue::Str(self.ip_text(local.ip()))));
                 }
                 if !has(&attributes, "server.port") {
                     attributes.push(("server.port", AttrValue::Int(i64::from(local.port()))));
@@ -109,7 +131,7 @@ impl SpanAssembler {
             }
         }
         if !has(&attributes, "network.transport") {
-            attributes.push(("network.transport", AttrValue::Str("tcp".into())));
+            attributes.push(("network.transport", AttrValue::from("tcp")));
         }
         let end_ns = parsed.end_ns.max(parsed.start_ns);
         Some(FinishedSpan {
@@ -172,7 +194,7 @@ mod tests {
 
     #[test]
     fn server_span_joins_incoming_context_and_gets_network_identity() {
-        let a = SpanAssembler::new(Clock::new(), Sampler::AlwaysOn, true);
+        let mut a = SpanAssembler::new(Clock::new(), Sampler::AlwaysOn, true);
         let ctx = TraceContext { trace_id: [7; 16], span_id: [8; 8], sampled: true };
         let s = a.assemble(parsed(SpanKind::Server, Some(ctx)), &conn(Role::Server), resource(), None).unwrap();
         assert_eq!(s.trace_id, [7; 16]);
@@ -188,7 +210,7 @@ mod tests {
 
     #[test]
     fn client_span_names_its_server_from_the_peer() {
-        let a = SpanAssembler::new(Clock::new(), Sampler::AlwaysOn, true);
+        let mut a = SpanAssembler::new(Clock::new(), Sampler::AlwaysOn, true);
         let s = a.assemble(parsed(SpanKind::Client, None), &conn(Role::Client), resource(), None).unwrap();
         assert_eq!(s.parent_span_id, None);
         assert_ne!(s.trace_id, [0; 16]);
@@ -199,22 +221,22 @@ mod tests {
 
     #[test]
     fn sampler_rules() {
-        let off = SpanAssembler::new(Clock::new(), Sampler::AlwaysOff, true);
+        let mut off = SpanAssembler::new(Clock::new(), Sampler::AlwaysOff, true);
         assert!(off.assemble(parsed(SpanKind::Server, None), &conn(Role::Server), resource(), None).is_none());
         // Parent-based: a sampled caller wins over always_off for the root.
         let ctx = TraceContext { trace_id: [7; 16], span_id: [8; 8], sampled: true };
         assert!(off.assemble(parsed(SpanKind::Server, Some(ctx)), &conn(Role::Server), resource(), None).is_some());
         let unsampled = TraceContext { sampled: false, ..ctx };
-        let on = SpanAssembler::new(Clock::new(), Sampler::AlwaysOn, true);
+        let mut on = SpanAssembler::new(Clock::new(), Sampler::AlwaysOn, true);
         assert!(on
             .assemble(parsed(SpanKind::Server, Some(unsampled)), &conn(Role::Server), resource(), None)
             .is_none());
         // Not parent-based: the sampler alone decides.
-        let plain_off = SpanAssembler::new(Clock::new(), Sampler::AlwaysOff, false);
+        let mut plain_off = SpanAssembler::new(Clock::new(), Sampler::AlwaysOff, false);
         assert!(plain_off
             .assemble(parsed(SpanKind::Server, Some(ctx)), &conn(Role::Server), resource(), None)
             .is_none());
-        let half = SpanAssembler::new(Clock::new(), Sampler::TraceIdRatio(0.5), false);
+        let mut half = SpanAssembler::new(Clock::new(), Sampler::TraceIdRatio(0.5), false);
         let kept = (0..2000)
             .filter(|_| half.assemble(parsed(SpanKind::Client, None), &conn(Role::Client), resource(), None).is_some())
             .count();

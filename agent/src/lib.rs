@@ -3,7 +3,8 @@
 //! Pipeline, one module per stage:
 //! [`probes`] (load/attach eBPF) → [`intake`] (decode ring-buffer records) →
 //! [`conntrack`] (per-connection state) → [`protocols`] (parsers) →
-//! [`spans`] (assembly) → [`export`] (OTLP or terminal).
+//! [`linking`] (kernel trace ids) → [`assembly`] → [`export`] (OTLP or
+//! terminal), driven by [`pipeline`].
 //! [`discovery`] reads /proc, [`config`] merges flags/env/file, [`metrics`]
 //! counts every drop.
 pub mod allocator;

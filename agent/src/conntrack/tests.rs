@@ -419,3 +419,74 @@ fn buffers_beyond_the_budget_are_dropped_and_counted() {
     t.on_close(&open_event(EventKind::ConnClose, 10, 6, 2, Role::Server, 9), &mut out);
     assert_eq!(t.buffered_bytes(), 0);
 }
+
+/// The hot path's allocation budget, measured on the real HTTP/1 parser and
+/// the assembler: a record that finishes nothing allocates nothing, and a
+/// keep-alive exchange allocates only what is its own: path, route, name,
+/// host, user agent and the attribute list (9 when this was written);
+/// addresses and fixed words are shared, so assembly allocates nothing.
+#[test]
+fn keep_alive_exchanges_stay_within_their_allocation_budget() {
+    use crate::{
+        allocator::counting::allocations, assembly::SpanAssembler, clock::Clock, config::Sampler,
+        model::ProcessResource,
+    };
+    let metrics = Arc::new(Metrics::default());
+    let mut t = ConnTracker::new(ParserConfig::default(), metrics, 1024);
+    let mut env = FakeEnv::default();
+    let mut assembler = SpanAssembler::new(Clock::new(), Sampler::AlwaysOn, true);
+    let resource = Arc::new(ProcessResource {
+        service_name: "shop".into(),
+        pid: 10,
+        executable_name: "shop".into(),
+        attributes: Vec::new(),
+    });
+    t.on_open(&open_event(EventKind::ConnOpen, 10, 5, 77, Role::Server, 40000), &mut env);
+    let head: &[u8] = b"GET /api/users/42 HTTP/1.1\r\nHost: shop.internal:8080\r\nUser-Agent: curl/8.5.0\r\n";
+    let rest: &[u8] = b"Accept: */*\r\n\r\n";
+    let response: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+    let mut out = Vec::with_capacity(4);
+    let mut exchange = |i: u64, out: &mut Vec<ConnSpan>| -> (u64, u64, u64) {
+        let t0 = i * 1000;
+        let before = allocations();
+        // The head arrives in two reads: the first finishes nothing.
+        t.on_data(&data(77, 10, 5, Role::Server, Direction::Ingress, head.len() as u64, t0), head, &mut env, out);
+        let partial = allocations() - before;
+        t.on_data(&data(77, 10, 5, Role::Server, Direction::Ingress, rest.len() as u64, t0 + 1), rest, &mut env, out);
+        t.on_data(
+            &data(77, 10, 5, Role::Server, Direction::Egress, response.len() as u64, t0 + 2),
+            response,
+            &mut env,
+            out,
+        );
+        let parsed = allocations() - before;
+        assert_eq!(out.len(), 1, "exchange {i}");
+        let ConnSpan { span, conn } = out.pop().unwrap();
+        let before_assembly = allocations();
+        let finished = assembler.assemble(span, &conn, Arc::clone(&resource), None).expect("sampled");
+        let assembled = allocations() - before_assembly;
+        drop(finished);
+        (partial, parsed, assembled)
+    };
+    // Warm-up: buffers and tables reach their working size.
+    for i in 0..16 {
+        exchange(i, &mut out);
+    }
+    let (mut partial, mut parsed, mut assembled) = (0, 0, 0);
+    const N: u64 = 100;
+    for i in 16..16 + N {
+        let (p, q, a) = exchange(i, &mut out);
+        partial += p;
+        parsed += q;
+        assembled += a;
+    }
+    eprintln!(
+        "allocations per exchange: partial head read {}, parsing {}, assembly {}",
+        partial as f64 / N as f64,
+        parsed as f64 / N as f64,
+        assembled as f64 / N as f64
+    );
+    assert_eq!(partial, 0, "a read that finishes nothing must not allocate");
+    assert!(parsed <= 9 * N, "parsing allocated {} per exchange", parsed as f64 / N as f64);
+    assert!(assembled == 0, "assembly allocated {} per span", assembled as f64 / N as f64);
+}

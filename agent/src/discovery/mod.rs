@@ -25,8 +25,9 @@
 //!
 //! One file per job: `seed` finds the sockets to track at start-up,
 //! `socket_info` tells what one descriptor is, `own_sockets` recognises
-//! the agent's own traffic, `resource` builds and caches process resources
-//! (from `process_facts`, `environ` and `service_name`), and
+//! the agent's own traffic, `resource` builds process resources
+//! (from `process_facts`, `environ` and `service_name`), `resource_cache`
+//! caches them and builds them on a worker thread, and
 //! `blocked_calls` finds reads and accepts already waiting when the probes attached.
 mod blocked_calls;
 mod environ;
@@ -34,6 +35,7 @@ mod own_sockets;
 mod proc;
 mod process_facts;
 mod resource;
+mod resource_cache;
 mod seed;
 mod service_name;
 mod socket_info;
@@ -46,8 +48,10 @@ pub use own_sockets::{local_interface_ips, own_tcp_addrs};
 pub use proc::DiscoveryError;
 pub use process_facts::container_id_from_cgroup;
 pub use resource::{
-    ResourceResolver, ATTR_COMMAND, ATTR_CONTAINER_ID, ATTR_EXECUTABLE_PATH, ATTR_HOST_NAME, ATTR_RUNTIME_NAME,
-    RESOURCE_CACHE_CAPACITY,
+    ResourceBuilder, ATTR_COMMAND, ATTR_CONTAINER_ID, ATTR_EXECUTABLE_PATH, ATTR_HOST_NAME, ATTR_RUNTIME_NAME,
+};
+pub use resource_cache::{
+    Lookup, ResourceReplies, ResourceReply, ResourceResolver, RESOLVE_QUEUE_CAPACITY, RESOURCE_CACHE_CAPACITY,
 };
 pub use seed::{scan_inet_sockets, scan_process_sockets, SeedSocket, SeedState};
 pub use service_name::derive_service_name;

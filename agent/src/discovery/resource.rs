@@ -1,35 +1,15 @@
-//! The resource (service name and attributes) of each traced process, built
-//! from /proc and cached per pid (see the module docs of `discovery` for
-//! attribute precedence).
-use std::{
-    collections::BTreeMap,
-    num::NonZeroUsize,
-    sync::Arc,
-    time::{Duration, Instant},
-};
-
-use lru::LruCache;
+//! How one process's resource (service name and attributes) is built from
+//! /proc (see the module docs of `discovery` for attribute precedence). The
+//! reads run on the resolver's worker thread (`resource_cache`), never on
+//! the event loop.
+use std::{collections::BTreeMap, sync::Arc};
 
 use super::{
-    process_facts::{read_host_name, read_start_time, ProcessFacts},
+    process_facts::{read_host_name, ProcessFacts},
     service_name::{basename, command_of, derive_service_name, Runtime},
 };
 use crate::model::{parse_resource_attributes_lossy, truncate_utf8, ProcessResource};
 
-/// Resources cached at most; the oldest (least recently revalidated) entry is
-/// evicted beyond this.
-pub const RESOURCE_CACHE_CAPACITY: usize = 4096;
-/// How often a cached resource is checked against the process's start time.
-/// Exit events remove entries promptly (`forget`); this catches a pid reused
-/// after a missed exit without reading /proc on every span.
-const REVALIDATE_AFTER: Duration = Duration::from_secs(1);
-/// A process caught in the middle of execve already shows its new executable
-/// but not yet its argv or environment (the kernel fills them in at the end
-/// of exec; the parent of a vfork/posix_spawn is already running by then).
-/// Such a resource is provisional: resolved again after this delay, at most
-/// `INCOMPLETE_RETRIES` times (a process may legitimately have an empty argv).
-const INCOMPLETE_RETRY_AFTER: Duration = Duration::from_millis(5);
-const INCOMPLETE_RETRIES: u8 = 20;
 /// Attributes taken from one process's OTEL_RESOURCE_ATTRIBUTES.
 const MAX_PROCESS_ATTRIBUTES: usize = 64;
 /// Longest service name / attribute value kept (bytes, cut on a char boundary).
@@ -43,145 +23,37 @@ pub const ATTR_RUNTIME_NAME: &str = "process.runtime.name";
 pub const ATTR_CONTAINER_ID: &str = "container.id";
 const ATTR_SERVICE_NAME: &str = "service.name";
 
-struct CacheEntry {
-    resource: Arc<ProcessResource>,
+/// One resolution: the resource and what it was built from.
+pub(super) struct Resolved {
+    pub(super) resource: Arc<ProcessResource>,
     /// Process start time (clock ticks since boot); None when unreadable.
-    start_time: Option<u64>,
-    checked: Instant,
-    /// Re-resolutions left while the process looked mid-exec; 0 = final.
-    incomplete_retries: u8,
+    pub(super) start_time: Option<u64>,
+    /// The process looked mid-exec (executable but no argv yet): resolve
+    /// again shortly.
+    pub(super) incomplete: bool,
 }
 
-struct Resolved {
-    resource: Arc<ProcessResource>,
-    start_time: Option<u64>,
-    incomplete: bool,
-}
-
-/// Builds and caches the resource of each traced process.
-pub struct ResourceResolver {
+/// Builds process resources; holds no per-process state, so the worker and
+/// the event loop's overload fallback share one.
+pub struct ResourceBuilder {
     pub host_name: String,
     pub extra_attributes: Vec<(String, String)>,
     agent_tgid: u32,
-    /// Recency is refreshed only by inserting and revalidating (lookups
-    /// peek), so the least recently revalidated entry is evicted first.
-    cache: LruCache<u32, CacheEntry>,
-    /// Kernel-reported task names of processes seen opening connections, for
-    /// when /proc is gone before the resource is built (same capacity; the
-    /// least recently noted name goes first).
-    comm_hints: LruCache<u32, String>,
 }
 
-impl ResourceResolver {
+impl ResourceBuilder {
     /// `extra_attributes`: the agent-wide resource attributes (lower
     /// precedence than the process's own; see the module docs).
     /// `agent_tgid`: the agent's own resource is named `waggle` whatever its
     /// command line.
-    pub fn new(extra_attributes: Vec<(String, String)>, agent_tgid: u32) -> ResourceResolver {
-        Self::with_capacity(extra_attributes, agent_tgid, RESOURCE_CACHE_CAPACITY)
+    pub fn new(extra_attributes: Vec<(String, String)>, agent_tgid: u32) -> ResourceBuilder {
+        ResourceBuilder { host_name: read_host_name(), extra_attributes, agent_tgid }
     }
 
-    pub fn with_capacity(
-        extra_attributes: Vec<(String, String)>,
-        agent_tgid: u32,
-        capacity: usize,
-    ) -> ResourceResolver {
-        let capacity = NonZeroUsize::new(capacity).unwrap_or(NonZeroUsize::MIN);
-        ResourceResolver {
-            host_name: read_host_name(),
-            extra_attributes,
-            agent_tgid,
-            cache: LruCache::new(capacity),
-            comm_hints: LruCache::new(capacity),
-        }
-    }
-
-    /// The resource of `pid`, from the cache when the cached entry still
-    /// belongs to the same process (start time checked at most once per
-    /// second). Never fails: an unreadable process gets `pid-<pid>`.
-    pub fn resource(&mut self, pid: u32) -> Arc<ProcessResource> {
-        let now = Instant::now();
-        let mut retries = INCOMPLETE_RETRIES;
-        if let Some(entry) = self.cache.peek(&pid) {
-            let age = now.duration_since(entry.checked);
-            if entry.incomplete_retries > 0 {
-                if age < INCOMPLETE_RETRY_AFTER {
-                    return Arc::clone(&entry.resource);
-                }
-                retries = entry.incomplete_retries - 1;
-            } else if age < REVALIDATE_AFTER {
-                return Arc::clone(&entry.resource);
-            } else {
-                match read_start_time(pid) {
-                    // Same process, or the process is gone (late events of an
-                    // exited process still belong to it): keep the entry.
-                    current if current.is_none() || current == entry.start_time => {
-                        let resource = Arc::clone(&entry.resource);
-                        self.touch(pid, now);
-                        return resource;
-                    }
-                    _ => tracing::debug!(pid, "pid reused by a new process; resolving its resource again"),
-                }
-            }
-        }
-        let resolved = self.resolve(pid);
-        if resolved.start_time.is_none() {
-            // Gone before a provisional entry could be completed: what was
-            // read mid-exec (the executable) beats a bare `pid-<pid>`.
-            if let Some(entry) = self.cache.peek_mut(&pid).filter(|e| e.incomplete_retries > 0) {
-                entry.incomplete_retries = 0;
-                entry.checked = now;
-                return Arc::clone(&entry.resource);
-            }
-        }
-        let retries = if resolved.incomplete { retries } else { 0 };
-        self.insert(pid, Arc::clone(&resolved.resource), resolved.start_time, now, retries);
-        resolved.resource
-    }
-
-    pub fn forget(&mut self, pid: u32) {
-        self.cache.pop(&pid);
-        self.comm_hints.pop(&pid);
-    }
-
-    /// A process was seen opening a connection: resolve it now, while it is
-    /// alive (a short-lived client may be gone by the time its span is
-    /// built). `comm` (the kernel's task name) names it if /proc already is.
-    pub fn observe(&mut self, pid: u32, comm: &[u8]) {
-        let end = comm.iter().position(|b| *b == 0).unwrap_or(comm.len());
-        let comm = String::from_utf8_lossy(&comm[..end]).into_owned();
-        if !comm.is_empty() {
-            self.comm_hints.put(pid, comm);
-        }
-        let _ = self.resource(pid);
-    }
-
-    /// Number of cached resources.
-    pub fn cached(&self) -> usize {
-        self.cache.len()
-    }
-
-    /// Revalidated: the entry becomes the most recent.
-    fn touch(&mut self, pid: u32, now: Instant) {
-        if let Some(entry) = self.cache.get_mut(&pid) {
-            entry.checked = now;
-        }
-    }
-
-    fn insert(
-        &mut self,
-        pid: u32,
-        resource: Arc<ProcessResource>,
-        start_time: Option<u64>,
-        now: Instant,
-        incomplete_retries: u8,
-    ) {
-        self.forget(pid);
-        // At capacity, `put` evicts the least recently used entry.
-        self.cache.put(pid, CacheEntry { resource, start_time, checked: now, incomplete_retries });
-    }
-
-    fn resolve(&self, pid: u32) -> Resolved {
+    /// Reads /proc/<pid> and builds its resource. Never fails: a process
+    /// already gone is named by `comm` (the kernel's task name, NUL-padded),
+    /// else `pid-<pid>`.
+    pub(super) fn resolve(&self, pid: u32, comm: &[u8]) -> Resolved {
         let mut facts = match ProcessFacts::read(pid) {
             Ok(facts) => facts,
             Err(e) => {
@@ -190,9 +62,8 @@ impl ResourceResolver {
             }
         };
         if facts.comm.is_empty() {
-            if let Some(comm) = self.comm_hints.peek(&pid) {
-                facts.comm = comm.clone();
-            }
+            let end = comm.iter().position(|b| *b == 0).unwrap_or(comm.len());
+            facts.comm = String::from_utf8_lossy(&comm[..end]).into_owned();
         }
         // Kernel threads have neither exe nor argv; a user process with an
         // executable but no argv is most likely still inside execve.
@@ -297,22 +168,27 @@ mod tests {
         r.attributes.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
     }
 
+    fn resource(builder: &ResourceBuilder, pid: u32) -> Arc<ProcessResource> {
+        builder.resolve(pid, &[]).resource
+    }
+
     #[test]
     fn resource_resolved_mid_exec_is_provisional() {
         let mut provisional_seen = 0;
+        let builder = ResourceBuilder::new(Vec::new(), 0);
         for _ in 0..10 {
             // Resolve the instant spawn() returns: often before argv exists.
             let child =
                 spawn_python(&["-m", "http.server", "0", "--bind", "127.0.0.1"], &[("OTEL_SERVICE_NAME", "early")]);
-            let mut resolver = ResourceResolver::new(Vec::new(), 0);
-            if resolver.resource(child.pid()).service_name != "early" {
+            let early = builder.resolve(child.pid(), &[]);
+            if early.resource.service_name != "early" {
                 provisional_seen += 1;
+                assert!(early.incomplete, "a resource read before argv must say it is provisional");
             }
             wait_exec_done(&child);
-            std::thread::sleep(INCOMPLETE_RETRY_AFTER * 2);
-            let r = resolver.resource(child.pid());
-            assert_eq!(r.service_name, "early");
-            assert_eq!(resolver.cache.peek(&child.pid()).unwrap().incomplete_retries, 0, "final once argv is known");
+            let done = builder.resolve(child.pid(), &[]);
+            assert_eq!(done.resource.service_name, "early");
+            assert!(!done.incomplete, "final once argv is known");
         }
         eprintln!("provisional resources seen: {provisional_seen}/10");
     }
@@ -320,27 +196,19 @@ mod tests {
     #[test]
     fn resource_of_python_module() {
         let server = spawn_http_server(&[]);
-        let mut resolver = ResourceResolver::new(Vec::new(), std::process::id());
-        let r = resolver.resource(server.pid());
+        let builder = ResourceBuilder::new(Vec::new(), std::process::id());
+        let r = resource(&builder, server.pid());
         assert_eq!(r.service_name, "http.server");
         assert_eq!(r.pid, server.pid());
         assert!(r.executable_name.starts_with("python"), "{r:?}");
         assert_eq!(attr(&r, ATTR_RUNTIME_NAME), Some("cpython"));
         assert_eq!(attr(&r, ATTR_COMMAND), Some(python()), "argv[0] only");
         assert!(attr(&r, ATTR_EXECUTABLE_PATH).unwrap().ends_with(&r.executable_name));
-        assert_eq!(attr(&r, ATTR_HOST_NAME), Some(resolver.host_name.as_str()));
-        assert!(!resolver.host_name.is_empty());
+        assert_eq!(attr(&r, ATTR_HOST_NAME), Some(builder.host_name.as_str()));
+        assert!(!builder.host_name.is_empty());
         assert!(r.attributes.iter().all(|(_, v)| !v.contains("http.server")), "no argv beyond argv[0]");
         assert!(r.attributes.windows(2).all(|w| w[0].0 < w[1].0), "sorted by key: {:?}", r.attributes);
         assert!(attr(&r, "service.name").is_none());
-
-        // Cached: the same Arc until forgotten.
-        let again = resolver.resource(server.pid());
-        assert!(Arc::ptr_eq(&r, &again));
-        resolver.forget(server.pid());
-        let fresh = resolver.resource(server.pid());
-        assert!(!Arc::ptr_eq(&r, &fresh));
-        assert_eq!(*r, *fresh);
     }
 
     #[test]
@@ -356,20 +224,20 @@ mod tests {
             ("k8s.cluster.name".to_owned(), "c1".to_owned()),
             ("service.name".to_owned(), "ignored".to_owned()),
         ];
-        let mut resolver = ResourceResolver::new(extra, 0);
+        let builder = ResourceBuilder::new(extra, 0);
 
-        assert_eq!(resolver.resource(named.pid()).service_name, "foo");
-        let r = resolver.resource(attributed.pid());
+        assert_eq!(resource(&builder, named.pid()).service_name, "foo");
+        let r = resource(&builder, attributed.pid());
         assert_eq!(r.service_name, "bar");
         assert_eq!(attr(&r, "deployment.environment"), Some("prod eu"));
         assert_eq!(attr(&r, "team"), Some("own"), "the process's own attributes win");
         assert_eq!(attr(&r, "k8s.cluster.name"), Some("c1"));
         assert_eq!(attr(&r, "broken"), None);
         assert_eq!(attr(&r, "service.name"), None);
-        assert_eq!(resolver.resource(both.pid()).service_name, "foo");
+        assert_eq!(resource(&builder, both.pid()).service_name, "foo");
         // The agent-wide service.name never names a process.
         let plain = spawn_http_server(&[]);
-        assert_eq!(resolver.resource(plain.pid()).service_name, "http.server");
+        assert_eq!(resource(&builder, plain.pid()).service_name, "http.server");
     }
 
     #[test]
@@ -378,41 +246,20 @@ mod tests {
         let pid = child.pid();
         child.child.kill().unwrap();
         child.child.wait().unwrap();
-        let mut resolver = ResourceResolver::new(vec![("a".into(), "b".into())], 0);
-        let r = resolver.resource(pid);
+        let builder = ResourceBuilder::new(vec![("a".into(), "b".into())], 0);
+        let r = resource(&builder, pid);
         assert_eq!(r.service_name, format!("pid-{pid}"));
         assert_eq!(r.executable_name, format!("pid-{pid}"));
         assert_eq!(attr(&r, "a"), Some("b"));
-    }
-
-    #[test]
-    fn resource_cache_detects_pid_reuse_and_is_bounded() {
-        let me = std::process::id();
-        let mut resolver = ResourceResolver::with_capacity(Vec::new(), 0, 2);
-        let first = resolver.resource(me);
-        assert_eq!(resolver.cache.peek(&me).unwrap().incomplete_retries, 0);
-        // Pretend the cached entry belongs to an older process with this pid.
-        let entry = resolver.cache.peek_mut(&me).unwrap();
-        entry.start_time = entry.start_time.map(|t| t + 1);
-        entry.checked = Instant::now() - REVALIDATE_AFTER * 2;
-        let second = resolver.resource(me);
-        assert!(!Arc::ptr_eq(&first, &second), "a changed start time must resolve again");
-        // Same start time after the interval: kept.
-        resolver.cache.peek_mut(&me).unwrap().checked = Instant::now() - REVALIDATE_AFTER * 2;
-        assert!(Arc::ptr_eq(&second, &resolver.resource(me)));
-
-        let parent = std::os::unix::process::parent_id();
-        resolver.resource(parent);
-        resolver.resource(1);
-        assert_eq!(resolver.cached(), 2);
-        assert!(!resolver.cache.contains(&me), "the oldest entry is evicted");
-        assert!(resolver.cache.contains(&parent) && resolver.cache.contains(&1));
+        // The kernel's task name, when the open event gave one, beats the pid.
+        let named = builder.resolve(pid, b"worker\0\0\0\0\0\0\0\0\0\0").resource;
+        assert_eq!(named.service_name, "worker");
     }
 
     #[test]
     fn agent_resource_is_named_waggle() {
         let me = std::process::id();
-        let mut resolver = ResourceResolver::new(Vec::new(), me);
-        assert_eq!(resolver.resource(me).service_name, "waggle");
+        let builder = ResourceBuilder::new(Vec::new(), me);
+        assert_eq!(resource(&builder, me).service_name, "waggle");
     }
 }

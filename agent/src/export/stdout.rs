@@ -184,7 +184,7 @@ pub fn write_text<W: Write>(w: &mut W, span: &FinishedSpan) -> io::Result<()> {
     )?;
     match status_code(span) {
         Some(AttrValue::Int(code)) => write!(w, " {code}")?,
-        Some(AttrValue::Str(code)) => write!(w, " {}", Clean(code))?,
+        Some(AttrValue::Str(code)) => write!(w, " {}", Clean(code.as_str()))?,
         Some(AttrValue::Bool(_)) | None => {}
     }
     match &span.status {
@@ -206,7 +206,7 @@ impl Serialize for JsonAttributes<'_> {
         let mut map = serializer.serialize_map(Some(self.0.len()))?;
         for (key, value) in self.0 {
             match value {
-                AttrValue::Str(s) => map.serialize_entry(key, s)?,
+                AttrValue::Str(s) => map.serialize_entry(key, s.as_str())?,
                 AttrValue::Int(i) => map.serialize_entry(key, i)?,
                 AttrValue::Bool(b) => map.serialize_entry(key, b)?,
             }

@@ -2,7 +2,7 @@
 //! them ([`FinishedSpan`]).
 use std::{sync::Arc, time::SystemTime};
 
-use super::{ProcessResource, TraceContext};
+use super::{ProcessResource, Text, TraceContext};
 
 /// Span kind, from the traced process's point of view.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -13,19 +13,25 @@ pub enum SpanKind {
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum AttrValue {
-    Str(String),
+    Str(Text),
     Int(i64),
     Bool(bool),
 }
 
 impl From<String> for AttrValue {
     fn from(v: String) -> Self {
-        AttrValue::Str(v)
+        AttrValue::Str(Text::Owned(v))
     }
 }
-impl From<&str> for AttrValue {
-    fn from(v: &str) -> Self {
-        AttrValue::Str(v.to_owned())
+/// A literal or a fixed vocabulary word: no allocation.
+impl From<&'static str> for AttrValue {
+    fn from(v: &'static str) -> Self {
+        AttrValue::Str(Text::Static(v))
+    }
+}
+impl From<Text> for AttrValue {
+    fn from(v: Text) -> Self {
+        AttrValue::Str(v)
     }
 }
 impl From<i64> for AttrValue {

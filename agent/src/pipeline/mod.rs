@@ -8,7 +8,7 @@
 mod env;
 mod seed;
 
-use std::{future::Future, sync::Arc, time::Duration};
+use std::{collections::HashMap, future::Future, sync::Arc, time::Duration};
 
 use waggle_common::Counter;
 
@@ -18,12 +18,13 @@ use crate::{
     clock::Clock,
     config::Config,
     conntrack::{ConnSpan, ConnTracker},
-    discovery::{self, ResourceResolver, SeedSocket},
+    discovery::{self, Lookup, ResourceReplies, ResourceReply, ResourceResolver, SeedSocket},
     export::{self, ExportError, ExportHandle},
     intake::{self, RawEvent},
     linking::ContextLinker,
     metrics::Metrics,
     metrics_server::{self, Gauge, KernelCounterCell},
+    model::{ConnMeta, ParsedSpan, ProcessResource, SpanIdentity},
     probes::{ProbeConfig, ProbeError, Probes},
     protocols::ParserConfig,
 };
@@ -34,6 +35,20 @@ const DRAIN_BATCH: usize = 8192;
 const TICK: Duration = Duration::from_secs(1);
 const SHUTDOWN_FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 const MAX_CONNS: usize = 65536;
+/// Spans held for resources being built, at most; beyond, the loop builds
+/// the resource itself (counted) rather than hold more.
+const MAX_WAITING_SPANS: usize = 16384;
+/// At shutdown, how long spans may still wait for the worker.
+const SHUTDOWN_RESOURCE_WAIT: Duration = Duration::from_secs(2);
+
+/// A finished span whose process's resource is still being built. Its
+/// identity is decided when it finishes, as for any span: the linker's
+/// state moves on while it waits.
+struct Held {
+    span: ParsedSpan,
+    conn: Arc<ConnMeta>,
+    identity: Option<SpanIdentity>,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -53,6 +68,9 @@ struct Stages {
     assembler: SpanAssembler,
     linker: ContextLinker,
     resolver: ResourceResolver,
+    /// Spans waiting for their process's resource, per pid, in order.
+    waiting: HashMap<u32, Vec<Held>>,
+    waiting_spans: usize,
     exporter: ExportHandle,
     metrics: Arc<Metrics>,
     pending: Vec<ConnSpan>,
@@ -98,8 +116,8 @@ impl Stages {
             Ok(RawEvent::ClientCtx(ev)) => self.linker.on_client_ctx(&ev),
             Ok(RawEvent::ProcessExit(ev)) => {
                 self.tracker.on_process_exit(ev.tgid, ev.ts_ns, &mut self.env, &mut self.pending);
-                // Spans still pending for this pid resolve their resource
-                // first, then the cache entry goes.
+                // Spans still pending for this pid take their resource
+                // first; the cache entry goes after them.
                 self.emit();
                 self.resolver.forget(ev.tgid);
                 self.linker.forget_process(ev.tgid);
@@ -111,16 +129,70 @@ impl Stages {
     }
 
     fn emit(&mut self) {
-        for ConnSpan { span, conn } in self.pending.drain(..) {
-            let resource = self.resolver.resource(conn.pid);
+        for ConnSpan { span, conn } in std::mem::take(&mut self.pending) {
             let identity = self.linker.identity_for(&span, &conn);
-            match self.assembler.assemble(span, &conn, resource, identity) {
-                Some(finished) => {
-                    Metrics::inc(&self.metrics.spans_created);
-                    self.exporter.send(finished);
-                }
-                None => Metrics::inc(&self.metrics.spans_sampled_out),
+            let pid = conn.pid;
+            let held = Held { span, conn, identity };
+            if let Some(queue) = self.waiting.get_mut(&pid) {
+                // Behind spans of the same process that are waiting already.
+                queue.push(held);
+                self.waiting_spans += 1;
+                Metrics::inc(&self.metrics.spans_waited_for_resource);
+                continue;
             }
+            match self.resolver.lookup(pid) {
+                Lookup::Ready(resource) => self.finish(held, resource),
+                Lookup::Waiting if self.waiting_spans >= MAX_WAITING_SPANS => {
+                    let resource = self.resolver.resolve_now(pid);
+                    self.finish(held, resource);
+                }
+                Lookup::Waiting => {
+                    self.waiting.entry(pid).or_default().push(held);
+                    self.waiting_spans += 1;
+                    Metrics::inc(&self.metrics.spans_waited_for_resource);
+                }
+            }
+        }
+    }
+
+    /// A resource came back from the worker: the spans that waited for it go.
+    fn on_resource(&mut self, reply: ResourceReply) {
+        if let Some((pid, resource)) = self.resolver.on_reply(reply) {
+            self.release(pid, &resource);
+        }
+    }
+
+    fn release(&mut self, pid: u32, resource: &Arc<ProcessResource>) {
+        for held in self.waiting.remove(&pid).unwrap_or_default() {
+            self.waiting_spans -= 1;
+            self.finish(held, Arc::clone(resource));
+        }
+    }
+
+    /// Shutdown: what still waits takes the worker's replies for a short
+    /// while, then is built here.
+    async fn release_all(&mut self, replies: &mut ResourceReplies) {
+        let deadline = tokio::time::Instant::now() + SHUTDOWN_RESOURCE_WAIT;
+        while !self.waiting.is_empty() {
+            match tokio::time::timeout_at(deadline, replies.recv()).await {
+                Ok(Some(reply)) => self.on_resource(reply),
+                Ok(None) | Err(_) => break,
+            }
+        }
+        let pids: Vec<u32> = self.waiting.keys().copied().collect();
+        for pid in pids {
+            let resource = self.resolver.resolve_now(pid);
+            self.release(pid, &resource);
+        }
+    }
+
+    fn finish(&mut self, held: Held, resource: Arc<ProcessResource>) {
+        match self.assembler.assemble(held.span, &held.conn, resource, held.identity) {
+            Some(finished) => {
+                Metrics::inc(&self.metrics.spans_created);
+                self.exporter.send(finished);
+            }
+            None => Metrics::inc(&self.metrics.spans_sampled_out),
         }
     }
 
@@ -182,6 +254,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send) -> R
     };
     let (probes, mut source, maps) = Probes::load(&probe_config)?;
     let exporter = export::spawn_exporter(&config, metrics.clone())?;
+    let (resolver, mut resource_replies) =
+        ResourceResolver::spawn(config.resource_attributes.clone(), agent_pid, metrics.clone());
     let mut stages = Stages {
         tracker: ConnTracker::new(ParserConfig { raw_sql: config.raw_sql }, metrics.clone(), MAX_CONNS)
             .with_buffer_budget(config.max_buffer_bytes),
@@ -189,7 +263,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send) -> R
         reads_sockets: probes.reads_sockets(),
         assembler: SpanAssembler::new(Clock::new(), config.sampler, config.sampler_parent_based),
         linker: ContextLinker::new(metrics.clone()),
-        resolver: ResourceResolver::new(config.resource_attributes.clone(), agent_pid),
+        resolver,
+        waiting: HashMap::new(),
+        waiting_spans: 0,
         exporter,
         metrics: metrics.clone(),
         pending: Vec::new(),
@@ -220,6 +296,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send) -> R
             biased;
             _ = &mut shutdown => break Ok(()),
             _ = ticker.tick() => stages.tick(&probes, &mut last_lost),
+            Some(reply) = resource_replies.recv() => stages.on_resource(reply),
             ready = source.readable(), if !backlog => {
                 if let Err(e) = ready {
                     break Err(RunError::Intake(e));
@@ -241,6 +318,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send) -> R
     source.drain(usize::MAX, |record| stages.handle_record(record));
     stages.tracker.flush_all(Clock::now_monotonic_ns(), &mut stages.pending);
     stages.emit();
+    stages.release_all(&mut resource_replies).await;
     let Stages { exporter, kernel_counters, .. } = stages;
     if let Err(e) = exporter.shutdown(SHUTDOWN_FLUSH_TIMEOUT).await {
         tracing::warn!(error = %e, "flushing spans at shutdown");

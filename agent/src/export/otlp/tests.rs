@@ -137,12 +137,12 @@ fn default_and_extreme_values_encode_like_prost() {
     e.parent_span_id = Some([0; 8]);
     e.status = SpanStatus::Error { description: String::new() };
     e.attributes = vec![
-        ("", AttrValue::Str(String::new())),
+        ("", AttrValue::from(String::new())),
         ("zero", AttrValue::Int(0)),
         ("min", AttrValue::Int(i64::MIN)),
         ("max", AttrValue::Int(i64::MAX)),
         ("yes", AttrValue::Bool(true)),
-        ("long", AttrValue::Str("x".repeat(70_000))),
+        ("long", AttrValue::from("x".repeat(70_000))),
     ];
     let p = proto_span(e);
     assert_eq!((p.name.as_str(), p.start_time_unix_nano, p.parent_span_id.len()), ("", 0, 0));
@@ -671,7 +671,7 @@ fn bench_spans(n: usize) -> Vec<FinishedSpan> {
             s.parent_span_id = (i % 2 == 0).then_some([7; 8]);
             s.attributes = vec![
                 ("http.request.method", AttrValue::Str("GET".into())),
-                ("url.path", AttrValue::Str(format!("/api/users/{i}"))),
+                ("url.path", AttrValue::from(format!("/api/users/{i}"))),
                 ("http.route", AttrValue::Str("/api/users/{id}".into())),
                 ("http.response.status_code", AttrValue::Int(200)),
                 ("server.address", AttrValue::Str("users.internal".into())),

@@ -52,14 +52,14 @@ pub(super) fn build_span(kind: SpanKind, exchange: Exchange, end_ns: u64) -> Opt
     let mut attributes: Vec<Attribute> = Vec::with_capacity(14);
     attributes.push(("http.request.method", AttrValue::from(head.method)));
     if let Some(original) = head.method_original {
-        attributes.push(("http.request.method_original", AttrValue::Str(original)));
+        attributes.push(("http.request.method_original", AttrValue::from(original)));
     }
     if let Some(path) = head.path {
-        attributes.push(("url.path", AttrValue::Str(path)));
+        attributes.push(("url.path", AttrValue::from(path)));
     }
     attributes.push(("url.scheme", AttrValue::from("http")));
     if let Some(route) = route {
-        attributes.push(("http.route", AttrValue::Str(route)));
+        attributes.push(("http.route", AttrValue::from(route)));
     }
     if let Some(status) = status {
         attributes.push(("http.response.status_code", AttrValue::Int(i64::from(status))));
@@ -67,7 +67,7 @@ pub(super) fn build_span(kind: SpanKind, exchange: Exchange, end_ns: u64) -> Opt
     let version = if head.minor_version == 0 { "1.0" } else { "1.1" };
     attributes.push(("network.protocol.version", AttrValue::from(version)));
     if let Some(ua) = head.user_agent {
-        attributes.push(("user_agent.original", AttrValue::Str(ua)));
+        attributes.push(("user_agent.original", AttrValue::from(ua)));
     }
     if let Some(size) = req.body_size {
         attributes.push(("http.request.body.size", AttrValue::Int(i64::try_from(size).unwrap_or(i64::MAX))));
@@ -77,7 +77,7 @@ pub(super) fn build_span(kind: SpanKind, exchange: Exchange, end_ns: u64) -> Opt
     }
     if let Some(host) = head.host.or(head.target_authority) {
         let (address, port) = split_host_port(&host);
-        attributes.push(("server.address", AttrValue::Str(address)));
+        attributes.push(("server.address", AttrValue::from(address)));
         if let Some(port) = port {
             attributes.push(("server.port", AttrValue::Int(i64::from(port))));
         }
@@ -89,7 +89,7 @@ pub(super) fn build_span(kind: SpanKind, exchange: Exchange, end_ns: u64) -> Opt
     };
     let status = match error {
         Some(s) => {
-            attributes.push(("error.type", AttrValue::Str(s.to_string())));
+            attributes.push(("error.type", AttrValue::from(s.to_string())));
             SpanStatus::Error { description: format!("HTTP {s}") }
         }
         None => SpanStatus::Unset,

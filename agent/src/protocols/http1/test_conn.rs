@@ -75,7 +75,7 @@ impl Conn {
 }
 
 pub(super) fn s(v: &str) -> AttrValue {
-    AttrValue::Str(v.to_owned())
+    AttrValue::from(v.to_owned())
 }
 
 pub(super) fn i(v: i64) -> AttrValue {

@@ -66,7 +66,7 @@ pub fn names(spans: &[ParsedSpan]) -> Vec<&str> {
 
 pub fn attr_str<'a>(span: &'a ParsedSpan, key: &str) -> Option<&'a str> {
     match span.attr(key) {
-        Some(crate::model::AttrValue::Str(s)) => Some(s),
+        Some(crate::model::AttrValue::Str(s)) => Some(s.as_str()),
         _ => None,
     }
 }

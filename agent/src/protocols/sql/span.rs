@@ -1,7 +1,9 @@
 //! DB span assembly: one exchange's query and outcome become a span with
 //! the semantic-convention attributes.
+use std::sync::Arc;
+
 use super::summary::QueryInfo;
-use crate::model::{AttrValue, Attribute, ParsedSpan, SpanKind, SpanStatus};
+use crate::model::{AttrValue, Attribute, ParsedSpan, SpanKind, SpanStatus, Text};
 
 /// A database error, already reduced to what is safe to export.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -56,22 +58,23 @@ impl DbSpan<'_> {
         let mut attributes: Vec<Attribute> = Vec::with_capacity(12);
         attributes.push(("db.system.name", AttrValue::from(self.system)));
         if let Some(ns) = self.namespace.filter(|ns| !ns.is_empty()) {
-            attributes.push(("db.namespace", AttrValue::from(ns)));
+            attributes.push(("db.namespace", AttrValue::from(ns.to_owned())));
         }
-        let mut operation = self.query.and_then(|q| q.operation.clone());
+        let shared = |s: &Arc<str>| Text::Shared(Arc::clone(s));
+        let mut operation = self.query.and_then(|q| q.operation.as_ref()).map(shared);
         if operation.is_none() && self.query.is_none_or(|q| q.text.is_empty()) {
-            operation = self.operation_hint.map(str::to_owned);
+            operation = self.operation_hint.map(|hint| Text::Owned(hint.to_owned()));
         }
         if let Some(op) = &operation {
-            attributes.push(("db.operation.name", AttrValue::from(op.as_str())));
+            attributes.push(("db.operation.name", AttrValue::Str(op.clone())));
         }
         let mut summary = None;
         if let Some(q) = self.query {
             if let Some(c) = &q.collection {
-                attributes.push(("db.collection.name", AttrValue::from(c.as_str())));
+                attributes.push(("db.collection.name", AttrValue::Str(shared(c))));
             }
             if !q.text.is_empty() {
-                attributes.push(("db.query.text", AttrValue::from(q.text.as_str())));
+                attributes.push(("db.query.text", AttrValue::Str(shared(&q.text))));
             }
             if q.truncated {
                 attributes.push(("waggle.db.query.truncated", AttrValue::Bool(true)));
@@ -79,10 +82,10 @@ impl DbSpan<'_> {
             if q.statements > 1 {
                 attributes.push(("db.operation.batch.size", AttrValue::Int(clamp_i64(q.statements as u64))));
             }
-            summary = q.summary.clone();
+            summary = q.summary.as_ref().map(shared);
         }
         if let Some(s) = &summary {
-            attributes.push(("db.query.summary", AttrValue::from(s.as_str())));
+            attributes.push(("db.query.summary", AttrValue::Str(s.clone())));
         }
         let out = self.outcome;
         if let Some(n) = out.returned_rows {
@@ -96,13 +99,13 @@ impl DbSpan<'_> {
         }
         let status = match out.error {
             Some(err) => {
-                attributes.push(("db.response.status_code", AttrValue::from(err.code.as_str())));
-                attributes.push(("error.type", AttrValue::Str(err.code)));
+                attributes.push(("db.response.status_code", AttrValue::from(err.code.clone())));
+                attributes.push(("error.type", AttrValue::from(err.code)));
                 SpanStatus::Error { description: err.description }
             }
             None => SpanStatus::Unset,
         };
-        let name = summary.or(operation).unwrap_or_else(|| self.system.to_owned());
+        let name = summary.or(operation).map_or_else(|| self.system.to_owned(), |t| t.as_str().to_owned());
         ParsedSpan {
             kind: self.kind,
             name,

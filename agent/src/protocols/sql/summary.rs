@@ -31,12 +31,14 @@ pub(super) const MAX_OPERATION: usize = 32;
 #[derive(Clone, Debug, PartialEq, Default)]
 pub struct QueryInfo {
     /// Sanitized text (raw with `raw_sql`), at most [`MAX_QUERY_TEXT`] bytes of input.
-    pub text: String,
+    /// Shared with every span of the statement (a prepared statement runs
+    /// many times), as are the names below.
+    pub text: Arc<str>,
     /// The text is a prefix of the real query.
     pub truncated: bool,
-    pub operation: Option<String>,
-    pub collection: Option<String>,
-    pub summary: Option<String>,
+    pub operation: Option<Arc<str>>,
+    pub collection: Option<Arc<str>>,
+    pub summary: Option<Arc<str>>,
     /// Statements in the text (more than one: a batch).
     pub statements: usize,
 }
@@ -91,7 +93,14 @@ pub fn analyze_query(raw: &[u8], mut truncated: bool, dialect: Dialect, raw_sql:
         (Some(op), None) => Some(op.clone()),
         _ => None,
     };
-    QueryInfo { text, truncated, operation, collection, summary, statements: count }
+    QueryInfo {
+        text: Arc::from(text),
+        truncated,
+        operation: operation.map(Arc::from),
+        collection: collection.map(Arc::from),
+        summary: summary.map(Arc::from),
+        statements: count,
+    }
 }
 
 /// Non-space tokens of each non-empty `;`-separated statement.
@@ -454,7 +463,7 @@ mod tests {
     }
     fn op_coll(s: &str) -> (Option<String>, Option<String>) {
         let i = info(s);
-        (i.operation, i.collection)
+        (i.operation.as_deref().map(str::to_owned), i.collection.as_deref().map(str::to_owned))
     }
     fn oc(op: &str, coll: Option<&str>) -> (Option<String>, Option<String>) {
         (Some(op.to_owned()), coll.map(str::to_owned))
@@ -551,13 +560,13 @@ mod tests {
         let long = format!("SELECT '{}' FROM t", "x".repeat(MAX_QUERY_TEXT));
         let i = analyze_query(long.as_bytes(), false, Dialect::Postgres, false);
         assert!(i.truncated);
-        assert_eq!(i.text, "SELECT ?");
+        assert_eq!(&*i.text, "SELECT ?");
     }
 
     #[test]
     fn raw_mode_keeps_literals_but_still_analyzes() {
         let i = analyze_query(b"SELECT * FROM t WHERE a = 'x'  AND b = 1", false, Dialect::Postgres, true);
-        assert_eq!(i.text, "SELECT * FROM t WHERE a = 'x' AND b = 1");
+        assert_eq!(&*i.text, "SELECT * FROM t WHERE a = 'x' AND b = 1");
         assert_eq!(i.summary.as_deref(), Some("SELECT t"));
     }
 
