@@ -23,7 +23,7 @@ pub struct SpanAssembler {
     /// Addresses as text, shared by every span that names them: a node
     /// talks to few peers, and formatting one per attribute per span was a
     /// third of a span's allocations.
-    ip_texts: HashMap<IpAddr, Arc<str>>,
+    ip_texts: HashMap<IpAddr, Arc<str>, foldhash::fast::RandomState>,
 }
 
 /// Peer and local addresses kept as text at most; the table starts over
@@ -33,7 +33,7 @@ const MAX_IP_TEXTS: usize = 4096;
 
 impl SpanAssembler {
     pub fn new(clock: Clock, sampler: Sampler, parent_based: bool) -> SpanAssembler {
-        SpanAssembler { clock, sampler, parent_based, ip_texts: HashMap::new() }
+        SpanAssembler { clock, sampler, parent_based, ip_texts: HashMap::default() }
     }
 
     fn ip_text(&mut self, ip: IpAddr) -> Text {

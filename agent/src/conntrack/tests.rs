@@ -490,3 +490,47 @@ fn keep_alive_exchanges_stay_within_their_allocation_budget() {
     assert!(parsed <= 9 * N, "parsing allocated {} per exchange", parsed as f64 / N as f64);
     assert!(assembled == 0, "assembly allocated {} per span", assembled as f64 / N as f64);
 }
+
+/// Time per keep-alive exchange through the tracker, the HTTP/1 parser and
+/// the assembler (no kernel, no export):
+/// `cargo test -p waggle --release --lib conntrack::tests::exchange_bench -- --ignored --nocapture`.
+#[test]
+#[ignore = "a measurement, not a check"]
+fn exchange_bench() {
+    use crate::{assembly::SpanAssembler, clock::Clock, config::Sampler, model::ProcessResource};
+    let metrics = Arc::new(Metrics::default());
+    let mut t = ConnTracker::new(ParserConfig::default(), metrics, 1024);
+    let mut env = FakeEnv::default();
+    let mut assembler = SpanAssembler::new(Clock::new(), Sampler::AlwaysOn, true);
+    let resource = Arc::new(ProcessResource {
+        service_name: "shop".into(),
+        pid: 10,
+        executable_name: "shop".into(),
+        attributes: Vec::new(),
+    });
+    t.on_open(&open_event(EventKind::ConnOpen, 10, 5, 77, Role::Server, 40000), &mut env);
+    let request: &[u8] = b"GET / HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nUser-Agent: wrk\r\n\r\n";
+    let response: &[u8] = b"HTTP/1.1 200 OK\r\nServer: nginx/1.22.1\r\nDate: Wed, 02 Dec 2026 12:00:00 GMT\r\nContent-Type: text/plain\r\nContent-Length: 3\r\nConnection: keep-alive\r\n\r\nok\n";
+    let mut out = Vec::with_capacity(4);
+    const N: u64 = 200_000;
+    let start = std::time::Instant::now();
+    for i in 0..N {
+        let t0 = i * 1000;
+        t.on_data(
+            &data(77, 10, 5, Role::Server, Direction::Ingress, request.len() as u64, t0),
+            request,
+            &mut env,
+            &mut out,
+        );
+        t.on_data(
+            &data(77, 10, 5, Role::Server, Direction::Egress, response.len() as u64, t0 + 2),
+            response,
+            &mut env,
+            &mut out,
+        );
+        for ConnSpan { span, conn } in out.drain(..) {
+            std::hint::black_box(assembler.assemble(span, &conn, Arc::clone(&resource), None));
+        }
+    }
+    eprintln!("{:.0} ns per exchange (parse + assemble)", start.elapsed().as_nanos() as f64 / N as f64);
+}

@@ -69,7 +69,7 @@ struct Stages {
     linker: ContextLinker,
     resolver: ResourceResolver,
     /// Spans waiting for their process's resource, per pid, in order.
-    waiting: HashMap<u32, Vec<Held>>,
+    waiting: HashMap<u32, Vec<Held>, foldhash::fast::RandomState>,
     waiting_spans: usize,
     exporter: ExportHandle,
     metrics: Arc<Metrics>,
@@ -264,7 +264,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send) -> R
         assembler: SpanAssembler::new(Clock::new(), config.sampler, config.sampler_parent_based),
         linker: ContextLinker::new(metrics.clone()),
         resolver,
-        waiting: HashMap::new(),
+        waiting: HashMap::default(),
         waiting_spans: 0,
         exporter,
         metrics: metrics.clone(),

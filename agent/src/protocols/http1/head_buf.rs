@@ -11,9 +11,7 @@ pub(super) const KEEP_HEAD_CAPACITY: usize = 4096;
 /// Where the head ends (one past the empty line), scanning from `from`.
 /// httparse accepts bare LF line endings, so this does too.
 fn find_head_end(data: &[u8], from: usize) -> Option<usize> {
-    let mut i = from;
-    while i < data.len() {
-        let j = i + data[i..].iter().position(|&c| c == b'\n')?;
+    for j in memchr::memchr_iter(b'\n', data.get(from..)?).map(|j| j + from) {
         match data.get(j + 1) {
             Some(b'\n') => return Some(j + 2),
             Some(b'\r') => match data.get(j + 2) {
@@ -24,7 +22,6 @@ fn find_head_end(data: &[u8], from: usize) -> Option<usize> {
             Some(_) => {}
             None => return None,
         }
-        i = j + 1;
     }
     None
 }
