@@ -9,7 +9,7 @@ use std::{
 };
 
 use tokio::{
-    sync::{mpsc, oneshot},
+    sync::{mpsc, oneshot, Notify},
     task::JoinHandle,
 };
 
@@ -46,6 +46,12 @@ pub struct ExportHandle {
 
 struct Running {
     tx: mpsc::Sender<FinishedSpan>,
+    /// Rung when a full batch is queued: the exporter sleeps while a batch
+    /// fills instead of waking for every span (a task wake-up, often a
+    /// thread switch, cost more than the span's own export).
+    batch_ready: Arc<Notify>,
+    /// Spans the batch being filled still has room for.
+    room: Arc<AtomicUsize>,
     stop: oneshot::Sender<()>,
     task: JoinHandle<Result<(), ExportError>>,
     /// Spans of the batch currently inside a sink, for the shutdown count.
@@ -83,8 +89,18 @@ pub(crate) fn spawn_with_sink<S: SpanSink + 'static>(
     let (tx, rx) = mpsc::channel(settings.queue);
     let (stop_tx, stop_rx) = oneshot::channel();
     let in_flight = Arc::new(AtomicUsize::new(0));
-    let task = tokio::spawn(run_batcher(sink, rx, stop_rx, settings, metrics.clone(), in_flight.clone()));
-    ExportHandle { metrics, inner: Some(Running { tx, stop: stop_tx, task, in_flight }) }
+    let batch_ready = Arc::new(Notify::new());
+    let room = Arc::new(AtomicUsize::new(settings.max_batch));
+    let task = tokio::spawn(run_batcher(
+        sink,
+        Queue { rx, batch_ready: batch_ready.clone(), room: room.clone() },
+        stop_rx,
+        settings,
+        metrics.clone(),
+        in_flight.clone(),
+    ));
+    let running = Running { tx, batch_ready, room, stop: stop_tx, task, in_flight };
+    ExportHandle { metrics, inner: Some(running) }
 }
 
 impl ExportHandle {
@@ -98,6 +114,10 @@ impl ExportHandle {
         // Closed only if the exporter task died: the span is lost all the same.
         if running.tx.try_send(span).is_err() {
             Metrics::inc(&self.metrics.spans_dropped_queue_full);
+            return;
+        }
+        if running.tx.max_capacity() - running.tx.capacity() >= running.room.load(Ordering::SeqCst) {
+            running.batch_ready.notify_one();
         }
     }
 
@@ -109,7 +129,7 @@ impl ExportHandle {
     /// Flush everything queued and shut the sinks down, giving up after
     /// `timeout`; spans still unsent then are counted in spans_export_failed.
     pub async fn shutdown(self, timeout: Duration) -> Result<(), ExportError> {
-        let Some(Running { tx, stop, mut task, in_flight }) = self.inner else { return Ok(()) };
+        let Some(Running { tx, stop, mut task, in_flight, .. }) = self.inner else { return Ok(()) };
         // Err means the task already ended; joining it reports why.
         let _ = stop.send(());
         match tokio::time::timeout(timeout, &mut task).await {
@@ -125,9 +145,28 @@ impl ExportHandle {
     }
 }
 
+/// The exporter's side of the queue.
+struct Queue {
+    rx: mpsc::Receiver<FinishedSpan>,
+    batch_ready: Arc<Notify>,
+    room: Arc<AtomicUsize>,
+}
+
+impl Queue {
+    /// Moves what is queued into `batch`, up to `max` spans, without waiting.
+    fn take_ready(&mut self, batch: &mut Vec<FinishedSpan>, max: usize) {
+        while batch.len() < max {
+            match self.rx.try_recv() {
+                Ok(span) => batch.push(span),
+                Err(_) => break,
+            }
+        }
+    }
+}
+
 async fn run_batcher<S: SpanSink>(
     mut sink: S,
-    mut rx: mpsc::Receiver<FinishedSpan>,
+    mut queue: Queue,
     mut stop: oneshot::Receiver<()>,
     settings: BatchSettings,
     metrics: Arc<Metrics>,
@@ -144,9 +183,9 @@ async fn run_batcher<S: SpanSink>(
                 _ = &mut stop => {
                     // After close() the receiver still yields what is queued.
                     stopping = true;
-                    rx.close();
+                    queue.rx.close();
                 }
-                n = rx.recv_many(&mut batch, settings.max_batch) => {
+                n = queue.rx.recv_many(&mut batch, settings.max_batch) => {
                     if n == 0 {
                         break;
                     }
@@ -155,30 +194,43 @@ async fn run_batcher<S: SpanSink>(
         }
         if stopping {
             let room = settings.max_batch - batch.len();
-            if room > 0 && rx.recv_many(&mut batch, room).await == 0 && batch.is_empty() {
+            if room > 0 && queue.rx.recv_many(&mut batch, room).await == 0 && batch.is_empty() {
                 break;
             }
         } else {
             // Fill the batch until it is full or the first span has waited
-            // export_interval.
+            // export_interval, asleep meanwhile: the sender rings
+            // `batch_ready` once a full batch is queued.
             let deadline = tokio::time::Instant::now() + settings.interval;
-            while batch.len() < settings.max_batch {
-                let room = settings.max_batch - batch.len();
+            loop {
+                queue.take_ready(&mut batch, settings.max_batch);
+                if batch.len() >= settings.max_batch {
+                    break;
+                }
+                queue.room.store(settings.max_batch - batch.len(), Ordering::SeqCst);
+                // A span queued between take_ready and the store above
+                // finds the old, larger room and does not ring: look again.
+                // (Were a ring still missed, the batch would go out at the
+                // deadline: late, never lost.)
+                if !queue.rx.is_empty() && queue.rx.len() >= settings.max_batch - batch.len() {
+                    continue;
+                }
                 tokio::select! {
                     biased;
                     _ = &mut stop => {
                         stopping = true;
-                        rx.close();
+                        queue.rx.close();
                         break;
                     }
-                    n = rx.recv_many(&mut batch, room) => {
-                        if n == 0 {
-                            break;
-                        }
+                    _ = queue.batch_ready.notified() => {}
+                    _ = tokio::time::sleep_until(deadline) => {
+                        queue.take_ready(&mut batch, settings.max_batch);
+                        break;
                     }
-                    _ = tokio::time::sleep_until(deadline) => break,
                 }
             }
+            // While this batch is exported, senders need not ring.
+            queue.room.store(settings.max_batch, Ordering::SeqCst);
         }
         if batch.is_empty() {
             continue;
@@ -364,6 +416,27 @@ pub(crate) mod tests {
         }
         handle.shutdown(Duration::from_secs(1)).await.unwrap();
         assert_eq!(get(&metrics.spans_exported), 1);
+    }
+
+    #[tokio::test]
+    async fn a_full_batch_goes_out_at_once_although_the_exporter_sleeps_while_it_fills() {
+        let metrics = Arc::new(Metrics::default());
+        let sink = TestSink::default();
+        // Long interval: only a full batch can end it early.
+        let handle = spawn_with_sink(sink.clone(), settings(100, 4, 60_000), metrics.clone());
+        let started = Instant::now();
+        for i in 0..4 {
+            handle.send(span(&format!("s{i}")));
+            // One span at a time, so the exporter is asleep in between.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        while sink.batches.lock().unwrap().is_empty() {
+            assert!(started.elapsed() < Duration::from_secs(10), "the full batch was not exported");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(sink.batches.lock().unwrap()[0], vec!["s0", "s1", "s2", "s3"]);
+        handle.shutdown(Duration::from_secs(5)).await.unwrap();
+        assert_eq!(get(&metrics.spans_exported), 4);
     }
 
     #[tokio::test]
