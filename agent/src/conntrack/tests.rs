@@ -420,6 +420,29 @@ fn buffers_beyond_the_budget_are_dropped_and_counted() {
     assert_eq!(t.buffered_bytes(), 0);
 }
 
+/// The real detectors and HTTP/1 parser behind one open server connection
+/// (pid 10, fd 5, id 77), and an assembler, for measuring the hot path.
+struct HttpServer {
+    t: ConnTracker,
+    env: FakeEnv,
+    assembler: crate::assembly::SpanAssembler,
+    resource: Arc<crate::model::ProcessResource>,
+}
+
+fn http_server() -> HttpServer {
+    use crate::{assembly::SpanAssembler, clock::Clock, config::Sampler, model::ProcessResource};
+    let mut t = ConnTracker::new(ParserConfig::default(), Arc::new(Metrics::default()), 1024);
+    let mut env = FakeEnv::default();
+    t.on_open(&open_event(EventKind::ConnOpen, 10, 5, 77, Role::Server, 40000), &mut env);
+    let resource = Arc::new(ProcessResource {
+        service_name: "shop".into(),
+        pid: 10,
+        executable_name: "shop".into(),
+        attributes: Vec::new(),
+    });
+    HttpServer { t, env, assembler: SpanAssembler::new(Clock::new(), Sampler::AlwaysOn, true), resource }
+}
+
 /// The hot path's allocation budget, measured on the real HTTP/1 parser and
 /// the assembler: a record that finishes nothing allocates nothing, and a
 /// keep-alive exchange allocates only what is its own: path, route, name,
@@ -427,21 +450,8 @@ fn buffers_beyond_the_budget_are_dropped_and_counted() {
 /// addresses and fixed words are shared, so assembly allocates nothing.
 #[test]
 fn keep_alive_exchanges_stay_within_their_allocation_budget() {
-    use crate::{
-        allocator::counting::allocations, assembly::SpanAssembler, clock::Clock, config::Sampler,
-        model::ProcessResource,
-    };
-    let metrics = Arc::new(Metrics::default());
-    let mut t = ConnTracker::new(ParserConfig::default(), metrics, 1024);
-    let mut env = FakeEnv::default();
-    let mut assembler = SpanAssembler::new(Clock::new(), Sampler::AlwaysOn, true);
-    let resource = Arc::new(ProcessResource {
-        service_name: "shop".into(),
-        pid: 10,
-        executable_name: "shop".into(),
-        attributes: Vec::new(),
-    });
-    t.on_open(&open_event(EventKind::ConnOpen, 10, 5, 77, Role::Server, 40000), &mut env);
+    use crate::allocator::counting::allocations;
+    let HttpServer { mut t, mut env, mut assembler, resource } = http_server();
     let head: &[u8] = b"GET /api/users/42 HTTP/1.1\r\nHost: shop.internal:8080\r\nUser-Agent: curl/8.5.0\r\n";
     let rest: &[u8] = b"Accept: */*\r\n\r\n";
     let response: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
@@ -497,18 +507,7 @@ fn keep_alive_exchanges_stay_within_their_allocation_budget() {
 #[test]
 #[ignore = "a measurement, not a check"]
 fn exchange_bench() {
-    use crate::{assembly::SpanAssembler, clock::Clock, config::Sampler, model::ProcessResource};
-    let metrics = Arc::new(Metrics::default());
-    let mut t = ConnTracker::new(ParserConfig::default(), metrics, 1024);
-    let mut env = FakeEnv::default();
-    let mut assembler = SpanAssembler::new(Clock::new(), Sampler::AlwaysOn, true);
-    let resource = Arc::new(ProcessResource {
-        service_name: "shop".into(),
-        pid: 10,
-        executable_name: "shop".into(),
-        attributes: Vec::new(),
-    });
-    t.on_open(&open_event(EventKind::ConnOpen, 10, 5, 77, Role::Server, 40000), &mut env);
+    let HttpServer { mut t, mut env, mut assembler, resource } = http_server();
     let request: &[u8] = b"GET / HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nUser-Agent: wrk\r\n\r\n";
     let response: &[u8] = b"HTTP/1.1 200 OK\r\nServer: nginx/1.22.1\r\nDate: Wed, 02 Dec 2026 12:00:00 GMT\r\nContent-Type: text/plain\r\nContent-Length: 3\r\nConnection: keep-alive\r\n\r\nok\n";
     let mut out = Vec::with_capacity(4);
