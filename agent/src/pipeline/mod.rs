@@ -129,30 +129,39 @@ impl Stages {
     }
 
     fn emit(&mut self) {
-        for ConnSpan { span, conn } in std::mem::take(&mut self.pending) {
+        // Drained in place: the buffer keeps its capacity from record to
+        // record.
+        let mut pending = std::mem::take(&mut self.pending);
+        for ConnSpan { span, conn } in pending.drain(..) {
             let identity = self.linker.identity_for(&span, &conn);
             let pid = conn.pid;
             let held = Held { span, conn, identity };
-            if let Some(queue) = self.waiting.get_mut(&pid) {
-                // Behind spans of the same process that are waiting already.
-                queue.push(held);
-                self.waiting_spans += 1;
-                Metrics::inc(&self.metrics.spans_waited_for_resource);
-                continue;
-            }
-            match self.resolver.lookup(pid) {
-                Lookup::Ready(resource) => self.finish(held, resource),
-                Lookup::Waiting if self.waiting_spans >= MAX_WAITING_SPANS => {
+            // Behind spans of the same process that are waiting already.
+            let ready = if self.waiting.contains_key(&pid) {
+                None
+            } else {
+                match self.resolver.lookup(pid) {
+                    Lookup::Ready(resource) => Some(resource),
+                    Lookup::Waiting => None,
+                }
+            };
+            match ready {
+                Some(resource) => self.finish(held, resource),
+                None if self.waiting_spans >= MAX_WAITING_SPANS => {
+                    // No room to hold more: build it here; what waited for
+                    // this process goes first, in order.
                     let resource = self.resolver.resolve_now(pid);
+                    self.release(pid, &resource);
                     self.finish(held, resource);
                 }
-                Lookup::Waiting => {
+                None => {
                     self.waiting.entry(pid).or_default().push(held);
                     self.waiting_spans += 1;
                     Metrics::inc(&self.metrics.spans_waited_for_resource);
                 }
             }
         }
+        self.pending = pending;
     }
 
     /// A resource came back from the worker: the spans that waited for it go.
