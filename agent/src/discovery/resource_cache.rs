@@ -162,7 +162,6 @@ impl ResourceResolver {
     /// at most once per second, by the worker; the cached one serves
     /// meanwhile.
     pub fn lookup(&mut self, pid: u32) -> Lookup {
-        let now = Instant::now();
         let Some(entry) = self.cache.peek(&pid) else {
             return self.request(pid, [0; 16]);
         };
@@ -171,7 +170,7 @@ impl ResourceResolver {
         };
         let resource = Arc::clone(resource);
         if !entry.in_flight {
-            let age = now.duration_since(*checked);
+            let age = checked.elapsed();
             let (pid, comm, start_time) = (pid, entry.comm, *start_time);
             let request = if *incomplete_retries > 0 {
                 (age >= INCOMPLETE_RETRY_AFTER).then_some(Request::Resolve { pid, comm })
@@ -206,12 +205,7 @@ impl ResourceResolver {
     pub fn on_reply(&mut self, reply: ResourceReply) -> Option<(u32, Arc<ProcessResource>)> {
         match reply.0 {
             ReplyKind::StillValid { pid } => {
-                if let Some(entry) = self.cache.get_mut(&pid) {
-                    entry.in_flight = false;
-                    if let State::Ready { checked, .. } = &mut entry.state {
-                        *checked = Instant::now();
-                    }
-                }
+                self.mark_checked(pid, false);
                 None
             }
             ReplyKind::Resolved { pid, resolved } => {
@@ -229,23 +223,17 @@ impl ResourceResolver {
                 let comm = entry.comm;
                 let retries = match &entry.state {
                     State::Pending => INCOMPLETE_RETRIES,
-                    State::Ready { incomplete_retries, resource: provisional, .. } => {
-                        if *incomplete_retries > 0 && resolved.start_time.is_none() {
-                            // Gone before a provisional entry could be
-                            // completed: what was read mid-exec (the
-                            // executable) beats a bare `pid-<pid>`.
-                            let provisional = Arc::clone(provisional);
-                            if let Some(entry) = self.cache.get_mut(&pid) {
-                                entry.in_flight = false;
-                                if let State::Ready { checked, incomplete_retries, .. } = &mut entry.state {
-                                    *checked = Instant::now();
-                                    *incomplete_retries = 0;
-                                }
-                            }
-                            return Some((pid, provisional));
-                        }
-                        incomplete_retries.saturating_sub(1)
+                    // Gone before a provisional entry could be completed:
+                    // what was read mid-exec (the executable) beats a bare
+                    // `pid-<pid>`.
+                    State::Ready { incomplete_retries, resource: provisional, .. }
+                        if *incomplete_retries > 0 && resolved.start_time.is_none() =>
+                    {
+                        let provisional = Arc::clone(provisional);
+                        self.mark_checked(pid, true);
+                        return Some((pid, provisional));
                     }
+                    State::Ready { incomplete_retries, .. } => incomplete_retries.saturating_sub(1),
                 };
                 self.settle(pid, comm, resolved, retries);
                 Some((pid, resource))
@@ -262,6 +250,20 @@ impl ResourceResolver {
                 self.cache.pop(&pid);
             }
             None => {}
+        }
+    }
+
+    /// The worker confirmed the cached resource (`final_`: and it stays as
+    /// it is, provisional or not): checked now, the most recent entry.
+    fn mark_checked(&mut self, pid: u32, final_: bool) {
+        if let Some(entry) = self.cache.get_mut(&pid) {
+            entry.in_flight = false;
+            if let State::Ready { checked, incomplete_retries, .. } = &mut entry.state {
+                *checked = Instant::now();
+                if final_ {
+                    *incomplete_retries = 0;
+                }
+            }
         }
     }
 

@@ -116,14 +116,14 @@ impl ExportHandle {
             Metrics::inc(&self.metrics.spans_dropped_queue_full);
             return;
         }
-        if running.tx.max_capacity() - running.tx.capacity() >= running.room.load(Ordering::SeqCst) {
+        if queued(&running.tx) >= running.room.load(Ordering::SeqCst) {
             running.batch_ready.notify_one();
         }
     }
 
     /// Spans waiting in the queue (not counting the batch being exported).
     pub fn queued(&self) -> usize {
-        self.inner.as_ref().map_or(0, |r| r.tx.max_capacity() - r.tx.capacity())
+        self.inner.as_ref().map_or(0, |r| queued(&r.tx))
     }
 
     /// Flush everything queued and shut the sinks down, giving up after
@@ -136,13 +136,18 @@ impl ExportHandle {
             Ok(Ok(result)) => result,
             Ok(Err(join)) => Err(ExportError::Task(join.to_string())),
             Err(_) => {
-                let pending = (tx.max_capacity() - tx.capacity()) + in_flight.load(Ordering::Relaxed);
+                let pending = queued(&tx) + in_flight.load(Ordering::Relaxed);
                 task.abort();
                 Metrics::add(&self.metrics.spans_export_failed, pending as u64);
                 Err(ExportError::ShutdownTimeout { timeout, pending })
             }
         }
     }
+}
+
+/// Spans in the queue (permits taken).
+fn queued(tx: &mpsc::Sender<FinishedSpan>) -> usize {
+    tx.max_capacity() - tx.capacity()
 }
 
 /// The exporter's side of the queue.
@@ -212,7 +217,7 @@ async fn run_batcher<S: SpanSink>(
                 // finds the old, larger room and does not ring: look again.
                 // (Were a ring still missed, the batch would go out at the
                 // deadline: late, never lost.)
-                if !queue.rx.is_empty() && queue.rx.len() >= settings.max_batch - batch.len() {
+                if queue.rx.len() >= settings.max_batch - batch.len() {
                     continue;
                 }
                 tokio::select! {
