@@ -44,6 +44,7 @@ counters! {
     spans_dropped_queue_full: "spans dropped because the export queue was full",
     spans_exported: "spans handed successfully to the exporter",
     spans_export_failed: "spans in batches the exporter failed to send",
+    otlp_attempts_failed: "OTLP export attempts that failed, every retry counted (while the collector is down the exporter holds its batch and retries it every few seconds)",
     kernel_events_lost: "events the kernel could not write (ring buffer full)",
 }
 

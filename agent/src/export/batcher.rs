@@ -13,7 +13,7 @@ use tokio::{
     task::JoinHandle,
 };
 
-use super::{otlp, stdout, ExportError, RateLimitedLog, SpanSink};
+use super::{otlp, sink::Closing, stdout, ExportError, RateLimitedLog, SpanSink};
 use crate::{config::Config, metrics::Metrics, model::FinishedSpan};
 
 /// Export failures are logged at most this often (with a count of the
@@ -56,6 +56,7 @@ struct Running {
     task: JoinHandle<Result<(), ExportError>>,
     /// Spans of the batch currently inside a sink, for the shutdown count.
     in_flight: Arc<AtomicUsize>,
+    closing: Arc<Closing>,
 }
 
 /// Starts the export stage described by `config`: the terminal printer if
@@ -65,8 +66,9 @@ pub fn spawn_exporter(config: &Config, metrics: Arc<Metrics>) -> Result<ExportHa
     let runtime = tokio::runtime::Handle::try_current().map_err(|_| ExportError::NoRuntime)?;
     let _guard = runtime.enter();
     let printer = config.print.map(stdout::PrintSink::stdout);
+    let closing = Arc::new(Closing::default());
     let otlp = match &config.otlp {
-        Some(otlp) => Some(otlp::OtlpSink::new(otlp)?),
+        Some(otlp) => Some(otlp::OtlpSink::new(otlp, metrics.clone(), closing.clone())?),
         None => None,
     };
     if let Some(otlp) = &config.otlp {
@@ -77,7 +79,7 @@ pub fn spawn_exporter(config: &Config, metrics: Arc<Metrics>) -> Result<ExportHa
         return Ok(ExportHandle { metrics, inner: None });
     }
     let sinks = Sinks { printer, otlp, print_errors: RateLimitedLog::new(ERROR_LOG_INTERVAL) };
-    Ok(spawn_with_sink(sinks, BatchSettings::from_config(config), metrics))
+    Ok(spawn_with_sink(sinks, BatchSettings::from_config(config), metrics, closing))
 }
 
 /// Starts the batching task in front of `sink` (tests pass their own sinks).
@@ -85,6 +87,7 @@ pub(crate) fn spawn_with_sink<S: SpanSink + 'static>(
     sink: S,
     settings: BatchSettings,
     metrics: Arc<Metrics>,
+    closing: Arc<Closing>,
 ) -> ExportHandle {
     let (tx, rx) = mpsc::channel(settings.queue);
     let (stop_tx, stop_rx) = oneshot::channel();
@@ -99,7 +102,7 @@ pub(crate) fn spawn_with_sink<S: SpanSink + 'static>(
         metrics.clone(),
         in_flight.clone(),
     ));
-    let running = Running { tx, batch_ready, room, stop: stop_tx, task, in_flight };
+    let running = Running { tx, batch_ready, room, stop: stop_tx, task, in_flight, closing };
     ExportHandle { metrics, inner: Some(running) }
 }
 
@@ -129,7 +132,9 @@ impl ExportHandle {
     /// Flush everything queued and shut the sinks down, giving up after
     /// `timeout`; spans still unsent then are counted in spans_export_failed.
     pub async fn shutdown(self, timeout: Duration) -> Result<(), ExportError> {
-        let Some(Running { tx, stop, mut task, in_flight, .. }) = self.inner else { return Ok(()) };
+        let Some(Running { tx, stop, mut task, in_flight, closing, .. }) = self.inner else { return Ok(()) };
+        // A batch held for a collector that is down is given up at once.
+        closing.close();
         // Err means the task already ended; joining it reports why.
         let _ = stop.send(());
         match tokio::time::timeout(timeout, &mut task).await {
@@ -386,7 +391,7 @@ pub(crate) mod tests {
         let metrics = Arc::new(Metrics::default());
         let sink = TestSink::default();
         // Long interval: only size and shutdown can end a batch.
-        let handle = spawn_with_sink(sink.clone(), settings(100, 4, 60_000), metrics.clone());
+        let handle = spawn_with_sink(sink.clone(), settings(100, 4, 60_000), metrics.clone(), Arc::default());
         for i in 0..10 {
             handle.send(span(&format!("s{i}")));
         }
@@ -405,7 +410,7 @@ pub(crate) mod tests {
     async fn partial_batch_goes_out_after_the_interval() {
         let metrics = Arc::new(Metrics::default());
         let sink = TestSink::default();
-        let handle = spawn_with_sink(sink.clone(), settings(100, 512, 300), metrics.clone());
+        let handle = spawn_with_sink(sink.clone(), settings(100, 512, 300), metrics.clone(), Arc::default());
         let sent = Instant::now();
         handle.send(span("lonely"));
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -428,7 +433,7 @@ pub(crate) mod tests {
         let metrics = Arc::new(Metrics::default());
         let sink = TestSink::default();
         // Long interval: only a full batch can end it early.
-        let handle = spawn_with_sink(sink.clone(), settings(100, 4, 60_000), metrics.clone());
+        let handle = spawn_with_sink(sink.clone(), settings(100, 4, 60_000), metrics.clone(), Arc::default());
         let started = Instant::now();
         for i in 0..4 {
             handle.send(span(&format!("s{i}")));
@@ -449,7 +454,7 @@ pub(crate) mod tests {
         let metrics = Arc::new(Metrics::default());
         let gate = Arc::new(Notify::new());
         let sink = TestSink { gate: Some(gate.clone()), ..Default::default() };
-        let handle = spawn_with_sink(sink.clone(), settings(8, 4, 1), metrics.clone());
+        let handle = spawn_with_sink(sink.clone(), settings(8, 4, 1), metrics.clone(), Arc::default());
         handle.send(span("first"));
         // Let the task take the first span into a batch and block in the sink.
         while sink.batches.lock().unwrap().is_empty() {
@@ -479,7 +484,7 @@ pub(crate) mod tests {
     async fn failed_exports_are_counted_not_fatal() {
         let metrics = Arc::new(Metrics::default());
         let sink = TestSink { fail: true, ..Default::default() };
-        let handle = spawn_with_sink(sink.clone(), settings(100, 3, 60_000), metrics.clone());
+        let handle = spawn_with_sink(sink.clone(), settings(100, 3, 60_000), metrics.clone(), Arc::default());
         for i in 0..7 {
             handle.send(span(&format!("s{i}")));
         }

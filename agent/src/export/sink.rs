@@ -41,6 +41,41 @@ impl ExportError {
     }
 }
 
+/// Raised when the exporter shuts down. A sink that holds a batch for a
+/// collector that is down gives it up then (counted as failed) instead of
+/// waiting out its retry pauses.
+#[derive(Debug, Default)]
+pub struct Closing {
+    closed: std::sync::atomic::AtomicBool,
+    wake: tokio::sync::Notify,
+}
+
+impl Closing {
+    pub fn close(&self) {
+        self.closed.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.wake.notify_waiters();
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Sleeps for `pause`, or less when closing starts; true if it did.
+    pub async fn pause(&self, pause: Duration) -> bool {
+        let woken = self.wake.notified();
+        tokio::pin!(woken);
+        // Registered before the flag is read: a close() in between wakes it.
+        woken.as_mut().enable();
+        if self.is_closed() {
+            return true;
+        }
+        tokio::select! {
+            _ = woken => true,
+            _ = tokio::time::sleep(pause) => self.is_closed(),
+        }
+    }
+}
+
 /// Logs at most once per interval; counts what it held back.
 #[derive(Debug)]
 pub(crate) struct RateLimitedLog {

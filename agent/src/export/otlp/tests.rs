@@ -383,7 +383,10 @@ fn counts(metrics: &Arc<Metrics>) -> (u64, u64) {
 /// Minimal HTTP/1.1 OTLP receiver: reads requests (keep-alive), records
 /// headers and the decoded (gunzipped) body, answers as `receiver` says.
 async fn http_receiver(receiver: Receiver) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    http_receiver_on(TcpListener::bind("127.0.0.1:0").await.unwrap(), receiver)
+}
+
+fn http_receiver_on(listener: TcpListener, receiver: Receiver) -> SocketAddr {
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
@@ -591,7 +594,7 @@ async fn encode_buffers_are_reused_across_batches() {
     ] {
         let mut config = otlp_config(endpoint, protocol);
         config.compression = compression;
-        let mut sink = super::OtlpSink::new(&config).unwrap();
+        let mut sink = super::OtlpSink::new(&config, Arc::default(), Arc::default()).unwrap();
         assert_eq!(sink.kept_buffer_bytes(), 0);
         sink.export(bench_spans(100)).await.unwrap();
         let kept = sink.kept_buffer_bytes();
@@ -639,6 +642,47 @@ async fn dead_collector_gives_counted_failures_and_no_panic() {
         handle.shutdown(Duration::from_secs(20)).await.unwrap();
         assert_eq!(counts(&metrics), (0, 6), "{protocol}");
     }
+}
+
+#[tokio::test]
+async fn a_batch_is_held_while_the_collector_is_down_and_delivered_when_it_is_back() {
+    let addr = dead_port().await;
+    let mut config = otlp_config(format!("http://{addr}/v1/traces"), OtlpProtocol::HttpProtobuf);
+    config.timeout = Duration::from_millis(500);
+    let metrics = Arc::new(Metrics::default());
+    let c = crate::Config {
+        otlp: Some(config),
+        print: None,
+        max_export_batch: 3,
+        export_interval: Duration::from_millis(10),
+        ..crate::Config::default()
+    };
+    let handle = crate::export::spawn_exporter(&c, metrics.clone()).unwrap();
+    for i in 0..3 {
+        handle.send(span(&format!("s{i}")));
+    }
+    let attempts = |m: &Metrics| m.otlp_attempts_failed.load(Ordering::Relaxed);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while attempts(&metrics) < 2 {
+        assert!(tokio::time::Instant::now() < deadline, "no failed attempt against a dead port");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Down for a while: the batch is neither sent nor given up.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(counts(&metrics), (0, 0), "held, not dropped");
+    let tried = attempts(&metrics);
+    assert!(tried <= 8, "{tried} attempts in ~2 s: the retries must back off");
+
+    let receiver = Receiver::default();
+    http_receiver_on(TcpListener::bind(addr).await.unwrap(), receiver.clone());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while counts(&metrics).0 < 3 {
+        assert!(tokio::time::Instant::now() < deadline, "the held batch never arrived: {:?}", counts(&metrics));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    handle.shutdown(Duration::from_secs(5)).await.unwrap();
+    assert_eq!(counts(&metrics), (3, 0));
+    assert_eq!(receiver.requests(), 1, "one request, after the collector came back");
 }
 
 /// Realistic spans for the encode micro-benchmark: 8 attributes, 5 processes.

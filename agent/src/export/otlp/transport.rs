@@ -6,7 +6,7 @@
 //! Exactly the configured headers are sent (`--otlp-headers` or
 //! OTEL_EXPORTER_OTLP_HEADERS, resolved by config): nothing here reads the
 //! environment. Header values are credentials and never logged.
-use std::time::Duration;
+use std::{sync::atomic::AtomicU64, time::Duration};
 
 use bytes::{BufMut, Bytes};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
@@ -23,6 +23,7 @@ use tonic::{
 
 use super::super::ExportError;
 use crate::config::{OtlpCompression, OtlpConfig, OtlpProtocol};
+use crate::metrics::Metrics;
 
 const USER_AGENT_VALUE: &str = concat!("waggle/", env!("CARGO_PKG_VERSION"));
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -47,6 +48,15 @@ pub(super) struct Accepted {
     pub rejected: u64,
     /// Its explanation or warning, if any.
     pub message: String,
+}
+
+/// Why a request failed after its retries. `retryable` says the collector
+/// may take it later (unreachable, overloaded, no answer in time); a fatal
+/// failure (bad request, auth) will not improve by waiting.
+#[derive(Debug)]
+pub(super) struct SendFailure {
+    pub message: String,
+    pub retryable: bool,
 }
 
 /// Why one attempt failed, and whether another may succeed.
@@ -128,7 +138,13 @@ impl Transport {
     /// Sends `body` (an encoded request, gzipped for http when configured),
     /// retrying retryable failures until `timeout` has passed since the
     /// first attempt.
-    pub(super) async fn send(&self, body: &Bytes, timeout: Duration) -> Result<Accepted, String> {
+    /// Every failed attempt is counted in `attempts_failed`.
+    pub(super) async fn send(
+        &self,
+        body: &Bytes,
+        timeout: Duration,
+        attempts_failed: &AtomicU64,
+    ) -> Result<Accepted, SendFailure> {
         let start = Instant::now();
         let mut backoff = INITIAL_BACKOFF;
         let mut retries = 0;
@@ -139,17 +155,21 @@ impl Transport {
             };
             let (message, after) = match attempt {
                 Ok(accepted) => return Ok(accepted),
-                Err(AttemptError::Fatal(message)) => return Err(message),
+                Err(AttemptError::Fatal(message)) => {
+                    Metrics::inc(attempts_failed);
+                    return Err(SendFailure { message, retryable: false });
+                }
                 Err(AttemptError::Retry { message, after }) => (message, after),
             };
+            Metrics::inc(attempts_failed);
             if retries == MAX_RETRIES {
-                return Err(message);
+                return Err(SendFailure { message, retryable: true });
             }
             retries += 1;
             let jitter = Duration::from_millis(rand::random_range(0..=MAX_JITTER_MS));
             let wait = after.map_or(backoff, |a| a.min(MAX_THROTTLE).max(backoff)) + jitter;
             if start.elapsed() + wait >= timeout {
-                return Err(message);
+                return Err(SendFailure { message, retryable: true });
             }
             tokio::time::sleep(wait).await;
             backoff = (backoff * 2).min(MAX_BACKOFF);
