@@ -20,6 +20,8 @@ pub(super) const CLIENT_QUERY_ATTRIBUTES: u32 = 0x800_0000;
 
 pub(super) const SERVER_MORE_RESULTS_EXISTS: u16 = 0x0008;
 pub(super) const SERVER_STATUS_CURSOR_EXISTS: u16 = 0x0040;
+/// `sql_mode` has NO_BACKSLASH_ESCAPES: a backslash in a string is itself.
+pub(super) const SERVER_STATUS_NO_BACKSLASH_ESCAPES: u16 = 0x0200;
 
 pub(super) const COM_QUIT: u8 = 0x01;
 pub(super) const COM_INIT_DB: u8 = 0x02;

@@ -5,11 +5,11 @@
 use super::{
     command::{CmdKind, Command, Resp, Step},
     packets::{
-        handshake_schema, le32, query_text, Head, PacketFraming, CLIENT_COMPRESS, CLIENT_DEPRECATE_EOF,
-        CLIENT_PROTOCOL_41, CLIENT_SECURE_CONNECTION, CLIENT_SSL, CLIENT_ZSTD_COMPRESSION, COM_CHANGE_USER,
-        COM_FIELD_LIST, COM_INIT_DB, COM_QUERY, COM_QUIT, COM_RESET_CONNECTION, COM_STMT_BULK_EXECUTE, COM_STMT_CLOSE,
-        COM_STMT_EXECUTE, COM_STMT_FETCH, COM_STMT_PREPARE, COM_STMT_SEND_LONG_DATA, MAX_PACKET, SIMPLE_COMMANDS,
-        SYSTEM_MARIADB,
+        handshake_schema, le32, ok_status, query_text, terminator_status, Head, PacketFraming, CLIENT_COMPRESS,
+        CLIENT_DEPRECATE_EOF, CLIENT_PROTOCOL_41, CLIENT_SECURE_CONNECTION, CLIENT_SSL, CLIENT_ZSTD_COMPRESSION,
+        COM_CHANGE_USER, COM_FIELD_LIST, COM_INIT_DB, COM_QUERY, COM_QUIT, COM_RESET_CONNECTION, COM_STMT_BULK_EXECUTE,
+        COM_STMT_CLOSE, COM_STMT_EXECUTE, COM_STMT_FETCH, COM_STMT_PREPARE, COM_STMT_SEND_LONG_DATA, MAX_PACKET,
+        SERVER_STATUS_NO_BACKSLASH_ESCAPES, SIMPLE_COMMANDS, SYSTEM_MARIADB,
     },
 };
 use crate::model::Protocol;
@@ -17,7 +17,8 @@ use crate::{
     model::ParsedSpan,
     protocols::{
         sql::{
-            analyze_query, cstr, BoundedMap, Conn, Dialect, Frame, Outcome, SharedQuery, Shell, Wire, MAX_QUERY_TEXT,
+            analyze_query, cstr, Backslash, BoundedMap, Conn, Dialect, Frame, Outcome, SharedQuery, Shell, Wire,
+            MAX_QUERY_TEXT,
         },
         Feed,
     },
@@ -53,6 +54,22 @@ pub struct MysqlWire {
     caps: Option<u32>,
     statements: BoundedMap<u32, SharedQuery>,
     last_prepared: Option<u32>,
+    /// From the status flags of the server's last OK or EOF.
+    backslash: Backslash,
+}
+
+/// What the status flags of an OK or EOF packet say about backslashes.
+fn backslash_mode(body: &[u8]) -> Backslash {
+    let status = match body.first() {
+        Some(0x00) => ok_status(body).map(|(_, status)| status),
+        Some(0xfe) => Some(terminator_status(body)),
+        _ => None,
+    };
+    match status {
+        Some(s) if s & SERVER_STATUS_NO_BACKSLASH_ESCAPES != 0 => Backslash::Plain,
+        Some(_) => Backslash::Escapes,
+        None => Backslash::Unknown,
+    }
 }
 
 fn emit(conn: &Conn<MysqlWire>, cmd: &Command, end_ns: u64, outcome: Outcome, out: &mut Vec<ParsedSpan>) {
@@ -126,8 +143,9 @@ impl MysqlWire {
                 return Ok(());
             }
             COM_QUERY | COM_STMT_PREPARE => {
-                let query = query_text(body, self.caps)
-                    .map(|t| SharedQuery::new(analyze_query(t, truncated, Dialect::MySql, conn.raw_sql)));
+                let query = query_text(body, self.caps).map(|t| {
+                    SharedQuery::new(analyze_query(t, truncated, Dialect::MySql, self.backslash, conn.raw_sql))
+                });
                 let kind = if cmd == COM_QUERY { CmdKind::Query } else { CmdKind::Prepare };
                 (kind, query, Resp::Start)
             }
@@ -213,6 +231,7 @@ impl Wire for MysqlWire {
             caps: None,
             statements: BoundedMap::new(MAX_STATEMENTS, STATEMENT_BUDGET),
             last_prepared: None,
+            backslash: Backslash::Unknown,
         }
     }
 
@@ -294,6 +313,7 @@ impl Wire for MysqlWire {
             Phase::Auth => {
                 if body.first() == Some(&0x00) {
                     self.phase = Phase::Command;
+                    self.backslash = backslash_mode(body);
                     if self.caps.is_some_and(|c| c & (CLIENT_COMPRESS | CLIENT_ZSTD_COMPRESSION) != 0) {
                         return Err(Feed::Opaque("mysql: compressed protocol"));
                     }
@@ -327,6 +347,10 @@ impl Wire for MysqlWire {
             self.last_prepared = Some(id);
         }
         if let Step::Done = step {
+            let mode = backslash_mode(body);
+            if mode != Backslash::Unknown {
+                self.backslash = mode;
+            }
             if let Some(cmd) = conn.pending.pop() {
                 on_done(conn, &cmd, body);
                 finish(conn, &cmd, f.end_ns, out);

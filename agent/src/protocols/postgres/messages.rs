@@ -146,6 +146,9 @@ impl Framing for BackFraming {
             b'C' => 64,
             // Severity and SQLSTATE come first; the message text is not needed.
             b'E' => 256,
+            // ParameterStatus: name and value (standard_conforming_strings
+            // decides what a backslash means in later statements).
+            b'S' => 64,
             _ => 0,
         };
         Ok((tag, u64::from(len - 4), keep))

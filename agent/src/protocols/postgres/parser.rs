@@ -10,8 +10,8 @@ use crate::{
     model::ParsedSpan,
     protocols::{
         sql::{
-            analyze_query, cstr, BoundedMap, Conn, DbError, Dialect, Frame, Outcome, Request, SharedQuery, Shell,
-            Timing, Wire,
+            analyze_query, cstr, Backslash, BoundedMap, Conn, DbError, Dialect, Frame, Outcome, Request, SharedQuery,
+            Shell, Timing, Wire,
         },
         Chunk, Feed,
     },
@@ -81,10 +81,12 @@ pub struct PostgresWire {
     encryption_answer_pending: bool,
     pub(super) statements: BoundedMap<Vec<u8>, SharedQuery>,
     portals: BoundedMap<Vec<u8>, Option<SharedQuery>>,
+    /// From the server's `standard_conforming_strings` parameter status.
+    backslash: Backslash,
 }
 
-fn query(conn: &Conn<PostgresWire>, raw: &[u8], truncated: bool) -> SharedQuery {
-    SharedQuery::new(analyze_query(raw, truncated, Dialect::Postgres, conn.raw_sql))
+fn query(conn: &Conn<PostgresWire>, backslash: Backslash, raw: &[u8], truncated: bool) -> SharedQuery {
+    SharedQuery::new(analyze_query(raw, truncated, Dialect::Postgres, backslash, conn.raw_sql))
 }
 
 fn emit(conn: &Conn<PostgresWire>, op: &Op, end_ns: u64, outcome: Outcome, out: &mut Vec<ParsedSpan>) {
@@ -148,6 +150,7 @@ impl Wire for PostgresWire {
             encryption_answer_pending: false,
             statements: BoundedMap::new(MAX_STATEMENTS, STATEMENT_BUDGET),
             portals: BoundedMap::new(MAX_PORTALS, MAX_PORTALS),
+            backslash: Backslash::Unknown,
         }
     }
 
@@ -173,7 +176,7 @@ impl Wire for PostgresWire {
                     Some(text) => (text, false),
                     None => (&body[..], true),
                 };
-                let query = query(conn, text, truncated || !f.complete());
+                let query = query(conn, self.backslash, text, truncated || !f.complete());
                 conn.push(Pending::Query(Op::new(Some(query), f.start)))?;
             }
             Head::Typed(b'P') => {
@@ -184,7 +187,7 @@ impl Wire for PostgresWire {
                         Some(text) => (text, false),
                         None => (rest, true),
                     };
-                    let query = query(conn, text, truncated || !f.complete());
+                    let query = query(conn, self.backslash, text, truncated || !f.complete());
                     let weight = query.weight();
                     self.statements.insert(name.to_vec(), query, weight);
                 }
@@ -247,6 +250,18 @@ impl Wire for PostgresWire {
 
     fn on_response(&mut self, conn: &mut Conn<Self>, f: Frame<u8>, out: &mut Vec<ParsedSpan>) -> Result<(), Feed> {
         match f.head {
+            // ParameterStatus: at start-up and after every SET of a reported
+            // parameter.
+            b'S' => {
+                let mut pos = 0;
+                if cstr(&f.body, &mut pos) == Some(&b"standard_conforming_strings"[..]) {
+                    self.backslash = match cstr(&f.body, &mut pos) {
+                        Some(b"on") => Backslash::Plain,
+                        Some(b"off") => Backslash::Escapes,
+                        _ => Backslash::Unknown,
+                    };
+                }
+            }
             b'D' => {
                 if let Some(Pending::Execute(op) | Pending::Query(op)) = conn.pending.front_mut() {
                     op.rows += 1;

@@ -396,7 +396,7 @@ fn truncated_query_text_is_marked_and_sanitized() {
 
 #[test]
 fn raw_sql_mode_keeps_literals() {
-    let mut p = PostgresParser::new(Role::Client, &ParserConfig { raw_sql: true });
+    let mut p = PostgresParser::new(Role::Client, &ParserConfig { raw_sql: true, ..ParserConfig::default() });
     let mut out = Vec::new();
     feed(&mut p, 0, true, &q("SELECT * FROM t WHERE a = 'x'"), &mut out);
     feed(&mut p, 1, false, &[msg(b'C', b"SELECT 0\0"), msg(b'Z', b"I")].concat(), &mut out);
@@ -555,4 +555,36 @@ fn fuzz_script_runs_captures_and_mutations() {
 #[test]
 fn never_panics_on_garbage_or_odd_captures() {
     garbage_never_panics(ALL, 7, &[1, 2, 5, 6, 9, 13, 40, 100, 4096], &["secret-widget", "O''Brien"], parser);
+}
+
+#[test]
+fn string_literals_follow_the_servers_standard_conforming_strings() {
+    let sql = "SELECT * FROM t WHERE a = 'x\\' AND b = 'secret'";
+    let text_after = |status: Option<&str>| {
+        let mut p = parser();
+        let mut out = Vec::new();
+        let mut k = 0;
+        if let Some(value) = status {
+            // Start-up: the server reports its parameters after the login.
+            let login = [&[0u8, 3, 0, 0][..], b"user\0u\0\0"].concat();
+            let startup = [&(login.len() as u32 + 4).to_be_bytes()[..], &login].concat();
+            feed(&mut p, k, true, &startup, &mut out);
+            let body = [&b"standard_conforming_strings\0"[..], value.as_bytes(), b"\0"].concat();
+            let answer = [msg(b'R', &[0, 0, 0, 0]), msg(b'S', &body), msg(b'Z', b"I")].concat();
+            feed(&mut p, k + 1, false, &answer, &mut out);
+            k += 2;
+        }
+        feed(&mut p, k, true, &q(sql), &mut out);
+        let done = [msg(b'C', b"SELECT 0\0"), msg(b'Z', b"I")].concat();
+        feed(&mut p, k + 1, false, &done, &mut out);
+        assert_eq!(out.len(), 1, "{out:?}");
+        attr_str(&out[0], "db.query.text").map(str::to_owned)
+    };
+    // on: 'x\' ends at its second quote, 'secret' is a literal of its own.
+    assert_eq!(text_after(Some("on")).as_deref(), Some("SELECT * FROM t WHERE a = ? AND b = ?"));
+    // off: the first literal runs to "b = " and secret is a bare word, as
+    // the server reads it (the statement is broken there either way).
+    assert_eq!(text_after(Some("off")).as_deref(), Some("SELECT * FROM t WHERE a = ?secret?"));
+    // Not seen: hidden from the first ambiguous literal on.
+    assert_eq!(text_after(None).as_deref(), Some("SELECT * FROM t WHERE a = ?"));
 }

@@ -19,7 +19,7 @@ pub use cache::BoundedMap;
 pub use framer::{cstr, Frame, Framed, Framer, Framing, Timing};
 #[cfg(any(test, feature = "fuzz"))]
 pub use fuzz::{check_db_span, fuzz_script};
-pub use sanitize::{sanitize, Dialect, MAX_QUERY_TEXT};
+pub use sanitize::{sanitize, Backslash, Dialect, MAX_QUERY_TEXT};
 pub use shape::{looks_textual, plausible_sql_start};
 pub use shell::{frontend_direction, Conn, PendingQueue, Request, Shell, Wire};
 pub use span::{DbError, DbSpan, Outcome};

@@ -7,8 +7,14 @@
 //!   `X'..'`, `N'..'`, `U&'..'`, MySQL `_charset'..'` introducers, PostgreSQL
 //!   dollar quotes `$tag$...$tag$`, and MySQL `"..."` (a string there unless
 //!   ANSI_QUOTES is on, so treating it as a literal is the safe reading).
+//! * Whether a backslash escapes a quote depends on server settings the
+//!   agent cannot see (PostgreSQL `standard_conforming_strings`, MySQL
+//!   `NO_BACKSLASH_ESCAPES`). A quoted literal whose end differs between the
+//!   two readings hides everything from its start to the end of the text:
+//!   `'it\'s', 'secret'` must not leave `secret` visible under either one.
 //! * Numeric literals become `?`: integers, decimals, exponents, `0x..` hex,
-//!   `0b..` bits. A sign stays an operator (`-5` gives `-?`).
+//!   `0o..` octal, `0b..` bits, PostgreSQL 16 digit separators (`1_000`). A
+//!   sign stays an operator (`-5` gives `-?`).
 //! * `TRUE`, `FALSE` and `NULL` stay: they are keywords, they carry no data
 //!   worth hiding and they change a query's meaning.
 //! * Placeholders stay: `$1`, `?`, `:name`. Identifiers stay, including ones
@@ -28,6 +34,19 @@ pub const MAX_QUERY_TEXT: usize = 4096;
 pub enum Dialect {
     Postgres,
     MySql,
+}
+
+/// What a backslash in a plain quoted literal does on this connection, as
+/// far as the parser has seen the server say (PostgreSQL's
+/// `standard_conforming_strings` parameter status, MySQL's
+/// `SERVER_STATUS_NO_BACKSLASH_ESCAPES` flag).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Backslash {
+    /// Not seen (a connection joined mid-stream): either reading may hold.
+    #[default]
+    Unknown,
+    Escapes,
+    Plain,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -80,6 +99,24 @@ fn scan_quoted(s: &[u8], i: usize, quote: u8, backslash: bool) -> usize {
     s.len()
 }
 
+/// Index just past a quoted literal opened at `i`. When the connection has
+/// not shown whether backslashes escape and the two readings disagree, the
+/// end of the text (see the module docs).
+fn scan_literal(s: &[u8], i: usize, quote: u8, backslash: Backslash) -> usize {
+    match backslash {
+        Backslash::Escapes => scan_quoted(s, i, quote, true),
+        Backslash::Plain => scan_quoted(s, i, quote, false),
+        Backslash::Unknown => {
+            let plain = scan_quoted(s, i, quote, false);
+            if plain == scan_quoted(s, i, quote, true) {
+                plain
+            } else {
+                s.len()
+            }
+        }
+    }
+}
+
 fn find(haystack: &[u8], needle: &[u8], from: usize) -> Option<usize> {
     if needle.is_empty() || from >= haystack.len() {
         return None;
@@ -89,7 +126,7 @@ fn find(haystack: &[u8], needle: &[u8], from: usize) -> Option<usize> {
 
 /// Splits SQL into tokens. Token boundaries only fall next to ASCII bytes or
 /// at the ends, so slicing the `&str` at them is always valid.
-pub(super) fn tokenize(sql: &str, dialect: Dialect) -> Vec<Token> {
+pub(super) fn tokenize(sql: &str, dialect: Dialect, backslash: Backslash) -> Vec<Token> {
     let s = sql.as_bytes();
     let n = s.len();
     let mut out = Vec::with_capacity(n / 3 + 1);
@@ -125,11 +162,11 @@ pub(super) fn tokenize(sql: &str, dialect: Dialect) -> Vec<Token> {
             i = i.min(n);
             kind = Kind::Space;
         } else if c == b'\'' {
-            i = scan_quoted(s, i, b'\'', dialect == Dialect::MySql).min(n);
+            i = scan_literal(s, i, b'\'', backslash).min(n);
             kind = Kind::Literal;
         } else if c == b'"' {
             if dialect == Dialect::MySql {
-                i = scan_quoted(s, i, b'"', true).min(n);
+                i = scan_literal(s, i, b'"', backslash).min(n);
                 kind = Kind::Literal;
             } else {
                 i = scan_quoted(s, i, b'"', false).min(n);
@@ -171,7 +208,7 @@ pub(super) fn tokenize(sql: &str, dialect: Dialect) -> Vec<Token> {
             i += 1;
             kind = Kind::Param;
         } else if c.is_ascii_digit() || (c == b'.' && s.get(i + 1).is_some_and(u8::is_ascii_digit)) {
-            i = scan_number(s, i);
+            i = scan_number(s, i, dialect);
             if dialect == Dialect::MySql && i < n && is_ident_start(s[i], dialect) {
                 // MySQL identifiers may start with digits (`1st_table`).
                 while i < n && is_ident_cont(s[i]) {
@@ -188,11 +225,16 @@ pub(super) fn tokenize(sql: &str, dialect: Dialect) -> Vec<Token> {
             let word = &s[start..i];
             let next = s.get(i).copied();
             if next == Some(b'\'') && is_literal_prefix(word, dialect) {
-                let backslash = dialect == Dialect::MySql || word.eq_ignore_ascii_case(b"e");
-                i = scan_quoted(s, i, b'\'', backslash).min(n);
+                // PostgreSQL's E'..' always takes backslash escapes.
+                i = if dialect == Dialect::Postgres && word.eq_ignore_ascii_case(b"e") {
+                    scan_quoted(s, i, b'\'', true)
+                } else {
+                    scan_literal(s, i, b'\'', backslash)
+                }
+                .min(n);
                 kind = Kind::Literal;
             } else if next == Some(b'&') && s.get(i + 1) == Some(&b'\'') && word.eq_ignore_ascii_case(b"u") {
-                i = scan_quoted(s, i + 1, b'\'', false).min(n);
+                i = scan_literal(s, i + 1, b'\'', backslash).min(n);
                 kind = Kind::Literal;
             } else {
                 kind = Kind::Word;
@@ -215,33 +257,45 @@ fn is_literal_prefix(word: &[u8], dialect: Dialect) -> bool {
     }
 }
 
-fn scan_number(s: &[u8], mut i: usize) -> usize {
+/// Index past the digits (`ok`) from `i`; in PostgreSQL an underscore
+/// between two digits belongs to the number (`1_000`, PostgreSQL 16). In
+/// MySQL `1_000` is an identifier, which the caller's word rule takes.
+fn scan_digits(s: &[u8], mut i: usize, ok: fn(&u8) -> bool, dialect: Dialect) -> usize {
+    let n = s.len();
+    while i < n {
+        if ok(&s[i]) {
+            i += 1;
+        } else if dialect == Dialect::Postgres && s[i] == b'_' && i > 0 && ok(&s[i - 1]) && s.get(i + 1).is_some_and(ok)
+        {
+            i += 2;
+        } else {
+            break;
+        }
+    }
+    i
+}
+
+fn scan_number(s: &[u8], mut i: usize, dialect: Dialect) -> usize {
     let n = s.len();
     if s[i] == b'0' {
         let radix = s.get(i + 1).map(u8::to_ascii_lowercase);
         let digit_ok: Option<fn(&u8) -> bool> = match radix {
             Some(b'x') => Some(u8::is_ascii_hexdigit),
+            Some(b'o') if dialect == Dialect::Postgres => Some(|b: &u8| (b'0'..=b'7').contains(b)),
             Some(b'b') => Some(|b: &u8| *b == b'0' || *b == b'1'),
             _ => None,
         };
         if let Some(ok) = digit_ok {
-            if s.get(i + 2).is_some_and(ok) {
-                i += 2;
-                while i < n && ok(&s[i]) {
-                    i += 1;
-                }
-                return i;
+            // PostgreSQL 16 also takes `0x_FF`.
+            let first = if dialect == Dialect::Postgres && s.get(i + 2) == Some(&b'_') { i + 3 } else { i + 2 };
+            if s.get(first).is_some_and(ok) {
+                return scan_digits(s, first, ok, dialect);
             }
         }
     }
-    while i < n && s[i].is_ascii_digit() {
-        i += 1;
-    }
+    i = scan_digits(s, i, u8::is_ascii_digit, dialect);
     if i < n && s[i] == b'.' {
-        i += 1;
-        while i < n && s[i].is_ascii_digit() {
-            i += 1;
-        }
+        i = scan_digits(s, i + 1, u8::is_ascii_digit, dialect);
     }
     if i < n && (s[i] == b'e' || s[i] == b'E') {
         let mut j = i + 1;
@@ -249,10 +303,7 @@ fn scan_number(s: &[u8], mut i: usize) -> usize {
             j += 1;
         }
         if j < n && s[j].is_ascii_digit() {
-            while j < n && s[j].is_ascii_digit() {
-                j += 1;
-            }
-            i = j;
+            i = scan_digits(s, j, u8::is_ascii_digit, dialect);
         }
     }
     i
@@ -263,8 +314,8 @@ pub(super) fn is_hidden(t: &Token) -> bool {
 }
 
 /// Replaces literals with `?` and drops comments; see the module docs.
-pub fn sanitize(sql: &str, dialect: Dialect) -> String {
-    let tokens = tokenize(sql, dialect);
+pub fn sanitize(sql: &str, dialect: Dialect, backslash: Backslash) -> String {
+    let tokens = tokenize(sql, dialect, backslash);
     render(sql, &tokens, true)
 }
 
@@ -342,10 +393,10 @@ mod tests {
     use super::*;
 
     fn pg(s: &str) -> String {
-        sanitize(s, Dialect::Postgres)
+        sanitize(s, Dialect::Postgres, Backslash::Unknown)
     }
     fn my(s: &str) -> String {
-        sanitize(s, Dialect::MySql)
+        sanitize(s, Dialect::MySql, Backslash::Unknown)
     }
 
     #[test]
@@ -359,8 +410,9 @@ mod tests {
         assert_eq!(pg("SELECT E'it\\'s secret'"), "SELECT ?");
         assert_eq!(pg("SELECT e'a\\\\', 'b'"), "SELECT ?, ?");
         assert_eq!(pg("SELECT B'0101', X'1F', N'nat', U&'d\\0061t'"), "SELECT ?, ?, ?, ?");
-        // Standard-conforming strings: a backslash is an ordinary character.
-        assert_eq!(pg("SELECT 'C:\\', 'x'"), "SELECT ?, ?");
+        // A backslash before a quote: an ordinary character with
+        // standard-conforming strings, an escape without; the rest is hidden.
+        assert_eq!(pg("SELECT 'C:\\', 'x'"), "SELECT ?");
     }
 
     #[test]
@@ -388,7 +440,10 @@ mod tests {
 
     #[test]
     fn mysql_string_escapes_and_introducers() {
-        assert_eq!(my("SELECT 'it\\'s', 'a''b', _utf8mb4'x' FROM t"), "SELECT ?, ?, ? FROM t");
+        // A backslashed quote reads differently under NO_BACKSLASH_ESCAPES:
+        // everything from there on is hidden.
+        assert_eq!(my("SELECT 'it\\'s', 'a''b', _utf8mb4'x' FROM t"), "SELECT ?");
+        assert_eq!(my("SELECT 'a\\\\b', 'a''b', _utf8mb4'x' FROM t"), "SELECT ?, ?, ? FROM t");
         assert_eq!(my("INSERT INTO t VALUES (X'ABCD', 0xFF, b'01')"), "INSERT INTO t VALUES (?, ?, ?)");
     }
 
@@ -425,6 +480,51 @@ mod tests {
             "SELECT * FROM t WHERE id IN (SELECT id FROM u WHERE x = ?)"
         );
         assert_eq!(pg("SELECT * FROM t WHERE id IN (1, a)"), "SELECT * FROM t WHERE id IN (?, a)");
+    }
+
+    #[test]
+    fn backslashes_hide_whatever_either_server_setting_would_make_a_literal() {
+        // standard_conforming_strings on: 'a\' ends at the second quote and
+        // 'secret' is a literal; off: the first literal runs on and secret
+        // would be a bare word. Neither reading may show it.
+        for sql in [
+            "SELECT * FROM u WHERE a = 'a\\' AND pw = 'secret1'",
+            "SELECT * FROM u WHERE a = 'it\\'s' AND pw = secret2",
+            "SELECT N'x\\', 'secret3'",
+            "SELECT U&'x\\', 'secret4'",
+        ] {
+            for out in [pg(sql), my(sql)] {
+                assert!(!out.contains("secret"), "{sql} -> {out}");
+            }
+        }
+        // MySQL with NO_BACKSLASH_ESCAPES: "it\" is a whole string.
+        let sql = "SELECT * FROM u WHERE a = \"it\\\" AND pw = \"secret5\"";
+        assert!(!my(sql).contains("secret"), "{sql} -> {}", my(sql));
+        // Unambiguous backslashes keep the rest of the statement readable.
+        assert_eq!(pg("SELECT 'C:\\\\tmp' FROM t WHERE a = 1"), "SELECT ? FROM t WHERE a = ?");
+        assert_eq!(pg("SELECT E'it\\'s' FROM t"), "SELECT ? FROM t");
+    }
+
+    #[test]
+    fn a_known_backslash_mode_reads_literals_exactly() {
+        let sql = "INSERT INTO t VALUES ('O\\'Brien', 'x\\\\', 5) RETURNING id";
+        assert_eq!(sanitize(sql, Dialect::MySql, Backslash::Escapes), "INSERT INTO t VALUES (?, ?, ?) RETURNING id");
+        let sql = "SELECT 'C:\\', 'x' FROM t";
+        assert_eq!(sanitize(sql, Dialect::Postgres, Backslash::Plain), "SELECT ?, ? FROM t");
+        assert_eq!(sanitize(sql, Dialect::MySql, Backslash::Plain), "SELECT ?, ? FROM t");
+        // PostgreSQL's E'' strings take escapes whatever the setting.
+        assert_eq!(sanitize("SELECT E'a\\'b', 1", Dialect::Postgres, Backslash::Plain), "SELECT ?, ?");
+    }
+
+    #[test]
+    fn postgres_16_digit_separators_and_octal_are_numbers() {
+        assert_eq!(
+            pg("SELECT 4111_1111_1111_1111, 1_000.000_5, 0x_FF_FF, 0o7_7, 0b1_0, 1_5e1_0"),
+            "SELECT ?, ?, ?, ?, ?, ?"
+        );
+        assert_eq!(pg("SELECT 1_ FROM t"), "SELECT ?_ FROM t");
+        // In MySQL `1_000` is an identifier (they may start with digits).
+        assert_eq!(my("SELECT 1_000 FROM t"), "SELECT 1_000 FROM t");
     }
 
     #[test]

@@ -123,10 +123,10 @@ impl DbSpan<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocols::sql::{analyze_query, Dialect};
+    use crate::protocols::sql::{analyze_query, Backslash, Dialect};
 
     fn info(s: &str) -> QueryInfo {
-        analyze_query(s.as_bytes(), false, Dialect::Postgres, false)
+        analyze_query(s.as_bytes(), false, Dialect::Postgres, Backslash::Plain, false)
     }
 
     #[test]

@@ -20,7 +20,7 @@
 //! * `db.query.summary` is `<operation> <collection>` or just the operation.
 use std::sync::Arc;
 
-use super::sanitize::{render, tokenize, Dialect, Kind, Token, MAX_QUERY_TEXT};
+use super::sanitize::{render, tokenize, Backslash, Dialect, Kind, Token, MAX_QUERY_TEXT};
 
 /// Longest collection name reported (longer ones are not "obvious").
 pub(super) const MAX_COLLECTION: usize = 128;
@@ -55,7 +55,13 @@ pub type SharedQuery = Arc<QueryInfo>;
 
 /// Builds the reportable form of a query text captured from the wire.
 /// `truncated` says the bytes are only a prefix of the query.
-pub fn analyze_query(raw: &[u8], mut truncated: bool, dialect: Dialect, raw_sql: bool) -> QueryInfo {
+pub fn analyze_query(
+    raw: &[u8],
+    mut truncated: bool,
+    dialect: Dialect,
+    backslash: Backslash,
+    raw_sql: bool,
+) -> QueryInfo {
     let raw = if raw.len() > MAX_QUERY_TEXT {
         truncated = true;
         &raw[..MAX_QUERY_TEXT]
@@ -63,7 +69,7 @@ pub fn analyze_query(raw: &[u8], mut truncated: bool, dialect: Dialect, raw_sql:
         raw
     };
     let sql = String::from_utf8_lossy(raw);
-    let tokens = tokenize(&sql, dialect);
+    let tokens = tokenize(&sql, dialect, backslash);
     let text = render(&sql, &tokens, !raw_sql);
     let statements = split_statements(&tokens, &sql);
     let count = statements.len();
@@ -459,7 +465,7 @@ mod tests {
     use super::*;
 
     fn info(s: &str) -> QueryInfo {
-        analyze_query(s.as_bytes(), false, Dialect::Postgres, false)
+        analyze_query(s.as_bytes(), false, Dialect::Postgres, Backslash::Unknown, false)
     }
     fn op_coll(s: &str) -> (Option<String>, Option<String>) {
         let i = info(s);
@@ -548,7 +554,7 @@ mod tests {
     #[test]
     fn truncated_text_is_not_overinterpreted() {
         let t = |s: &str| {
-            let i = analyze_query(s.as_bytes(), true, Dialect::Postgres, false);
+            let i = analyze_query(s.as_bytes(), true, Dialect::Postgres, Backslash::Unknown, false);
             (i.operation, i.collection, i.truncated)
         };
         assert_eq!(t("SELECT * FROM items WHERE"), (Some("SELECT".into()), Some("items".into()), true));
@@ -558,14 +564,20 @@ mod tests {
         assert_eq!(t("INSERT INTO orders (a"), (Some("INSERT".into()), Some("orders".into()), true));
         assert_eq!(t("SEL"), (None, None, true));
         let long = format!("SELECT '{}' FROM t", "x".repeat(MAX_QUERY_TEXT));
-        let i = analyze_query(long.as_bytes(), false, Dialect::Postgres, false);
+        let i = analyze_query(long.as_bytes(), false, Dialect::Postgres, Backslash::Unknown, false);
         assert!(i.truncated);
         assert_eq!(&*i.text, "SELECT ?");
     }
 
     #[test]
     fn raw_mode_keeps_literals_but_still_analyzes() {
-        let i = analyze_query(b"SELECT * FROM t WHERE a = 'x'  AND b = 1", false, Dialect::Postgres, true);
+        let i = analyze_query(
+            b"SELECT * FROM t WHERE a = 'x'  AND b = 1",
+            false,
+            Dialect::Postgres,
+            Backslash::Unknown,
+            true,
+        );
         assert_eq!(&*i.text, "SELECT * FROM t WHERE a = 'x' AND b = 1");
         assert_eq!(i.summary.as_deref(), Some("SELECT t"));
     }
@@ -602,18 +614,18 @@ mod tests {
         ];
         for case in cases {
             for d in [Dialect::Postgres, Dialect::MySql] {
-                let a = analyze_query(case, true, d, false);
+                let a = analyze_query(case, true, d, Backslash::Unknown, false);
                 assert!(a.text.len() <= case.len() * 3 + 8);
-                let _ = analyze_query(case, false, d, true);
+                let _ = analyze_query(case, false, d, Backslash::Unknown, true);
             }
         }
         // Every byte value, every prefix of a tricky query.
         let all: Vec<u8> = (0..=255u8).collect();
-        let _ = analyze_query(&all, false, Dialect::Postgres, false);
+        let _ = analyze_query(&all, false, Dialect::Postgres, Backslash::Unknown, false);
         let q = "WITH a AS (SELECT 'x''y', $t$z$t$) SELECT * FROM \"s\".\"t\" WHERE b IN (1, 2) -- c";
         for cut in 0..=q.len() {
-            let _ = analyze_query(&q.as_bytes()[..cut], true, Dialect::Postgres, false);
-            let _ = analyze_query(&q.as_bytes()[..cut], true, Dialect::MySql, false);
+            let _ = analyze_query(&q.as_bytes()[..cut], true, Dialect::Postgres, Backslash::Unknown, false);
+            let _ = analyze_query(&q.as_bytes()[..cut], true, Dialect::MySql, Backslash::Unknown, false);
         }
     }
 }
