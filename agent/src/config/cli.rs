@@ -31,6 +31,7 @@ Config file (YAML, unknown keys are an error):
   max_buffer_bytes: 67108864
   sampler: parentbased_traceidratio sampler_arg: 0.25          raw_sql: false
   propagation: on | off             metrics_addr: 0.0.0.0:9464 log_level: info
+  redact_url_paths: /reset/*,/invite/*/accept
   resource_attributes: {deployment.environment.name: prod}";
 
 /// Command-line flags. Every setting is optional here so that an absent flag
@@ -128,6 +129,13 @@ pub struct CliArgs {
     /// other peers start a new trace [default: every peer]
     #[arg(long, value_name = "CIDRS")]
     pub trusted_networks: Option<String>,
+
+    /// Hide more of request paths: comma-separated templates whose *
+    /// segments become REDACTED in url.path and http.route, e.g.
+    /// /reset/*,/invite/*/accept (tokens, keys and e-mail addresses in paths
+    /// are always hidden)
+    #[arg(long, value_name = "TEMPLATES")]
+    pub redact_url_paths: Option<String>,
 
     /// Serve Prometheus metrics on this address, e.g. 0.0.0.0:9464
     #[arg(long, value_name = "ADDR")]

@@ -55,6 +55,7 @@ pub(super) struct FileConfig {
     pub(super) raw_sql: Option<bool>,
     pub(super) propagation: Option<Scalar>,
     pub(super) trusted_networks: Option<String>,
+    pub(super) redact_url_paths: Option<String>,
     pub(super) metrics_addr: Option<String>,
     pub(super) resource_attributes: Option<BTreeMap<String, Scalar>>,
     pub(super) log_level: Option<String>,

@@ -1,6 +1,6 @@
 //! [`Config::load`]: merges flags > environment > config file > defaults,
 //! resolving each setting together with where it came from.
-use std::{collections::BTreeMap, net::SocketAddr, path::Path, time::Duration};
+use std::{collections::BTreeMap, net::SocketAddr, path::Path, sync::Arc, time::Duration};
 
 use super::{
     file::{FileConfig, Scalar},
@@ -12,6 +12,7 @@ use super::{
     },
     CliArgs, Config, ConfigError, Env, OtlpConfig, OtlpProtocol, PrintFormat, Sampler,
 };
+use crate::protocols::http1::PathRedaction;
 
 const DEFAULT_OTLP_TIMEOUT: Duration = Duration::from_millis(10_000);
 const MAX_QUEUED_SPANS_LIMIT: usize = 1 << 20;
@@ -208,6 +209,14 @@ impl Config {
             Some((raw, source)) => Some(parse_networks(&raw, &source)?),
             None => defaults.trusted_networks,
         };
+        let redact_url_paths = match first([
+            flag(args.redact_url_paths.clone(), "redact-url-paths"),
+            env_var(env, "WAGGLE_REDACT_URL_PATHS"),
+            file_key(file.redact_url_paths, "redact_url_paths", path),
+        ]) {
+            Some((raw, source)) => Arc::new(PathRedaction::parse(&raw).map_err(|e| source.invalid(e))?),
+            None => defaults.redact_url_paths,
+        };
         let metrics_addr = match first([
             flag(args.metrics_addr.clone(), "metrics-addr"),
             file_key(file.metrics_addr, "metrics_addr", path),
@@ -268,6 +277,7 @@ impl Config {
             propagation,
             propagation_unsafe_keepalive,
             trusted_networks,
+            redact_url_paths,
             metrics_addr,
             config_file: args.config.clone(),
             log_filter,

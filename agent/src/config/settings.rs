@@ -3,10 +3,12 @@ use std::{
     fmt,
     net::{IpAddr, SocketAddr},
     path::PathBuf,
+    sync::Arc,
     time::Duration,
 };
 
 use super::Sampler;
+use crate::protocols::http1::PathRedaction;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum OtlpProtocol {
@@ -106,6 +108,8 @@ pub struct Config {
     /// W3C default inside a cluster). Requests from other peers start a new
     /// trace.
     pub trusted_networks: Option<Vec<(IpAddr, u8)>>,
+    /// Request path segments to hide besides the built-in rules.
+    pub redact_url_paths: Arc<PathRedaction>,
     /// Serve Prometheus metrics here.
     pub metrics_addr: Option<SocketAddr>,
     pub config_file: Option<PathBuf>,
@@ -134,6 +138,7 @@ impl Default for Config {
             propagation: true,
             propagation_unsafe_keepalive: false,
             trusted_networks: None,
+            redact_url_paths: Arc::default(),
             metrics_addr: None,
             config_file: None,
             log_filter: "info".to_owned(),

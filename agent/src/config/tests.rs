@@ -354,6 +354,19 @@ fn propagation_modes_and_trusted_networks() {
 }
 
 #[test]
+fn redact_url_paths_from_flag_env_and_file() {
+    assert_eq!(load(&[], &[]).unwrap().redact_url_paths.templates(), 0);
+    let c = load(&["--redact-url-paths", "/reset/*,/invite/*/accept"], &[]).unwrap();
+    assert_eq!(c.redact_url_paths.apply("/invite/blue-fox/accept"), "/invite/REDACTED/accept");
+    let c = load(&[], &[("WAGGLE_REDACT_URL_PATHS", "/reset/*")]).unwrap();
+    assert_eq!(c.redact_url_paths.apply("/reset/sunflower"), "/reset/REDACTED");
+    let file = yaml("redact_url_paths: /magic/*\n");
+    let c = load(&["--config", &file.arg()], &[]).unwrap();
+    assert_eq!(c.redact_url_paths.apply("/magic/word"), "/magic/REDACTED");
+    assert!(err(&["--redact-url-paths", "/reset"], &[]).contains("no * segment"));
+}
+
+#[test]
 fn empty_env_values_count_as_unset() {
     let c = load(&[], &[("OTEL_EXPORTER_OTLP_ENDPOINT", "  "), ("OTEL_TRACES_SAMPLER", "")]).unwrap();
     assert_eq!(c.otlp, None);

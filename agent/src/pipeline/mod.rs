@@ -266,8 +266,12 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send) -> R
     let (resolver, mut resource_replies) =
         ResourceResolver::spawn(config.resource_attributes.clone(), agent_pid, metrics.clone());
     let mut stages = Stages {
-        tracker: ConnTracker::new(ParserConfig { raw_sql: config.raw_sql }, metrics.clone(), MAX_CONNS)
-            .with_buffer_budget(config.max_buffer_bytes),
+        tracker: ConnTracker::new(
+            ParserConfig { raw_sql: config.raw_sql, url_redaction: config.redact_url_paths.clone() },
+            metrics.clone(),
+            MAX_CONNS,
+        )
+        .with_buffer_budget(config.max_buffer_bytes),
         env: LiveEnv::new(maps, metrics.clone()),
         reads_sockets: probes.reads_sockets(),
         assembler: SpanAssembler::new(Clock::new(), config.sampler, config.sampler_parent_based),

@@ -52,6 +52,8 @@ pub enum Confidence {
 pub struct ParserConfig {
     /// Export SQL text with literals intact (default false: sanitized).
     pub raw_sql: bool,
+    /// Path segments to hide besides the built-in rules (`--redact-url-paths`).
+    pub url_redaction: std::sync::Arc<super::http1::PathRedaction>,
 }
 
 /// Recognises a protocol from the first chunk seen on a connection.

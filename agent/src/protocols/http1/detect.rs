@@ -53,8 +53,8 @@ impl ProtocolDetector for Http1Detector {
         best
     }
 
-    fn new_parser(&self, role: Role, _config: &ParserConfig) -> Box<dyn ProtocolParser> {
-        Box::new(Http1Parser::new(role))
+    fn new_parser(&self, role: Role, config: &ParserConfig) -> Box<dyn ProtocolParser> {
+        Box::new(Http1Parser::new(role).with_redaction(config.url_redaction.clone()))
     }
 }
 

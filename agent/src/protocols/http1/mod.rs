@@ -16,8 +16,9 @@
 //!
 //! Privacy: only the headers needed for attributes are read (Host,
 //! User-Agent, framing headers, traceparent/tracestate); credentials
-//! (Authorization, Cookie, ...) are never copied, and the query string is
-//! dropped from `url.path`.
+//! (Authorization, Cookie, ...) are never copied, the query string is
+//! dropped from `url.path`, and path segments that look like secrets (or
+//! that `--redact-url-paths` names) become `REDACTED` (`redact`).
 //!
 //! Files, in dependency order: `chunked` and `head_buf` frame bytes, `head`
 //! reads a complete head, `route` and `span` turn an exchange into a span,
@@ -32,6 +33,7 @@ mod head;
 mod head_buf;
 mod parser;
 mod protocol;
+mod redact;
 mod request;
 mod response;
 mod route;
@@ -45,3 +47,4 @@ pub use fuzz::fuzz_script;
 pub use head::MAX_HEADERS;
 pub use head_buf::MAX_HEAD_BYTES;
 pub use parser::{Http1Parser, MAX_PENDING};
+pub use redact::PathRedaction;

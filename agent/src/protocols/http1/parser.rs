@@ -2,13 +2,14 @@
 //! stream, the requests waiting for responses, and what every path through
 //! the state machine shares (ending an exchange, losing sync).
 
-use std::collections::VecDeque;
+use std::{collections::VecDeque, sync::Arc};
 
 use waggle_common::Role;
 
 use super::{
     chunked::ChunkedDecoder,
     head_buf::HeadBuf,
+    redact::{PathRedaction, BUILT_IN_REDACTION},
     span::{build_span, Exchange, PendingRequest},
 };
 use crate::model::{ParsedSpan, SpanKind};
@@ -94,6 +95,8 @@ pub struct Http1Parser {
     pub(super) req: ReqSide,
     pub(super) resp: RespSide,
     pub(super) dropped: u64,
+    /// The operator's path templates; None: the built-in rules only.
+    redaction: Option<Arc<PathRedaction>>,
 }
 
 impl Http1Parser {
@@ -115,7 +118,15 @@ impl Http1Parser {
             },
             resp: RespSide { state: RespState::Idle, head: HeadBuf::default(), last_ns: 0 },
             dropped: 0,
+            redaction: None,
         }
+    }
+
+    /// Hides the segments `redaction` names in paths, besides the built-in
+    /// rules.
+    pub fn with_redaction(mut self, redaction: Arc<PathRedaction>) -> Http1Parser {
+        self.redaction = (redaction.templates() > 0).then_some(redaction);
+        self
     }
 
     fn span_kind(&self) -> SpanKind {
@@ -152,7 +163,8 @@ impl Http1Parser {
     }
 
     pub(super) fn finish(&mut self, exchange: Exchange, end_ns: u64, out: &mut Vec<ParsedSpan>) {
-        match build_span(self.span_kind(), exchange, end_ns) {
+        let redaction = self.redaction.as_deref().unwrap_or(&BUILT_IN_REDACTION);
+        match build_span(self.span_kind(), exchange, end_ns, redaction) {
             Some(span) => out.push(span),
             None => self.dropped += 1,
         }

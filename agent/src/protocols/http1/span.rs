@@ -4,6 +4,7 @@
 
 use super::{
     head::{split_host_port, RequestHead},
+    redact::PathRedaction,
     route::infer_route,
 };
 use crate::model::{AttrValue, Attribute, ParsedSpan, SpanKind, SpanStatus};
@@ -35,10 +36,21 @@ pub(super) struct Exchange {
 }
 
 /// None for a placeholder: a request that was never readable.
-pub(super) fn build_span(kind: SpanKind, exchange: Exchange, end_ns: u64) -> Option<ParsedSpan> {
+pub(super) fn build_span(
+    kind: SpanKind,
+    exchange: Exchange,
+    end_ns: u64,
+    redaction: &PathRedaction,
+) -> Option<ParsedSpan> {
     let Exchange { req, status, body_bytes, body_size_known } = exchange;
     // Placeholders stand for requests that were never readable.
-    let head = req.head?;
+    let mut head = req.head?;
+    if let Some(path) = head.path.take() {
+        head.path = Some(match redaction.apply(&path) {
+            std::borrow::Cow::Borrowed(_) => path,
+            std::borrow::Cow::Owned(hidden) => hidden,
+        });
+    }
     let route = match head.path.as_deref() {
         Some("*") => Some("*".to_owned()),
         Some(p) => Some(infer_route(p)),
