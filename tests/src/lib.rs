@@ -14,6 +14,7 @@ pub mod agent;
 pub mod db;
 pub mod env;
 pub mod receiver;
+pub mod scrape;
 pub mod servers;
 
 use std::time::Duration;
@@ -67,5 +68,31 @@ pub fn assert_resource(span: &Span, service: &str, pid: u32) {
             "resource of {span} lacks a non-empty {key}: {:?}",
             span.resource
         );
+    }
+}
+
+/// Prints a test's figure (what it measured: load held, memory, drops) on
+/// the real stderr, past the test harness's capture, so the run's log
+/// shows it, and appends it to `target/figures.txt` for
+/// `docs/reliability.md`.
+pub fn figure(line: &str) {
+    use std::io::Write;
+    let line = format!("FIGURE {line}\n");
+    let _ = std::io::stderr().write_all(line.as_bytes());
+    let path = env::workspace_root().join("target").join("figures.txt");
+    if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(path) {
+        let _ = f.write_all(line.as_bytes());
+    }
+}
+
+/// None of `needles` appears in anything exported nor in the agent's output
+/// (its span printer on stdout, its logs on stderr).
+#[track_caller]
+pub fn assert_not_leaked(receiver: &OtlpReceiver, out: &AgentOutput, needles: &[&str]) {
+    let dump = receiver.raw_dump();
+    for needle in needles {
+        for (what, text) in [("exported spans", &dump), ("agent stdout", &out.stdout), ("agent stderr", &out.stderr)] {
+            assert!(!text.contains(needle), "secret {needle:?} leaked into the {what}");
+        }
     }
 }

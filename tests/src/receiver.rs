@@ -266,6 +266,9 @@ struct Store {
     http_paths: Vec<String>,
     /// Requests that could not be decoded, with the reason.
     rejected: Vec<String>,
+    /// How long the http/protobuf side takes before it takes a request in
+    /// and answers (a slow collector).
+    answer_delay: Duration,
 }
 
 type Shared = Arc<Mutex<Store>>;
@@ -322,6 +325,10 @@ fn decode_http_body(headers: &HeaderMap, body: &[u8]) -> Result<ExportTraceServi
 /// through [`OtlpReceiver::http_paths`], not by refusing the data.
 async fn http_export(State(store): State<Shared>, uri: Uri, headers: HeaderMap, body: Bytes) -> impl IntoResponse {
     let path = uri.path().to_owned();
+    let delay = lock(&store).answer_delay;
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
     match decode_http_body(&headers, &body) {
         Ok(req) => {
             let mut store = lock(&store);
@@ -370,7 +377,21 @@ impl Protocol {
 impl OtlpReceiver {
     #[track_caller]
     pub fn start() -> OtlpReceiver {
-        Self::start_with(false)
+        Self::start_with(false, 0, Duration::ZERO)
+    }
+
+    /// A receiver whose http/protobuf side listens on `http_port` (a
+    /// collector coming back where the agent was told it is).
+    #[track_caller]
+    pub fn start_on(http_port: u16) -> OtlpReceiver {
+        Self::start_with(false, http_port, Duration::ZERO)
+    }
+
+    /// A receiver whose http/protobuf side accepts each request but takes
+    /// it in and answers only after `delay` (an overloaded collector).
+    #[track_caller]
+    pub fn start_slow(delay: Duration) -> OtlpReceiver {
+        Self::start_with(false, 0, delay)
     }
 
     /// A receiver whose http/protobuf side answers `Connection: close`, so
@@ -378,29 +399,30 @@ impl OtlpReceiver {
     /// the agent processes its open (as with many collectors and proxies).
     #[track_caller]
     pub fn start_closing() -> OtlpReceiver {
-        Self::start_with(true)
+        Self::start_with(true, 0, Duration::ZERO)
     }
 
+    /// `http_port` 0: any free port.
     #[track_caller]
-    fn start_with(close_each_connection: bool) -> OtlpReceiver {
+    fn start_with(close_each_connection: bool, http_port: u16, answer_delay: Duration) -> OtlpReceiver {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("otlp-receiver")
             .enable_all()
             .build()
             .expect("building the OTLP receiver's tokio runtime");
-        let store: Shared = Arc::default();
+        let store: Shared = Arc::new(Mutex::new(Store { answer_delay, ..Store::default() }));
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
 
         // Bound with std and registered under `enter()` rather than inside
         // `block_on`, so a receiver can also be started from async code.
-        let bind = |what: &str| {
-            let l = std::net::TcpListener::bind("127.0.0.1:0")
+        let bind = |what: &str, port: u16| {
+            let l = std::net::TcpListener::bind(("127.0.0.1", port))
                 .unwrap_or_else(|e| panic!("binding the OTLP {what} listener: {e}"));
             l.set_nonblocking(true).unwrap_or_else(|e| panic!("OTLP {what} listener nonblocking: {e}"));
             l
         };
-        let (grpc_std, http_std) = (bind("grpc"), bind("http"));
+        let (grpc_std, http_std) = (bind("grpc", 0), bind("http", http_port));
         let grpc_addr = grpc_std.local_addr().expect("grpc listener address");
         let http_addr = http_std.local_addr().expect("http listener address");
         let (grpc_listener, http_listener) = {

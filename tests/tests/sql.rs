@@ -19,9 +19,10 @@ use std::{
 };
 
 use waggle_e2e::{
+    assert_not_leaked,
     db::{sql_script, MariaDb, Postgres, DB_NAME, MARIADB_PASSWORD, MARIADB_USER, PG_USER},
-    describe, e2e_setup, run_client, Agent, AgentOutput, ClientRun, Kind, OtlpReceiver, Proc, Protocol, Span,
-    StatusCode, SPAN_TIMEOUT,
+    describe, e2e_setup, run_client, Agent, ClientRun, Kind, OtlpReceiver, Proc, Protocol, Span, StatusCode,
+    SPAN_TIMEOUT,
 };
 
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(60);
@@ -103,17 +104,6 @@ fn assert_no_db_server_spans(spans: &[Span], server_pids: &[u32]) {
         .cloned()
         .collect();
     assert!(bad.is_empty(), "DB server processes produced spans:\n{}", describe(&bad));
-}
-
-/// None of `needles` appears in anything exported nor in the agent's output.
-#[track_caller]
-fn assert_not_leaked(receiver: &OtlpReceiver, out: &AgentOutput, needles: &[&str]) {
-    let dump = receiver.raw_dump();
-    for needle in needles {
-        for (what, text) in [("exported spans", &dump), ("agent stdout", &out.stdout), ("agent stderr", &out.stderr)] {
-            assert!(!text.contains(needle), "literal {needle:?} leaked into the {what}");
-        }
-    }
 }
 
 /// No text field of `s` (name, query text, summary, status message) holds a
