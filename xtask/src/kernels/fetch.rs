@@ -13,7 +13,6 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 
-use super::Kernel;
 use crate::cmd::Cmd;
 
 /// A kernel image ready to boot.
@@ -24,18 +23,19 @@ pub struct Image {
     pub deb: String,
 }
 
-/// The cached image of `kernel`, downloading it first if needed.
-pub fn image(dir: &Path, kernel: &Kernel) -> Result<Image> {
-    let home = dir.join(kernel.name);
+/// The cached image of kernel `name`, downloading the package `meta`
+/// depends on from `suite` first if needed.
+pub fn image(dir: &Path, name: &str, suite: &str, meta: &str) -> Result<Image> {
+    let home = dir.join(name);
     let vmlinuz = home.join("vmlinuz");
     let deb_note = home.join("deb");
     if let (true, Ok(deb)) = (vmlinuz.is_file(), fs::read_to_string(&deb_note)) {
-        eprintln!("xtask: kernel {}: cached ({})", kernel.name, deb.trim());
+        eprintln!("xtask: kernel {name}: cached ({})", deb.trim());
         return Ok(Image { vmlinuz, deb: deb.trim().to_owned() });
     }
-    let apt = AptState::new(dir, kernel.suite)?;
+    let apt = AptState::new(dir, suite)?;
     apt.update()?;
-    let package = apt.resolve(kernel.meta)?;
+    let package = apt.resolve(meta)?;
     let debs = dir.join("debs");
     fs::create_dir_all(&debs)?;
     let deb = match find_deb(&debs, &package)? {

@@ -128,7 +128,8 @@ pub fn run(root: &Path, built: &Built, apt: &mut Apt, args: &KernelsArgs) -> Res
     let initramfs = guest::initramfs(&dir, &built.agent_bin, &xtask)?;
     let mut outcomes = Vec::new();
     for kernel in kernels {
-        let image = fetch::image(&dir, &kernel).with_context(|| format!("fetching kernel {}", kernel.name))?;
+        let image = fetch::image(&dir, kernel.name, kernel.suite, kernel.meta)
+            .with_context(|| format!("fetching kernel {}", kernel.name))?;
         let log = dir.join(kernel.name).join("console.log");
         let boot = guest::boot(&image.vmlinuz, &initramfs, &log, BOOT_TIMEOUT)?;
         let report = parse_console(&boot.console);
