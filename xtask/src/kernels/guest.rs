@@ -256,8 +256,12 @@ fn qemu_args(vmlinuz: &Path, initramfs: &Path) -> Vec<std::ffi::OsString> {
 }
 
 /// The guest's HTTP server (`xtask guest-http-server PORT READY_FILE`): one
-/// thread, no fork, answers every request with 200 and a short body, so the
-/// spans depend only on the agent. Creates READY_FILE once listening.
+/// thread, no fork, answers every request with 200 and a short body.
+/// Creates READY_FILE once listening. Not busybox httpd: it accepts, then
+/// forks, and its child reads the request before the agent has copied the
+/// parent's connection to the child (userspace does that on the fork
+/// event), so its SERVER spans are lost on every kernel; that gap is not
+/// what this matrix measures.
 pub fn http_server(port: u16, ready: &Path) -> Result<()> {
     let listener = TcpListener::bind(("127.0.0.1", port)).with_context(|| format!("binding port {port}"))?;
     fs::write(ready, b"")?;
@@ -312,7 +316,7 @@ mod tests {
             .collect();
         assert_eq!(names.len(), 4, "{text}");
         assert!(text.find("lib\0").unwrap() < text.find("libc.so.6\0").unwrap());
-        assert!(text.ends_with("TRAILER!!!\0\0\0\0") || text.contains("TRAILER!!!"));
+        assert!(text.contains("TRAILER!!!\0"));
         // Every header starts with the newc magic.
         assert!(out.starts_with(b"070701"));
     }
