@@ -19,7 +19,7 @@ use super::{
     btf::{sock_walk_offsets, Btf, BtfError, SendRoomOffsets},
     error::{is_permission, AttachError, ProbeError},
     maps::{kernel_counters, open_counters, take_map, ConnMaps, Plain},
-    propagation::{attach_propagation, fill_trusted_networks, notsent_lowat_default},
+    propagation::{attach_propagation, fill_trusted_networks, notsent_lowat_default, SK_MSG_PROGRAM, SOCKOPS_PROGRAM},
     ring::{EventSource, Heartbeat},
 };
 
@@ -167,11 +167,14 @@ impl Probes {
         // waiting (a partial send would cut the inserted line): without the
         // socket field offsets it cannot, and nothing may be inserted.
         let btf = Btf::from_sys_fs();
+        // Why propagation is off although the configuration wants it: its
+        // programs are then reported as skipped with this reason.
+        let mut no_room = None;
         let room = if config.propagation {
             match from_btf(&btf, SendRoomOffsets::from_btf) {
                 Ok(room) => Some(room),
                 Err(e) => {
-                    tracing::warn!(reason = %e, "propagation off: the socket fields that show whether a send can complete at once are not in this kernel's BTF, so inserting a header could cut a request");
+                    no_room = Some(format!("propagation off: the socket fields that show whether a send can complete at once are not in this kernel's BTF ({e}), so inserting a header could cut a request"));
                     None
                 }
             }
@@ -250,6 +253,12 @@ impl Probes {
             &mut attached,
             &mut skipped,
         );
+        if let Some(reason) = no_room {
+            for program in [SK_MSG_PROGRAM, SOCKOPS_PROGRAM] {
+                tracing::warn!(program, reason = %reason, "propagation probe skipped: outgoing requests carry no traceparent, spans are linked within processes only");
+                skipped.push((program, reason.clone()));
+            }
+        }
         let injecting = sockmap_mode != sockmap_mode::UNSET;
         tracing::info!(count = attached.len(), programs = %attached.join(","), "probes attached");
         let skipped_names: Vec<&str> = skipped.iter().map(|(p, _)| *p).collect();
@@ -474,7 +483,6 @@ fn ensure_tracefs() {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::probes::propagation::{SK_MSG_PROGRAM, SOCKOPS_PROGRAM};
 
     #[test]
     fn ring_buffer_size_is_a_power_of_two_number_of_pages() {
