@@ -59,8 +59,9 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Coverage-guided fuzzing of the protocol parsers (libFuzzer).
     Fuzz(fuzz::FuzzArgs),
-    /// Boot Debian's 5.10, 6.1 and 6.12 kernels under qemu with the agent
-    /// and check what it attaches and the spans it prints on each.
+    /// Boot Debian's 5.10, 6.1 and 6.12 kernels (and 6.12 without BTF, and
+    /// on cgroup v1) under qemu with the agent and check what it attaches
+    /// and the spans it prints on each.
     Kernels(kernels::KernelsArgs),
     /// Runs in the kernel matrix's guests: a one-thread HTTP server.
     #[command(hide = true)]

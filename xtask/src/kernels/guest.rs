@@ -26,6 +26,36 @@ const BUSYBOX: &str = "/bin/busybox";
 const APPLETS: &[&str] =
     &["sh", "mount", "ip", "sleep", "grep", "cat", "kill", "wget", "poweroff", "uname", "echo", "mkdir", "cut", "test"];
 
+/// How a guest differs from a plain boot: a host feature the agent must do
+/// without, taken away by /init (`wk.variant=` on the kernel command line).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Variant {
+    Plain,
+    /// /sys/kernel/btf hidden under an empty tmpfs.
+    NoBtf,
+    /// A cgroup-v1 hierarchy at /sys/fs/cgroup and no cgroup2 mount.
+    CgroupV1,
+}
+
+impl Variant {
+    fn flag(self) -> &'static str {
+        match self {
+            Variant::Plain => "plain",
+            Variant::NoBtf => "nobtf",
+            Variant::CgroupV1 => "cgroup1",
+        }
+    }
+
+    /// Shown after the kernel release in the table.
+    pub fn label(self) -> &'static str {
+        match self {
+            Variant::Plain => "",
+            Variant::NoBtf => ", BTF hidden",
+            Variant::CgroupV1 => ", cgroup v1 only",
+        }
+    }
+}
+
 /// /init: mounts what the agent needs, starts it, waits for "waggle ready",
 /// starts the server, makes one request, stops the agent with SIGINT and
 /// prints its spans (stdout) and logs (stderr) between markers.
@@ -41,7 +71,22 @@ m tmpfs /tmp
 m tracefs /sys/kernel/tracing
 m debugfs /sys/kernel/debug
 m bpf /sys/fs/bpf
-m cgroup2 /sys/fs/cgroup
+variant=plain
+for word in $(cat /proc/cmdline); do
+  case "$word" in wk.variant=*) variant="${{word#wk.variant=}}";; esac
+done
+if [ "$variant" = cgroup1 ]; then
+  # What a cgroup-v1 host has: v1 hierarchies under a tmpfs, no cgroup2.
+  mount -t tmpfs tmpfs /sys/fs/cgroup
+  mkdir /sys/fs/cgroup/systemd
+  mount -t cgroup -o none,name=systemd cgroup /sys/fs/cgroup/systemd || echo "{MARK}mount-failed cgroup1"
+else
+  m cgroup2 /sys/fs/cgroup
+fi
+if [ "$variant" = nobtf ]; then
+  mount -t tmpfs tmpfs /sys/kernel/btf || echo "{MARK}mount-failed nobtf"
+fi
+echo "{MARK}variant $variant"
 ip link set lo up
 echo "{MARK}kernel $(uname -r)"
 echo "{MARK}booted $(cut -d' ' -f1 /proc/uptime)"
@@ -213,8 +258,8 @@ pub struct Boot {
 
 /// Boots `vmlinuz` with `initramfs` and returns its console output; the
 /// guest powers itself off, `timeout` ends a hung one.
-pub fn boot(vmlinuz: &Path, initramfs: &Path, log: &Path, timeout: Duration) -> Result<Boot> {
-    let args = qemu_args(vmlinuz, initramfs);
+pub fn boot(vmlinuz: &Path, initramfs: &Path, variant: Variant, log: &Path, timeout: Duration) -> Result<Boot> {
+    let args = qemu_args(vmlinuz, initramfs, variant);
     let shown: Vec<String> = args.iter().map(|a| cmd::quote(&a.to_string_lossy())).collect();
     eprintln!("$ qemu-system-x86_64 {}", shown.join(" "));
     let started = Instant::now();
@@ -244,14 +289,14 @@ pub fn boot(vmlinuz: &Path, initramfs: &Path, log: &Path, timeout: Duration) -> 
 
 /// TCG (KVM hangs at boot on some hosts), one CPU, 1 GiB; the kernel's
 /// console on the serial port, which -nographic puts on stdout.
-fn qemu_args(vmlinuz: &Path, initramfs: &Path) -> Vec<std::ffi::OsString> {
+fn qemu_args(vmlinuz: &Path, initramfs: &Path, variant: Variant) -> Vec<std::ffi::OsString> {
     let fixed = ["-accel", "tcg", "-cpu", "max", "-m", "1024", "-smp", "1", "-nographic", "-no-reboot", "-kernel"];
     let mut args: Vec<std::ffi::OsString> = fixed.iter().map(Into::into).collect();
     args.push(vmlinuz.into());
     args.push("-initrd".into());
     args.push(initramfs.into());
     args.push("-append".into());
-    args.push("console=ttyS0 panic=-1 rdinit=/init quiet loglevel=1".into());
+    args.push(format!("console=ttyS0 panic=-1 rdinit=/init quiet loglevel=1 wk.variant={}", variant.flag()).into());
     args
 }
 
@@ -324,7 +369,7 @@ mod tests {
     #[test]
     fn init_script_marks_every_report() {
         let script = init_script();
-        for what in ["kernel", "ready", "agent-exit", "spans-begin", "spans-end", "log-begin", "log-end"] {
+        for what in ["kernel", "variant", "ready", "agent-exit", "spans-begin", "spans-end", "log-begin", "log-end"] {
             assert!(script.contains(&format!("{MARK}{what}")), "{what}");
         }
         assert!(script.contains("poweroff -f"));

@@ -18,8 +18,8 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 
-pub use self::verdict::Expect;
 use self::verdict::{judge, observe, parse_console, Observed, Report};
+pub use self::{guest::Variant, verdict::Expect};
 use crate::{
     build::Built,
     cmd,
@@ -30,8 +30,12 @@ use crate::{
 /// A kernel of the matrix.
 #[derive(Clone, Copy, Debug)]
 pub struct Kernel {
-    /// Short name, also its cache directory.
+    /// Short name (`--only`), also the name of its console log.
     pub name: &'static str,
+    /// The image's cache directory: variants share their kernel's image.
+    pub image: &'static str,
+    /// How the guest differs from a plain boot.
+    pub variant: Variant,
     /// Debian suite whose archive (with its -security) holds it.
     pub suite: &'static str,
     /// Meta-package naming the current image package.
@@ -44,12 +48,16 @@ pub struct Kernel {
 pub const KERNELS: &[Kernel] = &[
     Kernel {
         name: "5.10",
+        image: "5.10",
+        variant: Variant::Plain,
         suite: "bullseye",
         meta: "linux-image-cloud-amd64",
         expect: Expect::Refuses("this kernel lacks bpf_loop (needs Linux 5.17+)"),
     },
     Kernel {
         name: "6.1",
+        image: "6.1",
+        variant: Variant::Plain,
         suite: "bookworm",
         meta: "linux-image-cloud-amd64",
         // sockops cannot tell which process connects before 6.10: no
@@ -58,9 +66,30 @@ pub const KERNELS: &[Kernel] = &[
     },
     Kernel {
         name: "6.12",
+        image: "6.12",
+        variant: Variant::Plain,
         suite: "bookworm",
         meta: "linux-image-6.12-cloud-amd64",
         expect: Expect::Spans { skipped: &[], linked: true },
+    },
+    // Without the kernel's BTF the socket field offsets are unknown: the
+    // agent looks addresses up itself and propagation turns itself off.
+    Kernel {
+        name: "6.12-no-btf",
+        image: "6.12",
+        variant: Variant::NoBtf,
+        suite: "bookworm",
+        meta: "linux-image-6.12-cloud-amd64",
+        expect: Expect::Spans { skipped: &["waggle_sk_msg", "waggle_sockops"], linked: false },
+    },
+    // A cgroup-v1 host: sockops has no cgroup-v2 hierarchy to attach to.
+    Kernel {
+        name: "6.12-cgroup1",
+        image: "6.12",
+        variant: Variant::CgroupV1,
+        suite: "bookworm",
+        meta: "linux-image-6.12-cloud-amd64",
+        expect: Expect::Spans { skipped: &["waggle_sockops"], linked: false },
     },
 ];
 
@@ -128,10 +157,12 @@ pub fn run(root: &Path, built: &Built, apt: &mut Apt, args: &KernelsArgs) -> Res
     let initramfs = guest::initramfs(&dir, &built.agent_bin, &xtask)?;
     let mut outcomes = Vec::new();
     for kernel in kernels {
-        let image = fetch::image(&dir, kernel.name, kernel.suite, kernel.meta)
+        let image = fetch::image(&dir, kernel.image, kernel.suite, kernel.meta)
             .with_context(|| format!("fetching kernel {}", kernel.name))?;
-        let log = dir.join(kernel.name).join("console.log");
-        let boot = guest::boot(&image.vmlinuz, &initramfs, &log, BOOT_TIMEOUT)?;
+        let log_dir = dir.join("logs");
+        fs::create_dir_all(&log_dir)?;
+        let log = log_dir.join(format!("{}.console.log", kernel.name));
+        let boot = guest::boot(&image.vmlinuz, &initramfs, kernel.variant, &log, BOOT_TIMEOUT)?;
         let report = parse_console(&boot.console);
         let seen = observe(&report);
         let verdict = if boot.timed_out {
@@ -194,7 +225,7 @@ pub fn table(outcomes: &[Outcome]) -> String {
          | --- | --- | --- | --- | --- | --- | --- |\n",
     );
     for o in outcomes {
-        let release = o.report.release.as_deref().unwrap_or("?");
+        let release = format!("{}{}", o.report.release.as_deref().unwrap_or("?"), o.kernel.variant.label());
         let total = o.seen.attached.len() + o.seen.skipped.len();
         let (agent, attached, skipped, spans) = match (&o.seen.refusal, o.report.ready) {
             (Some(refusal), false) => {
@@ -202,11 +233,7 @@ pub fn table(outcomes: &[Outcome]) -> String {
                 (format!("refuses to start: {why}"), "-".to_owned(), "-".to_owned(), "-".to_owned())
             }
             _ => {
-                let skipped = if o.seen.skipped.is_empty() {
-                    "none".to_owned()
-                } else {
-                    o.seen.skipped.iter().map(|(p, why)| format!("`{p}`: {why}")).collect::<Vec<_>>().join("; ")
-                };
+                let skipped = if o.seen.skipped.is_empty() { "none".to_owned() } else { skipped_cell(&o.seen.skipped) };
                 let spans = match (o.seen.server_span, o.seen.client_span) {
                     (true, true) if o.seen.linked => "SERVER + CLIENT ok, one trace (traceparent injected)",
                     (true, true) => "SERVER + CLIENT ok, separate traces (no injection)",
@@ -224,6 +251,26 @@ pub fn table(outcomes: &[Outcome]) -> String {
         ));
     }
     text
+}
+
+/// Skipped programs with their reasons, programs skipped for the same
+/// reason named together.
+fn skipped_cell(skipped: &[(String, String)]) -> String {
+    let mut groups: Vec<(Vec<&str>, &str)> = Vec::new();
+    for (program, why) in skipped {
+        match groups.iter_mut().find(|(_, w)| *w == why) {
+            Some((programs, _)) => programs.push(program),
+            None => groups.push((vec![program], why)),
+        }
+    }
+    let cells: Vec<String> = groups
+        .iter()
+        .map(|(programs, why)| {
+            let names: Vec<String> = programs.iter().map(|p| format!("`{p}`")).collect();
+            format!("{}: {why}", names.join(", "))
+        })
+        .collect();
+    cells.join("; ")
 }
 
 fn update_readme(readme: &Path, table: &str) -> Result<()> {
@@ -245,6 +292,12 @@ pub fn cache_dir(root: &Path) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn programs_skipped_for_one_reason_share_a_cell() {
+        let skipped = [("a", "no BTF"), ("b", "no BTF"), ("c", "6.10+")].map(|(p, w)| (p.to_owned(), w.to_owned()));
+        assert_eq!(skipped_cell(&skipped), "`a`, `b`: no BTF; `c`: 6.10+");
+    }
 
     #[test]
     fn kernel_names_are_unique_and_every_dep_names_a_package() {

@@ -21,6 +21,9 @@ pub enum Expect {
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Report {
     pub release: Option<String>,
+    pub variant: Option<String>,
+    /// What /init could not mount: the guest is not the host it stands for.
+    pub mount_failed: Vec<String>,
     pub booted_s: Option<f64>,
     pub ready: bool,
     pub ready_s: Option<f64>,
@@ -40,6 +43,8 @@ pub fn parse_console(console: &str) -> Report {
             let mut words = rest.split_whitespace();
             match words.next() {
                 Some("kernel") => report.release = words.next().map(str::to_owned),
+                Some("variant") => report.variant = words.next().map(str::to_owned),
+                Some("mount-failed") => report.mount_failed.push(words.collect::<Vec<_>>().join(" ")),
                 Some("booted") => report.booted_s = words.next().and_then(|s| s.parse().ok()),
                 Some("ready") => {
                     report.ready = words.next() == Some("yes");
@@ -131,19 +136,32 @@ fn span_ok(span: &Value, kind: &str) -> bool {
 pub fn observe(report: &Report) -> Observed {
     let mut seen = Observed::default();
     let log = &report.log;
+    // The "probes skipped" summary names every skipped program; the
+    // warnings before it say why.
+    let mut reasons: Vec<(String, String)> = Vec::new();
+    let mut summary: Vec<String> = Vec::new();
     for (i, line) in log.iter().enumerate() {
         if line.contains("probes attached") {
             seen.attached = list_field(line, "programs");
+        } else if line.contains("probes skipped") {
+            summary = list_field(line, "programs");
         } else if line.contains("probe skipped") {
             let end = log[i + 1..].iter().position(|l| is_log_start(l)).map_or(log.len(), |n| i + 1 + n);
             if let Some(program) = program_field(line) {
-                seen.skipped.push((program, skip_reason(line, &log[i + 1..end])));
+                reasons.push((program, skip_reason(line, &log[i + 1..end])));
             }
         } else if let Some(error) = line.strip_prefix("waggle: ") {
             seen.refusal = Some(error.to_owned());
         }
         seen.panicked |= line.contains("panicked");
     }
+    seen.skipped = summary
+        .into_iter()
+        .map(|p| {
+            let why = reasons.iter().find(|(r, _)| *r == p).map(|(_, why)| why.clone()).unwrap_or_default();
+            (p, why)
+        })
+        .collect();
     let server = report.spans.iter().find(|s| span_ok(s, "SERVER"));
     let client = report.spans.iter().find(|s| span_ok(s, "CLIENT"));
     seen.server_span = server.is_some();
@@ -164,6 +182,9 @@ pub fn judge(expect: Expect, report: &Report, seen: &Observed) -> Result<(), Str
     }
     if report.release.is_none() {
         return Err("the guest never reached /init".into());
+    }
+    if !report.mount_failed.is_empty() {
+        return Err(format!("the guest could not mount: {}", report.mount_failed.join(", ")));
     }
     match expect {
         Expect::Spans { skipped, linked } => {
@@ -220,6 +241,7 @@ mod tests {
         stack depth 0+224\r\n\
         2026-12-02T14:51:49Z  WARN waggle::probes::propagation: propagation probe skipped: outgoing requests carry no traceparent program=\"waggle_sockops\" reason=propagation off: needs Linux 6.10+\r\n\
         2026-12-02T14:51:49Z  INFO waggle::probes::load: probes attached count=2 programs=sys_exit_read,sys_enter_read\r\n\
+        2026-12-02T14:51:49Z  INFO waggle::probes::load: probes skipped count=2 programs=sys_exit_connect,waggle_sockops\r\n\
         @@wk log-end\r\n[ 11.6] reboot: Power down\r\n";
 
     #[test]
@@ -231,7 +253,7 @@ mod tests {
         assert_eq!(report.ready_s, Some(9.8));
         assert_eq!(report.agent_exit, Some(0));
         assert_eq!(report.spans.len(), 2);
-        assert_eq!(report.log.len(), 6);
+        assert_eq!(report.log.len(), 7);
     }
 
     #[test]
@@ -288,9 +310,12 @@ mod tests {
     }
 
     #[test]
-    fn a_guest_that_never_ran_init_fails() {
+    fn a_guest_that_never_ran_init_or_could_not_mount_fails() {
         let report = parse_console("Kernel panic - not syncing\n");
         let err = judge(Expect::Spans { skipped: &[], linked: false }, &report, &observe(&report)).unwrap_err();
         assert!(err.contains("never reached /init"), "{err}");
+        let report = parse_console("@@wk kernel 6.12\n@@wk mount-failed bpf /sys/fs/bpf\n@@wk ready yes 1.0\n");
+        let err = judge(Expect::Spans { skipped: &[], linked: false }, &report, &observe(&report)).unwrap_err();
+        assert!(err.contains("could not mount: bpf /sys/fs/bpf"), "{err}");
     }
 }
