@@ -189,9 +189,10 @@ pub(crate) fn connect_enter(ctx: &TracePointContext) -> Option<()> {
     }
 }
 
-// A subprogram, like the agent's own path beside it: kernels before 6.14
-// (no private stacks) add a caller's stack to its callees', and the two
-// halves together exceed the 512 bytes the verifier allows.
+// A subprogram, like the agent's own path beside it: kernels without
+// private BPF stacks (Debian's 6.1 and 6.12 among them; the 6.18 hosts here
+// have them) add a caller's stack to its callees', and the two halves
+// together exceed the 512 bytes the verifier allows.
 #[inline(never)]
 fn traced_connect_enter(ctx: &TracePointContext, pid_tgid: u64, tgid: u32) -> Option<()> {
     let fd = arg(ctx, 0) as u32;
