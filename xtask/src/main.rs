@@ -7,6 +7,7 @@ mod bench;
 mod build;
 mod cmd;
 mod fuzz;
+mod kernels;
 mod lint;
 mod setup;
 mod test;
@@ -58,12 +59,19 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Coverage-guided fuzzing of the protocol parsers (libFuzzer).
     Fuzz(fuzz::FuzzArgs),
+    /// Boot Debian's 5.10, 6.1 and 6.12 kernels (and 6.12 without BTF, and
+    /// on cgroup v1) under qemu with the agent and check what it attaches
+    /// and the spans it prints on each.
+    Kernels(kernels::KernelsArgs),
+    /// Runs in the kernel matrix's guests: a one-thread HTTP server.
+    #[command(hide = true)]
+    GuestHttpServer { port: u16, ready_file: std::path::PathBuf },
     /// rustfmt, clippy -D warnings (workspace, fuzz feature, kernel crate),
     /// no import circles, no oversized files.
     Lint,
     /// Build, install end-to-end test dependencies, run the lints (see
-    /// `lint`) and every test (and a quick benchmark round and short fuzzing
-    /// runs, so neither rots).
+    /// `lint`), every test and the kernel matrix (see `kernels`), and a
+    /// quick benchmark round and short fuzzing runs, so neither rots.
     Test {
         /// Only unit tests (`--lib --bins`): no integration or end-to-end
         /// tests, no end-to-end dependencies.
@@ -139,7 +147,25 @@ fn dispatch(command: Command) -> Result<ExitCode> {
             if let Err(e) = &lint {
                 eprintln!("xtask: {e:#}");
             }
-            test::run_tests(&root, &built, unit_only, &filter)?;
+            // Each kernel counts as one test in the tally.
+            let mut tally = test::Tally::default();
+            let matrix = if unit_only || !filter.is_empty() {
+                Ok(())
+            } else {
+                kernels::run(&root, &built, &mut apt, &kernels::KernelsArgs::default()).map(|outcomes| {
+                    for o in &outcomes {
+                        match o.verdict {
+                            Ok(()) => tally.passed += 1,
+                            Err(_) => tally.failed += 1,
+                        }
+                    }
+                })
+            };
+            if let Err(e) = &matrix {
+                eprintln!("xtask: kernel matrix could not run: {e:#}");
+                tally.failed += 1;
+            }
+            test::run_tests(&root, &built, unit_only, &filter, tally)?;
             lint?;
             bench?;
             fuzzing?;
@@ -151,6 +177,17 @@ fn dispatch(command: Command) -> Result<ExitCode> {
         }
         Command::Lint => {
             lint::run(&root)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Kernels(args) => {
+            let mut apt = Apt::new(false);
+            let toolchain = setup::setup(&mut apt)?;
+            let built = build::build(&root, &toolchain, Profile::Release)?;
+            kernels::check(&kernels::run(&root, &built, &mut apt, &args)?)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::GuestHttpServer { port, ready_file } => {
+            kernels::guest::http_server(port, &ready_file)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Bench(args) => {

@@ -160,7 +160,8 @@ pub fn harness_args(unit_only: bool, test_args: &[OsString]) -> Vec<OsString> {
     args
 }
 
-pub fn run_tests(root: &Path, built: &Built, unit_only: bool, test_args: &[OsString]) -> Result<()> {
+/// `tally` starts with the counts of checks run before (the kernel matrix).
+pub fn run_tests(root: &Path, built: &Built, unit_only: bool, test_args: &[OsString], mut tally: Tally) -> Result<()> {
     if !unit_only && !cmd::is_root() {
         eprintln!("xtask: warning: not root: the end-to-end and live tests load eBPF programs and will fail");
     }
@@ -180,7 +181,6 @@ pub fn run_tests(root: &Path, built: &Built, unit_only: bool, test_args: &[OsStr
     if !harness.is_empty() {
         cargo = cargo.arg("--").args(harness);
     }
-    let mut tally = Tally::default();
     let status = cargo.run_lines(|line| {
         cmd::out(line);
         tally.add_line(line);

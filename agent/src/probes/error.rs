@@ -18,8 +18,11 @@ pub enum ProbeError {
     NotPrivileged,
     #[error("loading the eBPF object: {0}")]
     Load(#[source] Box<EbpfError>),
-    #[error("no data-path probe attached (read/write/recvfrom/sendto), nothing can be traced: {reasons}")]
-    NoDataPath { reasons: String },
+    /// One line: each program's verifier log is already in its own warning.
+    #[error(
+        "no data-path probe attached (read/write/recvfrom/sendto) on Linux {kernel}, nothing can be traced: {why}"
+    )]
+    NoDataPath { kernel: String, why: String },
     #[error("map {name} is missing from the eBPF object")]
     MissingMap { name: &'static str },
     #[error("opening map {name}: {source}")]

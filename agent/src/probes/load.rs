@@ -19,7 +19,7 @@ use super::{
     btf::{sock_walk_offsets, Btf, BtfError, SendRoomOffsets},
     error::{is_permission, AttachError, ProbeError},
     maps::{kernel_counters, open_counters, take_map, ConnMaps, Plain},
-    propagation::{attach_propagation, fill_trusted_networks, notsent_lowat_default},
+    propagation::{attach_propagation, fill_trusted_networks, notsent_lowat_default, SK_MSG_PROGRAM, SOCKOPS_PROGRAM},
     ring::{EventSource, Heartbeat},
 };
 
@@ -167,11 +167,14 @@ impl Probes {
         // waiting (a partial send would cut the inserted line): without the
         // socket field offsets it cannot, and nothing may be inserted.
         let btf = Btf::from_sys_fs();
+        // Why propagation is off although the configuration wants it: its
+        // programs are then reported as skipped with this reason.
+        let mut no_room = None;
         let room = if config.propagation {
             match from_btf(&btf, SendRoomOffsets::from_btf) {
                 Ok(room) => Some(room),
                 Err(e) => {
-                    tracing::warn!(reason = %e, "propagation off: the socket fields that show whether a send can complete at once are not in this kernel's BTF, so inserting a header could cut a request");
+                    no_room = Some(format!("propagation off: the socket fields that show whether a send can complete at once are not in this kernel's BTF ({e}), so inserting a header could cut a request"));
                     None
                 }
             }
@@ -231,8 +234,9 @@ impl Probes {
             attached.iter().any(|a| *a == enter) && attached.iter().any(|a| *a == exit)
         });
         if !data_path_ok {
-            let reasons = skipped.iter().map(|(p, r)| format!("{p}: {r}")).collect::<Vec<_>>().join("; ");
-            return Err(ProbeError::NoDataPath { reasons });
+            let kernel = kernel_release();
+            let why = no_data_path_reason(&kernel).to_owned();
+            return Err(ProbeError::NoDataPath { kernel, why });
         }
         if let Some(nets) = &config.trusted_networks {
             fill_trusted_networks(&mut ebpf, nets)?;
@@ -249,6 +253,12 @@ impl Probes {
             &mut attached,
             &mut skipped,
         );
+        if let Some(reason) = no_room {
+            for program in [SK_MSG_PROGRAM, SOCKOPS_PROGRAM] {
+                tracing::warn!(program, reason = %reason, "propagation probe skipped: outgoing requests carry no traceparent, spans are linked within processes only");
+                skipped.push((program, reason.clone()));
+            }
+        }
         let injecting = sockmap_mode != sockmap_mode::UNSET;
         tracing::info!(count = attached.len(), programs = %attached.join(","), "probes attached");
         let skipped_names: Vec<&str> = skipped.iter().map(|(p, _)| *p).collect();
@@ -384,6 +394,24 @@ fn field_offset(format: &str, field: &str) -> Option<usize> {
     })
 }
 
+/// The running kernel's release (`uname -r`), "unknown" without /proc.
+fn kernel_release() -> String {
+    fs::read_to_string("/proc/sys/kernel/osrelease").map(|s| s.trim().to_owned()).unwrap_or_else(|_| "unknown".into())
+}
+
+/// Why no data-path program loaded, in words a user can act on. The
+/// send-side programs scan header blocks with bpf_loop, which older kernels
+/// lack; their verifier then fails with messages that do not name it (5.10:
+/// "number of funcs in func_info doesn't match number of subprogs"). A
+/// kernel that backported it got the chance to load them anyway.
+fn no_data_path_reason(release: &str) -> &'static str {
+    let mut numbers = release.split(|c: char| !c.is_ascii_digit()).map(|n| n.parse::<u32>().ok());
+    match (numbers.next().flatten(), numbers.next().flatten()) {
+        (Some(major), Some(minor)) if (major, minor) < (5, 17) => "this kernel lacks bpf_loop (needs Linux 5.17+)",
+        _ => "the kernel refused every one of them (each program's reason is logged above)",
+    }
+}
+
 /// 0 or anything above MAX_CAPTURE means MAX_CAPTURE.
 fn capture_bytes(requested: u32) -> u32 {
     match requested {
@@ -455,7 +483,6 @@ fn ensure_tracefs() {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::probes::propagation::{SK_MSG_PROGRAM, SOCKOPS_PROGRAM};
 
     #[test]
     fn ring_buffer_size_is_a_power_of_two_number_of_pages() {
@@ -486,6 +513,15 @@ mod tests {
         assert_eq!(field_offset(format, "clone_flags"), Some(32));
         assert_eq!(field_offset(format, "common_type"), Some(0));
         assert_eq!(field_offset(format, "oom_score_adj"), None);
+    }
+
+    #[test]
+    fn kernels_before_bpf_loop_are_named_as_such() {
+        assert!(no_data_path_reason("5.10.0-46-cloud-amd64").contains("needs Linux 5.17+"));
+        assert!(no_data_path_reason("4.19.0-27-amd64").contains("needs Linux 5.17+"));
+        assert!(no_data_path_reason("5.17.0").contains("refused every one"));
+        assert!(no_data_path_reason("6.1.0-57-cloud-amd64").contains("refused every one"));
+        assert!(no_data_path_reason("unknown").contains("refused every one"));
     }
 
     #[test]

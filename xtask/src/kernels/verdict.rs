@@ -1,0 +1,321 @@
+//! Reading a guest's console: what the agent attached and skipped (and
+//! why), how it exited, which spans it printed; and whether that is what
+//! this kernel is expected to do.
+use serde_json::Value;
+
+use super::guest::{MARK, PATH};
+
+/// What a kernel is expected to do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Expect {
+    /// The agent loads, skips exactly these programs, and prints a correct
+    /// SERVER and CLIENT span for the request; `linked`: the SERVER span is
+    /// the CLIENT span's child (traceparent was injected), else they are
+    /// separate traces.
+    Spans { skipped: &'static [&'static str], linked: bool },
+    /// The agent refuses to start with one error line containing this text.
+    Refuses(&'static str),
+}
+
+/// What the guest reported.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Report {
+    pub release: Option<String>,
+    pub variant: Option<String>,
+    /// What /init could not mount: the guest is not the host it stands for.
+    pub mount_failed: Vec<String>,
+    pub booted_s: Option<f64>,
+    pub ready: bool,
+    pub ready_s: Option<f64>,
+    pub agent_exit: Option<i32>,
+    pub spans: Vec<Value>,
+    pub log: Vec<String>,
+}
+
+/// Picks the marked lines out of a console transcript.
+pub fn parse_console(console: &str) -> Report {
+    let mut report = Report::default();
+    let mut section: Option<&str> = None;
+    for raw in console.lines() {
+        let line = raw.trim_end_matches('\r');
+        if let Some(at) = line.find(MARK) {
+            let rest = &line[at + MARK.len()..];
+            let mut words = rest.split_whitespace();
+            match words.next() {
+                Some("kernel") => report.release = words.next().map(str::to_owned),
+                Some("variant") => report.variant = words.next().map(str::to_owned),
+                Some("mount-failed") => report.mount_failed.push(words.collect::<Vec<_>>().join(" ")),
+                Some("booted") => report.booted_s = words.next().and_then(|s| s.parse().ok()),
+                Some("ready") => {
+                    report.ready = words.next() == Some("yes");
+                    report.ready_s = words.next().and_then(|s| s.parse().ok());
+                }
+                Some("agent-exit") => report.agent_exit = words.next().and_then(|s| s.parse().ok()),
+                Some("spans-begin") => section = Some("spans"),
+                Some("log-begin") => section = Some("log"),
+                Some("spans-end") | Some("log-end") => section = None,
+                _ => {}
+            }
+            continue;
+        }
+        match section {
+            Some("spans") => {
+                if let Ok(span) = serde_json::from_str::<Value>(line) {
+                    report.spans.push(span);
+                }
+            }
+            Some("log") => report.log.push(line.to_owned()),
+            _ => {}
+        }
+    }
+    report
+}
+
+/// What the agent did, as the table shows it.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Observed {
+    pub attached: Vec<String>,
+    /// Skipped programs with a one-line reason.
+    pub skipped: Vec<(String, String)>,
+    /// The agent's error line when it refused to run.
+    pub refusal: Option<String>,
+    pub server_span: bool,
+    pub client_span: bool,
+    /// The SERVER span's parent is the CLIENT span.
+    pub linked: bool,
+    pub panicked: bool,
+}
+
+/// `key=a,b,c` from a log line, split on commas.
+fn list_field(line: &str, key: &str) -> Vec<String> {
+    let Some(at) = line.find(&format!("{key}=")) else { return Vec::new() };
+    let value = line[at + key.len() + 1..].split_whitespace().next().unwrap_or("");
+    value.split(',').filter(|s| !s.is_empty()).map(str::to_owned).collect()
+}
+
+/// A log line's `program="name"`.
+fn program_field(line: &str) -> Option<String> {
+    let at = line.find("program=\"")? + "program=\"".len();
+    Some(line[at..].split('"').next()?.to_owned())
+}
+
+/// The reason of a "probe skipped" warning: a verifier failure is named
+/// by the verifier's last complaint (the line before its statistics),
+/// anything else by the reason's own text.
+fn skip_reason(first: &str, continuation: &[String]) -> String {
+    let reason = first.split_once("reason=").map(|(_, r)| r.trim()).unwrap_or("");
+    if reason.starts_with("BPF_PROG_LOAD failed") {
+        let complaint = continuation
+            .iter()
+            .position(|l| l.starts_with("verification time"))
+            .and_then(|i| i.checked_sub(1))
+            .map(|i| continuation[i].trim().to_owned());
+        let errno = reason.split(';').next().unwrap_or(reason).trim_start_matches("BPF_PROG_LOAD failed: ");
+        return match complaint {
+            Some(c) => format!("verifier: {c} ({errno})"),
+            None => format!("BPF_PROG_LOAD: {errno}"),
+        };
+    }
+    reason.to_owned()
+}
+
+fn is_log_start(line: &str) -> bool {
+    // tracing's lines start with an RFC 3339 time stamp; the CLI's error
+    // line with "waggle: ".
+    line.get(..4).is_some_and(|y| y.bytes().all(|b| b.is_ascii_digit())) || line.starts_with("waggle: ")
+}
+
+fn span_ok(span: &Value, kind: &str) -> bool {
+    let attrs = &span["attributes"];
+    span["kind"] == kind
+        && attrs["http.request.method"] == "GET"
+        && attrs["url.path"] == PATH
+        && attrs["http.response.status_code"] == 200
+}
+
+pub fn observe(report: &Report) -> Observed {
+    let mut seen = Observed::default();
+    let log = &report.log;
+    // The "probes skipped" summary names every skipped program; the
+    // warnings before it say why.
+    let mut reasons: Vec<(String, String)> = Vec::new();
+    let mut summary: Vec<String> = Vec::new();
+    for (i, line) in log.iter().enumerate() {
+        if line.contains("probes attached") {
+            seen.attached = list_field(line, "programs");
+        } else if line.contains("probes skipped") {
+            summary = list_field(line, "programs");
+        } else if line.contains("probe skipped") {
+            let end = log[i + 1..].iter().position(|l| is_log_start(l)).map_or(log.len(), |n| i + 1 + n);
+            if let Some(program) = program_field(line) {
+                reasons.push((program, skip_reason(line, &log[i + 1..end])));
+            }
+        } else if let Some(error) = line.strip_prefix("waggle: ") {
+            seen.refusal = Some(error.to_owned());
+        }
+        seen.panicked |= line.contains("panicked");
+    }
+    seen.skipped = summary
+        .into_iter()
+        .map(|p| {
+            let why = reasons.iter().find(|(r, _)| *r == p).map(|(_, why)| why.clone()).unwrap_or_default();
+            (p, why)
+        })
+        .collect();
+    let server = report.spans.iter().find(|s| span_ok(s, "SERVER"));
+    let client = report.spans.iter().find(|s| span_ok(s, "CLIENT"));
+    seen.server_span = server.is_some();
+    seen.client_span = client.is_some();
+    seen.linked = match (server, client) {
+        (Some(server), Some(client)) => {
+            server["parent_span_id"] == client["span_id"] && server["trace_id"] == client["trace_id"]
+        }
+        _ => false,
+    };
+    seen
+}
+
+/// Ok when the kernel did what `expect` says, else what differs.
+pub fn judge(expect: Expect, report: &Report, seen: &Observed) -> Result<(), String> {
+    if seen.panicked {
+        return Err("the agent panicked".into());
+    }
+    if report.release.is_none() {
+        return Err("the guest never reached /init".into());
+    }
+    if !report.mount_failed.is_empty() {
+        return Err(format!("the guest could not mount: {}", report.mount_failed.join(", ")));
+    }
+    match expect {
+        Expect::Spans { skipped, linked } => {
+            if !report.ready {
+                return Err(format!(
+                    "the agent never became ready: {}",
+                    seen.refusal.as_deref().unwrap_or("no error line")
+                ));
+            }
+            if report.agent_exit != Some(0) {
+                return Err(format!("the agent exited with {:?} after SIGINT", report.agent_exit));
+            }
+            let mut got: Vec<&str> = seen.skipped.iter().map(|(p, _)| p.as_str()).collect();
+            let mut want = skipped.to_vec();
+            got.sort_unstable();
+            want.sort_unstable();
+            if got != want {
+                return Err(format!("skipped {got:?}, expected {want:?}"));
+            }
+            match (seen.server_span, seen.client_span) {
+                (true, true) if seen.linked == linked => Ok(()),
+                (true, true) if linked => Err("the SERVER span is not the CLIENT span's child (no traceparent)".into()),
+                (true, true) => Err("the SERVER span is the CLIENT span's child, expected separate traces".into()),
+                (server, client) => Err(format!(
+                    "missing span(s):{}{} (GET {PATH} 200); {} span(s) printed",
+                    if server { "" } else { " SERVER" },
+                    if client { "" } else { " CLIENT" },
+                    report.spans.len()
+                )),
+            }
+        }
+        Expect::Refuses(text) => match &seen.refusal {
+            Some(line) if line.contains(text) && report.agent_exit.is_some_and(|c| c != 0) && !report.ready => Ok(()),
+            Some(line) => Err(format!("expected a refusal naming \"{text}\", got: {line}")),
+            None if report.ready => Err(format!("expected a refusal naming \"{text}\", but the agent started")),
+            None => Err(format!("expected a refusal naming \"{text}\", but the agent printed no error line")),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CONSOLE: &str = "\x1bcSeaBIOS\r\n\x1b[2J@@wk kernel 6.1.0-57-cloud-amd64\r\n\
+        @@wk booted 3.12\r\n@@wk ready yes 9.80\r\n@@wk wget-exit 0 hello\r\n@@wk agent-exit 0\r\n\
+        @@wk spans-begin\r\n\
+        {\"kind\":\"SERVER\",\"trace_id\":\"t\",\"parent_span_id\":\"c\",\"attributes\":{\"http.request.method\":\"GET\",\"url.path\":\"/matrix/hello\",\"http.response.status_code\":200}}\r\n\
+        {\"kind\":\"CLIENT\",\"trace_id\":\"t\",\"span_id\":\"c\",\"attributes\":{\"http.request.method\":\"GET\",\"url.path\":\"/matrix/hello\",\"http.response.status_code\":200}}\r\n\
+        @@wk spans-end\r\n@@wk log-begin\r\n\
+        2026-12-02T14:51:45Z  WARN waggle::probes::load: probe skipped program=\"sys_exit_connect\" reason=BPF_PROG_LOAD failed: Permission denied (os error 13); verifier log (tail):\r\n\
+        invalid read from stack R10 off=-200 size=8\r\n\
+        verification time 548584 usec\r\n\
+        stack depth 0+224\r\n\
+        2026-12-02T14:51:49Z  WARN waggle::probes::propagation: propagation probe skipped: outgoing requests carry no traceparent program=\"waggle_sockops\" reason=propagation off: needs Linux 6.10+\r\n\
+        2026-12-02T14:51:49Z  INFO waggle::probes::load: probes attached count=2 programs=sys_exit_read,sys_enter_read\r\n\
+        2026-12-02T14:51:49Z  INFO waggle::probes::load: probes skipped count=2 programs=sys_exit_connect,waggle_sockops\r\n\
+        @@wk log-end\r\n[ 11.6] reboot: Power down\r\n";
+
+    #[test]
+    fn console_sections_are_split_by_markers() {
+        let report = parse_console(CONSOLE);
+        assert_eq!(report.release.as_deref(), Some("6.1.0-57-cloud-amd64"));
+        assert_eq!(report.booted_s, Some(3.12));
+        assert!(report.ready);
+        assert_eq!(report.ready_s, Some(9.8));
+        assert_eq!(report.agent_exit, Some(0));
+        assert_eq!(report.spans.len(), 2);
+        assert_eq!(report.log.len(), 7);
+    }
+
+    #[test]
+    fn skipped_programs_carry_the_verifiers_complaint() {
+        let seen = observe(&parse_console(CONSOLE));
+        assert_eq!(seen.attached, ["sys_exit_read", "sys_enter_read"]);
+        assert_eq!(
+            seen.skipped,
+            [
+                (
+                    "sys_exit_connect".to_owned(),
+                    "verifier: invalid read from stack R10 off=-200 size=8 (Permission denied (os error 13))"
+                        .to_owned()
+                ),
+                ("waggle_sockops".to_owned(), "propagation off: needs Linux 6.10+".to_owned()),
+            ]
+        );
+        assert!(seen.server_span && seen.client_span && seen.linked);
+    }
+
+    #[test]
+    fn expectations_fail_when_behaviour_changes() {
+        let report = parse_console(CONSOLE);
+        let seen = observe(&report);
+        let both = Expect::Spans { skipped: &["waggle_sockops", "sys_exit_connect"], linked: true };
+        assert_eq!(judge(both, &report, &seen), Ok(()));
+        let err = judge(Expect::Spans { skipped: &["waggle_sockops"], linked: true }, &report, &seen).unwrap_err();
+        assert!(err.contains("skipped"), "{err}");
+        let unlinked = Expect::Spans { skipped: &["waggle_sockops", "sys_exit_connect"], linked: false };
+        let err = judge(unlinked, &report, &seen).unwrap_err();
+        assert!(err.contains("expected separate traces"), "{err}");
+        let err = judge(both, &report, &Observed { linked: false, ..seen.clone() }).unwrap_err();
+        assert!(err.contains("not the CLIENT span's child"), "{err}");
+        let no_client = Observed { client_span: false, ..seen.clone() };
+        let err = judge(both, &report, &no_client).unwrap_err();
+        assert!(err.contains("missing span(s): CLIENT"), "{err}");
+        let err = judge(Expect::Refuses("bpf_loop"), &report, &seen).unwrap_err();
+        assert!(err.contains("but the agent started"), "{err}");
+    }
+
+    #[test]
+    fn a_refusal_is_one_error_line_and_a_failing_exit() {
+        let console = "@@wk kernel 5.10.0-46-cloud-amd64\n@@wk ready no 7.1\n@@wk agent-exit 1\n\
+            @@wk spans-begin\n@@wk spans-end\n@@wk log-begin\n\
+            waggle: no data-path probe attached (read/write/recvfrom/sendto) on Linux 5.10.0-46-cloud-amd64, nothing can be traced: this kernel lacks bpf_loop (needs Linux 5.17+)\n\
+            @@wk log-end\n";
+        let report = parse_console(console);
+        let seen = observe(&report);
+        assert_eq!(judge(Expect::Refuses("lacks bpf_loop (needs Linux 5.17+)"), &report, &seen), Ok(()));
+        let err = judge(Expect::Spans { skipped: &[], linked: false }, &report, &seen).unwrap_err();
+        assert!(err.contains("never became ready"), "{err}");
+        let err = judge(Expect::Refuses("something else"), &report, &seen).unwrap_err();
+        assert!(err.contains("got: no data-path"), "{err}");
+    }
+
+    #[test]
+    fn a_guest_that_never_ran_init_or_could_not_mount_fails() {
+        let report = parse_console("Kernel panic - not syncing\n");
+        let err = judge(Expect::Spans { skipped: &[], linked: false }, &report, &observe(&report)).unwrap_err();
+        assert!(err.contains("never reached /init"), "{err}");
+        let report = parse_console("@@wk kernel 6.12\n@@wk mount-failed bpf /sys/fs/bpf\n@@wk ready yes 1.0\n");
+        let err = judge(Expect::Spans { skipped: &[], linked: false }, &report, &observe(&report)).unwrap_err();
+        assert!(err.contains("could not mount: bpf /sys/fs/bpf"), "{err}");
+    }
+}
