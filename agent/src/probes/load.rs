@@ -109,6 +109,11 @@ const PROGRAMS: &[ProgramSpec] = &[
     syscall("sys_enter_accept4"),
     syscall("sys_enter_connect"),
     syscall("sys_enter_close"),
+    // Closes without close(): the descriptor's connection ends there.
+    syscall("sys_enter_dup2"),
+    syscall("sys_enter_dup3"),
+    syscall("sys_enter_close_range"),
+    ProgramSpec { name: "sched_process_exec", category: "sched", fields: &[] },
     ProgramSpec { name: "task_newtask", category: "task", fields: &[("pid", 8), ("clone_flags", 32)] },
     ProgramSpec { name: "sched_process_exit", category: "sched", fields: &[] },
 ];

@@ -627,6 +627,8 @@ kernel_counters! {
         "connections accepted from the agent's own sockets (its export traffic to a collector on this node): not traced",
     SocketUnreadable => "kernel_socket_unreadable":
         "accepted/connected descriptors whose socket the kernel could not read (addresses taken from the caller's sockaddr, or looked up by userspace)",
+    FdSweepCut => "kernel_fd_sweep_cut":
+        "close_range() or exec() calls over more descriptors than the kernel checks (4096): connections past them end only at their close()",
 }
 
 impl Counter {

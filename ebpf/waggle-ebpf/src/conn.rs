@@ -1,7 +1,12 @@
 //! Connection lifecycle: socket() remembers inet sockets, accept()/connect()
 //! start tracking TCP connections (CONNS), close() ends them.
+use core::ffi::c_void;
+
 use aya_ebpf::{
-    helpers::{bpf_get_current_pid_tgid, generated::bpf_get_current_comm},
+    helpers::{
+        bpf_get_current_pid_tgid,
+        generated::{bpf_get_current_comm, bpf_loop},
+    },
     maps::lpm_trie::Key,
     programs::TracePointContext,
 };
@@ -14,13 +19,16 @@ use crate::{
     helpers::{arg, count, current, mint_conn_id, now_ns, stash, take_pending, wakeup_flags},
     maps::{CONNS, EVENTS, INET_STREAM_SOCKS, TRACKED_TGIDS, TRUSTED_NETS, TRUST_ALL_PEERS},
     own,
-    socket_facts::{is_inet, read_peer, walk, Ends, Walk, AF_INET, AF_INET6},
+    socket_facts::{fd_is_open, fd_table_size, is_inet, read_peer, walk, Ends, Walk, AF_INET, AF_INET6},
 };
 
 const SOCK_STREAM: u64 = 1;
 const SOCK_NONBLOCK: u64 = 0o4000;
 const SOCK_CLOEXEC: u64 = 0o2000000;
 const EINPROGRESS: i64 = 115;
+/// Descriptors one close_range() or exec checks at most (a table this large
+/// is rare; what lies past it is counted, FdSweepCut).
+const MAX_FD_SWEEP: u64 = 4096;
 
 /// Written in place in the ring buffer: the record is too big to build on
 /// the stack next to everything an accept() exit holds.
@@ -270,6 +278,13 @@ pub(crate) fn close_enter(ctx: &TracePointContext) -> Option<()> {
         own::close_enter(fd);
         return None;
     };
+    forget(pid_tgid, tgid, fd);
+    Some(())
+}
+
+/// Ends what is tracked on descriptor `fd` of this process, as close() does.
+#[inline(always)]
+fn forget(pid_tgid: u64, tgid: u32, fd: u32) {
     let key = SockKey { tgid, fd };
     if let Some(info) = CONNS.get_ptr(key) {
         // SAFETY: points at a live CONNS value, copied before the delete.
@@ -279,5 +294,101 @@ pub(crate) fn close_enter(ctx: &TracePointContext) -> Option<()> {
         emit_conn(EventKind::ConnClose, Role::from_u8(info.role), key, pid_tgid as u32, info.conn_id, &ends);
     }
     let _ = INET_STREAM_SOCKS.remove(key);
+}
+
+/// dup2(old, new) and dup3 close `new` first when it is open, without a
+/// close() call: a connection there must end before the number carries
+/// whatever `old` is (often a file).
+#[inline(always)]
+pub(crate) fn dup_enter(ctx: &TracePointContext) -> Option<()> {
+    let (old, new) = (arg(ctx, 0) as u32, arg(ctx, 1) as u32);
+    if old == new {
+        // dup2(fd, fd) closes nothing.
+        return None;
+    }
+    let (pid_tgid, tgid) = current()?;
+    forget(pid_tgid, tgid, new);
     Some(())
+}
+
+/// close_range(2)'s flag for "mark close-on-exec" instead of closing.
+const CLOSE_RANGE_CLOEXEC: u64 = 1 << 2;
+
+/// close_range(first, last, flags) closes a whole range without close().
+#[inline(always)]
+pub(crate) fn close_range_enter(ctx: &TracePointContext) -> Option<()> {
+    if arg(ctx, 2) & CLOSE_RANGE_CLOEXEC != 0 {
+        // Closed at the next exec, which sweeps then.
+        return None;
+    }
+    let (pid_tgid, tgid) = current()?;
+    TRACKED_TGIDS.get_ptr(tgid)?;
+    sweep(pid_tgid, tgid, arg(ctx, 0) as u32, arg(ctx, 1) as u32, false);
+    Some(())
+}
+
+/// exec closed the descriptors marked close-on-exec (sockets are, in most
+/// runtimes) without close() calls, and the new program's files take their
+/// numbers: connections whose descriptor is gone end here.
+#[inline(always)]
+pub(crate) fn exec(_ctx: &TracePointContext) -> Option<()> {
+    let (pid_tgid, tgid) = current()?;
+    TRACKED_TGIDS.get_ptr(tgid)?;
+    sweep(pid_tgid, tgid, 0, u32::MAX, true);
+    Some(())
+}
+
+/// What `sweep_step` works on; on the caller's stack.
+#[repr(C)]
+struct Sweep {
+    pid_tgid: u64,
+    tgid: u32,
+    first: u32,
+    /// Keep descriptors that are still open (exec); else forget every one.
+    only_closed: u32,
+    _pad: u32,
+}
+
+extern "C" fn sweep_step(index: u64, ctx: *mut c_void) -> i64 {
+    // SAFETY: bpf_loop passes back the pointer `sweep` gave it: a Sweep on
+    // the caller's stack, alive for the whole loop.
+    let sweep = unsafe { &*ctx.cast::<Sweep>() };
+    let fd = sweep.first.wrapping_add(index as u32);
+    let key = SockKey { tgid: sweep.tgid, fd };
+    if CONNS.get_ptr(key).is_none() && INET_STREAM_SOCKS.get_ptr(key).is_none() {
+        return 0;
+    }
+    // Unknown (no BTF walk): forgotten, so a file never inherits the state.
+    if sweep.only_closed != 0 && fd_is_open(fd) == Some(true) {
+        return 0;
+    }
+    forget(sweep.pid_tgid, sweep.tgid, fd);
+    0
+}
+
+/// Forgets the descriptors in [first, last] of this process (those still
+/// open are kept when `only_closed`), up to MAX_FD_SWEEP of them past the
+/// end of the process's descriptor table.
+#[inline(always)]
+fn sweep(pid_tgid: u64, tgid: u32, first: u32, last: u32, only_closed: bool) {
+    // No descriptor at or past the table's size is open.
+    let last = match fd_table_size() {
+        Some(0) => return,
+        Some(size) if size - 1 < last => size - 1,
+        _ => last,
+    };
+    if first > last {
+        return;
+    }
+    let mut n = u64::from(last - first) + 1;
+    if n > MAX_FD_SWEEP {
+        count(Counter::FdSweepCut);
+        n = MAX_FD_SWEEP;
+    }
+    let mut state = Sweep { pid_tgid, tgid, first, only_closed: u32::from(only_closed), _pad: 0 };
+    // SAFETY: the callback is a static function of the right signature; the
+    // context pointer outlives the call.
+    unsafe {
+        bpf_loop(n as u32, sweep_step as *const () as *mut c_void, (&mut state as *mut Sweep).cast(), 0);
+    }
 }

@@ -116,6 +116,30 @@ pub fn sys_exit_accept4(ctx: TracePointContext) -> u32 {
 }
 
 #[tracepoint]
+pub fn sys_enter_dup2(ctx: TracePointContext) -> u32 {
+    let _ = conn::dup_enter(&ctx);
+    0
+}
+
+#[tracepoint]
+pub fn sys_enter_dup3(ctx: TracePointContext) -> u32 {
+    let _ = conn::dup_enter(&ctx);
+    0
+}
+
+#[tracepoint]
+pub fn sys_enter_close_range(ctx: TracePointContext) -> u32 {
+    let _ = conn::close_range_enter(&ctx);
+    0
+}
+
+#[tracepoint]
+pub fn sched_process_exec(ctx: TracePointContext) -> u32 {
+    let _ = conn::exec(&ctx);
+    0
+}
+
+#[tracepoint]
 pub fn sys_enter_connect(ctx: TracePointContext) -> u32 {
     let _ = conn::connect_enter(&ctx);
     0

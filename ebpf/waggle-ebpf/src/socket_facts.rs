@@ -82,20 +82,50 @@ fn at(base: u64, off: u32) -> u64 {
     base.wrapping_add(u64::from(off))
 }
 
+/// The current task's descriptor table (`struct fdtable *`) and its size.
+#[inline(always)]
+fn fd_table(off: &SockWalkOffsets) -> Option<(u64, u32)> {
+    // SAFETY: plain helper call without arguments.
+    let task = unsafe { bpf_get_current_task() };
+    let files: u64 = read(at(task, off.task_files))?;
+    let fdt: u64 = read(at(files, off.files_fdt))?;
+    let max_fds: u32 = read(at(fdt, off.fdt_max_fds))?;
+    Some((fdt, max_fds))
+}
+
+/// The `struct file` at descriptor `fd` (0: not open), None if unreadable.
+#[inline(always)]
+fn file_of_fd(fd: u32, off: &SockWalkOffsets) -> Option<u64> {
+    let (fdt, max_fds) = fd_table(off)?;
+    if fd >= max_fds {
+        return Some(0);
+    }
+    let fds: u64 = read(at(fdt, off.fdt_fd))?;
+    read(fds.wrapping_add(u64::from(fd) * 8))
+}
+
+#[inline(always)]
+fn walk_offsets() -> Option<&'static SockWalkOffsets> {
+    SOCK_WALK.get(0).filter(|off| off.enabled != 0)
+}
+
+/// Size of the current task's descriptor table; None where the walk is off.
+#[inline(always)]
+pub(crate) fn fd_table_size() -> Option<u32> {
+    fd_table(walk_offsets()?).map(|(_, size)| size)
+}
+
+/// Whether descriptor `fd` of the current task is open; None if unknown.
+#[inline(always)]
+pub(crate) fn fd_is_open(fd: u32) -> Option<bool> {
+    file_of_fd(fd, walk_offsets()?).map(|file| file != 0)
+}
+
 /// The `struct socket` behind descriptor `fd` of the current task, None if
 /// the descriptor is not a socket; Err(()) if the walk could not tell.
 #[inline(always)]
 fn socket_of_fd(fd: u32, off: &SockWalkOffsets) -> Result<Option<u64>, ()> {
-    // SAFETY: plain helper call without arguments.
-    let task = unsafe { bpf_get_current_task() };
-    let files: u64 = read(at(task, off.task_files)).ok_or(())?;
-    let fdt: u64 = read(at(files, off.files_fdt)).ok_or(())?;
-    let max_fds: u32 = read(at(fdt, off.fdt_max_fds)).ok_or(())?;
-    if fd >= max_fds {
-        return Err(());
-    }
-    let fds: u64 = read(at(fdt, off.fdt_fd)).ok_or(())?;
-    let file: u64 = read(fds.wrapping_add(u64::from(fd) * 8)).ok_or(())?;
+    let file = file_of_fd(fd, off).ok_or(())?;
     if file == 0 {
         return Err(());
     }

@@ -16,7 +16,8 @@ use crate::{
 /// and every span is checked by [`check_db_span`] and `check`. Returns the
 /// spans emitted.
 pub fn fuzz_script(data: &[u8], detector: &dyn ProtocolDetector, check: fn(&ParsedSpan)) -> usize {
-    let new_parser = |role| detector.new_parser(role, &ParserConfig { raw_sql: role == Role::Unknown, ..ParserConfig::default() });
+    let new_parser =
+        |role| detector.new_parser(role, &ParserConfig { raw_sql: role == Role::Unknown, ..ParserConfig::default() });
     script::run(data, detector, new_parser, |span, role, _| {
         check_db_span(span, role);
         check(span);
