@@ -614,6 +614,21 @@ async fn dead_port() -> SocketAddr {
     addr
 }
 
+/// An exporter to `endpoint` sending batches of three, with a 500 ms timeout.
+fn exporter_of_three(endpoint: String, protocol: OtlpProtocol) -> (crate::export::ExportHandle, Arc<Metrics>) {
+    let mut config = otlp_config(endpoint, protocol);
+    config.timeout = Duration::from_millis(500);
+    let metrics = Arc::new(Metrics::default());
+    let c = crate::Config {
+        otlp: Some(config),
+        print: None,
+        max_export_batch: 3,
+        export_interval: Duration::from_millis(10),
+        ..crate::Config::default()
+    };
+    (crate::export::spawn_exporter(&c, metrics.clone()).unwrap(), metrics)
+}
+
 #[tokio::test]
 async fn dead_collector_gives_counted_failures_and_no_panic() {
     for protocol in [OtlpProtocol::HttpProtobuf, OtlpProtocol::Grpc] {
@@ -622,17 +637,7 @@ async fn dead_collector_gives_counted_failures_and_no_panic() {
             OtlpProtocol::Grpc => format!("http://{addr}"),
             OtlpProtocol::HttpProtobuf => format!("http://{addr}/v1/traces"),
         };
-        let mut config = otlp_config(endpoint, protocol);
-        config.timeout = Duration::from_millis(500);
-        let metrics = Arc::new(Metrics::default());
-        let c = crate::Config {
-            otlp: Some(config),
-            print: None,
-            max_export_batch: 3,
-            export_interval: Duration::from_millis(10),
-            ..crate::Config::default()
-        };
-        let handle = crate::export::spawn_exporter(&c, metrics.clone()).unwrap();
+        let (handle, metrics) = exporter_of_three(endpoint, protocol);
         let mut other = span("other");
         other.resource = other_process();
         for i in 0..5 {
@@ -647,17 +652,7 @@ async fn dead_collector_gives_counted_failures_and_no_panic() {
 #[tokio::test]
 async fn a_batch_is_held_while_the_collector_is_down_and_delivered_when_it_is_back() {
     let addr = dead_port().await;
-    let mut config = otlp_config(format!("http://{addr}/v1/traces"), OtlpProtocol::HttpProtobuf);
-    config.timeout = Duration::from_millis(500);
-    let metrics = Arc::new(Metrics::default());
-    let c = crate::Config {
-        otlp: Some(config),
-        print: None,
-        max_export_batch: 3,
-        export_interval: Duration::from_millis(10),
-        ..crate::Config::default()
-    };
-    let handle = crate::export::spawn_exporter(&c, metrics.clone()).unwrap();
+    let (handle, metrics) = exporter_of_three(format!("http://{addr}/v1/traces"), OtlpProtocol::HttpProtobuf);
     for i in 0..3 {
         handle.send(span(&format!("s{i}")));
     }
