@@ -1,0 +1,121 @@
+//! Connection floods (issue 15): 100k idle connections, and a slowloris
+//! client on 5k connections, both ends traced. The agent must stay alive
+//! and inside its memory bounds, and say what it shed in its counters.
+//! Each test prints one `FIGURE` line (see docs/reliability.md).
+use std::{
+    thread,
+    time::{Duration, Instant},
+};
+
+use waggle_e2e::{
+    e2e_setup,
+    env::free_port,
+    figure, python_script, run_client,
+    scrape::{sample, scrape},
+    Agent, ClientRun, OtlpReceiver, Protocol,
+};
+
+const MIB: u64 = 1024 * 1024;
+
+fn rss(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':')?.trim().strip_suffix("kB")?.trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
+/// The agent with its metrics endpoint; `extra` flags on top.
+fn agent(receiver: &OtlpReceiver, extra: &[&str]) -> (Agent, u16) {
+    let port = free_port();
+    let mut args = receiver.agent_args(Protocol::HttpProtobuf);
+    args.extend(["--metrics-addr".to_owned(), format!("127.0.0.1:{port}")]);
+    args.extend(extra.iter().map(|a| (*a).to_owned()));
+    (Agent::start(&args, &[]), port)
+}
+
+/// Runs flood.py on a thread; meanwhile calls `sample` every 500 ms.
+fn flood(mode: &str, n: u32, seconds: u32, mut sample: impl FnMut()) -> ClientRun {
+    let (mode, n, s) = (mode.to_owned(), n.to_string(), seconds.to_string());
+    let run = thread::spawn(move || {
+        let mut cmd = python_script("flood.py");
+        cmd.args([mode, n, s]);
+        run_client("flood", &mut cmd, Duration::from_secs(300))
+    });
+    while !run.is_finished() {
+        sample();
+        thread::sleep(Duration::from_millis(500));
+    }
+    let run = run.join().unwrap_or_else(|_| panic!("the flood thread panicked"));
+    run.assert_success();
+    run
+}
+
+#[test]
+#[ignore = "needs root and the agent binary: cargo xtask test runs it"]
+fn a_hundred_thousand_idle_connections_stay_within_bounds_and_are_counted() {
+    let _guard = e2e_setup("a_hundred_thousand_idle_connections_stay_within_bounds_and_are_counted");
+    const N: u32 = 100_000;
+    const RSS_BOUND: u64 = 200 * MIB;
+    let receiver = OtlpReceiver::start();
+    let (mut agent, metrics) = agent(&receiver, &[]);
+    let pid = agent.pid();
+    let started = Instant::now();
+    let (mut peak, mut tracked_peak) = (0, 0);
+    let run = flood("idle", N, 20, || {
+        peak = peak.max(rss(pid, "VmRSS"));
+        let body = scrape(metrics);
+        tracked_peak = tracked_peak.max(sample(&body, "waggle_connections_tracked").unwrap_or(0));
+    });
+    assert!(run.stdout.contains(&format!("open={N}")), "{run:?}");
+    assert!(agent.is_running(), "agent died under the flood:\n{}", agent.stderr_tail(40));
+    let peak = peak.max(rss(pid, "VmHWM"));
+    let out = agent.stop();
+    let (opened, evicted, lost) =
+        (out.counter("conns_opened"), out.counter("conns_evicted"), out.counter("kernel_events_lost"));
+    assert!(peak < RSS_BOUND, "agent RSS peaked at {} MiB with {N} connections", peak / MIB);
+    assert!(tracked_peak <= 65_536, "the connection table holds at most 65536: {tracked_peak}");
+    // 2N descriptors: what the table could not hold is counted, not lost.
+    assert!(opened + lost > u64::from(N), "the agent saw {opened} opens ({lost} events lost) of {} ends", 2 * N);
+    assert!(evicted > 0, "{opened} connections through a 65536-entry table without an eviction counted");
+    figure(&format!(
+        "{N} idle connections (both ends traced, {} descriptors) in {:.0} s: agent RSS peak {} MiB, \
+         {tracked_peak} connections tracked at most, {evicted} evicted and counted, {lost} kernel events lost \
+         and counted, agent alive",
+        2 * N,
+        started.elapsed().as_secs_f64(),
+        peak / MIB
+    ));
+}
+
+#[test]
+#[ignore = "needs root and the agent binary: cargo xtask test runs it"]
+fn a_slowloris_flood_stays_within_the_buffer_budget() {
+    let _guard = e2e_setup("a_slowloris_flood_stays_within_the_buffer_budget");
+    const N: u32 = 5_000;
+    const BUDGET: u64 = 1024 * 1024;
+    let receiver = OtlpReceiver::start();
+    let budget = BUDGET.to_string();
+    let (mut agent, metrics) = agent(&receiver, &["--max-buffer-bytes", &budget]);
+    let pid = agent.pid();
+    let (mut peak, mut buffered_peak) = (0, 0);
+    let run = flood("slowloris", N, 20, || {
+        peak = peak.max(rss(pid, "VmRSS"));
+        let body = scrape(metrics);
+        buffered_peak = buffered_peak.max(sample(&body, "waggle_buffered_bytes").unwrap_or(0));
+    });
+    assert!(run.stdout.contains(&format!("open={N}")), "{run:?}");
+    assert!(agent.is_running(), "agent died under slowloris:\n{}", agent.stderr_tail(40));
+    let peak = peak.max(rss(pid, "VmHWM"));
+    let out = agent.stop();
+    let dropped = out.counter("buffers_dropped_over_budget");
+    assert!(buffered_peak <= BUDGET, "buffered {buffered_peak} bytes past the {BUDGET}-byte budget");
+    assert!(dropped > 0, "{N} heads growing for 20 s must outgrow {BUDGET} bytes: nothing counted as dropped");
+    figure(&format!(
+        "slowloris, {N} connections adding a header byte a second for 20 s: buffered at most {} KiB \
+         (budget {} KiB), {dropped} partial heads dropped and counted, agent RSS peak {} MiB",
+        buffered_peak / 1024,
+        BUDGET / 1024,
+        peak / MIB
+    ));
+}
