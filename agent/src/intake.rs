@@ -30,6 +30,8 @@ pub enum DecodeError {
     Short { kind: EventKind, len: usize },
     #[error("data record claims {claimed} payload bytes but carries {carried}")]
     BadPayloadLength { claimed: usize, carried: usize },
+    #[error("data record says its syscall moved {total} bytes, less than the {captured} captured or more than a syscall can")]
+    BadTotalLength { total: u64, captured: usize },
 }
 
 /// Copies the record's header out: the ring buffer aligns records to 8
@@ -51,6 +53,10 @@ pub fn decode(bytes: &[u8]) -> Result<RawEvent<'_>, DecodeError> {
             let carried = bytes.len() - size_of::<DataEvent>();
             if claimed > carried || claimed > MAX_CAPTURE {
                 return Err(DecodeError::BadPayloadLength { claimed, carried });
+            }
+            // A syscall returns at most isize::MAX bytes.
+            if header.total_len < claimed as u64 || header.total_len > isize::MAX as u64 {
+                return Err(DecodeError::BadTotalLength { total: header.total_len, captured: claimed });
             }
             let start = size_of::<DataEvent>();
             RawEvent::Data { header, payload: &bytes[start..start + claimed] }
@@ -101,6 +107,17 @@ mod tests {
         let header = DataEvent { kind: EventKind::Data as u8, captured_len: 100, ..Default::default() };
         let rec = as_bytes(&header);
         assert!(matches!(decode(&rec), Err(DecodeError::BadPayloadLength { .. })));
+        let mut rec =
+            as_bytes(&DataEvent { kind: EventKind::Data as u8, captured_len: 2, total_len: 1, ..Default::default() });
+        rec.extend_from_slice(b"ab");
+        assert!(matches!(decode(&rec), Err(DecodeError::BadTotalLength { total: 1, captured: 2 })));
+        let rec = as_bytes(&DataEvent {
+            kind: EventKind::Data as u8,
+            captured_len: 0,
+            total_len: u64::MAX,
+            ..Default::default()
+        });
+        assert!(matches!(decode(&rec), Err(DecodeError::BadTotalLength { .. })));
         assert_eq!(decode(&[]).unwrap_err(), DecodeError::Empty);
         assert_eq!(decode(&[99, 1, 2]).unwrap_err(), DecodeError::UnknownKind(99));
         assert!(matches!(decode(&[EventKind::ConnOpen as u8, 0]), Err(DecodeError::Short { .. })));

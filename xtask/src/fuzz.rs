@@ -10,8 +10,9 @@ use anyhow::{Context, Result};
 
 use crate::cmd::{self, Cmd};
 
-/// The parsers with a libFuzzer target in fuzz/fuzz_targets/.
-pub const TARGETS: [&str; 3] = ["http1", "postgres", "mysql"];
+/// The libFuzzer targets in fuzz/fuzz_targets/: the protocol parsers, and
+/// ring-buffer records through the tracker and linker (the kernel/user ABI).
+pub const TARGETS: [&str; 4] = ["http1", "postgres", "mysql", "records"];
 
 /// What cargo-fuzz passes to rustc for libFuzzer's coverage feedback.
 const COVERAGE_RUSTFLAGS: &str = "-Cpasses=sancov-module \
@@ -49,15 +50,20 @@ pub fn run(root: &Path, args: &FuzzArgs) -> Result<()> {
             std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         }
         let binary = root.join("fuzz/target").join(&host).join("release").join(target);
-        Cmd::new(&binary)
+        // New finds go to target/; the corpus kept in the repository
+        // (fuzz/corpus/<target>, seeds and finds worth keeping) is read.
+        let kept = root.join("fuzz/corpus").join(target);
+        let mut run = Cmd::new(&binary)
             .cwd(root)
             .arg(format!("-max_total_time={}", args.seconds))
             .arg("-rss_limit_mb=2048")
             .arg("-print_final_stats=1")
             .arg(format!("-artifact_prefix={}/", artifacts.display()))
-            .arg(&corpus)
-            .run()
-            .with_context(|| format!("fuzz target {target} failed: see {}", artifacts.display()))?;
+            .arg(&corpus);
+        if kept.is_dir() {
+            run = run.arg(&kept);
+        }
+        run.run().with_context(|| format!("fuzz target {target} failed: see {}", artifacts.display()))?;
         cmd::out(&format!("fuzz target {target}: no crash in {} s", args.seconds));
     }
     Ok(())

@@ -57,7 +57,8 @@ enum Command {
     /// Measure waggle's overhead (nginx, Flask vs OTel SDK, pgbench,
     /// per-syscall cost, sustained rate); see bench/README.md.
     Bench(bench::BenchArgs),
-    /// Coverage-guided fuzzing of the protocol parsers (libFuzzer).
+    /// Coverage-guided fuzzing of the protocol parsers and the kernel/user
+    /// record ABI (libFuzzer); `--seconds 600` for a scheduled long run.
     Fuzz(fuzz::FuzzArgs),
     /// Boot Debian's 5.10, 6.1 and 6.12 kernels (and 6.12 without BTF, and
     /// on cgroup v1) under qemu with the agent and check what it attaches

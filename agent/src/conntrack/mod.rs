@@ -472,7 +472,13 @@ impl ConnTracker {
                 let joined: Vec<u8>;
                 let candidate = if continuing {
                     joined = [buf.as_slice(), payload].concat();
-                    Chunk { bytes: &joined, total_len: buf.len() as u64 + chunk.total_len, enter_ns, tid, ..chunk }
+                    Chunk {
+                        bytes: &joined,
+                        total_len: (buf.len() as u64).saturating_add(chunk.total_len),
+                        enter_ns,
+                        tid,
+                        ..chunk
+                    }
                 } else {
                     chunk
                 };

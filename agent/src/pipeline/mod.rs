@@ -6,7 +6,12 @@
 //! tracker asks of the kernel and /proc, `seed.rs` adopts sockets that
 //! existed before the probes attached.
 mod env;
+#[cfg(any(test, feature = "fuzz"))]
+mod fuzz;
 mod seed;
+
+#[cfg(any(test, feature = "fuzz"))]
+pub use fuzz::fuzz_records;
 
 use std::{collections::HashMap, future::Future, sync::Arc, time::Duration};
 
