@@ -119,3 +119,56 @@ fn a_slowloris_flood_stays_within_the_buffer_budget() {
         peak / MIB
     ));
 }
+
+/// utime + stime of `pid`, in clock ticks (USER_HZ, 100 per second).
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name, which may hold spaces: ") S ppid ...".
+    let fields: Vec<&str> = stat.rsplit_once(") ").map_or("", |(_, rest)| rest).split_whitespace().collect();
+    let field = |i: usize| fields.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    // utime and stime are fields 14 and 15 of stat, 12 and 13 after ") ".
+    field(11) + field(12)
+}
+
+#[test]
+#[ignore = "needs root, nginx, wrk and the agent binary: cargo xtask test runs it"]
+fn connection_churn_is_traced_or_counted() {
+    let _guard = e2e_setup("connection_churn_is_traced_or_counted");
+    const SECONDS: u64 = 5;
+    let nginx = waggle_e2e::Server::nginx();
+    let receiver = OtlpReceiver::start();
+    let (mut agent, _metrics) = agent(&receiver, &[]);
+    let pid = agent.pid();
+    let cpu_before = cpu_ticks(pid);
+    // A new connection per request, as fast as nginx takes them.
+    let mut wrk = std::process::Command::new("wrk");
+    wrk.args(["-t1", "-c32", &format!("-d{SECONDS}s"), "-H", "Connection: close", &nginx.url("/")]);
+    let run = run_client("wrk", &mut wrk, Duration::from_secs(SECONDS + 30));
+    run.assert_success();
+    let requests: u64 = run
+        .stdout
+        .lines()
+        .find_map(|l| l.trim().split_once(" requests in ").and_then(|(n, _)| n.trim().parse().ok()))
+        .unwrap_or_else(|| panic!("no request count in wrk's output:\n{}", run.stdout));
+    assert!(agent.is_running(), "agent died under churn:\n{}", agent.stderr_tail(40));
+    let peak = rss(pid, "VmHWM");
+    let cpu = cpu_ticks(pid).saturating_sub(cpu_before);
+    let out = agent.stop();
+    let (spans, lost, dropped) =
+        (out.counter("spans_created"), out.counter("kernel_events_lost"), out.counter("exchanges_dropped"));
+    assert!(peak < 150 * MIB, "agent RSS peaked at {} MiB", peak / MIB);
+    // wrk and nginx each make a span per request; what is missing must show
+    // as a counted loss.
+    assert!(
+        spans + 10 >= 2 * requests || lost + dropped > 0,
+        "{requests} requests, {spans} spans and nothing counted as lost"
+    );
+    let per_conn_us = cpu as f64 * 10_000.0 / requests.max(1) as f64;
+    figure(&format!(
+        "connection churn (Connection: close, wrk -c32) for {SECONDS} s: {} new connections/s, {spans} spans for \
+         {requests} requests, {lost} kernel events lost and {dropped} exchanges dropped (counted), agent CPU \
+         {per_conn_us:.1} µs per connection (both ends), RSS peak {} MiB",
+        requests / SECONDS,
+        peak / MIB
+    ));
+}

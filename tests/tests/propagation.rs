@@ -498,10 +498,11 @@ fn stopped_agent_stops_injecting_and_killed_agent_leaves_nothing_attached() {
         "sockops/sk_msg took {programs_gone_after:?} to go after SIGKILL"
     );
     assert!(b_direct(&b).is_empty(), "nothing injects after the agent died");
-    eprintln!(
-        "stall: injection stopped {stop_took:?} after SIGSTOP ({requests} requests, all answered), resumed on SIGCONT; \
-         SIGKILL: sockops/sk_msg gone after {programs_gone_after:?}, every propagation map after {gone_after:?}"
-    );
+    waggle_e2e::figure(&format!(
+        "agent stalled (SIGSTOP): injection stopped {stop_took:?} after it ({requests} requests, all answered), \
+         resumed on SIGCONT; agent killed (SIGKILL): sockops/sk_msg gone after {programs_gone_after:?}, every \
+         propagation map after {gone_after:?}"
+    ));
     drop(agent);
 }
 

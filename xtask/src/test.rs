@@ -51,6 +51,8 @@ pub const E2E_DEPS: &[Dep] = &[
     // the CLI edge test drops privileges with setpriv (util-linux).
     Dep { packages: &["nodejs"], command: Some("node") },
     Dep { packages: &["util-linux"], command: Some("setpriv") },
+    // Connection churn (tests/tests/floods.rs).
+    Dep { packages: &["wrk"], command: Some("wrk") },
     // Traffic-integrity suite (tests/tests/integrity.rs): Go and Java
     // clients built at test time (node, curl and nginx are above).
     Dep { packages: &["golang-go"], command: Some("go") },

@@ -114,6 +114,11 @@ const PROGRAMS: &[ProgramSpec] = &[
     syscall("sys_enter_dup3"),
     syscall("sys_enter_close_range"),
     ProgramSpec { name: "sched_process_exec", category: "sched", fields: &[] },
+    // Paths whose bytes are not read: counted on tracked connections.
+    syscall("sys_enter_splice"),
+    syscall("sys_enter_recvmmsg"),
+    syscall("sys_enter_sendmmsg"),
+    syscall("sys_enter_io_uring_setup"),
     ProgramSpec { name: "task_newtask", category: "task", fields: &[("pid", 8), ("clone_flags", 32)] },
     ProgramSpec { name: "sched_process_exit", category: "sched", fields: &[] },
 ];

@@ -629,6 +629,10 @@ kernel_counters! {
         "accepted/connected descriptors whose socket the kernel could not read (addresses taken from the caller's sockaddr, or looked up by userspace)",
     FdSweepCut => "kernel_fd_sweep_cut":
         "close_range() or exec() calls over more descriptors than the kernel checks (4096): connections past them end only at their close()",
+    UnseenIo => "kernel_unseen_io":
+        "splice(), recvmmsg() or sendmmsg() calls on tracked connections: bytes moved by a path the agent does not read (spans of those exchanges may be missing or cut)",
+    IoUringSetup => "kernel_io_uring_setup":
+        "io_uring instances set up by processes with tracked connections: I/O submitted through them is not seen",
 }
 
 impl Counter {

@@ -311,6 +311,31 @@ pub(crate) fn dup_enter(ctx: &TracePointContext) -> Option<()> {
     Some(())
 }
 
+/// splice(fd_in, off_in, fd_out, ...), recvmmsg(fd, ...), sendmmsg(fd, ...):
+/// bytes a tracked connection moves without a buffer the agent reads. Not
+/// followed, counted.
+#[inline(always)]
+pub(crate) fn unseen_io_enter(ctx: &TracePointContext, fds: &[usize]) -> Option<()> {
+    let (_, tgid) = current()?;
+    for &n in fds {
+        if CONNS.get_ptr(SockKey { tgid, fd: arg(ctx, n) as u32 }).is_some() {
+            count(Counter::UnseenIo);
+            return Some(());
+        }
+    }
+    Some(())
+}
+
+/// io_uring_setup by a process with tracked connections: what it submits
+/// through the ring is not seen.
+#[inline(always)]
+pub(crate) fn io_uring_setup_enter(_ctx: &TracePointContext) -> Option<()> {
+    let (_, tgid) = current()?;
+    TRACKED_TGIDS.get_ptr(tgid)?;
+    count(Counter::IoUringSetup);
+    Some(())
+}
+
 /// close_range(2)'s flag for "mark close-on-exec" instead of closing.
 const CLOSE_RANGE_CLOEXEC: u64 = 1 << 2;
 

@@ -134,6 +134,31 @@ pub fn sys_enter_close_range(ctx: TracePointContext) -> u32 {
 }
 
 #[tracepoint]
+pub fn sys_enter_splice(ctx: TracePointContext) -> u32 {
+    // splice(fd_in, off_in, fd_out, ...)
+    let _ = conn::unseen_io_enter(&ctx, &[0, 2]);
+    0
+}
+
+#[tracepoint]
+pub fn sys_enter_recvmmsg(ctx: TracePointContext) -> u32 {
+    let _ = conn::unseen_io_enter(&ctx, &[0]);
+    0
+}
+
+#[tracepoint]
+pub fn sys_enter_sendmmsg(ctx: TracePointContext) -> u32 {
+    let _ = conn::unseen_io_enter(&ctx, &[0]);
+    0
+}
+
+#[tracepoint]
+pub fn sys_enter_io_uring_setup(ctx: TracePointContext) -> u32 {
+    let _ = conn::io_uring_setup_enter(&ctx);
+    0
+}
+
+#[tracepoint]
 pub fn sched_process_exec(ctx: TracePointContext) -> u32 {
     let _ = conn::exec(&ctx);
     0
