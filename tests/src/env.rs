@@ -313,3 +313,13 @@ pub fn python_script(script: &str) -> Command {
     cmd.arg("-u").arg(fixture(script));
     cmd
 }
+
+/// A memory field of `/proc/<pid>/status` (`VmRSS`, `VmHWM`, ...) in bytes;
+/// 0 when the process or the field is gone.
+pub fn proc_memory(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':')?.trim().strip_suffix("kB")?.trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}

@@ -7,7 +7,7 @@ use std::{thread, time::Duration};
 
 use waggle_e2e::{
     client_spans, curl, e2e_setup,
-    env::{free_port, poll_until},
+    env::{free_port, poll_until, proc_memory},
     figure, python_script, run_client,
     scrape::{counter, scrape},
     with_path, Agent, AgentOutput, ClientRun, OtlpReceiver, Server, SPAN_TIMEOUT,
@@ -57,15 +57,6 @@ impl Spans {
     }
 }
 
-/// Resident memory of `pid` (field `VmRSS` or `VmHWM` of its status), bytes.
-fn memory(pid: u32, field: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':')?.trim().strip_suffix("kB")?.trim().parse::<u64>().ok())
-        .map_or(0, |kb| kb * 1024)
-}
-
 /// `steady_client.py` against `url` on a thread of its own.
 fn steady_load(url: String, rate: u32, seconds: u64, threads: u32) -> thread::JoinHandle<ClientRun> {
     thread::spawn(move || {
@@ -109,7 +100,7 @@ fn collector_outage_keeps_the_queue_and_delivers_it_when_the_collector_returns()
     let load = steady_load(nginx.url("/"), 40, OUTAGE.as_secs(), 2);
     let mut rss_peak = 0;
     while !load.is_finished() {
-        rss_peak = rss_peak.max(memory(agent.pid(), "VmRSS"));
+        rss_peak = rss_peak.max(proc_memory(agent.pid(), "VmRSS"));
         thread::sleep(Duration::from_millis(500));
     }
     let run = load.join().unwrap_or_else(|_| panic!("the load thread panicked"));
@@ -128,7 +119,7 @@ fn collector_outage_keeps_the_queue_and_delivers_it_when_the_collector_returns()
         done
     });
     assert!(caught_up, "the agent never delivered what it queued after the collector came back: {settled:?}");
-    let peak = rss_peak.max(memory(agent.pid(), "VmHWM"));
+    let peak = rss_peak.max(proc_memory(agent.pid(), "VmHWM"));
     let out = agent.stop();
     let spans = Spans::from_shutdown(&out);
 

@@ -9,21 +9,13 @@ use std::{
 
 use waggle_e2e::{
     e2e_setup,
-    env::free_port,
+    env::{free_port, proc_memory},
     figure, python_script, run_client,
     scrape::{sample, scrape},
     Agent, ClientRun, OtlpReceiver, Protocol,
 };
 
 const MIB: u64 = 1024 * 1024;
-
-fn rss(pid: u32, field: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':')?.trim().strip_suffix("kB")?.trim().parse::<u64>().ok())
-        .map_or(0, |kb| kb * 1024)
-}
 
 /// The agent with its metrics endpoint; `extra` flags on top.
 fn agent(receiver: &OtlpReceiver, extra: &[&str]) -> (Agent, u16) {
@@ -63,13 +55,13 @@ fn a_hundred_thousand_idle_connections_stay_within_bounds_and_are_counted() {
     let started = Instant::now();
     let (mut peak, mut tracked_peak) = (0, 0);
     let run = flood("idle", N, 20, || {
-        peak = peak.max(rss(pid, "VmRSS"));
+        peak = peak.max(proc_memory(pid, "VmRSS"));
         let body = scrape(metrics);
         tracked_peak = tracked_peak.max(sample(&body, "waggle_connections_tracked").unwrap_or(0));
     });
     assert!(run.stdout.contains(&format!("open={N}")), "{run:?}");
     assert!(agent.is_running(), "agent died under the flood:\n{}", agent.stderr_tail(40));
-    let peak = peak.max(rss(pid, "VmHWM"));
+    let peak = peak.max(proc_memory(pid, "VmHWM"));
     let out = agent.stop();
     let (opened, evicted, lost) =
         (out.counter("conns_opened"), out.counter("conns_evicted"), out.counter("kernel_events_lost"));
@@ -100,13 +92,13 @@ fn a_slowloris_flood_stays_within_the_buffer_budget() {
     let pid = agent.pid();
     let (mut peak, mut buffered_peak) = (0, 0);
     let run = flood("slowloris", N, 20, || {
-        peak = peak.max(rss(pid, "VmRSS"));
+        peak = peak.max(proc_memory(pid, "VmRSS"));
         let body = scrape(metrics);
         buffered_peak = buffered_peak.max(sample(&body, "waggle_buffered_bytes").unwrap_or(0));
     });
     assert!(run.stdout.contains(&format!("open={N}")), "{run:?}");
     assert!(agent.is_running(), "agent died under slowloris:\n{}", agent.stderr_tail(40));
-    let peak = peak.max(rss(pid, "VmHWM"));
+    let peak = peak.max(proc_memory(pid, "VmHWM"));
     let out = agent.stop();
     let dropped = out.counter("buffers_dropped_over_budget");
     assert!(buffered_peak <= BUDGET, "buffered {buffered_peak} bytes past the {BUDGET}-byte budget");
@@ -151,7 +143,7 @@ fn connection_churn_is_traced_or_counted() {
         .find_map(|l| l.trim().split_once(" requests in ").and_then(|(n, _)| n.trim().parse().ok()))
         .unwrap_or_else(|| panic!("no request count in wrk's output:\n{}", run.stdout));
     assert!(agent.is_running(), "agent died under churn:\n{}", agent.stderr_tail(40));
-    let peak = rss(pid, "VmHWM");
+    let peak = proc_memory(pid, "VmHWM");
     let cpu = cpu_ticks(pid).saturating_sub(cpu_before);
     let out = agent.stop();
     let (spans, lost, dropped) =
