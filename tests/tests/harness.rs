@@ -299,13 +299,14 @@ fn python_clients_work_against_the_app() {
     );
     r.assert_success();
     let lines: Vec<&str> = r.stdout.lines().collect();
-    assert_eq!(lines.len(), 4, "{}", r.stdout);
+    assert_eq!(lines.len(), 7, "{}", r.stdout);
     // Python answers junk with a 400, sometimes HTTP/0.9-style (no status
     // line); either way it is no 2xx.
-    assert!(lines[0].starts_with("garbage ") && !lines[0].contains(" 200 "), "{}", r.stdout);
-    assert!(lines[1].starts_with("tls "), "{}", r.stdout);
-    assert_eq!(lines[2], "bigheader HTTP/1.1 200 OK", "{}", r.stdout);
-    assert_eq!(lines[3], "onebyte HTTP/1.1 200 OK", "{}", r.stdout);
+    for (line, case) in lines.iter().zip(["garbage", "tls", "h2", "ssh", "truncated"]) {
+        assert!(line.starts_with(&format!("{case} ")) && !line.contains(" 200 "), "{}", r.stdout);
+    }
+    assert_eq!(lines[5], "bigheader HTTP/1.1 200 OK", "{}", r.stdout);
+    assert_eq!(lines[6], "onebyte HTTP/1.1 200 OK", "{}", r.stdout);
     // Still serving.
     assert_eq!(curl(&[&app.url("/users/1")]).stdout, r#"{"id": "1", "name": "user-1"}"#);
 }

@@ -656,8 +656,8 @@ fn bad_input_invents_no_spans_and_agent_survives() {
     let mut agent = Agent::start(&receiver.agent_args(Protocol::Grpc), &[]);
 
     // garbage, a TLS ClientHello, the HTTP/2 preface, an SSH greeting, a
-    // head cut off (/users/55), /users/88 with ~64 KiB of headers, then
-    // /users/77 written one byte per send().
+    // request line cut off (/users/55), /users/88 with ~64 KiB of headers,
+    // then /users/77 written one byte per send().
     let bad = run_client(
         "bad_input",
         python_script("bad_input.py").args([&app.port().to_string(), "/users/77", "/users/88"]),
@@ -688,8 +688,8 @@ fn bad_input_invents_no_spans_and_agent_survives() {
     assert_server_span(&s, &app, "GET", "/users/77", "/users/{id}", 200);
     let s = one(&servers, "SERVER span of the request after", |s| path_is(s, "/users/99"));
     assert_server_span(&s, &app, "GET", "/users/99", "/users/{id}", 200);
-    // Garbage, TLS, HTTP/2 and SSH got 400s (or nothing) from the server,
-    // the cut head no answer; a span for any of them would be invented. The big-header request may or may not get a span (its
+    // Garbage, TLS, HTTP/2, SSH and the cut request line got 400s from the
+    // server; a span for any of them would be invented. The big-header request may or may not get a span (its
     // headers exceed the capture size), but nothing else may appear.
     for pid in [app.pid(), bad.pid] {
         for s in spans.iter().filter(|s| s.pid() == Some(pid)) {
