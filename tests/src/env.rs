@@ -306,6 +306,25 @@ pub fn curl(args: &[&str]) -> ClientRun {
     run_client("curl", &mut cmd, Duration::from_secs(20))
 }
 
+/// [`run_client`] on a thread of its own, calling `sample` every `every`
+/// while the client runs (to follow a gauge of the agent meanwhile).
+#[track_caller]
+pub fn run_client_sampling(
+    name: &str,
+    mut cmd: Command,
+    timeout: Duration,
+    every: Duration,
+    mut sample: impl FnMut(),
+) -> ClientRun {
+    let thread_name = name.to_owned();
+    let client = std::thread::spawn(move || run_client(&thread_name, &mut cmd, timeout));
+    while !client.is_finished() {
+        sample();
+        std::thread::sleep(every);
+    }
+    client.join().unwrap_or_else(|_| panic!("the {name} thread panicked"))
+}
+
 /// A `Command` running fixture script `script` with the real interpreter.
 pub fn python_script(script: &str) -> Command {
     let mut cmd = Command::new(python());

@@ -3,7 +3,7 @@
 //! asserts that nothing is lost uncounted (every span the agent made was
 //! delivered, or counted as dropped or failed) and prints one `FIGURE` line;
 //! `docs/reliability.md` collects them.
-use std::{thread, time::Duration};
+use std::time::Duration;
 
 use waggle_e2e::{
     client_spans, curl, e2e_setup,
@@ -57,15 +57,13 @@ impl Spans {
     }
 }
 
-/// `steady_client.py` against `url` on a thread of its own.
-fn steady_load(url: String, rate: u32, seconds: u64, threads: u32) -> thread::JoinHandle<ClientRun> {
-    thread::spawn(move || {
-        let mut cmd = python_script("steady_client.py");
-        cmd.args([url, rate.to_string(), seconds.to_string(), threads.to_string()]);
-        let run = run_client("steady_client", &mut cmd, Duration::from_secs(seconds + 120));
-        run.assert_success();
-        run
-    })
+/// `steady_client.py` against `url`, until it is done.
+fn steady_load(url: String, rate: u32, seconds: u64, threads: u32) -> ClientRun {
+    let mut cmd = python_script("steady_client.py");
+    cmd.args([url, rate.to_string(), seconds.to_string(), threads.to_string()]);
+    let run = run_client("steady_client", &mut cmd, Duration::from_secs(seconds + 120));
+    run.assert_success();
+    run
 }
 
 /// The `requests=N` of the client's summary line.
@@ -97,13 +95,7 @@ fn collector_outage_keeps_the_queue_and_delivers_it_when_the_collector_returns()
     );
 
     // Traffic all through the outage: 40 requests/s, two spans each.
-    let load = steady_load(nginx.url("/"), 40, OUTAGE.as_secs(), 2);
-    let mut rss_peak = 0;
-    while !load.is_finished() {
-        rss_peak = rss_peak.max(proc_memory(agent.pid(), "VmRSS"));
-        thread::sleep(Duration::from_millis(500));
-    }
-    let run = load.join().unwrap_or_else(|_| panic!("the load thread panicked"));
+    let run = steady_load(nginx.url("/"), 40, OUTAGE.as_secs(), 2);
     let during = Spans::from_scrape(&scrape(metrics_port));
     assert!(during.dropped > 0, "the outage should have overflowed a {QUEUE}-span queue: {during:?}");
     assert_eq!(during.exported, 0, "nothing can be delivered while the collector is down: {during:?}");
@@ -119,7 +111,7 @@ fn collector_outage_keeps_the_queue_and_delivers_it_when_the_collector_returns()
         done
     });
     assert!(caught_up, "the agent never delivered what it queued after the collector came back: {settled:?}");
-    let peak = rss_peak.max(proc_memory(agent.pid(), "VmHWM"));
+    let peak = proc_memory(agent.pid(), "VmHWM");
     let out = agent.stop();
     let spans = Spans::from_shutdown(&out);
 
@@ -171,8 +163,7 @@ fn slow_collector_leaves_capture_alone_and_counts_what_it_drops() {
     args.extend(["--max-queued-spans".to_owned(), "200".to_owned(), "--otlp-timeout".to_owned(), "15000".to_owned()]);
     let agent = Agent::start(&args, &[]);
 
-    let load = steady_load(nginx.url("/"), 40, LOAD_SECONDS, 2);
-    let run = load.join().unwrap_or_else(|_| panic!("the load thread panicked"));
+    let run = steady_load(nginx.url("/"), 40, LOAD_SECONDS, 2);
     let made = requests(&run);
     let out = agent.stop_within(Duration::from_secs(20));
     let spans = Spans::from_shutdown(&out);
@@ -211,8 +202,7 @@ fn ring_buffer_overload_is_counted_and_capture_recovers() {
     args.extend(["--ring-buffer-bytes".to_owned(), "8192".to_owned()]);
     let mut agent = Agent::start(&args, &[]);
 
-    let load = steady_load(nginx.url("/"), 100_000, LOAD_SECONDS, 8);
-    let run = load.join().unwrap_or_else(|_| panic!("the load thread panicked"));
+    let run = steady_load(nginx.url("/"), 100_000, LOAD_SECONDS, 8);
     let made = requests(&run);
     assert!(agent.is_running(), "agent died under overload:\n{}", agent.stderr_tail(40));
 

@@ -2,14 +2,11 @@
 //! client on 5k connections, both ends traced. The agent must stay alive
 //! and inside its memory bounds, and say what it shed in its counters.
 //! Each test prints one `FIGURE` line (see docs/reliability.md).
-use std::{
-    thread,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use waggle_e2e::{
     e2e_setup,
-    env::{free_port, proc_memory},
+    env::{free_port, proc_memory, run_client_sampling},
     figure, python_script, run_client,
     scrape::{sample, scrape},
     Agent, ClientRun, OtlpReceiver, Protocol,
@@ -26,21 +23,17 @@ fn agent(receiver: &OtlpReceiver, extra: &[&str]) -> (Agent, u16) {
     (Agent::start(&args, &[]), port)
 }
 
-/// Runs flood.py on a thread; meanwhile calls `sample` every 500 ms.
-fn flood(mode: &str, n: u32, seconds: u32, mut sample: impl FnMut()) -> ClientRun {
-    let (mode, n, s) = (mode.to_owned(), n.to_string(), seconds.to_string());
-    let run = thread::spawn(move || {
-        let mut cmd = python_script("flood.py");
-        cmd.args([mode, n, s]);
-        run_client("flood", &mut cmd, Duration::from_secs(300))
+/// Runs flood.py; returns it and the highest value the agent's `gauge`
+/// (on its metrics endpoint) showed meanwhile.
+fn flood(mode: &str, n: u32, seconds: u32, metrics: u16, gauge: &str) -> (ClientRun, u64) {
+    let mut cmd = python_script("flood.py");
+    cmd.args([mode.to_owned(), n.to_string(), seconds.to_string()]);
+    let mut peak = 0;
+    let run = run_client_sampling("flood", cmd, Duration::from_secs(300), Duration::from_millis(500), || {
+        peak = peak.max(sample(&scrape(metrics), gauge).unwrap_or(0));
     });
-    while !run.is_finished() {
-        sample();
-        thread::sleep(Duration::from_millis(500));
-    }
-    let run = run.join().unwrap_or_else(|_| panic!("the flood thread panicked"));
     run.assert_success();
-    run
+    (run, peak)
 }
 
 #[test]
@@ -53,15 +46,10 @@ fn a_hundred_thousand_idle_connections_stay_within_bounds_and_are_counted() {
     let (mut agent, metrics) = agent(&receiver, &[]);
     let pid = agent.pid();
     let started = Instant::now();
-    let (mut peak, mut tracked_peak) = (0, 0);
-    let run = flood("idle", N, 20, || {
-        peak = peak.max(proc_memory(pid, "VmRSS"));
-        let body = scrape(metrics);
-        tracked_peak = tracked_peak.max(sample(&body, "waggle_connections_tracked").unwrap_or(0));
-    });
+    let (run, tracked_peak) = flood("idle", N, 20, metrics, "waggle_connections_tracked");
     assert!(run.stdout.contains(&format!("open={N}")), "{run:?}");
     assert!(agent.is_running(), "agent died under the flood:\n{}", agent.stderr_tail(40));
-    let peak = peak.max(proc_memory(pid, "VmHWM"));
+    let peak = proc_memory(pid, "VmHWM");
     let out = agent.stop();
     let (opened, evicted, lost) =
         (out.counter("conns_opened"), out.counter("conns_evicted"), out.counter("kernel_events_lost"));
@@ -90,15 +78,10 @@ fn a_slowloris_flood_stays_within_the_buffer_budget() {
     let budget = BUDGET.to_string();
     let (mut agent, metrics) = agent(&receiver, &["--max-buffer-bytes", &budget]);
     let pid = agent.pid();
-    let (mut peak, mut buffered_peak) = (0, 0);
-    let run = flood("slowloris", N, 20, || {
-        peak = peak.max(proc_memory(pid, "VmRSS"));
-        let body = scrape(metrics);
-        buffered_peak = buffered_peak.max(sample(&body, "waggle_buffered_bytes").unwrap_or(0));
-    });
+    let (run, buffered_peak) = flood("slowloris", N, 20, metrics, "waggle_buffered_bytes");
     assert!(run.stdout.contains(&format!("open={N}")), "{run:?}");
     assert!(agent.is_running(), "agent died under slowloris:\n{}", agent.stderr_tail(40));
-    let peak = peak.max(proc_memory(pid, "VmHWM"));
+    let peak = proc_memory(pid, "VmHWM");
     let out = agent.stop();
     let dropped = out.counter("buffers_dropped_over_budget");
     assert!(buffered_peak <= BUDGET, "buffered {buffered_peak} bytes past the {BUDGET}-byte budget");

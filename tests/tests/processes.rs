@@ -6,7 +6,7 @@
 //! with splice(2), whose bytes the agent does not read, is counted.
 use waggle_e2e::{
     client_spans, describe, e2e_setup,
-    env::free_port,
+    env::{free_port, run_client_sampling},
     figure, python_script, run_client,
     scrape::{sample, scrape},
     with_path, Agent, OtlpReceiver, Protocol, Server, SPAN_TIMEOUT,
@@ -74,20 +74,15 @@ fn thousands_of_short_lived_children_leave_no_state_behind() {
     let agent = Agent::start(&args, &[]);
     let tracked_before = sample(&scrape(metrics), "waggle_connections_tracked").unwrap_or(0);
 
-    let port = nginx.port().to_string();
-    let storm = std::thread::spawn(move || {
-        let mut cmd = python_script("fork_storm.py");
-        cmd.args(["127.0.0.1", &port, &CHILDREN.to_string()]);
-        run_client("fork_storm", &mut cmd, std::time::Duration::from_secs(120))
-    });
+    let mut cmd = python_script("fork_storm.py");
+    cmd.args(["127.0.0.1", &nginx.port().to_string(), &CHILDREN.to_string()]);
     // Each child inherits the connection; if their copies outlived them the
     // table would grow by one per child.
     let mut tracked_peak = 0;
-    while !storm.is_finished() {
+    let every = std::time::Duration::from_millis(200);
+    let run = run_client_sampling("fork_storm", cmd, std::time::Duration::from_secs(120), every, || {
         tracked_peak = tracked_peak.max(sample(&scrape(metrics), "waggle_connections_tracked").unwrap_or(0));
-        std::thread::sleep(std::time::Duration::from_millis(200));
-    }
-    let run = storm.join().unwrap_or_else(|_| panic!("the fork storm thread panicked"));
+    });
     run.assert_success();
     assert!(run.stdout.contains("200 OK /after-forks"), "{run:?}");
     receiver.focus(&[run.pid]);

@@ -112,9 +112,7 @@ impl OtlpSink {
             }
         }
     }
-}
 
-impl OtlpSink {
     /// Sends `body`, holding it through a collector outage (see `MAX_HOLD`).
     async fn send_holding(&mut self, body: &Bytes, spans: usize) -> Result<Accepted, SendFailure> {
         // The retries stop within the timeout, but an attempt started near
