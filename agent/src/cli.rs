@@ -13,6 +13,9 @@ const EXIT_USAGE: u8 = 2;
 const EXIT_INTERRUPTED: i32 = 130;
 
 pub fn main() -> ExitCode {
+    if std::env::args_os().nth(1).is_some_and(|a| a == "trace") {
+        return trace_main();
+    }
     // Usage errors exit 2 through clap; --help and --version exit 0.
     let args = CliArgs::parse();
     let config = match Config::load(&args, &ProcessEnv) {
@@ -55,6 +58,87 @@ pub fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `waggle trace <id>`: one recent trace's waterfall from a running agent.
+#[derive(Debug, clap::Parser)]
+#[command(
+    name = "waggle trace",
+    about = "Print one recent trace as a waterfall, asked of the agent running on this machine",
+    after_help = "The agent keeps the traces it exported last (--recent-traces-bytes, 4 MiB by default) and \
+                  answers on its --metrics-addr to loopback clients only. Exit status: 0 printed, 1 not found \
+                  or no agent answering, 2 usage."
+)]
+struct TraceArgs {
+    /// The trace id: 32 hex digits, as in a span's trace= or a traceparent header
+    trace_id: String,
+    /// The agent's --metrics-addr; an unspecified address (0.0.0.0, ::) is asked on loopback
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9464")]
+    agent: String,
+}
+
+fn trace_main() -> ExitCode {
+    let args = TraceArgs::parse_from(std::env::args_os().skip(1));
+    if let Err(e) = crate::export::waterfall::parse_trace_id(&args.trace_id) {
+        eprintln!("waggle trace: {e}");
+        return ExitCode::from(EXIT_USAGE);
+    }
+    let addr = match args.agent.parse::<std::net::SocketAddr>() {
+        Ok(mut addr) => {
+            if addr.ip().is_unspecified() {
+                addr.set_ip(match addr {
+                    std::net::SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+                    std::net::SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+                });
+            }
+            addr
+        }
+        Err(_) => {
+            eprintln!("waggle trace: --agent {:?} is not IP:PORT (e.g. 127.0.0.1:9464)", args.agent);
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("waggle trace: starting the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(fetch_trace(addr, args.trace_id.trim())) {
+        Ok(text) => {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(message) => {
+            eprintln!("waggle trace: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The trace's waterfall, or one line saying why there is none.
+async fn fetch_trace(addr: std::net::SocketAddr, trace_id: &str) -> Result<String, String> {
+    use crate::export::waterfall::{colour_stdout, decode_trace, render_trace, RenderOptions};
+    let url = format!("http://{addr}/traces/{trace_id}");
+    let client = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(10))
+        .no_proxy()
+        .build()
+        .map_err(|e| format!("building the HTTP client: {e}"))?;
+    let resp = client.get(&url).send().await.map_err(|e| {
+        format!("no agent answered on {addr} ({e}); start it with --metrics-addr, or pass its address with --agent")
+    })?;
+    let status = resp.status();
+    let body = resp.text().await.map_err(|e| format!("reading the agent's answer from {url}: {e}"))?;
+    if !status.is_success() {
+        return Err(body.trim_end().to_owned());
+    }
+    let spans = decode_trace(&body).map_err(|e| e.to_string())?;
+    let mut text = String::new();
+    let opts = RenderOptions { colour: colour_stdout(), ..RenderOptions::default() };
+    render_trace(&spans, 0, &opts, &mut text);
+    Ok(text)
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -128,6 +212,14 @@ fn describe_config(config: &Config) -> String {
         format!("ring_buffer_bytes: {}", config.ring_buffer_bytes),
         format!("max_queued_spans: {}", config.max_queued_spans),
         format!("max_buffer_bytes: {}", config.max_buffer_bytes),
+        format!(
+            "recent_traces_bytes: {}",
+            match (config.recent_traces_bytes, config.metrics_addr) {
+                (0, _) => "0 (waggle trace finds nothing)".to_owned(),
+                (bytes, Some(_)) => format!("{bytes} (of max_buffer_bytes; served to loopback for waggle trace)"),
+                (bytes, None) => format!("{bytes} (unused: no metrics_addr to serve waggle trace on)"),
+            }
+        ),
         format!("raw_sql: {}", config.raw_sql),
         format!("redact_url_paths: {} template(s) besides the built-in rules", config.redact_url_paths.templates()),
         format!(

@@ -46,6 +46,9 @@ counters! {
     spans_export_failed: "spans in batches the exporter failed to send",
     otlp_attempts_failed: "OTLP export attempts that failed, every retry counted (while the collector is down the exporter holds its batch and retries it every few seconds)",
     kernel_events_lost: "events the kernel could not write (ring buffer full)",
+    recent_traces_evicted: "traces dropped whole from the recent-traces ring behind `waggle trace` to stay within --recent-traces-bytes (oldest first)",
+    tree_spans_not_kept: "spans the --print tree printer counted but did not show (its queue was full behind a paused terminal, or a trace passed 1000 spans)",
+    tree_traces_printed_early: "traces the --print tree printer printed before they looked complete, to stay within 4096 waiting traces",
 }
 
 impl Metrics {

@@ -1,9 +1,14 @@
-//! Prometheus/OpenMetrics endpoint for the agent's self-metrics.
+//! Prometheus/OpenMetrics endpoint for the agent's self-metrics, and the
+//! look-up of recent traces behind `waggle trace <id>`.
 //!
 //! `GET /metrics` renders, at scrape time, every [`Metrics`] counter, the
 //! kernel's per-CPU counters (as last published by the pipeline through a
 //! [`KernelCounterCell`]) and a few gauges. Values are read when scraped, so
 //! the hot path never does more than its existing relaxed atomic adds.
+//!
+//! `GET /traces/<trace-id>` answers loopback clients only: span names and
+//! paths are application data, while /metrics is often exposed to a
+//! cluster-wide Prometheus.
 //!
 //! The server is a bare hyper HTTP/1 server rather than a framework so that
 //! what a (possibly hostile) client can hold is bounded: at most
@@ -36,7 +41,10 @@ use prometheus_client::{
 use tokio::{net::TcpListener, task::JoinHandle, task::JoinSet};
 use waggle_common::{Counter, COUNTER_COUNT};
 
-use crate::metrics::Metrics;
+use crate::{
+    export::waterfall::{encode_trace, parse_trace_id, SharedRecentTraces},
+    metrics::Metrics,
+};
 
 /// Scrapers open one connection at a time; more than this many at once is a
 /// misconfiguration or abuse, and is refused rather than queued.
@@ -48,6 +56,7 @@ const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
 const MAX_REQUEST_BUF: usize = 8192;
 const METRIC_PREFIX: &str = "waggle";
 const METRICS_PATH: &str = "/metrics";
+const TRACES_PATH: &str = "/traces/";
 /// The exposition `text::encode` produces (it ends with `# EOF`).
 pub const CONTENT_TYPE_OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
@@ -169,6 +178,7 @@ impl KernelCounterCell {
 struct AgentCollector {
     metrics: Arc<Metrics>,
     kernel: KernelCounterCell,
+    recent: Option<SharedRecentTraces>,
 }
 
 impl Collector for AgentCollector {
@@ -195,6 +205,12 @@ impl Collector for AgentCollector {
                 metric.encode(enc)?;
             }
         }
+        if let Some(bytes) = self.recent.as_ref().and_then(|r| r.with(|ring| ring.bytes())) {
+            let metric = ConstGauge::new(bytes as u64);
+            let help = "bytes the recent traces behind `waggle trace` hold, capped by --recent-traces-bytes";
+            let enc = encoder.encode_descriptor("recent_traces_bytes", help, None, metric.metric_type())?;
+            metric.encode(enc)?;
+        }
         Ok(())
     }
 }
@@ -206,15 +222,21 @@ fn encode_counter(encoder: &mut DescriptorEncoder, name: &str, help: &str, value
     metric.encode(enc)
 }
 
-fn registry(metrics: Arc<Metrics>, kernel: KernelCounterCell) -> Registry {
+fn registry(metrics: Arc<Metrics>, kernel: KernelCounterCell, recent: Option<SharedRecentTraces>) -> Registry {
     let mut registry = Registry::with_prefix(METRIC_PREFIX);
-    registry.register_collector(Box::new(AgentCollector { metrics, kernel }));
+    registry.register_collector(Box::new(AgentCollector { metrics, kernel, recent }));
     registry
 }
 
 /// Renders the whole exposition, as served on `/metrics`.
 pub fn render(metrics: Arc<Metrics>, kernel: KernelCounterCell) -> Result<String, std::fmt::Error> {
-    render_registry(&registry(metrics, kernel))
+    render_registry(&registry(metrics, kernel, None))
+}
+
+/// What a connection's requests are answered from.
+struct Served {
+    registry: Registry,
+    recent: Option<SharedRecentTraces>,
 }
 
 fn render_registry(registry: &Registry) -> Result<String, std::fmt::Error> {
@@ -245,23 +267,25 @@ impl MetricsServer {
 }
 
 /// Binds `addr` (failing synchronously if it cannot), then serves
-/// `GET /metrics` on a spawned task until `shutdown` resolves; in-flight
-/// scrapes are cut off then. Must be called within a tokio runtime.
+/// `GET /metrics` (and `GET /traces/<id>` from `recent`) on a spawned task
+/// until `shutdown` resolves; in-flight requests are cut off then. Must be
+/// called within a tokio runtime.
 pub async fn serve(
     addr: SocketAddr,
     metrics: Arc<Metrics>,
     kernel: KernelCounterCell,
+    recent: Option<SharedRecentTraces>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<MetricsServer, MetricsServerError> {
     let listener = TcpListener::bind(addr).await.map_err(|source| MetricsServerError::Bind { addr, source })?;
     let local_addr = listener.local_addr().map_err(MetricsServerError::LocalAddr)?;
-    tracing::info!(addr = %local_addr, path = METRICS_PATH, "serving agent metrics");
-    let registry = Arc::new(registry(metrics, kernel));
-    let task = tokio::spawn(accept_loop(listener, registry, shutdown));
+    tracing::info!(addr = %local_addr, path = METRICS_PATH, traces = recent.is_some(), "serving agent metrics");
+    let served = Arc::new(Served { registry: registry(metrics, kernel, recent.clone()), recent });
+    let task = tokio::spawn(accept_loop(listener, served, shutdown));
     Ok(MetricsServer { local_addr, task })
 }
 
-async fn accept_loop(listener: TcpListener, registry: Arc<Registry>, shutdown: impl Future<Output = ()> + Send) {
+async fn accept_loop(listener: TcpListener, served: Arc<Served>, shutdown: impl Future<Output = ()> + Send) {
     tokio::pin!(shutdown);
     let mut conns = JoinSet::new();
     loop {
@@ -284,7 +308,7 @@ async fn accept_loop(listener: TcpListener, registry: Arc<Registry>, shutdown: i
                     tracing::debug!(%peer, limit = MAX_CONNECTIONS, "refusing metrics connection: too many open");
                     continue;
                 }
-                conns.spawn(serve_connection(stream, peer, registry.clone()));
+                conns.spawn(serve_connection(stream, peer, served.clone()));
             }
         }
     }
@@ -292,10 +316,10 @@ async fn accept_loop(listener: TcpListener, registry: Arc<Registry>, shutdown: i
     tracing::debug!("metrics endpoint stopped");
 }
 
-async fn serve_connection(stream: tokio::net::TcpStream, peer: SocketAddr, registry: Arc<Registry>) {
+async fn serve_connection(stream: tokio::net::TcpStream, peer: SocketAddr, served: Arc<Served>) {
     let service = service_fn(move |req: Request<Incoming>| {
-        let registry = registry.clone();
-        async move { Ok::<_, std::convert::Infallible>(respond(&req, &registry)) }
+        let served = served.clone();
+        async move { Ok::<_, std::convert::Infallible>(respond(&req, peer, &served)) }
     });
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())
@@ -310,8 +334,9 @@ async fn serve_connection(stream: tokio::net::TcpStream, peer: SocketAddr, regis
     }
 }
 
-fn respond<B>(req: &Request<B>, registry: &Registry) -> Response<Full<Bytes>> {
-    if req.uri().path() != METRICS_PATH {
+fn respond<B>(req: &Request<B>, peer: SocketAddr, served: &Served) -> Response<Full<Bytes>> {
+    let path = req.uri().path();
+    if path != METRICS_PATH && !path.starts_with(TRACES_PATH) {
         return plain(StatusCode::NOT_FOUND, "not found; metrics are at /metrics\n");
     }
     if req.method() != Method::GET && req.method() != Method::HEAD {
@@ -319,7 +344,10 @@ fn respond<B>(req: &Request<B>, registry: &Registry) -> Response<Full<Bytes>> {
         resp.headers_mut().insert(ALLOW, hyper::header::HeaderValue::from_static("GET, HEAD"));
         return resp;
     }
-    match render_registry(registry) {
+    if let Some(id) = path.strip_prefix(TRACES_PATH) {
+        return look_up_trace(id, peer, served.recent.as_ref());
+    }
+    match render_registry(&served.registry) {
         Ok(body) => {
             let mut resp = Response::new(Full::new(Bytes::from(body)));
             resp.headers_mut().insert(CONTENT_TYPE, hyper::header::HeaderValue::from_static(CONTENT_TYPE_OPENMETRICS));
@@ -332,8 +360,44 @@ fn respond<B>(req: &Request<B>, registry: &Registry) -> Response<Full<Bytes>> {
     }
 }
 
-fn plain(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
-    let mut resp = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+/// One trace from the ring as JSON; a 404 says how far back the ring reaches.
+fn look_up_trace(id: &str, peer: SocketAddr, recent: Option<&SharedRecentTraces>) -> Response<Full<Bytes>> {
+    if !peer.ip().to_canonical().is_loopback() {
+        return plain(StatusCode::FORBIDDEN, "trace look-up answers loopback clients only\n");
+    }
+    let Some(recent) = recent else {
+        return plain(StatusCode::NOT_FOUND, "this agent keeps no recent traces (--recent-traces-bytes is 0)\n");
+    };
+    let trace_id = match parse_trace_id(id) {
+        Ok(trace_id) => trace_id,
+        Err(e) => return plain(StatusCode::BAD_REQUEST, format!("{e}\n")),
+    };
+    let found = recent.with(|ring| match ring.get(&trace_id) {
+        Some(spans) => Ok(spans),
+        None => Err((ring.len(), ring.oldest_start())),
+    });
+    match found {
+        Some(Ok(spans)) => {
+            let mut resp = Response::new(Full::new(Bytes::from(encode_trace(&trace_id, &spans))));
+            resp.headers_mut().insert(CONTENT_TYPE, hyper::header::HeaderValue::from_static("application/json"));
+            resp
+        }
+        Some(Err((kept, oldest))) => {
+            let reach = match oldest.and_then(|t| std::time::SystemTime::now().duration_since(t).ok()) {
+                Some(age) => format!(", the oldest from {}s ago", age.as_secs()),
+                None => String::new(),
+            };
+            plain(
+                StatusCode::NOT_FOUND,
+                format!("trace {} is not among the {kept} recent traces this agent keeps{reach}: it is gone, or was never seen here\n", id.trim()),
+            )
+        }
+        None => plain(StatusCode::INTERNAL_SERVER_ERROR, "the recent-traces ring is unusable after a panic\n"),
+    }
+}
+
+fn plain(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(body.into()));
     *resp.status_mut() = status;
     resp.headers_mut().insert(CONTENT_TYPE, hyper::header::HeaderValue::from_static("text/plain; charset=utf-8"));
     resp
@@ -363,12 +427,67 @@ mod tests {
 
     async fn start(metrics: Arc<Metrics>, kernel: KernelCounterCell) -> (MetricsServer, oneshot::Sender<()>) {
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
-        let server = serve("127.0.0.1:0".parse().unwrap(), metrics, kernel, async move {
+        let server = serve("127.0.0.1:0".parse().unwrap(), metrics, kernel, None, async move {
             let _ = stop_rx.await;
         })
         .await
         .unwrap();
         (server, stop_tx)
+    }
+
+    #[tokio::test]
+    async fn traces_are_served_to_loopback_only_and_a_missing_one_says_how_far_back_the_ring_reaches() {
+        use crate::export::waterfall::{decode_trace, render_trace, RenderOptions, TraceSpan};
+        let metrics = Arc::new(Metrics::default());
+        let recent = SharedRecentTraces::new(1 << 20, metrics.clone());
+        let span = TraceSpan::of(&crate::export::tests::span("GET /users/{id}"));
+        let id = crate::model::hex(&span.trace_id);
+        recent.with(|ring| ring.insert(span.clone()));
+        let (stop_tx, stop_rx) = oneshot::channel::<()>();
+        let server = serve(
+            "127.0.0.1:0".parse().unwrap(),
+            metrics,
+            KernelCounterCell::new(),
+            Some(recent.clone()),
+            async move {
+                let _ = stop_rx.await;
+            },
+        )
+        .await
+        .unwrap();
+        let addr = server.local_addr();
+
+        let (status, headers, body) = request(addr, "GET", &format!("/traces/{id}")).await;
+        assert_eq!(status, "HTTP/1.1 200 OK");
+        assert!(headers.contains("content-type: application/json"), "{headers}");
+        // What the waterfall shows survives the wire: the same tree.
+        let tree = |spans: &[TraceSpan]| {
+            let mut out = String::new();
+            render_trace(spans, 0, &RenderOptions::default(), &mut out);
+            out
+        };
+        assert_eq!(tree(&decode_trace(&body).unwrap()), tree(&[span]));
+
+        let (status, _, body) = request(addr, "GET", "/traces/0af7651916cd43dd8448eb211c80319c").await;
+        assert_eq!(status, "HTTP/1.1 404 Not Found");
+        assert!(body.starts_with("trace 0af7651916cd43dd8448eb211c80319c is not among the 1 recent traces this agent keeps, the oldest from "), "{body}");
+        let (status, _, body) = request(addr, "GET", "/traces/nope").await;
+        assert_eq!(
+            (status.as_str(), body.as_str()),
+            ("HTTP/1.1 400 Bad Request", "\"nope\" is not a trace id (32 hex digits, not all zero)\n")
+        );
+        let (_, _, body) = request(addr, "GET", "/metrics").await;
+        assert!(sample(&body, "waggle_recent_traces_bytes").is_some_and(|b| b > 0), "{body}");
+
+        // The peer check itself: what a pod-network client would get.
+        let far: SocketAddr = "10.1.2.3:40000".parse().unwrap();
+        let resp = look_up_trace(&id, far, Some(&recent));
+        assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+        let mapped: SocketAddr = "[::ffff:127.0.0.1]:40000".parse().unwrap();
+        assert_eq!(look_up_trace(&id, mapped, Some(&recent)).status(), StatusCode::OK);
+        assert_eq!(look_up_trace(&id, mapped, None).status(), StatusCode::NOT_FOUND);
+        drop(stop_tx);
+        server.join().await;
     }
 
     /// The value on the sample line of `name` (exactly one such line).
@@ -449,7 +568,7 @@ mod tests {
     async fn metrics_server_bind_failure_names_the_address() {
         let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = taken.local_addr().unwrap();
-        let err = serve(addr, Arc::new(Metrics::default()), KernelCounterCell::new(), std::future::pending())
+        let err = serve(addr, Arc::new(Metrics::default()), KernelCounterCell::new(), None, std::future::pending())
             .await
             .unwrap_err();
         assert!(matches!(err, MetricsServerError::Bind { addr: a, .. } if a == addr), "{err:?}");

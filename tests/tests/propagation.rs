@@ -39,6 +39,8 @@ mod sampling;
 mod services;
 #[path = "propagation/stall.rs"]
 mod stall;
+#[path = "propagation/waterfall.rs"]
+mod waterfall;
 
 use std::{
     process::Command,
@@ -60,6 +62,7 @@ use crate::{
     sampling::{sdk_samples, split_tp, SAMPLING_CLIENT},
     services::{start_a, start_b, Service, PLAIN_SERVER},
     stall::{b_direct, propagation_objects, signal},
+    waterfall::{expected_lines, printed_tree, read_lines},
 };
 
 /// The caller's context in test 1 (the W3C spec's example ids).
@@ -139,6 +142,85 @@ fn without_incoming_header_curls_client_span_is_the_root() {
 
     // curl -> A and A -> B.
     scrape_until(metrics_port, "two injections", |body| counter(body, "propagation_injected") >= 2);
+    agent.stop();
+}
+
+/// Issue 16: with `--print tree` the request prints as one waterfall whose
+/// lines are the trace's spans in tree order with bars where their times
+/// put them, and `waggle trace <id>` prints the same tree from the running
+/// agent; an id it does not keep gets one clear line.
+#[test]
+#[ignore = "needs root, node, PostgreSQL and the agent binary: cargo xtask test runs it"]
+fn waterfall_prints_the_request_as_one_tree_and_waggle_trace_finds_it() {
+    let _guard = e2e_setup("waterfall_prints_the_request_as_one_tree_and_waggle_trace_finds_it");
+    let pg = Postgres::start();
+    let receiver = OtlpReceiver::start();
+    let (agent, metrics_port) = start_agent_with(&receiver, &["--print", "tree"], &[]);
+    let b = start_b();
+    let a = start_a(&b, &pg, false);
+
+    let run = curl_checkout(&a, &[]);
+    assert_served(&run, &a, &b);
+    let pids = Pids { a: a.pid(), b: b.pid() };
+    let f = flows(&receiver, &pids, &[&run]).pop().unwrap();
+    let trace = f.curl.trace_id.clone();
+    let deadline = Instant::now() + SPAN_TIMEOUT;
+    let tree = loop {
+        if let Some(tree) = printed_tree(&agent.stdout(), &trace) {
+            break tree;
+        }
+        assert!(Instant::now() < deadline, "no tree for trace {trace} on the agent's stdout:\n{}", agent.stdout());
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    eprintln!("the agent printed:\n{tree}");
+    let spans: Vec<Span> = receiver.spans().into_iter().filter(|s| s.trace_id == trace).collect();
+    assert!(spans.len() >= 5, "curl, A's server, HTTP and SQL spans, B's server: {}", describe(&spans));
+    assert!(tree.lines().next().unwrap().contains(&format!(" · {} spans · ", spans.len())), "{tree}");
+
+    // Four levels: curl -> A's server span -> A's calls -> B's server span.
+    let lines = read_lines(&tree);
+    let level = |label: &str| label.len() - label.trim_start().len();
+    let find = |what: &str| {
+        lines.iter().position(|l| l.label.trim_start().starts_with(what)).unwrap_or_else(|| panic!("{what} in\n{tree}"))
+    };
+    let label = |s: &Span| {
+        let kind = if s.is_server() { "SERVER" } else { "CLIENT" };
+        format!("{} {kind} {} 200", s.service_name, s.name)
+    };
+    let (curl, a_server) = (find(&label(&f.curl)), find(&label(&f.a_server)));
+    let (a_http, b_server) = (find(&label(&f.a_http)), find(&label(&f.b_server)));
+    assert!(curl < a_server && a_server < a_http && a_http < b_server, "tree order\n{tree}");
+    let levels: Vec<usize> = [curl, a_server, a_http, b_server].iter().map(|&i| level(&lines[i].label)).collect();
+    assert_eq!(levels, [0, 2, 4, 6], "indent per level\n{tree}");
+    // Every line, its place and its bar, as the exported spans' ids and
+    // times say (the bars are proportional to the durations).
+    assert_eq!(lines, expected_lines(&spans), "printed tree vs the exported spans\n{tree}\n{}", describe(&spans));
+    let (whole, b_bar) = (lines[curl].cells, lines[b_server].cells);
+    assert_eq!(whole, (0, 40), "the root spans the whole time line\n{tree}");
+    assert!(b_bar.1 - b_bar.0 < 40, "B's server span is shorter than curl's request\n{tree}");
+
+    // The same tree from the running agent.
+    let asked = |id: &str| {
+        Command::new(waggle_e2e::env::agent_bin())
+            .args(["trace", id, "--agent", &format!("127.0.0.1:{metrics_port}")])
+            .output()
+            .unwrap_or_else(|e| panic!("running waggle trace: {e}"))
+    };
+    let out = asked(&trace);
+    assert!(out.status.success(), "waggle trace {trace}: {out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim_end(), tree.trim_end(), "waggle trace prints the same tree");
+    let gone = "0af7651916cd43dd8448eb211c80319c";
+    let out = asked(gone);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.starts_with(&format!("waggle trace: trace {gone} is not among the "))
+            && stderr.contains("recent traces this agent keeps"),
+        "{stderr}"
+    );
+    assert_eq!(asked("not-a-trace").status.code(), Some(2));
+    let body = scrape(metrics_port);
+    assert!(sample(&body, "waggle_recent_traces_bytes").is_some_and(|b| b > 0), "{body}");
     agent.stop();
 }
 

@@ -21,14 +21,18 @@ Standard OpenTelemetry variables honoured:
                                        explicit --otlp-endpoint / --print flags still apply
   RUST_LOG                             log filter, when --log-level is not given
 
-Without an OTLP endpoint spans are printed on stdout (logs go to stderr).
+Without an OTLP endpoint spans are printed on stdout as one waterfall per trace (logs go to stderr).
+
+waggle trace <TRACE-ID> [--agent ADDR]
+  prints one recent trace's waterfall, asked of a running agent's --metrics-addr
+  (default 127.0.0.1:9464; the agent answers loopback clients only)
 
 Config file (YAML, unknown keys are an error):
   otlp: {endpoint: http://collector:4318, protocol: http/protobuf, headers: {key: value}, timeout: 10000,
          compression: gzip}
-  print: text | json | off          capture_bytes: 4096        ring_buffer_bytes: 16777216
+  print: tree | text | json | off   capture_bytes: 4096        ring_buffer_bytes: 16777216
   max_queued_spans: 65536           max_export_batch: 512      export_interval: 1000
-  max_buffer_bytes: 67108864
+  max_buffer_bytes: 67108864        recent_traces_bytes: 4194304
   sampler: parentbased_traceidratio sampler_arg: 0.25          raw_sql: false
   propagation: on | off             metrics_addr: 0.0.0.0:9464 log_level: info
   redact_url_paths: /reset/*,/invite/*/accept
@@ -67,9 +71,10 @@ pub struct CliArgs {
     #[arg(long, value_name = "gzip|none")]
     pub otlp_compression: Option<String>,
 
-    /// Print spans on stdout as text or JSON lines; off disables printing.
-    /// Default: text without an OTLP endpoint, off with one
-    #[arg(long, value_name = "text|json|off")]
+    /// Print spans on stdout: tree (each trace as a waterfall once it is
+    /// complete), text or JSON lines (one per span); off disables printing.
+    /// Default: tree without an OTLP endpoint, off with one
+    #[arg(long, value_name = "tree|text|json|off")]
     pub print: Option<String>,
 
     /// YAML config file; its keys mirror these flags (see below)
@@ -92,6 +97,12 @@ pub struct CliArgs {
     /// statement caches); a connection past it starts over, counted [default: 67108864]
     #[arg(long, value_name = "BYTES")]
     pub max_buffer_bytes: Option<usize>,
+
+    /// Bytes of recent traces kept for `waggle trace <id>` (served to
+    /// loopback clients on --metrics-addr); taken out of --max-buffer-bytes,
+    /// 0 keeps none [default: 4194304]
+    #[arg(long, value_name = "BYTES")]
+    pub recent_traces_bytes: Option<usize>,
 
     /// Most spans per export request [default: 512]
     #[arg(long, value_name = "N")]

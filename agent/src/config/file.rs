@@ -48,6 +48,7 @@ pub(super) struct FileConfig {
     pub(super) ring_buffer_bytes: Option<u32>,
     pub(super) max_queued_spans: Option<usize>,
     pub(super) max_buffer_bytes: Option<usize>,
+    pub(super) recent_traces_bytes: Option<usize>,
     pub(super) max_export_batch: Option<usize>,
     pub(super) export_interval: Option<u64>,
     pub(super) sampler: Option<String>,

@@ -108,7 +108,7 @@ impl Config {
         let print = match first([flag(args.print.clone(), "print"), file_key(file.print, "print", path)]) {
             Some((raw, source)) => parse_print(&raw, &source)?,
             None if otlp.is_some() || sdk_disabled => None,
-            None => Some(PrintFormat::Text),
+            None => Some(PrintFormat::Tree),
         };
 
         // --- sampling ---
@@ -168,6 +168,14 @@ impl Config {
         ]) {
             Some((raw, source)) => check_range(parse_number(&raw, &source)?, 1 << 20, 1 << 40, &source)?,
             None => defaults.max_buffer_bytes,
+        };
+        let recent_traces_bytes = match first([
+            flag(args.recent_traces_bytes.map(|v| v.to_string()), "recent-traces-bytes"),
+            file_key(file.recent_traces_bytes.map(|v| v.to_string()), "recent_traces_bytes", path),
+        ]) {
+            // At most half of the one budget: the connections keep the rest.
+            Some((raw, source)) => check_range(parse_number(&raw, &source)?, 0, max_buffer_bytes / 2, &source)?,
+            None => defaults.recent_traces_bytes.min(max_buffer_bytes / 2),
         };
         let max_export_batch = match first([
             flag(args.max_export_batch.map(|v| v.to_string()), "max-export-batch"),
@@ -271,6 +279,7 @@ impl Config {
             ring_buffer_bytes,
             max_queued_spans,
             max_buffer_bytes,
+            recent_traces_bytes,
             max_export_batch,
             export_interval,
             raw_sql,

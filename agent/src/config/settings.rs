@@ -71,6 +71,8 @@ impl fmt::Debug for OtlpConfig {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PrintFormat {
+    /// Each trace as an indented waterfall once it is complete.
+    Tree,
     Text,
     Json,
 }
@@ -91,8 +93,12 @@ pub struct Config {
     pub ring_buffer_bytes: u32,
     /// Spans waiting for export before new ones are dropped (and counted).
     pub max_queued_spans: usize,
-    /// Bytes all connections' buffers may hold together.
+    /// Bytes all connections' buffers and the recent traces may hold
+    /// together.
     pub max_buffer_bytes: usize,
+    /// Of `max_buffer_bytes`, what the ring of recent traces behind
+    /// `waggle trace` may hold (only kept when the metrics endpoint runs).
+    pub recent_traces_bytes: usize,
     pub max_export_batch: usize,
     pub export_interval: Duration,
     /// Export SQL text with literals (default: sanitized).
@@ -124,7 +130,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             otlp: None,
-            print: Some(PrintFormat::Text),
+            print: Some(PrintFormat::Tree),
             resource_attributes: Vec::new(),
             sampler: Sampler::AlwaysOn,
             sampler_parent_based: true,
@@ -132,6 +138,7 @@ impl Default for Config {
             ring_buffer_bytes: waggle_common::EVENTS_RINGBUF_BYTES,
             max_queued_spans: 65536,
             max_buffer_bytes: 64 << 20,
+            recent_traces_bytes: 4 << 20,
             max_export_batch: 512,
             export_interval: Duration::from_millis(1000),
             raw_sql: false,

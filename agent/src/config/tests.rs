@@ -67,10 +67,10 @@ mod tempfile_like {
 }
 
 #[test]
-fn defaults_print_text_and_no_otlp() {
+fn defaults_print_trees_and_no_otlp() {
     let c = load(&[], &[]).unwrap();
     assert_eq!(c.otlp, None);
-    assert_eq!(c.print, Some(PrintFormat::Text));
+    assert_eq!(c.print, Some(PrintFormat::Tree));
     assert_eq!(c.sampler, Sampler::AlwaysOn);
     assert!(c.sampler_parent_based);
     assert_eq!(c.log_filter, "info");
@@ -303,7 +303,23 @@ fn print_rules() {
     assert_eq!(c.print, Some(PrintFormat::Json));
     assert!(c.otlp.is_some());
     assert_eq!(load(&["--print", "off"], &[]).unwrap().print, None);
-    assert_eq!(err(&["--print", "xml"], &[]), "--print: unknown format \"xml\" (use text, json or off)");
+    assert_eq!(load(&["--print", "text"], &[]).unwrap().print, Some(PrintFormat::Text));
+    assert_eq!(load(&["--print", "tree"], &[]).unwrap().print, Some(PrintFormat::Tree));
+    assert_eq!(err(&["--print", "xml"], &[]), "--print: unknown format \"xml\" (use tree, text, json or off)");
+}
+
+#[test]
+fn recent_traces_come_out_of_the_buffer_budget() {
+    assert_eq!(load(&[], &[]).unwrap().recent_traces_bytes, 4 << 20);
+    assert_eq!(load(&["--recent-traces-bytes", "0"], &[]).unwrap().recent_traces_bytes, 0);
+    let c = load(&["--max-buffer-bytes", "4194304"], &[]).unwrap();
+    assert_eq!(c.recent_traces_bytes, 2 << 20, "the default never takes more than half the budget");
+    assert_eq!(
+        err(&["--max-buffer-bytes", "4194304", "--recent-traces-bytes", "3000000"], &[]),
+        "--recent-traces-bytes: 3000000 is out of range (0..=2097152)"
+    );
+    let f = yaml("recent_traces_bytes: 1048576\n");
+    assert_eq!(load(&["--config", &f.arg()], &[]).unwrap().recent_traces_bytes, 1 << 20);
 }
 
 #[test]

@@ -104,10 +104,11 @@ pub(super) fn default_compression(endpoint: &str) -> OtlpCompression {
 
 pub(super) fn parse_print(raw: &str, source: &Source) -> Result<Option<PrintFormat>, ConfigError> {
     match raw.trim().to_ascii_lowercase().as_str() {
+        "tree" => Ok(Some(PrintFormat::Tree)),
         "text" => Ok(Some(PrintFormat::Text)),
         "json" => Ok(Some(PrintFormat::Json)),
         "off" | "none" | "false" => Ok(None),
-        _ => Err(source.invalid(format!("unknown format {raw:?} (use text, json or off)"))),
+        _ => Err(source.invalid(format!("unknown format {raw:?} (use tree, text, json or off)"))),
     }
 }
 

@@ -13,8 +13,18 @@ use tokio::{
     task::JoinHandle,
 };
 
-use super::{otlp, sink::Closing, stdout, ExportError, RateLimitedLog, SpanSink};
-use crate::{config::Config, metrics::Metrics, model::FinishedSpan};
+use super::{
+    otlp,
+    sink::Closing,
+    stdout,
+    waterfall::{spawn_tree_printer, SharedRecentTraces, TraceSpan, TreePrinter},
+    ExportError, RateLimitedLog, SpanSink,
+};
+use crate::{
+    config::{Config, PrintFormat},
+    metrics::Metrics,
+    model::FinishedSpan,
+};
 
 /// Export failures are logged at most this often (with a count of the
 /// suppressed ones), never per span or per batch.
@@ -60,12 +70,21 @@ struct Running {
 }
 
 /// Starts the export stage described by `config`: the terminal printer if
-/// `config.print` is set, OTLP if `config.otlp` is. Must be called from
-/// within a tokio runtime (the exporter task and the gRPC channel live there).
-pub fn spawn_exporter(config: &Config, metrics: Arc<Metrics>) -> Result<ExportHandle, ExportError> {
+/// `config.print` is set, OTLP if `config.otlp` is, and every exported span
+/// into `recent` when given. Must be called from within a tokio runtime (the
+/// exporter task and the gRPC channel live there).
+pub fn spawn_exporter(
+    config: &Config,
+    metrics: Arc<Metrics>,
+    recent: Option<SharedRecentTraces>,
+) -> Result<ExportHandle, ExportError> {
     let runtime = tokio::runtime::Handle::try_current().map_err(|_| ExportError::NoRuntime)?;
     let _guard = runtime.enter();
-    let printer = config.print.map(stdout::PrintSink::stdout);
+    let (printer, tree) = match config.print {
+        Some(PrintFormat::Tree) => (None, Some(spawn_tree_printer(metrics.clone()))),
+        Some(format) => (Some(stdout::PrintSink::stdout(format)), None),
+        None => (None, None),
+    };
     let closing = Arc::new(Closing::default());
     let otlp = match &config.otlp {
         Some(otlp) => Some(otlp::OtlpSink::new(otlp, metrics.clone(), closing.clone())?),
@@ -74,11 +93,11 @@ pub fn spawn_exporter(config: &Config, metrics: Arc<Metrics>) -> Result<ExportHa
     if let Some(otlp) = &config.otlp {
         tracing::info!(endpoint = %otlp.endpoint, protocol = %otlp.protocol, timeout_ms = otlp.timeout.as_millis() as u64, "exporting spans over OTLP");
     }
-    if printer.is_none() && otlp.is_none() {
+    if printer.is_none() && tree.is_none() && otlp.is_none() && recent.is_none() {
         tracing::warn!("no OTLP endpoint and printing is off: spans are discarded (counted as sampled out)");
         return Ok(ExportHandle { metrics, inner: None });
     }
-    let sinks = Sinks { printer, otlp, print_errors: RateLimitedLog::new(ERROR_LOG_INTERVAL) };
+    let sinks = Sinks { printer, tree, recent, otlp, print_errors: RateLimitedLog::new(ERROR_LOG_INTERVAL) };
     Ok(spawn_with_sink(sinks, BatchSettings::from_config(config), metrics, closing))
 }
 
@@ -275,16 +294,41 @@ async fn export_one<S: SpanSink>(
     }
 }
 
-/// The configured sinks. With both, OTLP decides what counts as exported;
+/// The configured sinks. With OTLP, OTLP decides what counts as exported;
 /// printing is then a side view whose failures are only logged.
 struct Sinks {
     printer: Option<stdout::PrintSink>,
+    tree: Option<TreePrinter>,
+    recent: Option<SharedRecentTraces>,
     otlp: Option<otlp::OtlpSink>,
     print_errors: RateLimitedLog,
 }
 
+impl Sinks {
+    /// The waterfall's view of the batch, for the tree printer and the ring
+    /// of recent traces (one lock per batch).
+    fn keep_trace_views(&self, batch: &[FinishedSpan]) {
+        if self.tree.is_none() && self.recent.is_none() {
+            return;
+        }
+        let views: Vec<TraceSpan> = batch.iter().map(TraceSpan::of).collect();
+        match (&self.tree, &self.recent) {
+            (Some(tree), Some(recent)) => {
+                recent.with(|ring| views.iter().cloned().for_each(|v| ring.insert(v)));
+                tree.send(views);
+            }
+            (Some(tree), None) => tree.send(views),
+            (None, Some(recent)) => {
+                recent.with(|ring| views.into_iter().for_each(|v| ring.insert(v)));
+            }
+            (None, None) => {}
+        }
+    }
+}
+
 impl SpanSink for Sinks {
     async fn export(&mut self, batch: Vec<FinishedSpan>) -> Result<(), ExportError> {
+        self.keep_trace_views(&batch);
         let batch = match &self.printer {
             Some(printer) => {
                 let (batch, result) = printer.print(batch).await;
@@ -308,6 +352,9 @@ impl SpanSink for Sinks {
     }
 
     async fn shutdown(&mut self) -> Result<(), ExportError> {
+        if let Some(tree) = self.tree.take() {
+            tree.finish().await;
+        }
         match &mut self.otlp {
             Some(otlp) => otlp.shutdown().await,
             None => Ok(()),
@@ -498,7 +545,7 @@ pub(crate) mod tests {
     async fn no_sinks_counts_spans_as_sampled_out() {
         let metrics = Arc::new(Metrics::default());
         let config = Config { print: None, otlp: None, ..Config::default() };
-        let handle = spawn_exporter(&config, metrics.clone()).unwrap();
+        let handle = spawn_exporter(&config, metrics.clone(), None).unwrap();
         handle.send(span("x"));
         assert_eq!(get(&metrics.spans_sampled_out), 1);
         handle.shutdown(Duration::from_secs(1)).await.unwrap();
@@ -507,6 +554,6 @@ pub(crate) mod tests {
     #[test]
     fn spawn_outside_runtime_is_an_error() {
         let metrics = Arc::new(Metrics::default());
-        assert!(matches!(spawn_exporter(&Config::default(), metrics), Err(ExportError::NoRuntime)));
+        assert!(matches!(spawn_exporter(&Config::default(), metrics, None), Err(ExportError::NoRuntime)));
     }
 }

@@ -1,5 +1,6 @@
 //! Exporters: OTLP (grpc, http/protobuf, encoded straight from our spans),
-//! and/or the terminal printer.
+//! and/or the terminal printer (span lines, or a waterfall per trace), and
+//! the ring of recent traces behind `waggle trace`.
 //!
 //! The pipeline hands spans to [`ExportHandle::send`], which never blocks: a
 //! bounded queue feeds one exporter task that batches spans (up to
@@ -11,6 +12,7 @@ mod batcher;
 pub mod otlp;
 mod sink;
 pub mod stdout;
+pub mod waterfall;
 
 #[cfg(test)]
 pub(crate) use batcher::tests;

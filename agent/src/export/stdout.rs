@@ -1,4 +1,5 @@
-//! Terminal printer: one compact line per span, or JSON lines.
+//! Terminal printer: one compact line per span, or JSON lines (the
+//! waterfall of `--print tree` is in `waterfall/`).
 //!
 //! Text is for a person tailing the output:
 //! `16:07:17.123 python-app[4242] SERVER GET /users/{id} 200 OK 12.3ms trace=<32 hex> span=<16 hex> parent=<16 hex>`
@@ -104,14 +105,16 @@ pub fn write_spans<W: Write>(format: PrintFormat, batch: &[FinishedSpan], out: W
     let mut w = BufWriter::with_capacity(WRITE_BUFFER_BYTES, out);
     for span in batch {
         match format {
-            PrintFormat::Text => write_text(&mut w, span)?,
+            // Trees are grouped by trace first (`waterfall`); a batch handed
+            // here directly prints as lines.
+            PrintFormat::Text | PrintFormat::Tree => write_text(&mut w, span)?,
             PrintFormat::Json => write_json(&mut w, span)?,
         }
     }
     w.flush()
 }
 
-fn kind_str(kind: SpanKind) -> &'static str {
+pub(super) fn kind_str(kind: SpanKind) -> &'static str {
     match kind {
         SpanKind::Server => "SERVER",
         SpanKind::Client => "CLIENT",
@@ -120,7 +123,7 @@ fn kind_str(kind: SpanKind) -> &'static str {
 
 /// Displays untrusted text on one line: control characters escaped, long
 /// values cut.
-struct Clean<'a>(&'a str);
+pub(super) struct Clean<'a>(pub(super) &'a str);
 
 impl fmt::Display for Clean<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -139,7 +142,7 @@ impl fmt::Display for Clean<'_> {
 }
 
 /// 0.42ms, 3.21ms, 12.3ms, 1.234s.
-fn format_duration(d: Duration) -> String {
+pub(super) fn format_duration(d: Duration) -> String {
     let ms = d.as_secs_f64() * 1000.0;
     if ms < 10.0 {
         format!("{ms:.2}ms")
@@ -151,7 +154,7 @@ fn format_duration(d: Duration) -> String {
 }
 
 /// Wall-clock time of day in the local time zone (UTC if it can't be had).
-fn time_of_day(t: SystemTime) -> (u32, u32, u32, u32) {
+pub(super) fn time_of_day(t: SystemTime) -> (u32, u32, u32, u32) {
     let since = t.duration_since(UNIX_EPOCH).unwrap_or_default();
     let millis = since.subsec_millis();
     let secs = since.as_secs();
@@ -168,7 +171,7 @@ fn time_of_day(t: SystemTime) -> (u32, u32, u32, u32) {
     (tm.tm_hour as u32, tm.tm_min as u32, tm.tm_sec as u32, millis)
 }
 
-fn status_code(span: &FinishedSpan) -> Option<&AttrValue> {
+pub(super) fn status_code(span: &FinishedSpan) -> Option<&AttrValue> {
     STATUS_CODE_KEYS.iter().find_map(|key| span.attr(key))
 }
 

@@ -24,7 +24,7 @@ use crate::{
     config::Config,
     conntrack::{ConnSpan, ConnTracker},
     discovery::{self, Lookup, ResourceReplies, ResourceReply, ResourceResolver, SeedSocket},
-    export::{self, ExportError, ExportHandle},
+    export::{self, waterfall::SharedRecentTraces, ExportError, ExportHandle},
     intake::{self, RawEvent},
     linking::ContextLinker,
     metrics::Metrics,
@@ -247,9 +247,15 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send) -> R
     let kernel_cell = KernelCounterCell::new();
     // Dropping the sender (also on an early error return) stops the server.
     let (metrics_stop, metrics_stop_rx) = tokio::sync::oneshot::channel::<()>();
+    // Only worth keeping where `waggle trace` can ask for them; their bytes
+    // come out of the one buffer budget.
+    let recent = (config.metrics_addr.is_some() && config.recent_traces_bytes > 0)
+        .then(|| SharedRecentTraces::new(config.recent_traces_bytes, metrics.clone()));
+    let conn_buffer_budget =
+        config.max_buffer_bytes.saturating_sub(recent.as_ref().map_or(0, |_| config.recent_traces_bytes));
     let metrics_server = match config.metrics_addr {
         Some(addr) => Some(
-            metrics_server::serve(addr, metrics.clone(), kernel_cell.clone(), async move {
+            metrics_server::serve(addr, metrics.clone(), kernel_cell.clone(), recent.clone(), async move {
                 let _ = metrics_stop_rx.await;
             })
             .await?,
@@ -267,7 +273,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send) -> R
         trusted_networks: config.trusted_networks.clone(),
     };
     let (probes, mut source, maps) = Probes::load(&probe_config)?;
-    let exporter = export::spawn_exporter(&config, metrics.clone())?;
+    let exporter = export::spawn_exporter(&config, metrics.clone(), recent)?;
     let (resolver, mut resource_replies) =
         ResourceResolver::spawn(config.resource_attributes.clone(), agent_pid, metrics.clone());
     let mut stages = Stages {
@@ -276,7 +282,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send) -> R
             metrics.clone(),
             MAX_CONNS,
         )
-        .with_buffer_budget(config.max_buffer_bytes),
+        .with_buffer_budget(conn_buffer_budget),
         env: LiveEnv::new(maps, metrics.clone()),
         reads_sockets: probes.reads_sockets(),
         assembler: SpanAssembler::new(Clock::new(), config.sampler, config.sampler_parent_based),
