@@ -64,6 +64,7 @@ pub fn main() -> ExitCode {
 #[derive(Debug, clap::Parser)]
 #[command(
     name = "waggle trace",
+    bin_name = "waggle trace",
     about = "Print one recent trace as a waterfall, asked of the agent running on this machine",
     after_help = "The agent keeps the traces it exported last (--recent-traces-bytes, 4 MiB by default) and \
                   answers on its --metrics-addr to loopback clients only. Exit status: 0 printed, 1 not found \
@@ -127,7 +128,12 @@ async fn fetch_trace(addr: std::net::SocketAddr, trace_id: &str) -> Result<Strin
         .build()
         .map_err(|e| format!("building the HTTP client: {e}"))?;
     let resp = client.get(&url).send().await.map_err(|e| {
-        format!("no agent answered on {addr} ({e}); start it with --metrics-addr, or pass its address with --agent")
+        // reqwest's own message names only the request; the cause is below.
+        let mut cause: &dyn std::error::Error = &e;
+        while let Some(source) = cause.source() {
+            cause = source;
+        }
+        format!("no agent answered on {addr} ({cause}); start it with --metrics-addr, or pass its address with --agent")
     })?;
     let status = resp.status();
     let body = resp.text().await.map_err(|e| format!("reading the agent's answer from {url}: {e}"))?;
