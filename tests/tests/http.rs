@@ -576,30 +576,34 @@ fn nginx_server_with_curl_and_urllib_clients() {
 
 #[test]
 #[ignore = "needs root and the agent binary: cargo xtask test runs it"]
-fn zero_config_prints_spans_as_text() {
-    let _guard = e2e_setup("zero_config_prints_spans_as_text");
+fn zero_config_prints_each_trace_as_a_tree() {
+    let _guard = e2e_setup("zero_config_prints_each_trace_as_a_tree");
     let app = Server::app();
     let agent = Agent::start(&[] as &[&str], &[]);
 
     let r = curl(&[&app.url("/users/7")]);
     r.assert_success();
 
-    let client_line =
-        |l: &str| l.contains("curl") && l.contains("CLIENT") && l.contains("GET") && l.contains("/users/{id}");
-    let server_line = |l: &str| l.contains("SERVER") && l.contains("GET") && l.contains("/users/{id}");
-    // Best effort while running (stdout may be buffered); the assertions
-    // below are on what the agent printed by the time it exited.
-    waggle_e2e::env::poll_until(SPAN_TIMEOUT, || {
-        let out = agent.stdout();
-        out.lines().any(client_line) && out.lines().any(server_line)
-    });
+    // curl's request carried the injected traceparent: the app's SERVER
+    // span is its child, one level in, in one tree of two spans.
+    let tree = |out: &str| -> Option<String> {
+        out.split("\n\n")
+            .map(|b| b.trim_start_matches('\n'))
+            .find(|b| {
+                let mut lines = b.lines();
+                lines.next().is_some_and(|h| h.starts_with("trace ") && h.contains(" · 2 spans · "))
+                    && lines.next().is_some_and(|l| l.starts_with("curl CLIENT GET /users/{id} 200 "))
+                    && lines.next().is_some_and(|l| l.starts_with("  ") && l.contains(" SERVER GET /users/{id} 200 "))
+                    && lines.next().is_none()
+            })
+            .map(str::to_owned)
+    };
+    waggle_e2e::env::poll_until(SPAN_TIMEOUT, || tree(&agent.stdout()).is_some());
     let out = agent.stop();
-    assert!(
-        out.stdout.lines().any(client_line),
-        "no line with curl, CLIENT, GET and /users/{{id}} in stdout:\n{}",
-        out.stdout
-    );
-    assert!(out.stdout.lines().any(server_line), "no SERVER line for GET /users/{{id}} in stdout:\n{}", out.stdout);
+    let block =
+        tree(&out.stdout).unwrap_or_else(|| panic!("no two-span tree for curl -> /users/7 on stdout:\n{}", out.stdout));
+    assert!(block.lines().skip(1).all(|l| l.matches('│').count() == 2), "each span line has its bar:\n{block}");
+    assert!(!out.stdout.contains('\x1b'), "no colours when stdout is not a terminal:\n{}", out.stdout);
 }
 
 #[test]
