@@ -38,6 +38,27 @@ impl Server {
         })
     }
 
+    /// [`python_http_server`](Self::python_http_server) started inside the
+    /// cgroup whose `cgroup.procs` is `procs` (the shell moves itself there,
+    /// then execs python, so the server is in it from its first
+    /// instruction), with `env` added.
+    #[track_caller]
+    pub fn python_http_server_in_cgroup(procs: &Path, env: &[(&str, &str)]) -> Server {
+        let dir = temp_dir("waggle-pyhttp-");
+        write(&dir.path().join("index.html"), b"hello\n");
+        Server::launch("http.server", dir, |port, dir| {
+            let mut cmd = Command::new("sh");
+            cmd.args(["-c", "echo 0 > \"$1\" && shift && exec \"$@\"", "sh"])
+                .arg(procs)
+                .arg(python())
+                .args(["-m", "http.server", "--bind", "127.0.0.1"])
+                .arg(port.to_string())
+                .current_dir(dir)
+                .envs(env.iter().copied());
+            cmd
+        })
+    }
+
     /// The fixture app (service name `app`): see `tests/fixtures/app.py` for
     /// its routes.
     #[track_caller]

@@ -24,6 +24,7 @@ pub(super) struct ProcessFacts {
     pub(super) exe_path: Option<String>,
     pub(super) argv: Vec<String>,
     pub(super) container_id: Option<String>,
+    pub(super) pod_uid: Option<String>,
     pub(super) service_name: Option<String>,
     pub(super) resource_attributes: Option<String>,
 }
@@ -49,7 +50,11 @@ impl ProcessFacts {
             Err(e) => tracing::trace!(pid, error = %e, "no command line"),
         }
         match read_capped(&process, pid, "cgroup", CGROUP_READ_CAP) {
-            Ok((bytes, _)) => facts.container_id = container_id_from_cgroup(&String::from_utf8_lossy(&bytes)),
+            Ok((bytes, _)) => {
+                let cgroup = String::from_utf8_lossy(&bytes);
+                facts.container_id = container_id_from_cgroup(&cgroup);
+                facts.pod_uid = pod_uid_from_cgroup(&cgroup);
+            }
             Err(e) => tracing::trace!(pid, error = %e, "no cgroup"),
         }
         match process.open_relative("environ") {
@@ -125,6 +130,34 @@ pub fn container_id_from_cgroup(cgroup: &str) -> Option<String> {
     None
 }
 
+/// The Kubernetes pod uid in /proc/<pid>/cgroup: kubelet names the pod's
+/// cgroup `pod<uid>` (cgroupfs driver: `/kubepods/burstable/pod<uid>/...`)
+/// or `kubepods-<qos>-pod<uid with _ for ->.slice` (systemd driver, used by
+/// containerd and CRI-O alike). A uid is a 36-character UUID.
+pub fn pod_uid_from_cgroup(cgroup: &str) -> Option<String> {
+    for line in cgroup.lines() {
+        let mut fields = line.splitn(3, ':');
+        let (Some(_), Some(_), Some(path)) = (fields.next(), fields.next(), fields.next()) else { continue };
+        if !path.contains("kubepods") {
+            continue;
+        }
+        for segment in path.split('/') {
+            let segment = segment.strip_suffix(".slice").unwrap_or(segment);
+            let Some(at) = segment.rfind("pod") else { continue };
+            let uid = segment[at + 3..].replace('_', "-");
+            let shaped = uid.len() == 36
+                && uid.bytes().enumerate().all(|(i, b)| match i {
+                    8 | 13 | 18 | 23 => b == b'-',
+                    _ => b.is_ascii_hexdigit(),
+                });
+            if shaped {
+                return Some(uid.to_ascii_lowercase());
+            }
+        }
+    }
+    None
+}
+
 // ---------------------------------------------------------------------------
 // Derived service names
 
@@ -169,5 +202,28 @@ mod tests {
             assert_eq!(container_id_from_cgroup(none), None, "{none}");
         }
         assert_eq!(container_id_from_cgroup(&format!("0::/system.slice/crio-conmon-{id}.scope")), None);
+    }
+
+    #[test]
+    fn pod_uids_from_kubelet_cgroup_layouts() {
+        let uid = "0a1b2c3d-4e5f-6a7b-8c9d-0e1f2a3b4c5d";
+        let systemd = uid.replace('-', "_");
+        let id = "3f4a1b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8";
+        for cgroup in [
+            format!("0::/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{systemd}.slice/cri-containerd-{id}.scope"),
+            format!("0::/kubepods.slice/kubepods-pod{systemd}.slice/crio-{id}.scope"),
+            format!("0::/kubepods/besteffort/pod{uid}/{id}"),
+            format!("11:memory:/kubepods/pod{}/{id}\n0::/", uid.to_ascii_uppercase()),
+        ] {
+            assert_eq!(pod_uid_from_cgroup(&cgroup).as_deref(), Some(uid), "{cgroup}");
+        }
+        for none in [
+            format!("0::/system.slice/docker-{id}.scope"),
+            "0::/kubepods.slice/kubepods-burstable.slice".to_owned(),
+            "0::/kubepods/besteffort/pod1234/x".to_owned(),
+            format!("0::/user.slice/pod{uid}.slice"),
+        ] {
+            assert_eq!(pod_uid_from_cgroup(&none), None, "{none}");
+        }
     }
 }

@@ -21,6 +21,11 @@ pub const ATTR_EXECUTABLE_PATH: &str = "process.executable.path";
 pub const ATTR_COMMAND: &str = "process.command";
 pub const ATTR_RUNTIME_NAME: &str = "process.runtime.name";
 pub const ATTR_CONTAINER_ID: &str = "container.id";
+pub const ATTR_K8S_POD_UID: &str = "k8s.pod.uid";
+/// What the agent knows of a process from the node and the kernel; the
+/// process's own OTEL_RESOURCE_ATTRIBUTES cannot replace these (a workload
+/// claiming another's container or host would misattribute its spans).
+const NODE_ATTRIBUTES: [&str; 4] = [ATTR_HOST_NAME, ATTR_CONTAINER_ID, ATTR_K8S_POD_UID, "k8s.node.name"];
 const ATTR_SERVICE_NAME: &str = "service.name";
 
 /// One resolution: the resource and what it was built from.
@@ -105,6 +110,9 @@ impl ResourceBuilder {
         if let Some(id) = facts.container_id {
             attrs.insert(ATTR_CONTAINER_ID.into(), id);
         }
+        if let Some(uid) = facts.pod_uid {
+            attrs.insert(ATTR_K8S_POD_UID.into(), uid);
+        }
         for (k, v) in &self.extra_attributes {
             attrs.insert(k.clone(), v.clone());
         }
@@ -121,6 +129,8 @@ impl ResourceBuilder {
         for (k, v) in own.into_iter().take(MAX_PROCESS_ATTRIBUTES) {
             if k == ATTR_SERVICE_NAME {
                 own_service_name = Some(v);
+            } else if NODE_ATTRIBUTES.contains(&k.as_str()) {
+                tracing::debug!(pid, key = %k, "ignoring a process's own value for a node-level resource attribute");
             } else {
                 attrs.insert(k, truncate_utf8(&v, MAX_VALUE_LEN));
             }
@@ -216,7 +226,7 @@ mod tests {
         let named = spawn_http_server(&[("OTEL_SERVICE_NAME", "foo")]);
         let attributed = spawn_http_server(&[(
             "OTEL_RESOURCE_ATTRIBUTES",
-            "service.name=bar, deployment.environment=prod%20eu,team=own,broken=%zz",
+            "service.name=bar, deployment.environment=prod%20eu,team=own,broken=%zz,host.name=elsewhere,container.id=forged,k8s.pod.uid=forged",
         )]);
         let both = spawn_http_server(&[("OTEL_SERVICE_NAME", "foo"), ("OTEL_RESOURCE_ATTRIBUTES", "service.name=bar")]);
         let extra = vec![
@@ -231,6 +241,8 @@ mod tests {
         assert_eq!(r.service_name, "bar");
         assert_eq!(attr(&r, "deployment.environment"), Some("prod eu"));
         assert_eq!(attr(&r, "team"), Some("own"), "the process's own attributes win");
+        assert_eq!(attr(&r, ATTR_HOST_NAME), Some(builder.host_name.as_str()), "but not over the node's");
+        assert_eq!((attr(&r, ATTR_CONTAINER_ID), attr(&r, ATTR_K8S_POD_UID)), (None, None));
         assert_eq!(attr(&r, "k8s.cluster.name"), Some("c1"));
         assert_eq!(attr(&r, "broken"), None);
         assert_eq!(attr(&r, "service.name"), None);
