@@ -59,6 +59,37 @@ impl Server {
         })
     }
 
+    /// A python server answering every GET with 200 "ok", run by Debian's
+    /// python3 as `nobody` (another uid than the agent's: reading its
+    /// /proc/<pid>/environ then needs the agent's CAP_SYS_PTRACE), with
+    /// `env` added.
+    #[track_caller]
+    pub fn python_ok_server_as_nobody(env: &[(&str, &str)]) -> Server {
+        const SCRIPT: &str = r#"
+import sys
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+class H(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def do_GET(self):
+        self.send_response(200)
+        self.send_header("Content-Length", "2")
+        self.end_headers()
+        self.wfile.write(b"ok")
+    def log_message(self, *a):
+        pass
+ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
+"#;
+        let dir = temp_dir("waggle-nobody-");
+        Server::launch("ok-server", dir, |port, _| {
+            let mut cmd = Command::new("setpriv");
+            cmd.args(["--reuid", "nobody", "--regid", "nogroup", "--clear-groups", "/usr/bin/python3", "-c", SCRIPT])
+                .arg(port.to_string())
+                .current_dir("/")
+                .envs(env.iter().copied());
+            cmd
+        })
+    }
+
     /// The fixture app (service name `app`): see `tests/fixtures/app.py` for
     /// its routes.
     #[track_caller]

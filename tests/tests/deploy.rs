@@ -1,5 +1,5 @@
 //! The deployment examples in deploy/ stay coherent with the agent: the
-//! DaemonSet has what eBPF capture needs, and the arguments and environment
+//! DaemonSet has what eBPF capture needs and no more, and the arguments and environment
 //! it passes are accepted by the real binary (`--check-config`).
 use std::process::Command;
 
@@ -24,12 +24,18 @@ fn daemonset_has_what_capture_needs() {
     let pod = &ds["spec"]["template"]["spec"];
     assert_eq!(pod["hostPID"], Value::from(true), "kernel pids must match /proc");
     let container = &pod["containers"][0];
-    assert_eq!(container["securityContext"]["privileged"], Value::from(true));
+    let security = &container["securityContext"];
+    assert!(matches!(security["privileged"], Value::Null | Value::Bool(false)), "not privileged: {security:?}");
+    assert_eq!(security["allowPrivilegeEscalation"], Value::from(false));
+    assert_eq!(security["readOnlyRootFilesystem"], Value::from(true));
+    // The exact set tests/tests/capabilities.rs runs the agent with.
+    let caps: Vec<&str> =
+        security["capabilities"]["add"].as_sequence().unwrap().iter().map(|c| c.as_str().unwrap()).collect();
+    assert_eq!(caps, ["BPF", "PERFMON", "NET_ADMIN", "SYS_PTRACE", "DAC_READ_SEARCH"]);
+    assert_eq!(security["capabilities"]["drop"][0], Value::from("ALL"));
     let mounts: Vec<&str> =
         container["volumeMounts"].as_sequence().unwrap().iter().map(|m| m["mountPath"].as_str().unwrap()).collect();
-    for needed in ["/sys/kernel/tracing", "/sys/fs/bpf", "/sys/fs/cgroup"] {
-        assert!(mounts.contains(&needed), "{needed} not mounted: {mounts:?}");
-    }
+    assert_eq!(mounts, ["/sys/kernel/tracing", "/sys/fs/cgroup"], "only what the agent uses");
 }
 
 #[test]
