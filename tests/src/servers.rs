@@ -65,24 +65,12 @@ impl Server {
     /// `env` added.
     #[track_caller]
     pub fn python_ok_server_as_nobody(env: &[(&str, &str)]) -> Server {
-        const SCRIPT: &str = r#"
-import sys
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-class H(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    def do_GET(self):
-        self.send_response(200)
-        self.send_header("Content-Length", "2")
-        self.end_headers()
-        self.wfile.write(b"ok")
-    def log_message(self, *a):
-        pass
-ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
-"#;
+        // Passed as text: nobody may not be able to read the checkout.
+        let script = std::fs::read_to_string(fixture("ok_server.py")).unwrap_or_else(|e| panic!("ok_server.py: {e}"));
         let dir = temp_dir("waggle-nobody-");
         Server::launch("ok-server", dir, |port, _| {
             let mut cmd = Command::new("setpriv");
-            cmd.args(["--reuid", "nobody", "--regid", "nogroup", "--clear-groups", "/usr/bin/python3", "-c", SCRIPT])
+            cmd.args(["--reuid", "nobody", "--regid", "nogroup", "--clear-groups", "/usr/bin/python3", "-c", &script])
                 .arg(port.to_string())
                 .current_dir("/")
                 .envs(env.iter().copied());

@@ -60,7 +60,7 @@ use crate::{
         one, Pids,
     },
     sampling::{sdk_samples, split_tp, SAMPLING_CLIENT},
-    services::{start_a, start_b, Service, PLAIN_SERVER},
+    services::{start_a, start_b, Service},
     stall::{b_direct, propagation_objects, signal},
     waterfall::{expected_lines, printed_tree, read_lines},
 };
@@ -599,7 +599,7 @@ fn untrusted_peers_traceparent_starts_a_new_trace() {
         let receiver = OtlpReceiver::start();
         let (agent, metrics_port) = start_agent_with(&receiver, &["--trusted-networks", nets], &[]);
         let mut cmd = Command::new(venv_python());
-        cmd.args(["-u", "-c", PLAIN_SERVER]);
+        cmd.arg("-u").arg(waggle_e2e::fixture("ok_server.py"));
         let b = Service::start("plain-server", cmd);
         let run = curl(&["-H", &caller, &b.url("/inventory")]);
         run.assert_success();

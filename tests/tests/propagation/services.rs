@@ -100,22 +100,3 @@ pub fn start_a(b: &Service, pg: &Postgres, keepalive: bool) -> Service {
     }
     Service::start("service-a", cmd)
 }
-
-/// A python HTTP server (it accepts with a peer address, which the kernel
-/// checks against the trusted networks; servers that accept without one,
-/// like node's, count as untrusted peers when networks are configured).
-pub const PLAIN_SERVER: &str = r#"
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-class H(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    def do_GET(self):
-        self.send_response(200)
-        self.send_header("Content-Length", "2")
-        self.end_headers()
-        self.wfile.write(b"ok")
-    def log_message(self, *a):
-        pass
-s = ThreadingHTTPServer(("127.0.0.1", 0), H)
-print("port %d" % s.server_address[1], flush=True)
-s.serve_forever()
-"#;
