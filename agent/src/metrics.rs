@@ -46,6 +46,10 @@ counters! {
     spans_export_failed: "spans in batches the exporter failed to send",
     otlp_attempts_failed: "OTLP export attempts that failed, every retry counted (while the collector is down the exporter holds its batch and retries it every few seconds)",
     kernel_events_lost: "events the kernel could not write (ring buffer full)",
+    metric_series_overflow: "span-metric observations recorded in their metric's overflow series (otel_metric_overflow=\"true\") because the metric had reached its series limit (--metrics-max-series)",
+    service_graph_unpaired: "service-graph spans whose other side (caller or callee) did not arrive within 10 s: that peer is not traced, or its span was lost",
+    service_graph_dropped_full: "service-graph spans not paired because the pairing table was full",
+    metric_exports_failed: "OTLP metric exports that failed (the next export sends the cumulative values again)",
 }
 
 impl Metrics {

@@ -206,15 +206,20 @@ fn encode_counter(encoder: &mut DescriptorEncoder, name: &str, help: &str, value
     metric.encode(enc)
 }
 
-fn registry(metrics: Arc<Metrics>, kernel: KernelCounterCell) -> Registry {
-    let mut registry = Registry::with_prefix(METRIC_PREFIX);
-    registry.register_collector(Box::new(AgentCollector { metrics, kernel }));
+/// The agent's own metrics under `waggle_`; `app` (the application
+/// metrics from spans) keeps its conventional names, unprefixed.
+fn registry(metrics: Arc<Metrics>, kernel: KernelCounterCell, app: Option<Box<dyn Collector>>) -> Registry {
+    let mut registry = Registry::default();
+    registry.sub_registry_with_prefix(METRIC_PREFIX).register_collector(Box::new(AgentCollector { metrics, kernel }));
+    if let Some(app) = app {
+        registry.register_collector(app);
+    }
     registry
 }
 
 /// Renders the whole exposition, as served on `/metrics`.
 pub fn render(metrics: Arc<Metrics>, kernel: KernelCounterCell) -> Result<String, std::fmt::Error> {
-    render_registry(&registry(metrics, kernel))
+    render_registry(&registry(metrics, kernel, None))
 }
 
 fn render_registry(registry: &Registry) -> Result<String, std::fmt::Error> {
@@ -253,10 +258,22 @@ pub async fn serve(
     kernel: KernelCounterCell,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<MetricsServer, MetricsServerError> {
+    serve_with(addr, metrics, kernel, None, shutdown).await
+}
+
+/// [`serve`], with `app`'s metrics (the application metrics from spans)
+/// on the same page.
+pub async fn serve_with(
+    addr: SocketAddr,
+    metrics: Arc<Metrics>,
+    kernel: KernelCounterCell,
+    app: Option<Box<dyn Collector>>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<MetricsServer, MetricsServerError> {
     let listener = TcpListener::bind(addr).await.map_err(|source| MetricsServerError::Bind { addr, source })?;
     let local_addr = listener.local_addr().map_err(MetricsServerError::LocalAddr)?;
     tracing::info!(addr = %local_addr, path = METRICS_PATH, "serving agent metrics");
-    let registry = Arc::new(registry(metrics, kernel));
+    let registry = Arc::new(registry(metrics, kernel, app));
     let task = tokio::spawn(accept_loop(listener, registry, shutdown));
     Ok(MetricsServer { local_addr, task })
 }

@@ -31,6 +31,7 @@ Config file (YAML, unknown keys are an error):
   max_buffer_bytes: 67108864
   sampler: parentbased_traceidratio sampler_arg: 0.25          raw_sql: false
   propagation: on | off             metrics_addr: 0.0.0.0:9464 log_level: info
+  app_metrics: on | off             metrics_max_series: 2000
   redact_url_paths: /reset/*,/invite/*/accept
   resource_attributes: {deployment.environment.name: prod}";
 
@@ -137,9 +138,22 @@ pub struct CliArgs {
     #[arg(long, value_name = "TEMPLATES")]
     pub redact_url_paths: Option<String>,
 
-    /// Serve Prometheus metrics on this address, e.g. 0.0.0.0:9464
+    /// Serve Prometheus metrics on this address, e.g. 0.0.0.0:9464: the
+    /// agent's own counters and, unless --app-metrics off, the application
+    /// metrics computed from spans (with exemplars)
     #[arg(long, value_name = "ADDR")]
     pub metrics_addr: Option<String>,
+
+    /// Application metrics from every span: HTTP/DB duration histograms
+    /// (OTel semantic conventions), Tempo span metrics and the service
+    /// graph [default: on when --metrics-addr is set]
+    #[arg(long, value_name = "on|off")]
+    pub app_metrics: Option<String>,
+
+    /// Series each application metric may have; label sets past it are
+    /// counted in one series labelled otel_metric_overflow="true" [default: 2000]
+    #[arg(long, value_name = "N")]
+    pub metrics_max_series: Option<usize>,
 
     /// Extra resource attributes for every traced process, key=value,... (like OTEL_RESOURCE_ATTRIBUTES)
     #[arg(long, value_name = "KEY=VALUE,...")]

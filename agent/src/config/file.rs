@@ -57,6 +57,8 @@ pub(super) struct FileConfig {
     pub(super) trusted_networks: Option<String>,
     pub(super) redact_url_paths: Option<String>,
     pub(super) metrics_addr: Option<String>,
+    pub(super) app_metrics: Option<Scalar>,
+    pub(super) metrics_max_series: Option<usize>,
     pub(super) resource_attributes: Option<BTreeMap<String, Scalar>>,
     pub(super) log_level: Option<String>,
 }

@@ -19,6 +19,7 @@ const MAX_QUEUED_SPANS_LIMIT: usize = 1 << 20;
 const MAX_EXPORT_BATCH_LIMIT: usize = 1 << 16;
 const MAX_RING_BUFFER_BYTES: u32 = 1 << 30;
 const MIN_RING_BUFFER_BYTES: u32 = 4096;
+const MAX_METRIC_SERIES_LIMIT: usize = 1 << 20;
 
 impl Config {
     /// Merges flags, environment, the `--config` file and defaults.
@@ -226,6 +227,21 @@ impl Config {
             })?),
             None => None,
         };
+        let app_metrics = match first([
+            flag(args.app_metrics.clone(), "app-metrics"),
+            file_key(file.app_metrics.map(Scalar::into_string), "app_metrics", path),
+        ]) {
+            Some((raw, source)) => parse_on_off(&raw, &source)?,
+            // Computing metrics nobody can read is waste.
+            None => metrics_addr.is_some(),
+        };
+        let metrics_max_series = match first([
+            flag(args.metrics_max_series.map(|v| v.to_string()), "metrics-max-series"),
+            file_key(file.metrics_max_series.map(|v| v.to_string()), "metrics_max_series", path),
+        ]) {
+            Some((raw, source)) => check_range(parse_number(&raw, &source)?, 1, MAX_METRIC_SERIES_LIMIT, &source)?,
+            None => defaults.metrics_max_series,
+        };
 
         // --- resource attributes: merged per key, higher precedence wins ---
         let mut resource_attributes: BTreeMap<String, String> = BTreeMap::new();
@@ -279,6 +295,8 @@ impl Config {
             trusted_networks,
             redact_url_paths,
             metrics_addr,
+            app_metrics,
+            metrics_max_series,
             config_file: args.config.clone(),
             log_filter,
             sdk_disabled,

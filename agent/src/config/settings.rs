@@ -112,6 +112,12 @@ pub struct Config {
     pub redact_url_paths: Arc<PathRedaction>,
     /// Serve Prometheus metrics here.
     pub metrics_addr: Option<SocketAddr>,
+    /// RED metrics, span metrics and the service graph from every exported
+    /// span (`span_metrics`); on by default wherever they can be read.
+    pub app_metrics: bool,
+    /// Series per application metric before new label sets go to the
+    /// overflow series.
+    pub metrics_max_series: usize,
     pub config_file: Option<PathBuf>,
     /// tracing-subscriber EnvFilter directives (--log-level, RUST_LOG).
     pub log_filter: String,
@@ -140,6 +146,8 @@ impl Default for Config {
             trusted_networks: None,
             redact_url_paths: Arc::default(),
             metrics_addr: None,
+            app_metrics: false,
+            metrics_max_series: crate::span_metrics::DEFAULT_MAX_SERIES,
             config_file: None,
             log_filter: "info".to_owned(),
             sdk_disabled: false,

@@ -14,7 +14,7 @@ use tokio::{
 };
 
 use super::{otlp, sink::Closing, stdout, ExportError, RateLimitedLog, SpanSink};
-use crate::{config::Config, metrics::Metrics, model::FinishedSpan};
+use crate::{config::Config, metrics::Metrics, model::FinishedSpan, span_metrics::SpanMetrics};
 
 /// Export failures are logged at most this often (with a count of the
 /// suppressed ones), never per span or per batch.
@@ -63,6 +63,16 @@ struct Running {
 /// `config.print` is set, OTLP if `config.otlp` is. Must be called from
 /// within a tokio runtime (the exporter task and the gRPC channel live there).
 pub fn spawn_exporter(config: &Config, metrics: Arc<Metrics>) -> Result<ExportHandle, ExportError> {
+    spawn_exporter_with(config, metrics, None)
+}
+
+/// [`spawn_exporter`], with every batch also counted into `span_metrics`
+/// before it goes to the sinks.
+pub fn spawn_exporter_with(
+    config: &Config,
+    metrics: Arc<Metrics>,
+    span_metrics: Option<Arc<SpanMetrics>>,
+) -> Result<ExportHandle, ExportError> {
     let runtime = tokio::runtime::Handle::try_current().map_err(|_| ExportError::NoRuntime)?;
     let _guard = runtime.enter();
     let printer = config.print.map(stdout::PrintSink::stdout);
@@ -75,19 +85,33 @@ pub fn spawn_exporter(config: &Config, metrics: Arc<Metrics>) -> Result<ExportHa
         tracing::info!(endpoint = %otlp.endpoint, protocol = %otlp.protocol, timeout_ms = otlp.timeout.as_millis() as u64, "exporting spans over OTLP");
     }
     if printer.is_none() && otlp.is_none() {
-        tracing::warn!("no OTLP endpoint and printing is off: spans are discarded (counted as sampled out)");
-        return Ok(ExportHandle { metrics, inner: None });
+        if span_metrics.is_none() {
+            tracing::warn!("no OTLP endpoint and printing is off: spans are discarded (counted as sampled out)");
+            return Ok(ExportHandle { metrics, inner: None });
+        }
+        tracing::info!("no OTLP endpoint and printing is off: spans only feed the application metrics");
     }
     let sinks = Sinks { printer, otlp, print_errors: RateLimitedLog::new(ERROR_LOG_INTERVAL) };
-    Ok(spawn_with_sink(sinks, BatchSettings::from_config(config), metrics, closing))
+    Ok(spawn_batcher(sinks, BatchSettings::from_config(config), metrics, closing, span_metrics))
 }
 
 /// Starts the batching task in front of `sink` (tests pass their own sinks).
+#[cfg(test)]
 pub(crate) fn spawn_with_sink<S: SpanSink + 'static>(
     sink: S,
     settings: BatchSettings,
     metrics: Arc<Metrics>,
     closing: Arc<Closing>,
+) -> ExportHandle {
+    spawn_batcher(sink, settings, metrics, closing, None)
+}
+
+fn spawn_batcher<S: SpanSink + 'static>(
+    sink: S,
+    settings: BatchSettings,
+    metrics: Arc<Metrics>,
+    closing: Arc<Closing>,
+    span_metrics: Option<Arc<SpanMetrics>>,
 ) -> ExportHandle {
     let (tx, rx) = mpsc::channel(settings.queue);
     let (stop_tx, stop_rx) = oneshot::channel();
@@ -101,6 +125,7 @@ pub(crate) fn spawn_with_sink<S: SpanSink + 'static>(
         settings,
         metrics.clone(),
         in_flight.clone(),
+        span_metrics,
     ));
     let running = Running { tx, batch_ready, room, stop: stop_tx, task, in_flight, closing };
     ExportHandle { metrics, inner: Some(running) }
@@ -181,6 +206,7 @@ async fn run_batcher<S: SpanSink>(
     settings: BatchSettings,
     metrics: Arc<Metrics>,
     in_flight: Arc<AtomicUsize>,
+    span_metrics: Option<Arc<SpanMetrics>>,
 ) -> Result<(), ExportError> {
     let mut errors = RateLimitedLog::new(ERROR_LOG_INTERVAL);
     let mut stopping = false;
@@ -246,6 +272,11 @@ async fn run_batcher<S: SpanSink>(
             continue;
         }
         let spans = std::mem::replace(&mut batch, Vec::with_capacity(settings.max_batch));
+        // Counted before the sinks: a collector that is down must not
+        // take the metrics with it.
+        if let Some(span_metrics) = &span_metrics {
+            span_metrics.record(&spans);
+        }
         export_one(&mut sink, spans, &metrics, &in_flight, &mut errors).await;
     }
     sink.shutdown().await

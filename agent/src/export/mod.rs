@@ -14,6 +14,6 @@ pub mod stdout;
 
 #[cfg(test)]
 pub(crate) use batcher::tests;
-pub use batcher::{spawn_exporter, ExportHandle};
+pub use batcher::{spawn_exporter, spawn_exporter_with, ExportHandle};
 pub(crate) use sink::RateLimitedLog;
 pub use sink::{ExportError, SpanSink};

@@ -32,6 +32,7 @@ use crate::{
     model::{ConnMeta, ParsedSpan, ProcessResource, SpanIdentity},
     probes::{ProbeConfig, ProbeError, Probes},
     protocols::ParserConfig,
+    span_metrics::SpanMetrics,
 };
 
 /// Most records handled per wake-up before the loop yields to other work
@@ -247,11 +248,19 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send) -> R
     let kernel_cell = KernelCounterCell::new();
     // Dropping the sender (also on an early error return) stops the server.
     let (metrics_stop, metrics_stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let span_metrics =
+        config.app_metrics.then(|| Arc::new(SpanMetrics::new(config.metrics_max_series, metrics.clone())));
     let metrics_server = match config.metrics_addr {
         Some(addr) => Some(
-            metrics_server::serve(addr, metrics.clone(), kernel_cell.clone(), async move {
-                let _ = metrics_stop_rx.await;
-            })
+            metrics_server::serve_with(
+                addr,
+                metrics.clone(),
+                kernel_cell.clone(),
+                span_metrics.as_ref().map(SpanMetrics::collector),
+                async move {
+                    let _ = metrics_stop_rx.await;
+                },
+            )
             .await?,
         ),
         None => None,
@@ -267,7 +276,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send) -> R
         trusted_networks: config.trusted_networks.clone(),
     };
     let (probes, mut source, maps) = Probes::load(&probe_config)?;
-    let exporter = export::spawn_exporter(&config, metrics.clone())?;
+    let exporter = export::spawn_exporter_with(&config, metrics.clone(), span_metrics.clone())?;
     let (resolver, mut resource_replies) =
         ResourceResolver::spawn(config.resource_attributes.clone(), agent_pid, metrics.clone());
     let mut stages = Stages {
