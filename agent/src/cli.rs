@@ -144,6 +144,15 @@ fn describe_config(config: &Config) -> String {
             if config.app_metrics { "on" } else { "off" },
             config.metrics_max_series
         ),
+        match &config.metrics_otlp {
+            Some(o) => format!(
+                "metrics otlp: {} ({}) every {} ms",
+                o.endpoint,
+                o.protocol,
+                config.metric_export_interval.as_millis()
+            ),
+            None => "metrics otlp: off".to_owned(),
+        },
     ];
     for (k, v) in &config.resource_attributes {
         lines.push(format!("resource attribute: {k}={v}"));

@@ -1,7 +1,8 @@
 //! Application metrics end to end: the agent computes RED histograms, span
 //! metrics and a service graph from the spans of real services, a real
 //! Prometheus scrapes them (exemplar storage on), and what its HTTP API
-//! answers matches the spans the OTLP receiver got.
+//! answers matches the spans the OTLP receiver got; the same numbers also
+//! arrive over OTLP (`OTEL_METRICS_EXPORTER=otlp`).
 //!
 //! ```text
 //! curl -> front (python, tests/fixtures/metrics/front.py)
@@ -14,6 +15,10 @@ use std::{
     time::Duration,
 };
 
+use opentelemetry_proto::tonic::{
+    common::v1::{any_value, KeyValue},
+    metrics::v1::{metric, ResourceMetrics},
+};
 use waggle_e2e::{
     curl,
     db::{venv_python, Postgres},
@@ -100,7 +105,7 @@ fn red_metrics_span_metrics_and_service_graph_reach_a_real_prometheus() {
     let metrics_port = free_port();
     let mut args = receiver.agent_args(Protocol::HttpProtobuf);
     args.extend(["--metrics-addr".to_owned(), format!("127.0.0.1:{metrics_port}")]);
-    let agent = Agent::start(&args, &[]);
+    let agent = Agent::start(&args, &[("OTEL_METRICS_EXPORTER", "otlp"), ("OTEL_METRIC_EXPORT_INTERVAL", "500")]);
     // After the agent: their sockets are tracked from the start.
     let inventory = Service::start("inventory", &venv_python(), "metrics/inventory.py", pg.port());
     let front = Service::start("front", &python(), "metrics/front.py", inventory.port);
@@ -235,9 +240,178 @@ fn red_metrics_span_metrics_and_service_graph_reach_a_real_prometheus() {
         inventory_db.len() as f64,
     );
 
+    // The same numbers over OTLP, from the latest (cumulative) export.
+    let server_duration = |route: &str| {
+        let route = route.to_owned();
+        move |attrs: &BTreeMap<String, String>| attrs.get("http.route") == Some(&route)
+    };
+    for (route, n) in &by_route {
+        expect_otlp(&receiver, "http.server.request.duration", "front", server_duration(route), |p| {
+            p.count == *n as u64
+        });
+    }
+    // Buckets: (0.25, 0.5] holds every /slow request.
+    let slow_point = expect_otlp(&receiver, "http.server.request.duration", "front", server_duration("/slow"), |p| {
+        p.count == SLOW as u64
+    });
+    let i = slow_point.bounds.iter().position(|b| *b == 0.5).expect("a 0.5 s bound");
+    assert_eq!(slow_point.buckets[i], SLOW as u64, "{slow_point:?}");
+    assert_eq!(slow_point.buckets[..i].iter().sum::<u64>(), 0, "{slow_point:?}");
+    for (trace, span) in &slow_point.exemplars {
+        assert!(span_ids.contains(&(trace.as_str(), span.as_str())), "OTLP exemplar {trace}/{span} not exported");
+    }
+    assert!(!slow_point.exemplars.is_empty(), "{slow_point:?}");
+    expect_otlp(
+        &receiver,
+        "traces.span.metrics.calls",
+        "front",
+        |a| {
+            a.get("span.kind").map(String::as_str) == Some("SPAN_KIND_SERVER")
+                && a.get("status.code").map(String::as_str) == Some("STATUS_CODE_ERROR")
+        },
+        |p| p.count == server_errors as u64,
+    );
+    expect_otlp(
+        &receiver,
+        "traces.span.metrics.calls",
+        "front",
+        |a| {
+            a.get("span.kind").map(String::as_str) == Some("SPAN_KIND_CLIENT")
+                && a.get("status.code").map(String::as_str) == Some("STATUS_CODE_ERROR")
+        },
+        |p| p.count == client_errors as u64,
+    );
+    let front_inventory = |a: &BTreeMap<String, String>| {
+        a.get("client").map(String::as_str) == Some("front") && a.get("server").map(String::as_str) == Some("inventory")
+    };
+    expect_otlp(&receiver, "traces.service.graph.request", "waggle", front_inventory, |p| p.count == calls as u64);
+    expect_otlp(&receiver, "traces.service.graph.request.failed", "waggle", front_inventory, |p| {
+        p.count == (BROKEN + STALE) as u64
+    });
+    expect_otlp(
+        &receiver,
+        "traces.service.graph.request",
+        "waggle",
+        |a| {
+            a.get("client").map(String::as_str) == Some("inventory")
+                && a.get("server").map(String::as_str) == Some("postgresql")
+        },
+        |p| p.count == inventory_db.len() as u64,
+    );
+    assert!(receiver.rejected().is_empty(), "{:?}", receiver.rejected());
+
     let body = scrape(metrics_port);
     assert_eq!(counter(&body, "metric_series_overflow"), 0, "{body}");
     let out = agent.stop();
     assert_eq!(out.counter("metric_series_overflow"), 0);
     drop(prom);
+}
+
+/// One data point of an OTLP export, flattened: a histogram's count,
+/// buckets and exemplars, or a sum's value as `count`.
+#[derive(Debug, Default)]
+struct Point {
+    count: u64,
+    bounds: Vec<f64>,
+    buckets: Vec<u64>,
+    exemplars: Vec<(String, String)>,
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn strings(kvs: &[KeyValue]) -> BTreeMap<String, String> {
+    kvs.iter()
+        .filter_map(|kv| {
+            let v = match kv.value.as_ref()?.value.as_ref()? {
+                any_value::Value::StringValue(s) => s.clone(),
+                any_value::Value::IntValue(i) => i.to_string(),
+                other => format!("{other:?}"),
+            };
+            Some((kv.key.clone(), v))
+        })
+        .collect()
+}
+
+/// The points of `metric` for resource `service` in one export.
+fn points(export: &[ResourceMetrics], metric: &str, service: &str) -> Vec<(BTreeMap<String, String>, Point)> {
+    let mut out = Vec::new();
+    for rm in export {
+        let resource = strings(rm.resource.as_ref().map(|r| r.attributes.as_slice()).unwrap_or_default());
+        if resource.get("service.name").map(String::as_str) != Some(service) {
+            continue;
+        }
+        for m in rm.scope_metrics.iter().flat_map(|s| &s.metrics).filter(|m| m.name == metric) {
+            match &m.data {
+                Some(metric::Data::Histogram(h)) => {
+                    for p in &h.data_points {
+                        let exemplars = p.exemplars.iter().map(|e| (hex(&e.trace_id), hex(&e.span_id))).collect();
+                        let point = Point {
+                            count: p.count,
+                            bounds: p.explicit_bounds.clone(),
+                            buckets: p.bucket_counts.clone(),
+                            exemplars,
+                        };
+                        out.push((strings(&p.attributes), point));
+                    }
+                }
+                Some(metric::Data::Sum(s)) => {
+                    for p in &s.data_points {
+                        let count = match p.value {
+                            Some(opentelemetry_proto::tonic::metrics::v1::number_data_point::Value::AsInt(i)) => {
+                                u64::try_from(i).unwrap_or(0)
+                            }
+                            _ => 0,
+                        };
+                        out.push((strings(&p.attributes), Point { count, ..Point::default() }));
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    out
+}
+
+/// Waits until the points of `metric` (resource `service`) in the latest
+/// OTLP export whose attributes satisfy `which`, added up, satisfy `want`;
+/// returns their sum.
+#[track_caller]
+fn expect_otlp(
+    receiver: &OtlpReceiver,
+    metric: &str,
+    service: &str,
+    which: impl Fn(&BTreeMap<String, String>) -> bool,
+    want: impl Fn(&Point) -> bool,
+) -> Point {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let exports = receiver.metric_exports();
+        let found: Vec<(BTreeMap<String, String>, Point)> = exports
+            .last()
+            .map(|e| points(e, metric, service).into_iter().filter(|(a, _)| which(a)).collect())
+            .unwrap_or_default();
+        let mut total = Point::default();
+        for (_, p) in &found {
+            total.count += p.count;
+            if total.buckets.is_empty() {
+                total.bounds.clone_from(&p.bounds);
+                total.buckets = vec![0; p.buckets.len()];
+            }
+            for (t, b) in total.buckets.iter_mut().zip(&p.buckets) {
+                *t += b;
+            }
+            total.exemplars.extend(p.exemplars.iter().cloned());
+        }
+        if !found.is_empty() && want(&total) {
+            return total;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "OTLP: the {metric} points of {service} in the latest of {} exports do not add up as expected: {found:?}",
+            exports.len()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }

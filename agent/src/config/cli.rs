@@ -19,6 +19,9 @@ Standard OpenTelemetry variables honoured:
   OTEL_BSP_MAX_QUEUE_SIZE, OTEL_BSP_MAX_EXPORT_BATCH_SIZE, OTEL_BSP_SCHEDULE_DELAY (ms)
   OTEL_SDK_DISABLED=true               no OTLP export, no default printing, sampler always_off;
                                        explicit --otlp-endpoint / --print flags still apply
+  OTEL_METRICS_EXPORTER                otlp | prometheus | none (application metrics; OTLP push is off unless set)
+  OTEL_METRIC_EXPORT_INTERVAL          ms between OTLP metric exports (default 60000)
+  OTEL_EXPORTER_OTLP_METRICS_*         ENDPOINT (used as is), PROTOCOL, HEADERS, TIMEOUT, COMPRESSION for metrics
   RUST_LOG                             log filter, when --log-level is not given
 
 Without an OTLP endpoint spans are printed on stdout (logs go to stderr).
@@ -32,6 +35,7 @@ Config file (YAML, unknown keys are an error):
   sampler: parentbased_traceidratio sampler_arg: 0.25          raw_sql: false
   propagation: on | off             metrics_addr: 0.0.0.0:9464 log_level: info
   app_metrics: on | off             metrics_max_series: 2000
+  metrics_exporter: otlp            metric_export_interval: 60000
   redact_url_paths: /reset/*,/invite/*/accept
   resource_attributes: {deployment.environment.name: prod}";
 
@@ -154,6 +158,17 @@ pub struct CliArgs {
     /// counted in one series labelled otel_metric_overflow="true" [default: 2000]
     #[arg(long, value_name = "N")]
     pub metrics_max_series: Option<usize>,
+
+    /// Metrics exporters, like OTEL_METRICS_EXPORTER: otlp (push the
+    /// application metrics to the OTLP endpoint, /v1/metrics), prometheus
+    /// (serve them on --metrics-addr, default 127.0.0.1:9464), none
+    /// [default: none pushed]
+    #[arg(long, value_name = "otlp,prometheus|none")]
+    pub metrics_exporter: Option<String>,
+
+    /// Milliseconds between OTLP metric exports, like OTEL_METRIC_EXPORT_INTERVAL [default: 60000]
+    #[arg(long, value_name = "MS")]
+    pub metric_export_interval: Option<u64>,
 
     /// Extra resource attributes for every traced process, key=value,... (like OTEL_RESOURCE_ATTRIBUTES)
     #[arg(long, value_name = "KEY=VALUE,...")]

@@ -29,7 +29,7 @@ impl Scalar {
     }
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct FileOtlp {
     pub(super) endpoint: Option<String>,
@@ -59,6 +59,8 @@ pub(super) struct FileConfig {
     pub(super) metrics_addr: Option<String>,
     pub(super) app_metrics: Option<Scalar>,
     pub(super) metrics_max_series: Option<usize>,
+    pub(super) metrics_exporter: Option<String>,
+    pub(super) metric_export_interval: Option<u64>,
     pub(super) resource_attributes: Option<BTreeMap<String, Scalar>>,
     pub(super) log_level: Option<String>,
 }

@@ -30,7 +30,7 @@ impl Config {
         };
         let path = args.config.as_deref();
         let defaults = Config::default();
-        let file_otlp = file.otlp.unwrap_or_default();
+        let file_otlp = file.otlp.clone().unwrap_or_default();
 
         // OTEL_SDK_DISABLED turns off what the environment and the file asked
         // for; explicit output flags are a later, more specific instruction.
@@ -40,6 +40,15 @@ impl Config {
         };
         let output_flags = args.otlp_endpoint.is_some() || args.print.is_some();
         let sdk_disabled = sdk_disabled && !output_flags;
+        // Read before the file's fields are taken below.
+        let metrics_export = super::metrics_export::resolve(
+            args,
+            env,
+            &file,
+            file.otlp.clone().unwrap_or_default(),
+            path,
+            sdk_disabled,
+        )?;
 
         // --- OTLP ---
         let protocol = match first([
@@ -227,13 +236,19 @@ impl Config {
             })?),
             None => None,
         };
+        // OTEL_METRICS_EXPORTER=prometheus without an address: the OTel
+        // specification's default for its Prometheus exporter.
+        let metrics_addr = match metrics_addr {
+            None if metrics_export.exporters.prometheus => Some(SocketAddr::from(([127, 0, 0, 1], 9464))),
+            addr => addr,
+        };
         let app_metrics = match first([
             flag(args.app_metrics.clone(), "app-metrics"),
             file_key(file.app_metrics.map(Scalar::into_string), "app_metrics", path),
         ]) {
             Some((raw, source)) => parse_on_off(&raw, &source)?,
             // Computing metrics nobody can read is waste.
-            None => metrics_addr.is_some(),
+            None => !metrics_export.exporters.none && (metrics_addr.is_some() || metrics_export.otlp.is_some()),
         };
         let metrics_max_series = match first([
             flag(args.metrics_max_series.map(|v| v.to_string()), "metrics-max-series"),
@@ -297,6 +312,8 @@ impl Config {
             metrics_addr,
             app_metrics,
             metrics_max_series,
+            metrics_otlp: metrics_export.otlp,
+            metric_export_interval: metrics_export.interval,
             config_file: args.config.clone(),
             log_filter,
             sdk_disabled,

@@ -277,6 +277,15 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send) -> R
     };
     let (probes, mut source, maps) = Probes::load(&probe_config)?;
     let exporter = export::spawn_exporter_with(&config, metrics.clone(), span_metrics.clone())?;
+    let metrics_push = match (&config.metrics_otlp, &span_metrics) {
+        (Some(otlp), Some(span_metrics)) => Some(export::otlp::MetricsPush::spawn(
+            otlp,
+            config.metric_export_interval,
+            span_metrics.clone(),
+            metrics.clone(),
+        )?),
+        _ => None,
+    };
     let (resolver, mut resource_replies) =
         ResourceResolver::spawn(config.resource_attributes.clone(), agent_pid, metrics.clone());
     let mut stages = Stages {
@@ -349,6 +358,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send) -> R
     let Stages { exporter, kernel_counters, .. } = stages;
     if let Err(e) = exporter.shutdown(SHUTDOWN_FLUSH_TIMEOUT).await {
         tracing::warn!(error = %e, "flushing spans at shutdown");
+    }
+    // After the spans: their last batch is in the metrics it sends.
+    if let Some(push) = metrics_push {
+        push.shutdown(SHUTDOWN_FLUSH_TIMEOUT).await;
     }
     drop(metrics_stop);
     if let Some(server) = metrics_server {

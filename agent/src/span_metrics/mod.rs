@@ -13,6 +13,7 @@
 //! Read out as Prometheus/OpenMetrics by [`SpanMetrics::collector`] (on
 //! the agent's `/metrics`) and as OTLP by [`SpanMetrics::visit`].
 mod graph;
+mod otlp;
 mod series;
 
 use std::{
@@ -29,6 +30,7 @@ use prometheus_client::{
 
 use graph::{Link, Lost, Pairing, Side};
 pub use graph::{PAIRING_CAPACITY, PAIRING_TTL};
+pub use otlp::export_request;
 pub use series::{Exemplar, Hist, Key, SeriesLabels, TraceRef, Val, ValRef, OVERFLOW_KEY};
 use series::{SeriesTable, Slot};
 
