@@ -303,3 +303,35 @@ fn nothing_recorded_renders_no_families() {
     let (m, _) = metrics();
     assert_eq!(render(&m), "# EOF\n");
 }
+
+/// Cost per span of `record` (every metric, the pairing table included),
+/// by hand:
+/// `cargo test -p waggle --release --lib span_metrics::tests::record_bench -- --ignored --nocapture`
+#[test]
+#[ignore = "micro-benchmark: run by hand"]
+fn record_bench() {
+    const N: usize = 512;
+    let routes = ["/users/{id}", "/orders", "/checkout", "/health", "/items/{id}", "/cart", "/login", "/search"];
+    let batch: Vec<FinishedSpan> = (0..N)
+        .map(|i| match i % 4 {
+            0 | 1 => http_server(
+                "front",
+                routes[i % routes.len()],
+                200 + 300 * (i % 7 == 0) as i64,
+                12,
+                (i as u8, 1, Some(2)),
+            ),
+            2 => http_client("front", 200, 5, i as u8, 2),
+            _ => db_client("inventory", 3, i as u8, 3),
+        })
+        .collect();
+    let (m, _) = metrics();
+    m.record(&batch);
+    let mut best = f64::MAX;
+    for _ in 0..200 {
+        let t0 = Instant::now();
+        m.record(&batch);
+        best = best.min(t0.elapsed().as_secs_f64() * 1e9 / N as f64);
+    }
+    println!("span metrics: best of 200 batches of {N}: {best:.0} ns/span");
+}
