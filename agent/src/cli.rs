@@ -237,6 +237,20 @@ fn describe_config(config: &Config) -> String {
             }
         ),
         format!("metrics_addr: {}", config.metrics_addr.map(|a| a.to_string()).unwrap_or_else(|| "none".into())),
+        format!(
+            "app_metrics: {} (at most {} series per metric)",
+            if config.app_metrics { "on" } else { "off" },
+            config.metrics_max_series
+        ),
+        match &config.metrics_otlp {
+            Some(o) => format!(
+                "metrics otlp: {} ({}) every {} ms",
+                o.endpoint,
+                o.protocol,
+                config.metric_export_interval.as_millis()
+            ),
+            None => "metrics otlp: off".to_owned(),
+        },
     ];
     for (k, v) in &config.resource_attributes {
         lines.push(format!("resource attribute: {k}={v}"));
@@ -258,6 +272,8 @@ fn log_config(config: &Config) {
         raw_sql = config.raw_sql,
         redact_url_path_templates = config.redact_url_paths.templates(),
         propagation = config.propagation,
+        app_metrics = config.app_metrics,
+        metrics_max_series = config.metrics_max_series,
         config_file = ?config.config_file,
         "configuration loaded"
     );

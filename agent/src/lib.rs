@@ -6,7 +6,8 @@
 //! [`linking`] (kernel trace ids) → [`assembly`] → [`export`] (OTLP or
 //! terminal), driven by [`pipeline`].
 //! [`discovery`] reads /proc, [`config`] merges flags/env/file, [`metrics`]
-//! counts every drop.
+//! counts every drop, [`span_metrics`] turns exported spans into RED
+//! metrics and a service graph.
 pub mod allocator;
 pub mod assembly;
 pub mod clock;
@@ -22,6 +23,7 @@ pub mod model;
 pub mod pipeline;
 pub mod probes;
 pub mod protocols;
+pub mod span_metrics;
 
 pub use config::Config;
 pub use pipeline::{run, RunError};

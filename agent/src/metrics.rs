@@ -49,6 +49,10 @@ counters! {
     recent_traces_evicted: "traces dropped whole from the recent-traces ring behind `waggle trace` to stay within --recent-traces-bytes (oldest first)",
     tree_spans_not_kept: "spans the --print tree printer counted but did not show (its queue was full behind a paused terminal, or a trace passed 1000 spans)",
     tree_traces_printed_early: "traces the --print tree printer printed before they looked complete, to stay within 4096 waiting traces",
+    metric_series_overflow: "span-metric observations recorded in their metric's overflow series (otel_metric_overflow=\"true\") because the metric had reached its series limit (--metrics-max-series)",
+    service_graph_unpaired: "service-graph spans whose other side (caller or callee) did not arrive within 10 s: that peer is not traced, or its span was lost",
+    service_graph_dropped_full: "service-graph spans not paired because the pairing table was full",
+    metric_exports_failed: "OTLP metric exports that failed (the next export sends the cumulative values again)",
 }
 
 impl Metrics {

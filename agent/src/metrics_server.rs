@@ -222,15 +222,29 @@ fn encode_counter(encoder: &mut DescriptorEncoder, name: &str, help: &str, value
     metric.encode(enc)
 }
 
-fn registry(metrics: Arc<Metrics>, kernel: KernelCounterCell, recent: Option<SharedRecentTraces>) -> Registry {
-    let mut registry = Registry::with_prefix(METRIC_PREFIX);
-    registry.register_collector(Box::new(AgentCollector { metrics, kernel, recent }));
+/// The agent's own metrics under `waggle_`; `app` (the application
+/// metrics from spans) keeps its conventional names, unprefixed.
+fn registry(
+    metrics: Arc<Metrics>,
+    kernel: KernelCounterCell,
+    recent: Option<SharedRecentTraces>,
+    app: Option<Box<dyn Collector>>,
+) -> Registry {
+    let mut registry = Registry::default();
+    registry.sub_registry_with_prefix(METRIC_PREFIX).register_collector(Box::new(AgentCollector {
+        metrics,
+        kernel,
+        recent,
+    }));
+    if let Some(app) = app {
+        registry.register_collector(app);
+    }
     registry
 }
 
 /// Renders the whole exposition, as served on `/metrics`.
 pub fn render(metrics: Arc<Metrics>, kernel: KernelCounterCell) -> Result<String, std::fmt::Error> {
-    render_registry(&registry(metrics, kernel, None))
+    render_registry(&registry(metrics, kernel, None, None))
 }
 
 /// What a connection's requests are answered from.
@@ -274,13 +288,25 @@ pub async fn serve(
     addr: SocketAddr,
     metrics: Arc<Metrics>,
     kernel: KernelCounterCell,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<MetricsServer, MetricsServerError> {
+    serve_with(addr, metrics, kernel, None, None, shutdown).await
+}
+
+/// [`serve`], with `app`'s metrics (the application metrics from spans)
+/// on the same page and `GET /traces/<id>` answered from `recent`.
+pub async fn serve_with(
+    addr: SocketAddr,
+    metrics: Arc<Metrics>,
+    kernel: KernelCounterCell,
+    app: Option<Box<dyn Collector>>,
     recent: Option<SharedRecentTraces>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<MetricsServer, MetricsServerError> {
     let listener = TcpListener::bind(addr).await.map_err(|source| MetricsServerError::Bind { addr, source })?;
     let local_addr = listener.local_addr().map_err(MetricsServerError::LocalAddr)?;
     tracing::info!(addr = %local_addr, path = METRICS_PATH, traces = recent.is_some(), "serving agent metrics");
-    let served = Arc::new(Served { registry: registry(metrics, kernel, recent.clone()), recent });
+    let served = Arc::new(Served { registry: registry(metrics, kernel, recent.clone(), app), recent });
     let task = tokio::spawn(accept_loop(listener, served, shutdown));
     Ok(MetricsServer { local_addr, task })
 }
@@ -427,7 +453,7 @@ mod tests {
 
     async fn start(metrics: Arc<Metrics>, kernel: KernelCounterCell) -> (MetricsServer, oneshot::Sender<()>) {
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
-        let server = serve("127.0.0.1:0".parse().unwrap(), metrics, kernel, None, async move {
+        let server = serve("127.0.0.1:0".parse().unwrap(), metrics, kernel, async move {
             let _ = stop_rx.await;
         })
         .await
@@ -444,10 +470,11 @@ mod tests {
         let id = crate::model::hex(&span.trace_id);
         recent.with(|ring| ring.insert(span.clone()));
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
-        let server = serve(
+        let server = serve_with(
             "127.0.0.1:0".parse().unwrap(),
             metrics,
             KernelCounterCell::new(),
+            None,
             Some(recent.clone()),
             async move {
                 let _ = stop_rx.await;
@@ -568,7 +595,7 @@ mod tests {
     async fn metrics_server_bind_failure_names_the_address() {
         let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = taken.local_addr().unwrap();
-        let err = serve(addr, Arc::new(Metrics::default()), KernelCounterCell::new(), None, std::future::pending())
+        let err = serve(addr, Arc::new(Metrics::default()), KernelCounterCell::new(), std::future::pending())
             .await
             .unwrap_err();
         assert!(matches!(err, MetricsServerError::Bind { addr: a, .. } if a == addr), "{err:?}");

@@ -13,6 +13,7 @@
 pub mod agent;
 pub mod db;
 pub mod env;
+pub mod prometheus;
 pub mod receiver;
 pub mod scrape;
 pub mod servers;

@@ -1,6 +1,7 @@
-//! A real OTLP traces receiver: gRPC (tonic `TraceServiceServer`) and
-//! http/protobuf (`POST /v1/traces`, optionally gzip) on ephemeral 127.0.0.1
-//! ports, served from a private tokio runtime that dies with the receiver.
+//! A real OTLP traces and metrics receiver: gRPC (tonic `TraceServiceServer`
+//! and `MetricsServiceServer`) and http/protobuf (`POST /v1/traces`,
+//! `POST /v1/metrics`, optionally gzip) on ephemeral 127.0.0.1 ports, served
+//! from a private tokio runtime that dies with the receiver.
 use std::{
     collections::BTreeMap,
     fmt::Write as _,
@@ -17,11 +18,16 @@ use axum::{
     response::IntoResponse,
 };
 use opentelemetry_proto::tonic::{
+    collector::metrics::v1::{
+        metrics_service_server::{MetricsService, MetricsServiceServer},
+        ExportMetricsServiceRequest, ExportMetricsServiceResponse,
+    },
     collector::trace::v1::{
         trace_service_server::{TraceService, TraceServiceServer},
         ExportTraceServiceRequest, ExportTraceServiceResponse,
     },
     common::v1::{any_value, AnyValue, KeyValue},
+    metrics::v1::ResourceMetrics,
     trace::v1::{span, status, ResourceSpans},
 };
 use prost::Message;
@@ -260,6 +266,8 @@ pub fn flatten(resource_spans: &[ResourceSpans]) -> Vec<Span> {
 #[derive(Default)]
 struct Store {
     resource_spans: Vec<ResourceSpans>,
+    /// Every metrics export, in arrival order.
+    metric_exports: Vec<Vec<ResourceMetrics>>,
     grpc_requests: usize,
     http_requests: usize,
     /// Paths http/protobuf exports were POSTed to.
@@ -297,7 +305,21 @@ impl TraceService for GrpcService {
     }
 }
 
-fn decode_http_body(headers: &HeaderMap, body: &[u8]) -> Result<ExportTraceServiceRequest, String> {
+#[tonic::async_trait]
+impl MetricsService for GrpcService {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportMetricsServiceRequest>,
+    ) -> Result<tonic::Response<ExportMetricsServiceResponse>, tonic::Status> {
+        let req = request.into_inner();
+        let mut store = lock(&self.store);
+        store.grpc_requests += 1;
+        store.metric_exports.push(req.resource_metrics);
+        Ok(tonic::Response::new(ExportMetricsServiceResponse { partial_success: None }))
+    }
+}
+
+fn decode_http_body<M: Message + Default>(headers: &HeaderMap, body: &[u8]) -> Result<M, String> {
     let encoding = headers.get(header::CONTENT_ENCODING).and_then(|v| v.to_str().ok()).unwrap_or("");
     let decoded;
     let bytes = match encoding {
@@ -317,7 +339,7 @@ fn decode_http_body(headers: &HeaderMap, body: &[u8]) -> Result<ExportTraceServi
     if ctype != "application/x-protobuf" {
         return Err(format!("content-type {ctype:?}, want application/x-protobuf"));
     }
-    ExportTraceServiceRequest::decode(bytes).map_err(|e| format!("protobuf decode: {e}"))
+    M::decode(bytes).map_err(|e| format!("protobuf decode: {e}"))
 }
 
 /// Any POST path is accepted (and recorded): whether the agent treats its
@@ -329,7 +351,23 @@ async fn http_export(State(store): State<Shared>, uri: Uri, headers: HeaderMap, 
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
     }
-    match decode_http_body(&headers, &body) {
+    if path == "/v1/metrics" {
+        return match decode_http_body::<ExportMetricsServiceRequest>(&headers, &body) {
+            Ok(req) => {
+                let mut store = lock(&store);
+                store.http_requests += 1;
+                store.http_paths.push(path);
+                store.metric_exports.push(req.resource_metrics);
+                let resp = ExportMetricsServiceResponse { partial_success: None }.encode_to_vec();
+                (HttpStatus::OK, [(header::CONTENT_TYPE, "application/x-protobuf")], resp)
+            }
+            Err(reason) => {
+                lock(&store).rejected.push(format!("POST {path}: {reason}"));
+                (HttpStatus::BAD_REQUEST, [(header::CONTENT_TYPE, "text/plain")], reason.into_bytes())
+            }
+        };
+    }
+    match decode_http_body::<ExportTraceServiceRequest>(&headers, &body) {
         Ok(req) => {
             let mut store = lock(&store);
             store.http_requests += 1;
@@ -436,6 +474,9 @@ impl OtlpReceiver {
         let grpc_service = TraceServiceServer::new(GrpcService { store: store.clone() })
             .accept_compressed(tonic::codec::CompressionEncoding::Gzip)
             .max_decoding_message_size(MAX_BODY_BYTES);
+        let grpc_metrics = MetricsServiceServer::new(GrpcService { store: store.clone() })
+            .accept_compressed(tonic::codec::CompressionEncoding::Gzip)
+            .max_decoding_message_size(MAX_BODY_BYTES);
         let mut app = axum::Router::new()
             .fallback(axum::routing::post(http_export))
             .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
@@ -449,7 +490,10 @@ impl OtlpReceiver {
 
         runtime.spawn(async move {
             let incoming = tonic::transport::server::TcpIncoming::from(grpc_listener);
-            let grpc = tonic::transport::Server::builder().add_service(grpc_service).serve_with_incoming(incoming);
+            let grpc = tonic::transport::Server::builder()
+                .add_service(grpc_service)
+                .add_service(grpc_metrics)
+                .serve_with_incoming(incoming);
             let http = axum::serve(http_listener, app);
             tokio::select! {
                 r = grpc => eprintln!("otlp receiver: grpc server ended: {r:?}"),
@@ -523,6 +567,12 @@ impl OtlpReceiver {
     /// anywhere" checks that must cover every field, not just attributes.
     pub fn raw_dump(&self) -> String {
         format!("{:?}", lock(&self.store).resource_spans)
+    }
+
+    /// Every metrics export received so far (each a list of resource
+    /// metrics), in arrival order.
+    pub fn metric_exports(&self) -> Vec<Vec<ResourceMetrics>> {
+        lock(&self.store).metric_exports.clone()
     }
 
     pub fn grpc_requests(&self) -> usize {

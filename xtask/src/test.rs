@@ -57,6 +57,9 @@ pub const E2E_DEPS: &[Dep] = &[
     // clients built at test time (node, curl and nginx are above).
     Dep { packages: &["golang-go"], command: Some("go") },
     Dep { packages: &["default-jdk-headless", "openjdk-17-jdk-headless"], command: Some("javac") },
+    // Application metrics (tests/tests/metrics.rs, deploy.rs): a real
+    // Prometheus scrapes the agent and checks the dashboards' queries.
+    Dep { packages: &["prometheus"], command: Some("/usr/bin/prometheus") },
 ];
 
 /// Packages to install for the deps that are not satisfied.

@@ -19,6 +19,9 @@ Standard OpenTelemetry variables honoured:
   OTEL_BSP_MAX_QUEUE_SIZE, OTEL_BSP_MAX_EXPORT_BATCH_SIZE, OTEL_BSP_SCHEDULE_DELAY (ms)
   OTEL_SDK_DISABLED=true               no OTLP export, no default printing, sampler always_off;
                                        explicit --otlp-endpoint / --print flags still apply
+  OTEL_METRICS_EXPORTER                otlp | prometheus | none (application metrics; OTLP push is off unless set)
+  OTEL_METRIC_EXPORT_INTERVAL          ms between OTLP metric exports (default 60000)
+  OTEL_EXPORTER_OTLP_METRICS_*         ENDPOINT (used as is), PROTOCOL, HEADERS, TIMEOUT, COMPRESSION for metrics
   RUST_LOG                             log filter, when --log-level is not given
 
 Without an OTLP endpoint spans are printed on stdout as one waterfall per trace (logs go to stderr).
@@ -35,6 +38,8 @@ Config file (YAML, unknown keys are an error):
   max_buffer_bytes: 67108864        recent_traces_bytes: 4194304
   sampler: parentbased_traceidratio sampler_arg: 0.25          raw_sql: false
   propagation: on | off             metrics_addr: 0.0.0.0:9464 log_level: info
+  app_metrics: on | off             metrics_max_series: 2000
+  metrics_exporter: otlp            metric_export_interval: 60000
   redact_url_paths: /reset/*,/invite/*/accept
   resource_attributes: {deployment.environment.name: prod}";
 
@@ -148,9 +153,33 @@ pub struct CliArgs {
     #[arg(long, value_name = "TEMPLATES")]
     pub redact_url_paths: Option<String>,
 
-    /// Serve Prometheus metrics on this address, e.g. 0.0.0.0:9464
+    /// Serve Prometheus metrics on this address, e.g. 0.0.0.0:9464: the
+    /// agent's own counters and, unless --app-metrics off, the application
+    /// metrics computed from spans (with exemplars)
     #[arg(long, value_name = "ADDR")]
     pub metrics_addr: Option<String>,
+
+    /// Application metrics from every span: HTTP/DB duration histograms
+    /// (OTel semantic conventions), Tempo span metrics and the service
+    /// graph [default: on when --metrics-addr is set]
+    #[arg(long, value_name = "on|off")]
+    pub app_metrics: Option<String>,
+
+    /// Series each application metric may have; label sets past it are
+    /// counted in one series labelled otel_metric_overflow="true" [default: 2000]
+    #[arg(long, value_name = "N")]
+    pub metrics_max_series: Option<usize>,
+
+    /// Metrics exporters, like OTEL_METRICS_EXPORTER: otlp (push the
+    /// application metrics to the OTLP endpoint, /v1/metrics), prometheus
+    /// (serve them on --metrics-addr, default 127.0.0.1:9464), none
+    /// [default: none pushed]
+    #[arg(long, value_name = "otlp,prometheus|none")]
+    pub metrics_exporter: Option<String>,
+
+    /// Milliseconds between OTLP metric exports, like OTEL_METRIC_EXPORT_INTERVAL [default: 60000]
+    #[arg(long, value_name = "MS")]
+    pub metric_export_interval: Option<u64>,
 
     /// Extra resource attributes for every traced process, key=value,... (like OTEL_RESOURCE_ATTRIBUTES)
     #[arg(long, value_name = "KEY=VALUE,...")]

@@ -29,7 +29,7 @@ impl Scalar {
     }
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct FileOtlp {
     pub(super) endpoint: Option<String>,
@@ -58,6 +58,10 @@ pub(super) struct FileConfig {
     pub(super) trusted_networks: Option<String>,
     pub(super) redact_url_paths: Option<String>,
     pub(super) metrics_addr: Option<String>,
+    pub(super) app_metrics: Option<Scalar>,
+    pub(super) metrics_max_series: Option<usize>,
+    pub(super) metrics_exporter: Option<String>,
+    pub(super) metric_export_interval: Option<u64>,
     pub(super) resource_attributes: Option<BTreeMap<String, Scalar>>,
     pub(super) log_level: Option<String>,
 }

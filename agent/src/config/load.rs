@@ -19,6 +19,7 @@ const MAX_QUEUED_SPANS_LIMIT: usize = 1 << 20;
 const MAX_EXPORT_BATCH_LIMIT: usize = 1 << 16;
 const MAX_RING_BUFFER_BYTES: u32 = 1 << 30;
 const MIN_RING_BUFFER_BYTES: u32 = 4096;
+const MAX_METRIC_SERIES_LIMIT: usize = 1 << 20;
 
 impl Config {
     /// Merges flags, environment, the `--config` file and defaults.
@@ -29,7 +30,7 @@ impl Config {
         };
         let path = args.config.as_deref();
         let defaults = Config::default();
-        let file_otlp = file.otlp.unwrap_or_default();
+        let file_otlp = file.otlp.clone().unwrap_or_default();
 
         // OTEL_SDK_DISABLED turns off what the environment and the file asked
         // for; explicit output flags are a later, more specific instruction.
@@ -39,6 +40,15 @@ impl Config {
         };
         let output_flags = args.otlp_endpoint.is_some() || args.print.is_some();
         let sdk_disabled = sdk_disabled && !output_flags;
+        // Read before the file's fields are taken below.
+        let metrics_export = super::metrics_export::resolve(
+            args,
+            env,
+            &file,
+            file.otlp.clone().unwrap_or_default(),
+            path,
+            sdk_disabled,
+        )?;
 
         // --- OTLP ---
         let protocol = match first([
@@ -234,6 +244,27 @@ impl Config {
             })?),
             None => None,
         };
+        // OTEL_METRICS_EXPORTER=prometheus without an address: the OTel
+        // specification's default for its Prometheus exporter.
+        let metrics_addr = match metrics_addr {
+            None if metrics_export.exporters.prometheus => Some(SocketAddr::from(([127, 0, 0, 1], 9464))),
+            addr => addr,
+        };
+        let app_metrics = match first([
+            flag(args.app_metrics.clone(), "app-metrics"),
+            file_key(file.app_metrics.map(Scalar::into_string), "app_metrics", path),
+        ]) {
+            Some((raw, source)) => parse_on_off(&raw, &source)?,
+            // Computing metrics nobody can read is waste.
+            None => !metrics_export.exporters.none && (metrics_addr.is_some() || metrics_export.otlp.is_some()),
+        };
+        let metrics_max_series = match first([
+            flag(args.metrics_max_series.map(|v| v.to_string()), "metrics-max-series"),
+            file_key(file.metrics_max_series.map(|v| v.to_string()), "metrics_max_series", path),
+        ]) {
+            Some((raw, source)) => check_range(parse_number(&raw, &source)?, 1, MAX_METRIC_SERIES_LIMIT, &source)?,
+            None => defaults.metrics_max_series,
+        };
 
         // --- resource attributes: merged per key, higher precedence wins ---
         let mut resource_attributes: BTreeMap<String, String> = BTreeMap::new();
@@ -288,6 +319,10 @@ impl Config {
             trusted_networks,
             redact_url_paths,
             metrics_addr,
+            app_metrics,
+            metrics_max_series,
+            metrics_otlp: metrics_export.otlp,
+            metric_export_interval: metrics_export.interval,
             config_file: args.config.clone(),
             log_filter,
             sdk_disabled,

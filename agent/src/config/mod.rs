@@ -12,6 +12,7 @@
 mod cli;
 mod file;
 mod load;
+mod metrics_export;
 mod sampler;
 mod settings;
 mod source;

@@ -118,6 +118,16 @@ pub struct Config {
     pub redact_url_paths: Arc<PathRedaction>,
     /// Serve Prometheus metrics here.
     pub metrics_addr: Option<SocketAddr>,
+    /// RED metrics, span metrics and the service graph from every exported
+    /// span (`span_metrics`); on by default wherever they can be read.
+    pub app_metrics: bool,
+    /// Series per application metric before new label sets go to the
+    /// overflow series.
+    pub metrics_max_series: usize,
+    /// Push the application metrics over OTLP (OTEL_METRICS_EXPORTER=otlp).
+    pub metrics_otlp: Option<OtlpConfig>,
+    /// OTEL_METRIC_EXPORT_INTERVAL.
+    pub metric_export_interval: Duration,
     pub config_file: Option<PathBuf>,
     /// tracing-subscriber EnvFilter directives (--log-level, RUST_LOG).
     pub log_filter: String,
@@ -147,6 +157,10 @@ impl Default for Config {
             trusted_networks: None,
             redact_url_paths: Arc::default(),
             metrics_addr: None,
+            app_metrics: false,
+            metrics_max_series: crate::span_metrics::DEFAULT_MAX_SERIES,
+            metrics_otlp: None,
+            metric_export_interval: Duration::from_secs(60),
             config_file: None,
             log_filter: "info".to_owned(),
             sdk_disabled: false,

@@ -152,6 +152,19 @@ pub(super) fn resolve_endpoint(
     protocol: OtlpProtocol,
     base: EndpointKind,
 ) -> Result<String, ConfigError> {
+    resolve_signal_endpoint(raw, source, protocol, base, "/v1/traces")
+}
+
+/// [`resolve_endpoint`] for the signal whose http path is `signal_path`
+/// (`/v1/metrics`): a flag or file URL naming the traces path is the
+/// collector's, so the other signal goes beside it.
+pub(super) fn resolve_signal_endpoint(
+    raw: &str,
+    source: &Source,
+    protocol: OtlpProtocol,
+    base: EndpointKind,
+    signal_path: &str,
+) -> Result<String, ConfigError> {
     let url = reqwest::Url::parse(raw.trim())
         .map_err(|e| source.invalid(format!("invalid endpoint {raw:?}: {e} (expected e.g. http://localhost:4318)")))?;
     match url.scheme() {
@@ -171,14 +184,17 @@ pub(super) fn resolve_endpoint(
         // gRPC has no URL path: the service path comes from the protobuf definition.
         (OtlpProtocol::Grpc, _) | (OtlpProtocol::HttpProtobuf, EndpointKind::Signal) => trimmed.to_owned(),
         (OtlpProtocol::HttpProtobuf, EndpointKind::Base) => {
-            format!("{}/v1/traces", trimmed.trim_end_matches('/'))
+            format!("{}{signal_path}", trimmed.trim_end_matches('/'))
         }
         (OtlpProtocol::HttpProtobuf, EndpointKind::BaseOrSignal) => {
             let path = url.path().trim_end_matches('/');
-            if path.ends_with("/v1/traces") {
+            let base = trimmed.trim_end_matches('/');
+            if path.ends_with(signal_path) {
                 trimmed.to_owned()
+            } else if let Some(collector) = base.strip_suffix("/v1/traces") {
+                format!("{collector}{signal_path}")
             } else {
-                format!("{}/v1/traces", trimmed.trim_end_matches('/'))
+                format!("{base}{signal_path}")
             }
         }
     })

@@ -24,6 +24,7 @@ use crate::{
     config::{Config, PrintFormat},
     metrics::Metrics,
     model::FinishedSpan,
+    span_metrics::SpanMetrics,
 };
 
 /// Export failures are logged at most this often (with a count of the
@@ -70,13 +71,20 @@ struct Running {
 }
 
 /// Starts the export stage described by `config`: the terminal printer if
-/// `config.print` is set, OTLP if `config.otlp` is, and every exported span
-/// into `recent` when given. Must be called from within a tokio runtime (the
-/// exporter task and the gRPC channel live there).
-pub fn spawn_exporter(
+/// `config.print` is set, OTLP if `config.otlp` is. Must be called from
+/// within a tokio runtime (the exporter task and the gRPC channel live there).
+pub fn spawn_exporter(config: &Config, metrics: Arc<Metrics>) -> Result<ExportHandle, ExportError> {
+    spawn_exporter_with(config, metrics, None, None)
+}
+
+/// [`spawn_exporter`], with every exported span also kept in `recent` (for
+/// `waggle trace`) and every batch counted into `span_metrics` before it
+/// goes to the sinks.
+pub fn spawn_exporter_with(
     config: &Config,
     metrics: Arc<Metrics>,
     recent: Option<SharedRecentTraces>,
+    span_metrics: Option<Arc<SpanMetrics>>,
 ) -> Result<ExportHandle, ExportError> {
     let runtime = tokio::runtime::Handle::try_current().map_err(|_| ExportError::NoRuntime)?;
     let _guard = runtime.enter();
@@ -94,19 +102,33 @@ pub fn spawn_exporter(
         tracing::info!(endpoint = %otlp.endpoint, protocol = %otlp.protocol, timeout_ms = otlp.timeout.as_millis() as u64, "exporting spans over OTLP");
     }
     if printer.is_none() && tree.is_none() && otlp.is_none() && recent.is_none() {
-        tracing::warn!("no OTLP endpoint and printing is off: spans are discarded (counted as sampled out)");
-        return Ok(ExportHandle { metrics, inner: None });
+        if span_metrics.is_none() {
+            tracing::warn!("no OTLP endpoint and printing is off: spans are discarded (counted as sampled out)");
+            return Ok(ExportHandle { metrics, inner: None });
+        }
+        tracing::info!("no OTLP endpoint and printing is off: spans only feed the application metrics");
     }
     let sinks = Sinks { printer, tree, recent, otlp, print_errors: RateLimitedLog::new(ERROR_LOG_INTERVAL) };
-    Ok(spawn_with_sink(sinks, BatchSettings::from_config(config), metrics, closing))
+    Ok(spawn_batcher(sinks, BatchSettings::from_config(config), metrics, closing, span_metrics))
 }
 
 /// Starts the batching task in front of `sink` (tests pass their own sinks).
+#[cfg(test)]
 pub(crate) fn spawn_with_sink<S: SpanSink + 'static>(
     sink: S,
     settings: BatchSettings,
     metrics: Arc<Metrics>,
     closing: Arc<Closing>,
+) -> ExportHandle {
+    spawn_batcher(sink, settings, metrics, closing, None)
+}
+
+fn spawn_batcher<S: SpanSink + 'static>(
+    sink: S,
+    settings: BatchSettings,
+    metrics: Arc<Metrics>,
+    closing: Arc<Closing>,
+    span_metrics: Option<Arc<SpanMetrics>>,
 ) -> ExportHandle {
     let (tx, rx) = mpsc::channel(settings.queue);
     let (stop_tx, stop_rx) = oneshot::channel();
@@ -120,6 +142,7 @@ pub(crate) fn spawn_with_sink<S: SpanSink + 'static>(
         settings,
         metrics.clone(),
         in_flight.clone(),
+        span_metrics,
     ));
     let running = Running { tx, batch_ready, room, stop: stop_tx, task, in_flight, closing };
     ExportHandle { metrics, inner: Some(running) }
@@ -200,6 +223,7 @@ async fn run_batcher<S: SpanSink>(
     settings: BatchSettings,
     metrics: Arc<Metrics>,
     in_flight: Arc<AtomicUsize>,
+    span_metrics: Option<Arc<SpanMetrics>>,
 ) -> Result<(), ExportError> {
     let mut errors = RateLimitedLog::new(ERROR_LOG_INTERVAL);
     let mut stopping = false;
@@ -265,6 +289,11 @@ async fn run_batcher<S: SpanSink>(
             continue;
         }
         let spans = std::mem::replace(&mut batch, Vec::with_capacity(settings.max_batch));
+        // Counted before the sinks: a collector that is down must not
+        // take the metrics with it.
+        if let Some(span_metrics) = &span_metrics {
+            span_metrics.record(&spans);
+        }
         export_one(&mut sink, spans, &metrics, &in_flight, &mut errors).await;
     }
     sink.shutdown().await
@@ -545,7 +574,7 @@ pub(crate) mod tests {
     async fn no_sinks_counts_spans_as_sampled_out() {
         let metrics = Arc::new(Metrics::default());
         let config = Config { print: None, otlp: None, ..Config::default() };
-        let handle = spawn_exporter(&config, metrics.clone(), None).unwrap();
+        let handle = spawn_exporter(&config, metrics.clone()).unwrap();
         handle.send(span("x"));
         assert_eq!(get(&metrics.spans_sampled_out), 1);
         handle.shutdown(Duration::from_secs(1)).await.unwrap();
@@ -554,6 +583,6 @@ pub(crate) mod tests {
     #[test]
     fn spawn_outside_runtime_is_an_error() {
         let metrics = Arc::new(Metrics::default());
-        assert!(matches!(spawn_exporter(&Config::default(), metrics, None), Err(ExportError::NoRuntime)));
+        assert!(matches!(spawn_exporter(&Config::default(), metrics), Err(ExportError::NoRuntime)));
     }
 }

@@ -16,6 +16,6 @@ pub mod waterfall;
 
 #[cfg(test)]
 pub(crate) use batcher::tests;
-pub use batcher::{spawn_exporter, ExportHandle};
+pub use batcher::{spawn_exporter, spawn_exporter_with, ExportHandle};
 pub(crate) use sink::RateLimitedLog;
 pub use sink::{ExportError, SpanSink};

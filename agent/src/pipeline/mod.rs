@@ -32,6 +32,7 @@ use crate::{
     model::{ConnMeta, ParsedSpan, ProcessResource, SpanIdentity},
     probes::{ProbeConfig, ProbeError, Probes},
     protocols::ParserConfig,
+    span_metrics::SpanMetrics,
 };
 
 /// Most records handled per wake-up before the loop yields to other work
@@ -253,11 +254,20 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send) -> R
         .then(|| SharedRecentTraces::new(config.recent_traces_bytes, metrics.clone()));
     let conn_buffer_budget =
         config.max_buffer_bytes.saturating_sub(recent.as_ref().map_or(0, |_| config.recent_traces_bytes));
+    let span_metrics =
+        config.app_metrics.then(|| Arc::new(SpanMetrics::new(config.metrics_max_series, metrics.clone())));
     let metrics_server = match config.metrics_addr {
         Some(addr) => Some(
-            metrics_server::serve(addr, metrics.clone(), kernel_cell.clone(), recent.clone(), async move {
-                let _ = metrics_stop_rx.await;
-            })
+            metrics_server::serve_with(
+                addr,
+                metrics.clone(),
+                kernel_cell.clone(),
+                span_metrics.as_ref().map(SpanMetrics::collector),
+                recent.clone(),
+                async move {
+                    let _ = metrics_stop_rx.await;
+                },
+            )
             .await?,
         ),
         None => None,
@@ -273,7 +283,16 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send) -> R
         trusted_networks: config.trusted_networks.clone(),
     };
     let (probes, mut source, maps) = Probes::load(&probe_config)?;
-    let exporter = export::spawn_exporter(&config, metrics.clone(), recent)?;
+    let exporter = export::spawn_exporter_with(&config, metrics.clone(), recent, span_metrics.clone())?;
+    let metrics_push = match (&config.metrics_otlp, &span_metrics) {
+        (Some(otlp), Some(span_metrics)) => Some(export::otlp::MetricsPush::spawn(
+            otlp,
+            config.metric_export_interval,
+            span_metrics.clone(),
+            metrics.clone(),
+        )?),
+        _ => None,
+    };
     let (resolver, mut resource_replies) =
         ResourceResolver::spawn(config.resource_attributes.clone(), agent_pid, metrics.clone());
     let mut stages = Stages {
@@ -346,6 +365,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send) -> R
     let Stages { exporter, kernel_counters, .. } = stages;
     if let Err(e) = exporter.shutdown(SHUTDOWN_FLUSH_TIMEOUT).await {
         tracing::warn!(error = %e, "flushing spans at shutdown");
+    }
+    // After the spans: their last batch is in the metrics it sends.
+    if let Some(push) = metrics_push {
+        push.shutdown(SHUTDOWN_FLUSH_TIMEOUT).await;
     }
     drop(metrics_stop);
     if let Some(server) = metrics_server {

@@ -106,10 +106,18 @@ pub struct Agent {
 impl Agent {
     /// Starts the agent exporting OTLP to `otlp_base_url`; its stderr is
     /// copied to `log_path`. Returns once the probes are attached.
-    pub fn start(bin: &Path, otlp_base_url: &str, sink: SinkCounter, log_path: &Path) -> Result<Agent> {
+    /// `extra`: more arguments (the metrics-on variant's).
+    pub fn start_with(
+        bin: &Path,
+        otlp_base_url: &str,
+        sink: SinkCounter,
+        log_path: &Path,
+        extra: &[&str],
+    ) -> Result<Agent> {
         let mut command = Command::new(bin);
         command
             .args(["--otlp-endpoint", otlp_base_url, "--log-level", "info"])
+            .args(extra)
             // Spans go to the sink; nothing is printed.
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -92,9 +92,14 @@ impl Ctx {
     }
 
     pub fn start_agent(&mut self, label: &str) -> Result<Agent> {
+        self.start_agent_with(label, &[])
+    }
+
+    /// [`Ctx::start_agent`] with more arguments.
+    pub fn start_agent_with(&mut self, label: &str, extra: &[&str]) -> Result<Agent> {
         self.runs += 1;
         let log = self.raw_dir.join(format!("agent-{:03}-{label}.log", self.runs));
-        Agent::start(&self.agent_bin, &self.sink.base_url(), self.sink.counter(), &log)
+        Agent::start_with(&self.agent_bin, &self.sink.base_url(), self.sink.counter(), &log, extra)
     }
 }
 

@@ -49,6 +49,8 @@ pub fn to_json(res: &Results) -> Value {
             "agent_cpu_us_per_span": s.cpu_us_per_span,
             "peak_rss_mib": s.peak_rss_mib, "events_lost": s.events_lost,
             "spans_dropped": s.spans_dropped, "spans_per_request": s.spans_per_request,
+            "metrics_on_cpu_us_per_span": s.metrics_cpu_us_per_span,
+            "metrics_on_rps_ratio": (!s.metrics_rps_ratios.is_empty()).then(|| median(&s.metrics_rps_ratios)),
         })
     });
     let conn = section(&res.conn, |c| {

@@ -89,6 +89,14 @@ pub fn markdown(res: &Results) -> String {
             let _ = writeln!(md, "| agent CPU (millicores) | | {} | |", f0(s.millicores));
             let _ = writeln!(md, "| agent CPU per 10k req/s | | {}m | |", f0(s.millicores_per_10k));
             let _ = writeln!(md, "| agent CPU per span (µs) | | {} | |", us1(s.cpu_us_per_span));
+            if let Some(per_span) = s.metrics_cpu_us_per_span {
+                let _ = writeln!(
+                    md,
+                    "| with application metrics on: agent CPU per span (µs); throughput ÷ metrics off | | {} | {} |",
+                    us1(per_span),
+                    ratio_cell(&s.metrics_rps_ratios)
+                );
+            }
             let _ = writeln!(md, "| agent peak RSS | | {:.1} MiB | |", s.peak_rss_mib);
             let _ = writeln!(md, "| kernel events lost | | {} | |", s.events_lost);
             let _ = writeln!(md, "| spans dropped (export queue full) | | {} | |", s.spans_dropped);
@@ -321,6 +329,9 @@ mod tests {
         assert!(md.contains("| throughput cost | | 1.0 % | 30.0 % |"), "{md}");
         // nginx: 1.8 s of CPU until drained for 600k spans; per-connection nginx: 1.92 s for 192k spans.
         assert!(md.contains("| agent CPU per 10k req/s | | 53m | |\n| agent CPU per span (µs) | | 3.0 | |"), "{md}");
+        // One round ran with the application metrics on: 285k vs 288k req/s.
+        let metrics_row = md.lines().find(|l| l.starts_with("| with application metrics on:")).expect(&md);
+        assert!(metrics_row.contains("0.99"), "{metrics_row}");
         assert!(md.contains("| connections/s (one request each) | 10000 | 8000 | 0.800× |"), "{md}");
         assert!(md.contains("| agent CPU per new connection (µs) | | 20.0 | |\n| agent CPU per span (µs) | | 10.0 | |"));
         // Per-connection Flask: 60 µs per span, 2 spans per connection.

@@ -101,6 +101,10 @@ pub struct NginxSummary {
     pub events_lost: u64,
     pub spans_dropped: u64,
     pub spans_per_request: f64,
+    /// Per round with the metrics-on variant: its throughput ÷ waggle's
+    /// (metrics off), and its agent CPU per span.
+    pub metrics_rps_ratios: Vec<f64>,
+    pub metrics_cpu_us_per_span: Option<f64>,
 }
 
 pub fn summarize_nginx(rounds: &[NginxRound]) -> NginxSummary {
@@ -131,6 +135,15 @@ pub fn summarize_nginx(rounds: &[NginxRound]) -> NginxSummary {
         events_lost: rounds.iter().map(|r| r.run.counter("kernel_events_lost")).sum(),
         spans_dropped: rounds.iter().map(|r| r.run.counter("spans_dropped_queue_full")).sum(),
         spans_per_request: ratio(spans as f64, requests as f64),
+        metrics_rps_ratios: rounds
+            .iter()
+            .filter_map(|r| r.metrics.as_ref().map(|(m, _)| ratio(m.rps(), r.agent.rps())))
+            .collect(),
+        metrics_cpu_us_per_span: {
+            let per_span: Vec<f64> =
+                rounds.iter().filter_map(|r| r.metrics.as_ref().map(|(_, run)| run.cpu_us_per_span())).collect();
+            (!per_span.is_empty()).then(|| median(&per_span))
+        },
     }
 }
 
@@ -454,6 +467,10 @@ pub(super) mod tests {
                 agent: wrk(288_000, 104.0, 440.0),
                 agent_requests: 316_800,
                 run: agent_run(150.0, 40, 600_000, &[("spans_created", 633_600), ("kernel_events_lost", 0)]),
+                metrics: Some((
+                    wrk(285_000, 105.0, 445.0),
+                    agent_run(155.0, 41, 600_000, &[("spans_created", 627_000)]),
+                )),
             },
             NginxRound {
                 base: wrk(310_000, 100.0, 400.0),
@@ -461,6 +478,7 @@ pub(super) mod tests {
                 agent: wrk(300_700, 102.0, 420.0),
                 agent_requests: 330_000,
                 run: agent_run(160.0, 42, 640_000, &[("spans_created", 660_000)]),
+                metrics: None,
             },
         ];
         // waggle 1 % vs SDK 30 %.

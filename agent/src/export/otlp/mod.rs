@@ -9,8 +9,10 @@
 //!
 //! Files, each importing only those listed before it: `encode` (spans →
 //! opentelemetry-proto types), `transport` (sending one encoded request,
-//! retries), `sink` ([`OtlpSink`]).
+//! retries), `sink` ([`OtlpSink`]), `metrics` ([`MetricsPush`]: the
+//! application metrics, pushed every export interval).
 mod encode;
+mod metrics;
 mod sink;
 mod transport;
 
@@ -18,4 +20,5 @@ mod transport;
 mod tests;
 
 pub use encode::MAX_CACHED_RESOURCES;
+pub use metrics::MetricsPush;
 pub use sink::OtlpSink;

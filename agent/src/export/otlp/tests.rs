@@ -363,7 +363,7 @@ async fn export_three(config: OtlpConfig) -> Arc<Metrics> {
         export_interval: Duration::from_millis(10),
         ..crate::Config::default()
     };
-    let handle = crate::export::spawn_exporter(&c, metrics.clone(), None).unwrap();
+    let handle = crate::export::spawn_exporter(&c, metrics.clone()).unwrap();
     let a = span("GET /a");
     let mut b = span("GET /b");
     b.resource = Arc::new((*a.resource).clone());
@@ -626,7 +626,7 @@ fn exporter_of_three(endpoint: String, protocol: OtlpProtocol) -> (crate::export
         export_interval: Duration::from_millis(10),
         ..crate::Config::default()
     };
-    (crate::export::spawn_exporter(&c, metrics.clone(), None).unwrap(), metrics)
+    (crate::export::spawn_exporter(&c, metrics.clone()).unwrap(), metrics)
 }
 
 #[tokio::test]

@@ -27,7 +27,30 @@ use crate::metrics::Metrics;
 
 const USER_AGENT_VALUE: &str = concat!("waggle/", env!("CARGO_PKG_VERSION"));
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-const GRPC_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
+/// The OTLP signal a transport sends: its gRPC service. (The responses
+/// are alike on the wire: field 1 is the partial success, whose count and
+/// message have the same numbers for every signal.)
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Signal {
+    Traces,
+    Metrics,
+}
+
+impl Signal {
+    fn grpc_service(self) -> &'static str {
+        match self {
+            Signal::Traces => "opentelemetry.proto.collector.trace.v1.TraceService",
+            Signal::Metrics => "opentelemetry.proto.collector.metrics.v1.MetricsService",
+        }
+    }
+
+    fn grpc_path(self) -> &'static str {
+        match self {
+            Signal::Traces => "/opentelemetry.proto.collector.trace.v1.TraceService/Export",
+            Signal::Metrics => "/opentelemetry.proto.collector.metrics.v1.MetricsService/Export",
+        }
+    }
+}
 /// A response body is read up to this size for a partial-success message;
 /// a larger one is not decoded (so a broken collector can't make us buffer
 /// without bound).
@@ -66,7 +89,7 @@ enum AttemptError {
 }
 
 pub(super) enum Transport {
-    Grpc { client: Grpc<Channel>, metadata: MetadataMap },
+    Grpc { client: Grpc<Channel>, metadata: MetadataMap, signal: Signal },
     Http { client: reqwest::Client, url: reqwest::Url, headers: HeaderMap },
 }
 
@@ -88,6 +111,11 @@ impl Transport {
     /// Builds the shared transport; connections are opened lazily, so a
     /// collector that is down at start-up is not an error.
     pub(super) fn new(config: &OtlpConfig) -> Result<Transport, ExportError> {
+        Transport::for_signal(config, Signal::Traces)
+    }
+
+    /// [`Transport::new`] for another signal.
+    pub(super) fn for_signal(config: &OtlpConfig, signal: Signal) -> Result<Transport, ExportError> {
         let transport_err = |message: String| ExportError::Transport { endpoint: config.endpoint.clone(), message };
         let headers = header_map(config)?;
         let connect_timeout = CONNECT_TIMEOUT.min(config.timeout);
@@ -104,7 +132,7 @@ impl Transport {
                 if config.compression == OtlpCompression::Gzip {
                     client = client.send_compressed(CompressionEncoding::Gzip);
                 }
-                Transport::Grpc { client, metadata: MetadataMap::from_headers(headers) }
+                Transport::Grpc { client, metadata: MetadataMap::from_headers(headers), signal }
             }
             OtlpProtocol::HttpProtobuf => {
                 let mut headers = headers;
@@ -150,7 +178,9 @@ impl Transport {
         let mut retries = 0;
         loop {
             let attempt = match self {
-                Transport::Grpc { client, metadata } => send_grpc(client.clone(), metadata, body.clone()).await,
+                Transport::Grpc { client, metadata, signal } => {
+                    send_grpc(client.clone(), metadata, *signal, body.clone()).await
+                }
                 Transport::Http { client, url, headers } => send_http(client, url, headers, body.clone()).await,
             };
             let (message, after) = match attempt {
@@ -228,11 +258,16 @@ fn accepted(response: ExportTraceServiceResponse) -> Accepted {
         .unwrap_or_default()
 }
 
-async fn send_grpc(mut client: Grpc<Channel>, metadata: &MetadataMap, body: Bytes) -> Result<Accepted, AttemptError> {
+async fn send_grpc(
+    mut client: Grpc<Channel>,
+    metadata: &MetadataMap,
+    signal: Signal,
+    body: Bytes,
+) -> Result<Accepted, AttemptError> {
     let mut request = tonic::Request::new(body);
     *request.metadata_mut() = metadata.clone();
-    request.extensions_mut().insert(GrpcMethod::new("opentelemetry.proto.collector.trace.v1.TraceService", "Export"));
-    let path = tonic::codegen::http::uri::PathAndQuery::from_static(GRPC_PATH);
+    request.extensions_mut().insert(GrpcMethod::new(signal.grpc_service(), "Export"));
+    let path = tonic::codegen::http::uri::PathAndQuery::from_static(signal.grpc_path());
     let result = match client.ready().await {
         Ok(()) => client.unary(request, path, PreEncoded).await,
         Err(e) => Err(Status::unavailable(format!("channel not ready: {e}"))),

@@ -27,7 +27,13 @@ pub struct NginxRound {
     /// Requests served while the agent ran (warm-up included), for spans/request.
     pub agent_requests: u64,
     pub run: AgentRun,
+    /// The same load with the application metrics on (served on
+    /// --metrics-addr; `run` has them off), and that agent's run.
+    pub metrics: Option<(WrkResult, AgentRun)>,
 }
+
+/// What turns the application metrics on for the metrics-on variant.
+pub const METRICS_ON_ARGS: &[&str] = &["--metrics-addr", "127.0.0.1:0", "--app-metrics", "on"];
 
 pub const NGINX_WRK_THREADS: u32 = 1;
 pub const NGINX_WRK_CONNECTIONS: u32 = 32;
@@ -78,6 +84,7 @@ impl Nginx {
 enum NginxVariant {
     None,
     Waggle,
+    WaggleMetrics,
     Floor,
 }
 
@@ -96,8 +103,9 @@ pub fn nginx(ctx: &mut Ctx) -> Result<Vec<NginxRound>> {
     let mut rounds = Vec::new();
     for i in 0..ctx.rounds {
         ctx.check_quiet(&format!("nginx round {}", i + 1));
-        let (mut base, mut agent, mut floor) = (None, None, None);
-        for variant in round_order(i, &[NginxVariant::None, NginxVariant::Waggle, NginxVariant::Floor]) {
+        let (mut base, mut agent, mut floor, mut metrics) = (None, None, None, None);
+        let variants = [NginxVariant::None, NginxVariant::Waggle, NginxVariant::WaggleMetrics, NginxVariant::Floor];
+        for variant in round_order(i, &variants) {
             if variant == NginxVariant::Floor {
                 match EmptyPrograms::start(ctx) {
                     Ok(_programs) => {
@@ -114,6 +122,13 @@ pub fn nginx(ctx: &mut Ctx) -> Result<Vec<NginxRound>> {
                 a.end_and_drain()?;
                 let run = a.stop()?;
                 agent = Some((measured, warm.requests + measured.requests, run));
+            } else if variant == NginxVariant::WaggleMetrics {
+                let mut a = ctx.start_agent_with("nginx-metrics", METRICS_ON_ARGS)?;
+                wrk(ctx.warmup).run()?;
+                a.begin()?;
+                let measured = wrk(ctx.seconds).run()?;
+                a.end_and_drain()?;
+                metrics = Some((measured, a.stop()?));
             } else {
                 wrk(ctx.warmup).run()?;
                 base = Some(wrk(ctx.seconds).run()?);
@@ -130,7 +145,7 @@ pub fn nginx(ctx: &mut Ctx) -> Result<Vec<NginxRound>> {
             agent.rps(),
             run.millicores()
         ));
-        rounds.push(NginxRound { base, floor, agent, agent_requests, run });
+        rounds.push(NginxRound { base, floor, agent, agent_requests, run, metrics });
     }
     Ok(rounds)
 }
