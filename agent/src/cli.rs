@@ -129,6 +129,7 @@ fn describe_config(config: &Config) -> String {
         format!("max_queued_spans: {}", config.max_queued_spans),
         format!("max_buffer_bytes: {}", config.max_buffer_bytes),
         format!("raw_sql: {}", config.raw_sql),
+        format!("cache_keys: {}", config.cache_keys),
         format!("redact_url_paths: {} template(s) besides the built-in rules", config.redact_url_paths.templates()),
         format!(
             "propagation: {}",
@@ -158,6 +159,7 @@ fn log_config(config: &Config) {
         sampler = %sampler,
         capture_bytes = config.capture_bytes,
         raw_sql = config.raw_sql,
+        cache_keys = config.cache_keys,
         redact_url_path_templates = config.redact_url_paths.templates(),
         propagation = config.propagation,
         config_file = ?config.config_file,
