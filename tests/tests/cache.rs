@@ -360,3 +360,39 @@ fn cache_calls_while_serving_a_request_are_its_children() {
     assert_eq!(parents.len(), REQUESTS, "each SERVER span is the parent of its own calls");
     assert_no_server_side_spans(&spans, &[redis.pid(), mc.pid()]);
 }
+
+// 5. Pub/sub: no span for subscriptions and pushes, counted; normal
+//    commands after the last unsubscribe are spans again.
+
+#[test]
+#[ignore = "needs root, redis-server, redis-py (venv) and the agent binary: cargo xtask test runs it"]
+fn redis_pubsub_pushes_give_no_spans_and_are_counted() {
+    let _guard = e2e_setup("redis_pubsub_pushes_give_no_spans_and_are_counted");
+    let redis = CacheServer::redis();
+    let _ = venv_python();
+    let receiver = OtlpReceiver::start();
+    let agent = Agent::start(&receiver.agent_args(Protocol::Grpc), &[]);
+
+    let secret = secret("pubsub");
+    let r = run("redis_pubsub.py", cache_script("redis_pubsub.py").arg(redis.port().to_string()).arg(&secret));
+    r.assert_success();
+    assert_eq!(r.stdout.trim(), "ok");
+
+    receiver.focus(&[r.pid]);
+    receiver.expect_spans("PUBLISH x3 and PING", SPAN_TIMEOUT, |s| cache_spans(s, r.pid, "redis").len() >= 4);
+    let out = agent.stop();
+    let spans = receiver.spans();
+    let mine = all_of(&spans, r.pid);
+    let s = exactly(cache_spans(&spans, r.pid, "redis"), 4, "redis spans", &mine);
+    assert_eq!(mine.len(), 4, "{}", describe(&mine));
+    let port = redis.port();
+    for x in &s[..3] {
+        assert_cache_span(x, "redis", port, &Want { namespace: Some("0"), ..want("PUBLISH", "PUBLISH ? ?") });
+    }
+    assert_cache_span(&s[3], "redis", port, &Want { namespace: Some("0"), ..want("PING", "PING") });
+    // SUBSCRIBE and UNSUBSCRIBE, and the five pushes (two confirmations,
+    // three messages): nothing else on the machine speaks pub/sub.
+    assert_eq!(out.counter("messages_skipped"), 7, "agent stderr:\n{}", out.stderr);
+    assert_not_leaked(&receiver, &out, &[&secret]);
+    assert_no_server_side_spans(&spans, &[redis.pid()]);
+}
