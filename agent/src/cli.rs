@@ -227,6 +227,7 @@ fn describe_config(config: &Config) -> String {
             }
         ),
         format!("raw_sql: {}", config.raw_sql),
+        format!("cache_keys: {}", config.cache_keys),
         format!("redact_url_paths: {} template(s) besides the built-in rules", config.redact_url_paths.templates()),
         format!(
             "propagation: {}",
@@ -270,6 +271,7 @@ fn log_config(config: &Config) {
         sampler = %sampler,
         capture_bytes = config.capture_bytes,
         raw_sql = config.raw_sql,
+        cache_keys = config.cache_keys,
         redact_url_path_templates = config.redact_url_paths.templates(),
         propagation = config.propagation,
         app_metrics = config.app_metrics,

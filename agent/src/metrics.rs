@@ -33,6 +33,7 @@ counters! {
     buffers_dropped_over_budget: "connection parse states dropped because the connections' buffers together would exceed --max-buffer-bytes (the connection starts over at its next message)",
     parse_failures: "payloads a protocol parser could not follow (lost sync, garbage)",
     exchanges_dropped: "request/response exchanges a parser saw but could not turn into a span (response without request, unanswered at close/idle)",
+    messages_skipped: "messages a parser read and turned into no span by design (Redis pub/sub pushes and subscription commands)",
     protocol_unknown: "connections whose first bytes matched no protocol",
     contexts_dropped_full: "kernel trace contexts dropped because the linker's table was full (their spans get fresh ids)",
     threads_dropped_full: "server requests not remembered per thread because the linker's thread table was full (client calls made while handling them start new traces)",

@@ -44,10 +44,11 @@ pub const MARIADB_USER: &str = "waggle";
 /// Sent only in the handshake's scrambled auth response, never in a query.
 pub const MARIADB_PASSWORD: &str = "waggle-e2e-pw";
 
-/// pip requirements of the fixture scripts under `tests/fixtures/sql/`.
-pub const PIP_PACKAGES: &[&str] = &["psycopg[binary]>=3.1,<4", "mysql-connector-python>=8.0"];
+/// pip requirements of the fixture scripts under `tests/fixtures/sql/` and
+/// `tests/fixtures/cache/` (redis-py).
+pub const PIP_PACKAGES: &[&str] = &["psycopg[binary]>=3.1,<4", "mysql-connector-python>=8.0", "redis>=5,<9"];
 /// Modules that must import for [`PIP_PACKAGES`] to count as installed.
-const PIP_IMPORT_CHECK: &str = "import psycopg, mysql.connector";
+const PIP_IMPORT_CHECK: &str = "import psycopg, mysql.connector, redis";
 
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 const SETUP_TIMEOUT: Duration = Duration::from_secs(60);

@@ -737,3 +737,38 @@ fn python_http_server_module_is_named_after_the_module() {
     assert_eq!(s.attr_int("server.port"), Some(i64::from(py.port())), "{s}");
     assert_clean_receiver(&receiver);
 }
+
+// 12. A chunked body whose last chunk is past the capture (node's http
+//     server, 5 KB in one writev) still has its size.
+
+#[test]
+#[ignore = "needs root, node and the agent binary: cargo xtask test runs it"]
+fn node_chunked_5k_response_has_its_body_size() {
+    let _guard = e2e_setup("node_chunked_5k_response_has_its_body_size");
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+    let out_path = dir.path().join("out");
+    let out = std::fs::File::create(&out_path).unwrap_or_else(|e| panic!("creating {}: {e}", out_path.display()));
+    let err = out.try_clone().unwrap_or_else(|e| panic!("dup: {e}"));
+    let mut cmd = std::process::Command::new("node");
+    cmd.arg(waggle_e2e::fixture("node_chunked.js")).stdout(out).stderr(err);
+    let mut node = waggle_e2e::Proc::spawn("node_chunked.js", &mut cmd);
+    let port = waggle_e2e::env::wait_for_port_line(&mut node, &out_path, Duration::from_secs(20))
+        .unwrap_or_else(|e| panic!("node did not listen ({e:?}):\n{}", waggle_e2e::env::tail(&out_path, 20)));
+    let receiver = OtlpReceiver::start();
+    let agent = Agent::start(&receiver.agent_args(Protocol::Grpc), &[]);
+
+    let r = curl(&["--http1.1", &format!("http://127.0.0.1:{port}/five-k")]);
+    r.assert_success();
+    assert_eq!(r.stdout.len(), 5000);
+
+    receiver.focus(&[node.pid()]);
+    receiver.expect_spans("node's SERVER span of /five-k", SPAN_TIMEOUT, |s| {
+        server_spans(s, node.pid()).iter().any(|s| path_is(s, "/five-k"))
+    });
+    agent.stop();
+    let spans = receiver.spans();
+    let server = one(&server_spans(&spans, node.pid()), "SERVER span of /five-k", |s| path_is(s, "/five-k"));
+    assert_eq!(server.attr_int("http.response.status_code"), Some(200), "{server}");
+    assert_eq!(server.attr_int("http.response.body.size"), Some(5000), "{server}");
+    assert_clean_receiver(&receiver);
+}

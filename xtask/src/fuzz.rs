@@ -12,7 +12,7 @@ use crate::cmd::{self, Cmd};
 
 /// The libFuzzer targets in fuzz/fuzz_targets/: the protocol parsers, and
 /// ring-buffer records through the tracker and linker (the kernel/user ABI).
-pub const TARGETS: [&str; 4] = ["http1", "postgres", "mysql", "records"];
+pub const TARGETS: [&str; 6] = ["http1", "postgres", "mysql", "redis", "memcached", "records"];
 
 /// What cargo-fuzz passes to rustc for libFuzzer's coverage feedback.
 const COVERAGE_RUSTFLAGS: &str = "-Cpasses=sancov-module \
@@ -27,6 +27,9 @@ pub struct FuzzArgs {
     /// Seconds per target.
     #[arg(long, default_value_t = 60)]
     pub seconds: u64,
+    /// Only these targets (comma-separated, e.g. redis,memcached) [default: all]
+    #[arg(long, value_delimiter = ',')]
+    pub only: Vec<String>,
 }
 
 fn host_triple() -> Result<String> {
@@ -35,6 +38,9 @@ fn host_triple() -> Result<String> {
 }
 
 pub fn run(root: &Path, args: &FuzzArgs) -> Result<()> {
+    if let Some(unknown) = args.only.iter().find(|t| !TARGETS.contains(&t.as_str())) {
+        anyhow::bail!("unknown fuzz target {unknown:?}; the targets are {}", TARGETS.join(", "));
+    }
     let host = host_triple()?;
     // An explicit --target keeps RUSTFLAGS away from build scripts and
     // proc-macros, as cargo-fuzz does.
@@ -43,7 +49,7 @@ pub fn run(root: &Path, args: &FuzzArgs) -> Result<()> {
         .env("RUSTFLAGS", COVERAGE_RUSTFLAGS)
         .args(["build", "--release", "--manifest-path", "fuzz/Cargo.toml", "--target", &host])
         .run()?;
-    for target in TARGETS {
+    for target in TARGETS.into_iter().filter(|t| args.only.is_empty() || args.only.iter().any(|o| o == t)) {
         let corpus = root.join("target/fuzz-corpus").join(target);
         let artifacts = root.join("target/fuzz-artifacts").join(target);
         for dir in [&corpus, &artifacts] {

@@ -137,7 +137,7 @@ fn dispatch(command: Command) -> Result<ExitCode> {
             let fuzzing = if unit_only || !filter.is_empty() {
                 Ok(())
             } else {
-                fuzz::run(&root, &fuzz::FuzzArgs { seconds: FUZZ_SECONDS_IN_TEST })
+                fuzz::run(&root, &fuzz::FuzzArgs { seconds: FUZZ_SECONDS_IN_TEST, only: Vec::new() })
             };
             if let Err(e) = &fuzzing {
                 eprintln!("xtask: fuzzing failed: {e:#}");

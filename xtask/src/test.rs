@@ -47,6 +47,11 @@ pub const E2E_DEPS: &[Dep] = &[
     Dep { packages: &["mariadb-server"], command: Some("/usr/sbin/mariadbd") },
     Dep { packages: &["mariadb-client"], command: Some("/usr/bin/mariadb") },
     Dep { packages: &["python3-venv", "python3.11-venv"], command: None },
+    // Cache tests (tests/src/cache.rs): Redis and memcached (redis-py goes
+    // into the same venv).
+    Dep { packages: &["redis-server"], command: Some("/usr/bin/redis-server") },
+    Dep { packages: &["redis-tools"], command: Some("/usr/bin/redis-cli") },
+    Dep { packages: &["memcached"], command: Some("/usr/bin/memcached") },
     // Propagation tests (tests/tests/propagation.rs): service B is node.js;
     // the CLI edge test drops privileges with setpriv (util-linux).
     Dep { packages: &["nodejs"], command: Some("node") },

@@ -37,6 +37,7 @@ Config file (YAML, unknown keys are an error):
   max_queued_spans: 65536           max_export_batch: 512      export_interval: 1000
   max_buffer_bytes: 67108864        recent_traces_bytes: 4194304
   sampler: parentbased_traceidratio sampler_arg: 0.25          raw_sql: false
+  cache_keys: false
   propagation: on | off             metrics_addr: 0.0.0.0:9464 log_level: info
   app_metrics: on | off             metrics_max_series: 2000
   metrics_exporter: otlp            metric_export_interval: 60000
@@ -130,6 +131,11 @@ pub struct CliArgs {
     /// Export SQL statements with their literal values (default: literals are replaced by ?)
     #[arg(long)]
     pub raw_sql: bool,
+
+    /// Show keys in Redis and memcached db.query.text (default: keys are
+    /// replaced by ? like values; values are never shown)
+    #[arg(long)]
+    pub cache_keys: bool,
 
     /// Inject W3C traceparent into outgoing HTTP requests [default: on]: the
     /// first request of each connection. unsafe-keepalive: every request of

@@ -54,6 +54,7 @@ pub(super) struct FileConfig {
     pub(super) sampler: Option<String>,
     pub(super) sampler_arg: Option<Scalar>,
     pub(super) raw_sql: Option<bool>,
+    pub(super) cache_keys: Option<bool>,
     pub(super) propagation: Option<Scalar>,
     pub(super) trusted_networks: Option<String>,
     pub(super) redact_url_paths: Option<String>,

@@ -208,6 +208,7 @@ impl Config {
 
         // --- behaviour ---
         let raw_sql = args.raw_sql || file.raw_sql.unwrap_or(defaults.raw_sql);
+        let cache_keys = args.cache_keys || file.cache_keys.unwrap_or(defaults.cache_keys);
         let propagation = match first([
             flag(args.propagation.clone(), "propagation"),
             file_key(file.propagation.map(Scalar::into_string), "propagation", path),
@@ -314,6 +315,7 @@ impl Config {
             max_export_batch,
             export_interval,
             raw_sql,
+            cache_keys,
             propagation,
             propagation_unsafe_keepalive,
             trusted_networks,

@@ -103,6 +103,8 @@ pub struct Config {
     pub export_interval: Duration,
     /// Export SQL text with literals (default: sanitized).
     pub raw_sql: bool,
+    /// Show keys in Redis/memcached query text (default: `?`).
+    pub cache_keys: bool,
     /// Inject traceparent into outgoing HTTP requests.
     pub propagation: bool,
     /// Keep client sockets in the propagation sockmap for their lifetime, so
@@ -152,6 +154,7 @@ impl Default for Config {
             max_export_batch: 512,
             export_interval: Duration::from_millis(1000),
             raw_sql: false,
+            cache_keys: false,
             propagation: true,
             propagation_unsafe_keepalive: false,
             trusted_networks: None,

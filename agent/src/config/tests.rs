@@ -77,6 +77,7 @@ fn defaults_print_trees_and_no_otlp() {
     assert_eq!(c.capture_bytes, 4096);
     assert!(c.propagation);
     assert!(!c.raw_sql);
+    assert!(!c.cache_keys, "cache keys are hidden by default");
 }
 
 #[test]
@@ -405,12 +406,13 @@ fn resource_attributes_merge_per_key() {
 #[test]
 fn file_keys_and_errors() {
     let f = yaml(
-        "otlp:\n  endpoint: http://f:4318\n  headers:\n    X-Api-Key: abc\nprint: json\nraw_sql: true\npropagation: off\nmetrics_addr: 127.0.0.1:9464\nmax_export_batch: 64\nexport_interval: 250\nlog_level: debug\n",
+        "otlp:\n  endpoint: http://f:4318\n  headers:\n    X-Api-Key: abc\nprint: json\nraw_sql: true\ncache_keys: true\npropagation: off\nmetrics_addr: 127.0.0.1:9464\nmax_export_batch: 64\nexport_interval: 250\nlog_level: debug\n",
     );
     let c = load(&["--config", &f.arg()], &[]).unwrap();
     assert_eq!(c.otlp.as_ref().unwrap().headers, vec![("x-api-key".to_owned(), "abc".to_owned())]);
     assert_eq!(c.print, Some(PrintFormat::Json));
     assert!(c.raw_sql);
+    assert!(c.cache_keys);
     assert!(!c.propagation);
     assert_eq!(c.metrics_addr, Some("127.0.0.1:9464".parse().unwrap()));
     assert_eq!(c.max_export_batch, 64);

@@ -175,6 +175,7 @@ impl ConnTracker {
             // state up; its next message boundary starts it over.
             if let ParseState::Active(parser) = &mut conn.state {
                 Metrics::add(&self.metrics.exchanges_dropped, parser.take_dropped());
+                Metrics::add(&self.metrics.messages_skipped, parser.take_skipped());
             }
             conn.state = ParseState::detecting(true);
             conn.charged = 0;
@@ -381,6 +382,7 @@ impl ConnTracker {
         if let ParseState::Active(parser) = &mut conn.state {
             parser.on_close(ev.ts_ns, &mut self.scratch);
             Metrics::add(&self.metrics.exchanges_dropped, parser.take_dropped());
+            Metrics::add(&self.metrics.messages_skipped, parser.take_skipped());
             Self::wrap(&mut self.scratch, &conn.meta, out);
         }
     }
@@ -397,6 +399,7 @@ impl ConnTracker {
                 if let ParseState::Active(parser) = &mut conn.state {
                     parser.on_close(ts_ns, &mut self.scratch);
                     Metrics::add(&self.metrics.exchanges_dropped, parser.take_dropped());
+                    Metrics::add(&self.metrics.messages_skipped, parser.take_skipped());
                     Self::wrap(&mut self.scratch, &conn.meta, out);
                 }
             }
@@ -458,6 +461,7 @@ impl ConnTracker {
             ParseState::Active(parser) => {
                 let feed = parser.on_data(&chunk, &mut self.scratch);
                 Metrics::add(&self.metrics.exchanges_dropped, parser.take_dropped());
+                Metrics::add(&self.metrics.messages_skipped, parser.take_skipped());
                 feed
             }
             ParseState::Detecting { buf, first, attempts_left } => {
@@ -496,6 +500,7 @@ impl ConnTracker {
                         conn.meta = Arc::new(meta);
                         let feed = parser.on_data(&candidate, &mut self.scratch);
                         Metrics::add(&self.metrics.exchanges_dropped, parser.take_dropped());
+                        Metrics::add(&self.metrics.messages_skipped, parser.take_skipped());
                         conn.state = ParseState::Active(parser);
                         feed
                     }
@@ -570,6 +575,7 @@ impl ConnTracker {
                 if let ParseState::Active(parser) = &mut conn.state {
                     parser.on_idle(older_than, &mut self.scratch);
                     Metrics::add(&self.metrics.exchanges_dropped, parser.take_dropped());
+                    Metrics::add(&self.metrics.messages_skipped, parser.take_skipped());
                     Self::wrap(&mut self.scratch, &conn.meta, out);
                 }
             }
@@ -582,6 +588,7 @@ impl ConnTracker {
             if let ParseState::Active(parser) = &mut conn.state {
                 parser.on_idle(now_ns, &mut self.scratch);
                 Metrics::add(&self.metrics.exchanges_dropped, parser.take_dropped());
+                Metrics::add(&self.metrics.messages_skipped, parser.take_skipped());
                 Self::wrap(&mut self.scratch, &conn.meta, out);
             }
         }

@@ -24,6 +24,8 @@ pub enum Protocol {
     Http1,
     Postgres,
     Mysql,
+    Redis,
+    Memcached,
 }
 
 impl Protocol {
@@ -33,13 +35,15 @@ impl Protocol {
             Protocol::Http1 => "http1",
             Protocol::Postgres => "postgresql",
             Protocol::Mysql => "mysql",
+            Protocol::Redis => "redis",
+            Protocol::Memcached => "memcached",
         }
     }
 
-    /// A database wire protocol: its server side duplicates the clients'
-    /// spans, so database servers are not traced.
+    /// A database or cache wire protocol: its server side duplicates the
+    /// clients' spans, so database and cache servers are not traced.
     pub fn is_database(self) -> bool {
-        matches!(self, Protocol::Postgres | Protocol::Mysql)
+        matches!(self, Protocol::Postgres | Protocol::Mysql | Protocol::Redis | Protocol::Memcached)
     }
 }
 

@@ -297,7 +297,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send) -> R
         ResourceResolver::spawn(config.resource_attributes.clone(), agent_pid, metrics.clone());
     let mut stages = Stages {
         tracker: ConnTracker::new(
-            ParserConfig { raw_sql: config.raw_sql, url_redaction: config.redact_url_paths.clone() },
+            ParserConfig {
+                raw_sql: config.raw_sql,
+                url_redaction: config.redact_url_paths.clone(),
+                cache_keys: config.cache_keys,
+            },
             metrics.clone(),
             MAX_CONNS,
         )

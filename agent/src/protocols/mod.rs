@@ -11,9 +11,12 @@
 //! and a parser that cannot follow the stream any more must say so
 //! ([`Feed::LostSync`]) instead of guessing.
 pub mod http1;
+pub mod kv;
+pub mod memcached;
 pub mod mysql;
 mod parser;
 pub mod postgres;
+pub mod redis;
 mod registry;
 #[cfg(any(test, feature = "fuzz"))]
 pub mod script;

@@ -54,6 +54,9 @@ pub struct ParserConfig {
     pub raw_sql: bool,
     /// Path segments to hide besides the built-in rules (`--redact-url-paths`).
     pub url_redaction: std::sync::Arc<super::http1::PathRedaction>,
+    /// Show cache keys in Redis/memcached `db.query.text` (default false:
+    /// keys are `?` like values).
+    pub cache_keys: bool,
 }
 
 /// Recognises a protocol from the first chunk seen on a connection.
@@ -84,6 +87,11 @@ pub trait ProtocolParser: Send {
     /// idle or lost sync). The connection layer adds them to
     /// `Metrics::exchanges_dropped` so no drop goes uncounted.
     fn take_dropped(&mut self) -> u64 {
+        0
+    }
+    /// Messages the parser read and turned into no span by design since the
+    /// last call (Redis pub/sub pushes): `Metrics::messages_skipped`.
+    fn take_skipped(&mut self) -> u64 {
         0
     }
     /// Heap bytes the parser holds for this connection (buffered heads and

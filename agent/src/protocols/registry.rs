@@ -1,11 +1,18 @@
 //! Which parsers exist, and picking one for a connection.
 use waggle_common::Role;
 
-use super::{http1, mysql, postgres, Chunk, Confidence, ParserConfig, ProtocolDetector, ProtocolParser};
+use super::{
+    http1, memcached, mysql, postgres, redis, Chunk, Confidence, ParserConfig, ProtocolDetector, ProtocolParser,
+};
 
 /// Detectors in order of precedence.
-pub static DETECTORS: &[&dyn ProtocolDetector] =
-    &[&http1::Http1Detector, &postgres::PostgresDetector, &mysql::MysqlDetector];
+pub static DETECTORS: &[&dyn ProtocolDetector] = &[
+    &http1::Http1Detector,
+    &postgres::PostgresDetector,
+    &mysql::MysqlDetector,
+    &redis::RedisDetector,
+    &memcached::MemcachedDetector,
+];
 
 /// Picks the parser for a connection, or says to wait / give up.
 pub enum Detection {

@@ -44,6 +44,11 @@ impl Http1Parser {
                         }
                         continue;
                     }
+                    // More of the response: a size guessed from blind bytes
+                    // was wrong.
+                    if let RespState::Unframed { exchange } = &mut self.resp.state {
+                        exchange.body_size_known = false;
+                    }
                     return Feed::Continue;
                 }
                 RespState::Idle => {
@@ -183,7 +188,8 @@ impl Http1Parser {
 
     fn response_blind(&mut self, blind: u64, now_ns: u64, out: &mut Vec<ParsedSpan>) {
         match &mut self.resp.state {
-            RespState::Unsynced | RespState::Unframed { .. } => {}
+            RespState::Unsynced => {}
+            RespState::Unframed { exchange } => exchange.body_size_known = false,
             RespState::Idle => self.response_started_blind(),
             RespState::Head => {
                 // Status line captured, the rest of the head not: the status is
@@ -222,11 +228,20 @@ impl Http1Parser {
                 RespBody::Chunked(dec) => {
                     if dec.skip_blind(blind) {
                         exchange.body_bytes = dec.body_bytes;
-                    } else if let RespState::Body { mut exchange, .. } =
-                        std::mem::replace(&mut self.resp.state, RespState::Idle)
-                    {
-                        exchange.body_size_known = false;
-                        self.resp.state = RespState::Unframed { exchange };
+                    } else {
+                        // The end is not visible. If the blind bytes fit the
+                        // chunk's rest and a bare last chunk, the size holds
+                        // unless more response bytes follow (then it is
+                        // dropped, see the Unframed arms).
+                        let may_end = dec.blind_may_end_body(blind);
+                        let body_bytes = dec.body_bytes;
+                        if let RespState::Body { mut exchange, .. } =
+                            std::mem::replace(&mut self.resp.state, RespState::Idle)
+                        {
+                            exchange.body_bytes = body_bytes;
+                            exchange.body_size_known = may_end;
+                            self.resp.state = RespState::Unframed { exchange };
+                        }
                     }
                 }
                 RespBody::Close => exchange.body_bytes = exchange.body_bytes.saturating_add(blind),
@@ -346,6 +361,83 @@ mod tests {
         c.resp(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
         assert_eq!(names(&c.take()), ["GET /next"]);
         assert!(c.all_continue());
+    }
+
+    /// node's http server answers `res.end(body)` without a length with one
+    /// writev: head, one chunk, `0\r\n\r\n`. A 5000-byte body passes the
+    /// 4096-byte capture, so the last chunk is never seen.
+    fn node_chunked_write(body: usize) -> (Vec<u8>, u64) {
+        let mut w =
+            format!("HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\n\r\n{body:x}\r\n")
+                .into_bytes();
+        let total = w.len() + body + 2 + 5;
+        w.resize(4096, b'x');
+        (w, total as u64)
+    }
+
+    #[test]
+    fn chunked_body_ending_in_blind_bytes_keeps_its_size() {
+        for (then_close, want) in [(false, 5000), (true, 5000)] {
+            let mut c = Conn::new(Role::Server);
+            c.req(b"GET /five-k HTTP/1.1\r\n\r\n");
+            let (captured, total) = node_chunked_write(5000);
+            c.resp_truncated(&captured, total);
+            let write_exit = c.t + 10;
+            assert!(c.take().is_empty(), "the end is not seen yet");
+            if then_close {
+                c.close();
+            } else {
+                c.req(b"GET /next HTTP/1.1\r\n\r\n");
+            }
+            let spans = c.take();
+            assert_eq!(names(&spans), ["GET /five-k"]);
+            assert_eq!(spans[0].attr("http.response.body.size"), Some(&i(want)));
+            assert_eq!(spans[0].end_ns, write_exit);
+            assert_eq!(spans[0].attr("http.response.status_code"), Some(&i(200)));
+        }
+        // The next exchange on the connection is framed normally.
+        let mut c = Conn::new(Role::Server);
+        c.req(b"GET /a HTTP/1.1\r\n\r\n");
+        let (captured, total) = node_chunked_write(5000);
+        c.resp_truncated(&captured, total);
+        c.req(b"GET /b HTTP/1.1\r\n\r\n");
+        c.resp(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+        let spans = c.take();
+        assert_eq!(names(&spans), ["GET /a", "GET /b"]);
+        assert_eq!(spans[1].attr("http.response.body.size"), Some(&i(2)));
+        assert!(c.all_continue());
+    }
+
+    #[test]
+    fn chunked_size_from_blind_bytes_is_dropped_when_more_follows() {
+        // The same write, but more of the response arrives: the five blind
+        // bytes were the start of another chunk (a short write), not the end.
+        for more_blind in [false, true] {
+            let mut c = Conn::new(Role::Server);
+            c.req(b"GET /five-k HTTP/1.1\r\n\r\n");
+            let (captured, total) = node_chunked_write(5000);
+            c.resp_truncated(&captured, total);
+            if more_blind {
+                c.resp_truncated(b"", 100);
+            } else {
+                c.resp(b"xxxxxxxx\r\n0\r\n\r\n");
+            }
+            c.close();
+            let spans = c.take();
+            assert_eq!(spans.len(), 1);
+            assert_eq!(spans[0].attr("http.response.body.size"), None, "more_blind={more_blind}");
+        }
+        // Blind bytes that cannot be the rest of the chunk and a bare last
+        // chunk (one byte more or less) give no size either.
+        for delta in [-1i64, 1] {
+            let mut c = Conn::new(Role::Server);
+            c.req(b"GET /five-k HTTP/1.1\r\n\r\n");
+            let (captured, total) = node_chunked_write(5000);
+            c.resp_truncated(&captured, total.saturating_add_signed(delta));
+            c.close();
+            let spans = c.take();
+            assert_eq!(spans[0].attr("http.response.body.size"), None, "delta {delta}");
+        }
     }
 
     #[test]

@@ -1,0 +1,9 @@
+//! The Redis parser's fuzz entry point.
+use super::{detect::RedisDetector, parser::SYSTEM};
+use crate::protocols::kv;
+
+/// Fuzzing entry point (`fuzz/fuzz_targets/redis.rs`): see [`kv::fuzz_script`].
+/// Panics when an invariant breaks; returns the spans emitted.
+pub fn fuzz_script(data: &[u8]) -> usize {
+    kv::fuzz_script(data, &RedisDetector, SYSTEM)
+}
