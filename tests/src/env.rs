@@ -185,7 +185,20 @@ impl Proc {
     #[track_caller]
     pub fn spawn(name: &str, cmd: &mut Command) -> Proc {
         cmd.process_group(0);
-        let child = cmd.spawn().unwrap_or_else(|e| panic!("spawning {name} ({cmd:?}): {e}"));
+        // A script a test has just written can be briefly "busy": a child
+        // another test thread forked meanwhile holds the write descriptor
+        // until its own exec closes it. That passes within milliseconds.
+        let mut busy_retries = 50;
+        let child = loop {
+            match cmd.spawn() {
+                Ok(child) => break child,
+                Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) && busy_retries > 0 => {
+                    busy_retries -= 1;
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(e) => panic!("spawning {name} ({cmd:?}): {e}"),
+            }
+        };
         Proc { child, name: name.to_owned(), exited: None }
     }
 
