@@ -7,7 +7,7 @@ use waggle_common::Role;
 use crate::{
     model::{ParsedSpan, Protocol},
     protocols::{
-        kv::{error, error_code, printable_key, Exchanges, LineReader, Pending, Step, TextBuilder},
+        kv::{error, error_code, printable_key, Exchanges, KvParser, LineReader, Pending, Step, TextBuilder},
         sql::{Outcome, Timing},
         Chunk, Feed, ParserConfig, ProtocolParser,
     },
@@ -169,7 +169,7 @@ impl MemcachedParser {
         self.conn.push(p)
     }
 
-    fn on_frontend(&mut self, chunk: &Chunk<'_>, out: &mut Vec<ParsedSpan>) -> Feed {
+    fn frontend(&mut self, chunk: &Chunk<'_>, out: &mut Vec<ParsedSpan>) -> Feed {
         let mut data = chunk.bytes;
         let mut gap = chunk.total_len.saturating_sub(chunk.bytes.len() as u64);
         loop {
@@ -213,7 +213,7 @@ impl MemcachedParser {
         }
     }
 
-    fn on_backend(&mut self, chunk: &Chunk<'_>, out: &mut Vec<ParsedSpan>) {
+    fn backend(&mut self, chunk: &Chunk<'_>, out: &mut Vec<ParsedSpan>) {
         self.conn.last_backend_exit = chunk.exit_ns;
         if self.conn.hunting {
             return;
@@ -282,10 +282,26 @@ impl MemcachedParser {
         }
         Ok(())
     }
+}
 
-    fn end_hunt(&mut self, out: &mut Vec<ParsedSpan>) {
-        self.conn.end_hunt(out);
+impl KvParser for MemcachedParser {
+    type Effect = Effect;
+    fn exchanges(&mut self) -> &mut Exchanges<Effect> {
+        &mut self.conn
+    }
+    fn on_frontend(&mut self, chunk: &Chunk<'_>, out: &mut Vec<ParsedSpan>) -> Feed {
+        self.frontend(chunk, out)
+    }
+    fn on_backend(&mut self, chunk: &Chunk<'_>, out: &mut Vec<ParsedSpan>) {
+        self.backend(chunk, out);
+    }
+    fn resync_replies(&mut self) {
         self.replies.resync();
+    }
+    fn clear_own(&mut self) {
+        if self.awaiting_block.take().is_some() {
+            self.conn.drop_one();
+        }
     }
 }
 
@@ -295,47 +311,16 @@ impl ProtocolParser for MemcachedParser {
     }
 
     fn on_data(&mut self, chunk: &Chunk<'_>, out: &mut Vec<ParsedSpan>) -> Feed {
-        if let Some(reason) = self.conn.take_poison() {
-            return Feed::LostSync(reason);
-        }
-        let feed = if chunk.direction == self.conn.frontend {
-            if self.conn.hunting {
-                self.end_hunt(out);
-            }
-            self.on_frontend(chunk, out)
-        } else {
-            self.on_backend(chunk, out);
-            Feed::Continue
-        };
-        let feed = match (feed, self.conn.take_poison()) {
-            (Feed::Continue, Some(reason)) => Feed::LostSync(reason),
-            (feed, _) => feed,
-        };
-        if feed != Feed::Continue {
-            self.conn.clear();
-            if self.awaiting_block.take().is_some() {
-                self.conn.drop_one();
-            }
-        }
-        feed
+        self.feed(chunk, out)
     }
 
     fn on_close(&mut self, _ts_ns: u64, out: &mut Vec<ParsedSpan>) {
-        if self.conn.hunting {
-            self.end_hunt(out);
-        }
-        self.conn.clear();
-        if self.awaiting_block.take().is_some() {
-            self.conn.drop_one();
-        }
+        self.close(out);
     }
 
     fn on_idle(&mut self, older_than_ns: u64, out: &mut Vec<ParsedSpan>) {
-        if self.conn.hunting && self.conn.last_backend_exit < older_than_ns {
-            self.end_hunt(out);
-        }
-        if self.conn.pending.iter().any(|p| p.start.enter_ns < older_than_ns) {
-            // memcached never blocks: a reply this late will not come.
+        // memcached never blocks: a reply this late will not come.
+        if self.idle(older_than_ns, out, |_| false) {
             self.conn.poison("memcached command unanswered");
         }
     }

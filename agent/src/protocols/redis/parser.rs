@@ -9,7 +9,7 @@ use super::{
 use crate::{
     model::{AttrValue, Attribute, ParsedSpan, Protocol},
     protocols::{
-        kv::{error, error_code, Exchanges, Pending},
+        kv::{error, error_code, Exchanges, KvParser, Pending},
         sql::Outcome,
         Chunk, Feed, ParserConfig, ProtocolParser,
     },
@@ -128,7 +128,7 @@ impl RedisParser {
         }
     }
 
-    fn on_frontend(&mut self, chunk: &Chunk<'_>) -> Feed {
+    fn frontend(&mut self, chunk: &Chunk<'_>) -> Feed {
         self.framed.clear();
         self.requests.push(chunk, &mut self.framed);
         let framed = std::mem::take(&mut self.framed);
@@ -150,7 +150,7 @@ impl RedisParser {
         feed
     }
 
-    fn on_backend(&mut self, chunk: &Chunk<'_>, out: &mut Vec<ParsedSpan>) {
+    fn backend(&mut self, chunk: &Chunk<'_>, out: &mut Vec<ParsedSpan>) {
         self.conn.last_backend_exit = chunk.exit_ns;
         if self.conn.hunting {
             return;
@@ -169,9 +169,20 @@ impl RedisParser {
             }
         }
     }
+}
 
-    fn end_hunt(&mut self, out: &mut Vec<ParsedSpan>) {
-        self.conn.end_hunt(out);
+impl KvParser for RedisParser {
+    type Effect = Effect;
+    fn exchanges(&mut self) -> &mut Exchanges<Effect> {
+        &mut self.conn
+    }
+    fn on_frontend(&mut self, chunk: &Chunk<'_>, _out: &mut Vec<ParsedSpan>) -> Feed {
+        self.frontend(chunk)
+    }
+    fn on_backend(&mut self, chunk: &Chunk<'_>, out: &mut Vec<ParsedSpan>) {
+        self.backend(chunk, out);
+    }
+    fn resync_replies(&mut self) {
         self.replies.resync();
     }
 }
@@ -182,42 +193,15 @@ impl ProtocolParser for RedisParser {
     }
 
     fn on_data(&mut self, chunk: &Chunk<'_>, out: &mut Vec<ParsedSpan>) -> Feed {
-        if let Some(reason) = self.conn.take_poison() {
-            return Feed::LostSync(reason);
-        }
-        let feed = if chunk.direction == self.conn.frontend {
-            if self.conn.hunting {
-                self.end_hunt(out);
-            }
-            self.on_frontend(chunk)
-        } else {
-            self.on_backend(chunk, out);
-            Feed::Continue
-        };
-        let feed = match (feed, self.conn.take_poison()) {
-            (Feed::Continue, Some(reason)) => Feed::LostSync(reason),
-            (feed, _) => feed,
-        };
-        if feed != Feed::Continue {
-            // The parser is about to be replaced: what it holds is lost.
-            self.conn.clear();
-        }
-        feed
+        self.feed(chunk, out)
     }
 
     fn on_close(&mut self, _ts_ns: u64, out: &mut Vec<ParsedSpan>) {
-        if self.conn.hunting {
-            self.end_hunt(out);
-        }
-        self.conn.clear();
+        self.close(out);
     }
 
     fn on_idle(&mut self, older_than_ns: u64, out: &mut Vec<ParsedSpan>) {
-        if self.conn.hunting && self.conn.last_backend_exit < older_than_ns {
-            self.end_hunt(out);
-        }
-        let stale = self.conn.pending.iter().any(|p| p.start.enter_ns < older_than_ns && p.effect != Effect::Blocking);
-        if stale {
+        if self.idle(older_than_ns, out, |effect| *effect == Effect::Blocking) {
             // A reply that never came: later replies cannot be matched.
             self.conn.poison("Redis command unanswered");
         }
