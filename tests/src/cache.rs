@@ -2,16 +2,15 @@
 //! `memcached` from Debian's packages, each on a fresh 127.0.0.1 port,
 //! without persistence, killed by pid (with its process group) on drop.
 use std::{
-    fs::File,
-    net::SocketAddr,
     path::{Path, PathBuf},
-    process::{Command, Stdio},
+    process::Command,
     time::Duration,
 };
 
 use crate::{
     db::{require_debian, venv_python},
-    env::{can_connect, fixture, free_port, poll_until, tail, Proc},
+    env::fixture,
+    servers::Server,
 };
 
 pub const REDIS_SERVER: &str = "/usr/bin/redis-server";
@@ -22,9 +21,7 @@ const START_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A cache server process listening on 127.0.0.1.
 pub struct CacheServer {
-    proc: Proc,
-    port: u16,
-    _dir: tempfile::TempDir,
+    server: Server,
 }
 
 impl CacheServer {
@@ -55,54 +52,26 @@ impl CacheServer {
     }
 
     #[track_caller]
-    fn launch(name: &str, build: impl Fn(u16, &Path) -> Command) -> CacheServer {
+    fn launch(name: &'static str, build: impl Fn(u16, &Path) -> Command) -> CacheServer {
         let dir = tempfile::Builder::new()
             .prefix("waggle-cache-")
             .tempdir()
             .unwrap_or_else(|e| panic!("creating a temp dir: {e}"));
-        let mut last_err = String::new();
-        // The port is free when picked but may be taken before the server
-        // binds it: retry with another one a few times.
-        for _ in 0..3 {
-            let port = free_port();
-            let log = dir.path().join("server.log");
-            let out = File::create(&log).unwrap_or_else(|e| panic!("creating {}: {e}", log.display()));
-            let err = out.try_clone().unwrap_or_else(|e| panic!("dup server log: {e}"));
-            let mut cmd = build(port, dir.path());
-            cmd.stdin(Stdio::null()).stdout(out).stderr(err);
-            let mut proc = Proc::spawn(name, &mut cmd);
-            let addr = SocketAddr::from(([127, 0, 0, 1], port));
-            let mut exited = None;
-            let ready = poll_until(START_TIMEOUT, || {
-                if can_connect(addr) {
-                    return true;
-                }
-                exited = proc.try_wait();
-                exited.is_some()
-            });
-            if ready && exited.is_none() {
-                return CacheServer { proc, port, _dir: dir };
-            }
-            last_err = match exited {
-                Some(st) => format!("{name} exited with {st}; log:\n{}", tail(&log, 30)),
-                None => format!("{name} did not accept on {addr} within {START_TIMEOUT:?}; log:\n{}", tail(&log, 30)),
-            };
-        }
-        panic!("starting {name}: {last_err}");
+        CacheServer { server: Server::launch_within(name, dir, START_TIMEOUT, build) }
     }
 
     pub fn port(&self) -> u16 {
-        self.port
+        self.server.port()
     }
 
     pub fn pid(&self) -> u32 {
-        self.proc.pid()
+        self.server.pid()
     }
 
     /// `redis-cli -h 127.0.0.1 -p PORT`.
     pub fn redis_cli(&self) -> Command {
         let mut cmd = Command::new(REDIS_CLI);
-        cmd.args(["-h", "127.0.0.1", "-p", &self.port.to_string()]);
+        cmd.args(["-h", "127.0.0.1", "-p", &self.port().to_string()]);
         cmd
     }
 }

@@ -109,6 +109,18 @@ impl Server {
 
     #[track_caller]
     fn launch(service_name: &'static str, dir: tempfile::TempDir, build: impl Fn(u16, &Path) -> Command) -> Server {
+        Server::launch_within(service_name, dir, READY_TIMEOUT, build)
+    }
+
+    /// Starts what `build` makes for a fresh port, its output in `dir`'s
+    /// `server.log`, and waits up to `timeout` for it to accept.
+    #[track_caller]
+    pub(crate) fn launch_within(
+        service_name: &'static str,
+        dir: tempfile::TempDir,
+        timeout: Duration,
+        build: impl Fn(u16, &Path) -> Command,
+    ) -> Server {
         // The port is free when picked but may be taken before the server
         // binds it: retry with another one a few times.
         let mut last_err = String::new();
@@ -122,7 +134,7 @@ impl Server {
             let mut proc = Proc::spawn(service_name, &mut cmd);
             let addr = SocketAddr::from(([127, 0, 0, 1], port));
             let mut exited = None;
-            let ready = poll_until(READY_TIMEOUT, || {
+            let ready = poll_until(timeout, || {
                 if can_connect(addr) {
                     return true;
                 }
@@ -134,10 +146,7 @@ impl Server {
             }
             last_err = match exited {
                 Some(st) => format!("{service_name} exited with {st}; log:\n{}", tail(&log, 30)),
-                None => format!(
-                    "{service_name} did not accept on {addr} within {READY_TIMEOUT:?}; log:\n{}",
-                    tail(&log, 30)
-                ),
+                None => format!("{service_name} did not accept on {addr} within {timeout:?}; log:\n{}", tail(&log, 30)),
             };
         }
         panic!("starting {service_name}: {last_err}");
