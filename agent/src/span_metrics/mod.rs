@@ -28,7 +28,7 @@ use prometheus_client::{
     registry::Unit,
 };
 
-use graph::{Link, Lost, Pairing, Side};
+use graph::{Edge, Link, Lost, Pairing, Side};
 pub use graph::{PAIRING_CAPACITY, PAIRING_TTL};
 pub use otlp::export_request;
 pub use series::{Exemplar, Hist, Key, SeriesLabels, TraceRef, Val, ValRef, OVERFLOW_KEY};
@@ -583,6 +583,10 @@ fn record_span(
         tally.note(families.graph_client_seconds.observe(&labels, c.seconds, c.trace, c.end));
         tally.note(families.graph_server_seconds.observe(&labels, s.seconds, s.trace, s.end));
     };
+    // A CLIENT span met its SERVER child: the edge between their services.
+    let paired = |e: Edge<'_>| {
+        edge(families, &e.client.resource.service_name, &e.server.resource.service_name, None, e.client, e.server)
+    };
     let side = || Side { resource: Arc::clone(&span.resource), seconds, failed, trace, end: time };
     match (span.kind, db_system) {
         // A database does not report its side: the client's span stands for both.
@@ -591,30 +595,12 @@ fn record_span(
             edge(families, service, system, Some("database"), &s, &s);
         }
         (SpanKind::Client, _) => {
-            pairing.offer(Link::client(&span.trace_id, &span.span_id), side(), now, lost, |e| {
-                edge(
-                    families,
-                    &e.client.resource.service_name,
-                    &e.server.resource.service_name,
-                    None,
-                    e.client,
-                    e.server,
-                )
-            });
+            pairing.offer(Link::client(&span.trace_id, &span.span_id), side(), now, lost, paired);
         }
         (SpanKind::Server, _) => {
             // A root server span has no caller we could see.
             if let Some(parent) = &span.parent_span_id {
-                pairing.offer(Link::server(&span.trace_id, parent), side(), now, lost, |e| {
-                    edge(
-                        families,
-                        &e.client.resource.service_name,
-                        &e.server.resource.service_name,
-                        None,
-                        e.client,
-                        e.server,
-                    )
-                });
+                pairing.offer(Link::server(&span.trace_id, parent), side(), now, lost, paired);
             }
         }
     }
