@@ -47,30 +47,20 @@ struct WireSpan {
 
 /// 32 hex digits (either case), not all zero, as W3C trace context has it.
 pub fn parse_trace_id(raw: &str) -> Result<[u8; 16], LookupError> {
-    let bad = || LookupError::BadTraceId(raw.to_owned());
-    let raw = raw.trim();
-    if raw.len() != 32 {
-        return Err(bad());
-    }
-    let mut id = [0u8; 16];
-    for (i, byte) in id.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(raw.get(2 * i..2 * i + 2).ok_or_else(bad)?, 16).map_err(|_| bad())?;
-    }
-    if id == [0; 16] {
-        return Err(bad());
-    }
-    Ok(id)
+    parse_hex(raw.trim()).filter(|id| *id != [0; 16]).ok_or_else(|| LookupError::BadTraceId(raw.to_owned()))
 }
 
-fn parse_span_id(raw: &str) -> Option<[u8; 8]> {
-    let mut id = [0u8; 8];
-    if raw.len() != 16 {
+/// Exactly `2 * N` hex digits (either case).
+fn parse_hex<const N: usize>(raw: &str) -> Option<[u8; N]> {
+    // from_str_radix alone would take a sign ("+f").
+    if raw.len() != 2 * N || !raw.bytes().all(|b| b.is_ascii_hexdigit()) {
         return None;
     }
-    for (i, byte) in id.iter_mut().enumerate() {
+    let mut out = [0u8; N];
+    for (i, byte) in out.iter_mut().enumerate() {
         *byte = u8::from_str_radix(raw.get(2 * i..2 * i + 2)?, 16).ok()?;
     }
-    Some(id)
+    Some(out)
 }
 
 fn unix_nanos(t: SystemTime) -> u64 {
@@ -113,7 +103,7 @@ pub fn decode_trace(body: &str) -> Result<Vec<TraceSpan>, LookupError> {
     let mut spans = Vec::with_capacity(wire.spans.len());
     for s in wire.spans {
         let span_id =
-            parse_span_id(&s.span_id).ok_or_else(|| LookupError::Decode(format!("bad span id {:?}", s.span_id)))?;
+            parse_hex(&s.span_id).ok_or_else(|| LookupError::Decode(format!("bad span id {:?}", s.span_id)))?;
         let resource = match resources.iter().find(|r| r.pid == s.pid && r.service_name == s.service) {
             Some(r) => r.clone(),
             None => {
@@ -131,7 +121,7 @@ pub fn decode_trace(body: &str) -> Result<Vec<TraceSpan>, LookupError> {
             resource,
             trace_id,
             span_id,
-            parent_span_id: s.parent_span_id.as_deref().and_then(parse_span_id),
+            parent_span_id: s.parent_span_id.as_deref().and_then(parse_hex),
             kind: if s.kind == "CLIENT" { SpanKind::Client } else { SpanKind::Server },
             name: s.name,
             code: s.status_code.map(|c| AttrValue::Str(Text::Owned(c))),
@@ -180,7 +170,14 @@ mod tests {
     fn trace_ids_are_32_hex_digits_not_all_zero() {
         assert_eq!(parse_trace_id("4BF92F3577B34DA6A3CE929D0E0E4736").unwrap()[0], 0x4b);
         assert_eq!(parse_trace_id(" 4bf92f3577b34da6a3ce929d0e0e4736\n").unwrap()[15], 0x36);
-        for bad in ["", "4bf92f", "0".repeat(32).as_str(), "zz".repeat(16).as_str(), "é".repeat(16).as_str()] {
+        for bad in [
+            "",
+            "4bf92f",
+            "0".repeat(32).as_str(),
+            "zz".repeat(16).as_str(),
+            "é".repeat(16).as_str(),
+            "+f".repeat(16).as_str(),
+        ] {
             assert!(parse_trace_id(bad).is_err(), "{bad:?}");
         }
         assert!(decode_trace("{\"trace_id\":\"x\",\"spans\":[]}").is_err());
