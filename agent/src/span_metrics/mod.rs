@@ -136,247 +136,258 @@ impl Describe {
     }
 }
 
-pub struct HistFamily {
-    pub describe: Describe,
-    table: SeriesTable<Hist>,
-    bounds: &'static [f64],
+/// The metrics that share one key list share one series table, so a span
+/// looks its labels up once per group instead of once per metric.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Group {
+    HttpServer,
+    HttpClient,
+    Db,
+    SpanMetrics,
+    ServiceGraph,
 }
 
-impl HistFamily {
-    fn new(describe: Describe, keys: &'static [Key], bounds: &'static [f64], limit: usize) -> HistFamily {
-        HistFamily { describe, table: SeriesTable::new(keys, limit), bounds }
+const GROUP_KEYS: [&[Key]; 5] =
+    [HTTP_SERVER_KEYS, HTTP_CLIENT_KEYS, DB_CLIENT_KEYS, SPANMETRICS_KEYS, SERVICE_GRAPH_KEYS];
+
+/// Histograms and counters per series at most (a group's metrics each
+/// take one slot).
+const HIST_SLOTS: usize = 3;
+const COUNTER_SLOTS: usize = 2;
+
+/// What one label set has seen, for every metric of its group. A slot
+/// stays empty until its metric observes something, so a series appears
+/// in a metric only once that metric has a value for it.
+#[derive(Default)]
+pub struct Instruments {
+    hists: [Option<Hist>; HIST_SLOTS],
+    counts: [Option<u64>; COUNTER_SLOTS],
+}
+
+impl Instruments {
+    fn observe(&mut self, family: &HistFamily, value: f64, trace: TraceRef, time: SystemTime) {
+        self.hists[family.slot].get_or_insert_with(|| Hist::new(family.bounds)).observe(value, trace, time);
     }
 
-    /// Returns whether the observation went to the overflow series.
-    fn observe(&mut self, vals: &[Option<ValRef<'_>>], value: f64, trace: TraceRef, time: SystemTime) -> bool {
-        let bounds = self.bounds;
-        match self.table.slot(vals, || Hist::new(bounds)) {
-            Slot::Series(h) => {
-                h.observe(value, trace, time);
-                false
-            }
-            Slot::Overflow(h) => {
-                h.observe(value, trace, time);
-                true
-            }
-        }
+    fn add(&mut self, family: &CounterFamily, n: u64) {
+        *self.counts[family.slot].get_or_insert(0) += n;
     }
+}
 
-    pub fn series(&self) -> impl Iterator<Item = (SeriesLabels<'_>, &Hist)> {
-        self.table.iter()
-    }
+/// A histogram metric: where its values live (group and slot) and how it
+/// is described.
+pub struct HistFamily {
+    pub describe: Describe,
+    group: Group,
+    slot: usize,
+    bounds: &'static [f64],
 }
 
 pub struct CounterFamily {
     pub describe: Describe,
-    table: SeriesTable<u64>,
+    group: Group,
+    slot: usize,
 }
 
-impl CounterFamily {
-    fn new(describe: Describe, keys: &'static [Key], limit: usize) -> CounterFamily {
-        CounterFamily { describe, table: SeriesTable::new(keys, limit) }
-    }
-
-    fn add(&mut self, vals: &[Option<ValRef<'_>>], n: u64) -> bool {
-        match self.table.slot(vals, || 0) {
-            Slot::Series(c) => {
-                *c += n;
-                false
-            }
-            Slot::Overflow(c) => {
-                *c += n;
-                true
-            }
-        }
-    }
-
-    pub fn series(&self) -> impl Iterator<Item = (SeriesLabels<'_>, &u64)> {
-        self.table.iter()
-    }
+const fn describe(otel: &'static str, prom: &'static str, help: &'static str, unit: &'static str) -> Describe {
+    Describe { otel, prom, help, unit }
 }
 
-/// Every metric, under the one lock.
+const HTTP_SERVER_DURATION: HistFamily = HistFamily {
+    describe: describe(
+        "http.server.request.duration",
+        "http_server_request_duration",
+        "Duration of HTTP server requests.",
+        "s",
+    ),
+    group: Group::HttpServer,
+    slot: 0,
+    bounds: HTTP_DURATION_BOUNDS,
+};
+const HTTP_SERVER_REQUEST_SIZE: HistFamily = HistFamily {
+    describe: describe(
+        "http.server.request.body.size",
+        "http_server_request_body_size",
+        "Size of HTTP server request bodies.",
+        "By",
+    ),
+    group: Group::HttpServer,
+    slot: 1,
+    bounds: BODY_SIZE_BOUNDS,
+};
+const HTTP_SERVER_RESPONSE_SIZE: HistFamily = HistFamily {
+    describe: describe(
+        "http.server.response.body.size",
+        "http_server_response_body_size",
+        "Size of HTTP server response bodies.",
+        "By",
+    ),
+    group: Group::HttpServer,
+    slot: 2,
+    bounds: BODY_SIZE_BOUNDS,
+};
+const HTTP_CLIENT_DURATION: HistFamily = HistFamily {
+    describe: describe(
+        "http.client.request.duration",
+        "http_client_request_duration",
+        "Duration of HTTP client requests.",
+        "s",
+    ),
+    group: Group::HttpClient,
+    slot: 0,
+    bounds: HTTP_DURATION_BOUNDS,
+};
+const HTTP_CLIENT_REQUEST_SIZE: HistFamily = HistFamily {
+    describe: describe(
+        "http.client.request.body.size",
+        "http_client_request_body_size",
+        "Size of HTTP client request bodies.",
+        "By",
+    ),
+    group: Group::HttpClient,
+    slot: 1,
+    bounds: BODY_SIZE_BOUNDS,
+};
+const HTTP_CLIENT_RESPONSE_SIZE: HistFamily = HistFamily {
+    describe: describe(
+        "http.client.response.body.size",
+        "http_client_response_body_size",
+        "Size of HTTP client response bodies.",
+        "By",
+    ),
+    group: Group::HttpClient,
+    slot: 2,
+    bounds: BODY_SIZE_BOUNDS,
+};
+const DB_CLIENT_DURATION: HistFamily = HistFamily {
+    describe: describe(
+        "db.client.operation.duration",
+        "db_client_operation_duration",
+        "Duration of database client operations.",
+        "s",
+    ),
+    group: Group::Db,
+    slot: 0,
+    bounds: DB_DURATION_BOUNDS,
+};
+const SPANMETRICS_LATENCY: HistFamily = HistFamily {
+    describe: describe(
+        "traces.span.metrics.duration",
+        "traces_spanmetrics_latency",
+        "Span durations in seconds (Tempo span metrics).",
+        "s",
+    ),
+    group: Group::SpanMetrics,
+    slot: 0,
+    bounds: SPANMETRICS_BOUNDS,
+};
+const GRAPH_SERVER_SECONDS: HistFamily = HistFamily {
+    describe: describe(
+        "traces.service.graph.request.server",
+        "traces_service_graph_request_server",
+        "Request durations as the server saw them.",
+        "s",
+    ),
+    group: Group::ServiceGraph,
+    slot: 0,
+    bounds: SERVICE_GRAPH_BOUNDS,
+};
+const GRAPH_CLIENT_SECONDS: HistFamily = HistFamily {
+    describe: describe(
+        "traces.service.graph.request.client",
+        "traces_service_graph_request_client",
+        "Request durations as the client saw them.",
+        "s",
+    ),
+    group: Group::ServiceGraph,
+    slot: 1,
+    bounds: SERVICE_GRAPH_BOUNDS,
+};
+const SPANMETRICS_CALLS: CounterFamily = CounterFamily {
+    describe: describe(
+        "traces.span.metrics.calls",
+        "traces_spanmetrics_calls",
+        "Spans by service, name, kind and status (Tempo span metrics).",
+        "1",
+    ),
+    group: Group::SpanMetrics,
+    slot: 0,
+};
+const GRAPH_REQUESTS: CounterFamily = CounterFamily {
+    describe: describe(
+        "traces.service.graph.request",
+        "traces_service_graph_request",
+        "Requests between two services, or a service and a database.",
+        "1",
+    ),
+    group: Group::ServiceGraph,
+    slot: 0,
+};
+const GRAPH_FAILED: CounterFamily = CounterFamily {
+    describe: describe(
+        "traces.service.graph.request.failed",
+        "traces_service_graph_request_failed",
+        "Failed requests between two services, or a service and a database.",
+        "1",
+    ),
+    group: Group::ServiceGraph,
+    slot: 1,
+};
+
+/// Every histogram, in exposition order.
+static HISTOGRAMS: [HistFamily; 10] = [
+    HTTP_SERVER_DURATION,
+    HTTP_SERVER_REQUEST_SIZE,
+    HTTP_SERVER_RESPONSE_SIZE,
+    HTTP_CLIENT_DURATION,
+    HTTP_CLIENT_REQUEST_SIZE,
+    HTTP_CLIENT_RESPONSE_SIZE,
+    DB_CLIENT_DURATION,
+    SPANMETRICS_LATENCY,
+    GRAPH_SERVER_SECONDS,
+    GRAPH_CLIENT_SECONDS,
+];
+/// Every counter, in exposition order.
+static COUNTERS: [CounterFamily; 3] = [SPANMETRICS_CALLS, GRAPH_REQUESTS, GRAPH_FAILED];
+
+/// Every metric's series, under the one lock.
 pub struct Families {
-    pub http_server_duration: HistFamily,
-    pub http_server_request_size: HistFamily,
-    pub http_server_response_size: HistFamily,
-    pub http_client_duration: HistFamily,
-    pub http_client_request_size: HistFamily,
-    pub http_client_response_size: HistFamily,
-    pub db_client_duration: HistFamily,
-    pub spanmetrics_calls: CounterFamily,
-    pub spanmetrics_latency: HistFamily,
-    pub graph_requests: CounterFamily,
-    pub graph_failed: CounterFamily,
-    pub graph_server_seconds: HistFamily,
-    pub graph_client_seconds: HistFamily,
+    groups: [SeriesTable<Instruments>; GROUP_KEYS.len()],
 }
 
 impl Families {
     fn new(limit: usize) -> Families {
-        let d = |otel, prom, help, unit| Describe { otel, prom, help, unit };
-        Families {
-            http_server_duration: HistFamily::new(
-                d(
-                    "http.server.request.duration",
-                    "http_server_request_duration",
-                    "Duration of HTTP server requests.",
-                    "s",
-                ),
-                HTTP_SERVER_KEYS,
-                HTTP_DURATION_BOUNDS,
-                limit,
-            ),
-            http_server_request_size: HistFamily::new(
-                d(
-                    "http.server.request.body.size",
-                    "http_server_request_body_size",
-                    "Size of HTTP server request bodies.",
-                    "By",
-                ),
-                HTTP_SERVER_KEYS,
-                BODY_SIZE_BOUNDS,
-                limit,
-            ),
-            http_server_response_size: HistFamily::new(
-                d(
-                    "http.server.response.body.size",
-                    "http_server_response_body_size",
-                    "Size of HTTP server response bodies.",
-                    "By",
-                ),
-                HTTP_SERVER_KEYS,
-                BODY_SIZE_BOUNDS,
-                limit,
-            ),
-            http_client_duration: HistFamily::new(
-                d(
-                    "http.client.request.duration",
-                    "http_client_request_duration",
-                    "Duration of HTTP client requests.",
-                    "s",
-                ),
-                HTTP_CLIENT_KEYS,
-                HTTP_DURATION_BOUNDS,
-                limit,
-            ),
-            http_client_request_size: HistFamily::new(
-                d(
-                    "http.client.request.body.size",
-                    "http_client_request_body_size",
-                    "Size of HTTP client request bodies.",
-                    "By",
-                ),
-                HTTP_CLIENT_KEYS,
-                BODY_SIZE_BOUNDS,
-                limit,
-            ),
-            http_client_response_size: HistFamily::new(
-                d(
-                    "http.client.response.body.size",
-                    "http_client_response_body_size",
-                    "Size of HTTP client response bodies.",
-                    "By",
-                ),
-                HTTP_CLIENT_KEYS,
-                BODY_SIZE_BOUNDS,
-                limit,
-            ),
-            db_client_duration: HistFamily::new(
-                d(
-                    "db.client.operation.duration",
-                    "db_client_operation_duration",
-                    "Duration of database client operations.",
-                    "s",
-                ),
-                DB_CLIENT_KEYS,
-                DB_DURATION_BOUNDS,
-                limit,
-            ),
-            spanmetrics_calls: CounterFamily::new(
-                d(
-                    "traces.span.metrics.calls",
-                    "traces_spanmetrics_calls",
-                    "Spans by service, name, kind and status (Tempo span metrics).",
-                    "1",
-                ),
-                SPANMETRICS_KEYS,
-                limit,
-            ),
-            spanmetrics_latency: HistFamily::new(
-                d(
-                    "traces.span.metrics.duration",
-                    "traces_spanmetrics_latency",
-                    "Span durations in seconds (Tempo span metrics).",
-                    "s",
-                ),
-                SPANMETRICS_KEYS,
-                SPANMETRICS_BOUNDS,
-                limit,
-            ),
-            graph_requests: CounterFamily::new(
-                d(
-                    "traces.service.graph.request",
-                    "traces_service_graph_request",
-                    "Requests between two services, or a service and a database.",
-                    "1",
-                ),
-                SERVICE_GRAPH_KEYS,
-                limit,
-            ),
-            graph_failed: CounterFamily::new(
-                d(
-                    "traces.service.graph.request.failed",
-                    "traces_service_graph_request_failed",
-                    "Failed requests between two services, or a service and a database.",
-                    "1",
-                ),
-                SERVICE_GRAPH_KEYS,
-                limit,
-            ),
-            graph_server_seconds: HistFamily::new(
-                d(
-                    "traces.service.graph.request.server",
-                    "traces_service_graph_request_server",
-                    "Request durations as the server saw them.",
-                    "s",
-                ),
-                SERVICE_GRAPH_KEYS,
-                SERVICE_GRAPH_BOUNDS,
-                limit,
-            ),
-            graph_client_seconds: HistFamily::new(
-                d(
-                    "traces.service.graph.request.client",
-                    "traces_service_graph_request_client",
-                    "Request durations as the client saw them.",
-                    "s",
-                ),
-                SERVICE_GRAPH_KEYS,
-                SERVICE_GRAPH_BOUNDS,
-                limit,
-            ),
-        }
+        Families { groups: GROUP_KEYS.map(|keys| SeriesTable::new(keys, limit)) }
     }
 
     /// Histograms first, then counters, in a fixed order.
-    pub fn histograms(&self) -> [&HistFamily; 10] {
-        [
-            &self.http_server_duration,
-            &self.http_server_request_size,
-            &self.http_server_response_size,
-            &self.http_client_duration,
-            &self.http_client_request_size,
-            &self.http_client_response_size,
-            &self.db_client_duration,
-            &self.spanmetrics_latency,
-            &self.graph_server_seconds,
-            &self.graph_client_seconds,
-        ]
+    pub fn histograms(&self) -> &'static [HistFamily] {
+        &HISTOGRAMS
     }
 
-    pub fn counters(&self) -> [&CounterFamily; 3] {
-        [&self.spanmetrics_calls, &self.graph_requests, &self.graph_failed]
+    pub fn counters(&self) -> &'static [CounterFamily] {
+        &COUNTERS
+    }
+
+    /// The instruments of `vals` in `group` (one lookup for all of the
+    /// group's metrics), and whether that is the overflow series.
+    fn series(&mut self, group: Group, vals: &[Option<ValRef<'_>>]) -> (&mut Instruments, bool) {
+        match self.groups[group as usize].slot(vals, Instruments::default) {
+            Slot::Series(i) => (i, false),
+            Slot::Overflow(i) => (i, true),
+        }
+    }
+
+    /// The series of one histogram that have observed something.
+    pub fn hist_series(&self, family: &HistFamily) -> impl Iterator<Item = (SeriesLabels<'_>, &Hist)> {
+        let slot = family.slot;
+        self.groups[family.group as usize].iter().filter_map(move |(labels, i)| Some((labels, i.hists[slot].as_ref()?)))
+    }
+
+    /// The series of one counter that have been added to.
+    pub fn counter_series(&self, family: &CounterFamily) -> impl Iterator<Item = (SeriesLabels<'_>, u64)> {
+        let slot = family.slot;
+        self.groups[family.group as usize].iter().filter_map(move |(labels, i)| Some((labels, i.counts[slot]?)))
     }
 }
 
@@ -527,33 +538,46 @@ fn record_span(
         }
     }
 
-    // OTel semantic-convention metrics.
-    let sized =
-        |families: &mut Families, which: fn(&mut Families) -> &mut HistFamily, attr, vals: &[_], tally: &mut Tally| {
-            if let Some(size) = int_attr(span, attr) {
-                tally.note(which(families).observe(vals, size, trace, time));
+    // OTel semantic-convention metrics: one lookup per span for the
+    // duration and both body sizes.
+    let http =
+        |families: &mut Families, group, keys: &[Key], sizes: [&HistFamily; 3], vals: &mut [_], tally: &mut Tally| {
+            let vals = &mut vals[..keys.len()];
+            fill(span, keys, vals);
+            let (series, overflowed) = families.series(group, vals);
+            series.observe(sizes[0], seconds, trace, time);
+            tally.note(overflowed);
+            for (family, attr) in [(sizes[1], "http.request.body.size"), (sizes[2], "http.response.body.size")] {
+                if let Some(size) = int_attr(span, attr) {
+                    series.observe(family, size, trace, time);
+                    tally.note(overflowed);
+                }
             }
         };
     match (span.kind, db_system) {
         (SpanKind::Client, Some(_)) => {
             let v = &mut vals[..DB_CLIENT_KEYS.len()];
             fill(span, DB_CLIENT_KEYS, v);
-            tally.note(families.db_client_duration.observe(v, seconds, trace, time));
+            let (series, overflowed) = families.series(Group::Db, v);
+            series.observe(&DB_CLIENT_DURATION, seconds, trace, time);
+            tally.note(overflowed);
         }
-        (SpanKind::Server, _) if is_http => {
-            let v = &mut vals[..HTTP_SERVER_KEYS.len()];
-            fill(span, HTTP_SERVER_KEYS, v);
-            tally.note(families.http_server_duration.observe(v, seconds, trace, time));
-            sized(families, |f| &mut f.http_server_request_size, "http.request.body.size", v, tally);
-            sized(families, |f| &mut f.http_server_response_size, "http.response.body.size", v, tally);
-        }
-        (SpanKind::Client, None) if is_http => {
-            let v = &mut vals[..HTTP_CLIENT_KEYS.len()];
-            fill(span, HTTP_CLIENT_KEYS, v);
-            tally.note(families.http_client_duration.observe(v, seconds, trace, time));
-            sized(families, |f| &mut f.http_client_request_size, "http.request.body.size", v, tally);
-            sized(families, |f| &mut f.http_client_response_size, "http.response.body.size", v, tally);
-        }
+        (SpanKind::Server, _) if is_http => http(
+            families,
+            Group::HttpServer,
+            HTTP_SERVER_KEYS,
+            [&HTTP_SERVER_DURATION, &HTTP_SERVER_REQUEST_SIZE, &HTTP_SERVER_RESPONSE_SIZE],
+            &mut vals,
+            tally,
+        ),
+        (SpanKind::Client, None) if is_http => http(
+            families,
+            Group::HttpClient,
+            HTTP_CLIENT_KEYS,
+            [&HTTP_CLIENT_DURATION, &HTTP_CLIENT_REQUEST_SIZE, &HTTP_CLIENT_RESPONSE_SIZE],
+            &mut vals,
+            tally,
+        ),
         _ => {}
     }
 
@@ -570,18 +594,24 @@ fn record_span(
         Some(ValRef::Str(kind)),
         Some(ValRef::Str(status)),
     ];
-    tally.note(families.spanmetrics_calls.add(&sm, 1));
-    tally.note(families.spanmetrics_latency.observe(&sm, seconds, trace, time));
+    let (series, overflowed) = families.series(Group::SpanMetrics, &sm);
+    series.add(&SPANMETRICS_CALLS, 1);
+    series.observe(&SPANMETRICS_LATENCY, seconds, trace, time);
+    tally.overflow += 2 * u64::from(overflowed);
 
     // Service graph.
     let mut edge = |families: &mut Families, client: &str, server: &str, kind: Option<&str>, c: &Side, s: &Side| {
         let labels = [Some(ValRef::Str(client)), Some(ValRef::Str(server)), kind.map(ValRef::Str)];
-        tally.note(families.graph_requests.add(&labels, 1));
+        let (series, overflowed) = families.series(Group::ServiceGraph, &labels);
+        series.add(&GRAPH_REQUESTS, 1);
+        tally.note(overflowed);
         if c.failed || s.failed {
-            tally.note(families.graph_failed.add(&labels, 1));
+            series.add(&GRAPH_FAILED, 1);
+            tally.note(overflowed);
         }
-        tally.note(families.graph_client_seconds.observe(&labels, c.seconds, c.trace, c.end));
-        tally.note(families.graph_server_seconds.observe(&labels, s.seconds, s.trace, s.end));
+        series.observe(&GRAPH_CLIENT_SECONDS, c.seconds, c.trace, c.end);
+        series.observe(&GRAPH_SERVER_SECONDS, s.seconds, s.trace, s.end);
+        tally.overflow += 2 * u64::from(overflowed);
     };
     // A CLIENT span met its SERVER child: the edge between their services.
     let paired = |e: Edge<'_>| {
@@ -614,24 +644,24 @@ impl Collector for PromCollector {
         self.0.expire();
         self.0.visit(|families| {
             for family in families.histograms() {
-                if family.table.is_empty() {
+                if families.hist_series(family).next().is_none() {
                     continue;
                 }
                 let d = family.describe;
                 let unit = d.prom_unit();
                 let mut metric = encoder.encode_descriptor(d.prom, d.help, unit.as_ref(), MetricType::Histogram)?;
-                for (labels, hist) in family.series() {
+                for (labels, hist) in families.hist_series(family) {
                     hist.prom().encode(metric.encode_family(&labels)?)?;
                 }
             }
             for family in families.counters() {
-                if family.table.is_empty() {
+                if families.counter_series(family).next().is_none() {
                     continue;
                 }
                 let d = family.describe;
                 let mut metric = encoder.encode_descriptor(d.prom, d.help, None, MetricType::Counter)?;
-                for (labels, value) in family.series() {
-                    ConstCounter::new(*value).encode(metric.encode_family(&labels)?)?;
+                for (labels, value) in families.counter_series(family) {
+                    ConstCounter::new(value).encode(metric.encode_family(&labels)?)?;
                 }
             }
             Ok(())

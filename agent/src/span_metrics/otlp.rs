@@ -75,7 +75,7 @@ pub fn export_request(families: &Families, start: SystemTime, now: SystemTime) -
     let mut by_resource: BTreeMap<ResourceKey, Vec<Metric>> = BTreeMap::new();
     for family in families.histograms() {
         let mut points: BTreeMap<ResourceKey, Vec<HistogramDataPoint>> = BTreeMap::new();
-        for (labels, hist) in family.series() {
+        for (labels, hist) in families.hist_series(family) {
             let (resource, attributes) = split(&labels);
             let exemplars = hist
                 .exemplars
@@ -110,13 +110,13 @@ pub fn export_request(families: &Families, start: SystemTime, now: SystemTime) -
     }
     for family in families.counters() {
         let mut points: BTreeMap<ResourceKey, Vec<NumberDataPoint>> = BTreeMap::new();
-        for (labels, count) in family.series() {
+        for (labels, count) in families.counter_series(family) {
             let (resource, attributes) = split(&labels);
             points.entry(resource).or_default().push(NumberDataPoint {
                 attributes,
                 start_time_unix_nano: start,
                 time_unix_nano: now,
-                value: Some(number_data_point::Value::AsInt(i64::try_from(*count).unwrap_or(i64::MAX))),
+                value: Some(number_data_point::Value::AsInt(i64::try_from(count).unwrap_or(i64::MAX))),
                 ..Default::default()
             });
         }

@@ -1,7 +1,12 @@
 //! One metric's series: label values interned once per series, looked up
 //! without allocating, capped with an overflow series; and the histogram
 //! and counter each series holds.
-use std::{collections::HashMap, hash::BuildHasher, sync::Arc, time::SystemTime};
+use std::{
+    collections::HashMap,
+    hash::{BuildHasher, Hasher},
+    sync::Arc,
+    time::{SystemTime, UNIX_EPOCH},
+};
 
 use prometheus_client::{
     encoding::{EncodeLabelSet, EncodeLabelValue, LabelSetEncoder, LabelValueEncoder},
@@ -136,7 +141,7 @@ impl<V> SeriesTable<V> {
     /// `make` if new and there is room; else the overflow series.
     pub fn slot(&mut self, vals: &[Option<ValRef<'_>>], make: impl Fn() -> V) -> Slot<'_, V> {
         debug_assert_eq!(vals.len(), self.keys.len());
-        let hash = self.hasher.hash_one(vals);
+        let hash = self.hash(vals);
         let found = self.index.get(&hash).and_then(|candidates| {
             candidates.iter().copied().find(|&i| {
                 let (owned, _) = &self.series[i as usize];
@@ -161,6 +166,20 @@ impl<V> SeriesTable<V> {
         Slot::Series(&mut self.series[i as usize].1)
     }
 
+    /// One hasher write per value (the derived `Hash` makes three: both
+    /// enum tags and the string); equality is checked on lookup anyway.
+    fn hash(&self, vals: &[Option<ValRef<'_>>]) -> u64 {
+        let mut h = self.hasher.build_hasher();
+        for v in vals {
+            match v {
+                None => h.write_u8(0),
+                Some(ValRef::Str(s)) => h.write(s.as_bytes()),
+                Some(ValRef::Int(i)) => h.write_i64(*i),
+            }
+        }
+        h.finish()
+    }
+
     /// Every series with its labels, the overflow series last.
     pub fn iter(&self) -> impl Iterator<Item = (SeriesLabels<'_>, &V)> {
         let keys = self.keys;
@@ -168,10 +187,6 @@ impl<V> SeriesTable<V> {
             .iter()
             .map(move |(vals, v)| (SeriesLabels { keys, vals: Some(vals) }, v))
             .chain(self.overflow.iter().map(move |v| (SeriesLabels { keys, vals: None }, v)))
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.series.is_empty() && self.overflow.is_none()
     }
 }
 
@@ -229,6 +244,11 @@ pub struct Hist {
     pub min: f64,
     pub max: f64,
     pub exemplars: Box<[Option<Exemplar>]>,
+    /// Per bucket, the second (of span end time) in which prometheus-client
+    /// last got an exemplar: it keeps them in a SipHash map, and replacing
+    /// one on every observation cost more than the rest of the histogram,
+    /// so `/metrics` shows at most one new exemplar per bucket per second.
+    prom_exemplar_second: Box<[u64]>,
 }
 
 impl Hist {
@@ -242,13 +262,20 @@ impl Hist {
             min: f64::INFINITY,
             max: f64::NEG_INFINITY,
             exemplars: vec![None; bounds.len() + 1].into_boxed_slice(),
+            prom_exemplar_second: vec![u64::MAX; bounds.len() + 1].into_boxed_slice(),
         }
     }
 
     pub fn observe(&mut self, value: f64, trace: TraceRef, time: SystemTime) {
-        self.prom.observe(value, Some(trace), Some(time));
         // The first bound at or above the value (Prometheus' `le`).
         let bucket = self.bounds.partition_point(|b| *b < value);
+        let second = time.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        if self.prom_exemplar_second[bucket] != second {
+            self.prom_exemplar_second[bucket] = second;
+            self.prom.observe(value, Some(trace), Some(time));
+        } else {
+            self.prom.observe(value, None, None);
+        }
         self.counts[bucket] += 1;
         self.exemplars[bucket] = Some(Exemplar { trace, value, time });
         self.sum += value;

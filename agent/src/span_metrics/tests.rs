@@ -162,12 +162,20 @@ fn http_server_duration_buckets_errors_and_exemplars() {
     assert_eq!(value(&body, &bucket("0.25")), Some(0.0), "{body}");
     assert_eq!(value(&body, &bucket("0.5")), Some(2.0), "{body}");
     assert_eq!(value(&body, &bucket("+Inf")), Some(2.0), "{body}");
-    // The bucket holding both carries the later span as its exemplar.
+    // The bucket holding both carries one of them as its exemplar: the
+    // first of that second on /metrics (one update per bucket per second),
+    // the latest for OTLP.
     let line = body.lines().find(|l| l.starts_with(&bucket("0.5"))).unwrap();
     assert!(
-        line.contains(&format!(r#" # {{trace_id="{}",span_id="{}"}} 0.31"#, "02".repeat(16), "02".repeat(8))),
+        line.contains(&format!(r#" # {{trace_id="{}",span_id="{}"}} 0.3"#, "01".repeat(16), "01".repeat(8))),
         "{line}"
     );
+    let latest = m.visit(|f| {
+        f.hist_series(&HTTP_SERVER_DURATION)
+            .find(|(labels, _)| labels.otel_pairs().any(|(_, v)| v == ValRef::Str("/slow")))
+            .and_then(|(_, hist)| hist.exemplars[HTTP_DURATION_BOUNDS.partition_point(|b| *b < 0.31)])
+    });
+    assert_eq!(latest.map(|e| (e.trace.span_id, e.value)), Some(([2; 8], 0.31)));
     let error = r#"http_server_request_duration_seconds_count{service_name="front",k8s_namespace_name="shop",http_request_method="GET",http_route="/error",http_response_status_code="500",error_type="500",url_scheme="http",network_protocol_version="1.1"}"#;
     assert_eq!(value(&body, error), Some(3.0), "{body}");
     assert!(body.contains("# TYPE http_server_request_duration_seconds histogram"), "{body}");

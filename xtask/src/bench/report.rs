@@ -18,6 +18,9 @@ pub const TARGET_CPU_US_PER_CONNECTION: f64 = 5.0;
 /// Agent CPU per span at a fixed 10k req/s, µs (50m per 10k req/s, two
 /// spans per request).
 pub const TARGET_CPU_US_PER_SPAN: f64 = 2.5;
+/// The application metrics may cost at most this much more than spans
+/// alone (issue 12: "within 10 %").
+pub const TARGET_METRICS_ON_COST: f64 = 1.10;
 
 #[derive(Clone, Debug, Default)]
 pub struct Machine {
@@ -377,6 +380,31 @@ pub fn targets(res: &Results) -> Vec<Verdict> {
     }
     out.push(sdk_verdict("the Python SDK's (Flask, gunicorn sync)", &res.flask));
     out.push(sdk_verdict("the Node.js SDK's (http, keep-alive)", &res.node));
+    let t = format!(
+        "application metrics on: agent CPU per span ≤ {TARGET_METRICS_ON_COST}× and throughput ≥ {:.2}× metrics off (saturated nginx)",
+        1.0 / TARGET_METRICS_ON_COST
+    );
+    match &res.nginx {
+        Some(Ok(rounds)) if !rounds.is_empty() => {
+            let s = summarize_nginx(rounds);
+            match s.metrics_cpu_us_per_span {
+                Some(on) if !s.metrics_rps_ratios.is_empty() => {
+                    let cpu = on / s.cpu_us_per_span;
+                    let rps = median(&s.metrics_rps_ratios);
+                    out.push(Verdict {
+                        target: t,
+                        measured: format!(
+                            "CPU {cpu:.2}× ({on:.1} vs {:.1} µs), throughput {rps:.3}×",
+                            s.cpu_us_per_span
+                        ),
+                        met: Some(cpu <= TARGET_METRICS_ON_COST && rps >= 1.0 / TARGET_METRICS_ON_COST),
+                    });
+                }
+                _ => out.push(missing(&t)),
+            }
+        }
+        _ => out.push(missing(&t)),
+    }
     out
 }
 
@@ -540,7 +568,10 @@ pub(super) mod tests {
         assert_eq!(nginx.peak_rss_mib, 42.0);
 
         let verdicts = targets(&res);
-        assert_eq!(verdicts.len(), 8);
+        assert_eq!(verdicts.len(), 9);
+        // Metrics on: the first round only, CPU per span 155/150 of metrics off's.
+        assert_eq!(verdicts[8].met, Some(true), "{:?}", verdicts[8]);
+        assert!(verdicts[8].measured.starts_with("CPU 1.0"), "{:?}", verdicts[8]);
         assert_eq!(verdicts[0].met, Some(false), "{:?}", verdicts[0]);
         assert_eq!(verdicts[0].measured, "0.965×");
         // 40 millicores at 9 995 rps: 40m per 10k.

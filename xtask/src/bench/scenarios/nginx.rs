@@ -32,8 +32,11 @@ pub struct NginxRound {
     pub metrics: Option<(WrkResult, AgentRun)>,
 }
 
-/// What turns the application metrics on for the metrics-on variant.
-pub const METRICS_ON_ARGS: &[&str] = &["--metrics-addr", "127.0.0.1:0", "--app-metrics", "on"];
+/// What turns the application metrics on for the metrics-on variant. The
+/// recent-traces ring behind `waggle trace`, which --metrics-addr also
+/// turns on, stays off: this variant measures the metrics alone.
+pub const METRICS_ON_ARGS: &[&str] =
+    &["--metrics-addr", "127.0.0.1:0", "--app-metrics", "on", "--recent-traces-bytes", "0"];
 
 pub const NGINX_WRK_THREADS: u32 = 1;
 pub const NGINX_WRK_CONNECTIONS: u32 = 32;
