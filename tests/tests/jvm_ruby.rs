@@ -355,3 +355,95 @@ fn puma_rack_pg_and_http_give_one_trace_per_request() {
     }
     assert_not_leaked(&receiver, &out, &[&secret]);
 }
+
+/// puma with its defaults (`queue_requests` on). A request whose bytes are
+/// not there when a pool thread first looks is read by puma's reactor
+/// thread and run by a pool thread: the kernel links calls to the request
+/// its thread read, so those calls cannot be the request's children
+/// (README, "What is not linked"). What must hold anyway: every SERVER
+/// span is curl's child, each request's calls are either all its children
+/// or all roots of traces of their own (never another request's children),
+/// each downstream SERVER span joins the HTTP CLIENT span that called it,
+/// and nothing is lost or doubled.
+#[test]
+#[ignore = "needs root, puma, PostgreSQL and the agent binary: cargo xtask test runs it"]
+fn puma_reactor_handoff_never_links_a_call_to_the_wrong_request() {
+    let _guard = e2e_setup("puma_reactor_handoff_never_links_a_call_to_the_wrong_request");
+    let pg = Postgres::start();
+    let downstream = Server::python_ok_server();
+    let receiver = OtlpReceiver::start();
+    let agent = start_agent(&receiver, &[]);
+    let puma = Puma::start(&pg, &downstream.url(""), &secret("puma"), true);
+
+    let runs = curl_items(&puma.url(PATH), &|| puma.log());
+    let n = runs.len();
+    let curl_pids: Vec<u32> = runs.iter().map(|r| r.pid).collect();
+    let mut pids = curl_pids.clone();
+    pids.extend([puma.pid(), downstream.pid()]);
+    receiver.focus(&pids);
+    receiver.expect_spans("the requests through puma", SPAN_TIMEOUT, |all| {
+        let count = |pid: u32, f: &dyn Fn(&Span) -> bool| all.iter().filter(|s| s.pid() == Some(pid) && f(s)).count();
+        curl_pids.iter().all(|p| count(*p, &|s| s.is_client()) == 1)
+            && count(puma.pid(), &|s| s.is_server()) >= n
+            && count(puma.pid(), &|s| s.is_client()) >= 3 * n
+            && count(downstream.pid(), &|s| s.is_server()) >= n
+    });
+    agent.stop();
+    let spans = of_pids(&receiver.spans(), &pids);
+    let ctx = describe(&spans);
+    let of = |pid: u32, f: &dyn Fn(&Span) -> bool| -> Vec<Span> {
+        spans.iter().filter(|s| s.pid() == Some(pid) && f(s)).cloned().collect()
+    };
+    let servers = of(puma.pid(), &|s| s.is_server());
+    let clients = of(puma.pid(), &|s| s.is_client());
+    let downs = of(downstream.pid(), &|_| true);
+    assert_eq!(servers.len(), n, "one SERVER span per request:\n{ctx}");
+    assert_eq!(clients.len(), 3 * n, "two DB and one HTTP CLIENT span per request:\n{ctx}");
+    assert_eq!(downs.len(), n, "one downstream SERVER span per request:\n{ctx}");
+    assert_eq!(spans.len(), 6 * n, "curl, SERVER, 3 CLIENT, downstream per request:\n{ctx}");
+
+    let mut linked = 0;
+    for run in &runs {
+        let root = &of(run.pid, &|_| true)[0];
+        assert!(root.parent_span_id.is_empty(), "curl's span is a root: {root}");
+        let server: Vec<&Span> = servers.iter().filter(|s| s.parent_span_id == root.span_id).collect();
+        assert_eq!(server.len(), 1, "one SERVER span under curl's {root}\n{ctx}");
+        let server = server[0];
+        assert_eq!(server.trace_id, root.trace_id, "{server}");
+        // The request's calls run on one pool thread inside its SERVER span.
+        let calls: Vec<&Span> =
+            clients.iter().filter(|c| server.start_ns <= c.start_ns && c.end_ns <= server.end_ns).collect();
+        assert_eq!(calls.len(), 3, "three calls inside {server}\n{ctx}");
+        let children = calls.iter().filter(|c| c.parent_span_id == server.span_id).count();
+        assert!(children == 0 || children == 3, "a request's calls are all its children or none:\n{ctx}");
+        for c in &calls {
+            if children == 3 {
+                assert_eq!(c.trace_id, server.trace_id, "{c}");
+            } else {
+                assert!(
+                    c.parent_span_id.is_empty(),
+                    "a call not under its request is a root, never another's child: {c}\n{ctx}"
+                );
+                assert!(
+                    spans
+                        .iter()
+                        .filter(|s| s.trace_id == c.trace_id)
+                        .all(|s| s.span_id == c.span_id || s.parent_span_id == c.span_id),
+                    "the unlinked call's trace holds only it and what it called: {c}\n{ctx}"
+                );
+            }
+        }
+        linked += usize::from(children == 3);
+    }
+    // Injection does not depend on the thread: every downstream span is the
+    // child of one HTTP CLIENT span of puma.
+    for d in &downs {
+        let parent: Vec<&Span> = clients.iter().filter(|c| c.span_id == d.parent_span_id).collect();
+        assert_eq!(parent.len(), 1, "downstream {d} joins a puma HTTP CLIENT span\n{ctx}");
+        assert_eq!(parent[0].trace_id, d.trace_id, "{d}");
+        assert_eq!(parent[0].attr_str("url.path"), Some(DOWNSTREAM_PATH), "{d}");
+    }
+    waggle_e2e::figure(&format!(
+        "puma default queue_requests: {linked} of {n} requests ran their calls on the thread that read them"
+    ));
+}
