@@ -40,8 +40,6 @@ pub struct ShopConfig<'a> {
     /// A string the servlet sends as a MariaDB query parameter: it must
     /// never be exported.
     pub secret: String,
-    /// Environment added to the JVM's (`OTEL_SERVICE_NAME`, ...).
-    pub env: Vec<(String, String)>,
 }
 
 /// A running Tomcat serving `GET /shop/items/<id>` (see `Shop.java`).
@@ -80,7 +78,6 @@ impl Tomcat {
         write(&root.join("WEB-INF/web.xml"), WEB_XML);
         write(&root.join("META-INF/context.xml"), &context_xml(config));
 
-        let env = config.env.clone();
         let server = Server::launch_within("tomcat", dir, START_TIMEOUT, |port, base| {
             write(&base.join("conf/server.xml"), &server_xml(port));
             let mut cmd = Command::new(format!("{CATALINA_HOME}/bin/catalina.sh"));
@@ -91,8 +88,7 @@ impl Tomcat {
                 // Start-up time, not behaviour: C1 only and a small heap.
                 .env("JAVA_OPTS", "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC -Xms32m -Xmx256m")
                 .env_remove("CATALINA_OPTS")
-                .env_remove("JAVA_TOOL_OPTIONS")
-                .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+                .env_remove("JAVA_TOOL_OPTIONS");
             cmd
         });
         Tomcat { server }

@@ -220,6 +220,26 @@ fn assert_db(r: &Request, i: usize, want: &DbWant) {
     assert_eq!(&got, want, "DB spans of request {} (SERVER span {})\n{}", i + 1, r.server.span_id, describe(&r.db));
 }
 
+/// Makes PostgreSQL log every statement it runs (before the agent starts:
+/// these psql calls are no test's spans), so a test can check from the
+/// server's side which statements went out by name.
+#[track_caller]
+fn log_all_statements(pg: &Postgres) {
+    let out = pg
+        .psql()
+        .args(["-c", "ALTER SYSTEM SET log_statement = 'all'", "-c", "SELECT pg_reload_conf()"])
+        .output()
+        .unwrap_or_else(|e| panic!("running psql: {e}"));
+    assert!(out.status.success(), "psql: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// Lines of the PostgreSQL log saying that the named statement `name` was
+/// executed with text `text`.
+fn executions_of(pg: &Postgres, name: &str, text: &str) -> usize {
+    let needle = format!("execute {name}: {text}");
+    pg.log().lines().filter(|l| l.ends_with(&needle)).count()
+}
+
 /// Tomcat 10 + DBCP + pgjdbc + MariaDB Connector/J + HttpURLConnection.
 ///
 /// The JDK keeps its connection to the python service alive between
@@ -234,6 +254,7 @@ fn assert_db(r: &Request, i: usize, want: &DbWant) {
 fn tomcat_servlet_jdbc_and_http_give_one_trace_per_request() {
     let _guard = e2e_setup("tomcat_servlet_jdbc_and_http_give_one_trace_per_request");
     let pg = Postgres::start();
+    log_all_statements(&pg);
     let mariadb = MariaDb::start();
     let downstream = Server::python_ok_server();
     let receiver = OtlpReceiver::start();
@@ -244,7 +265,6 @@ fn tomcat_servlet_jdbc_and_http_give_one_trace_per_request() {
         mariadb: &mariadb,
         downstream: downstream.url(""),
         secret: secret.clone(),
-        env: vec![],
     });
 
     let runs = curl_items(&tomcat.url(PATH), &|| tomcat.log());
@@ -311,6 +331,10 @@ fn tomcat_servlet_jdbc_and_http_give_one_trace_per_request() {
         }
         assert_eq!(r.http.attr_int("http.response.body.size"), Some(2), "{}", r.http);
     }
+    // The premise, from the server's side: all executions but the first
+    // four ran pgjdbc's named statement S_1.
+    let named = executions_of(&pg, "S_1", "SELECT name FROM items WHERE id = $1");
+    assert_eq!(named, 3 * REQUESTS - 4, "executions of S_1 in the PostgreSQL log:\n{}", pg.log());
     assert_not_leaked(&receiver, &out, &[&secret]);
 }
 
@@ -321,6 +345,7 @@ fn tomcat_servlet_jdbc_and_http_give_one_trace_per_request() {
 fn puma_rack_pg_and_http_give_one_trace_per_request() {
     let _guard = e2e_setup("puma_rack_pg_and_http_give_one_trace_per_request");
     let pg = Postgres::start();
+    log_all_statements(&pg);
     let downstream = Server::python_ok_server();
     let receiver = OtlpReceiver::start();
     let agent = start_agent(&receiver, &[]);
@@ -353,6 +378,8 @@ fn puma_rack_pg_and_http_give_one_trace_per_request() {
     for (i, r) in requests.iter().enumerate() {
         assert_db(r, i, &every);
     }
+    let named = executions_of(&pg, "item_price", "SELECT price FROM items WHERE id = $1 AND name <> $2");
+    assert_eq!(named, REQUESTS, "executions of item_price in the PostgreSQL log:\n{}", pg.log());
     assert_not_leaked(&receiver, &out, &[&secret]);
 }
 
