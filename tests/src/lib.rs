@@ -15,9 +15,11 @@ pub mod cache;
 pub mod db;
 pub mod env;
 pub mod prometheus;
+pub mod puma;
 pub mod receiver;
 pub mod scrape;
 pub mod servers;
+pub mod tomcat;
 
 use std::time::Duration;
 

@@ -62,6 +62,14 @@ pub const E2E_DEPS: &[Dep] = &[
     // clients built at test time (node, curl and nginx are above).
     Dep { packages: &["golang-go"], command: Some("go") },
     Dep { packages: &["default-jdk-headless", "openjdk-17-jdk-headless"], command: Some("javac") },
+    // Application-server stacks (tests/tests/jvm_ruby.rs): Tomcat 10 with
+    // Debian's JDBC drivers (javac is above), and puma with rack and pg.
+    Dep { packages: &["tomcat10"], command: Some("/usr/share/tomcat10/bin/catalina.sh") },
+    Dep { packages: &["libpostgresql-jdbc-java"], command: None },
+    Dep { packages: &["libmariadb-java"], command: None },
+    Dep { packages: &["puma"], command: Some("/usr/bin/puma") },
+    Dep { packages: &["ruby-rack"], command: None },
+    Dep { packages: &["ruby-pg"], command: None },
     // Application metrics (tests/tests/metrics.rs, deploy.rs): a real
     // Prometheus scrapes the agent and checks the dashboards' queries.
     Dep { packages: &["prometheus"], command: Some("/usr/bin/prometheus") },

@@ -71,7 +71,7 @@ impl Runtime {
 ///   with the app in brackets (`gunicorn: worker [myapp.wsgi:application]`)
 ///   counts too.
 /// - Java: the `-jar` file without version (`shop-1.2.jar` -> `shop`), else
-///   the main class's simple name.
+///   the main class's simple name; Tomcat's launcher class gives `tomcat`.
 /// - Node, Bun, Deno: the script; for generic entry files (index, server,
 ///   app, main) the nearest meaningful directory (`/srv/api/server.js` -> `api`).
 /// - Ruby, PHP, Perl: the script; .NET: the `.dll`; php-fpm: `php-fpm`.
@@ -417,6 +417,9 @@ fn app_module_name(spec: &str) -> String {
     }
 }
 
+/// Main classes of servlet containers and the service name they give.
+const JAVA_CONTAINER_MAINS: &[(&str, &str)] = &[("org.apache.catalina.startup.Bootstrap", "tomcat")];
+
 fn java_program(args: &[String]) -> Option<String> {
     const VALUE_OPTS: &[&str] = &[
         "-cp",
@@ -457,6 +460,11 @@ fn java_program(args: &[String]) -> Option<String> {
         // Source-file mode (`java Hello.java`) or a main class.
         if let Some(stem) = basename(a).strip_suffix(".java") {
             return Some(stem.to_owned());
+        }
+        // Servlet containers start from a launcher class whose simple name
+        // says nothing about the service (`Bootstrap`): name the container.
+        if let Some(container) = JAVA_CONTAINER_MAINS.iter().find_map(|(main, name)| (*main == a).then_some(*name)) {
+            return Some(container.to_owned());
         }
         return Some(a.rsplit('.').next().unwrap_or(a).to_owned());
     }
@@ -543,6 +551,19 @@ mod tests {
             ("java", &["java", "-cp", "/a.jar:/b.jar", "-Dx=y", "com.acme.OrderService"], "OrderService"),
             ("java", &["java", "-m", "com.acme/com.acme.Main"], "Main"),
             ("java", &["java", "Hello.java"], "Hello"),
+            (
+                "java",
+                &[
+                    "/usr/bin/java",
+                    "-Djava.util.logging.manager=org.apache.juli.ClassLoaderLogManager",
+                    "-classpath",
+                    "/usr/share/tomcat10/bin/bootstrap.jar:/usr/share/tomcat10/bin/tomcat-juli.jar",
+                    "-Dcatalina.base=/var/lib/tomcat10",
+                    "org.apache.catalina.startup.Bootstrap",
+                    "start",
+                ],
+                "tomcat",
+            ),
             ("node", &["node", "/srv/api/server.js"], "api"),
             ("node", &["node", "/srv/api/src/index.js"], "api"),
             ("node", &["node", "--require", "dotenv/config", "worker.mjs"], "worker"),
