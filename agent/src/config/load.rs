@@ -4,17 +4,14 @@ use std::{collections::BTreeMap, net::SocketAddr, path::Path, sync::Arc, time::D
 
 use super::{
     file::{FileConfig, Scalar},
+    otlp_signal,
     sampler::parse_sampler,
     source::{env_var, file_key, first, flag, Source},
-    values::{
-        check_range, default_compression, parse_bool_env, parse_compression, parse_key_values, parse_networks,
-        parse_number, parse_on_off, parse_print, parse_protocol, resolve_endpoint, validate_headers, EndpointKind,
-    },
-    CliArgs, Config, ConfigError, Env, OtlpConfig, OtlpProtocol, PrintFormat, Sampler,
+    values::{check_range, parse_bool_env, parse_key_values, parse_networks, parse_number, parse_on_off, parse_print},
+    CliArgs, Config, ConfigError, Env, PrintFormat, Sampler,
 };
 use crate::protocols::http1::PathRedaction;
 
-const DEFAULT_OTLP_TIMEOUT: Duration = Duration::from_millis(10_000);
 const MAX_QUEUED_SPANS_LIMIT: usize = 1 << 20;
 const MAX_EXPORT_BATCH_LIMIT: usize = 1 << 16;
 const MAX_RING_BUFFER_BYTES: u32 = 1 << 30;
@@ -51,68 +48,7 @@ impl Config {
         )?;
 
         // --- OTLP ---
-        let protocol = match first([
-            flag(args.otlp_protocol.clone(), "otlp-protocol"),
-            env_var(env, "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"),
-            env_var(env, "OTEL_EXPORTER_OTLP_PROTOCOL"),
-            file_key(file_otlp.protocol, "otlp.protocol", path),
-        ]) {
-            Some((raw, source)) => parse_protocol(&raw, &source)?,
-            // The OTel spec's default; the SDKs moved from grpc to it.
-            None => OtlpProtocol::HttpProtobuf,
-        };
-        let endpoint = first([
-            flag(args.otlp_endpoint.clone(), "otlp-endpoint").map(|(v, s)| ((v, EndpointKind::BaseOrSignal), s)),
-            env_var(env, "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").map(|(v, s)| ((v, EndpointKind::Signal), s)),
-            env_var(env, "OTEL_EXPORTER_OTLP_ENDPOINT").map(|(v, s)| ((v, EndpointKind::Base), s)),
-            file_key(file_otlp.endpoint, "otlp.endpoint", path).map(|(v, s)| ((v, EndpointKind::BaseOrSignal), s)),
-        ]);
-        let endpoint = match endpoint {
-            Some((_, Source::Env(_) | Source::File { .. })) if sdk_disabled => None,
-            Some(((raw, kind), source)) => Some(resolve_endpoint(&raw, &source, protocol, kind)?),
-            None => None,
-        };
-        let headers = match first([
-            flag(args.otlp_headers.clone(), "otlp-headers"),
-            env_var(env, "OTEL_EXPORTER_OTLP_TRACES_HEADERS"),
-            env_var(env, "OTEL_EXPORTER_OTLP_HEADERS"),
-        ]) {
-            Some((raw, source)) => validate_headers(parse_key_values(&raw, &source)?, &source)?,
-            None => match file_otlp.headers {
-                Some(map) => {
-                    let source =
-                        Source::File { key: "otlp.headers", path: path.map(Path::to_owned).unwrap_or_default() };
-                    let pairs = map.into_iter().map(|(k, v)| (k, v.into_string())).collect();
-                    validate_headers(pairs, &source)?
-                }
-                None => Vec::new(),
-            },
-        };
-        let timeout = match first([
-            flag(args.otlp_timeout.map(|v| v.to_string()), "otlp-timeout"),
-            env_var(env, "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT"),
-            env_var(env, "OTEL_EXPORTER_OTLP_TIMEOUT"),
-            file_key(file_otlp.timeout.map(|v| v.to_string()), "otlp.timeout", path),
-        ]) {
-            Some((raw, source)) => {
-                let ms: u64 = parse_number(&raw, &source)?;
-                Duration::from_millis(check_range(ms, 1, 3_600_000, &source)?)
-            }
-            None => DEFAULT_OTLP_TIMEOUT,
-        };
-        let compression = match first([
-            flag(args.otlp_compression.clone(), "otlp-compression"),
-            env_var(env, "OTEL_EXPORTER_OTLP_TRACES_COMPRESSION"),
-            env_var(env, "OTEL_EXPORTER_OTLP_COMPRESSION"),
-            file_key(file_otlp.compression, "otlp.compression", path),
-        ]) {
-            Some((raw, source)) => Some(parse_compression(&raw, &source)?),
-            None => None,
-        };
-        let otlp = endpoint.map(|endpoint| {
-            let compression = compression.unwrap_or_else(|| default_compression(&endpoint));
-            OtlpConfig { endpoint, protocol, headers, timeout, compression }
-        });
+        let otlp = otlp_signal::resolve(&otlp_signal::TRACES, args, env, file_otlp, path, sdk_disabled)?;
 
         // --- printing ---
         let print = match first([flag(args.print.clone(), "print"), file_key(file.print, "print", path)]) {

@@ -6,17 +6,14 @@ use std::{path::Path, time::Duration};
 
 use super::{
     file::{FileConfig, FileOtlp},
+    otlp_signal,
     source::{env_var, file_key, first, flag, Source},
-    values::{
-        check_range, default_compression, parse_compression, parse_key_values, parse_number, parse_protocol,
-        resolve_signal_endpoint, validate_headers, EndpointKind,
-    },
-    CliArgs, ConfigError, Env, OtlpConfig, OtlpProtocol,
+    values::{check_range, parse_number},
+    CliArgs, ConfigError, Env, OtlpConfig,
 };
 
 /// OTEL_METRIC_EXPORT_INTERVAL's default (the OTel specification's).
 pub const DEFAULT_METRIC_EXPORT_INTERVAL: Duration = Duration::from_secs(60);
-const DEFAULT_OTLP_TIMEOUT: Duration = Duration::from_millis(10_000);
 
 /// What `OTEL_METRICS_EXPORTER` asked for.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -85,69 +82,22 @@ pub(super) fn resolve(
     if !exporters.otlp {
         return Ok(MetricsExport { exporters, otlp: None, interval });
     }
-    let protocol = match first([
-        flag(args.otlp_protocol.clone(), "otlp-protocol"),
-        env_var(env, "OTEL_EXPORTER_OTLP_METRICS_PROTOCOL"),
-        env_var(env, "OTEL_EXPORTER_OTLP_PROTOCOL"),
-        file_key(file_otlp.protocol, "otlp.protocol", path),
-    ]) {
-        Some((raw, source)) => parse_protocol(&raw, &source)?,
-        None => OtlpProtocol::HttpProtobuf,
-    };
-    let endpoint = first([
-        flag(args.otlp_endpoint.clone(), "otlp-endpoint").map(|(v, s)| ((v, EndpointKind::BaseOrSignal), s)),
-        env_var(env, "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT").map(|(v, s)| ((v, EndpointKind::Signal), s)),
-        env_var(env, "OTEL_EXPORTER_OTLP_ENDPOINT").map(|(v, s)| ((v, EndpointKind::Base), s)),
-        file_key(file_otlp.endpoint, "otlp.endpoint", path).map(|(v, s)| ((v, EndpointKind::BaseOrSignal), s)),
-    ]);
-    let Some(((raw, kind), source)) = endpoint else {
+    let otlp = otlp_signal::resolve(&otlp_signal::METRICS, args, env, file_otlp, path, false)?;
+    if otlp.is_none() {
         return Err(ConfigError::Invalid {
             setting: "OTEL_METRICS_EXPORTER".into(),
             message:
                 "otlp needs an OTLP endpoint (--otlp-endpoint, OTEL_EXPORTER_OTLP_[METRICS_]ENDPOINT or otlp.endpoint)"
                     .into(),
         });
-    };
-    let endpoint = resolve_signal_endpoint(&raw, &source, protocol, kind, "/v1/metrics")?;
-    let headers = match first([
-        flag(args.otlp_headers.clone(), "otlp-headers"),
-        env_var(env, "OTEL_EXPORTER_OTLP_METRICS_HEADERS"),
-        env_var(env, "OTEL_EXPORTER_OTLP_HEADERS"),
-    ]) {
-        Some((raw, source)) => validate_headers(parse_key_values(&raw, &source)?, &source)?,
-        None => match file_otlp.headers {
-            Some(map) => {
-                let source = Source::File { key: "otlp.headers", path: path.map(Path::to_owned).unwrap_or_default() };
-                validate_headers(map.into_iter().map(|(k, v)| (k, v.into_string())).collect(), &source)?
-            }
-            None => Vec::new(),
-        },
-    };
-    let timeout = match first([
-        flag(args.otlp_timeout.map(|v| v.to_string()), "otlp-timeout"),
-        env_var(env, "OTEL_EXPORTER_OTLP_METRICS_TIMEOUT"),
-        env_var(env, "OTEL_EXPORTER_OTLP_TIMEOUT"),
-        file_key(file_otlp.timeout.map(|v| v.to_string()), "otlp.timeout", path),
-    ]) {
-        Some((raw, source)) => Duration::from_millis(check_range(parse_number(&raw, &source)?, 1, 3_600_000, &source)?),
-        None => DEFAULT_OTLP_TIMEOUT,
-    };
-    let compression = match first([
-        flag(args.otlp_compression.clone(), "otlp-compression"),
-        env_var(env, "OTEL_EXPORTER_OTLP_METRICS_COMPRESSION"),
-        env_var(env, "OTEL_EXPORTER_OTLP_COMPRESSION"),
-        file_key(file_otlp.compression, "otlp.compression", path),
-    ]) {
-        Some((raw, source)) => parse_compression(&raw, &source)?,
-        None => default_compression(&endpoint),
-    };
-    let otlp = OtlpConfig { endpoint, protocol, headers, timeout, compression };
-    Ok(MetricsExport { exporters, otlp: Some(otlp), interval })
+    }
+    Ok(MetricsExport { exporters, otlp, interval })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::OtlpProtocol;
 
     fn source() -> Source {
         Source::Env("OTEL_METRICS_EXPORTER")

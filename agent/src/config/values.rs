@@ -144,20 +144,10 @@ pub(super) fn check_range<T: PartialOrd + fmt::Display + Copy>(
     Ok(value)
 }
 
-/// Turns a configured endpoint into the URL exports go to.
-/// `base` endpoints get `/v1/traces` appended for http/protobuf.
-pub(super) fn resolve_endpoint(
-    raw: &str,
-    source: &Source,
-    protocol: OtlpProtocol,
-    base: EndpointKind,
-) -> Result<String, ConfigError> {
-    resolve_signal_endpoint(raw, source, protocol, base, "/v1/traces")
-}
-
-/// [`resolve_endpoint`] for the signal whose http path is `signal_path`
-/// (`/v1/metrics`): a flag or file URL naming the traces path is the
-/// collector's, so the other signal goes beside it.
+/// Turns a configured endpoint into the URL a signal's exports go to:
+/// `base` endpoints get `signal_path` (`/v1/traces`, `/v1/metrics`)
+/// appended for http/protobuf; a flag or file URL naming the traces path is
+/// the collector's, so the metrics go beside it.
 pub(super) fn resolve_signal_endpoint(
     raw: &str,
     source: &Source,
