@@ -12,10 +12,10 @@ fn documents(path: &str) -> Vec<Value> {
 }
 
 fn daemonset() -> Value {
-    documents("deploy/kubernetes/waggle.yaml")
+    documents("deploy/kubernetes/base/daemonset.yaml")
         .into_iter()
         .find(|d| d["kind"] == "DaemonSet")
-        .expect("a DaemonSet in deploy/kubernetes/waggle.yaml")
+        .expect("a DaemonSet in deploy/kubernetes/base/daemonset.yaml")
 }
 
 #[test]
