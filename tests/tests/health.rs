@@ -129,7 +129,8 @@ fn the_manifests_probes_see_a_ready_agent_and_readiness_reports_a_stalled_drain(
     assert_eq!(status, 503, "{readiness} while the drain loop is stopped: {body}");
     assert!(body.starts_with("draining stalled: the ring buffer was last drained "), "{body}");
     let seen_after = stalled_at.elapsed();
-    assert!(seen_after >= Duration::from_secs(5), "reported after {seen_after:?}, before the 5 s threshold");
+    // The last drain may precede the stop by a poll interval, never by a second.
+    assert!(seen_after >= Duration::from_secs(4), "reported after {seen_after:?}, before the 5 s threshold");
     // Not yet a restart: the loop threshold is 30 s.
     let (status, body) = get(port, &liveness);
     assert_eq!(status, 200, "{liveness} during a short stall: {body}");
