@@ -6,7 +6,7 @@
 //! [`linking`] (kernel trace ids) → [`assembly`] → [`export`] (OTLP or
 //! terminal), driven by [`pipeline`].
 //! [`discovery`] reads /proc, [`config`] merges flags/env/file, [`metrics`]
-//! counts every drop, [`span_metrics`] turns exported spans into RED
+//! counts every drop, [`health`] answers liveness/readiness probes, [`span_metrics`] turns exported spans into RED
 //! metrics and a service graph.
 pub mod allocator;
 pub mod assembly;
@@ -15,6 +15,7 @@ pub mod config;
 pub mod conntrack;
 pub mod discovery;
 pub mod export;
+pub mod health;
 pub mod intake;
 pub mod linking;
 pub mod metrics;

@@ -6,6 +6,9 @@
 //! [`KernelCounterCell`]) and a few gauges. Values are read when scraped, so
 //! the hot path never does more than its existing relaxed atomic adds.
 //!
+//! `GET /healthz` and `GET /readyz` answer liveness and readiness probes
+//! from [`Health`] (200 or 503, with the reason as text).
+//!
 //! `GET /traces/<trace-id>` answers loopback clients only: span names and
 //! paths are application data, while /metrics is often exposed to a
 //! cluster-wide Prometheus.
@@ -43,6 +46,7 @@ use waggle_common::{Counter, COUNTER_COUNT};
 
 use crate::{
     export::waterfall::{encode_trace, parse_trace_id, SharedRecentTraces},
+    health::{Health, Verdict},
     metrics::Metrics,
 };
 
@@ -57,6 +61,9 @@ const MAX_REQUEST_BUF: usize = 8192;
 const METRIC_PREFIX: &str = "waggle";
 const METRICS_PATH: &str = "/metrics";
 const TRACES_PATH: &str = "/traces/";
+/// Liveness and readiness, as a Kubernetes probe asks for them.
+pub const HEALTHZ_PATH: &str = "/healthz";
+pub const READYZ_PATH: &str = "/readyz";
 /// The exposition `text::encode` produces (it ends with `# EOF`).
 pub const CONTENT_TYPE_OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
@@ -251,6 +258,7 @@ pub fn render(metrics: Arc<Metrics>, kernel: KernelCounterCell) -> Result<String
 struct Served {
     registry: Registry,
     recent: Option<SharedRecentTraces>,
+    health: Health,
 }
 
 fn render_registry(registry: &Registry) -> Result<String, std::fmt::Error> {
@@ -290,23 +298,25 @@ pub async fn serve(
     kernel: KernelCounterCell,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<MetricsServer, MetricsServerError> {
-    serve_with(addr, metrics, kernel, None, None, shutdown).await
+    serve_with(addr, metrics, kernel, None, None, Health::new(), shutdown).await
 }
 
 /// [`serve`], with `app`'s metrics (the application metrics from spans)
-/// on the same page and `GET /traces/<id>` answered from `recent`.
+/// on the same page, `GET /traces/<id>` answered from `recent` and the
+/// probes from `health`.
 pub async fn serve_with(
     addr: SocketAddr,
     metrics: Arc<Metrics>,
     kernel: KernelCounterCell,
     app: Option<Box<dyn Collector>>,
     recent: Option<SharedRecentTraces>,
+    health: Health,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<MetricsServer, MetricsServerError> {
     let listener = TcpListener::bind(addr).await.map_err(|source| MetricsServerError::Bind { addr, source })?;
     let local_addr = listener.local_addr().map_err(MetricsServerError::LocalAddr)?;
     tracing::info!(addr = %local_addr, path = METRICS_PATH, traces = recent.is_some(), "serving agent metrics");
-    let served = Arc::new(Served { registry: registry(metrics, kernel, recent.clone(), app), recent });
+    let served = Arc::new(Served { registry: registry(metrics, kernel, recent.clone(), app), recent, health });
     let task = tokio::spawn(accept_loop(listener, served, shutdown));
     Ok(MetricsServer { local_addr, task })
 }
@@ -362,7 +372,7 @@ async fn serve_connection(stream: tokio::net::TcpStream, peer: SocketAddr, serve
 
 fn respond<B>(req: &Request<B>, peer: SocketAddr, served: &Served) -> Response<Full<Bytes>> {
     let path = req.uri().path();
-    if path != METRICS_PATH && !path.starts_with(TRACES_PATH) {
+    if path != METRICS_PATH && path != HEALTHZ_PATH && path != READYZ_PATH && !path.starts_with(TRACES_PATH) {
         return plain(StatusCode::NOT_FOUND, "not found; metrics are at /metrics\n");
     }
     if req.method() != Method::GET && req.method() != Method::HEAD {
@@ -372,6 +382,12 @@ fn respond<B>(req: &Request<B>, peer: SocketAddr, served: &Served) -> Response<F
     }
     if let Some(id) = path.strip_prefix(TRACES_PATH) {
         return look_up_trace(id, peer, served.recent.as_ref());
+    }
+    if path == HEALTHZ_PATH {
+        return probe_answer(served.health.liveness());
+    }
+    if path == READYZ_PATH {
+        return probe_answer(served.health.readiness());
     }
     match render_registry(&served.registry) {
         Ok(body) => {
@@ -420,6 +436,11 @@ fn look_up_trace(id: &str, peer: SocketAddr, recent: Option<&SharedRecentTraces>
         }
         None => plain(StatusCode::INTERNAL_SERVER_ERROR, "the recent-traces ring is unusable after a panic\n"),
     }
+}
+
+fn probe_answer(verdict: Verdict) -> Response<Full<Bytes>> {
+    let status = if verdict.ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    plain(status, format!("{}\n", verdict.detail))
 }
 
 fn plain(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
@@ -476,6 +497,7 @@ mod tests {
             KernelCounterCell::new(),
             None,
             Some(recent.clone()),
+            Health::new(),
             async move {
                 let _ = stop_rx.await;
             },
@@ -589,6 +611,57 @@ mod tests {
         let (status, _, body) = request(server.local_addr(), "GET", "/metrics?x=1").await;
         assert_eq!(status, "HTTP/1.1 200 OK");
         assert!(body.contains("waggle_events_received_total 0"), "{body}");
+    }
+
+    #[tokio::test]
+    async fn health_endpoints_answer_200_or_503_with_the_reason() {
+        let health = Health::new();
+        let (stop_tx, stop_rx) = oneshot::channel::<()>();
+        let server = serve_with(
+            "127.0.0.1:0".parse().unwrap(),
+            Arc::new(Metrics::default()),
+            KernelCounterCell::new(),
+            None,
+            None,
+            health.clone(),
+            async move {
+                let _ = stop_rx.await;
+            },
+        )
+        .await
+        .unwrap();
+        let addr = server.local_addr();
+        // Loading: alive, not ready.
+        let (status, headers, body) = request(addr, "GET", HEALTHZ_PATH).await;
+        assert_eq!(status, "HTTP/1.1 200 OK");
+        assert!(headers.contains("content-type: text/plain"), "{headers}");
+        assert!(body.starts_with("starting: loading probes for "), "{body}");
+        let (status, _, body) = request(addr, "GET", READYZ_PATH).await;
+        assert_eq!((status.as_str(), body.as_str()), ("HTTP/1.1 503 Service Unavailable", "probes not attached yet\n"));
+
+        let now = crate::clock::Clock::now_monotonic_ns();
+        health.attached(now);
+        health.drained(5, now);
+        let (status, _, body) = request(addr, "GET", READYZ_PATH).await;
+        assert_eq!(status, "HTTP/1.1 200 OK");
+        assert!(
+            body.starts_with("probes attached, ring buffer drained ") && body.ends_with("(5 records drained)\n"),
+            "{body}"
+        );
+        // The kubelet may send HEAD; a query string changes nothing.
+        let (status, _, _) = request(addr, "HEAD", "/healthz?verbose").await;
+        assert_eq!(status, "HTTP/1.1 200 OK");
+
+        // A drain that stopped long ago (as a wedged loop would leave it).
+        let long_ago = now.saturating_sub(crate::health::DRAIN_STALL.as_nanos() as u64 * 2);
+        health.drained(0, long_ago);
+        let (status, _, body) = request(addr, "GET", READYZ_PATH).await;
+        assert_eq!(status, "HTTP/1.1 503 Service Unavailable");
+        assert!(body.starts_with("draining stalled: the ring buffer was last drained "), "{body}");
+        let (status, _, _) = request(addr, "POST", READYZ_PATH).await;
+        assert_eq!(status, "HTTP/1.1 405 Method Not Allowed");
+        drop(stop_tx);
+        server.join().await;
     }
 
     #[tokio::test]

@@ -46,9 +46,16 @@ pub const MARIADB_PASSWORD: &str = "waggle-e2e-pw";
 
 /// pip requirements of the fixture scripts under `tests/fixtures/sql/` and
 /// `tests/fixtures/cache/` (redis-py).
-pub const PIP_PACKAGES: &[&str] = &["psycopg[binary]>=3.1,<4", "mysql-connector-python>=8.0", "redis>=5,<9"];
+pub const PIP_PACKAGES: &[&str] = &[
+    "psycopg[binary]>=3.1,<4",
+    "mysql-connector-python>=8.0",
+    "redis>=5,<9",
+    // deploy.rs: OpenAPI validation of the rendered manifests; the version
+    // fixes which Kubernetes schemas are bundled (k8s::SCHEMA_VERSIONS).
+    "kubernetes-validate==1.37.0",
+];
 /// Modules that must import for [`PIP_PACKAGES`] to count as installed.
-const PIP_IMPORT_CHECK: &str = "import psycopg, mysql.connector, redis";
+const PIP_IMPORT_CHECK: &str = "import psycopg, mysql.connector, redis, kubernetes_validate";
 
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 const SETUP_TIMEOUT: Duration = Duration::from_secs(60);

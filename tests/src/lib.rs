@@ -14,6 +14,7 @@ pub mod agent;
 pub mod cache;
 pub mod db;
 pub mod env;
+pub mod k8s;
 pub mod prometheus;
 pub mod puma;
 pub mod receiver;

@@ -1,5 +1,5 @@
 //! The agent runs with exactly the capabilities the DaemonSet grants
-//! (`deploy/kubernetes/waggle.yaml`), no more: every other capability is
+//! (`deploy/kubernetes/base/daemonset.yaml`), no more: every other capability is
 //! dropped from its bounding set and `no_new_privs` is set, as Kubernetes
 //! does with `capabilities: {drop: [ALL], add: [...]}` and
 //! `allowPrivilegeEscalation: false`. Under them it still loads and
@@ -30,11 +30,11 @@ fn cap_number(name: &str) -> u32 {
 
 /// The capabilities the DaemonSet adds (after dropping ALL).
 fn manifest_capabilities() -> Vec<String> {
-    let text = std::fs::read_to_string(workspace_root().join("deploy/kubernetes/waggle.yaml")).unwrap();
+    let text = std::fs::read_to_string(workspace_root().join("deploy/kubernetes/base/daemonset.yaml")).unwrap();
     let ds = serde_yaml_ng::Deserializer::from_str(&text)
         .map(|d| <Value as serde::Deserialize>::deserialize(d).unwrap())
         .find(|d| d["kind"] == "DaemonSet")
-        .expect("a DaemonSet in deploy/kubernetes/waggle.yaml");
+        .expect("a DaemonSet in deploy/kubernetes/base/daemonset.yaml");
     let caps = &ds["spec"]["template"]["spec"]["containers"][0]["securityContext"]["capabilities"];
     assert_eq!(caps["drop"], serde_yaml_ng::from_str::<Value>("[ALL]").unwrap());
     caps["add"].as_sequence().unwrap().iter().map(|c| c.as_str().unwrap().to_owned()).collect()

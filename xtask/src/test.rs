@@ -73,6 +73,9 @@ pub const E2E_DEPS: &[Dep] = &[
     // Application metrics (tests/tests/metrics.rs, deploy.rs): a real
     // Prometheus scrapes the agent and checks the dashboards' queries.
     Dep { packages: &["prometheus"], command: Some("/usr/bin/prometheus") },
+    // Manifest tests (tests/tests/deploy.rs): kubectl and helm come from an
+    // npm package (tests/src/k8s.rs).
+    Dep { packages: &["npm"], command: Some("npm") },
 ];
 
 /// Packages to install for the deps that are not satisfied.

@@ -25,12 +25,13 @@ use crate::{
     conntrack::{ConnSpan, ConnTracker},
     discovery::{self, Lookup, ResourceReplies, ResourceReply, ResourceResolver, SeedSocket},
     export::{self, waterfall::SharedRecentTraces, ExportError, ExportHandle},
+    health::Health,
     intake::{self, RawEvent},
     linking::ContextLinker,
     metrics::Metrics,
     metrics_server::{self, Gauge, KernelCounterCell},
     model::{ConnMeta, ParsedSpan, ProcessResource, SpanIdentity},
-    probes::{ProbeConfig, ProbeError, Probes},
+    probes::{EventSource, ProbeConfig, ProbeError, Probes},
     protocols::ParserConfig,
     span_metrics::SpanMetrics,
 };
@@ -240,12 +241,21 @@ impl Stages {
     }
 }
 
+/// Takes one batch from the ring buffer; true when it was full (more may
+/// be waiting). Every finished drain is progress for the readiness probe.
+fn drain(source: &mut EventSource, stages: &mut Stages, health: &Health) -> bool {
+    let handled = source.drain(DRAIN_BATCH, |record| stages.handle_record(record));
+    health.drained(handled, Clock::now_monotonic_ns());
+    handled >= DRAIN_BATCH
+}
+
 /// Runs the agent until `shutdown` resolves, then detaches the probes,
 /// flushes pending spans and returns.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send) -> Result<(), RunError> {
     let metrics = Arc::new(Metrics::default());
     let agent_pid = std::process::id();
     let kernel_cell = KernelCounterCell::new();
+    let health = Health::new();
     // Dropping the sender (also on an early error return) stops the server.
     let (metrics_stop, metrics_stop_rx) = tokio::sync::oneshot::channel::<()>();
     // Only worth keeping where `waggle trace` can ask for them; their bytes
@@ -264,6 +274,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send) -> R
                 kernel_cell.clone(),
                 span_metrics.as_ref().map(SpanMetrics::collector),
                 recent.clone(),
+                health.clone(),
                 async move {
                     let _ = metrics_stop_rx.await;
                 },
@@ -325,6 +336,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send) -> R
     let sockets = discovery::scan_inet_sockets(agent_pid);
     let (listeners, conns) = stages.seed(&sockets, Clock::now_monotonic_ns());
     tracing::info!(listeners, connections = conns, "tracking TCP sockets that existed before start-up");
+    health.attached(Clock::now_monotonic_ns());
     tracing::info!(pid = agent_pid, "waggle ready");
 
     tokio::pin!(shutdown);
@@ -342,19 +354,22 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send) -> R
         tokio::select! {
             biased;
             _ = &mut shutdown => break Ok(()),
-            _ = ticker.tick() => stages.tick(&probes, &mut last_lost),
+            _ = ticker.tick() => {
+                stages.tick(&probes, &mut last_lost);
+                health.loop_turned(Clock::now_monotonic_ns());
+            }
             Some(reply) = resource_replies.recv() => stages.on_resource(reply),
             ready = source.readable(), if !backlog => {
                 if let Err(e) = ready {
                     break Err(RunError::Intake(e));
                 }
-                backlog = source.drain(DRAIN_BATCH, |record| stages.handle_record(record)) >= DRAIN_BATCH;
+                backlog = drain(&mut source, &mut stages, &health);
             }
             _ = std::future::ready(()), if backlog => {
-                backlog = source.drain(DRAIN_BATCH, |record| stages.handle_record(record)) >= DRAIN_BATCH;
+                backlog = drain(&mut source, &mut stages, &health);
             }
             _ = drain_ticker.tick(), if !backlog => {
-                backlog = source.drain(DRAIN_BATCH, |record| stages.handle_record(record)) >= DRAIN_BATCH;
+                backlog = drain(&mut source, &mut stages, &health);
             }
         }
     };
