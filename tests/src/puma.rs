@@ -80,20 +80,13 @@ impl Puma {
         });
         Puma { server }
     }
+}
 
-    pub fn port(&self) -> u16 {
-        self.server.port()
-    }
+/// Port, pid, url and log are the [`Server`]'s.
+impl std::ops::Deref for Puma {
+    type Target = Server;
 
-    pub fn pid(&self) -> u32 {
-        self.server.pid()
-    }
-
-    pub fn url(&self, path: &str) -> String {
-        self.server.url(path)
-    }
-
-    pub fn log(&self) -> String {
-        self.server.log()
+    fn deref(&self) -> &Server {
+        &self.server
     }
 }

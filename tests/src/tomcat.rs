@@ -93,23 +93,14 @@ impl Tomcat {
         });
         Tomcat { server }
     }
+}
 
-    pub fn port(&self) -> u16 {
-        self.server.port()
-    }
+/// Port, pid, url and log are the [`Server`]'s.
+impl std::ops::Deref for Tomcat {
+    type Target = Server;
 
-    /// The JVM's pid (catalina.sh execs java).
-    pub fn pid(&self) -> u32 {
-        self.server.pid()
-    }
-
-    pub fn url(&self, path: &str) -> String {
-        self.server.url(path)
-    }
-
-    /// Tomcat's console log (JUL to stderr, and the JVM's own output).
-    pub fn log(&self) -> String {
-        self.server.log()
+    fn deref(&self) -> &Server {
+        &self.server
     }
 }
 
