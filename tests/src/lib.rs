@@ -11,6 +11,7 @@
 //! The agent binary is `$WAGGLE_BIN` (set by `cargo xtask test`), else the
 //! release build in the workspace's target dir.
 pub mod agent;
+pub mod apache;
 pub mod cache;
 pub mod db;
 pub mod env;

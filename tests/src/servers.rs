@@ -59,6 +59,18 @@ impl Server {
         })
     }
 
+    /// `tests/fixtures/ok_server.py` (service name `ok_server`): answers
+    /// every GET with 200 "ok"; the downstream service of the stack tests.
+    #[track_caller]
+    pub fn python_ok_server() -> Server {
+        let dir = temp_dir("waggle-ok-");
+        Server::launch("ok_server", dir, |port, _| {
+            let mut cmd = Command::new(python());
+            cmd.arg("-u").arg(fixture("ok_server.py")).arg(port.to_string());
+            cmd
+        })
+    }
+
     /// A python server answering every GET with 200 "ok", run by Debian's
     /// python3 as `nobody` (another uid than the agent's: reading its
     /// /proc/<pid>/environ then needs the agent's CAP_SYS_PTRACE), with

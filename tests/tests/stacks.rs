@@ -1,0 +1,361 @@
+//! Application stacks of issue 14 end to end under the real agent: each is
+//! real software from Debian's packages serving `GET /items/<id>` by
+//! querying the `items` table of the db.rs harness and calling a small
+//! python service (`tests/fixtures/ok_server.py`, the downstream):
+//!
+//! ```text
+//! curl -> entry server (Apache + mod_php | Starman + PSGI)
+//!           |-> database (mysqli -> MariaDB | DBI/DBD::Pg -> PostgreSQL)
+//!           '-> downstream: python ok_server GET /inventory
+//! ```
+//!
+//! N requests from N curl processes must give N traces and nothing else:
+//! curl's CLIENT span as the root, the entry SERVER span as its child, the
+//! SQL CLIENT spans and the HTTP CLIENT span as children of the entry span
+//! (made by the worker process that served it), and the downstream's SERVER
+//! span as the child of that HTTP CLIENT span, joined through the
+//! `traceparent` the kernel inserted. Every span of the servers' processes
+//! must be in one of those traces (no orphans), once (no duplicates).
+//!
+//! The servers start before the agent, the way the agent meets them on a
+//! node: prefork workers already waiting in `accept()`, the database's
+//! setup queries unseen.
+//!
+//! Like every e2e test: root only, serialised by the e2e lock.
+use std::collections::BTreeSet;
+
+use waggle_e2e::{
+    apache::{Site, WORKERS},
+    assert_not_leaked, curl,
+    db::{MariaDb, DB_NAME, MARIADB_PASSWORD, MARIADB_USER, SEED_ITEMS},
+    describe, e2e_setup,
+    env::child_pids,
+    fixture, wait_for_other_injectors, Agent, AgentOutput, ClientRun, Kind, OtlpReceiver, Protocol, Server, Span,
+    StatusCode, SPAN_TIMEOUT,
+};
+
+/// Requests per stack: each of [`SEED_ITEMS`] twice.
+const REQUESTS: usize = 6;
+/// The entry route every stack serves.
+const ROUTE: &str = "/items/{id}";
+const DOWNSTREAM_PATH: &str = "/inventory";
+
+/// A literal no one else sends, carried in the query string and in SQL.
+fn secret(tag: &str) -> String {
+    format!("secret-{tag}-{}", std::process::id())
+}
+
+/// One SQL CLIENT span the entry worker must make per request, in order.
+struct WantSql {
+    system: &'static str,
+    operation: &'static str,
+    collection: &'static str,
+    /// Sanitized text.
+    text: &'static str,
+    /// `db.response.returned_rows`, when the parser knows it.
+    rows: Option<i64>,
+}
+
+/// What one stack is, for [`assert_stack_traces`].
+struct Stack<'a> {
+    /// service.name of the entry server's spans.
+    service: &'a str,
+    /// The entry server and its workers.
+    server: &'a Server,
+    server_pids: Vec<u32>,
+    downstream: &'a Server,
+    db_port: u16,
+    sql: Vec<WantSql>,
+}
+
+/// One request's spans.
+struct Trace {
+    curl: Span,
+    entry: Span,
+    sql: Vec<Span>,
+    http: Span,
+    downstream: Span,
+}
+
+fn items_url(server: &Server, id: i32, note: &str) -> String {
+    server.url(&format!("/items/{id}?note={note}"))
+}
+
+/// The seed item requested by the `i`th request.
+fn item(i: usize) -> (i32, &'static str, &'static str) {
+    SEED_ITEMS[i % SEED_ITEMS.len()]
+}
+
+/// Runs the [`REQUESTS`] curls, one process each, and checks every reply.
+#[track_caller]
+fn run_requests(stack: &Stack, note: &str) -> Vec<ClientRun> {
+    (0..REQUESTS)
+        .map(|i| {
+            let (id, name, _) = item(i);
+            let run = curl(&["-f", &items_url(stack.server, id, note)]);
+            assert!(
+                run.status.success(),
+                "request {i} to {} failed: {run:?}\nserver log:\n{}",
+                stack.service,
+                stack.server.log()
+            );
+            let v: serde_json::Value = serde_json::from_str(&run.stdout)
+                .unwrap_or_else(|e| panic!("{} answered no JSON ({e}): {:?}", stack.service, run.stdout));
+            assert_eq!(v["id"], id, "reply {v}");
+            assert_eq!(v["name"], name, "the database's answer in the reply {v}");
+            assert_eq!(v["downstream"], "ok", "the downstream's answer in the reply {v}");
+            run
+        })
+        .collect()
+}
+
+fn is_entry(s: &Span, stack: &Stack) -> bool {
+    s.is_server() && s.pid().is_some_and(|p| stack.server_pids.contains(&p))
+}
+
+fn is_sql(s: &Span) -> bool {
+    s.is_client() && s.attr("db.system.name").is_some()
+}
+
+fn is_downstream_call(s: &Span) -> bool {
+    s.is_client() && s.attr_str("url.path") == Some(DOWNSTREAM_PATH)
+}
+
+/// Waits until every request's spans are in, stops the agent (which
+/// flushes everything captured) and matches each request's trace.
+#[track_caller]
+fn collect(receiver: &OtlpReceiver, agent: Agent, stack: &Stack, runs: &[ClientRun]) -> (Vec<Trace>, AgentOutput) {
+    let mut focus = stack.server_pids.clone();
+    focus.push(stack.downstream.pid());
+    focus.extend(runs.iter().map(|r| r.pid));
+    receiver.focus(&focus);
+    let n = runs.len();
+    let per_request = 2 + stack.sql.len();
+    receiver.expect_spans(&format!("{n} requests through {}", stack.service), SPAN_TIMEOUT, |spans| {
+        let of = |pid: u32| spans.iter().filter(move |s| s.pid() == Some(pid));
+        runs.iter().all(|r| of(r.pid).count() >= 1)
+            && spans.iter().filter(|s| s.pid().is_some_and(|p| stack.server_pids.contains(&p))).count()
+                >= n * per_request
+            && of(stack.downstream.pid()).filter(|s| s.is_server()).count() >= n
+    });
+    let out = agent.stop();
+    let spans = receiver.spans();
+    let ours: Vec<Span> = spans.iter().filter(|s| s.pid().is_some_and(|p| focus.contains(&p))).cloned().collect();
+    let traces = runs.iter().map(|r| trace_of(&spans, &ours, stack, r)).collect();
+    (traces, out)
+}
+
+/// The trace curl run `run` started, split into its parts; asserts its
+/// shape (parents, kinds, counts) on the way.
+#[track_caller]
+fn trace_of(all: &[Span], ours: &[Span], stack: &Stack, run: &ClientRun) -> Trace {
+    let curls: Vec<&Span> = ours.iter().filter(|s| s.pid() == Some(run.pid)).collect();
+    assert_eq!(curls.len(), 1, "curl pid {} made one request:\n{}", run.pid, describe(ours));
+    let curl = curls[0].clone();
+    let mut trace: Vec<Span> = all.iter().filter(|s| s.trace_id == curl.trace_id).cloned().collect();
+    trace.sort_by_key(|s| (s.start_ns, s.end_ns));
+    let ctx = describe(&trace);
+    assert_eq!(curl.kind, Kind::Client, "{ctx}");
+    assert_eq!(curl.parent_span_id, "", "curl's CLIENT span is the root\n{ctx}");
+
+    let take = |what: &str, f: &dyn Fn(&Span) -> bool| -> Vec<Span> {
+        let v: Vec<Span> = trace.iter().filter(|s| f(s)).cloned().collect();
+        assert!(
+            !v.is_empty(),
+            "no {what} in the trace of curl pid {}:\n{ctx}\nall spans of the test:\n{}",
+            run.pid,
+            describe(ours)
+        );
+        v
+    };
+    let one = |what: &str, f: &dyn Fn(&Span) -> bool| -> Span {
+        let v = take(what, f);
+        assert_eq!(v.len(), 1, "exactly one {what} in the trace:\n{ctx}");
+        v[0].clone()
+    };
+    let entry = one("entry SERVER span", &|s| is_entry(s, stack));
+    let sql = take("SQL CLIENT span", &|s| is_sql(s));
+    let http = one("HTTP CLIENT span to the downstream", &is_downstream_call);
+    let downstream = one("downstream SERVER span", &|s| s.is_server() && s.pid() == Some(stack.downstream.pid()));
+    assert_eq!(
+        trace.len(),
+        3 + sql.len() + 1,
+        "the trace holds curl, the entry, its SQL and HTTP calls and the downstream, nothing else:\n{ctx}"
+    );
+
+    assert_eq!(entry.parent_span_id, curl.span_id, "the entry SERVER span is curl's child (injected header)\n{ctx}");
+    for s in sql.iter().chain([&http]) {
+        assert_eq!(s.parent_span_id, entry.span_id, "a call of the request is the entry span's child: {s}\n{ctx}");
+        assert_eq!(s.pid(), entry.pid(), "the worker that served the request makes its calls: {s}\n{ctx}");
+        assert!(
+            entry.start_ns <= s.start_ns && s.end_ns <= entry.end_ns,
+            "a call of the request lies inside the entry span: {s}\n{ctx}"
+        );
+    }
+    assert_eq!(
+        downstream.parent_span_id, http.span_id,
+        "the downstream SERVER span is the HTTP CLIENT span's child (injected header)\n{ctx}"
+    );
+    Trace { curl, entry, sql, http, downstream }
+}
+
+/// The attributes of one request's spans.
+#[track_caller]
+fn assert_request(t: &Trace, stack: &Stack, i: usize, note: &str) {
+    let (id, _, _) = item(i);
+    let path = format!("/items/{id}");
+    let e = &t.entry;
+    assert_eq!(e.name, format!("GET {ROUTE}"), "entry span name: {e}");
+    assert_eq!(e.service_name, stack.service, "service.name: {e}");
+    assert_eq!(e.attr_str("http.request.method"), Some("GET"), "{e}");
+    assert_eq!(e.attr_str("http.route"), Some(ROUTE), "{e}");
+    assert_eq!(e.attr_str("url.path"), Some(path.as_str()), "the query string is not exported: {e}");
+    assert_eq!(e.attr_str("url.scheme"), Some("http"), "{e}");
+    assert_eq!(e.attr_int("http.response.status_code"), Some(200), "{e}");
+    assert_eq!(e.attr_int("server.port"), Some(i64::from(stack.server.port())), "{e}");
+    assert_eq!(e.attr_str("client.address"), Some("127.0.0.1"), "{e}");
+    assert!(e.attr_str("user_agent.original").is_some_and(|ua| ua.starts_with("curl/")), "{e}");
+    assert_eq!(e.status_code, StatusCode::Unset, "{e}");
+    assert!(!note.is_empty() && e.attr_str("url.path").is_some_and(|p| !p.contains(note)), "{e}");
+
+    assert_eq!(t.curl.attr_str("url.path"), Some(path.as_str()), "{}", t.curl);
+    assert_eq!(t.curl.attr_int("http.response.status_code"), Some(200), "{}", t.curl);
+
+    assert_eq!(t.sql.len(), stack.sql.len(), "SQL spans of request {i}:\n{}", describe(&t.sql));
+    for (s, want) in t.sql.iter().zip(&stack.sql) {
+        assert_eq!(s.kind, Kind::Client, "{s}");
+        assert_eq!(s.attr_str("db.system.name"), Some(want.system), "db.system.name of {s}");
+        assert_eq!(s.attr_str("db.namespace"), Some(DB_NAME), "db.namespace of {s}");
+        assert_eq!(s.attr_str("db.operation.name"), Some(want.operation), "db.operation.name of {s}");
+        assert_eq!(s.attr_str("db.collection.name"), Some(want.collection), "db.collection.name of {s}");
+        assert_eq!(s.attr_str("db.query.text"), Some(want.text), "db.query.text of {s}");
+        assert_eq!(s.name, format!("{} {}", want.operation, want.collection), "name of {s}");
+        assert_eq!(s.attr_str("server.address"), Some("127.0.0.1"), "{s}");
+        assert_eq!(s.attr_int("server.port"), Some(i64::from(stack.db_port)), "{s}");
+        assert_eq!(s.attr("error.type"), None, "{s}");
+        assert_eq!(s.status_code, StatusCode::Unset, "{s}");
+        if let Some(rows) = want.rows {
+            assert_eq!(s.attr_int("db.response.returned_rows"), Some(rows), "{s}");
+        }
+        assert_eq!(s.service_name, stack.service, "{s}");
+    }
+
+    let h = &t.http;
+    assert_eq!(h.name, format!("GET {DOWNSTREAM_PATH}"), "{h}");
+    assert_eq!(h.attr_str("http.request.method"), Some("GET"), "{h}");
+    assert_eq!(h.attr_int("server.port"), Some(i64::from(stack.downstream.port())), "{h}");
+    assert_eq!(h.attr_int("http.response.status_code"), Some(200), "{h}");
+    assert_eq!(h.service_name, stack.service, "{h}");
+    let d = &t.downstream;
+    assert_eq!(d.name, format!("GET {DOWNSTREAM_PATH}"), "{d}");
+    assert_eq!(d.attr_str("url.path"), Some(DOWNSTREAM_PATH), "{d}");
+    assert_eq!(d.attr_int("http.response.status_code"), Some(200), "{d}");
+    assert_eq!(d.service_name, stack.downstream.service_name, "{d}");
+}
+
+/// N traces, one per request, each as [`trace_of`] and [`assert_request`]
+/// say; every span of the servers' processes in one of them.
+#[track_caller]
+fn assert_stack_traces(
+    receiver: &OtlpReceiver,
+    agent: Agent,
+    stack: &Stack,
+    runs: &[ClientRun],
+    note: &str,
+) -> AgentOutput {
+    let (traces, out) = collect(receiver, agent, stack, runs);
+    for (i, t) in traces.iter().enumerate() {
+        assert_request(t, stack, i, note);
+    }
+    let trace_ids: BTreeSet<&str> = traces.iter().map(|t| t.curl.trace_id.as_str()).collect();
+    assert_eq!(trace_ids.len(), runs.len(), "{} requests give {} traces", runs.len(), runs.len());
+    let mut span_ids: Vec<&str> = Vec::new();
+    for t in &traces {
+        span_ids.extend([&t.curl, &t.entry, &t.http, &t.downstream].map(|s| s.span_id.as_str()));
+        span_ids.extend(t.sql.iter().map(|s| s.span_id.as_str()));
+    }
+    let unique: BTreeSet<&str> = span_ids.iter().copied().collect();
+    assert_eq!(unique.len(), span_ids.len(), "span ids repeat across the traces");
+
+    // No orphans, no duplicates: the servers' processes made exactly the
+    // spans of these traces.
+    let spans = receiver.spans();
+    let mut servers = stack.server_pids.clone();
+    servers.push(stack.downstream.pid());
+    let stray: Vec<Span> = spans
+        .iter()
+        .filter(|s| s.pid().is_some_and(|p| servers.contains(&p)) && !trace_ids.contains(s.trace_id.as_str()))
+        .cloned()
+        .collect();
+    assert!(stray.is_empty(), "spans of the servers outside the requests' traces:\n{}", describe(&stray));
+    let of_servers = spans.iter().filter(|s| s.pid().is_some_and(|p| servers.contains(&p))).count();
+    assert_eq!(of_servers, runs.len() * (3 + stack.sql.len()), "spans of the servers' processes");
+    assert!(receiver.rejected().is_empty(), "the receiver rejected exports: {:?}", receiver.rejected());
+    out
+}
+
+/// The agent with propagation on (the default), after any other agent's
+/// injector is gone.
+#[track_caller]
+fn start_agent(receiver: &OtlpReceiver) -> Agent {
+    wait_for_other_injectors();
+    Agent::start(&receiver.agent_args(Protocol::Grpc), &[])
+}
+
+/// The pids of a prefork server: the parent and its workers.
+fn prefork_pids(server: &Server, workers: usize) -> Vec<u32> {
+    let pids = server.pids();
+    assert!(pids.len() > workers, "{} workers of pid {}: {:?}", workers, server.pid(), child_pids(server.pid()));
+    pids
+}
+
+// 1. Apache 2.4 prefork + mod_php, mysqli prepared statements -> MariaDB,
+//    file_get_contents -> python.
+
+#[test]
+#[ignore = "needs root, apache2 with mod_php, MariaDB and the agent binary: cargo xtask test runs it"]
+fn apache_mod_php_mysqli_and_file_get_contents_give_one_trace_per_request() {
+    let _guard = e2e_setup("apache_mod_php_mysqli_and_file_get_contents_give_one_trace_per_request");
+    let db = MariaDb::start();
+    let downstream = Server::python_ok_server();
+    let php = std::fs::read(fixture("stacks/item.php")).unwrap_or_else(|e| panic!("item.php: {e}"));
+    let site = Site::php()
+        .file("item.php", php, false)
+        .config("AliasMatch \"^/items/[0-9]+$\" \"{docroot}/item.php\"")
+        .env("DB_PORT", db.port())
+        .env("DB_USER", MARIADB_USER)
+        .env("DB_PASSWORD", MARIADB_PASSWORD)
+        .env("DB_NAME", DB_NAME)
+        .env("DOWNSTREAM_PORT", downstream.port());
+    let apache = Server::apache(&site);
+    let stack = Stack {
+        service: "apache2",
+        server: &apache,
+        server_pids: prefork_pids(&apache, WORKERS),
+        downstream: &downstream,
+        db_port: db.port(),
+        sql: vec![
+            WantSql {
+                system: "mariadb",
+                operation: "SELECT",
+                collection: "items",
+                text: "SELECT name, price FROM items WHERE id = ?",
+                rows: Some(1),
+            },
+            WantSql {
+                system: "mariadb",
+                operation: "SELECT",
+                collection: "items",
+                text: "SELECT count(*) FROM items WHERE price > ? AND name <> ?",
+                rows: Some(1),
+            },
+        ],
+    };
+    let receiver = OtlpReceiver::start();
+    let agent = start_agent(&receiver);
+
+    let note = secret("php");
+    let runs = run_requests(&stack, &note);
+    let out = assert_stack_traces(&receiver, agent, &stack, &runs, &note);
+    assert_not_leaked(&receiver, &out, &[&note, MARIADB_PASSWORD]);
+}
