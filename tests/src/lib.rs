@@ -15,6 +15,7 @@ pub mod apache;
 pub mod cache;
 pub mod db;
 pub mod env;
+pub mod perl;
 pub mod prometheus;
 pub mod receiver;
 pub mod scrape;
