@@ -82,6 +82,10 @@ struct Stack<'a> {
     service: &'a str,
     /// The entry server and its workers.
     server: &'a Server,
+    /// Who makes the request's calls: `None`, the worker that serves it;
+    /// else a process the worker forks for the request, with one of these
+    /// service names.
+    forked_caller: Option<&'a [&'a str]>,
     server_pids: Vec<u32>,
     downstream: &'a Server,
     db_port: u16,
@@ -148,6 +152,18 @@ fn is_entry(s: &Span, stack: &Stack) -> bool {
     s.is_server() && s.pid().is_some_and(|p| stack.server_pids.contains(&p))
 }
 
+fn on_port(s: &Span, port: u16) -> bool {
+    s.attr_int("server.port") == Some(i64::from(port))
+}
+
+/// A span of one of the requests, whichever process made it: the servers'
+/// processes, and any calls to the database or the downstream (a CGI
+/// script's are made by a process that is gone at the end).
+fn is_involved(s: &Span, stack: &Stack) -> bool {
+    s.pid().is_some_and(|p| stack.server_pids.contains(&p) || p == stack.downstream.pid())
+        || (s.is_client() && (on_port(s, stack.db_port) || on_port(s, stack.downstream.port())))
+}
+
 fn is_sql(s: &Span) -> bool {
     s.is_client() && s.attr("db.system.name").is_some()
 }
@@ -165,13 +181,13 @@ fn collect(receiver: &OtlpReceiver, agent: Agent, stack: &Stack, runs: &[ClientR
     focus.extend(runs.iter().map(|r| r.pid));
     receiver.focus(&focus);
     let n = runs.len();
-    let per_request = 2 + stack.sql.len();
     receiver.expect_spans(&format!("{n} requests through {}", stack.service), SPAN_TIMEOUT, |spans| {
-        let of = |pid: u32| spans.iter().filter(move |s| s.pid() == Some(pid));
-        runs.iter().all(|r| of(r.pid).count() >= 1)
-            && spans.iter().filter(|s| s.pid().is_some_and(|p| stack.server_pids.contains(&p))).count()
-                >= n * per_request
-            && of(stack.downstream.pid()).filter(|s| s.is_server()).count() >= n
+        let count = |f: &dyn Fn(&Span) -> bool| spans.iter().filter(|s| f(s)).count();
+        runs.iter().all(|r| count(&|s| s.pid() == Some(r.pid)) >= 1)
+            && count(&|s| is_entry(s, stack)) >= n
+            && count(&|s| is_sql(s) && on_port(s, stack.db_port)) >= n * stack.sql.len()
+            && count(&|s| is_downstream_call(s) && on_port(s, stack.downstream.port())) >= n
+            && count(&|s| s.is_server() && s.pid() == Some(stack.downstream.pid())) >= n
     });
     let out = agent.stop();
     let spans = receiver.spans();
@@ -221,7 +237,16 @@ fn trace_of(all: &[Span], ours: &[Span], stack: &Stack, run: &ClientRun) -> Trac
     assert_eq!(entry.parent_span_id, curl.span_id, "the entry SERVER span is curl's child (injected header)\n{ctx}");
     for s in sql.iter().chain([&http]) {
         assert_eq!(s.parent_span_id, entry.span_id, "a call of the request is the entry span's child: {s}\n{ctx}");
-        assert_eq!(s.pid(), entry.pid(), "the worker that served the request makes its calls: {s}\n{ctx}");
+        match stack.forked_caller {
+            None => assert_eq!(s.pid(), entry.pid(), "the worker that served the request makes its calls: {s}\n{ctx}"),
+            Some(_) => {
+                assert_eq!(s.pid(), http.pid(), "one process makes the request's calls: {s}\n{ctx}");
+                assert!(
+                    s.pid().is_some_and(|p| !stack.server_pids.contains(&p)),
+                    "a process forked for the request makes its calls: {s}\n{ctx}"
+                );
+            }
+        }
         assert!(
             entry.start_ns <= s.start_ns && s.end_ns <= entry.end_ns,
             "a call of the request lies inside the entry span: {s}\n{ctx}"
@@ -274,7 +299,7 @@ fn assert_request(traces: &[Trace], stack: &Stack, i: usize, note: &str) {
         if let Some(rows) = want.rows {
             assert_eq!(s.attr_int("db.response.returned_rows"), Some(rows), "{s}");
         }
-        assert_eq!(s.service_name, stack.service, "{s}");
+        assert_caller_service(s, stack);
     }
 
     let h = &t.http;
@@ -282,12 +307,20 @@ fn assert_request(traces: &[Trace], stack: &Stack, i: usize, note: &str) {
     assert_eq!(h.attr_str("http.request.method"), Some("GET"), "{h}");
     assert_eq!(h.attr_int("server.port"), Some(i64::from(stack.downstream.port())), "{h}");
     assert_eq!(h.attr_int("http.response.status_code"), Some(200), "{h}");
-    assert_eq!(h.service_name, stack.service, "{h}");
+    assert_caller_service(h, stack);
     let d = &t.downstream;
     assert_eq!(d.name, format!("GET {DOWNSTREAM_PATH}"), "{d}");
     assert_eq!(d.attr_str("url.path"), Some(DOWNSTREAM_PATH), "{d}");
     assert_eq!(d.attr_int("http.response.status_code"), Some(200), "{d}");
     assert_eq!(d.service_name, stack.downstream.service_name, "{d}");
+}
+
+#[track_caller]
+fn assert_caller_service(s: &Span, stack: &Stack) {
+    match stack.forked_caller {
+        None => assert_eq!(s.service_name, stack.service, "{s}"),
+        Some(names) => assert!(names.contains(&s.service_name.as_str()), "service.name in {names:?}: {s}"),
+    }
 }
 
 /// N traces, one per request, each as [`trace_of`] and [`assert_request`]
@@ -301,14 +334,6 @@ fn assert_stack_traces(
     note: &str,
 ) -> AgentOutput {
     let (traces, out) = collect(receiver, agent, stack, runs);
-    if std::env::var_os("STACKS_DEBUG").is_some() {
-        for t in &traces {
-            let mut v = vec![t.curl.clone(), t.entry.clone()];
-            v.extend(t.sql.iter().cloned());
-            v.extend([t.http.clone(), t.downstream.clone()]);
-            eprintln!("DEBUG trace:\n{}", describe(&v));
-        }
-    }
     for i in 0..traces.len() {
         assert_request(&traces, stack, i, note);
     }
@@ -322,20 +347,14 @@ fn assert_stack_traces(
     let unique: BTreeSet<&str> = span_ids.iter().copied().collect();
     assert_eq!(unique.len(), span_ids.len(), "span ids repeat across the traces");
 
-    // No orphans, no duplicates: the servers' processes made exactly the
-    // spans of these traces.
+    // No orphans, no duplicates: the servers' processes and the calls to
+    // the database and the downstream are exactly the spans of these traces.
     let spans = receiver.spans();
-    let mut servers = stack.server_pids.clone();
-    servers.push(stack.downstream.pid());
-    let stray: Vec<Span> = spans
-        .iter()
-        .filter(|s| s.pid().is_some_and(|p| servers.contains(&p)) && !trace_ids.contains(s.trace_id.as_str()))
-        .cloned()
-        .collect();
-    assert!(stray.is_empty(), "spans of the servers outside the requests' traces:\n{}", describe(&stray));
-    let of_servers = spans.iter().filter(|s| s.pid().is_some_and(|p| servers.contains(&p))).count();
+    let involved: Vec<Span> = spans.iter().filter(|s| is_involved(s, stack)).cloned().collect();
+    let stray: Vec<Span> = involved.iter().filter(|s| !trace_ids.contains(s.trace_id.as_str())).cloned().collect();
+    assert!(stray.is_empty(), "spans of the requests outside their traces:\n{}", describe(&stray));
     let in_traces: usize = traces.iter().map(|t| 3 + t.sql.len()).sum();
-    assert_eq!(of_servers, in_traces, "spans of the servers' processes: those of the traces, once");
+    assert_eq!(involved.len(), in_traces, "spans of the requests: those of the traces, once");
     assert!(receiver.rejected().is_empty(), "the receiver rejected exports: {:?}", receiver.rejected());
     out
 }
@@ -377,6 +396,7 @@ fn apache_mod_php_mysqli_and_file_get_contents_give_one_trace_per_request() {
     let stack = Stack {
         service: "apache2",
         server: &apache,
+        forked_caller: None,
         server_pids: prefork_pids(&apache, WORKERS),
         downstream: &downstream,
         db_port: db.port(),
@@ -421,6 +441,7 @@ fn starman_psgi_dbd_pg_and_http_tiny_give_one_trace_per_request() {
         // Named after the application's .psgi file.
         service: "shop",
         server: &starman,
+        forked_caller: None,
         server_pids: prefork_pids(&starman, STARMAN_WORKERS),
         downstream: &downstream,
         db_port: pg.port(),
@@ -447,6 +468,49 @@ fn starman_psgi_dbd_pg_and_http_tiny_give_one_trace_per_request() {
     let agent = start_agent(&receiver);
 
     let note = secret("perl");
+    let runs = run_requests(&stack, &note);
+    let out = assert_stack_traces(&receiver, agent, &stack, &runs, &note);
+    assert_not_leaked(&receiver, &out, &[&note]);
+}
+
+// 3. Perl CGI under Apache's mod_cgi: the calls come from the process the
+//    worker forks for the request.
+
+#[test]
+#[ignore = "needs root, apache2, DBD::Pg, PostgreSQL and the agent binary: cargo xtask test runs it"]
+fn apache_mod_cgi_perl_script_gives_one_trace_per_request() {
+    let _guard = e2e_setup("apache_mod_cgi_perl_script_gives_one_trace_per_request");
+    let pg = Postgres::start();
+    let downstream = Server::python_ok_server();
+    let cgi = std::fs::read(fixture("stacks/item.cgi")).unwrap_or_else(|e| panic!("item.cgi: {e}"));
+    let site = Site::cgi()
+        .file("item.cgi", cgi, true)
+        .config("AliasMatch \"^/items/[0-9]+$\" \"{docroot}/item.cgi\"")
+        .env("DB_PORT", pg.port())
+        .env("DB_USER", PG_USER)
+        .env("DB_NAME", DB_NAME)
+        .env("DOWNSTREAM_PORT", downstream.port());
+    let apache = Server::apache(&site);
+    let stack = Stack {
+        service: "apache2",
+        server: &apache,
+        // `perl .../item.cgi`, named after its script; when the script has
+        // exited before the agent read its /proc entry, after the kernel's
+        // task name (the script's file name).
+        forked_caller: Some(&["item", "item.cgi"]),
+        server_pids: prefork_pids(&apache, WORKERS),
+        downstream: &downstream,
+        db_port: pg.port(),
+        sql: vec![
+            WantSql::select_items("postgresql", "SELECT name, price FROM items WHERE id = $1"),
+            WantSql::select_items("postgresql", "SELECT count(*) FROM items WHERE price > ? AND name <> ?"),
+        ],
+        on_reused_connection: None,
+    };
+    let receiver = OtlpReceiver::start();
+    let agent = start_agent(&receiver);
+
+    let note = secret("cgi");
     let runs = run_requests(&stack, &note);
     let out = assert_stack_traces(&receiver, agent, &stack, &runs, &note);
     assert_not_leaked(&receiver, &out, &[&note]);

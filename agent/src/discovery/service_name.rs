@@ -510,7 +510,8 @@ fn perl_program(argv: &[String], args: &[String]) -> Option<String> {
             return Some(basename(command_of(title)).to_owned());
         }
     }
-    script_after_options(args, &["-I"], &["-e", "-E"], &[]).map(|s| strip_ext(basename(&s), &[".pl", ".pm"]).to_owned())
+    script_after_options(args, &["-I"], &["-e", "-E"], &[])
+        .map(|s| strip_ext(basename(&s), &[".pl", ".pm", ".cgi"]).to_owned())
 }
 
 fn js_entry_name(path: &str) -> String {
@@ -595,6 +596,8 @@ mod tests {
             ("perl", &["/usr/bin/perl", "/usr/bin/plackup", "--app=/srv/shop/app.psgi", "-p", "5000"], "shop"),
             ("perl", &["/usr/bin/perl", "/usr/bin/plackup", "-p", "5000"], "plackup"),
             ("perl", &["mailqueue: idle"], "mailqueue"),
+            // A CGI script exec'd through its #! line.
+            ("perl", &["/usr/bin/perl", "/var/www/cgi-bin/item.cgi"], "item"),
             ("bun", &["bun", "run", "/srv/chat/index.ts"], "chat"),
             ("deno", &["deno", "run", "--allow-net", "https://example.com/file_server.ts"], "file_server"),
             ("dotnet", &["dotnet", "exec", "Orders.Api.dll"], "Orders.Api"),
