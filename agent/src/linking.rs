@@ -128,6 +128,20 @@ impl ContextLinker {
         })
     }
 
+    /// Process `child` was forked by thread `parent_tid` of `parent`: while
+    /// that thread handles a request, the child works for it (a CGI script,
+    /// a command run for the request), as the kernel decided for the
+    /// child's HTTP calls; its other calls follow through here. The child
+    /// keeps it until it exits or serves a request of its own.
+    pub fn on_fork(&mut self, parent: u32, parent_tid: u32, child: u32) {
+        let Some(&thread) = self.threads.get(&(parent, parent_tid)) else { return };
+        if self.threads.len() >= MAX_THREADS {
+            Metrics::inc(&self.metrics.threads_dropped_full);
+            return;
+        }
+        self.threads.insert((child, child), thread);
+    }
+
     /// A thread's process is gone.
     pub fn forget_process(&mut self, pid: u32) {
         self.threads.retain(|(p, _), _| *p != pid);
@@ -212,6 +226,26 @@ mod tests {
         assert_eq!((srv.span_id, srv.parent_span_id), ([0xA; 8], Some([0xE; 8])));
         assert!(l.identity_for(&span(SpanKind::Client, 2000, 7), &conn(3, Role::Client)).is_none());
         assert_eq!(l.pending_len(), 0);
+    }
+
+    #[test]
+    fn a_process_forked_while_serving_makes_the_requests_calls() {
+        let mut l = ContextLinker::new(Arc::default());
+        l.on_server_ctx(&ctx(EventKind::ServerCtx, 1, 1000, 7, 0xA, Some(0xE), ctx_flags::SAMPLED));
+        // Thread 7 of pid 100 forks pid 300 (a CGI script); thread 8 forks 400.
+        l.on_fork(100, 7, 300);
+        l.on_fork(100, 8, 400);
+        let child = |pid: u32| ConnMeta { pid, ..conn(3, Role::Client) };
+        let sql = l.identity_for(&span(SpanKind::Client, 1500, 300), &child(300)).unwrap();
+        assert_eq!((sql.trace_id, sql.parent_span_id), ([9; 16], Some([0xA; 8])));
+        // A child of a thread that served nothing is no request's.
+        assert!(l.identity_for(&span(SpanKind::Client, 1500, 400), &child(400)).is_none());
+        // The parent answered: the child, still running for the request,
+        // keeps it until it exits.
+        l.identity_for(&span(SpanKind::Server, 1000, 7), &conn(1, Role::Server)).unwrap();
+        assert!(l.identity_for(&span(SpanKind::Client, 2000, 300), &child(300)).is_some());
+        l.forget_process(300);
+        assert!(l.identity_for(&span(SpanKind::Client, 2100, 300), &child(300)).is_none());
     }
 
     #[test]

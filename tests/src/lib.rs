@@ -11,10 +11,12 @@
 //! The agent binary is `$WAGGLE_BIN` (set by `cargo xtask test`), else the
 //! release build in the workspace's target dir.
 pub mod agent;
+pub mod apache;
 pub mod cache;
 pub mod db;
 pub mod env;
 pub mod k8s;
+pub mod perl;
 pub mod prometheus;
 pub mod puma;
 pub mod receiver;

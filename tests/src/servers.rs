@@ -60,7 +60,8 @@ impl Server {
     }
 
     /// `tests/fixtures/ok_server.py` (service name `ok_server`): every GET
-    /// gets 200 "ok", HTTP/1.1 with keep-alive, a thread per connection.
+    /// gets 200 "ok", HTTP/1.1 with keep-alive, a thread per connection;
+    /// the downstream service of the stack tests.
     #[track_caller]
     pub fn python_ok_server() -> Server {
         let dir = temp_dir("waggle-ok-");

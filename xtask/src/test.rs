@@ -76,6 +76,15 @@ pub const E2E_DEPS: &[Dep] = &[
     // Manifest tests (tests/tests/deploy.rs): kubectl and helm come from an
     // npm package (tests/src/k8s.rs).
     Dep { packages: &["npm"], command: Some("npm") },
+    // Application stacks (tests/tests/stacks.rs): Apache 2.4 with the
+    // prefork MPM, mod_php and mysqli; Starman running a PSGI app with
+    // DBI/DBD::Pg.
+    Dep { packages: &["apache2"], command: Some("/usr/sbin/apache2") },
+    Dep { packages: &["libapache2-mod-php"], command: None },
+    Dep { packages: &["php-mysql"], command: None },
+    Dep { packages: &["starman"], command: Some("/usr/bin/starman") },
+    Dep { packages: &["libplack-perl"], command: None },
+    Dep { packages: &["libdbd-pg-perl"], command: None },
 ];
 
 /// Packages to install for the deps that are not satisfied.

@@ -165,8 +165,7 @@ fn interpreter_program(runtime: Runtime, argv: &[String]) -> Option<String> {
                 .map(|s| strip_ext(basename(&s), &[".php"]).to_owned())
         }
         Runtime::PhpFpm => Some("php-fpm".to_owned()),
-        Runtime::Perl => script_after_options(args, &["-I"], &["-e", "-E"], &[])
-            .map(|s| strip_ext(basename(&s), &[".pl", ".pm"]).to_owned()),
+        Runtime::Perl => perl_program(argv, args),
         Runtime::Dotnet => script_after_options(
             args,
             &[
@@ -498,11 +497,42 @@ fn parent_dirs(path: &str) -> impl Iterator<Item = &str> {
     parts.into_iter().rev()
 }
 
+/// Perl: a PSGI server (starman, plackup, twiggy) runs the application in
+/// its `.psgi` file, which names the service like a JavaScript entry file
+/// (`/srv/shop/app.psgi` -> `shop`), whether the server left its command
+/// line alone or rewrote its title (`starman worker --listen :5000
+/// /srv/shop/app.psgi`). Otherwise a rewritten title's first word, the name
+/// the program gave itself (its other words are roles and options:
+/// `starman master ...`, `myjob: idle`), else the script.
+fn perl_program(argv: &[String], args: &[String]) -> Option<String> {
+    let psgi = args.iter().find_map(|a| {
+        // `--app=/srv/shop/app.psgi` as well as a plain argument.
+        let value = if a.starts_with('-') { a.split_once('=')?.1 } else { a.as_str() };
+        value.ends_with(".psgi").then_some(value)
+    });
+    if let Some(path) = psgi {
+        return Some(entry_name(path, &[".psgi"]));
+    }
+    if let [title] = argv {
+        if title.contains(char::is_whitespace) {
+            return Some(basename(command_of(title)).to_owned());
+        }
+    }
+    script_after_options(args, &["-I"], &["-e", "-E"], &[])
+        .map(|s| strip_ext(basename(&s), &[".pl", ".pm", ".cgi"]).to_owned())
+}
+
 fn js_entry_name(path: &str) -> String {
+    entry_name(path, &[".js", ".mjs", ".cjs", ".ts", ".mts", ".cts", ".jsx", ".tsx"])
+}
+
+/// The file's stem, or for a generic one (`index`, `app`, ...) the nearest
+/// directory that is not generic itself (`/srv/api/src/index.js` -> `api`).
+fn entry_name(path: &str, exts: &[&str]) -> String {
     const GENERIC_FILES: &[&str] = &["index", "server", "app", "main", "mod"];
     const GENERIC_DIRS: &[&str] =
         &["src", "dist", "build", "lib", "bin", "out", "server", "app", "..", "srv", "opt", "usr", "home"];
-    let stem = strip_ext(basename(path), &[".js", ".mjs", ".cjs", ".ts", ".mts", ".cts", ".jsx", ".tsx"]);
+    let stem = strip_ext(basename(path), exts);
     if GENERIC_FILES.contains(&stem) {
         if let Some(dir) = parent_dirs(path).find(|d| !GENERIC_DIRS.contains(d)) {
             return dir.to_owned();
@@ -574,6 +604,21 @@ mod tests {
             ("php-fpm8.2", &["php-fpm: pool www"], "php-fpm"),
             ("php-fpm8.2", &["php-fpm: master process (/etc/php/8.2/fpm/php-fpm.conf)"], "php-fpm"),
             ("perl", &["perl", "-w", "/usr/bin/report.pl"], "report"),
+            // Starman rewrites its title: the application, not the role word.
+            ("perl", &["starman worker --listen 127.0.0.1:5000 --workers 4 /srv/shop/app.psgi"], "shop"),
+            ("perl", &["starman master --listen :5000 bin/app.psgi"], "app"),
+            ("perl", &["starman master --listen :5000 /srv/orders/bin/app.psgi"], "orders"),
+            ("perl", &["starman worker --listen :5000"], "starman"),
+            (
+                "perl5.36.0",
+                &["/usr/bin/perl", "/usr/bin/starman", "--disable-proctitle", "/srv/billing.psgi"],
+                "billing",
+            ),
+            ("perl", &["/usr/bin/perl", "/usr/bin/plackup", "--app=/srv/shop/app.psgi", "-p", "5000"], "shop"),
+            ("perl", &["/usr/bin/perl", "/usr/bin/plackup", "-p", "5000"], "plackup"),
+            ("perl", &["mailqueue: idle"], "mailqueue"),
+            // A CGI script exec'd through its #! line.
+            ("perl", &["/usr/bin/perl", "/var/www/cgi-bin/item.cgi"], "item"),
             ("bun", &["bun", "run", "/srv/chat/index.ts"], "chat"),
             ("deno", &["deno", "run", "--allow-net", "https://example.com/file_server.ts"], "file_server"),
             ("dotnet", &["dotnet", "exec", "Orders.Api.dll"], "Orders.Api"),

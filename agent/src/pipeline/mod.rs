@@ -109,6 +109,7 @@ impl Stages {
             }
             Ok(RawEvent::ConnClose(ev)) => self.tracker.on_close(&ev, &mut self.pending),
             Ok(RawEvent::ProcessFork(ev)) => {
+                self.linker.on_fork(ev.parent_tgid, ev.parent_tid, ev.tgid);
                 if self.reads_sockets {
                     // Every connection the parent has was opened where the
                     // kernel saw it (or seeded at start-up): the tracker

@@ -466,7 +466,8 @@ pub struct ProcessEvent {
     pub tgid: u32,
     /// Parent tgid for ProcessFork; 0 otherwise.
     pub parent_tgid: u32,
-    pub _pad1: u32,
+    /// The parent's thread that forked (ProcessFork); 0 otherwise.
+    pub parent_tid: u32,
     pub ts_ns: u64,
 }
 

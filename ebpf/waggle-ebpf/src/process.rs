@@ -18,8 +18,8 @@ const NEWTASK_PID_OFFSET: usize = 8;
 const NEWTASK_CLONE_FLAGS_OFFSET: usize = 32;
 
 #[inline(always)]
-fn emit(kind: EventKind, tgid: u32, parent_tgid: u32) {
-    let ev = ProcessEvent { kind: kind as u8, _pad0: [0; 3], tgid, parent_tgid, _pad1: 0, ts_ns: now_ns() };
+fn emit(kind: EventKind, tgid: u32, parent_tgid: u32, parent_tid: u32) {
+    let ev = ProcessEvent { kind: kind as u8, _pad0: [0; 3], tgid, parent_tgid, parent_tid, ts_ns: now_ns() };
     if EVENTS.output::<ProcessEvent>(&ev, wakeup_flags()).is_err() {
         count(Counter::EventsLost);
     }
@@ -44,13 +44,18 @@ pub(crate) fn task_newtask(ctx: &TracePointContext) -> Option<()> {
         trace::inherit(pid_tgid, (u64::from(parent) << 32) | u64::from(child));
         return None;
     }
+    // A process forked by a thread handling a request works for that
+    // request (a CGI script forked per request, a command run for it) until
+    // it exits or serves a request of its own: its main thread inherits the
+    // context, so its HTTP calls carry it.
+    trace::inherit(pid_tgid, (u64::from(child) << 32) | u64::from(child));
     TRACKED_TGIDS.get_ptr(parent)?;
     // The child owns the inherited connections: its own forks matter too
     // (daemons double-fork before userspace has rescanned anything).
     if TRACKED_TGIDS.insert(child, 1u8, 0).is_err() {
         count(Counter::MapInsertFailed);
     }
-    emit(EventKind::ProcessFork, child, parent);
+    emit(EventKind::ProcessFork, child, parent, pid_tgid as u32);
     Some(())
 }
 
@@ -65,6 +70,6 @@ pub(crate) fn sched_process_exit(_ctx: &TracePointContext) -> Option<()> {
     }
     TRACKED_TGIDS.get_ptr(tgid)?;
     let _ = TRACKED_TGIDS.remove(tgid);
-    emit(EventKind::ProcessExit, tgid, 0);
+    emit(EventKind::ProcessExit, tgid, 0, 0);
     Some(())
 }

@@ -548,8 +548,9 @@ fn incoming(sc: &HeaderScan, payload: *const u8, len: u32) -> Option<http::Incom
     http::parse_traceparent(&v, len - start)
 }
 
-/// task_newtask for a new thread: it inherits the request its creator is
-/// handling (work handed to a thread spawned for it).
+/// task_newtask for a new thread or process: it inherits the request its
+/// creator is handling (work handed to a thread or a process started for
+/// it).
 #[inline(always)]
 pub(crate) fn inherit(parent_pid_tgid: u64, child_pid_tgid: u64) {
     if let Some(tc) = THREAD_CTX.get_ptr(parent_pid_tgid) {
