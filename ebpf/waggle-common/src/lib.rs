@@ -10,6 +10,7 @@
 use bytemuck::{Pod, Zeroable};
 
 pub mod addr;
+pub mod fastcgi;
 pub mod http;
 
 pub use addr::{mapped_v6, ConnEnds, FlowKey, SockWalkOffsets, AF_INET, AF_INET6};
