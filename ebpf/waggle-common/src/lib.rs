@@ -64,6 +64,13 @@ pub mod maps {
     /// attaches anything: how a program gets from a descriptor to its
     /// socket's addresses on the running kernel.
     pub const SOCK_WALK: &str = "SOCK_WALK";
+    /// Link key (`ConnEnds::link_key`) -> TraceCtx of the client request a
+    /// traced process just sent on that connection (FastCGI): the
+    /// same-host server reading it takes it as parent (kernel-only).
+    pub const LINKS: &str = "LINKS";
+    /// pid_tgid -> the FastCGI request a responder thread started reading,
+    /// while its params may still bring HTTP_TRACEPARENT (kernel-only).
+    pub const FASTCGI_REQS: &str = "FASTCGI_REQS";
 }
 
 /// The kernel injects only while the agent drained within this long: a
@@ -172,6 +179,10 @@ pub fn sampled_by_threshold(trace_id: &[u8; 16], threshold: u64) -> bool {
 /// `traceparent: 00-<32 hex>-<16 hex>-01\r\n`.
 pub const TRACEPARENT_LINE_LEN: usize = 70;
 pub const THREAD_CTX_MAX_ENTRIES: u32 = 16384;
+/// Client requests waiting for a same-host server to take their ids.
+pub const LINKS_MAX_ENTRIES: u32 = 4096;
+/// FastCGI server requests whose params may still bring HTTP_TRACEPARENT.
+pub const FASTCGI_REQS_MAX_ENTRIES: u32 = 4096;
 pub const INJECT_PENDING_MAX_ENTRIES: u32 = 4096;
 pub const CLIENT_SOCKS_MAX_ENTRIES: u32 = 65536;
 pub const CONNECTING_MAX_ENTRIES: u32 = 16384;
@@ -260,6 +271,10 @@ pub mod conn_flags {
     /// told from their first bytes, for their ids, without copying and
     /// scanning their header block.
     pub const INJECTION_OVER: u8 = 32;
+    /// Client side: the first send was a FastCGI `FCGI_BEGIN_REQUEST` (set
+    /// with NOT_HTTP1): each later one starts a request whose ids go to
+    /// `LINKS` for a same-host responder; nothing is ever injected.
+    pub const FASTCGI: u8 = 64;
 }
 
 /// Flags of a [`TraceCtxEvent`] / [`TraceCtx`].
@@ -297,6 +312,19 @@ pub mod skip_reason {
     pub const COUNT: u32 = 9;
 }
 
+/// Value of the FASTCGI_REQS map: a FastCGI request a responder thread
+/// started reading, and how many more reads may hold its params.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct FastcgiReq {
+    pub conn_id: u64,
+    /// exit_ns of the BEGIN_REQUEST read: the ServerCtx stamp, repeated
+    /// when HTTP_TRACEPARENT re-parents the request.
+    pub ts_ns: u64,
+    pub reads_left: u32,
+    pub _pad: u32,
+}
+
 /// A trace context as the kernel keeps it per thread.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
@@ -323,6 +351,10 @@ pub struct ConnInfo {
     /// Client side: bytes of the current request the application has yet to
     /// send; the next send is a request boundary when 0.
     pub req_remaining: u64,
+    /// `ConnEnds::link_key` of the connection (0: its local end was not
+    /// known): where a same-host client request leaves its ids for the
+    /// server that accepted the connection (`LINKS`).
+    pub link: u64,
 }
 
 /// Kind byte at offset 0 of every ring-buffer record.
@@ -634,6 +666,10 @@ kernel_counters! {
         "splice(), recvmmsg() or sendmmsg() calls on tracked connections: bytes moved by a path the agent does not read (spans of those exchanges may be missing or cut)",
     IoUringSetup => "kernel_io_uring_setup":
         "io_uring instances set up by processes with tracked connections: I/O submitted through them is not seen",
+    FastcgiServerCtx => "propagation_fastcgi_server_ctx":
+        "FastCGI requests (FCGI_BEGIN_REQUEST) a responder read: server contexts the kernel started for them",
+    LinkedParent => "propagation_linked_parent":
+        "server requests with no traceparent of their own whose parent is the same-host client request that sent them (FastCGI)",
 }
 
 impl Counter {
@@ -652,7 +688,7 @@ mod tests {
     #[test]
     fn layouts_have_no_implicit_padding() {
         assert_eq!(size_of::<SockKey>(), 8);
-        assert_eq!(size_of::<ConnInfo>(), 24);
+        assert_eq!(size_of::<ConnInfo>(), 32);
         assert_eq!(size_of::<DataEvent>(), 56);
         assert_eq!(size_of::<ConnEvent>(), 88);
         assert_eq!(size_of::<ProcessEvent>(), 24);
