@@ -143,7 +143,8 @@ fn nginx_php_fpm_requests_are_one_trace_each() {
         assert_child(nginx_server, curl_span);
 
         let fpm_children: Vec<&Span> = t.iter().copied().filter(|s| s.is_client() && in_any(s, &fpm_pids)).collect();
-        let select = one(&fpm_children, "MySQL SELECT", |s| s.attr_str("db.system.name") == Some("mysql"));
+        let select = one(&fpm_children, "MariaDB SELECT", |s| s.attr_str("db.system.name") == Some("mariadb"));
+        assert_eq!(select.name, "SELECT items", "{select}");
         assert_eq!(select.attr_str("db.query.text"), Some("SELECT name, price FROM items WHERE id = ?"), "{select}");
         let set = one(&fpm_children, "Redis SET", |s| s.name == "SET");
         assert_eq!(set.attr_str("db.query.text"), Some("SET ? ?"), "{set}");
