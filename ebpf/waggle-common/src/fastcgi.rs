@@ -109,9 +109,12 @@ pub const TRACEPARENT_LEN: u32 = 55;
 
 /// Walks the name-value pairs of a params record's content (or a read that
 /// holds a PARAMS header and its content) one pair per [`ParamScan::step`],
-/// noting where an `HTTP_TRACEPARENT` value lies. The kernel drives it with
-/// `bpf_loop` over its copy of the read; the caller's `read` gives the
-/// window at an offset (zero-filled past the end).
+/// noting where an `HTTP_TRACEPARENT` value lies; the caller's `read`
+/// gives the window at an offset (zero-filled past the end). Written for a
+/// `bpf_loop` over the kernel's copy of php-fpm's params read; not run by
+/// the kernel yet (its verification cost on 6.1/6.12, see the eBPF
+/// crate's `fastcgi.rs`), so a responder's context does not take an
+/// incoming HTTP_TRACEPARENT.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ParamScan {
     /// Offset of the next pair.

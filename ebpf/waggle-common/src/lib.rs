@@ -68,9 +68,6 @@ pub mod maps {
     /// traced process just sent on that connection (FastCGI): the
     /// same-host server reading it takes it as parent (kernel-only).
     pub const LINKS: &str = "LINKS";
-    /// pid_tgid -> the FastCGI request a responder thread started reading,
-    /// while its params may still bring HTTP_TRACEPARENT (kernel-only).
-    pub const FASTCGI_REQS: &str = "FASTCGI_REQS";
 }
 
 /// The kernel injects only while the agent drained within this long: a
@@ -181,8 +178,7 @@ pub const TRACEPARENT_LINE_LEN: usize = 70;
 pub const THREAD_CTX_MAX_ENTRIES: u32 = 16384;
 /// Client requests waiting for a same-host server to take their ids.
 pub const LINKS_MAX_ENTRIES: u32 = 4096;
-/// FastCGI server requests whose params may still bring HTTP_TRACEPARENT.
-pub const FASTCGI_REQS_MAX_ENTRIES: u32 = 4096;
+
 pub const INJECT_PENDING_MAX_ENTRIES: u32 = 4096;
 pub const CLIENT_SOCKS_MAX_ENTRIES: u32 = 65536;
 pub const CONNECTING_MAX_ENTRIES: u32 = 16384;
@@ -310,19 +306,6 @@ pub mod skip_reason {
     /// The agent has not drained events for HEARTBEAT_STALE_NS.
     pub const AGENT_STALLED: u32 = 8;
     pub const COUNT: u32 = 9;
-}
-
-/// Value of the FASTCGI_REQS map: a FastCGI request a responder thread
-/// started reading, and how many more reads may hold its params.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
-pub struct FastcgiReq {
-    pub conn_id: u64,
-    /// exit_ns of the BEGIN_REQUEST read: the ServerCtx stamp, repeated
-    /// when HTTP_TRACEPARENT re-parents the request.
-    pub ts_ns: u64,
-    pub reads_left: u32,
-    pub _pad: u32,
 }
 
 /// A trace context as the kernel keeps it per thread.

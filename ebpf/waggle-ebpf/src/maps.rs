@@ -9,9 +9,9 @@ use aya_ebpf::{
     Global,
 };
 use waggle_common::{
-    fastcgi::ParamScan, ConnEnds, ConnInfo, DataEvent, FastcgiReq, FlowKey, InjectRequest, Pending, SockKey,
+    ConnEnds, ConnInfo, DataEvent, FlowKey, InjectRequest, Pending, SockKey,
     SockWalkOffsets, TraceCtx, CLIENT_SOCKS_MAX_ENTRIES, CONNECTING_MAX_ENTRIES, CONNS_MAX_ENTRIES, COUNTER_COUNT,
-    EVENTS_RINGBUF_BYTES, FASTCGI_REQS_MAX_ENTRIES, INET_STREAM_SOCKS_MAX_ENTRIES, INJECT_PENDING_MAX_ENTRIES,
+    EVENTS_RINGBUF_BYTES, INET_STREAM_SOCKS_MAX_ENTRIES, INJECT_PENDING_MAX_ENTRIES,
     LINKS_MAX_ENTRIES, MAX_CAPTURE, OWN_FLOWS_MAX_ENTRIES, PENDING_MAX_ENTRIES, THREAD_CTX_MAX_ENTRIES,
     TRACKED_TGIDS_MAX_ENTRIES, TRUSTED_NETS_MAX_ENTRIES,
 };
@@ -121,17 +121,6 @@ pub(crate) static THREAD_CTX: LruHashMap<u64, TraceCtx> = LruHashMap::with_max_e
 /// LRU: a request whose server is not traced (or on another host) ages out.
 #[map]
 pub(crate) static LINKS: LruHashMap<u64, TraceCtx> = LruHashMap::with_max_entries(LINKS_MAX_ENTRIES, 0);
-
-/// pid_tgid -> the FastCGI request the responder thread started reading,
-/// while its params may still bring HTTP_TRACEPARENT (fastcgi.rs).
-#[map]
-pub(crate) static FASTCGI_REQS: LruHashMap<u64, FastcgiReq> =
-    LruHashMap::with_max_entries(FASTCGI_REQS_MAX_ENTRIES, 0);
-
-/// State of the params scan over SCRATCH (fastcgi.rs): map memory for the
-/// same reason as SCAN.
-#[map]
-pub(crate) static PARAM_SCAN: PerCpuArray<ParamScan> = PerCpuArray::with_max_entries(1, 0);
 
 /// pid_tgid -> the traceparent the thread's current send should carry; lives
 /// from the send's syscall entry to its exit.
