@@ -240,6 +240,8 @@ pub(crate) struct ClientSend {
     pub request: Option<InjectRequest>,
     /// The send starts a request whose length went into `req_remaining`.
     pub request_start: bool,
+    /// `request` is a FastCGI request: its ids go to LINKS too.
+    pub fastcgi: bool,
 }
 
 /// Write-family syscall entry on a client connection.
@@ -294,10 +296,9 @@ pub(crate) fn client_send_enter(pid_tgid: u64, info: *mut ConnInfo, shape: Shape
         // A FastCGI request: its ids, never an injection (records are
         // not rewritten), and a link for a same-host responder.
         if fcgi {
-            let ctx = request_ctx(pid_tgid, conn.conn_id);
-            crate::fastcgi::leave_link(conn.link, &ctx);
+            out.fastcgi = true;
             out.request = Some(InjectRequest {
-                ctx,
+                ctx: request_ctx(pid_tgid, conn.conn_id),
                 head,
                 request_line_end: 0,
                 headers_end: 0,
@@ -500,8 +501,6 @@ pub(crate) fn server_recv_exit(
     // SAFETY: payload is the scratch payload area (>= 16 bytes).
     let head = unsafe { core::ptr::read_unaligned(payload.cast::<[u8; 16]>()) };
     if !http::is_request_start(head_word(&head), captured) {
-        // Maybe a FastCGI request (its own subprogram).
-        crate::fastcgi::server_recv(fd, info, payload, captured, exit_ns);
         return None;
     }
     // The thread is still handling a request on this connection (no final
