@@ -20,6 +20,10 @@
 //!   `REMOTE_ADDR`, and the incoming context from `HTTP_TRACEPARENT`/
 //!   `HTTP_TRACESTATE` (what nginx passes for `traceparent`/`tracestate`
 //!   headers), taken like the headers: exactly one valid traceparent.
+//!   The kernel starts a context at every `FCGI_BEGIN_REQUEST` it sees a
+//!   responder read (parent: a same-host traced web server's request), and
+//!   its ids win in assembly, so this incoming context only counts for
+//!   responders the kernel did not see start the request.
 //! * Only those params, `REQUEST_METHOD`, `CONTENT_LENGTH`, `HTTPS`/
 //!   `REQUEST_SCHEME` and `HTTP_USER_AGENT` are read; the rest
 //!   (`HTTP_COOKIE`, `HTTP_AUTHORIZATION`, ...) are skipped unread.
