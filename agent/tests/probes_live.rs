@@ -435,6 +435,7 @@ async fn probes_see_http_over_tcp_and_nothing_else() {
         flags: 0,
         _pad: [0; 5],
         req_remaining: 0,
+        link: 0,
     };
     maps.track_conn(key, info).unwrap();
     // A decision about the descriptor's previous connection (closed, fd

@@ -414,6 +414,7 @@ async fn connections_from_before_the_agent_are_counted_not_injected() {
         flags: 0,
         _pad: [0; 5],
         req_remaining: 0,
+        link: 0,
     };
     h.maps.track_conn(key, info).unwrap();
     writeln!(stdin, "go").unwrap();

@@ -13,6 +13,7 @@ use std::{
 use crate::env::{can_connect, child_pids, fixture, free_port, poll_until, python, tail, Proc};
 
 pub const NGINX_BIN: &str = "/usr/sbin/nginx";
+pub const PHP_FPM_BIN: &str = "/usr/sbin/php-fpm8.2";
 const READY_TIMEOUT: Duration = Duration::from_secs(15);
 
 pub struct Server {
@@ -120,6 +121,56 @@ impl Server {
         })
     }
 
+    /// Debian's php-fpm 8.2 (service name `php-fpm8.2`) serving `script` as
+    /// the only PHP file (`index.php` in its temp dir) over TCP FastCGI on
+    /// 127.0.0.1: a private pool of two static workers, run as root (`-R`)
+    /// in the foreground so its pid is the master's.
+    #[track_caller]
+    pub fn php_fpm(script: &str) -> Server {
+        assert!(Path::new(PHP_FPM_BIN).is_file(), "{PHP_FPM_BIN} not found: install php-fpm (apt-get install php-fpm)");
+        let dir = temp_dir("waggle-php-fpm-");
+        write(&dir.path().join("index.php"), script.as_bytes());
+        Server::launch("php-fpm8.2", dir, |port, dir| {
+            let conf = dir.join("php-fpm.conf");
+            let d = dir.display();
+            let pool = format!(
+                "[global]\npid = {d}/php-fpm.pid\nerror_log = {d}/php-fpm.log\ndaemonize = no\n\
+                 [app]\nlisten = 127.0.0.1:{port}\npm = static\npm.max_children = 2\n\
+                 catch_workers_output = yes\nphp_admin_value[error_log] = {d}/php-errors.log\n"
+            );
+            write(&conf, pool.as_bytes());
+            let mut cmd = Command::new(PHP_FPM_BIN);
+            // Debian's php.ini and conf.d load the extensions (pdo_mysql,
+            // redis) the packages installed.
+            cmd.args(["-R", "-F", "-y"]).arg(&conf);
+            cmd
+        })
+    }
+
+    /// nginx (one master, one worker) passing every request to `fpm` over
+    /// FastCGI with Debian's `fastcgi_params`, `SCRIPT_FILENAME` its
+    /// `index.php` (a front controller: the URI stays the request's).
+    #[track_caller]
+    pub fn nginx_fastcgi(fpm: &Server) -> Server {
+        assert!(Path::new(NGINX_BIN).is_file(), "{NGINX_BIN} not found: install nginx (apt-get install nginx-light)");
+        let dir = temp_dir("waggle-nginx-");
+        let location = format!(
+            "location / {{\n            include /etc/nginx/fastcgi_params;\n            \
+             fastcgi_param SCRIPT_FILENAME {}/index.php;\n            \
+             fastcgi_param SCRIPT_NAME /index.php;\n            \
+             fastcgi_pass 127.0.0.1:{};\n        }}",
+            fpm.dir().display(),
+            fpm.port()
+        );
+        Server::launch("nginx", dir, |port, dir| {
+            let conf = dir.join("nginx.conf");
+            write(&conf, nginx_conf_with(dir, port, &location).as_bytes());
+            let mut cmd = Command::new(NGINX_BIN);
+            cmd.arg("-p").arg(dir).arg("-e").arg(dir.join("error.log")).arg("-c").arg(&conf);
+            cmd
+        })
+    }
+
     #[track_caller]
     fn launch(service_name: &'static str, dir: tempfile::TempDir, build: impl Fn(u16, &Path) -> Command) -> Server {
         Server::launch_within(service_name, dir, READY_TIMEOUT, build)
@@ -202,6 +253,10 @@ impl Server {
 }
 
 fn nginx_conf(dir: &Path, port: u16) -> String {
+    nginx_conf_with(dir, port, "location / { return 200 \"ok\\n\"; }\n        location /missing { return 404; }")
+}
+
+fn nginx_conf_with(dir: &Path, port: u16, locations: &str) -> String {
     let d = dir.display();
     // `user root`: as root nginx would switch its worker to nobody, who
     // cannot enter the 0700 temp dir.
@@ -223,8 +278,7 @@ http {{
     default_type text/plain;
     server {{
         listen 127.0.0.1:{port};
-        location / {{ return 200 "ok\n"; }}
-        location /missing {{ return 404; }}
+        {locations}
     }}
 }}
 "#

@@ -12,7 +12,7 @@ use crate::cmd::{self, Cmd};
 
 /// The libFuzzer targets in fuzz/fuzz_targets/: the protocol parsers, and
 /// ring-buffer records through the tracker and linker (the kernel/user ABI).
-pub const TARGETS: [&str; 6] = ["http1", "postgres", "mysql", "redis", "memcached", "records"];
+pub const TARGETS: [&str; 7] = ["http1", "postgres", "mysql", "redis", "memcached", "fastcgi", "records"];
 
 /// What cargo-fuzz passes to rustc for libFuzzer's coverage feedback.
 const COVERAGE_RUSTFLAGS: &str = "-Cpasses=sancov-module \

@@ -52,6 +52,11 @@ pub const E2E_DEPS: &[Dep] = &[
     Dep { packages: &["redis-server"], command: Some("/usr/bin/redis-server") },
     Dep { packages: &["redis-tools"], command: Some("/usr/bin/redis-cli") },
     Dep { packages: &["memcached"], command: Some("/usr/bin/memcached") },
+    // The nginx + php-fpm stack (tests/tests/php.rs): php-fpm over TCP
+    // FastCGI with PDO MySQL and php-redis.
+    Dep { packages: &["php-fpm"], command: Some("/usr/sbin/php-fpm8.2") },
+    Dep { packages: &["php-mysql"], command: None },
+    Dep { packages: &["php-redis"], command: None },
     // Propagation tests (tests/tests/propagation.rs): service B is node.js;
     // the CLI edge test drops privileges with setpriv (util-linux).
     Dep { packages: &["nodejs"], command: Some("node") },

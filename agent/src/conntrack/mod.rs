@@ -127,6 +127,25 @@ pub fn sockaddr_from_event(family: u8, addr: &[u8; 16], port: u16) -> Option<Soc
     Some(SocketAddr::new(ip, port))
 }
 
+/// The kernel's `ConnEnds::link_key` for a connection userspace tracks
+/// (adopted from /proc or checked after an unverified open): 0 unless both
+/// ends are known.
+fn link_key(role: Role, local: Option<SocketAddr>, peer: Option<SocketAddr>) -> u64 {
+    let (Some(local), Some(peer)) = (local, peer) else {
+        return 0;
+    };
+    let mapped = |a: SocketAddr| match a.ip() {
+        IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+        IpAddr::V6(v6) => v6.octets(),
+    };
+    let (l, p) = (mapped(local), mapped(peer));
+    match role {
+        Role::Client => waggle_common::addr::link_hash(&l, local.port(), &p, peer.port()),
+        Role::Server => waggle_common::addr::link_hash(&p, peer.port(), &l, local.port()),
+        Role::Unknown => 0,
+    }
+}
+
 impl ConnTracker {
     pub fn new(parser_config: ParserConfig, metrics: Arc<Metrics>, max_conns: usize) -> ConnTracker {
         ConnTracker {
@@ -301,7 +320,15 @@ impl ConnTracker {
         let key = SockKey { tgid: ev.tgid, fd: ev.fd };
         env.track(
             key,
-            ConnInfo { conn_id, role: role as u8, family: ev.family, flags: 0, _pad: [0; 5], req_remaining: 0 },
+            ConnInfo {
+                conn_id,
+                role: role as u8,
+                family: ev.family,
+                flags: 0,
+                _pad: [0; 5],
+                req_remaining: 0,
+                link: link_key(role, Some(local), Some(peer)),
+            },
         );
         let meta = ConnMeta {
             pid: ev.tgid,
@@ -347,7 +374,8 @@ impl ConnTracker {
         let conn_id = self.mint_user_id();
         let v6 = local.or(peer).is_some_and(|a| a.is_ipv6());
         let family = if v6 { libc::AF_INET6 } else { libc::AF_INET } as u8;
-        env.track(key, ConnInfo { conn_id, role: role as u8, family, flags: 0, _pad: [0; 5], req_remaining: 0 });
+        let link = link_key(role, local, peer);
+        env.track(key, ConnInfo { conn_id, role: role as u8, family, flags: 0, _pad: [0; 5], req_remaining: 0, link });
         let meta = ConnMeta { pid, fd, conn_id, role, protocol: Protocol::Unknown, peer, local };
         self.insert(meta, true, now_ns);
     }

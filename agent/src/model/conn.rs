@@ -26,6 +26,7 @@ pub enum Protocol {
     Mysql,
     Redis,
     Memcached,
+    FastCgi,
 }
 
 impl Protocol {
@@ -37,6 +38,7 @@ impl Protocol {
             Protocol::Mysql => "mysql",
             Protocol::Redis => "redis",
             Protocol::Memcached => "memcached",
+            Protocol::FastCgi => "fastcgi",
         }
     }
 

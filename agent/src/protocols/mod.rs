@@ -10,6 +10,7 @@
 //! [`Chunk::is_truncated`]). Framing must therefore be tracked by byte counts,
 //! and a parser that cannot follow the stream any more must say so
 //! ([`Feed::LostSync`]) instead of guessing.
+pub mod fastcgi;
 pub mod http1;
 pub mod kv;
 pub mod memcached;

@@ -2,7 +2,8 @@
 use waggle_common::Role;
 
 use super::{
-    http1, memcached, mysql, postgres, redis, Chunk, Confidence, ParserConfig, ProtocolDetector, ProtocolParser,
+    fastcgi, http1, memcached, mysql, postgres, redis, Chunk, Confidence, ParserConfig, ProtocolDetector,
+    ProtocolParser,
 };
 
 /// Detectors in order of precedence.
@@ -12,6 +13,7 @@ pub static DETECTORS: &[&dyn ProtocolDetector] = &[
     &mysql::MysqlDetector,
     &redis::RedisDetector,
     &memcached::MemcachedDetector,
+    &fastcgi::FastCgiDetector,
 ];
 
 /// Picks the parser for a connection, or says to wait / give up.

@@ -103,6 +103,47 @@ impl ConnEnds {
     }
 }
 
+impl ConnEnds {
+    /// A key the two ends of one connection compute alike, the client from
+    /// its side and the server from its own (`client` says which this is):
+    /// a hash of (client address, client port, server address, server
+    /// port). 0 when the local end is unknown. The kernel links a same-host
+    /// server request to the client request that opened it through it.
+    #[inline(always)]
+    pub fn link_key(&self, client: bool) -> u64 {
+        if self.from_socket == 0 {
+            return 0;
+        }
+        let v4 = self.family == AF_INET;
+        let (local, peer) = (mapped_v6(&self.local_addr, v4), mapped_v6(&self.peer_addr, v4));
+        if client {
+            link_hash(&local, self.local_port, &peer, self.peer_port)
+        } else {
+            link_hash(&peer, self.peer_port, &local, self.local_port)
+        }
+    }
+}
+
+/// FNV-1a over both ends; never 0 (0 means "no key").
+#[inline(always)]
+pub fn link_hash(client: &[u8; 16], client_port: u16, server: &[u8; 16], server_port: u16) -> u64 {
+    const PRIME: u64 = 0x0000_0100_0000_01b3;
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut i = 0;
+    while i < 16 {
+        h = (h ^ u64::from(client[i])).wrapping_mul(PRIME);
+        h = (h ^ u64::from(server[i])).wrapping_mul(PRIME);
+        i += 1;
+    }
+    h = (h ^ u64::from(client_port)).wrapping_mul(PRIME);
+    h = (h ^ u64::from(server_port)).wrapping_mul(PRIME);
+    if h == 0 {
+        1
+    } else {
+        h
+    }
+}
+
 /// `addr` (IPv4 in the first 4 bytes when `is_v4`) as an IPv6 address.
 #[inline(always)]
 pub fn mapped_v6(addr: &[u8; 16], is_v4: bool) -> [u8; 16] {
@@ -152,6 +193,13 @@ mod tests {
         assert_ne!(agent.flow(), other.reversed_flow());
         // ... though it goes where the agent goes.
         assert_eq!(agent.peer_only(), other.local_as_peer());
+        // The link key: equal on both ends, different for another client,
+        // none without the local end.
+        assert_eq!(agent.link_key(true), collector.link_key(false));
+        assert_ne!(agent.link_key(true), 0);
+        assert_ne!(agent.link_key(true), other.link_key(false));
+        assert_ne!(agent.link_key(true), collector.link_key(true), "the roles are not symmetric");
+        assert_eq!(ConnEnds { from_socket: 0, ..agent }.link_key(true), 0);
     }
 
     #[test]

@@ -10,6 +10,7 @@
 use bytemuck::{Pod, Zeroable};
 
 pub mod addr;
+pub mod fastcgi;
 pub mod http;
 
 pub use addr::{mapped_v6, ConnEnds, FlowKey, SockWalkOffsets, AF_INET, AF_INET6};
@@ -63,6 +64,10 @@ pub mod maps {
     /// attaches anything: how a program gets from a descriptor to its
     /// socket's addresses on the running kernel.
     pub const SOCK_WALK: &str = "SOCK_WALK";
+    /// Link key (`ConnEnds::link_key`) -> TraceCtx of the client request a
+    /// traced process just sent on that connection (FastCGI): the
+    /// same-host server reading it takes it as parent (kernel-only).
+    pub const LINKS: &str = "LINKS";
 }
 
 /// The kernel injects only while the agent drained within this long: a
@@ -171,6 +176,9 @@ pub fn sampled_by_threshold(trace_id: &[u8; 16], threshold: u64) -> bool {
 /// `traceparent: 00-<32 hex>-<16 hex>-01\r\n`.
 pub const TRACEPARENT_LINE_LEN: usize = 70;
 pub const THREAD_CTX_MAX_ENTRIES: u32 = 16384;
+/// Client requests waiting for a same-host server to take their ids.
+pub const LINKS_MAX_ENTRIES: u32 = 4096;
+
 pub const INJECT_PENDING_MAX_ENTRIES: u32 = 4096;
 pub const CLIENT_SOCKS_MAX_ENTRIES: u32 = 65536;
 pub const CONNECTING_MAX_ENTRIES: u32 = 16384;
@@ -259,6 +267,10 @@ pub mod conn_flags {
     /// told from their first bytes, for their ids, without copying and
     /// scanning their header block.
     pub const INJECTION_OVER: u8 = 32;
+    /// Client side: the first send was a FastCGI `FCGI_BEGIN_REQUEST` (set
+    /// with NOT_HTTP1): each later one starts a request whose ids go to
+    /// `LINKS` for a same-host responder; nothing is ever injected.
+    pub const FASTCGI: u8 = 64;
 }
 
 /// Flags of a [`TraceCtxEvent`] / [`TraceCtx`].
@@ -322,6 +334,10 @@ pub struct ConnInfo {
     /// Client side: bytes of the current request the application has yet to
     /// send; the next send is a request boundary when 0.
     pub req_remaining: u64,
+    /// `ConnEnds::link_key` of the connection (0: its local end was not
+    /// known): where a same-host client request leaves its ids for the
+    /// server that accepted the connection (`LINKS`).
+    pub link: u64,
 }
 
 /// Kind byte at offset 0 of every ring-buffer record.
@@ -634,6 +650,10 @@ kernel_counters! {
         "splice(), recvmmsg() or sendmmsg() calls on tracked connections: bytes moved by a path the agent does not read (spans of those exchanges may be missing or cut)",
     IoUringSetup => "kernel_io_uring_setup":
         "io_uring instances set up by processes with tracked connections: I/O submitted through them is not seen",
+    FastcgiServerCtx => "propagation_fastcgi_server_ctx":
+        "FastCGI requests (FCGI_BEGIN_REQUEST) a responder read: server contexts the kernel started for them",
+    LinkedParent => "propagation_linked_parent":
+        "server requests with no traceparent of their own whose parent is the same-host client request that sent them (FastCGI)",
 }
 
 impl Counter {
@@ -652,7 +672,7 @@ mod tests {
     #[test]
     fn layouts_have_no_implicit_padding() {
         assert_eq!(size_of::<SockKey>(), 8);
-        assert_eq!(size_of::<ConnInfo>(), 24);
+        assert_eq!(size_of::<ConnInfo>(), 32);
         assert_eq!(size_of::<DataEvent>(), 56);
         assert_eq!(size_of::<ConnEvent>(), 88);
         assert_eq!(size_of::<ProcessEvent>(), 24);

@@ -85,7 +85,15 @@ fn peer_trusted(ends: &Ends) -> bool {
 fn open_conn(key: SockKey, tid: u32, role: Role, ends: &Ends) {
     let conn_id = mint_conn_id();
     let flags = if role == Role::Server && !peer_trusted(ends) { conn_flags::UNTRUSTED_PEER } else { 0 };
-    let info = ConnInfo { conn_id, role: role as u8, family: ends.family as u8, flags, _pad: [0; 5], req_remaining: 0 };
+    let info = ConnInfo {
+        conn_id,
+        role: role as u8,
+        family: ends.family as u8,
+        flags,
+        _pad: [0; 5],
+        req_remaining: 0,
+        link: ends.link_key(role == Role::Client),
+    };
     if CONNS.insert(key, info, 0).is_err() {
         count(Counter::MapInsertFailed);
         return;

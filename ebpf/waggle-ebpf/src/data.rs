@@ -8,6 +8,7 @@ use waggle_common::{
 };
 
 use crate::{
+    fastcgi,
     helpers::{arg, count, current, now_ns, stash, take_pending, wakeup_flags},
     maps::{CAPTURE_BYTES, CONNS, EVENTS, HEADER, PAYLOAD_AREA, PROPAGATION, SCRATCH},
     trace,
@@ -83,6 +84,11 @@ pub(crate) fn enter(ctx: &TracePointContext, id: SyscallId) {
     };
     if send.request_start {
         p.aux |= AUX_REQUEST_START;
+    }
+    if send.fastcgi {
+        if let Some(request) = &send.request {
+            fastcgi::leave_link(conn.link, &request.ctx);
+        }
     }
     let Some(request) = send.request else {
         if !stash(pid_tgid, &p) && send.request_start {
@@ -200,6 +206,8 @@ pub(crate) fn exit(ctx: &TracePointContext, id: SyscallId, direction: Direction)
     let exit_ns = now_ns();
     if direction == Direction::Ingress && captured > 0 && Role::from_u8(info.role) == Role::Server {
         let _ = trace::server_recv_exit(pid_tgid, p.fd, &info, payload, captured, exit_ns);
+        // No HTTP request start is a FastCGI one (its own subprogram).
+        fastcgi::server_recv(p.fd, &info, payload, captured, exit_ns);
     }
 
     let header = DataEvent {

@@ -30,6 +30,7 @@
 
 mod conn;
 mod data;
+mod fastcgi;
 mod helpers;
 mod maps;
 mod own;

@@ -11,8 +11,8 @@ use aya_ebpf::{
 use waggle_common::{
     ConnEnds, ConnInfo, DataEvent, FlowKey, InjectRequest, Pending, SockKey, SockWalkOffsets, TraceCtx,
     CLIENT_SOCKS_MAX_ENTRIES, CONNECTING_MAX_ENTRIES, CONNS_MAX_ENTRIES, COUNTER_COUNT, EVENTS_RINGBUF_BYTES,
-    INET_STREAM_SOCKS_MAX_ENTRIES, INJECT_PENDING_MAX_ENTRIES, MAX_CAPTURE, OWN_FLOWS_MAX_ENTRIES, PENDING_MAX_ENTRIES,
-    THREAD_CTX_MAX_ENTRIES, TRACKED_TGIDS_MAX_ENTRIES, TRUSTED_NETS_MAX_ENTRIES,
+    INET_STREAM_SOCKS_MAX_ENTRIES, INJECT_PENDING_MAX_ENTRIES, LINKS_MAX_ENTRIES, MAX_CAPTURE, OWN_FLOWS_MAX_ENTRIES,
+    PENDING_MAX_ENTRIES, THREAD_CTX_MAX_ENTRIES, TRACKED_TGIDS_MAX_ENTRIES, TRUSTED_NETS_MAX_ENTRIES,
 };
 
 // ---- globals (patched by the loader through EbpfLoader::override_global) ----
@@ -114,6 +114,12 @@ pub(crate) static CONN_SEQ: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 
 /// never answers (or dies unseen) ages out.
 #[map]
 pub(crate) static THREAD_CTX: LruHashMap<u64, TraceCtx> = LruHashMap::with_max_entries(THREAD_CTX_MAX_ENTRIES, 0);
+
+/// Link key -> the ids of the FastCGI request a traced client just sent on
+/// that connection, until the same-host responder reads it (fastcgi.rs).
+/// LRU: a request whose server is not traced (or on another host) ages out.
+#[map]
+pub(crate) static LINKS: LruHashMap<u64, TraceCtx> = LruHashMap::with_max_entries(LINKS_MAX_ENTRIES, 0);
 
 /// pid_tgid -> the traceparent the thread's current send should carry; lives
 /// from the send's syscall entry to its exit.

@@ -19,7 +19,7 @@ use core::ffi::c_void;
 
 use aya_ebpf::helpers::{bpf_get_prandom_u32, bpf_probe_read_user, generated::bpf_loop};
 use waggle_common::{
-    conn_flags, ctx_flags,
+    conn_flags, ctx_flags, fastcgi,
     http::{self, HeaderScan},
     runtime, sampled_by_threshold, skip_reason, sockmap_mode, ConnInfo, Counter, EventKind, InjectRequest, Pending,
     TraceCtx, TraceCtxEvent, CAPTURE_MASK, HEARTBEAT_STALE_NS, MAX_CAPTURE,
@@ -101,7 +101,7 @@ fn scan(len: u32) -> HeaderScan {
 /// W3C flags of a trace the kernel starts (or, without parentbased_*
 /// samplers, joins): the one sampling decision, shared with the agent.
 #[inline(always)]
-fn root_flags(trace_id: &[u8; 16]) -> u8 {
+pub(crate) fn root_flags(trace_id: &[u8; 16]) -> u8 {
     if sampled_by_threshold(trace_id, SAMPLE_THRESHOLD.load()) {
         ctx_flags::SAMPLED
     } else {
@@ -135,7 +135,7 @@ pub(crate) fn new_span_id() -> [u8; 8] {
 
 /// A random, never all-zero trace id.
 #[inline(always)]
-fn new_trace_id() -> [u8; 16] {
+pub(crate) fn new_trace_id() -> [u8; 16] {
     let hi = rand_u64();
     let mut lo = rand_u64();
     if hi == 0 && lo == 0 {
@@ -146,7 +146,7 @@ fn new_trace_id() -> [u8; 16] {
 }
 
 #[inline(always)]
-fn emit(kind: EventKind, ctx: &TraceCtx, flags: u8, pid_tgid: u64, fd: u32, conn_id: u64, ts_ns: u64) {
+pub(crate) fn emit(kind: EventKind, ctx: &TraceCtx, flags: u8, pid_tgid: u64, fd: u32, conn_id: u64, ts_ns: u64) {
     let ev = TraceCtxEvent {
         kind: kind as u8,
         flags,
@@ -240,6 +240,8 @@ pub(crate) struct ClientSend {
     pub request: Option<InjectRequest>,
     /// The send starts a request whose length went into `req_remaining`.
     pub request_start: bool,
+    /// `request` is a FastCGI request: its ids go to LINKS too.
+    pub fastcgi: bool,
 }
 
 /// Write-family syscall entry on a client connection.
@@ -264,25 +266,48 @@ pub(crate) fn client_send_enter(pid_tgid: u64, info: *mut ConnInfo, shape: Shape
     // only costs a skipped injection.
     let conn = unsafe { *info };
     // Not even a peek at user memory for TLS and the like.
-    if conn.flags & conn_flags::NOT_HTTP1 != 0 {
+    if conn.flags & (conn_flags::NOT_HTTP1 | conn_flags::FASTCGI) == conn_flags::NOT_HTTP1 {
         return out;
     }
     // Plain values, not the Option: a copy of an empty Option leaves LLVM
     // free to spill undefined registers, which the verifier refuses.
-    let (start, head) = match peek_user(shape, ptr, len) {
-        Some((head, n)) => {
-            let head = head_word(&head);
-            (http::is_request_start(head, n), head)
+    let (start, head, fcgi) = match peek_user(shape, ptr, len) {
+        Some((raw, n)) => {
+            let head = head_word(&raw);
+            (http::is_request_start(head, n), head, fastcgi::is_begin_request(&raw, n))
         }
-        None => (false, 0),
+        None => (false, 0, false),
     };
     if conn.flags & conn_flags::SENT == 0 {
-        let mark = if start { conn_flags::SENT } else { conn_flags::SENT | conn_flags::NOT_HTTP1 };
+        let mark = if start {
+            conn_flags::SENT
+        } else if fcgi {
+            conn_flags::SENT | conn_flags::NOT_HTTP1 | conn_flags::FASTCGI
+        } else {
+            conn_flags::SENT | conn_flags::NOT_HTTP1
+        };
         // SAFETY: as above.
         unsafe { (*info).flags |= mark };
-        if !start {
+        if !start && !fcgi {
             return out;
         }
+    }
+    if conn.flags & conn_flags::FASTCGI != 0 || (fcgi && !start) {
+        // A FastCGI request: its ids, never an injection (records are
+        // not rewritten), and a link for a same-host responder.
+        if fcgi {
+            out.fastcgi = true;
+            out.request = Some(InjectRequest {
+                ctx: request_ctx(pid_tgid, conn.conn_id),
+                head,
+                request_line_end: 0,
+                headers_end: 0,
+                injected: 0,
+                skipped: skip_reason::NOT_REQUEST_START as u8 + 1,
+                _pad: [0; 2],
+            });
+        }
+        return out;
     }
     let mode = match RUNTIME.get(runtime::SOCKMAP_MODE) {
         Some(mode) => *mode,

@@ -261,14 +261,14 @@ pub(super) fn split_host_port(host: &str) -> (String, Option<u16>) {
 /// W3C traceparent, version 00 only: `00-<32 hex>-<16 hex>-<2 hex>`,
 /// lowercase, ids not all zero. Anything else is None: a half-valid header
 /// must not graft spans onto a wrong trace.
-fn parse_traceparent(value: &[u8]) -> Option<TraceContext> {
+pub(crate) fn parse_traceparent(value: &[u8]) -> Option<TraceContext> {
     let incoming = parse_traceparent_value(value)?;
     Some(TraceContext { trace_id: incoming.trace_id, span_id: incoming.span_id, sampled: incoming.sampled() })
 }
 
 /// Printable ASCII only; at most [`MAX_TRACESTATE`] bytes, cut at list-member
 /// boundaries (never inside a member).
-fn bound_tracestate(raw: &str) -> Option<String> {
+pub(crate) fn bound_tracestate(raw: &str) -> Option<String> {
     if !raw.bytes().all(|c| (b' '..=b'~').contains(&c)) {
         return None;
     }

@@ -45,6 +45,10 @@ pub use detect::Http1Detector;
 #[cfg(any(test, feature = "fuzz"))]
 pub use fuzz::fuzz_script;
 pub use head::MAX_HEADERS;
+/// Shared with the FastCGI parser, whose params carry the same request
+/// facts as an HTTP head.
+pub(crate) use head::{bound_tracestate, parse_traceparent};
 pub use head_buf::MAX_HEAD_BYTES;
 pub use parser::{Http1Parser, MAX_PENDING};
 pub use redact::PathRedaction;
+pub(crate) use route::infer_route;
