@@ -10,9 +10,9 @@ use super::{
     records::{Piece, RecordReader},
 };
 use crate::{
-    model::{AttrValue, Attribute, ParsedSpan, Protocol, SpanKind, SpanStatus},
+    model::{AttrValue, Attribute, ParsedSpan, Protocol, SpanKind},
     protocols::{
-        http1::{infer_route, PathRedaction},
+        http1::{infer_route, span_status as http_span_status, PathRedaction},
         sql::frontend_direction,
         Chunk, Feed, ParserConfig, ProtocolParser,
     },
@@ -330,18 +330,7 @@ fn build_span(role: Role, r: Request, end_ns: u64, truncated: bool, redaction: &
     if r.aborted {
         attributes.push(("waggle.fastcgi.aborted", AttrValue::Bool(true)));
     }
-    let error = match (kind, status) {
-        (SpanKind::Server, Some(s)) if s >= 500 => Some(s),
-        (SpanKind::Client, Some(s)) if s >= 400 => Some(s),
-        _ => None,
-    };
-    let status = match error {
-        Some(s) => {
-            attributes.push(("error.type", AttrValue::from(s.to_string())));
-            SpanStatus::Error { description: format!("HTTP {s}") }
-        }
-        None => SpanStatus::Unset,
-    };
+    let status = http_span_status(kind, status, &mut attributes);
     Some(ParsedSpan {
         kind,
         name,

@@ -52,3 +52,4 @@ pub use head_buf::MAX_HEAD_BYTES;
 pub use parser::{Http1Parser, MAX_PENDING};
 pub use redact::PathRedaction;
 pub(crate) use route::infer_route;
+pub(crate) use span::span_status;

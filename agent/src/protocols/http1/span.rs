@@ -94,18 +94,7 @@ pub(super) fn build_span(
             attributes.push(("server.port", AttrValue::Int(i64::from(port))));
         }
     }
-    let error = match (kind, status) {
-        (SpanKind::Server, Some(s)) if s >= 500 => Some(s),
-        (SpanKind::Client, Some(s)) if s >= 400 => Some(s),
-        _ => None,
-    };
-    let status = match error {
-        Some(s) => {
-            attributes.push(("error.type", AttrValue::from(s.to_string())));
-            SpanStatus::Error { description: format!("HTTP {s}") }
-        }
-        None => SpanStatus::Unset,
-    };
+    let status = span_status(kind, status, &mut attributes);
     Some(ParsedSpan {
         kind,
         name,
@@ -117,4 +106,22 @@ pub(super) fn build_span(
         incoming_tracestate: head.tracestate,
         tid: req.tid,
     })
+}
+
+/// OTel's HTTP rule: a SERVER span is an error from 500, a CLIENT span from
+/// 400; the code goes into `error.type`. Shared with the protocols that
+/// carry HTTP requests (FastCGI).
+pub(crate) fn span_status(kind: SpanKind, status: Option<u16>, attributes: &mut Vec<Attribute>) -> SpanStatus {
+    let error = match (kind, status) {
+        (SpanKind::Server, Some(s)) if s >= 500 => Some(s),
+        (SpanKind::Client, Some(s)) if s >= 400 => Some(s),
+        _ => None,
+    };
+    match error {
+        Some(s) => {
+            attributes.push(("error.type", AttrValue::from(s.to_string())));
+            SpanStatus::Error { description: format!("HTTP {s}") }
+        }
+        None => SpanStatus::Unset,
+    }
 }
