@@ -4,9 +4,8 @@ use waggle_common::{Direction, Role};
 
 use super::{fuzz_script, FastCgiDetector, FastCgiParser};
 use crate::model::{AttrValue, ParsedSpan, SpanKind, SpanStatus};
-use crate::protocols::script::from_records;
 use crate::protocols::sql::replay::{
-    assert_absent, attr_int, attr_str, chunk, garbage_never_panics, records, replay, Lcg,
+    assert_absent, attr_int, attr_str, chunk, fuzz_captures_and_mutations, garbage_never_panics, records, replay,
 };
 use crate::protocols::{Chunk, Confidence, Feed, ParserConfig, ProtocolDetector, ProtocolParser};
 
@@ -215,26 +214,8 @@ fn detector_claims_a_begin_request_from_the_web_server_only() {
 
 #[test]
 fn fuzz_harness_runs_captures_mutations_and_noise() {
-    let mut rng = Lcg(23);
-    let mut spans = 0;
-    for bin in ALL {
-        let script = from_records(&records(bin));
-        spans += fuzz_script(&script);
-        for _ in 0..40 {
-            let mut m = script.clone();
-            for _ in 0..1 + rng.below(8) {
-                let at = rng.below(m.len() as u64) as usize;
-                m[at] = rng.next() as u8;
-            }
-            fuzz_script(&m);
-        }
-    }
     // Client and Unknown roles read the captures the right way round.
-    assert!(spans >= 2 * ALL.len(), "only {spans} spans");
-    for _ in 0..300 {
-        let noise: Vec<u8> = (0..rng.below(600)).map(|_| rng.next() as u8).collect();
-        fuzz_script(&noise);
-    }
+    fuzz_captures_and_mutations(ALL, fuzz_script, 2 * ALL.len());
 }
 
 #[test]

@@ -243,7 +243,7 @@ fn replies_without_commands_are_dropped_and_unanswered_commands_expire() {
 
 #[test]
 fn fuzz_harness_runs_captures_and_mutations() {
-    fuzz_captures_and_mutations(ALL, fuzz_script);
+    fuzz_captures_and_mutations(ALL, fuzz_script, 2 * 20);
 }
 
 #[test]

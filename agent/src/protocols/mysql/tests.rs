@@ -482,7 +482,7 @@ fn server_role_mirrors_directions() {
 
 #[test]
 fn fuzz_script_runs_captures_and_mutations() {
-    fuzz_captures_and_mutations(ALL, fuzz_script);
+    fuzz_captures_and_mutations(ALL, fuzz_script, 2 * 20);
 }
 
 #[test]

@@ -549,7 +549,7 @@ fn detector_rejects_other_protocols_and_noise() {
 
 #[test]
 fn fuzz_script_runs_captures_and_mutations() {
-    fuzz_captures_and_mutations(ALL, fuzz_script);
+    fuzz_captures_and_mutations(ALL, fuzz_script, 2 * 20);
 }
 
 #[test]

@@ -406,7 +406,7 @@ fn redis_server_side_is_parsed_mirrored() {
 
 #[test]
 fn fuzz_harness_runs_captures_and_mutations() {
-    fuzz_captures_and_mutations(ALL, fuzz_script);
+    fuzz_captures_and_mutations(ALL, fuzz_script, 2 * 20);
 }
 
 #[test]
