@@ -65,10 +65,22 @@ impl Server {
     /// the downstream service of the stack tests.
     #[track_caller]
     pub fn python_ok_server() -> Server {
+        Server::ok_server(&[])
+    }
+
+    /// The same server accepting each connection and forking a child to
+    /// serve it, which reads the request (accept-then-fork).
+    #[track_caller]
+    pub fn python_forking_ok_server() -> Server {
+        Server::ok_server(&["fork"])
+    }
+
+    #[track_caller]
+    fn ok_server(args: &'static [&'static str]) -> Server {
         let dir = temp_dir("waggle-ok-");
-        Server::launch("ok_server", dir, |port, _| {
+        Server::launch("ok_server", dir, move |port, _| {
             let mut cmd = Command::new(python());
-            cmd.arg("-u").arg(fixture("ok_server.py")).arg(port.to_string());
+            cmd.arg("-u").arg(fixture("ok_server.py")).arg(port.to_string()).args(args);
             cmd
         })
     }

@@ -5,7 +5,7 @@
 //! may be captured. Pipes are the baseline (never tracked). A request sent
 //! with splice(2), whose bytes the agent does not read, is counted.
 use waggle_e2e::{
-    client_spans, describe, e2e_setup,
+    client_spans, curl, describe, e2e_setup,
     env::{free_port, run_client_sampling},
     figure, python_script, run_client,
     scrape::{sample, scrape},
@@ -107,4 +107,47 @@ fn thousands_of_short_lived_children_leave_no_state_behind() {
          exchanges dropped",
         out.counter("exchanges_dropped")
     ));
+}
+
+/// Accept-then-fork (inetd style, busybox httpd, Perl Net::Server, Python's
+/// ForkingMixIn): the parent accepts and forks, the child reads the request
+/// at once, usually before the agent has read the fork record. The kernel
+/// copies the connection to the child as it is created, so each request
+/// gives the child's SERVER span, joined to curl's CLIENT span through the
+/// traceparent the kernel read at the child's first read.
+#[test]
+#[ignore = "needs root and the agent binary: cargo xtask test runs it"]
+fn an_accept_then_fork_servers_child_is_traced_from_its_first_read() {
+    let _guard = e2e_setup("an_accept_then_fork_servers_child_is_traced_from_its_first_read");
+    const REQUESTS: usize = 5;
+    let server = Server::python_forking_ok_server();
+    let receiver = OtlpReceiver::start();
+    let agent = Agent::start(&receiver.agent_args(Protocol::HttpProtobuf), &[]);
+    let mut curls = Vec::new();
+    for i in 0..REQUESTS {
+        let run = curl(&[&server.url(&format!("/forked/{i}"))]);
+        run.assert_success();
+        curls.push(run.pid);
+    }
+    receiver.focus(&curls);
+    let paths: Vec<String> = (0..REQUESTS).map(|i| format!("/forked/{i}")).collect();
+    let spans = receiver.expect_spans("a SERVER span per request from the forked children", SPAN_TIMEOUT, |s| {
+        paths.iter().all(|p| with_path(s, p).iter().any(|x| x.is_server()))
+    });
+    let out = agent.stop();
+    for (i, path) in paths.iter().enumerate() {
+        let on_path = with_path(&spans, path);
+        let servers: Vec<_> = on_path.iter().filter(|s| s.is_server()).collect();
+        assert_eq!(servers.len(), 1, "one SERVER span for {path}:\n{}", describe(&on_path));
+        let child = servers[0];
+        assert_ne!(child.pid(), Some(server.pid()), "served by a forked child, not the parent:\n{child}");
+        assert_eq!(child.attr_int("http.response.status_code"), Some(200), "{child}");
+        assert_eq!(child.attr_str("http.request.method"), Some("GET"), "{child}");
+        let client = client_spans(&on_path, curls[i]);
+        assert_eq!(client.len(), 1, "curl's CLIENT span for {path}:\n{}", describe(&on_path));
+        assert_eq!(child.trace_id, client[0].trace_id, "the child's span joins curl's trace:\n{}", describe(&on_path));
+        assert_eq!(child.parent_span_id, client[0].span_id, "{}", describe(&on_path));
+    }
+    let inherited = out.counter("kernel_conns_inherited");
+    assert!(inherited >= REQUESTS as u64, "the kernel copied each accepted connection to its child: {inherited}");
 }

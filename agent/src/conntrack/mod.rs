@@ -381,13 +381,16 @@ impl ConnTracker {
     }
 
     /// A tracked process forked: the child holds the parent's connections
-    /// under the same descriptors. They are copied from the parent's
-    /// entries (no /proc read); returns how many.
+    /// under the same descriptors. The kernel copies them as the child is
+    /// created (`on_inherit`, before this); the rest (no BTF, a table past
+    /// the kernel's bound, an insert that failed) are copied here from the
+    /// parent's entries (no /proc read). Returns how many were copied here.
     pub fn on_fork(&mut self, parent: u32, child: u32, env: &mut dyn ConnEnvironment, now_ns: u64) -> usize {
         let range = SockKey { tgid: parent, fd: 0 }..=SockKey { tgid: parent, fd: u32::MAX };
         let inherited: Vec<(u32, Role, Option<SocketAddr>, Option<SocketAddr>)> = self
             .by_key
             .range(range)
+            .filter(|(key, _)| !self.by_key.contains_key(&SockKey { tgid: child, fd: key.fd }))
             .filter_map(|(_, id)| self.conns.peek(id))
             .map(|c| (c.meta.fd, c.meta.role, c.meta.local, c.meta.peer))
             .collect();
@@ -395,6 +398,22 @@ impl ConnTracker {
             self.adopt(SockKey { tgid: child, fd }, role, local, peer, env, now_ns);
         }
         inherited.len()
+    }
+
+    /// The kernel copied the parent's connection on `ev.fd` to the child
+    /// under a new id: it inherits the parent's addresses and role. Its
+    /// parser starts over (the child's reads begin wherever the parent
+    /// stopped).
+    pub fn on_inherit(&mut self, ev: &ConnEvent, now_ns: u64) {
+        let (child, parent) = (ev.tgid, ev.tid);
+        let from = self.by_key.get(&SockKey { tgid: parent, fd: ev.fd }).and_then(|id| self.conns.peek(id));
+        let (role, local, peer) = match from {
+            Some(c) => (c.meta.role, c.meta.local, c.meta.peer),
+            None => (Role::from_u8(ev.role), None, None),
+        };
+        let meta =
+            ConnMeta { pid: child, fd: ev.fd, conn_id: ev.conn_id, role, protocol: Protocol::Unknown, peer, local };
+        self.insert(meta, true, now_ns);
     }
 
     pub fn on_close(&mut self, ev: &ConnEvent, out: &mut Vec<ConnSpan>) {

@@ -326,6 +326,32 @@ fn a_fork_copies_the_parents_connections() {
 }
 
 #[test]
+fn a_connection_the_kernel_copied_at_fork_is_the_childs_own_and_not_copied_again() {
+    let (mut t, _) = tracker();
+    let mut env = FakeEnv::default();
+    t.on_open(&socket_open_event(10, 5, 1, Role::Server, 8080, 40000), &mut env);
+    t.on_open(&open_event(EventKind::ConnOpen, 10, 6, 2, Role::Client, 5432), &mut env);
+    // The kernel copied fd 5 (the accepted connection) under id 77; fd 6 it
+    // did not (say the insert failed): userspace copies only that one.
+    let mut inherited = open_event(EventKind::ConnInherited, 20, 5, 77, Role::Server, 0);
+    inherited.tid = 10;
+    t.on_inherit(&inherited, 6);
+    assert_eq!(t.on_fork(10, 20, &mut env, 7), 1);
+    let keys: Vec<SockKey> = env.tracked.iter().map(|(k, _)| *k).collect();
+    assert_eq!(keys, vec![SockKey { tgid: 20, fd: 6 }], "the kernel's copy is not overwritten");
+    // The parent closes its copy at once (accept-then-fork): the child's
+    // connection lives on and parses the request it reads.
+    let mut out = Vec::new();
+    t.on_close(&open_event(EventKind::ConnClose, 10, 5, 1, Role::Server, 9), &mut out);
+    feed(&mut t, &mut env, data(77, 20, 5, Role::Server, Direction::Ingress, 6, 8), b"REQ /f");
+    let spans = feed(&mut t, &mut env, data(77, 20, 5, Role::Server, Direction::Egress, 2, 9), b"OK");
+    assert_eq!(spans.len(), 1);
+    assert_eq!(spans[0].conn.pid, 20);
+    assert_eq!(spans[0].conn.local, Some("10.0.0.7:8080".parse().unwrap()));
+    assert_eq!(spans[0].conn.peer, Some("127.0.0.1:40000".parse().unwrap()));
+}
+
+#[test]
 fn close_and_exit_forget_connections() {
     let (mut t, _) = tracker();
     let mut env = FakeEnv::default();

@@ -61,6 +61,7 @@ pub fn fuzz_records(data: &[u8]) -> usize {
                 Ok(RawEvent::ConnOpen(ev)) => tracker.on_open(&ev, &mut env),
                 Ok(RawEvent::ConnUnverified(ev)) => tracker.on_unverified(&ev, &mut env),
                 Ok(RawEvent::ConnClose(ev)) => tracker.on_close(&ev, &mut out),
+                Ok(RawEvent::ConnInherited(ev)) => tracker.on_inherit(&ev, ev.ts_ns),
                 Ok(RawEvent::ProcessFork(ev)) => {
                     linker.on_fork(ev.parent_tgid, ev.parent_tid, ev.tgid);
                     tracker.on_fork(ev.parent_tgid, ev.tgid, &mut env, ev.ts_ns);

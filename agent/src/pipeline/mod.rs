@@ -108,6 +108,7 @@ impl Stages {
                 self.tracker.on_unverified(&ev, &mut self.env)
             }
             Ok(RawEvent::ConnClose(ev)) => self.tracker.on_close(&ev, &mut self.pending),
+            Ok(RawEvent::ConnInherited(ev)) => self.tracker.on_inherit(&ev, ev.ts_ns),
             Ok(RawEvent::ProcessFork(ev)) => {
                 self.linker.on_fork(ev.parent_tgid, ev.parent_tid, ev.tgid);
                 if self.reads_sockets {

@@ -358,6 +358,11 @@ pub enum EventKind {
     /// A client request started on a thread with a context, or had a
     /// traceparent injected: the ids its span must carry (TraceCtxEvent).
     ClientCtx = 8,
+    /// A tracked process forked and the kernel copied one of its connections
+    /// to the child (ConnEvent: `tgid` the child, `tid` the parent's tgid,
+    /// `fd`, `conn_id` the child's own id; no addresses: they are the
+    /// parent's connection's).
+    ConnInherited = 9,
 }
 
 impl EventKind {
@@ -371,6 +376,7 @@ impl EventKind {
             6 => EventKind::ProcessExit,
             7 => EventKind::ServerCtx,
             8 => EventKind::ClientCtx,
+            9 => EventKind::ConnInherited,
             _ => return None,
         })
     }
@@ -645,7 +651,7 @@ kernel_counters! {
     SocketUnreadable => "kernel_socket_unreadable":
         "accepted/connected descriptors whose socket the kernel could not read (addresses taken from the caller's sockaddr, or looked up by userspace)",
     FdSweepCut => "kernel_fd_sweep_cut":
-        "close_range() or exec() calls over more descriptors than the kernel checks (4096): connections past them end only at their close()",
+        "close_range(), exec() or fork() calls over more descriptors than the kernel checks (4096): connections past them end only at their close() (fork: are copied to the child by userspace)",
     UnseenIo => "kernel_unseen_io":
         "splice(), recvmmsg() or sendmmsg() calls on tracked connections: bytes moved by a path the agent does not read (spans of those exchanges may be missing or cut)",
     IoUringSetup => "kernel_io_uring_setup":
@@ -654,6 +660,8 @@ kernel_counters! {
         "FastCGI requests (FCGI_BEGIN_REQUEST) a responder read: server contexts the kernel started for them",
     LinkedParent => "propagation_linked_parent":
         "server requests with no traceparent of their own whose parent is the same-host client request that sent them (FastCGI)",
+    ConnsInherited => "kernel_conns_inherited":
+        "connections a tracked process held when it forked, copied to the child in the kernel so the child's first read is seen (accept-then-fork servers)",
 }
 
 impl Counter {

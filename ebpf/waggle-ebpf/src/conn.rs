@@ -425,3 +425,58 @@ fn sweep(pid_tgid: u64, tgid: u32, first: u32, last: u32, only_closed: bool) {
         bpf_loop(n as u32, sweep_step as *const () as *mut c_void, (&mut state as *mut Sweep).cast(), 0);
     }
 }
+
+/// What `inherit_step` works on; on the caller's stack.
+#[repr(C)]
+struct Inherit {
+    parent: u32,
+    child: u32,
+}
+
+extern "C" fn inherit_step(fd: u64, ctx: *mut c_void) -> i64 {
+    // SAFETY: bpf_loop passes back the pointer `inherit` gave it: an Inherit
+    // on the caller's stack, alive for the whole loop.
+    let inherit = unsafe { &*ctx.cast::<Inherit>() };
+    let fd = fd as u32;
+    let Some(info) = CONNS.get_ptr(SockKey { tgid: inherit.parent, fd }) else {
+        return 0;
+    };
+    // SAFETY: points at a live CONNS value, copied at once.
+    let mut info = unsafe { *info };
+    // The child's copy is a connection of its own to userspace: its bytes
+    // must not be parsed into the parent's stream, nor end with the parent's
+    // close().
+    info.conn_id = mint_conn_id();
+    info.req_remaining = 0;
+    let key = SockKey { tgid: inherit.child, fd };
+    if CONNS.insert(key, info, 0).is_err() {
+        count(Counter::MapInsertFailed);
+        return 0;
+    }
+    count(Counter::ConnsInherited);
+    let ends = Ends { family: u16::from(info.family), ..Ends::default() };
+    emit_conn(EventKind::ConnInherited, Role::from_u8(info.role), key, inherit.parent, info.conn_id, &ends);
+    0
+}
+
+/// A tracked process forked: the child gets its own copy of each tracked
+/// connection before it runs, so an accept-then-fork server's child (inetd
+/// style, busybox httpd, Perl/Python forking servers) is traced from its
+/// first read, not from whenever userspace catches up. Runs in the parent,
+/// whose descriptor table the child's is a copy of. Without the BTF walk
+/// the table's size is unknown and userspace copies the table as before.
+#[inline(always)]
+pub(crate) fn inherit(parent: u32, child: u32) {
+    let Some(size) = fd_table_size() else { return };
+    let mut n = u64::from(size);
+    if n > MAX_FD_SWEEP {
+        count(Counter::FdSweepCut);
+        n = MAX_FD_SWEEP;
+    }
+    let mut state = Inherit { parent, child };
+    // SAFETY: the callback is a static function of the right signature; the
+    // context pointer outlives the call.
+    unsafe {
+        bpf_loop(n as u32, inherit_step as *const () as *mut c_void, (&mut state as *mut Inherit).cast(), 0);
+    }
+}

@@ -1,11 +1,12 @@
 //! Process lifecycle of tracked processes: forks (children inherit the
-//! descriptors, userspace rescans them) and exits (the kernel closes the
+//! descriptors; the kernel copies their connections, `conn::inherit`) and exits (the kernel closes the
 //! descriptors without a close() syscall, so no ConnClose follows). Thread
 //! creation and exit carry the per-thread trace context along.
 use aya_ebpf::{programs::TracePointContext, EbpfContext};
 use waggle_common::{Counter, EventKind, ProcessEvent};
 
 use crate::{
+    conn,
     helpers::{count, current, now_ns, wakeup_flags},
     maps::{EVENTS, TRACKED_TGIDS},
     trace,
@@ -55,6 +56,8 @@ pub(crate) fn task_newtask(ctx: &TracePointContext) -> Option<()> {
     if TRACKED_TGIDS.insert(child, 1u8, 0).is_err() {
         count(Counter::MapInsertFailed);
     }
+    // Before the fork record: userspace copies what the kernel did not.
+    conn::inherit(parent, child);
     emit(EventKind::ProcessFork, child, parent, pid_tgid as u32);
     Some(())
 }
