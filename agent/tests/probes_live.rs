@@ -30,6 +30,7 @@ enum Ev {
     Open(ConnEvent),
     Close(ConnEvent),
     Unverified(ConnEvent),
+    Inherited(ConnEvent),
     Fork(ProcessEvent),
     Exit(ProcessEvent),
     Ctx(TraceCtxEvent),
@@ -42,6 +43,7 @@ fn drain(source: &mut EventSource, events: &mut Vec<Ev>) {
             Ok(RawEvent::ConnOpen(e)) => Ev::Open(e),
             Ok(RawEvent::ConnClose(e)) => Ev::Close(e),
             Ok(RawEvent::ConnUnverified(e)) => Ev::Unverified(e),
+            Ok(RawEvent::ConnInherited(e)) => Ev::Inherited(e),
             Ok(RawEvent::ProcessFork(e)) => Ev::Fork(e),
             Ok(RawEvent::ProcessExit(e)) => Ev::Exit(e),
             Ok(RawEvent::ServerCtx(e) | RawEvent::ClientCtx(e)) => Ev::Ctx(e),
@@ -462,7 +464,7 @@ async fn probes_see_http_over_tcp_and_nothing_else() {
     let me = std::process::id();
     assert!(!events.iter().any(|e| match e {
         Ev::Data(h, _) => h.tgid == me,
-        Ev::Open(c) | Ev::Close(c) | Ev::Unverified(c) => c.tgid == me,
+        Ev::Open(c) | Ev::Close(c) | Ev::Unverified(c) | Ev::Inherited(c) => c.tgid == me,
         Ev::Fork(p) | Ev::Exit(p) => p.tgid == me || p.parent_tgid == me,
         Ev::Ctx(c) => c.tgid == me,
     }));
