@@ -17,6 +17,7 @@ pub enum RawEvent<'a> {
     ConnInherited(ConnEvent),
     ProcessFork(ProcessEvent),
     ProcessExit(ProcessEvent),
+    ThreadStart(ProcessEvent),
     ServerCtx(TraceCtxEvent),
     ClientCtx(TraceCtxEvent),
 }
@@ -68,6 +69,7 @@ pub fn decode(bytes: &[u8]) -> Result<RawEvent<'_>, DecodeError> {
         EventKind::ConnInherited => RawEvent::ConnInherited(read_header(bytes, kind)?),
         EventKind::ProcessFork => RawEvent::ProcessFork(read_header(bytes, kind)?),
         EventKind::ProcessExit => RawEvent::ProcessExit(read_header(bytes, kind)?),
+        EventKind::ThreadStart => RawEvent::ThreadStart(read_header(bytes, kind)?),
         EventKind::ServerCtx => RawEvent::ServerCtx(read_header(bytes, kind)?),
         EventKind::ClientCtx => RawEvent::ClientCtx(read_header(bytes, kind)?),
     })

@@ -134,12 +134,26 @@ impl ContextLinker {
     /// child's HTTP calls; its other calls follow through here. The child
     /// keeps it until it exits or serves a request of its own.
     pub fn on_fork(&mut self, parent: u32, parent_tid: u32, child: u32) {
-        let Some(&thread) = self.threads.get(&(parent, parent_tid)) else { return };
+        self.hand_over((parent, parent_tid), (child, child));
+    }
+
+    /// Thread `tid` of process `pid` was created by thread `creator` while
+    /// it handled a request: the new thread works for that request (a pool
+    /// a servlet hands work to is not this; a thread started for the
+    /// request is), as the kernel decided for its HTTP calls.
+    pub fn on_thread_start(&mut self, pid: u32, creator: u32, tid: u32) {
+        self.hand_over((pid, creator), (pid, tid));
+    }
+
+    /// `to` works for the request `from` handles, until it serves a request
+    /// of its own or its process exits.
+    fn hand_over(&mut self, from: (u32, u32), to: (u32, u32)) {
+        let Some(&thread) = self.threads.get(&from) else { return };
         if self.threads.len() >= MAX_THREADS {
             Metrics::inc(&self.metrics.threads_dropped_full);
             return;
         }
-        self.threads.insert((child, child), thread);
+        self.threads.insert(to, thread);
     }
 
     /// A thread's process is gone.
@@ -246,6 +260,18 @@ mod tests {
         assert!(l.identity_for(&span(SpanKind::Client, 2000, 300), &child(300)).is_some());
         l.forget_process(300);
         assert!(l.identity_for(&span(SpanKind::Client, 2100, 300), &child(300)).is_none());
+    }
+
+    #[test]
+    fn a_thread_started_while_serving_makes_the_requests_calls() {
+        let mut l = ContextLinker::new(Arc::default());
+        l.on_server_ctx(&ctx(EventKind::ServerCtx, 1, 1000, 7, 0xA, Some(0xE), ctx_flags::SAMPLED));
+        // Thread 7 of pid 100 starts thread 9; thread 8 (serving nothing) starts 10.
+        l.on_thread_start(100, 7, 9);
+        l.on_thread_start(100, 8, 10);
+        let sql = l.identity_for(&span(SpanKind::Client, 1500, 9), &conn(3, Role::Client)).unwrap();
+        assert_eq!((sql.trace_id, sql.parent_span_id), ([9; 16], Some([0xA; 8])));
+        assert!(l.identity_for(&span(SpanKind::Client, 1500, 10), &conn(4, Role::Client)).is_none());
     }
 
     #[test]

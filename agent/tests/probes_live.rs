@@ -33,6 +33,7 @@ enum Ev {
     Inherited(ConnEvent),
     Fork(ProcessEvent),
     Exit(ProcessEvent),
+    Thread(ProcessEvent),
     Ctx(TraceCtxEvent),
 }
 
@@ -46,6 +47,7 @@ fn drain(source: &mut EventSource, events: &mut Vec<Ev>) {
             Ok(RawEvent::ConnInherited(e)) => Ev::Inherited(e),
             Ok(RawEvent::ProcessFork(e)) => Ev::Fork(e),
             Ok(RawEvent::ProcessExit(e)) => Ev::Exit(e),
+            Ok(RawEvent::ThreadStart(e)) => Ev::Thread(e),
             Ok(RawEvent::ServerCtx(e) | RawEvent::ClientCtx(e)) => Ev::Ctx(e),
             Err(e) => panic!("undecodable kernel record ({} bytes): {e}", record.len()),
         };
@@ -465,7 +467,7 @@ async fn probes_see_http_over_tcp_and_nothing_else() {
     assert!(!events.iter().any(|e| match e {
         Ev::Data(h, _) => h.tgid == me,
         Ev::Open(c) | Ev::Close(c) | Ev::Unverified(c) | Ev::Inherited(c) => c.tgid == me,
-        Ev::Fork(p) | Ev::Exit(p) => p.tgid == me || p.parent_tgid == me,
+        Ev::Fork(p) | Ev::Exit(p) | Ev::Thread(p) => p.tgid == me || p.parent_tgid == me,
         Ev::Ctx(c) => c.tgid == me,
     }));
     // ... nor is the server's side of it: the kernel knew the connection

@@ -295,7 +295,8 @@ fn memcached_get_set_multiget_miss_noreply_and_errors() {
     }
 }
 
-// 4. A traced HTTP server's cache calls are children of its SERVER span.
+// 4. A traced HTTP server's cache calls are children of its SERVER span,
+//    also when a thread the request started makes them (memcached).
 
 #[test]
 #[ignore = "needs root, redis-server, memcached, redis-py (venv) and the agent binary: cargo xtask test runs it"]

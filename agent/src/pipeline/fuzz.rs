@@ -70,6 +70,7 @@ pub fn fuzz_records(data: &[u8]) -> usize {
                     tracker.on_process_exit(ev.tgid, ev.ts_ns, &mut env, &mut out);
                     linker.forget_process(ev.tgid);
                 }
+                Ok(RawEvent::ThreadStart(ev)) => linker.on_thread_start(ev.tgid, ev.parent_tid, ev.tid),
                 Ok(RawEvent::ServerCtx(ev)) => linker.on_server_ctx(&ev),
                 Ok(RawEvent::ClientCtx(ev)) => linker.on_client_ctx(&ev),
             }

@@ -121,6 +121,7 @@ impl Stages {
                     self.seed(&sockets, ev.ts_ns);
                 }
             }
+            Ok(RawEvent::ThreadStart(ev)) => self.linker.on_thread_start(ev.tgid, ev.parent_tid, ev.tid),
             Ok(RawEvent::ServerCtx(ev)) => self.linker.on_server_ctx(&ev),
             Ok(RawEvent::ClientCtx(ev)) => self.linker.on_client_ctx(&ev),
             Ok(RawEvent::ProcessExit(ev)) => {

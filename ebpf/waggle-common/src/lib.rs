@@ -363,6 +363,10 @@ pub enum EventKind {
     /// `fd`, `conn_id` the child's own id; no addresses: they are the
     /// parent's connection's).
     ConnInherited = 9,
+    /// A thread handling a request created a thread (ProcessEvent): the new
+    /// thread works for that request, as the kernel decided for its HTTP
+    /// calls.
+    ThreadStart = 10,
 }
 
 impl EventKind {
@@ -377,6 +381,7 @@ impl EventKind {
             7 => EventKind::ServerCtx,
             8 => EventKind::ClientCtx,
             9 => EventKind::ConnInherited,
+            10 => EventKind::ThreadStart,
             _ => return None,
         })
     }
@@ -479,17 +484,22 @@ pub struct ConnEvent {
     pub comm: [u8; 16],
 }
 
-/// Process lifecycle record (ProcessFork, ProcessExit).
+/// Process lifecycle record (ProcessFork, ProcessExit, ThreadStart).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
 pub struct ProcessEvent {
     pub kind: u8,
     pub _pad0: [u8; 3],
     pub tgid: u32,
-    /// Parent tgid for ProcessFork; 0 otherwise.
+    /// Parent tgid for ProcessFork; the process itself for ThreadStart; 0
+    /// otherwise.
     pub parent_tgid: u32,
-    /// The parent's thread that forked (ProcessFork); 0 otherwise.
+    /// The thread that forked (ProcessFork) or created the thread
+    /// (ThreadStart); 0 otherwise.
     pub parent_tid: u32,
+    /// The new thread (ThreadStart); 0 otherwise.
+    pub tid: u32,
+    pub _pad1: u32,
     pub ts_ns: u64,
 }
 
@@ -683,7 +693,7 @@ mod tests {
         assert_eq!(size_of::<ConnInfo>(), 32);
         assert_eq!(size_of::<DataEvent>(), 56);
         assert_eq!(size_of::<ConnEvent>(), 88);
-        assert_eq!(size_of::<ProcessEvent>(), 24);
+        assert_eq!(size_of::<ProcessEvent>(), 32);
         assert_eq!(size_of::<TraceCtx>(), 48);
         assert_eq!(size_of::<Pending>(), 56);
         assert_eq!(size_of::<TraceCtxEvent>(), 64);

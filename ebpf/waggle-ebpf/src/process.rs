@@ -19,8 +19,9 @@ const NEWTASK_PID_OFFSET: usize = 8;
 const NEWTASK_CLONE_FLAGS_OFFSET: usize = 32;
 
 #[inline(always)]
-fn emit(kind: EventKind, tgid: u32, parent_tgid: u32, parent_tid: u32) {
-    let ev = ProcessEvent { kind: kind as u8, _pad0: [0; 3], tgid, parent_tgid, parent_tid, ts_ns: now_ns() };
+fn emit(kind: EventKind, tgid: u32, parent_tgid: u32, parent_tid: u32, tid: u32) {
+    let ev =
+        ProcessEvent { kind: kind as u8, _pad0: [0; 3], tgid, parent_tgid, parent_tid, tid, _pad1: 0, ts_ns: now_ns() };
     if EVENTS.output::<ProcessEvent>(&ev, wakeup_flags()).is_err() {
         count(Counter::EventsLost);
     }
@@ -41,8 +42,11 @@ pub(crate) fn task_newtask(ctx: &TracePointContext) -> Option<()> {
     // SAFETY: as above.
     let child = unsafe { core::ptr::read_volatile(base.add(NEWTASK_PID_OFFSET).cast::<u32>()) };
     if flags & CLONE_THREAD != 0 {
-        // A thread, not a process: it joins the request its creator handles.
-        trace::inherit(pid_tgid, (u64::from(parent) << 32) | u64::from(child));
+        // A thread, not a process: it joins the request its creator handles
+        // (its SQL and cache calls too, through userspace's linker).
+        if trace::inherit(pid_tgid, (u64::from(parent) << 32) | u64::from(child)) {
+            emit(EventKind::ThreadStart, parent, parent, pid_tgid as u32, child);
+        }
         return None;
     }
     // A process forked by a thread handling a request works for that
@@ -58,7 +62,7 @@ pub(crate) fn task_newtask(ctx: &TracePointContext) -> Option<()> {
     }
     // Before the fork record: userspace copies what the kernel did not.
     conn::inherit(parent, child);
-    emit(EventKind::ProcessFork, child, parent, pid_tgid as u32);
+    emit(EventKind::ProcessFork, child, parent, pid_tgid as u32, 0);
     Some(())
 }
 
@@ -73,6 +77,6 @@ pub(crate) fn sched_process_exit(_ctx: &TracePointContext) -> Option<()> {
     }
     TRACKED_TGIDS.get_ptr(tgid)?;
     let _ = TRACKED_TGIDS.remove(tgid);
-    emit(EventKind::ProcessExit, tgid, 0, 0);
+    emit(EventKind::ProcessExit, tgid, 0, 0, 0);
     Some(())
 }

@@ -577,14 +577,15 @@ fn incoming(sc: &HeaderScan, payload: *const u8, len: u32) -> Option<http::Incom
 /// creator is handling (work handed to a thread or a process started for
 /// it).
 #[inline(always)]
-pub(crate) fn inherit(parent_pid_tgid: u64, child_pid_tgid: u64) {
-    if let Some(tc) = THREAD_CTX.get_ptr(parent_pid_tgid) {
-        // SAFETY: tc points at a live THREAD_CTX value; copied out.
-        let tc = unsafe { *tc };
-        if THREAD_CTX.insert(child_pid_tgid, tc, 0).is_err() {
-            count(Counter::MapInsertFailed);
-        }
+pub(crate) fn inherit(parent_pid_tgid: u64, child_pid_tgid: u64) -> bool {
+    let Some(tc) = THREAD_CTX.get_ptr(parent_pid_tgid) else { return false };
+    // SAFETY: tc points at a live THREAD_CTX value; copied out.
+    let tc = unsafe { *tc };
+    if THREAD_CTX.insert(child_pid_tgid, tc, 0).is_err() {
+        count(Counter::MapInsertFailed);
+        return false;
     }
+    true
 }
 
 /// A thread exits: its context and any pending injection go with it.
