@@ -10,12 +10,17 @@ use waggle_common::{ConnEvent, DataEvent, EventKind, ProcessEvent, TraceCtxEvent
 
 #[derive(Debug)]
 pub enum RawEvent<'a> {
-    Data { header: DataEvent, payload: &'a [u8] },
+    Data {
+        header: DataEvent,
+        payload: &'a [u8],
+    },
     ConnOpen(ConnEvent),
     ConnClose(ConnEvent),
     ConnUnverified(ConnEvent),
     ProcessFork(ProcessEvent),
     ProcessExit(ProcessEvent),
+    /// Trace selection is on and the process exec'ed (tgid only).
+    ProcessExec(ProcessEvent),
     ServerCtx(TraceCtxEvent),
     ClientCtx(TraceCtxEvent),
 }
@@ -68,6 +73,7 @@ pub fn decode(bytes: &[u8]) -> Result<RawEvent<'_>, DecodeError> {
         EventKind::ProcessExit => RawEvent::ProcessExit(read_header(bytes, kind)?),
         EventKind::ServerCtx => RawEvent::ServerCtx(read_header(bytes, kind)?),
         EventKind::ClientCtx => RawEvent::ClientCtx(read_header(bytes, kind)?),
+        EventKind::ProcessExec => RawEvent::ProcessExec(read_header(bytes, kind)?),
     })
 }
 

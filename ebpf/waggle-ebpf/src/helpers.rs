@@ -8,7 +8,10 @@ use aya_ebpf::{
 };
 use waggle_common::{Counter, Pending, SyscallId, USERSPACE_CONN_ID_BIT};
 
-use crate::maps::{AGENT_TGID, CONN_SEQ, COUNTERS, EVENTS, PENDING};
+use crate::{
+    maps::{AGENT_TGID, CONN_SEQ, COUNTERS, EVENTS, PENDING},
+    verdict,
+};
 
 /// Flags for every ring-buffer output: no wake-up until the agent has
 /// WAKEUP_WATERMARK_BYTES to read (it polls on a short timer otherwise).
@@ -24,15 +27,25 @@ pub(crate) fn wakeup_flags() -> u64 {
     }
 }
 
-/// (pid_tgid, tgid) of the current task, or None for the agent itself.
+/// (pid_tgid, tgid) of the current task, or None for the agent itself and
+/// for processes the trace-selection rules leave out (verdict.rs).
 #[inline(always)]
 pub(crate) fn current() -> Option<(u64, u32)> {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;
-    if tgid == AGENT_TGID.load() {
+    if tgid == AGENT_TGID.load() || verdict::untraced(tgid) {
         return None;
     }
     Some((pid_tgid, tgid))
+}
+
+/// pid_tgid of the current task when it is the agent: the paths that keep
+/// the agent's own connections apart (own.rs), which untraced processes
+/// must not take.
+#[inline(always)]
+pub(crate) fn agent() -> Option<u64> {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    ((pid_tgid >> 32) as u32 == AGENT_TGID.load()).then_some(pid_tgid)
 }
 
 /// Syscall argument `n` (or the return value for n = 0 on sys_exit_*).
