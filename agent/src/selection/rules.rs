@@ -212,9 +212,11 @@ pub fn parse_rule(s: &str) -> Result<Rule, String> {
                 Some(("annotation", k)) if !k.is_empty() => {
                     Condition::Annotation { key: k.to_owned(), value: value.to_owned() }
                 }
-                _ => return Err(format!(
+                _ => {
+                    return Err(format!(
                     "unknown condition {key:?} (expected exe, port, namespace, container, label:KEY or annotation:KEY)"
-                )),
+                ))
+                }
             },
         };
         conditions.push(c);
