@@ -134,6 +134,6 @@ fn default_excludes_leave_out_node_daemons_and_kube_system() {
     assert!(!r.traced(&ProcessView { exe: "/coredns", pod: Some(&system), ..ProcessView::default() }));
     let app = pod("shop", &[], &[]);
     assert!(r.traced(&ProcessView { exe: "/usr/sbin/nginx", pod: Some(&app), ..ProcessView::default() }));
-    assert!(r.uses_ports() == false && !r.is_empty());
+    assert!(!r.uses_ports() && !r.is_empty());
     assert!(rules("port=80", "").uses_ports());
 }
