@@ -18,8 +18,9 @@ use waggle_common::{
 use crate::{
     helpers::{agent, arg, count, current, mint_conn_id, now_ns, stash, take_pending, wakeup_flags},
     maps::{CONNS, EVENTS, INET_STREAM_SOCKS, TRACKED_TGIDS, TRUSTED_NETS, TRUST_ALL_PEERS},
-    own, verdict,
+    own,
     socket_facts::{fd_is_open, fd_table_size, is_inet, read_peer, walk, Ends, Walk, AF_INET, AF_INET6},
+    verdict,
 };
 
 const SOCK_STREAM: u64 = 1;

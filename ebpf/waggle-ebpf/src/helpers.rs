@@ -6,12 +6,9 @@ use aya_ebpf::{
     programs::TracePointContext,
     EbpfContext,
 };
-use waggle_common::{Counter, Pending, SyscallId, USERSPACE_CONN_ID_BIT};
+use waggle_common::{verdict, Counter, Pending, SyscallId, USERSPACE_CONN_ID_BIT};
 
-use crate::{
-    maps::{AGENT_TGID, CONN_SEQ, COUNTERS, EVENTS, PENDING},
-    verdict,
-};
+use crate::maps::{AGENT_TGID, CONN_SEQ, COUNTERS, EVENTS, FILTER, PENDING, TRACE_VERDICT};
 
 /// Flags for every ring-buffer output: no wake-up until the agent has
 /// WAKEUP_WATERMARK_BYTES to read (it polls on a short timer otherwise).
@@ -33,10 +30,20 @@ pub(crate) fn wakeup_flags() -> u64 {
 pub(crate) fn current() -> Option<(u64, u32)> {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;
-    if tgid == AGENT_TGID.load() || verdict::untraced(tgid) {
+    if tgid == AGENT_TGID.load() || untraced(tgid) {
         return None;
     }
     Some((pid_tgid, tgid))
+}
+
+/// The trace-selection rules leave process `tgid` out (verdict.rs).
+#[inline(always)]
+pub(crate) fn untraced(tgid: u32) -> bool {
+    if FILTER.load() == 0 {
+        return false;
+    }
+    // SAFETY: a u8 value of this map, copied out at once.
+    matches!(unsafe { TRACE_VERDICT.get(tgid) }, Some(v) if *v == verdict::UNTRACED)
 }
 
 /// pid_tgid of the current task when it is the agent: the paths that keep

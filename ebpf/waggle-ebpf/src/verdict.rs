@@ -13,22 +13,12 @@
 //! traced, so a new process an include rule selects is traced from its
 //! first connection; ProcessExec asks the agent to decide it.
 use aya_ebpf::helpers::bpf_get_current_pid_tgid;
-use waggle_common::{verdict, Counter, EventKind, ProcessEvent};
+use waggle_common::{Counter, EventKind, ProcessEvent};
 
 use crate::{
     helpers::{count, now_ns, wakeup_flags},
     maps::{EVENTS, FILTER, TRACE_VERDICT},
 };
-
-/// The rules leave process `tgid` out.
-#[inline(always)]
-pub(crate) fn untraced(tgid: u32) -> bool {
-    if FILTER.load() == 0 {
-        return false;
-    }
-    // SAFETY: a u8 value of this map, copied out at once.
-    matches!(unsafe { TRACE_VERDICT.get(&tgid) }, Some(v) if *v == verdict::UNTRACED)
-}
 
 /// A new process (not a thread): it takes its parent's verdict, or none.
 /// Setting both ways also clears what a reused pid's earlier owner left.
@@ -37,16 +27,16 @@ pub(crate) fn fork(parent: u32, child: u32) {
     if FILTER.load() == 0 {
         return;
     }
-    // SAFETY: as in `untraced`.
-    match unsafe { TRACE_VERDICT.get(&parent) } {
+    // SAFETY: a u8 value of this map, copied out at once.
+    match unsafe { TRACE_VERDICT.get(parent) } {
         Some(v) => {
             let v = *v;
-            if TRACE_VERDICT.insert(&child, &v, 0).is_err() {
+            if TRACE_VERDICT.insert(child, v, 0).is_err() {
                 count(Counter::VerdictInheritFailed);
             }
         }
         None => {
-            let _ = TRACE_VERDICT.remove(&child);
+            let _ = TRACE_VERDICT.remove(child);
         }
     }
 }
@@ -59,7 +49,7 @@ pub(crate) fn exec() {
         return;
     }
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    let _ = TRACE_VERDICT.remove(&tgid);
+    let _ = TRACE_VERDICT.remove(tgid);
     let ev = ProcessEvent {
         kind: EventKind::ProcessExec as u8,
         _pad0: [0; 3],
@@ -79,5 +69,5 @@ pub(crate) fn exit(tgid: u32) {
     if FILTER.load() == 0 {
         return;
     }
-    let _ = TRACE_VERDICT.remove(&tgid);
+    let _ = TRACE_VERDICT.remove(tgid);
 }
