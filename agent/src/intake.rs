@@ -10,7 +10,10 @@ use waggle_common::{ConnEvent, DataEvent, EventKind, ProcessEvent, TraceCtxEvent
 
 #[derive(Debug)]
 pub enum RawEvent<'a> {
-    Data { header: DataEvent, payload: &'a [u8] },
+    Data {
+        header: DataEvent,
+        payload: &'a [u8],
+    },
     ConnOpen(ConnEvent),
     ConnClose(ConnEvent),
     ConnUnverified(ConnEvent),
@@ -18,6 +21,8 @@ pub enum RawEvent<'a> {
     ProcessFork(ProcessEvent),
     ProcessExit(ProcessEvent),
     ThreadStart(ProcessEvent),
+    /// Trace selection is on and the process exec'ed (tgid only).
+    ProcessExec(ProcessEvent),
     ServerCtx(TraceCtxEvent),
     ClientCtx(TraceCtxEvent),
 }
@@ -72,6 +77,7 @@ pub fn decode(bytes: &[u8]) -> Result<RawEvent<'_>, DecodeError> {
         EventKind::ThreadStart => RawEvent::ThreadStart(read_header(bytes, kind)?),
         EventKind::ServerCtx => RawEvent::ServerCtx(read_header(bytes, kind)?),
         EventKind::ClientCtx => RawEvent::ClientCtx(read_header(bytes, kind)?),
+        EventKind::ProcessExec => RawEvent::ProcessExec(read_header(bytes, kind)?),
     })
 }
 

@@ -24,6 +24,7 @@ pub mod model;
 pub mod pipeline;
 pub mod probes;
 pub mod protocols;
+pub mod selection;
 pub mod span_metrics;
 
 pub use config::Config;

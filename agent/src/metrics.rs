@@ -53,6 +53,9 @@ counters! {
     metric_series_overflow: "span-metric observations recorded in their metric's overflow series (otel_metric_overflow=\"true\") because the metric had reached its series limit (--metrics-max-series)",
     service_graph_unpaired: "service-graph spans whose other side (caller or callee) did not arrive within 10 s: that peer is not traced, or its span was lost",
     service_graph_dropped_full: "service-graph spans not paired because the pairing table was full",
+    selection_decisions: "trace-selection verdicts written into the kernel (start-up, exec, sweeps)",
+    selection_verdict_map_full: "trace-selection verdicts the kernel's map refused (full): the process stays undecided, which means traced",
+    selection_queue_full: "exec'ed processes not queued for a decision because the selection worker's queue was full (decided at its next /proc sweep, within a second; traced until then)",
     metric_exports_failed: "OTLP metric exports that failed (the next export sends the cumulative values again)",
 }
 

@@ -88,16 +88,31 @@ pub enum Gauge {
     ExportQueueSpans,
     /// Bytes the connections' buffers hold (`ConnTracker::buffered_bytes`).
     BufferedBytes,
+    /// Processes the trace-selection rules keep traced / leave out, and
+    /// exec'ed processes waiting for a decision.
+    ProcessesTraced,
+    ProcessesUntraced,
+    SelectionPending,
 }
 
 impl Gauge {
-    pub const ALL: [Gauge; 3] = [Gauge::ConnectionsTracked, Gauge::ExportQueueSpans, Gauge::BufferedBytes];
+    pub const ALL: [Gauge; 6] = [
+        Gauge::ConnectionsTracked,
+        Gauge::ExportQueueSpans,
+        Gauge::BufferedBytes,
+        Gauge::ProcessesTraced,
+        Gauge::ProcessesUntraced,
+        Gauge::SelectionPending,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
             Gauge::ConnectionsTracked => "connections_tracked",
             Gauge::ExportQueueSpans => "export_queue_spans",
             Gauge::BufferedBytes => "buffered_bytes",
+            Gauge::ProcessesTraced => "processes_traced",
+            Gauge::ProcessesUntraced => "processes_untraced",
+            Gauge::SelectionPending => "selection_decisions_pending",
         }
     }
 
@@ -105,6 +120,9 @@ impl Gauge {
         match self {
             Gauge::ConnectionsTracked => "connections currently tracked by the agent",
             Gauge::ExportQueueSpans => "spans waiting in the export queue",
+            Gauge::ProcessesTraced => "processes the trace-selection rules keep traced (set when rules are on)",
+            Gauge::ProcessesUntraced => "processes the trace-selection rules leave out (set when rules are on)",
+            Gauge::SelectionPending => "exec'ed processes waiting for their trace-selection decision",
             Gauge::BufferedBytes => {
                 "bytes the connections' buffers hold (partial messages, statement caches), capped by --max-buffer-bytes"
             }

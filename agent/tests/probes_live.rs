@@ -49,6 +49,8 @@ fn drain(source: &mut EventSource, events: &mut Vec<Ev>) {
             Ok(RawEvent::ProcessExit(e)) => Ev::Exit(e),
             Ok(RawEvent::ThreadStart(e)) => Ev::Thread(e),
             Ok(RawEvent::ServerCtx(e) | RawEvent::ClientCtx(e)) => Ev::Ctx(e),
+            // Only with trace-selection rules, which these probes never have.
+            Ok(RawEvent::ProcessExec(e)) => panic!("ProcessExec with trace selection off: {e:?}"),
             Err(e) => panic!("undecodable kernel record ({} bytes): {e}", record.len()),
         };
         events.push(ev);

@@ -42,7 +42,14 @@ Config file (YAML, unknown keys are an error):
   app_metrics: on | off             metrics_max_series: 2000
   metrics_exporter: otlp            metric_export_interval: 60000
   redact_url_paths: /reset/*,/invite/*/accept
-  resource_attributes: {deployment.environment.name: prod}";
+  resource_attributes: {deployment.environment.name: prod}
+  trace: {include: [\"exe=*/nginx\", \"port=8000-8999&namespace=shop\"], exclude: [\"label:tier=batch\"],
+          default_excludes: true}
+
+Choosing what is traced (rules: conditions joined by &, all must hold; lists separated by ;):
+  exe=GLOB  port=80,8000-8999  namespace=GLOB  container=GLOB  label:KEY=GLOB  annotation:KEY=GLOB
+  WAGGLE_TRACE_INCLUDE, WAGGLE_TRACE_EXCLUDE, WAGGLE_TRACE_DEFAULT_EXCLUDES=on|off
+  Exclude wins over include; no include rule means every process not excluded.";
 
 /// Command-line flags. Every setting is optional here so that an absent flag
 /// falls through to the environment, the file and the default.
@@ -158,6 +165,23 @@ pub struct CliArgs {
     /// are always hidden)
     #[arg(long, value_name = "TEMPLATES")]
     pub redact_url_paths: Option<String>,
+
+    /// Trace only processes matching one of these rules (`;`-separated;
+    /// a rule is conditions joined by `&`: exe=GLOB, port=80,8000-8999,
+    /// namespace=GLOB, container=GLOB, label:KEY=GLOB, annotation:KEY=GLOB)
+    /// [default: every process not excluded]
+    #[arg(long, value_name = "RULES")]
+    pub trace_include: Option<String>,
+
+    /// Never trace processes matching one of these rules (same syntax as
+    /// --trace-include; wins over it), besides the default excludes
+    #[arg(long, value_name = "RULES")]
+    pub trace_exclude: Option<String>,
+
+    /// Leave out kube-system and the node's own daemons (kubelet,
+    /// containerd, dockerd, crio, runc, conmon, systemd*, ...) [default: on]
+    #[arg(long, value_name = "on|off")]
+    pub trace_default_excludes: Option<String>,
 
     /// Serve Prometheus metrics on this address, e.g. 0.0.0.0:9464: the
     /// agent's own counters and, unless --app-metrics off, the application

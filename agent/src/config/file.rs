@@ -39,9 +39,19 @@ pub(super) struct FileOtlp {
     pub(super) compression: Option<String>,
 }
 
+/// `trace:`: which processes are traced (selection.rs).
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct FileTrace {
+    pub(super) include: Option<Vec<String>>,
+    pub(super) exclude: Option<Vec<String>>,
+    pub(super) default_excludes: Option<bool>,
+}
+
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct FileConfig {
+    pub(super) trace: Option<FileTrace>,
     pub(super) otlp: Option<FileOtlp>,
     pub(super) print: Option<String>,
     pub(super) capture_bytes: Option<u32>,

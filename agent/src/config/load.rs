@@ -27,6 +27,7 @@ impl Config {
         };
         let path = args.config.as_deref();
         let defaults = Config::default();
+        let trace_rules = super::selection::resolve(args, env, file.trace.clone(), path)?;
         let file_otlp = file.otlp.clone().unwrap_or_default();
 
         // OTEL_SDK_DISABLED turns off what the environment and the file asked
@@ -264,6 +265,7 @@ impl Config {
             config_file: args.config.clone(),
             log_filter,
             sdk_disabled,
+            trace_rules,
         })
     }
 }

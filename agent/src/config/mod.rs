@@ -8,7 +8,7 @@
 //! Files, each importing only those listed before it: `source` (where a raw
 //! value came from, the error naming it), `cli` (flags and `--help`),
 //! `sampler`, `settings` (the resolved [`Config`]), `file` (the YAML schema),
-//! `values` (parsing one value), `otlp_signal` (one OTLP signal's
+//! `values` (parsing one value), `selection` (the trace include/exclude rules), `otlp_signal` (one OTLP signal's
 //! endpoint and options), `metrics_export`, `load` (the merge, [`Config::load`]).
 mod cli;
 mod file;
@@ -16,6 +16,7 @@ mod load;
 mod metrics_export;
 mod otlp_signal;
 mod sampler;
+mod selection;
 mod settings;
 mod source;
 mod values;

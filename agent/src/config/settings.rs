@@ -136,6 +136,8 @@ pub struct Config {
     /// OTEL_SDK_DISABLED=true took effect: no OTLP, no default printing,
     /// sampler always_off.
     pub sdk_disabled: bool,
+    /// Which processes are traced (default excludes included when on).
+    pub trace_rules: crate::selection::Rules,
 }
 
 impl Default for Config {
@@ -167,6 +169,7 @@ impl Default for Config {
             config_file: None,
             log_filter: "info".to_owned(),
             sdk_disabled: false,
+            trace_rules: crate::selection::Rules { include: Vec::new(), exclude: crate::selection::default_excludes() },
         }
     }
 }

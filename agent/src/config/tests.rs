@@ -501,3 +501,42 @@ fn metrics_addr_and_log_filter_errors() {
     assert!(e.starts_with("--log-level: invalid log filter \"waggle=loud\""), "{e}");
     assert_eq!(err(&["--propagation", "maybe"], &[]), "--propagation: expected on or off, got \"maybe\"");
 }
+
+#[test]
+fn trace_rules_from_flag_env_and_file_with_default_excludes() {
+    use crate::selection::{default_excludes, Condition};
+    // Defaults alone: no include, the default excludes.
+    let c = load(&[], &[]).unwrap();
+    assert!(c.trace_rules.include.is_empty());
+    assert_eq!(c.trace_rules.exclude, default_excludes());
+
+    let f = yaml("trace:\n  include: [\"exe=*/nginx\", \"port=8000-8999&namespace=shop\"]\n  exclude: [\"label:tier=batch\"]\n  default_excludes: false\n");
+    let c = load(&["--config", &f.arg()], &[]).unwrap();
+    assert_eq!(c.trace_rules.include.len(), 2);
+    assert_eq!(c.trace_rules.include[1].conditions[0], Condition::Ports(vec![(8000, 8999)]));
+    assert_eq!(c.trace_rules.exclude.len(), 1, "defaults off in the file");
+
+    // The environment replaces the file's list whole; the flag beats both.
+    let c = load(&["--config", &f.arg()], &[("WAGGLE_TRACE_INCLUDE", "exe=/usr/bin/python3*;port=80")]).unwrap();
+    assert_eq!(
+        c.trace_rules.include.iter().map(|r| r.text.as_str()).collect::<Vec<_>>(),
+        ["exe=/usr/bin/python3*", "port=80"]
+    );
+    let c = load(
+        &["--config", &f.arg(), "--trace-include", "exe=/bin/x", "--trace-default-excludes", "on"],
+        &[("WAGGLE_TRACE_INCLUDE", "port=80"), ("WAGGLE_TRACE_EXCLUDE", "exe=/bin/y")],
+    )
+    .unwrap();
+    assert_eq!(c.trace_rules.include[0].text, "exe=/bin/x");
+    assert_eq!(c.trace_rules.exclude.len(), 1 + default_excludes().len());
+    assert_eq!(c.trace_rules.exclude[0].text, "exe=/bin/y");
+    let c = load(&[], &[("WAGGLE_TRACE_DEFAULT_EXCLUDES", "off")]).unwrap();
+    assert!(c.trace_rules.is_empty());
+
+    // Errors name where the bad rule came from, in one line.
+    assert!(err(&["--trace-include", "port=http"], &[]).starts_with("--trace-include: invalid port"));
+    assert!(err(&[], &[("WAGGLE_TRACE_EXCLUDE", "user=root")]).starts_with("WAGGLE_TRACE_EXCLUDE: unknown condition"));
+    let bad = yaml("trace:\n  exclude: [\"exe\"]\n");
+    assert!(err(&["--config", &bad.arg()], &[]).contains("trace.exclude in"));
+    assert!(err(&[], &[("WAGGLE_TRACE_DEFAULT_EXCLUDES", "maybe")]).contains("expected on or off"));
+}

@@ -46,7 +46,7 @@ mod test_support;
 pub use blocked_calls::{blocked_calls, parse_blocked_call, still_blocked, BlockedCall};
 pub use own_sockets::{local_interface_ips, own_tcp_addrs};
 pub use proc::DiscoveryError;
-pub use process_facts::container_id_from_cgroup;
+pub use process_facts::{container_id_from_cgroup, pod_uid_from_cgroup};
 pub use resource::{
     ResourceBuilder, ATTR_COMMAND, ATTR_CONTAINER_ID, ATTR_EXECUTABLE_PATH, ATTR_HOST_NAME, ATTR_RUNTIME_NAME,
 };

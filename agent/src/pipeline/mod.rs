@@ -33,6 +33,7 @@ use crate::{
     model::{ConnMeta, ParsedSpan, ProcessResource, SpanIdentity},
     probes::{EventSource, ProbeConfig, ProbeError, Probes},
     protocols::ParserConfig,
+    selection::{Decider, Selection},
     span_metrics::SpanMetrics,
 };
 
@@ -65,6 +66,8 @@ pub enum RunError {
     Export(#[from] ExportError),
     #[error(transparent)]
     Metrics(#[from] crate::metrics_server::MetricsServerError),
+    #[error("starting the trace-selection worker: {0}")]
+    SelectionWorker(#[source] std::io::Error),
     #[error("waiting for kernel events: {0}")]
     Intake(#[source] std::io::Error),
 }
@@ -86,6 +89,8 @@ struct Stages {
     kernel_counters: Vec<(Counter, u64)>,
     /// The kernel reads each connection's socket (`Probes::reads_sockets`).
     reads_sockets: bool,
+    /// Trace selection's worker, when rules are configured.
+    selection: Option<Selection>,
 }
 
 impl Stages {
@@ -122,6 +127,11 @@ impl Stages {
                 }
             }
             Ok(RawEvent::ThreadStart(ev)) => self.linker.on_thread_start(ev.tgid, ev.parent_tid, ev.tid),
+            Ok(RawEvent::ProcessExec(ev)) => {
+                if let Some(selection) = &self.selection {
+                    selection.on_exec(ev.tgid);
+                }
+            }
             Ok(RawEvent::ServerCtx(ev)) => self.linker.on_server_ctx(&ev),
             Ok(RawEvent::ClientCtx(ev)) => self.linker.on_client_ctx(&ev),
             Ok(RawEvent::ProcessExit(ev)) => {
@@ -244,6 +254,10 @@ impl Stages {
     }
 }
 
+fn rule_texts(rules: &[crate::selection::Rule]) -> String {
+    rules.iter().map(|r| r.text.as_str()).collect::<Vec<_>>().join(";")
+}
+
 /// Takes one batch from the ring buffer; true when it was full (more may
 /// be waiting). Every finished drain is progress for the readiness probe.
 fn drain(source: &mut EventSource, stages: &mut Stages, health: &Health) -> bool {
@@ -286,6 +300,24 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send) -> R
         ),
         None => None,
     };
+    // Trace selection: every running process is decided before the probes
+    // attach, so none is seen undecided; the worker takes over after.
+    let filter = !config.trace_rules.is_empty();
+    let mut decider = Decider::new(Arc::new(config.trace_rules.clone()), None, agent_pid);
+    let initial_verdicts = if filter { decider.decide_all() } else { Vec::new() };
+    let untraced_at_start: std::collections::HashSet<u32> =
+        initial_verdicts.iter().filter(|(_, traced)| !traced).map(|(pid, _)| *pid).collect();
+    if filter {
+        tracing::info!(
+            include = %rule_texts(&config.trace_rules.include),
+            exclude = %rule_texts(&config.trace_rules.exclude),
+            processes = initial_verdicts.len(),
+            untraced = untraced_at_start.len(),
+            "trace selection on"
+        );
+    } else {
+        tracing::info!("trace selection off: every process but the agent is traced");
+    }
     let probe_config = ProbeConfig {
         capture_bytes: config.capture_bytes,
         ring_buffer_bytes: config.ring_buffer_bytes,
@@ -295,8 +327,16 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send) -> R
         sample_threshold: config.sampler.threshold(),
         parent_based: config.sampler_parent_based,
         trusted_networks: config.trusted_networks.clone(),
+        filter,
+        initial_verdicts,
     };
-    let (probes, mut source, maps) = Probes::load(&probe_config)?;
+    let (mut probes, mut source, maps) = Probes::load(&probe_config)?;
+    let selection = match (filter, probes.take_verdict_map()) {
+        (true, Some(map)) => Some(
+            Selection::spawn(decider, map, metrics.clone(), kernel_cell.clone()).map_err(RunError::SelectionWorker)?,
+        ),
+        _ => None,
+    };
     let exporter = export::spawn_exporter_with(&config, metrics.clone(), recent, span_metrics.clone())?;
     let metrics_push = match (&config.metrics_otlp, &span_metrics) {
         (Some(otlp), Some(span_metrics)) => Some(export::otlp::MetricsPush::spawn(
@@ -332,11 +372,14 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send) -> R
         pending: Vec::new(),
         kernel_cell: kernel_cell.clone(),
         kernel_counters: Vec::new(),
+        selection,
     };
 
     // Probes are attached first, so a connection opened during the scan is
     // seen by one or the other (or both: the kernel entry then wins).
-    let sockets = discovery::scan_inet_sockets(agent_pid);
+    let mut sockets = discovery::scan_inet_sockets(agent_pid);
+    // Sockets of processes the rules leave out are not tracked either.
+    sockets.retain(|s| !untraced_at_start.contains(&s.pid));
     let (listeners, conns) = stages.seed(&sockets, Clock::now_monotonic_ns());
     tracing::info!(listeners, connections = conns, "tracking TCP sockets that existed before start-up");
     health.attached(Clock::now_monotonic_ns());

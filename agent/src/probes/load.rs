@@ -18,7 +18,7 @@ use waggle_common::{globals, maps, sockmap_mode, Counter, SockWalkOffsets, MAX_C
 use super::{
     btf::{sock_walk_offsets, Btf, BtfError, SendRoomOffsets},
     error::{is_permission, AttachError, ProbeError},
-    maps::{kernel_counters, open_counters, take_map, ConnMaps, Plain},
+    maps::{kernel_counters, open_counters, take_map, write_initial_verdicts, ConnMaps, Plain, VerdictMap},
     propagation::{attach_propagation, fill_trusted_networks, notsent_lowat_default, SK_MSG_PROGRAM, SOCKOPS_PROGRAM},
     ring::{EventSource, Heartbeat},
 };
@@ -47,6 +47,12 @@ pub struct ProbeConfig {
     pub parent_based: bool,
     /// Peers whose incoming traceparent is trusted; None: every peer.
     pub trusted_networks: Option<Vec<(IpAddr, u8)>>,
+    /// Trace-selection rules are configured: programs consult TRACE_VERDICT.
+    pub filter: bool,
+    /// (tgid, traced) of every process decided before the probes attach:
+    /// written into TRACE_VERDICT first, so no program ever sees a running
+    /// process undecided.
+    pub initial_verdicts: Vec<(u32, bool)>,
 }
 
 impl Default for ProbeConfig {
@@ -60,6 +66,8 @@ impl Default for ProbeConfig {
             sample_threshold: u64::MAX,
             parent_based: true,
             trusted_networks: None,
+            filter: false,
+            initial_verdicts: Vec::new(),
         }
     }
 }
@@ -196,6 +204,7 @@ impl Probes {
         let parent_based = u32::from(config.parent_based);
         let trust_all = u32::from(config.trusted_networks.is_none());
         let notsent_lowat = notsent_lowat_default();
+        let filter = u32::from(config.filter);
         let mut ebpf = EbpfLoader::new()
             .override_global(globals::AGENT_TGID, &agent_tgid, true)
             .override_global(globals::CAPTURE_BYTES, &capture_bytes, true)
@@ -209,6 +218,7 @@ impl Probes {
             .override_global(globals::OFF_SND_NXT, &room_offsets.snd_nxt, true)
             .override_global(globals::OFF_NOTSENT_LOWAT, &room_offsets.notsent_lowat, true)
             .override_global(globals::NOTSENT_LOWAT_DEFAULT, &notsent_lowat, true)
+            .override_global(globals::FILTER, &filter, true)
             .map_max_entries(maps::EVENTS, ring_bytes)
             .load(EBPF_OBJECT)
             .map_err(|e| match &e {
@@ -219,6 +229,10 @@ impl Probes {
             })?;
 
         let reads_sockets = set_sock_walk(&mut ebpf, &btf)?;
+        if config.filter {
+            let written = write_initial_verdicts(&mut ebpf, &config.initial_verdicts)?;
+            tracing::info!(processes = written, "trace-selection verdicts written before attaching");
+        }
         let mut attached = Vec::new();
         let mut skipped = Vec::new();
         for spec in PROGRAMS {
@@ -294,6 +308,12 @@ impl Probes {
     /// Sum over CPUs of each kernel counter.
     pub fn kernel_counters(&self) -> Vec<(Counter, u64)> {
         kernel_counters(&self.ebpf)
+    }
+
+    /// The trace-selection verdict map, once (None after the first call, or
+    /// when the object has none).
+    pub fn take_verdict_map(&mut self) -> Option<VerdictMap> {
+        VerdictMap::open(&mut self.ebpf).ok()
     }
 
     /// Names of the programs that attached.

@@ -60,6 +60,55 @@ pub(super) fn kernel_counters(ebpf: &Ebpf) -> Vec<(Counter, u64)> {
         .collect()
 }
 
+/// TRACE_VERDICT: the agent's trace-selection decision per process.
+pub struct VerdictMap(HashMap<MapData, u32, u8>);
+
+impl VerdictMap {
+    pub(super) fn open(ebpf: &mut Ebpf) -> Result<VerdictMap, ProbeError> {
+        open_hash(ebpf, maps::TRACE_VERDICT).map(VerdictMap)
+    }
+
+    /// Err when the map is full (the process stays undecided: traced).
+    pub fn set(&mut self, tgid: u32, traced: bool) -> Result<(), MapError> {
+        self.0.insert(tgid, verdict_value(traced), 0)
+    }
+
+    /// Undecided again (a decision for a process that has exited).
+    pub fn remove(&mut self, tgid: u32) {
+        let _ = self.0.remove(&tgid);
+    }
+}
+
+pub(super) fn verdict_value(traced: bool) -> u8 {
+    if traced {
+        waggle_common::verdict::TRACED
+    } else {
+        waggle_common::verdict::UNTRACED
+    }
+}
+
+/// Writes the start-up decisions into TRACE_VERDICT (the map stays in the
+/// object until `Probes::take_verdict_map`); returns how many were written.
+pub(super) fn write_initial_verdicts(ebpf: &mut Ebpf, verdicts: &[(u32, bool)]) -> Result<usize, ProbeError> {
+    let name = maps::TRACE_VERDICT;
+    let map = ebpf.map_mut(name).ok_or(ProbeError::MissingMap { name })?;
+    let mut map: HashMap<&mut MapData, u32, u8> =
+        HashMap::try_from(map).map_err(|source| ProbeError::OpenMap { name, source })?;
+    let mut written = 0;
+    for &(tgid, traced) in verdicts {
+        match map.insert(tgid, verdict_value(traced), 0) {
+            Ok(()) => written += 1,
+            // Full: the rest stay undecided (traced); the worker retries
+            // them at its next sweep and counts what does not fit.
+            Err(e) => {
+                tracing::warn!(error = %e, tgid, "trace-selection verdict map full at start-up");
+                break;
+            }
+        }
+    }
+    Ok(written)
+}
+
 /// Userspace edits of the kernel's connection tables.
 pub struct ConnMaps {
     conns: HashMap<MapData, Plain<SockKey>, Plain<ConnInfo>>,

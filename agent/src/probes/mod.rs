@@ -36,7 +36,7 @@ mod sockmap;
 pub use btf::{Btf, BtfError, SendRoomOffsets};
 pub use error::ProbeError;
 pub use load::{ProbeConfig, Probes};
-pub use maps::ConnMaps;
+pub use maps::{ConnMaps, VerdictMap};
 pub use propagation::{other_injectors, other_sk_msg_programs};
 pub use ring::{EventSource, Heartbeat};
 pub use sockmap::{check_fionread, FionreadCheck};

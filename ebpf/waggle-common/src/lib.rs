@@ -68,6 +68,10 @@ pub mod maps {
     /// traced process just sent on that connection (FastCGI): the
     /// same-host server reading it takes it as parent (kernel-only).
     pub const LINKS: &str = "LINKS";
+    /// tgid -> a [`super::verdict`] value: whether the trace-selection rules
+    /// want the process traced. Consulted only when the FILTER global is 1;
+    /// a process without an entry is undecided and traced.
+    pub const TRACE_VERDICT: &str = "TRACE_VERDICT";
 }
 
 /// The kernel injects only while the agent drained within this long: a
@@ -113,6 +117,20 @@ pub mod globals {
     pub const OFF_NOTSENT_LOWAT: &str = "OFF_NOTSENT_LOWAT";
     /// net.ipv4.tcp_notsent_lowat, for sockets that set none of their own.
     pub const NOTSENT_LOWAT_DEFAULT: &str = "NOTSENT_LOWAT_DEFAULT";
+    /// 1: trace-selection rules are configured: every program looks up the
+    /// current process in TRACE_VERDICT, forks copy their parent's verdict
+    /// and an exec makes the process undecided again (ProcessExec). 0: no
+    /// lookup (the verifier drops the branch on this read-only value).
+    pub const FILTER: &str = "FILTER";
+}
+
+/// Values of the TRACE_VERDICT map.
+pub mod verdict {
+    /// The rules keep the process traced.
+    pub const TRACED: u8 = 1;
+    /// The rules leave it out: no program follows its syscalls, its sockets
+    /// never enter CONNS or the propagation sockmap.
+    pub const UNTRACED: u8 = 2;
 }
 
 /// Indexes of the RUNTIME array.
@@ -199,6 +217,9 @@ pub const CONNS_MAX_ENTRIES: u32 = 65536;
 pub const INET_STREAM_SOCKS_MAX_ENTRIES: u32 = 65536;
 pub const PENDING_MAX_ENTRIES: u32 = 16384;
 pub const TRACKED_TGIDS_MAX_ENTRIES: u32 = 16384;
+/// Processes the trace-selection verdict map holds (a node's process count
+/// stays well below; a full map leaves new processes undecided: traced).
+pub const TRACE_VERDICT_MAX_ENTRIES: u32 = 65536;
 
 /// Connection ids minted by userspace (seeded from /proc) have this bit set so
 /// they never collide with kernel-minted ids.
@@ -367,6 +388,9 @@ pub enum EventKind {
     /// thread works for that request, as the kernel decided for its HTTP
     /// calls.
     ThreadStart = 10,
+    /// A process exec'ed while trace selection is on (ProcessEvent, tgid
+    /// only): the kernel made it undecided (traced) until userspace decides.
+    ProcessExec = 11,
 }
 
 impl EventKind {
@@ -382,6 +406,7 @@ impl EventKind {
             8 => EventKind::ClientCtx,
             9 => EventKind::ConnInherited,
             10 => EventKind::ThreadStart,
+            11 => EventKind::ProcessExec,
             _ => return None,
         })
     }
@@ -484,7 +509,8 @@ pub struct ConnEvent {
     pub comm: [u8; 16],
 }
 
-/// Process lifecycle record (ProcessFork, ProcessExit, ThreadStart).
+/// Process lifecycle record (ProcessFork, ProcessExit, ThreadStart,
+/// ProcessExec).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
 pub struct ProcessEvent {
@@ -672,6 +698,10 @@ kernel_counters! {
         "server requests with no traceparent of their own whose parent is the same-host client request that sent them (FastCGI)",
     ConnsInherited => "kernel_conns_inherited":
         "connections a tracked process held when it forked, copied to the child in the kernel so the child's first read is seen (accept-then-fork servers)",
+    VerdictInheritFailed => "kernel_trace_verdict_inherit_failed":
+        "forks whose child could not take its parent's trace-selection verdict (TRACE_VERDICT full): the child stays undecided (traced) until the agent decides it",
+    UntracedConnects => "kernel_untraced_connects":
+        "TCP connects by processes the trace-selection rules leave out, seen by the propagation sockops program and kept out of the sockmap",
 }
 
 impl Counter {

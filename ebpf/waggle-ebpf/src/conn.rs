@@ -16,10 +16,11 @@ use waggle_common::{
 };
 
 use crate::{
-    helpers::{arg, count, current, mint_conn_id, now_ns, stash, take_pending, wakeup_flags},
+    helpers::{agent, arg, count, current, mint_conn_id, now_ns, stash, take_pending, wakeup_flags},
     maps::{CONNS, EVENTS, INET_STREAM_SOCKS, TRACKED_TGIDS, TRUSTED_NETS, TRUST_ALL_PEERS},
     own,
     socket_facts::{fd_is_open, fd_table_size, is_inet, read_peer, walk, Ends, Walk, AF_INET, AF_INET6},
+    verdict,
 };
 
 const SOCK_STREAM: u64 = 1;
@@ -201,7 +202,7 @@ pub(crate) fn accept_exit(ctx: &TracePointContext, id: SyscallId) -> Option<()> 
 pub(crate) fn connect_enter(ctx: &TracePointContext) -> Option<()> {
     match current() {
         Some((pid_tgid, tgid)) => traced_connect_enter(ctx, pid_tgid, tgid),
-        None => own::connect_enter(ctx, bpf_get_current_pid_tgid()),
+        None => own::connect_enter(ctx, agent()?),
     }
 }
 
@@ -241,7 +242,7 @@ fn traced_connect_enter(ctx: &TracePointContext, pid_tgid: u64, tgid: u32) -> Op
 pub(crate) fn connect_exit(ctx: &TracePointContext) -> Option<()> {
     match current() {
         Some((pid_tgid, tgid)) => traced_connect_exit(ctx, pid_tgid, tgid),
-        None => own::connect_exit(ctx, bpf_get_current_pid_tgid()),
+        None => own::connect_exit(ctx, agent()?),
     }
 }
 
@@ -282,11 +283,14 @@ fn traced_connect_exit(ctx: &TracePointContext, pid_tgid: u64, tgid: u32) -> Opt
 #[inline(always)]
 pub(crate) fn close_enter(ctx: &TracePointContext) -> Option<()> {
     let fd = arg(ctx, 0) as u32;
-    let Some((pid_tgid, tgid)) = current() else {
+    if agent().is_some() {
         own::close_enter(fd);
         return None;
-    };
-    forget(pid_tgid, tgid, fd);
+    }
+    // Untraced processes too (one CONNS lookup): connections opened while
+    // the process was still undecided end at their close all the same.
+    let pid_tgid = bpf_get_current_pid_tgid();
+    forget(pid_tgid, (pid_tgid >> 32) as u32, fd);
     Some(())
 }
 
@@ -365,6 +369,7 @@ pub(crate) fn close_range_enter(ctx: &TracePointContext) -> Option<()> {
 /// numbers: connections whose descriptor is gone end here.
 #[inline(always)]
 pub(crate) fn exec(_ctx: &TracePointContext) -> Option<()> {
+    verdict::exec();
     let (pid_tgid, tgid) = current()?;
     TRACKED_TGIDS.get_ptr(tgid)?;
     sweep(pid_tgid, tgid, 0, u32::MAX, true);

@@ -6,9 +6,9 @@ use aya_ebpf::{
     programs::TracePointContext,
     EbpfContext,
 };
-use waggle_common::{Counter, Pending, SyscallId, USERSPACE_CONN_ID_BIT};
+use waggle_common::{verdict, Counter, Pending, SyscallId, USERSPACE_CONN_ID_BIT};
 
-use crate::maps::{AGENT_TGID, CONN_SEQ, COUNTERS, EVENTS, PENDING};
+use crate::maps::{AGENT_TGID, CONN_SEQ, COUNTERS, EVENTS, FILTER, PENDING, TRACE_VERDICT};
 
 /// Flags for every ring-buffer output: no wake-up until the agent has
 /// WAKEUP_WATERMARK_BYTES to read (it polls on a short timer otherwise).
@@ -24,15 +24,35 @@ pub(crate) fn wakeup_flags() -> u64 {
     }
 }
 
-/// (pid_tgid, tgid) of the current task, or None for the agent itself.
+/// (pid_tgid, tgid) of the current task, or None for the agent itself and
+/// for processes the trace-selection rules leave out (verdict.rs).
 #[inline(always)]
 pub(crate) fn current() -> Option<(u64, u32)> {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;
-    if tgid == AGENT_TGID.load() {
+    if tgid == AGENT_TGID.load() || untraced(tgid) {
         return None;
     }
     Some((pid_tgid, tgid))
+}
+
+/// The trace-selection rules leave process `tgid` out (verdict.rs).
+#[inline(always)]
+pub(crate) fn untraced(tgid: u32) -> bool {
+    if FILTER.load() == 0 {
+        return false;
+    }
+    // SAFETY: a u8 value of this map, copied out at once.
+    matches!(unsafe { TRACE_VERDICT.get(tgid) }, Some(v) if *v == verdict::UNTRACED)
+}
+
+/// pid_tgid of the current task when it is the agent: the paths that keep
+/// the agent's own connections apart (own.rs), which untraced processes
+/// must not take.
+#[inline(always)]
+pub(crate) fn agent() -> Option<u64> {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    ((pid_tgid >> 32) as u32 == AGENT_TGID.load()).then_some(pid_tgid)
 }
 
 /// Syscall argument `n` (or the return value for n = 0 on sys_exit_*).

@@ -39,6 +39,7 @@ mod sock;
 mod socket_facts;
 mod trace;
 mod user_copy;
+mod verdict;
 
 use aya_ebpf::{
     bindings::sk_action::SK_PASS,

@@ -5,14 +5,15 @@ use core::mem::size_of;
 
 use aya_ebpf::{
     macros::map,
-    maps::{lpm_trie::LpmTrie, Array, LruHashMap, PerCpuArray, RingBuf, SockHash},
+    maps::{lpm_trie::LpmTrie, Array, HashMap, LruHashMap, PerCpuArray, RingBuf, SockHash},
     Global,
 };
 use waggle_common::{
     ConnEnds, ConnInfo, DataEvent, FlowKey, InjectRequest, Pending, SockKey, SockWalkOffsets, TraceCtx,
     CLIENT_SOCKS_MAX_ENTRIES, CONNECTING_MAX_ENTRIES, CONNS_MAX_ENTRIES, COUNTER_COUNT, EVENTS_RINGBUF_BYTES,
     INET_STREAM_SOCKS_MAX_ENTRIES, INJECT_PENDING_MAX_ENTRIES, LINKS_MAX_ENTRIES, MAX_CAPTURE, OWN_FLOWS_MAX_ENTRIES,
-    PENDING_MAX_ENTRIES, THREAD_CTX_MAX_ENTRIES, TRACKED_TGIDS_MAX_ENTRIES, TRUSTED_NETS_MAX_ENTRIES,
+    PENDING_MAX_ENTRIES, THREAD_CTX_MAX_ENTRIES, TRACE_VERDICT_MAX_ENTRIES, TRACKED_TGIDS_MAX_ENTRIES,
+    TRUSTED_NETS_MAX_ENTRIES,
 };
 
 // ---- globals (patched by the loader through EbpfLoader::override_global) ----
@@ -20,6 +21,11 @@ use waggle_common::{
 /// tgid of the agent: never captured.
 #[unsafe(no_mangle)]
 pub(crate) static AGENT_TGID: Global<u32> = Global::new(0);
+
+/// 1: trace-selection rules are on (TRACE_VERDICT is consulted); 0: every
+/// process but the agent is traced and no program looks the map up.
+#[unsafe(no_mangle)]
+pub(crate) static FILTER: Global<u32> = Global::new(0);
 
 /// Payload bytes copied per data event; 0 or anything above MAX_CAPTURE means
 /// MAX_CAPTURE.
@@ -166,6 +172,12 @@ pub(crate) static OWN_FLOWS: LruHashMap<FlowKey, u8> = LruHashMap::with_max_entr
 /// threads is (own.rs).
 #[map]
 pub(crate) static OWN_CONNECTING: LruHashMap<FlowKey, u64> = LruHashMap::with_max_entries(OWN_FLOWS_MAX_ENTRIES, 0);
+
+/// tgid -> waggle_common::verdict (verdict.rs). A plain hash, not LRU: an
+/// untraced process's entry must not be evicted by a burst of others (it
+/// would become traced); the agent removes entries at process exit.
+#[map]
+pub(crate) static TRACE_VERDICT: HashMap<u32, u8> = HashMap::with_max_entries(TRACE_VERDICT_MAX_ENTRIES, 0);
 
 // ---- the scratch buffer ----
 

@@ -2,14 +2,14 @@
 //! descriptors; the kernel copies their connections, `conn::inherit`) and exits (the kernel closes the
 //! descriptors without a close() syscall, so no ConnClose follows). Thread
 //! creation and exit carry the per-thread trace context along.
-use aya_ebpf::{programs::TracePointContext, EbpfContext};
+use aya_ebpf::{helpers::bpf_get_current_pid_tgid, programs::TracePointContext, EbpfContext};
 use waggle_common::{Counter, EventKind, ProcessEvent};
 
 use crate::{
     conn,
     helpers::{count, current, now_ns, wakeup_flags},
     maps::{EVENTS, TRACKED_TGIDS},
-    trace,
+    trace, verdict,
 };
 
 const CLONE_THREAD: u64 = 0x0001_0000;
@@ -34,13 +34,17 @@ fn emit(kind: EventKind, tgid: u32, parent_tgid: u32, parent_tid: u32, tid: u32)
 /// child's pid is assigned.
 #[inline(always)]
 pub(crate) fn task_newtask(ctx: &TracePointContext) -> Option<()> {
-    let (pid_tgid, parent) = current()?;
     let base = ctx.as_ptr().cast::<u8>();
     // SAFETY: constant in-bounds offsets into the tracepoint record (checked
     // by the verifier against the record size at attach time).
     let flags = unsafe { core::ptr::read_volatile(base.add(NEWTASK_CLONE_FLAGS_OFFSET).cast::<u64>()) };
     // SAFETY: as above.
     let child = unsafe { core::ptr::read_volatile(base.add(NEWTASK_PID_OFFSET).cast::<u32>()) };
+    if flags & CLONE_THREAD == 0 {
+        // Untraced parents too: their children are decided at once.
+        verdict::fork((bpf_get_current_pid_tgid() >> 32) as u32, child);
+    }
+    let (pid_tgid, parent) = current()?;
     if flags & CLONE_THREAD != 0 {
         // A thread, not a process: it joins the request its creator handles
         // (its SQL and cache calls too, through userspace's linker).
@@ -70,6 +74,10 @@ pub(crate) fn task_newtask(ctx: &TracePointContext) -> Option<()> {
 /// group leader (pid == tgid) stands for the process.
 #[inline(always)]
 pub(crate) fn sched_process_exit(_ctx: &TracePointContext) -> Option<()> {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    if pid_tgid as u32 == (pid_tgid >> 32) as u32 {
+        verdict::exit((pid_tgid >> 32) as u32);
+    }
     let (pid_tgid, tgid) = current()?;
     trace::thread_exit(pid_tgid);
     if pid_tgid as u32 != tgid {

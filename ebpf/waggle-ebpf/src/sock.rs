@@ -3,7 +3,8 @@
 //! Which sockets: the sockops program on the cgroup-v2 root sees every TCP
 //! connect of the node, but remembers only those made by a process the
 //! syscall tracepoints trace (its connect() left a PENDING entry; the agent
-//! and untraced processes leave none), by socket cookie (unique across
+//! and processes the trace-selection rules leave out leave none, and the
+//! latter are counted as UntracedConnects), by socket cookie (unique across
 //! network namespaces). When such a connection is established it enters
 //! CLIENT_SOCKS, whose sk_msg program then runs on its sends. On kernels
 //! whose FIONREAD misreports sockets in a sockmap (`sockmap_mode`), it
@@ -43,7 +44,7 @@ use waggle_common::{
 };
 
 use crate::{
-    helpers::{count, count_index, current},
+    helpers::{agent, count, count_index, current},
     maps::{
         CLIENT_SOCKS, CONNECTING, INJECT_PENDING, NOTSENT_LOWAT_DEFAULT, OFF_NOTSENT_LOWAT, OFF_SNDBUF, OFF_SND_NXT,
         OFF_WMEM_QUEUED, OFF_WRITE_SEQ, PENDING, PROPAGATION, RUNTIME,
@@ -80,6 +81,11 @@ fn cookie(ctx: &SockOpsContext) -> u64 {
 #[inline(always)]
 fn connecting(ctx: &SockOpsContext) {
     let Some((pid_tgid, _)) = current() else {
+        // Counted so a test (and a user) can see the rules at work here:
+        // an untraced process's connect never reaches CONNECTING.
+        if agent().is_none() {
+            count(Counter::UntracedConnects);
+        }
         return;
     };
     let Some(p) = PENDING.get_ptr(pid_tgid) else {

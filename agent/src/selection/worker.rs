@@ -1,0 +1,300 @@
+//! The decisions: who is traced, written into the kernel's verdict map by a
+//! worker thread so the event loop never reads /proc for them.
+//!
+//! Processes are decided at start (before the probes attach), at each exec
+//! (the kernel made the process undecided, which means traced, so a process
+//! an include rule selects is traced from its first connection; one the
+//! rules leave out is traced until the decision lands, typically within
+//! the loop's 10 ms drain interval plus a few /proc reads), and at every
+//! sweep: new pids, listening ports that appeared (a process that has not
+//! listened yet matches no port rule; it is decided again within a sweep
+//! of its listen()), and pod metadata that arrived or changed.
+use std::{
+    collections::HashMap,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        mpsc::{sync_channel, RecvTimeoutError, SyncSender, TrySendError},
+        Arc,
+    },
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+use super::{
+    facts::{listen_table, live_pids, ports_of, read_facts, ProcFacts},
+    rules::{ProcessView, Rules},
+};
+use crate::{
+    metrics::Metrics,
+    metrics_server::{Gauge, KernelCounterCell},
+    model::PodDirectory,
+    probes::VerdictMap,
+};
+
+/// How often the worker sweeps /proc.
+pub const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
+/// Exec'd processes waiting for the worker at most; beyond, they wait for
+/// the next sweep (counted).
+const QUEUE_CAPACITY: usize = 4096;
+
+struct Known {
+    facts: ProcFacts,
+    traced: bool,
+}
+
+/// The rules applied to processes; remembers each decided process's facts
+/// so a sweep re-evaluates without reading /proc again.
+pub struct Decider {
+    rules: Arc<Rules>,
+    pods: Option<Arc<dyn PodDirectory>>,
+    agent_pid: u32,
+    known: HashMap<u32, Known>,
+    ports: HashMap<u32, Vec<u16>>,
+    /// Listening-socket inodes at the last sweep: when they change, every
+    /// process's descriptors are read again.
+    listen_inodes: Vec<u64>,
+}
+
+impl Decider {
+    pub fn new(rules: Arc<Rules>, pods: Option<Arc<dyn PodDirectory>>, agent_pid: u32) -> Decider {
+        Decider { rules, pods, agent_pid, known: HashMap::new(), ports: HashMap::new(), listen_inodes: Vec::new() }
+    }
+
+    /// The rules' answer for `pid` with these facts and its known ports.
+    pub fn evaluate(&self, pid: u32, facts: &ProcFacts) -> bool {
+        let pod = match (&self.pods, &facts.pod_uid) {
+            (Some(dir), Some(uid)) => dir.pod(uid),
+            _ => None,
+        };
+        let ports = self.ports.get(&pid).map(Vec::as_slice).unwrap_or(&[]);
+        self.rules.traced(&ProcessView {
+            exe: &facts.exe,
+            ports,
+            container_id: facts.container_id.as_deref(),
+            pod: pod.as_deref(),
+        })
+    }
+
+    /// Every running process: (tgid, traced).
+    pub fn decide_all(&mut self) -> Vec<(u32, bool)> {
+        let pids = live_pids();
+        if self.rules.uses_ports() {
+            self.refresh_ports(&pids, &pids);
+        }
+        pids.into_iter().filter_map(|pid| Some((pid, self.decide(pid)?))).collect()
+    }
+
+    /// Reads `pid`'s facts afresh (it exec'ed, or is new) and decides it;
+    /// None for the agent, kernel threads and processes already gone.
+    pub fn decide(&mut self, pid: u32) -> Option<bool> {
+        if pid == self.agent_pid {
+            return None;
+        }
+        let facts = read_facts(pid)?;
+        let traced = self.evaluate(pid, &facts);
+        self.known.insert(pid, Known { facts, traced });
+        Some(traced)
+    }
+
+    /// New processes, gone ones, new listeners, pod changes: the verdicts
+    /// that changed (or are new).
+    pub fn sweep(&mut self) -> Vec<(u32, bool)> {
+        let pids = live_pids();
+        let live: std::collections::HashSet<u32> = pids.iter().copied().collect();
+        self.known.retain(|pid, _| live.contains(pid));
+        self.ports.retain(|pid, _| live.contains(pid));
+        let new: Vec<u32> = pids.iter().copied().filter(|p| !self.known.contains_key(p)).collect();
+        if self.rules.uses_ports() {
+            self.refresh_ports(&pids, &new);
+        }
+        let mut changes = Vec::new();
+        for pid in new {
+            if let Some(traced) = self.decide(pid) {
+                changes.push((pid, traced));
+            }
+        }
+        let again: Vec<(u32, bool)> = self
+            .known
+            .iter()
+            .filter_map(|(&pid, k)| {
+                let traced = self.evaluate(pid, &k.facts);
+                (traced != k.traced).then_some((pid, traced))
+            })
+            .collect();
+        for &(pid, traced) in &again {
+            if let Some(k) = self.known.get_mut(&pid) {
+                k.traced = traced;
+            }
+        }
+        changes.extend(again);
+        changes
+    }
+
+    /// Ports of `new` pids (a forked worker inherits its parent's
+    /// listeners), or of every pid when the set of listeners changed.
+    fn refresh_ports(&mut self, all: &[u32], new: &[u32]) {
+        let table = listen_table(all);
+        let mut inodes: Vec<u64> = table.keys().copied().collect();
+        inodes.sort_unstable();
+        let which = if inodes != self.listen_inodes { all } else { new };
+        self.listen_inodes = inodes;
+        let found = ports_of(which, &table);
+        if which.len() == all.len() {
+            self.ports = found;
+        } else {
+            self.ports.extend(found);
+        }
+    }
+
+    /// (traced, untraced) processes known.
+    pub fn counts(&self) -> (u64, u64) {
+        let traced = self.known.values().filter(|k| k.traced).count() as u64;
+        (traced, self.known.len() as u64 - traced)
+    }
+}
+
+/// The loop's handle on the worker. Dropping it stops the thread.
+pub struct Selection {
+    tx: Option<SyncSender<u32>>,
+    pending: Arc<AtomicU64>,
+    metrics: Arc<Metrics>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Selection {
+    /// Starts the worker with what `decider` knows from start-up.
+    pub fn spawn(
+        mut decider: Decider,
+        mut map: VerdictMap,
+        metrics: Arc<Metrics>,
+        gauges: KernelCounterCell,
+    ) -> std::io::Result<Selection> {
+        let (tx, rx) = sync_channel::<u32>(QUEUE_CAPACITY);
+        let pending = Arc::new(AtomicU64::new(0));
+        let worker_pending = pending.clone();
+        let worker_metrics = metrics.clone();
+        let thread = std::thread::Builder::new().name("waggle-selection".into()).spawn(move || {
+            let metrics = worker_metrics;
+            let write = |map: &mut VerdictMap, pid: u32, traced: bool| {
+                match map.set(pid, traced) {
+                    Ok(()) => {
+                        Metrics::inc(&metrics.selection_decisions);
+                        // Exited meanwhile: its exit already cleared the
+                        // entry, so this one would outlive it.
+                        if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+                            map.remove(pid);
+                        }
+                    }
+                    Err(e) => {
+                        Metrics::inc(&metrics.selection_verdict_map_full);
+                        tracing::debug!(pid, error = %e, "trace-selection verdict not written");
+                    }
+                }
+            };
+            let mut next_sweep = Instant::now() + SWEEP_INTERVAL;
+            loop {
+                let wait = next_sweep.saturating_duration_since(Instant::now());
+                match rx.recv_timeout(wait) {
+                    Ok(pid) => {
+                        worker_pending.fetch_sub(1, Ordering::Relaxed);
+                        if let Some(traced) = decider.decide(pid) {
+                            tracing::debug!(pid, traced, "process decided at exec");
+                            write(&mut map, pid, traced);
+                        }
+                    }
+                    Err(RecvTimeoutError::Timeout) => {
+                        for (pid, traced) in decider.sweep() {
+                            write(&mut map, pid, traced);
+                        }
+                        let (traced, untraced) = decider.counts();
+                        gauges.set_gauge(Gauge::ProcessesTraced, traced);
+                        gauges.set_gauge(Gauge::ProcessesUntraced, untraced);
+                        gauges.set_gauge(Gauge::SelectionPending, worker_pending.load(Ordering::Relaxed));
+                        next_sweep = Instant::now() + SWEEP_INTERVAL;
+                    }
+                    Err(RecvTimeoutError::Disconnected) => break,
+                }
+            }
+        })?;
+        Ok(Selection { tx: Some(tx), pending, metrics, thread: Some(thread) })
+    }
+
+    /// A process exec'ed: decide it. Never blocks; a full queue leaves it
+    /// to the next sweep (counted).
+    pub fn on_exec(&self, tgid: u32) {
+        let Some(tx) = &self.tx else {
+            return;
+        };
+        self.pending.fetch_add(1, Ordering::Relaxed);
+        if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) = tx.try_send(tgid) {
+            self.pending.fetch_sub(1, Ordering::Relaxed);
+            Metrics::inc(&self.metrics.selection_queue_full);
+        }
+    }
+}
+
+impl Drop for Selection {
+    fn drop(&mut self) {
+        self.tx = None;
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::{model::PodFacts, selection::parse_rule_list};
+
+    struct FakePods(PodFacts);
+
+    impl PodDirectory for FakePods {
+        fn pod(&self, uid: &str) -> Option<Arc<PodFacts>> {
+            (uid == self.0.uid).then(|| Arc::new(self.0.clone()))
+        }
+    }
+
+    fn decider(include: &str, exclude: &str, pods: Option<PodFacts>) -> Decider {
+        let rules = Rules { include: parse_rule_list(include).unwrap(), exclude: parse_rule_list(exclude).unwrap() };
+        Decider::new(Arc::new(rules), pods.map(|p| Arc::new(FakePods(p)) as Arc<dyn PodDirectory>), 0)
+    }
+
+    fn in_pod(uid: &str) -> ProcFacts {
+        ProcFacts { exe: "/app/server".into(), container_id: Some("c1".into()), pod_uid: Some(uid.into()) }
+    }
+
+    #[test]
+    fn pod_rules_read_the_directory_by_the_cgroup_pod_uid() {
+        let pod = PodFacts {
+            uid: "uid-1".into(),
+            namespace: "kube-system".into(),
+            labels: BTreeMap::from([("app".to_owned(), "dns".to_owned())]),
+            containers: BTreeMap::from([("c1".to_owned(), "coredns".to_owned())]),
+            ..PodFacts::default()
+        };
+        let d = decider("", "namespace=kube-system", Some(pod.clone()));
+        assert!(!d.evaluate(1, &in_pod("uid-1")));
+        // A pod the directory does not know (yet): only non-pod rules apply.
+        assert!(d.evaluate(1, &in_pod("uid-2")));
+        assert!(decider("container=core*", "", Some(pod.clone())).evaluate(1, &in_pod("uid-1")));
+        assert!(!decider("label:app=web", "", Some(pod)).evaluate(1, &in_pod("uid-1")));
+    }
+
+    #[test]
+    fn this_process_is_decided_by_its_executable_and_the_agent_never() {
+        let exe = std::fs::read_link("/proc/self/exe").unwrap().display().to_string();
+        let me = std::process::id();
+        let mut d = decider(&format!("exe={exe}"), "", None);
+        assert_eq!(d.decide(me), Some(true));
+        assert_eq!(decider("exe=*/nginx", "", None).decide(me), Some(false));
+        let mut agent = Decider::new(Arc::new(Rules::default()), None, me);
+        assert_eq!(agent.decide(me), None);
+        // A sweep re-decides nothing that did not change.
+        d.sweep();
+        assert!(!d.sweep().iter().any(|(pid, _)| *pid == me));
+        assert!(d.counts().0 >= 1);
+    }
+}

@@ -1,0 +1,231 @@
+//! Choosing what is traced (`--trace-include` / `--trace-exclude`): real
+//! servers and clients, some selected by executable path, some by listening
+//! port, one excluded although an include rule matches it, and processes
+//! started after the agent. The selected ones produce exactly their spans;
+//! the others produce none and (the acceptance) none of their sockets
+//! enters the propagation sockmap: the kernel's sockmap insert counter
+//! moves by exactly the selected client's connections, and the untraced
+//! clients' connects are counted as kept out.
+use std::{
+    collections::BTreeSet,
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use aya::maps::{HashMap, Map, MapData};
+use waggle_e2e::{
+    by_pid, describe, e2e_setup,
+    env::{free_port, poll_until},
+    python, run_client,
+    scrape::{counter, sample, scrape_until},
+    wait_for_other_injectors, Agent, ClientRun, OtlpReceiver, Protocol, Server, Span, SPAN_TIMEOUT,
+};
+
+/// waggle_common::verdict::UNTRACED (the test crate does not link the
+/// kernel ABI crate).
+const UNTRACED: u8 = 2;
+const VERDICT_MAP: &str = "TRACE_VERDICT";
+
+/// The kernel's verdict for `pid` in the running agent's TRACE_VERDICT map.
+fn kernel_verdict(pid: u32) -> Option<u8> {
+    let info = aya::maps::loaded_maps().filter_map(Result::ok).find(|m| m.name_as_str() == Some(VERDICT_MAP))?;
+    let data = MapData::from_id(info.id()).ok()?;
+    let map: HashMap<MapData, u32, u8> = HashMap::try_from(Map::HashMap(data)).ok()?;
+    map.get(&pid, 0).ok()
+}
+
+/// `curl` copied to a path of its own, so an exe rule can select it and no
+/// other curl.
+fn traced_curl(dir: &std::path::Path) -> std::path::PathBuf {
+    let path = dir.join("traced-curl");
+    std::fs::copy("/usr/bin/curl", &path).unwrap_or_else(|e| panic!("copying /usr/bin/curl: {e}"));
+    path
+}
+
+#[track_caller]
+fn get(curl_bin: &std::path::Path, url: &str) -> ClientRun {
+    let mut cmd = Command::new(curl_bin);
+    cmd.args(["-sS", "--max-time", "10", "-o", "/dev/null", "-w", "%{http_code}", url]);
+    let run = run_client("curl", &mut cmd, Duration::from_secs(20));
+    run.assert_success();
+    assert_eq!(run.stdout, "200", "GET {url}: {run:?}");
+    run
+}
+
+/// A python process that GETs each URL written to its stdin, one
+/// connection each; killed on drop.
+struct UntracedClient(std::process::Child);
+
+const FETCH: &str = "import sys, urllib.request\nfor url in sys.stdin:\n    print(urllib.request.urlopen(url.strip(), timeout=10).status, flush=True)\n";
+
+impl UntracedClient {
+    fn start() -> UntracedClient {
+        let child = Command::new(python())
+            .args(["-c", FETCH])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting the python client: {e}"));
+        UntracedClient(child)
+    }
+
+    fn pid(&self) -> u32 {
+        self.0.id()
+    }
+
+    #[track_caller]
+    fn fetch_all(&mut self, urls: &[String]) {
+        use std::io::{Read, Write};
+        let mut stdin = self.0.stdin.take().unwrap_or_else(|| panic!("client stdin"));
+        for url in urls {
+            writeln!(stdin, "{url}").unwrap_or_else(|e| panic!("writing to the client: {e}"));
+        }
+        drop(stdin);
+        let status = self.0.wait().unwrap_or_else(|e| panic!("waiting for the client: {e}"));
+        let mut out = String::new();
+        let mut err = String::new();
+        let _ = self.0.stdout.take().map(|mut o| o.read_to_string(&mut out));
+        let _ = self.0.stderr.take().map(|mut e| e.read_to_string(&mut err));
+        assert!(status.success(), "python client: {status}\n{err}");
+        assert_eq!(out.lines().filter(|l| *l == "200").count(), urls.len(), "{out}\n{err}");
+    }
+}
+
+impl Drop for UntracedClient {
+    fn drop(&mut self) {
+        // Only while it still runs: once reaped, its pid may be another's.
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+fn spans_of(spans: &[Span], pids: &[u32]) -> Vec<Span> {
+    pids.iter().flat_map(|&p| by_pid(spans, p)).collect()
+}
+
+#[test]
+#[ignore = "needs root, nginx, python3, curl and the agent binary: cargo xtask test runs it"]
+fn rules_trace_exactly_the_selected_processes_and_keep_the_others_out_of_the_sockmap() {
+    let _guard = e2e_setup("rules_trace_exactly_the_selected_processes_and_keep_the_others_out_of_the_sockmap");
+    let receiver = OtlpReceiver::start();
+    wait_for_other_injectors();
+    // Running before the agent: decided before its probes attach.
+    let early_nginx = Server::nginx();
+    let by_port = Server::python_http_server();
+    let excluded = Server::python_http_server();
+    let unmatched = Server::python_http_server();
+    let bin = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+    let traced_curl = traced_curl(bin.path());
+
+    let include = format!("exe=/usr/sbin/nginx;port={},{};exe=*/traced-curl", by_port.port(), excluded.port());
+    let exclude = format!("port={}", excluded.port());
+    let metrics_port = free_port();
+    let mut args = receiver.agent_args(Protocol::HttpProtobuf);
+    args.extend([
+        "--metrics-addr".to_owned(),
+        format!("127.0.0.1:{metrics_port}"),
+        "--trace-include".to_owned(),
+        include,
+        "--trace-exclude".to_owned(),
+        exclude,
+    ]);
+    let agent = Agent::start(&args, &[]);
+    let before =
+        scrape_until(metrics_port, "kernel counters", |b| b.contains("waggle_propagation_sockmap_added_total"));
+    assert_eq!(kernel_verdict(excluded.pid()), Some(UNTRACED), "exclude wins over the port include");
+    assert_eq!(kernel_verdict(unmatched.pid()), Some(UNTRACED), "no include rule matches");
+
+    // Started after the agent: nginx matches the exe rule at its exec and is
+    // traced from its first request (asked at once); the python server
+    // matches nothing and is decided untraced after its exec.
+    let late_nginx = Server::nginx();
+    let late_unmatched = Server::python_http_server();
+    let first = get(&traced_curl, &late_nginx.url("/"));
+    assert!(
+        poll_until(Duration::from_secs(10), || kernel_verdict(late_unmatched.pid()) == Some(UNTRACED)),
+        "the python server started after the agent was never decided untraced: {:?}",
+        kernel_verdict(late_unmatched.pid())
+    );
+
+    let servers = [&early_nginx, &by_port, &excluded, &unmatched, &late_nginx, &late_unmatched];
+    // The untraced client is decided before it connects: a process that
+    // exec'ed is traced until its decision lands (README: the remaining
+    // race), which a curl started per request would lose to.
+    let urls: Vec<String> = servers.iter().flat_map(|s| [s.url("/"), s.url("/")]).collect();
+    let mut plain = UntracedClient::start();
+    assert!(
+        poll_until(Duration::from_secs(10), || kernel_verdict(plain.pid()) == Some(UNTRACED)),
+        "the python client was never decided untraced"
+    );
+    plain.fetch_all(&urls);
+    let plain_pids = vec![plain.pid()];
+    let mut traced_client_pids = vec![first.pid];
+    for server in servers {
+        traced_client_pids.push(get(&traced_curl, &server.url("/")).pid);
+    }
+    // late_nginx got one more request (its first) above.
+    let traced_servers: Vec<(&Server, usize)> = vec![(&early_nginx, 3), (&by_port, 3), (&late_nginx, 4)];
+    let sockmap_expected = traced_client_pids.len() as u64;
+    let untraced_servers = [&excluded, &unmatched, &late_unmatched];
+    let mut ours: Vec<u32> = servers.iter().flat_map(|s| s.pids()).collect();
+    ours.extend(&plain_pids);
+    ours.extend(&traced_client_pids);
+    receiver.focus(&ours);
+
+    let spans = receiver.expect_spans("the selected processes' spans", SPAN_TIMEOUT, |spans| {
+        traced_servers.iter().all(|(s, n)| spans_of(spans, &s.pids()).len() >= *n)
+            && spans_of(spans, &traced_client_pids).len() >= traced_client_pids.len()
+    });
+    let after = scrape_until(metrics_port, "the traced client's sockmap inserts", |b| {
+        counter(b, "propagation_sockmap_added") >= counter(&before, "propagation_sockmap_added") + sockmap_expected
+    });
+    // Everything in flight is exported at shutdown: checked after it.
+    let out = agent.stop();
+    let spans = receiver.spans().into_iter().chain(spans).collect::<Vec<_>>();
+    let unique: Vec<Span> = {
+        let mut seen = BTreeSet::new();
+        spans.into_iter().filter(|s| seen.insert(s.span_id.clone())).collect()
+    };
+
+    for (server, n) in &traced_servers {
+        let got = spans_of(&unique, &server.pids());
+        assert_eq!(got.len(), *n, "spans of {} (pids {:?}):\n{}", server.service_name, server.pids(), describe(&got));
+        assert!(got
+            .iter()
+            .all(|s| s.is_server() && s.name == "GET /" && s.attr_int("http.response.status_code") == Some(200)));
+    }
+    let clients = spans_of(&unique, &traced_client_pids);
+    assert_eq!(clients.len(), traced_client_pids.len(), "one CLIENT span per traced-curl run:\n{}", describe(&clients));
+    assert!(clients.iter().all(|s| s.is_client() && s.name == "GET /"), "{}", describe(&clients));
+    for server in untraced_servers {
+        let got = spans_of(&unique, &server.pids());
+        assert!(
+            got.is_empty(),
+            "untraced {} (pids {:?}) produced spans:\n{}",
+            server.service_name,
+            server.pids(),
+            describe(&got)
+        );
+    }
+    let plain = spans_of(&unique, &plain_pids);
+    assert!(plain.is_empty(), "the untraced client produced spans:\n{}", describe(&plain));
+
+    // The acceptance: only the traced client's connections entered the
+    // sockmap (no other process on the machine is selected), and the
+    // untraced curls' connects were seen and kept out.
+    let added = counter(&after, "propagation_sockmap_added") - counter(&before, "propagation_sockmap_added");
+    assert_eq!(added, traced_client_pids.len() as u64, "sockets added to the propagation sockmap");
+    let kept_out = counter(&after, "kernel_untraced_connects") - counter(&before, "kernel_untraced_connects");
+    assert!(
+        kept_out >= urls.len() as u64,
+        "untraced connects {kept_out} < the {} requests of the untraced client",
+        urls.len()
+    );
+    assert!(sample(&after, "waggle_processes_untraced").is_some_and(|n| n >= 3), "{after}");
+    assert!(sample(&after, "waggle_processes_traced").is_some_and(|n| n >= 2), "{after}");
+    assert!(out.counter("selection_decisions") >= 2, "{}", out.stderr);
+    assert!(out.stderr.contains("trace selection on"), "{}", out.stderr);
+}
