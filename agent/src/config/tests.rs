@@ -501,3 +501,13 @@ fn metrics_addr_and_log_filter_errors() {
     assert!(e.starts_with("--log-level: invalid log filter \"waggle=loud\""), "{e}");
     assert_eq!(err(&["--propagation", "maybe"], &[]), "--propagation: expected on or off, got \"maybe\"");
 }
+
+#[test]
+fn tls_probes_default_on_and_switch_off_from_flag_env_and_file() {
+    assert!(load(&[], &[]).unwrap().tls);
+    assert!(!load(&["--tls", "off"], &[]).unwrap().tls);
+    assert!(!load(&[], &[("WAGGLE_TLS", "off")]).unwrap().tls);
+    // The flag wins over the environment.
+    assert!(load(&["--tls", "on"], &[("WAGGLE_TLS", "off")]).unwrap().tls);
+    assert!(err(&["--tls", "maybe"], &[]).contains("--tls"));
+}
