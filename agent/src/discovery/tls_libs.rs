@@ -94,8 +94,9 @@ pub fn tls_libraries_of(pid: u32) -> Vec<TlsLibrary> {
 }
 
 /// The TLS libraries installed in the well-known directories: probed at
-/// start-up, so processes started later that load them are covered from
-/// their first call.
+/// start-up before the agent says it is ready (a few directory reads), so
+/// processes started later that load them are covered from their first
+/// call.
 pub fn installed_tls_libraries() -> Vec<TlsLibrary> {
     let mut found = Vec::new();
     for dir in LIBRARY_DIRS {
@@ -119,9 +120,10 @@ pub struct TlsScanner {
 }
 
 impl TlsScanner {
-    /// Starts the worker; it first reports the installed libraries and those
-    /// of every running process but `agent_pid`, then those of each pid
-    /// [`TlsScanner::observe`] hands it. Files come back once each.
+    /// Starts the worker; it first reports the libraries of every running
+    /// process but `agent_pid`, then those of each pid
+    /// [`TlsScanner::observe`] hands it. Files come back once each (the
+    /// installed ones too, if a process maps them: the prober knows them).
     pub fn spawn(
         agent_pid: u32,
         metrics: Arc<Metrics>,
@@ -174,9 +176,6 @@ fn scan(agent_pid: u32, pids: &Receiver<u32>, out: &tokio::sync::mpsc::Unbounded
         }
         true
     };
-    if !report(installed_tls_libraries()) {
-        return;
-    }
     let running: Vec<u32> = fs::read_dir("/proc")
         .map(|d| d.flatten().filter_map(|e| e.file_name().to_str()?.parse().ok()).collect())
         .unwrap_or_default();

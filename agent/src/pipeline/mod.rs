@@ -315,6 +315,15 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send) -> R
     };
     let (mut probes, mut source, maps) = Probes::load(&probe_config)?;
     let (tls_scanner, mut tls_libraries) = if probes.tls_enabled() {
+        let installed = discovery::installed_tls_libraries();
+        if installed.is_empty() {
+            tracing::info!(
+                "TLS: no libssl in the usual library directories; those processes map are probed as they are found"
+            );
+        }
+        for library in &installed {
+            probes.attach_tls_library(library);
+        }
         let (scanner, libraries) = TlsScanner::spawn(agent_pid, metrics.clone());
         (Some(scanner), Some(libraries))
     } else {
