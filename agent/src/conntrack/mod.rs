@@ -119,6 +119,16 @@ pub struct ConnTracker {
     buffered: usize,
 }
 
+/// Stops capture on a connection: the plaintext's own switch for TLS ones
+/// (the ciphertext one may already be set from the handshake's bytes).
+fn mute(tls: bool, env: &mut dyn ConnEnvironment, key: SockKey, conn_id: u64) {
+    if tls {
+        env.mute_tls(key, conn_id);
+    } else {
+        env.mute(key, conn_id);
+    }
+}
+
 pub fn sockaddr_from_event(family: u8, addr: &[u8; 16], port: u16) -> Option<SocketAddr> {
     let ip = match family as i32 {
         libc::AF_INET => IpAddr::V4(Ipv4Addr::new(addr[0], addr[1], addr[2], addr[3])),
@@ -489,8 +499,17 @@ impl ConnTracker {
             return;
         };
         conn.last_active_ns = header.exit_ns;
-        if !tls::accept(conn, header, &self.metrics) {
-            return;
+        match tls::step(conn.tls, header) {
+            tls::Step::Feed => {}
+            tls::Step::Restart => {
+                conn.tls = true;
+                conn.state = ParseState::detecting(false);
+                Metrics::inc(&self.metrics.tls_conns);
+            }
+            tls::Step::Ignore => {
+                Metrics::inc(&self.metrics.tls_ciphertext_ignored);
+                return;
+            }
         }
         let chunk = Chunk {
             direction,
@@ -537,7 +556,7 @@ impl ConnTracker {
                         let protocol = parser.protocol();
                         if conn.meta.role == Role::Server && protocol.is_database() {
                             conn.state = ParseState::Muted;
-                            tls::mute(conn.tls, env, key, conn_id);
+                            mute(conn.tls, env, key, conn_id);
                             Metrics::inc(&self.metrics.conns_muted);
                             return;
                         }
@@ -561,7 +580,7 @@ impl ConnTracker {
                         *attempts_left = attempts_left.saturating_sub(1);
                         if *attempts_left == 0 {
                             conn.state = ParseState::Muted;
-                            tls::mute(conn.tls, env, key, conn_id);
+                            mute(conn.tls, env, key, conn_id);
                             Metrics::inc(&self.metrics.protocol_unknown);
                             Metrics::inc(&self.metrics.conns_muted);
                         }
@@ -590,7 +609,7 @@ impl ConnTracker {
                     "connection became opaque; muting"
                 );
                 conn.state = ParseState::Muted;
-                tls::mute(conn.tls, env, key, conn_id);
+                mute(conn.tls, env, key, conn_id);
                 Metrics::inc(&self.metrics.conns_muted);
             }
         }

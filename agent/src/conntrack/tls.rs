@@ -1,43 +1,30 @@
 //! TLS connections: their payload is plaintext the kernel read at the TLS
 //! library (`DataEvent::flags` has `DATA_TLS`), parsed like any other
 //! connection's bytes; the spans say the exchange was encrypted.
-use waggle_common::{tls::DATA_TLS, DataEvent, SockKey};
+use waggle_common::{tls::DATA_TLS, DataEvent};
 
-use super::{Conn, ConnEnvironment, ParseState};
-use crate::{
-    metrics::Metrics,
-    model::{AttrValue, ParsedSpan},
-};
+use crate::model::{AttrValue, ParsedSpan};
 
-/// Whether `header`'s payload is to be parsed on `conn`. A connection's
-/// first plaintext record voids what its ciphertext did (the handshake's
-/// bytes were being detected, or already declared unknown and muted): it
-/// starts over as a fresh connection. Ciphertext queued before the kernel
-/// knew the connection was TLS but read after its plaintext is ignored.
-pub(super) fn accept(conn: &mut Conn, header: &DataEvent, metrics: &Metrics) -> bool {
-    let plaintext = header.flags & DATA_TLS != 0;
-    match (conn.tls, plaintext) {
-        (false, true) => {
-            conn.tls = true;
-            conn.state = ParseState::detecting(false);
-            Metrics::inc(&metrics.tls_conns);
-            true
-        }
-        (true, false) => {
-            Metrics::inc(&metrics.tls_ciphertext_ignored);
-            false
-        }
-        _ => true,
-    }
+/// What a data record does to a connection, by whether it and the
+/// connection are TLS plaintext.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Step {
+    /// Parse it as usual.
+    Feed,
+    /// The connection's first plaintext record: what its ciphertext did
+    /// (the handshake's bytes were being detected, or were declared unknown
+    /// and muted) is void; it starts over as a fresh connection.
+    Restart,
+    /// Ciphertext queued before the kernel knew the connection was TLS but
+    /// read after its plaintext: not parsed (counted).
+    Ignore,
 }
 
-/// Stops capture on a connection: the plaintext's own switch for TLS ones
-/// (the ciphertext one may already be set from the handshake's bytes).
-pub(super) fn mute(tls: bool, env: &mut dyn ConnEnvironment, key: SockKey, conn_id: u64) {
-    if tls {
-        env.mute_tls(key, conn_id);
-    } else {
-        env.mute(key, conn_id);
+pub(super) fn step(conn_is_tls: bool, header: &DataEvent) -> Step {
+    match (conn_is_tls, header.flags & DATA_TLS != 0) {
+        (false, true) => Step::Restart,
+        (true, false) => Step::Ignore,
+        _ => Step::Feed,
     }
 }
 
@@ -59,6 +46,16 @@ pub(super) fn mark_spans(spans: &mut [ParsedSpan]) {
 mod tests {
     use super::*;
     use crate::model::{SpanKind, SpanStatus};
+
+    #[test]
+    fn plaintext_restarts_a_connection_once_and_ciphertext_after_it_is_ignored() {
+        let plain = DataEvent { flags: DATA_TLS, ..DataEvent::default() };
+        let cipher = DataEvent::default();
+        assert_eq!(step(false, &plain), Step::Restart);
+        assert_eq!(step(true, &plain), Step::Feed);
+        assert_eq!(step(true, &cipher), Step::Ignore);
+        assert_eq!(step(false, &cipher), Step::Feed);
+    }
 
     #[test]
     fn http_spans_become_https_and_every_span_says_tls() {

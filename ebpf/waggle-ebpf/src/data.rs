@@ -11,7 +11,7 @@ use crate::{
     fastcgi,
     helpers::{arg, count, current, now_ns, stash, take_pending, wakeup_flags},
     maps::{CAPTURE_BYTES, CONNS, EVENTS, HEADER, PAYLOAD_AREA, PROPAGATION, SCRATCH},
-    tls, trace,
+    tls_conn, trace,
     user_copy::{copy_user, shape, Shape},
 };
 
@@ -50,7 +50,7 @@ pub(crate) fn enter(ctx: &TracePointContext, id: SyscallId) {
         return;
     };
     // Its plaintext comes from the TLS library's probes (tls.rs).
-    if tls::ciphertext(pid_tgid, tgid, fd, info) {
+    if tls_conn::ciphertext(pid_tgid, tgid, fd, info) {
         count(Counter::TlsCiphertextSkipped);
         return;
     }
@@ -252,9 +252,9 @@ pub(crate) fn emit(pid_tgid: u64, info: &ConnInfo, c: &Capture) {
     // One timestamp for the DataEvent and the ServerCtx that matches it.
     let exit_ns = now_ns();
     if direction == Direction::Ingress && captured > 0 && Role::from_u8(info.role) == Role::Server {
-        let _ = trace::server_recv_exit(pid_tgid, c.fd, &info, payload, captured, exit_ns);
+        let _ = trace::server_recv_exit(pid_tgid, c.fd, info, payload, captured, exit_ns);
         // No HTTP request start is a FastCGI one (its own subprogram).
-        fastcgi::server_recv(c.fd, &info, payload, captured, exit_ns);
+        fastcgi::server_recv(c.fd, info, payload, captured, exit_ns);
     }
 
     let header = DataEvent {

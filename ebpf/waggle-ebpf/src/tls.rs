@@ -4,7 +4,7 @@
 //!
 //! - An SSL call's entry leaves a `TlsCall` for its thread (TLS_CALLS).
 //! - A read/write syscall on a tracked connection while that call runs
-//!   (`ciphertext`, from data.rs's enter handler) names the connection: the
+//!   (`tls_conn::ciphertext`, from data.rs's enter handler) names the connection: the
 //!   call learns its descriptor, the SSL object is remembered on it
 //!   (TLS_SSL_CONNS, for later calls OpenSSL serves from its buffer without
 //!   a syscall), and the connection is marked `conn_tls::SEEN`: from then on
@@ -22,37 +22,22 @@
 //! before the library encrypts it.
 use aya_ebpf::{
     helpers::bpf_probe_read_user,
-    macros::{map, uprobe, uretprobe},
-    maps::LruHashMap,
+    macros::{uprobe, uretprobe},
     programs::{ProbeContext, RetProbeContext},
-    Global,
 };
 use waggle_common::{
-    tls::{conn_tls, kind, SslConn, SslKey, TlsCall, DATA_TLS, NO_FD, TLS_CALLS_MAX_ENTRIES, TLS_SSL_CONNS_MAX_ENTRIES},
-    ConnInfo, Counter, Direction, Role, SockKey, SyscallId,
+    tls::{conn_tls, kind, SslKey, TlsCall, DATA_TLS, NO_FD},
+    Counter, Direction, Role, SockKey, SyscallId,
 };
 
 use crate::{
     data::{emit, Capture},
     helpers::{count, current, now_ns},
     maps::CONNS,
+    tls_conn::{TLS_CALLS, TLS_SSL_CONNS},
     trace,
     user_copy::Shape,
 };
-
-/// 1 when the agent runs with `--tls on`: only then does the syscall path
-/// look for SSL calls.
-#[unsafe(no_mangle)]
-static TLS_PROBES: Global<u32> = Global::new(0);
-
-/// pid_tgid -> the SSL call the thread is in. LRU: a call whose return
-/// never comes (thread killed, probe detached mid-call) ages out.
-#[map]
-static TLS_CALLS: LruHashMap<u64, TlsCall> = LruHashMap::with_max_entries(TLS_CALLS_MAX_ENTRIES, 0);
-
-/// (tgid, SSL *) -> the connection that object last did syscalls on.
-#[map]
-static TLS_SSL_CONNS: LruHashMap<SslKey, SslConn> = LruHashMap::with_max_entries(TLS_SSL_CONNS_MAX_ENTRIES, 0);
 
 #[uprobe]
 pub fn waggle_ssl_read(ctx: ProbeContext) -> u32 {
@@ -128,45 +113,6 @@ fn response_start(pid_tgid: u64, tgid: u32, ssl: u64, buf: u64, num: u64) {
     let info = unsafe { *info };
     if info.conn_id == known.conn_id && Role::from_u8(info.role) == Role::Server {
         trace::server_send_enter(pid_tgid, &info, Shape::Flat, buf, num);
-    }
-}
-
-/// From data.rs's enter handler, for a read/write-family syscall on the
-/// tracked connection `fd`: true when the connection's plaintext comes from
-/// the TLS probes, so this syscall's ciphertext must not be copied.
-#[inline(always)]
-pub(crate) fn ciphertext(pid_tgid: u64, tgid: u32, fd: u32, info: *mut ConnInfo) -> bool {
-    if TLS_PROBES.load() == 0 {
-        return false;
-    }
-    if let Some(call) = TLS_CALLS.get_ptr_mut(pid_tgid) {
-        // SAFETY: call points at this thread's live TLS_CALLS value (only
-        // this thread writes it); info at a live CONNS value.
-        unsafe {
-            if (*call).fd == NO_FD {
-                (*call).fd = fd;
-                remember(tgid, (*call).ssl, fd, (*info).conn_id);
-                (*info).tls |= conn_tls::SEEN;
-            }
-        }
-    }
-    // SAFETY: info points at a live CONNS value.
-    unsafe { (*info).tls & conn_tls::SEEN != 0 }
-}
-
-/// SSL object -> connection, written only when it changed.
-#[inline(always)]
-fn remember(tgid: u32, ssl: u64, fd: u32, conn_id: u64) {
-    let key = SslKey { tgid, _pad: 0, ssl };
-    if let Some(known) = TLS_SSL_CONNS.get_ptr(key) {
-        // SAFETY: known points at a live map value.
-        let known = unsafe { *known };
-        if known.fd == fd && known.conn_id == conn_id {
-            return;
-        }
-    }
-    if TLS_SSL_CONNS.insert(key, SslConn { fd, _pad: 0, conn_id }, 0).is_err() {
-        count(Counter::MapInsertFailed);
     }
 }
 
