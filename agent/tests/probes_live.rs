@@ -439,7 +439,8 @@ async fn probes_see_http_over_tcp_and_nothing_else() {
         role: Role::Client as u8,
         family: 2,
         flags: 0,
-        _pad: [0; 5],
+        tls: 0,
+        _pad: [0; 4],
         req_remaining: 0,
         link: 0,
     };

@@ -412,7 +412,8 @@ async fn connections_from_before_the_agent_are_counted_not_injected() {
         role: waggle_common::Role::Client as u8,
         family: libc::AF_INET as u8,
         flags: 0,
-        _pad: [0; 5],
+        tls: 0,
+        _pad: [0; 4],
         req_remaining: 0,
         link: 0,
     };

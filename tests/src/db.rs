@@ -128,6 +128,19 @@ impl Postgres {
     /// `items`.
     #[track_caller]
     pub fn start() -> Postgres {
+        Postgres::launch(false)
+    }
+
+    /// [`start`](Self::start) with `ssl=on` and a self-signed certificate
+    /// (`crate::tls::self_signed_cert`): clients may then ask for TLS
+    /// (`PGSSLMODE=require`).
+    #[track_caller]
+    pub fn start_with_ssl() -> Postgres {
+        Postgres::launch(true)
+    }
+
+    #[track_caller]
+    fn launch(ssl: bool) -> Postgres {
         for (bin, package) in
             [("initdb", "postgresql-15"), ("postgres", "postgresql-15"), ("psql", "postgresql-client-15")]
         {
@@ -148,6 +161,19 @@ impl Postgres {
             .gid(gid)
             .env("HOME", dir.path());
         run_setup("initdb", &mut initdb, &dir.path().join("initdb.log"));
+        let mut ssl_settings: Vec<String> = Vec::new();
+        if ssl {
+            let (cert, key) = crate::tls::self_signed_cert(dir.path());
+            for file in [&cert, &key] {
+                std::os::unix::fs::chown(file, Some(uid), Some(gid))
+                    .unwrap_or_else(|e| panic!("chown {} to {PG_USER}: {e}", file.display()));
+            }
+            ssl_settings = ["ssl=on".to_owned(), format!("ssl_cert_file={}", cert.display())]
+                .into_iter()
+                .chain([format!("ssl_key_file={}", key.display())])
+                .flat_map(|setting| ["-c".to_owned(), setting])
+                .collect();
+        }
 
         let mut last_err = String::new();
         for _ in 0..3 {
@@ -163,6 +189,7 @@ impl Postgres {
                 .args(["-p", &port.to_string(), "-c", "listen_addresses=127.0.0.1"])
                 // A throwaway cluster: durability only costs time here.
                 .args(["-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"])
+                .args(&ssl_settings)
                 .uid(uid)
                 .gid(gid)
                 .env("HOME", dir.path())

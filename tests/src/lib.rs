@@ -22,6 +22,7 @@ pub mod puma;
 pub mod receiver;
 pub mod scrape;
 pub mod servers;
+pub mod tls;
 pub mod tomcat;
 
 use std::time::Duration;

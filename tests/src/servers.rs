@@ -133,6 +133,30 @@ impl Server {
         })
     }
 
+    /// [`nginx`](Self::nginx) serving HTTPS with a self-signed certificate
+    /// for 127.0.0.1 (`crate::tls::self_signed_cert`, in its temp dir:
+    /// `cert.pem`, which clients may trust).
+    #[track_caller]
+    pub fn nginx_https() -> Server {
+        assert!(Path::new(NGINX_BIN).is_file(), "{NGINX_BIN} not found: install nginx (apt-get install nginx-light)");
+        let dir = temp_dir("waggle-nginx-tls-");
+        let (cert, key) = crate::tls::self_signed_cert(dir.path());
+        Server::launch("nginx", dir, |port, dir| {
+            let conf = dir.join("nginx.conf");
+            let tls = format!("ssl_certificate {};\n        ssl_certificate_key {};", cert.display(), key.display());
+            let locations = format!("{tls}\n        {NGINX_LOCATIONS}");
+            write(&conf, nginx_conf_listen(dir, port, " ssl", &locations).as_bytes());
+            let mut cmd = Command::new(NGINX_BIN);
+            cmd.arg("-p").arg(dir).arg("-e").arg(dir.join("error.log")).arg("-c").arg(&conf);
+            cmd
+        })
+    }
+
+    /// `https://127.0.0.1:PORT{path}`.
+    pub fn https_url(&self, path: &str) -> String {
+        format!("https://127.0.0.1:{}{path}", self.port)
+    }
+
     /// Debian's php-fpm 8.2 (service name `php-fpm8.2`) serving `script` as
     /// the only PHP file (`index.php` in its temp dir) over TCP FastCGI on
     /// 127.0.0.1: a private pool of two static workers, run as root (`-R`)
@@ -264,11 +288,19 @@ impl Server {
     }
 }
 
+/// What [`Server::nginx`] and [`Server::nginx_https`] serve.
+const NGINX_LOCATIONS: &str = "location / { return 200 \"ok\\n\"; }\n        location /missing { return 404; }";
+
 fn nginx_conf(dir: &Path, port: u16) -> String {
-    nginx_conf_with(dir, port, "location / { return 200 \"ok\\n\"; }\n        location /missing { return 404; }")
+    nginx_conf_with(dir, port, NGINX_LOCATIONS)
 }
 
 fn nginx_conf_with(dir: &Path, port: u16, locations: &str) -> String {
+    nginx_conf_listen(dir, port, "", locations)
+}
+
+/// `listen_options` follow the address on the `listen` line (" ssl").
+fn nginx_conf_listen(dir: &Path, port: u16, listen_options: &str, locations: &str) -> String {
     let d = dir.display();
     // `user root`: as root nginx would switch its worker to nobody, who
     // cannot enter the 0700 temp dir.
@@ -289,7 +321,7 @@ http {{
     scgi_temp_path {d}/scgi;
     default_type text/plain;
     server {{
-        listen 127.0.0.1:{port};
+        listen 127.0.0.1:{port}{listen_options};
         {locations}
     }}
 }}

@@ -38,6 +38,8 @@ pub const E2E_DEPS: &[Dep] = &[
     Dep { packages: &["nginx-light", "nginx", "nginx-core", "nginx-full"], command: Some("nginx") },
     Dep { packages: &["curl"], command: Some("curl") },
     Dep { packages: &["python3"], command: Some("python3") },
+    // TLS tests (tests/tests/tls.rs) generate their certificates.
+    Dep { packages: &["openssl"], command: Some("openssl") },
     Dep { packages: &["procps"], command: Some("pgrep") },
     Dep { packages: &["iproute2"], command: Some("ss") },
     // SQL tests (tests/src/db.rs): Debian's PostgreSQL 15 and MariaDB, and a

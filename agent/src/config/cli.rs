@@ -39,6 +39,7 @@ Config file (YAML, unknown keys are an error):
   sampler: parentbased_traceidratio sampler_arg: 0.25          raw_sql: false
   cache_keys: false
   propagation: on | off             metrics_addr: 0.0.0.0:9464 log_level: info
+  tls: on | off
   app_metrics: on | off             metrics_max_series: 2000
   metrics_exporter: otlp            metric_export_interval: 60000
   redact_url_paths: /reset/*,/invite/*/accept
@@ -152,6 +153,11 @@ pub struct CliArgs {
     /// after an early response was seen)
     #[arg(long, value_name = "on|off|unsafe-keepalive")]
     pub propagation: Option<String>,
+
+    /// Read the plaintext of TLS connections at the OpenSSL library
+    /// (uprobes on SSL_read/SSL_write) [default: on; env WAGGLE_TLS]
+    #[arg(long, value_name = "on|off")]
+    pub tls: Option<String>,
 
     /// Honour incoming traceparent only from peers in these networks
     /// (comma-separated CIDRs, e.g. 10.0.0.0/8,fd00::/8); requests from

@@ -157,6 +157,14 @@ impl Config {
         // Tracing disabled: nothing may be sent downstream either.
         let (propagation, propagation_unsafe_keepalive) =
             (propagation.0 && !sdk_disabled, propagation.1 && !sdk_disabled);
+        let tls = match first([
+            flag(args.tls.clone(), "tls"),
+            env_var(env, "WAGGLE_TLS"),
+            file_key(file.tls.map(Scalar::into_string), "tls", path),
+        ]) {
+            Some((raw, source)) => parse_on_off(&raw, &source)?,
+            None => defaults.tls,
+        };
         let trusted_networks = match first([
             flag(args.trusted_networks.clone(), "trusted-networks"),
             env_var(env, "WAGGLE_TRUSTED_NETWORKS"),
@@ -255,6 +263,7 @@ impl Config {
             cache_keys,
             propagation,
             propagation_unsafe_keepalive,
+            tls,
             trusted_networks,
             redact_url_paths,
             metrics_addr,

@@ -112,6 +112,8 @@ pub struct Config {
     /// receive path then runs through the kernel's tcp_bpf code). Off: the
     /// first request of each connection only.
     pub propagation_unsafe_keepalive: bool,
+    /// Read TLS plaintext at the OpenSSL library (uprobes).
+    pub tls: bool,
     /// Peers whose incoming traceparent is honoured; None: every peer (the
     /// W3C default inside a cluster). Requests from other peers start a new
     /// trace.
@@ -159,6 +161,7 @@ impl Default for Config {
             cache_keys: false,
             propagation: true,
             propagation_unsafe_keepalive: false,
+            tls: true,
             trusted_networks: None,
             redact_url_paths: Arc::default(),
             metrics_addr: None,

@@ -540,3 +540,13 @@ fn trace_rules_from_flag_env_and_file_with_default_excludes() {
     assert!(err(&["--config", &bad.arg()], &[]).contains("trace.exclude in"));
     assert!(err(&[], &[("WAGGLE_TRACE_DEFAULT_EXCLUDES", "maybe")]).contains("expected on or off"));
 }
+
+#[test]
+fn tls_probes_default_on_and_switch_off_from_flag_env_and_file() {
+    assert!(load(&[], &[]).unwrap().tls);
+    assert!(!load(&["--tls", "off"], &[]).unwrap().tls);
+    assert!(!load(&[], &[("WAGGLE_TLS", "off")]).unwrap().tls);
+    // The flag wins over the environment.
+    assert!(load(&["--tls", "on"], &[("WAGGLE_TLS", "off")]).unwrap().tls);
+    assert!(err(&["--tls", "maybe"], &[]).contains("--tls"));
+}

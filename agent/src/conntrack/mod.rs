@@ -52,6 +52,11 @@ pub trait ConnEnvironment {
     /// `key`. The id matters: the descriptor may already belong to the next
     /// connection, which must not be silenced.
     fn mute(&mut self, key: SockKey, conn_id: u64);
+    /// Tell the kernel to stop copying the TLS plaintext of connection
+    /// `conn_id` (its ciphertext is never copied once the plaintext flows).
+    fn mute_tls(&mut self, key: SockKey, conn_id: u64) {
+        self.mute(key, conn_id);
+    }
     /// Start tracking a descriptor in the kernel (after userspace verified it).
     fn track(&mut self, key: SockKey, info: ConnInfo);
     /// Forget connection `conn_id` at `key` in the kernel (process gone).
@@ -93,6 +98,8 @@ struct Conn {
     local_pending: bool,
     /// Buffered bytes of this connection counted in `ConnTracker::buffered`.
     charged: usize,
+    /// Its payload is TLS plaintext read at the library (`tls.rs`).
+    tls: bool,
 }
 
 pub struct ConnTracker {
@@ -110,6 +117,16 @@ pub struct ConnTracker {
     /// parser state), and what they buffer now.
     buffer_budget: usize,
     buffered: usize,
+}
+
+/// Stops capture on a connection: the plaintext's own switch for TLS ones
+/// (the ciphertext one may already be set from the handshake's bytes).
+fn mute(tls: bool, env: &mut dyn ConnEnvironment, key: SockKey, conn_id: u64) {
+    if tls {
+        env.mute_tls(key, conn_id);
+    } else {
+        env.mute(key, conn_id);
+    }
 }
 
 pub fn sockaddr_from_event(family: u8, addr: &[u8; 16], port: u16) -> Option<SocketAddr> {
@@ -249,6 +266,7 @@ impl ConnTracker {
                 last_active_ns: now_ns,
                 local_pending,
                 charged: 0,
+                tls: false,
             },
         );
         Metrics::inc(&self.metrics.conns_opened);
@@ -325,7 +343,8 @@ impl ConnTracker {
                 role: role as u8,
                 family: ev.family,
                 flags: 0,
-                _pad: [0; 5],
+                tls: 0,
+                _pad: [0; 4],
                 req_remaining: 0,
                 link: link_key(role, Some(local), Some(peer)),
             },
@@ -375,7 +394,10 @@ impl ConnTracker {
         let v6 = local.or(peer).is_some_and(|a| a.is_ipv6());
         let family = if v6 { libc::AF_INET6 } else { libc::AF_INET } as u8;
         let link = link_key(role, local, peer);
-        env.track(key, ConnInfo { conn_id, role: role as u8, family, flags: 0, _pad: [0; 5], req_remaining: 0, link });
+        env.track(
+            key,
+            ConnInfo { conn_id, role: role as u8, family, flags: 0, tls: 0, _pad: [0; 4], req_remaining: 0, link },
+        );
         let meta = ConnMeta { pid, fd, conn_id, role, protocol: Protocol::Unknown, peer, local };
         self.insert(meta, true, now_ns);
     }
@@ -430,7 +452,7 @@ impl ConnTracker {
             parser.on_close(ev.ts_ns, &mut self.scratch);
             Metrics::add(&self.metrics.exchanges_dropped, parser.take_dropped());
             Metrics::add(&self.metrics.messages_skipped, parser.take_skipped());
-            Self::wrap(&mut self.scratch, &conn.meta, out);
+            Self::wrap(&mut self.scratch, conn.tls, &conn.meta, out);
         }
     }
 
@@ -447,14 +469,17 @@ impl ConnTracker {
                     parser.on_close(ts_ns, &mut self.scratch);
                     Metrics::add(&self.metrics.exchanges_dropped, parser.take_dropped());
                     Metrics::add(&self.metrics.messages_skipped, parser.take_skipped());
-                    Self::wrap(&mut self.scratch, &conn.meta, out);
+                    Self::wrap(&mut self.scratch, conn.tls, &conn.meta, out);
                 }
             }
             env.forget(key, id);
         }
     }
 
-    fn wrap(spans: &mut Vec<ParsedSpan>, meta: &Arc<ConnMeta>, out: &mut Vec<ConnSpan>) {
+    fn wrap(spans: &mut Vec<ParsedSpan>, tls: bool, meta: &Arc<ConnMeta>, out: &mut Vec<ConnSpan>) {
+        if tls {
+            tls::mark_spans(spans);
+        }
         out.extend(spans.drain(..).map(|span| ConnSpan { span, conn: meta.clone() }));
     }
 
@@ -493,6 +518,18 @@ impl ConnTracker {
             return;
         };
         conn.last_active_ns = header.exit_ns;
+        match tls::step(conn.tls, header) {
+            tls::Step::Feed => {}
+            tls::Step::Restart => {
+                conn.tls = true;
+                conn.state = ParseState::detecting(false);
+                Metrics::inc(&self.metrics.tls_conns);
+            }
+            tls::Step::Ignore => {
+                Metrics::inc(&self.metrics.tls_ciphertext_ignored);
+                return;
+            }
+        }
         let chunk = Chunk {
             direction,
             bytes: payload,
@@ -538,7 +575,7 @@ impl ConnTracker {
                         let protocol = parser.protocol();
                         if conn.meta.role == Role::Server && protocol.is_database() {
                             conn.state = ParseState::Muted;
-                            env.mute(key, conn_id);
+                            mute(conn.tls, env, key, conn_id);
                             Metrics::inc(&self.metrics.conns_muted);
                             return;
                         }
@@ -562,7 +599,7 @@ impl ConnTracker {
                         *attempts_left = attempts_left.saturating_sub(1);
                         if *attempts_left == 0 {
                             conn.state = ParseState::Muted;
-                            env.mute(key, conn_id);
+                            mute(conn.tls, env, key, conn_id);
                             Metrics::inc(&self.metrics.protocol_unknown);
                             Metrics::inc(&self.metrics.conns_muted);
                         }
@@ -591,7 +628,7 @@ impl ConnTracker {
                     "connection became opaque; muting"
                 );
                 conn.state = ParseState::Muted;
-                env.mute(key, conn_id);
+                mute(conn.tls, env, key, conn_id);
                 Metrics::inc(&self.metrics.conns_muted);
             }
         }
@@ -610,7 +647,7 @@ impl ConnTracker {
                     }
                 }
             }
-            Self::wrap(&mut self.scratch, &conn.meta, out);
+            Self::wrap(&mut self.scratch, conn.tls, &conn.meta, out);
         }
     }
 
@@ -623,7 +660,7 @@ impl ConnTracker {
                     parser.on_idle(older_than, &mut self.scratch);
                     Metrics::add(&self.metrics.exchanges_dropped, parser.take_dropped());
                     Metrics::add(&self.metrics.messages_skipped, parser.take_skipped());
-                    Self::wrap(&mut self.scratch, &conn.meta, out);
+                    Self::wrap(&mut self.scratch, conn.tls, &conn.meta, out);
                 }
             }
         }
@@ -636,11 +673,13 @@ impl ConnTracker {
                 parser.on_idle(now_ns, &mut self.scratch);
                 Metrics::add(&self.metrics.exchanges_dropped, parser.take_dropped());
                 Metrics::add(&self.metrics.messages_skipped, parser.take_skipped());
-                Self::wrap(&mut self.scratch, &conn.meta, out);
+                Self::wrap(&mut self.scratch, conn.tls, &conn.meta, out);
             }
         }
     }
 }
+
+mod tls;
 
 #[cfg(test)]
 mod tests;

@@ -5,7 +5,7 @@ use waggle_common::EventKind;
 
 use super::*;
 use crate::{
-    model::{SpanKind, SpanStatus},
+    model::{AttrValue, SpanKind, SpanStatus},
     protocols::{Confidence, ProtocolDetector},
 };
 
@@ -95,12 +95,17 @@ struct FakeEnv {
     /// Calls that would cost syscalls or /proc reads in the live agent.
     lookups: usize,
     own_checks: usize,
+    /// Connections whose TLS plaintext capture was switched off.
+    muted_tls: Vec<u64>,
 }
 
 impl ConnEnvironment for FakeEnv {
     fn mute(&mut self, key: SockKey, conn_id: u64) {
         self.muted.push(key);
         self.muted_ids.push(conn_id);
+    }
+    fn mute_tls(&mut self, _key: SockKey, conn_id: u64) {
+        self.muted_tls.push(conn_id);
     }
     fn track(&mut self, key: SockKey, info: ConnInfo) {
         self.tracked.push((key, info));
@@ -558,4 +563,34 @@ fn exchange_bench() {
         }
     }
     eprintln!("{:.0} ns per exchange (parse + assemble)", start.elapsed().as_nanos() as f64 / N as f64);
+}
+
+/// A TLS connection: the handshake's ciphertext is declared unknown and
+/// muted; the first plaintext record starts the connection over, its spans
+/// say TLS, ciphertext read after it is ignored, and muting it again
+/// switches off the plaintext (not the ciphertext) capture.
+#[test]
+fn tls_plaintext_starts_the_connection_over_and_marks_its_spans() {
+    let (mut t, m) = tracker();
+    let mut env = FakeEnv::default();
+    t.on_open(&open_event(EventKind::ConnOpen, 10, 5, 1, Role::Server, 9), &mut env);
+    for i in 0..DETECT_ATTEMPTS_FRESH {
+        feed(&mut t, &mut env, data(1, 10, 5, Role::Server, Direction::Ingress, 4, i as u64), b"\x16\x03\x01\x00");
+    }
+    assert_eq!(env.muted_ids, vec![1]);
+    let plain =
+        |dir, len, at| DataEvent { flags: waggle_common::tls::DATA_TLS, ..data(1, 10, 5, Role::Server, dir, len, at) };
+    assert!(feed(&mut t, &mut env, plain(Direction::Ingress, 6, 100), b"REQ /a").is_empty());
+    // Ciphertext queued before the kernel knew: not parsed.
+    assert!(feed(&mut t, &mut env, data(1, 10, 5, Role::Server, Direction::Egress, 2, 150), b"OK").is_empty());
+    assert_eq!(m.tls_ciphertext_ignored.load(Ordering::Relaxed), 1);
+    let spans = feed(&mut t, &mut env, plain(Direction::Egress, 2, 200), b"OK");
+    assert_eq!(spans.len(), 1);
+    assert_eq!(spans[0].span.name, "REQ /a");
+    assert_eq!(spans[0].span.attr("tls.protocol.name"), Some(&AttrValue::from("tls")));
+    assert_eq!(m.tls_conns.load(Ordering::Relaxed), 1);
+    feed(&mut t, &mut env, plain(Direction::Ingress, 6, 300), b"REQ /b");
+    feed(&mut t, &mut env, plain(Direction::Egress, 3, 400), b"TLS");
+    assert_eq!(env.muted_tls, vec![1], "the plaintext's own switch");
+    assert_eq!(env.muted_ids, vec![1], "the ciphertext switch is not touched again");
 }

@@ -28,7 +28,8 @@
 //! the agent's own traffic, `resource` builds process resources
 //! (from `process_facts`, `environ` and `service_name`), `resource_cache`
 //! caches them and builds them on a worker thread, and
-//! `blocked_calls` finds reads and accepts already waiting when the probes attached.
+//! `blocked_calls` finds reads and accepts already waiting when the probes attached,
+//! `tls_libs` finds the TLS library files to probe.
 mod blocked_calls;
 mod environ;
 mod own_sockets;
@@ -42,6 +43,7 @@ mod socket_info;
 mod sockets;
 #[cfg(test)]
 mod test_support;
+mod tls_libs;
 
 pub use blocked_calls::{blocked_calls, parse_blocked_call, still_blocked, BlockedCall};
 pub use own_sockets::{local_interface_ips, own_tcp_addrs};
@@ -57,3 +59,6 @@ pub use seed::{scan_inet_sockets, scan_process_sockets, SeedSocket, SeedState};
 pub use service_name::derive_service_name;
 pub use socket_info::socket_info;
 pub use sockets::{SocketInfo, SocketState};
+pub use tls_libs::{
+    installed_tls_libraries, is_tls_library, tls_libraries_of, tls_paths_in_maps, TlsLibrary, TlsScanner,
+};

@@ -41,6 +41,12 @@ impl ConnEnvironment for LiveEnv {
         }
     }
 
+    fn mute_tls(&mut self, key: SockKey, conn_id: u64) {
+        if let Err(e) = self.maps.mute_tls(key, conn_id) {
+            tracing::debug!(error = %e, tgid = key.tgid, fd = key.fd, "muting TLS plaintext in kernel");
+        }
+    }
+
     fn track(&mut self, key: SockKey, info: ConnInfo) {
         if let Err(e) = self.maps.track_conn(key, info) {
             tracing::debug!(error = %e, tgid = key.tgid, fd = key.fd, "tracking connection in kernel");

@@ -23,7 +23,7 @@ use crate::{
     clock::Clock,
     config::Config,
     conntrack::{ConnSpan, ConnTracker},
-    discovery::{self, Lookup, ResourceReplies, ResourceReply, ResourceResolver, SeedSocket},
+    discovery::{self, Lookup, ResourceReplies, ResourceReply, ResourceResolver, SeedSocket, TlsLibrary, TlsScanner},
     export::{self, waterfall::SharedRecentTraces, ExportError, ExportHandle},
     health::Health,
     intake::{self, RawEvent},
@@ -91,6 +91,8 @@ struct Stages {
     reads_sockets: bool,
     /// Trace selection's worker, when rules are configured.
     selection: Option<Selection>,
+    /// Finds the TLS libraries of processes that open connections.
+    tls_scanner: Option<TlsScanner>,
 }
 
 impl Stages {
@@ -106,6 +108,9 @@ impl Stages {
             }
             Ok(RawEvent::ConnOpen(ev)) => {
                 self.resolver.observe(ev.tgid, &ev.comm);
+                if let Some(scanner) = &mut self.tls_scanner {
+                    scanner.observe(ev.tgid);
+                }
                 self.tracker.on_open(&ev, &mut self.env)
             }
             Ok(RawEvent::ConnUnverified(ev)) => {
@@ -141,6 +146,9 @@ impl Stages {
                 self.emit();
                 self.resolver.forget(ev.tgid);
                 self.linker.forget_process(ev.tgid);
+                if let Some(scanner) = &mut self.tls_scanner {
+                    scanner.forget(ev.tgid);
+                }
             }
         }
         if !self.pending.is_empty() {
@@ -266,6 +274,16 @@ fn drain(source: &mut EventSource, stages: &mut Stages, health: &Health) -> bool
     handled >= DRAIN_BATCH
 }
 
+/// The next TLS library file the scanner found (never, without a scanner).
+async fn next_tls_library(
+    libraries: &mut Option<tokio::sync::mpsc::UnboundedReceiver<TlsLibrary>>,
+) -> Option<TlsLibrary> {
+    match libraries {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Runs the agent until `shutdown` resolves, then detaches the probes,
 /// flushes pending spans and returns.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send) -> Result<(), RunError> {
@@ -329,6 +347,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send) -> R
         trusted_networks: config.trusted_networks.clone(),
         filter,
         initial_verdicts,
+        tls: config.tls,
     };
     let (mut probes, mut source, maps) = Probes::load(&probe_config)?;
     let selection = match (filter, probes.take_verdict_map()) {
@@ -336,6 +355,21 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send) -> R
             Selection::spawn(decider, map, metrics.clone(), kernel_cell.clone()).map_err(RunError::SelectionWorker)?,
         ),
         _ => None,
+    };
+    let (tls_scanner, mut tls_libraries) = if probes.tls_enabled() {
+        let installed = discovery::installed_tls_libraries();
+        if installed.is_empty() {
+            tracing::info!(
+                "TLS: no libssl in the usual library directories; those processes map are probed as they are found"
+            );
+        }
+        for library in &installed {
+            probes.attach_tls_library(library);
+        }
+        let (scanner, libraries) = TlsScanner::spawn(agent_pid, metrics.clone());
+        (Some(scanner), Some(libraries))
+    } else {
+        (None, None)
     };
     let exporter = export::spawn_exporter_with(&config, metrics.clone(), recent, span_metrics.clone())?;
     let metrics_push = match (&config.metrics_otlp, &span_metrics) {
@@ -373,6 +407,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send) -> R
         kernel_cell: kernel_cell.clone(),
         kernel_counters: Vec::new(),
         selection,
+        tls_scanner,
     };
 
     // Probes are attached first, so a connection opened during the scan is
@@ -405,6 +440,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send) -> R
                 health.loop_turned(Clock::now_monotonic_ns());
             }
             Some(reply) = resource_replies.recv() => stages.on_resource(reply),
+            Some(library) = next_tls_library(&mut tls_libraries) => probes.attach_tls_library(&library),
             ready = source.readable(), if !backlog => {
                 if let Err(e) = ready {
                     break Err(RunError::Intake(e));

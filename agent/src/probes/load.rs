@@ -21,7 +21,9 @@ use super::{
     maps::{kernel_counters, open_counters, take_map, write_initial_verdicts, ConnMaps, Plain, VerdictMap},
     propagation::{attach_propagation, fill_trusted_networks, notsent_lowat_default, SK_MSG_PROGRAM, SOCKOPS_PROGRAM},
     ring::{EventSource, Heartbeat},
+    tls::TlsProbes,
 };
+use crate::discovery::TlsLibrary;
 
 /// The object built by `cargo xtask build` (empty when it was not built).
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/waggle.bpf.o"));
@@ -53,6 +55,8 @@ pub struct ProbeConfig {
     /// written into TRACE_VERDICT first, so no program ever sees a running
     /// process undecided.
     pub initial_verdicts: Vec<(u32, bool)>,
+    /// Load the TLS library probes (config.tls).
+    pub tls: bool,
 }
 
 impl Default for ProbeConfig {
@@ -68,6 +72,7 @@ impl Default for ProbeConfig {
             trusted_networks: None,
             filter: false,
             initial_verdicts: Vec::new(),
+            tls: true,
         }
     }
 }
@@ -148,6 +153,8 @@ pub struct Probes {
     /// The kernel reads each connection's addresses from its socket and
     /// skips the agent's own connections (SOCK_WALK is set).
     reads_sockets: bool,
+    /// The TLS library probes, when on and verified.
+    tls: Option<TlsProbes>,
 }
 
 impl std::fmt::Debug for Probes {
@@ -205,6 +212,7 @@ impl Probes {
         let trust_all = u32::from(config.trusted_networks.is_none());
         let notsent_lowat = notsent_lowat_default();
         let filter = u32::from(config.filter);
+        let tls_on = u32::from(config.tls);
         let mut ebpf = EbpfLoader::new()
             .override_global(globals::AGENT_TGID, &agent_tgid, true)
             .override_global(globals::CAPTURE_BYTES, &capture_bytes, true)
@@ -219,6 +227,7 @@ impl Probes {
             .override_global(globals::OFF_NOTSENT_LOWAT, &room_offsets.notsent_lowat, true)
             .override_global(globals::NOTSENT_LOWAT_DEFAULT, &notsent_lowat, true)
             .override_global(globals::FILTER, &filter, true)
+            .override_global(waggle_common::tls::GLOBAL_TLS, &tls_on, true)
             .map_max_entries(maps::EVENTS, ring_bytes)
             .load(EBPF_OBJECT)
             .map_err(|e| match &e {
@@ -284,6 +293,7 @@ impl Probes {
             }
         }
         let injecting = sockmap_mode != sockmap_mode::UNSET;
+        let tls = load_tls(&mut ebpf, config.tls);
         tracing::info!(count = attached.len(), programs = %attached.join(","), "probes attached");
         let skipped_names: Vec<&str> = skipped.iter().map(|(p, _)| *p).collect();
         tracing::info!(count = skipped.len(), programs = %skipped_names.join(","), "probes skipped");
@@ -299,7 +309,7 @@ impl Probes {
         // Fail now rather than on every tick if the counters are unreadable.
         open_counters(&ebpf)?;
         Ok((
-            Probes { ebpf, attached, skipped, injecting, sockmap_mode, client_socks, reads_sockets },
+            Probes { ebpf, attached, skipped, injecting, sockmap_mode, client_socks, reads_sockets, tls },
             EventSource::new(ring, heartbeat),
             conn_maps,
         ))
@@ -343,11 +353,40 @@ impl Probes {
         self.sockmap_mode
     }
 
+    /// The TLS library probes are loaded: library files may be attached.
+    pub fn tls_enabled(&self) -> bool {
+        self.tls.is_some()
+    }
+
+    /// Attaches the TLS probes to `lib` (once per file; logged once).
+    pub fn attach_tls_library(&mut self, lib: &TlsLibrary) {
+        if let Some(tls) = &mut self.tls {
+            tls.attach(&mut self.ebpf, lib);
+        }
+    }
+
     /// Cookies of the sockets in CLIENT_SOCKS now (empty when not injecting).
     pub fn client_sock_cookies(&self) -> Vec<u64> {
         match &self.client_socks {
             Some(socks) => socks.keys().filter_map(Result::ok).collect(),
             None => Vec::new(),
+        }
+    }
+}
+
+/// The TLS probe set, verified now; None (said in one line) when off or
+/// refused. Not part of the attach report: it attaches per library file,
+/// later, and a kernel without uprobes still traces everything else.
+fn load_tls(ebpf: &mut Ebpf, on: bool) -> Option<TlsProbes> {
+    if !on {
+        tracing::info!("TLS plaintext capture off (--tls off): TLS connections stay muted");
+        return None;
+    }
+    match super::tls::load(ebpf) {
+        Ok(probes) => Some(probes),
+        Err(reason) => {
+            tracing::warn!(reason = %reason, "TLS plaintext capture off: its programs did not load on this kernel; TLS connections stay muted");
+            None
         }
     }
 }

@@ -179,15 +179,31 @@ impl ConnMaps {
     /// descriptor that now holds another connection (closed and reused since
     /// the decision): that one is left alone.
     pub fn mute(&mut self, key: SockKey, conn_id: u64) -> Result<(), ProbeError> {
+        self.set_mute(key, conn_id, |info| &mut info.flags, conn_flags::MUTED)
+    }
+
+    /// Like [`ConnMaps::mute`] for a TLS connection's plaintext (the TLS
+    /// library probes obey this switch, not the ciphertext one).
+    pub fn mute_tls(&mut self, key: SockKey, conn_id: u64) -> Result<(), ProbeError> {
+        self.set_mute(key, conn_id, |info| &mut info.tls, waggle_common::tls::conn_tls::MUTED)
+    }
+
+    fn set_mute(
+        &mut self,
+        key: SockKey,
+        conn_id: u64,
+        field: impl Fn(&mut ConnInfo) -> &mut u8,
+        bit: u8,
+    ) -> Result<(), ProbeError> {
         let Plain(mut info) = match self.conns.get(&Plain(key), 0) {
             Ok(info) => info,
             Err(MapError::KeyNotFound) => return Ok(()),
             Err(source) => return Err(update_error("reading connection", key, source)),
         };
-        if info.conn_id != conn_id || info.flags & conn_flags::MUTED != 0 {
+        if info.conn_id != conn_id || *field(&mut info) & bit != 0 {
             return Ok(());
         }
-        info.flags |= conn_flags::MUTED;
+        *field(&mut info) |= bit;
         // BPF_EXIST: if close() removed the entry meanwhile, don't revive it.
         match self.conns.insert(Plain(key), Plain(info), BPF_EXIST) {
             Ok(()) => Ok(()),

@@ -24,7 +24,8 @@
 //! Files: `load.rs` loads and attaches (and owns `Probes`), `propagation.rs`
 //! attaches sockops/sk_msg, `ring.rs` reads the ring buffer, `maps.rs` holds
 //! typed map handles, `error.rs` the errors; `btf.rs` and `sockmap.rs` are
-//! the two kernel checks propagation depends on.
+//! the two kernel checks propagation depends on; `tls.rs` loads the TLS
+//! library probes and attaches them once per library file.
 mod btf;
 mod error;
 mod load;
@@ -32,6 +33,7 @@ mod maps;
 mod propagation;
 mod ring;
 mod sockmap;
+mod tls;
 
 pub use btf::{Btf, BtfError, SendRoomOffsets};
 pub use error::ProbeError;
@@ -40,3 +42,4 @@ pub use maps::{ConnMaps, VerdictMap};
 pub use propagation::{other_injectors, other_sk_msg_programs};
 pub use ring::{EventSource, Heartbeat};
 pub use sockmap::{check_fionread, FionreadCheck};
+pub use tls::TlsProbes;

@@ -12,6 +12,7 @@ use bytemuck::{Pod, Zeroable};
 pub mod addr;
 pub mod fastcgi;
 pub mod http;
+pub mod tls;
 
 pub use addr::{mapped_v6, ConnEnds, FlowKey, SockWalkOffsets, AF_INET, AF_INET6};
 
@@ -351,7 +352,9 @@ pub struct ConnInfo {
     /// AF_INET (2) or AF_INET6 (10); 0 when unknown.
     pub family: u8,
     pub flags: u8,
-    pub _pad: [u8; 5],
+    /// [`tls::conn_tls`] bits (TLS plaintext read at the library).
+    pub tls: u8,
+    pub _pad: [u8; 4],
     /// Client side: bytes of the current request the application has yet to
     /// send; the next send is a request boundary when 0.
     pub req_remaining: u64,
@@ -469,7 +472,8 @@ pub struct DataEvent {
     pub tgid: u32,
     pub tid: u32,
     pub fd: u32,
-    pub _pad: u32,
+    /// [`tls::DATA_TLS`] when the payload is TLS plaintext.
+    pub flags: u32,
     pub conn_id: u64,
     /// Bytes the syscall actually transferred (>= captured_len).
     pub total_len: u64,
@@ -702,6 +706,14 @@ kernel_counters! {
         "forks whose child could not take its parent's trace-selection verdict (TRACE_VERDICT full): the child stays undecided (traced) until the agent decides it",
     UntracedConnects => "kernel_untraced_connects":
         "TCP connects by processes the trace-selection rules leave out, seen by the propagation sockops program and kept out of the sockmap",
+    TlsNoConn => "kernel_tls_no_conn":
+        "TLS library calls whose connection was not known (no read/write syscall on a tracked connection inside any call on that SSL object yet, a memory BIO, or the connection is gone): plaintext not captured",
+    TlsCallLost => "kernel_tls_call_lost":
+        "TLS library calls whose entry record was gone at their return (evicted from the full LRU map, or the probe attached mid-call): plaintext not captured",
+    TlsCiphertextSkipped => "kernel_tls_ciphertext_skipped":
+        "read/write syscalls on connections whose plaintext the TLS probes capture: the ciphertext is not copied",
+    TlsPlaintextMuted => "kernel_tls_plaintext_muted":
+        "TLS library calls on connections whose plaintext the agent found unparseable: not copied",
 }
 
 impl Counter {

@@ -91,7 +91,8 @@ fn open_conn(key: SockKey, tid: u32, role: Role, ends: &Ends) {
         role: role as u8,
         family: ends.family as u8,
         flags,
-        _pad: [0; 5],
+        tls: 0,
+        _pad: [0; 4],
         req_remaining: 0,
         link: ends.link_key(role == Role::Client),
     };

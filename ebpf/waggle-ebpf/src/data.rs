@@ -11,8 +11,8 @@ use crate::{
     fastcgi,
     helpers::{arg, count, current, now_ns, stash, take_pending, wakeup_flags},
     maps::{CAPTURE_BYTES, CONNS, EVENTS, HEADER, PAYLOAD_AREA, PROPAGATION, SCRATCH},
-    trace,
-    user_copy::{copy_user, shape},
+    tls_conn, trace,
+    user_copy::{copy_user, shape, Shape},
 };
 
 /// Bounds the output length for the verifier: HEADER + (x & OUT_MASK) always
@@ -49,6 +49,11 @@ pub(crate) fn enter(ctx: &TracePointContext, id: SyscallId) {
     let Some(info) = CONNS.get_ptr_mut(SockKey { tgid, fd }) else {
         return;
     };
+    // Its plaintext comes from the TLS library's probes (tls.rs).
+    if tls_conn::ciphertext(pid_tgid, tgid, fd, info) {
+        count(Counter::TlsCiphertextSkipped);
+        return;
+    }
     // Muted connections are counted here rather than at exit so the bulk of
     // their traffic (TLS, unknown protocols) costs no PENDING round trip.
     // SAFETY: info points at a live CONNS value.
@@ -186,6 +191,48 @@ pub(crate) fn exit(ctx: &TracePointContext, id: SyscallId, direction: Direction)
         count(Counter::MutedEvents);
         return;
     }
+    emit(
+        pid_tgid,
+        &info,
+        &Capture {
+            fd: p.fd,
+            syscall: id,
+            direction,
+            shape: shape(id),
+            ptr: p.ptr,
+            len: p.len,
+            total,
+            enter_ns: p.enter_ns,
+            flags: 0,
+        },
+    );
+}
+
+/// One capture for [`emit`]: where the bytes are and what moved them.
+pub(crate) struct Capture {
+    pub fd: u32,
+    pub syscall: SyscallId,
+    pub direction: Direction,
+    pub shape: Shape,
+    /// The buffer argument and its length (or iovec count), as the call got them.
+    pub ptr: u64,
+    pub len: u64,
+    /// Bytes the call moved (> 0).
+    pub total: u64,
+    pub enter_ns: u64,
+    /// `DataEvent::flags`.
+    pub flags: u32,
+}
+
+/// Copies min(total, CAPTURE_BYTES) payload bytes after a DataEvent header
+/// in the per-CPU scratch buffer and outputs exactly header + captured
+/// bytes; a server's request start also starts its trace context. Shared
+/// by the syscall exits and the TLS library's return probe (tls.rs).
+#[inline(always)]
+pub(crate) fn emit(pid_tgid: u64, info: &ConnInfo, c: &Capture) {
+    let tgid = (pid_tgid >> 32) as u32;
+    let total = c.total;
+    let direction = c.direction;
     let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
         return;
     };
@@ -200,29 +247,29 @@ pub(crate) fn exit(ctx: &TracePointContext, id: SyscallId, direction: Direction)
     if total < budget {
         budget = total;
     }
-    let captured = copy_user(payload, shape(id), p.ptr, p.len, budget);
+    let captured = copy_user(payload, c.shape, c.ptr, c.len, budget);
 
     // One timestamp for the DataEvent and the ServerCtx that matches it.
     let exit_ns = now_ns();
     if direction == Direction::Ingress && captured > 0 && Role::from_u8(info.role) == Role::Server {
-        let _ = trace::server_recv_exit(pid_tgid, p.fd, &info, payload, captured, exit_ns);
+        let _ = trace::server_recv_exit(pid_tgid, c.fd, info, payload, captured, exit_ns);
         // No HTTP request start is a FastCGI one (its own subprogram).
-        fastcgi::server_recv(p.fd, &info, payload, captured, exit_ns);
+        fastcgi::server_recv(c.fd, info, payload, captured, exit_ns);
     }
 
     let header = DataEvent {
         kind: EventKind::Data as u8,
         direction: direction as u8,
-        syscall: id as u8,
+        syscall: c.syscall as u8,
         role: info.role,
         captured_len: captured as u32,
         tgid,
         tid: pid_tgid as u32,
-        fd: p.fd,
-        _pad: 0,
+        fd: c.fd,
+        flags: c.flags,
         conn_id: info.conn_id,
         total_len: total,
-        enter_ns: p.enter_ns,
+        enter_ns: c.enter_ns,
         exit_ns,
     };
     // SAFETY: the scratch buffer is larger than a DataEvent; write_unaligned

@@ -22,9 +22,11 @@
 //!
 //! This file holds only the program entry points; the work is in `conn.rs`
 //! (connection lifecycle), `data.rs` (payload capture), `trace.rs` (trace
-//! context), `sock.rs` (sockops + sk_msg), `process.rs` (forks, exits) and
-//! `user_copy.rs` (reads of user buffers), over `maps.rs` (every map and
-//! global) and `helpers.rs`.
+//! context), `sock.rs` (sockops + sk_msg), `process.rs` (forks, exits),
+//! `tls.rs` (uprobes on the TLS library: plaintext of TLS connections;
+//! `tls_conn.rs` holds their maps and the data path's check) and
+//! `user_copy.rs` (reads of user buffers),
+//! over `maps.rs` (every other map and global) and `helpers.rs`.
 #![no_std]
 #![no_main]
 
@@ -37,6 +39,8 @@ mod own;
 mod process;
 mod sock;
 mod socket_facts;
+mod tls;
+mod tls_conn;
 mod trace;
 mod user_copy;
 mod verdict;

@@ -1,0 +1,222 @@
+//! Which TLS library files to probe: OpenSSL's `libssl.so.*` in the
+//! well-known library directories and in the memory maps of processes
+//! (a container's copy through `/proc/<pid>/root`).
+//!
+//! All of it runs on a worker thread ([`TlsScanner`]): the event loop only
+//! hands it the pid of a process it sees open its first connection and
+//! receives the files not seen before; attaching (once per file) is the
+//! loop's, since it owns the probes.
+use std::{
+    collections::HashSet,
+    fs,
+    os::unix::fs::MetadataExt,
+    path::{Path, PathBuf},
+    sync::{
+        mpsc::{sync_channel, Receiver, SyncSender, TrySendError},
+        Arc,
+    },
+};
+
+use crate::metrics::Metrics;
+
+/// Directories a distribution installs its OpenSSL into.
+const LIBRARY_DIRS: &[&str] = &[
+    "/usr/lib/x86_64-linux-gnu",
+    "/lib/x86_64-linux-gnu",
+    "/usr/lib/aarch64-linux-gnu",
+    "/lib/aarch64-linux-gnu",
+    "/usr/lib64",
+    "/lib64",
+    "/usr/lib",
+    "/lib",
+    "/usr/local/lib",
+];
+
+/// Pids waiting for the worker; past that, pids are dropped (counted).
+const SCAN_QUEUE: usize = 1024;
+/// Pids remembered as scanned; past that the memory starts over.
+const MAX_SCANNED_PIDS: usize = 65536;
+
+/// One library file to probe.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsLibrary {
+    /// Where the agent opens it (the host path when it is the same file,
+    /// else through the process's root).
+    pub path: PathBuf,
+    /// The path as the process sees it, for logs.
+    pub shown: String,
+    pub dev: u64,
+    pub ino: u64,
+}
+
+/// OpenSSL's TLS library (`libssl.so`, `libssl.so.3`, `libssl.so.1.1`).
+pub fn is_tls_library(path: &str) -> bool {
+    path.rsplit('/').next().is_some_and(|name| name.starts_with("libssl.so"))
+}
+
+/// Paths of the TLS libraries a `/proc/<pid>/maps` text names (each once;
+/// files deleted since they were mapped are left out: they cannot be
+/// opened by path).
+pub fn tls_paths_in_maps(maps: &str) -> Vec<&str> {
+    let mut paths: Vec<&str> = Vec::new();
+    for line in maps.lines() {
+        // address perms offset dev inode path
+        let Some(path) = line.split_whitespace().nth(5) else { continue };
+        if line.ends_with("(deleted)") || !path.starts_with('/') || !is_tls_library(path) {
+            continue;
+        }
+        if !paths.contains(&path) {
+            paths.push(path);
+        }
+    }
+    paths
+}
+
+fn identity(path: &Path) -> Option<(u64, u64)> {
+    fs::metadata(path).ok().filter(|m| m.is_file()).map(|m| (m.dev(), m.ino()))
+}
+
+/// The TLS libraries process `pid` maps.
+pub fn tls_libraries_of(pid: u32) -> Vec<TlsLibrary> {
+    let Ok(maps) = fs::read_to_string(format!("/proc/{pid}/maps")) else {
+        return Vec::new();
+    };
+    tls_paths_in_maps(&maps)
+        .into_iter()
+        .filter_map(|shown| {
+            let inside = PathBuf::from(format!("/proc/{pid}/root{shown}"));
+            let (dev, ino) = identity(&inside)?;
+            // The host's own path outlives the process.
+            let path = if identity(Path::new(shown)) == Some((dev, ino)) { PathBuf::from(shown) } else { inside };
+            Some(TlsLibrary { path, shown: shown.to_owned(), dev, ino })
+        })
+        .collect()
+}
+
+/// The TLS libraries installed in the well-known directories: probed at
+/// start-up before the agent says it is ready (a few directory reads), so
+/// processes started later that load them are covered from their first
+/// call.
+pub fn installed_tls_libraries() -> Vec<TlsLibrary> {
+    let mut found = Vec::new();
+    for dir in LIBRARY_DIRS {
+        let Ok(entries) = fs::read_dir(dir) else { continue };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let Some(shown) = path.to_str().filter(|p| is_tls_library(p)).map(str::to_owned) else { continue };
+            if let Some((dev, ino)) = identity(&path) {
+                found.push(TlsLibrary { path, shown, dev, ino });
+            }
+        }
+    }
+    found
+}
+
+/// The event loop's handle on the scanning thread.
+pub struct TlsScanner {
+    pids: Option<SyncSender<u32>>,
+    scanned: HashSet<u32>,
+    metrics: Arc<Metrics>,
+}
+
+impl TlsScanner {
+    /// Starts the worker; it first reports the libraries of every running
+    /// process but `agent_pid`, then those of each pid
+    /// [`TlsScanner::observe`] hands it. Files come back once each (the
+    /// installed ones too, if a process maps them: the prober knows them).
+    pub fn spawn(
+        agent_pid: u32,
+        metrics: Arc<Metrics>,
+    ) -> (TlsScanner, tokio::sync::mpsc::UnboundedReceiver<TlsLibrary>) {
+        let (pid_tx, pid_rx) = sync_channel(SCAN_QUEUE);
+        let (lib_tx, lib_rx) = tokio::sync::mpsc::unbounded_channel();
+        let spawned =
+            std::thread::Builder::new().name("waggle-tls-scan".into()).spawn(move || scan(agent_pid, &pid_rx, &lib_tx));
+        let pids = match spawned {
+            Ok(_) => Some(pid_tx),
+            Err(e) => {
+                tracing::warn!(error = %e, "TLS library scan thread not started: only libraries found now are probed");
+                None
+            }
+        };
+        (TlsScanner { pids, scanned: HashSet::new(), metrics }, lib_rx)
+    }
+
+    /// A process opened a connection: scan its maps once (off the loop).
+    pub fn observe(&mut self, pid: u32) {
+        let Some(pids) = &self.pids else { return };
+        if self.scanned.len() >= MAX_SCANNED_PIDS {
+            self.scanned.clear();
+        }
+        if !self.scanned.insert(pid) {
+            return;
+        }
+        match pids.try_send(pid) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+                self.scanned.remove(&pid);
+                Metrics::inc(&self.metrics.tls_scans_dropped);
+            }
+        }
+    }
+
+    /// The process exited: a later one with its pid is scanned again.
+    pub fn forget(&mut self, pid: u32) {
+        self.scanned.remove(&pid);
+    }
+}
+
+fn scan(agent_pid: u32, pids: &Receiver<u32>, out: &tokio::sync::mpsc::UnboundedSender<TlsLibrary>) {
+    let mut seen: HashSet<(u64, u64)> = HashSet::new();
+    let mut report = |libs: Vec<TlsLibrary>| -> bool {
+        for lib in libs {
+            if seen.insert((lib.dev, lib.ino)) && out.send(lib).is_err() {
+                return false;
+            }
+        }
+        true
+    };
+    let running: Vec<u32> = fs::read_dir("/proc")
+        .map(|d| d.flatten().filter_map(|e| e.file_name().to_str()?.parse().ok()).collect())
+        .unwrap_or_default();
+    for pid in running.into_iter().filter(|p| *p != agent_pid) {
+        if !report(tls_libraries_of(pid)) {
+            return;
+        }
+    }
+    while let Ok(pid) = pids.recv() {
+        if !report(tls_libraries_of(pid)) {
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_openssl_in_maps_once_and_skips_deleted_files() {
+        let maps = "\
+7f1c2a000000-7f1c2a020000 r--p 00000000 08:01 1311 /usr/lib/x86_64-linux-gnu/libssl.so.3
+7f1c2a020000-7f1c2a080000 r-xp 00020000 08:01 1311 /usr/lib/x86_64-linux-gnu/libssl.so.3
+7f1c2b000000-7f1c2b100000 r-xp 00000000 08:01 1312 /usr/lib/x86_64-linux-gnu/libcrypto.so.3
+7f1c2c000000-7f1c2c100000 r-xp 00000000 08:01 1313 /opt/app/lib/libssl.so.1.1 (deleted)
+7f1c2d000000-7f1c2d100000 r-xp 00000000 00:00 0 [heap]
+7f1c2e000000-7f1c2e100000 r-xp 00000000 08:01 1314 /srv/libssl.so
+";
+        assert_eq!(tls_paths_in_maps(maps), ["/usr/lib/x86_64-linux-gnu/libssl.so.3", "/srv/libssl.so"]);
+        assert!(is_tls_library("libssl.so.3"));
+        assert!(!is_tls_library("/usr/lib/libssl3.so"), "NSS's libssl3 is not OpenSSL");
+        assert!(!is_tls_library("/usr/lib/libcrypto.so.3"));
+    }
+
+    #[test]
+    fn own_process_libraries_are_reported_with_their_identity() {
+        // The test binary may or may not map libssl; what it maps must be
+        // reported with the identity of the file it opens.
+        for lib in tls_libraries_of(std::process::id()) {
+            assert_eq!(identity(&lib.path), Some((lib.dev, lib.ino)));
+        }
+    }
+}

@@ -1,0 +1,65 @@
+//! The TLS probes' state and the data path's side of them: which SSL call
+//! a thread is in, which connection an SSL object runs on, and the check
+//! data.rs's enter handler makes on every syscall of a tracked connection
+//! (`ciphertext`). The probes themselves are in tls.rs.
+use aya_ebpf::{macros::map, maps::LruHashMap, Global};
+use waggle_common::{
+    tls::{conn_tls, SslConn, SslKey, TlsCall, NO_FD, TLS_CALLS_MAX_ENTRIES, TLS_SSL_CONNS_MAX_ENTRIES},
+    ConnInfo, Counter,
+};
+
+use crate::helpers::count;
+
+/// 1 when the agent runs with `--tls on`: only then does the syscall path
+/// look for SSL calls.
+#[unsafe(no_mangle)]
+pub(crate) static TLS_PROBES: Global<u32> = Global::new(0);
+
+/// pid_tgid -> the SSL call the thread is in. LRU: a call whose return
+/// never comes (thread killed, probe detached mid-call) ages out.
+#[map]
+pub(crate) static TLS_CALLS: LruHashMap<u64, TlsCall> = LruHashMap::with_max_entries(TLS_CALLS_MAX_ENTRIES, 0);
+
+/// (tgid, SSL *) -> the connection that object last did syscalls on.
+#[map]
+pub(crate) static TLS_SSL_CONNS: LruHashMap<SslKey, SslConn> =
+    LruHashMap::with_max_entries(TLS_SSL_CONNS_MAX_ENTRIES, 0);
+
+/// From data.rs's enter handler, for a read/write-family syscall on the
+/// tracked connection `fd`: true when the connection's plaintext comes from
+/// the TLS probes, so this syscall's ciphertext must not be copied.
+#[inline(always)]
+pub(crate) fn ciphertext(pid_tgid: u64, tgid: u32, fd: u32, info: *mut ConnInfo) -> bool {
+    if TLS_PROBES.load() == 0 {
+        return false;
+    }
+    if let Some(call) = TLS_CALLS.get_ptr_mut(pid_tgid) {
+        // SAFETY: call points at this thread's live TLS_CALLS value (only
+        // this thread writes it); info at a live CONNS value.
+        unsafe {
+            if (*call).fd == NO_FD {
+                (*call).fd = fd;
+                remember(tgid, (*call).ssl, fd, (*info).conn_id);
+                (*info).tls |= conn_tls::SEEN;
+            }
+        }
+    }
+    // SAFETY: info points at a live CONNS value.
+    unsafe { (*info).tls & conn_tls::SEEN != 0 }
+}
+
+/// SSL object -> connection, written only when it changed.
+#[inline(always)]
+pub(crate) fn remember(tgid: u32, ssl: u64, fd: u32, conn_id: u64) {
+    let key = SslKey { tgid, _pad: 0, ssl };
+    if let Some(known) = TLS_SSL_CONNS.get_ptr(key) {
+        // SAFETY: known points at a live map value.
+        let known = unsafe { *known };
+        if known.fd == fd && known.conn_id == conn_id {
+            return;
+        }
+    }
+    if TLS_SSL_CONNS.insert(key, SslConn { fd, _pad: 0, conn_id }, 0).is_err() {
+        count(Counter::MapInsertFailed);
+    }
+}

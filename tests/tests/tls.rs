@@ -1,0 +1,174 @@
+//! TLS acceptance tests: the real agent reading the plaintext of real TLS
+//! traffic at OpenSSL (Debian's libssl3), nginx serving HTTPS to curl and
+//! Python's urllib, psql talking to PostgreSQL with `sslmode=require`.
+//! Certificates are made by each test (`openssl req`); clients verify them.
+//!
+//! Like every e2e test: root, the e2e lock, spans picked by the pid of the
+//! process the test started. Each test also checks the TLS path was the
+//! one that produced the spans (the agent's TLS counters) and that the
+//! ciphertext produced nothing: every span of those processes is an
+//! HTTP or SQL span with the right content.
+use std::{process::Stdio, time::Duration};
+
+use waggle_e2e::{
+    client_spans, curl, db::Postgres, describe, e2e_setup, python_script, run_client, Agent, Kind, OtlpReceiver, Proc,
+    Protocol, Server, Span, SPAN_TIMEOUT,
+};
+
+/// Every span of `pids`.
+fn of(spans: &[Span], pids: &[u32]) -> Vec<Span> {
+    let mut out: Vec<Span> = spans.iter().filter(|s| s.pid().is_some_and(|p| pids.contains(&p))).cloned().collect();
+    out.sort_by_key(|s| (s.start_ns, s.end_ns));
+    out
+}
+
+/// What an HTTPS span of nginx's test site says on either side.
+#[track_caller]
+fn assert_https_span(s: &Span, kind: Kind, path: &str, port: u16) {
+    let status = if path == "/missing" { 404 } else { 200 };
+    assert_eq!(s.kind, kind, "{s}");
+    assert_eq!(s.name, format!("GET {path}"), "span name of {s}");
+    assert_eq!(s.attr_str("http.request.method"), Some("GET"), "{s}");
+    assert_eq!(s.attr_str("url.path"), Some(path), "{s}");
+    assert_eq!(s.attr_str("url.scheme"), Some("https"), "url.scheme of {s}");
+    assert_eq!(s.attr_str("tls.protocol.name"), Some("tls"), "tls.protocol.name of {s}");
+    assert_eq!(s.attr_int("http.response.status_code"), Some(status), "{s}");
+    assert_eq!(s.attr_int("server.port"), Some(i64::from(port)), "{s}");
+    if status == 200 {
+        // "ok\n": the plaintext's body, not the ciphertext's record sizes.
+        assert_eq!(s.attr_int("http.response.body.size"), Some(3), "http.response.body.size of {s}");
+    }
+}
+
+// 1. nginx over HTTPS: a keep-alive curl connection with three requests,
+//    and a urllib client (Python's ssl: the _ex functions).
+
+#[test]
+#[ignore = "needs root, nginx, openssl and the agent binary: cargo xtask test runs it"]
+fn https_nginx_curl_and_urllib_give_spans_on_both_sides() {
+    let _guard = e2e_setup("https_nginx_curl_and_urllib_give_spans_on_both_sides");
+    let nginx = Server::nginx_https();
+    let nginx_pids = nginx.pids();
+    let cert = nginx.dir().join("cert.pem");
+    let receiver = OtlpReceiver::start();
+    let agent = Agent::start(&receiver.agent_args(Protocol::Grpc), &[]);
+    assert!(
+        agent.stderr().contains("TLS library: plaintext read at its SSL calls"),
+        "the agent did not probe libssl:\n{}",
+        agent.stderr_tail(30)
+    );
+
+    let urls = [nginx.https_url("/"), nginx.https_url("/a"), nginx.https_url("/missing")];
+    let cert_arg = cert.to_string_lossy().into_owned();
+    let c = curl(&[
+        "--cacert",
+        &cert_arg,
+        "-w",
+        "%{num_connects}\n",
+        "-o",
+        "/dev/null",
+        "-o",
+        "/dev/null",
+        "-o",
+        "/dev/null",
+        &urls[0],
+        &urls[1],
+        &urls[2],
+    ]);
+    c.assert_success();
+    assert_eq!(c.stdout, "1\n0\n0\n", "curl should reuse one connection");
+    // The client stays until its stdin closes (see urllib_client.py).
+    let mut py = Proc::spawn(
+        "urllib_client",
+        python_script("urllib_client.py")
+            .arg(nginx.https_url("/py"))
+            .env("SSL_CERT_FILE", &cert)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped()),
+    );
+    let py_pid = py.pid();
+
+    receiver.focus(&[&nginx_pids[..], &[c.pid, py_pid]].concat());
+    receiver.expect_spans("4 SERVER spans of nginx, 3 CLIENT spans of curl and 1 of urllib", SPAN_TIMEOUT, |s| {
+        of(s, &nginx_pids).len() >= 4 && client_spans(s, c.pid).len() >= 3 && !client_spans(s, py_pid).is_empty()
+    });
+    drop(py.child.stdin.take());
+    let status = py.wait_timeout(Duration::from_secs(10));
+    assert!(status.is_some_and(|s| s.success()), "urllib_client (pid {py_pid}) failed: {status:?}");
+    let out = agent.stop();
+    let spans = receiver.spans();
+
+    // Exactly these spans: nothing from the handshakes or the ciphertext.
+    let servers = of(&spans, &nginx_pids);
+    assert_eq!(servers.len(), 4, "nginx served 4 requests:\n{}", describe(&servers));
+    let curls = of(&spans, &[c.pid]);
+    assert_eq!(curls.len(), 3, "three requests on one connection, three spans:\n{}", describe(&curls));
+    for (s, path) in curls.iter().zip(["/", "/a", "/missing"]) {
+        assert_https_span(s, Kind::Client, path, nginx.port());
+    }
+    let pys = of(&spans, &[py_pid]);
+    assert_eq!(pys.len(), 1, "{}", describe(&pys));
+    assert_https_span(&pys[0], Kind::Client, "/py", nginx.port());
+    for s in &servers {
+        let path = s.attr_str("url.path").unwrap_or_default();
+        assert!(["/", "/a", "/missing", "/py"].contains(&path), "{s}");
+        assert_https_span(s, Kind::Server, path, nginx.port());
+        assert_eq!(s.service_name, "nginx", "{s}");
+    }
+    let agents: Vec<&str> = servers.iter().filter_map(|s| s.attr_str("user_agent.original")).collect();
+    assert_eq!(agents.iter().filter(|a| a.starts_with("curl/")).count(), 3, "user agents: {agents:?}");
+    assert_eq!(agents.iter().filter(|a| a.starts_with("Python-urllib/")).count(), 1, "user agents: {agents:?}");
+
+    // Four connections' plaintext came from the library (two ends each of
+    // curl's and urllib's), and their ciphertext was not copied.
+    assert!(out.counter("tls_conns") >= 4, "tls_conns: {}", out.stderr);
+    assert!(out.counter("kernel_tls_ciphertext_skipped") > 0, "{}", out.stderr);
+}
+
+// 2. psql with sslmode=require against PostgreSQL with ssl=on: the SQL span
+//    is the one plaintext gives.
+
+#[test]
+#[ignore = "needs root, PostgreSQL, openssl and the agent binary: cargo xtask test runs it"]
+fn psql_over_tls_gives_the_sanitized_sql_span() {
+    let _guard = e2e_setup("psql_over_tls_gives_the_sanitized_sql_span");
+    let pg = Postgres::start_with_ssl();
+    let receiver = OtlpReceiver::start();
+    let agent = Agent::start(&receiver.agent_args(Protocol::HttpProtobuf), &[]);
+
+    // The answer proves the session is encrypted; the literal must not leak.
+    let secret = format!("secret-tls-{}", std::process::id());
+    let sql = format!("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid() AND '{secret}' <> ''");
+    let r = run_client(
+        "psql",
+        pg.psql().env("PGSSLMODE", "require").args(["-A", "-t", "-c", &sql]),
+        Duration::from_secs(60),
+    );
+    r.assert_success();
+    assert_eq!(r.stdout.trim(), "t", "the session must run over TLS");
+
+    receiver.focus(&[r.pid]);
+    receiver.expect_spans("the CLIENT span of psql", SPAN_TIMEOUT, |s| !client_spans(s, r.pid).is_empty());
+    let out = agent.stop();
+    let spans = receiver.spans();
+
+    let mine = of(&spans, &[r.pid]);
+    assert_eq!(mine.len(), 1, "psql made one query, nothing else:\n{}", describe(&mine));
+    let s = &mine[0];
+    assert_eq!(s.kind, Kind::Client, "{s}");
+    assert_eq!(s.name, "SELECT pg_stat_ssl", "{s}");
+    assert_eq!(s.attr_str("db.system.name"), Some("postgresql"), "{s}");
+    assert_eq!(
+        s.attr_str("db.query.text"),
+        Some("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid() AND ? <> ?"),
+        "{s}"
+    );
+    assert_eq!(s.attr_int("server.port"), Some(i64::from(pg.port())), "{s}");
+    assert_eq!(s.attr_str("tls.protocol.name"), Some("tls"), "{s}");
+    // The server's side (backends: children of the postmaster, gone now)
+    // is not traced, over TLS as over plaintext.
+    let server_side: Vec<Span> = spans.iter().filter(|s| s.service_name == "postgres").cloned().collect();
+    assert!(server_side.is_empty(), "{}", describe(&server_side));
+    waggle_e2e::assert_not_leaked(&receiver, &out, &[&secret]);
+    assert!(out.counter("tls_conns") >= 1, "{}", out.stderr);
+}
