@@ -3,25 +3,54 @@
 //! - Responder side (php-fpm): a read that brings an `FCGI_BEGIN_REQUEST`
 //!   header starts the thread's server context, as an HTTP request start
 //!   does in trace.rs. Its parent is the same-host client request that sent
-//!   it (LINKS, below), else a new trace. php-fpm reads the params only
-//!   after the header; finding `HTTP_TRACEPARENT` in them here
-//!   (`waggle_common::fastcgi::ParamScan`, host-tested) is not done yet:
-//!   the scan and the traceparent parse doubled the size of the read exit
-//!   programs, and their verification no longer fitted the start-up
-//!   budget of the 6.1/6.12 checks under qemu.
+//!   it (LINKS, below), else a new trace, which the request's
+//!   `HTTP_TRACEPARENT` param may replace (next point).
+//! - Without a link, the thread's reads until the end of the request's
+//!   params are walked record by record (`RecordWalk`, FCGI_WAIT) and the
+//!   params' pairs scanned (`ParamScan`) by `params`, a program of its own
+//!   attached to sys_exit_read after the data exit, which asks for it
+//!   through FCGI_REQUEST (its DataEvent and bytes stay in SCRATCH).
+//!   Inline, the scan grew each read exit from 17 to 28 KB and their
+//!   verification no longer fitted the start-up budget of the 6.1/6.12
+//!   checks under qemu; a tail call from the read exits makes the kernel
+//!   refuse private stacks to them (6.18: "combined stack size ... too
+//!   large" for readv/recvmsg). Every read(2) exit on the host now runs
+//!   this program too: one per-CPU array load, and out. At the params' end, exactly one valid `HTTP_TRACEPARENT` from a
+//!   trusted peer replaces the context's trace and parent (THREAD_CTX and
+//!   a second ServerCtx under the begin's timestamp, which the agent takes
+//!   over the first). Only the thread's bytes between its begin record and
+//!   the end of that request's params are looked at: never a body, never
+//!   another request's params.
 //! - Web-server side (nginx): a send that starts with `FCGI_BEGIN_REQUEST`
 //!   on a FastCGI connection gets the ids of a client request (ClientCtx,
 //!   nothing injected: FastCGI records are never rewritten) and leaves them
 //!   in LINKS under the connection's link key, which the responder's end of
 //!   a same-host connection computes alike (`ConnEnds::link_key`).
-use aya_ebpf::helpers::bpf_get_current_pid_tgid;
-use waggle_common::{ctx_flags, fastcgi, ConnInfo, Counter, EventKind, TraceCtx};
+use core::ffi::c_void;
+
+use core::hint::black_box;
+
+use aya_ebpf::helpers::{bpf_get_current_pid_tgid, generated::bpf_loop};
+use waggle_common::{
+    conn_flags, ctx_flags,
+    fastcgi::{
+        self, parse_traceparent_param, ParamScan, RecordWalk, WalkStep, HEADER_LEN, MAX_SCAN_PAIRS, MAX_WALK_READS,
+        MAX_WALK_STEPS, PAIR_WINDOW,
+    },
+    http::VALUE_WINDOW,
+    ConnInfo, Counter, DataEvent, EventKind, SockKey, TraceCtx, CAPTURE_MASK, MAX_CAPTURE,
+};
 
 use crate::{
     helpers::count,
-    maps::{LINKS, THREAD_CTX},
-    trace::{emit, new_span_id, new_trace_id, root_flags},
+    maps::{
+        ParamScanState, ParamsWait, CONNS, FCGI_REQUEST, FCGI_WAIT, HEADER, LINKS, PARAM_SCAN, SCRATCH, THREAD_CTX,
+        WAIT_BUILD,
+    },
+    trace::{emit, joined_flags, new_span_id, new_trace_id, root_flags},
 };
+
+const MASK: usize = CAPTURE_MASK;
 
 /// Web-server side: a client request on a FastCGI connection leaves its
 /// ids for the responder. A subprogram: the send path's stack is full.
@@ -35,23 +64,33 @@ pub(crate) fn leave_link(link: u64, ctx: &TraceCtx) {
 /// Responder side, a read on a server connection that is no HTTP request
 /// start, its bytes in the SCRATCH payload. A subprogram (five arguments at
 /// most): kernels without private stacks add it to the data path's stack
-/// only on this branch.
+/// only on this branch. A read that is part of a request whose params are
+/// walked asks the params program (next on sys_exit_read) to walk it.
 #[inline(never)]
 pub(crate) fn server_recv(fd: u32, info: &ConnInfo, payload: *const u8, captured: u64, exit_ns: u64) -> i64 {
     let pid_tgid = bpf_get_current_pid_tgid();
     // SAFETY: payload is the scratch payload area (>= 16 bytes).
     let head = unsafe { core::ptr::read_unaligned(payload.cast::<[u8; 16]>()) };
-    if fastcgi::is_begin_request(&head, captured) {
-        begin(pid_tgid, fd, info, exit_ns);
+    let walk = if fastcgi::is_begin_request(&head, captured) {
+        begin(pid_tgid, fd, info, &head, exit_ns) != 0
+    } else {
+        // Only connections that carried a begin record cost a lookup.
+        info.flags & conn_flags::FASTCGI != 0 && FCGI_WAIT.get_ptr(pid_tgid).is_some()
+    };
+    if walk {
+        if let Some(slot) = FCGI_REQUEST.get_ptr_mut(0) {
+            // SAFETY: this CPU's slot; tracepoint programs do not nest.
+            unsafe { *slot = exit_ns };
+        }
     }
     0
 }
 
 #[inline(always)]
-fn begin(pid_tgid: u64, fd: u32, info: &ConnInfo, exit_ns: u64) {
+fn begin(pid_tgid: u64, fd: u32, info: &ConnInfo, head: &[u8; 16], exit_ns: u64) -> i64 {
     let mut ctx = TraceCtx { span_id: new_span_id(), conn_id: info.conn_id, ..TraceCtx::default() };
     let linked = if info.link != 0 { LINKS.get_ptr(info.link) } else { None };
-    match linked {
+    let walk = match linked {
         Some(parent) => {
             // SAFETY: parent points at a live LINKS value; copied out.
             let parent = unsafe { *parent };
@@ -61,16 +100,215 @@ fn begin(pid_tgid: u64, fd: u32, info: &ConnInfo, exit_ns: u64) {
             ctx.flags = (parent.flags & ctx_flags::SAMPLED) | ctx_flags::HAS_PARENT;
             let _ = LINKS.remove(info.link);
             count(Counter::LinkedParent);
+            // The link wins over any param: no walk (nor an older one).
+            if info.flags & conn_flags::FASTCGI != 0 {
+                let _ = FCGI_WAIT.remove(pid_tgid);
+            }
+            0
         }
         None => {
             ctx.trace_id = new_trace_id();
             ctx.flags = root_flags(&ctx.trace_id);
+            wait_for_params(pid_tgid, fd, info, head, &ctx, exit_ns)
         }
-    }
+    };
     if THREAD_CTX.insert(pid_tgid, ctx, 0).is_err() {
         count(Counter::MapInsertFailed);
     }
     count(Counter::ServerCtxStarted);
     count(Counter::FastcgiServerCtx);
     emit(EventKind::ServerCtx, &ctx, ctx.flags, pid_tgid, fd, info.conn_id, exit_ns);
+    walk
+}
+
+/// A request without a link: its params are walked from this read on.
+#[inline(always)]
+fn wait_for_params(pid_tgid: u64, fd: u32, info: &ConnInfo, head: &[u8; 16], ctx: &TraceCtx, exit_ns: u64) -> i64 {
+    // Built in per-CPU map memory: on the stack it would push the read
+    // exits past 512 bytes on kernels without private stacks.
+    let Some(wait) = WAIT_BUILD.get_ptr_mut(0) else {
+        return 0;
+    };
+    // SAFETY: this CPU's WAIT_BUILD value; tracepoint programs do not nest.
+    let wait = unsafe { &mut *wait };
+    wait.conn_id = info.conn_id;
+    wait.begin_ns = exit_ns;
+    wait.span_id = ctx.span_id;
+    wait.walk = RecordWalk::begun(head);
+    wait.fd = fd;
+    wait.reads = 0;
+    wait.found = 0;
+    wait.valid = 0;
+    wait.untrusted = u8::from(info.flags & conn_flags::UNTRUSTED_PEER != 0);
+    if FCGI_WAIT.insert(pid_tgid, &*wait, 0).is_err() {
+        count(Counter::MapInsertFailed);
+        return 0;
+    }
+    // Later reads on this connection look FCGI_WAIT up; others never do.
+    if let Some(conn) = CONNS.get_ptr_mut(SockKey { tgid: (pid_tgid >> 32) as u32, fd }) {
+        // SAFETY: conn points at a live CONNS value; flags are only ever
+        // or-ed in.
+        unsafe { (*conn).flags |= conn_flags::FASTCGI };
+    }
+    1
+}
+
+/// One pair of the params content in SCRATCH (bpf_loop callback, state in
+/// PARAM_SCAN as trace.rs's header scan keeps its own in SCAN).
+extern "C" fn pair_step(_index: u64, _ctx: *mut c_void) -> i64 {
+    let (Some(buf), Some(st)) = (SCRATCH.get_ptr(0), PARAM_SCAN.get_ptr_mut(0)) else {
+        return 1;
+    };
+    // SAFETY: st points at this CPU's PARAM_SCAN value, used by this
+    // program only (tracepoint programs do not nest on a CPU).
+    let st = unsafe { &mut *st };
+    // SAFETY: HEADER + HEADER_LEN < size of Scratch.
+    let payload = unsafe { buf.cast::<u8>().add(HEADER) };
+    let done = st.scan.step(st.end, |at| {
+        // SAFETY: (at & MASK) + PAIR_WINDOW lies inside the payload area
+        // (twice MAX_CAPTURE).
+        unsafe { core::ptr::read_unaligned(payload.add(black_box(at as usize) & MASK).cast::<[u8; PAIR_WINDOW]>()) }
+    });
+    i64::from(done)
+}
+
+/// Scans the params content at `[at, end)` of the payload into `w`; false
+/// when its pairs could not all be walked.
+#[inline(always)]
+fn scan_params(w: &mut ParamsWait, payload: *const u8, at: u32, end: u32) -> bool {
+    let Some(st) = PARAM_SCAN.get_ptr_mut(0) else {
+        return false;
+    };
+    // SAFETY: st points at this CPU's PARAM_SCAN value.
+    unsafe { *st = ParamScanState { scan: ParamScan { pos: at, ..ParamScan::default() }, end } };
+    // SAFETY: the callback is a static function of the right signature;
+    // it takes no context.
+    unsafe { bpf_loop(MAX_SCAN_PAIRS, pair_step as *const () as *mut c_void, core::ptr::null_mut(), 0) };
+    // SAFETY: as above; copied out.
+    let sc = unsafe { (*st).scan };
+    if sc.cut || sc.pos < end {
+        return false;
+    }
+    w.found += sc.found;
+    if let Some(v) = sc.value() {
+        // SAFETY: (v & MASK) + VALUE_WINDOW lies inside the payload area.
+        let window = unsafe { core::ptr::read_unaligned(payload.add(black_box(v as usize) & MASK).cast::<[u8; VALUE_WINDOW]>()) };
+        if let Some(inc) = parse_traceparent_param(&window) {
+            w.trace_id = inc.trace_id;
+            w.parent_span_id = inc.span_id;
+            w.flags = inc.flags;
+            w.valid = 1;
+        }
+    }
+    true
+}
+
+/// The params program (`fastcgi_params`, on sys_exit_read after the data
+/// exit): walks the read whose DataEvent the data exit left at the start
+/// of SCRATCH, if it asked to. Runs on every read(2) exit: the first load
+/// ends it for all others.
+#[inline(always)]
+pub(crate) fn params() -> Option<()> {
+    let slot = FCGI_REQUEST.get_ptr_mut(0)?;
+    // SAFETY: this CPU's slot; tracepoint programs do not nest.
+    let want = unsafe { *slot };
+    if want == 0 {
+        return None;
+    }
+    // SAFETY: as above. Taken once, whatever follows.
+    unsafe { *slot = 0 };
+    let base = SCRATCH.get_ptr(0)?.cast::<u8>();
+    // SAFETY: the scratch buffer starts with the DataEvent the data exit
+    // just wrote on this CPU; its timestamp says whether it is the read
+    // that asked (and the thread, whether it is ours).
+    let ev = unsafe { core::ptr::read_unaligned(base.cast::<DataEvent>()) };
+    let pid_tgid = (u64::from(ev.tgid) << 32) | u64::from(ev.tid);
+    if ev.exit_ns != want || bpf_get_current_pid_tgid() != pid_tgid {
+        return None;
+    }
+    let wait = FCGI_WAIT.get_ptr_mut(pid_tgid)?;
+    // SAFETY: wait points at a live FCGI_WAIT value, the calling thread's.
+    let w = unsafe { &mut *wait };
+    if w.conn_id != ev.conn_id {
+        return None;
+    }
+    let len = if ev.captured_len > MAX_CAPTURE as u32 { MAX_CAPTURE as u32 } else { ev.captured_len };
+    // Bytes past the copy are unseen: where the next read starts is unknown.
+    let whole = ev.total_len == u64::from(len);
+    // SAFETY: HEADER < size of Scratch.
+    let payload = unsafe { base.add(HEADER) };
+    let header = |at: u32| {
+        // SAFETY: (at & MASK) + HEADER_LEN lies inside the payload area.
+        unsafe { core::ptr::read_unaligned(payload.add(black_box(at as usize) & MASK).cast::<[u8; HEADER_LEN]>()) }
+    };
+    let mut walk = w.walk;
+    let mut pos = 0u32;
+    let mut step = 0;
+    while step < MAX_WALK_STEPS {
+        step += 1;
+        match walk.next(&mut pos, len, header) {
+            WalkStep::Record => {}
+            WalkStep::Params { at, end } => {
+                if !scan_params(w, payload, at, end) {
+                    return unread(pid_tgid);
+                }
+            }
+            WalkStep::More => {
+                w.walk = walk;
+                w.reads += 1;
+                if !whole || w.reads >= MAX_WALK_READS {
+                    return unread(pid_tgid);
+                }
+                return Some(());
+            }
+            WalkStep::End => {
+                finish(pid_tgid, w);
+                let _ = FCGI_WAIT.remove(pid_tgid);
+                return Some(());
+            }
+            WalkStep::Cut => return unread(pid_tgid),
+        }
+    }
+    unread(pid_tgid)
+}
+
+#[inline(always)]
+fn unread(pid_tgid: u64) -> Option<()> {
+    count(Counter::FastcgiParamsUnread);
+    let _ = FCGI_WAIT.remove(pid_tgid);
+    None
+}
+
+/// The params are over: take the one valid HTTP_TRACEPARENT, if any.
+#[inline(always)]
+fn finish(pid_tgid: u64, w: &ParamsWait) {
+    if w.found == 0 {
+        return;
+    }
+    if w.found != 1 || w.valid == 0 {
+        count(Counter::FastcgiTraceparentSkipped);
+        return;
+    }
+    if w.untrusted != 0 {
+        count(Counter::IncomingUntrusted);
+        return;
+    }
+    let Some(tc) = THREAD_CTX.get_ptr_mut(pid_tgid) else {
+        count(Counter::FastcgiTraceparentSkipped);
+        return;
+    };
+    // SAFETY: tc points at a live THREAD_CTX value, the calling thread's.
+    let tc = unsafe { &mut *tc };
+    if tc.span_id != w.span_id || tc.conn_id != w.conn_id {
+        // Answered already, or another request began.
+        count(Counter::FastcgiTraceparentSkipped);
+        return;
+    }
+    tc.trace_id = w.trace_id;
+    tc.parent_span_id = w.parent_span_id;
+    tc.flags = joined_flags(w.flags, &w.trace_id);
+    count(Counter::IncomingTraceparent);
+    count(Counter::FastcgiTraceparent);
+    let ctx = *tc;
+    emit(EventKind::ServerCtx, &ctx, ctx.flags, pid_tgid, w.fd, w.conn_id, w.begin_ns);
 }
