@@ -192,7 +192,9 @@ fn scan_params(w: &mut ParamsWait, payload: *const u8, at: u32, end: u32) -> boo
     w.found += sc.found;
     if let Some(v) = sc.value() {
         // SAFETY: (v & MASK) + VALUE_WINDOW lies inside the payload area.
-        let window = unsafe { core::ptr::read_unaligned(payload.add(black_box(v as usize) & MASK).cast::<[u8; VALUE_WINDOW]>()) };
+        let window = unsafe {
+            core::ptr::read_unaligned(payload.add(black_box(v as usize) & MASK).cast::<[u8; VALUE_WINDOW]>())
+        };
         if let Some(inc) = parse_traceparent_param(&window) {
             w.trace_id = inc.trace_id;
             w.parent_span_id = inc.span_id;
