@@ -44,8 +44,8 @@ use waggle_common::{
 use crate::{
     helpers::count,
     maps::{
-        ParamScanState, ParamsWait, CONNS, FCGI_REQUEST, FCGI_WAIT, HEADER, LINKS, PARAM_SCAN, SCRATCH, THREAD_CTX,
-        WAIT_BUILD,
+        walk_outcome, ParamScanState, ParamsWait, WalkState, CONNS, FCGI_REQUEST, FCGI_WAIT, HEADER, LINKS, PARAM_SCAN,
+        SCRATCH, THREAD_CTX, WAIT_BUILD, WALK_STATE,
     },
     trace::{emit, joined_flags, new_span_id, new_trace_id, root_flags},
 };
@@ -239,39 +239,77 @@ pub(crate) fn params() -> Option<()> {
     let whole = ev.total_len == u64::from(len);
     // SAFETY: HEADER < size of Scratch.
     let payload = unsafe { base.add(HEADER) };
-    let header = |at: u32| {
-        // SAFETY: (at & MASK) + HEADER_LEN lies inside the payload area.
-        unsafe { core::ptr::read_unaligned(payload.add(black_box(at as usize) & MASK).cast::<[u8; HEADER_LEN]>()) }
-    };
-    let mut walk = w.walk;
-    let mut pos = 0u32;
-    let mut step = 0;
-    while step < MAX_WALK_STEPS {
-        step += 1;
-        match walk.next(&mut pos, len, header) {
-            WalkStep::Record => {}
-            WalkStep::Params { at, end } => {
-                if !scan_params(w, payload, at, end) {
+    let st = WALK_STATE.get_ptr_mut(0)?;
+    // SAFETY: this CPU's WALK_STATE value, this program's only.
+    unsafe { *st = WalkState { walk: w.walk, len, ..WalkState::default() } };
+    // A read holds at most the begin record's rest, one params record and
+    // the next header (php-fpm: one of them): a second round covers
+    // responders that read more at once.
+    let mut round = 0;
+    while round < 2 {
+        round += 1;
+        // SAFETY: the callback is a static function of the right
+        // signature; it takes no context.
+        unsafe { bpf_loop(MAX_WALK_STEPS, walk_step as *const () as *mut c_void, core::ptr::null_mut(), 0) };
+        // SAFETY: as above; copied out.
+        let now = unsafe { *st };
+        match now.outcome {
+            walk_outcome::PARAMS => {
+                if !scan_params(w, payload, now.at, now.end) {
                     return unread(pid_tgid);
                 }
+                // SAFETY: as above.
+                unsafe { (*st).outcome = walk_outcome::NONE };
             }
-            WalkStep::More => {
-                w.walk = walk;
+            walk_outcome::MORE => {
+                w.walk = now.walk;
                 w.reads += 1;
                 if !whole || w.reads >= MAX_WALK_READS {
                     return unread(pid_tgid);
                 }
                 return Some(());
             }
-            WalkStep::End => {
+            walk_outcome::END => {
                 finish(pid_tgid, w);
                 let _ = FCGI_WAIT.remove(pid_tgid);
                 return Some(());
             }
-            WalkStep::Cut => return unread(pid_tgid),
+            _ => return unread(pid_tgid),
         }
     }
     unread(pid_tgid)
+}
+
+/// One step of the record walk over the read in SCRATCH (bpf_loop
+/// callback, state in WALK_STATE): 0 to go on, 1 when it stopped and
+/// `outcome` says why.
+extern "C" fn walk_step(_index: u64, _ctx: *mut c_void) -> i64 {
+    let (Some(buf), Some(st)) = (SCRATCH.get_ptr(0), WALK_STATE.get_ptr_mut(0)) else {
+        return 1;
+    };
+    // SAFETY: this CPU's WALK_STATE value; tracepoint programs do not nest.
+    let st = unsafe { &mut *st };
+    // SAFETY: HEADER < size of Scratch.
+    let payload = unsafe { buf.cast::<u8>().add(HEADER) };
+    let header = |at: u32| {
+        // SAFETY: (at & MASK) + HEADER_LEN lies inside the payload area.
+        unsafe { core::ptr::read_unaligned(payload.add(black_box(at as usize) & MASK).cast::<[u8; HEADER_LEN]>()) }
+    };
+    let mut pos = st.pos;
+    let step = st.walk.next(&mut pos, st.len, header);
+    st.pos = pos;
+    st.outcome = match step {
+        WalkStep::Record => return 0,
+        WalkStep::Params { at, end } => {
+            st.at = at;
+            st.end = end;
+            walk_outcome::PARAMS
+        }
+        WalkStep::More => walk_outcome::MORE,
+        WalkStep::End => walk_outcome::END,
+        WalkStep::Cut => walk_outcome::CUT,
+    };
+    1
 }
 
 #[inline(always)]

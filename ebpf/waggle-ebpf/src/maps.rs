@@ -140,6 +140,34 @@ pub(crate) static FCGI_REQUEST: PerCpuArray<u64> = PerCpuArray::with_max_entries
 #[map]
 pub(crate) static PARAM_SCAN: PerCpuArray<ParamScanState> = PerCpuArray::with_max_entries(1, 0);
 
+/// A record walk over one read and what it came to (fastcgi.rs): map
+/// memory for the bpf_loop callback, so the verifier does not follow the
+/// walk's values through every step.
+#[map]
+pub(crate) static WALK_STATE: PerCpuArray<WalkState> = PerCpuArray::with_max_entries(1, 0);
+
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+pub(crate) struct WalkState {
+    pub walk: RecordWalk,
+    pub pos: u32,
+    pub len: u32,
+    /// `walk_outcome` of the last step that stopped the loop.
+    pub outcome: u32,
+    /// The params content the walk stopped at.
+    pub at: u32,
+    pub end: u32,
+}
+
+/// WalkState::outcome values.
+pub(crate) mod walk_outcome {
+    pub const NONE: u32 = 0;
+    pub const PARAMS: u32 = 1;
+    pub const MORE: u32 = 2;
+    pub const END: u32 = 3;
+    pub const CUT: u32 = 4;
+}
+
 /// Where a new FCGI_WAIT value is put together (not on the read exits'
 /// stack).
 #[map]
