@@ -71,26 +71,31 @@ pub(crate) fn server_recv(fd: u32, info: &ConnInfo, payload: *const u8, captured
     let pid_tgid = bpf_get_current_pid_tgid();
     // SAFETY: payload is the scratch payload area (>= 16 bytes).
     let head = unsafe { core::ptr::read_unaligned(payload.cast::<[u8; 16]>()) };
-    let walk = if fastcgi::is_begin_request(&head, captured) {
-        begin(pid_tgid, fd, info, &head, exit_ns) != 0
-    } else {
+    if fastcgi::is_begin_request(&head, captured) {
+        begin(pid_tgid, fd, info, exit_ns);
+    } else if info.flags & conn_flags::FASTCGI != 0 && FCGI_WAIT.get_ptr(pid_tgid).is_some() {
         // Only connections that carried a begin record cost a lookup.
-        info.flags & conn_flags::FASTCGI != 0 && FCGI_WAIT.get_ptr(pid_tgid).is_some()
-    };
-    if walk {
-        if let Some(slot) = FCGI_REQUEST.get_ptr_mut(0) {
-            // SAFETY: this CPU's slot; tracepoint programs do not nest.
-            unsafe { *slot = exit_ns };
-        }
+        ask_walk(exit_ns);
     }
     0
 }
 
+/// Asks the params program (next on sys_exit_read) to walk this read.
 #[inline(always)]
-fn begin(pid_tgid: u64, fd: u32, info: &ConnInfo, head: &[u8; 16], exit_ns: u64) -> i64 {
+fn ask_walk(exit_ns: u64) {
+    if let Some(slot) = FCGI_REQUEST.get_ptr_mut(0) {
+        // SAFETY: this CPU's slot; tracepoint programs do not nest.
+        unsafe { *slot = exit_ns };
+    }
+}
+
+#[inline(always)]
+/// Starts the thread's context; without a link, the params program starts
+/// the walk (out of this stack).
+fn begin(pid_tgid: u64, fd: u32, info: &ConnInfo, exit_ns: u64) {
     let mut ctx = TraceCtx { span_id: new_span_id(), conn_id: info.conn_id, ..TraceCtx::default() };
     let linked = if info.link != 0 { LINKS.get_ptr(info.link) } else { None };
-    let walk = match linked {
+    match linked {
         Some(parent) => {
             // SAFETY: parent points at a live LINKS value; copied out.
             let parent = unsafe { *parent };
@@ -104,53 +109,58 @@ fn begin(pid_tgid: u64, fd: u32, info: &ConnInfo, head: &[u8; 16], exit_ns: u64)
             if info.flags & conn_flags::FASTCGI != 0 {
                 let _ = FCGI_WAIT.remove(pid_tgid);
             }
-            0
         }
         None => {
             ctx.trace_id = new_trace_id();
             ctx.flags = root_flags(&ctx.trace_id);
-            wait_for_params(pid_tgid, fd, info, head, &ctx, exit_ns)
+            ask_walk(exit_ns);
         }
-    };
+    }
     if THREAD_CTX.insert(pid_tgid, ctx, 0).is_err() {
         count(Counter::MapInsertFailed);
     }
     count(Counter::ServerCtxStarted);
     count(Counter::FastcgiServerCtx);
     emit(EventKind::ServerCtx, &ctx, ctx.flags, pid_tgid, fd, info.conn_id, exit_ns);
-    walk
 }
 
-/// A request without a link: its params are walked from this read on.
+/// Params program, on the read that brought a begin record with no link
+/// (`begin` said so): the request's params are walked from this read on.
+/// Here, not in `begin`: the read exits' stack has no room for it on
+/// kernels without private stacks.
 #[inline(always)]
-fn wait_for_params(pid_tgid: u64, fd: u32, info: &ConnInfo, head: &[u8; 16], ctx: &TraceCtx, exit_ns: u64) -> i64 {
-    // Built in per-CPU map memory: on the stack it would push the read
-    // exits past 512 bytes on kernels without private stacks.
-    let Some(wait) = WAIT_BUILD.get_ptr_mut(0) else {
-        return 0;
+fn wait_for_params(pid_tgid: u64, ev: &DataEvent, head: &[u8; 16]) -> Option<()> {
+    let tc = THREAD_CTX.get_ptr(pid_tgid)?;
+    // SAFETY: tc points at a live THREAD_CTX value; copied out.
+    let (span_id, conn_id) = unsafe { ((*tc).span_id, (*tc).conn_id) };
+    if conn_id != ev.conn_id {
+        return None;
+    }
+    let conn = CONNS.get_ptr_mut(SockKey { tgid: ev.tgid, fd: ev.fd })?;
+    // SAFETY: conn points at a live CONNS value; flags are only ever or-ed
+    // in. Later reads on this connection look FCGI_WAIT up; others never do.
+    let flags = unsafe {
+        (*conn).flags |= conn_flags::FASTCGI;
+        (*conn).flags
     };
+    // Built in per-CPU map memory, not on this program's stack.
+    let wait = WAIT_BUILD.get_ptr_mut(0)?;
     // SAFETY: this CPU's WAIT_BUILD value; tracepoint programs do not nest.
     let wait = unsafe { &mut *wait };
-    wait.conn_id = info.conn_id;
-    wait.begin_ns = exit_ns;
-    wait.span_id = ctx.span_id;
+    wait.conn_id = ev.conn_id;
+    wait.begin_ns = ev.exit_ns;
+    wait.span_id = span_id;
     wait.walk = RecordWalk::begun(head);
-    wait.fd = fd;
+    wait.fd = ev.fd;
     wait.reads = 0;
     wait.found = 0;
     wait.valid = 0;
-    wait.untrusted = u8::from(info.flags & conn_flags::UNTRUSTED_PEER != 0);
+    wait.untrusted = u8::from(flags & conn_flags::UNTRUSTED_PEER != 0);
     if FCGI_WAIT.insert(pid_tgid, &*wait, 0).is_err() {
         count(Counter::MapInsertFailed);
-        return 0;
+        return None;
     }
-    // Later reads on this connection look FCGI_WAIT up; others never do.
-    if let Some(conn) = CONNS.get_ptr_mut(SockKey { tgid: (pid_tgid >> 32) as u32, fd }) {
-        // SAFETY: conn points at a live CONNS value; flags are only ever
-        // or-ed in.
-        unsafe { (*conn).flags |= conn_flags::FASTCGI };
-    }
-    1
+    Some(())
 }
 
 /// One pair of the params content in SCRATCH (bpf_loop callback, state in
@@ -227,6 +237,12 @@ pub(crate) fn params() -> Option<()> {
     let pid_tgid = (u64::from(ev.tgid) << 32) | u64::from(ev.tid);
     if ev.exit_ns != want || bpf_get_current_pid_tgid() != pid_tgid {
         return None;
+    }
+    // SAFETY: the payload follows the header; 16 bytes lie inside Scratch.
+    let head = unsafe { core::ptr::read_unaligned(base.add(HEADER).cast::<[u8; 16]>()) };
+    if fastcgi::is_begin_request(&head, u64::from(ev.captured_len)) {
+        // A new request (a walk of an older one ends here).
+        wait_for_params(pid_tgid, &ev, &head)?;
     }
     let wait = FCGI_WAIT.get_ptr_mut(pid_tgid)?;
     // SAFETY: wait points at a live FCGI_WAIT value, the calling thread's.
