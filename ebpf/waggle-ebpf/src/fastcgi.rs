@@ -128,6 +128,8 @@ fn begin(pid_tgid: u64, fd: u32, info: &ConnInfo, exit_ns: u64) {
 /// (`begin` said so): the request's params are walked from this read on.
 /// Here, not in `begin`: the read exits' stack has no room for it on
 /// kernels without private stacks.
+// The insert borrows the map memory: `*wait` would copy it onto the stack.
+#[allow(clippy::needless_borrows_for_generic_args)]
 #[inline(always)]
 fn wait_for_params(pid_tgid: u64, ev: &DataEvent, head: &[u8; 16]) -> Option<()> {
     let tc = THREAD_CTX.get_ptr(pid_tgid)?;
