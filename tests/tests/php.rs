@@ -17,7 +17,7 @@ use waggle_e2e::{
     cache::CacheServer,
     db::{MariaDb, DB_NAME, MARIADB_PASSWORD, MARIADB_USER},
     describe, e2e_setup,
-    env::{tail, wait_for_port_line},
+    env::{run_client, tail, wait_for_port_line},
     fixture, python, Agent, Kind, OtlpReceiver, Proc, Protocol, Server, Span, StatusCode, SPAN_TIMEOUT,
 };
 
@@ -39,6 +39,21 @@ header("Content-Type: text/plain");
 echo $row["name"], " ", strlen($v), " ", $down, "\n";
 "#
     )
+}
+
+/// The python service PHP calls (`ok_server.py`), its port, and the
+/// directory of its output.
+fn downstream() -> (Proc, u16, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+    let out_path = dir.path().join("downstream.out");
+    let out = std::fs::File::create(&out_path).unwrap_or_else(|e| panic!("{}: {e}", out_path.display()));
+    let err = out.try_clone().unwrap_or_else(|e| panic!("dup: {e}"));
+    let mut cmd = std::process::Command::new(python());
+    cmd.arg("-u").arg(fixture("ok_server.py")).stdout(out).stderr(err);
+    let mut proc = Proc::spawn("ok_server.py", &mut cmd);
+    let port = wait_for_port_line(&mut proc, &out_path, Duration::from_secs(30))
+        .unwrap_or_else(|exit| panic!("ok_server.py did not announce its port ({exit:?}):\n{}", tail(&out_path, 30)));
+    (proc, port, dir)
 }
 
 fn one<'a>(spans: &[&'a Span], what: &str, pred: impl Fn(&Span) -> bool) -> &'a Span {
@@ -65,15 +80,7 @@ fn nginx_php_fpm_requests_are_one_trace_each() {
     let _guard = e2e_setup("nginx_php_fpm_requests_are_one_trace_each");
     let db = MariaDb::start();
     let redis = CacheServer::redis();
-    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
-    let out_path = dir.path().join("downstream.out");
-    let out = std::fs::File::create(&out_path).unwrap_or_else(|e| panic!("{}: {e}", out_path.display()));
-    let err = out.try_clone().unwrap_or_else(|e| panic!("dup: {e}"));
-    let mut cmd = std::process::Command::new(python());
-    cmd.arg("-u").arg(fixture("ok_server.py")).stdout(out).stderr(err);
-    let mut downstream = Proc::spawn("ok_server.py", &mut cmd);
-    let down_port = wait_for_port_line(&mut downstream, &out_path, Duration::from_secs(30))
-        .unwrap_or_else(|exit| panic!("ok_server.py did not announce its port ({exit:?}):\n{}", tail(&out_path, 30)));
+    let (downstream, down_port, _dir) = downstream();
     let secret = format!("secret-php-{}", std::process::id());
     let fpm = Server::php_fpm(&script(db.port(), redis.port(), down_port, &secret));
     let nginx = Server::nginx_fastcgi(&fpm);
@@ -179,4 +186,92 @@ fn nginx_php_fpm_requests_are_one_trace_each() {
     // Values never leave the host.
     let dump = receiver.raw_dump();
     assert!(!dump.contains(&secret), "the cached value leaked");
+}
+
+/// A web server the agent does not see (on another host, or not traced)
+/// passes a request's `traceparent` to php-fpm as the `HTTP_TRACEPARENT`
+/// param. No same-host link gives php-fpm's context a parent, so the
+/// kernel takes the param: the php-fpm SERVER span joins that trace under
+/// that parent, and so does the python service PHP calls (through the
+/// header the kernel inserts). The web server is `fcgi_splice_client.py`,
+/// whose records go out through splice(2), which the kernel does not read:
+/// it sees no FCGI_BEGIN_REQUEST send and leaves no link. A request with
+/// two HTTP_TRACEPARENT params takes neither (W3C: ambiguous).
+#[test]
+#[ignore = "needs root, php-fpm and the agent binary: cargo xtask test runs it"]
+fn php_fpm_takes_http_traceparent_from_an_unseen_web_server() {
+    let _guard = e2e_setup("php_fpm_takes_http_traceparent_from_an_unseen_web_server");
+    let (downstream, down_port, _dir) = downstream();
+    let script = format!(
+        "<?php\n$down = file_get_contents(\"http://127.0.0.1:{down_port}/downstream\");\necho \"fcgi \", $down, \"\\n\";\n"
+    );
+    let fpm = Server::php_fpm(&script);
+    let receiver = OtlpReceiver::start();
+    let agent = Agent::start(&receiver.agent_args(Protocol::Grpc), &[]);
+    let fpm_pids = fpm.pids();
+    let mut focus = fpm_pids.clone();
+    focus.push(downstream.pid());
+    receiver.focus(&focus);
+
+    let index = fpm.dir().join("index.php");
+    let request = |traceparents: &[&str]| {
+        let mut cmd = std::process::Command::new(python());
+        cmd.arg(fixture("fcgi_splice_client.py")).arg(fpm.port().to_string()).arg(&index).args(traceparents);
+        let run = run_client("fcgi_splice_client.py", &mut cmd, Duration::from_secs(30));
+        run.assert_success();
+        assert!(run.stdout.ends_with("fcgi ok\n"), "php said {:?}; fpm log:\n{}", run.stdout, fpm.log());
+    };
+    let pid = std::process::id();
+    let joined: Vec<(String, String)> =
+        (0..2u32).map(|i| (format!("{pid:08x}{i:08x}4bf92f3577b34da6"), format!("00f067aa0ba9{i:04x}"))).collect();
+    for (trace, parent) in &joined {
+        request(&[&format!("00-{trace}-{parent}-01")]);
+    }
+    let (twice_a, twice_b) = (
+        "00-aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-bbbbbbbbbbbbbbbb-01",
+        "00-cccccccccccccccccccccccccccccccc-dddddddddddddddd-01",
+    );
+    request(&[twice_a, twice_b]);
+    let requests = joined.len() + 1;
+
+    let fpm_server = |s: &Span| s.is_server() && s.pid().is_some_and(|p| fpm_pids.contains(&p));
+    let down_server = |s: &Span| s.is_server() && s.pid() == Some(downstream.pid());
+    let spans = receiver.expect_spans("a php-fpm and a python SERVER span per request", SPAN_TIMEOUT, |all| {
+        all.iter().filter(|s| fpm_server(s)).count() >= requests
+            && all.iter().filter(|s| down_server(s)).count() >= requests
+    });
+    let out = agent.stop();
+    assert!(!out.stderr.contains("panicked"), "agent:\n{}", out.stderr);
+    assert_eq!(out.counter("propagation_fastcgi_traceparent"), joined.len() as u64, "{}", out.stderr);
+    assert_eq!(out.counter("propagation_fastcgi_traceparent_skipped"), 1, "the request with two params");
+    assert_eq!(out.counter("propagation_fastcgi_params_unread"), 0);
+    assert_eq!(out.counter("propagation_linked_parent"), 0, "no link was left: the client's sends are unseen");
+    assert!(out.counter("kernel_unseen_io") >= requests as u64, "the client splices its records");
+
+    let all: Vec<Span> =
+        spans.iter().filter(|s| s.pid().is_some_and(|p| fpm_pids.contains(&p)) || down_server(s)).cloned().collect();
+    let refs: Vec<&Span> = all.iter().collect();
+    let fpm_spans: Vec<&Span> = refs.iter().copied().filter(|s| fpm_server(s)).collect();
+    assert_eq!(fpm_spans.len(), requests, "{}", describe(&all));
+    for (trace, parent) in &joined {
+        let fpm_span = one(&fpm_spans, "php-fpm SERVER span of the param's trace", |s| &s.trace_id == trace);
+        assert_eq!(&fpm_span.parent_span_id, parent, "{fpm_span}");
+        assert_eq!(fpm_span.name, "GET /unseen/front", "{fpm_span}");
+        assert_eq!(fpm_span.attr_str("network.protocol.name"), Some("fastcgi"), "{fpm_span}");
+        let in_trace: Vec<&Span> = refs.iter().copied().filter(|s| &s.trace_id == trace).collect();
+        let http = one(&in_trace, "php-fpm HTTP CLIENT span", |s| {
+            s.is_client() && s.attr_str("http.request.method").is_some()
+        });
+        assert_child(http, fpm_span);
+        let python_span = one(&in_trace, "python SERVER span", down_server);
+        assert_child(python_span, http);
+    }
+    // Two params: a trace of its own, no parent, and the python call in it.
+    let alone = one(&fpm_spans, "php-fpm SERVER span of the two-param request", |s| {
+        !joined.iter().any(|(t, _)| *t == s.trace_id)
+    });
+    assert!(alone.parent_span_id.is_empty(), "{alone}");
+    assert!(!twice_a.contains(&alone.trace_id) && !twice_b.contains(&alone.trace_id), "{alone}");
+    let in_trace: Vec<&Span> = refs.iter().copied().filter(|s| s.trace_id == alone.trace_id).collect();
+    one(&in_trace, "python SERVER span", down_server);
 }

@@ -13,13 +13,16 @@ use aya::{
     programs::{ProgramError, TracePoint},
     Ebpf, EbpfError, EbpfLoader,
 };
-use waggle_common::{globals, maps, sockmap_mode, Counter, SockWalkOffsets, MAX_CAPTURE};
+use waggle_common::{globals, maps, sockmap_mode, Counter, SockWalkOffsets, FCGI_PARAMS_PROGRAM, MAX_CAPTURE};
 
 use super::{
     btf::{sock_walk_offsets, Btf, BtfError, SendRoomOffsets},
     error::{is_permission, AttachError, ProbeError},
     maps::{kernel_counters, open_counters, take_map, write_initial_verdicts, ConnMaps, Plain, VerdictMap},
-    propagation::{attach_propagation, fill_trusted_networks, notsent_lowat_default, SK_MSG_PROGRAM, SOCKOPS_PROGRAM},
+    propagation::{
+        attach_fastcgi_params, attach_propagation, fill_trusted_networks, notsent_lowat_default, SK_MSG_PROGRAM,
+        SOCKOPS_PROGRAM,
+    },
     ring::{EventSource, Heartbeat},
     tls::TlsProbes,
 };
@@ -259,6 +262,20 @@ impl Probes {
                     tracing::warn!(program = spec.name, reason = %reason, "probe skipped");
                     skipped.push((spec.name, reason));
                 }
+            }
+        }
+        // After sys_exit_read, whose reads it walks.
+        let fastcgi = if attached.contains(&"sys_exit_read") {
+            attach_fastcgi_params(&mut ebpf)
+        } else {
+            Err(AttachError::Other("sys_exit_read is not attached".into()))
+        };
+        match fastcgi {
+            Ok(()) => attached.push(FCGI_PARAMS_PROGRAM),
+            Err(e) => {
+                let reason = e.describe();
+                tracing::warn!(program = FCGI_PARAMS_PROGRAM, reason = %reason, "probe skipped: FastCGI responders without a same-host link ignore the HTTP_TRACEPARENT param");
+                skipped.push((FCGI_PARAMS_PROGRAM, reason));
             }
         }
         let data_path_ok = DATA_PATH.iter().any(|sys| {
@@ -613,7 +630,7 @@ mod tests {
         for spec in PROGRAMS {
             assert!(symbols.iter().any(|s| s == spec.name), "program {} missing", spec.name);
         }
-        for name in [SK_MSG_PROGRAM, SOCKOPS_PROGRAM] {
+        for name in [SK_MSG_PROGRAM, SOCKOPS_PROGRAM, FCGI_PARAMS_PROGRAM] {
             assert!(symbols.iter().any(|s| s == name), "program {name} missing");
         }
         for name in [
@@ -631,6 +648,8 @@ mod tests {
             maps::CONNECTING,
             maps::RUNTIME,
             maps::TRUSTED_NETS,
+            maps::FCGI_WAIT,
+            maps::FCGI_REQUEST,
             globals::AGENT_TGID,
             globals::CAPTURE_BYTES,
             globals::PROPAGATION,

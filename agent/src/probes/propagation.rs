@@ -10,10 +10,10 @@ use std::{
 
 use aya::{
     maps::{lpm_trie::Key, Array, LpmTrie, MapData, SockHash},
-    programs::{CgroupAttachMode, SkMsg, SockOps},
+    programs::{CgroupAttachMode, SkMsg, SockOps, TracePoint},
     Ebpf,
 };
-use waggle_common::{maps, runtime, sockmap_mode};
+use waggle_common::{maps, runtime, sockmap_mode, FCGI_PARAMS_PROGRAM};
 
 use super::{
     error::{AttachError, ProbeError},
@@ -34,6 +34,18 @@ pub(super) fn notsent_lowat_default() -> u32 {
         .ok()
         .and_then(|s| s.trim().parse::<u32>().ok())
         .unwrap_or(u32::MAX)
+}
+
+/// Attaches the FastCGI params program to sys_exit_read, after the data
+/// exit there (programs on one tracepoint run in attach order): it walks
+/// the reads the data exit asks it to. Without it a FastCGI responder's
+/// context does not take an incoming HTTP_TRACEPARENT (said once by the
+/// caller).
+pub(super) fn attach_fastcgi_params(ebpf: &mut Ebpf) -> Result<(), AttachError> {
+    let program: &mut TracePoint = ebpf.program_mut(FCGI_PARAMS_PROGRAM).ok_or(AttachError::NotInObject)?.try_into()?;
+    program.load()?;
+    program.attach("syscalls", "sys_exit_read")?;
+    Ok(())
 }
 
 /// TRUSTED_NETS holds IPv6 prefixes; IPv4 networks are stored mapped into

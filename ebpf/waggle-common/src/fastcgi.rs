@@ -110,11 +110,10 @@ pub const TRACEPARENT_LEN: u32 = 55;
 /// Walks the name-value pairs of a params record's content (or a read that
 /// holds a PARAMS header and its content) one pair per [`ParamScan::step`],
 /// noting where an `HTTP_TRACEPARENT` value lies; the caller's `read`
-/// gives the window at an offset (zero-filled past the end). Written for a
-/// `bpf_loop` over the kernel's copy of php-fpm's params read; not run by
-/// the kernel yet (its verification cost on 6.1/6.12, see the eBPF
-/// crate's `fastcgi.rs`), so a responder's context does not take an
-/// incoming HTTP_TRACEPARENT.
+/// gives the window at an offset (zero-filled past the end). The kernel
+/// runs it in a `bpf_loop` over the content a [`RecordWalk`] points at,
+/// in the separate program the read exits tail-call (the eBPF crate's
+/// `fastcgi.rs`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ParamScan {
     /// Offset of the next pair.
@@ -183,6 +182,97 @@ impl ParamScan {
     /// HTTP_TRACEPARENT param was seen.
     pub fn value(&self) -> Option<u32> {
         (self.found == 1 && self.value_at != 0).then_some(self.value_at)
+    }
+}
+
+/// Record steps a [`RecordWalk`] takes in one read at most: the rest of
+/// the begin record, a PARAMS header, its content and the next header.
+pub const MAX_WALK_STEPS: u32 = 6;
+/// Reads of a responder's request a [`RecordWalk`] follows before it gives
+/// up (php-fpm needs five: header, begin body, PARAMS header, content, the
+/// empty PARAMS header).
+pub const MAX_WALK_READS: u32 = 16;
+
+/// Where a responder's reads stand between its `FCGI_BEGIN_REQUEST` and
+/// the end of that request's params, one read after another: which bytes
+/// to pass over, and where params content lies. Params content split
+/// across reads, longer than the kernel's copy of a read, or anything that
+/// is no record ends the walk (`WalkStep::Cut`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct RecordWalk {
+    /// Bytes to pass over before the next record header (the begin
+    /// record, a params record's padding).
+    pub skip: u32,
+    /// Content bytes of the current PARAMS record, not reached yet.
+    pub content: u32,
+    /// Padding after that content.
+    pub padding: u32,
+}
+
+/// What [`RecordWalk::next`] found at the read's position.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WalkStep {
+    /// The read is used up: the walk goes on in the next one.
+    More,
+    /// A record header was passed: call again.
+    Record,
+    /// Params content lies at `[at, end)` of the read.
+    Params { at: u32, end: u32 },
+    /// The params are over (their empty record, or another record).
+    End,
+    /// The walk cannot go on.
+    Cut,
+}
+
+impl RecordWalk {
+    /// A walk that starts with the begin record whose header is `head`
+    /// (checked by [`is_begin_request`]) at the start of a read.
+    pub fn begun(head: &[u8; 16]) -> RecordWalk {
+        RecordWalk { skip: HEADER_LEN as u32 + u32::from(BEGIN_BODY_LEN) + u32::from(head[6]), ..RecordWalk::default() }
+    }
+
+    /// The next step at `*pos` (<= `len`) of a read of `len` bytes; `header`
+    /// gives the 8 bytes at an offset.
+    #[inline(always)]
+    pub fn next(&mut self, pos: &mut u32, len: u32, header: impl Fn(u32) -> [u8; HEADER_LEN]) -> WalkStep {
+        if *pos > len {
+            return WalkStep::Cut;
+        }
+        let left = len - *pos;
+        if self.skip > 0 {
+            let n = if self.skip < left { self.skip } else { left };
+            self.skip -= n;
+            *pos += n;
+        }
+        if *pos >= len {
+            return WalkStep::More;
+        }
+        let left = len - *pos;
+        if self.content > 0 {
+            // php-fpm reads a record's content (and padding) whole.
+            if self.content > left {
+                return WalkStep::Cut;
+            }
+            let at = *pos;
+            *pos = at + self.content;
+            self.content = 0;
+            self.skip = self.padding;
+            return WalkStep::Params { at, end: *pos };
+        }
+        if left < HEADER_LEN as u32 {
+            return WalkStep::Cut;
+        }
+        let Some(h) = Header::parse(&header(*pos)) else {
+            return WalkStep::Cut;
+        };
+        *pos += HEADER_LEN as u32;
+        if h.kind != record::PARAMS || h.content_len == 0 {
+            return WalkStep::End;
+        }
+        self.content = u32::from(h.content_len);
+        self.padding = u32::from(h.padding);
+        WalkStep::Record
     }
 }
 

@@ -73,7 +73,17 @@ pub mod maps {
     /// want the process traced. Consulted only when the FILTER global is 1;
     /// a process without an entry is undecided and traced.
     pub const TRACE_VERDICT: &str = "TRACE_VERDICT";
+    /// pid_tgid -> where a FastCGI responder's thread stands in the params
+    /// of a request that has no same-host link (kernel-only).
+    pub const FCGI_WAIT: &str = "FCGI_WAIT";
+    /// Per-CPU exit_ns of the read the FastCGI params program walks next
+    /// (kernel-only).
+    pub const FCGI_REQUEST: &str = "FCGI_REQUEST";
 }
+
+/// The program that walks a FastCGI responder's params, attached to
+/// `syscalls:sys_exit_read` after `sys_exit_read`.
+pub const FCGI_PARAMS_PROGRAM: &str = "fastcgi_params";
 
 /// The kernel injects only while the agent drained within this long: a
 /// stopped or hung agent would otherwise send ids downstream for spans it
@@ -197,6 +207,8 @@ pub const TRACEPARENT_LINE_LEN: usize = 70;
 pub const THREAD_CTX_MAX_ENTRIES: u32 = 16384;
 /// Client requests waiting for a same-host server to take their ids.
 pub const LINKS_MAX_ENTRIES: u32 = 4096;
+/// FastCGI responder threads between a request's begin and its params' end.
+pub const FCGI_WAIT_MAX_ENTRIES: u32 = 4096;
 
 pub const INJECT_PENDING_MAX_ENTRIES: u32 = 4096;
 pub const CLIENT_SOCKS_MAX_ENTRIES: u32 = 65536;
@@ -714,6 +726,12 @@ kernel_counters! {
         "read/write syscalls on connections whose plaintext the TLS probes capture: the ciphertext is not copied",
     TlsPlaintextMuted => "kernel_tls_plaintext_muted":
         "TLS library calls on connections whose plaintext the agent found unparseable: not copied",
+    FastcgiTraceparent => "propagation_fastcgi_traceparent":
+        "FastCGI requests with no same-host link whose context took the HTTP_TRACEPARENT param (also counted in propagation_incoming_traceparent)",
+    FastcgiTraceparentSkipped => "propagation_fastcgi_traceparent_skipped":
+        "FastCGI requests with no same-host link whose HTTP_TRACEPARENT param was not taken: several of them, an invalid value, or the request was answered first",
+    FastcgiParamsUnread => "propagation_fastcgi_params_unread":
+        "FastCGI requests with no same-host link whose params the kernel could not walk (split across reads, longer than the capture, not records): an HTTP_TRACEPARENT among them is not taken",
 }
 
 impl Counter {

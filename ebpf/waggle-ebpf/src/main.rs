@@ -85,6 +85,14 @@ data_programs! {
     sys_enter_sendfile64, sys_exit_sendfile64, Sendfile, Egress;
 }
 
+/// Attached to sys_exit_read after `sys_exit_read`: walks a FastCGI
+/// responder's params when the data exit asked (fastcgi.rs).
+#[tracepoint]
+pub fn fastcgi_params(_ctx: TracePointContext) -> u32 {
+    let _ = fastcgi::params();
+    0
+}
+
 #[tracepoint]
 pub fn sys_enter_socket(ctx: TracePointContext) -> u32 {
     let _ = conn::socket_enter(&ctx);

@@ -9,10 +9,11 @@ use aya_ebpf::{
     Global,
 };
 use waggle_common::{
+    fastcgi::{ParamScan, RecordWalk},
     ConnEnds, ConnInfo, DataEvent, FlowKey, InjectRequest, Pending, SockKey, SockWalkOffsets, TraceCtx,
     CLIENT_SOCKS_MAX_ENTRIES, CONNECTING_MAX_ENTRIES, CONNS_MAX_ENTRIES, COUNTER_COUNT, EVENTS_RINGBUF_BYTES,
-    INET_STREAM_SOCKS_MAX_ENTRIES, INJECT_PENDING_MAX_ENTRIES, LINKS_MAX_ENTRIES, MAX_CAPTURE, OWN_FLOWS_MAX_ENTRIES,
-    PENDING_MAX_ENTRIES, THREAD_CTX_MAX_ENTRIES, TRACE_VERDICT_MAX_ENTRIES, TRACKED_TGIDS_MAX_ENTRIES,
+    FCGI_WAIT_MAX_ENTRIES, INET_STREAM_SOCKS_MAX_ENTRIES, INJECT_PENDING_MAX_ENTRIES, LINKS_MAX_ENTRIES, MAX_CAPTURE,
+    OWN_FLOWS_MAX_ENTRIES, PENDING_MAX_ENTRIES, THREAD_CTX_MAX_ENTRIES, TRACE_VERDICT_MAX_ENTRIES, TRACKED_TGIDS_MAX_ENTRIES,
     TRUSTED_NETS_MAX_ENTRIES,
 };
 
@@ -126,6 +127,89 @@ pub(crate) static THREAD_CTX: LruHashMap<u64, TraceCtx> = LruHashMap::with_max_e
 /// LRU: a request whose server is not traced (or on another host) ages out.
 #[map]
 pub(crate) static LINKS: LruHashMap<u64, TraceCtx> = LruHashMap::with_max_entries(LINKS_MAX_ENTRIES, 0);
+
+/// pid_tgid -> where a FastCGI responder's thread stands in the params of
+/// a request no same-host link gave a parent (fastcgi.rs). LRU: a request
+/// whose params never end ages out.
+#[map]
+pub(crate) static FCGI_WAIT: LruHashMap<u64, ParamsWait> = LruHashMap::with_max_entries(FCGI_WAIT_MAX_ENTRIES, 0);
+
+/// The exit_ns of the read whose bytes the FastCGI params program (run
+/// after the data exit on sys_exit_read) walks next; 0: none. Per CPU:
+/// both programs run on the same CPU for the same syscall.
+#[map]
+pub(crate) static FCGI_REQUEST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+/// The params pair scan and where it must stop (fastcgi.rs): map memory
+/// for the bpf_loop callback, as SCAN.
+#[map]
+pub(crate) static PARAM_SCAN: PerCpuArray<ParamScanState> = PerCpuArray::with_max_entries(1, 0);
+
+/// A record walk over one read and what it came to (fastcgi.rs): map
+/// memory for the bpf_loop callback, so the verifier does not follow the
+/// walk's values through every step.
+#[map]
+pub(crate) static WALK_STATE: PerCpuArray<WalkState> = PerCpuArray::with_max_entries(1, 0);
+
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+pub(crate) struct WalkState {
+    pub walk: RecordWalk,
+    pub pos: u32,
+    pub len: u32,
+    /// `walk_outcome` of the last step that stopped the loop.
+    pub outcome: u32,
+    /// The params content the walk stopped at.
+    pub at: u32,
+    pub end: u32,
+}
+
+/// WalkState::outcome values.
+pub(crate) mod walk_outcome {
+    pub const NONE: u32 = 0;
+    pub const PARAMS: u32 = 1;
+    pub const MORE: u32 = 2;
+    pub const END: u32 = 3;
+    pub const CUT: u32 = 4;
+}
+
+/// Where a new FCGI_WAIT value is put together (not on the read exits'
+/// stack).
+#[map]
+pub(crate) static WAIT_BUILD: PerCpuArray<ParamsWait> = PerCpuArray::with_max_entries(1, 0);
+
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+pub(crate) struct ParamScanState {
+    pub scan: ParamScan,
+    /// End of the params content in the SCRATCH payload.
+    pub end: u32,
+}
+
+/// A FCGI_WAIT value.
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+pub(crate) struct ParamsWait {
+    pub conn_id: u64,
+    /// Timestamp of the begin record's read: the key of its ServerCtx.
+    pub begin_ns: u64,
+    /// The context the begin started (THREAD_CTX must still hold it).
+    pub span_id: [u8; 8],
+    pub walk: RecordWalk,
+    pub fd: u32,
+    /// Reads walked so far.
+    pub reads: u32,
+    /// HTTP_TRACEPARENT params seen.
+    pub found: u32,
+    /// The valid one's ids and flags (`valid` 1).
+    pub trace_id: [u8; 16],
+    pub parent_span_id: [u8; 8],
+    pub flags: u8,
+    pub valid: u8,
+    /// The connection's peer is not trusted (conn_flags::UNTRUSTED_PEER).
+    pub untrusted: u8,
+    pub _pad: [u8; 5],
+}
 
 /// pid_tgid -> the traceparent the thread's current send should carry; lives
 /// from the send's syscall entry to its exit.

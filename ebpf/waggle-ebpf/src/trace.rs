@@ -109,6 +109,15 @@ pub(crate) fn root_flags(trace_id: &[u8; 16]) -> u8 {
     }
 }
 
+/// W3C flags of a server context that joins an incoming traceparent of
+/// W3C flags `flags`: the sampled decision follows it (parentbased_*
+/// samplers) or is taken again.
+#[inline(always)]
+pub(crate) fn joined_flags(flags: u8, trace_id: &[u8; 16]) -> u8 {
+    let sampled = if PARENT_BASED.load() != 0 { flags & ctx_flags::SAMPLED } else { root_flags(trace_id) };
+    sampled | ctx_flags::HAS_PARENT
+}
+
 /// The agent drained the ring buffer recently: ids the kernel sends
 /// downstream now will have spans.
 #[inline(always)]
@@ -536,9 +545,7 @@ pub(crate) fn server_recv_exit(
         Some(inc) => {
             ctx.trace_id = inc.trace_id;
             ctx.parent_span_id = inc.span_id;
-            let sampled =
-                if PARENT_BASED.load() != 0 { inc.flags & ctx_flags::SAMPLED } else { root_flags(&inc.trace_id) };
-            ctx.flags = sampled | ctx_flags::HAS_PARENT;
+            ctx.flags = joined_flags(inc.flags, &inc.trace_id);
             count(Counter::IncomingTraceparent);
         }
         None => {

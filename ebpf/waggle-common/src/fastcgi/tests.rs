@@ -4,6 +4,7 @@ extern crate std;
 use std::vec::Vec;
 
 use super::*;
+use crate::http::Incoming;
 
 const TRACEPARENT: &[u8] = include_bytes!("../../../../agent/src/protocols/testdata/fastcgi/traceparent.bin");
 const GET: &[u8] = include_bytes!("../../../../agent/src/protocols/testdata/fastcgi/get.bin");
@@ -185,5 +186,99 @@ fn scanning_garbage_is_bounded() {
         assert!(s.pos as usize <= b.len() || s.cut);
         let (h, n) = head16(&b);
         let _ = is_begin_request(&h, n);
+    }
+}
+
+/// Runs a record walk over `reads` as the kernel does (a walk started by
+/// the begin record at the start of the first read), and a pair scan over
+/// each params content it points at; the steps it took and the values of
+/// the HTTP_TRACEPARENT params it found.
+fn walk(reads: &[&[u8]]) -> (Vec<WalkStep>, Vec<Incoming>) {
+    let (head, _) = head16(reads[0]);
+    let mut w = RecordWalk::begun(&head);
+    let (mut steps, mut found) = (Vec::new(), Vec::new());
+    for read in reads.iter().take(MAX_WALK_READS as usize) {
+        let mut pos = 0;
+        let header = |at: u32| {
+            let mut h = [0u8; HEADER_LEN];
+            h.copy_from_slice(&read[at as usize..at as usize + HEADER_LEN]);
+            h
+        };
+        for _ in 0..MAX_WALK_STEPS {
+            let step = w.next(&mut pos, read.len() as u32, header);
+            steps.push(step);
+            match step {
+                WalkStep::Record => {}
+                WalkStep::Params { at, end } => {
+                    let content = &read[at as usize..end as usize];
+                    let s = scan(content);
+                    if let Some(v) = s.value() {
+                        found.extend(parse_traceparent_param(&value_window(content, v)));
+                    }
+                }
+                WalkStep::More => break,
+                WalkStep::End | WalkStep::Cut => return (steps, found),
+            }
+        }
+    }
+    (steps, found)
+}
+
+#[test]
+fn the_walk_finds_the_params_in_php_fpms_reads_and_in_one_read() {
+    use WalkStep::*;
+    let b = client_bytes(TRACEPARENT);
+    let reads = fpm_reads(&b);
+    let content_len = u32::from_be_bytes([0, 0, b[20], b[21]]);
+    let (steps, found) = walk(&reads[..5]);
+    // BEGIN header, its body, PARAMS header, content (and padding), the
+    // empty PARAMS record's header.
+    assert_eq!(steps, [More, More, Record, More, Params { at: 0, end: content_len }, More, End]);
+    assert_eq!(found.len(), 1);
+    assert_eq!(found[0].trace_id[..4], [0x4b, 0xf9, 0x2f, 0x35]);
+    // A responder that reads everything at once.
+    let (steps, found) = walk(&[&b]);
+    assert_eq!(steps, [Record, Params { at: 24, end: 24 + content_len }, End]);
+    assert_eq!(found.len(), 1);
+    // No traceparent: the walk ends all the same.
+    let g = client_bytes(GET);
+    let (steps, found) = walk(&fpm_reads(&g)[..5]);
+    assert_eq!(steps.last(), Some(&End));
+    assert!(found.is_empty());
+}
+
+#[test]
+fn the_walk_stops_where_it_cannot_follow() {
+    use WalkStep::*;
+    let b = client_bytes(TRACEPARENT);
+    let reads = fpm_reads(&b);
+    // The content read in two pieces.
+    let (first, second) = reads[3].split_at(10);
+    let (steps, found) = walk(&[reads[0], reads[1], reads[2], first, second]);
+    assert_eq!(steps.last(), Some(&Cut));
+    assert!(found.is_empty());
+    // Bytes that are no record where a header belongs.
+    let (steps, _) = walk(&[reads[0], reads[1], b"GET / HTTP/1.1\r\n"]);
+    assert_eq!(steps.last(), Some(&Cut));
+    // A short header read.
+    let (steps, _) = walk(&[&b[..16], &b[16..20]]);
+    assert_eq!(steps.last(), Some(&Cut));
+    // A STDIN record right after the begin: no params, the walk ends.
+    let mut stdin = b[..16].to_vec();
+    stdin.extend_from_slice(&[1, record::STDIN, 0, 1, 0, 0, 0, 0]);
+    let (steps, _) = walk(&[&stdin]);
+    assert_eq!(steps, [End]);
+    // Garbage never walks out of its read.
+    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+    for len in 16..300usize {
+        let mut g: Vec<u8> = b[..16].to_vec();
+        g.extend((16..len).map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        }));
+        let (steps, _) = walk(&[&g]);
+        assert!(steps.len() <= MAX_WALK_STEPS as usize);
     }
 }
