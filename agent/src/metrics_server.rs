@@ -88,16 +88,20 @@ pub enum Gauge {
     ExportQueueSpans,
     /// Bytes the connections' buffers hold (`ConnTracker::buffered_bytes`).
     BufferedBytes,
+    /// Pods the Kubernetes metadata store holds (`k8s::PodStore::pods_known`).
+    KubePodsKnown,
 }
 
 impl Gauge {
-    pub const ALL: [Gauge; 3] = [Gauge::ConnectionsTracked, Gauge::ExportQueueSpans, Gauge::BufferedBytes];
+    pub const ALL: [Gauge; 4] =
+        [Gauge::ConnectionsTracked, Gauge::ExportQueueSpans, Gauge::BufferedBytes, Gauge::KubePodsKnown];
 
     pub fn name(self) -> &'static str {
         match self {
             Gauge::ConnectionsTracked => "connections_tracked",
             Gauge::ExportQueueSpans => "export_queue_spans",
             Gauge::BufferedBytes => "buffered_bytes",
+            Gauge::KubePodsKnown => "kube_pods_known",
         }
     }
 
@@ -105,6 +109,7 @@ impl Gauge {
         match self {
             Gauge::ConnectionsTracked => "connections currently tracked by the agent",
             Gauge::ExportQueueSpans => "spans waiting in the export queue",
+            Gauge::KubePodsKnown => "pods of this node the Kubernetes metadata store knows (unset without Kubernetes metadata)",
             Gauge::BufferedBytes => {
                 "bytes the connections' buffers hold (partial messages, statement caches), capped by --max-buffer-bytes"
             }

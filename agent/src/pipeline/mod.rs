@@ -86,6 +86,8 @@ struct Stages {
     kernel_counters: Vec<(Counter, u64)>,
     /// The kernel reads each connection's socket (`Probes::reads_sockets`).
     reads_sockets: bool,
+    /// Kubernetes metadata, when on (for the pods-known gauge).
+    pods: Option<Arc<crate::k8s::PodStore>>,
 }
 
 impl Stages {
@@ -228,6 +230,9 @@ impl Stages {
         self.kernel_cell.set_gauge(Gauge::ConnectionsTracked, self.tracker.len() as u64);
         self.kernel_cell.set_gauge(Gauge::ExportQueueSpans, self.exporter.queued() as u64);
         self.kernel_cell.set_gauge(Gauge::BufferedBytes, self.tracker.buffered_bytes() as u64);
+        if let Some(pods) = &self.pods {
+            self.kernel_cell.set_gauge(Gauge::KubePodsKnown, pods.pods_known() as u64);
+        }
         let lost = kernel.iter().find(|(c, _)| *c == Counter::EventsLost).map(|(_, n)| *n).unwrap_or(0);
         if lost > *last_lost {
             tracing::warn!(
@@ -305,8 +310,14 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send) -> R
         )?),
         _ => None,
     };
+    let pods = start_kube(&config.kube, &metrics).await;
+    let pod_context = pods.as_ref().map(|store| discovery::PodContext {
+        directory: store.clone(),
+        node_name: config.kube.node_name.clone(),
+        cluster_name: config.kube.cluster_name.clone(),
+    });
     let (resolver, mut resource_replies) =
-        ResourceResolver::spawn(config.resource_attributes.clone(), agent_pid, metrics.clone());
+        ResourceResolver::spawn(config.resource_attributes.clone(), agent_pid, pod_context, metrics.clone());
     let mut stages = Stages {
         tracker: ConnTracker::new(
             ParserConfig {
@@ -330,6 +341,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send) -> R
         pending: Vec::new(),
         kernel_cell: kernel_cell.clone(),
         kernel_counters: Vec::new(),
+        pods,
     };
 
     // Probes are attached first, so a connection opened during the scan is
@@ -405,4 +417,18 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send) -> R
         .collect();
     tracing::info!(counters = %counters.join(" "), "waggle stopped");
     result
+}
+
+/// Kubernetes metadata, when configured: the store the watches fill. A
+/// client that cannot be built is one warning, and the agent runs without
+/// metadata; the API server itself is never waited for.
+async fn start_kube(kube: &crate::config::KubeConfig, metrics: &Arc<Metrics>) -> Option<Arc<crate::k8s::PodStore>> {
+    let source = kube.source.as_ref()?;
+    match crate::k8s::start(source, &kube.node_name, metrics.clone()).await {
+        Ok(store) => Some(store),
+        Err(e) => {
+            tracing::warn!(error = %e, "Kubernetes metadata off: spans carry container.id and k8s.pod.uid only");
+            None
+        }
+    }
 }
