@@ -420,13 +420,16 @@ async fn stream_watch(
     loop {
         // Registered before looking, so a change in between still wakes us.
         let notified = changed.notified();
+        let held = {
+            let state = lock();
+            state.held && state.generation == generation
+        };
+        if held {
+            let _ = tokio::time::timeout(Duration::from_millis(200), notified).await;
+            continue;
+        }
         let (lines, ended) = {
             let state = lock();
-            if state.held && state.generation == generation {
-                drop(state);
-                let _ = tokio::time::timeout(Duration::from_millis(200), notified).await;
-                continue;
-            }
             let lines: Vec<String> = state
                 .log
                 .iter()
