@@ -252,6 +252,52 @@ fn spans_carry_kubernetes_metadata_and_keep_coming_without_the_api_server() {
     assert_eq!(db_span.resource_str("k8s.container.name"), Some("db"), "{ctx}");
     assert_eq!(db_span.resource_str("k8s.deployment.name"), None, "{ctx}");
 
+    // A pod the API server tells about only after its process's first span:
+    // that span has the cgroup's identity only; once the pod arrives, the
+    // cached resource is built again and later spans carry the metadata.
+    const LATE_UID: &str = "2d3e4f50-6172-4839-a4b5-c6d7e8f90123";
+    let late_container = container_id(7);
+    let late = Server::python_http_server_in_cgroup(
+        &cgroups.make(&format!("kubepods/besteffort/pod{LATE_UID}/{late_container}")),
+        &[],
+    );
+    curl(&[&late.url("/early")]).assert_success();
+    receiver.focus(&[late.pid()]);
+    let spans = receiver.expect_spans("the late pod's first span", SPAN_TIMEOUT, |s| !server_spans(s, late.pid()).is_empty());
+    let early = &server_spans(&spans, late.pid())[0];
+    assert_eq!(early.resource_str("k8s.pod.uid"), Some(LATE_UID), "{}", describe(&[early.clone()]));
+    assert_eq!(early.resource_str("k8s.pod.name"), None, "not known yet: {}", describe(&[early.clone()]));
+    let late_pod = PodSpec {
+        name: "late-0",
+        namespace: "shop",
+        uid: LATE_UID,
+        node: NODE,
+        labels: &[],
+        annotations: &[],
+        owner: Some(("DaemonSet", "late")),
+        containers: &[("main", late_container.as_str())],
+    };
+    api.put(Collection::Pods, late_pod.to_json());
+    scrape_until(metrics_port, "the late pod known", |body| sample(body, "waggle_kube_pods_known") == Some(3));
+    // Each request is a chance for the once-a-second revalidation.
+    let deadline = std::time::Instant::now() + SPAN_TIMEOUT;
+    let refreshed = loop {
+        curl(&[&late.url("/later")]).assert_success();
+        let with_metadata = |spans: &[Span]| {
+            server_spans(spans, late.pid()).into_iter().find(|s| s.resource_str("k8s.pod.name") == Some("late-0"))
+        };
+        if let Ok(spans) = receiver.wait_for(std::time::Duration::from_millis(500), |s| with_metadata(s).is_some()) {
+            break with_metadata(&spans).expect("just seen");
+        }
+        assert!(std::time::Instant::now() < deadline, "no span of the late pod with its metadata");
+    };
+    assert_eq!(refreshed.service_name, "late", "the DaemonSet names it: {}", describe(&[refreshed.clone()]));
+    assert_eq!(refreshed.resource_str("k8s.container.name"), Some("main"));
+    let body = scrape_until(metrics_port, "the rebuild counted", |b| counter(b, "resources_rebuilt_for_pod") >= 1);
+    assert!(counter(&body, "resources_rebuilt_for_pod") >= 1);
+    drop(late);
+    receiver.focus(&[web.pid(), db.pid()]);
+
     // The API server goes away: connections are refused from now on. Every
     // request still makes a span, with the metadata known before.
     api.stop();
