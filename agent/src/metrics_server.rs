@@ -109,7 +109,9 @@ impl Gauge {
         match self {
             Gauge::ConnectionsTracked => "connections currently tracked by the agent",
             Gauge::ExportQueueSpans => "spans waiting in the export queue",
-            Gauge::KubePodsKnown => "pods of this node the Kubernetes metadata store knows (unset without Kubernetes metadata)",
+            Gauge::KubePodsKnown => {
+                "pods of this node the Kubernetes metadata store knows (unset without Kubernetes metadata)"
+            }
             Gauge::BufferedBytes => {
                 "bytes the connections' buffers hold (partial messages, statement caches), capped by --max-buffer-bytes"
             }

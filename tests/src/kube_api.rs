@@ -357,7 +357,13 @@ async fn serve(conn: TcpStream, state: Arc<Mutex<State>>, changed: Arc<Notify>) 
     let metadata_only = accept.contains("as=PartialObjectMetadata");
     let resource_version = query_param(query, "resourceVersion").unwrap_or_default().to_owned();
     let node = node_selector(query);
-    let request = ApiRequest { collection, watch, resource_version: resource_version.clone(), query: query.to_owned(), metadata_only };
+    let request = ApiRequest {
+        collection,
+        watch,
+        resource_version: resource_version.clone(),
+        query: query.to_owned(),
+        metadata_only,
+    };
     let lock = || state.lock().unwrap_or_else(|p| p.into_inner());
     lock().requests.push(request);
     if !watch {

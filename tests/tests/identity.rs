@@ -263,7 +263,8 @@ fn spans_carry_kubernetes_metadata_and_keep_coming_without_the_api_server() {
     );
     curl(&[&late.url("/early")]).assert_success();
     receiver.focus(&[late.pid()]);
-    let spans = receiver.expect_spans("the late pod's first span", SPAN_TIMEOUT, |s| !server_spans(s, late.pid()).is_empty());
+    let spans =
+        receiver.expect_spans("the late pod's first span", SPAN_TIMEOUT, |s| !server_spans(s, late.pid()).is_empty());
     let early = &server_spans(&spans, late.pid())[0];
     assert_eq!(early.resource_str("k8s.pod.uid"), Some(LATE_UID), "{}", describe(&[early.clone()]));
     assert_eq!(early.resource_str("k8s.pod.name"), None, "not known yet: {}", describe(&[early.clone()]));
@@ -315,7 +316,11 @@ fn spans_carry_kubernetes_metadata_and_keep_coming_without_the_api_server() {
         .filter(|s| s.attr_str("url.path").is_some_and(|p| p.starts_with("/after-")))
         .collect();
     assert_eq!(after.len(), REQUESTS, "none lost, none doubled: {}", describe(&after));
-    assert!(after.iter().all(|s| s.resource_str("k8s.pod.name") == Some("web-5d8f7c9b4-x2x7q")), "{}", describe(&after));
+    assert!(
+        after.iter().all(|s| s.resource_str("k8s.pod.name") == Some("web-5d8f7c9b4-x2x7q")),
+        "{}",
+        describe(&after)
+    );
     drop((web, db));
     let out = agent.stop();
     assert!(out.counter("kube_watch_errors") >= 2, "{}", out.stderr);

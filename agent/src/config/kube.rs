@@ -15,7 +15,12 @@ pub(super) struct FileKube {
     pub(super) cluster_name: Option<String>,
 }
 
-pub(super) fn resolve(args: &CliArgs, env: &dyn Env, file: FileKube, path: Option<&Path>) -> Result<KubeConfig, ConfigError> {
+pub(super) fn resolve(
+    args: &CliArgs,
+    env: &dyn Env,
+    file: FileKube,
+    path: Option<&Path>,
+) -> Result<KubeConfig, ConfigError> {
     let mode = match first([flag(args.kube.clone(), "kube"), file_key(file.mode, "kube", path)]) {
         Some((raw, source)) => match raw.trim().to_ascii_lowercase().as_str() {
             "auto" => None,
@@ -25,11 +30,9 @@ pub(super) fn resolve(args: &CliArgs, env: &dyn Env, file: FileKube, path: Optio
         },
         None => None,
     };
-    let kubeconfig = first([
-        flag(args.kube_config.clone(), "kube-config"),
-        file_key(file.kubeconfig, "kube_config", path),
-    ])
-    .map(|(p, _)| p);
+    let kubeconfig =
+        first([flag(args.kube_config.clone(), "kube-config"), file_key(file.kubeconfig, "kube_config", path)])
+            .map(|(p, _)| p);
     let in_pod = env_var(env, "KUBERNETES_SERVICE_HOST").is_some();
     let source = match (mode, kubeconfig) {
         (Some(false), _) => None,
@@ -58,8 +61,9 @@ pub(super) fn resolve(args: &CliArgs, env: &dyn Env, file: FileKube, path: Optio
         // kubelet names its node after the host unless told otherwise.
         None => rustix::system::uname().nodename().to_string_lossy().to_ascii_lowercase(),
     };
-    let cluster_name = first([flag(args.cluster_name.clone(), "cluster-name"), file_key(file.cluster_name, "cluster_name", path)])
-        .map(|(v, _)| v.trim().to_owned())
-        .filter(|v| !v.is_empty());
+    let cluster_name =
+        first([flag(args.cluster_name.clone(), "cluster-name"), file_key(file.cluster_name, "cluster_name", path)])
+            .map(|(v, _)| v.trim().to_owned())
+            .filter(|v| !v.is_empty());
     Ok(KubeConfig { source, node_name, cluster_name })
 }

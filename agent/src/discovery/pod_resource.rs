@@ -99,13 +99,14 @@ pub(super) fn pod_service_name(pod: &PodFacts) -> Option<String> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use std::collections::HashMap;
 
-    use super::{super::process_facts::ProcessFacts, super::resource::ResourceBuilder, *};
-    use crate::model::{ProcessResource, Workload, WorkloadKind};
+    use super::*;
+    use crate::model::{Workload, WorkloadKind};
 
-    struct Pods(HashMap<String, Arc<PodFacts>>);
+    /// A directory of fixed pods.
+    pub(in crate::discovery) struct Pods(pub(in crate::discovery) HashMap<String, Arc<PodFacts>>);
 
     impl PodDirectory for Pods {
         fn pod(&self, uid: &str) -> Option<Arc<PodFacts>> {
@@ -113,9 +114,9 @@ mod tests {
         }
     }
 
-    const CONTAINER: &str = "c0ffee";
+    pub(in crate::discovery) const CONTAINER: &str = "c0ffee";
 
-    fn web_pod() -> PodFacts {
+    pub(in crate::discovery) fn web_pod() -> PodFacts {
         PodFacts {
             uid: "uid-1".into(),
             namespace: "shop".into(),
@@ -128,86 +129,6 @@ mod tests {
                 Workload { kind: WorkloadKind::Deployment, name: "web".into() },
             ],
         }
-    }
-
-    fn context(pod: Option<PodFacts>) -> PodContext {
-        let pods = pod.into_iter().map(|p| (p.uid.clone(), Arc::new(p))).collect();
-        PodContext {
-            directory: Arc::new(Pods(pods)),
-            node_name: "node-1".into(),
-            cluster_name: Some("prod-eu".into()),
-        }
-    }
-
-    fn facts(service_name: Option<&str>, resource_attributes: Option<&str>) -> ProcessFacts {
-        ProcessFacts {
-            exe_path: Some("/usr/bin/python3.12".into()),
-            argv: vec!["python3".into(), "-m".into(), "http.server".into()],
-            container_id: Some(CONTAINER.into()),
-            pod_uid: Some("uid-1".into()),
-            service_name: service_name.map(Into::into),
-            resource_attributes: resource_attributes.map(Into::into),
-            ..Default::default()
-        }
-    }
-
-    fn build(pod: Option<PodFacts>, facts: ProcessFacts) -> ProcessResource {
-        let context = context(pod);
-        let builder = ResourceBuilder::new(vec![("k8s.cluster.name".into(), "from-env".into())], 0)
-            .with_pods(Some(context.clone()));
-        let pod = facts.pod_uid.as_deref().and_then(|uid| context.directory.pod(uid));
-        builder.build(4242, facts, pod.as_deref())
-    }
-
-    fn attr<'a>(r: &'a ProcessResource, key: &str) -> Option<&'a str> {
-        r.attributes.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
-    }
-
-    #[test]
-    fn pod_attributes_follow_the_semantic_conventions() {
-        let forged = "k8s.pod.name=forged,k8s.namespace.name=forged,k8s.node.name=forged,service.version=9,team=web";
-        let r = build(Some(web_pod()), facts(None, Some(forged)));
-        let expected = [
-            ("k8s.namespace.name", "shop"),
-            ("k8s.pod.name", "web-5d8f7c9b4-x2x7q"),
-            ("k8s.pod.uid", "uid-1"),
-            ("k8s.container.name", "app"),
-            ("k8s.node.name", "node-1"),
-            ("k8s.replicaset.name", "web-5d8f7c9b4"),
-            ("k8s.deployment.name", "web"),
-            ("k8s.cluster.name", "prod-eu"),
-            ("container.id", CONTAINER),
-            ("service.namespace", "shop"),
-            ("team", "web"),
-        ];
-        for (key, value) in expected {
-            assert_eq!(attr(&r, key), Some(value), "{key} in {:?}", r.attributes);
-        }
-        assert_eq!(attr(&r, "service.version"), Some("9"), "the process describes its own version");
-        let plain = build(Some(web_pod()), facts(None, None));
-        assert_eq!(attr(&plain, "service.version"), Some("1.4.2"), "from app.kubernetes.io/version");
-
-        // Pod not (yet) known: node-level attributes only.
-        let unknown = build(None, facts(None, None));
-        assert_eq!(attr(&unknown, "k8s.node.name"), Some("node-1"));
-        assert_eq!(attr(&unknown, "k8s.pod.uid"), Some("uid-1"));
-        assert_eq!(attr(&unknown, "k8s.pod.name"), None);
-        assert_eq!(unknown.service_name, "http.server", "the executable rules");
-    }
-
-    #[test]
-    fn service_name_precedence() {
-        let named = |pod: PodFacts, env: Option<&str>, attrs: Option<&str>| build(Some(pod), facts(env, attrs)).service_name;
-        assert_eq!(named(web_pod(), Some("from-env"), Some("service.name=from-attrs")), "from-env");
-        assert_eq!(named(web_pod(), None, Some("service.name=from-attrs")), "from-attrs");
-        assert_eq!(named(web_pod(), None, None), "checkout", "the annotation");
-        let mut pod = web_pod();
-        pod.annotations.clear();
-        assert_eq!(named(pod.clone(), None, None), "storefront", "the app.kubernetes.io/name label");
-        pod.labels.remove(LABEL_NAME);
-        assert_eq!(named(pod.clone(), None, None), "web", "the owning workload: the Deployment, not its ReplicaSet");
-        pod.owners.clear();
-        assert_eq!(named(pod, None, None), "http.server", "then the executable rules");
     }
 
     #[test]

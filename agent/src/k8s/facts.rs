@@ -10,10 +10,7 @@
 //! today; a hand-made Job named `migrate-2` is not mistaken for one).
 use std::collections::BTreeMap;
 
-use k8s_openapi::{
-    api::core::v1::Pod,
-    apimachinery::pkg::apis::meta::v1::OwnerReference,
-};
+use k8s_openapi::{api::core::v1::Pod, apimachinery::pkg::apis::meta::v1::OwnerReference};
 
 use crate::model::{PodFacts, Workload, WorkloadKind};
 
@@ -89,15 +86,16 @@ fn controller_of(refs: Option<&[OwnerReference]>) -> Option<(String, String)> {
 
 /// The Deployment owning a ReplicaSet (given its owner references), if any.
 pub fn replicaset_deployment(refs: Option<&[OwnerReference]>) -> Option<String> {
-    controller_of(refs)
-        .filter(|(kind, _)| kind == "Deployment")
-        .map(|(_, name)| name)
+    controller_of(refs).filter(|(kind, _)| kind == "Deployment").map(|(_, name)| name)
 }
 
 /// The owner chain of a pod whose controller is `controller`, nearest first.
 /// `deployment_of` answers for a ReplicaSet of the pod's namespace: None
 /// when the ReplicaSet is unknown or not a Deployment's.
-pub fn owner_chain(controller: Option<&(String, String)>, deployment_of: impl Fn(&str) -> Option<String>) -> Vec<Workload> {
+pub fn owner_chain(
+    controller: Option<&(String, String)>,
+    deployment_of: impl Fn(&str) -> Option<String>,
+) -> Vec<Workload> {
     let Some((kind, name)) = controller else { return Vec::new() };
     let workload = |kind, name: &str| Workload { kind, name: name.to_owned() };
     match kind.as_str() {

@@ -60,10 +60,8 @@ async fn pods_of_this_node_with_their_owners_follow_the_watch() {
     let dir = tempfile::tempdir().unwrap();
     let (store, metrics) = watching(&api, &dir).await;
 
-    wait_until("the listed pod with its Deployment", || {
-        store.pod("uid-web").is_some_and(|p| p.owners.len() == 2)
-    })
-    .await;
+    wait_until("the listed pod with its Deployment", || store.pod("uid-web").is_some_and(|p| p.owners.len() == 2))
+        .await;
     let web = store.pod("uid-web").unwrap();
     assert_eq!((web.namespace.as_str(), web.name.as_str()), ("shop", "web-5d8f7c9b4-x2x7q"));
     assert_eq!(web.owners[0].kind, WorkloadKind::ReplicaSet);
