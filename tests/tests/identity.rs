@@ -266,8 +266,8 @@ fn spans_carry_kubernetes_metadata_and_keep_coming_without_the_api_server() {
     let spans =
         receiver.expect_spans("the late pod's first span", SPAN_TIMEOUT, |s| !server_spans(s, late.pid()).is_empty());
     let early = &server_spans(&spans, late.pid())[0];
-    assert_eq!(early.resource_str("k8s.pod.uid"), Some(LATE_UID), "{}", describe(&[early.clone()]));
-    assert_eq!(early.resource_str("k8s.pod.name"), None, "not known yet: {}", describe(&[early.clone()]));
+    assert_eq!(early.resource_str("k8s.pod.uid"), Some(LATE_UID), "{}", describe(std::slice::from_ref(early)));
+    assert_eq!(early.resource_str("k8s.pod.name"), None, "not known yet: {}", describe(std::slice::from_ref(early)));
     let late_pod = PodSpec {
         name: "late-0",
         namespace: "shop",
@@ -292,7 +292,12 @@ fn spans_carry_kubernetes_metadata_and_keep_coming_without_the_api_server() {
         }
         assert!(std::time::Instant::now() < deadline, "no span of the late pod with its metadata");
     };
-    assert_eq!(refreshed.service_name, "late", "the DaemonSet names it: {}", describe(&[refreshed.clone()]));
+    assert_eq!(
+        refreshed.service_name,
+        "late",
+        "the DaemonSet names it: {}",
+        describe(std::slice::from_ref(&refreshed))
+    );
     assert_eq!(refreshed.resource_str("k8s.container.name"), Some("main"));
     let body = scrape_until(metrics_port, "the rebuild counted", |b| counter(b, "resources_rebuilt_for_pod") >= 1);
     assert!(counter(&body, "resources_rebuilt_for_pod") >= 1);
