@@ -252,6 +252,17 @@ fn describe_config(config: &Config) -> String {
             ),
             None => "metrics otlp: off".to_owned(),
         },
+        format!(
+            "kubernetes metadata: {}",
+            match &config.kube.source {
+                None => "off".to_owned(),
+                Some(source) => format!(
+                    "{source:?}, node {}, cluster {}",
+                    config.kube.node_name,
+                    config.kube.cluster_name.as_deref().unwrap_or("(unnamed)")
+                ),
+            }
+        ),
     ];
     for (k, v) in &config.resource_attributes {
         lines.push(format!("resource attribute: {k}={v}"));
@@ -277,6 +288,8 @@ fn log_config(config: &Config) {
         app_metrics = config.app_metrics,
         metrics_max_series = config.metrics_max_series,
         config_file = ?config.config_file,
+        kube = ?config.kube.source,
+        kube_node = %config.kube.node_name,
         "configuration loaded"
     );
     if config.sdk_disabled {

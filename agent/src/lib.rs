@@ -5,7 +5,7 @@
 //! [`conntrack`] (per-connection state) → [`protocols`] (parsers) →
 //! [`linking`] (kernel trace ids) → [`assembly`] → [`export`] (OTLP or
 //! terminal), driven by [`pipeline`].
-//! [`discovery`] reads /proc, [`config`] merges flags/env/file, [`metrics`]
+//! [`discovery`] reads /proc, [`k8s`] watches the Kubernetes API for pod metadata, [`config`] merges flags/env/file, [`metrics`]
 //! counts every drop, [`health`] answers liveness/readiness probes, [`span_metrics`] turns exported spans into RED
 //! metrics and a service graph.
 pub mod allocator;
@@ -17,6 +17,7 @@ pub mod discovery;
 pub mod export;
 pub mod health;
 pub mod intake;
+pub mod k8s;
 pub mod linking;
 pub mod metrics;
 pub mod metrics_server;

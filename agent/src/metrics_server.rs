@@ -93,16 +93,19 @@ pub enum Gauge {
     ProcessesTraced,
     ProcessesUntraced,
     SelectionPending,
+    /// Pods the Kubernetes metadata store holds (`k8s::PodStore::pods_known`).
+    KubePodsKnown,
 }
 
 impl Gauge {
-    pub const ALL: [Gauge; 6] = [
+    pub const ALL: [Gauge; 7] = [
         Gauge::ConnectionsTracked,
         Gauge::ExportQueueSpans,
         Gauge::BufferedBytes,
         Gauge::ProcessesTraced,
         Gauge::ProcessesUntraced,
         Gauge::SelectionPending,
+        Gauge::KubePodsKnown,
     ];
 
     pub fn name(self) -> &'static str {
@@ -113,6 +116,7 @@ impl Gauge {
             Gauge::ProcessesTraced => "processes_traced",
             Gauge::ProcessesUntraced => "processes_untraced",
             Gauge::SelectionPending => "selection_decisions_pending",
+            Gauge::KubePodsKnown => "kube_pods_known",
         }
     }
 
@@ -123,6 +127,9 @@ impl Gauge {
             Gauge::ProcessesTraced => "processes the trace-selection rules keep traced (set when rules are on)",
             Gauge::ProcessesUntraced => "processes the trace-selection rules leave out (set when rules are on)",
             Gauge::SelectionPending => "exec'ed processes waiting for their trace-selection decision",
+            Gauge::KubePodsKnown => {
+                "pods of this node the Kubernetes metadata store knows (unset without Kubernetes metadata)"
+            }
             Gauge::BufferedBytes => {
                 "bytes the connections' buffers hold (partial messages, statement caches), capped by --max-buffer-bytes"
             }

@@ -16,6 +16,7 @@ pub mod cache;
 pub mod db;
 pub mod env;
 pub mod k8s;
+pub mod kube_api;
 pub mod perl;
 pub mod prometheus;
 pub mod puma;

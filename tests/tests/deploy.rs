@@ -273,6 +273,10 @@ fn every_rendering_runs_the_agent_with_least_privilege_and_probes_its_health_end
         let env_names = c["env"].as_sequence().unwrap().iter().map(|e| e["name"].as_str().unwrap());
         let order: Vec<&str> = env_names.filter(|n| ["NODE_NAME", "OTEL_RESOURCE_ATTRIBUTES"].contains(n)).collect();
         assert_eq!(order, ["NODE_NAME", "OTEL_RESOURCE_ATTRIBUTES"], "{name}");
+        // NODE_NAME (downward API) selects the pods the Kubernetes metadata
+        // watch asks for: this node's.
+        let node_name = c["env"].as_sequence().unwrap().iter().find(|e| e["name"] == "NODE_NAME").unwrap();
+        assert_eq!(node_name["valueFrom"]["fieldRef"]["fieldPath"], "spec.nodeName", "{name}: {node_name:?}");
 
         // The OTLP endpoint this rendering is for.
         assert_eq!(env_value(c, "OTEL_EXPORTER_OTLP_ENDPOINT"), Some(r.otlp.0), "{name}");
@@ -421,7 +425,8 @@ fn every_renderings_arguments_and_environment_are_valid_agent_config() {
         let container = &r.daemonset()["spec"]["template"]["spec"]["containers"][0];
         let args: Vec<&str> = strings(&container["args"]);
         let mut cmd = Command::new(agent_bin());
-        cmd.args(&args).arg("--check-config").env_clear();
+        // The kubelet sets KUBERNETES_SERVICE_HOST in every pod: metadata on.
+        cmd.args(&args).arg("--check-config").env_clear().env("KUBERNETES_SERVICE_HOST", "10.96.0.1");
         for var in container["env"].as_sequence().unwrap() {
             let name = var["name"].as_str().unwrap();
             // Values from the downward API and $(VAR) references are filled in by
@@ -440,6 +445,7 @@ fn every_renderings_arguments_and_environment_are_valid_agent_config() {
         assert!(stdout.contains(&expected), "{}: no {expected:?} in\n{stdout}", r.name);
         assert!(stdout.contains("metrics_addr: 0.0.0.0:9464"), "{}: {stdout}", r.name);
         assert!(stdout.contains("resource attribute: k8s.node.name=node-1"), "{}: {stdout}", r.name);
+        assert!(stdout.contains("kubernetes metadata: InCluster, node node-1,"), "{}: {stdout}", r.name);
     }
 }
 

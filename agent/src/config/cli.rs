@@ -23,6 +23,8 @@ Standard OpenTelemetry variables honoured:
   OTEL_METRIC_EXPORT_INTERVAL          ms between OTLP metric exports (default 60000)
   OTEL_EXPORTER_OTLP_METRICS_*         ENDPOINT (used as is), PROTOCOL, HEADERS, TIMEOUT, COMPRESSION for metrics
   RUST_LOG                             log filter, when --log-level is not given
+  NODE_NAME                            this node's Kubernetes name (--node-name)
+  KUBERNETES_SERVICE_HOST              set in a pod: Kubernetes metadata is on (--kube auto)
 
 Without an OTLP endpoint spans are printed on stdout as one waterfall per trace (logs go to stderr).
 
@@ -46,6 +48,8 @@ Config file (YAML, unknown keys are an error):
   resource_attributes: {deployment.environment.name: prod}
   trace: {include: [\"exe=*/nginx\", \"port=8000-8999&namespace=shop\"], exclude: [\"label:tier=batch\"],
           default_excludes: true}
+  kube: auto | on | off             kube_config: /etc/waggle/kubeconfig
+  node_name: node-1                 cluster_name: prod-eu
 
 Choosing what is traced (rules: conditions joined by &, all must hold; lists separated by ;):
   exe=GLOB  port=80,8000-8999  namespace=GLOB  container=GLOB  label:KEY=GLOB  annotation:KEY=GLOB
@@ -220,6 +224,26 @@ pub struct CliArgs {
     /// Extra resource attributes for every traced process, key=value,... (like OTEL_RESOURCE_ATTRIBUTES)
     #[arg(long, value_name = "KEY=VALUE,...")]
     pub resource_attributes: Option<String>,
+
+    /// Kubernetes metadata (pod, namespace, workload, container names on
+    /// every resource): auto (on when running in a pod, or with
+    /// --kube-config), on, off [default: auto]
+    #[arg(long, value_name = "auto|on|off")]
+    pub kube: Option<String>,
+
+    /// kubeconfig file for the Kubernetes API (turns metadata on); default:
+    /// the pod's service account
+    #[arg(long, value_name = "PATH")]
+    pub kube_config: Option<PathBuf>,
+
+    /// This node's Kubernetes name, whose pods are watched (the DaemonSet
+    /// sets NODE_NAME from spec.nodeName) [default: $NODE_NAME, else the host name]
+    #[arg(long, value_name = "NAME")]
+    pub node_name: Option<String>,
+
+    /// k8s.cluster.name on every resource when Kubernetes metadata is on
+    #[arg(long, value_name = "NAME")]
+    pub cluster_name: Option<String>,
 
     /// Log filter (error, warn, info, debug, trace or tracing directives such as
     /// waggle=debug); RUST_LOG is used when this is absent [default: info]

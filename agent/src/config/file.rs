@@ -76,6 +76,10 @@ pub(super) struct FileConfig {
     pub(super) metric_export_interval: Option<u64>,
     pub(super) resource_attributes: Option<BTreeMap<String, Scalar>>,
     pub(super) log_level: Option<String>,
+    pub(super) kube: Option<Scalar>,
+    pub(super) kube_config: Option<std::path::PathBuf>,
+    pub(super) node_name: Option<String>,
+    pub(super) cluster_name: Option<String>,
 }
 
 impl FileConfig {

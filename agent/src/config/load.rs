@@ -246,6 +246,18 @@ impl Config {
             None => defaults.log_filter,
         };
 
+        let kube = super::kube::resolve(
+            args,
+            env,
+            super::kube::FileKube {
+                mode: file.kube.map(Scalar::into_string),
+                kubeconfig: file.kube_config,
+                node_name: file.node_name,
+                cluster_name: file.cluster_name,
+            },
+            path,
+        )?;
+
         Ok(Config {
             otlp,
             print,
@@ -272,6 +284,7 @@ impl Config {
             metrics_otlp: metrics_export.otlp,
             metric_export_interval: metrics_export.interval,
             config_file: args.config.clone(),
+            kube,
             log_filter,
             sdk_disabled,
             trace_rules,

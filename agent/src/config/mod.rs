@@ -9,9 +9,10 @@
 //! value came from, the error naming it), `cli` (flags and `--help`),
 //! `sampler`, `settings` (the resolved [`Config`]), `file` (the YAML schema),
 //! `values` (parsing one value), `selection` (the trace include/exclude rules), `otlp_signal` (one OTLP signal's
-//! endpoint and options), `metrics_export`, `load` (the merge, [`Config::load`]).
+//! endpoint and options), `metrics_export`, `kube` (Kubernetes metadata), `load` (the merge, [`Config::load`]).
 mod cli;
 mod file;
+mod kube;
 mod load;
 mod metrics_export;
 mod otlp_signal;
@@ -26,5 +27,5 @@ mod tests;
 
 pub use cli::CliArgs;
 pub use sampler::Sampler;
-pub use settings::{Config, OtlpCompression, OtlpConfig, OtlpProtocol, PrintFormat};
+pub use settings::{Config, KubeConfig, KubeSource, OtlpCompression, OtlpConfig, OtlpProtocol, PrintFormat};
 pub use source::{ConfigError, Env, ProcessEnv};

@@ -77,6 +77,31 @@ pub enum PrintFormat {
     Json,
 }
 
+/// Where the Kubernetes API client's configuration comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum KubeSource {
+    /// The pod's service account (`KUBERNETES_SERVICE_HOST`, token and CA
+    /// under /var/run/secrets/kubernetes.io/serviceaccount).
+    InCluster,
+    /// A kubeconfig file (`--kube-config`).
+    Kubeconfig(PathBuf),
+    /// `--kube on` outside a pod: `KUBECONFIG` or ~/.kube/config.
+    Infer,
+}
+
+/// Kubernetes metadata (`crate::k8s`): on when running in a pod or given a
+/// kubeconfig, unless `--kube off`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct KubeConfig {
+    /// None: metadata off.
+    pub source: Option<KubeSource>,
+    /// The node whose pods are watched (`spec.nodeName`); also
+    /// `k8s.node.name` on every resource when metadata is on.
+    pub node_name: String,
+    /// `k8s.cluster.name` on every resource (the API does not know it).
+    pub cluster_name: Option<String>,
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub struct Config {
     pub otlp: Option<OtlpConfig>,
@@ -133,6 +158,7 @@ pub struct Config {
     /// OTEL_METRIC_EXPORT_INTERVAL.
     pub metric_export_interval: Duration,
     pub config_file: Option<PathBuf>,
+    pub kube: KubeConfig,
     /// tracing-subscriber EnvFilter directives (--log-level, RUST_LOG).
     pub log_filter: String,
     /// OTEL_SDK_DISABLED=true took effect: no OTLP, no default printing,
@@ -170,6 +196,7 @@ impl Default for Config {
             metrics_otlp: None,
             metric_export_interval: Duration::from_secs(60),
             config_file: None,
+            kube: KubeConfig::default(),
             log_filter: "info".to_owned(),
             sdk_disabled: false,
             trace_rules: crate::selection::Rules { include: Vec::new(), exclude: crate::selection::default_excludes() },

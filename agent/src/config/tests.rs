@@ -550,3 +550,24 @@ fn tls_probes_default_on_and_switch_off_from_flag_env_and_file() {
     assert!(load(&["--tls", "on"], &[("WAGGLE_TLS", "off")]).unwrap().tls);
     assert!(err(&["--tls", "maybe"], &[]).contains("--tls"));
 }
+
+#[test]
+fn kubernetes_metadata_is_on_in_a_pod_or_with_a_kubeconfig() {
+    let off = load(&["--node-name", "n1"], &[]).unwrap().kube;
+    assert_eq!(off.source, None, "outside a pod, nothing asked for");
+    assert_eq!(off.node_name, "n1");
+    let in_pod = load(&[], &[("KUBERNETES_SERVICE_HOST", "10.96.0.1"), ("NODE_NAME", "node-7")]).unwrap().kube;
+    assert_eq!((in_pod.source, in_pod.node_name.as_str()), (Some(KubeSource::InCluster), "node-7"));
+    let pod_env = [("KUBERNETES_SERVICE_HOST", "10.96.0.1")];
+    assert_eq!(load(&["--kube", "off"], &pod_env).unwrap().kube.source, None);
+    let file = load(&["--kube-config", "/k/config", "--cluster-name", "prod"], &pod_env).unwrap().kube;
+    assert_eq!(file.source, Some(KubeSource::Kubeconfig("/k/config".into())), "an explicit kubeconfig wins");
+    assert_eq!(file.cluster_name.as_deref(), Some("prod"));
+    assert_eq!(load(&["--kube", "on"], &[]).unwrap().kube.source, Some(KubeSource::Infer));
+    let f = yaml("kube: off\nkube_config: /x\nnode_name: from-file\ncluster_name: c\n");
+    let from_file = load(&["--config", &f.arg()], &pod_env).unwrap().kube;
+    assert_eq!((from_file.source, from_file.node_name.as_str()), (None, "from-file"));
+    assert!(!load(&[], &[]).unwrap().kube.node_name.is_empty(), "the host name by default");
+    assert_eq!(err(&["--kube", "maybe"], &[]), "--kube: expected auto, on or off, got \"maybe\"");
+    assert!(err(&["--node-name", "a,b=c"], &[]).starts_with("--node-name: not a Kubernetes node name"));
+}

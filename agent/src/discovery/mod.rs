@@ -26,13 +26,15 @@
 //! One file per job: `seed` finds the sockets to track at start-up,
 //! `socket_info` tells what one descriptor is, `own_sockets` recognises
 //! the agent's own traffic, `resource` builds process resources
-//! (from `process_facts`, `environ` and `service_name`), `resource_cache`
+//! (from `process_facts`, `environ`, `service_name` and, on Kubernetes,
+//! `pod_resource`), `resource_cache`
 //! caches them and builds them on a worker thread, and
 //! `blocked_calls` finds reads and accepts already waiting when the probes attached,
 //! `tls_libs` finds the TLS library files to probe.
 mod blocked_calls;
 mod environ;
 mod own_sockets;
+mod pod_resource;
 mod proc;
 mod process_facts;
 mod resource;
@@ -47,6 +49,7 @@ mod tls_libs;
 
 pub use blocked_calls::{blocked_calls, parse_blocked_call, still_blocked, BlockedCall};
 pub use own_sockets::{local_interface_ips, own_tcp_addrs};
+pub use pod_resource::{PodContext, ANNOTATION_SERVICE_NAME, LABEL_NAME, LABEL_VERSION};
 pub use proc::DiscoveryError;
 pub use process_facts::{container_id_from_cgroup, pod_uid_from_cgroup};
 pub use resource::{

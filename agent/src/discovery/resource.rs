@@ -5,6 +5,7 @@
 use std::{collections::BTreeMap, sync::Arc};
 
 use super::{
+    pod_resource::{fact_attributes, pod_service_name, service_attributes, PodContext, PodSeen},
     process_facts::{read_host_name, ProcessFacts},
     service_name::{basename, command_of, derive_service_name, Runtime},
 };
@@ -36,6 +37,8 @@ pub(super) struct Resolved {
     /// The process looked mid-exec (executable but no argv yet): resolve
     /// again shortly.
     pub(super) incomplete: bool,
+    /// The pod it was built with (Kubernetes metadata on, process in a pod).
+    pub(super) pod: Option<Arc<PodSeen>>,
 }
 
 /// Builds process resources; holds no per-process state, so the worker and
@@ -44,6 +47,7 @@ pub struct ResourceBuilder {
     pub host_name: String,
     pub extra_attributes: Vec<(String, String)>,
     agent_tgid: u32,
+    pods: Option<PodContext>,
 }
 
 impl ResourceBuilder {
@@ -52,7 +56,19 @@ impl ResourceBuilder {
     /// `agent_tgid`: the agent's own resource is named `waggle` whatever its
     /// command line.
     pub fn new(extra_attributes: Vec<(String, String)>, agent_tgid: u32) -> ResourceBuilder {
-        ResourceBuilder { host_name: read_host_name(), extra_attributes, agent_tgid }
+        ResourceBuilder { host_name: read_host_name(), extra_attributes, agent_tgid, pods: None }
+    }
+
+    /// Kubernetes metadata: resources of processes in pods get their pod's
+    /// attributes and service name (see `pod_resource`).
+    pub fn with_pods(mut self, pods: Option<PodContext>) -> ResourceBuilder {
+        self.pods = pods;
+        self
+    }
+
+    /// The pod a cached resource was built with has other metadata now.
+    pub(super) fn pod_is_stale(&self, seen: &PodSeen) -> bool {
+        self.pods.as_ref().is_some_and(|pods| seen.is_stale(pods.directory.as_ref()))
     }
 
     /// Reads /proc/<pid> and builds its resource. Never fails: a process
@@ -74,10 +90,20 @@ impl ResourceBuilder {
         // executable but no argv is most likely still inside execve.
         let incomplete = facts.exe_path.is_some() && facts.argv.is_empty();
         let start_time = facts.start_time;
-        Resolved { resource: Arc::new(self.build(pid, facts)), start_time, incomplete }
+        let pod = match (&self.pods, &facts.pod_uid) {
+            (Some(pods), Some(uid)) => Some(Arc::new(PodSeen { uid: uid.clone(), facts: pods.directory.pod(uid) })),
+            _ => None,
+        };
+        let resource = self.build(pid, facts, pod.as_ref().and_then(|p| p.facts.as_deref()));
+        Resolved { resource: Arc::new(resource), start_time, incomplete, pod }
     }
 
-    fn build(&self, pid: u32, facts: ProcessFacts) -> ProcessResource {
+    pub(super) fn build(
+        &self,
+        pid: u32,
+        mut facts: ProcessFacts,
+        pod: Option<&crate::model::PodFacts>,
+    ) -> ProcessResource {
         let exe_path = facts.exe_path.as_deref().unwrap_or("");
         let exe_name = basename(exe_path);
         let executable_name = if !exe_name.is_empty() {
@@ -107,14 +133,17 @@ impl ResourceBuilder {
         if let Some(runtime) = Runtime::detect(exe_name, argv0_name) {
             attrs.insert(ATTR_RUNTIME_NAME.into(), runtime.runtime_name(exe_name, argv0_name).into());
         }
-        if let Some(id) = facts.container_id {
-            attrs.insert(ATTR_CONTAINER_ID.into(), id);
+        if let Some(id) = &facts.container_id {
+            attrs.insert(ATTR_CONTAINER_ID.into(), id.clone());
         }
-        if let Some(uid) = facts.pod_uid {
+        if let Some(uid) = facts.pod_uid.take() {
             attrs.insert(ATTR_K8S_POD_UID.into(), uid);
         }
         for (k, v) in &self.extra_attributes {
             attrs.insert(k.clone(), v.clone());
+        }
+        if let Some(pod) = pod {
+            service_attributes(pod, &mut attrs);
         }
         let own = facts
             .resource_attributes
@@ -133,6 +162,11 @@ impl ResourceBuilder {
                 tracing::debug!(pid, key = %k, "ignoring a process's own value for a node-level resource attribute");
             } else {
                 attrs.insert(k, truncate_utf8(&v, MAX_VALUE_LEN));
+            }
+        }
+        if let Some(pods) = &self.pods {
+            for (k, v) in fact_attributes(pods, pod, facts.container_id.as_deref()) {
+                attrs.insert(k.to_owned(), truncate_utf8(&v, MAX_VALUE_LEN));
             }
         }
         attrs.remove(ATTR_SERVICE_NAME);
@@ -155,6 +189,7 @@ impl ResourceBuilder {
                 .filter(|s| !s.trim().is_empty())
                 .map(|s| s.trim().to_owned())
                 .or(own_service_name.filter(|s| !s.is_empty()))
+                .or_else(|| pod.and_then(pod_service_name))
                 .unwrap_or_else(derived)
         };
 
@@ -273,5 +308,108 @@ mod tests {
         let me = std::process::id();
         let builder = ResourceBuilder::new(Vec::new(), me);
         assert_eq!(resource(&builder, me).service_name, "waggle");
+    }
+
+    /// Resources of processes in pods (`pod_resource`), built from
+    /// synthetic /proc facts.
+    mod pods {
+        use std::sync::Arc;
+
+        use crate::discovery::{
+            pod_resource::{
+                tests::{web_pod, Pods, CONTAINER},
+                PodContext, LABEL_NAME,
+            },
+            process_facts::ProcessFacts,
+            ResourceBuilder,
+        };
+        use crate::model::{PodDirectory, PodFacts, ProcessResource};
+
+        fn context(pod: Option<PodFacts>) -> PodContext {
+            let pods = pod.into_iter().map(|p| (p.uid.clone(), Arc::new(p))).collect();
+            PodContext {
+                directory: Arc::new(Pods(pods)),
+                node_name: "node-1".into(),
+                cluster_name: Some("prod-eu".into()),
+            }
+        }
+
+        fn facts(service_name: Option<&str>, resource_attributes: Option<&str>) -> ProcessFacts {
+            ProcessFacts {
+                exe_path: Some("/usr/bin/python3.12".into()),
+                argv: vec!["python3".into(), "-m".into(), "http.server".into()],
+                container_id: Some(CONTAINER.into()),
+                pod_uid: Some("uid-1".into()),
+                service_name: service_name.map(Into::into),
+                resource_attributes: resource_attributes.map(Into::into),
+                ..Default::default()
+            }
+        }
+
+        fn build(pod: Option<PodFacts>, facts: ProcessFacts) -> ProcessResource {
+            let context = context(pod);
+            let builder = ResourceBuilder::new(vec![("k8s.cluster.name".into(), "from-env".into())], 0)
+                .with_pods(Some(context.clone()));
+            let pod = facts.pod_uid.as_deref().and_then(|uid| context.directory.pod(uid));
+            builder.build(4242, facts, pod.as_deref())
+        }
+
+        fn attr<'a>(r: &'a ProcessResource, key: &str) -> Option<&'a str> {
+            r.attributes.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+        }
+
+        #[test]
+        fn pod_attributes_follow_the_semantic_conventions() {
+            let forged =
+                "k8s.pod.name=forged,k8s.namespace.name=forged,k8s.node.name=forged,service.version=9,team=web";
+            let r = build(Some(web_pod()), facts(None, Some(forged)));
+            let expected = [
+                ("k8s.namespace.name", "shop"),
+                ("k8s.pod.name", "web-5d8f7c9b4-x2x7q"),
+                ("k8s.pod.uid", "uid-1"),
+                ("k8s.container.name", "app"),
+                ("k8s.node.name", "node-1"),
+                ("k8s.replicaset.name", "web-5d8f7c9b4"),
+                ("k8s.deployment.name", "web"),
+                ("k8s.cluster.name", "prod-eu"),
+                ("container.id", CONTAINER),
+                ("service.namespace", "shop"),
+                ("team", "web"),
+            ];
+            for (key, value) in expected {
+                assert_eq!(attr(&r, key), Some(value), "{key} in {:?}", r.attributes);
+            }
+            assert_eq!(attr(&r, "service.version"), Some("9"), "the process describes its own version");
+            let plain = build(Some(web_pod()), facts(None, None));
+            assert_eq!(attr(&plain, "service.version"), Some("1.4.2"), "from app.kubernetes.io/version");
+
+            // Pod not (yet) known: node-level attributes only.
+            let unknown = build(None, facts(None, None));
+            assert_eq!(attr(&unknown, "k8s.node.name"), Some("node-1"));
+            assert_eq!(attr(&unknown, "k8s.pod.uid"), Some("uid-1"));
+            assert_eq!(attr(&unknown, "k8s.pod.name"), None);
+            assert_eq!(unknown.service_name, "http.server", "the executable rules");
+        }
+
+        #[test]
+        fn service_name_precedence() {
+            let named = |pod: PodFacts, env: Option<&str>, attrs: Option<&str>| {
+                build(Some(pod), facts(env, attrs)).service_name
+            };
+            assert_eq!(named(web_pod(), Some("from-env"), Some("service.name=from-attrs")), "from-env");
+            assert_eq!(named(web_pod(), None, Some("service.name=from-attrs")), "from-attrs");
+            assert_eq!(named(web_pod(), None, None), "checkout", "the annotation");
+            let mut pod = web_pod();
+            pod.annotations.clear();
+            assert_eq!(named(pod.clone(), None, None), "storefront", "the app.kubernetes.io/name label");
+            pod.labels.remove(LABEL_NAME);
+            assert_eq!(
+                named(pod.clone(), None, None),
+                "web",
+                "the owning workload: the Deployment, not its ReplicaSet"
+            );
+            pod.owners.clear();
+            assert_eq!(named(pod, None, None), "http.server", "then the executable rules");
+        }
     }
 }

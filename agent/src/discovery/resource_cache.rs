@@ -6,6 +6,15 @@
 //! blocks on it; a span whose resource is not built yet waits for it in the
 //! pipeline. Only when the queue is full (thousands of new processes at
 //! once) does the loop build a resource itself, counted.
+//!
+//! Kubernetes metadata may arrive after a process's first span (the pod
+//! started before the watch listed it, or the API server is slow). A
+//! resource remembers the pod facts it was built with; the once-a-second
+//! revalidation also asks whether the directory now holds other facts for
+//! that pod uid (an `Arc` comparison, on the worker) and, if so, builds the
+//! resource again (`resources_rebuilt_for_pod`). So spans carry the pod's
+//! metadata from about a second after it arrived; the earlier ones went out
+//! with what was known.
 use std::{
     num::NonZeroUsize,
     sync::Arc,
@@ -16,6 +25,7 @@ use lru::LruCache;
 use tokio::sync::mpsc;
 
 use super::{
+    pod_resource::{PodContext, PodSeen},
     process_facts::read_start_time,
     resource::{Resolved, ResourceBuilder},
 };
@@ -50,6 +60,7 @@ enum Request {
         pid: u32,
         start_time: Option<u64>,
         comm: Comm,
+        pod: Option<Arc<PodSeen>>,
     },
 }
 
@@ -73,6 +84,8 @@ enum State {
         checked: Instant,
         /// Re-resolutions left while the process looked mid-exec; 0 = final.
         incomplete_retries: u8,
+        /// The pod it was built with, to notice its metadata changing.
+        pod: Option<Arc<PodSeen>>,
     },
 }
 
@@ -105,14 +118,15 @@ pub struct ResourceResolver {
 
 impl ResourceResolver {
     /// Starts the worker thread. `extra_attributes` and `agent_tgid`: see
-    /// [`ResourceBuilder::new`].
+    /// [`ResourceBuilder::new`]; `pods`: Kubernetes metadata, when on.
     pub fn spawn(
         extra_attributes: Vec<(String, String)>,
         agent_tgid: u32,
+        pods: Option<PodContext>,
         metrics: Arc<Metrics>,
     ) -> (ResourceResolver, ResourceReplies) {
         Self::with_limits(
-            ResourceBuilder::new(extra_attributes, agent_tgid),
+            ResourceBuilder::new(extra_attributes, agent_tgid).with_pods(pods),
             RESOURCE_CACHE_CAPACITY,
             RESOLVE_QUEUE_CAPACITY,
             metrics,
@@ -129,9 +143,10 @@ impl ResourceResolver {
         let (request_tx, request_rx) = mpsc::channel(queue.max(1));
         let (reply_tx, reply_rx) = mpsc::channel(queue.max(1));
         let worker_builder = Arc::clone(&builder);
+        let worker_metrics = Arc::clone(&metrics);
         let requests = match std::thread::Builder::new()
             .name("waggle-resources".into())
-            .spawn(move || work(&worker_builder, request_rx, reply_tx))
+            .spawn(move || work(&worker_builder, request_rx, reply_tx, &worker_metrics))
         {
             Ok(_) => Some(request_tx),
             Err(e) => {
@@ -165,7 +180,7 @@ impl ResourceResolver {
         let Some(entry) = self.cache.peek(&pid) else {
             return self.request(pid, [0; 16]);
         };
-        let State::Ready { resource, start_time, checked, incomplete_retries } = &entry.state else {
+        let State::Ready { resource, start_time, checked, incomplete_retries, pod } = &entry.state else {
             return Lookup::Waiting;
         };
         let resource = Arc::clone(resource);
@@ -175,7 +190,7 @@ impl ResourceResolver {
             let request = if *incomplete_retries > 0 {
                 (age >= INCOMPLETE_RETRY_AFTER).then_some(Request::Resolve { pid, comm })
             } else {
-                (age >= REVALIDATE_AFTER).then_some(Request::Revalidate { pid, start_time, comm })
+                (age >= REVALIDATE_AFTER).then(|| Request::Revalidate { pid, start_time, comm, pod: pod.clone() })
             };
             // A full queue only delays the check to a later lookup.
             if let Some(request) = request {
@@ -292,6 +307,7 @@ impl ResourceResolver {
             start_time: resolved.start_time,
             checked: Instant::now(),
             incomplete_retries,
+            pod: resolved.pod,
         };
         self.cache.put(pid, Entry { state, comm, in_flight: false, exited: false });
     }
@@ -305,14 +321,27 @@ fn comm_of(raw: &[u8]) -> Comm {
 }
 
 /// The worker: builds what the loop asks for, in order, until the loop goes.
-fn work(builder: &ResourceBuilder, mut requests: mpsc::Receiver<Request>, replies: mpsc::Sender<ResourceReply>) {
+fn work(
+    builder: &ResourceBuilder,
+    mut requests: mpsc::Receiver<Request>,
+    replies: mpsc::Sender<ResourceReply>,
+    metrics: &Metrics,
+) {
     while let Some(request) = requests.blocking_recv() {
         let reply = match request {
             Request::Resolve { pid, comm } => ReplyKind::Resolved { pid, resolved: builder.resolve(pid, &comm) },
-            Request::Revalidate { pid, start_time, comm } => match read_start_time(pid) {
-                // Same process, or the process is gone (late events of an
-                // exited process still belong to it): keep the entry.
-                current if current.is_none() || current == start_time => ReplyKind::StillValid { pid },
+            Request::Revalidate { pid, start_time, comm, pod } => match read_start_time(pid) {
+                // The process is gone: late events of an exited process
+                // still belong to it, keep the entry as it is.
+                None => ReplyKind::StillValid { pid },
+                current if current == start_time => match pod {
+                    Some(pod) if builder.pod_is_stale(&pod) => {
+                        Metrics::inc(&metrics.resources_rebuilt_for_pod);
+                        tracing::debug!(pid, pod_uid = %pod.uid, "pod metadata changed; building the resource again");
+                        ReplyKind::Resolved { pid, resolved: builder.resolve(pid, &comm) }
+                    }
+                    _ => ReplyKind::StillValid { pid },
+                },
                 _ => {
                     tracing::debug!(pid, "pid reused by a new process; resolving its resource again");
                     ReplyKind::Resolved { pid, resolved: builder.resolve(pid, &comm) }

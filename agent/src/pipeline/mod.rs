@@ -93,6 +93,8 @@ struct Stages {
     selection: Option<Selection>,
     /// Finds the TLS libraries of processes that open connections.
     tls_scanner: Option<TlsScanner>,
+    /// Kubernetes metadata, when on (for the pods-known gauge).
+    pods: Option<Arc<crate::k8s::PodStore>>,
 }
 
 impl Stages {
@@ -248,6 +250,9 @@ impl Stages {
         self.kernel_cell.set_gauge(Gauge::ConnectionsTracked, self.tracker.len() as u64);
         self.kernel_cell.set_gauge(Gauge::ExportQueueSpans, self.exporter.queued() as u64);
         self.kernel_cell.set_gauge(Gauge::BufferedBytes, self.tracker.buffered_bytes() as u64);
+        if let Some(pods) = &self.pods {
+            self.kernel_cell.set_gauge(Gauge::KubePodsKnown, pods.pods_known() as u64);
+        }
         let lost = kernel.iter().find(|(c, _)| *c == Counter::EventsLost).map(|(_, n)| *n).unwrap_or(0);
         if lost > *last_lost {
             tracing::warn!(
@@ -321,7 +326,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send) -> R
     // Trace selection: every running process is decided before the probes
     // attach, so none is seen undecided; the worker takes over after.
     let filter = !config.trace_rules.is_empty();
-    let mut decider = Decider::new(Arc::new(config.trace_rules.clone()), None, agent_pid);
+    // Kubernetes metadata first: namespace, label and annotation rules read
+    // it (a pod not known yet is decided again by the worker's sweep).
+    let pods = start_kube(&config.kube, &metrics).await;
+    let pod_directory = pods.clone().map(|store| store as Arc<dyn crate::model::PodDirectory>);
+    let mut decider = Decider::new(Arc::new(config.trace_rules.clone()), pod_directory, agent_pid);
     let initial_verdicts = if filter { decider.decide_all() } else { Vec::new() };
     let untraced_at_start: std::collections::HashSet<u32> =
         initial_verdicts.iter().filter(|(_, traced)| !traced).map(|(pid, _)| *pid).collect();
@@ -381,8 +390,13 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send) -> R
         )?),
         _ => None,
     };
+    let pod_context = pods.as_ref().map(|store| discovery::PodContext {
+        directory: store.clone(),
+        node_name: config.kube.node_name.clone(),
+        cluster_name: config.kube.cluster_name.clone(),
+    });
     let (resolver, mut resource_replies) =
-        ResourceResolver::spawn(config.resource_attributes.clone(), agent_pid, metrics.clone());
+        ResourceResolver::spawn(config.resource_attributes.clone(), agent_pid, pod_context, metrics.clone());
     let mut stages = Stages {
         tracker: ConnTracker::new(
             ParserConfig {
@@ -408,6 +422,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send) -> R
         kernel_counters: Vec::new(),
         selection,
         tls_scanner,
+        pods,
     };
 
     // Probes are attached first, so a connection opened during the scan is
@@ -486,4 +501,18 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send) -> R
         .collect();
     tracing::info!(counters = %counters.join(" "), "waggle stopped");
     result
+}
+
+/// Kubernetes metadata, when configured: the store the watches fill. A
+/// client that cannot be built is one warning, and the agent runs without
+/// metadata; the API server itself is never waited for.
+async fn start_kube(kube: &crate::config::KubeConfig, metrics: &Arc<Metrics>) -> Option<Arc<crate::k8s::PodStore>> {
+    let source = kube.source.as_ref()?;
+    match crate::k8s::start(source, &kube.node_name, metrics.clone()).await {
+        Ok(store) => Some(store),
+        Err(e) => {
+            tracing::warn!(error = %e, "Kubernetes metadata off: spans carry container.id and k8s.pod.uid only");
+            None
+        }
+    }
 }
