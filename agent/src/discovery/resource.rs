@@ -323,7 +323,7 @@ mod tests {
             process_facts::ProcessFacts,
             ResourceBuilder,
         };
-        use crate::model::{PodDirectory, PodFacts, ProcessResource};
+        use crate::model::{PodFacts, ProcessResource};
 
         fn context(pod: Option<PodFacts>) -> PodContext {
             let pods = pod.into_iter().map(|p| (p.uid.clone(), Arc::new(p))).collect();

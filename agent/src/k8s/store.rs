@@ -32,10 +32,13 @@ pub const MAX_REPLICASETS: usize = 65536;
 /// (namespace, name) of a ReplicaSet.
 type RsKey = (String, String);
 
+/// A pod's controller reference (when a ReplicaSet) and its facts.
+type PodEntry = (Option<RsKey>, Arc<PodFacts>);
+
 #[derive(Default)]
 struct Inner {
     /// uid → the pod's controller reference and its facts (owners resolved).
-    pods: HashMap<String, (Option<(String, String)>, Arc<PodFacts>)>,
+    pods: HashMap<String, PodEntry>,
     /// ReplicaSet → its Deployment (None: a ReplicaSet of no Deployment).
     replicasets: HashMap<RsKey, Option<String>>,
 }
