@@ -319,6 +319,24 @@ pub fn curl(args: &[&str]) -> ClientRun {
     run_client("curl", &mut cmd, Duration::from_secs(20))
 }
 
+/// curl fetching `urls` in one invocation (`extra` before them, e.g. a CA
+/// file), bodies discarded, asserting it reused one connection for all of
+/// them: the keep-alive case every protocol test needs.
+#[track_caller]
+pub fn curl_on_one_connection(extra: &[&str], urls: &[&str]) -> ClientRun {
+    let mut args: Vec<&str> = extra.to_vec();
+    args.extend(["-w", "%{num_connects}\n"]);
+    for _ in urls {
+        args.extend(["-o", "/dev/null"]);
+    }
+    args.extend(urls);
+    let r = curl(&args);
+    r.assert_success();
+    let expected: String = (0..urls.len()).map(|i| if i == 0 { "1\n" } else { "0\n" }).collect();
+    assert_eq!(r.stdout, expected, "curl should reuse one connection");
+    r
+}
+
 /// [`run_client`] on a thread of its own, calling `sample` every `every`
 /// while the client runs (to follow a gauge of the agent meanwhile).
 #[track_caller]

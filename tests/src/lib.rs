@@ -30,7 +30,8 @@ use std::time::Duration;
 
 pub use agent::{wait_for_other_injectors, Agent, AgentOutput, SK_MSG_PROGRAM};
 pub use env::{
-    curl, e2e_setup, fixture, is_root, python, python_script, require_root, run_client, ClientRun, E2eGuard, Proc,
+    curl, curl_on_one_connection, e2e_setup, fixture, is_root, python, python_script, require_root, run_client,
+    ClientRun, E2eGuard, Proc,
 };
 pub use receiver::{describe, AttrVal, Kind, OtlpReceiver, Protocol, Span, StatusCode};
 pub use servers::Server;

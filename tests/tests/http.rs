@@ -13,8 +13,8 @@ use std::{
 };
 
 use waggle_e2e::{
-    client_spans, curl, describe, e2e_setup, env::poll_until, python_script, run_client, server_spans, Agent, Kind,
-    OtlpReceiver, Proc, Protocol, Server, Span, StatusCode, SPAN_TIMEOUT,
+    client_spans, curl, curl_on_one_connection, describe, e2e_setup, env::poll_until, python_script, run_client,
+    server_spans, Agent, Kind, OtlpReceiver, Proc, Protocol, Server, Span, StatusCode, SPAN_TIMEOUT,
 };
 
 /// 12. The agent never traces its own export traffic.
@@ -170,21 +170,7 @@ fn keep_alive_connection_gives_one_span_per_request() {
     let agent = Agent::start(&receiver.agent_args(Protocol::HttpProtobuf), &[]);
 
     let urls: Vec<String> = (1..=3).map(|i| app.url(&format!("/users/{i}"))).collect();
-    let r = curl(&[
-        "-w",
-        "%{num_connects}\n",
-        "-o",
-        "/dev/null",
-        "-o",
-        "/dev/null",
-        "-o",
-        "/dev/null",
-        &urls[0],
-        &urls[1],
-        &urls[2],
-    ]);
-    r.assert_success();
-    assert_eq!(r.stdout, "1\n0\n0\n", "curl should reuse one connection");
+    let r = curl_on_one_connection(&[], &[&urls[0], &urls[1], &urls[2]]);
 
     receiver.focus(&[app.pid(), r.pid]);
     receiver.expect_spans("3 SERVER spans of app and 3 CLIENT spans of curl", SPAN_TIMEOUT, |s| {
