@@ -148,7 +148,8 @@ const NOLOOP_SUFFIX: &str = "_noloop";
 const REDUCED_MODE: &str = "reduced mode: this kernel lacks bpf_loop (Linux 5.17+): HTTP and SQL spans are captured as usual, but the kernel reads at most 256 steps (a few hundred bytes) of a request's header block for its traceparent (kernel_header_scan_cut counts longer ones), injects no traceparent, ignores FastCGI HTTP_TRACEPARENT params, checks at most 256 descriptors at exec, fork and close_range (kernel_fd_sweep_cut), and TLS plaintext capture is off";
 
 /// Why propagation is off in the reduced mode.
-const NO_BPF_LOOP_PROPAGATION: &str = "propagation off: this kernel lacks bpf_loop (Linux 5.17+), which the header scan before an insertion needs";
+const NO_BPF_LOOP_PROPAGATION: &str =
+    "propagation off: this kernel lacks bpf_loop (Linux 5.17+), which the header scan before an insertion needs";
 
 /// The data path works if at least one of these syscalls has both halves.
 const DATA_PATH: &[&str] = &["read", "write", "recvfrom", "sendto"];
@@ -353,7 +354,9 @@ impl Probes {
             if config.tls {
                 // Its return probe shares the data path's header scan, which
                 // has no bounded variant there.
-                tracing::warn!("TLS plaintext capture off: this kernel lacks bpf_loop (Linux 5.17+); TLS connections stay muted");
+                tracing::warn!(
+                    "TLS plaintext capture off: this kernel lacks bpf_loop (Linux 5.17+); TLS connections stay muted"
+                );
             }
             None
         };
@@ -715,7 +718,7 @@ mod tests {
         ] {
             let reduced = format!("{name}{NOLOOP_SUFFIX}");
             assert!(PROGRAMS.iter().any(|p| p.name == name), "{name} is not a program the loader attaches");
-            assert!(symbols.iter().any(|s| *s == reduced), "program {reduced} missing");
+            assert!(symbols.contains(&reduced), "program {reduced} missing");
         }
         for name in [
             maps::EVENTS,

@@ -3,10 +3,7 @@
 use core::ffi::c_void;
 
 use aya_ebpf::{
-    helpers::{
-        bpf_get_current_pid_tgid,
-        generated::bpf_get_current_comm,
-    },
+    helpers::{bpf_get_current_pid_tgid, generated::bpf_get_current_comm},
     maps::lpm_trie::Key,
     programs::TracePointContext,
 };

@@ -296,9 +296,11 @@ mod tests {
         let seen = observe(&report);
         let both = Expect::Spans { skipped: &["waggle_sockops", "sys_exit_connect"], linked: true, reduced: false };
         assert_eq!(judge(both, &report, &seen), Ok(()));
-        let err = judge(Expect::Spans { skipped: &["waggle_sockops"], linked: true, reduced: false }, &report, &seen).unwrap_err();
+        let err = judge(Expect::Spans { skipped: &["waggle_sockops"], linked: true, reduced: false }, &report, &seen)
+            .unwrap_err();
         assert!(err.contains("skipped"), "{err}");
-        let unlinked = Expect::Spans { skipped: &["waggle_sockops", "sys_exit_connect"], linked: false, reduced: false };
+        let unlinked =
+            Expect::Spans { skipped: &["waggle_sockops", "sys_exit_connect"], linked: false, reduced: false };
         let err = judge(unlinked, &report, &seen).unwrap_err();
         assert!(err.contains("expected separate traces"), "{err}");
         let err = judge(both, &report, &Observed { linked: false, ..seen.clone() }).unwrap_err();
@@ -332,12 +334,24 @@ mod tests {
     }
 
     #[test]
+    fn the_reduced_mode_is_read_from_its_log_line() {
+        assert!(!observe(&parse_console(CONSOLE)).reduced);
+        let console = CONSOLE.replace(
+            "@@wk log-begin\r\n",
+            "@@wk log-begin\r\n2026-12-03T10:37:54Z  WARN waggle::probes::load: reduced mode: this kernel lacks bpf_loop (Linux 5.17+): HTTP and SQL spans are captured as usual\r\n",
+        );
+        assert!(observe(&parse_console(&console)).reduced);
+    }
+
+    #[test]
     fn a_guest_that_never_ran_init_or_could_not_mount_fails() {
         let report = parse_console("Kernel panic - not syncing\n");
-        let err = judge(Expect::Spans { skipped: &[], linked: false, reduced: false }, &report, &observe(&report)).unwrap_err();
+        let err = judge(Expect::Spans { skipped: &[], linked: false, reduced: false }, &report, &observe(&report))
+            .unwrap_err();
         assert!(err.contains("never reached /init"), "{err}");
         let report = parse_console("@@wk kernel 6.12\n@@wk mount-failed bpf /sys/fs/bpf\n@@wk ready yes 1.0\n");
-        let err = judge(Expect::Spans { skipped: &[], linked: false, reduced: false }, &report, &observe(&report)).unwrap_err();
+        let err = judge(Expect::Spans { skipped: &[], linked: false, reduced: false }, &report, &observe(&report))
+            .unwrap_err();
         assert!(err.contains("could not mount: bpf /sys/fs/bpf"), "{err}");
     }
 }
