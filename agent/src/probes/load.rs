@@ -10,7 +10,8 @@ use std::{
 
 use aya::{
     maps::{Array, MapData, MapError, RingBuf, SockHash},
-    programs::{ProgramError, TracePoint},
+    programs::{ProgramError, ProgramType, TracePoint},
+    sys::{is_helper_supported, BpfHelper},
     Ebpf, EbpfError, EbpfLoader,
 };
 use waggle_common::{globals, maps, sockmap_mode, Counter, SockWalkOffsets, FCGI_PARAMS_PROGRAM, MAX_CAPTURE};
@@ -139,6 +140,17 @@ const PROGRAMS: &[ProgramSpec] = &[
     ProgramSpec { name: "sched_process_exit", category: "sched", fields: &[] },
 ];
 
+/// Suffix of a program's reduced-mode variant in the object: the same code
+/// with bounded loops instead of bpf_loop, for kernels before 5.17.
+const NOLOOP_SUFFIX: &str = "_noloop";
+
+/// What the reduced mode (no bpf_loop) lacks, said once at start-up.
+const REDUCED_MODE: &str = "reduced mode: this kernel lacks bpf_loop (Linux 5.17+): HTTP and SQL spans are captured as usual, but the kernel reads at most 256 steps (a few hundred bytes) of a request's header block for its traceparent (kernel_header_scan_cut counts longer ones), injects no traceparent, ignores FastCGI HTTP_TRACEPARENT params, checks at most 256 descriptors at exec, fork and close_range (kernel_fd_sweep_cut), and TLS plaintext capture is off";
+
+/// Why propagation is off in the reduced mode.
+const NO_BPF_LOOP_PROPAGATION: &str =
+    "propagation off: this kernel lacks bpf_loop (Linux 5.17+), which the header scan before an insertion needs";
+
 /// The data path works if at least one of these syscalls has both halves.
 const DATA_PATH: &[&str] = &["read", "write", "recvfrom", "sendto"];
 
@@ -158,6 +170,8 @@ pub struct Probes {
     reads_sockets: bool,
     /// The TLS library probes, when on and verified.
     tls: Option<TlsProbes>,
+    /// The kernel has bpf_loop; else the reduced mode's programs run.
+    bpf_loop: bool,
 }
 
 impl std::fmt::Debug for Probes {
@@ -166,6 +180,7 @@ impl std::fmt::Debug for Probes {
             .field("attached", &self.attached)
             .field("skipped", &self.skipped)
             .field("injecting", &self.injecting)
+            .field("bpf_loop", &self.bpf_loop)
             .finish()
     }
 }
@@ -191,6 +206,12 @@ impl Probes {
                 "ring buffer size rounded to a power-of-two number of pages"
             );
         }
+        // Decided by asking the kernel, not by its version: distributions
+        // backport helpers.
+        let bpf_loop = has_bpf_loop();
+        if !bpf_loop {
+            tracing::warn!("{REDUCED_MODE}");
+        }
         // sk_msg must know whether a socket can take a whole message without
         // waiting (a partial send would cut the inserted line): without the
         // socket field offsets it cannot, and nothing may be inserted.
@@ -198,7 +219,10 @@ impl Probes {
         // Why propagation is off although the configuration wants it: its
         // programs are then reported as skipped with this reason.
         let mut no_room = None;
-        let room = if config.propagation {
+        let room = if config.propagation && !bpf_loop {
+            no_room = Some(NO_BPF_LOOP_PROPAGATION.to_owned());
+            None
+        } else if config.propagation {
             match from_btf(&btf, SendRoomOffsets::from_btf) {
                 Ok(room) => Some(room),
                 Err(e) => {
@@ -247,8 +271,14 @@ impl Probes {
         }
         let mut attached = Vec::new();
         let mut skipped = Vec::new();
+        // The reduced mode's loops are walked by the verifier: what that
+        // costs at start-up is said once.
+        let mut slow: Vec<(u128, &str)> = Vec::new();
         for spec in PROGRAMS {
-            match attach(&mut ebpf, spec) {
+            let started = std::time::Instant::now();
+            let result = attach(&mut ebpf, spec, bpf_loop);
+            slow.push((started.elapsed().as_millis(), spec.name));
+            match result {
                 Ok(()) => attached.push(spec.name),
                 // EACCES with a verifier log is the verifier refusing this
                 // program, not missing privileges: skipped with its log.
@@ -264,8 +294,16 @@ impl Probes {
                 }
             }
         }
-        // After sys_exit_read, whose reads it walks.
-        let fastcgi = if attached.contains(&"sys_exit_read") {
+        if !bpf_loop {
+            slow.sort_unstable_by(|a, b| b.cmp(a));
+            let total: u128 = slow.iter().map(|(ms, _)| ms).sum();
+            let top: Vec<String> = slow.iter().take(5).map(|(ms, p)| format!("{p}={ms}ms")).collect();
+            tracing::info!(total_ms = total as u64, slowest = %top.join(","), "reduced mode: programs verified");
+        }
+        // After sys_exit_read, whose reads it walks (with bpf_loop).
+        let fastcgi = if !bpf_loop {
+            Err(AttachError::Other("this kernel lacks bpf_loop (Linux 5.17+), which the params walk needs".into()))
+        } else if attached.contains(&"sys_exit_read") {
             attach_fastcgi_params(&mut ebpf)
         } else {
             Err(AttachError::Other("sys_exit_read is not attached".into()))
@@ -285,7 +323,7 @@ impl Probes {
         });
         if !data_path_ok {
             let kernel = kernel_release();
-            let why = no_data_path_reason(&kernel).to_owned();
+            let why = no_data_path_reason(bpf_loop).to_owned();
             return Err(ProbeError::NoDataPath { kernel, why });
         }
         if let Some(nets) = &config.trusted_networks {
@@ -310,7 +348,18 @@ impl Probes {
             }
         }
         let injecting = sockmap_mode != sockmap_mode::UNSET;
-        let tls = load_tls(&mut ebpf, config.tls);
+        let tls = if bpf_loop {
+            load_tls(&mut ebpf, config.tls)
+        } else {
+            if config.tls {
+                // Its return probe shares the data path's header scan, which
+                // has no bounded variant there.
+                tracing::warn!(
+                    "TLS plaintext capture off: this kernel lacks bpf_loop (Linux 5.17+); TLS connections stay muted"
+                );
+            }
+            None
+        };
         tracing::info!(count = attached.len(), programs = %attached.join(","), "probes attached");
         let skipped_names: Vec<&str> = skipped.iter().map(|(p, _)| *p).collect();
         tracing::info!(count = skipped.len(), programs = %skipped_names.join(","), "probes skipped");
@@ -326,7 +375,7 @@ impl Probes {
         // Fail now rather than on every tick if the counters are unreadable.
         open_counters(&ebpf)?;
         Ok((
-            Probes { ebpf, attached, skipped, injecting, sockmap_mode, client_socks, reads_sockets, tls },
+            Probes { ebpf, attached, skipped, injecting, sockmap_mode, client_socks, reads_sockets, tls, bpf_loop },
             EventSource::new(ring, heartbeat),
             conn_maps,
         ))
@@ -368,6 +417,11 @@ impl Probes {
     /// How long sockets stay in CLIENT_SOCKS (a `sockmap_mode` value).
     pub fn sockmap_mode(&self) -> u64 {
         self.sockmap_mode
+    }
+
+    /// The kernel lacks bpf_loop and runs the reduced mode's programs.
+    pub fn reduced_mode(&self) -> bool {
+        !self.bpf_loop
     }
 
     /// The TLS library probes are loaded: library files may be attached.
@@ -438,11 +492,15 @@ fn set_sock_walk(ebpf: &mut Ebpf, btf: &Result<Btf, BtfError>) -> Result<bool, P
     Ok(true)
 }
 
-fn attach(ebpf: &mut Ebpf, spec: &ProgramSpec) -> Result<(), AttachError> {
+/// Attaches `spec`'s program, or without bpf_loop its reduced-mode variant
+/// when the object has one (the programs that do not loop have none).
+fn attach(ebpf: &mut Ebpf, spec: &ProgramSpec, bpf_loop: bool) -> Result<(), AttachError> {
     if !spec.fields.is_empty() {
         check_format(spec)?;
     }
-    let program: &mut TracePoint = ebpf.program_mut(spec.name).ok_or(AttachError::NotInObject)?.try_into()?;
+    let reduced = format!("{}{NOLOOP_SUFFIX}", spec.name);
+    let name = if !bpf_loop && ebpf.program(&reduced).is_some() { reduced.as_str() } else { spec.name };
+    let program: &mut TracePoint = ebpf.program_mut(name).ok_or(AttachError::NotInObject)?.try_into()?;
     program.load()?;
     program.attach(spec.category, spec.name)?;
     Ok(())
@@ -485,16 +543,28 @@ fn kernel_release() -> String {
     fs::read_to_string("/proc/sys/kernel/osrelease").map(|s| s.trim().to_owned()).unwrap_or_else(|_| "unknown".into())
 }
 
-/// Why no data-path program loaded, in words a user can act on. The
-/// send-side programs scan header blocks with bpf_loop, which older kernels
-/// lack; their verifier then fails with messages that do not name it (5.10:
-/// "number of funcs in func_info doesn't match number of subprogs"). A
-/// kernel that backported it got the chance to load them anyway.
-fn no_data_path_reason(release: &str) -> &'static str {
-    let mut numbers = release.split(|c: char| !c.is_ascii_digit()).map(|n| n.parse::<u32>().ok());
-    match (numbers.next().flatten(), numbers.next().flatten()) {
-        (Some(major), Some(minor)) if (major, minor) < (5, 17) => "this kernel lacks bpf_loop (needs Linux 5.17+)",
-        _ => "the kernel refused every one of them (each program's reason is logged above)",
+/// Whether the kernel offers bpf_loop to tracepoint programs (Linux 5.17+,
+/// or a backport), asked with a two-instruction program. Without it the
+/// programs that call it fail to load with messages that do not name it
+/// (5.10: "number of funcs in func_info doesn't match number of subprogs"),
+/// so their reduced-mode variants are attached instead. A failed probe
+/// counts as yes: the programs' own load then says what is wrong.
+fn has_bpf_loop() -> bool {
+    match is_helper_supported(ProgramType::TracePoint, BpfHelper::BPF_FUNC_loop) {
+        Ok(has) => has,
+        Err(e) => {
+            tracing::debug!(error = %e, "probing for bpf_loop failed; assuming the kernel has it");
+            true
+        }
+    }
+}
+
+/// Why no data-path program loaded, in words a user can act on.
+fn no_data_path_reason(bpf_loop: bool) -> &'static str {
+    if bpf_loop {
+        "the kernel refused every one of them (each program's reason is logged above)"
+    } else {
+        "this kernel lacks bpf_loop (Linux 5.17+) and refused the reduced mode's programs too (each program's reason is logged above)"
     }
 }
 
@@ -602,12 +672,11 @@ mod tests {
     }
 
     #[test]
-    fn kernels_before_bpf_loop_are_named_as_such() {
-        assert!(no_data_path_reason("5.10.0-46-cloud-amd64").contains("needs Linux 5.17+"));
-        assert!(no_data_path_reason("4.19.0-27-amd64").contains("needs Linux 5.17+"));
-        assert!(no_data_path_reason("5.17.0").contains("refused every one"));
-        assert!(no_data_path_reason("6.1.0-57-cloud-amd64").contains("refused every one"));
-        assert!(no_data_path_reason("unknown").contains("refused every one"));
+    fn a_refusal_without_bpf_loop_names_it_and_the_reduced_mode() {
+        assert!(no_data_path_reason(false).contains("lacks bpf_loop (Linux 5.17+)"));
+        assert!(no_data_path_reason(false).contains("reduced mode"));
+        assert!(no_data_path_reason(true).contains("refused every one"));
+        assert!(!no_data_path_reason(true).contains("bpf_loop"));
     }
 
     #[test]
@@ -632,6 +701,24 @@ mod tests {
         }
         for name in [SK_MSG_PROGRAM, SOCKOPS_PROGRAM, FCGI_PARAMS_PROGRAM] {
             assert!(symbols.iter().any(|s| s == name), "program {name} missing");
+        }
+        // The reduced mode's variants of every program that calls bpf_loop.
+        for name in [
+            "sys_exit_read",
+            "sys_exit_recvfrom",
+            "sys_exit_readv",
+            "sys_exit_recvmsg",
+            "sys_enter_write",
+            "sys_enter_sendto",
+            "sys_enter_writev",
+            "sys_enter_sendmsg",
+            "sys_enter_close_range",
+            "sched_process_exec",
+            "task_newtask",
+        ] {
+            let reduced = format!("{name}{NOLOOP_SUFFIX}");
+            assert!(PROGRAMS.iter().any(|p| p.name == name), "{name} is not a program the loader attaches");
+            assert!(symbols.contains(&reduced), "program {reduced} missing");
         }
         for name in [
             maps::EVENTS,

@@ -732,6 +732,8 @@ kernel_counters! {
         "FastCGI requests with no same-host link whose HTTP_TRACEPARENT param was not taken: several of them, an invalid value, or the request was answered first",
     FastcgiParamsUnread => "propagation_fastcgi_params_unread":
         "FastCGI requests with no same-host link whose params the kernel could not walk (split across reads, longer than the capture, not records): an HTTP_TRACEPARENT among them is not taken",
+    ScanCut => "kernel_header_scan_cut":
+        "reduced mode (kernels without bpf_loop): request header blocks longer than the kernel's bounded scan: a traceparent past it is not joined in the kernel",
 }
 
 impl Counter {

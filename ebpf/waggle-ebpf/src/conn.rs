@@ -3,10 +3,7 @@
 use core::ffi::c_void;
 
 use aya_ebpf::{
-    helpers::{
-        bpf_get_current_pid_tgid,
-        generated::{bpf_get_current_comm, bpf_loop},
-    },
+    helpers::{bpf_get_current_pid_tgid, generated::bpf_get_current_comm},
     maps::lpm_trie::Key,
     programs::TracePointContext,
 };
@@ -16,7 +13,7 @@ use waggle_common::{
 };
 
 use crate::{
-    helpers::{agent, arg, count, current, mint_conn_id, now_ns, stash, take_pending, wakeup_flags},
+    helpers::{agent, arg, count, current, mint_conn_id, now_ns, repeat, stash, take_pending, wakeup_flags},
     maps::{CONNS, EVENTS, INET_STREAM_SOCKS, TRACKED_TGIDS, TRUSTED_NETS, TRUST_ALL_PEERS},
     own,
     socket_facts::{fd_is_open, fd_table_size, is_inet, read_peer, walk, Ends, Walk, AF_INET, AF_INET6},
@@ -30,6 +27,9 @@ const EINPROGRESS: i64 = 115;
 /// Descriptors one close_range() or exec checks at most (a table this large
 /// is rare; what lies past it is counted, FdSweepCut).
 const MAX_FD_SWEEP: u64 = 4096;
+/// The same bound in the reduced mode (no bpf_loop), where the verifier
+/// walks each step: what lies past it is counted the same way.
+const MAX_FD_SWEEP_BOUNDED: u32 = 256;
 
 /// Written in place in the ring buffer: the record is too big to build on
 /// the stack next to everything an accept() exit holds.
@@ -354,14 +354,14 @@ const CLOSE_RANGE_CLOEXEC: u64 = 1 << 2;
 
 /// close_range(first, last, flags) closes a whole range without close().
 #[inline(always)]
-pub(crate) fn close_range_enter(ctx: &TracePointContext) -> Option<()> {
+pub(crate) fn close_range_enter<const BPF_LOOP: bool>(ctx: &TracePointContext) -> Option<()> {
     if arg(ctx, 2) & CLOSE_RANGE_CLOEXEC != 0 {
         // Closed at the next exec, which sweeps then.
         return None;
     }
     let (pid_tgid, tgid) = current()?;
     TRACKED_TGIDS.get_ptr(tgid)?;
-    sweep(pid_tgid, tgid, arg(ctx, 0) as u32, arg(ctx, 1) as u32, false);
+    sweep::<BPF_LOOP>(pid_tgid, tgid, arg(ctx, 0) as u32, arg(ctx, 1) as u32, false);
     Some(())
 }
 
@@ -369,11 +369,11 @@ pub(crate) fn close_range_enter(ctx: &TracePointContext) -> Option<()> {
 /// runtimes) without close() calls, and the new program's files take their
 /// numbers: connections whose descriptor is gone end here.
 #[inline(always)]
-pub(crate) fn exec(_ctx: &TracePointContext) -> Option<()> {
+pub(crate) fn exec<const BPF_LOOP: bool>(_ctx: &TracePointContext) -> Option<()> {
     verdict::exec();
     let (pid_tgid, tgid) = current()?;
     TRACKED_TGIDS.get_ptr(tgid)?;
-    sweep(pid_tgid, tgid, 0, u32::MAX, true);
+    sweep::<BPF_LOOP>(pid_tgid, tgid, 0, u32::MAX, true);
     Some(())
 }
 
@@ -392,24 +392,41 @@ extern "C" fn sweep_step(index: u64, ctx: *mut c_void) -> i64 {
     // SAFETY: bpf_loop passes back the pointer `sweep` gave it: a Sweep on
     // the caller's stack, alive for the whole loop.
     let sweep = unsafe { &*ctx.cast::<Sweep>() };
-    let fd = sweep.first.wrapping_add(index as u32);
-    let key = SockKey { tgid: sweep.tgid, fd };
+    sweep_fd(sweep.pid_tgid, sweep.first.wrapping_add(index as u32), sweep.only_closed != 0);
+    0
+}
+
+/// `sweep_step` for the reduced mode's bounded loop (`repeat`): a global
+/// function (scalars only), verified once.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn waggle_sweep_fd(pid_tgid: u64, fd: u64, only_closed: u64) -> i64 {
+    sweep_fd(pid_tgid, fd as u32, only_closed != 0);
+    0
+}
+
+/// Forgets descriptor `fd` of the current process if it is tracked (and,
+/// when `only_closed`, closed).
+#[inline(always)]
+fn sweep_fd(pid_tgid: u64, fd: u32, only_closed: bool) {
+    let tgid = (pid_tgid >> 32) as u32;
+    let key = SockKey { tgid, fd };
     if CONNS.get_ptr(key).is_none() && INET_STREAM_SOCKS.get_ptr(key).is_none() {
-        return 0;
+        return;
     }
     // Unknown (no BTF walk): forgotten, so a file never inherits the state.
-    if sweep.only_closed != 0 && fd_is_open(fd) == Some(true) {
-        return 0;
+    if only_closed && fd_is_open(fd) == Some(true) {
+        return;
     }
-    forget(sweep.pid_tgid, sweep.tgid, fd);
-    0
+    forget(pid_tgid, tgid, fd);
 }
 
 /// Forgets the descriptors in [first, last] of this process (those still
 /// open are kept when `only_closed`), up to MAX_FD_SWEEP of them past the
-/// end of the process's descriptor table.
+/// end of the process's descriptor table (MAX_FD_SWEEP_BOUNDED without
+/// bpf_loop).
 #[inline(always)]
-fn sweep(pid_tgid: u64, tgid: u32, first: u32, last: u32, only_closed: bool) {
+fn sweep<const BPF_LOOP: bool>(pid_tgid: u64, tgid: u32, first: u32, last: u32, only_closed: bool) {
     // No descriptor at or past the table's size is open.
     let last = match fd_table_size() {
         Some(0) => return,
@@ -425,10 +442,9 @@ fn sweep(pid_tgid: u64, tgid: u32, first: u32, last: u32, only_closed: bool) {
         n = MAX_FD_SWEEP;
     }
     let mut state = Sweep { pid_tgid, tgid, first, only_closed: u32::from(only_closed), _pad: 0 };
-    // SAFETY: the callback is a static function of the right signature; the
-    // context pointer outlives the call.
-    unsafe {
-        bpf_loop(n as u32, sweep_step as *const () as *mut c_void, (&mut state as *mut Sweep).cast(), 0);
+    let bounded = |i: u32| waggle_sweep_fd(pid_tgid, u64::from(first.wrapping_add(i)), u64::from(only_closed));
+    if !repeat::<BPF_LOOP>(n as u32, sweep_step, (&mut state as *mut Sweep).cast(), MAX_FD_SWEEP_BOUNDED, bounded) {
+        count(Counter::FdSweepCut);
     }
 }
 
@@ -443,9 +459,24 @@ extern "C" fn inherit_step(fd: u64, ctx: *mut c_void) -> i64 {
     // SAFETY: bpf_loop passes back the pointer `inherit` gave it: an Inherit
     // on the caller's stack, alive for the whole loop.
     let inherit = unsafe { &*ctx.cast::<Inherit>() };
-    let fd = fd as u32;
-    let Some(info) = CONNS.get_ptr(SockKey { tgid: inherit.parent, fd }) else {
-        return 0;
+    inherit_fd(inherit.parent, inherit.child, fd as u32);
+    0
+}
+
+/// `inherit_step` for the reduced mode's bounded loop (`repeat`): a global
+/// function (scalars only), verified once.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn waggle_inherit_fd(parent: u64, child: u64, fd: u64) -> i64 {
+    inherit_fd(parent as u32, child as u32, fd as u32);
+    0
+}
+
+/// Copies the parent's descriptor `fd`, if tracked, to the child.
+#[inline(always)]
+fn inherit_fd(parent: u32, child: u32, fd: u32) {
+    let Some(info) = CONNS.get_ptr(SockKey { tgid: parent, fd }) else {
+        return;
     };
     // SAFETY: points at a live CONNS value, copied at once.
     let mut info = unsafe { *info };
@@ -454,15 +485,14 @@ extern "C" fn inherit_step(fd: u64, ctx: *mut c_void) -> i64 {
     // close().
     info.conn_id = mint_conn_id();
     info.req_remaining = 0;
-    let key = SockKey { tgid: inherit.child, fd };
+    let key = SockKey { tgid: child, fd };
     if CONNS.insert(key, info, 0).is_err() {
         count(Counter::MapInsertFailed);
-        return 0;
+        return;
     }
     count(Counter::ConnsInherited);
     let ends = Ends { family: u16::from(info.family), ..Ends::default() };
-    emit_conn(EventKind::ConnInherited, Role::from_u8(info.role), key, inherit.parent, info.conn_id, &ends);
-    0
+    emit_conn(EventKind::ConnInherited, Role::from_u8(info.role), key, parent, info.conn_id, &ends);
 }
 
 /// A tracked process forked: the child gets its own copy of each tracked
@@ -472,7 +502,7 @@ extern "C" fn inherit_step(fd: u64, ctx: *mut c_void) -> i64 {
 /// whose descriptor table the child's is a copy of. Without the BTF walk
 /// the table's size is unknown and userspace copies the table as before.
 #[inline(always)]
-pub(crate) fn inherit(parent: u32, child: u32) {
+pub(crate) fn inherit<const BPF_LOOP: bool>(parent: u32, child: u32) {
     let Some(size) = fd_table_size() else { return };
     let mut n = u64::from(size);
     if n > MAX_FD_SWEEP {
@@ -480,9 +510,8 @@ pub(crate) fn inherit(parent: u32, child: u32) {
         n = MAX_FD_SWEEP;
     }
     let mut state = Inherit { parent, child };
-    // SAFETY: the callback is a static function of the right signature; the
-    // context pointer outlives the call.
-    unsafe {
-        bpf_loop(n as u32, inherit_step as *const () as *mut c_void, (&mut state as *mut Inherit).cast(), 0);
+    let bounded = |fd: u32| waggle_inherit_fd(u64::from(parent), u64::from(child), u64::from(fd));
+    if !repeat::<BPF_LOOP>(n as u32, inherit_step, (&mut state as *mut Inherit).cast(), MAX_FD_SWEEP_BOUNDED, bounded) {
+        count(Counter::FdSweepCut);
     }
 }

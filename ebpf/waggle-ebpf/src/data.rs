@@ -39,9 +39,10 @@ fn is_send(id: SyscallId) -> bool {
 /// runs on every read/write on the machine, so it is one lookup and out.
 /// Sends on tracked connections also take part in trace context (trace.rs):
 /// a client request start gets its ids, a server response ends the
-/// thread's request.
+/// thread's request. `BPF_LOOP`: false in the reduced mode's programs
+/// (kernels without bpf_loop), whose sends are never scanned for injection.
 #[inline(always)]
-pub(crate) fn enter(ctx: &TracePointContext, id: SyscallId) {
+pub(crate) fn enter<const BPF_LOOP: bool>(ctx: &TracePointContext, id: SyscallId) {
     let Some((pid_tgid, tgid)) = current() else {
         return;
     };
@@ -80,7 +81,7 @@ pub(crate) fn enter(ctx: &TracePointContext, id: SyscallId) {
     let conn = unsafe { *info };
     let shape = shape(id);
     let send = match Role::from_u8(conn.role) {
-        Role::Client => trace::client_send_enter(pid_tgid, info, shape, p.ptr, p.len),
+        Role::Client => trace::client_send_enter::<BPF_LOOP>(pid_tgid, info, shape, p.ptr, p.len),
         Role::Server => {
             trace::server_send_enter(pid_tgid, &conn, shape, p.ptr, p.len);
             trace::ClientSend::default()
@@ -150,8 +151,10 @@ fn account_client_send(info: *mut ConnInfo, aux: u64, ret: i64) {
 
 /// Exit: copy min(ret, CAPTURE_BYTES) payload bytes after a DataEvent header
 /// in the per-CPU scratch buffer and output exactly header + captured bytes.
+/// `BPF_LOOP`: as for `enter`; the reduced mode scans a server request's
+/// header block in a bounded loop.
 #[inline(always)]
-pub(crate) fn exit(ctx: &TracePointContext, id: SyscallId, direction: Direction) {
+pub(crate) fn exit<const BPF_LOOP: bool>(ctx: &TracePointContext, id: SyscallId, direction: Direction) {
     let Some((pid_tgid, tgid)) = current() else {
         return;
     };
@@ -191,7 +194,7 @@ pub(crate) fn exit(ctx: &TracePointContext, id: SyscallId, direction: Direction)
         count(Counter::MutedEvents);
         return;
     }
-    emit(
+    emit_with::<BPF_LOOP>(
         pid_tgid,
         &info,
         &Capture {
@@ -230,6 +233,12 @@ pub(crate) struct Capture {
 /// by the syscall exits and the TLS library's return probe (tls.rs).
 #[inline(always)]
 pub(crate) fn emit(pid_tgid: u64, info: &ConnInfo, c: &Capture) {
+    emit_with::<true>(pid_tgid, info, c);
+}
+
+/// [`emit`], its server header scan with bpf_loop or (reduced mode) without.
+#[inline(always)]
+fn emit_with<const BPF_LOOP: bool>(pid_tgid: u64, info: &ConnInfo, c: &Capture) {
     let tgid = (pid_tgid >> 32) as u32;
     let total = c.total;
     let direction = c.direction;
@@ -252,7 +261,7 @@ pub(crate) fn emit(pid_tgid: u64, info: &ConnInfo, c: &Capture) {
     // One timestamp for the DataEvent and the ServerCtx that matches it.
     let exit_ns = now_ns();
     if direction == Direction::Ingress && captured > 0 && Role::from_u8(info.role) == Role::Server {
-        let _ = trace::server_recv_exit(pid_tgid, c.fd, info, payload, captured, exit_ns);
+        let _ = trace::server_recv_exit::<BPF_LOOP>(pid_tgid, c.fd, info, payload, captured, exit_ns);
         // No HTTP request start is a FastCGI one (its own subprogram).
         fastcgi::server_recv(c.fd, info, payload, captured, exit_ns);
     }

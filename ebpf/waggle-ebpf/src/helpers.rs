@@ -1,14 +1,51 @@
 //! Small helpers every program uses: the current task, syscall arguments,
 //! the clock, counters, connection ids, the PENDING stash between a
 //! syscall's enter and exit, and ring-buffer wake-ups.
+use core::ffi::c_void;
+
 use aya_ebpf::{
-    helpers::{bpf_get_current_pid_tgid, bpf_get_smp_processor_id, bpf_ktime_get_ns},
+    helpers::{bpf_get_current_pid_tgid, bpf_get_smp_processor_id, bpf_ktime_get_ns, generated::bpf_loop},
     programs::TracePointContext,
     EbpfContext,
 };
 use waggle_common::{verdict, Counter, Pending, SyscallId, USERSPACE_CONN_ID_BIT};
 
 use crate::maps::{AGENT_TGID, CONN_SEQ, COUNTERS, EVENTS, FILTER, PENDING, TRACE_VERDICT};
+
+/// A loop callback: `step(index, ctx)`, non-zero to stop.
+pub(crate) type Step = extern "C" fn(u64, *mut c_void) -> i64;
+
+/// Calls `step(i, ctx)` for i in 0..n until it returns non-zero, with the
+/// bpf_loop helper (Linux 5.17+), the verifier checking `step` once. Without
+/// `BPF_LOOP` (the reduced mode of kernels without it: the `*_noloop`
+/// programs) it calls `bounded(i)` instead, in a loop the verifier walks,
+/// at most `bound` times. `bounded` must call a global function (a
+/// `#[no_mangle]` one taking and returning scalars): the verifier checks
+/// such a function once on its own, where a static one would be walked
+/// again in every iteration. False when the bounded loop stopped short of n.
+#[inline(always)]
+pub(crate) fn repeat<const BPF_LOOP: bool>(
+    n: u32,
+    step: Step,
+    ctx: *mut c_void,
+    bound: u32,
+    bounded: impl Fn(u32) -> i64,
+) -> bool {
+    if BPF_LOOP {
+        // SAFETY: `step` is a static function of the callback signature;
+        // `ctx` outlives the call (the caller's stack, or null).
+        unsafe { bpf_loop(n, step as *const () as *mut c_void, ctx, 0) };
+        return true;
+    }
+    let mut i = 0;
+    while i < bound {
+        if i >= n || bounded(i) != 0 {
+            return true;
+        }
+        i += 1;
+    }
+    n <= bound
+}
 
 /// Flags for every ring-buffer output: no wake-up until the agent has
 /// WAKEUP_WATERMARK_BYTES to read (it polls on a short timer otherwise).

@@ -61,13 +61,26 @@ macro_rules! data_programs {
     ($($enter:ident, $exit:ident, $id:ident, $dir:ident;)*) => {$(
         #[tracepoint]
         pub fn $enter(ctx: TracePointContext) -> u32 {
-            data::enter(&ctx, SyscallId::$id);
+            data::enter::<true>(&ctx, SyscallId::$id);
             0
         }
 
         #[tracepoint]
         pub fn $exit(ctx: TracePointContext) -> u32 {
-            data::exit(&ctx, SyscallId::$id, Direction::$dir);
+            data::exit::<true>(&ctx, SyscallId::$id, Direction::$dir);
+            0
+        }
+    )*};
+}
+
+// The reduced mode, for kernels without bpf_loop (before 5.17): the same
+// code with bounded loops (helpers::repeat), attached by the agent in place
+// of the program without the suffix. Only the programs that loop have one.
+macro_rules! reduced_programs {
+    ($($name:ident => $($call:ident)::+ ($($arg:expr),*);)*) => {$(
+        #[tracepoint]
+        pub fn $name(ctx: TracePointContext) -> u32 {
+            let _ = $($call)::+::<false>(&ctx $(, $arg)*);
             0
         }
     )*};
@@ -83,6 +96,20 @@ data_programs! {
     sys_enter_recvmsg, sys_exit_recvmsg, Recvmsg, Ingress;
     sys_enter_sendmsg, sys_exit_sendmsg, Sendmsg, Egress;
     sys_enter_sendfile64, sys_exit_sendfile64, Sendfile, Egress;
+}
+
+reduced_programs! {
+    sys_exit_read_noloop => data::exit(SyscallId::Read, Direction::Ingress);
+    sys_exit_recvfrom_noloop => data::exit(SyscallId::Recvfrom, Direction::Ingress);
+    sys_exit_readv_noloop => data::exit(SyscallId::Readv, Direction::Ingress);
+    sys_exit_recvmsg_noloop => data::exit(SyscallId::Recvmsg, Direction::Ingress);
+    sys_enter_write_noloop => data::enter(SyscallId::Write);
+    sys_enter_sendto_noloop => data::enter(SyscallId::Sendto);
+    sys_enter_writev_noloop => data::enter(SyscallId::Writev);
+    sys_enter_sendmsg_noloop => data::enter(SyscallId::Sendmsg);
+    sys_enter_close_range_noloop => conn::close_range_enter();
+    sched_process_exec_noloop => conn::exec();
+    task_newtask_noloop => process::task_newtask();
 }
 
 /// Attached to sys_exit_read after `sys_exit_read`: walks a FastCGI
@@ -143,7 +170,7 @@ pub fn sys_enter_dup3(ctx: TracePointContext) -> u32 {
 
 #[tracepoint]
 pub fn sys_enter_close_range(ctx: TracePointContext) -> u32 {
-    let _ = conn::close_range_enter(&ctx);
+    let _ = conn::close_range_enter::<true>(&ctx);
     0
 }
 
@@ -174,7 +201,7 @@ pub fn sys_enter_io_uring_setup(ctx: TracePointContext) -> u32 {
 
 #[tracepoint]
 pub fn sched_process_exec(ctx: TracePointContext) -> u32 {
-    let _ = conn::exec(&ctx);
+    let _ = conn::exec::<true>(&ctx);
     0
 }
 
@@ -198,7 +225,7 @@ pub fn sys_enter_close(ctx: TracePointContext) -> u32 {
 
 #[tracepoint]
 pub fn task_newtask(ctx: TracePointContext) -> u32 {
-    let _ = process::task_newtask(&ctx);
+    let _ = process::task_newtask::<true>(&ctx);
     0
 }
 

@@ -33,7 +33,7 @@ fn emit(kind: EventKind, tgid: u32, parent_tgid: u32, parent_tid: u32, tid: u32)
 /// has the child's pid but not its tgid). Runs in the parent, after the
 /// child's pid is assigned.
 #[inline(always)]
-pub(crate) fn task_newtask(ctx: &TracePointContext) -> Option<()> {
+pub(crate) fn task_newtask<const BPF_LOOP: bool>(ctx: &TracePointContext) -> Option<()> {
     let base = ctx.as_ptr().cast::<u8>();
     // SAFETY: constant in-bounds offsets into the tracepoint record (checked
     // by the verifier against the record size at attach time).
@@ -65,7 +65,7 @@ pub(crate) fn task_newtask(ctx: &TracePointContext) -> Option<()> {
         count(Counter::MapInsertFailed);
     }
     // Before the fork record: userspace copies what the kernel did not.
-    conn::inherit(parent, child);
+    conn::inherit::<BPF_LOOP>(parent, child);
     emit(EventKind::ProcessFork, child, parent, pid_tgid as u32, 0);
     Some(())
 }

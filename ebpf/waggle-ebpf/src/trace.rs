@@ -17,7 +17,7 @@
 //! carries that event's timestamp (server: exit_ns, client: enter_ns).
 use core::ffi::c_void;
 
-use aya_ebpf::helpers::{bpf_get_prandom_u32, bpf_probe_read_user, generated::bpf_loop};
+use aya_ebpf::helpers::{bpf_get_prandom_u32, bpf_probe_read_user};
 use waggle_common::{
     conn_flags, ctx_flags, fastcgi,
     http::{self, HeaderScan},
@@ -26,7 +26,7 @@ use waggle_common::{
 };
 
 use crate::{
-    helpers::{count, count_index, now_ns, wakeup_flags},
+    helpers::{count, count_index, now_ns, repeat, wakeup_flags},
     maps::{
         ScanState, EVENTS, HEADER, INJECT_PENDING, PARENT_BASED, PROPAGATION, RUNTIME, SAMPLE_THRESHOLD, SCAN, SCRATCH,
         THREAD_CTX,
@@ -48,7 +48,38 @@ const MASK: usize = CAPTURE_MASK;
 extern "C" fn scan_step(_index: u64, ctx: *mut c_void) -> i64 {
     // SAFETY: bpf_loop passes back the pointer `scan` gave it: a u64 on the
     // caller's stack.
-    let len = unsafe { *ctx.cast::<u64>() };
+    scan_step_at(unsafe { *ctx.cast::<u64>() })
+}
+
+/// `scan_step` for the reduced mode's bounded loop: a global function,
+/// verified once.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn waggle_scan_step(len: u64) -> i64 {
+    scan_step_at(len)
+}
+
+/// The reduced mode's scan of the first `len` payload bytes, at most
+/// SCAN_BOUND steps: 1 when it ended, 0 when cut. The whole loop is a
+/// global function, verified once per program: inline, the 5.10 verifier
+/// walked it again on every path into the scan (the vector reads reach
+/// it on many), some 16 s per program under TCG.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn waggle_scan_bounded(len: u64) -> i64 {
+    let mut i = 0;
+    while i < SCAN_BOUND {
+        if waggle_scan_step(len) != 0 {
+            return 1;
+        }
+        i += 1;
+    }
+    0
+}
+
+/// One step of the scan of the first `len` payload bytes.
+#[inline(always)]
+fn scan_step_at(len: u64) -> i64 {
     let (Some(buf), Some(st)) = (SCRATCH.get_ptr(0), SCAN.get_ptr_mut(0)) else {
         return 1;
     };
@@ -79,9 +110,16 @@ extern "C" fn scan_step(_index: u64, ctx: *mut c_void) -> i64 {
     }
 }
 
+/// Steps of the reduced mode's header scan (no bpf_loop): a step covers 8
+/// bytes inside a line, 1 near its end, so this covers a header block of a
+/// few hundred bytes (a curl or wget request); a longer one is counted
+/// (`ScanCut`) and a traceparent past the cut is not seen. Each step costs
+/// the 5.10 verifier one pass through the loop.
+const SCAN_BOUND: u32 = 256;
+
 /// Scans the first `len` (<= MAX_CAPTURE) bytes of the SCRATCH payload.
 #[inline(always)]
-fn scan(len: u32) -> HeaderScan {
+fn scan<const BPF_LOOP: bool>(len: u32) -> HeaderScan {
     let Some(st) = SCAN.get_ptr_mut(0) else {
         return HeaderScan::default();
     };
@@ -89,10 +127,13 @@ fn scan(len: u32) -> HeaderScan {
     unsafe { *st = ScanState::default() };
     let mut n = u64::from(if len > MAX_CAPTURE as u32 { MAX_CAPTURE as u32 } else { len });
     // At most one call per byte; a skipped word ends the loop sooner.
-    // SAFETY: the callback is a static function of the right signature;
-    // the context pointer outlives the call.
-    unsafe {
-        bpf_loop(n as u32, scan_step as *const () as *mut c_void, (&mut n as *mut u64).cast(), 0);
+    let whole = if BPF_LOOP {
+        repeat::<true>(n as u32, scan_step, (&mut n as *mut u64).cast(), 0, |_| 0)
+    } else {
+        waggle_scan_bounded(n) != 0
+    };
+    if !whole {
+        count(Counter::ScanCut);
     }
     // SAFETY: as above; copied out.
     unsafe { (*st).scan }
@@ -268,7 +309,13 @@ pub(crate) struct ClientSend {
 /// begin with a request, so one that begins otherwise (TLS, SSH, ...) never
 /// gets anything injected, whatever its later bytes look like.
 #[inline(always)]
-pub(crate) fn client_send_enter(pid_tgid: u64, info: *mut ConnInfo, shape: Shape, ptr: u64, len: u64) -> ClientSend {
+pub(crate) fn client_send_enter<const BPF_LOOP: bool>(
+    pid_tgid: u64,
+    info: *mut ConnInfo,
+    shape: Shape,
+    ptr: u64,
+    len: u64,
+) -> ClientSend {
     let mut out = ClientSend::default();
     // SAFETY: info points at a live CONNS value; copied out. Only threads
     // of its process send on it, and a lost race with userspace muting
@@ -322,7 +369,10 @@ pub(crate) fn client_send_enter(pid_tgid: u64, info: *mut ConnInfo, shape: Shape
         Some(mode) => *mode,
         None => sockmap_mode::UNSET,
     };
-    let injectable = PROPAGATION.load() != 0
+    // Without bpf_loop (the reduced mode) nothing is scanned for injection:
+    // the agent turns propagation off there.
+    let injectable = BPF_LOOP
+        && PROPAGATION.load() != 0
         && (mode == sockmap_mode::KEEP
             || (mode == sockmap_mode::LEAVE_AT_FIRST_TRANSMIT && conn.flags & conn_flags::INJECTION_OVER == 0));
     if !injectable {
@@ -375,7 +425,7 @@ pub(crate) fn client_send_enter(pid_tgid: u64, info: *mut ConnInfo, shape: Shape
         _ => MAX_CAPTURE as u64,
     };
     let copied = copy_user(payload, shape, ptr, len, budget) as u32;
-    let sc = scan(copied);
+    let sc = scan::<BPF_LOOP>(copied);
     let rle = sc.request_line_end;
     if rle != 0 {
         // SAFETY: ((rle - 11) & MASK) + 10 stays inside the payload area.
@@ -499,7 +549,7 @@ fn request_ctx(pid_tgid: u64, conn_id: u64) -> TraceCtx {
 /// Read-family exit on a server connection, payload already in SCRATCH: if
 /// it starts an HTTP/1.x request, start the thread's server context.
 #[inline(always)]
-pub(crate) fn server_recv_exit(
+pub(crate) fn server_recv_exit<const BPF_LOOP: bool>(
     pid_tgid: u64,
     fd: u32,
     info: &ConnInfo,
@@ -522,7 +572,7 @@ pub(crate) fn server_recv_exit(
         }
     }
     let len = captured as u32;
-    let sc = scan(len);
+    let sc = scan::<BPF_LOOP>(len);
     let rle = sc.request_line_end as usize;
     if rle < 12 {
         return None;

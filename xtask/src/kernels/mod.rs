@@ -52,7 +52,13 @@ pub const KERNELS: &[Kernel] = &[
         variant: Variant::Plain,
         suite: "bullseye",
         meta: "linux-image-cloud-amd64",
-        expect: Expect::Refuses("this kernel lacks bpf_loop (needs Linux 5.17+)"),
+        // No bpf_loop (5.17+): the reduced mode's programs (bounded loops)
+        // run; nothing is injected, and FastCGI params are not walked.
+        expect: Expect::Spans {
+            skipped: &["fastcgi_params", "waggle_sk_msg", "waggle_sockops"],
+            linked: false,
+            reduced: true,
+        },
     },
     Kernel {
         name: "6.1",
@@ -62,7 +68,7 @@ pub const KERNELS: &[Kernel] = &[
         meta: "linux-image-cloud-amd64",
         // sockops cannot tell which process connects before 6.10: no
         // traceparent is injected, the two spans are separate traces.
-        expect: Expect::Spans { skipped: &["waggle_sockops"], linked: false },
+        expect: Expect::Spans { skipped: &["waggle_sockops"], linked: false, reduced: false },
     },
     Kernel {
         name: "6.12",
@@ -70,7 +76,7 @@ pub const KERNELS: &[Kernel] = &[
         variant: Variant::Plain,
         suite: "bookworm",
         meta: "linux-image-6.12-cloud-amd64",
-        expect: Expect::Spans { skipped: &[], linked: true },
+        expect: Expect::Spans { skipped: &[], linked: true, reduced: false },
     },
     // Without the kernel's BTF the socket field offsets are unknown: the
     // agent looks addresses up itself and propagation turns itself off.
@@ -80,7 +86,7 @@ pub const KERNELS: &[Kernel] = &[
         variant: Variant::NoBtf,
         suite: "bookworm",
         meta: "linux-image-6.12-cloud-amd64",
-        expect: Expect::Spans { skipped: &["waggle_sk_msg", "waggle_sockops"], linked: false },
+        expect: Expect::Spans { skipped: &["waggle_sk_msg", "waggle_sockops"], linked: false, reduced: false },
     },
     // A cgroup-v1 host: sockops has no cgroup-v2 hierarchy to attach to.
     Kernel {
@@ -89,7 +95,7 @@ pub const KERNELS: &[Kernel] = &[
         variant: Variant::CgroupV1,
         suite: "bookworm",
         meta: "linux-image-6.12-cloud-amd64",
-        expect: Expect::Spans { skipped: &["waggle_sockops"], linked: false },
+        expect: Expect::Spans { skipped: &["waggle_sockops"], linked: false, reduced: false },
     },
 ];
 
@@ -241,7 +247,8 @@ pub fn table(outcomes: &[Outcome]) -> String {
                     (false, true) => "CLIENT only",
                     (false, false) => "none",
                 };
-                ("loads".to_owned(), format!("{} of {total}", o.seen.attached.len()), skipped, spans.to_owned())
+                let agent = if o.seen.reduced { "loads, reduced mode (no bpf_loop)" } else { "loads" };
+                (agent.to_owned(), format!("{} of {total}", o.seen.attached.len()), skipped, spans.to_owned())
             }
         };
         let deb = o.deb.trim_end_matches("_amd64.deb");

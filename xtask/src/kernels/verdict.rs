@@ -11,9 +11,12 @@ pub enum Expect {
     /// The agent loads, skips exactly these programs, and prints a correct
     /// SERVER and CLIENT span for the request; `linked`: the SERVER span is
     /// the CLIENT span's child (traceparent was injected), else they are
-    /// separate traces.
-    Spans { skipped: &'static [&'static str], linked: bool },
-    /// The agent refuses to start with one error line containing this text.
+    /// separate traces; `reduced`: the agent says it runs the reduced mode
+    /// of kernels without bpf_loop (and says nothing of it otherwise).
+    Spans { skipped: &'static [&'static str], linked: bool, reduced: bool },
+    /// The agent refuses to start with one error line containing this text
+    /// (no kernel of the matrix does since 5.10 got the reduced mode).
+    #[cfg_attr(not(test), allow(dead_code))]
     Refuses(&'static str),
 }
 
@@ -83,8 +86,13 @@ pub struct Observed {
     pub client_span: bool,
     /// The SERVER span's parent is the CLIENT span.
     pub linked: bool,
+    /// The agent logged that it runs the reduced mode (no bpf_loop).
+    pub reduced: bool,
     pub panicked: bool,
 }
+
+/// The start of the agent's line announcing the reduced mode.
+pub const REDUCED_MODE: &str = "reduced mode: this kernel lacks bpf_loop";
 
 /// `key=a,b,c` from a log line, split on commas.
 fn list_field(line: &str, key: &str) -> Vec<String> {
@@ -154,6 +162,7 @@ pub fn observe(report: &Report) -> Observed {
             seen.refusal = Some(error.to_owned());
         }
         seen.panicked |= line.contains("panicked");
+        seen.reduced |= line.contains(REDUCED_MODE);
     }
     seen.skipped = summary
         .into_iter()
@@ -187,7 +196,7 @@ pub fn judge(expect: Expect, report: &Report, seen: &Observed) -> Result<(), Str
         return Err(format!("the guest could not mount: {}", report.mount_failed.join(", ")));
     }
     match expect {
-        Expect::Spans { skipped, linked } => {
+        Expect::Spans { skipped, linked, reduced } => {
             if !report.ready {
                 return Err(format!(
                     "the agent never became ready: {}",
@@ -196,6 +205,13 @@ pub fn judge(expect: Expect, report: &Report, seen: &Observed) -> Result<(), Str
             }
             if report.agent_exit != Some(0) {
                 return Err(format!("the agent exited with {:?} after SIGINT", report.agent_exit));
+            }
+            if seen.reduced != reduced {
+                return Err(if reduced {
+                    format!("expected the agent to say \"{REDUCED_MODE}\"")
+                } else {
+                    "the agent runs the reduced mode (no bpf_loop), expected the full one".into()
+                });
             }
             let mut got: Vec<&str> = seen.skipped.iter().map(|(p, _)| p.as_str()).collect();
             let mut want = skipped.to_vec();
@@ -278,15 +294,23 @@ mod tests {
     fn expectations_fail_when_behaviour_changes() {
         let report = parse_console(CONSOLE);
         let seen = observe(&report);
-        let both = Expect::Spans { skipped: &["waggle_sockops", "sys_exit_connect"], linked: true };
+        let both = Expect::Spans { skipped: &["waggle_sockops", "sys_exit_connect"], linked: true, reduced: false };
         assert_eq!(judge(both, &report, &seen), Ok(()));
-        let err = judge(Expect::Spans { skipped: &["waggle_sockops"], linked: true }, &report, &seen).unwrap_err();
+        let err = judge(Expect::Spans { skipped: &["waggle_sockops"], linked: true, reduced: false }, &report, &seen)
+            .unwrap_err();
         assert!(err.contains("skipped"), "{err}");
-        let unlinked = Expect::Spans { skipped: &["waggle_sockops", "sys_exit_connect"], linked: false };
+        let unlinked =
+            Expect::Spans { skipped: &["waggle_sockops", "sys_exit_connect"], linked: false, reduced: false };
         let err = judge(unlinked, &report, &seen).unwrap_err();
         assert!(err.contains("expected separate traces"), "{err}");
         let err = judge(both, &report, &Observed { linked: false, ..seen.clone() }).unwrap_err();
         assert!(err.contains("not the CLIENT span's child"), "{err}");
+        let err = judge(both, &report, &Observed { reduced: true, ..seen.clone() }).unwrap_err();
+        assert!(err.contains("reduced mode"), "{err}");
+        let reduced = Expect::Spans { skipped: &["waggle_sockops", "sys_exit_connect"], linked: true, reduced: true };
+        let err = judge(reduced, &report, &seen).unwrap_err();
+        assert!(err.contains(REDUCED_MODE), "{err}");
+        assert_eq!(judge(reduced, &report, &Observed { reduced: true, ..seen.clone() }), Ok(()));
         let no_client = Observed { client_span: false, ..seen.clone() };
         let err = judge(both, &report, &no_client).unwrap_err();
         assert!(err.contains("missing span(s): CLIENT"), "{err}");
@@ -303,19 +327,31 @@ mod tests {
         let report = parse_console(console);
         let seen = observe(&report);
         assert_eq!(judge(Expect::Refuses("lacks bpf_loop (needs Linux 5.17+)"), &report, &seen), Ok(()));
-        let err = judge(Expect::Spans { skipped: &[], linked: false }, &report, &seen).unwrap_err();
+        let err = judge(Expect::Spans { skipped: &[], linked: false, reduced: false }, &report, &seen).unwrap_err();
         assert!(err.contains("never became ready"), "{err}");
         let err = judge(Expect::Refuses("something else"), &report, &seen).unwrap_err();
         assert!(err.contains("got: no data-path"), "{err}");
     }
 
     #[test]
+    fn the_reduced_mode_is_read_from_its_log_line() {
+        assert!(!observe(&parse_console(CONSOLE)).reduced);
+        let console = CONSOLE.replace(
+            "@@wk log-begin\r\n",
+            "@@wk log-begin\r\n2026-12-03T10:37:54Z  WARN waggle::probes::load: reduced mode: this kernel lacks bpf_loop (Linux 5.17+): HTTP and SQL spans are captured as usual\r\n",
+        );
+        assert!(observe(&parse_console(&console)).reduced);
+    }
+
+    #[test]
     fn a_guest_that_never_ran_init_or_could_not_mount_fails() {
         let report = parse_console("Kernel panic - not syncing\n");
-        let err = judge(Expect::Spans { skipped: &[], linked: false }, &report, &observe(&report)).unwrap_err();
+        let err = judge(Expect::Spans { skipped: &[], linked: false, reduced: false }, &report, &observe(&report))
+            .unwrap_err();
         assert!(err.contains("never reached /init"), "{err}");
         let report = parse_console("@@wk kernel 6.12\n@@wk mount-failed bpf /sys/fs/bpf\n@@wk ready yes 1.0\n");
-        let err = judge(Expect::Spans { skipped: &[], linked: false }, &report, &observe(&report)).unwrap_err();
+        let err = judge(Expect::Spans { skipped: &[], linked: false, reduced: false }, &report, &observe(&report))
+            .unwrap_err();
         assert!(err.contains("could not mount: bpf /sys/fs/bpf"), "{err}");
     }
 }
