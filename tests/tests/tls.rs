@@ -11,8 +11,10 @@
 use std::{process::Stdio, time::Duration};
 
 use waggle_e2e::{
-    client_spans, curl, db::Postgres, describe, e2e_setup, python_script, run_client, Agent, Kind, OtlpReceiver, Proc,
-    Protocol, Server, Span, SPAN_TIMEOUT,
+    client_spans, curl,
+    db::{MariaDb, Postgres, DB_NAME},
+    describe, e2e_setup, python_script, run_client, Agent, Kind, OtlpReceiver, Proc, Protocol, Server, Span,
+    SPAN_TIMEOUT,
 };
 
 /// Every span of `pids`.
@@ -168,6 +170,52 @@ fn psql_over_tls_gives_the_sanitized_sql_span() {
     // The server's side (backends: children of the postmaster, gone now)
     // is not traced, over TLS as over plaintext.
     let server_side: Vec<Span> = spans.iter().filter(|s| s.service_name == "postgres").cloned().collect();
+    assert!(server_side.is_empty(), "{}", describe(&server_side));
+    waggle_e2e::assert_not_leaked(&receiver, &out, &[&secret]);
+    assert!(out.counter("tls_conns") >= 1, "{}", out.stderr);
+}
+
+// 3. mariadb --ssl against MariaDB with a TLS certificate: the SQL span is
+//    the one plaintext gives (tests/tests/sql.rs, mariadb_cli_select_and_error).
+
+#[test]
+#[ignore = "needs root, MariaDB, openssl and the agent binary: cargo xtask test runs it"]
+fn mariadb_over_tls_gives_the_sanitized_sql_span() {
+    let _guard = e2e_setup("mariadb_over_tls_gives_the_sanitized_sql_span");
+    let db = MariaDb::start_with_ssl();
+    let receiver = OtlpReceiver::start();
+    let agent = Agent::start(&receiver.agent_args(Protocol::HttpProtobuf), &[]);
+
+    // The second statement's answer proves the session is encrypted; the
+    // literal of the first must not leak.
+    let secret = format!("secret-tls-{}", std::process::id());
+    let sql = format!("SELECT id, name FROM items WHERE id = 7 OR name = '{secret}'; SHOW STATUS LIKE 'Ssl_cipher'");
+    let r = run_client("mariadb", db.client().args(["--ssl", "-e", &sql]), Duration::from_secs(60));
+    r.assert_success();
+    let cipher = r.stdout.lines().find_map(|l| l.strip_prefix("Ssl_cipher\t")).unwrap_or_default();
+    assert!(!cipher.trim().is_empty(), "the session must run over TLS; mariadb printed {:?}", r.stdout);
+
+    receiver.focus(&[r.pid]);
+    receiver.expect_spans("the two CLIENT spans of mariadb", SPAN_TIMEOUT, |s| client_spans(s, r.pid).len() >= 2);
+    let out = agent.stop();
+    let spans = receiver.spans();
+
+    let mine = of(&spans, &[r.pid]);
+    assert_eq!(mine.len(), 2, "mariadb ran two statements, nothing else:\n{}", describe(&mine));
+    let s = &mine[0];
+    assert_eq!(s.kind, Kind::Client, "{s}");
+    assert_eq!(s.name, "SELECT items", "{s}");
+    assert_eq!(s.attr_str("db.system.name"), Some("mariadb"), "{s}");
+    assert_eq!(s.attr_str("db.namespace"), Some(DB_NAME), "{s}");
+    assert_eq!(s.attr_str("db.query.text"), Some("SELECT id, name FROM items WHERE id = ? OR name = ?"), "{s}");
+    assert_eq!(s.attr_int("db.response.returned_rows"), Some(0), "{s}");
+    assert_eq!(s.attr_int("server.port"), Some(i64::from(db.port())), "{s}");
+    assert_eq!(s.attr_str("tls.protocol.name"), Some("tls"), "{s}");
+    let show = &mine[1];
+    assert_eq!(show.attr_str("db.query.text"), Some("SHOW STATUS LIKE ?"), "{show}");
+    assert_eq!(show.attr_str("tls.protocol.name"), Some("tls"), "{show}");
+    // The server's side is not traced, over TLS as over plaintext.
+    let server_side: Vec<Span> = spans.iter().filter(|s| s.pid() == Some(db.pid())).cloned().collect();
     assert!(server_side.is_empty(), "{}", describe(&server_side));
     waggle_e2e::assert_not_leaked(&receiver, &out, &[&secret]);
     assert!(out.counter("tls_conns") >= 1, "{}", out.stderr);
