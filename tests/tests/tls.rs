@@ -220,3 +220,58 @@ fn mariadb_over_tls_gives_the_sanitized_sql_span() {
     waggle_e2e::assert_not_leaked(&receiver, &out, &[&secret]);
     assert!(out.counter("tls_conns") >= 1, "{}", out.stderr);
 }
+
+// 4. wget (GnuTLS: gnutls_record_send / gnutls_record_recv) against nginx
+//    over HTTPS: two requests on one keep-alive connection.
+
+#[test]
+#[ignore = "needs root, nginx, wget, openssl and the agent binary: cargo xtask test runs it"]
+fn wget_over_gnutls_gives_client_spans() {
+    let _guard = e2e_setup("wget_over_gnutls_gives_client_spans");
+    let nginx = Server::nginx_https();
+    let nginx_pids = nginx.pids();
+    let receiver = OtlpReceiver::start();
+    let agent = Agent::start(&receiver.agent_args(Protocol::Grpc), &[]);
+    let stderr = agent.stderr();
+    assert!(
+        stderr.lines().any(|l| l.contains("TLS library: plaintext read at its SSL calls") && l.contains("gnutls")),
+        "the agent did not probe libgnutls:\n{}",
+        agent.stderr_tail(30)
+    );
+
+    let ca = format!("--ca-certificate={}", nginx.dir().join("cert.pem").display());
+    let r = run_client(
+        "wget",
+        std::process::Command::new("wget").args([
+            "-q",
+            "-O",
+            "/dev/null",
+            &ca,
+            &nginx.https_url("/"),
+            &nginx.https_url("/a"),
+        ]),
+        Duration::from_secs(30),
+    );
+    r.assert_success();
+
+    receiver.focus(&[&nginx_pids[..], &[r.pid]].concat());
+    receiver.expect_spans("2 CLIENT spans of wget and 2 SERVER spans of nginx", SPAN_TIMEOUT, |s| {
+        client_spans(s, r.pid).len() >= 2 && of(s, &nginx_pids).len() >= 2
+    });
+    let out = agent.stop();
+    let spans = receiver.spans();
+
+    let mine = of(&spans, &[r.pid]);
+    assert_eq!(mine.len(), 2, "two requests, two spans, nothing from the ciphertext:\n{}", describe(&mine));
+    for (s, path) in mine.iter().zip(["/", "/a"]) {
+        assert_https_span(s, Kind::Client, path, nginx.port());
+        assert!(s.attr_str("user_agent.original").is_none_or(|a| a.starts_with("Wget/")), "{s}");
+    }
+    let servers = of(&spans, &nginx_pids);
+    assert_eq!(servers.len(), 2, "{}", describe(&servers));
+    for (s, path) in servers.iter().zip(["/", "/a"]) {
+        assert_https_span(s, Kind::Server, path, nginx.port());
+        assert!(s.attr_str("user_agent.original").is_some_and(|a| a.starts_with("Wget/")), "{s}");
+    }
+    assert!(out.counter("tls_conns") >= 2, "{}", out.stderr);
+}

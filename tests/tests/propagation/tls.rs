@@ -81,7 +81,8 @@ fn https_server_span_roots_the_trace_and_its_calls_join_it() {
     crate::flows::assert_one_trace(&receiver, &[a.pid(), b.pid()], &f.a_server.trace_id);
 
     // One injection (A -> B); nothing was injected into curl's TLS request.
-    let body = scrape_until(metrics_port, "the injection into A -> B", |body| counter(body, "propagation_injected") >= 1);
+    let body =
+        scrape_until(metrics_port, "the injection into A -> B", |body| counter(body, "propagation_injected") >= 1);
     assert_eq!(counter(&body, "propagation_injected"), 1, "{body}");
     agent.stop();
 }
