@@ -4,11 +4,11 @@
 //! same kernel trace-context path as a plaintext read), so an incoming
 //! `traceparent` joins the trace and A's calls are its children; B joins
 //! through the header the kernel injects into A's plaintext call.
-use waggle_e2e::{curl, db::Postgres, e2e_setup, tls::self_signed_cert, ClientRun, OtlpReceiver};
+use waggle_e2e::{db::Postgres, e2e_setup, tls::self_signed_cert, ClientRun, OtlpReceiver};
 
 use crate::{
     agent_counters::{counter, scrape_until, start_agent},
-    flows::{assert_children_of_a, assert_injected_into_b, assert_served, b_saw, flows, Flow, Pids},
+    flows::{assert_children_of_a, assert_injected_into_b, assert_served, b_saw, curl_with_headers, flows, Flow, Pids},
     services::{start_a_https, start_b, Service},
     CALLER_SPAN, TRACE,
 };
@@ -16,13 +16,7 @@ use crate::{
 /// `curl --cacert CERT https://A/checkout` with `headers`.
 pub fn curl_https_checkout(a: &Service, cert: &std::path::Path, headers: &[&str]) -> ClientRun {
     let cert = cert.to_string_lossy().into_owned();
-    let mut args: Vec<String> = vec!["--cacert".to_owned(), cert];
-    for h in headers {
-        args.extend(["-H".to_owned(), (*h).to_owned()]);
-    }
-    args.push(a.https_url("/checkout"));
-    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-    curl(&refs)
+    curl_with_headers(&["--cacert", &cert], headers, &a.https_url("/checkout"))
 }
 
 /// Service A over HTTPS with a certificate made for this test (in the

@@ -286,6 +286,14 @@ fn handshake(caps: u32, db: Option<&str>) -> Vec<u8> {
 
 const CAPS: u32 = CLIENT_PROTOCOL_41 | CLIENT_SECURE_CONNECTION | CLIENT_CONNECT_WITH_DB;
 
+/// The client's SSL request: capabilities with CLIENT_SSL, no user.
+fn ssl_request() -> Vec<u8> {
+    let mut ssl = (CAPS | CLIENT_SSL).to_le_bytes().to_vec();
+    ssl.extend_from_slice(&[0, 0, 0, 1, 33]);
+    ssl.extend_from_slice(&[0; 23]);
+    packet(1, &ssl)
+}
+
 #[test]
 fn oracle_mysql_greeting_and_handshake() {
     let mut p = parser();
@@ -309,10 +317,7 @@ fn tls_and_compression_make_the_connection_opaque() {
     let mut p = parser();
     let mut out = Vec::new();
     feed(&mut p, 0, false, &greeting("8.0.36"), &mut out);
-    let mut ssl = (CAPS | CLIENT_SSL).to_le_bytes().to_vec();
-    ssl.extend_from_slice(&[0, 0, 0, 1, 33]);
-    ssl.extend_from_slice(&[0; 23]);
-    assert!(matches!(feed(&mut p, 1, true, &packet(1, &ssl), &mut out), Feed::Opaque(_)));
+    assert!(matches!(feed(&mut p, 1, true, &ssl_request(), &mut out), Feed::Opaque(_)));
     assert!(p.resumes_after_tls(), "the SSL request: the plaintext read at the TLS library can follow");
 
     let mut p = parser();
@@ -329,10 +334,7 @@ fn handshake_after_the_ssl_request_continues_in_tls_plaintext() {
     let mut p = parser();
     let mut out = Vec::new();
     feed(&mut p, 0, false, &greeting("5.5.5-10.11.6-MariaDB-0+deb12u1"), &mut out);
-    let mut ssl = (CAPS | CLIENT_SSL).to_le_bytes().to_vec();
-    ssl.extend_from_slice(&[0, 0, 0, 1, 33]);
-    ssl.extend_from_slice(&[0; 23]);
-    assert!(matches!(feed(&mut p, 1, true, &packet(1, &ssl), &mut out), Feed::Opaque(_)));
+    assert!(matches!(feed(&mut p, 1, true, &ssl_request(), &mut out), Feed::Opaque(_)));
     let mut response = handshake(CAPS | CLIENT_SSL, Some("shop"));
     response[3] = 2;
     assert_eq!(feed(&mut p, 2, true, &response, &mut out), Feed::Continue);
