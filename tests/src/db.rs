@@ -326,6 +326,19 @@ impl MariaDb {
     /// creating the user, [`DB_NAME`] and `items`.
     #[track_caller]
     pub fn start() -> MariaDb {
+        MariaDb::launch(false)
+    }
+
+    /// [`start`](Self::start) with TLS: a self-signed certificate
+    /// (`crate::tls::self_signed_cert`) as `--ssl-cert`/`--ssl-key`; clients
+    /// ask for TLS with `--ssl`.
+    #[track_caller]
+    pub fn start_with_ssl() -> MariaDb {
+        MariaDb::launch(true)
+    }
+
+    #[track_caller]
+    fn launch(ssl: bool) -> MariaDb {
         require_debian(MARIADBD, "mariadb-server");
         require_debian(MARIADB_INSTALL_DB, "mariadb-server");
         let dir = temp_dir("waggle-mariadb-");
@@ -353,6 +366,11 @@ impl MariaDb {
         );
         let init_path = dir.path().join("init.sql");
         std::fs::write(&init_path, init).unwrap_or_else(|e| panic!("writing {}: {e}", init_path.display()));
+        let mut ssl_settings: Vec<String> = Vec::new();
+        if ssl {
+            let (cert, key) = crate::tls::self_signed_cert(dir.path());
+            ssl_settings = vec![format!("--ssl-cert={}", cert.display()), format!("--ssl-key={}", key.display())];
+        }
 
         let mut last_err = String::new();
         for _ in 0..3 {
@@ -371,6 +389,7 @@ impl MariaDb {
                 .args(["--bind-address=127.0.0.1", "--user=root", "--skip-name-resolve"])
                 // A throwaway server: small and without durability costs.
                 .args(["--innodb-buffer-pool-size=32M", "--innodb-flush-log-at-trx-commit=0", "--skip-log-bin"])
+                .args(&ssl_settings)
                 .stdin(Stdio::null())
                 .stdout(out)
                 .stderr(err);

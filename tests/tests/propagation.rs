@@ -39,6 +39,8 @@ mod sampling;
 mod services;
 #[path = "propagation/stall.rs"]
 mod stall;
+#[path = "propagation/tls.rs"]
+mod tls;
 #[path = "propagation/waterfall.rs"]
 mod waterfall;
 

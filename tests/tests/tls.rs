@@ -11,8 +11,10 @@
 use std::{process::Stdio, time::Duration};
 
 use waggle_e2e::{
-    client_spans, curl, db::Postgres, describe, e2e_setup, python_script, run_client, Agent, Kind, OtlpReceiver, Proc,
-    Protocol, Server, Span, SPAN_TIMEOUT,
+    client_spans, curl,
+    db::{MariaDb, Postgres, DB_NAME},
+    describe, e2e_setup, python_script, run_client, Agent, Kind, OtlpReceiver, Proc, Protocol, Server, Span,
+    SPAN_TIMEOUT,
 };
 
 /// Every span of `pids`.
@@ -171,4 +173,105 @@ fn psql_over_tls_gives_the_sanitized_sql_span() {
     assert!(server_side.is_empty(), "{}", describe(&server_side));
     waggle_e2e::assert_not_leaked(&receiver, &out, &[&secret]);
     assert!(out.counter("tls_conns") >= 1, "{}", out.stderr);
+}
+
+// 3. mariadb --ssl against MariaDB with a TLS certificate: the SQL span is
+//    the one plaintext gives (tests/tests/sql.rs, mariadb_cli_select_and_error).
+
+#[test]
+#[ignore = "needs root, MariaDB, openssl and the agent binary: cargo xtask test runs it"]
+fn mariadb_over_tls_gives_the_sanitized_sql_span() {
+    let _guard = e2e_setup("mariadb_over_tls_gives_the_sanitized_sql_span");
+    let db = MariaDb::start_with_ssl();
+    let receiver = OtlpReceiver::start();
+    let agent = Agent::start(&receiver.agent_args(Protocol::HttpProtobuf), &[]);
+
+    // The second statement's answer proves the session is encrypted; the
+    // literal of the first must not leak.
+    let secret = format!("secret-tls-{}", std::process::id());
+    let sql = format!("SELECT id, name FROM items WHERE id = 7 OR name = '{secret}'; SHOW STATUS LIKE 'Ssl_cipher'");
+    let r = run_client("mariadb", db.client().args(["--ssl", "-e", &sql]), Duration::from_secs(60));
+    r.assert_success();
+    let cipher = r.stdout.lines().find_map(|l| l.strip_prefix("Ssl_cipher\t")).unwrap_or_default();
+    assert!(!cipher.trim().is_empty(), "the session must run over TLS; mariadb printed {:?}", r.stdout);
+
+    receiver.focus(&[r.pid]);
+    receiver.expect_spans("the two CLIENT spans of mariadb", SPAN_TIMEOUT, |s| client_spans(s, r.pid).len() >= 2);
+    let out = agent.stop();
+    let spans = receiver.spans();
+
+    let mine = of(&spans, &[r.pid]);
+    assert_eq!(mine.len(), 2, "mariadb ran two statements, nothing else:\n{}", describe(&mine));
+    let s = &mine[0];
+    assert_eq!(s.kind, Kind::Client, "{s}");
+    assert_eq!(s.name, "SELECT items", "{s}");
+    assert_eq!(s.attr_str("db.system.name"), Some("mariadb"), "{s}");
+    assert_eq!(s.attr_str("db.namespace"), Some(DB_NAME), "{s}");
+    assert_eq!(s.attr_str("db.query.text"), Some("SELECT id, name FROM items WHERE id = ? OR name = ?"), "{s}");
+    assert_eq!(s.attr_int("db.response.returned_rows"), Some(0), "{s}");
+    assert_eq!(s.attr_int("server.port"), Some(i64::from(db.port())), "{s}");
+    assert_eq!(s.attr_str("tls.protocol.name"), Some("tls"), "{s}");
+    let show = &mine[1];
+    assert_eq!(show.attr_str("db.query.text"), Some("SHOW STATUS LIKE ?"), "{show}");
+    assert_eq!(show.attr_str("tls.protocol.name"), Some("tls"), "{show}");
+    // The server's side is not traced, over TLS as over plaintext.
+    let server_side: Vec<Span> = spans.iter().filter(|s| s.pid() == Some(db.pid())).cloned().collect();
+    assert!(server_side.is_empty(), "{}", describe(&server_side));
+    waggle_e2e::assert_not_leaked(&receiver, &out, &[&secret]);
+    assert!(out.counter("tls_conns") >= 1, "{}", out.stderr);
+}
+
+// 4. wget (GnuTLS: gnutls_record_send / gnutls_record_recv) against nginx
+//    over HTTPS: two requests on one keep-alive connection.
+
+#[test]
+#[ignore = "needs root, nginx, wget, openssl and the agent binary: cargo xtask test runs it"]
+fn wget_over_gnutls_gives_client_spans() {
+    let _guard = e2e_setup("wget_over_gnutls_gives_client_spans");
+    let nginx = Server::nginx_https();
+    let nginx_pids = nginx.pids();
+    let receiver = OtlpReceiver::start();
+    let agent = Agent::start(&receiver.agent_args(Protocol::Grpc), &[]);
+    let stderr = agent.stderr();
+    assert!(
+        stderr.lines().any(|l| l.contains("TLS library: plaintext read at its SSL calls") && l.contains("gnutls")),
+        "the agent did not probe libgnutls:\n{}",
+        agent.stderr_tail(30)
+    );
+
+    let ca = format!("--ca-certificate={}", nginx.dir().join("cert.pem").display());
+    let r = run_client(
+        "wget",
+        std::process::Command::new("wget").args([
+            "-q",
+            "-O",
+            "/dev/null",
+            &ca,
+            &nginx.https_url("/"),
+            &nginx.https_url("/a"),
+        ]),
+        Duration::from_secs(30),
+    );
+    r.assert_success();
+
+    receiver.focus(&[&nginx_pids[..], &[r.pid]].concat());
+    receiver.expect_spans("2 CLIENT spans of wget and 2 SERVER spans of nginx", SPAN_TIMEOUT, |s| {
+        client_spans(s, r.pid).len() >= 2 && of(s, &nginx_pids).len() >= 2
+    });
+    let out = agent.stop();
+    let spans = receiver.spans();
+
+    let mine = of(&spans, &[r.pid]);
+    assert_eq!(mine.len(), 2, "two requests, two spans, nothing from the ciphertext:\n{}", describe(&mine));
+    for (s, path) in mine.iter().zip(["/", "/a"]) {
+        assert_https_span(s, Kind::Client, path, nginx.port());
+        assert!(s.attr_str("user_agent.original").is_none_or(|a| a.starts_with("Wget/")), "{s}");
+    }
+    let servers = of(&spans, &nginx_pids);
+    assert_eq!(servers.len(), 2, "{}", describe(&servers));
+    for (s, path) in servers.iter().zip(["/", "/a"]) {
+        assert_https_span(s, Kind::Server, path, nginx.port());
+        assert!(s.attr_str("user_agent.original").is_some_and(|a| a.starts_with("Wget/")), "{s}");
+    }
+    assert!(out.counter("tls_conns") >= 2, "{}", out.stderr);
 }

@@ -40,6 +40,8 @@ pub const E2E_DEPS: &[Dep] = &[
     Dep { packages: &["python3"], command: Some("python3") },
     // TLS tests (tests/tests/tls.rs) generate their certificates.
     Dep { packages: &["openssl"], command: Some("openssl") },
+    // A GnuTLS client for the TLS tests (Debian's wget links libgnutls.so.30).
+    Dep { packages: &["wget"], command: Some("wget") },
     Dep { packages: &["procps"], command: Some("pgrep") },
     Dep { packages: &["iproute2"], command: Some("ss") },
     // SQL tests (tests/src/db.rs): Debian's PostgreSQL 15 and MariaDB, and a

@@ -78,6 +78,10 @@ enum ParseState {
         attempts_left: u32,
     },
     Active(Box<dyn ProtocolParser>),
+    /// The connection switched to TLS in-band (`resumes_after_tls`): its
+    /// ciphertext is muted like `Muted`; the first TLS plaintext record
+    /// makes the parser active again where it stopped.
+    AwaitingTls(Box<dyn ProtocolParser>),
     Muted,
 }
 
@@ -202,7 +206,7 @@ impl ConnTracker {
         let Some(conn) = self.conns.peek_mut(&conn_id) else { return };
         let now = match &conn.state {
             ParseState::Detecting { buf, .. } => buf.capacity(),
-            ParseState::Active(parser) => parser.buffered_bytes(),
+            ParseState::Active(parser) | ParseState::AwaitingTls(parser) => parser.buffered_bytes(),
             ParseState::Muted => 0,
         };
         let others = self.buffered.saturating_sub(conn.charged);
@@ -522,7 +526,10 @@ impl ConnTracker {
             tls::Step::Feed => {}
             tls::Step::Restart => {
                 conn.tls = true;
-                conn.state = ParseState::detecting(false);
+                conn.state = match std::mem::replace(&mut conn.state, ParseState::Muted) {
+                    ParseState::AwaitingTls(parser) => ParseState::Active(parser),
+                    _ => ParseState::detecting(false),
+                };
                 Metrics::inc(&self.metrics.tls_conns);
             }
             tls::Step::Ignore => {
@@ -541,7 +548,7 @@ impl ConnTracker {
         let key = SockKey { tgid: conn.meta.pid, fd: conn.meta.fd };
         let conn_id = conn.meta.conn_id;
         let feed = match &mut conn.state {
-            ParseState::Muted => return,
+            ParseState::Muted | ParseState::AwaitingTls(_) => return,
             ParseState::Active(parser) => {
                 let feed = parser.on_data(&chunk, &mut self.scratch);
                 Metrics::add(&self.metrics.exchanges_dropped, parser.take_dropped());
@@ -627,7 +634,12 @@ impl ConnTracker {
                     reason,
                     "connection became opaque; muting"
                 );
-                conn.state = ParseState::Muted;
+                conn.state = match std::mem::replace(&mut conn.state, ParseState::Muted) {
+                    ParseState::Active(parser) if parser.resumes_after_tls() && !conn.tls => {
+                        ParseState::AwaitingTls(parser)
+                    }
+                    _ => ParseState::Muted,
+                };
                 mute(conn.tls, env, key, conn_id);
                 Metrics::inc(&self.metrics.conns_muted);
             }

@@ -15,6 +15,7 @@ struct LineDetector;
 struct LineParser {
     role: Role,
     open: Option<(String, u64, u32)>,
+    starttls: bool,
 }
 
 fn request_direction(role: Role) -> Direction {
@@ -43,7 +44,7 @@ impl ProtocolDetector for LineDetector {
         }
     }
     fn new_parser(&self, role: Role, _config: &ParserConfig) -> Box<dyn ProtocolParser> {
-        Box::new(LineParser { role, open: None })
+        Box::new(LineParser { role, open: None, starttls: false })
     }
 }
 
@@ -57,6 +58,12 @@ impl ProtocolParser for LineParser {
         }
         if chunk.bytes.starts_with(b"TLS") {
             return Feed::Opaque("tls");
+        }
+        // An in-band switch to TLS (as MySQL's SSL request): the parser
+        // keeps what it knows for the plaintext the TLS probes read.
+        self.starttls = chunk.bytes.starts_with(b"STARTTLS");
+        if self.starttls {
+            return Feed::Opaque("starttls");
         }
         if chunk.direction == request_direction(self.role) {
             let name = String::from_utf8_lossy(chunk.bytes).into_owned();
@@ -78,6 +85,9 @@ impl ProtocolParser for LineParser {
         Feed::Continue
     }
     fn on_close(&mut self, _ts_ns: u64, _out: &mut Vec<ParsedSpan>) {}
+    fn resumes_after_tls(&self) -> bool {
+        self.starttls
+    }
 }
 
 static TEST_DETECTORS: &[&dyn ProtocolDetector] = &[&LineDetector];
@@ -593,4 +603,24 @@ fn tls_plaintext_starts_the_connection_over_and_marks_its_spans() {
     feed(&mut t, &mut env, plain(Direction::Egress, 3, 400), b"TLS");
     assert_eq!(env.muted_tls, vec![1], "the plaintext's own switch");
     assert_eq!(env.muted_ids, vec![1], "the ciphertext switch is not touched again");
+}
+
+/// An in-band switch to TLS keeps the parser: the ciphertext is muted, and
+/// the plaintext answers the request the parser saw before the switch.
+#[test]
+fn in_band_tls_switch_resumes_the_parser_with_the_plaintext() {
+    let (mut t, m) = tracker();
+    let mut env = FakeEnv::default();
+    t.on_open(&open_event(EventKind::ConnOpen, 10, 5, 1, Role::Server, 9), &mut env);
+    assert!(feed(&mut t, &mut env, data(1, 10, 5, Role::Server, Direction::Ingress, 6, 10), b"REQ /a").is_empty());
+    assert!(feed(&mut t, &mut env, data(1, 10, 5, Role::Server, Direction::Ingress, 8, 20), b"STARTTLS").is_empty());
+    assert_eq!(env.muted_ids, vec![1], "the ciphertext is muted");
+    assert!(feed(&mut t, &mut env, data(1, 10, 5, Role::Server, Direction::Egress, 2, 30), b"\x16\x03").is_empty());
+    let plain =
+        DataEvent { flags: waggle_common::tls::DATA_TLS, ..data(1, 10, 5, Role::Server, Direction::Egress, 2, 40) };
+    let spans = feed(&mut t, &mut env, plain, b"OK");
+    assert_eq!(spans.len(), 1, "the parser from before the switch answered");
+    assert_eq!(spans[0].span.name, "REQ /a");
+    assert_eq!(spans[0].span.attr("tls.protocol.name"), Some(&AttrValue::from("tls")));
+    assert_eq!(m.tls_conns.load(Ordering::Relaxed), 1);
 }

@@ -63,5 +63,6 @@ pub use service_name::derive_service_name;
 pub use socket_info::socket_info;
 pub use sockets::{SocketInfo, SocketState};
 pub use tls_libs::{
-    installed_tls_libraries, is_tls_library, tls_libraries_of, tls_paths_in_maps, TlsLibrary, TlsScanner,
+    installed_tls_libraries, is_tls_library, tls_kind, tls_libraries_of, tls_paths_in_maps, TlsKind, TlsLibrary,
+    TlsScanner,
 };

@@ -1,5 +1,5 @@
-//! Which TLS library files to probe: OpenSSL's `libssl.so.*` in the
-//! well-known library directories and in the memory maps of processes
+//! Which TLS library files to probe: OpenSSL's `libssl.so.*` and GnuTLS's
+//! `libgnutls.so.*` in the well-known library directories and in the memory maps of processes
 //! (a container's copy through `/proc/<pid>/root`).
 //!
 //! All of it runs on a worker thread ([`TlsScanner`]): the event loop only
@@ -37,9 +37,26 @@ const SCAN_QUEUE: usize = 1024;
 /// Pids remembered as scanned; past that the memory starts over.
 const MAX_SCANNED_PIDS: usize = 65536;
 
+/// Which TLS library a file is: the functions to probe differ.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TlsKind {
+    OpenSsl,
+    GnuTls,
+}
+
+impl TlsKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TlsKind::OpenSsl => "openssl",
+            TlsKind::GnuTls => "gnutls",
+        }
+    }
+}
+
 /// One library file to probe.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TlsLibrary {
+    pub kind: TlsKind,
     /// Where the agent opens it (the host path when it is the same file,
     /// else through the process's root).
     pub path: PathBuf,
@@ -49,9 +66,21 @@ pub struct TlsLibrary {
     pub ino: u64,
 }
 
-/// OpenSSL's TLS library (`libssl.so`, `libssl.so.3`, `libssl.so.1.1`).
+/// OpenSSL's TLS library (`libssl.so`, `libssl.so.3`, `libssl.so.1.1`) or
+/// GnuTLS's (`libgnutls.so.30`; not `libgnutls-dane`, `libgnutlsxx`).
+pub fn tls_kind(path: &str) -> Option<TlsKind> {
+    let name = path.rsplit('/').next()?;
+    if name.starts_with("libssl.so") {
+        Some(TlsKind::OpenSsl)
+    } else if name.starts_with("libgnutls.so") {
+        Some(TlsKind::GnuTls)
+    } else {
+        None
+    }
+}
+
 pub fn is_tls_library(path: &str) -> bool {
-    path.rsplit('/').next().is_some_and(|name| name.starts_with("libssl.so"))
+    tls_kind(path).is_some()
 }
 
 /// Paths of the TLS libraries a `/proc/<pid>/maps` text names (each once;
@@ -84,11 +113,12 @@ pub fn tls_libraries_of(pid: u32) -> Vec<TlsLibrary> {
     tls_paths_in_maps(&maps)
         .into_iter()
         .filter_map(|shown| {
+            let kind = tls_kind(shown)?;
             let inside = PathBuf::from(format!("/proc/{pid}/root{shown}"));
             let (dev, ino) = identity(&inside)?;
             // The host's own path outlives the process.
             let path = if identity(Path::new(shown)) == Some((dev, ino)) { PathBuf::from(shown) } else { inside };
-            Some(TlsLibrary { path, shown: shown.to_owned(), dev, ino })
+            Some(TlsLibrary { kind, path, shown: shown.to_owned(), dev, ino })
         })
         .collect()
 }
@@ -103,9 +133,9 @@ pub fn installed_tls_libraries() -> Vec<TlsLibrary> {
         let Ok(entries) = fs::read_dir(dir) else { continue };
         for entry in entries.flatten() {
             let path = entry.path();
-            let Some(shown) = path.to_str().filter(|p| is_tls_library(p)).map(str::to_owned) else { continue };
+            let Some((shown, kind)) = path.to_str().and_then(|p| Some((p.to_owned(), tls_kind(p)?))) else { continue };
             if let Some((dev, ino)) = identity(&path) {
-                found.push(TlsLibrary { path, shown, dev, ino });
+                found.push(TlsLibrary { kind, path, shown, dev, ino });
             }
         }
     }
@@ -204,8 +234,20 @@ mod tests {
 7f1c2c000000-7f1c2c100000 r-xp 00000000 08:01 1313 /opt/app/lib/libssl.so.1.1 (deleted)
 7f1c2d000000-7f1c2d100000 r-xp 00000000 00:00 0 [heap]
 7f1c2e000000-7f1c2e100000 r-xp 00000000 08:01 1314 /srv/libssl.so
+7f1c2f000000-7f1c2f100000 r-xp 00000000 08:01 1315 /usr/lib/x86_64-linux-gnu/libgnutls.so.30.34.3
+7f1c30000000-7f1c30100000 r-xp 00000000 08:01 1316 /usr/lib/x86_64-linux-gnu/libgnutls-dane.so.0
 ";
-        assert_eq!(tls_paths_in_maps(maps), ["/usr/lib/x86_64-linux-gnu/libssl.so.3", "/srv/libssl.so"]);
+        assert_eq!(
+            tls_paths_in_maps(maps),
+            [
+                "/usr/lib/x86_64-linux-gnu/libssl.so.3",
+                "/srv/libssl.so",
+                "/usr/lib/x86_64-linux-gnu/libgnutls.so.30.34.3"
+            ]
+        );
+        assert_eq!(tls_kind("/srv/libssl.so"), Some(TlsKind::OpenSsl));
+        assert_eq!(tls_kind("/usr/lib/libgnutls.so.30"), Some(TlsKind::GnuTls));
+        assert_eq!(tls_kind("/usr/lib/libgnutlsxx.so.30"), None);
         assert!(is_tls_library("libssl.so.3"));
         assert!(!is_tls_library("/usr/lib/libssl3.so"), "NSS's libssl3 is not OpenSSL");
         assert!(!is_tls_library("/usr/lib/libcrypto.so.3"));

@@ -16,7 +16,15 @@ use aya::{
 };
 use waggle_common::tls::{programs, PROBED_FUNCTIONS};
 
-use crate::discovery::TlsLibrary;
+use crate::discovery::{TlsKind, TlsLibrary};
+
+/// GnuTLS's record functions have `SSL_read`/`SSL_write`'s shape: (session,
+/// buffer, size) in, the byte count (or a negative error) out; the size is
+/// a `size_t` and the result an `ssize_t`, which the entry and return
+/// programs read the same way for counts below 2 GiB (the kernel skips a
+/// call reporting more than it was given room for).
+const GNUTLS_FUNCTIONS: [(&str, &str); 2] =
+    [("gnutls_record_recv", programs::SSL_READ), ("gnutls_record_send", programs::SSL_WRITE)];
 
 /// Every program of the TLS probe set.
 const PROGRAMS: [&str; 5] =
@@ -60,11 +68,12 @@ impl TlsProbes {
         if !self.seen.insert((lib.dev, lib.ino)) {
             return;
         }
-        match attach_file(ebpf, &lib.path) {
+        match attach_file(ebpf, lib) {
             Ok(functions) => {
                 self.attached += 1;
                 tracing::info!(
                     library = %lib.shown,
+                    kind = lib.kind.as_str(),
                     functions = %functions.join(","),
                     "TLS library: plaintext read at its SSL calls"
                 );
@@ -76,15 +85,21 @@ impl TlsProbes {
     }
 }
 
-/// Attaches every probed function the file exports; SSL_read and SSL_write
-/// are required (OpenSSL 1.1.0 has no `_ex` variants: programs using only
-/// the plain ones are fully covered). Half a set would capture one
-/// direction only: then what did attach is detached again.
-fn attach_file(ebpf: &mut Ebpf, path: &Path) -> Result<Vec<&'static str>, String> {
+/// Attaches every probed function the file exports; the read and the write
+/// are required (SSL_read and SSL_write: OpenSSL 1.1.0 has no `_ex`
+/// variants, programs using only the plain ones are fully covered; both of
+/// GnuTLS's). Half a set would capture one direction only: then what did
+/// attach is detached again.
+fn attach_file(ebpf: &mut Ebpf, lib: &TlsLibrary) -> Result<Vec<&'static str>, String> {
+    let path = lib.path.as_path();
+    let (functions, required): (&[(&'static str, &str)], [&str; 2]) = match lib.kind {
+        TlsKind::OpenSsl => (&PROBED_FUNCTIONS, ["SSL_read", "SSL_write"]),
+        TlsKind::GnuTls => (&GNUTLS_FUNCTIONS, ["gnutls_record_recv", "gnutls_record_send"]),
+    };
     let mut done = Vec::new();
     let mut links = Vec::new();
     let mut missing = Vec::new();
-    for (symbol, entry) in PROBED_FUNCTIONS {
+    for &(symbol, entry) in functions {
         // The return probe first: an entry without its return would leave
         // a call record behind on every call.
         let ret = match attach_one(ebpf, programs::SSL_RETURN, symbol, path) {
@@ -103,7 +118,7 @@ fn attach_file(ebpf: &mut Ebpf, path: &Path) -> Result<Vec<&'static str>, String
             Err(e) => missing.push(format!("{symbol}: {e}")),
         }
     }
-    if ["SSL_read", "SSL_write"].iter().all(|r| done.contains(r)) {
+    if required.iter().all(|r| done.contains(r)) {
         return Ok(done);
     }
     for (program, link) in links {
@@ -111,7 +126,7 @@ fn attach_file(ebpf: &mut Ebpf, path: &Path) -> Result<Vec<&'static str>, String
             let _ = program.detach(link);
         }
     }
-    Err(format!("not an OpenSSL library with SSL_read and SSL_write ({})", missing.join("; ")))
+    Err(format!("not a {} library with {} ({})", lib.kind.as_str(), required.join(" and "), missing.join("; ")))
 }
 
 fn attach_one(ebpf: &mut Ebpf, program: &str, symbol: &str, path: &Path) -> Result<UProbeLinkId, String> {

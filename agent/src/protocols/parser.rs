@@ -100,4 +100,11 @@ pub trait ProtocolParser: Send {
     fn buffered_bytes(&self) -> usize {
         0
     }
+    /// Asked after the parser returned [`Feed::Opaque`]: true when the
+    /// connection switched to TLS in-band (MySQL's SSL request) and the
+    /// parser can go on with the plaintext the TLS probes read, so what
+    /// the plaintext handshake told it (server version) is kept.
+    fn resumes_after_tls(&self) -> bool {
+        false
+    }
 }

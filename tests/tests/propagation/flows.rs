@@ -184,11 +184,16 @@ pub fn assert_one_trace(receiver: &OtlpReceiver, pids: &[u32], trace: &str) {
 }
 
 pub fn curl_checkout(a: &Service, headers: &[&str]) -> ClientRun {
-    let mut args: Vec<String> = Vec::new();
+    curl_with_headers(&[], headers, &a.url("/checkout"))
+}
+
+/// curl `options`, a `-H` per header, then `url`.
+pub fn curl_with_headers(options: &[&str], headers: &[&str], url: &str) -> ClientRun {
+    let mut args: Vec<String> = options.iter().map(|o| (*o).to_owned()).collect();
     for h in headers {
         args.extend(["-H".to_owned(), (*h).to_owned()]);
     }
-    args.push(a.url("/checkout"));
+    args.push(url.to_owned());
     let refs: Vec<&str> = args.iter().map(String::as_str).collect();
     curl(&refs)
 }

@@ -71,6 +71,11 @@ impl Service {
         format!("http://127.0.0.1:{}{path}", self.port)
     }
 
+    /// For a service serving HTTPS ([`start_a_https`]).
+    pub fn https_url(&self, path: &str) -> String {
+        format!("https://127.0.0.1:{}{path}", self.port)
+    }
+
     pub fn stderr(&self) -> String {
         tail(&self.dir.path().join("stderr"), 30)
     }
@@ -89,6 +94,19 @@ pub fn start_b() -> Service {
 /// (and used once) at start-up, shared by every request.
 #[track_caller]
 pub fn start_a(b: &Service, pg: &Postgres, keepalive: bool) -> Service {
+    Service::start("service-a", a_command(b, pg, keepalive))
+}
+
+/// Service A serving HTTPS with `cert`/`key` (its calls to B and PostgreSQL
+/// stay plaintext).
+#[track_caller]
+pub fn start_a_https(b: &Service, pg: &Postgres, cert: &Path, key: &Path) -> Service {
+    let mut cmd = a_command(b, pg, false);
+    cmd.arg("--tls").arg(cert).arg(key);
+    Service::start("service-a", cmd)
+}
+
+fn a_command(b: &Service, pg: &Postgres, keepalive: bool) -> Command {
     let mut cmd = Command::new(venv_python());
     cmd.arg("-u")
         .arg(fixture("propagation/service_a.py"))
@@ -98,5 +116,5 @@ pub fn start_a(b: &Service, pg: &Postgres, keepalive: bool) -> Service {
     if keepalive {
         cmd.arg("--keepalive");
     }
-    Service::start("service-a", cmd)
+    cmd
 }

@@ -56,6 +56,9 @@ pub struct MysqlWire {
     last_prepared: Option<u32>,
     /// From the status flags of the server's last OK or EOF.
     backslash: Backslash,
+    /// The client's SSL request (seq 1) was seen: its real handshake
+    /// response (seq 2) comes as TLS plaintext, if the TLS probes read it.
+    tls_requested: bool,
 }
 
 /// What the status flags of an OK or EOF packet say about backslashes.
@@ -118,7 +121,11 @@ impl MysqlWire {
         let Some(caps) = le32(body, 0).filter(|c| c & CLIENT_PROTOCOL_41 != 0) else {
             return false;
         };
-        if caps & CLIENT_SSL != 0 {
+        if caps & CLIENT_SSL != 0 && !self.tls_requested {
+            // The SSL request: the handshake response proper follows inside
+            // TLS (seq 2), with the same capabilities.
+            self.tls_requested = true;
+            self.phase = Phase::Greeted;
             return true;
         }
         self.caps = Some(caps);
@@ -232,6 +239,7 @@ impl Wire for MysqlWire {
             statements: BoundedMap::new(MAX_STATEMENTS, STATEMENT_BUDGET),
             last_prepared: None,
             backslash: Backslash::Unknown,
+            tls_requested: false,
         }
     }
 
@@ -243,6 +251,10 @@ impl Wire for MysqlWire {
         )
     }
 
+    fn resumes_after_tls(&self) -> bool {
+        self.tls_requested && self.phase == Phase::Greeted
+    }
+
     fn on_request(&mut self, conn: &mut Conn<Self>, f: Frame<Head>, out: &mut Vec<ParsedSpan>) -> Result<(), Feed> {
         if f.head.continuation {
             if let Some(cmd) = conn.pending.back_mut() {
@@ -251,7 +263,7 @@ impl Wire for MysqlWire {
             return Ok(());
         }
         match self.phase {
-            Phase::Greeted if f.head.seq == 1 => {
+            Phase::Greeted if f.head.seq == 1 || (self.tls_requested && f.head.seq == 2) => {
                 return match self.on_handshake_response(conn, &f.body) {
                     true => Err(Feed::Opaque("mysql: TLS requested")),
                     false => Ok(()),

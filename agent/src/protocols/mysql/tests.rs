@@ -286,6 +286,14 @@ fn handshake(caps: u32, db: Option<&str>) -> Vec<u8> {
 
 const CAPS: u32 = CLIENT_PROTOCOL_41 | CLIENT_SECURE_CONNECTION | CLIENT_CONNECT_WITH_DB;
 
+/// The client's SSL request: capabilities with CLIENT_SSL, no user.
+fn ssl_request() -> Vec<u8> {
+    let mut ssl = (CAPS | CLIENT_SSL).to_le_bytes().to_vec();
+    ssl.extend_from_slice(&[0, 0, 0, 1, 33]);
+    ssl.extend_from_slice(&[0; 23]);
+    packet(1, &ssl)
+}
+
 #[test]
 fn oracle_mysql_greeting_and_handshake() {
     let mut p = parser();
@@ -309,15 +317,34 @@ fn tls_and_compression_make_the_connection_opaque() {
     let mut p = parser();
     let mut out = Vec::new();
     feed(&mut p, 0, false, &greeting("8.0.36"), &mut out);
-    let mut ssl = (CAPS | CLIENT_SSL).to_le_bytes().to_vec();
-    ssl.extend_from_slice(&[0, 0, 0, 1, 33]);
-    ssl.extend_from_slice(&[0; 23]);
-    assert!(matches!(feed(&mut p, 1, true, &packet(1, &ssl), &mut out), Feed::Opaque(_)));
+    assert!(matches!(feed(&mut p, 1, true, &ssl_request(), &mut out), Feed::Opaque(_)));
+    assert!(p.resumes_after_tls(), "the SSL request: the plaintext read at the TLS library can follow");
 
     let mut p = parser();
     feed(&mut p, 0, false, &greeting("8.0.36"), &mut out);
     assert_eq!(feed(&mut p, 1, true, &handshake(CAPS | CLIENT_COMPRESS, None), &mut out), Feed::Continue);
     assert!(matches!(feed(&mut p, 2, false, &packet(2, &[0, 0, 0, 2, 0, 0, 0]), &mut out), Feed::Opaque(_)));
+}
+
+/// After the SSL request, the TLS plaintext (what the TLS probes read)
+/// goes on where the plaintext stopped: the handshake response at seq 2
+/// names the schema, and the greeting's MariaDB is kept.
+#[test]
+fn handshake_after_the_ssl_request_continues_in_tls_plaintext() {
+    let mut p = parser();
+    let mut out = Vec::new();
+    feed(&mut p, 0, false, &greeting("5.5.5-10.11.6-MariaDB-0+deb12u1"), &mut out);
+    assert!(matches!(feed(&mut p, 1, true, &ssl_request(), &mut out), Feed::Opaque(_)));
+    let mut response = handshake(CAPS | CLIENT_SSL, Some("shop"));
+    response[3] = 2;
+    assert_eq!(feed(&mut p, 2, true, &response, &mut out), Feed::Continue);
+    assert!(!p.resumes_after_tls());
+    feed(&mut p, 3, false, &packet(3, &[0, 0, 0, 2, 0, 0, 0]), &mut out);
+    feed(&mut p, 4, true, &packet(0, b"\x03DELETE FROM stock WHERE qty = 0"), &mut out);
+    feed(&mut p, 5, false, &packet(1, &[0, 3, 0, 2, 0, 0, 0]), &mut out);
+    assert_eq!(names(&out), ["DELETE stock"]);
+    assert_eq!(attr_str(&out[0], "db.system.name"), Some("mariadb"));
+    assert_eq!(attr_str(&out[0], "db.namespace"), Some("shop"));
 }
 
 #[test]

@@ -141,6 +141,10 @@ pub trait Wire: Send + Sized {
     fn buffered_bytes(&self) -> usize {
         0
     }
+    /// See [`ProtocolParser::resumes_after_tls`].
+    fn resumes_after_tls(&self) -> bool {
+        false
+    }
     /// A request message; Err stops the chunk with that result.
     fn on_request(
         &mut self,
@@ -388,6 +392,10 @@ impl<W: Wire> ProtocolParser for Shell<W> {
         let frames = self.front_frames.capacity() * std::mem::size_of::<Framed<<W::Front as Framing>::Head>>()
             + self.back_frames.capacity() * std::mem::size_of::<Framed<<W::Back as Framing>::Head>>();
         self.front.buffered_bytes() + self.back.buffered_bytes() + frames + self.wire.buffered_bytes()
+    }
+
+    fn resumes_after_tls(&self) -> bool {
+        self.wire.resumes_after_tls()
     }
 
     fn on_idle(&mut self, older_than_ns: u64, out: &mut Vec<ParsedSpan>) {
