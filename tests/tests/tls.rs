@@ -11,7 +11,7 @@
 use std::{process::Stdio, time::Duration};
 
 use waggle_e2e::{
-    client_spans, curl,
+    client_spans, curl_on_one_connection,
     db::{MariaDb, Postgres, DB_NAME},
     describe, e2e_setup, python_script, run_client, Agent, Kind, OtlpReceiver, Proc, Protocol, Server, Span,
     SPAN_TIMEOUT,
@@ -62,23 +62,7 @@ fn https_nginx_curl_and_urllib_give_spans_on_both_sides() {
 
     let urls = [nginx.https_url("/"), nginx.https_url("/a"), nginx.https_url("/missing")];
     let cert_arg = cert.to_string_lossy().into_owned();
-    let c = curl(&[
-        "--cacert",
-        &cert_arg,
-        "-w",
-        "%{num_connects}\n",
-        "-o",
-        "/dev/null",
-        "-o",
-        "/dev/null",
-        "-o",
-        "/dev/null",
-        &urls[0],
-        &urls[1],
-        &urls[2],
-    ]);
-    c.assert_success();
-    assert_eq!(c.stdout, "1\n0\n0\n", "curl should reuse one connection");
+    let c = curl_on_one_connection(&["--cacert", &cert_arg], &[&urls[0], &urls[1], &urls[2]]);
     // The client stays until its stdin closes (see urllib_client.py).
     let mut py = Proc::spawn(
         "urllib_client",
