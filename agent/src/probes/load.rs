@@ -278,6 +278,13 @@ impl Probes {
                 skipped.push((FCGI_PARAMS_PROGRAM, reason));
             }
         }
+        match super::exec_env::attach_exec_env(&mut ebpf, &btf) {
+            Ok(()) => attached.push(waggle_common::exec_env::PROGRAM),
+            Err(reason) => {
+                tracing::warn!(program = waggle_common::exec_env::PROGRAM, reason = %reason, "probe skipped: OTEL_SERVICE_NAME / OTEL_RESOURCE_ATTRIBUTES are read from /proc/<pid>/environ only (lost where a server writes its title over its environment)");
+                skipped.push((waggle_common::exec_env::PROGRAM, reason));
+            }
+        }
         let data_path_ok = DATA_PATH.iter().any(|sys| {
             let enter = format!("sys_enter_{sys}");
             let exit = format!("sys_exit_{sys}");
