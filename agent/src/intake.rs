@@ -6,7 +6,10 @@
 use std::mem::size_of;
 
 use bytemuck::Pod;
-use waggle_common::{ConnEvent, DataEvent, EventKind, ProcessEvent, TraceCtxEvent, MAX_CAPTURE};
+use waggle_common::{
+    exec_env::{flags as exec_flags, ExecEnvEvent, ExecEnvHeader},
+    ConnEvent, DataEvent, EventKind, ProcessEvent, TraceCtxEvent, MAX_CAPTURE,
+};
 
 #[derive(Debug)]
 pub enum RawEvent<'a> {
@@ -25,6 +28,13 @@ pub enum RawEvent<'a> {
     ProcessExec(ProcessEvent),
     ServerCtx(TraceCtxEvent),
     ClientCtx(TraceCtxEvent),
+    /// A process exec'ed: the OTEL_* values the kernel found in its new
+    /// environment (borrowed from the record).
+    ExecEnv {
+        header: ExecEnvHeader,
+        service_name: Option<&'a [u8]>,
+        resource_attributes: Option<&'a [u8]>,
+    },
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -78,6 +88,29 @@ pub fn decode(bytes: &[u8]) -> Result<RawEvent<'_>, DecodeError> {
         EventKind::ServerCtx => RawEvent::ServerCtx(read_header(bytes, kind)?),
         EventKind::ClientCtx => RawEvent::ClientCtx(read_header(bytes, kind)?),
         EventKind::ProcessExec => RawEvent::ProcessExec(read_header(bytes, kind)?),
+        EventKind::ExecEnv => decode_exec_env(bytes, kind)?,
+    })
+}
+
+/// The header alone when the exec set neither variable; else the whole
+/// record, each value as long as the header says (at most VALUE_CAP - 1).
+fn decode_exec_env(bytes: &[u8], kind: EventKind) -> Result<RawEvent<'_>, DecodeError> {
+    let header: ExecEnvHeader = read_header(bytes, kind)?;
+    if header.flags & (exec_flags::SERVICE_NAME | exec_flags::RESOURCE_ATTRIBUTES) == 0 {
+        return Ok(RawEvent::ExecEnv { header, service_name: None, resource_attributes: None });
+    }
+    if bytes.len() < size_of::<ExecEnvEvent>() {
+        return Err(DecodeError::Short { kind, len: bytes.len() });
+    }
+    let start = size_of::<ExecEnvHeader>();
+    let cap = waggle_common::exec_env::VALUE_CAP;
+    let value = |flag: u8, at: usize, len: u8| {
+        (header.flags & flag != 0).then(|| &bytes[at..at + usize::from(len).min(cap - 1)])
+    };
+    Ok(RawEvent::ExecEnv {
+        header,
+        service_name: value(exec_flags::SERVICE_NAME, start, header.service_name_len),
+        resource_attributes: value(exec_flags::RESOURCE_ATTRIBUTES, start + cap, header.resource_attributes_len),
     })
 }
 
@@ -110,6 +143,34 @@ mod tests {
             }
             other => panic!("unexpected {other:?}"),
         }
+    }
+
+    #[test]
+    fn decodes_exec_env_records_whole_or_header_only() {
+        let header = ExecEnvHeader { kind: EventKind::ExecEnv as u8, tgid: 7, boot_ns: 9, ..Default::default() };
+        match decode(&as_bytes(&header)).unwrap() {
+            RawEvent::ExecEnv { header, service_name: None, resource_attributes: None } => assert_eq!(header.tgid, 7),
+            other => panic!("unexpected {other:?}"),
+        }
+        let mut ev: ExecEnvEvent = bytemuck::Zeroable::zeroed();
+        ev.header = ExecEnvHeader {
+            flags: exec_flags::SERVICE_NAME | exec_flags::RESOURCE_ATTRIBUTES,
+            service_name_len: 10,
+            resource_attributes_len: 3,
+            ..header
+        };
+        ev.service_name[..10].copy_from_slice(b"edge-proxy");
+        ev.resource_attributes[..3].copy_from_slice(b"a=b");
+        match decode(&as_bytes(&ev)).unwrap() {
+            RawEvent::ExecEnv { service_name, resource_attributes, .. } => {
+                assert_eq!(service_name, Some(&b"edge-proxy"[..]));
+                assert_eq!(resource_attributes, Some(&b"a=b"[..]));
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        // A record claiming values must carry them.
+        let short = &as_bytes(&ev)[..40];
+        assert!(matches!(decode(short), Err(DecodeError::Short { .. })));
     }
 
     #[test]

@@ -64,6 +64,9 @@ counters! {
     selection_decisions: "trace-selection verdicts written into the kernel (start-up, exec, sweeps)",
     selection_verdict_map_full: "trace-selection verdicts the kernel's map refused (full): the process stays undecided, which means traced",
     selection_queue_full: "exec'ed processes not queued for a decision because the selection worker's queue was full (decided at its next /proc sweep, within a second; traced until then)",
+    exec_env_recorded: "process execs whose OTEL_* environment the kernel reported (read at exec, before the process can write over it)",
+    exec_env_with_otel: "process execs that set OTEL_SERVICE_NAME or OTEL_RESOURCE_ATTRIBUTES",
+    exec_env_evicted: "exec-time environments forgotten because their table was full (4096 execs with an OTEL_* variable, 32768 without): those processes are named from /proc/<pid>/environ again",
     metric_exports_failed: "OTLP metric exports that failed (the next export sends the cumulative values again)",
 }
 

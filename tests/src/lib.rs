@@ -13,6 +13,7 @@
 pub mod agent;
 pub mod apache;
 pub mod cache;
+pub mod cgroups;
 pub mod db;
 pub mod env;
 pub mod k8s;

@@ -120,6 +120,14 @@ impl Server {
     /// `location /missing` returning 404.
     #[track_caller]
     pub fn nginx() -> Server {
+        Server::nginx_with_env(&[])
+    }
+
+    /// [`nginx`](Self::nginx) with `env` added to its environment (which
+    /// nginx writes its process title over: `/proc/<pid>/environ` of the
+    /// master and the worker no longer shows it).
+    #[track_caller]
+    pub fn nginx_with_env(env: &[(&str, &str)]) -> Server {
         assert!(Path::new(NGINX_BIN).is_file(), "{NGINX_BIN} not found: install nginx (apt-get install nginx-light)");
         let dir = temp_dir("waggle-nginx-");
         Server::launch("nginx", dir, |port, dir| {
@@ -129,6 +137,24 @@ impl Server {
             // -e: nginx opens its error log before reading the config; keep
             // even that one in the temp dir.
             cmd.arg("-p").arg(dir).arg("-e").arg(dir.join("error.log")).arg("-c").arg(&conf);
+            cmd.envs(env.iter().copied());
+            cmd
+        })
+    }
+
+    /// `tests/fixtures/env_rewriter.py`: the ok server, started with
+    /// `OTEL_SERVICE_NAME=service_name`, which writes `rewritten` (as long)
+    /// over that value in its environment area before it listens.
+    #[track_caller]
+    pub fn python_env_rewriter(service_name: &str, rewritten: &str) -> Server {
+        let dir = temp_dir("waggle-envrw-");
+        Server::launch("env_rewriter", dir, |port, _| {
+            let mut cmd = Command::new(python());
+            cmd.arg("-u")
+                .arg(fixture("env_rewriter.py"))
+                .arg(port.to_string())
+                .arg(rewritten)
+                .env("OTEL_SERVICE_NAME", service_name);
             cmd
         })
     }

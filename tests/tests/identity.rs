@@ -13,9 +13,8 @@
 //! endpoint (`waggle_e2e::kube_api`, real list/watch JSON over loopback
 //! HTTP, through a kubeconfig); spans carry the pod's attributes and service
 //! name, and keep coming when the API server goes away.
-use std::path::{Path, PathBuf};
-
 use waggle_e2e::{
+    cgroups::{container_id, Cgroups},
     curl, describe, e2e_setup,
     env::free_port,
     kube_api::{replicaset_json, Collection, KubeApi, PodSpec},
@@ -24,65 +23,6 @@ use waggle_e2e::{
 };
 
 const POD_UID: &str = "6f1c2d3e-4a5b-4c6d-8e7f-90a1b2c3d4e5";
-
-/// The mount point of the cgroup v2 hierarchy (`/sys/fs/cgroup` on a pure
-/// v2 host, `/sys/fs/cgroup/unified` on a hybrid one).
-#[track_caller]
-fn cgroup2_root() -> PathBuf {
-    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").expect("reading /proc/self/mountinfo");
-    mountinfo
-        .lines()
-        .find_map(|l| {
-            let (left, right) = l.split_once(" - ")?;
-            let mount_point = left.split(' ').nth(4)?;
-            (right.split(' ').next() == Some("cgroup2")).then(|| PathBuf::from(mount_point))
-        })
-        .unwrap_or_else(|| panic!("no cgroup2 mount in /proc/self/mountinfo:\n{mountinfo}"))
-}
-
-/// A cgroup path made for the test, removed (deepest first) on drop.
-struct Cgroups {
-    base: PathBuf,
-}
-
-impl Cgroups {
-    #[track_caller]
-    fn new() -> Cgroups {
-        let base = cgroup2_root().join(format!("waggle-e2e-{}", std::process::id()));
-        std::fs::create_dir_all(&base).unwrap_or_else(|e| panic!("creating {}: {e}", base.display()));
-        Cgroups { base }
-    }
-
-    /// Creates `relative` under the test's parent; returns its cgroup.procs.
-    #[track_caller]
-    fn make(&self, relative: &str) -> PathBuf {
-        let dir = self.base.join(relative);
-        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("creating {}: {e}", dir.display()));
-        dir.join("cgroup.procs")
-    }
-}
-
-impl Drop for Cgroups {
-    fn drop(&mut self) {
-        fn remove(dir: &Path) {
-            if let Ok(entries) = std::fs::read_dir(dir) {
-                for entry in entries.flatten() {
-                    if entry.file_type().is_ok_and(|t| t.is_dir()) {
-                        remove(&entry.path());
-                    }
-                }
-            }
-            if let Err(e) = std::fs::remove_dir(dir) {
-                eprintln!("removing cgroup {}: {e}", dir.display());
-            }
-        }
-        remove(&self.base);
-    }
-}
-
-fn container_id(n: u8) -> String {
-    format!("{:02x}", n + 0xa0).repeat(32)
-}
 
 #[test]
 #[ignore = "needs root, cgroup v2 and the agent binary: cargo xtask test runs it"]

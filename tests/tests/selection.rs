@@ -6,16 +6,25 @@
 //! enters the propagation sockmap: the kernel's sockmap insert counter
 //! moves by exactly the selected client's connections, and the untraced
 //! clients' connects are counted as kept out.
+//!
+//! Container-level rules (`container=`, `namespace=`) select processes in
+//! real cgroups shaped like containerd's layout (`waggle_e2e::cgroups`),
+//! whose pod the agent's real kube client learns from the test API
+//! endpoint (`waggle_e2e::kube_api`).
 use std::{
     collections::BTreeSet,
+    path::Path,
     process::{Command, Stdio},
     time::Duration,
 };
 
 use aya::maps::{HashMap, Map, MapData};
 use waggle_e2e::{
-    by_pid, describe, e2e_setup,
+    by_pid,
+    cgroups::{container_id, Cgroups},
+    describe, e2e_setup,
     env::{free_port, poll_until},
+    kube_api::{Collection, KubeApi, PodSpec},
     python, run_client,
     scrape::{counter, sample, scrape_until},
     wait_for_other_injectors, Agent, ClientRun, OtlpReceiver, Protocol, Server, Span, SPAN_TIMEOUT,
@@ -24,6 +33,7 @@ use waggle_e2e::{
 /// waggle_common::verdict::UNTRACED (the test crate does not link the
 /// kernel ABI crate).
 const UNTRACED: u8 = 2;
+const TRACED: u8 = 1;
 const VERDICT_MAP: &str = "TRACE_VERDICT";
 
 /// The kernel's verdict for `pid` in the running agent's TRACE_VERDICT map.
@@ -52,16 +62,51 @@ fn get(curl_bin: &std::path::Path, url: &str) -> ClientRun {
     run
 }
 
+/// GET `url` with curl started inside the cgroup whose `cgroup.procs` is
+/// `procs` (a new process each time: traced from its exec while undecided,
+/// then as the rules say).
+#[track_caller]
+fn get_in_cgroup(procs: &Path, url: &str) -> ClientRun {
+    let mut cmd = Command::new("sh");
+    cmd.args(["-c", "echo 0 > \"$1\" && shift && exec \"$@\"", "sh"]).arg(procs).args([
+        "curl",
+        "-sS",
+        "--max-time",
+        "10",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        url,
+    ]);
+    let run = run_client("curl", &mut cmd, Duration::from_secs(20));
+    run.assert_success();
+    assert_eq!(run.stdout, "200", "GET {url}: {run:?}");
+    run
+}
+
 /// A python process that GETs each URL written to its stdin, one
-/// connection each; killed on drop.
+/// connection each; killed on drop. It waits for its URLs, so a test can
+/// let its trace-selection verdict land first.
 struct UntracedClient(std::process::Child);
 
 const FETCH: &str = "import sys, urllib.request\nfor url in sys.stdin:\n    print(urllib.request.urlopen(url.strip(), timeout=10).status, flush=True)\n";
 
 impl UntracedClient {
     fn start() -> UntracedClient {
-        let child = Command::new(python())
-            .args(["-c", FETCH])
+        UntracedClient::spawn(Command::new(python()).args(["-c", FETCH]))
+    }
+
+    /// Started inside the cgroup whose `cgroup.procs` is `procs` (the shell
+    /// moves itself there, then execs python).
+    fn start_in_cgroup(procs: &Path) -> UntracedClient {
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", "echo 0 > \"$1\" && shift && exec \"$@\"", "sh"]).arg(procs).arg(python()).args(["-c", FETCH]);
+        UntracedClient::spawn(&mut cmd)
+    }
+
+    fn spawn(cmd: &mut Command) -> UntracedClient {
+        let child = cmd
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -228,4 +273,118 @@ fn rules_trace_exactly_the_selected_processes_and_keep_the_others_out_of_the_soc
     assert!(sample(&after, "waggle_processes_traced").is_some_and(|n| n >= 2), "{after}");
     assert!(out.counter("selection_decisions") >= 2, "{}", out.stderr);
     assert!(out.stderr.contains("trace selection on"), "{}", out.stderr);
+}
+
+#[test]
+#[ignore = "needs root, cgroup v2, python3 and the agent binary: cargo xtask test runs it"]
+fn container_rules_select_processes_by_their_pods_container() {
+    let _guard = e2e_setup("container_rules_select_processes_by_their_pods_container");
+    const NODE: &str = "e2e-node";
+    const POD_UID: &str = "3e4f5061-7283-494a-b5c6-d7e8f9012345";
+    let (app_id, sidecar_id) = (container_id(8), container_id(9));
+    let api = KubeApi::start();
+    api.put(
+        Collection::Pods,
+        PodSpec {
+            name: "web-0",
+            namespace: "shop",
+            uid: POD_UID,
+            node: NODE,
+            labels: &[("app.kubernetes.io/name", "web")],
+            annotations: &[],
+            owner: Some(("StatefulSet", "web")),
+            containers: &[("app", app_id.as_str()), ("sidecar", sidecar_id.as_str())],
+        }
+        .to_json(),
+    );
+    let kube_dir = tempfile::tempdir().unwrap_or_else(|e| panic!("temp dir: {e}"));
+    let kubeconfig = api.kubeconfig(kube_dir.path());
+    let receiver = OtlpReceiver::start();
+    wait_for_other_injectors();
+    let metrics_port = free_port();
+    let mut args = receiver.agent_args(Protocol::Grpc);
+    args.extend(
+        [
+            "--kube-config",
+            kubeconfig.to_str().unwrap_or_else(|| panic!("non-UTF-8 temp path")),
+            "--node-name",
+            NODE,
+            "--metrics-addr",
+            &format!("127.0.0.1:{metrics_port}"),
+            // The whole namespace, but not the sidecar container.
+            "--trace-include",
+            "namespace=shop",
+            "--trace-exclude",
+            "container=sidecar",
+        ]
+        .map(str::to_owned),
+    );
+    let agent = Agent::start(&args, &[]);
+    let before = scrape_until(metrics_port, "the pod known", |b| sample(b, "waggle_kube_pods_known") == Some(1));
+
+    // Every process below starts after the agent, in the pod's containers'
+    // cgroups (containerd, systemd driver).
+    let cgroups = Cgroups::new();
+    let slice =
+        format!("kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{}.slice", POD_UID.replace('-', "_"));
+    let app_procs = cgroups.make(&format!("{slice}/cri-containerd-{app_id}.scope"));
+    let sidecar_procs = cgroups.make(&format!("{slice}/cri-containerd-{sidecar_id}.scope"));
+    let app = Server::python_http_server_in_cgroup(&app_procs, &[]);
+    let sidecar = Server::python_http_server_in_cgroup(&sidecar_procs, &[]);
+    let mut sidecar_client = UntracedClient::start_in_cgroup(&sidecar_procs);
+    let verdicts = [
+        (app.pid(), TRACED, "the app container's server"),
+        (sidecar.pid(), UNTRACED, "the sidecar's server"),
+        (sidecar_client.pid(), UNTRACED, "the sidecar's client"),
+    ];
+    for (pid, want, what) in verdicts {
+        assert!(
+            poll_until(Duration::from_secs(10), || kernel_verdict(pid) == Some(want)),
+            "{what} (pid {pid}) was not decided {want}: {:?}",
+            kernel_verdict(pid)
+        );
+    }
+
+    // Each client GETs each server twice, a connection each: the sidecar's
+    // one python process, the app container's a curl per request.
+    const PER_SERVER: usize = 2;
+    let urls: Vec<String> = [&app, &sidecar].iter().flat_map(|s| vec![s.url("/"); PER_SERVER]).collect();
+    sidecar_client.fetch_all(&urls);
+    let app_clients: Vec<u32> = urls.iter().map(|url| get_in_cgroup(&app_procs, url).pid).collect();
+    let mut all = vec![app.pid(), sidecar.pid(), sidecar_client.pid()];
+    all.extend(&app_clients);
+    receiver.focus(&all);
+    // The app server answers both containers' clients; each curl makes one
+    // CLIENT span.
+    let app_server_spans = 2 * PER_SERVER;
+    receiver.expect_spans("the app container's spans", SPAN_TIMEOUT, |spans| {
+        by_pid(spans, app.pid()).len() >= app_server_spans && spans_of(spans, &app_clients).len() >= app_clients.len()
+    });
+    let after = scrape_until(metrics_port, "the app clients' sockmap inserts", |b| {
+        counter(b, "propagation_sockmap_added")
+            >= counter(&before, "propagation_sockmap_added") + app_clients.len() as u64
+    });
+    let out = agent.stop();
+    let unique: Vec<Span> = {
+        let mut seen = BTreeSet::new();
+        receiver.spans().into_iter().filter(|s| seen.insert(s.span_id.clone())).collect()
+    };
+    let served = by_pid(&unique, app.pid());
+    assert_eq!(served.len(), app_server_spans, "{}", describe(&served));
+    assert!(served.iter().all(|s| s.is_server() && s.resource_str("k8s.container.name") == Some("app")));
+    let called = spans_of(&unique, &app_clients);
+    assert_eq!(called.len(), app_clients.len(), "one CLIENT span per curl:\n{}", describe(&called));
+    assert!(called.iter().all(|s| s.is_client() && s.name == "GET /"), "{}", describe(&called));
+    for (pid, what) in [(sidecar.pid(), "sidecar server"), (sidecar_client.pid(), "sidecar client")] {
+        let got = by_pid(&unique, pid);
+        assert!(got.is_empty(), "the excluded {what} produced spans:\n{}", describe(&got));
+    }
+    // Only the app clients' connections entered the sockmap; the sidecar
+    // client's connects were kept out.
+    let added = counter(&after, "propagation_sockmap_added") - counter(&before, "propagation_sockmap_added");
+    assert_eq!(added, app_clients.len() as u64, "sockets added to the propagation sockmap");
+    let kept_out = counter(&after, "kernel_untraced_connects") - counter(&before, "kernel_untraced_connects");
+    assert!(kept_out >= urls.len() as u64, "untraced connects {kept_out} < the sidecar client's {}", urls.len());
+    assert!(out.counter("selection_decisions") >= 3, "{}", out.stderr);
+    drop((app, sidecar));
 }

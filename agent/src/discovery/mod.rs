@@ -26,13 +26,15 @@
 //! One file per job: `seed` finds the sockets to track at start-up,
 //! `socket_info` tells what one descriptor is, `own_sockets` recognises
 //! the agent's own traffic, `resource` builds process resources
-//! (from `process_facts`, `environ`, `service_name` and, on Kubernetes,
+//! (from `process_facts`, `environ`, `exec_env` (the OTEL_* variables the
+//! kernel read at exec), `service_name` and, on Kubernetes,
 //! `pod_resource`), `resource_cache`
 //! caches them and builds them on a worker thread, and
 //! `blocked_calls` finds reads and accepts already waiting when the probes attached,
 //! `tls_libs` finds the TLS library files to probe.
 mod blocked_calls;
 mod environ;
+mod exec_env;
 mod own_sockets;
 mod pod_resource;
 mod proc;
@@ -48,6 +50,7 @@ mod test_support;
 mod tls_libs;
 
 pub use blocked_calls::{blocked_calls, parse_blocked_call, still_blocked, BlockedCall};
+pub use exec_env::{ExecEnvTable, ExecRecord, SharedExecEnv, EXEC_BARE_CAPACITY, EXEC_ENV_CAPACITY};
 pub use own_sockets::{local_interface_ips, own_tcp_addrs};
 pub use pod_resource::{PodContext, ANNOTATION_SERVICE_NAME, LABEL_NAME, LABEL_VERSION};
 pub use proc::DiscoveryError;

@@ -20,6 +20,7 @@ const CGROUP_READ_CAP: u64 = 64 * 1024;
 #[derive(Debug, Default)]
 pub(super) struct ProcessFacts {
     pub(super) start_time: Option<u64>,
+    pub(super) ppid: Option<u32>,
     pub(super) comm: String,
     pub(super) exe_path: Option<String>,
     pub(super) argv: Vec<String>,
@@ -35,7 +36,12 @@ impl ProcessFacts {
     pub(super) fn read(pid: u32) -> Result<ProcessFacts, DiscoveryError> {
         let process = open_process(pid)?;
         let stat = process.stat().map_err(|source| DiscoveryError::ReadProc { pid, file: "stat", source })?;
-        let mut facts = ProcessFacts { start_time: Some(stat.starttime), comm: stat.comm, ..Default::default() };
+        let mut facts = ProcessFacts {
+            start_time: Some(stat.starttime),
+            ppid: u32::try_from(stat.ppid).ok(),
+            comm: stat.comm,
+            ..Default::default()
+        };
         match process.exe() {
             Ok(path) => {
                 let path = path.to_string_lossy();

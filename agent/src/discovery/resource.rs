@@ -5,6 +5,7 @@
 use std::{collections::BTreeMap, sync::Arc};
 
 use super::{
+    exec_env::{exec_env_of, ticks_to_ns, Lineage, SharedExecEnv},
     pod_resource::{fact_attributes, pod_service_name, service_attributes, PodContext, PodSeen},
     process_facts::{read_host_name, ProcessFacts},
     service_name::{basename, command_of, derive_service_name, Runtime},
@@ -48,6 +49,8 @@ pub struct ResourceBuilder {
     pub extra_attributes: Vec<(String, String)>,
     agent_tgid: u32,
     pods: Option<PodContext>,
+    /// The OTEL_* variables the kernel read at each exec.
+    exec_env: Option<SharedExecEnv>,
 }
 
 impl ResourceBuilder {
@@ -56,13 +59,20 @@ impl ResourceBuilder {
     /// `agent_tgid`: the agent's own resource is named `waggle` whatever its
     /// command line.
     pub fn new(extra_attributes: Vec<(String, String)>, agent_tgid: u32) -> ResourceBuilder {
-        ResourceBuilder { host_name: read_host_name(), extra_attributes, agent_tgid, pods: None }
+        ResourceBuilder { host_name: read_host_name(), extra_attributes, agent_tgid, pods: None, exec_env: None }
     }
 
     /// Kubernetes metadata: resources of processes in pods get their pod's
     /// attributes and service name (see `pod_resource`).
     pub fn with_pods(mut self, pods: Option<PodContext>) -> ResourceBuilder {
         self.pods = pods;
+        self
+    }
+
+    /// The OTEL_* variables read at exec time win over /proc/<pid>/environ
+    /// (see `exec_env`).
+    pub fn with_exec_env(mut self, exec_env: Option<SharedExecEnv>) -> ResourceBuilder {
+        self.exec_env = exec_env;
         self
     }
 
@@ -85,6 +95,14 @@ impl ResourceBuilder {
         if facts.comm.is_empty() {
             let end = comm.iter().position(|b| *b == 0).unwrap_or(comm.len());
             facts.comm = String::from_utf8_lossy(&comm[..end]).into_owned();
+        }
+        // What the process was exec'd with beats what its environ area
+        // shows now: servers write their titles over it.
+        if let (Some(table), Some(start), Some(ppid)) = (&self.exec_env, facts.start_time, facts.ppid) {
+            if let Some(env) = exec_env_of(table, pid, Lineage { start_ns: ticks_to_ns(start), ppid }) {
+                facts.service_name = env.service_name;
+                facts.resource_attributes = env.resource_attributes;
+            }
         }
         // Kernel threads have neither exe nor argv; a user process with an
         // executable but no argv is most likely still inside execve.

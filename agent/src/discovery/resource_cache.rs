@@ -25,6 +25,7 @@ use lru::LruCache;
 use tokio::sync::mpsc;
 
 use super::{
+    exec_env::SharedExecEnv,
     pod_resource::{PodContext, PodSeen},
     process_facts::read_start_time,
     resource::{Resolved, ResourceBuilder},
@@ -118,15 +119,17 @@ pub struct ResourceResolver {
 
 impl ResourceResolver {
     /// Starts the worker thread. `extra_attributes` and `agent_tgid`: see
-    /// [`ResourceBuilder::new`]; `pods`: Kubernetes metadata, when on.
+    /// [`ResourceBuilder::new`]; `pods`: Kubernetes metadata, when on;
+    /// `exec_env`: the OTEL_* variables the kernel read at exec, when on.
     pub fn spawn(
         extra_attributes: Vec<(String, String)>,
         agent_tgid: u32,
         pods: Option<PodContext>,
+        exec_env: Option<SharedExecEnv>,
         metrics: Arc<Metrics>,
     ) -> (ResourceResolver, ResourceReplies) {
         Self::with_limits(
-            ResourceBuilder::new(extra_attributes, agent_tgid).with_pods(pods),
+            ResourceBuilder::new(extra_attributes, agent_tgid).with_pods(pods).with_exec_env(exec_env),
             RESOURCE_CACHE_CAPACITY,
             RESOLVE_QUEUE_CAPACITY,
             metrics,

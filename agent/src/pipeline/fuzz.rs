@@ -73,7 +73,7 @@ pub fn fuzz_records(data: &[u8]) -> usize {
                 Ok(RawEvent::ThreadStart(ev)) => linker.on_thread_start(ev.tgid, ev.parent_tid, ev.tid),
                 Ok(RawEvent::ServerCtx(ev)) => linker.on_server_ctx(&ev),
                 Ok(RawEvent::ClientCtx(ev)) => linker.on_client_ctx(&ev),
-                Ok(RawEvent::ProcessExec(_)) => {}
+                Ok(RawEvent::ProcessExec(_)) | Ok(RawEvent::ExecEnv { .. }) => {}
             }
         }
         spans += check(&mut out, &mut linker);

@@ -78,6 +78,8 @@ struct Stages {
     assembler: SpanAssembler,
     linker: ContextLinker,
     resolver: ResourceResolver,
+    /// The OTEL_* variables of each exec, for the resource worker.
+    exec_env: discovery::SharedExecEnv,
     /// Spans waiting for their process's resource, per pid, in order.
     waiting: HashMap<u32, Vec<Held>, foldhash::fast::RandomState>,
     waiting_spans: usize,
@@ -137,6 +139,16 @@ impl Stages {
             Ok(RawEvent::ProcessExec(ev)) => {
                 if let Some(selection) = &self.selection {
                     selection.on_exec(ev.tgid);
+                }
+            }
+            Ok(RawEvent::ExecEnv { header, service_name, resource_attributes }) => {
+                if let Ok(mut table) = self.exec_env.lock() {
+                    table.record(&discovery::ExecRecord {
+                        tgid: header.tgid,
+                        boot_ns: header.boot_ns,
+                        service_name,
+                        resource_attributes,
+                    });
                 }
             }
             Ok(RawEvent::ServerCtx(ev)) => self.linker.on_server_ctx(&ev),
@@ -395,8 +407,15 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send) -> R
         node_name: config.kube.node_name.clone(),
         cluster_name: config.kube.cluster_name.clone(),
     });
-    let (resolver, mut resource_replies) =
-        ResourceResolver::spawn(config.resource_attributes.clone(), agent_pid, pod_context, metrics.clone());
+    let exec_env = discovery::ExecEnvTable::shared(metrics.clone());
+    let exec_env_on = probes.attached().contains(&waggle_common::exec_env::PROGRAM);
+    let (resolver, mut resource_replies) = ResourceResolver::spawn(
+        config.resource_attributes.clone(),
+        agent_pid,
+        pod_context,
+        exec_env_on.then(|| exec_env.clone()),
+        metrics.clone(),
+    );
     let mut stages = Stages {
         tracker: ConnTracker::new(
             ParserConfig {
@@ -413,6 +432,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send) -> R
         assembler: SpanAssembler::new(Clock::new(), config.sampler, config.sampler_parent_based),
         linker: ContextLinker::new(metrics.clone()),
         resolver,
+        exec_env,
         waiting: HashMap::default(),
         waiting_spans: 0,
         exporter,

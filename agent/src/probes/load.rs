@@ -316,6 +316,18 @@ impl Probes {
                 skipped.push((FCGI_PARAMS_PROGRAM, reason));
             }
         }
+        let exec_env = if bpf_loop {
+            super::exec_env::attach_exec_env(&mut ebpf, &btf)
+        } else {
+            Err("this kernel lacks bpf_loop (Linux 5.17+), which the environment walk needs".to_owned())
+        };
+        match exec_env {
+            Ok(()) => attached.push(waggle_common::exec_env::PROGRAM),
+            Err(reason) => {
+                tracing::warn!(program = waggle_common::exec_env::PROGRAM, reason = %reason, "probe skipped: OTEL_SERVICE_NAME / OTEL_RESOURCE_ATTRIBUTES are read from /proc/<pid>/environ only (lost where a server writes its title over its environment)");
+                skipped.push((waggle_common::exec_env::PROGRAM, reason));
+            }
+        }
         let data_path_ok = DATA_PATH.iter().any(|sys| {
             let enter = format!("sys_enter_{sys}");
             let exit = format!("sys_exit_{sys}");

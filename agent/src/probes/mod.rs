@@ -25,9 +25,11 @@
 //! attaches sockops/sk_msg, `ring.rs` reads the ring buffer, `maps.rs` holds
 //! typed map handles, `error.rs` the errors; `btf.rs` and `sockmap.rs` are
 //! the two kernel checks propagation depends on; `tls.rs` loads the TLS
-//! library probes and attaches them once per library file.
+//! library probes and attaches them once per library file; `exec_env.rs`
+//! the program that reads each exec's OTEL_* environment.
 mod btf;
 mod error;
+mod exec_env;
 mod load;
 mod maps;
 mod propagation;

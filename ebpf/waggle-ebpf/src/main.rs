@@ -32,6 +32,7 @@
 
 mod conn;
 mod data;
+mod exec_env;
 mod fastcgi;
 mod helpers;
 mod maps;
@@ -202,6 +203,14 @@ pub fn sys_enter_io_uring_setup(ctx: TracePointContext) -> u32 {
 #[tracepoint]
 pub fn sched_process_exec(ctx: TracePointContext) -> u32 {
     let _ = conn::exec::<true>(&ctx);
+    0
+}
+
+/// Attached to sched_process_exec when the kernel's BTF names the
+/// environment's bounds: the OTEL_* variables of the new image (exec_env.rs).
+#[tracepoint]
+pub fn waggle_exec_env(_ctx: TracePointContext) -> u32 {
+    let _ = exec_env::exec();
     0
 }
 
