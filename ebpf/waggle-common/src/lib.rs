@@ -737,15 +737,12 @@ kernel_counters! {
         "FastCGI requests with no same-host link whose HTTP_TRACEPARENT param was not taken: several of them, an invalid value, or the request was answered first",
     FastcgiParamsUnread => "propagation_fastcgi_params_unread":
         "FastCGI requests with no same-host link whose params the kernel could not walk (split across reads, longer than the capture, not records): an HTTP_TRACEPARENT among them is not taken",
-<<<<<<< HEAD
     ScanCut => "kernel_header_scan_cut":
         "reduced mode (kernels without bpf_loop): request header blocks longer than the kernel's bounded scan: a traceparent past it is not joined in the kernel",
-=======
     ExecEnvCut => "kernel_exec_env_cut":
         "execs whose OTEL_SERVICE_NAME or OTEL_RESOURCE_ATTRIBUTES was longer than 255 bytes: the value was cut",
     ExecEnvScanCut => "kernel_exec_env_scan_cut":
         "execs whose environment was longer than the kernel walks (1024 strings or 511-byte pieces) or unreadable part way: variables past that were not seen",
->>>>>>> execenv
 }
 
 impl Counter {
