@@ -196,15 +196,32 @@ fn ring_buffer_overload_is_counted_and_capture_recovers() {
     const LOAD_SECONDS: u64 = 5;
     let nginx = Server::nginx();
     let receiver = OtlpReceiver::start();
+    let load = || requests(&steady_load(nginx.url("/"), 100_000, LOAD_SECONDS, 8));
+    // The same closed-loop load (the traced client and nginx) without the
+    // agent and with it at its default ring size: what losing events costs
+    // the applications is read against what capturing them costs.
+    let without_agent = load();
+    let normal = Agent::start(&receiver.agent_args(waggle_e2e::Protocol::HttpProtobuf), &[]);
+    let with_agent = load();
+    let normal_out = normal.stop();
+    assert_eq!(normal_out.counter("kernel_events_lost"), 0, "the default ring lost events:\n{}", normal_out.stderr);
+
     let mut args = receiver.agent_args(waggle_e2e::Protocol::HttpProtobuf);
     // Two pages: the agent drains every 10 ms, so a few hundred requests a
     // second overflow it.
     args.extend(["--ring-buffer-bytes".to_owned(), "8192".to_owned()]);
     let mut agent = Agent::start(&args, &[]);
 
-    let run = steady_load(nginx.url("/"), 100_000, LOAD_SECONDS, 8);
-    let made = requests(&run);
+    let made = load();
     assert!(agent.is_running(), "agent died under overload:\n{}", agent.stderr_tail(40));
+    // A full ring makes each output fail fast: the applications run at
+    // least as fast as with every event captured (half of it is the margin
+    // for this shared machine's noise).
+    assert!(
+        made * 2 >= with_agent,
+        "overload slowed the applications: {made} requests with the ring overflowing, {with_agent} with the \
+         default ring, {without_agent} without the agent"
+    );
 
     // Load gone: a request now is traced whole.
     let r = curl(&["-sS", "-o", "/dev/null", &nginx.url("/after")]);
@@ -226,10 +243,14 @@ fn ring_buffer_overload_is_counted_and_capture_recovers() {
     assert_eq!(spans.uncounted(), 0, "{spans:?}");
     figure(&format!(
         "ring buffer 8 KiB under {} req/s for {} s: {} kernel events lost and counted, {} spans made, \
-         agent alive, the next request traced on both sides",
+         agent alive, the next request traced on both sides; the load's throughput {} req/s with the ring \
+         overflowing, {} with the default ring (0 lost), {} without the agent",
         made / LOAD_SECONDS,
         LOAD_SECONDS,
         lost,
-        spans.created
+        spans.created,
+        made / LOAD_SECONDS,
+        with_agent / LOAD_SECONDS,
+        without_agent / LOAD_SECONDS
     ));
 }
