@@ -82,6 +82,24 @@ impl Agent {
     /// tests use stand-ins).
     #[track_caller]
     pub fn start_bin<A: AsRef<OsStr>>(bin: &std::path::Path, args: &[A], env: &[(&str, &str)]) -> Agent {
+        Agent::start_bin_with(bin, args, env, None)
+    }
+
+    /// [`start`](Self::start), running `at_line.1` as soon as the agent's
+    /// stderr shows `at_line.0`, before it is ready: for what happens while
+    /// it starts.
+    #[track_caller]
+    pub fn start_racing<A: AsRef<OsStr>>(args: &[A], env: &[(&str, &str)], at_line: (&str, &mut dyn FnMut())) -> Agent {
+        Agent::start_bin_with(&agent_bin(), args, env, Some(at_line))
+    }
+
+    #[track_caller]
+    fn start_bin_with<A: AsRef<OsStr>>(
+        bin: &std::path::Path,
+        args: &[A],
+        env: &[(&str, &str)],
+        at_line: Option<(&str, &mut dyn FnMut())>,
+    ) -> Agent {
         let dir = tempfile::Builder::new()
             .prefix("waggle-agent-")
             .tempdir()
@@ -105,6 +123,14 @@ impl Agent {
         }
         let proc = Proc::spawn("waggle", &mut cmd);
         let mut agent = Agent { proc, dir };
+        if let Some((line, action)) = at_line {
+            let stderr_path = agent.stderr_path();
+            let seen = poll_until(READY_TIMEOUT, || {
+                std::fs::read_to_string(&stderr_path).map(|s| s.contains(line)).unwrap_or(false)
+            });
+            assert!(seen, "the agent never logged {line:?}; stderr tail:\n{}", tail(&stderr_path, 40));
+            action();
+        }
         agent.wait_ready(bin);
         agent
     }

@@ -23,7 +23,7 @@ use waggle_e2e::{
     by_pid,
     cgroups::{container_id, Cgroups},
     describe, e2e_setup,
-    env::{free_port, poll_until},
+    env::{can_connect, curl, free_port, poll_until, Proc},
     kube_api::{Collection, KubeApi, PodSpec},
     python, run_client,
     scrape::{counter, sample, scrape_until},
@@ -387,4 +387,68 @@ fn container_rules_select_processes_by_their_pods_container() {
     assert!(kept_out >= urls.len() as u64, "untraced connects {kept_out} < the sidecar client's {}", urls.len());
     assert!(out.counter("selection_decisions") >= 3, "{}", out.stderr);
     drop((app, sidecar));
+}
+
+/// A process that exec'd while the agent was attaching its probes: decided
+/// before the attach as its old executable (a shell), it must end up with
+/// the verdict of its new one (python, which the include rule selects).
+/// The exec happens right after the agent logs the start-up decisions,
+/// seconds before the exec probe is attached, so only the agent's second
+/// look after the attach can get it right.
+#[test]
+#[ignore = "needs root, python3, curl and the agent binary: cargo xtask test runs it"]
+fn a_process_that_execs_while_the_probes_attach_gets_its_new_executables_verdict() {
+    let _guard = e2e_setup("a_process_that_execs_while_the_probes_attach_gets_its_new_executables_verdict");
+    let receiver = OtlpReceiver::start();
+    wait_for_other_injectors();
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+    std::fs::write(dir.path().join("index.html"), b"hello\n").unwrap_or_else(|e| panic!("index.html: {e}"));
+    let port = free_port();
+    // A shell that execs the python server once it reads a line.
+    let mut cmd = Command::new("sh");
+    cmd.args(["-c", "read _ && exec \"$@\"", "sh"])
+        .arg(python())
+        .args(["-m", "http.server", "--bind", "127.0.0.1"])
+        .arg(port.to_string())
+        .current_dir(dir.path())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let mut server = Proc::spawn("late-exec server", &mut cmd);
+    let pid = server.pid();
+    let mut go = server.child.stdin.take().unwrap_or_else(|| panic!("the shell's stdin"));
+
+    let metrics_port = free_port();
+    let mut args = receiver.agent_args(Protocol::HttpProtobuf);
+    args.extend([
+        "--metrics-addr".to_owned(),
+        format!("127.0.0.1:{metrics_port}"),
+        "--trace-include".to_owned(),
+        // The executable as /proc/<pid>/exe names it (python3 is a link).
+        format!("exe={}", std::fs::canonicalize(python()).unwrap_or_else(|e| panic!("python's path: {e}")).display()),
+    ]);
+    let mut exec_now = || {
+        use std::io::Write;
+        go.write_all(b"go\n").unwrap_or_else(|e| panic!("waking the shell: {e}"));
+    };
+    let agent = Agent::start_racing(&args, &[], ("trace-selection verdicts written before attaching", &mut exec_now));
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    assert!(poll_until(Duration::from_secs(10), || can_connect(addr)), "the python server never listened");
+    assert!(
+        poll_until(Duration::from_secs(10), || kernel_verdict(pid) == Some(TRACED)),
+        "the server that exec'd python during start-up kept the verdict {:?} (2 = untraced, its shell's)",
+        kernel_verdict(pid)
+    );
+    let url = format!("http://127.0.0.1:{port}/");
+    for _ in 0..2 {
+        let run = curl(&["-sS", "--max-time", "10", "-o", "/dev/null", "-w", "%{http_code}", &url]);
+        assert_eq!(run.stdout, "200", "{run:?}");
+    }
+    receiver.focus(&[pid]);
+    receiver.expect_spans("the late-exec server's spans", SPAN_TIMEOUT, |spans| by_pid(spans, pid).len() >= 2);
+    let out = agent.stop();
+    let spans = by_pid(&receiver.spans(), pid);
+    assert_eq!(spans.len(), 2, "{}", describe(&spans));
+    assert!(spans.iter().all(|s| s.is_server() && s.name == "GET /"), "{}", describe(&spans));
+    assert!(out.stderr.contains("processes that changed while the probes attached decided again"), "{}", out.stderr);
 }

@@ -1,7 +1,10 @@
 //! The decisions: who is traced, written into the kernel's verdict map by a
 //! worker thread so the event loop never reads /proc for them.
 //!
-//! Processes are decided at start (before the probes attach), at each exec
+//! Processes are decided at start (before the probes attach), once more
+//! right after they attached (a process that exec'd in between kept the
+//! verdict of its old executable, and the exec probe was not there to clear
+//! it), at each exec
 //! (the kernel made the process undecided, which means traced, so a process
 //! an include rule selects is traced from its first connection; one the
 //! rules leave out is traced until the decision lands, typically within
@@ -82,6 +85,13 @@ impl Decider {
             self.refresh_ports(&pids, &pids);
         }
         pids.into_iter().filter_map(|pid| Some((pid, self.decide(pid)?))).collect()
+    }
+
+    /// Every running process decided again from fresh facts: the verdicts
+    /// that differ from what was known (or are new).
+    pub fn recheck(&mut self) -> Vec<(u32, bool)> {
+        let before: HashMap<u32, bool> = self.known.iter().map(|(&pid, k)| (pid, k.traced)).collect();
+        self.decide_all().into_iter().filter(|(pid, traced)| before.get(pid) != Some(traced)).collect()
     }
 
     /// Reads `pid`'s facts afresh (it exec'ed, or is new) and decides it;
@@ -191,6 +201,19 @@ impl Selection {
                     }
                 }
             };
+            // Spawned after the probes attached: a process that exec'd
+            // between the start-up decisions and the exec probe's attach
+            // still has its old executable's verdict.
+            let changed = decider.recheck();
+            if !changed.is_empty() {
+                tracing::info!(
+                    processes = changed.len(),
+                    "trace selection: processes that changed while the probes attached decided again"
+                );
+            }
+            for (pid, traced) in changed {
+                write(&mut map, pid, traced);
+            }
             let mut next_sweep = Instant::now() + SWEEP_INTERVAL;
             loop {
                 let wait = next_sweep.saturating_duration_since(Instant::now());
@@ -292,7 +315,8 @@ mod tests {
         assert_eq!(decider("exe=*/nginx", "", None).decide(me), Some(false));
         let mut agent = Decider::new(Arc::new(Rules::default()), None, me);
         assert_eq!(agent.decide(me), None);
-        // A sweep re-decides nothing that did not change.
+        // A sweep or a recheck re-decides nothing that did not change.
+        assert!(!d.recheck().iter().any(|(pid, _)| *pid == me));
         d.sweep();
         assert!(!d.sweep().iter().any(|(pid, _)| *pid == me));
         assert!(d.counts().0 >= 1);
