@@ -361,7 +361,7 @@ pub(crate) fn close_range_enter<const BPF_LOOP: bool>(ctx: &TracePointContext) -
     }
     let (pid_tgid, tgid) = current()?;
     TRACKED_TGIDS.get_ptr(tgid)?;
-    sweep::<BPF_LOOP>(pid_tgid, tgid, arg(ctx, 0) as u32, arg(ctx, 1) as u32, false);
+    sweep::<BPF_LOOP>(pid_tgid, arg(ctx, 0) as u32, arg(ctx, 1) as u32, false);
     Some(())
 }
 
@@ -373,7 +373,7 @@ pub(crate) fn exec<const BPF_LOOP: bool>(_ctx: &TracePointContext) -> Option<()>
     verdict::exec();
     let (pid_tgid, tgid) = current()?;
     TRACKED_TGIDS.get_ptr(tgid)?;
-    sweep::<BPF_LOOP>(pid_tgid, tgid, 0, u32::MAX, true);
+    sweep::<BPF_LOOP>(pid_tgid, 0, u32::MAX, true);
     Some(())
 }
 
@@ -381,11 +381,9 @@ pub(crate) fn exec<const BPF_LOOP: bool>(_ctx: &TracePointContext) -> Option<()>
 #[repr(C)]
 struct Sweep {
     pid_tgid: u64,
-    tgid: u32,
     first: u32,
     /// Keep descriptors that are still open (exec); else forget every one.
     only_closed: u32,
-    _pad: u32,
 }
 
 extern "C" fn sweep_step(index: u64, ctx: *mut c_void) -> i64 {
@@ -426,7 +424,7 @@ fn sweep_fd(pid_tgid: u64, fd: u32, only_closed: bool) {
 /// end of the process's descriptor table (MAX_FD_SWEEP_BOUNDED without
 /// bpf_loop).
 #[inline(always)]
-fn sweep<const BPF_LOOP: bool>(pid_tgid: u64, tgid: u32, first: u32, last: u32, only_closed: bool) {
+fn sweep<const BPF_LOOP: bool>(pid_tgid: u64, first: u32, last: u32, only_closed: bool) {
     // No descriptor at or past the table's size is open.
     let last = match fd_table_size() {
         Some(0) => return,
@@ -441,7 +439,7 @@ fn sweep<const BPF_LOOP: bool>(pid_tgid: u64, tgid: u32, first: u32, last: u32, 
         count(Counter::FdSweepCut);
         n = MAX_FD_SWEEP;
     }
-    let mut state = Sweep { pid_tgid, tgid, first, only_closed: u32::from(only_closed), _pad: 0 };
+    let mut state = Sweep { pid_tgid, first, only_closed: u32::from(only_closed) };
     let bounded = |i: u32| waggle_sweep_fd(pid_tgid, u64::from(first.wrapping_add(i)), u64::from(only_closed));
     if !repeat::<BPF_LOOP>(n as u32, sweep_step, (&mut state as *mut Sweep).cast(), MAX_FD_SWEEP_BOUNDED, bounded) {
         count(Counter::FdSweepCut);
