@@ -450,5 +450,5 @@ fn a_process_that_execs_while_the_probes_attach_gets_its_new_executables_verdict
     let spans = by_pid(&receiver.spans(), pid);
     assert_eq!(spans.len(), 2, "{}", describe(&spans));
     assert!(spans.iter().all(|s| s.is_server() && s.name == "GET /"), "{}", describe(&spans));
-    assert!(out.stderr.contains("processes that changed while the probes attached decided again"), "{}", out.stderr);
+    assert!(out.stderr.contains("processes that exec'd during start-up decided again"), "{}", out.stderr);
 }

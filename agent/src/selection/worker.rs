@@ -208,7 +208,7 @@ impl Selection {
             if !changed.is_empty() {
                 tracing::info!(
                     processes = changed.len(),
-                    "trace selection: processes that changed while the probes attached decided again"
+                    "trace selection: processes that exec'd during start-up decided again"
                 );
             }
             for (pid, traced) in changed {

@@ -149,7 +149,8 @@ pub fn observe(report: &Report) -> Observed {
     let mut reasons: Vec<(String, String)> = Vec::new();
     let mut summary: Vec<String> = Vec::new();
     for (i, line) in log.iter().enumerate() {
-        if line.contains("probes attached") {
+        // The load summary only: other lines may say "probes attached".
+        if line.contains("probes attached count=") {
             seen.attached = list_field(line, "programs");
         } else if line.contains("probes skipped") {
             summary = list_field(line, "programs");
@@ -258,6 +259,7 @@ mod tests {
         2026-12-02T14:51:49Z  WARN waggle::probes::propagation: propagation probe skipped: outgoing requests carry no traceparent program=\"waggle_sockops\" reason=propagation off: needs Linux 6.10+\r\n\
         2026-12-02T14:51:49Z  INFO waggle::probes::load: probes attached count=2 programs=sys_exit_read,sys_enter_read\r\n\
         2026-12-02T14:51:49Z  INFO waggle::probes::load: probes skipped count=2 programs=sys_exit_connect,waggle_sockops\r\n\
+        2026-12-02T14:51:49Z  INFO waggle::selection::worker: decided again after the probes attached processes=1\r\n\
         @@wk log-end\r\n[ 11.6] reboot: Power down\r\n";
 
     #[test]
@@ -269,7 +271,7 @@ mod tests {
         assert_eq!(report.ready_s, Some(9.8));
         assert_eq!(report.agent_exit, Some(0));
         assert_eq!(report.spans.len(), 2);
-        assert_eq!(report.log.len(), 7);
+        assert_eq!(report.log.len(), 8);
     }
 
     #[test]
