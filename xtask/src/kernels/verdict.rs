@@ -214,6 +214,11 @@ pub fn judge(expect: Expect, report: &Report, seen: &Observed) -> Result<(), Str
                     "the agent runs the reduced mode (no bpf_loop), expected the full one".into()
                 });
             }
+            // The support table counts them: a log the matrix cannot read
+            // must not pass as a kernel that attached nothing.
+            if seen.attached.is_empty() {
+                return Err("no \"probes attached\" summary with programs in the agent's log".into());
+            }
             let mut got: Vec<&str> = seen.skipped.iter().map(|(p, _)| p.as_str()).collect();
             let mut want = skipped.to_vec();
             got.sort_unstable();
@@ -318,6 +323,8 @@ mod tests {
         assert!(err.contains("missing span(s): CLIENT"), "{err}");
         let err = judge(Expect::Refuses("bpf_loop"), &report, &seen).unwrap_err();
         assert!(err.contains("but the agent started"), "{err}");
+        let err = judge(both, &report, &Observed { attached: Vec::new(), ..seen.clone() }).unwrap_err();
+        assert!(err.contains("probes attached"), "{err}");
     }
 
     #[test]
