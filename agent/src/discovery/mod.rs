@@ -47,6 +47,7 @@ mod socket_info;
 mod sockets;
 #[cfg(test)]
 mod test_support;
+mod tls_exe;
 mod tls_libs;
 
 pub use blocked_calls::{blocked_calls, parse_blocked_call, still_blocked, BlockedCall};
