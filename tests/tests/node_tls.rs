@@ -164,7 +164,8 @@ fn by_path(spans: &[Span], port_attr: &str) -> BTreeMap<String, i64> {
 // 1. node client → node server: three requests on one keep-alive
 //    connection, then four parallel connections each with its own path
 //    (handshakes interleaved in one event loop: the mislabel check), then
-//    curl → node server, random bytes over TLS, and one more request.
+//    curl → node server (TLS 1.3 keep-alive and TLS 1.2), random bytes
+//    over TLS, and one more request.
 
 #[test]
 #[ignore = "needs root, node, curl, openssl and the agent binary: cargo xtask test runs it"]
@@ -194,17 +195,24 @@ fn node_https_client_and_server_give_spans_on_both_sides() {
     assert_eq!(ports.len(), 4, "four connections: {parallel:?}");
     let urls = [server.url("/c1"), server.url("/c2"), server.url("/c3")];
     let curl = curl_on_one_connection(&["--cacert", &server.cert], &[&urls[0], &urls[1], &urls[2]]);
+    // TLS 1.2 (its second flight is a handshake record too) on a new
+    // connection, likely on the address of a freed SSL object.
+    let curl12 = waggle_e2e::curl(&["--tls-max", "1.2", "--cacert", &server.cert, "-o", "/dev/null", &server.url("/c4")]);
+    curl12.assert_success();
 
-    receiver.focus(&[spid, cpid, curl.pid]);
-    receiver.expect_spans("10 SERVER spans of node, 7 CLIENT spans of node, 3 of curl", SPAN_TIMEOUT, |s| {
-        server_spans(s, spid).len() >= 10 && client_spans(s, cpid).len() >= 7 && client_spans(s, curl.pid).len() >= 3
+    receiver.focus(&[spid, cpid, curl.pid, curl12.pid]);
+    receiver.expect_spans("11 SERVER spans of node, 7 CLIENT spans of node, 4 of curl", SPAN_TIMEOUT, |s| {
+        server_spans(s, spid).len() >= 11
+            && client_spans(s, cpid).len() >= 7
+            && client_spans(s, curl.pid).len() >= 3
+            && !client_spans(s, curl12.pid).is_empty()
     });
     // Garbage through SSL_write must not hurt the agent: the next request
     // is still traced (and the garbage gives no span: counts are exact).
     client.run("garbage");
     keep.extend(client.run("keep /k4"));
     receiver.expect_spans("the SERVER and CLIENT spans of /k4", SPAN_TIMEOUT, |s| {
-        server_spans(s, spid).len() >= 11 && client_spans(s, cpid).len() >= 8
+        server_spans(s, spid).len() >= 12 && client_spans(s, cpid).len() >= 8
     });
     drop(client.stdin);
     let status = client.proc.wait_timeout(Duration::from_secs(10));
@@ -214,10 +222,10 @@ fn node_https_client_and_server_give_spans_on_both_sides() {
 
     let servers = server_spans(&spans, spid);
     let clients = client_spans(&spans, cpid);
-    let curls = client_spans(&spans, curl.pid);
-    assert_eq!(servers.len(), 11, "node served 11 requests:\n{}", describe(&servers));
+    let curls = [client_spans(&spans, curl.pid), client_spans(&spans, curl12.pid)].concat();
+    assert_eq!(servers.len(), 12, "node served 12 requests:\n{}", describe(&servers));
     assert_eq!(clients.len(), 8, "node sent 8 requests:\n{}", describe(&clients));
-    assert_eq!(curls.len(), 3, "curl sent 3 requests:\n{}", describe(&curls));
+    assert_eq!(curls.len(), 4, "curl sent 4 requests:\n{}", describe(&curls));
     let other: Vec<&Span> = spans.iter().filter(|s| s.pid() == Some(cpid) && s.is_server()).collect();
     assert!(other.is_empty(), "the client serves nothing: {other:?}");
     for s in &servers {
@@ -233,11 +241,11 @@ fn node_https_client_and_server_give_spans_on_both_sides() {
     assert_eq!(got, want, "{}", describe(&clients));
     let mut got = paths(&servers);
     got.sort_unstable();
-    want.extend(["/c1", "/c2", "/c3"]);
+    want.extend(["/c1", "/c2", "/c3", "/c4"]);
     want.sort_unstable();
     assert_eq!(got, want, "{}", describe(&servers));
     let agents: Vec<&str> = servers.iter().filter_map(|s| s.attr_str("user_agent.original")).collect();
-    assert_eq!(agents.iter().filter(|a| a.starts_with("curl/")).count(), 3, "user agents: {agents:?}");
+    assert_eq!(agents.iter().filter(|a| a.starts_with("curl/")).count(), 4, "user agents: {agents:?}");
 
     // Every request on its own connection, on both sides: the client
     // span's local port and the server span's peer port are the port the
@@ -249,11 +257,12 @@ fn node_https_client_and_server_give_spans_on_both_sides() {
         assert_eq!(server_ports.get(&d.path), Some(&d.local_port), "server span of {d:?}:\n{}", describe(&servers));
     }
 
-    // Both ends of the keep-alive, parallel, garbage and curl connections
-    // were bound at their handshake; their ciphertext was not copied.
-    assert!(out.counter("kernel_tls_handshake_bound") >= 12, "{}", out.stderr);
+    // Both ends of the keep-alive, parallel and garbage connections and
+    // node's end of curl's were bound at their handshake; their ciphertext
+    // was not copied.
+    assert!(out.counter("kernel_tls_handshake_bound") >= 14, "{}", out.stderr);
     assert!(out.counter("kernel_tls_ciphertext_skipped") > 0, "{}", out.stderr);
-    assert!(out.counter("tls_conns") >= 12, "{}", out.stderr);
+    assert!(out.counter("tls_conns") >= 14, "{}", out.stderr);
 }
 
 // 2. A node server and client started before the agent, with a keep-alive

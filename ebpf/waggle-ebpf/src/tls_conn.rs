@@ -8,11 +8,12 @@ use waggle_common::{
         conn_tls, is_handshake_record, SslConn, SslKey, TlsCall, NO_FD, TLS_CALLS_MAX_ENTRIES, TLS_PENDING_MAX_ENTRIES,
         TLS_SSL_CONNS_MAX_ENTRIES,
     },
-    ConnInfo, Counter, SyscallId,
+    ConnInfo, Counter, SockKey, SyscallId,
 };
 
 use crate::{
     helpers::{arg, count},
+    maps::CONNS,
     trace::peek_user,
     user_copy::shape,
 };
@@ -107,6 +108,23 @@ fn handshake_write(ctx: &TracePointContext, id: SyscallId, pid_tgid: u64, tgid: 
         (*info).tls |= conn_tls::SEEN;
     }
     count(Counter::TlsHandshakeBound);
+}
+
+/// True when the SSL object is remembered on a connection that is still
+/// open: allocators reuse a freed object's address for the next one, whose
+/// stale entry must not pass for a binding.
+#[inline(always)]
+pub(crate) fn bound_live(tgid: u32, ssl: u64) -> bool {
+    let Some(known) = TLS_SSL_CONNS.get_ptr(SslKey { tgid, _pad: 0, ssl }) else {
+        return false;
+    };
+    // SAFETY: known points at a live map value; copied out.
+    let known = unsafe { *known };
+    match CONNS.get_ptr(SockKey { tgid, fd: known.fd }) {
+        // SAFETY: info points at a live CONNS value.
+        Some(info) => unsafe { (*info).conn_id == known.conn_id },
+        None => false,
+    }
 }
 
 /// SSL object -> connection, written only when it changed.
