@@ -50,9 +50,8 @@ impl NodeServer {
         let mut cmd = Command::new(node());
         cmd.arg(fixture("node_https_server.js")).arg(&cert).arg(&key).stdout(out).stderr(err);
         let mut proc = Proc::spawn("node_https_server.js", &mut cmd);
-        let port = wait_for_port_line(&mut proc, &out_path, Duration::from_secs(20)).unwrap_or_else(|e| {
-            panic!("node did not listen ({e:?}):\n{}", waggle_e2e::env::tail(&out_path, 20))
-        });
+        let port = wait_for_port_line(&mut proc, &out_path, Duration::from_secs(20))
+            .unwrap_or_else(|e| panic!("node did not listen ({e:?}):\n{}", waggle_e2e::env::tail(&out_path, 20)));
         NodeServer { proc, port, cert: cert.to_string_lossy().into_owned(), _dir: dir }
     }
 
@@ -96,6 +95,15 @@ impl NodeClient {
 
     fn pid(&self) -> u32 {
         self.proc.pid()
+    }
+
+    /// Closes its stdin: it exits once its commands are done.
+    #[track_caller]
+    fn finish(self) {
+        let NodeClient { mut proc, stdin, .. } = self;
+        drop(stdin);
+        let status = proc.wait_timeout(Duration::from_secs(10));
+        assert!(status.is_some_and(|s| s.success()), "node client (pid {}) failed: {status:?}", proc.pid());
     }
 
     /// Runs one command; the requests it made (status 200 and the echoed
@@ -161,6 +169,19 @@ fn by_path(spans: &[Span], port_attr: &str) -> BTreeMap<String, i64> {
         .collect()
 }
 
+/// Every request on its own connection, on both sides: the client span's
+/// local port and the server span's peer port are the port the client's
+/// socket had for that path (the mislabel check).
+#[track_caller]
+fn assert_on_their_connections(clients: &[Span], servers: &[Span], done: &[Done]) {
+    let client_ports = by_path(clients, "network.local.port");
+    let server_ports = by_path(servers, "network.peer.port");
+    for d in done {
+        assert_eq!(client_ports.get(&d.path), Some(&d.local_port), "client span of {d:?}:\n{}", describe(clients));
+        assert_eq!(server_ports.get(&d.path), Some(&d.local_port), "server span of {d:?}:\n{}", describe(servers));
+    }
+}
+
 // 1. node client → node server: three requests on one keep-alive
 //    connection, then four parallel connections each with its own path
 //    (handshakes interleaved in one event loop: the mislabel check), then
@@ -197,7 +218,8 @@ fn node_https_client_and_server_give_spans_on_both_sides() {
     let curl = curl_on_one_connection(&["--cacert", &server.cert], &[&urls[0], &urls[1], &urls[2]]);
     // TLS 1.2 (its second flight is a handshake record too) on a new
     // connection, likely on the address of a freed SSL object.
-    let curl12 = waggle_e2e::curl(&["--tls-max", "1.2", "--cacert", &server.cert, "-o", "/dev/null", &server.url("/c4")]);
+    let curl12 =
+        waggle_e2e::curl(&["--tls-max", "1.2", "--cacert", &server.cert, "-o", "/dev/null", &server.url("/c4")]);
     curl12.assert_success();
 
     receiver.focus(&[spid, cpid, curl.pid, curl12.pid]);
@@ -214,9 +236,7 @@ fn node_https_client_and_server_give_spans_on_both_sides() {
     receiver.expect_spans("the SERVER and CLIENT spans of /k4", SPAN_TIMEOUT, |s| {
         server_spans(s, spid).len() >= 12 && client_spans(s, cpid).len() >= 8
     });
-    drop(client.stdin);
-    let status = client.proc.wait_timeout(Duration::from_secs(10));
-    assert!(status.is_some_and(|s| s.success()), "node client (pid {cpid}) failed: {status:?}");
+    client.finish();
     let out = agent.stop();
     let spans = receiver.spans();
 
@@ -247,15 +267,7 @@ fn node_https_client_and_server_give_spans_on_both_sides() {
     let agents: Vec<&str> = servers.iter().filter_map(|s| s.attr_str("user_agent.original")).collect();
     assert_eq!(agents.iter().filter(|a| a.starts_with("curl/")).count(), 4, "user agents: {agents:?}");
 
-    // Every request on its own connection, on both sides: the client
-    // span's local port and the server span's peer port are the port the
-    // client's socket had for that path.
-    let client_ports = by_path(&clients, "network.local.port");
-    let server_ports = by_path(&servers, "network.peer.port");
-    for d in keep.iter().chain(&parallel) {
-        assert_eq!(client_ports.get(&d.path), Some(&d.local_port), "client span of {d:?}:\n{}", describe(&clients));
-        assert_eq!(server_ports.get(&d.path), Some(&d.local_port), "server span of {d:?}:\n{}", describe(&servers));
-    }
+    assert_on_their_connections(&clients, &servers, &[&keep[..], &parallel[..]].concat());
 
     // Both ends of the keep-alive, parallel and garbage connections and
     // node's end of curl's were bound at their handshake; their ciphertext
@@ -289,9 +301,7 @@ fn node_connections_from_before_the_agent_stay_muted() {
     receiver.expect_spans("2 SERVER and 2 CLIENT spans of the new connections", SPAN_TIMEOUT, |s| {
         server_spans(s, spid).len() >= 2 && client_spans(s, cpid).len() >= 2
     });
-    drop(client.stdin);
-    let status = client.proc.wait_timeout(Duration::from_secs(10));
-    assert!(status.is_some_and(|s| s.success()), "node client (pid {cpid}) failed: {status:?}");
+    client.finish();
     let out = agent.stop();
     let spans = receiver.spans();
 
@@ -307,12 +317,7 @@ fn node_connections_from_before_the_agent_stay_muted() {
     for s in &clients {
         assert_node_span(s, Kind::Client, server.port);
     }
-    let client_ports = by_path(&clients, "network.local.port");
-    let server_ports = by_path(&servers, "network.peer.port");
-    for d in &parallel {
-        assert_eq!(client_ports.get(&d.path), Some(&d.local_port), "{d:?}:\n{}", describe(&clients));
-        assert_eq!(server_ports.get(&d.path), Some(&d.local_port), "{d:?}:\n{}", describe(&servers));
-    }
+    assert_on_their_connections(&clients, &servers, &parallel);
     // The old connection's SSL calls found no connection (both ends, both
     // requests): counted, not guessed.
     assert!(out.counter("kernel_tls_no_conn") >= 4, "{}", out.stderr);

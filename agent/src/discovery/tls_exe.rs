@@ -20,7 +20,7 @@ use object::{
     Endianness,
 };
 
-use super::tls_libs::{identity, TlsKind, TlsLibrary};
+use super::tls_files::{identity, TlsKind, TlsLibrary};
 
 /// Programs known to link OpenSSL statically, looked for at start-up in
 /// the usual binary directories so that processes started later are

@@ -11,7 +11,6 @@
 use std::{
     collections::HashSet,
     fs,
-    os::unix::fs::MetadataExt,
     path::{Path, PathBuf},
     sync::{
         mpsc::{sync_channel, Receiver, SyncSender, TrySendError},
@@ -19,7 +18,11 @@ use std::{
     },
 };
 
-use super::tls_exe::{installed_executables, static_openssl_of};
+pub use super::tls_files::{TlsKind, TlsLibrary};
+use super::{
+    tls_exe::{installed_executables, static_openssl_of},
+    tls_files::identity,
+};
 use crate::metrics::Metrics;
 
 /// Directories a distribution installs its OpenSSL into.
@@ -39,40 +42,6 @@ const LIBRARY_DIRS: &[&str] = &[
 const SCAN_QUEUE: usize = 1024;
 /// Pids remembered as scanned; past that the memory starts over.
 const MAX_SCANNED_PIDS: usize = 65536;
-
-/// Which TLS library a file is: the functions to probe differ.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum TlsKind {
-    OpenSsl,
-    GnuTls,
-    /// An executable with OpenSSL linked in and exported (node): its TLS
-    /// runs over memory BIOs, so its SSL objects are bound to their
-    /// connection at the handshake write (the kernel's bind return probe).
-    OpenSslStatic,
-}
-
-impl TlsKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            TlsKind::OpenSsl => "openssl",
-            TlsKind::GnuTls => "gnutls",
-            TlsKind::OpenSslStatic => "openssl-static",
-        }
-    }
-}
-
-/// One library file to probe.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct TlsLibrary {
-    pub kind: TlsKind,
-    /// Where the agent opens it (the host path when it is the same file,
-    /// else through the process's root).
-    pub path: PathBuf,
-    /// The path as the process sees it, for logs.
-    pub shown: String,
-    pub dev: u64,
-    pub ino: u64,
-}
 
 /// OpenSSL's TLS library (`libssl.so`, `libssl.so.3`, `libssl.so.1.1`) or
 /// GnuTLS's (`libgnutls.so.30`; not `libgnutls-dane`, `libgnutlsxx`).
@@ -107,10 +76,6 @@ pub fn tls_paths_in_maps(maps: &str) -> Vec<&str> {
         }
     }
     paths
-}
-
-pub(super) fn identity(path: &Path) -> Option<(u64, u64)> {
-    fs::metadata(path).ok().filter(|m| m.is_file()).map(|m| (m.dev(), m.ino()))
 }
 
 /// The TLS libraries process `pid` maps.

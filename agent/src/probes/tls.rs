@@ -103,8 +103,7 @@ fn attach_file(ebpf: &mut Ebpf, lib: &TlsLibrary) -> Result<Vec<&'static str>, S
         TlsKind::GnuTls => (&GNUTLS_FUNCTIONS, ["gnutls_record_recv", "gnutls_record_send"]),
     };
     // Memory BIOs (node): no syscall inside the calls names the connection.
-    let ret_program =
-        if lib.kind == TlsKind::OpenSslStatic { programs::SSL_RETURN_BIND } else { programs::SSL_RETURN };
+    let ret_program = if lib.kind == TlsKind::OpenSslStatic { programs::SSL_RETURN_BIND } else { programs::SSL_RETURN };
     let mut done = Vec::new();
     let mut links = Vec::new();
     let mut missing = Vec::new();

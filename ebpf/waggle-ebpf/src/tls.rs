@@ -40,7 +40,7 @@ use crate::{
     data::{emit, Capture},
     helpers::{count, current, now_ns},
     maps::CONNS,
-    tls_conn::{bound_live, TLS_CALLS, TLS_PENDING, TLS_SSL_CONNS},
+    tls_conn::{bound_live, pend, TLS_CALLS, TLS_SSL_CONNS},
     trace,
     user_copy::Shape,
 };
@@ -148,9 +148,7 @@ fn call_return<const BIND: bool>(ctx: &RetProbeContext) {
     // Whatever it returned (the handshake-driving first call fails with
     // "want read"): latest wins for the thread.
     if BIND && call.fd == NO_FD && !bound_live(tgid, call.ssl) {
-        if TLS_PENDING.insert(pid_tgid, call.ssl, 0).is_err() {
-            count(Counter::MapInsertFailed);
-        }
+        pend(pid_tgid, call.ssl);
     }
     let ret: u64 = ctx.ret();
     let moved = if call.kind & kind::EX != 0 {

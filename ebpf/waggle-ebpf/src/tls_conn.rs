@@ -127,6 +127,15 @@ pub(crate) fn bound_live(tgid: u32, ssl: u64) -> bool {
     }
 }
 
+/// The thread's latest SSL object with no connection, for its handshake
+/// write to bind.
+#[inline(always)]
+pub(crate) fn pend(pid_tgid: u64, ssl: u64) {
+    if TLS_PENDING.insert(pid_tgid, ssl, 0).is_err() {
+        count(Counter::MapInsertFailed);
+    }
+}
+
 /// SSL object -> connection, written only when it changed.
 #[inline(always)]
 pub(crate) fn remember(tgid: u32, ssl: u64, fd: u32, conn_id: u64) {
