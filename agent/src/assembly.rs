@@ -117,6 +117,12 @@ impl SpanAssembler {
                     if !has(&attributes, "server.port") {
                         attributes.push(("server.port", AttrValue::Int(i64::from(peer.port()))));
                     }
+                    // The client's own end: with the server span's
+                    // network.peer.port it names the connection on both
+                    // sides (several connections to one server told apart).
+                    if let Some(local) = conn.local {
+                        attributes.push(("network.local.port", AttrValue::Int(i64::from(local.port()))));
+                    }
                 }
             }
         }
@@ -216,6 +222,7 @@ mod tests {
         assert_ne!(s.trace_id, [0; 16]);
         assert_eq!(s.attr("server.address"), Some(&AttrValue::Str("10.1.2.3".into())));
         assert_eq!(s.attr("server.port"), Some(&AttrValue::Int(5555)));
+        assert_eq!(s.attr("network.local.port"), Some(&AttrValue::Int(8080)), "the client's own end");
         assert_eq!(s.attr("client.address"), None);
     }
 

@@ -47,6 +47,8 @@ mod socket_info;
 mod sockets;
 #[cfg(test)]
 mod test_support;
+mod tls_exe;
+mod tls_files;
 mod tls_libs;
 
 pub use blocked_calls::{blocked_calls, parse_blocked_call, still_blocked, BlockedCall};

@@ -1,6 +1,8 @@
 //! Which TLS library files to probe: OpenSSL's `libssl.so.*` and GnuTLS's
 //! `libgnutls.so.*` in the well-known library directories and in the memory maps of processes
-//! (a container's copy through `/proc/<pid>/root`).
+//! (a container's copy through `/proc/<pid>/root`), and executables that
+//! link OpenSSL statically and export it (node; `tls_exe.rs`), found from
+//! `/proc/<pid>/exe`.
 //!
 //! All of it runs on a worker thread ([`TlsScanner`]): the event loop only
 //! hands it the pid of a process it sees open its first connection and
@@ -9,7 +11,6 @@
 use std::{
     collections::HashSet,
     fs,
-    os::unix::fs::MetadataExt,
     path::{Path, PathBuf},
     sync::{
         mpsc::{sync_channel, Receiver, SyncSender, TrySendError},
@@ -17,6 +18,11 @@ use std::{
     },
 };
 
+pub use super::tls_files::{TlsKind, TlsLibrary};
+use super::{
+    tls_exe::{installed_executables, static_openssl_of},
+    tls_files::identity,
+};
 use crate::metrics::Metrics;
 
 /// Directories a distribution installs its OpenSSL into.
@@ -36,35 +42,6 @@ const LIBRARY_DIRS: &[&str] = &[
 const SCAN_QUEUE: usize = 1024;
 /// Pids remembered as scanned; past that the memory starts over.
 const MAX_SCANNED_PIDS: usize = 65536;
-
-/// Which TLS library a file is: the functions to probe differ.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum TlsKind {
-    OpenSsl,
-    GnuTls,
-}
-
-impl TlsKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            TlsKind::OpenSsl => "openssl",
-            TlsKind::GnuTls => "gnutls",
-        }
-    }
-}
-
-/// One library file to probe.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct TlsLibrary {
-    pub kind: TlsKind,
-    /// Where the agent opens it (the host path when it is the same file,
-    /// else through the process's root).
-    pub path: PathBuf,
-    /// The path as the process sees it, for logs.
-    pub shown: String,
-    pub dev: u64,
-    pub ino: u64,
-}
 
 /// OpenSSL's TLS library (`libssl.so`, `libssl.so.3`, `libssl.so.1.1`) or
 /// GnuTLS's (`libgnutls.so.30`; not `libgnutls-dane`, `libgnutlsxx`).
@@ -101,10 +78,6 @@ pub fn tls_paths_in_maps(maps: &str) -> Vec<&str> {
     paths
 }
 
-fn identity(path: &Path) -> Option<(u64, u64)> {
-    fs::metadata(path).ok().filter(|m| m.is_file()).map(|m| (m.dev(), m.ino()))
-}
-
 /// The TLS libraries process `pid` maps.
 pub fn tls_libraries_of(pid: u32) -> Vec<TlsLibrary> {
     let Ok(maps) = fs::read_to_string(format!("/proc/{pid}/maps")) else {
@@ -123,10 +96,11 @@ pub fn tls_libraries_of(pid: u32) -> Vec<TlsLibrary> {
         .collect()
 }
 
-/// The TLS libraries installed in the well-known directories: probed at
-/// start-up before the agent says it is ready (a few directory reads), so
-/// processes started later that load them are covered from their first
-/// call.
+/// The TLS libraries installed in the well-known directories, and the
+/// known executables that link OpenSSL statically (node): probed at
+/// start-up before the agent says it is ready (a few directory reads and
+/// one dynamic symbol table), so processes started later that load them are
+/// covered from their first call.
 pub fn installed_tls_libraries() -> Vec<TlsLibrary> {
     let mut found = Vec::new();
     for dir in LIBRARY_DIRS {
@@ -139,6 +113,7 @@ pub fn installed_tls_libraries() -> Vec<TlsLibrary> {
             }
         }
     }
+    found.extend(installed_executables());
     found
 }
 
@@ -198,7 +173,11 @@ impl TlsScanner {
 
 fn scan(agent_pid: u32, pids: &Receiver<u32>, out: &tokio::sync::mpsc::UnboundedSender<TlsLibrary>) {
     let mut seen: HashSet<(u64, u64)> = HashSet::new();
-    let mut report = |libs: Vec<TlsLibrary>| -> bool {
+    // Executables whose symbols were read (whether they qualified or not).
+    let mut checked: HashSet<(u64, u64)> = HashSet::new();
+    let mut report = |pid: u32| -> bool {
+        let mut libs = tls_libraries_of(pid);
+        libs.extend(static_openssl_of(pid, &mut checked));
         for lib in libs {
             if seen.insert((lib.dev, lib.ino)) && out.send(lib).is_err() {
                 return false;
@@ -210,12 +189,12 @@ fn scan(agent_pid: u32, pids: &Receiver<u32>, out: &tokio::sync::mpsc::Unbounded
         .map(|d| d.flatten().filter_map(|e| e.file_name().to_str()?.parse().ok()).collect())
         .unwrap_or_default();
     for pid in running.into_iter().filter(|p| *p != agent_pid) {
-        if !report(tls_libraries_of(pid)) {
+        if !report(pid) {
             return;
         }
     }
     while let Ok(pid) = pids.recv() {
-        if !report(tls_libraries_of(pid)) {
+        if !report(pid) {
             return;
         }
     }

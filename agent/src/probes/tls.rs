@@ -27,8 +27,14 @@ const GNUTLS_FUNCTIONS: [(&str, &str); 2] =
     [("gnutls_record_recv", programs::SSL_READ), ("gnutls_record_send", programs::SSL_WRITE)];
 
 /// Every program of the TLS probe set.
-const PROGRAMS: [&str; 5] =
-    [programs::SSL_READ, programs::SSL_WRITE, programs::SSL_READ_EX, programs::SSL_WRITE_EX, programs::SSL_RETURN];
+const PROGRAMS: [&str; 6] = [
+    programs::SSL_READ,
+    programs::SSL_WRITE,
+    programs::SSL_READ_EX,
+    programs::SSL_WRITE_EX,
+    programs::SSL_RETURN,
+    programs::SSL_RETURN_BIND,
+];
 
 /// The probe set once its programs verified, and the files it has dealt
 /// with (attached or not: each is logged once).
@@ -93,23 +99,25 @@ impl TlsProbes {
 fn attach_file(ebpf: &mut Ebpf, lib: &TlsLibrary) -> Result<Vec<&'static str>, String> {
     let path = lib.path.as_path();
     let (functions, required): (&[(&'static str, &str)], [&str; 2]) = match lib.kind {
-        TlsKind::OpenSsl => (&PROBED_FUNCTIONS, ["SSL_read", "SSL_write"]),
+        TlsKind::OpenSsl | TlsKind::OpenSslStatic => (&PROBED_FUNCTIONS, ["SSL_read", "SSL_write"]),
         TlsKind::GnuTls => (&GNUTLS_FUNCTIONS, ["gnutls_record_recv", "gnutls_record_send"]),
     };
+    // Memory BIOs (node): no syscall inside the calls names the connection.
+    let ret_program = if lib.kind == TlsKind::OpenSslStatic { programs::SSL_RETURN_BIND } else { programs::SSL_RETURN };
     let mut done = Vec::new();
     let mut links = Vec::new();
     let mut missing = Vec::new();
     for &(symbol, entry) in functions {
         // The return probe first: an entry without its return would leave
         // a call record behind on every call.
-        let ret = match attach_one(ebpf, programs::SSL_RETURN, symbol, path) {
+        let ret = match attach_one(ebpf, ret_program, symbol, path) {
             Ok(link) => link,
             Err(e) => {
                 missing.push(format!("{symbol}: {e}"));
                 continue;
             }
         };
-        links.push((programs::SSL_RETURN, ret));
+        links.push((ret_program, ret));
         match attach_one(ebpf, entry, symbol, path) {
             Ok(link) => {
                 links.push((entry, link));

@@ -743,6 +743,8 @@ kernel_counters! {
         "execs whose OTEL_SERVICE_NAME or OTEL_RESOURCE_ATTRIBUTES was longer than 255 bytes: the value was cut",
     ExecEnvScanCut => "kernel_exec_env_scan_cut":
         "execs whose environment was longer than the kernel walks (1024 strings or 511-byte pieces) or unreadable part way: variables past that were not seen",
+    TlsHandshakeBound => "kernel_tls_handshake_bound":
+        "SSL objects of an executable that links OpenSSL statically (node) bound to their connection at its handshake write: their later calls are captured",
 }
 
 impl Counter {

@@ -17,6 +17,10 @@ pub mod maps {
     /// [`super::SslKey`] -> [`super::SslConn`]: the connection an SSL object
     /// was last seen doing syscalls on.
     pub const TLS_SSL_CONNS: &str = "TLS_SSL_CONNS";
+    /// pid_tgid -> `SSL *`: the last SSL object of an executable that links
+    /// OpenSSL statically (node) to return on that thread with no known
+    /// connection, waiting for its handshake write.
+    pub const TLS_PENDING: &str = "TLS_PENDING";
 }
 
 /// Global patched by the loader: 1 when the TLS probes may be attached
@@ -31,6 +35,10 @@ pub mod programs {
     pub const SSL_READ_EX: &str = "waggle_ssl_read_ex";
     pub const SSL_WRITE_EX: &str = "waggle_ssl_write_ex";
     pub const SSL_RETURN: &str = "waggle_ssl_return";
+    /// The return program for executables that link OpenSSL statically
+    /// over memory BIOs (node): a call on an SSL object with no known
+    /// connection leaves it pending for the thread's next handshake write.
+    pub const SSL_RETURN_BIND: &str = "waggle_ssl_return_bind";
 }
 
 /// (library symbol, entry program) for every function probed.
@@ -69,6 +77,14 @@ pub const NO_FD: u32 = u32::MAX;
 
 pub const TLS_CALLS_MAX_ENTRIES: u32 = 16384;
 pub const TLS_SSL_CONNS_MAX_ENTRIES: u32 = 65536;
+pub const TLS_PENDING_MAX_ENTRIES: u32 = 4096;
+
+/// True for the first bytes of a TLS handshake record (content type 22,
+/// protocol major version 3, minor 0..=4): what a ClientHello or
+/// ServerHello write starts with.
+pub fn is_handshake_record(head: &[u8]) -> bool {
+    matches!(head, [0x16, 0x03, minor, ..] if *minor <= 4)
+}
 
 /// An SSL call in progress on a thread, from its entry to its return.
 #[repr(C)]
@@ -118,6 +134,16 @@ mod tests {
         assert_eq!(size_of::<TlsCall>(), 48);
         assert_eq!(size_of::<SslKey>(), 16);
         assert_eq!(size_of::<SslConn>(), 16);
+    }
+
+    #[test]
+    fn handshake_records_are_told_from_application_data_and_http() {
+        assert!(is_handshake_record(&[0x16, 0x03, 0x01, 0x02, 0x00]));
+        assert!(is_handshake_record(&[0x16, 0x03, 0x03]));
+        assert!(!is_handshake_record(&[0x17, 0x03, 0x03, 0x00]), "application data");
+        assert!(!is_handshake_record(&[0x16, 0x03, 0x05]));
+        assert!(!is_handshake_record(b"GET / HTTP/1.1"));
+        assert!(!is_handshake_record(&[0x16, 0x03]), "too short to tell");
     }
 
     #[test]

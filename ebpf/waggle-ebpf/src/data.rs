@@ -51,7 +51,7 @@ pub(crate) fn enter<const BPF_LOOP: bool>(ctx: &TracePointContext, id: SyscallId
         return;
     };
     // Its plaintext comes from the TLS library's probes (tls.rs).
-    if tls_conn::ciphertext(pid_tgid, tgid, fd, info) {
+    if tls_conn::ciphertext(ctx, id, pid_tgid, tgid, fd, info) {
         count(Counter::TlsCiphertextSkipped);
         return;
     }

@@ -14,6 +14,12 @@
 //!   connection id, same parsers, same server trace context (an incoming
 //!   `traceparent` in the plaintext joins the trace).
 //!
+//! - Executables that link OpenSSL statically over memory BIOs (node) do
+//!   no syscall inside their calls: their return program
+//!   (`waggle_ssl_return_bind`) leaves an object with no known connection
+//!   pending for its thread, and the thread's next handshake-record write
+//!   on a connection no object is bound to binds it (tls_conn.rs).
+//!
 //! The connection is found from the nested syscall rather than from
 //! `SSL_set_fd`/`SSL_get_fd`: those miss objects created before the agent
 //! started and BIOs set up without a descriptor call, and reading the
@@ -34,7 +40,7 @@ use crate::{
     data::{emit, Capture},
     helpers::{count, current, now_ns},
     maps::CONNS,
-    tls_conn::{TLS_CALLS, TLS_SSL_CONNS},
+    tls_conn::{bound_live, pend, TLS_CALLS, TLS_SSL_CONNS},
     trace,
     user_copy::Shape,
 };
@@ -67,7 +73,17 @@ pub fn waggle_ssl_write_ex(ctx: ProbeContext) -> u32 {
 /// which one returned.
 #[uretprobe]
 pub fn waggle_ssl_return(ctx: RetProbeContext) -> u32 {
-    call_return(&ctx);
+    call_return::<false>(&ctx);
+    0
+}
+
+/// The same return for executables that link OpenSSL statically over
+/// memory BIOs (node): no syscall runs inside their calls, so an object
+/// with no known connection is left pending for the thread's next
+/// handshake write (tls_conn.rs's `TLS_PENDING`).
+#[uretprobe]
+pub fn waggle_ssl_return_bind(ctx: RetProbeContext) -> u32 {
+    call_return::<true>(&ctx);
     0
 }
 
@@ -117,7 +133,7 @@ fn response_start(pid_tgid: u64, tgid: u32, ssl: u64, buf: u64, num: u64) {
 }
 
 #[inline(always)]
-fn call_return(ctx: &RetProbeContext) {
+fn call_return<const BIND: bool>(ctx: &RetProbeContext) {
     let Some((pid_tgid, tgid)) = current() else {
         return;
     };
@@ -129,6 +145,11 @@ fn call_return(ctx: &RetProbeContext) {
     // before the delete.
     let call = unsafe { *slot };
     let _ = TLS_CALLS.remove(pid_tgid);
+    // Whatever it returned (the handshake-driving first call fails with
+    // "want read"): latest wins for the thread.
+    if BIND && call.fd == NO_FD && !bound_live(tgid, call.ssl) {
+        pend(pid_tgid, call.ssl);
+    }
     let ret: u64 = ctx.ret();
     let moved = if call.kind & kind::EX != 0 {
         if ret as u32 != 1 {

@@ -219,7 +219,7 @@ pub(crate) fn emit(kind: EventKind, ctx: &TraceCtx, flags: u8, pid_tgid: u64, fd
 /// for the vector forms) and how many of them are real: 16, 8 or None when
 /// the first segment is shorter than a method or unreadable.
 #[inline(always)]
-fn peek_user(shape: Shape, ptr: u64, len: u64) -> Option<([u8; 16], u64)> {
+pub(crate) fn peek_user(shape: Shape, ptr: u64, len: u64) -> Option<([u8; 16], u64)> {
     let (base, seg) = match shape {
         Shape::Flat => (ptr, len),
         Shape::NoBuffer => return None,
