@@ -21,7 +21,7 @@ pub enum Hello {
     /// capture size, or split across reads).
     Truncated,
     /// Not a ServerHello.
-    NotHello,
+    Other,
 }
 
 /// TLS record content types: ChangeCipherSpec, then handshake messages.
@@ -70,7 +70,7 @@ pub fn server_hello_in_record(mut bytes: &[u8]) -> Hello {
     }
     if !is_handshake_record(bytes) {
         // A header cut before its version byte may still be one.
-        return if matches!(bytes, [] | [HANDSHAKE] | [HANDSHAKE, 3]) { Hello::Truncated } else { Hello::NotHello };
+        return if matches!(bytes, [] | [HANDSHAKE] | [HANDSHAKE, 3]) { Hello::Truncated } else { Hello::Other };
     }
     let Some(&[_, _, _, hi, lo]) = bytes.first_chunk::<RECORD_HEADER>() else {
         return Hello::Truncated;
@@ -86,7 +86,7 @@ pub fn server_hello(msg: &[u8]) -> Hello {
     match r.u8() {
         None => return Hello::Truncated,
         Some(SERVER_HELLO) => {}
-        Some(_) => return Hello::NotHello,
+        Some(_) => return Hello::Other,
     }
     let Some(len) = r.u24() else { return Hello::Truncated };
     // Only the message's own bytes: a record may carry more messages.
@@ -94,7 +94,7 @@ pub fn server_hello(msg: &[u8]) -> Hello {
     let complete = msg.len() >= 4 + len;
     let Some(legacy) = r.u16() else { return Hello::Truncated };
     if legacy >> 8 != 3 {
-        return Hello::NotHello;
+        return Hello::Other;
     }
     let Some(random) = r.take(32) else { return Hello::Truncated };
     let retry = random == RETRY_RANDOM;
@@ -113,12 +113,12 @@ pub fn server_hello(msg: &[u8]) -> Hello {
     // may be cut by the capture size without hiding the version.
     let cut = r.0.len() < ext_len;
     let mut ext = Reader(&r.0[..r.0.len().min(ext_len)]);
-    let malformed = if cut { Hello::Truncated } else { Hello::NotHello };
+    let malformed = if cut { Hello::Truncated } else { Hello::Other };
     while let (Some(kind), Some(len)) = (ext.u16(), ext.u16()) {
         let Some(data) = ext.take(usize::from(len)) else { return malformed };
         if kind == SUPPORTED_VERSIONS {
             // The server's extension holds exactly one version.
-            let &[hi, lo] = data else { return Hello::NotHello };
+            let &[hi, lo] = data else { return Hello::Other };
             return if retry { Hello::Retry } else { Hello::Version(u16::from_be_bytes([hi, lo])) };
         }
     }

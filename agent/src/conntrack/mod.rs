@@ -691,7 +691,7 @@ impl ConnTracker {
                     }
                 }
             }
-            Self::wrap(&mut self.scratch, &conn, out);
+            Self::wrap(&mut self.scratch, conn, out);
         }
     }
 
@@ -704,7 +704,7 @@ impl ConnTracker {
                     parser.on_idle(older_than, &mut self.scratch);
                     Metrics::add(&self.metrics.exchanges_dropped, parser.take_dropped());
                     Metrics::add(&self.metrics.messages_skipped, parser.take_skipped());
-                    Self::wrap(&mut self.scratch, &conn, out);
+                    Self::wrap(&mut self.scratch, conn, out);
                 }
             }
         }
@@ -717,7 +717,7 @@ impl ConnTracker {
                 parser.on_idle(now_ns, &mut self.scratch);
                 Metrics::add(&self.metrics.exchanges_dropped, parser.take_dropped());
                 Metrics::add(&self.metrics.messages_skipped, parser.take_skipped());
-                Self::wrap(&mut self.scratch, &conn, out);
+                Self::wrap(&mut self.scratch, conn, out);
             }
         }
     }

@@ -86,7 +86,7 @@ impl Handshake {
                         over = true;
                     }
                     Hello::Retry => {}
-                    Hello::Truncated | Hello::NotHello => over = true,
+                    Hello::Truncated | Hello::Other => over = true,
                 }
             }
         }

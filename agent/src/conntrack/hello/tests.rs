@@ -115,19 +115,19 @@ fn a_truncated_record_says_so_at_every_cut() {
 
 #[test]
 fn garbage_and_other_records_are_not_a_server_hello() {
-    assert_eq!(server_hello_in_record(b"HTTP/1.1 200 OK\r\n"), Hello::NotHello);
-    assert_eq!(server_hello_in_record(b"S"), Hello::NotHello, "PostgreSQL's answer to SSLRequest");
-    assert_eq!(server_hello_in_record(&hex(TLS13_FLIGHT_REST)), Hello::NotHello, "ChangeCipherSpec");
-    assert_eq!(server_hello_in_record(&hex(CLIENT_HELLO_START)), Hello::NotHello, "the client's hello");
-    assert_eq!(server_hello(&hex(TLS13_FLIGHT_REST)), Hello::NotHello);
+    assert_eq!(server_hello_in_record(b"HTTP/1.1 200 OK\r\n"), Hello::Other);
+    assert_eq!(server_hello_in_record(b"S"), Hello::Other, "PostgreSQL's answer to SSLRequest");
+    assert_eq!(server_hello_in_record(&hex(TLS13_FLIGHT_REST)), Hello::Other, "ChangeCipherSpec");
+    assert_eq!(server_hello_in_record(&hex(CLIENT_HELLO_START)), Hello::Other, "the client's hello");
+    assert_eq!(server_hello(&hex(TLS13_FLIGHT_REST)), Hello::Other);
     // A ServerHello whose version is not 3.x, or whose extension is malformed.
     let mut bad = hex(TLS13);
     bad[4] = 0x7f;
-    assert_eq!(server_hello(&bad), Hello::NotHello);
+    assert_eq!(server_hello(&bad), Hello::Other);
     let mut bad = hex(TLS13);
     let at = bad.windows(4).position(|w| w == [0x00, 0x2b, 0x00, 0x02]).unwrap();
     bad[at + 3] = 3;
-    assert_eq!(server_hello(&bad), Hello::NotHello);
+    assert_eq!(server_hello(&bad), Hello::Other);
     // Random bytes never panic.
     let mut x: u32 = 0x9e37_79b9;
     for len in 0..600 {
