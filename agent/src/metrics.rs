@@ -37,6 +37,7 @@ counters! {
     protocol_unknown: "connections whose first bytes matched no protocol",
     tls_conns: "connections whose TLS plaintext the library probes delivered (their ciphertext's parse state was dropped)",
     tls_scans_dropped: "processes whose memory maps were not searched for TLS libraries because the scan queue was full (their library is probed only if another process maps it)",
+    tls_version_unseen: "TLS connections whose ServerHello the agent did not see (older than the agent, or its bytes cut or muted): their spans carry no tls.protocol.version",
     tls_ciphertext_ignored: "payload records of a connection's ciphertext that arrived after its TLS plaintext (queued before the kernel knew): ignored",
     contexts_dropped_full: "kernel trace contexts dropped because the linker's table was full (their spans get fresh ids)",
     threads_dropped_full: "server requests not remembered per thread because the linker's thread table was full (client calls made while handling them start new traces)",

@@ -24,9 +24,11 @@ fn of(spans: &[Span], pids: &[u32]) -> Vec<Span> {
     out
 }
 
-/// What an HTTPS span of nginx's test site says on either side.
+/// What an HTTPS span of nginx's test site says on either side;
+/// `version`: the TLS version the handshake chose (read from its
+/// ServerHello).
 #[track_caller]
-fn assert_https_span(s: &Span, kind: Kind, path: &str, port: u16) {
+fn assert_https_span(s: &Span, kind: Kind, path: &str, port: u16, version: &str) {
     let status = if path == "/missing" { 404 } else { 200 };
     assert_eq!(s.kind, kind, "{s}");
     assert_eq!(s.name, format!("GET {path}"), "span name of {s}");
@@ -34,6 +36,7 @@ fn assert_https_span(s: &Span, kind: Kind, path: &str, port: u16) {
     assert_eq!(s.attr_str("url.path"), Some(path), "{s}");
     assert_eq!(s.attr_str("url.scheme"), Some("https"), "url.scheme of {s}");
     assert_eq!(s.attr_str("tls.protocol.name"), Some("tls"), "tls.protocol.name of {s}");
+    assert_eq!(s.attr_str("tls.protocol.version"), Some(version), "tls.protocol.version of {s}");
     assert_eq!(s.attr_int("http.response.status_code"), Some(status), "{s}");
     assert_eq!(s.attr_int("server.port"), Some(i64::from(port)), "{s}");
     if status == 200 {
@@ -90,15 +93,15 @@ fn https_nginx_curl_and_urllib_give_spans_on_both_sides() {
     let curls = of(&spans, &[c.pid]);
     assert_eq!(curls.len(), 3, "three requests on one connection, three spans:\n{}", describe(&curls));
     for (s, path) in curls.iter().zip(["/", "/a", "/missing"]) {
-        assert_https_span(s, Kind::Client, path, nginx.port());
+        assert_https_span(s, Kind::Client, path, nginx.port(), "1.2");
     }
     let pys = of(&spans, &[py_pid]);
     assert_eq!(pys.len(), 1, "{}", describe(&pys));
-    assert_https_span(&pys[0], Kind::Client, "/py", nginx.port());
+    assert_https_span(&pys[0], Kind::Client, "/py", nginx.port(), "1.2");
     for s in &servers {
         let path = s.attr_str("url.path").unwrap_or_default();
         assert!(["/", "/a", "/missing", "/py"].contains(&path), "{s}");
-        assert_https_span(s, Kind::Server, path, nginx.port());
+        assert_https_span(s, Kind::Server, path, nginx.port(), "1.2");
         assert_eq!(s.service_name, "nginx", "{s}");
     }
     let agents: Vec<&str> = servers.iter().filter_map(|s| s.attr_str("user_agent.original")).collect();
@@ -109,6 +112,45 @@ fn https_nginx_curl_and_urllib_give_spans_on_both_sides() {
     // curl's and urllib's), and their ciphertext was not copied.
     assert!(out.counter("tls_conns") >= 4, "tls_conns: {}", out.stderr);
     assert!(out.counter("kernel_tls_ciphertext_skipped") > 0, "{}", out.stderr);
+    assert_eq!(out.counter("tls_version_unseen"), 0, "every handshake was seen: {}", out.stderr);
+}
+
+// 1b. nginx with TLS 1.3 on: curl's default handshake is TLS 1.3 (the
+//     version in the ServerHello's `supported_versions`), and curl limited
+//     to TLS 1.2 (`--tlsv1.2 --tls-max 1.2`) gets 1.2; both ends say so.
+//     (Debian 12's nginx default, in test 1, stops at TLS 1.2.)
+
+#[test]
+#[ignore = "needs root, nginx, openssl and the agent binary: cargo xtask test runs it"]
+fn https_spans_carry_the_tls_version_the_handshake_chose() {
+    let _guard = e2e_setup("https_spans_carry_the_tls_version_the_handshake_chose");
+    let nginx = Server::nginx_https_tls13();
+    let nginx_pids = nginx.pids();
+    let cert = nginx.dir().join("cert.pem").to_string_lossy().into_owned();
+    let receiver = OtlpReceiver::start();
+    let agent = Agent::start(&receiver.agent_args(Protocol::Grpc), &[]);
+
+    let (u13, u12) = (nginx.https_url("/"), nginx.https_url("/a"));
+    let c13 = curl_on_one_connection(&["--cacert", &cert], &[&u13]);
+    let c12 = curl_on_one_connection(&["--cacert", &cert, "--tlsv1.2", "--tls-max", "1.2"], &[&u12]);
+    receiver.focus(&[&nginx_pids[..], &[c13.pid, c12.pid]].concat());
+    receiver.expect_spans("2 SERVER spans of nginx and a CLIENT span of each curl", SPAN_TIMEOUT, |s| {
+        of(s, &nginx_pids).len() >= 2 && !client_spans(s, c13.pid).is_empty() && !client_spans(s, c12.pid).is_empty()
+    });
+    let out = agent.stop();
+    let spans = receiver.spans();
+
+    let (curl13, curl12) = (of(&spans, &[c13.pid]), of(&spans, &[c12.pid]));
+    assert_eq!((curl13.len(), curl12.len()), (1, 1), "{}{}", describe(&curl13), describe(&curl12));
+    assert_https_span(&curl13[0], Kind::Client, "/", nginx.port(), "1.3");
+    assert_https_span(&curl12[0], Kind::Client, "/a", nginx.port(), "1.2");
+    let servers = of(&spans, &nginx_pids);
+    assert_eq!(servers.len(), 2, "{}", describe(&servers));
+    for s in &servers {
+        let (path, version) = if s.attr_str("url.path") == Some("/") { ("/", "1.3") } else { ("/a", "1.2") };
+        assert_https_span(s, Kind::Server, path, nginx.port(), version);
+    }
+    assert_eq!(out.counter("tls_version_unseen"), 0, "{}", out.stderr);
 }
 
 // 2. psql with sslmode=require against PostgreSQL with ssl=on: the SQL span
@@ -151,6 +193,8 @@ fn psql_over_tls_gives_the_sanitized_sql_span() {
     );
     assert_eq!(s.attr_int("server.port"), Some(i64::from(pg.port())), "{s}");
     assert_eq!(s.attr_str("tls.protocol.name"), Some("tls"), "{s}");
+    // Read from the ServerHello after PostgreSQL's `S`.
+    assert_eq!(s.attr_str("tls.protocol.version"), Some("1.3"), "{s}");
     // The server's side (backends: children of the postmaster, gone now)
     // is not traced, over TLS as over plaintext.
     let server_side: Vec<Span> = spans.iter().filter(|s| s.service_name == "postgres").cloned().collect();
@@ -195,6 +239,7 @@ fn mariadb_over_tls_gives_the_sanitized_sql_span() {
     assert_eq!(s.attr_int("db.response.returned_rows"), Some(0), "{s}");
     assert_eq!(s.attr_int("server.port"), Some(i64::from(db.port())), "{s}");
     assert_eq!(s.attr_str("tls.protocol.name"), Some("tls"), "{s}");
+    assert_eq!(s.attr_str("tls.protocol.version"), Some("1.3"), "{s}");
     let show = &mine[1];
     assert_eq!(show.attr_str("db.query.text"), Some("SHOW STATUS LIKE ?"), "{show}");
     assert_eq!(show.attr_str("tls.protocol.name"), Some("tls"), "{show}");
@@ -248,13 +293,13 @@ fn wget_over_gnutls_gives_client_spans() {
     let mine = of(&spans, &[r.pid]);
     assert_eq!(mine.len(), 2, "two requests, two spans, nothing from the ciphertext:\n{}", describe(&mine));
     for (s, path) in mine.iter().zip(["/", "/a"]) {
-        assert_https_span(s, Kind::Client, path, nginx.port());
+        assert_https_span(s, Kind::Client, path, nginx.port(), "1.2");
         assert!(s.attr_str("user_agent.original").is_none_or(|a| a.starts_with("Wget/")), "{s}");
     }
     let servers = of(&spans, &nginx_pids);
     assert_eq!(servers.len(), 2, "{}", describe(&servers));
     for (s, path) in servers.iter().zip(["/", "/a"]) {
-        assert_https_span(s, Kind::Server, path, nginx.port());
+        assert_https_span(s, Kind::Server, path, nginx.port(), "1.2");
         assert!(s.attr_str("user_agent.original").is_some_and(|a| a.starts_with("Wget/")), "{s}");
     }
     assert!(out.counter("tls_conns") >= 2, "{}", out.stderr);

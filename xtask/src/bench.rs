@@ -16,6 +16,8 @@
 //! 5. PostgreSQL under `pgbench -S -M prepared`;
 //! 6. per-syscall cost of waggle vs empty programs on the same tracepoints;
 //! 7. the highest fixed request rate at which no event is lost;
+//! 8. nginx over HTTPS saturated by wrk (plaintext read at OpenSSL): no
+//!    agent, waggle, the floor;
 //!
 //! plus a profile (per-program kernel time, perf of the agent) that names
 //! the hot spots. Agent CPU per span divides the agent's CPU over a measured
@@ -65,6 +67,8 @@ pub enum Scenario {
     Postgres,
     Syscalls,
     Sustained,
+    /// nginx over HTTPS (TLS plaintext read at OpenSSL).
+    Https,
     Profile,
 }
 
@@ -183,6 +187,9 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     if args.wants(Scenario::Sustained) {
         results.sustained = outcome(scenarios::sustained(&mut ctx));
     }
+    if args.wants(Scenario::Https) {
+        results.https = outcome(scenarios::https(&mut ctx));
+    }
     if args.wants(Scenario::Profile) {
         results.profile = outcome(profile::profile(&mut ctx));
     }
@@ -243,6 +250,7 @@ fn failures(res: &Results) -> Vec<String> {
     check("postgres", res.postgres.as_ref().and_then(|r| r.as_ref().err()));
     check("syscalls", res.syscalls.as_ref().and_then(|r| r.as_ref().err()));
     check("sustained", res.sustained.as_ref().and_then(|r| r.as_ref().err()));
+    check("https", res.https.as_ref().and_then(|r| r.as_ref().err()));
     check("profile", res.profile.as_ref().and_then(|r| r.as_ref().err()));
     failed
 }
@@ -296,6 +304,7 @@ mod tests {
 
         let w = Wrapper::try_parse_from(["bench", "--quick"]).unwrap();
         assert!(w.args.wants(Scenario::Sustained) && w.args.wants(Scenario::Conn) && w.args.wants(Scenario::Node));
+        assert!(w.args.wants(Scenario::Https), "the quick set has the HTTPS scenario");
         assert!(!w.args.wants(Scenario::Profile));
         let w = Wrapper::try_parse_from(["bench"]).unwrap();
         assert!(w.args.wants(Scenario::Profile));

@@ -104,6 +104,8 @@ struct Conn {
     charged: usize,
     /// Its payload is TLS plaintext read at the library (`tls.rs`).
     tls: bool,
+    /// What its ciphertext showed of the TLS handshake (the version).
+    handshake: tls::Handshake,
 }
 
 pub struct ConnTracker {
@@ -130,6 +132,15 @@ fn mute(tls: bool, env: &mut dyn ConnEnvironment, key: SockKey, conn_id: u64) {
         env.mute_tls(key, conn_id);
     } else {
         env.mute(key, conn_id);
+    }
+}
+
+/// [`mute`], unless the connection's TLS handshake is being watched: then
+/// the ciphertext flows a few chunks longer, until its ServerHello was seen
+/// (`tls::Handshake::observe` says when the mute is due).
+fn mute_conn(conn: &mut Conn, env: &mut dyn ConnEnvironment, key: SockKey, conn_id: u64) {
+    if conn.tls || !conn.handshake.defers_mute() {
+        mute(conn.tls, env, key, conn_id);
     }
 }
 
@@ -271,6 +282,7 @@ impl ConnTracker {
                 local_pending,
                 charged: 0,
                 tls: false,
+                handshake: tls::Handshake::default(),
             },
         );
         Metrics::inc(&self.metrics.conns_opened);
@@ -456,7 +468,7 @@ impl ConnTracker {
             parser.on_close(ev.ts_ns, &mut self.scratch);
             Metrics::add(&self.metrics.exchanges_dropped, parser.take_dropped());
             Metrics::add(&self.metrics.messages_skipped, parser.take_skipped());
-            Self::wrap(&mut self.scratch, conn.tls, &conn.meta, out);
+            Self::wrap(&mut self.scratch, &conn, out);
         }
     }
 
@@ -473,18 +485,18 @@ impl ConnTracker {
                     parser.on_close(ts_ns, &mut self.scratch);
                     Metrics::add(&self.metrics.exchanges_dropped, parser.take_dropped());
                     Metrics::add(&self.metrics.messages_skipped, parser.take_skipped());
-                    Self::wrap(&mut self.scratch, conn.tls, &conn.meta, out);
+                    Self::wrap(&mut self.scratch, &conn, out);
                 }
             }
             env.forget(key, id);
         }
     }
 
-    fn wrap(spans: &mut Vec<ParsedSpan>, tls: bool, meta: &Arc<ConnMeta>, out: &mut Vec<ConnSpan>) {
-        if tls {
-            tls::mark_spans(spans);
+    fn wrap(spans: &mut Vec<ParsedSpan>, conn: &Conn, out: &mut Vec<ConnSpan>) {
+        if conn.tls {
+            tls::mark_spans(spans, conn.handshake.version());
         }
-        out.extend(spans.drain(..).map(|span| ConnSpan { span, conn: meta.clone() }));
+        out.extend(spans.drain(..).map(|span| ConnSpan { span, conn: conn.meta.clone() }));
     }
 
     pub fn on_data(
@@ -522,9 +534,24 @@ impl ConnTracker {
             return;
         };
         conn.last_active_ns = header.exit_ns;
+        let key = SockKey { tgid: conn.meta.pid, fd: conn.meta.fd };
+        let conn_id = conn.meta.conn_id;
         match tls::step(conn.tls, header) {
+            tls::Step::Feed if !conn.tls => {
+                let from_server = match conn.meta.role {
+                    Role::Client => Some(direction == Direction::Ingress),
+                    Role::Server => Some(direction == Direction::Egress),
+                    Role::Unknown => None,
+                };
+                if from_server.is_some_and(|s| conn.handshake.observe(s, payload)) {
+                    mute(false, env, key, conn_id);
+                }
+            }
             tls::Step::Feed => {}
             tls::Step::Restart => {
+                if conn.handshake.plaintext_started().is_none() {
+                    Metrics::inc(&self.metrics.tls_version_unseen);
+                }
                 conn.tls = true;
                 conn.state = match std::mem::replace(&mut conn.state, ParseState::Muted) {
                     ParseState::AwaitingTls(parser) => ParseState::Active(parser),
@@ -545,8 +572,6 @@ impl ConnTracker {
             exit_ns: header.exit_ns,
             tid: header.tid,
         };
-        let key = SockKey { tgid: conn.meta.pid, fd: conn.meta.fd };
-        let conn_id = conn.meta.conn_id;
         let feed = match &mut conn.state {
             ParseState::Muted | ParseState::AwaitingTls(_) => return,
             ParseState::Active(parser) => {
@@ -582,7 +607,7 @@ impl ConnTracker {
                         let protocol = parser.protocol();
                         if conn.meta.role == Role::Server && protocol.is_database() {
                             conn.state = ParseState::Muted;
-                            mute(conn.tls, env, key, conn_id);
+                            mute_conn(conn, env, key, conn_id);
                             Metrics::inc(&self.metrics.conns_muted);
                             return;
                         }
@@ -606,7 +631,7 @@ impl ConnTracker {
                         *attempts_left = attempts_left.saturating_sub(1);
                         if *attempts_left == 0 {
                             conn.state = ParseState::Muted;
-                            mute(conn.tls, env, key, conn_id);
+                            mute_conn(conn, env, key, conn_id);
                             Metrics::inc(&self.metrics.protocol_unknown);
                             Metrics::inc(&self.metrics.conns_muted);
                         }
@@ -634,13 +659,20 @@ impl ConnTracker {
                     reason,
                     "connection became opaque; muting"
                 );
+                let switched_to_tls = match &conn.state {
+                    ParseState::Active(parser) => parser.switched_to_tls(),
+                    _ => false,
+                };
+                if switched_to_tls && !conn.tls {
+                    conn.handshake.arm();
+                }
                 conn.state = match std::mem::replace(&mut conn.state, ParseState::Muted) {
                     ParseState::Active(parser) if parser.resumes_after_tls() && !conn.tls => {
                         ParseState::AwaitingTls(parser)
                     }
                     _ => ParseState::Muted,
                 };
-                mute(conn.tls, env, key, conn_id);
+                mute_conn(conn, env, key, conn_id);
                 Metrics::inc(&self.metrics.conns_muted);
             }
         }
@@ -659,7 +691,7 @@ impl ConnTracker {
                     }
                 }
             }
-            Self::wrap(&mut self.scratch, conn.tls, &conn.meta, out);
+            Self::wrap(&mut self.scratch, conn, out);
         }
     }
 
@@ -672,7 +704,7 @@ impl ConnTracker {
                     parser.on_idle(older_than, &mut self.scratch);
                     Metrics::add(&self.metrics.exchanges_dropped, parser.take_dropped());
                     Metrics::add(&self.metrics.messages_skipped, parser.take_skipped());
-                    Self::wrap(&mut self.scratch, conn.tls, &conn.meta, out);
+                    Self::wrap(&mut self.scratch, conn, out);
                 }
             }
         }
@@ -685,12 +717,13 @@ impl ConnTracker {
                 parser.on_idle(now_ns, &mut self.scratch);
                 Metrics::add(&self.metrics.exchanges_dropped, parser.take_dropped());
                 Metrics::add(&self.metrics.messages_skipped, parser.take_skipped());
-                Self::wrap(&mut self.scratch, conn.tls, &conn.meta, out);
+                Self::wrap(&mut self.scratch, conn, out);
             }
         }
     }
 }
 
+mod hello;
 mod tls;
 
 #[cfg(test)]

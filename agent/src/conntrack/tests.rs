@@ -219,7 +219,7 @@ fn unknown_protocol_is_muted_and_counted() {
     let mut env = FakeEnv::default();
     t.on_open(&open_event(EventKind::ConnOpen, 10, 5, 1, Role::Server, 9), &mut env);
     for i in 0..DETECT_ATTEMPTS_FRESH {
-        feed(&mut t, &mut env, data(1, 10, 5, Role::Server, Direction::Ingress, 4, i as u64), b"\x16\x03\x01\x00");
+        feed(&mut t, &mut env, data(1, 10, 5, Role::Server, Direction::Ingress, 4, i as u64), b"SSH-");
     }
     assert_eq!(env.muted, vec![SockKey { tgid: 10, fd: 5 }]);
     assert_eq!(env.muted_ids, vec![1], "the mute names the connection, not just its descriptor");
@@ -576,8 +576,9 @@ fn exchange_bench() {
 }
 
 /// A TLS connection: the handshake's ciphertext is declared unknown and
-/// muted; the first plaintext record starts the connection over, its spans
-/// say TLS, ciphertext read after it is ignored, and muting it again
+/// muted once the ServerHello went by (its version kept); the first
+/// plaintext record starts the connection over, its spans say TLS and the
+/// version, ciphertext read after it is ignored, and muting it again
 /// switches off the plaintext (not the ciphertext) capture.
 #[test]
 fn tls_plaintext_starts_the_connection_over_and_marks_its_spans() {
@@ -587,6 +588,9 @@ fn tls_plaintext_starts_the_connection_over_and_marks_its_spans() {
     for i in 0..DETECT_ATTEMPTS_FRESH {
         feed(&mut t, &mut env, data(1, 10, 5, Role::Server, Direction::Ingress, 4, i as u64), b"\x16\x03\x01\x00");
     }
+    assert!(env.muted_ids.is_empty(), "the mute waits for the ServerHello");
+    let hello = hello::tests::tls13_server_flight();
+    feed(&mut t, &mut env, data(1, 10, 5, Role::Server, Direction::Egress, hello.len() as u64, 10), &hello);
     assert_eq!(env.muted_ids, vec![1]);
     let plain =
         |dir, len, at| DataEvent { flags: waggle_common::tls::DATA_TLS, ..data(1, 10, 5, Role::Server, dir, len, at) };
@@ -598,7 +602,9 @@ fn tls_plaintext_starts_the_connection_over_and_marks_its_spans() {
     assert_eq!(spans.len(), 1);
     assert_eq!(spans[0].span.name, "REQ /a");
     assert_eq!(spans[0].span.attr("tls.protocol.name"), Some(&AttrValue::from("tls")));
+    assert_eq!(spans[0].span.attr("tls.protocol.version"), Some(&AttrValue::from("1.3")));
     assert_eq!(m.tls_conns.load(Ordering::Relaxed), 1);
+    assert_eq!(m.tls_version_unseen.load(Ordering::Relaxed), 0);
     feed(&mut t, &mut env, plain(Direction::Ingress, 6, 300), b"REQ /b");
     feed(&mut t, &mut env, plain(Direction::Egress, 3, 400), b"TLS");
     assert_eq!(env.muted_tls, vec![1], "the plaintext's own switch");
@@ -614,13 +620,62 @@ fn in_band_tls_switch_resumes_the_parser_with_the_plaintext() {
     t.on_open(&open_event(EventKind::ConnOpen, 10, 5, 1, Role::Server, 9), &mut env);
     assert!(feed(&mut t, &mut env, data(1, 10, 5, Role::Server, Direction::Ingress, 6, 10), b"REQ /a").is_empty());
     assert!(feed(&mut t, &mut env, data(1, 10, 5, Role::Server, Direction::Ingress, 8, 20), b"STARTTLS").is_empty());
-    assert_eq!(env.muted_ids, vec![1], "the ciphertext is muted");
+    assert!(env.muted_ids.is_empty(), "the handshake is watched");
+    // A ServerHello cut to two bytes: no version, and the watch is over.
     assert!(feed(&mut t, &mut env, data(1, 10, 5, Role::Server, Direction::Egress, 2, 30), b"\x16\x03").is_empty());
+    assert_eq!(env.muted_ids, vec![1], "the ciphertext is muted");
     let plain =
         DataEvent { flags: waggle_common::tls::DATA_TLS, ..data(1, 10, 5, Role::Server, Direction::Egress, 2, 40) };
     let spans = feed(&mut t, &mut env, plain, b"OK");
     assert_eq!(spans.len(), 1, "the parser from before the switch answered");
     assert_eq!(spans[0].span.name, "REQ /a");
     assert_eq!(spans[0].span.attr("tls.protocol.name"), Some(&AttrValue::from("tls")));
+    assert_eq!(spans[0].span.attr("tls.protocol.version"), None, "not seen");
     assert_eq!(m.tls_conns.load(Ordering::Relaxed), 1);
+    assert_eq!(m.tls_version_unseen.load(Ordering::Relaxed), 1);
+}
+
+/// A client reads the server's record header, then its body (OpenSSL
+/// without read-ahead); a HelloRetryRequest and the ChangeCipherSpec after
+/// it are passed over for the ServerHello (psql against PostgreSQL, whose
+/// P-256 refuses the client's X25519 key share, as strace showed it). A
+/// connection that is not TLS is muted at once.
+#[test]
+fn a_client_reads_the_version_from_the_server_hello_after_a_retry() {
+    let (mut t, m) = tracker();
+    let mut env = FakeEnv::default();
+    t.on_open(&open_event(EventKind::ConnOpen, 10, 5, 1, Role::Client, 9), &mut env);
+    let mut at = 0;
+    let mut chunk = |t: &mut ConnTracker, env: &mut FakeEnv, dir, bytes: &[u8]| {
+        at += 1;
+        feed(t, env, data(1, 10, 5, Role::Client, dir, bytes.len() as u64, at), bytes)
+    };
+    let (retry, hello) = (hello::tests::tls13_retry_record(), hello::tests::tls13_after_retry_record());
+    chunk(&mut t, &mut env, Direction::Egress, &hello::tests::client_hello_start());
+    chunk(&mut t, &mut env, Direction::Ingress, &retry[..5]);
+    chunk(&mut t, &mut env, Direction::Ingress, &retry[5..]);
+    chunk(&mut t, &mut env, Direction::Egress, &hello::tests::client_hello_start());
+    chunk(&mut t, &mut env, Direction::Ingress, b"\x14\x03\x03\x00\x01");
+    chunk(&mut t, &mut env, Direction::Ingress, b"\x01");
+    assert!(env.muted_ids.is_empty(), "after the retry, the ServerHello is still awaited");
+    chunk(&mut t, &mut env, Direction::Ingress, &hello[..5]);
+    chunk(&mut t, &mut env, Direction::Ingress, &hello[5..]);
+    assert_eq!(env.muted_ids, vec![1], "unknown bytes: muted once the ServerHello was read");
+    let plain =
+        |dir, len, at| DataEvent { flags: waggle_common::tls::DATA_TLS, ..data(1, 10, 5, Role::Client, dir, len, at) };
+    feed(&mut t, &mut env, plain(Direction::Egress, 6, 100), b"REQ /a");
+    let spans = feed(&mut t, &mut env, plain(Direction::Ingress, 2, 200), b"OK");
+    assert_eq!(spans.len(), 1);
+    assert_eq!(spans[0].span.attr("tls.protocol.version"), Some(&AttrValue::from("1.3")));
+    feed(&mut t, &mut env, plain(Direction::Egress, 6, 300), b"REQ /b");
+    let spans = feed(&mut t, &mut env, plain(Direction::Ingress, 2, 400), b"OK");
+    assert_eq!(spans[0].span.attr("tls.protocol.version"), Some(&AttrValue::from("1.3")), "every span");
+    assert_eq!(m.tls_version_unseen.load(Ordering::Relaxed), 0);
+
+    // Not TLS: nothing is watched, the mute is not delayed.
+    t.on_open(&open_event(EventKind::ConnOpen, 10, 6, 2, Role::Client, 9), &mut env);
+    for i in 0..DETECT_ATTEMPTS_FRESH {
+        feed(&mut t, &mut env, data(2, 10, 6, Role::Client, Direction::Egress, 4, 500 + u64::from(i)), b"SSH-");
+    }
+    assert_eq!(env.muted_ids, vec![1, 2]);
 }

@@ -107,4 +107,10 @@ pub trait ProtocolParser: Send {
     fn resumes_after_tls(&self) -> bool {
         false
     }
+    /// Asked after [`Feed::Opaque`]: true when the connection switched to
+    /// TLS in-band (a TLS handshake follows), whether or not the parser
+    /// resumes; the tracker then watches for the handshake's version.
+    fn switched_to_tls(&self) -> bool {
+        self.resumes_after_tls()
+    }
 }

@@ -17,6 +17,7 @@ use crate::{
 /// Debian packages (first name is installed when the command is missing).
 pub const BENCH_DEPS: &[Dep] = &[
     Dep { packages: &["wrk"], command: Some("wrk") },
+    Dep { packages: &["openssl"], command: Some("openssl") },
     Dep { packages: &["nghttp2-client"], command: Some("h2load") },
     Dep { packages: &["nginx-light", "nginx", "nginx-core", "nginx-full"], command: Some("nginx") },
     Dep { packages: &["postgresql"], command: Some("pgbench") },

@@ -7,7 +7,7 @@ use super::{
         highest_clean_rate, median, mib, ratio, summarize_conn_nginx, summarize_nginx, summarize_sdk,
         summarize_syscalls, targets, Outcome, Results, SdkSummary,
     },
-    scenarios::SdkRound,
+    scenarios::{NginxRound, SdkRound},
 };
 
 fn section<T>(outcome: &Outcome<T>, f: impl FnOnce(&T) -> Value) -> Value {
@@ -35,24 +35,27 @@ fn sdk_section(rounds: &[SdkRound]) -> Value {
     sdk_json(&summarize_sdk(rounds))
 }
 
+/// Scenario 1, and the HTTPS scenario (its metrics-on fields are null).
+fn nginx_json(rounds: &[NginxRound]) -> Value {
+    let s = summarize_nginx(rounds);
+    json!({
+        "base_rps": s.base_rps, "agent_rps": s.agent_rps,
+        "rps_ratio": median(&s.rps_ratios), "rps_ratios": s.rps_ratios,
+        "floor_rps": s.floor_rps,
+        "floor_ratio": (!s.floor_ratios.is_empty()).then(|| median(&s.floor_ratios)),
+        "agent_to_floor_ratio": (!s.agent_to_floor_ratios.is_empty()).then(|| median(&s.agent_to_floor_ratios)),
+        "p50_ratio": median(&s.p50_ratios), "p99_ratio": median(&s.p99_ratios),
+        "agent_millicores": s.millicores, "millicores_per_10k_rps": s.millicores_per_10k,
+        "agent_cpu_us_per_span": s.cpu_us_per_span,
+        "peak_rss_mib": s.peak_rss_mib, "events_lost": s.events_lost,
+        "spans_dropped": s.spans_dropped, "spans_per_request": s.spans_per_request,
+        "metrics_on_cpu_us_per_span": s.metrics_cpu_us_per_span,
+        "metrics_on_rps_ratio": (!s.metrics_rps_ratios.is_empty()).then(|| median(&s.metrics_rps_ratios)),
+    })
+}
+
 pub fn to_json(res: &Results) -> Value {
-    let nginx = section(&res.nginx, |rounds| {
-        let s = summarize_nginx(rounds);
-        json!({
-            "base_rps": s.base_rps, "agent_rps": s.agent_rps,
-            "rps_ratio": median(&s.rps_ratios), "rps_ratios": s.rps_ratios,
-            "floor_rps": s.floor_rps,
-            "floor_ratio": (!s.floor_ratios.is_empty()).then(|| median(&s.floor_ratios)),
-            "agent_to_floor_ratio": (!s.agent_to_floor_ratios.is_empty()).then(|| median(&s.agent_to_floor_ratios)),
-            "p50_ratio": median(&s.p50_ratios), "p99_ratio": median(&s.p99_ratios),
-            "agent_millicores": s.millicores, "millicores_per_10k_rps": s.millicores_per_10k,
-            "agent_cpu_us_per_span": s.cpu_us_per_span,
-            "peak_rss_mib": s.peak_rss_mib, "events_lost": s.events_lost,
-            "spans_dropped": s.spans_dropped, "spans_per_request": s.spans_per_request,
-            "metrics_on_cpu_us_per_span": s.metrics_cpu_us_per_span,
-            "metrics_on_rps_ratio": (!s.metrics_rps_ratios.is_empty()).then(|| median(&s.metrics_rps_ratios)),
-        })
-    });
+    let nginx = section(&res.nginx, |rounds| nginx_json(rounds));
     let conn = section(&res.conn, |c| {
         let nginx = (!c.nginx.is_empty()).then(|| {
             let s = summarize_conn_nginx(c);
@@ -114,7 +117,7 @@ pub fn to_json(res: &Results) -> Value {
         "targets": targets(res).iter().map(|v| json!({"target": v.target, "measured": v.measured, "met": v.met})).collect::<Vec<_>>(),
         "nginx": nginx, "flask": section(&res.flask, |r| sdk_section(r)), "conn": conn,
         "node": section(&res.node, |r| sdk_section(r)), "postgres": postgres, "syscalls": syscalls,
-        "sustained": sustained,
+        "sustained": sustained, "https": section(&res.https, |rounds| nginx_json(rounds)),
     })
 }
 

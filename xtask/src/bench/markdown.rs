@@ -64,29 +64,7 @@ pub fn markdown(res: &Results) -> String {
     match &res.nginx {
         Some(Ok(rounds)) if !rounds.is_empty() => {
             let s = summarize_nginx(rounds);
-            let _ = writeln!(md, "| metric | no agent | waggle | ratio |\n| --- | --- | --- | --- |");
-            let _ = writeln!(
-                md,
-                "| throughput (req/s) | {} | {} | {} |",
-                f0(s.base_rps),
-                f0(s.agent_rps),
-                ratio_cell(&s.rps_ratios)
-            );
-            let _ = writeln!(
-                md,
-                "| p50 latency (µs) | {} | {} | {} |",
-                f0(s.base_p50),
-                f0(s.agent_p50),
-                ratio_cell(&s.p50_ratios)
-            );
-            let _ = writeln!(
-                md,
-                "| p99 latency (µs) | {} | {} | {} |",
-                f0(s.base_p99),
-                f0(s.agent_p99),
-                ratio_cell(&s.p99_ratios)
-            );
-            let _ = writeln!(md, "| agent CPU (millicores) | | {} | |", f0(s.millicores));
+            sections::nginx_rows(&mut md, &s);
             let _ = writeln!(md, "| agent CPU per 10k req/s | | {}m | |", f0(s.millicores_per_10k));
             let _ = writeln!(md, "| agent CPU per span (µs) | | {} | |", us1(s.cpu_us_per_span));
             if let Some(per_span) = s.metrics_cpu_us_per_span {
@@ -235,6 +213,8 @@ pub fn markdown(res: &Results) -> String {
         }
         other => outcome_note(&mut md, other),
     }
+
+    sections::https_section(&mut md, res);
 
     if let Some(outcome) = &res.profile {
         let _ = writeln!(md, "\n## Where the time goes (saturated nginx, waggle attached)\n");

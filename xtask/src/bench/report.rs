@@ -51,6 +51,8 @@ pub struct Results {
     pub postgres: Outcome<Vec<PgRound>>,
     pub syscalls: Outcome<SyscallResults>,
     pub sustained: Outcome<Vec<SustainedStep>>,
+    /// nginx over HTTPS: its rounds have no metrics-on variant.
+    pub https: Outcome<Vec<NginxRound>>,
     pub profile: Outcome<Profile>,
 }
 

@@ -1,10 +1,12 @@
-//! Markdown sections of the three-way SDK comparisons (Flask, Node.js) and
-//! of the per-connection scenario, and the cell formats every section of the
-//! report shares.
+//! Markdown sections of the three-way SDK comparisons (Flask, Node.js), of
+//! the per-connection scenario and of nginx over HTTPS, and the cell
+//! formats every section of the report shares.
 use std::fmt::Write as _;
 
 use super::{
-    report::{median, summarize_conn_nginx, summarize_sdk, Outcome, Results, SdkSummary},
+    report::{
+        median, summarize_conn_nginx, summarize_nginx, summarize_sdk, NginxSummary, Outcome, Results, SdkSummary,
+    },
     scenarios::{
         CONNECTION_CLOSE, FLASK_WORKERS, FLASK_WRK_CONNECTIONS, NGINX_WRK_CONNECTIONS, NGINX_WRK_THREADS,
         NODE_WRK_CONNECTIONS,
@@ -160,6 +162,53 @@ pub fn node_section(md: &mut String, res: &Results) {
     );
     match &res.node {
         Some(Ok(rounds)) if !rounds.is_empty() => sdk_table(md, &summarize_sdk(rounds), "OpenTelemetry SDK", false),
+        other => outcome_note(md, other),
+    }
+}
+
+/// The head of a saturated-nginx table (scenarios 1 and 8): throughput,
+/// latency and agent CPU.
+pub fn nginx_rows(md: &mut String, s: &NginxSummary) {
+    let _ = writeln!(md, "| metric | no agent | waggle | ratio |\n| --- | --- | --- | --- |");
+    let rows = [
+        ("throughput (req/s)", s.base_rps, s.agent_rps, &s.rps_ratios),
+        ("p50 latency (µs)", s.base_p50, s.agent_p50, &s.p50_ratios),
+        ("p99 latency (µs)", s.base_p99, s.agent_p99, &s.p99_ratios),
+    ];
+    for (name, base, agent, ratios) in rows {
+        let _ = writeln!(md, "| {name} | {} | {} | {} |", f0(base), f0(agent), ratio_cell(ratios));
+    }
+    let _ = writeln!(md, "| agent CPU (millicores) | | {} | |", f0(s.millicores));
+}
+
+pub fn https_section(md: &mut String, res: &Results) {
+    let _ = writeln!(md, "\n## 8. nginx over HTTPS (TLS plaintext read at OpenSSL)\n");
+    let _ = writeln!(
+        md,
+        "The nginx of scenario 1 serving HTTPS (TLS 1.3, a self-signed P-256 certificate made by the harness); \
+         wrk -t{NGINX_WRK_THREADS} -c{NGINX_WRK_CONNECTIONS} over `https://`, keep-alive. waggle reads both \
+         sides' plaintext at `SSL_read`/`SSL_write` of libssl (uprobes) and skips the ciphertext in the \
+         kernel. The floor: empty programs on waggle's syscall tracepoints (the uprobes have no empty twin). \
+         The scenario fails when the agent rounds made fewer spans than requests.\n"
+    );
+    match &res.https {
+        Some(Ok(rounds)) if !rounds.is_empty() => {
+            let s = summarize_nginx(rounds);
+            nginx_rows(md, &s);
+            let _ = writeln!(md, "| agent CPU per span (µs) | | {} | |", us1(s.cpu_us_per_span));
+            let _ = writeln!(md, "| kernel events lost | | {} | |", s.events_lost);
+            let _ = writeln!(md, "| spans per request (2 = both sides traced) | | {:.2} | |", s.spans_per_request);
+            undertraced(md, s.spans_per_request);
+            if let Some(floor_rps) = s.floor_rps {
+                let _ = writeln!(
+                    md,
+                    "\nThe floor: {} req/s, {} no agent; waggle reaches {} the floor.",
+                    f0(floor_rps),
+                    ratio_cell(&s.floor_ratios),
+                    ratio_cell(&s.agent_to_floor_ratios)
+                );
+            }
+        }
         other => outcome_note(md, other),
     }
 }

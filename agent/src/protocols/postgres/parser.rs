@@ -79,6 +79,8 @@ impl Request for Pending {
 pub struct PostgresWire {
     /// An SSLRequest/GSSENCRequest awaits its one-byte answer.
     encryption_answer_pending: bool,
+    /// The server answered `S`: a TLS handshake follows on the socket.
+    tls_negotiated: bool,
     pub(super) statements: BoundedMap<Vec<u8>, SharedQuery>,
     portals: BoundedMap<Vec<u8>, Option<SharedQuery>>,
     /// From the server's `standard_conforming_strings` parameter status.
@@ -145,9 +147,14 @@ impl Wire for PostgresWire {
         self.statements.weight() + self.portals.weight()
     }
 
+    fn switched_to_tls(&self) -> bool {
+        self.tls_negotiated
+    }
+
     fn new() -> Self {
         PostgresWire {
             encryption_answer_pending: false,
+            tls_negotiated: false,
             statements: BoundedMap::new(MAX_STATEMENTS, STATEMENT_BUDGET),
             portals: BoundedMap::new(MAX_PORTALS, MAX_PORTALS),
             backslash: Backslash::Unknown,
@@ -236,7 +243,10 @@ impl Wire for PostgresWire {
         if self.encryption_answer_pending {
             self.encryption_answer_pending = false;
             match chunk.bytes.first() {
-                Some(b'S') => return Err(Feed::Opaque("postgres: TLS negotiated")),
+                Some(b'S') => {
+                    self.tls_negotiated = true;
+                    return Err(Feed::Opaque("postgres: TLS negotiated"));
+                }
                 Some(b'G') => return Err(Feed::Opaque("postgres: GSSAPI encryption negotiated")),
                 Some(b'N') => {
                     chunk.bytes = &chunk.bytes[1..];

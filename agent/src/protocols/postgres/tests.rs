@@ -347,12 +347,15 @@ fn encryption_negotiation() {
         let mut out = Vec::new();
         assert_eq!(feed(&mut p, 0, true, &ssl, &mut out), Feed::Continue);
         assert_eq!(feed(&mut p, 1, false, &[answer], &mut out), want);
+        // `S`: a TLS handshake follows (the tracker watches for its version).
+        assert_eq!(p.switched_to_tls(), answer == b'S');
     }
     let gss = [0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x30];
     let mut p = parser();
     let mut out = Vec::new();
     feed(&mut p, 0, true, &gss, &mut out);
     assert!(matches!(feed(&mut p, 1, false, b"G", &mut out), Feed::Opaque(_)));
+    assert!(!p.switched_to_tls(), "GSSAPI encryption is not TLS");
     let mut p = parser();
     feed(&mut p, 0, true, &ssl, &mut out);
     assert!(matches!(feed(&mut p, 1, false, b"X", &mut out), Feed::LostSync(_)));

@@ -145,6 +145,10 @@ pub trait Wire: Send + Sized {
     fn resumes_after_tls(&self) -> bool {
         false
     }
+    /// See [`ProtocolParser::switched_to_tls`].
+    fn switched_to_tls(&self) -> bool {
+        self.resumes_after_tls()
+    }
     /// A request message; Err stops the chunk with that result.
     fn on_request(
         &mut self,
@@ -396,6 +400,10 @@ impl<W: Wire> ProtocolParser for Shell<W> {
 
     fn resumes_after_tls(&self) -> bool {
         self.wire.resumes_after_tls()
+    }
+
+    fn switched_to_tls(&self) -> bool {
+        self.wire.switched_to_tls()
     }
 
     fn on_idle(&mut self, older_than_ns: u64, out: &mut Vec<ParsedSpan>) {

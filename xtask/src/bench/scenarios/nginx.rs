@@ -45,16 +45,28 @@ pub const NGINX_WRK_CONNECTIONS: u32 = 32;
 pub struct Nginx {
     proc: Proc,
     pub port: u16,
+    scheme: &'static str,
     _dir: TempDir,
 }
 
 impl Nginx {
     pub fn start(ctx: &Ctx) -> Result<Nginx> {
+        Nginx::start_with(ctx, false)
+    }
+
+    /// `tls`: HTTPS with a self-signed certificate made here (the HTTPS
+    /// scenario).
+    pub fn start_with(ctx: &Ctx, tls: bool) -> Result<Nginx> {
         let dir = TempDir::new("nginx")?;
         let port = procs::free_port()?;
         let template =
             fs::read_to_string(ctx.bench_dir().join("nginx.conf.tmpl")).context("reading bench/nginx.conf.tmpl")?;
-        let conf = template.replace("@DIR@", &dir.path.to_string_lossy()).replace("@PORT@", &port.to_string());
+        let (ssl, certs) = if tls { (" ssl", self_signed_cert(ctx, &dir.path)?) } else { ("", String::new()) };
+        let conf = template
+            .replace("@DIR@", &dir.path.to_string_lossy())
+            .replace("@PORT@", &port.to_string())
+            .replace("@SSL@", ssl)
+            .replace("@CERTS@", &certs);
         let conf_path = dir.path.join("nginx.conf");
         fs::write(&conf_path, conf).context("writing nginx.conf")?;
         let nginx = crate::cmd::find_program("nginx").ok_or_else(|| anyhow!("nginx not found"))?;
@@ -68,11 +80,11 @@ impl Nginx {
             .stderr(ctx.log_file("nginx.log")?);
         let mut proc = Proc::spawn("nginx", command, libc::SIGTERM, None)?;
         procs::wait_port(port, Duration::from_secs(20), &mut proc)?;
-        Ok(Nginx { proc, port, _dir: dir })
+        Ok(Nginx { proc, port, scheme: if tls { "https" } else { "http" }, _dir: dir })
     }
 
     pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}/", self.port)
+        format!("{}://127.0.0.1:{}/", self.scheme, self.port)
     }
 
     pub fn check_alive(&mut self) -> Result<()> {
@@ -81,6 +93,31 @@ impl Nginx {
         }
         Ok(())
     }
+}
+
+/// A P-256 key and self-signed certificate for 127.0.0.1 in `dir`; the
+/// nginx directives that use them.
+fn self_signed_cert(ctx: &Ctx, dir: &std::path::Path) -> Result<String> {
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let status = Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "2"])
+        .args(["-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1", "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .stdout(Stdio::null())
+        .stderr(ctx.log_file("openssl.log")?)
+        .status()
+        .context("running openssl req")?;
+    if !status.success() {
+        bail!("openssl req failed ({status}): see raw/openssl.log");
+    }
+    // TLS 1.3, which Debian 12's nginx 1.22 leaves off unless told.
+    Ok(format!(
+        "ssl_certificate {}; ssl_certificate_key {}; ssl_protocols TLSv1.2 TLSv1.3;",
+        cert.display(),
+        key.display()
+    ))
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -92,7 +129,14 @@ enum NginxVariant {
 }
 
 pub fn nginx(ctx: &mut Ctx) -> Result<Vec<NginxRound>> {
-    let mut server = Nginx::start(ctx)?;
+    let server = Nginx::start(ctx)?;
+    saturated(ctx, server, "nginx", true)
+}
+
+/// Rounds of `server` saturated by wrk: no agent, waggle, the floor and,
+/// with `metrics`, waggle with the application metrics on. `label` names
+/// the agent logs and the progress lines.
+pub(super) fn saturated(ctx: &mut Ctx, mut server: Nginx, label: &str, metrics_on: bool) -> Result<Vec<NginxRound>> {
     let url = server.url();
     let script = ctx.bench_dir().join("wrk_report.lua");
     let wrk = |seconds: f64| load::Wrk {
@@ -105,9 +149,11 @@ pub fn nginx(ctx: &mut Ctx) -> Result<Vec<NginxRound>> {
     };
     let mut rounds = Vec::new();
     for i in 0..ctx.rounds {
-        ctx.check_quiet(&format!("nginx round {}", i + 1));
+        ctx.check_quiet(&format!("{label} round {}", i + 1));
         let (mut base, mut agent, mut floor, mut metrics) = (None, None, None, None);
-        let variants = [NginxVariant::None, NginxVariant::Waggle, NginxVariant::WaggleMetrics, NginxVariant::Floor];
+        let all = [NginxVariant::None, NginxVariant::Waggle, NginxVariant::WaggleMetrics, NginxVariant::Floor];
+        let variants: Vec<NginxVariant> =
+            all.into_iter().filter(|v| metrics_on || *v != NginxVariant::WaggleMetrics).collect();
         for variant in round_order(i, &variants) {
             if variant == NginxVariant::Floor {
                 match EmptyPrograms::start(ctx) {
@@ -115,10 +161,10 @@ pub fn nginx(ctx: &mut Ctx) -> Result<Vec<NginxRound>> {
                         wrk(ctx.warmup).run()?;
                         floor = Some(wrk(ctx.seconds).run()?);
                     }
-                    Err(e) => ctx.warnings.push(format!("nginx round {}: no empty-program floor: {e:#}", i + 1)),
+                    Err(e) => ctx.warnings.push(format!("{label} round {}: no empty-program floor: {e:#}", i + 1)),
                 }
             } else if variant == NginxVariant::Waggle {
-                let mut a = ctx.start_agent("nginx")?;
+                let mut a = ctx.start_agent(label)?;
                 let warm = wrk(ctx.warmup).run()?;
                 a.begin()?;
                 let measured = wrk(ctx.seconds).run()?;
@@ -142,7 +188,7 @@ pub fn nginx(ctx: &mut Ctx) -> Result<Vec<NginxRound>> {
             bail!("round {i} lost a variant");
         };
         procs::tracing_line(&format!(
-            "nginx round {}: {:.0} rps without agent, {:.0} rps with waggle ({:.0} m agent CPU)",
+            "{label} round {}: {:.0} rps without agent, {:.0} rps with waggle ({:.0} m agent CPU)",
             i + 1,
             base.rps(),
             agent.rps(),
