@@ -1,6 +1,8 @@
 //! TLS acceptance tests: the real agent reading the plaintext of real TLS
 //! traffic at OpenSSL (Debian's libssl3), nginx serving HTTPS to curl and
-//! Python's urllib, psql talking to PostgreSQL with `sslmode=require`.
+//! Python's urllib, psql and psycopg talking to PostgreSQL with
+//! `sslmode=require`, and nothing from the TLS connections of processes
+//! the selection rules leave out.
 //! Certificates are made by each test (`openssl req`); clients verify them.
 //!
 //! Like every e2e test: root, the e2e lock, spans picked by the pid of the
@@ -12,7 +14,7 @@ use std::{process::Stdio, time::Duration};
 
 use waggle_e2e::{
     client_spans, curl_on_one_connection,
-    db::{MariaDb, Postgres, DB_NAME},
+    db::{sql_script, MariaDb, Postgres, DB_NAME, PG_USER},
     describe, e2e_setup, python_script, run_client, Agent, Kind, OtlpReceiver, Proc, Protocol, Server, Span,
     SPAN_TIMEOUT,
 };
@@ -115,6 +117,57 @@ fn https_nginx_curl_and_urllib_give_spans_on_both_sides() {
     assert_eq!(out.counter("tls_version_unseen"), 0, "every handshake was seen: {}", out.stderr);
 }
 
+// 1c. Trace selection over TLS: only a copy of curl is selected. nginx and
+//     the system's curl call the same probed libssl, but the kernel leaves
+//     untraced processes at its first step: no span and no TLS connection
+//     from them; the selected curl's request to the same nginx is traced.
+
+#[test]
+#[ignore = "needs root, nginx, openssl and the agent binary: cargo xtask test runs it"]
+fn tls_connections_of_untraced_processes_give_nothing() {
+    let _guard = e2e_setup("tls_connections_of_untraced_processes_give_nothing");
+    let nginx = Server::nginx_https();
+    let nginx_pids = nginx.pids();
+    let cert = nginx.dir().join("cert.pem").to_string_lossy().into_owned();
+    let bin = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+    let traced_curl = bin.path().join("traced-curl");
+    std::fs::copy("/usr/bin/curl", &traced_curl).unwrap_or_else(|e| panic!("copying /usr/bin/curl: {e}"));
+    let receiver = OtlpReceiver::start();
+    let mut args = receiver.agent_args(Protocol::HttpProtobuf);
+    args.extend(["--trace-include".to_owned(), "exe=*/traced-curl".to_owned()]);
+    let agent = Agent::start(&args, &[]);
+
+    // The untraced curl first: two requests on one connection.
+    let untraced = curl_on_one_connection(&["--cacert", &cert], &[&nginx.https_url("/u1"), &nginx.https_url("/u2")]);
+    let traced = run_client(
+        "traced-curl",
+        std::process::Command::new(&traced_curl).args([
+            "-sS",
+            "--max-time",
+            "10",
+            "--cacert",
+            &cert,
+            "-o",
+            "/dev/null",
+            &nginx.https_url("/t"),
+        ]),
+        Duration::from_secs(20),
+    );
+    traced.assert_success();
+
+    receiver.focus(&[&nginx_pids[..], &[untraced.pid, traced.pid]].concat());
+    receiver.expect_spans("the selected curl's span", SPAN_TIMEOUT, |s| !client_spans(s, traced.pid).is_empty());
+    let out = agent.stop();
+    let spans = receiver.spans();
+    let mine = of(&spans, &[traced.pid]);
+    assert_eq!(mine.len(), 1, "{}", describe(&mine));
+    assert_https_span(&mine[0], Kind::Client, "/t", nginx.port(), "1.2");
+    let others = of(&spans, &[&nginx_pids[..], &[untraced.pid]].concat());
+    assert!(others.is_empty(), "untraced nginx and curl gave spans:\n{}", describe(&others));
+    // One TLS connection end reached the agent: the selected curl's.
+    assert_eq!(out.counter("tls_conns"), 1, "{}", out.stderr);
+}
+
 // 1b. nginx with TLS 1.3 on: curl's default handshake is TLS 1.3 (the
 //     version in the ServerHello's `supported_versions`), and curl limited
 //     to TLS 1.2 (`--tlsv1.2 --tls-max 1.2`) gets 1.2; both ends say so.
@@ -199,6 +252,57 @@ fn psql_over_tls_gives_the_sanitized_sql_span() {
     // is not traced, over TLS as over plaintext.
     let server_side: Vec<Span> = spans.iter().filter(|s| s.service_name == "postgres").cloned().collect();
     assert!(server_side.is_empty(), "{}", describe(&server_side));
+    waggle_e2e::assert_not_leaked(&receiver, &out, &[&secret]);
+    assert!(out.counter("tls_conns") >= 1, "{}", out.stderr);
+}
+
+// 2b. psycopg 3 (libpq, libssl) with sslmode=require: its prepared
+//     statements give the spans they give over plaintext (sql.rs).
+
+#[test]
+#[ignore = "needs root, PostgreSQL, psycopg, openssl and the agent binary: cargo xtask test runs it"]
+fn psycopg_over_tls_gives_the_sanitized_sql_spans() {
+    let _guard = e2e_setup("psycopg_over_tls_gives_the_sanitized_sql_spans");
+    let pg = Postgres::start_with_ssl();
+    let receiver = OtlpReceiver::start();
+    let agent = Agent::start(&receiver.agent_args(Protocol::HttpProtobuf), &[]);
+
+    let secret = format!("secret-psycopg-tls-{}", std::process::id());
+    let count = 3;
+    // sslmode=require: the connection fails rather than going plaintext.
+    let r = run_client(
+        "psycopg_prepared",
+        sql_script("psycopg_prepared.py").env("PGSSLMODE", "require").args([
+            &pg.port().to_string(),
+            DB_NAME,
+            PG_USER,
+            &count.to_string(),
+            &secret,
+        ]),
+        Duration::from_secs(60),
+    );
+    r.assert_success();
+    assert_eq!(r.stdout, format!("{}done\n", "rows 0\n".repeat(count)), "script output");
+
+    receiver.focus(&[r.pid]);
+    receiver.expect_spans("the psycopg client's spans", SPAN_TIMEOUT, |s| client_spans(s, r.pid).len() >= count);
+    let out = agent.stop();
+    let mine = of(&receiver.spans(), &[r.pid]);
+    assert_eq!(mine.len(), count, "one span per execute, nothing else:\n{}", describe(&mine));
+    for s in &mine {
+        assert_eq!(s.kind, Kind::Client, "{s}");
+        assert_eq!(s.name, "SELECT items", "{s}");
+        assert_eq!(s.attr_str("db.system.name"), Some("postgresql"), "{s}");
+        assert_eq!(s.attr_str("db.namespace"), Some(DB_NAME), "{s}");
+        assert_eq!(
+            s.attr_str("db.query.text"),
+            Some("SELECT name, price FROM items WHERE id = $1 AND name <> $2"),
+            "{s}"
+        );
+        assert_eq!(s.attr_int("server.port"), Some(i64::from(pg.port())), "{s}");
+        assert_eq!(s.attr_str("tls.protocol.name"), Some("tls"), "{s}");
+        assert_eq!(s.attr_str("tls.protocol.version"), Some("1.3"), "{s}");
+    }
     waggle_e2e::assert_not_leaked(&receiver, &out, &[&secret]);
     assert!(out.counter("tls_conns") >= 1, "{}", out.stderr);
 }
