@@ -44,16 +44,31 @@ const SCAN_QUEUE: usize = 1024;
 const MAX_SCANNED_PIDS: usize = 65536;
 
 /// OpenSSL's TLS library (`libssl.so`, `libssl.so.3`, `libssl.so.1.1`) or
-/// GnuTLS's (`libgnutls.so.30`; not `libgnutls-dane`, `libgnutlsxx`).
+/// GnuTLS's (`libgnutls.so.30`; not `libgnutls-dane`, `libgnutlsxx`), also
+/// under the name a Python wheel gives the copy it brings
+/// (`psycopg_binary.libs/libssl-6a9b88ec.so.3`: auditwheel adds a hash).
 pub fn tls_kind(path: &str) -> Option<TlsKind> {
     let name = path.rsplit('/').next()?;
-    if name.starts_with("libssl.so") {
+    if is_library(name, "libssl") {
         Some(TlsKind::OpenSsl)
-    } else if name.starts_with("libgnutls.so") {
+    } else if is_library(name, "libgnutls") {
         Some(TlsKind::GnuTls)
     } else {
         None
     }
+}
+
+/// `{stem}.so…`, or `{stem}-{8 hex digits}.so…` (a wheel's vendored copy).
+fn is_library(name: &str, stem: &str) -> bool {
+    let Some(rest) = name.strip_prefix(stem) else {
+        return false;
+    };
+    if rest.starts_with(".so") {
+        return true;
+    }
+    rest.strip_prefix('-').is_some_and(|tagged| {
+        tagged.len() > 8 && tagged.as_bytes()[..8].iter().all(u8::is_ascii_hexdigit) && tagged[8..].starts_with(".so")
+    })
 }
 
 pub fn is_tls_library(path: &str) -> bool {
@@ -227,6 +242,15 @@ mod tests {
         assert_eq!(tls_kind("/srv/libssl.so"), Some(TlsKind::OpenSsl));
         assert_eq!(tls_kind("/usr/lib/libgnutls.so.30"), Some(TlsKind::GnuTls));
         assert_eq!(tls_kind("/usr/lib/libgnutlsxx.so.30"), None);
+        assert_eq!(
+            tls_kind("/venv/site-packages/psycopg_binary.libs/libssl-6a9b88ec.so.3"),
+            Some(TlsKind::OpenSsl),
+            "a wheel's vendored libssl"
+        );
+        assert_eq!(tls_kind("/venv/x.libs/libgnutls-0123abcd.so.30"), Some(TlsKind::GnuTls));
+        assert_eq!(tls_kind("/usr/lib/libgnutls-dane.so.0"), None);
+        assert_eq!(tls_kind("/usr/lib/libssl-12345678x.so.3"), None);
+        assert_eq!(tls_kind("/venv/x.libs/libcrypto-3a0647ea.so.3"), None);
         assert!(is_tls_library("libssl.so.3"));
         assert!(!is_tls_library("/usr/lib/libssl3.so"), "NSS's libssl3 is not OpenSSL");
         assert!(!is_tls_library("/usr/lib/libcrypto.so.3"));
