@@ -373,3 +373,11 @@ pub fn proc_memory(pid: u32, field: &str) -> u64 {
         .find_map(|l| l.strip_prefix(field)?.strip_prefix(':')?.trim().strip_suffix("kB")?.trim().parse::<u64>().ok())
         .map_or(0, |kb| kb * 1024)
 }
+
+/// `curl` copied to a path of its own, so an exe rule can select it and no
+/// other curl (selection tests: `--trace-include exe=*/traced-curl`).
+pub fn traced_curl(dir: &std::path::Path) -> std::path::PathBuf {
+    let path = dir.join("traced-curl");
+    std::fs::copy("/usr/bin/curl", &path).unwrap_or_else(|e| panic!("copying /usr/bin/curl: {e}"));
+    path
+}

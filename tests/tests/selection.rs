@@ -23,7 +23,7 @@ use waggle_e2e::{
     by_pid,
     cgroups::{container_id, Cgroups},
     describe, e2e_setup,
-    env::{can_connect, curl, free_port, poll_until, Proc},
+    env::{can_connect, curl, free_port, poll_until, traced_curl, Proc},
     kube_api::{Collection, KubeApi, PodSpec},
     python, run_client,
     scrape::{counter, sample, scrape_until},
@@ -42,14 +42,6 @@ fn kernel_verdict(pid: u32) -> Option<u8> {
     let data = MapData::from_id(info.id()).ok()?;
     let map: HashMap<MapData, u32, u8> = HashMap::try_from(Map::HashMap(data)).ok()?;
     map.get(&pid, 0).ok()
-}
-
-/// `curl` copied to a path of its own, so an exe rule can select it and no
-/// other curl.
-fn traced_curl(dir: &std::path::Path) -> std::path::PathBuf {
-    let path = dir.join("traced-curl");
-    std::fs::copy("/usr/bin/curl", &path).unwrap_or_else(|e| panic!("copying /usr/bin/curl: {e}"));
-    path
 }
 
 #[track_caller]

@@ -16,7 +16,7 @@ use waggle_e2e::{
     client_spans, curl_on_one_connection,
     db::{sql_script, MariaDb, Postgres, DB_NAME, PG_USER},
     describe, e2e_setup,
-    env::poll_until,
+    env::{poll_until, traced_curl},
     python_script, run_client, Agent, Kind, OtlpReceiver, Proc, Protocol, Server, Span, SPAN_TIMEOUT,
 };
 
@@ -131,8 +131,7 @@ fn tls_connections_of_untraced_processes_give_nothing() {
     let nginx_pids = nginx.pids();
     let cert = nginx.dir().join("cert.pem").to_string_lossy().into_owned();
     let bin = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
-    let traced_curl = bin.path().join("traced-curl");
-    std::fs::copy("/usr/bin/curl", &traced_curl).unwrap_or_else(|e| panic!("copying /usr/bin/curl: {e}"));
+    let traced_curl = traced_curl(bin.path());
     let receiver = OtlpReceiver::start();
     let mut args = receiver.agent_args(Protocol::HttpProtobuf);
     args.extend(["--trace-include".to_owned(), "exe=*/traced-curl".to_owned()]);
