@@ -69,6 +69,8 @@ pub enum Scenario {
     Sustained,
     /// nginx over HTTPS (TLS plaintext read at OpenSSL).
     Https,
+    /// Up to 100k open idle keep-alive connections: the agent's memory.
+    Idle,
     Profile,
 }
 
@@ -190,6 +192,9 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     if args.wants(Scenario::Https) {
         results.https = outcome(scenarios::https(&mut ctx));
     }
+    if args.wants(Scenario::Idle) {
+        results.idle = outcome(scenarios::idle(&mut ctx));
+    }
     if args.wants(Scenario::Profile) {
         results.profile = outcome(profile::profile(&mut ctx));
     }
@@ -230,6 +235,11 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     Ok(())
 }
 
+/// The idle-connections scenario's client processes (`xtask bench-idle-client`).
+pub fn idle_client(port: u16, count: u32, offset: usize) -> Result<()> {
+    scenarios::idle_client(port, count, offset)
+}
+
 /// A scenario's error is kept (with its causes) for the report; the other
 /// scenarios still run.
 fn outcome<T>(r: Result<T>) -> report::Outcome<T> {
@@ -251,6 +261,7 @@ fn failures(res: &Results) -> Vec<String> {
     check("syscalls", res.syscalls.as_ref().and_then(|r| r.as_ref().err()));
     check("sustained", res.sustained.as_ref().and_then(|r| r.as_ref().err()));
     check("https", res.https.as_ref().and_then(|r| r.as_ref().err()));
+    check("idle", res.idle.as_ref().and_then(|r| r.as_ref().err()));
     check("profile", res.profile.as_ref().and_then(|r| r.as_ref().err()));
     failed
 }

@@ -67,6 +67,9 @@ enum Command {
     /// Runs in the kernel matrix's guests: a one-thread HTTP server.
     #[command(hide = true)]
     GuestHttpServer { port: u16, ready_file: std::path::PathBuf },
+    /// The bench's idle-connections scenario: a client holding connections.
+    #[command(hide = true)]
+    BenchIdleClient { port: u16, count: u32, offset: usize },
     /// rustfmt, clippy -D warnings (workspace, fuzz feature, kernel crate),
     /// no import circles, no oversized files.
     Lint,
@@ -189,6 +192,10 @@ fn dispatch(command: Command) -> Result<ExitCode> {
         }
         Command::GuestHttpServer { port, ready_file } => {
             kernels::guest::http_server(port, &ready_file)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::BenchIdleClient { port, count, offset } => {
+            bench::idle_client(port, count, offset)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Bench(args) => {

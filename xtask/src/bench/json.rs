@@ -118,6 +118,11 @@ pub fn to_json(res: &Results) -> Value {
         "nginx": nginx, "flask": section(&res.flask, |r| sdk_section(r)), "conn": conn,
         "node": section(&res.node, |r| sdk_section(r)), "postgres": postgres, "syscalls": syscalls,
         "sustained": sustained, "https": section(&res.https, |rounds| nginx_json(rounds)),
+        "idle": section(&res.idle, |steps| json!(steps.iter().map(|s| json!({
+            "connections": s.connections, "rss_mib": mib(s.rss_kib), "bpf_memlock_mib": mib(s.bpf_memlock_kib),
+            "agent_cpu_us_per_connection": s.cpu_us_per_connection, "conns_evicted": s.run.counter("conns_evicted"),
+            "oldest_sample_spans": s.oldest_spans, "newest_sample_spans": s.newest_spans,
+        })).collect::<Vec<_>>())),
     })
 }
 

@@ -215,6 +215,7 @@ pub fn markdown(res: &Results) -> String {
     }
 
     sections::https_section(&mut md, res);
+    sections::idle_section(&mut md, res);
 
     if let Some(outcome) = &res.profile {
         let _ = writeln!(md, "\n## Where the time goes (saturated nginx, waggle attached)\n");

@@ -2,7 +2,7 @@
 //! acceptance.
 use super::{
     profile::Profile,
-    scenarios::{ConnResults, ConnRound, NginxRound, PgRound, SdkRound, SustainedStep},
+    scenarios::{ConnResults, ConnRound, IdleStep, NginxRound, PgRound, SdkRound, SustainedStep},
     syscalls::{Probe, SyscallResults, SYSCALL_MODES},
 };
 
@@ -11,6 +11,9 @@ pub const TARGET_THROUGHPUT_RATIO: f64 = 0.97;
 pub const TARGET_MILLICORES_PER_10K: f64 = 50.0;
 pub const TARGET_CLEAN_RATE: u32 = 20_000;
 pub const TARGET_RSS_MIB_AT_10K: f64 = 60.0;
+/// Agent RSS with this many open idle connections at most [`TARGET_IDLE_RSS_MIB`].
+pub const TARGET_IDLE_CONNECTIONS: u32 = 100_000;
+pub const TARGET_IDLE_RSS_MIB: f64 = 200.0;
 /// waggle's throughput cost at most this fraction of the SDK's.
 pub const TARGET_COST_VS_SDK: f64 = 0.2;
 /// Agent CPU per new connection (both ends traced), µs.
@@ -53,6 +56,7 @@ pub struct Results {
     pub sustained: Outcome<Vec<SustainedStep>>,
     /// nginx over HTTPS: its rounds have no metrics-on variant.
     pub https: Outcome<Vec<NginxRound>>,
+    pub idle: Outcome<Vec<IdleStep>>,
     pub profile: Outcome<Profile>,
 }
 
@@ -407,6 +411,17 @@ pub fn targets(res: &Results) -> Vec<Verdict> {
         }
         _ => out.push(missing(&t)),
     }
+    let t = format!("RSS ≤ {TARGET_IDLE_RSS_MIB} MB with {}k open idle connections", TARGET_IDLE_CONNECTIONS / 1000);
+    match res.idle.as_ref().and_then(|r| r.as_ref().ok()) {
+        Some(steps) => match steps.iter().find(|s| s.connections == TARGET_IDLE_CONNECTIONS) {
+            Some(s) => {
+                let m = mib(s.rss_kib);
+                out.push(Verdict { target: t, measured: format!("{m:.1} MiB"), met: Some(m <= TARGET_IDLE_RSS_MIB) });
+            }
+            None => out.push(missing(&t)),
+        },
+        None => out.push(missing(&t)),
+    }
     out
 }
 
@@ -552,6 +567,10 @@ pub(super) mod tests {
             node: Some(Ok(node)),
             postgres: Some(Err("initdb failed".into())),
             sustained: Some(Ok(steps)),
+            idle: Some(Ok(vec![
+                IdleStep { connections: 10_000, rss_kib: 80 * 1024, ..Default::default() },
+                IdleStep { connections: 100_000, rss_kib: 250 * 1024, ..Default::default() },
+            ])),
             ..Default::default()
         }
     }
@@ -570,7 +589,9 @@ pub(super) mod tests {
         assert_eq!(nginx.peak_rss_mib, 42.0);
 
         let verdicts = targets(&res);
-        assert_eq!(verdicts.len(), 9);
+        assert_eq!(verdicts.len(), 10);
+        // Read at the 100k step only.
+        assert_eq!((verdicts[9].met, verdicts[9].measured.as_str()), (Some(false), "250.0 MiB"), "{:?}", verdicts[9]);
         // Metrics on: the first round only, CPU per span 155/150 of metrics off's.
         assert_eq!(verdicts[8].met, Some(true), "{:?}", verdicts[8]);
         assert!(verdicts[8].measured.starts_with("CPU 1.0"), "{:?}", verdicts[8]);

@@ -1,14 +1,14 @@
 //! Markdown sections of the three-way SDK comparisons (Flask, Node.js), of
-//! the per-connection scenario and of nginx over HTTPS, and the cell
-//! formats every section of the report shares.
+//! the per-connection scenario, of nginx over HTTPS and of the idle
+//! connections, and the cell formats every section of the report shares.
 use std::fmt::Write as _;
 
 use super::{
     report::{
-        median, summarize_conn_nginx, summarize_nginx, summarize_sdk, NginxSummary, Outcome, Results, SdkSummary,
+        median, mib, summarize_conn_nginx, summarize_nginx, summarize_sdk, NginxSummary, Outcome, Results, SdkSummary,
     },
     scenarios::{
-        CONNECTION_CLOSE, FLASK_WORKERS, FLASK_WRK_CONNECTIONS, NGINX_WRK_CONNECTIONS, NGINX_WRK_THREADS,
+        CONNECTION_CLOSE, FLASK_WORKERS, FLASK_WRK_CONNECTIONS, IDLE_SAMPLE, NGINX_WRK_CONNECTIONS, NGINX_WRK_THREADS,
         NODE_WRK_CONNECTIONS,
     },
 };
@@ -206,6 +206,43 @@ pub fn https_section(md: &mut String, res: &Results) {
                     f0(floor_rps),
                     ratio_cell(&s.floor_ratios),
                     ratio_cell(&s.agent_to_floor_ratios)
+                );
+            }
+        }
+        other => outcome_note(md, other),
+    }
+}
+
+pub fn idle_section(md: &mut String, res: &Results) {
+    let _ = writeln!(md, "\n## 9. Open idle connections: the agent's memory\n");
+    let _ = writeln!(
+        md,
+        "The harness opens N keep-alive connections to the nginx of scenario 1 (listening on five loopback \
+         addresses for ephemeral ports), sends one request on each and leaves them all open: waggle traces \
+         both ends, 2N connection ends. A fresh agent per step. RSS is VmRSS with all N open and their spans \
+         exported; eBPF memory is the `memlock` of the agent's maps and programs (fixed at load, charged to \
+         its cgroup, not in RSS). At the end one more request goes out on the {IDLE_SAMPLE} oldest and the \
+         {IDLE_SAMPLE} newest connections: the spans that reached the receiver (2 per traced request) show \
+         whether an idle connection is still known after N others opened.\n"
+    );
+    match &res.idle {
+        Some(Ok(steps)) => {
+            let _ = writeln!(
+                md,
+                "| connections | agent RSS | eBPF memory | agent CPU per connection opened | connection states evicted | spans: oldest / newest {IDLE_SAMPLE} (of {}) |\n| --- | --- | --- | --- | --- | --- |",
+                2 * IDLE_SAMPLE
+            );
+            for s in steps {
+                let _ = writeln!(
+                    md,
+                    "| {} | {:.1} MiB | {:.1} MiB | {} µs | {} | {} / {} |",
+                    s.connections,
+                    mib(s.rss_kib),
+                    mib(s.bpf_memlock_kib),
+                    us1(s.cpu_us_per_connection),
+                    s.run.counter("conns_evicted"),
+                    s.oldest_spans,
+                    s.newest_spans
                 );
             }
         }

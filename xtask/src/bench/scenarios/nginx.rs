@@ -40,6 +40,8 @@ pub const METRICS_ON_ARGS: &[&str] =
 
 pub const NGINX_WRK_THREADS: u32 = 1;
 pub const NGINX_WRK_CONNECTIONS: u32 = 32;
+/// nginx's worker_connections unless a scenario needs more.
+const DEFAULT_CONNECTIONS: u32 = 4096;
 
 /// nginx (one worker) and its temp directory, both removed on drop.
 pub struct Nginx {
@@ -57,16 +59,35 @@ impl Nginx {
     /// `tls`: HTTPS with a self-signed certificate made here (the HTTPS
     /// scenario).
     pub fn start_with(ctx: &Ctx, tls: bool) -> Result<Nginx> {
+        Nginx::launch(ctx, tls, 1, DEFAULT_CONNECTIONS, &[])
+    }
+
+    /// `workers` workers with room for `per_worker` connections each, the
+    /// kernel spreading new connections over them (`reuseport`), listening
+    /// on the same port of `more_addrs` too (each loopback address gives
+    /// its clients another ~28k ephemeral ports).
+    pub fn start_many(ctx: &Ctx, workers: u32, per_worker: u32, more_addrs: &[&str]) -> Result<Nginx> {
+        Nginx::launch(ctx, false, workers, per_worker, more_addrs)
+    }
+
+    fn launch(ctx: &Ctx, tls: bool, workers: u32, connections: u32, more_addrs: &[&str]) -> Result<Nginx> {
         let dir = TempDir::new("nginx")?;
         let port = procs::free_port()?;
         let template =
             fs::read_to_string(ctx.bench_dir().join("nginx.conf.tmpl")).context("reading bench/nginx.conf.tmpl")?;
         let (ssl, certs) = if tls { (" ssl", self_signed_cert(ctx, &dir.path)?) } else { ("", String::new()) };
+        let reuseport = if workers > 1 { " reuseport" } else { "" };
+        let more_listen: String =
+            more_addrs.iter().map(|addr| format!("listen {addr}:{port} backlog=4096{reuseport}; ")).collect();
         let conf = template
             .replace("@DIR@", &dir.path.to_string_lossy())
             .replace("@PORT@", &port.to_string())
-            .replace("@SSL@", ssl)
-            .replace("@CERTS@", &certs);
+            .replace("@SSL@", &format!("{reuseport}{ssl}"))
+            .replace("@WORKERS@", &workers.to_string())
+            .replace("@CERTS@", &certs)
+            .replace("@CONNECTIONS@", &connections.to_string())
+            .replace("@NOFILE@", &(connections + connections / 4).to_string())
+            .replace("@MORE_LISTEN@", &more_listen);
         let conf_path = dir.path.join("nginx.conf");
         fs::write(&conf_path, conf).context("writing nginx.conf")?;
         let nginx = crate::cmd::find_program("nginx").ok_or_else(|| anyhow!("nginx not found"))?;
