@@ -103,7 +103,10 @@ impl Http1Parser {
     pub fn new(role: Role) -> Http1Parser {
         Http1Parser {
             role,
-            pending: VecDeque::new(),
+            // One slot, allocated once: VecDeque's first growth would take
+            // four (~1 KiB), which every idle keep-alive connection would
+            // then hold; only pipelining needs more.
+            pending: VecDeque::with_capacity(1),
             next_id: 0,
             req: ReqSide {
                 // The first request-direction chunk must itself start with a
@@ -167,6 +170,31 @@ impl Http1Parser {
         match build_span(self.span_kind(), exchange, end_ns, redaction) {
             Some(span) => out.push(span),
             None => self.dropped += 1,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::test_conn::*;
+    use waggle_common::Role;
+
+    #[test]
+    fn an_idle_keep_alive_connection_holds_one_pending_slot() {
+        for role in [Role::Server, Role::Client] {
+            let mut c = Conn::new(role);
+            for _ in 0..3 {
+                c.req(GET);
+                c.resp(OK);
+            }
+            assert_eq!(c.take().len(), 3);
+            assert_eq!(c.parser.pending.capacity(), 1, "{role:?}");
+            // Pipelined requests still queue.
+            c.req(GET);
+            c.req(GET);
+            c.resp(OK);
+            c.resp(OK);
+            assert_eq!(c.take().len(), 2);
         }
     }
 }
