@@ -37,7 +37,8 @@ pub(super) fn gate(wanted: bool, fionread: Option<&Result<FionreadCheck, String>
     }
     match off_reason(fionread) {
         Some(reason) => {
-            tracing::warn!(reason = %reason, "trace-response-header off: {reason}");
+            // The reason is the message: the one line a user greps for.
+            tracing::warn!("trace-response-header off: {reason}");
             false
         }
         None => true,
