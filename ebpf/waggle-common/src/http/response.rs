@@ -207,6 +207,16 @@ impl ResponseBoundary {
     }
 }
 
+/// Copies `bytes` to `out[at..]` (a loop the verifier sees unrolled).
+#[inline(always)]
+fn put(out: &mut [u8], at: usize, bytes: &[u8]) {
+    let mut i = 0;
+    while i < bytes.len() {
+        out[at + i] = bytes[i];
+        i += 1;
+    }
+}
+
 #[inline(always)]
 fn put_hex(out: &mut [u8], at: usize, bytes: &[u8]) {
     let mut i = 0;
@@ -222,12 +232,7 @@ fn put_hex(out: &mut [u8], at: usize, bytes: &[u8]) {
 #[inline(always)]
 pub fn traceresponse_line(trace_id: &[u8; 16], span_id: &[u8; 8], sampled: bool) -> [u8; TRACERESPONSE_LINE_LEN] {
     let mut out = [0u8; TRACERESPONSE_LINE_LEN];
-    let prefix = b"traceresponse: 00-";
-    let mut i = 0;
-    while i < prefix.len() {
-        out[i] = prefix[i];
-        i += 1;
-    }
+    put(&mut out, 0, b"traceresponse: 00-");
     put_hex(&mut out, 18, trace_id);
     out[50] = b'-';
     put_hex(&mut out, 51, span_id);
@@ -243,12 +248,7 @@ pub fn traceresponse_line(trace_id: &[u8; 16], span_id: &[u8; 8], sampled: bool)
 #[inline(always)]
 pub fn x_trace_id_line(trace_id: &[u8; 16]) -> [u8; X_TRACE_ID_LINE_LEN] {
     let mut out = [0u8; X_TRACE_ID_LINE_LEN];
-    let prefix = b"X-Trace-Id: ";
-    let mut i = 0;
-    while i < prefix.len() {
-        out[i] = prefix[i];
-        i += 1;
-    }
+    put(&mut out, 0, b"X-Trace-Id: ");
     put_hex(&mut out, 12, trace_id);
     out[44] = b'\r';
     out[45] = b'\n';

@@ -1,7 +1,7 @@
 //! Host tests of the response rules: which sends get a trace header line.
 use super::*;
 extern crate std;
-use std::{format, string::String, vec::Vec};
+use std::{string::String, vec::Vec};
 
 use crate::http::{parse_traceparent_value, tests::words};
 
@@ -203,6 +203,6 @@ fn lines_carry_the_ids() {
     // Lines the scan recognises as already there: never inserted twice.
     for line in [&traceresponse_line(&trace, &span, true)[..], &x_trace_id_line(&trace)[..]] {
         let block = [&b"HTTP/1.1 200 OK\r\n"[..], line, b"\r\n"].concat();
-        assert_eq!(scan(&block).trace_lines, 1, "{}", format!("{:?}", String::from_utf8_lossy(&block)));
+        assert_eq!(scan(&block).trace_lines, 1, "{:?}", String::from_utf8_lossy(&block));
     }
 }
