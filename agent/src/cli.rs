@@ -237,6 +237,11 @@ fn describe_config(config: &Config) -> String {
                 (true, true) => "unsafe-keepalive",
             }
         ),
+        format!(
+            "trace_response_header: {} ({} include rule(s) set their own)",
+            config.trace_response_header,
+            config.trace_rules.include.iter().filter(|r| r.response_header.is_some()).count()
+        ),
         format!("metrics_addr: {}", config.metrics_addr.map(|a| a.to_string()).unwrap_or_else(|| "none".into())),
         format!(
             "app_metrics: {} (at most {} series per metric)",
@@ -285,6 +290,7 @@ fn log_config(config: &Config) {
         cache_keys = config.cache_keys,
         redact_url_path_templates = config.redact_url_paths.templates(),
         propagation = config.propagation,
+        trace_response_header = %config.trace_response_header,
         app_metrics = config.app_metrics,
         metrics_max_series = config.metrics_max_series,
         config_file = ?config.config_file,

@@ -41,6 +41,7 @@ Config file (YAML, unknown keys are an error):
   sampler: parentbased_traceidratio sampler_arg: 0.25          raw_sql: false
   cache_keys: false
   propagation: on | off             metrics_addr: 0.0.0.0:9464 log_level: info
+  trace_response_header: traceresponse | x-trace-id | off
   tls: on | off
   app_metrics: on | off             metrics_max_series: 2000
   metrics_exporter: otlp            metric_export_interval: 60000
@@ -53,6 +54,7 @@ Config file (YAML, unknown keys are an error):
 
 Choosing what is traced (rules: conditions joined by &, all must hold; lists separated by ;):
   exe=GLOB  port=80,8000-8999  namespace=GLOB  container=GLOB  label:KEY=GLOB  annotation:KEY=GLOB
+  an include rule may add trace_response_header=traceresponse|x-trace-id|off (that process's setting)
   WAGGLE_TRACE_INCLUDE, WAGGLE_TRACE_EXCLUDE, WAGGLE_TRACE_DEFAULT_EXCLUDES=on|off
   Exclude wins over include; no include rule means every process not excluded.";
 
@@ -157,6 +159,15 @@ pub struct CliArgs {
     /// after an early response was seen)
     #[arg(long, value_name = "on|off|unsafe-keepalive")]
     pub propagation: Option<String>,
+
+    /// Insert the trace id into HTTP/1.x responses of traced servers, right
+    /// after the status line: `traceresponse: 00-<trace-id>-<span-id>-<flags>`
+    /// or `X-Trace-Id: <trace-id>` [default: off; env
+    /// WAGGLE_TRACE_RESPONSE_HEADER; per include rule:
+    /// trace_response_header=MODE]. Off by itself on kernels whose FIONREAD
+    /// misreports sockets in a sockmap
+    #[arg(long, value_name = "traceresponse|x-trace-id|off")]
+    pub trace_response_header: Option<String>,
 
     /// Read the plaintext of TLS connections at the OpenSSL library
     /// (uprobes on SSL_read/SSL_write) [default: on; env WAGGLE_TLS]

@@ -66,6 +66,7 @@ pub(super) struct FileConfig {
     pub(super) raw_sql: Option<bool>,
     pub(super) cache_keys: Option<bool>,
     pub(super) propagation: Option<Scalar>,
+    pub(super) trace_response_header: Option<Scalar>,
     pub(super) tls: Option<Scalar>,
     pub(super) trusted_networks: Option<String>,
     pub(super) redact_url_paths: Option<String>,

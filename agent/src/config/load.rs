@@ -10,7 +10,7 @@ use super::{
     values::{check_range, parse_bool_env, parse_key_values, parse_networks, parse_number, parse_on_off, parse_print},
     CliArgs, Config, ConfigError, Env, PrintFormat, Sampler,
 };
-use crate::protocols::http1::PathRedaction;
+use crate::{protocols::http1::PathRedaction, selection::ResponseHeader};
 
 const MAX_QUEUED_SPANS_LIMIT: usize = 1 << 20;
 const MAX_EXPORT_BATCH_LIMIT: usize = 1 << 16;
@@ -157,6 +157,18 @@ impl Config {
         // Tracing disabled: nothing may be sent downstream either.
         let (propagation, propagation_unsafe_keepalive) =
             (propagation.0 && !sdk_disabled, propagation.1 && !sdk_disabled);
+        let trace_response_header = match first([
+            flag(args.trace_response_header.clone(), "trace-response-header"),
+            env_var(env, "WAGGLE_TRACE_RESPONSE_HEADER"),
+            file_key(file.trace_response_header.map(Scalar::into_string), "trace_response_header", path),
+        ]) {
+            // Tracing disabled: no trace ids go out either.
+            Some((raw, source)) => match ResponseHeader::parse(&raw).map_err(|e| source.invalid(e))? {
+                _ if sdk_disabled => ResponseHeader::Off,
+                mode => mode,
+            },
+            None => defaults.trace_response_header,
+        };
         let tls = match first([
             flag(args.tls.clone(), "tls"),
             env_var(env, "WAGGLE_TLS"),
@@ -275,6 +287,7 @@ impl Config {
             cache_keys,
             propagation,
             propagation_unsafe_keepalive,
+            trace_response_header,
             tls,
             trusted_networks,
             redact_url_paths,

@@ -65,6 +65,12 @@ pub(super) fn resolve(
         Some((raw, source)) => parse_on_off(&raw, &source)?,
         None => true,
     };
+    if let Some(r) = exclude.iter().find(|r| r.response_header.is_some()) {
+        return Err(ConfigError::Invalid {
+            setting: "trace-exclude".to_owned(),
+            message: format!("{:?}: trace_response_header=... belongs on an include rule", r.text),
+        });
+    }
     if defaults {
         exclude.extend(default_excludes());
     }

@@ -137,6 +137,9 @@ pub struct Config {
     /// receive path then runs through the kernel's tcp_bpf code). Off: the
     /// first request of each connection only.
     pub propagation_unsafe_keepalive: bool,
+    /// `--trace-response-header` for traced processes no include rule sets
+    /// it for (`trace_rules` carries the per-rule settings).
+    pub trace_response_header: crate::selection::ResponseHeader,
     /// Read TLS plaintext at the OpenSSL library (uprobes).
     pub tls: bool,
     /// Peers whose incoming traceparent is honoured; None: every peer (the
@@ -187,6 +190,7 @@ impl Default for Config {
             cache_keys: false,
             propagation: true,
             propagation_unsafe_keepalive: false,
+            trace_response_header: crate::selection::ResponseHeader::Off,
             tls: true,
             trusted_networks: None,
             redact_url_paths: Arc::default(),

@@ -571,3 +571,43 @@ fn kubernetes_metadata_is_on_in_a_pod_or_with_a_kubeconfig() {
     assert_eq!(err(&["--kube", "maybe"], &[]), "--kube: expected auto, on or off, got \"maybe\"");
     assert!(err(&["--node-name", "a,b=c"], &[]).starts_with("--node-name: not a Kubernetes node name"));
 }
+
+#[test]
+fn trace_response_header_globally_and_per_include_rule() {
+    use crate::selection::{ProcessView, ResponseHeader};
+    let c = load(&[], &[]).unwrap();
+    assert_eq!(c.trace_response_header, ResponseHeader::Off);
+    assert!(!c.trace_rules.response_header_wanted(c.trace_response_header));
+    let f = yaml("trace_response_header: x-trace-id\n");
+    let c = load(&["--config", &f.arg()], &[]).unwrap();
+    assert_eq!(c.trace_response_header, ResponseHeader::XTraceId);
+    let c = load(&["--config", &f.arg()], &[("WAGGLE_TRACE_RESPONSE_HEADER", "traceresponse")]).unwrap();
+    assert_eq!(c.trace_response_header, ResponseHeader::TraceResponse);
+    let c = load(
+        &["--config", &f.arg(), "--trace-response-header", "off"],
+        &[("WAGGLE_TRACE_RESPONSE_HEADER", "traceresponse")],
+    )
+    .unwrap();
+    assert_eq!(c.trace_response_header, ResponseHeader::Off);
+    // Per include rule: only the edge service gets it.
+    let c = load(&["--trace-include", "exe=*/nginx&trace_response_header=traceresponse;exe=*/python3"], &[]).unwrap();
+    assert_eq!(c.trace_response_header, ResponseHeader::Off);
+    assert!(c.trace_rules.response_header_wanted(c.trace_response_header));
+    let view = |exe| ProcessView { exe, ..ProcessView::default() };
+    assert_eq!(
+        c.trace_rules.response_header(&view("/usr/sbin/nginx"), ResponseHeader::Off),
+        ResponseHeader::TraceResponse
+    );
+    assert_eq!(c.trace_rules.response_header(&view("/usr/bin/python3"), ResponseHeader::Off), ResponseHeader::Off);
+    // Tracing disabled: no trace ids go out.
+    let c = load(&["--trace-response-header", "traceresponse"], &[("OTEL_SDK_DISABLED", "true")]).unwrap();
+    assert_eq!(c.trace_response_header, ResponseHeader::Off);
+    assert_eq!(
+        err(&["--trace-response-header", "yes"], &[]),
+        "--trace-response-header: expected traceresponse, x-trace-id or off, got \"yes\""
+    );
+    let e = err(&["--trace-exclude", "exe=*/x&trace_response_header=off"], &[]);
+    assert!(e.contains("belongs on an include rule"), "{e}");
+    let e = err(&["--trace-include", "trace_response_header=traceresponse"], &[]);
+    assert!(e.contains("has no condition"), "{e}");
+}

@@ -369,6 +369,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send) -> R
         filter,
         initial_verdicts,
         tls: config.tls,
+        response_header: config.trace_rules.response_header_wanted(config.trace_response_header)
+            && !config.sdk_disabled,
     };
     let (mut probes, mut source, maps) = Probes::load(&probe_config)?;
     let selection = match (filter, probes.take_verdict_map()) {

@@ -24,6 +24,7 @@ use super::{
         attach_fastcgi_params, attach_propagation, fill_trusted_networks, notsent_lowat_default, SK_MSG_PROGRAM,
         SOCKOPS_PROGRAM,
     },
+    response_header,
     ring::{EventSource, Heartbeat},
     tls::TlsProbes,
 };
@@ -61,6 +62,9 @@ pub struct ProbeConfig {
     pub initial_verdicts: Vec<(u32, bool)>,
     /// Load the TLS library probes (config.tls).
     pub tls: bool,
+    /// Some traced process is set to get a trace id in its responses
+    /// (`--trace-response-header` or an include rule).
+    pub response_header: bool,
 }
 
 impl Default for ProbeConfig {
@@ -77,6 +81,7 @@ impl Default for ProbeConfig {
             filter: false,
             initial_verdicts: Vec::new(),
             tls: true,
+            response_header: false,
         }
     }
 }
@@ -345,7 +350,7 @@ impl Probes {
             .map_err(|source| ProbeError::OpenMap { name: maps::RUNTIME, source })?;
         // Alive from the start: the first drain is still milliseconds away.
         let mut heartbeat = Heartbeat::new(runtime);
-        let (client_socks, sockmap_mode) = attach_propagation(
+        let (client_socks, sockmap_mode, fionread) = attach_propagation(
             &mut ebpf,
             heartbeat.runtime_mut(),
             propagation != 0,
@@ -360,6 +365,8 @@ impl Probes {
             }
         }
         let injecting = sockmap_mode != sockmap_mode::UNSET;
+        // Logs why it is off; nothing is attached for it yet either way.
+        let _ = response_header::gate(config.response_header, fionread.as_ref());
         let tls = if bpf_loop {
             load_tls(&mut ebpf, config.tls)
         } else {

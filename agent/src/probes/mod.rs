@@ -26,13 +26,17 @@
 //! typed map handles, `error.rs` the errors; `btf.rs` and `sockmap.rs` are
 //! the two kernel checks propagation depends on; `tls.rs` loads the TLS
 //! library probes and attaches them once per library file; `exec_env.rs`
-//! the program that reads each exec's OTEL_* environment.
+//! the program that reads each exec's OTEL_* environment;
+//! `response_header.rs` says whether `--trace-response-header` may be on
+//! (off where FIONREAD misreports sockmap sockets, and, until its kernel
+//! program exists, everywhere).
 mod btf;
 mod error;
 mod exec_env;
 mod load;
 mod maps;
 mod propagation;
+mod response_header;
 mod ring;
 mod sockmap;
 mod tls;

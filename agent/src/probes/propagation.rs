@@ -70,13 +70,18 @@ pub(super) fn fill_trusted_networks(ebpf: &mut Ebpf, nets: &[(IpAddr, u8)]) -> R
     Ok(())
 }
 
+/// What `attach_propagation` leaves: CLIENT_SOCKS and the sockmap mode
+/// (UNSET when not attached), and the FIONREAD check's result.
+type Attached = (Option<SockHash<MapData, u64>>, u64, Option<Result<FionreadCheck, String>>);
+
 /// Attaches sk_msg to CLIENT_SOCKS, checks how this kernel answers FIONREAD
 /// for sockets in it, sets the sockmap mode, then attaches sockops to the
 /// cgroup-v2 root (in that order: a socket takes the map's programs when it
 /// is added, so sockets added before sk_msg is attached would never see it,
 /// and none is added before the mode is set). Failures are skipped with
 /// their reason: propagation then degrades to linking spans within a
-/// process. Returns the map and the mode when both are attached.
+/// process. Returns the map and the mode when both are attached, and what
+/// the FIONREAD check found (None when it did not run).
 pub(super) fn attach_propagation(
     ebpf: &mut Ebpf,
     runtime: &mut Array<MapData, u64>,
@@ -84,12 +89,12 @@ pub(super) fn attach_propagation(
     unsafe_keepalive: bool,
     attached: &mut Vec<&'static str>,
     skipped: &mut Vec<(&'static str, String)>,
-) -> (Option<SockHash<MapData, u64>>, u64) {
+) -> Attached {
     if !enabled {
         tracing::info!(
             "propagation off: no traceparent is inserted into outgoing requests (sockops/sk_msg not attached)"
         );
-        return (None, sockmap_mode::UNSET);
+        return (None, sockmap_mode::UNSET, None);
     }
     let mut skip = |program: &'static str, reason: String| {
         tracing::warn!(
@@ -114,7 +119,7 @@ pub(super) fn attach_propagation(
         Err(e) => {
             skip(SK_MSG_PROGRAM, e.describe());
             skip(SOCKOPS_PROGRAM, format!("not attached without {SK_MSG_PROGRAM}"));
-            return (None, sockmap_mode::UNSET);
+            return (None, sockmap_mode::UNSET, None);
         }
     };
     attached.push(SK_MSG_PROGRAM);
@@ -139,7 +144,7 @@ pub(super) fn attach_propagation(
         }
         sockmap_mode::KEEP
     } else {
-        if let Ok(FionreadCheck::Misreports { reported }) = fionread {
+        if let Ok(FionreadCheck::Misreports { reported }) = &fionread {
             tracing::info!(
                 reported,
                 expected = 1000,
@@ -150,7 +155,7 @@ pub(super) fn attach_propagation(
     };
     if let Err(e) = runtime.set(runtime::SOCKMAP_MODE, mode, 0) {
         skip(SOCKOPS_PROGRAM, format!("setting the sockmap mode: {e}"));
-        return (None, sockmap_mode::UNSET);
+        return (None, sockmap_mode::UNSET, Some(fionread));
     }
     match attach_sockops(ebpf) {
         Ok(root) => {
@@ -162,7 +167,7 @@ pub(super) fn attach_propagation(
                 requests = if keep { "every request" } else { "the first request of each connection" },
                 "propagation on: traceparent inserted into outgoing HTTP/1.x requests of traced processes"
             );
-            (Some(socks), mode)
+            (Some(socks), mode, Some(fionread))
         }
         Err(e) => {
             let reason = e.describe();
@@ -177,7 +182,7 @@ pub(super) fn attach_propagation(
             } else {
                 skip(SOCKOPS_PROGRAM, reason);
             }
-            (None, sockmap_mode::UNSET)
+            (None, sockmap_mode::UNSET, Some(fionread))
         }
     }
 }

@@ -15,7 +15,7 @@ mod worker;
 
 pub use facts::{parse_listen_line, ProcFacts};
 pub use rules::{
-    default_excludes, glob, parse_ports, parse_rule, parse_rule_list, Condition, ProcessView, Rule, Rules,
-    DEFAULT_EXCLUDES, OPT_OUT_ANNOTATION,
+    default_excludes, glob, parse_ports, parse_rule, parse_rule_list, Condition, ProcessView, ResponseHeader, Rule,
+    Rules, DEFAULT_EXCLUDES, OPT_OUT_ANNOTATION,
 };
 pub use worker::{Decider, Selection, SWEEP_INTERVAL};

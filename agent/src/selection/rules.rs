@@ -8,6 +8,11 @@
 //! it matches no exclude rule (the defaults included) and either there is
 //! no include rule or it matches one; a pod annotated
 //! `waggle.io/trace: "false"` is never traced, whatever includes it.
+//!
+//! An include rule may also carry `trace_response_header=MODE`: the
+//! `--trace-response-header` setting of the processes it includes (the
+//! first matching include rule's, else the global one), so only edge
+//! services get a trace id in their responses.
 use std::fmt;
 
 use crate::model::PodFacts;
@@ -53,10 +58,56 @@ pub enum Condition {
     },
 }
 
+/// `--trace-response-header`: which line (if any) goes into HTTP/1.x
+/// responses of traced servers.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ResponseHeader {
+    #[default]
+    Off,
+    /// `traceresponse: 00-<trace-id>-<span-id>-<flags>`.
+    TraceResponse,
+    /// `X-Trace-Id: <trace-id>`.
+    XTraceId,
+}
+
+impl ResponseHeader {
+    pub fn parse(raw: &str) -> Result<ResponseHeader, String> {
+        match raw.trim().to_ascii_lowercase().as_str() {
+            "traceresponse" => Ok(ResponseHeader::TraceResponse),
+            "x-trace-id" => Ok(ResponseHeader::XTraceId),
+            "off" | "none" | "false" => Ok(ResponseHeader::Off),
+            _ => Err(format!("expected traceresponse, x-trace-id or off, got {raw:?}")),
+        }
+    }
+
+    /// The kernel's value (`waggle_common::http::response::mode`).
+    pub fn kernel_mode(self) -> u8 {
+        use waggle_common::http::response::mode;
+        match self {
+            ResponseHeader::Off => mode::OFF,
+            ResponseHeader::TraceResponse => mode::TRACERESPONSE,
+            ResponseHeader::XTraceId => mode::X_TRACE_ID,
+        }
+    }
+}
+
+impl fmt::Display for ResponseHeader {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ResponseHeader::Off => "off",
+            ResponseHeader::TraceResponse => "traceresponse",
+            ResponseHeader::XTraceId => "x-trace-id",
+        })
+    }
+}
+
 /// Conditions that must all hold.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Rule {
     pub conditions: Vec<Condition>,
+    /// `trace_response_header=MODE` of an include rule: overrides the
+    /// global setting for the processes it includes.
+    pub response_header: Option<ResponseHeader>,
     /// The text it was parsed from, for logs.
     pub text: String,
 }
@@ -109,6 +160,23 @@ impl Rules {
             return false;
         }
         self.include.is_empty() || self.include.iter().any(|r| r.matches(p))
+    }
+
+    /// The `--trace-response-header` setting of a traced process: that of
+    /// the first include rule it matches that has one, else `global`.
+    pub fn response_header(&self, p: &ProcessView<'_>, global: ResponseHeader) -> ResponseHeader {
+        self.include
+            .iter()
+            .find(|r| r.response_header.is_some() && r.matches(p))
+            .and_then(|r| r.response_header)
+            .unwrap_or(global)
+    }
+
+    /// Some process may get a response header (the global setting or a rule
+    /// turns it on).
+    pub fn response_header_wanted(&self, global: ResponseHeader) -> bool {
+        global != ResponseHeader::Off
+            || self.include.iter().any(|r| r.response_header.is_some_and(|h| h != ResponseHeader::Off))
     }
 }
 
@@ -194,6 +262,7 @@ pub fn parse_rule(s: &str) -> Result<Rule, String> {
         return Err("empty rule".to_owned());
     }
     let mut conditions = Vec::new();
+    let mut response_header = None;
     for cond in text.split('&').map(str::trim) {
         let (key, value) = cond.split_once('=').ok_or_else(|| {
             format!("condition {cond:?} has no '=' (expected e.g. exe=/usr/sbin/nginx, port=8000-8999)")
@@ -203,6 +272,13 @@ pub fn parse_rule(s: &str) -> Result<Rule, String> {
             return Err(format!("condition {cond:?} has no value"));
         }
         let c = match key {
+            "trace_response_header" => {
+                if response_header.is_some() {
+                    return Err(format!("rule {text:?} sets trace_response_header twice"));
+                }
+                response_header = Some(ResponseHeader::parse(value)?);
+                continue;
+            }
             "exe" => Condition::Exe(value.to_owned()),
             "port" | "ports" => Condition::Ports(parse_ports(value)?),
             "namespace" => Condition::Namespace(value.to_owned()),
@@ -221,7 +297,12 @@ pub fn parse_rule(s: &str) -> Result<Rule, String> {
         };
         conditions.push(c);
     }
-    Ok(Rule { conditions, text: text.to_owned() })
+    if conditions.is_empty() {
+        return Err(format!(
+            "rule {text:?} has no condition (trace_response_header=... goes with one, e.g. exe=*/nginx)"
+        ));
+    }
+    Ok(Rule { conditions, response_header, text: text.to_owned() })
 }
 
 /// `rule;rule;...` (a flag or environment variable); empty parts are skipped.

@@ -137,3 +137,23 @@ fn default_excludes_leave_out_node_daemons_and_kube_system() {
     assert!(!r.uses_ports() && !r.is_empty());
     assert!(rules("port=80", "").uses_ports());
 }
+
+#[test]
+fn response_header_comes_from_the_first_matching_include_rule_that_sets_it() {
+    let r = rules(
+        "port=8080&trace_response_header=x-trace-id;exe=*/nginx&trace_response_header=traceresponse;exe=*/envoy&trace_response_header=off",
+        "",
+    );
+    let nginx = ProcessView { exe: "/usr/sbin/nginx", ports: &[8080], ..ProcessView::default() };
+    assert_eq!(r.response_header(&nginx, ResponseHeader::Off), ResponseHeader::XTraceId);
+    let nginx = ProcessView { exe: "/usr/sbin/nginx", ports: &[80], ..ProcessView::default() };
+    assert_eq!(r.response_header(&nginx, ResponseHeader::Off), ResponseHeader::TraceResponse);
+    let envoy = ProcessView { exe: "/usr/bin/envoy", ..ProcessView::default() };
+    assert_eq!(r.response_header(&envoy, ResponseHeader::TraceResponse), ResponseHeader::Off);
+    let other = ProcessView { exe: "/usr/bin/other", ..ProcessView::default() };
+    assert_eq!(r.response_header(&other, ResponseHeader::XTraceId), ResponseHeader::XTraceId);
+    assert!(r.response_header_wanted(ResponseHeader::Off));
+    assert!(!rules("exe=*/envoy&trace_response_header=off", "").response_header_wanted(ResponseHeader::Off));
+    assert!(parse_rule("exe=a&trace_response_header=off&trace_response_header=x-trace-id").is_err());
+    assert!(parse_rule("exe=a&trace_response_header=sometimes").is_err());
+}

@@ -17,6 +17,7 @@ pub const MIN_REQUEST_LINE: u32 = 16;
 pub const PEEK: usize = 8;
 
 pub mod request_line;
+pub mod response;
 
 /// The request methods RFC 9110 defines, plus PATCH: the ones OpenTelemetry
 /// calls "known" (others are reported as `_OTHER`) and the only ones the

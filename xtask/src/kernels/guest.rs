@@ -90,7 +90,9 @@ echo "{MARK}variant $variant"
 ip link set lo up
 echo "{MARK}kernel $(uname -r)"
 echo "{MARK}booted $(cut -d' ' -f1 /proc/uptime)"
-waggle --print json >/tmp/spans 2>/tmp/log &
+# --trace-response-header only logs which kernels could have it (the
+# FIONREAD check's answer); it inserts nothing on any kernel yet.
+waggle --print json --trace-response-header traceresponse >/tmp/spans 2>/tmp/log &
 agent=$!
 ready=no
 i=0

@@ -81,7 +81,7 @@ fn window<const N: usize>(s: &[u8], at: u64) -> [u8; N] {
     out
 }
 
-fn words(s: &[u8], at: u64) -> [u64; 3] {
+pub(super) fn words(s: &[u8], at: u64) -> [u64; 3] {
     let b: [u8; NAME_WINDOW] = window(s, at);
     core::array::from_fn(|k| u64::from_le_bytes(b[8 * k..8 * k + 8].try_into().unwrap()))
 }
