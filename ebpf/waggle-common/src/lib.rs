@@ -317,6 +317,10 @@ pub mod ctx_flags {
     pub const HAS_PARENT: u8 = 2;
     /// The sk_msg program inserted a traceparent carrying `span_id`.
     pub const INJECTED: u8 = 4;
+    /// Kernel-only, never sent: the thread's request was answered. Its
+    /// THREAD_CTX entry stays and the next request overwrites it in place,
+    /// which costs a store instead of an LRU map delete and insert.
+    pub const ENDED: u8 = 8;
 }
 
 /// Why an injection was skipped (index into COUNTERS after the base counters).

@@ -45,9 +45,9 @@ use crate::{
     helpers::count,
     maps::{
         walk_outcome, ParamScanState, ParamsWait, WalkState, CONNS, FCGI_REQUEST, FCGI_WAIT, HEADER, LINKS, PARAM_SCAN,
-        SCRATCH, THREAD_CTX, WAIT_BUILD, WALK_STATE,
+        SCRATCH, WAIT_BUILD, WALK_STATE,
     },
-    trace::{emit, joined_flags, new_span_id, new_trace_id, root_flags},
+    trace::{emit, joined_flags, new_span_id, new_trace_id, root_flags, set_thread_ctx, thread_ctx},
 };
 
 const MASK: usize = CAPTURE_MASK;
@@ -116,9 +116,7 @@ fn begin(pid_tgid: u64, fd: u32, info: &ConnInfo, exit_ns: u64) {
             ask_walk(exit_ns);
         }
     }
-    if THREAD_CTX.insert(pid_tgid, ctx, 0).is_err() {
-        count(Counter::MapInsertFailed);
-    }
+    set_thread_ctx(pid_tgid, &ctx);
     count(Counter::ServerCtxStarted);
     count(Counter::FastcgiServerCtx);
     emit(EventKind::ServerCtx, &ctx, ctx.flags, pid_tgid, fd, info.conn_id, exit_ns);
@@ -132,7 +130,7 @@ fn begin(pid_tgid: u64, fd: u32, info: &ConnInfo, exit_ns: u64) {
 #[allow(clippy::needless_borrows_for_generic_args)]
 #[inline(always)]
 fn wait_for_params(pid_tgid: u64, ev: &DataEvent, head: &[u8; 16]) -> Option<()> {
-    let tc = THREAD_CTX.get_ptr(pid_tgid)?;
+    let tc = thread_ctx(pid_tgid)?;
     // SAFETY: tc points at a live THREAD_CTX value; copied out.
     let (span_id, conn_id) = unsafe { ((*tc).span_id, (*tc).conn_id) };
     if conn_id != ev.conn_id {
@@ -351,7 +349,7 @@ fn finish(pid_tgid: u64, w: &ParamsWait) {
         count(Counter::IncomingUntrusted);
         return;
     }
-    let Some(tc) = THREAD_CTX.get_ptr_mut(pid_tgid) else {
+    let Some(tc) = thread_ctx(pid_tgid) else {
         count(Counter::FastcgiTraceparentSkipped);
         return;
     };

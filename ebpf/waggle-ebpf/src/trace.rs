@@ -266,7 +266,7 @@ fn head_word(b: &[u8; 16]) -> u64 {
 /// response), so later client calls of the thread are not part of it.
 #[inline(always)]
 pub(crate) fn server_send_enter(pid_tgid: u64, info: &ConnInfo, shape: Shape, ptr: u64, len: u64) {
-    let Some(tc) = THREAD_CTX.get_ptr(pid_tgid) else {
+    let Some(tc) = thread_ctx(pid_tgid) else {
         return;
     };
     // SAFETY: tc points at a live THREAD_CTX value.
@@ -278,7 +278,37 @@ pub(crate) fn server_send_enter(pid_tgid: u64, info: &ConnInfo, shape: Shape, pt
             return;
         }
     }
-    let _ = THREAD_CTX.remove(pid_tgid);
+    // SAFETY: as above; only this thread writes its own entry.
+    unsafe { (*tc).flags |= ctx_flags::ENDED };
+}
+
+/// The request the thread is handling, if any (an answered one stays in
+/// the map, flagged ENDED, for the next to overwrite).
+#[inline(always)]
+pub(crate) fn thread_ctx(pid_tgid: u64) -> Option<*mut TraceCtx> {
+    let tc = THREAD_CTX.get_ptr_mut(pid_tgid)?;
+    // SAFETY: tc points at a live THREAD_CTX value.
+    if unsafe { (*tc).flags } & ctx_flags::ENDED != 0 {
+        return None;
+    }
+    Some(tc)
+}
+
+/// The thread starts handling the request `ctx`: written over its entry
+/// when it has one (answered or not), inserted otherwise.
+#[inline(always)]
+pub(crate) fn set_thread_ctx(pid_tgid: u64, ctx: &TraceCtx) -> bool {
+    if let Some(tc) = THREAD_CTX.get_ptr_mut(pid_tgid) {
+        // SAFETY: tc points at a live THREAD_CTX value; only this thread
+        // (or, for a new child, its creator before it runs) writes it.
+        unsafe { *tc = *ctx };
+        return true;
+    }
+    if THREAD_CTX.insert(pid_tgid, ctx, 0).is_err() {
+        count(Counter::MapInsertFailed);
+        return false;
+    }
+    true
 }
 
 /// What a send on a client connection is, decided at its syscall entry.
@@ -530,7 +560,7 @@ pub(crate) fn finish_inject(pid_tgid: u64, info: Option<*mut ConnInfo>, p: &Pend
 #[inline(always)]
 fn request_ctx(pid_tgid: u64, conn_id: u64) -> TraceCtx {
     let mut ctx = TraceCtx { span_id: new_span_id(), conn_id, ..TraceCtx::default() };
-    match THREAD_CTX.get_ptr(pid_tgid) {
+    match thread_ctx(pid_tgid) {
         Some(parent) => {
             // SAFETY: parent points at a live THREAD_CTX value; copied out.
             let parent = unsafe { *parent };
@@ -565,7 +595,7 @@ pub(crate) fn server_recv_exit<const BPF_LOOP: bool>(
     // The thread is still handling a request on this connection (no final
     // response written yet): these bytes are its body, even if they look
     // like a request.
-    if let Some(tc) = THREAD_CTX.get_ptr(pid_tgid) {
+    if let Some(tc) = thread_ctx(pid_tgid) {
         // SAFETY: tc points at a live THREAD_CTX value.
         if unsafe { (*tc).conn_id } == info.conn_id {
             return None;
@@ -603,9 +633,7 @@ pub(crate) fn server_recv_exit<const BPF_LOOP: bool>(
             ctx.flags = root_flags(&ctx.trace_id);
         }
     }
-    if THREAD_CTX.insert(pid_tgid, ctx, 0).is_err() {
-        count(Counter::MapInsertFailed);
-    }
+    set_thread_ctx(pid_tgid, &ctx);
     count(Counter::ServerCtxStarted);
     emit(EventKind::ServerCtx, &ctx, ctx.flags, pid_tgid, fd, info.conn_id, exit_ns);
     Some(())
@@ -635,14 +663,10 @@ fn incoming(sc: &HeaderScan, payload: *const u8, len: u32) -> Option<http::Incom
 /// it).
 #[inline(always)]
 pub(crate) fn inherit(parent_pid_tgid: u64, child_pid_tgid: u64) -> bool {
-    let Some(tc) = THREAD_CTX.get_ptr(parent_pid_tgid) else { return false };
+    let Some(tc) = thread_ctx(parent_pid_tgid) else { return false };
     // SAFETY: tc points at a live THREAD_CTX value; copied out.
     let tc = unsafe { *tc };
-    if THREAD_CTX.insert(child_pid_tgid, tc, 0).is_err() {
-        count(Counter::MapInsertFailed);
-        return false;
-    }
-    true
+    set_thread_ctx(child_pid_tgid, &tc)
 }
 
 /// A thread exits: its context and any pending injection go with it.
