@@ -173,28 +173,3 @@ impl Http1Parser {
         }
     }
 }
-
-#[cfg(test)]
-mod tests {
-    use super::super::test_conn::*;
-    use waggle_common::Role;
-
-    #[test]
-    fn an_idle_keep_alive_connection_holds_one_pending_slot() {
-        for role in [Role::Server, Role::Client] {
-            let mut c = Conn::new(role);
-            for _ in 0..3 {
-                c.req(GET);
-                c.resp(OK);
-            }
-            assert_eq!(c.take().len(), 3);
-            assert_eq!(c.parser.pending.capacity(), 1, "{role:?}");
-            // Pipelined requests still queue.
-            c.req(GET);
-            c.req(GET);
-            c.resp(OK);
-            c.resp(OK);
-            assert_eq!(c.take().len(), 2);
-        }
-    }
-}

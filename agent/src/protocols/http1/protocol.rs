@@ -112,6 +112,25 @@ mod tests {
     use crate::model::{SpanKind, SpanStatus};
 
     #[test]
+    fn an_idle_keep_alive_connection_holds_one_pending_slot() {
+        for role in [Role::Server, Role::Client] {
+            let mut c = Conn::new(role);
+            for _ in 0..3 {
+                c.req(GET);
+                c.resp(OK);
+            }
+            assert_eq!(c.take().len(), 3);
+            assert_eq!(c.parser.pending.capacity(), 1, "{role:?}");
+            // Pipelined requests still queue.
+            c.req(GET);
+            c.req(GET);
+            c.resp(OK);
+            c.resp(OK);
+            assert_eq!(c.take().len(), 2);
+        }
+    }
+
+    #[test]
     fn server_exchange_has_semconv_attributes() {
         let mut c = Conn::new(Role::Server);
         c.req(GET);
