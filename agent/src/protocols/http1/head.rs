@@ -7,7 +7,7 @@ use waggle_common::http::{parse_traceparent_value, KNOWN_METHODS};
 use std::sync::Arc;
 
 use super::strings::intern;
-use crate::model::{truncate_utf8, TraceContext};
+use crate::model::{cut_utf8, truncate_utf8, TraceContext};
 
 /// Headers per message; more is treated like an oversized head.
 pub const MAX_HEADERS: usize = 64;
@@ -242,18 +242,6 @@ fn split_target<'t>(method: &str, target: &'t str) -> (Option<&'t str>, Option<S
     }
 }
 
-/// `s` cut to at most `max` bytes on a character boundary, borrowed.
-fn cut_utf8(s: &str, max: usize) -> &str {
-    if s.len() <= max {
-        return s;
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
-}
-
 fn valid_host(v: &str) -> bool {
     !v.is_empty() && v.len() <= MAX_HOST && v.bytes().all(|c| c.is_ascii_graphic() && c != b'@' && c != b'/')
 }
@@ -369,16 +357,16 @@ mod tests {
 
     #[test]
     fn host_port_and_targets() {
-        assert_eq!(split_host_port("example.com"), ("example.com".into(), None));
-        assert_eq!(split_host_port("example.com:81"), ("example.com".into(), Some(81)));
-        assert_eq!(split_host_port("[::1]:8080"), ("::1".into(), Some(8080)));
-        assert_eq!(split_host_port("::1"), ("::1".into(), None));
-        assert_eq!(split_target("GET", "/a/b?c=d#e"), (Some("/a/b".into()), None));
+        assert_eq!(split_host_port("example.com"), ("example.com", None));
+        assert_eq!(split_host_port("example.com:81"), ("example.com", Some(81)));
+        assert_eq!(split_host_port("[::1]:8080"), ("::1", Some(8080)));
+        assert_eq!(split_host_port("::1"), ("::1", None));
+        assert_eq!(split_target("GET", "/a/b?c=d#e"), (Some("/a/b"), None));
         assert_eq!(
             split_target("GET", "http://user:pw@proxy.example:3128/x?y"),
-            (Some("/x".into()), Some("proxy.example:3128".into()))
+            (Some("/x"), Some("proxy.example:3128".into()))
         );
-        assert_eq!(split_target("GET", "HTTPS://h"), (Some("/".into()), Some("h".into())));
+        assert_eq!(split_target("GET", "HTTPS://h"), (Some("/"), Some("h".into())));
         assert_eq!(split_target("CONNECT", "h:443"), (None, Some("h:443".into())));
         assert_eq!(parse_content_length(b"42"), Some(42));
         assert_eq!(parse_content_length(b" 7 , 7"), Some(7));

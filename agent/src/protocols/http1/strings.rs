@@ -99,7 +99,7 @@ pub(super) fn path_strings(
     let id = std::ptr::from_ref(redaction) as usize;
     TABLES.with(|t| {
         let mut t = t.borrow_mut();
-        if !t.paths.get(&**raw).is_some_and(|info| info.redaction == id) {
+        if t.paths.get(&**raw).is_none_or(|info| info.redaction != id) {
             let path = match redaction.apply(raw) {
                 std::borrow::Cow::Borrowed(_) => Text::Shared(Arc::clone(raw)),
                 std::borrow::Cow::Owned(hidden) => Text::Shared(Arc::from(hidden)),
