@@ -31,6 +31,7 @@ counters! {
     conn_addr_lookups: "socket address lookups the agent made itself (pidfd + getsockname, or /proc): only for connections the kernel could not read (no BTF, or opened before the agent)",
     own_socket_scans: "scans of the agent's own sockets to recognise its export traffic (only where the kernel cannot recognise it)",
     buffers_dropped_over_budget: "connection parse states dropped because the connections' buffers together would exceed --max-buffer-bytes (the connection starts over at its next message)",
+    http_strings_forgotten: "times the HTTP parser's table of shared paths, hosts and user agents was emptied because it reached its size limit (each value seen again then costs one allocation)",
     parse_failures: "payloads a protocol parser could not follow (lost sync, garbage)",
     exchanges_dropped: "request/response exchanges a parser saw but could not turn into a span (response without request, unanswered at close/idle)",
     messages_skipped: "messages a parser read and turned into no span by design (Redis pub/sub pushes and subscription commands)",

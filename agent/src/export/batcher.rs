@@ -419,7 +419,7 @@ pub(crate) mod tests {
             tracestate: None,
             sampled: true,
             kind: SpanKind::Server,
-            name: name.to_owned(),
+            name: name.to_owned().into(),
             start,
             end: start + Duration::from_micros(12_345),
             status: SpanStatus::Unset,
@@ -438,7 +438,7 @@ pub(crate) mod tests {
 
     impl SpanSink for TestSink {
         async fn export(&mut self, batch: Vec<FinishedSpan>) -> Result<(), ExportError> {
-            self.batches.lock().unwrap().push(batch.iter().map(|s| s.name.clone()).collect());
+            self.batches.lock().unwrap().push(batch.iter().map(|s| s.name.to_string()).collect());
             if let Some(gate) = &self.gate {
                 gate.notified().await;
             }

@@ -14,5 +14,5 @@ pub use resource::{
     parse_resource_attributes, parse_resource_attributes_lossy, ProcessResource, ResourceAttributesError,
 };
 pub use span::{AttrValue, Attribute, FinishedSpan, ParsedSpan, SpanKind, SpanStatus};
-pub use text::{hex, truncate_utf8, Text};
+pub use text::{cut_utf8, hex, truncate_utf8, Text};
 pub use trace_context::{random_nonzero, SpanIdentity, TraceContext};

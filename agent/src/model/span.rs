@@ -59,7 +59,8 @@ pub enum SpanStatus {
 #[derive(Clone, Debug, PartialEq)]
 pub struct ParsedSpan {
     pub kind: SpanKind,
-    pub name: String,
+    /// Shared where the name repeats (an HTTP route's), owned otherwise.
+    pub name: Text,
     pub start_ns: u64,
     pub end_ns: u64,
     pub status: SpanStatus,
@@ -87,7 +88,7 @@ pub struct FinishedSpan {
     pub tracestate: Option<String>,
     pub sampled: bool,
     pub kind: SpanKind,
-    pub name: String,
+    pub name: Text,
     pub start: SystemTime,
     pub end: SystemTime,
     pub status: SpanStatus,

@@ -78,14 +78,20 @@ impl From<Arc<str>> for Text {
 /// `s` cut to at most `max` bytes on a character boundary: attribute values
 /// from captured traffic and /proc are bounded before they are stored.
 pub fn truncate_utf8(s: &str, max: usize) -> String {
+    cut_utf8(s, max).to_owned()
+}
+
+/// [`truncate_utf8`] without the copy: for a value that is looked up (or
+/// shared) before anything is allocated for it.
+pub fn cut_utf8(s: &str, max: usize) -> &str {
     if s.len() <= max {
-        return s.to_owned();
+        return s;
     }
     let mut end = max;
     while !s.is_char_boundary(end) {
         end -= 1;
     }
-    s[..end].to_owned()
+    &s[..end]
 }
 
 /// Lowercase hex, two digits per byte: how trace and span ids are written.

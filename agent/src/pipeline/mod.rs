@@ -275,6 +275,11 @@ impl Stages {
             *last_lost = lost;
         }
         self.metrics.kernel_events_lost.store(lost, std::sync::atomic::Ordering::Relaxed);
+        // The HTTP parser's string tables count in a static of their own (a
+        // thread-local has no handle to the metrics): published here.
+        self.metrics
+            .http_strings_forgotten
+            .store(crate::protocols::http1::strings_forgotten(), std::sync::atomic::Ordering::Relaxed);
         self.kernel_counters = kernel;
     }
 }

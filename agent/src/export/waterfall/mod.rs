@@ -46,7 +46,7 @@ impl TraceSpan {
             span_id: span.span_id,
             parent_span_id: span.parent_span_id,
             kind: span.kind,
-            name: span.name.clone(),
+            name: span.name.to_string(),
             code: status_code(span).cloned(),
             error: match &span.status {
                 SpanStatus::Unset => None,

@@ -333,7 +333,7 @@ fn build_span(role: Role, r: Request, end_ns: u64, truncated: bool, redaction: &
     let status = http_span_status(kind, status, &mut attributes);
     Some(ParsedSpan {
         kind,
-        name,
+        name: name.into(),
         start_ns: r.start_ns,
         end_ns: end_ns.max(r.start_ns),
         status,

@@ -4,7 +4,10 @@
 
 use waggle_common::http::{parse_traceparent_value, KNOWN_METHODS};
 
-use crate::model::{truncate_utf8, TraceContext};
+use std::sync::Arc;
+
+use super::strings::intern;
+use crate::model::{cut_utf8, truncate_utf8, TraceContext};
 
 /// Headers per message; more is treated like an oversized head.
 pub const MAX_HEADERS: usize = 64;
@@ -16,19 +19,21 @@ const MAX_PATH: usize = 2048;
 const MAX_USER_AGENT: usize = 512;
 const MAX_HOST: usize = 255;
 
-/// What the request head said, owned.
+/// What the request head said, owned: the repeating strings (path, host,
+/// user agent) are shared through [`intern`], so a head allocates nothing
+/// for a value seen before.
 #[derive(Debug)]
 pub(super) struct RequestHead {
     /// Canonical method, or `_OTHER`.
     pub(super) method: &'static str,
     pub(super) method_original: Option<String>,
     /// Path without query; None for CONNECT's authority-form target.
-    pub(super) path: Option<String>,
+    pub(super) path: Option<Arc<str>>,
     /// Authority of an absolute-form or CONNECT target.
     pub(super) target_authority: Option<String>,
     pub(super) minor_version: u8,
-    pub(super) host: Option<String>,
-    pub(super) user_agent: Option<String>,
+    pub(super) host: Option<Arc<str>>,
+    pub(super) user_agent: Option<Arc<str>>,
     pub(super) content_length: Option<u64>,
     pub(super) chunked: bool,
     pub(super) context: Option<TraceContext>,
@@ -67,6 +72,7 @@ pub(super) fn parse_request_head(bytes: &[u8]) -> Result<RequestHead, HeadError>
         None => ("_OTHER", Some(truncate_utf8(method, 32))),
     };
     let (path, target_authority) = split_target(method, target);
+    let path = path.map(intern);
     let framing = read_framing(req.headers, true)?;
     let mut host = None;
     let mut user_agent = None;
@@ -77,11 +83,11 @@ pub(super) fn parse_request_head(bytes: &[u8]) -> Result<RequestHead, HeadError>
         // Only these headers are ever read; credentials are never touched.
         if h.name.eq_ignore_ascii_case("host") {
             if host.is_none() {
-                host = std::str::from_utf8(h.value).ok().map(str::trim).filter(|v| valid_host(v)).map(str::to_owned);
+                host = std::str::from_utf8(h.value).ok().map(str::trim).filter(|v| valid_host(v)).map(intern);
             }
         } else if h.name.eq_ignore_ascii_case("user-agent") {
             if user_agent.is_none() {
-                user_agent = Some(truncate_utf8(String::from_utf8_lossy(h.value).trim(), MAX_USER_AGENT));
+                user_agent = Some(intern(cut_utf8(String::from_utf8_lossy(h.value).trim(), MAX_USER_AGENT)));
             }
         } else if h.name.eq_ignore_ascii_case("traceparent") {
             traceparents += 1;
@@ -205,13 +211,13 @@ fn parse_content_length(value: &[u8]) -> Option<u64> {
 }
 
 /// Path (query and fragment removed) and authority of a request target.
-fn split_target(method: &str, target: &str) -> (Option<String>, Option<String>) {
+fn split_target<'t>(method: &str, target: &'t str) -> (Option<&'t str>, Option<String>) {
     if method == "CONNECT" {
         return (None, Some(truncate_utf8(target, MAX_HOST)).filter(|a| valid_host(a)));
     }
-    let strip = |p: &str| -> String {
+    let strip = |p: &'t str| -> &'t str {
         let end = p.find(['?', '#']).unwrap_or(p.len());
-        truncate_utf8(&p[..end], MAX_PATH)
+        cut_utf8(&p[..end], MAX_PATH)
     };
     let has_scheme = |scheme: &str| {
         target.len() >= scheme.len() && target.as_bytes()[..scheme.len()].eq_ignore_ascii_case(scheme.as_bytes())
@@ -229,7 +235,7 @@ fn split_target(method: &str, target: &str) -> (Option<String>, Option<String>) 
             let (authority, path) = rest.split_at(split);
             // userinfo@ is a credential: never exported.
             let authority = authority.rsplit('@').next().unwrap_or(authority);
-            let path = if path.starts_with('/') { strip(path) } else { "/".to_owned() };
+            let path = if path.starts_with('/') { strip(path) } else { "/" };
             (Some(path), Some(authority.to_owned()).filter(|a| valid_host(a)))
         }
         None => (Some(strip(target)), None),
@@ -241,20 +247,20 @@ fn valid_host(v: &str) -> bool {
 }
 
 /// `host`, `host:port`, `[v6]:port` → (address, port).
-pub(super) fn split_host_port(host: &str) -> (String, Option<u16>) {
+pub(super) fn split_host_port(host: &str) -> (&str, Option<u16>) {
     if let Some(rest) = host.strip_prefix('[') {
         if let Some((addr, after)) = rest.split_once(']') {
             let port = after.strip_prefix(':').and_then(|p| p.parse().ok());
-            return (addr.to_owned(), port);
+            return (addr, port);
         }
     }
     match host.rsplit_once(':') {
         // A bare IPv6 address has several colons and no port.
         Some((name, port)) if !name.contains(':') => match port.parse() {
-            Ok(p) => (name.to_owned(), Some(p)),
-            Err(_) => (name.to_owned(), None),
+            Ok(p) => (name, Some(p)),
+            Err(_) => (name, None),
         },
-        _ => (host.to_owned(), None),
+        _ => (host, None),
     }
 }
 
@@ -351,16 +357,16 @@ mod tests {
 
     #[test]
     fn host_port_and_targets() {
-        assert_eq!(split_host_port("example.com"), ("example.com".into(), None));
-        assert_eq!(split_host_port("example.com:81"), ("example.com".into(), Some(81)));
-        assert_eq!(split_host_port("[::1]:8080"), ("::1".into(), Some(8080)));
-        assert_eq!(split_host_port("::1"), ("::1".into(), None));
-        assert_eq!(split_target("GET", "/a/b?c=d#e"), (Some("/a/b".into()), None));
+        assert_eq!(split_host_port("example.com"), ("example.com", None));
+        assert_eq!(split_host_port("example.com:81"), ("example.com", Some(81)));
+        assert_eq!(split_host_port("[::1]:8080"), ("::1", Some(8080)));
+        assert_eq!(split_host_port("::1"), ("::1", None));
+        assert_eq!(split_target("GET", "/a/b?c=d#e"), (Some("/a/b"), None));
         assert_eq!(
             split_target("GET", "http://user:pw@proxy.example:3128/x?y"),
-            (Some("/x".into()), Some("proxy.example:3128".into()))
+            (Some("/x"), Some("proxy.example:3128".into()))
         );
-        assert_eq!(split_target("GET", "HTTPS://h"), (Some("/".into()), Some("h".into())));
+        assert_eq!(split_target("GET", "HTTPS://h"), (Some("/"), Some("h".into())));
         assert_eq!(split_target("CONNECT", "h:443"), (None, Some("h:443".into())));
         assert_eq!(parse_content_length(b"42"), Some(42));
         assert_eq!(parse_content_length(b" 7 , 7"), Some(7));

@@ -38,6 +38,7 @@ mod request;
 mod response;
 mod route;
 mod span;
+mod strings;
 #[cfg(test)]
 mod test_conn;
 
@@ -53,3 +54,4 @@ pub use parser::{Http1Parser, MAX_PENDING};
 pub use redact::PathRedaction;
 pub(crate) use route::infer_route;
 pub(crate) use span::span_status;
+pub use strings::forgotten as strings_forgotten;

@@ -5,9 +5,9 @@
 use super::{
     head::{split_host_port, RequestHead},
     redact::PathRedaction,
-    route::infer_route,
+    strings::{intern, path_strings},
 };
-use crate::model::{AttrValue, Attribute, ParsedSpan, SpanKind, SpanStatus};
+use crate::model::{AttrValue, Attribute, ParsedSpan, SpanKind, SpanStatus, Text};
 
 /// A request whose head was read, waiting for (or receiving) its response.
 #[derive(Debug)]
@@ -44,34 +44,27 @@ pub(super) fn build_span(
 ) -> Option<ParsedSpan> {
     let Exchange { req, status, body_bytes, body_size_known } = exchange;
     // Placeholders stand for requests that were never readable.
-    let mut head = req.head?;
-    if let Some(path) = head.path.take() {
-        head.path = Some(match redaction.apply(&path) {
-            std::borrow::Cow::Borrowed(_) => path,
-            std::borrow::Cow::Owned(hidden) => hidden,
-        });
-    }
-    let route = match head.path.as_deref() {
-        Some("*") => Some("*".to_owned()),
-        Some(p) => Some(infer_route(p)),
-        None => None,
-    };
+    let head = req.head?;
     let name_method = if head.method == "_OTHER" { "HTTP" } else { head.method };
-    let name = match &route {
-        Some(route) => format!("{name_method} {route}"),
-        None => name_method.to_owned(),
+    // Path (redacted), route and name: computed once per distinct path.
+    let (path, route, name) = match &head.path {
+        Some(raw) => {
+            let (path, route, name) = path_strings(raw, redaction, name_method);
+            (Some(path), Some(route), Text::Shared(name))
+        }
+        None => (None, None, Text::Static(name_method)),
     };
     let mut attributes: Vec<Attribute> = Vec::with_capacity(14);
     attributes.push(("http.request.method", AttrValue::from(head.method)));
     if let Some(original) = head.method_original {
         attributes.push(("http.request.method_original", AttrValue::from(original)));
     }
-    if let Some(path) = head.path {
+    if let Some(path) = path {
         attributes.push(("url.path", AttrValue::from(path)));
     }
     attributes.push(("url.scheme", AttrValue::from("http")));
     if let Some(route) = route {
-        attributes.push(("http.route", AttrValue::from(route)));
+        attributes.push(("http.route", AttrValue::from(Text::Shared(route))));
     }
     if let Some(status) = status {
         attributes.push(("http.response.status_code", AttrValue::Int(i64::from(status))));
@@ -79,7 +72,7 @@ pub(super) fn build_span(
     let version = if head.minor_version == 0 { "1.0" } else { "1.1" };
     attributes.push(("network.protocol.version", AttrValue::from(version)));
     if let Some(ua) = head.user_agent {
-        attributes.push(("user_agent.original", AttrValue::from(ua)));
+        attributes.push(("user_agent.original", AttrValue::from(Text::Shared(ua))));
     }
     if let Some(size) = req.body_size {
         attributes.push(("http.request.body.size", AttrValue::Int(i64::try_from(size).unwrap_or(i64::MAX))));
@@ -87,9 +80,9 @@ pub(super) fn build_span(
     if body_size_known {
         attributes.push(("http.response.body.size", AttrValue::Int(i64::try_from(body_bytes).unwrap_or(i64::MAX))));
     }
-    if let Some(host) = head.host.or(head.target_authority) {
-        let (address, port) = split_host_port(&host);
-        attributes.push(("server.address", AttrValue::from(address)));
+    if let Some(host) = head.host.as_deref().or(head.target_authority.as_deref()) {
+        let (address, port) = split_host_port(host);
+        attributes.push(("server.address", AttrValue::from(Text::Shared(intern(address)))));
         if let Some(port) = port {
             attributes.push(("server.port", AttrValue::Int(i64::from(port))));
         }

@@ -108,7 +108,7 @@ impl DbSpan<'_> {
         let name = summary.or(operation).map_or_else(|| self.system.to_owned(), |t| t.as_str().to_owned());
         ParsedSpan {
             kind: self.kind,
-            name,
+            name: name.into(),
             start_ns: self.start_ns,
             end_ns: self.end_ns.max(self.start_ns),
             status,
