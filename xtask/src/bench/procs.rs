@@ -238,9 +238,14 @@ pub fn clock_ticks_per_second() -> f64 {
 
 /// Peak resident set size (VmHWM) in KiB.
 pub fn peak_rss_kib(pid: u32) -> Result<u64> {
+    status_kib(pid, "VmHWM")
+}
+
+/// A `kB` field of /proc/PID/status (VmRSS, VmHWM...).
+pub fn status_kib(pid: u32, key: &str) -> Result<u64> {
     let status =
         fs::read_to_string(format!("/proc/{pid}/status")).with_context(|| format!("reading /proc/{pid}/status"))?;
-    parse_status_kib(&status, "VmHWM").ok_or_else(|| anyhow!("no VmHWM in /proc/{pid}/status"))
+    parse_status_kib(&status, key).ok_or_else(|| anyhow!("no {key} in /proc/{pid}/status"))
 }
 
 /// `Key:   1234 kB` from /proc/PID/status.

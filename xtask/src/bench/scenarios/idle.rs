@@ -125,7 +125,7 @@ fn one_step(ctx: &Ctx, agent: &mut Agent, port: u16, n: u32) -> Result<IdleStep>
         client.ask("all")?;
     }
     wait_spans(ctx, spans0, 2 * u64::from(n), Duration::from_secs(30));
-    let rss_kib = procs::parse_status_kib(&fs::read_to_string(format!("/proc/{pid}/status"))?, "VmRSS").unwrap_or(0);
+    let rss_kib = procs::status_kib(pid, "VmRSS")?;
     let bpf_memlock_kib = bpf_memlock_kib(pid);
 
     let sample = IDLE_SAMPLE.min(n as usize / 2);
