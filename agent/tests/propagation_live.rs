@@ -387,7 +387,7 @@ async fn connections_from_before_the_agent_are_counted_not_injected() {
     let _serial = SERIAL.lock().await;
     require_root("connections_from_before_the_agent_are_counted_not_injected");
     // Server and client connection exist before the probes: sockops never
-    // saw the connection established, so it is not in CLIENT_SOCKS.
+    // saw the connection established, so it is not in INJECT_SOCKS.
     let py = python();
     let mut server = Proc(Command::new(&py).args(["-u", "-c", SERVER]).stdout(Stdio::piped()).spawn().unwrap());
     let mut server_out = BufReader::new(server.0.stdout.take().unwrap());
@@ -488,9 +488,9 @@ async fn only_sockets_of_traced_processes_enter_the_sockmap() {
     let own_cookie = own_cookie(&own);
 
     let cookies = h.probes.client_sock_cookies();
-    assert!(cookies.contains(&traced_cookie), "a traced process's new client socket is in CLIENT_SOCKS: {cookies:?}");
-    assert!(!cookies.contains(&own_cookie), "the agent's own socket entered CLIENT_SOCKS: {cookies:?}");
-    assert!(!cookies.contains(&early_cookie), "a socket connected before the agent entered CLIENT_SOCKS: {cookies:?}");
+    assert!(cookies.contains(&traced_cookie), "a traced process's new client socket is in INJECT_SOCKS: {cookies:?}");
+    assert!(!cookies.contains(&own_cookie), "the agent's own socket entered INJECT_SOCKS: {cookies:?}");
+    assert!(!cookies.contains(&early_cookie), "a socket connected before the agent entered INJECT_SOCKS: {cookies:?}");
     // Every socket in the map belongs to a process the probes trace: none
     // is the agent's, and each was counted on the way in.
     assert!(h.counter(Counter::SockmapAdded) > added_before);

@@ -67,6 +67,9 @@ enum Command {
     /// Runs in the kernel matrix's guests: a one-thread HTTP server.
     #[command(hide = true)]
     GuestHttpServer { port: u16, ready_file: std::path::PathBuf },
+    /// Runs in the kernel matrix's guests: the response-header check's client.
+    #[command(hide = true)]
+    GuestHttpCheck { port: u16 },
     /// The bench's idle-connections scenario: a client holding connections.
     #[command(hide = true)]
     BenchIdleClient { port: u16, count: u32, offset: usize },
@@ -192,6 +195,10 @@ fn dispatch(command: Command) -> Result<ExitCode> {
         }
         Command::GuestHttpServer { port, ready_file } => {
             kernels::guest::http_server(port, &ready_file)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::GuestHttpCheck { port } => {
+            kernels::responses::check(port)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::BenchIdleClient { port, count, offset } => {

@@ -347,10 +347,15 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send) -> R
     // it (a pod not known yet is decided again by the worker's sweep).
     let pods = start_kube(&config.kube, &metrics).await;
     let pod_directory = pods.clone().map(|store| store as Arc<dyn crate::model::PodDirectory>);
+    let response_header = response_header_setting(&config);
     let mut decider = Decider::new(Arc::new(config.trace_rules.clone()), pod_directory, agent_pid);
+    if response_header & waggle_common::runtime::RESPONSE_PER_PROCESS != 0 {
+        decider = decider.with_response_header(config.trace_response_header);
+    }
     let initial_verdicts = if filter { decider.decide_all() } else { Vec::new() };
     let untraced_at_start: std::collections::HashSet<u32> =
-        initial_verdicts.iter().filter(|(_, traced)| !traced).map(|(pid, _)| *pid).collect();
+        initial_verdicts.iter().filter(|(_, v)| !v.traced()).map(|(pid, _)| *pid).collect();
+    let initial_verdicts: Vec<(u32, u8)> = initial_verdicts.into_iter().map(|(pid, v)| (pid, v.0)).collect();
     if filter {
         tracing::info!(
             include = %rule_texts(&config.trace_rules.include),
@@ -374,8 +379,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send) -> R
         filter,
         initial_verdicts,
         tls: config.tls,
-        response_header: config.trace_rules.response_header_wanted(config.trace_response_header)
-            && !config.sdk_disabled,
+        response_header,
     };
     let (mut probes, mut source, maps) = Probes::load(&probe_config)?;
     let selection = match (filter, probes.take_verdict_map()) {
@@ -542,4 +546,16 @@ async fn start_kube(kube: &crate::config::KubeConfig, metrics: &Arc<Metrics>) ->
             None
         }
     }
+}
+
+/// The kernel's RUNTIME[RESPONSE_HEADER] for this configuration
+/// (`waggle_common::runtime`): 0 when no process is set to get the header.
+fn response_header_setting(config: &Config) -> u64 {
+    let rules = &config.trace_rules;
+    if config.sdk_disabled || !rules.response_header_wanted(config.trace_response_header) {
+        return 0;
+    }
+    let per_process = rules.include.iter().any(|r| r.response_header.is_some());
+    u64::from(config.trace_response_header.kernel_mode())
+        | if per_process { waggle_common::runtime::RESPONSE_PER_PROCESS } else { 0 }
 }

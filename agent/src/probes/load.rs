@@ -14,7 +14,7 @@ use aya::{
     sys::{is_helper_supported, BpfHelper},
     Ebpf, EbpfError, EbpfLoader,
 };
-use waggle_common::{globals, maps, sockmap_mode, Counter, SockWalkOffsets, FCGI_PARAMS_PROGRAM, MAX_CAPTURE};
+use waggle_common::{globals, maps, runtime, sockmap_mode, Counter, SockWalkOffsets, FCGI_PARAMS_PROGRAM, MAX_CAPTURE};
 
 use super::{
     btf::{sock_walk_offsets, Btf, BtfError, SendRoomOffsets},
@@ -44,7 +44,7 @@ pub struct ProbeConfig {
     pub agent_tgid: u32,
     /// Insert traceparent into outgoing HTTP/1.x requests (config.propagation).
     pub propagation: bool,
-    /// Keep sockets in CLIENT_SOCKS even where FIONREAD misreports them
+    /// Keep sockets in INJECT_SOCKS even where FIONREAD misreports them
     /// (config.propagation_unsafe_keepalive).
     pub unsafe_keepalive: bool,
     /// Traces the kernel starts are sampled by this threshold
@@ -56,15 +56,16 @@ pub struct ProbeConfig {
     pub trusted_networks: Option<Vec<(IpAddr, u8)>>,
     /// Trace-selection rules are configured: programs consult TRACE_VERDICT.
     pub filter: bool,
-    /// (tgid, traced) of every process decided before the probes attach:
-    /// written into TRACE_VERDICT first, so no program ever sees a running
-    /// process undecided.
-    pub initial_verdicts: Vec<(u32, bool)>,
+    /// (tgid, `waggle_common::verdict` byte) of every process decided
+    /// before the probes attach: written into TRACE_VERDICT first, so no
+    /// program ever sees a running process undecided.
+    pub initial_verdicts: Vec<(u32, u8)>,
     /// Load the TLS library probes (config.tls).
     pub tls: bool,
-    /// Some traced process is set to get a trace id in its responses
-    /// (`--trace-response-header` or an include rule).
-    pub response_header: bool,
+    /// RUNTIME[RESPONSE_HEADER] once the gate passes (`waggle_common::
+    /// runtime`): 0 when no traced process is set to get a trace id in its
+    /// responses (`--trace-response-header` or an include rule).
+    pub response_header: u64,
 }
 
 impl Default for ProbeConfig {
@@ -81,7 +82,7 @@ impl Default for ProbeConfig {
             filter: false,
             initial_verdicts: Vec::new(),
             tls: true,
-            response_header: false,
+            response_header: 0,
         }
     }
 }
@@ -167,7 +168,7 @@ pub struct Probes {
     skipped: Vec<(&'static str, String)>,
     /// sockops and sk_msg are attached: outgoing requests get traceparent.
     injecting: bool,
-    /// How long sockets stay in CLIENT_SOCKS (when injecting).
+    /// How long sockets stay in INJECT_SOCKS (when injecting).
     sockmap_mode: u64,
     client_socks: Option<SockHash<MapData, u64>>,
     /// The kernel reads each connection's addresses from its socket and
@@ -365,8 +366,18 @@ impl Probes {
             }
         }
         let injecting = sockmap_mode != sockmap_mode::UNSET;
-        // Logs why it is off; nothing is attached for it yet either way.
-        let _ = response_header::gate(config.response_header, fionread.as_ref());
+        // Logs why it is off; on, server sockets on the noted ports join
+        // INJECT_SOCKS from now on.
+        // Without sockops (mode UNSET) no socket ever joins the map.
+        let sockops = sockmap_mode != sockmap_mode::UNSET;
+        if response_header::gate(config.response_header != 0, fionread.as_ref(), sockops) {
+            match heartbeat.runtime_mut().set(runtime::RESPONSE_HEADER, config.response_header, 0) {
+                Ok(()) => tracing::info!(
+                    "trace-response-header on: HTTP/1.x responses of the processes set for it name their server span"
+                ),
+                Err(e) => tracing::warn!("trace-response-header off: setting it in the kernel failed ({e})"),
+            }
+        }
         let tls = if bpf_loop {
             load_tls(&mut ebpf, config.tls)
         } else {
@@ -433,7 +444,7 @@ impl Probes {
         self.reads_sockets
     }
 
-    /// How long sockets stay in CLIENT_SOCKS (a `sockmap_mode` value).
+    /// How long sockets stay in INJECT_SOCKS (a `sockmap_mode` value).
     pub fn sockmap_mode(&self) -> u64 {
         self.sockmap_mode
     }
@@ -455,7 +466,7 @@ impl Probes {
         }
     }
 
-    /// Cookies of the sockets in CLIENT_SOCKS now (empty when not injecting).
+    /// Cookies of the sockets in INJECT_SOCKS now (empty when not injecting).
     pub fn client_sock_cookies(&self) -> Vec<u64> {
         match &self.client_socks {
             Some(socks) => socks.keys().filter_map(Result::ok).collect(),
@@ -750,7 +761,7 @@ mod tests {
             maps::CONN_SEQ,
             maps::THREAD_CTX,
             maps::INJECT_PENDING,
-            maps::CLIENT_SOCKS,
+            maps::INJECT_SOCKS,
             maps::CONNECTING,
             maps::RUNTIME,
             maps::TRUSTED_NETS,

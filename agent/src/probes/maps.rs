@@ -69,8 +69,9 @@ impl VerdictMap {
     }
 
     /// Err when the map is full (the process stays undecided: traced).
-    pub fn set(&mut self, tgid: u32, traced: bool) -> Result<(), MapError> {
-        self.0.insert(tgid, verdict_value(traced), 0)
+    /// `verdict`: a `waggle_common::verdict` byte.
+    pub fn set(&mut self, tgid: u32, verdict: u8) -> Result<(), MapError> {
+        self.0.insert(tgid, verdict, 0)
     }
 
     /// Undecided again (a decision for a process that has exited).
@@ -79,24 +80,16 @@ impl VerdictMap {
     }
 }
 
-pub(super) fn verdict_value(traced: bool) -> u8 {
-    if traced {
-        waggle_common::verdict::TRACED
-    } else {
-        waggle_common::verdict::UNTRACED
-    }
-}
-
 /// Writes the start-up decisions into TRACE_VERDICT (the map stays in the
 /// object until `Probes::take_verdict_map`); returns how many were written.
-pub(super) fn write_initial_verdicts(ebpf: &mut Ebpf, verdicts: &[(u32, bool)]) -> Result<usize, ProbeError> {
+pub(super) fn write_initial_verdicts(ebpf: &mut Ebpf, verdicts: &[(u32, u8)]) -> Result<usize, ProbeError> {
     let name = maps::TRACE_VERDICT;
     let map = ebpf.map_mut(name).ok_or(ProbeError::MissingMap { name })?;
     let mut map: HashMap<&mut MapData, u32, u8> =
         HashMap::try_from(map).map_err(|source| ProbeError::OpenMap { name, source })?;
     let mut written = 0;
-    for &(tgid, traced) in verdicts {
-        match map.insert(tgid, verdict_value(traced), 0) {
+    for &(tgid, verdict) in verdicts {
+        match map.insert(tgid, verdict, 0) {
             Ok(()) => written += 1,
             // Full: the rest stay undecided (traced); the worker retries
             // them at its next sweep and counts what does not fit.

@@ -1,4 +1,4 @@
-//! Attaching propagation: sk_msg on CLIENT_SOCKS, the sockmap mode this
+//! Attaching propagation: sk_msg on INJECT_SOCKS, the sockmap mode this
 //! kernel's FIONREAD behaviour allows, sockops on the cgroup-v2 root, and
 //! the trusted peer networks whose incoming traceparent is followed.
 use std::{
@@ -70,11 +70,11 @@ pub(super) fn fill_trusted_networks(ebpf: &mut Ebpf, nets: &[(IpAddr, u8)]) -> R
     Ok(())
 }
 
-/// What `attach_propagation` leaves: CLIENT_SOCKS and the sockmap mode
+/// What `attach_propagation` leaves: INJECT_SOCKS and the sockmap mode
 /// (UNSET when not attached), and the FIONREAD check's result.
 type Attached = (Option<SockHash<MapData, u64>>, u64, Option<Result<FionreadCheck, String>>);
 
-/// Attaches sk_msg to CLIENT_SOCKS, checks how this kernel answers FIONREAD
+/// Attaches sk_msg to INJECT_SOCKS, checks how this kernel answers FIONREAD
 /// for sockets in it, sets the sockmap mode, then attaches sockops to the
 /// cgroup-v2 root (in that order: a socket takes the map's programs when it
 /// is added, so sockets added before sk_msg is attached would never see it,
@@ -204,13 +204,13 @@ pub fn other_injectors() -> Vec<u32> {
 }
 
 fn attach_sk_msg(ebpf: &mut Ebpf) -> Result<SockHash<MapData, u64>, AttachError> {
-    let map = take_map(ebpf, maps::CLIENT_SOCKS).map_err(|e| AttachError::Other(e.to_string()))?;
+    let map = take_map(ebpf, maps::INJECT_SOCKS).map_err(|e| AttachError::Other(e.to_string()))?;
     let socks: SockHash<MapData, u64> =
-        SockHash::try_from(map).map_err(|e| AttachError::Other(format!("opening CLIENT_SOCKS: {e}")))?;
+        SockHash::try_from(map).map_err(|e| AttachError::Other(format!("opening INJECT_SOCKS: {e}")))?;
     let fd = socks
         .fd()
         .try_clone()
-        .map_err(|e| AttachError::Other(format!("duplicating the CLIENT_SOCKS descriptor: {e}")))?;
+        .map_err(|e| AttachError::Other(format!("duplicating the INJECT_SOCKS descriptor: {e}")))?;
     let program: &mut SkMsg = ebpf.program_mut(SK_MSG_PROGRAM).ok_or(AttachError::NotInObject)?.try_into()?;
     program.load()?;
     program.attach(&fd)?;

@@ -5,7 +5,7 @@
 //! socket that sits in a sockmap/sockhash with the length of the socket
 //! map's own ingress queue (0 for sockets that only have an sk_msg program)
 //! instead of the bytes waiting. Runtimes size reads with FIONREAD, so on
-//! such kernels no application socket may stay in CLIENT_SOCKS while it has
+//! such kernels no application socket may stay in INJECT_SOCKS while it has
 //! received data: they leave it at their first transmitted packet
 //! (`sockmap_mode::LEAVE_AT_FIRST_TRANSMIT`).
 use std::{
@@ -37,7 +37,7 @@ pub fn check_fionread(socks: &mut SockHash<MapData, u64>) -> Result<FionreadChec
     let mut client = TcpStream::connect(addr).map_err(|e| format!("connecting to {addr}: {e}"))?;
     let (mut server, _) = listener.accept().map_err(|e| format!("accepting on {addr}: {e}"))?;
     let cookie = socket_cookie(&client)?;
-    socks.insert(cookie, client.as_fd().as_raw_fd(), 0).map_err(|e| format!("adding a socket to CLIENT_SOCKS: {e}"))?;
+    socks.insert(cookie, client.as_fd().as_raw_fd(), 0).map_err(|e| format!("adding a socket to INJECT_SOCKS: {e}"))?;
     let result = (|| {
         // A send through the sk_msg path, as application sockets do.
         client.write_all(b"x").map_err(|e| format!("sending: {e}"))?;
@@ -59,7 +59,7 @@ pub fn check_fionread(socks: &mut SockHash<MapData, u64>) -> Result<FionreadChec
     })();
     let removed = socks.remove(&cookie);
     let check = result?;
-    removed.map_err(|e| format!("removing the check's socket from CLIENT_SOCKS: {e}"))?;
+    removed.map_err(|e| format!("removing the check's socket from INJECT_SOCKS: {e}"))?;
     Ok(check)
 }
 

@@ -23,9 +23,11 @@ use std::{
     time::{Duration, Instant},
 };
 
+use waggle_common::verdict;
+
 use super::{
     facts::{listen_table, live_pids, ports_of, read_facts, ProcFacts},
-    rules::{ProcessView, Rules},
+    rules::{ProcessView, ResponseHeader, Rules},
 };
 use crate::{
     metrics::Metrics,
@@ -42,7 +44,19 @@ const QUEUE_CAPACITY: usize = 4096;
 
 struct Known {
     facts: ProcFacts,
-    traced: bool,
+    verdict: Verdict,
+}
+
+/// A process's decision as the kernel's TRACE_VERDICT byte
+/// (`waggle_common::verdict`): traced or not and, when include rules give
+/// processes their own `trace_response_header`, the mode it has.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Verdict(pub u8);
+
+impl Verdict {
+    pub fn traced(self) -> bool {
+        self.0 != waggle_common::verdict::UNTRACED
+    }
 }
 
 /// The rules applied to processes; remembers each decided process's facts
@@ -56,30 +70,51 @@ pub struct Decider {
     /// Listening-socket inodes at the last sweep: when they change, every
     /// process's descriptors are read again.
     listen_inodes: Vec<u64>,
+    /// The global `--trace-response-header`, when include rules set
+    /// their own: each traced process's verdict then carries its mode.
+    response_header: Option<ResponseHeader>,
 }
 
 impl Decider {
     pub fn new(rules: Arc<Rules>, pods: Option<Arc<dyn PodDirectory>>, agent_pid: u32) -> Decider {
-        Decider { rules, pods, agent_pid, known: HashMap::new(), ports: HashMap::new(), listen_inodes: Vec::new() }
+        Decider {
+            rules,
+            pods,
+            agent_pid,
+            known: HashMap::new(),
+            ports: HashMap::new(),
+            listen_inodes: Vec::new(),
+            response_header: None,
+        }
+    }
+
+    /// Verdicts carry each traced process's response-header mode: the
+    /// first matching include rule's, else `global`.
+    pub fn with_response_header(mut self, global: ResponseHeader) -> Decider {
+        self.response_header = Some(global);
+        self
     }
 
     /// The rules' answer for `pid` with these facts and its known ports.
-    pub fn evaluate(&self, pid: u32, facts: &ProcFacts) -> bool {
+    pub fn evaluate(&self, pid: u32, facts: &ProcFacts) -> Verdict {
         let pod = match (&self.pods, &facts.pod_uid) {
             (Some(dir), Some(uid)) => dir.pod(uid),
             _ => None,
         };
         let ports = self.ports.get(&pid).map(Vec::as_slice).unwrap_or(&[]);
-        self.rules.traced(&ProcessView {
-            exe: &facts.exe,
-            ports,
-            container_id: facts.container_id.as_deref(),
-            pod: pod.as_deref(),
-        })
+        let view =
+            ProcessView { exe: &facts.exe, ports, container_id: facts.container_id.as_deref(), pod: pod.as_deref() };
+        if !self.rules.traced(&view) {
+            return Verdict(verdict::UNTRACED);
+        }
+        match self.response_header {
+            Some(global) => Verdict(verdict::traced_with(self.rules.response_header(&view, global).kernel_mode())),
+            None => Verdict(verdict::TRACED),
+        }
     }
 
-    /// Every running process: (tgid, traced).
-    pub fn decide_all(&mut self) -> Vec<(u32, bool)> {
+    /// Every running process: (tgid, verdict).
+    pub fn decide_all(&mut self) -> Vec<(u32, Verdict)> {
         let pids = live_pids();
         if self.rules.uses_ports() {
             self.refresh_ports(&pids, &pids);
@@ -89,26 +124,26 @@ impl Decider {
 
     /// Every running process decided again from fresh facts: the verdicts
     /// that differ from what was known (or are new).
-    pub fn recheck(&mut self) -> Vec<(u32, bool)> {
-        let before: HashMap<u32, bool> = self.known.iter().map(|(&pid, k)| (pid, k.traced)).collect();
-        self.decide_all().into_iter().filter(|(pid, traced)| before.get(pid) != Some(traced)).collect()
+    pub fn recheck(&mut self) -> Vec<(u32, Verdict)> {
+        let before: HashMap<u32, Verdict> = self.known.iter().map(|(&pid, k)| (pid, k.verdict)).collect();
+        self.decide_all().into_iter().filter(|(pid, verdict)| before.get(pid) != Some(verdict)).collect()
     }
 
     /// Reads `pid`'s facts afresh (it exec'ed, or is new) and decides it;
     /// None for the agent, kernel threads and processes already gone.
-    pub fn decide(&mut self, pid: u32) -> Option<bool> {
+    pub fn decide(&mut self, pid: u32) -> Option<Verdict> {
         if pid == self.agent_pid {
             return None;
         }
         let facts = read_facts(pid)?;
-        let traced = self.evaluate(pid, &facts);
-        self.known.insert(pid, Known { facts, traced });
-        Some(traced)
+        let verdict = self.evaluate(pid, &facts);
+        self.known.insert(pid, Known { facts, verdict });
+        Some(verdict)
     }
 
     /// New processes, gone ones, new listeners, pod changes: the verdicts
     /// that changed (or are new).
-    pub fn sweep(&mut self) -> Vec<(u32, bool)> {
+    pub fn sweep(&mut self) -> Vec<(u32, Verdict)> {
         let pids = live_pids();
         let live: std::collections::HashSet<u32> = pids.iter().copied().collect();
         self.known.retain(|pid, _| live.contains(pid));
@@ -119,21 +154,21 @@ impl Decider {
         }
         let mut changes = Vec::new();
         for pid in new {
-            if let Some(traced) = self.decide(pid) {
-                changes.push((pid, traced));
+            if let Some(verdict) = self.decide(pid) {
+                changes.push((pid, verdict));
             }
         }
-        let again: Vec<(u32, bool)> = self
+        let again: Vec<(u32, Verdict)> = self
             .known
             .iter()
             .filter_map(|(&pid, k)| {
-                let traced = self.evaluate(pid, &k.facts);
-                (traced != k.traced).then_some((pid, traced))
+                let verdict = self.evaluate(pid, &k.facts);
+                (verdict != k.verdict).then_some((pid, verdict))
             })
             .collect();
-        for &(pid, traced) in &again {
+        for &(pid, verdict) in &again {
             if let Some(k) = self.known.get_mut(&pid) {
-                k.traced = traced;
+                k.verdict = verdict;
             }
         }
         changes.extend(again);
@@ -158,7 +193,7 @@ impl Decider {
 
     /// (traced, untraced) processes known.
     pub fn counts(&self) -> (u64, u64) {
-        let traced = self.known.values().filter(|k| k.traced).count() as u64;
+        let traced = self.known.values().filter(|k| k.verdict.traced()).count() as u64;
         (traced, self.known.len() as u64 - traced)
     }
 }
@@ -185,8 +220,8 @@ impl Selection {
         let worker_metrics = metrics.clone();
         let thread = std::thread::Builder::new().name("waggle-selection".into()).spawn(move || {
             let metrics = worker_metrics;
-            let write = |map: &mut VerdictMap, pid: u32, traced: bool| {
-                match map.set(pid, traced) {
+            let write = |map: &mut VerdictMap, pid: u32, verdict: Verdict| {
+                match map.set(pid, verdict.0) {
                     Ok(()) => {
                         Metrics::inc(&metrics.selection_decisions);
                         // Exited meanwhile: its exit already cleared the
@@ -211,8 +246,8 @@ impl Selection {
                     "trace selection: processes that exec'd during start-up decided again"
                 );
             }
-            for (pid, traced) in changed {
-                write(&mut map, pid, traced);
+            for (pid, verdict) in changed {
+                write(&mut map, pid, verdict);
             }
             let mut next_sweep = Instant::now() + SWEEP_INTERVAL;
             loop {
@@ -220,14 +255,14 @@ impl Selection {
                 match rx.recv_timeout(wait) {
                     Ok(pid) => {
                         worker_pending.fetch_sub(1, Ordering::Relaxed);
-                        if let Some(traced) = decider.decide(pid) {
-                            tracing::debug!(pid, traced, "process decided at exec");
-                            write(&mut map, pid, traced);
+                        if let Some(verdict) = decider.decide(pid) {
+                            tracing::debug!(pid, traced = verdict.traced(), "process decided at exec");
+                            write(&mut map, pid, verdict);
                         }
                     }
                     Err(RecvTimeoutError::Timeout) => {
-                        for (pid, traced) in decider.sweep() {
-                            write(&mut map, pid, traced);
+                        for (pid, verdict) in decider.sweep() {
+                            write(&mut map, pid, verdict);
                         }
                         let (traced, untraced) = decider.counts();
                         gauges.set_gauge(Gauge::ProcessesTraced, traced);
@@ -269,6 +304,8 @@ impl Drop for Selection {
 mod tests {
     use std::collections::BTreeMap;
 
+    use waggle_common::http::response::mode;
+
     use super::*;
     use crate::{model::PodFacts, selection::parse_rule_list};
 
@@ -299,11 +336,23 @@ mod tests {
             ..PodFacts::default()
         };
         let d = decider("", "namespace=kube-system", Some(pod.clone()));
-        assert!(!d.evaluate(1, &in_pod("uid-1")));
+        assert!(!d.evaluate(1, &in_pod("uid-1")).traced());
         // A pod the directory does not know (yet): only non-pod rules apply.
-        assert!(d.evaluate(1, &in_pod("uid-2")));
-        assert!(decider("container=core*", "", Some(pod.clone())).evaluate(1, &in_pod("uid-1")));
-        assert!(!decider("label:app=web", "", Some(pod)).evaluate(1, &in_pod("uid-1")));
+        assert!(d.evaluate(1, &in_pod("uid-2")).traced());
+        assert!(decider("container=core*", "", Some(pod.clone())).evaluate(1, &in_pod("uid-1")).traced());
+        assert!(!decider("label:app=web", "", Some(pod)).evaluate(1, &in_pod("uid-1")).traced());
+    }
+
+    #[test]
+    fn verdicts_carry_the_response_header_mode_only_when_rules_set_one() {
+        let facts = |exe: &str| ProcFacts { exe: exe.into(), container_id: None, pod_uid: None };
+        let rules = "exe=*/nginx&trace_response_header=x-trace-id;exe=*/python3";
+        let d = decider(rules, "", None).with_response_header(ResponseHeader::TraceResponse);
+        assert_eq!(d.evaluate(1, &facts("/usr/sbin/nginx")), Verdict(verdict::traced_with(mode::X_TRACE_ID)));
+        assert_eq!(d.evaluate(1, &facts("/usr/bin/python3")), Verdict(verdict::traced_with(mode::TRACERESPONSE)));
+        assert_eq!(d.evaluate(1, &facts("/usr/bin/perl")), Verdict(verdict::UNTRACED));
+        // Without per-rule modes the kernel's global setting is all there is.
+        assert_eq!(decider(rules, "", None).evaluate(1, &facts("/usr/sbin/nginx")), Verdict(verdict::TRACED));
     }
 
     #[test]
@@ -311,8 +360,8 @@ mod tests {
         let exe = std::fs::read_link("/proc/self/exe").unwrap().display().to_string();
         let me = std::process::id();
         let mut d = decider(&format!("exe={exe}"), "", None);
-        assert_eq!(d.decide(me), Some(true));
-        assert_eq!(decider("exe=*/nginx", "", None).decide(me), Some(false));
+        assert_eq!(d.decide(me), Some(Verdict(verdict::TRACED)));
+        assert_eq!(decider("exe=*/nginx", "", None).decide(me), Some(Verdict(verdict::UNTRACED)));
         let mut agent = Decider::new(Arc::new(Rules::default()), None, me);
         assert_eq!(agent.decide(me), None);
         // A sweep or a recheck re-decides nothing that did not change.

@@ -41,12 +41,20 @@ pub mod maps {
     /// pid_tgid -> InjectRequest: a traceparent the current send should carry
     /// (set by the syscall tracepoint, consumed by the sk_msg program).
     pub const INJECT_PENDING: &str = "INJECT_PENDING";
-    /// SockHash of established client sockets the sk_msg program runs on,
-    /// keyed by socket cookie (unique across network namespaces).
-    pub const CLIENT_SOCKS: &str = "CLIENT_SOCKS";
+    /// SockHash of the sockets the sk_msg program runs on, keyed by socket
+    /// cookie (unique across network namespaces): established client
+    /// sockets of traced processes, and (`--trace-response-header`)
+    /// accepted sockets on ports in SERVER_PORTS.
+    pub const INJECT_SOCKS: &str = "INJECT_SOCKS";
+    /// Local TCP port (u32) -> 1: ports a process with a response-header
+    /// mode listens on; connections accepted on them enter INJECT_SOCKS
+    /// (sockops PASSIVE_ESTABLISHED runs in softirq, where the accepting
+    /// process is not known). Filled by the kernel at listen() and at
+    /// accept() (kernel-only).
+    pub const SERVER_PORTS: &str = "SERVER_PORTS";
     /// Socket cookies of connects by traced processes, from the connect()
     /// call (sockops TCP_CONNECT_CB, process context) until the connection
-    /// is established and may enter CLIENT_SOCKS (kernel-only).
+    /// is established and may enter INJECT_SOCKS (kernel-only).
     pub const CONNECTING: &str = "CONNECTING";
     /// Array of u64 the agent sets while running, indexed by [`super::runtime`].
     pub const RUNTIME: &str = "RUNTIME";
@@ -143,6 +151,24 @@ pub mod verdict {
     /// The rules leave it out: no program follows its syscalls, its sockets
     /// never enter CONNS or the propagation sockmap.
     pub const UNTRACED: u8 = 2;
+    /// A traced process's `--trace-response-header` mode (an
+    /// `http::response::mode` value) sits above these bits, plus one: 0
+    /// there means the process was decided before the setting was known,
+    /// and the global mode applies. Forks copy it with the verdict.
+    pub const RESPONSE_SHIFT: u8 = 2;
+
+    /// The verdict byte of a traced process with response-header `mode`.
+    pub const fn traced_with(mode: u8) -> u8 {
+        TRACED | ((mode + 1) << RESPONSE_SHIFT)
+    }
+
+    /// The response-header mode a verdict byte carries, if any.
+    pub const fn response_mode(v: u8) -> Option<u8> {
+        match v >> RESPONSE_SHIFT {
+            0 => None,
+            m => Some(m - 1),
+        }
+    }
 }
 
 /// Indexes of the RUNTIME array.
@@ -153,10 +179,16 @@ pub mod runtime {
     /// A [`super::sockmap_mode`] value, set once the agent has checked how
     /// the kernel treats sockets in a sockmap.
     pub const SOCKMAP_MODE: u32 = 1;
-    pub const COUNT: u32 = 2;
+    /// `--trace-response-header`, set once its start-up gate passed: 0
+    /// off for every process; else the global `http::response::mode` in
+    /// the low byte, plus [`RESPONSE_PER_PROCESS`] when trace-selection
+    /// rules give processes their own (in their TRACE_VERDICT byte).
+    pub const RESPONSE_HEADER: u32 = 2;
+    pub const RESPONSE_PER_PROCESS: u64 = 0x100;
+    pub const COUNT: u32 = 3;
 }
 
-/// How long a client socket stays in CLIENT_SOCKS.
+/// How long a client socket stays in INJECT_SOCKS.
 pub mod sockmap_mode {
     /// Not decided yet: no socket enters the map.
     pub const UNSET: u64 = 0;
@@ -212,8 +244,9 @@ pub const LINKS_MAX_ENTRIES: u32 = 4096;
 pub const FCGI_WAIT_MAX_ENTRIES: u32 = 4096;
 
 pub const INJECT_PENDING_MAX_ENTRIES: u32 = 4096;
-pub const CLIENT_SOCKS_MAX_ENTRIES: u32 = 65536;
+pub const INJECT_SOCKS_MAX_ENTRIES: u32 = 65536;
 pub const CONNECTING_MAX_ENTRIES: u32 = 16384;
+pub const SERVER_PORTS_MAX_ENTRIES: u32 = 1024;
 pub const TRUSTED_NETS_MAX_ENTRIES: u32 = 1024;
 /// The agent holds a handful of export connections at a time.
 pub const OWN_FLOWS_MAX_ENTRIES: u32 = 1024;
@@ -295,7 +328,8 @@ pub mod conn_flags {
     /// Client side: where a request ended could not be told from its header
     /// block (chunked or unknown length, an upgrade, a header block the
     /// kernel did not see whole): no later send is known to start a request,
-    /// so nothing more is injected into this connection.
+    /// so nothing more is injected into this connection. Server side
+    /// (`--trace-response-header`), the same for responses.
     pub const BOUNDARY_LOST: u8 = 16;
     /// Client side: no later send on this connection can be injected (its
     /// socket leaves the sockmap at its first request): request starts are
@@ -321,6 +355,9 @@ pub mod ctx_flags {
     /// THREAD_CTX entry stays and the next request overwrites it in place,
     /// which costs a store instead of an LRU map delete and insert.
     pub const ENDED: u8 = 8;
+    /// Kernel-only, never sent: the request is a HEAD (its response has no
+    /// body whatever its Content-Length says).
+    pub const HEAD_REQUEST: u8 = 16;
 }
 
 /// Why an injection was skipped (index into COUNTERS after the base counters).
@@ -373,7 +410,8 @@ pub struct ConnInfo {
     pub tls: u8,
     pub _pad: [u8; 4],
     /// Client side: bytes of the current request the application has yet to
-    /// send; the next send is a request boundary when 0.
+    /// send; the next send is a request boundary when 0. Server side
+    /// (`--trace-response-header`): the same for the current response.
     pub req_remaining: u64,
     /// `ConnEnds::link_key` of the connection (0: its local end was not
     /// known): where a same-host client request leaves its ids for the
@@ -591,10 +629,18 @@ pub struct InjectRequest {
     pub headers_end: u16,
     /// Set by the sk_msg program once the header is in.
     pub injected: u8,
-    /// skip_reason + 1 when sk_msg declined; 0 when not decided.
+    /// skip_reason (responses: `http::response::skip`) + 1 when sk_msg
+    /// declined; 0 when not decided.
     pub skipped: u8,
-    pub _pad: [u8; 2],
+    /// Which line goes in: [`INJECT_TRACEPARENT`] into a request, else an
+    /// `http::response::mode` into a response (after its status line;
+    /// `request_line_end` is then the status line's end).
+    pub line: u8,
+    pub _pad: u8,
 }
+
+/// `InjectRequest::line` of a request's traceparent.
+pub const INJECT_TRACEPARENT: u8 = 0;
 
 /// Value of the PENDING map: what a syscall's enter handler leaves for its
 /// exit handler, keyed by pid_tgid. Shared so the agent can stand in for an
@@ -749,12 +795,43 @@ kernel_counters! {
         "execs whose environment was longer than the kernel walks (1024 strings or 511-byte pieces) or unreadable part way: variables past that were not seen",
     TlsHandshakeBound => "kernel_tls_handshake_bound":
         "SSL objects of an executable that links OpenSSL statically (node) bound to their connection at its handshake write: their later calls are captured",
+    ResponseHeaderInserted => "response_header_inserted":
+        "--trace-response-header: traceresponse / X-Trace-Id lines inserted into HTTP/1.x responses",
+    ResponseSocksAdded => "response_header_socks_added":
+        "--trace-response-header: accepted sockets on a listening port of such a process added to the sockmap",
+    // One counter per `http::response::skip` reason, in its order
+    // (`Counter::response_skip`).
+    ResponseSkipHasTraceHeader => "response_header_skipped_has_trace_header":
+        "response header skipped: the response already named a trace (traceresponse or X-Trace-Id)",
+    ResponseSkipInterim => "response_header_skipped_interim":
+        "response header skipped: a 1xx interim or 101 Switching Protocols response",
+    ResponseSkipHeadersIncomplete => "response_header_skipped_headers_incomplete":
+        "response header skipped: the response's header block was not whole in its first send",
+    ResponseSkipBoundaryLost => "response_header_skipped_boundary_lost":
+        "response header skipped: an earlier response's end on this connection was unknown (chunked, close-delimited, upgrade, pipelined)",
+    ResponseSkipNoServerSpan => "response_header_skipped_no_server_span":
+        "response header skipped: the kernel knew no server span for the request answered",
+    ResponseSkipNotResponseStart => "response_header_skipped_not_response_start":
+        "response header skipped: the bytes the socket layer got were not those the syscall saw",
+    ResponseSkipSendBufferLow => "response_header_skipped_send_buffer_low":
+        "response header skipped: the socket might not take the whole message at once",
+    ResponseSkipPushFailed => "response_header_skipped_push_failed":
+        "response header skipped: inserting the line into the message failed",
+    ResponseSkipNotInSockhash => "response_header_skipped_not_in_sockhash":
+        "response header skipped: the socket was not in the sockmap (accepted before its port was known, or the map was full)",
+    ResponseSkipAgentStalled => "response_header_skipped_agent_stalled":
+        "response header skipped: the agent has not drained events recently (the ids could name a span never exported)",
 }
 
 impl Counter {
     /// The skip counter for a `skip_reason` value.
     pub const fn skip(reason: u32) -> u32 {
         Counter::SkipAlreadyHasTraceparent as u32 + reason
+    }
+
+    /// The counter for an `http::response::skip` value.
+    pub const fn response_skip(reason: u32) -> u32 {
+        Counter::ResponseSkipHasTraceHeader as u32 + reason
     }
 }
 

@@ -23,8 +23,25 @@ fn skip_counters_line_up_with_reasons() {
     assert_eq!(Counter::skip(skip_reason::ALREADY_HAS_TRACEPARENT), Counter::SkipAlreadyHasTraceparent as u32);
     assert_eq!(Counter::skip(skip_reason::AGENT_STALLED), Counter::SkipAgentStalled as u32);
     assert_eq!(Counter::skip(skip_reason::COUNT), Counter::IncomingTraceparent as u32);
+    use http::response::skip;
+    assert_eq!(Counter::response_skip(skip::HAS_TRACE_HEADER), Counter::ResponseSkipHasTraceHeader as u32);
+    assert_eq!(Counter::response_skip(skip::PUSH_FAILED), Counter::ResponseSkipPushFailed as u32);
+    assert_eq!(Counter::response_skip(skip::AGENT_STALLED), Counter::ResponseSkipAgentStalled as u32);
+    assert_eq!(Counter::response_skip(skip::COUNT), COUNTER_COUNT);
     for (i, c) in Counter::ALL.iter().enumerate() {
         assert_eq!(*c as usize, i);
+    }
+}
+
+#[test]
+fn a_verdict_carries_a_response_header_mode_or_none() {
+    use http::response::mode;
+    assert_eq!(verdict::response_mode(verdict::TRACED), None);
+    assert_eq!(verdict::response_mode(verdict::UNTRACED), None);
+    for m in [mode::OFF, mode::TRACERESPONSE, mode::X_TRACE_ID] {
+        let v = verdict::traced_with(m);
+        assert_eq!(v & 3, verdict::TRACED, "still traced, and never UNTRACED");
+        assert_eq!(verdict::response_mode(v), Some(m));
     }
 }
 

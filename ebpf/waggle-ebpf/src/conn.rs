@@ -165,6 +165,8 @@ pub(crate) fn accept_exit(ctx: &TracePointContext, id: SyscallId) -> Option<()> 
                 count(Counter::OwnConnsSkipped);
             } else {
                 open_conn(key, tid, Role::Server, ends);
+                // A listener older than the agent: its next connections.
+                crate::response::note_port(tgid, ends.local_port);
             }
             return Some(());
         }

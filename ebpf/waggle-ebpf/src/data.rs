@@ -22,8 +22,8 @@ const OUT_MASK: u64 = (PAYLOAD_AREA - 1) as u64;
 /// `Pending::aux` bits of a send on a client connection.
 /// The enter handler left an INJECT_PENDING entry for the exit to take.
 pub(crate) const AUX_INJECT: u64 = 1;
-/// The send starts a request whose length the enter handler stored in
-/// `ConnInfo::req_remaining`.
+/// The send starts a request (server side: a response) whose length the
+/// enter handler stored in `ConnInfo::req_remaining`.
 pub(crate) const AUX_REQUEST_START: u64 = 2;
 
 /// Peeked bytes are read again by a later recv: capturing both would show
@@ -82,10 +82,7 @@ pub(crate) fn enter<const BPF_LOOP: bool>(ctx: &TracePointContext, id: SyscallId
     let shape = shape(id);
     let send = match Role::from_u8(conn.role) {
         Role::Client => trace::client_send_enter::<BPF_LOOP>(pid_tgid, info, shape, p.ptr, p.len),
-        Role::Server => {
-            trace::server_send_enter(pid_tgid, &conn, shape, p.ptr, p.len);
-            trace::ClientSend::default()
-        }
+        Role::Server => trace::server_send_enter::<BPF_LOOP>(pid_tgid, info, shape, p.ptr, p.len),
         Role::Unknown => trace::ClientSend::default(),
     };
     if send.request_start {
@@ -115,10 +112,11 @@ pub(crate) fn enter<const BPF_LOOP: bool>(ctx: &TracePointContext, id: SyscallId
     }
 }
 
-/// Client side: keeps `req_remaining` equal to what the application has yet
-/// to send of its current request, from what each send returned.
+/// Keeps `req_remaining` equal to what the application has yet to send of
+/// its current request (client side) or response (server side, with
+/// `--trace-response-header`), from what each send returned.
 #[inline(always)]
-fn account_client_send(info: *mut ConnInfo, aux: u64, ret: i64) {
+fn account_send(info: *mut ConnInfo, aux: u64, ret: i64) {
     // SAFETY: info points at a live CONNS value; only threads of its process
     // send on it.
     unsafe {
@@ -183,8 +181,10 @@ pub(crate) fn exit<const BPF_LOOP: bool>(ctx: &TracePointContext, id: SyscallId,
     // SAFETY: info_ptr points at a live CONNS value; copied before any other
     // map operation can delete it.
     let info = unsafe { *info_ptr };
-    if direction == Direction::Egress && Role::from_u8(info.role) == Role::Client {
-        account_client_send(info_ptr, p.aux, ret);
+    if direction == Direction::Egress
+        && (Role::from_u8(info.role) == Role::Client || p.aux & AUX_REQUEST_START != 0 || info.req_remaining != 0)
+    {
+        account_send(info_ptr, p.aux, ret);
     }
     if ret <= 0 {
         return;

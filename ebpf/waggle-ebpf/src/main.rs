@@ -38,6 +38,7 @@ mod helpers;
 mod maps;
 mod own;
 mod process;
+mod response;
 mod sock;
 mod socket_facts;
 mod tls;

@@ -11,9 +11,9 @@ use aya_ebpf::{
 use waggle_common::{
     fastcgi::{ParamScan, RecordWalk},
     ConnEnds, ConnInfo, DataEvent, FlowKey, InjectRequest, Pending, SockKey, SockWalkOffsets, TraceCtx,
-    CLIENT_SOCKS_MAX_ENTRIES, CONNECTING_MAX_ENTRIES, CONNS_MAX_ENTRIES, COUNTER_COUNT, EVENTS_RINGBUF_BYTES,
+    INJECT_SOCKS_MAX_ENTRIES, CONNECTING_MAX_ENTRIES, CONNS_MAX_ENTRIES, COUNTER_COUNT, EVENTS_RINGBUF_BYTES,
     FCGI_WAIT_MAX_ENTRIES, INET_STREAM_SOCKS_MAX_ENTRIES, INJECT_PENDING_MAX_ENTRIES, LINKS_MAX_ENTRIES, MAX_CAPTURE,
-    OWN_FLOWS_MAX_ENTRIES, PENDING_MAX_ENTRIES, THREAD_CTX_MAX_ENTRIES, TRACE_VERDICT_MAX_ENTRIES,
+    OWN_FLOWS_MAX_ENTRIES, PENDING_MAX_ENTRIES, SERVER_PORTS_MAX_ENTRIES, THREAD_CTX_MAX_ENTRIES, TRACE_VERDICT_MAX_ENTRIES,
     TRACKED_TGIDS_MAX_ENTRIES, TRUSTED_NETS_MAX_ENTRIES,
 };
 
@@ -108,6 +108,24 @@ pub(crate) struct ScanState {
     pub scan: waggle_common::http::HeaderScan,
     pub pos: u64,
 }
+
+/// State of the response header scan over SCRATCH (response.rs).
+#[map]
+pub(crate) static RESP_SCAN: PerCpuArray<RespScanState> = PerCpuArray::with_max_entries(1, 0);
+
+/// As [`ScanState`], for a response's header block.
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+pub(crate) struct RespScanState {
+    pub scan: waggle_common::http::response::ResponseScan,
+    pub pos: u64,
+}
+
+/// Local ports whose accepted connections enter INJECT_SOCKS
+/// (`--trace-response-header`, response.rs). LRU: ports of servers long
+/// gone age out.
+#[map]
+pub(crate) static SERVER_PORTS: LruHashMap<u32, u8> = LruHashMap::with_max_entries(SERVER_PORTS_MAX_ENTRIES, 0);
 
 /// Processes that own (or inherited) tracked connections: only their forks
 /// and exits are reported.
@@ -217,10 +235,11 @@ pub(crate) struct ParamsWait {
 pub(crate) static INJECT_PENDING: LruHashMap<u64, InjectRequest> =
     LruHashMap::with_max_entries(INJECT_PENDING_MAX_ENTRIES, 0);
 
-/// Established client sockets of traced processes, by socket cookie; the
-/// sk_msg program runs on their sends.
+/// Established client sockets of traced processes and (response.rs)
+/// accepted sockets on SERVER_PORTS, by socket cookie; the sk_msg program
+/// runs on their sends.
 #[map]
-pub(crate) static CLIENT_SOCKS: SockHash<u64> = SockHash::with_max_entries(CLIENT_SOCKS_MAX_ENTRIES, 0);
+pub(crate) static INJECT_SOCKS: SockHash<u64> = SockHash::with_max_entries(INJECT_SOCKS_MAX_ENTRIES, 0);
 
 /// Cookies of sockets a traced process is connecting (sock.rs).
 #[map]

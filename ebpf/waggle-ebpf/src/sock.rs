@@ -6,7 +6,7 @@
 //! and processes the trace-selection rules leave out leave none, and the
 //! latter are counted as UntracedConnects), by socket cookie (unique across
 //! network namespaces). When such a connection is established it enters
-//! CLIENT_SOCKS, whose sk_msg program then runs on its sends. On kernels
+//! INJECT_SOCKS, whose sk_msg program then runs on its sends. On kernels
 //! whose FIONREAD misreports sockets in a sockmap (`sockmap_mode`), it
 //! leaves the map again at the first packet it transmits after the
 //! handshake, before any byte it receives can be waiting unread.
@@ -27,7 +27,8 @@ use core::{ffi::c_void, hint::black_box};
 use aya_ebpf::{
     bindings::{
         bpf_sock, sk_action::SK_DROP, BPF_NOEXIST, BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_HDR_OPT_LEN_CB,
-        BPF_SOCK_OPS_TCP_CONNECT_CB, BPF_SOCK_OPS_WRITE_HDR_OPT_CB_FLAG,
+        BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB, BPF_SOCK_OPS_TCP_CONNECT_CB, BPF_SOCK_OPS_TCP_LISTEN_CB,
+        BPF_SOCK_OPS_WRITE_HDR_OPT_CB_FLAG,
     },
     helpers::{
         bpf_get_current_pid_tgid,
@@ -39,19 +40,23 @@ use aya_ebpf::{
     programs::{SkMsgContext, SockOpsContext},
 };
 use waggle_common::{
-    ctx_flags, http, runtime, skip_reason, sockmap_mode, Counter, InjectRequest, SyscallId, MAX_CAPTURE,
+    ctx_flags,
+    http::{self, response},
+    runtime, skip_reason, sockmap_mode, Counter, InjectRequest, SyscallId, INJECT_TRACEPARENT, MAX_CAPTURE,
     TRACEPARENT_LINE_LEN,
 };
 
 use crate::{
     helpers::{agent, count, count_index, current},
+    response as response_path,
     maps::{
-        CLIENT_SOCKS, CONNECTING, INJECT_PENDING, NOTSENT_LOWAT_DEFAULT, OFF_NOTSENT_LOWAT, OFF_SNDBUF, OFF_SND_NXT,
+        INJECT_SOCKS, CONNECTING, INJECT_PENDING, NOTSENT_LOWAT_DEFAULT, OFF_NOTSENT_LOWAT, OFF_SNDBUF, OFF_SND_NXT,
         OFF_WMEM_QUEUED, OFF_WRITE_SEQ, PENDING, PROPAGATION, RUNTIME,
     },
 };
 
-const LINE: u32 = TRACEPARENT_LINE_LEN as u32;
+/// The longest line this program inserts: the room a send must have.
+const LONGEST_LINE: u32 = response::TRACERESPONSE_LINE_LEN as u32;
 /// Offsets into the message are masked with this for the verifier. Twice
 /// the scan window, so no offset the tracepoint can report (<= MAX_CAPTURE)
 /// ever wraps to another.
@@ -61,14 +66,45 @@ const OFF_MASK: u32 = (2 * MAX_CAPTURE - 1) as u32;
 const ROOM_SLACK: u64 = 16 * 1024;
 
 const _: () = assert!(http::LINE_LEN == TRACEPARENT_LINE_LEN);
+const _: () = assert!(
+    TRACEPARENT_LINE_LEN <= LONGEST_LINE as usize && response::X_TRACE_ID_LINE_LEN <= LONGEST_LINE as usize
+);
 
 pub(crate) fn sockops(ctx: &SockOpsContext) {
     match ctx.op() {
         BPF_SOCK_OPS_TCP_CONNECT_CB => connecting(ctx),
         BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB => established(ctx),
         BPF_SOCK_OPS_HDR_OPT_LEN_CB => transmitting(ctx),
+        BPF_SOCK_OPS_TCP_LISTEN_CB => listening(ctx),
+        BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB => accepted(ctx),
         _ => {}
     }
+}
+
+/// listen(), in the listening process: its port is noted when the process
+/// has a response-header mode (response.rs).
+#[inline(always)]
+fn listening(ctx: &SockOpsContext) {
+    if let Some((_, tgid)) = current() {
+        response_path::note_port(tgid, ctx.local_port() as u16);
+    }
+}
+
+/// A connection accepted on a noted port (softirq): its sends go through
+/// sk_msg for as long as it lives. Only ever on kernels where the agent
+/// found FIONREAD correct for sockets in a sockmap.
+#[inline(always)]
+fn accepted(ctx: &SockOpsContext) {
+    if !response_path::wants_accepted(ctx.local_port()) {
+        return;
+    }
+    let mut map_key = cookie(ctx);
+    // SAFETY: ctx.ops is the live context pointer of this program.
+    if INJECT_SOCKS.update(&mut map_key, unsafe { &mut *ctx.ops }, u64::from(BPF_NOEXIST)).is_err() {
+        count(Counter::SockmapRefused);
+        return;
+    }
+    count(Counter::ResponseSocksAdded);
 }
 
 #[inline(always)]
@@ -116,7 +152,7 @@ fn established(ctx: &SockOpsContext) {
     }
     let mut map_key = key;
     // SAFETY: ctx.ops is the live context pointer of this program.
-    if CLIENT_SOCKS.update(&mut map_key, unsafe { &mut *ctx.ops }, u64::from(BPF_NOEXIST)).is_err() {
+    if INJECT_SOCKS.update(&mut map_key, unsafe { &mut *ctx.ops }, u64::from(BPF_NOEXIST)).is_err() {
         // Full, or the socket belongs to another sk_msg program already:
         // it is left alone (its requests count as SkipNotInSockhash).
         count(Counter::SockmapRefused);
@@ -153,10 +189,10 @@ fn transmitting(ctx: &SockOpsContext) {
 #[inline(always)]
 fn leave(key: u64) -> bool {
     let mut key = key;
-    // SAFETY: CLIENT_SOCKS is a map of this object; the key lives on the
+    // SAFETY: INJECT_SOCKS is a map of this object; the key lives on the
     // stack for the call. sockops may delete from a sockhash.
     let removed = unsafe {
-        bpf_map_delete_elem((&CLIENT_SOCKS as *const _ as *mut c_void).cast(), (&mut key as *mut u64).cast())
+        bpf_map_delete_elem((&INJECT_SOCKS as *const _ as *mut c_void).cast(), (&mut key as *mut u64).cast())
     } == 0;
     if removed {
         count(Counter::SockmapLeft);
@@ -189,26 +225,42 @@ pub(crate) fn inject(ctx: &SkMsgContext) -> Option<u32> {
     }
     // SAFETY: as above; copied out.
     let request = unsafe { *req };
+    let into_request = request.line == INJECT_TRACEPARENT;
     match decide(ctx, &request) {
         Ok(()) => {
             // SAFETY: as above.
             unsafe { (*req).injected = 1 };
-            count(Counter::Injected);
+            count(if into_request { Counter::Injected } else { Counter::ResponseHeaderInserted });
             None
         }
         Err(Decision::Skip(reason)) => {
             // SAFETY: as above.
             unsafe { (*req).skipped = reason as u8 + 1 };
-            count_index(Counter::skip(reason));
+            count_index(skip_counter(into_request, reason));
             None
         }
         Err(Decision::Drop) => {
             // SAFETY: as above.
             unsafe { (*req).skipped = skip_reason::PUSH_FAILED as u8 + 1 };
-            count(Counter::SkipPushFailed);
+            count_index(skip_counter(into_request, skip_reason::PUSH_FAILED));
             Some(SK_DROP)
         }
     }
+}
+
+/// The counter of a `skip_reason` this program gives, for a request's
+/// traceparent or (its `http::response::skip` twin) a response's line.
+#[inline(always)]
+fn skip_counter(into_request: bool, reason: u32) -> u32 {
+    if into_request {
+        return Counter::skip(reason);
+    }
+    Counter::response_skip(match reason {
+        skip_reason::NOT_REQUEST_START => response::skip::NOT_RESPONSE_START,
+        skip_reason::HEADERS_INCOMPLETE => response::skip::HEADERS_INCOMPLETE,
+        skip_reason::SEND_BUFFER_LOW => response::skip::SEND_BUFFER_LOW,
+        _ => response::skip::PUSH_FAILED,
+    })
 }
 
 #[inline(always)]
@@ -286,7 +338,9 @@ fn msg_bytes<const N: usize>(ctx: &SkMsgContext, off: u32) -> Option<[u8; N]> {
 fn decide(ctx: &SkMsgContext, request: &InjectRequest) -> Result<(), Decision> {
     let rle = u32::from(request.request_line_end);
     let headers_end = u32::from(request.headers_end);
-    if rle < http::MIN_REQUEST_LINE || headers_end < rle + 2 || headers_end > MAX_CAPTURE as u32 {
+    let min_first_line =
+        if request.line == INJECT_TRACEPARENT { http::MIN_REQUEST_LINE } else { response::MIN_STATUS_LINE };
+    if rle < min_first_line || headers_end < rle + 2 || headers_end > MAX_CAPTURE as u32 {
         return skip(skip_reason::NOT_REQUEST_START);
     }
     let msg = ctx.msg;
@@ -296,7 +350,7 @@ fn decide(ctx: &SkMsgContext, request: &InjectRequest) -> Result<(), Decision> {
     if size < headers_end {
         return skip(skip_reason::HEADERS_INCOMPLETE);
     }
-    if !has_room(ctx, size + LINE) {
+    if !has_room(ctx, size + LONGEST_LINE) {
         return skip(skip_reason::SEND_BUFFER_LOW);
     }
     // SAFETY: msg is this program's context; the helper checks the range.
@@ -312,10 +366,25 @@ fn decide(ctx: &SkMsgContext, request: &InjectRequest) -> Result<(), Decision> {
         return skip(skip_reason::NOT_REQUEST_START);
     }
 
-    let sampled = request.ctx.flags & ctx_flags::SAMPLED != 0;
-    let line = http::traceparent_line(&request.ctx.trace_id, &request.ctx.span_id, sampled);
+    let ids = &request.ctx;
+    let sampled = ids.flags & ctx_flags::SAMPLED != 0;
+    match request.line {
+        INJECT_TRACEPARENT => insert(ctx, rle, &http::traceparent_line(&ids.trace_id, &ids.span_id, sampled)),
+        response::mode::TRACERESPONSE => {
+            insert(ctx, rle, &response::traceresponse_line(&ids.trace_id, &ids.span_id, sampled))
+        }
+        _ => insert(ctx, rle, &response::x_trace_id_line(&ids.trace_id)),
+    }
+}
+
+/// Inserts `line` at offset `rle` of the message (after its first line).
+#[inline(always)]
+fn insert<const N: usize>(ctx: &SkMsgContext, rle: u32, line: &[u8; N]) -> Result<(), Decision> {
+    const { assert!(N <= LONGEST_LINE as usize) };
+    let msg = ctx.msg;
+    let len = N as u32;
     // SAFETY: msg is this program's context; the helper checks the range.
-    if unsafe { bpf_msg_push_data(msg, rle, LINE, 0) } != 0 {
+    if unsafe { bpf_msg_push_data(msg, rle, len, 0) } != 0 {
         return skip(skip_reason::PUSH_FAILED);
     }
     // The pushed bytes are uninitialised until written: from here on every
@@ -329,24 +398,24 @@ fn decide(ctx: &SkMsgContext, request: &InjectRequest) -> Result<(), Decision> {
     // first element, at most a few pages). If that allocation fails, the
     // line alone is pulled: correct, only slower.
     let size = ctx.size();
-    let merge_end = if rle + LINE < size { rle + LINE + 1 } else { rle + LINE };
+    let merge_end = if rle + len < size { rle + len + 1 } else { rle + len };
     // SAFETY: as above.
     let merged = unsafe { bpf_msg_pull_data(msg, 0, merge_end, 0) } == 0;
     let (pulled, at) = if merged {
         (true, rle)
     } else {
         // SAFETY: as above.
-        let line_only = unsafe { bpf_msg_pull_data(msg, rle, rle + LINE, 0) } == 0;
+        let line_only = unsafe { bpf_msg_pull_data(msg, rle, rle + len, 0) } == 0;
         (line_only, 0)
     };
     let dst = ctx.data() + (black_box(at) & OFF_MASK) as usize;
-    if pulled && dst + LINE as usize <= ctx.data_end() {
-        // SAFETY: [dst, dst + LINE) is inside the message, checked above.
-        unsafe { core::ptr::copy_nonoverlapping(line.as_ptr(), dst as *mut u8, LINE as usize) };
+    if pulled && dst + N <= ctx.data_end() {
+        // SAFETY: [dst, dst + N) is inside the message, checked above.
+        unsafe { core::ptr::copy_nonoverlapping(line.as_ptr(), dst as *mut u8, N) };
         return Ok(());
     }
     // SAFETY: as above.
-    if unsafe { bpf_msg_pop_data(msg, rle, LINE, 0) } == 0 {
+    if unsafe { bpf_msg_pop_data(msg, rle, len, 0) } == 0 {
         return skip(skip_reason::PUSH_FAILED);
     }
     Err(Decision::Drop)

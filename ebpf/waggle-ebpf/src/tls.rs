@@ -128,7 +128,7 @@ fn response_start(pid_tgid: u64, tgid: u32, ssl: u64, buf: u64, num: u64) {
     // SAFETY: info points at a live CONNS value; copied out.
     let info = unsafe { *info };
     if info.conn_id == known.conn_id && Role::from_u8(info.role) == Role::Server {
-        trace::server_send_enter(pid_tgid, &info, Shape::Flat, buf, num);
+        trace::end_request(pid_tgid, &info, Shape::Flat, buf, num);
     }
 }
 

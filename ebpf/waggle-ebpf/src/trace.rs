@@ -22,7 +22,7 @@ use waggle_common::{
     conn_flags, ctx_flags, fastcgi,
     http::{self, HeaderScan},
     runtime, sampled_by_threshold, skip_reason, sockmap_mode, ConnInfo, Counter, EventKind, InjectRequest, Pending,
-    TraceCtx, TraceCtxEvent, CAPTURE_MASK, HEARTBEAT_STALE_NS, MAX_CAPTURE,
+    TraceCtx, TraceCtxEvent, CAPTURE_MASK, HEARTBEAT_STALE_NS, INJECT_TRACEPARENT, MAX_CAPTURE,
 };
 
 use crate::{
@@ -35,6 +35,9 @@ use crate::{
 };
 
 const MASK: usize = CAPTURE_MASK;
+/// "HEAD " as the first five bytes of a little-endian head word.
+const HEAD_METHOD: u64 = u64::from_le_bytes(*b"HEAD \0\0\0");
+const HEAD_MASK: u64 = 0xff_ffff_ffff;
 
 /// One step of the header scan over this CPU's SCRATCH payload: eight
 /// bytes at once where `HeaderScan::skip_word` allows (the middle of a
@@ -162,7 +165,7 @@ pub(crate) fn joined_flags(flags: u8, trace_id: &[u8; 16]) -> u8 {
 /// The agent drained the ring buffer recently: ids the kernel sends
 /// downstream now will have spans.
 #[inline(always)]
-fn agent_alive() -> bool {
+pub(crate) fn agent_alive() -> bool {
     match RUNTIME.get(runtime::HEARTBEAT) {
         Some(beat) => now_ns().saturating_sub(*beat) <= HEARTBEAT_STALE_NS,
         None => false,
@@ -257,15 +260,39 @@ pub(crate) fn peek_user(shape: Shape, ptr: u64, len: u64) -> Option<([u8; 16], u
 }
 
 #[inline(always)]
-fn head_word(b: &[u8; 16]) -> u64 {
+pub(crate) fn head_word(b: &[u8; 16]) -> u64 {
     u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]])
 }
 
 /// Write-family syscall entry on a server connection: the thread's request
 /// on this connection is being answered (unless this is a 1xx interim
 /// response), so later client calls of the thread are not part of it.
+/// With `--trace-response-header` on for the process (and bpf_loop), a
+/// response start may get the line naming that request (response.rs).
 #[inline(always)]
-pub(crate) fn server_send_enter(pid_tgid: u64, info: &ConnInfo, shape: Shape, ptr: u64, len: u64) {
+pub(crate) fn server_send_enter<const BPF_LOOP: bool>(
+    pid_tgid: u64,
+    info: *mut ConnInfo,
+    shape: Shape,
+    ptr: u64,
+    len: u64,
+) -> ClientSend {
+    let mode = if BPF_LOOP { crate::response::mode((pid_tgid >> 32) as u32) } else { 0 };
+    let out = if mode != 0 {
+        crate::response::send_enter(pid_tgid, info, mode, shape, ptr, len)
+    } else {
+        ClientSend::default()
+    };
+    // SAFETY: info points at a live CONNS value; copied out.
+    let conn = unsafe { *info };
+    end_request(pid_tgid, &conn, shape, ptr, len);
+    out
+}
+
+/// The thread's request on this connection is answered by this send
+/// (unless it is a 1xx interim response).
+#[inline(always)]
+pub(crate) fn end_request(pid_tgid: u64, info: &ConnInfo, shape: Shape, ptr: u64, len: u64) {
     let Some(tc) = thread_ctx(pid_tgid) else {
         return;
     };
@@ -390,7 +417,8 @@ pub(crate) fn client_send_enter<const BPF_LOOP: bool>(
                 headers_end: 0,
                 injected: 0,
                 skipped: skip_reason::NOT_REQUEST_START as u8 + 1,
-                _pad: [0; 2],
+                line: INJECT_TRACEPARENT,
+                _pad: 0,
             });
         }
         return out;
@@ -419,7 +447,8 @@ pub(crate) fn client_send_enter<const BPF_LOOP: bool>(
                 headers_end: 0,
                 injected: 0,
                 skipped: skip_reason::NOT_IN_SOCKHASH as u8 + 1,
-                _pad: [0; 2],
+                line: INJECT_TRACEPARENT,
+                _pad: 0,
             });
         }
         return out;
@@ -510,7 +539,8 @@ pub(crate) fn client_send_enter<const BPF_LOOP: bool>(
             Some(reason) => reason as u8 + 1,
             None => 0,
         },
-        _pad: [0; 2],
+        line: INJECT_TRACEPARENT,
+        _pad: 0,
     });
     out
 }
@@ -536,6 +566,17 @@ pub(crate) fn finish_inject(pid_tgid: u64, info: Option<*mut ConnInfo>, p: &Pend
         count(Counter::InjectPendingLost);
         return;
     };
+    // SAFETY: req points at a live INJECT_PENDING value; read in place.
+    let (line, injected, skipped) = unsafe { ((*req).line, (*req).injected, (*req).skipped) };
+    if line != INJECT_TRACEPARENT {
+        // A response's line: its ids are the server span's, already
+        // reported with the request.
+        if sent && injected == 0 && skipped == 0 {
+            count_index(Counter::response_skip(http::response::skip::NOT_IN_SOCKHASH));
+        }
+        let _ = INJECT_PENDING.remove(pid_tgid);
+        return;
+    }
     if let (true, Some(info)) = (sent, info) {
         // SAFETY: req and info point at live map values; read in place.
         let (flags, injected, skipped, conn_id) =
@@ -544,7 +585,7 @@ pub(crate) fn finish_inject(pid_tgid: u64, info: Option<*mut ConnInfo>, p: &Pend
         if injected != 0 {
             flags |= ctx_flags::INJECTED;
         } else if propagation && skipped == 0 {
-            // sk_msg never saw the send: the socket is not in CLIENT_SOCKS
+            // sk_msg never saw the send: the socket is not in INJECT_SOCKS
             // (connected before the agent started, left it, or the map
             // was full).
             count(Counter::SkipNotInSockhash);
@@ -633,9 +674,13 @@ pub(crate) fn server_recv_exit<const BPF_LOOP: bool>(
             ctx.flags = root_flags(&ctx.trace_id);
         }
     }
+    let sent_flags = ctx.flags;
+    if head_word(&head) & HEAD_MASK == HEAD_METHOD {
+        ctx.flags |= ctx_flags::HEAD_REQUEST;
+    }
     set_thread_ctx(pid_tgid, &ctx);
     count(Counter::ServerCtxStarted);
-    emit(EventKind::ServerCtx, &ctx, ctx.flags, pid_tgid, fd, info.conn_id, exit_ns);
+    emit(EventKind::ServerCtx, &ctx, sent_flags, pid_tgid, fd, info.conn_id, exit_ns);
     Some(())
 }
 

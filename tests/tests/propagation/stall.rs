@@ -32,6 +32,6 @@ pub fn propagation_objects() -> Vec<String> {
     let maps = aya::maps::loaded_maps()
         .filter_map(Result::ok)
         .filter_map(|m| m.name_as_str().map(str::to_owned))
-        .filter(|n| n == "CLIENT_SOCKS" || n == "INJECT_PENDING");
+        .filter(|n| n == "INJECT_SOCKS" || n == "INJECT_PENDING");
     progs.chain(maps).collect()
 }

@@ -90,8 +90,8 @@ echo "{MARK}variant $variant"
 ip link set lo up
 echo "{MARK}kernel $(uname -r)"
 echo "{MARK}booted $(cut -d' ' -f1 /proc/uptime)"
-# --trace-response-header only logs which kernels could have it (the
-# FIONREAD check's answer); it inserts nothing on any kernel yet.
+# --trace-response-header is on where sockops attaches and the FIONREAD
+# check passes; elsewhere its one log line says why it is off.
 waggle --print json --trace-response-header traceresponse >/tmp/spans 2>/tmp/log &
 agent=$!
 ready=no
@@ -112,6 +112,10 @@ if [ $ready = yes ]; then
   while [ ! -e /tmp/listening ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done
   wget -q -O /tmp/body "http://127.0.0.1:{PORT}{PATH}?secret=1"
   echo "{MARK}wget-exit $? $(cat /tmp/body)"
+  # --trace-response-header: one keep-alive connection of hostile-but-legal
+  # responses; bytes checked, inserted lines reported (responses.rs).
+  xtask guest-http-check {PORT}
+  echo "{MARK}check-exit $?"
   # Give the agent a drain tick before stopping it (it flushes anyway).
   sleep 1
   kill -INT $agent
@@ -305,25 +309,44 @@ fn qemu_args(vmlinuz: &Path, initramfs: &Path, variant: Variant) -> Vec<std::ffi
 }
 
 /// The guest's HTTP server (`xtask guest-http-server PORT READY_FILE`): one
-/// thread, no fork, answers every request with 200 and a short body.
-/// Creates READY_FILE once listening. Not busybox httpd: it accepts, then
-/// forks, and its child reads the request before the agent has copied the
-/// parent's connection to the child (userspace does that on the fork
-/// event), so its SERVER spans are lost on every kernel; that gap is not
-/// what this matrix measures.
+/// thread, no fork. The response-header check's paths get their answers
+/// (`responses::answer`) on a keep-alive connection; anything else gets 200
+/// with a short body and the connection is closed. Creates READY_FILE once
+/// listening. Not busybox httpd: it accepts, then forks, and its child
+/// reads the request before the agent has copied the parent's connection
+/// to the child (userspace does that on the fork event), so its SERVER
+/// spans are lost on every kernel; that gap is not what this matrix
+/// measures.
 pub fn http_server(port: u16, ready: &Path) -> Result<()> {
     let listener = TcpListener::bind(("127.0.0.1", port)).with_context(|| format!("binding port {port}"))?;
     fs::write(ready, b"")?;
     for stream in listener.incoming() {
-        let mut stream = stream?;
-        let mut request = Vec::new();
+        serve(stream?)?;
+    }
+    bail!("the listener stopped accepting")
+}
+
+fn serve(mut stream: std::net::TcpStream) -> Result<()> {
+    let mut pending = Vec::new();
+    loop {
         let mut buf = [0u8; 1024];
-        while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+        let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") else {
             let n = stream.read(&mut buf)?;
             if n == 0 {
-                break;
+                return Ok(());
             }
-            request.extend_from_slice(&buf[..n]);
+            pending.extend_from_slice(&buf[..n]);
+            continue;
+        };
+        let request = String::from_utf8_lossy(&pending[..end]).into_owned();
+        pending.drain(..end + 4);
+        let mut words = request.split_whitespace();
+        let (method, path) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
+        if let Some(writes) = super::responses::answer(method, path) {
+            for w in writes {
+                stream.write_all(&w)?;
+            }
+            continue;
         }
         let body = "hello\n";
         let response = format!(
@@ -331,8 +354,8 @@ pub fn http_server(port: u16, ready: &Path) -> Result<()> {
             body.len()
         );
         stream.write_all(response.as_bytes())?;
+        return Ok(());
     }
-    bail!("the listener stopped accepting")
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@
 //! from the run.
 mod fetch;
 pub mod guest;
+pub mod responses;
 mod verdict;
 
 use std::{
@@ -58,6 +59,7 @@ pub const KERNELS: &[Kernel] = &[
             skipped: &["fastcgi_params", "waggle_exec_env", "waggle_sk_msg", "waggle_sockops"],
             linked: false,
             reduced: true,
+            response_header: false,
         },
     },
     Kernel {
@@ -68,7 +70,7 @@ pub const KERNELS: &[Kernel] = &[
         meta: "linux-image-cloud-amd64",
         // sockops cannot tell which process connects before 6.10: no
         // traceparent is injected, the two spans are separate traces.
-        expect: Expect::Spans { skipped: &["waggle_sockops"], linked: false, reduced: false },
+        expect: Expect::Spans { skipped: &["waggle_sockops"], linked: false, reduced: false, response_header: false },
     },
     Kernel {
         name: "6.12",
@@ -76,7 +78,10 @@ pub const KERNELS: &[Kernel] = &[
         variant: Variant::Plain,
         suite: "bookworm",
         meta: "linux-image-6.12-cloud-amd64",
-        expect: Expect::Spans { skipped: &[], linked: true, reduced: false },
+        // 6.12.117 answers FIONREAD right for sockets in a sockmap: the
+        // response header is on (6.18.14+ and 6.12.75+ with the tcp_bpf
+        // change misreport it; the agent checks, not the version).
+        expect: Expect::Spans { skipped: &[], linked: true, reduced: false, response_header: true },
     },
     // Without the kernel's BTF the socket field offsets are unknown: the
     // agent looks addresses up itself and propagation turns itself off; the
@@ -91,6 +96,7 @@ pub const KERNELS: &[Kernel] = &[
             skipped: &["waggle_exec_env", "waggle_sk_msg", "waggle_sockops"],
             linked: false,
             reduced: false,
+            response_header: false,
         },
     },
     // A cgroup-v1 host: sockops has no cgroup-v2 hierarchy to attach to.
@@ -100,7 +106,7 @@ pub const KERNELS: &[Kernel] = &[
         variant: Variant::CgroupV1,
         suite: "bookworm",
         meta: "linux-image-6.12-cloud-amd64",
-        expect: Expect::Spans { skipped: &["waggle_sockops"], linked: false, reduced: false },
+        expect: Expect::Spans { skipped: &["waggle_sockops"], linked: false, reduced: false, response_header: false },
     },
 ];
 
@@ -232,12 +238,20 @@ fn one_line(o: &Outcome) -> String {
 /// The README's support table.
 pub fn table(outcomes: &[Outcome]) -> String {
     let mut text = String::from(
-        "| kernel | Debian package | agent | attached | skipped (why) | HTTP spans | boot + run under TCG |\n\
-         | --- | --- | --- | --- | --- | --- | --- |\n",
+        "| kernel | Debian package | agent | attached | skipped (why) | HTTP spans | response header | boot + run under TCG |\n\
+         | --- | --- | --- | --- | --- | --- | --- | --- |\n",
     );
     for o in outcomes {
         let release = format!("{}{}", o.report.release.as_deref().unwrap_or("?"), o.kernel.variant.label());
         let total = o.seen.attached.len() + o.seen.skipped.len();
+        let response_header = if o.seen.response_header_on {
+            "on: inserted as expected, every response byte-identical otherwise".to_owned()
+        } else {
+            match &o.seen.response_header_off {
+                Some(why) => format!("off: {}", why.split(';').next().unwrap_or(why)),
+                None => "-".to_owned(),
+            }
+        };
         let (agent, attached, skipped, spans) = match (&o.seen.refusal, o.report.ready) {
             (Some(refusal), false) => {
                 let why = refusal.rsplit(": ").next().unwrap_or(refusal);
@@ -258,7 +272,7 @@ pub fn table(outcomes: &[Outcome]) -> String {
         };
         let deb = o.deb.trim_end_matches("_amd64.deb");
         text.push_str(&format!(
-            "| {release} | `{deb}` | {agent} | {attached} | {skipped} | {spans} | {:.0} s |\n",
+            "| {release} | `{deb}` | {agent} | {attached} | {skipped} | {spans} | {response_header} | {:.0} s |\n",
             o.seconds
         ));
     }

@@ -3,7 +3,10 @@
 //! this kernel is expected to do.
 use serde_json::Value;
 
-use super::guest::{MARK, PATH};
+use super::{
+    guest::{MARK, PATH},
+    responses,
+};
 
 /// What a kernel is expected to do.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -12,8 +15,11 @@ pub enum Expect {
     /// SERVER and CLIENT span for the request; `linked`: the SERVER span is
     /// the CLIENT span's child (traceparent was injected), else they are
     /// separate traces; `reduced`: the agent says it runs the reduced mode
-    /// of kernels without bpf_loop (and says nothing of it otherwise).
-    Spans { skipped: &'static [&'static str], linked: bool, reduced: bool },
+    /// of kernels without bpf_loop (and says nothing of it otherwise);
+    /// `response_header`: `--trace-response-header` is on and inserts its
+    /// line where `responses::cases` says, else it says why it is off and
+    /// inserts nothing. Either way every response arrives byte for byte.
+    Spans { skipped: &'static [&'static str], linked: bool, reduced: bool, response_header: bool },
     /// The agent refuses to start with one error line containing this text
     /// (no kernel of the matrix does since 5.10 got the reduced mode).
     #[cfg_attr(not(test), allow(dead_code))]
@@ -33,6 +39,18 @@ pub struct Report {
     pub agent_exit: Option<i32>,
     pub spans: Vec<Value>,
     pub log: Vec<String>,
+    /// The response-header check's lines, in order.
+    pub responses: Vec<RespLine>,
+    pub check_exit: Option<i32>,
+}
+
+/// `resp NAME LINES VALUE|- same|differs` of the guest's check client.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RespLine {
+    pub name: String,
+    pub lines: usize,
+    pub value: Option<String>,
+    pub same: bool,
 }
 
 /// Picks the marked lines out of a console transcript.
@@ -54,6 +72,18 @@ pub fn parse_console(console: &str) -> Report {
                     report.ready_s = words.next().and_then(|s| s.parse().ok());
                 }
                 Some("agent-exit") => report.agent_exit = words.next().and_then(|s| s.parse().ok()),
+                Some("check-exit") => report.check_exit = words.next().and_then(|s| s.parse().ok()),
+                Some("resp") => {
+                    let w: Vec<&str> = words.collect();
+                    if let [name, lines, value, same] = w[..] {
+                        report.responses.push(RespLine {
+                            name: name.to_owned(),
+                            lines: lines.parse().unwrap_or(usize::MAX),
+                            value: (value != "-").then(|| value.to_owned()),
+                            same: same == "same",
+                        });
+                    }
+                }
                 Some("spans-begin") => section = Some("spans"),
                 Some("log-begin") => section = Some("log"),
                 Some("spans-end") | Some("log-end") => section = None,
@@ -89,7 +119,13 @@ pub struct Observed {
     /// The agent logged that it runs the reduced mode (no bpf_loop).
     pub reduced: bool,
     pub panicked: bool,
+    /// The agent logged "trace-response-header on" / its reason for off.
+    pub response_header_on: bool,
+    pub response_header_off: Option<String>,
 }
+
+const RESPONSE_HEADER_ON: &str = "trace-response-header on";
+const RESPONSE_HEADER_OFF: &str = "trace-response-header off: ";
 
 /// The start of the agent's line announcing the reduced mode.
 pub const REDUCED_MODE: &str = "reduced mode: this kernel lacks bpf_loop";
@@ -164,6 +200,10 @@ pub fn observe(report: &Report) -> Observed {
         }
         seen.panicked |= line.contains("panicked");
         seen.reduced |= line.contains(REDUCED_MODE);
+        seen.response_header_on |= line.contains(RESPONSE_HEADER_ON);
+        if let Some(at) = line.find(RESPONSE_HEADER_OFF) {
+            seen.response_header_off = Some(line[at + RESPONSE_HEADER_OFF.len()..].to_owned());
+        }
     }
     seen.skipped = summary
         .into_iter()
@@ -197,7 +237,7 @@ pub fn judge(expect: Expect, report: &Report, seen: &Observed) -> Result<(), Str
         return Err(format!("the guest could not mount: {}", report.mount_failed.join(", ")));
     }
     match expect {
-        Expect::Spans { skipped, linked, reduced } => {
+        Expect::Spans { skipped, linked, reduced, response_header } => {
             if !report.ready {
                 return Err(format!(
                     "the agent never became ready: {}",
@@ -226,6 +266,7 @@ pub fn judge(expect: Expect, report: &Report, seen: &Observed) -> Result<(), Str
             if got != want {
                 return Err(format!("skipped {got:?}, expected {want:?}"));
             }
+            judge_responses(response_header, report, seen)?;
             match (seen.server_span, seen.client_span) {
                 (true, true) if seen.linked == linked => Ok(()),
                 (true, true) if linked => Err("the SERVER span is not the CLIENT span's child (no traceparent)".into()),
@@ -247,6 +288,64 @@ pub fn judge(expect: Expect, report: &Report, seen: &Observed) -> Result<(), Str
     }
 }
 
+/// The response-header check: every response byte for byte as sent, and
+/// (on) one line right after the status line exactly where the cases say,
+/// naming a SERVER span the agent printed, or (off) no line and a reason.
+fn judge_responses(on: bool, report: &Report, seen: &Observed) -> Result<(), String> {
+    if report.check_exit != Some(0) {
+        return Err(format!("the response-header check client failed (exit {:?})", report.check_exit));
+    }
+    if seen.response_header_on != on {
+        return Err(match (&seen.response_header_off, on) {
+            (Some(why), true) => format!("trace-response-header is off ({why}), expected on"),
+            (None, true) => "the agent never said trace-response-header on".to_owned(),
+            _ => "trace-response-header is on, expected off".to_owned(),
+        });
+    }
+    if !on && seen.response_header_off.is_none() {
+        return Err("trace-response-header is off without the line that says why".into());
+    }
+    let cases = responses::cases();
+    if report.responses.len() != cases.len() {
+        return Err(format!("{} response-header check lines, expected {}", report.responses.len(), cases.len()));
+    }
+    for (case, got) in cases.iter().zip(&report.responses) {
+        if got.name != case.name {
+            return Err(format!("response-header check line {} where {} was due", got.name, case.name));
+        }
+        if !got.same {
+            return Err(format!("response {}: bytes differ from what the server sent", case.name));
+        }
+        let want = usize::from(on && case.gets_line);
+        if got.lines != want {
+            return Err(format!(
+                "response {}: {} traceresponse line(s) inserted, expected {want}",
+                case.name, got.lines
+            ));
+        }
+        if want == 0 {
+            continue;
+        }
+        let Some(value) = &got.value else {
+            return Err(format!("response {}: the line is not right after the status line", case.name));
+        };
+        let ids: Vec<&str> = value.split('-').collect();
+        let named = match ids[..] {
+            ["00", trace, span, _flags] => {
+                report.spans.iter().any(|s| s["kind"] == "SERVER" && s["trace_id"] == trace && s["span_id"] == span)
+            }
+            _ => false,
+        };
+        if !named {
+            return Err(format!(
+                "response {}: traceresponse {value} names no SERVER span the agent printed",
+                case.name
+            ));
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -254,7 +353,7 @@ mod tests {
     const CONSOLE: &str = "\x1bcSeaBIOS\r\n\x1b[2J@@wk kernel 6.1.0-57-cloud-amd64\r\n\
         @@wk booted 3.12\r\n@@wk ready yes 9.80\r\n@@wk wget-exit 0 hello\r\n@@wk agent-exit 0\r\n\
         @@wk spans-begin\r\n\
-        {\"kind\":\"SERVER\",\"trace_id\":\"t\",\"parent_span_id\":\"c\",\"attributes\":{\"http.request.method\":\"GET\",\"url.path\":\"/matrix/hello\",\"http.response.status_code\":200}}\r\n\
+        {\"kind\":\"SERVER\",\"trace_id\":\"t\",\"span_id\":\"s1\",\"parent_span_id\":\"c\",\"attributes\":{\"http.request.method\":\"GET\",\"url.path\":\"/matrix/hello\",\"http.response.status_code\":200}}\r\n\
         {\"kind\":\"CLIENT\",\"trace_id\":\"t\",\"span_id\":\"c\",\"attributes\":{\"http.request.method\":\"GET\",\"url.path\":\"/matrix/hello\",\"http.response.status_code\":200}}\r\n\
         @@wk spans-end\r\n@@wk log-begin\r\n\
         2026-12-02T14:51:45Z  WARN waggle::probes::load: probe skipped program=\"sys_exit_connect\" reason=BPF_PROG_LOAD failed: Permission denied (os error 13); verifier log (tail):\r\n\
@@ -267,21 +366,76 @@ mod tests {
         2026-12-02T14:51:49Z  INFO waggle::selection::worker: decided again after the probes attached processes=1\r\n\
         @@wk log-end\r\n[ 11.6] reboot: Power down\r\n";
 
+    /// CONSOLE with the response-header check's lines: nothing inserted
+    /// and the off line, or (on) one line per case that gets one, naming
+    /// the SERVER span.
+    fn console(on: bool) -> String {
+        let mut lines = String::new();
+        for c in responses::cases() {
+            let inserted = on && c.gets_line;
+            let value = if inserted { "00-t-s1-01" } else { "-" };
+            lines.push_str(&format!("@@wk resp {} {} {value} same\r\n", c.name, usize::from(inserted)));
+        }
+        lines.push_str("@@wk check-exit 0\r\n");
+        let log = if on {
+            "2026-12-02T14:51:49Z  INFO waggle::probes::load: trace-response-header on: HTTP/1.x responses\r\n"
+        } else {
+            "2026-12-02T14:51:49Z  WARN waggle::probes::response_header: trace-response-header off: this kernel misreports FIONREAD\r\n"
+        };
+        CONSOLE
+            .replace("@@wk agent-exit 0\r\n", &format!("{lines}@@wk agent-exit 0\r\n"))
+            .replace("@@wk log-end", &format!("{log}@@wk log-end"))
+    }
+
+    #[test]
+    fn the_response_header_check_is_judged_line_by_line() {
+        let expect = |response_header| Expect::Spans {
+            skipped: &["waggle_sockops", "sys_exit_connect"],
+            linked: true,
+            reduced: false,
+            response_header,
+        };
+        let on = parse_console(&console(true));
+        assert_eq!(on.responses.len(), responses::cases().len());
+        assert_eq!(on.check_exit, Some(0));
+        assert_eq!(judge(expect(true), &on, &observe(&on)), Ok(()));
+        let err = judge(expect(false), &on, &observe(&on)).unwrap_err();
+        assert!(err.contains("expected off"), "{err}");
+        let off = parse_console(&console(false));
+        assert_eq!(judge(expect(false), &off, &observe(&off)), Ok(()));
+        let err = judge(expect(true), &off, &observe(&off)).unwrap_err();
+        assert!(err.contains("misreports FIONREAD"), "{err}");
+        // A changed byte, a line where none belongs, a line naming no span.
+        let mut bad = on.clone();
+        bad.responses[0].same = false;
+        assert!(judge(expect(true), &bad, &observe(&bad)).unwrap_err().contains("bytes differ"));
+        let mut bad = on.clone();
+        let last = bad.responses.len() - 1;
+        bad.responses[last].lines = 1;
+        assert!(judge(expect(true), &bad, &observe(&bad)).unwrap_err().contains("expected 0"));
+        let mut bad = on.clone();
+        bad.responses[0].value = Some("00-t-other-01".into());
+        assert!(judge(expect(true), &bad, &observe(&bad)).unwrap_err().contains("names no SERVER span"));
+        let mut bad = on;
+        bad.check_exit = Some(1);
+        assert!(judge(expect(true), &bad, &observe(&bad)).unwrap_err().contains("check client failed"));
+    }
+
     #[test]
     fn console_sections_are_split_by_markers() {
-        let report = parse_console(CONSOLE);
+        let report = parse_console(&console(false));
         assert_eq!(report.release.as_deref(), Some("6.1.0-57-cloud-amd64"));
         assert_eq!(report.booted_s, Some(3.12));
         assert!(report.ready);
         assert_eq!(report.ready_s, Some(9.8));
         assert_eq!(report.agent_exit, Some(0));
         assert_eq!(report.spans.len(), 2);
-        assert_eq!(report.log.len(), 8);
+        assert_eq!(report.log.len(), 9);
     }
 
     #[test]
     fn skipped_programs_carry_the_verifiers_complaint() {
-        let seen = observe(&parse_console(CONSOLE));
+        let seen = observe(&parse_console(&console(false)));
         assert_eq!(seen.attached, ["sys_exit_read", "sys_enter_read"]);
         assert_eq!(
             seen.skipped,
@@ -299,22 +453,40 @@ mod tests {
 
     #[test]
     fn expectations_fail_when_behaviour_changes() {
-        let report = parse_console(CONSOLE);
+        let report = parse_console(&console(false));
         let seen = observe(&report);
-        let both = Expect::Spans { skipped: &["waggle_sockops", "sys_exit_connect"], linked: true, reduced: false };
+        let both = Expect::Spans {
+            skipped: &["waggle_sockops", "sys_exit_connect"],
+            linked: true,
+            reduced: false,
+            response_header: false,
+        };
         assert_eq!(judge(both, &report, &seen), Ok(()));
-        let err = judge(Expect::Spans { skipped: &["waggle_sockops"], linked: true, reduced: false }, &report, &seen)
-            .unwrap_err();
+        let err = judge(
+            Expect::Spans { skipped: &["waggle_sockops"], linked: true, reduced: false, response_header: false },
+            &report,
+            &seen,
+        )
+        .unwrap_err();
         assert!(err.contains("skipped"), "{err}");
-        let unlinked =
-            Expect::Spans { skipped: &["waggle_sockops", "sys_exit_connect"], linked: false, reduced: false };
+        let unlinked = Expect::Spans {
+            skipped: &["waggle_sockops", "sys_exit_connect"],
+            linked: false,
+            reduced: false,
+            response_header: false,
+        };
         let err = judge(unlinked, &report, &seen).unwrap_err();
         assert!(err.contains("expected separate traces"), "{err}");
         let err = judge(both, &report, &Observed { linked: false, ..seen.clone() }).unwrap_err();
         assert!(err.contains("not the CLIENT span's child"), "{err}");
         let err = judge(both, &report, &Observed { reduced: true, ..seen.clone() }).unwrap_err();
         assert!(err.contains("reduced mode"), "{err}");
-        let reduced = Expect::Spans { skipped: &["waggle_sockops", "sys_exit_connect"], linked: true, reduced: true };
+        let reduced = Expect::Spans {
+            skipped: &["waggle_sockops", "sys_exit_connect"],
+            linked: true,
+            reduced: true,
+            response_header: false,
+        };
         let err = judge(reduced, &report, &seen).unwrap_err();
         assert!(err.contains(REDUCED_MODE), "{err}");
         assert_eq!(judge(reduced, &report, &Observed { reduced: true, ..seen.clone() }), Ok(()));
@@ -336,7 +508,12 @@ mod tests {
         let report = parse_console(console);
         let seen = observe(&report);
         assert_eq!(judge(Expect::Refuses("lacks bpf_loop (needs Linux 5.17+)"), &report, &seen), Ok(()));
-        let err = judge(Expect::Spans { skipped: &[], linked: false, reduced: false }, &report, &seen).unwrap_err();
+        let err = judge(
+            Expect::Spans { skipped: &[], linked: false, reduced: false, response_header: false },
+            &report,
+            &seen,
+        )
+        .unwrap_err();
         assert!(err.contains("never became ready"), "{err}");
         let err = judge(Expect::Refuses("something else"), &report, &seen).unwrap_err();
         assert!(err.contains("got: no data-path"), "{err}");
@@ -344,7 +521,7 @@ mod tests {
 
     #[test]
     fn the_reduced_mode_is_read_from_its_log_line() {
-        assert!(!observe(&parse_console(CONSOLE)).reduced);
+        assert!(!observe(&parse_console(&console(false))).reduced);
         let console = CONSOLE.replace(
             "@@wk log-begin\r\n",
             "@@wk log-begin\r\n2026-12-03T10:37:54Z  WARN waggle::probes::load: reduced mode: this kernel lacks bpf_loop (Linux 5.17+): HTTP and SQL spans are captured as usual\r\n",
@@ -355,12 +532,20 @@ mod tests {
     #[test]
     fn a_guest_that_never_ran_init_or_could_not_mount_fails() {
         let report = parse_console("Kernel panic - not syncing\n");
-        let err = judge(Expect::Spans { skipped: &[], linked: false, reduced: false }, &report, &observe(&report))
-            .unwrap_err();
+        let err = judge(
+            Expect::Spans { skipped: &[], linked: false, reduced: false, response_header: false },
+            &report,
+            &observe(&report),
+        )
+        .unwrap_err();
         assert!(err.contains("never reached /init"), "{err}");
         let report = parse_console("@@wk kernel 6.12\n@@wk mount-failed bpf /sys/fs/bpf\n@@wk ready yes 1.0\n");
-        let err = judge(Expect::Spans { skipped: &[], linked: false, reduced: false }, &report, &observe(&report))
-            .unwrap_err();
+        let err = judge(
+            Expect::Spans { skipped: &[], linked: false, reduced: false, response_header: false },
+            &report,
+            &observe(&report),
+        )
+        .unwrap_err();
         assert!(err.contains("could not mount: bpf /sys/fs/bpf"), "{err}");
     }
 }

@@ -47,7 +47,12 @@ pub mod skip {
     /// memory: a partial send could cut the inserted line.
     pub const SEND_BUFFER_LOW: u32 = 6;
     pub const PUSH_FAILED: u32 = 7;
-    pub const COUNT: u32 = 8;
+    /// The socket is not in the sockmap: sk_msg never saw the send.
+    pub const NOT_IN_SOCKHASH: u32 = 8;
+    /// The agent has not drained events for HEARTBEAT_STALE_NS: the ids
+    /// could name a span that is never exported.
+    pub const AGENT_STALLED: u32 = 9;
+    pub const COUNT: u32 = 10;
 }
 
 /// `traceresponse: 00-<32>-<16>-<2>\r\n`.
