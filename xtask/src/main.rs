@@ -198,7 +198,7 @@ fn dispatch(command: Command) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::GuestHttpCheck { port } => {
-            kernels::responses::check(port)?;
+            kernels::responses::check(port, kernels::guest::MARK)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::BenchIdleClient { port, count, offset } => {

@@ -11,7 +11,7 @@ use crate::{
     fastcgi,
     helpers::{arg, count, current, now_ns, stash, take_pending, wakeup_flags},
     maps::{CAPTURE_BYTES, CONNS, EVENTS, HEADER, PAYLOAD_AREA, PROPAGATION, SCRATCH},
-    tls_conn, trace,
+    response, tls_conn, trace,
     user_copy::{copy_user, shape, Shape},
 };
 
@@ -82,7 +82,19 @@ pub(crate) fn enter<const BPF_LOOP: bool>(ctx: &TracePointContext, id: SyscallId
     let shape = shape(id);
     let send = match Role::from_u8(conn.role) {
         Role::Client => trace::client_send_enter::<BPF_LOOP>(pid_tgid, info, shape, p.ptr, p.len),
-        Role::Server => trace::server_send_enter::<BPF_LOOP>(pid_tgid, info, shape, p.ptr, p.len),
+        Role::Server => {
+            // With `--trace-response-header` on for the process (and
+            // bpf_loop), a response start may get the line naming the
+            // request it answers, read before the send ends that request.
+            let mode = if BPF_LOOP { response::mode(tgid) } else { 0 };
+            let send = if mode != 0 {
+                response::send_enter(pid_tgid, info, mode, shape, p.ptr, p.len)
+            } else {
+                trace::ClientSend::default()
+            };
+            trace::end_request(pid_tgid, &conn, shape, p.ptr, p.len);
+            send
+        }
         Role::Unknown => trace::ClientSend::default(),
     };
     if send.request_start {

@@ -136,14 +136,7 @@ fn scan(len: u32) -> ResponseScan {
 /// is `mode` (not OFF), before the response (if it is one) ends the
 /// thread's request: the line to insert, or nothing.
 #[inline(always)]
-pub(crate) fn send_enter(
-    pid_tgid: u64,
-    info: *mut ConnInfo,
-    mode: u8,
-    shape: Shape,
-    ptr: u64,
-    len: u64,
-) -> ClientSend {
+pub(crate) fn send_enter(pid_tgid: u64, info: *mut ConnInfo, mode: u8, shape: Shape, ptr: u64, len: u64) -> ClientSend {
     let mut out = ClientSend::default();
     // SAFETY: info points at a live CONNS value; copied out. Only threads of
     // its process send on it.
@@ -152,10 +145,7 @@ pub(crate) fn send_enter(
         // The rest of the current response.
         return out;
     }
-    let (raw, n) = match peek_user(shape, ptr, len) {
-        Some(peeked) => peeked,
-        None => ([0u8; 16], 0),
-    };
+    let (raw, n) = peek_user(shape, ptr, len).unwrap_or_default();
     let status = response::status_code(&raw, n);
     if conn.flags & conn_flags::BOUNDARY_LOST != 0 {
         if status.is_some() {

@@ -1,4 +1,4 @@
-//! Outgoing traceparent.
+//! Outgoing traceparent (and the response header).
 //!
 //! Which sockets: the sockops program on the cgroup-v2 root sees every TCP
 //! connect of the node, but remembers only those made by a process the
@@ -22,6 +22,12 @@
 //! memory (a partial send would cut the inserted line and make tcp_bpf
 //! count it against the application), and inserts
 //! `traceparent: ...\r\n` right after the request line.
+//!
+//! Responses (`--trace-response-header`, response.rs): accepted sockets on
+//! a port in SERVER_PORTS enter INJECT_SOCKS at PASSIVE_ESTABLISHED and
+//! stay (only on kernels whose FIONREAD the agent found right); the same
+//! program inserts `traceresponse: ...` or `X-Trace-Id: ...` right after a
+//! response's status line, under the same checks.
 use core::{ffi::c_void, hint::black_box};
 
 use aya_ebpf::{
@@ -48,11 +54,11 @@ use waggle_common::{
 
 use crate::{
     helpers::{agent, count, count_index, current},
-    response as response_path,
     maps::{
-        INJECT_SOCKS, CONNECTING, INJECT_PENDING, NOTSENT_LOWAT_DEFAULT, OFF_NOTSENT_LOWAT, OFF_SNDBUF, OFF_SND_NXT,
+        CONNECTING, INJECT_PENDING, INJECT_SOCKS, NOTSENT_LOWAT_DEFAULT, OFF_NOTSENT_LOWAT, OFF_SNDBUF, OFF_SND_NXT,
         OFF_WMEM_QUEUED, OFF_WRITE_SEQ, PENDING, PROPAGATION, RUNTIME,
     },
+    response as response_path,
 };
 
 /// The longest line this program inserts: the room a send must have.
@@ -66,9 +72,8 @@ const OFF_MASK: u32 = (2 * MAX_CAPTURE - 1) as u32;
 const ROOM_SLACK: u64 = 16 * 1024;
 
 const _: () = assert!(http::LINE_LEN == TRACEPARENT_LINE_LEN);
-const _: () = assert!(
-    TRACEPARENT_LINE_LEN <= LONGEST_LINE as usize && response::X_TRACE_ID_LINE_LEN <= LONGEST_LINE as usize
-);
+const _: () = assert!(TRACEPARENT_LINE_LEN <= LONGEST_LINE as usize);
+const _: () = assert!(response::X_TRACE_ID_LINE_LEN <= LONGEST_LINE as usize);
 
 pub(crate) fn sockops(ctx: &SockOpsContext) {
     match ctx.op() {

@@ -267,30 +267,6 @@ pub(crate) fn head_word(b: &[u8; 16]) -> u64 {
 /// Write-family syscall entry on a server connection: the thread's request
 /// on this connection is being answered (unless this is a 1xx interim
 /// response), so later client calls of the thread are not part of it.
-/// With `--trace-response-header` on for the process (and bpf_loop), a
-/// response start may get the line naming that request (response.rs).
-#[inline(always)]
-pub(crate) fn server_send_enter<const BPF_LOOP: bool>(
-    pid_tgid: u64,
-    info: *mut ConnInfo,
-    shape: Shape,
-    ptr: u64,
-    len: u64,
-) -> ClientSend {
-    let mode = if BPF_LOOP { crate::response::mode((pid_tgid >> 32) as u32) } else { 0 };
-    let out = if mode != 0 {
-        crate::response::send_enter(pid_tgid, info, mode, shape, ptr, len)
-    } else {
-        ClientSend::default()
-    };
-    // SAFETY: info points at a live CONNS value; copied out.
-    let conn = unsafe { *info };
-    end_request(pid_tgid, &conn, shape, ptr, len);
-    out
-}
-
-/// The thread's request on this connection is answered by this send
-/// (unless it is a 1xx interim response).
 #[inline(always)]
 pub(crate) fn end_request(pid_tgid: u64, info: &ConnInfo, shape: Shape, ptr: u64, len: u64) {
     let Some(tc) = thread_ctx(pid_tgid) else {

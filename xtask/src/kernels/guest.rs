@@ -14,6 +14,7 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 
+use super::python::{self, APP};
 use crate::cmd::{self, Cmd};
 
 /// Lines the guest prints start with this, so the host can pick them out of
@@ -22,9 +23,15 @@ pub const MARK: &str = "@@wk ";
 /// The path the client requests; the query must not reach any span.
 pub const PATH: &str = "/matrix/hello";
 const PORT: u16 = 8080;
+/// The Python service's port.
+const PY_PORT: u16 = 8081;
 const BUSYBOX: &str = "/bin/busybox";
-const APPLETS: &[&str] =
-    &["sh", "mount", "ip", "sleep", "grep", "cat", "kill", "wget", "poweroff", "uname", "echo", "mkdir", "cut", "test"];
+const APPLETS: &[&str] = &[
+    "sh", "mount", "ip", "sleep", "grep", "cat", "kill", "wget", "poweroff", "uname", "echo", "mkdir", "cut", "test",
+    "tr",
+];
+/// curl in the guest, for the response-header check's `curl -D`.
+const CURL: &str = "/usr/bin/curl";
 
 /// How a guest differs from a plain boot: a host feature the agent must do
 /// without, taken away by /init (`wk.variant=` on the kernel command line).
@@ -72,6 +79,19 @@ m tracefs /sys/kernel/tracing
 m debugfs /sys/kernel/debug
 m bpf /sys/fs/bpf
 variant=plain
+# curl -D of one response: a marked line with curl's exit code, the
+# traceresponse and X-Trace-Id lines it got, the one traceresponse value and
+# whether the body is $3.
+fetch() {{
+  curl -sS -D /tmp/head -o /tmp/body "$2"
+  rc=$?
+  n=$(grep -ci '^traceresponse:' /tmp/head)
+  x=$(grep -ci '^x-trace-id:' /tmp/head)
+  v=$(grep -i '^traceresponse:' /tmp/head | cut -d' ' -f2 | tr -d '\r')
+  same=differs
+  [ "$(cat /tmp/body)" = "$3" ] && same=same
+  echo "{MARK}curl-resp $1 $rc $n $x ${{v:--}} $same"
+}}
 for word in $(cat /proc/cmdline); do
   case "$word" in wk.variant=*) variant="${{word#wk.variant=}}";; esac
 done
@@ -116,6 +136,16 @@ if [ $ready = yes ]; then
   # responses; bytes checked, inserted lines reported (responses.rs).
   xtask guest-http-check {PORT}
   echo "{MARK}check-exit $?"
+  # And what a user would run: curl -D, against this server and a Python
+  # service (python.rs), each request on a connection of its own.
+  fetch "xtask-fixed" "http://127.0.0.1:{PORT}/r/fixed" fixed
+  /usr/bin/python3.11 -I -S /{APP} {PY_PORT} /tmp/py-listening &
+  py=$!
+  i=0
+  while [ ! -e /tmp/py-listening ] && [ $i -lt 600 ]; do sleep 0.1; i=$((i+1)); done
+  fetch "py-fixed" "http://127.0.0.1:{PY_PORT}/py/fixed" python
+  fetch "py-own" "http://127.0.0.1:{PY_PORT}/py/own" python
+  kill $py
   # Give the agent a drain tick before stopping it (it flushes anyway).
   sleep 1
   kill -INT $agent
@@ -227,6 +257,10 @@ fn stripped(bin: &Path, scratch: &Path) -> Result<Vec<u8>> {
     Ok(fs::read(bin)?)
 }
 
+fn ldd(bin: &Path) -> Result<String> {
+    Cmd::new("ldd").arg(bin).probe().with_context(|| format!("`ldd {}` failed", bin.display()))
+}
+
 /// Writes the initramfs to `dir/initramfs.cpio` and returns its path.
 pub fn initramfs(dir: &Path, agent: &Path, xtask: &Path) -> Result<PathBuf> {
     let scratch = dir.join("scratch");
@@ -242,11 +276,23 @@ pub fn initramfs(dir: &Path, agent: &Path, xtask: &Path) -> Result<PathBuf> {
         cpio.symlink(&format!("bin/{applet}"), "busybox");
     }
     let mut libs = BTreeSet::new();
-    for (name, bin) in [("waggle", agent), ("xtask", xtask)] {
+    for (name, bin) in [("waggle", agent), ("xtask", xtask), ("curl", Path::new(CURL))] {
         cpio.file(&format!("bin/{name}"), &stripped(bin, &scratch)?, 0o755);
-        let ldd = Cmd::new("ldd").arg(bin).probe().with_context(|| format!("`ldd {}` failed", bin.display()))?;
-        libs.extend(ldd_paths(&ldd));
+        libs.extend(ldd_paths(&ldd(bin)?));
     }
+    // The Python service: the interpreter where it finds its library, the
+    // bytecode of the modules it imports, and the app.
+    let interpreter = Path::new(python::PYTHON);
+    cpio.file(python::PYTHON.trim_start_matches('/'), &stripped(interpreter, &scratch)?, 0o755);
+    libs.extend(ldd_paths(&ldd(interpreter)?));
+    for (guest, host) in python::library_files(&scratch)? {
+        let data = fs::read(&host).with_context(|| format!("reading {host}"))?;
+        cpio.file(&guest, &data, 0o644);
+        if host.ends_with(".so") {
+            libs.extend(ldd_paths(&ldd(Path::new(&host))?));
+        }
+    }
+    cpio.file(APP, python::app().as_bytes(), 0o644);
     for lib in &libs {
         let data = fs::read(lib).with_context(|| format!("reading {lib}"))?;
         cpio.file(lib.trim_start_matches('/'), &data, 0o755);

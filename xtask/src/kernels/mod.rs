@@ -8,6 +8,7 @@
 //! from the run.
 mod fetch;
 pub mod guest;
+mod python;
 pub mod responses;
 mod verdict;
 
@@ -116,6 +117,10 @@ pub const KERNEL_DEPS: &[Dep] = &[
     // Static: it runs in the guest, which has no libraries of its own.
     Dep { packages: &["busybox-static"], command: None },
     Dep { packages: &["binutils"], command: Some("strip") },
+    // Copied into the guest with its libraries (the response-header check).
+    Dep { packages: &["curl"], command: Some("curl") },
+    // Debian's interpreter and compiled standard library (python.rs).
+    Dep { packages: &["python3.11"], command: Some("python3.11") },
 ];
 
 /// A hung guest is killed after this long (a boot takes ~15 s under TCG).

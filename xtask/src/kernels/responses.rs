@@ -13,8 +13,6 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 
-use super::guest::MARK;
-
 /// One exchange of the check.
 pub struct Case {
     pub name: &'static str,
@@ -229,16 +227,16 @@ fn exchange(stream: &mut TcpStream, pending: &mut Vec<u8>, case: &Case) -> Resul
     Ok(Seen { lines, value: if lines == 1 { value } else { None }, same })
 }
 
-/// `xtask guest-http-check PORT`: every case on one connection, a marked
-/// line each: `resp NAME LINES VALUE|- same|differs`.
-pub fn check(port: u16) -> Result<()> {
+/// `xtask guest-http-check PORT`: every case on one connection, a line
+/// each after `mark`: `resp NAME LINES VALUE|- same|differs`.
+pub fn check(port: u16, mark: &str) -> Result<()> {
     let mut stream = TcpStream::connect(("127.0.0.1", port)).with_context(|| format!("connecting to port {port}"))?;
     stream.set_read_timeout(Some(Duration::from_secs(10)))?;
     let mut pending = Vec::new();
     for case in cases() {
         let seen = exchange(&mut stream, &mut pending, &case).with_context(|| format!("exchange {}", case.name))?;
         println!(
-            "{MARK}resp {} {} {} {}",
+            "{mark}resp {} {} {} {}",
             case.name,
             seen.lines,
             seen.value.as_deref().unwrap_or("-"),

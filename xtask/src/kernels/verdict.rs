@@ -42,6 +42,18 @@ pub struct Report {
     /// The response-header check's lines, in order.
     pub responses: Vec<RespLine>,
     pub check_exit: Option<i32>,
+    /// `curl -D` of single responses (the xtask server's and the Python
+    /// service's), in order.
+    pub curls: Vec<CurlLine>,
+}
+
+/// `curl-resp NAME RC TRACERESPONSE_LINES X_TRACE_ID_LINES VALUE|- same|differs`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CurlLine {
+    pub exit: i32,
+    /// The response as the check client's lines show one.
+    pub resp: RespLine,
+    pub x_trace_id: usize,
 }
 
 /// `resp NAME LINES VALUE|- same|differs` of the guest's check client.
@@ -73,6 +85,21 @@ pub fn parse_console(console: &str) -> Report {
                 }
                 Some("agent-exit") => report.agent_exit = words.next().and_then(|s| s.parse().ok()),
                 Some("check-exit") => report.check_exit = words.next().and_then(|s| s.parse().ok()),
+                Some("curl-resp") => {
+                    let w: Vec<&str> = words.collect();
+                    if let [name, rc, lines, x, value, same] = w[..] {
+                        report.curls.push(CurlLine {
+                            exit: rc.parse().unwrap_or(-1),
+                            resp: RespLine {
+                                name: name.to_owned(),
+                                lines: lines.parse().unwrap_or(usize::MAX),
+                                value: (value != "-").then(|| value.to_owned()),
+                                same: same == "same",
+                            },
+                            x_trace_id: x.parse().unwrap_or(usize::MAX),
+                        });
+                    }
+                }
                 Some("resp") => {
                     let w: Vec<&str> = words.collect();
                     if let [name, lines, value, same] = w[..] {
@@ -288,6 +315,12 @@ pub fn judge(expect: Expect, report: &Report, seen: &Observed) -> Result<(), Str
     }
 }
 
+/// A response the check expects, by name.
+struct Named<'a> {
+    name: &'a str,
+    gets_line: bool,
+}
+
 /// The response-header check: every response byte for byte as sent, and
 /// (on) one line right after the status line exactly where the cases say,
 /// naming a SERVER span the agent printed, or (off) no line and a reason.
@@ -305,11 +338,28 @@ fn judge_responses(on: bool, report: &Report, seen: &Observed) -> Result<(), Str
     if !on && seen.response_header_off.is_none() {
         return Err("trace-response-header is off without the line that says why".into());
     }
+    // (name, gets a line when on, X-Trace-Id lines of the app's own).
+    let curls = [("xtask-fixed", true, 0), ("py-fixed", true, 0), ("py-own", false, 1)];
+    if report.curls.len() != curls.len() {
+        return Err(format!("{} curl -D results from the guest, expected {}", report.curls.len(), curls.len()));
+    }
+    for ((name, _, own), got) in curls.iter().zip(&report.curls) {
+        if got.exit != 0 {
+            return Err(format!("curl -D {name} in the guest exited with {}", got.exit));
+        }
+        if got.x_trace_id != *own {
+            return Err(format!("curl -D {name}: {} X-Trace-Id line(s), expected {own}", got.x_trace_id));
+        }
+    }
     let cases = responses::cases();
     if report.responses.len() != cases.len() {
         return Err(format!("{} response-header check lines, expected {}", report.responses.len(), cases.len()));
     }
-    for (case, got) in cases.iter().zip(&report.responses) {
+    let mut expected: Vec<(&str, bool)> = cases.iter().map(|c| (c.name, c.gets_line)).collect();
+    expected.extend(curls.iter().map(|(name, gets_line, _)| (*name, *gets_line)));
+    let got_all = report.responses.iter().chain(report.curls.iter().map(|c| &c.resp));
+    for ((name, gets_line), got) in expected.into_iter().zip(got_all) {
+        let case = Named { name, gets_line };
         if got.name != case.name {
             return Err(format!("response-header check line {} where {} was due", got.name, case.name));
         }
@@ -377,6 +427,11 @@ mod tests {
             lines.push_str(&format!("@@wk resp {} {} {value} same\r\n", c.name, usize::from(inserted)));
         }
         lines.push_str("@@wk check-exit 0\r\n");
+        for (name, gets_line, own) in [("xtask-fixed", true, 0), ("py-fixed", true, 0), ("py-own", false, 1)] {
+            let inserted = on && gets_line;
+            let value = if inserted { "00-t-s1-01" } else { "-" };
+            lines.push_str(&format!("@@wk curl-resp {name} 0 {} {own} {value} same\r\n", usize::from(inserted)));
+        }
         let log = if on {
             "2026-12-02T14:51:49Z  INFO waggle::probes::load: trace-response-header on: HTTP/1.x responses\r\n"
         } else {
@@ -416,6 +471,16 @@ mod tests {
         let mut bad = on.clone();
         bad.responses[0].value = Some("00-t-other-01".into());
         assert!(judge(expect(true), &bad, &observe(&bad)).unwrap_err().contains("names no SERVER span"));
+        assert_eq!(on.curls.len(), 3);
+        let mut bad = on.clone();
+        bad.curls.pop();
+        assert!(judge(expect(true), &bad, &observe(&bad)).unwrap_err().contains("curl -D results"));
+        let mut bad = on.clone();
+        bad.curls[1].resp.lines = 2;
+        assert!(judge(expect(true), &bad, &observe(&bad)).unwrap_err().contains("response py-fixed: 2"));
+        let mut bad = on.clone();
+        bad.curls[2].x_trace_id = 2;
+        assert!(judge(expect(true), &bad, &observe(&bad)).unwrap_err().contains("py-own: 2 X-Trace-Id"));
         let mut bad = on;
         bad.check_exit = Some(1);
         assert!(judge(expect(true), &bad, &observe(&bad)).unwrap_err().contains("check client failed"));
