@@ -80,14 +80,14 @@ m debugfs /sys/kernel/debug
 m bpf /sys/fs/bpf
 variant=plain
 # curl -D of one response: a marked line with curl's exit code, the
-# traceresponse and X-Trace-Id lines it got, the one traceresponse value and
-# whether the body is $3.
+# traceresponse and X-Trace-Id lines it got, the first of them (name:value,
+# lowercase) and whether the body is $3.
 fetch() {{
   curl -sS -D /tmp/head -o /tmp/body "$2"
   rc=$?
   n=$(grep -ci '^traceresponse:' /tmp/head)
   x=$(grep -ci '^x-trace-id:' /tmp/head)
-  v=$(grep -i '^traceresponse:' /tmp/head | cut -d' ' -f2 | tr -d '\r')
+  v=$(grep -i -e '^traceresponse:' -e '^x-trace-id:' /tmp/head | head -n 1 | tr -d ' \r' | tr 'A-Z' 'a-z')
   same=differs
   [ "$(cat /tmp/body)" = "$3" ] && same=same
   echo "{MARK}curl-resp $1 $rc $n $x ${{v:--}} $same"
@@ -111,8 +111,11 @@ ip link set lo up
 echo "{MARK}kernel $(uname -r)"
 echo "{MARK}booted $(cut -d' ' -f1 /proc/uptime)"
 # --trace-response-header is on where sockops attaches and the FIONREAD
-# check passes; elsewhere its one log line says why it is off.
-waggle --print json --trace-response-header traceresponse >/tmp/spans 2>/tmp/log &
+# check passes; elsewhere its one log line says why it is off. Globally
+# traceresponse; an include rule gives the xtask server X-Trace-Id (the
+# mode rides in each process's verdict).
+waggle --print json --trace-response-header traceresponse \
+  --trace-include 'exe=*/xtask&trace_response_header=x-trace-id;exe=*' >/tmp/spans 2>/tmp/log &
 agent=$!
 ready=no
 i=0

@@ -2,8 +2,9 @@
 //! guest's server gives by path (fixed, HEAD, 204, 304, 100 KB in two
 //! writes, an application's own X-Trace-Id, 100-continue, chunked) on one
 //! keep-alive connection, and the client (`xtask guest-http-check PORT`)
-//! that asks for them in order, takes every inserted `traceresponse` line
-//! out and checks that what is left is byte for byte what the server sent.
+//! that asks for them in order, takes every inserted `traceresponse` or
+//! `X-Trace-Id` line out and checks that what is left is byte for byte what
+//! the server sent.
 //! It prints one marked line per response for the host to judge.
 use std::{
     io::{Read, Write},
@@ -181,9 +182,17 @@ fn read_exact_pending(stream: &mut TcpStream, pending: &mut Vec<u8>, len: usize)
     Ok(std::mem::replace(pending, rest))
 }
 
+/// A header line the agent may insert (`traceresponse` or `X-Trace-Id`),
+/// as `name:value` in lowercase without spaces; None for other lines.
+pub fn trace_line(line: &str) -> Option<String> {
+    let lower = line.to_ascii_lowercase();
+    (lower.starts_with("traceresponse:") || lower.starts_with("x-trace-id:"))
+        .then(|| lower.chars().filter(|c| !c.is_whitespace()).collect())
+}
+
 /// Takes the inserted lines out of a received head: the head as the server
-/// wrote it, the number taken and (one, right after the status line) its
-/// value.
+/// wrote it, the number taken and (one, right after the status line) the
+/// line as [`trace_line`] gives it.
 pub fn strip_inserted(received: &[u8], sent: &str) -> (Vec<u8>, usize, Option<String>) {
     let text = String::from_utf8_lossy(received);
     let own: Vec<&str> = sent.split("\r\n").collect();
@@ -191,15 +200,15 @@ pub fn strip_inserted(received: &[u8], sent: &str) -> (Vec<u8>, usize, Option<St
     let mut taken = 0;
     let mut value = None;
     for (i, line) in text.split("\r\n").enumerate() {
-        let inserted = line.to_ascii_lowercase().starts_with("traceresponse:") && !own.contains(&line);
-        if inserted {
-            taken += 1;
-            if i == 1 {
-                value = line.split_once(':').map(|(_, v)| v.trim().to_owned());
+        match trace_line(line) {
+            Some(named) if !own.contains(&line) => {
+                taken += 1;
+                if i == 1 {
+                    value = Some(named);
+                }
             }
-            continue;
+            _ => kept.push(line),
         }
-        kept.push(line);
     }
     if taken != 1 {
         value = None;
@@ -257,7 +266,12 @@ mod tests {
     fn inserted_lines_come_out_and_the_servers_own_stay() {
         let sent = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n";
         let got = b"HTTP/1.1 200 OK\r\ntraceresponse: 00-aa-bb-01\r\nContent-Length: 2\r\n\r\n";
-        assert_eq!(strip_inserted(got, sent), (sent.as_bytes().to_vec(), 1, Some("00-aa-bb-01".to_owned())));
+        assert_eq!(
+            strip_inserted(got, sent),
+            (sent.as_bytes().to_vec(), 1, Some("traceresponse:00-aa-bb-01".to_owned()))
+        );
+        let got = b"HTTP/1.1 200 OK\r\nX-Trace-Id: AB12\r\nContent-Length: 2\r\n\r\n";
+        assert_eq!(strip_inserted(got, sent), (sent.as_bytes().to_vec(), 1, Some("x-trace-id:ab12".to_owned())));
         assert_eq!(strip_inserted(sent.as_bytes(), sent), (sent.as_bytes().to_vec(), 0, None));
         // Elsewhere than right after the status line: counted, no value.
         let late = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\ntraceresponse: 00-aa-bb-01\r\n\r\n";

@@ -51,8 +51,9 @@ pub struct Report {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct CurlLine {
     pub exit: i32,
-    /// The response as the check client's lines show one.
+    /// `lines`: the traceresponse lines; `value`: the first trace line.
     pub resp: RespLine,
+    /// X-Trace-Id lines (the app's own included).
     pub x_trace_id: usize,
 }
 
@@ -315,15 +316,60 @@ pub fn judge(expect: Expect, report: &Report, seen: &Observed) -> Result<(), Str
     }
 }
 
-/// A response the check expects, by name.
-struct Named<'a> {
-    name: &'a str,
-    gets_line: bool,
+/// Which line the guest's agent inserts where it is on: the include rule
+/// for the xtask server says X-Trace-Id, the global setting (the Python
+/// app) traceresponse.
+const XTASK_LINE: &str = "x-trace-id";
+const PYTHON_LINE: &str = "traceresponse";
+
+/// `curl -D` fetches of the guest: (name, the line it gets when the
+/// feature is on, the app's own X-Trace-Id).
+const CURLS: [(&str, Option<&str>, bool); 3] =
+    [("xtask-fixed", Some(XTASK_LINE), false), ("py-fixed", Some(PYTHON_LINE), false), ("py-own", None, true)];
+
+/// Whether `line` (`name:value`, as the guest prints it) is a `kind` line
+/// naming a SERVER span the agent printed: trace and span id for
+/// traceresponse, the trace id for X-Trace-Id.
+fn names_server_span(line: &str, kind: &str, spans: &[Value]) -> bool {
+    let Some((name, value)) = line.split_once(':') else { return false };
+    if name != kind {
+        return false;
+    }
+    let mut servers = spans.iter().filter(|s| s["kind"] == "SERVER");
+    let parts: Vec<&str> = value.split('-').collect();
+    match (name, &parts[..]) {
+        ("traceresponse", ["00", trace, span, _flags]) => {
+            servers.any(|s| s["trace_id"] == *trace && s["span_id"] == *span)
+        }
+        ("x-trace-id", [trace]) => servers.any(|s| s["trace_id"] == *trace),
+        _ => false,
+    }
+}
+
+/// One response against what it should be: `inserted` the line kind due
+/// (None: no line), the bytes as sent.
+fn judge_one(name: &str, got: &RespLine, inserted: Option<&str>, spans: &[Value]) -> Result<(), String> {
+    if !got.same {
+        return Err(format!("response {name}: bytes differ from what the server sent"));
+    }
+    let want = usize::from(inserted.is_some());
+    if got.lines != want {
+        return Err(format!("response {name}: {} trace line(s) inserted, expected {want}", got.lines));
+    }
+    let Some(kind) = inserted else { return Ok(()) };
+    let Some(value) = &got.value else {
+        return Err(format!("response {name}: the line is not right after the status line"));
+    };
+    if !names_server_span(value, kind, spans) {
+        return Err(format!("response {name}: {value} is not a {kind} line naming a SERVER span the agent printed"));
+    }
+    Ok(())
 }
 
 /// The response-header check: every response byte for byte as sent, and
 /// (on) one line right after the status line exactly where the cases say,
-/// naming a SERVER span the agent printed, or (off) no line and a reason.
+/// of the kind the process's setting says, naming a SERVER span the agent
+/// printed; or (off) no line and a reason.
 fn judge_responses(on: bool, report: &Report, seen: &Observed) -> Result<(), String> {
     if report.check_exit != Some(0) {
         return Err(format!("the response-header check client failed (exit {:?})", report.check_exit));
@@ -338,60 +384,44 @@ fn judge_responses(on: bool, report: &Report, seen: &Observed) -> Result<(), Str
     if !on && seen.response_header_off.is_none() {
         return Err("trace-response-header is off without the line that says why".into());
     }
-    // (name, gets a line when on, X-Trace-Id lines of the app's own).
-    let curls = [("xtask-fixed", true, 0), ("py-fixed", true, 0), ("py-own", false, 1)];
-    if report.curls.len() != curls.len() {
-        return Err(format!("{} curl -D results from the guest, expected {}", report.curls.len(), curls.len()));
-    }
-    for ((name, _, own), got) in curls.iter().zip(&report.curls) {
-        if got.exit != 0 {
-            return Err(format!("curl -D {name} in the guest exited with {}", got.exit));
-        }
-        if got.x_trace_id != *own {
-            return Err(format!("curl -D {name}: {} X-Trace-Id line(s), expected {own}", got.x_trace_id));
-        }
-    }
     let cases = responses::cases();
     if report.responses.len() != cases.len() {
         return Err(format!("{} response-header check lines, expected {}", report.responses.len(), cases.len()));
     }
-    let mut expected: Vec<(&str, bool)> = cases.iter().map(|c| (c.name, c.gets_line)).collect();
-    expected.extend(curls.iter().map(|(name, gets_line, _)| (*name, *gets_line)));
-    let got_all = report.responses.iter().chain(report.curls.iter().map(|c| &c.resp));
-    for ((name, gets_line), got) in expected.into_iter().zip(got_all) {
-        let case = Named { name, gets_line };
+    for (case, got) in cases.iter().zip(&report.responses) {
         if got.name != case.name {
             return Err(format!("response-header check line {} where {} was due", got.name, case.name));
         }
-        if !got.same {
-            return Err(format!("response {}: bytes differ from what the server sent", case.name));
+        judge_one(case.name, got, (on && case.gets_line).then_some(XTASK_LINE), &report.spans)?;
+    }
+    if report.curls.len() != CURLS.len() {
+        return Err(format!("{} curl -D results from the guest, expected {}", report.curls.len(), CURLS.len()));
+    }
+    for ((name, line, own), got) in CURLS.iter().zip(&report.curls) {
+        if got.resp.name != *name {
+            return Err(format!("curl -D result {} where {name} was due", got.resp.name));
         }
-        let want = usize::from(on && case.gets_line);
-        if got.lines != want {
+        if got.exit != 0 {
+            return Err(format!("curl -D {name} in the guest exited with {}", got.exit));
+        }
+        let inserted = if on { *line } else { None };
+        let (want_tr, want_x) =
+            (usize::from(inserted == Some(PYTHON_LINE)), usize::from(inserted == Some(XTASK_LINE)) + usize::from(*own));
+        if got.resp.lines != want_tr || got.x_trace_id != want_x {
             return Err(format!(
-                "response {}: {} traceresponse line(s) inserted, expected {want}",
-                case.name, got.lines
+                "curl -D {name}: {} traceresponse and {} X-Trace-Id line(s), expected {want_tr} and {want_x}",
+                got.resp.lines, got.x_trace_id
             ));
         }
-        if want == 0 {
+        if *own {
+            let own_line = format!("x-trace-id:{}", super::python::OWN_TRACE_ID);
+            if got.resp.value.as_deref() != Some(own_line.as_str()) || !got.resp.same {
+                return Err(format!("curl -D {name}: the app's own X-Trace-Id did not arrive as sent"));
+            }
             continue;
         }
-        let Some(value) = &got.value else {
-            return Err(format!("response {}: the line is not right after the status line", case.name));
-        };
-        let ids: Vec<&str> = value.split('-').collect();
-        let named = match ids[..] {
-            ["00", trace, span, _flags] => {
-                report.spans.iter().any(|s| s["kind"] == "SERVER" && s["trace_id"] == trace && s["span_id"] == span)
-            }
-            _ => false,
-        };
-        if !named {
-            return Err(format!(
-                "response {}: traceresponse {value} names no SERVER span the agent printed",
-                case.name
-            ));
-        }
+        let one = RespLine { lines: want_tr + want_x, ..got.resp.clone() };
+        judge_one(name, &one, inserted, &report.spans)?;
     }
     Ok(())
 }
@@ -423,14 +453,18 @@ mod tests {
         let mut lines = String::new();
         for c in responses::cases() {
             let inserted = on && c.gets_line;
-            let value = if inserted { "00-t-s1-01" } else { "-" };
+            let value = if inserted { "x-trace-id:t" } else { "-" };
             lines.push_str(&format!("@@wk resp {} {} {value} same\r\n", c.name, usize::from(inserted)));
         }
         lines.push_str("@@wk check-exit 0\r\n");
-        for (name, gets_line, own) in [("xtask-fixed", true, 0), ("py-fixed", true, 0), ("py-own", false, 1)] {
-            let inserted = on && gets_line;
-            let value = if inserted { "00-t-s1-01" } else { "-" };
-            lines.push_str(&format!("@@wk curl-resp {name} 0 {} {own} {value} same\r\n", usize::from(inserted)));
+        let fetched = if on {
+            ["xtask-fixed 0 0 1 x-trace-id:t", "py-fixed 0 1 0 traceresponse:00-t-s1-01", "py-own 0 0 1 x-trace-id:OWN"]
+        } else {
+            ["xtask-fixed 0 0 0 -", "py-fixed 0 0 0 -", "py-own 0 0 1 x-trace-id:OWN"]
+        };
+        for f in fetched {
+            let f = f.replace("OWN", super::super::python::OWN_TRACE_ID);
+            lines.push_str(&format!("@@wk curl-resp {f} same\r\n"));
         }
         let log = if on {
             "2026-12-02T14:51:49Z  INFO waggle::probes::load: trace-response-header on: HTTP/1.x responses\r\n"
@@ -469,18 +503,25 @@ mod tests {
         bad.responses[last].lines = 1;
         assert!(judge(expect(true), &bad, &observe(&bad)).unwrap_err().contains("expected 0"));
         let mut bad = on.clone();
-        bad.responses[0].value = Some("00-t-other-01".into());
-        assert!(judge(expect(true), &bad, &observe(&bad)).unwrap_err().contains("names no SERVER span"));
+        bad.responses[0].value = Some("x-trace-id:other".into());
+        assert!(judge(expect(true), &bad, &observe(&bad)).unwrap_err().contains("naming a SERVER span"));
+        // The per-rule kind: a traceresponse where X-Trace-Id is due.
+        let mut bad = on.clone();
+        bad.responses[0].value = Some("traceresponse:00-t-s1-01".into());
+        assert!(judge(expect(true), &bad, &observe(&bad)).unwrap_err().contains("is not a x-trace-id line"));
         assert_eq!(on.curls.len(), 3);
         let mut bad = on.clone();
         bad.curls.pop();
         assert!(judge(expect(true), &bad, &observe(&bad)).unwrap_err().contains("curl -D results"));
         let mut bad = on.clone();
         bad.curls[1].resp.lines = 2;
-        assert!(judge(expect(true), &bad, &observe(&bad)).unwrap_err().contains("response py-fixed: 2"));
+        assert!(judge(expect(true), &bad, &observe(&bad)).unwrap_err().contains("py-fixed: 2 traceresponse"));
         let mut bad = on.clone();
         bad.curls[2].x_trace_id = 2;
-        assert!(judge(expect(true), &bad, &observe(&bad)).unwrap_err().contains("py-own: 2 X-Trace-Id"));
+        assert!(judge(expect(true), &bad, &observe(&bad)).unwrap_err().contains("and 2 X-Trace-Id"));
+        let mut bad = on.clone();
+        bad.curls[1].resp.value = Some("traceresponse:00-t-nope-01".into());
+        assert!(judge(expect(true), &bad, &observe(&bad)).unwrap_err().contains("naming a SERVER span"));
         let mut bad = on;
         bad.check_exit = Some(1);
         assert!(judge(expect(true), &bad, &observe(&bad)).unwrap_err().contains("check client failed"));
