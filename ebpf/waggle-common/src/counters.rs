@@ -71,7 +71,7 @@ kernel_counters! {
     SockmapAdded => "propagation_sockmap_added":
         "client sockets of traced processes added to the propagation sockmap",
     SockmapRefused => "propagation_sockmap_refused":
-        "client sockets the propagation sockmap refused (full, or owned by another sk_msg program)",
+        "sockets the propagation sockmap refused (full, or owned by another sk_msg program): client sockets of traced processes, and accepted sockets with --trace-response-header",
     SockmapLeft => "propagation_sockmap_left":
         "client sockets that left the propagation sockmap at their first packet (FIONREAD-safe mode)",
     ConnLost => "kernel_conn_lost":
