@@ -28,17 +28,15 @@ use waggle_common::{
         self,
         response::{self, ResponseScan},
     },
-    runtime, verdict, ConnInfo, Counter, InjectRequest, TraceCtx, CAPTURE_MASK, MAX_CAPTURE,
+    runtime, verdict, ConnInfo, Counter, InjectRequest, TraceCtx, MAX_CAPTURE,
 };
 
 use crate::{
     helpers::{count, count_index, repeat},
-    maps::{RespScanState, FILTER, HEADER, RESP_SCAN, RUNTIME, SCRATCH, SERVER_PORTS, TRACE_VERDICT},
-    trace::{agent_alive, head_word, peek_user, ClientSend},
-    user_copy::{copy_user, Shape},
+    maps::{RespScanState, FILTER, RESP_SCAN, RUNTIME, SERVER_PORTS, TRACE_VERDICT},
+    trace::{agent_alive, copy_send_head, head_word, peek_user, step_scratch, ClientSend},
+    user_copy::Shape,
 };
-
-const MASK: usize = CAPTURE_MASK;
 
 /// The response-header mode of process `tgid`: 0 (off) unless the agent
 /// turned the feature on.
@@ -92,30 +90,12 @@ extern "C" fn scan_step(_index: u64, ctx: *mut c_void) -> i64 {
     // SAFETY: bpf_loop passes back the pointer `scan` gave it: a u64 on the
     // caller's stack.
     let len = unsafe { *ctx.cast::<u64>() };
-    let (Some(buf), Some(st)) = (SCRATCH.get_ptr(0), RESP_SCAN.get_ptr_mut(0)) else {
+    let Some(st) = RESP_SCAN.get_ptr_mut(0) else {
         return 1;
     };
     // SAFETY: st points at this CPU's RESP_SCAN value, used by this program only.
     let st = unsafe { &mut *st };
-    let pos = st.pos;
-    if pos >= len {
-        return 1;
-    }
-    let payload = buf.cast::<u8>();
-    // SAFETY: HEADER + (pos & MASK) + 8 lies inside the Scratch value (the
-    // payload area is twice MAX_CAPTURE).
-    let word = unsafe { core::ptr::read_unaligned(payload.add(HEADER + (pos as usize & MASK)).cast::<u64>()) };
-    if pos + 8 <= len && st.scan.skip_word(pos as u32, word) {
-        st.pos = pos + 8;
-        return 0;
-    }
-    st.pos = pos + 1;
-    let done = st.scan.step(pos as u32, word as u8, |at| {
-        // SAFETY: HEADER + (at & MASK) + NAME_WINDOW lies inside the
-        // Scratch value.
-        unsafe { core::ptr::read_unaligned(payload.add(HEADER + (at as usize & MASK)).cast::<[u64; 3]>()) }
-    });
-    i64::from(done)
+    step_scratch(&mut st.scan, &mut st.pos, len)
 }
 
 /// Scans the first `len` (<= MAX_CAPTURE) bytes of the SCRATCH payload.
@@ -160,17 +140,9 @@ pub(crate) fn send_enter(pid_tgid: u64, info: *mut ConnInfo, mode: u8, shape: Sh
         unsafe { (*info).flags |= conn_flags::BOUNDARY_LOST };
         return out;
     };
-    let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
+    let Some((_, copied)) = copy_send_head(shape, ptr, len) else {
         return out;
     };
-    // SAFETY: HEADER < size of Scratch.
-    let payload = unsafe { scratch.cast::<u8>().add(HEADER) };
-    let budget = match shape {
-        // Never past the application's buffer.
-        Shape::Flat if len < MAX_CAPTURE as u64 => len,
-        _ => MAX_CAPTURE as u64,
-    };
-    let copied = copy_user(payload, shape, ptr, len, budget) as u32;
     let sc = scan(copied);
 
     // The request this answers, if the kernel started its server span.

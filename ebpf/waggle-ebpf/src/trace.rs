@@ -83,34 +83,72 @@ pub extern "C" fn waggle_scan_bounded(len: u64) -> i64 {
 /// One step of the scan of the first `len` payload bytes.
 #[inline(always)]
 fn scan_step_at(len: u64) -> i64 {
-    let (Some(buf), Some(st)) = (SCRATCH.get_ptr(0), SCAN.get_ptr_mut(0)) else {
+    let Some(st) = SCAN.get_ptr_mut(0) else {
         return 1;
     };
     // SAFETY: st points at this CPU's SCAN value, used by this program only.
     let st = unsafe { &mut *st };
-    let pos = st.pos;
-    if pos >= len {
+    step_scratch(&mut st.scan, &mut st.pos, len)
+}
+
+/// A header scan the payload walk drives: a request's (`HeaderScan`) or
+/// a response's (`http::response::ResponseScan`).
+pub(crate) trait ScanStep {
+    fn skip_word(&mut self, i: u32, word: u64) -> bool;
+    fn step(&mut self, i: u32, b: u8, window: impl Fn(u64) -> [u64; 3]) -> bool;
+}
+
+impl ScanStep for HeaderScan {
+    #[inline(always)]
+    fn skip_word(&mut self, i: u32, word: u64) -> bool {
+        HeaderScan::skip_word(self, i, word)
+    }
+
+    #[inline(always)]
+    fn step(&mut self, i: u32, b: u8, window: impl Fn(u64) -> [u64; 3]) -> bool {
+        HeaderScan::step(self, i, b, window)
+    }
+}
+
+impl ScanStep for http::response::ResponseScan {
+    #[inline(always)]
+    fn skip_word(&mut self, i: u32, word: u64) -> bool {
+        http::response::ResponseScan::skip_word(self, i, word)
+    }
+
+    #[inline(always)]
+    fn step(&mut self, i: u32, b: u8, window: impl Fn(u64) -> [u64; 3]) -> bool {
+        http::response::ResponseScan::step(self, i, b, window)
+    }
+}
+
+/// One step of `scan`, at `*pos`, over the first `len` bytes of this CPU's
+/// SCRATCH payload: eight bytes at once where `skip_word` allows (the
+/// middle of a line), else one byte. 1 when the scan ended.
+#[inline(always)]
+pub(crate) fn step_scratch<S: ScanStep>(scan: &mut S, pos: &mut u64, len: u64) -> i64 {
+    let Some(buf) = SCRATCH.get_ptr(0) else {
+        return 1;
+    };
+    let at = *pos;
+    if at >= len {
         return 1;
     }
     let payload = buf.cast::<u8>();
-    // SAFETY: HEADER + (pos & MASK) + 8 lies inside the Scratch value (the
+    // SAFETY: HEADER + (at & MASK) + 8 lies inside the Scratch value (the
     // payload area is twice MAX_CAPTURE).
-    let word = unsafe { core::ptr::read_unaligned(payload.add(HEADER + (pos as usize & MASK)).cast::<u64>()) };
-    if pos + 8 <= len && st.scan.skip_word(pos as u32, word) {
-        st.pos = pos + 8;
+    let word = unsafe { core::ptr::read_unaligned(payload.add(HEADER + (at as usize & MASK)).cast::<u64>()) };
+    if at + 8 <= len && scan.skip_word(at as u32, word) {
+        *pos = at + 8;
         return 0;
     }
-    st.pos = pos + 1;
-    let done = st.scan.step(pos as u32, word as u8, |at| {
-        // SAFETY: HEADER + (at & MASK) + NAME_WINDOW lies inside the
+    *pos = at + 1;
+    let done = scan.step(at as u32, word as u8, |w| {
+        // SAFETY: HEADER + (w & MASK) + NAME_WINDOW lies inside the
         // Scratch value (the payload area is twice MAX_CAPTURE).
-        unsafe { core::ptr::read_unaligned(payload.add(HEADER + (at as usize & MASK)).cast::<[u64; 3]>()) }
+        unsafe { core::ptr::read_unaligned(payload.add(HEADER + (w as usize & MASK)).cast::<[u64; 3]>()) }
     });
-    if done {
-        1
-    } else {
-        0
-    }
+    i64::from(done)
 }
 
 /// Steps of the reduced mode's header scan (no bpf_loop): a step covers 8
@@ -449,17 +487,9 @@ pub(crate) fn client_send_enter<const BPF_LOOP: bool>(
         return out;
     }
 
-    let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
+    let Some((payload, copied)) = copy_send_head(shape, ptr, len) else {
         return out;
     };
-    // SAFETY: HEADER < size of Scratch.
-    let payload = unsafe { scratch.cast::<u8>().add(HEADER) };
-    let budget = match shape {
-        // Never past the application's buffer.
-        Shape::Flat if len < MAX_CAPTURE as u64 => len,
-        _ => MAX_CAPTURE as u64,
-    };
-    let copied = copy_user(payload, shape, ptr, len, budget) as u32;
     let sc = scan::<BPF_LOOP>(copied);
     let rle = sc.request_line_end;
     if rle != 0 {
@@ -519,6 +549,22 @@ pub(crate) fn client_send_enter<const BPF_LOOP: bool>(
         _pad: 0,
     });
     out
+}
+
+/// Copies the first MAX_CAPTURE bytes a send is given (never past a flat
+/// buffer's end) to this CPU's SCRATCH payload, for a header scan: the
+/// payload and how many bytes it holds.
+#[inline(always)]
+pub(crate) fn copy_send_head(shape: Shape, ptr: u64, len: u64) -> Option<(*mut u8, u32)> {
+    let scratch = SCRATCH.get_ptr_mut(0)?;
+    // SAFETY: HEADER < size of Scratch.
+    let payload = unsafe { scratch.cast::<u8>().add(HEADER) };
+    let budget = match shape {
+        // Never past the application's buffer.
+        Shape::Flat if len < MAX_CAPTURE as u64 => len,
+        _ => MAX_CAPTURE as u64,
+    };
+    Some((payload, copy_user(payload, shape, ptr, len, budget) as u32))
 }
 
 /// After the PENDING stash: leave the request for sk_msg and the exit handler.
