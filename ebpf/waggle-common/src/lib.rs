@@ -218,14 +218,11 @@ pub const TRUSTED_NETS_MAX_ENTRIES: u32 = 1024;
 /// The agent holds a handful of export connections at a time.
 pub const OWN_FLOWS_MAX_ENTRIES: u32 = 1024;
 
-/// The kernel wakes the agent only once this many bytes (or an eighth of a
-/// smaller ring) wait in the ring buffer: at high request rates a wake-up
-/// per record costs more than the record, and each drain has a fixed cost
-/// (a worker's wake-up and context switch). The agent also drains every
-/// [`DRAIN_INTERVAL_MS`], so a quiet node's few events are never stuck and
-/// below ~50 MB/s of records (25k new connections/s) that timer does most
-/// drains; 64 KiB woke the agent ~300 times a second at 20k connections/s.
-pub const WAKEUP_WATERMARK_BYTES: u64 = 512 * 1024;
+/// The kernel wakes the agent only once this many bytes wait in the ring
+/// buffer: at high request rates a wake-up per record costs more than the
+/// record. The agent also drains every [`DRAIN_INTERVAL_MS`], so a quiet
+/// node's few events are never stuck.
+pub const WAKEUP_WATERMARK_BYTES: u64 = 64 * 1024;
 pub const DRAIN_INTERVAL_MS: u64 = 10;
 
 /// Default sizes; userspace may override max_entries at load time.

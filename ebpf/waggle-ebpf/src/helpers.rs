@@ -48,16 +48,13 @@ pub(crate) fn repeat<const BPF_LOOP: bool>(
 }
 
 /// Flags for every ring-buffer output: no wake-up until the agent has
-/// WAKEUP_WATERMARK_BYTES to read, or an eighth of a smaller ring (it polls
-/// on a short timer otherwise).
+/// WAKEUP_WATERMARK_BYTES to read (it polls on a short timer otherwise).
 #[inline(always)]
 pub(crate) fn wakeup_flags() -> u64 {
     const BPF_RB_AVAIL_DATA: u64 = 0;
-    const BPF_RB_RING_SIZE: u64 = 1;
     const BPF_RB_NO_WAKEUP: u64 = 1;
     const BPF_RB_FORCE_WAKEUP: u64 = 2;
-    let waiting = EVENTS.query(BPF_RB_AVAIL_DATA);
-    if waiting >= waggle_common::WAKEUP_WATERMARK_BYTES || waiting >= EVENTS.query(BPF_RB_RING_SIZE) / 8 {
+    if EVENTS.query(BPF_RB_AVAIL_DATA) >= waggle_common::WAKEUP_WATERMARK_BYTES {
         BPF_RB_FORCE_WAKEUP
     } else {
         BPF_RB_NO_WAKEUP
