@@ -113,7 +113,8 @@ pub struct ResourceResolver {
     requests: Option<mpsc::Sender<Request>>,
     /// Recency is refreshed only by inserting and revalidating (lookups
     /// peek), so the least recently revalidated entry is evicted first.
-    cache: LruCache<u32, Entry>,
+    /// Pids are kernel-made keys: foldhash, not SipHash (looked up per span).
+    cache: LruCache<u32, Entry, foldhash::fast::RandomState>,
     metrics: Arc<Metrics>,
 }
 
@@ -160,7 +161,10 @@ impl ResourceResolver {
         let resolver = ResourceResolver {
             builder,
             requests,
-            cache: LruCache::new(NonZeroUsize::new(capacity).unwrap_or(NonZeroUsize::MIN)),
+            cache: LruCache::with_hasher(
+                NonZeroUsize::new(capacity).unwrap_or(NonZeroUsize::MIN),
+                foldhash::fast::RandomState::default(),
+            ),
             metrics,
         };
         (resolver, reply_rx)
@@ -469,7 +473,7 @@ mod tests {
         let mut resolver = ResourceResolver {
             builder,
             requests: Some(requests),
-            cache: LruCache::new(NonZeroUsize::new(16).unwrap()),
+            cache: LruCache::with_hasher(NonZeroUsize::new(16).unwrap(), foldhash::fast::RandomState::default()),
             metrics: metrics.clone(),
         };
         resolver.observe(me, b"tester");
