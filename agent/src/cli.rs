@@ -49,15 +49,7 @@ pub fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         let shutdown = shutdown_signal().map_err(|e| format!("installing signal handlers: {e}"))?;
-        // The pipeline runs as a task on a worker, not in block_on on this
-        // thread: the worker whose epoll saw the ring buffer (or the drain
-        // timer) become ready then runs the drain itself, instead of waking
-        // this thread for it (a futex wake and a context switch per drain,
-        // a tenth of the agent's CPU at 20k new connections/s).
-        match tokio::spawn(crate::run(config, shutdown)).await {
-            Ok(result) => result.map_err(|e| e.to_string()),
-            Err(e) => Err(format!("the agent's main task ended abnormally: {e}")),
-        }
+        crate::run(config, shutdown).await.map_err(|e| e.to_string())
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
