@@ -15,6 +15,7 @@ use std::{
     sync::Arc,
 };
 
+use lru::LruCache;
 use waggle_common::{
     conn_event_flags, ConnEvent, ConnInfo, DataEvent, Direction, Role, SockKey, USERSPACE_CONN_ID_BIT,
 };
@@ -108,9 +109,8 @@ struct Conn {
 }
 
 pub struct ConnTracker {
-    /// Least recently active first: eviction when full is O(1), and no
-    /// allocation per connection (`slab.rs`).
-    conns: LruSlab<Conn>,
+    /// Least recently active first: eviction when full is O(1).
+    conns: LruCache<u64, Conn>,
     /// Ordered: a process's descriptors are one range (forks, exits).
     by_key: BTreeMap<SockKey, u64>,
     parser_config: ParserConfig,
@@ -181,7 +181,7 @@ fn link_key(role: Role, local: Option<SocketAddr>, peer: Option<SocketAddr>) -> 
 impl ConnTracker {
     pub fn new(parser_config: ParserConfig, metrics: Arc<Metrics>, max_conns: usize) -> ConnTracker {
         ConnTracker {
-            conns: LruSlab::new(),
+            conns: LruCache::unbounded(),
             by_key: BTreeMap::new(),
             parser_config,
             metrics,
@@ -724,10 +724,7 @@ impl ConnTracker {
 }
 
 mod hello;
-mod slab;
 mod tls;
-
-use slab::LruSlab;
 
 #[cfg(test)]
 mod tests;

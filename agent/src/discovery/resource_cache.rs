@@ -113,8 +113,7 @@ pub struct ResourceResolver {
     requests: Option<mpsc::Sender<Request>>,
     /// Recency is refreshed only by inserting and revalidating (lookups
     /// peek), so the least recently revalidated entry is evicted first.
-    /// Pids are kernel-made keys: foldhash, not SipHash (looked up per span).
-    cache: LruCache<u32, Entry, foldhash::fast::RandomState>,
+    cache: LruCache<u32, Entry>,
     metrics: Arc<Metrics>,
 }
 
@@ -161,10 +160,7 @@ impl ResourceResolver {
         let resolver = ResourceResolver {
             builder,
             requests,
-            cache: LruCache::with_hasher(
-                NonZeroUsize::new(capacity).unwrap_or(NonZeroUsize::MIN),
-                foldhash::fast::RandomState::default(),
-            ),
+            cache: LruCache::new(NonZeroUsize::new(capacity).unwrap_or(NonZeroUsize::MIN)),
             metrics,
         };
         (resolver, reply_rx)
@@ -473,7 +469,7 @@ mod tests {
         let mut resolver = ResourceResolver {
             builder,
             requests: Some(requests),
-            cache: LruCache::with_hasher(NonZeroUsize::new(16).unwrap(), foldhash::fast::RandomState::default()),
+            cache: LruCache::new(NonZeroUsize::new(16).unwrap()),
             metrics: metrics.clone(),
         };
         resolver.observe(me, b"tester");

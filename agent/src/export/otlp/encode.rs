@@ -156,9 +156,7 @@ fn resource_field<'a>(
 /// span's index among them. Spans of one process usually share one Arc, so
 /// the pointer is checked first and the value hashed once per Arc.
 fn group_by_resource(batch: &[FinishedSpan]) -> (Vec<&Arc<ProcessResource>>, Vec<usize>) {
-    // Pointers and our own resources as keys: foldhash, not SipHash (one
-    // pointer lookup per span).
-    let mut by_ptr: HashMap<*const ProcessResource, usize, foldhash::fast::RandomState> = HashMap::default();
+    let mut by_ptr: HashMap<*const ProcessResource, usize> = HashMap::new();
     let mut by_value: HashMap<&ProcessResource, usize> = HashMap::new();
     let mut resources: Vec<&Arc<ProcessResource>> = Vec::new();
     let mut group_of = Vec::with_capacity(batch.len());
