@@ -35,12 +35,12 @@ pub fn main() -> ExitCode {
     }
     log_config(&config);
 
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .thread_name("waggle-worker")
-        .enable_all()
-        .build()
-    {
+    // One thread runs the pipeline and the exporter, and its own epoll: the
+    // ring buffer's readiness and the drain timer wake the thread that
+    // drains, instead of a worker that would then wake this thread (a futex
+    // wake and two context switches per drain). /proc reads, selection and
+    // the metrics endpoint have threads of their own.
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("waggle: starting the async runtime: {e}");

@@ -41,7 +41,7 @@ use prometheus_client::{
     metrics::{counter::ConstCounter, gauge::ConstGauge},
     registry::Registry,
 };
-use tokio::{net::TcpListener, task::JoinHandle, task::JoinSet};
+use tokio::{net::TcpListener, sync::oneshot, task::JoinSet};
 use waggle_common::{Counter, COUNTER_COUNT};
 
 use crate::{
@@ -77,6 +77,10 @@ pub enum MetricsServerError {
     },
     #[error("reading the metrics endpoint's bound address: {0}")]
     LocalAddr(#[source] std::io::Error),
+    #[error("starting the metrics endpoint's thread: {0}")]
+    Thread(#[source] std::io::Error),
+    #[error("starting the metrics endpoint's runtime: {0}")]
+    Runtime(#[source] std::io::Error),
 }
 
 /// Point-in-time values the pipeline publishes; exposed as gauges.
@@ -296,7 +300,9 @@ fn render_registry(registry: &Registry) -> Result<String, std::fmt::Error> {
 #[derive(Debug)]
 pub struct MetricsServer {
     local_addr: SocketAddr,
-    task: JoinHandle<()>,
+    /// Resolves (or is dropped) when the server's thread has stopped.
+    stopped: oneshot::Receiver<()>,
+    thread: std::thread::JoinHandle<()>,
 }
 
 impl MetricsServer {
@@ -307,16 +313,23 @@ impl MetricsServer {
 
     /// Waits until the server has stopped (after `shutdown` resolved).
     pub async fn join(self) {
-        if let Err(e) = self.task.await {
-            tracing::warn!(error = %e, "metrics endpoint task failed");
+        // Either value means the thread's runtime is gone: a drop is a panic.
+        let _ = self.stopped.await;
+        if self.thread.join().is_err() {
+            tracing::warn!("metrics endpoint thread panicked");
         }
     }
 }
 
-/// Binds `addr` (failing synchronously if it cannot), then serves
-/// `GET /metrics` (and `GET /traces/<id>` from `recent`) on a spawned task
-/// until `shutdown` resolves; in-flight requests are cut off then. Must be
-/// called within a tokio runtime.
+/// Binds `addr` (failing if it cannot), then serves `GET /metrics` (and
+/// `GET /traces/<id>` from `recent`) until `shutdown` resolves; in-flight
+/// requests are cut off then.
+///
+/// The server runs on a thread of its own with its own small runtime, not
+/// on the caller's: the pipeline owns its thread (the ring buffer's
+/// readiness and the drain timer wake the thread that drains, with no
+/// hand-off between threads), and the probes must still be answered (with
+/// 503 from readiness) while that thread is stuck.
 pub async fn serve(
     addr: SocketAddr,
     metrics: Arc<Metrics>,
@@ -338,12 +351,57 @@ pub async fn serve_with(
     health: Health,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<MetricsServer, MetricsServerError> {
-    let listener = TcpListener::bind(addr).await.map_err(|source| MetricsServerError::Bind { addr, source })?;
-    let local_addr = listener.local_addr().map_err(MetricsServerError::LocalAddr)?;
-    tracing::info!(addr = %local_addr, path = METRICS_PATH, traces = recent.is_some(), "serving agent metrics");
+    let has_recent = recent.is_some();
     let served = Arc::new(Served { registry: registry(metrics, kernel, recent.clone(), app), recent, health });
-    let task = tokio::spawn(accept_loop(listener, served, shutdown));
-    Ok(MetricsServer { local_addr, task })
+    let (bound_tx, bound_rx) = oneshot::channel();
+    let (stopped_tx, stopped) = oneshot::channel();
+    let thread = std::thread::Builder::new()
+        .name("waggle-metrics".into())
+        .spawn(move || {
+            let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    let _ = bound_tx.send(Err(MetricsServerError::Runtime(e)));
+                    return;
+                }
+            };
+            runtime.block_on(async move {
+                let listener = match TcpListener::bind(addr).await {
+                    Ok(l) => l,
+                    Err(source) => {
+                        let _ = bound_tx.send(Err(MetricsServerError::Bind { addr, source }));
+                        return;
+                    }
+                };
+                let local_addr = match listener.local_addr() {
+                    Ok(a) => a,
+                    Err(e) => {
+                        let _ = bound_tx.send(Err(MetricsServerError::LocalAddr(e)));
+                        return;
+                    }
+                };
+                if bound_tx.send(Ok(local_addr)).is_err() {
+                    return;
+                }
+                accept_loop(listener, served, shutdown).await;
+            });
+            let _ = stopped_tx.send(());
+        })
+        .map_err(MetricsServerError::Thread)?;
+    let served_addr = match bound_rx.await {
+        Ok(result) => result,
+        // The thread ended without a word: it panicked.
+        Err(_) => Err(MetricsServerError::Thread(std::io::Error::other("the metrics thread ended at start-up"))),
+    };
+    let local_addr = match served_addr {
+        Ok(a) => a,
+        Err(e) => {
+            let _ = thread.join();
+            return Err(e);
+        }
+    };
+    tracing::info!(addr = %local_addr, path = METRICS_PATH, traces = has_recent, "serving agent metrics");
+    Ok(MetricsServer { local_addr, stopped, thread })
 }
 
 async fn accept_loop(listener: TcpListener, served: Arc<Served>, shutdown: impl Future<Output = ()> + Send) {
@@ -711,6 +769,29 @@ mod tests {
         drop(stop); // dropping the sender resolves the shutdown future too
         tokio::time::timeout(Duration::from_secs(5), server.join()).await.unwrap();
         assert!(TcpStream::connect(addr).await.is_err(), "still accepting after shutdown");
+    }
+
+    /// The pipeline's runtime is single-threaded: the endpoint must answer
+    /// while that thread is busy or stuck, as the probes rely on.
+    #[test]
+    fn the_endpoint_answers_while_the_callers_runtime_thread_is_blocked() {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let (server, stop) = runtime.block_on(start(Arc::new(Metrics::default()), KernelCounterCell::new()));
+        let addr = server.local_addr();
+        let client = std::thread::spawn(move || {
+            let answer = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+                .block_on(request(addr, "GET", "/healthz"));
+            answer.0
+        });
+        // This thread, the caller's only runtime thread, does nothing until
+        // the client has its answer.
+        let status = client.join().unwrap();
+        assert_eq!(status, "HTTP/1.1 200 OK");
+        drop(stop);
+        runtime.block_on(server.join());
     }
 
     #[tokio::test]

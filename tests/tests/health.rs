@@ -2,10 +2,10 @@
 //! paths and port come from the kustomize base's DaemonSet, the agent
 //! answers 200 on both once its probes are attached, and readiness turns
 //! 503 ("draining stalled") when the loop that drains the ring buffer stops
-//! while the rest of the agent (the HTTP server on the runtime's worker
-//! threads) runs on, then 200 again when it resumes. The loop is stopped
-//! the way a wedged loop would look from outside: its thread alone (the
-//! main thread, which runs the pipeline) is held in a ptrace stop.
+//! while the rest of the agent (the HTTP server on its own thread) runs on,
+//! then 200 again when it resumes. The loop is stopped the way a wedged loop
+//! would look from outside: its thread alone (the main thread, which runs
+//! the pipeline) is held in a ptrace stop.
 use std::{
     io::{Read, Write},
     net::TcpStream,
