@@ -32,7 +32,8 @@ pub(super) struct RequestHead {
     /// Authority of an absolute-form or CONNECT target.
     pub(super) target_authority: Option<String>,
     pub(super) minor_version: u8,
-    pub(super) host: Option<Arc<str>>,
+    /// The Host header's address and port (`server.address`/`server.port`).
+    pub(super) host: Option<(Arc<str>, Option<u16>)>,
     pub(super) user_agent: Option<Arc<str>>,
     pub(super) content_length: Option<u64>,
     pub(super) chunked: bool,
@@ -56,9 +57,11 @@ pub(super) enum HeadError {
 }
 
 pub(super) fn parse_request_head(bytes: &[u8]) -> Result<RequestHead, HeadError> {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut req = httparse::Request::new(&mut headers);
-    match req.parse(bytes) {
+    // Uninitialised slots: httparse writes only the ones it fills, instead
+    // of 2 KiB of empty headers being written first for every request.
+    let mut headers = [const { std::mem::MaybeUninit::uninit() }; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut []);
+    match req.parse_with_uninit_headers(bytes, &mut headers) {
         Ok(httparse::Status::Complete(_)) => {}
         Ok(httparse::Status::Partial) => return Err(HeadError::Invalid("incomplete request head")),
         Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooManyHeaders),
@@ -83,7 +86,10 @@ pub(super) fn parse_request_head(bytes: &[u8]) -> Result<RequestHead, HeadError>
         // Only these headers are ever read; credentials are never touched.
         if h.name.eq_ignore_ascii_case("host") {
             if host.is_none() {
-                host = std::str::from_utf8(h.value).ok().map(str::trim).filter(|v| valid_host(v)).map(intern);
+                host = std::str::from_utf8(h.value).ok().map(str::trim).filter(|v| valid_host(v)).map(|v| {
+                    let (address, port) = split_host_port(v);
+                    (intern(address), port)
+                });
             }
         } else if h.name.eq_ignore_ascii_case("user-agent") {
             if user_agent.is_none() {

@@ -80,9 +80,16 @@ pub(super) fn build_span(
     if body_size_known {
         attributes.push(("http.response.body.size", AttrValue::Int(i64::try_from(body_bytes).unwrap_or(i64::MAX))));
     }
-    if let Some(host) = head.host.as_deref().or(head.target_authority.as_deref()) {
-        let (address, port) = split_host_port(host);
-        attributes.push(("server.address", AttrValue::from(Text::Shared(intern(address)))));
+    let server = match (head.host, head.target_authority.as_deref()) {
+        (Some(host), _) => Some(host),
+        (None, Some(authority)) => {
+            let (address, port) = split_host_port(authority);
+            Some((intern(address), port))
+        }
+        (None, None) => None,
+    };
+    if let Some((address, port)) = server {
+        attributes.push(("server.address", AttrValue::from(Text::Shared(address))));
         if let Some(port) = port {
             attributes.push(("server.port", AttrValue::Int(i64::from(port))));
         }
