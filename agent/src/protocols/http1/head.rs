@@ -6,7 +6,10 @@ use waggle_common::http::{parse_traceparent_value, KNOWN_METHODS};
 
 use std::sync::Arc;
 
-use super::strings::intern;
+use super::{
+    redact::PathRedaction,
+    strings::{intern, path_strings, PathStrings},
+};
 use crate::model::{cut_utf8, truncate_utf8, TraceContext};
 
 /// Headers per message; more is treated like an oversized head.
@@ -27,8 +30,9 @@ pub(super) struct RequestHead {
     /// Canonical method, or `_OTHER`.
     pub(super) method: &'static str,
     pub(super) method_original: Option<String>,
-    /// Path without query; None for CONNECT's authority-form target.
-    pub(super) path: Option<Arc<str>>,
+    /// What the path (without query) becomes in the span; None for
+    /// CONNECT's authority-form target.
+    pub(super) path: Option<PathStrings>,
     /// Authority of an absolute-form or CONNECT target.
     pub(super) target_authority: Option<String>,
     pub(super) minor_version: u8,
@@ -56,7 +60,9 @@ pub(super) enum HeadError {
     Invalid(&'static str),
 }
 
-pub(super) fn parse_request_head(bytes: &[u8]) -> Result<RequestHead, HeadError> {
+/// `redaction` applies to the path (its span strings are looked up here,
+/// while the head's bytes are at hand).
+pub(super) fn parse_request_head(bytes: &[u8], redaction: &PathRedaction) -> Result<RequestHead, HeadError> {
     // Uninitialised slots: httparse writes only the ones it fills, instead
     // of 2 KiB of empty headers being written first for every request.
     let mut headers = [const { std::mem::MaybeUninit::uninit() }; MAX_HEADERS];
@@ -75,8 +81,9 @@ pub(super) fn parse_request_head(bytes: &[u8]) -> Result<RequestHead, HeadError>
         None => ("_OTHER", Some(truncate_utf8(method, 32))),
     };
     let (path, target_authority) = split_target(method, target);
-    let path = path.map(intern);
     let framing = read_framing(req.headers, true)?;
+    let name_method = if method == "_OTHER" { "HTTP" } else { method };
+    let path = path.map(|p| path_strings(p, redaction, name_method));
     let mut host = None;
     let mut user_agent = None;
     let mut traceparents = 0u32;
@@ -303,7 +310,11 @@ mod tests {
     use super::*;
 
     fn ctx_of(headers: &str) -> (Option<TraceContext>, Option<String>) {
-        let head = parse_request_head(format!("GET / HTTP/1.1\r\n{headers}\r\n").as_bytes()).unwrap();
+        let head = parse_request_head(
+            format!("GET / HTTP/1.1\r\n{headers}\r\n").as_bytes(),
+            &super::super::redact::BUILT_IN_REDACTION,
+        )
+        .unwrap();
         (head.context, head.tracestate)
     }
 

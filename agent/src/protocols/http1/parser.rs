@@ -165,9 +165,13 @@ impl Http1Parser {
         Feed::LostSync(reason)
     }
 
+    /// The path redaction request heads are read with.
+    pub(super) fn redaction(&self) -> &PathRedaction {
+        self.redaction.as_deref().unwrap_or(&BUILT_IN_REDACTION)
+    }
+
     pub(super) fn finish(&mut self, exchange: Exchange, end_ns: u64, out: &mut Vec<ParsedSpan>) {
-        let redaction = self.redaction.as_deref().unwrap_or(&BUILT_IN_REDACTION);
-        match build_span(self.span_kind(), exchange, end_ns, redaction) {
+        match build_span(self.span_kind(), exchange, end_ns) {
             Some(span) => out.push(span),
             None => self.dropped += 1,
         }

@@ -73,9 +73,9 @@ impl Http1Parser {
                         },
                         HeadStep::Complete { in_buf, len, consumed } => {
                             let parsed = if in_buf {
-                                parse_request_head(&self.req.head.buf[..len])
+                                parse_request_head(&self.req.head.buf[..len], self.redaction())
                             } else {
-                                parse_request_head(&input[..len])
+                                parse_request_head(&input[..len], self.redaction())
                             };
                             off += consumed;
                             self.req.head.reset();
@@ -219,7 +219,7 @@ impl Http1Parser {
             ReqState::Head => {
                 // The head continues past the capture: read what was captured
                 // in full; the framing headers may be among the missing.
-                let head = self.req.head.complete_lines().and_then(|h| parse_request_head(&h).ok());
+                let head = self.req.head.complete_lines().and_then(|h| parse_request_head(&h, self.redaction()).ok());
                 let tentative = self.req.tentative;
                 self.req.head.reset();
                 match head {

@@ -4,8 +4,7 @@
 
 use super::{
     head::{split_host_port, RequestHead},
-    redact::PathRedaction,
-    strings::{intern, path_strings},
+    strings::{intern, PathStrings},
 };
 use crate::model::{AttrValue, Attribute, ParsedSpan, SpanKind, SpanStatus, Text};
 
@@ -36,23 +35,15 @@ pub(super) struct Exchange {
 }
 
 /// None for a placeholder: a request that was never readable.
-pub(super) fn build_span(
-    kind: SpanKind,
-    exchange: Exchange,
-    end_ns: u64,
-    redaction: &PathRedaction,
-) -> Option<ParsedSpan> {
+pub(super) fn build_span(kind: SpanKind, exchange: Exchange, end_ns: u64) -> Option<ParsedSpan> {
     let Exchange { req, status, body_bytes, body_size_known } = exchange;
     // Placeholders stand for requests that were never readable.
     let head = req.head?;
-    let name_method = if head.method == "_OTHER" { "HTTP" } else { head.method };
-    // Path (redacted), route and name: computed once per distinct path.
-    let (path, route, name) = match &head.path {
-        Some(raw) => {
-            let (path, route, name) = path_strings(raw, redaction, name_method);
-            (Some(path), Some(route), Text::Shared(name))
-        }
-        None => (None, None, Text::Static(name_method)),
+    // Path (redacted), route and name: computed once per distinct path
+    // (strings.rs), looked up when the request head was read.
+    let (path, route, name) = match head.path {
+        Some(PathStrings { path, route, name }) => (Some(path), Some(route), Text::Shared(name)),
+        None => (None, None, Text::Static(if head.method == "_OTHER" { "HTTP" } else { head.method })),
     };
     let mut attributes: Vec<Attribute> = Vec::with_capacity(14);
     attributes.push(("http.request.method", AttrValue::from(head.method)));
