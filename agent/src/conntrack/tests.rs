@@ -540,7 +540,7 @@ fn keep_alive_exchanges_stay_within_their_allocation_budget() {
         assembled as f64 / N as f64
     );
     assert_eq!(partial, 0, "a read that finishes nothing must not allocate");
-    assert!(parsed <= 2 * N, "parsing allocated {} per exchange", parsed as f64 / N as f64);
+    assert!(parsed <= N, "parsing allocated {} per exchange", parsed as f64 / N as f64);
     assert!(assembled == 0, "assembly allocated {} per span", assembled as f64 / N as f64);
 }
 

@@ -6,7 +6,10 @@ use waggle_common::http::{parse_traceparent_value, KNOWN_METHODS};
 
 use std::sync::Arc;
 
-use super::strings::intern;
+use super::{
+    redact::PathRedaction,
+    strings::{intern, path_strings, PathStrings},
+};
 use crate::model::{cut_utf8, truncate_utf8, TraceContext};
 
 /// Headers per message; more is treated like an oversized head.
@@ -27,17 +30,59 @@ pub(super) struct RequestHead {
     /// Canonical method, or `_OTHER`.
     pub(super) method: &'static str,
     pub(super) method_original: Option<String>,
-    /// Path without query; None for CONNECT's authority-form target.
-    pub(super) path: Option<Arc<str>>,
+    /// What the path (without query) becomes in the span; None for
+    /// CONNECT's authority-form target.
+    pub(super) path: Option<PathStrings>,
     /// Authority of an absolute-form or CONNECT target.
     pub(super) target_authority: Option<String>,
     pub(super) minor_version: u8,
-    pub(super) host: Option<Arc<str>>,
+    /// The Host header's address and port (`server.address`/`server.port`).
+    pub(super) host: Option<(Arc<str>, Option<u16>)>,
     pub(super) user_agent: Option<Arc<str>>,
     pub(super) content_length: Option<u64>,
     pub(super) chunked: bool,
     pub(super) context: Option<TraceContext>,
     pub(super) tracestate: Option<String>,
+}
+
+/// The Host address and User-Agent a connection's last request carried, as
+/// shared strings: a keep-alive connection repeats them on every request, so
+/// the string tables are asked again only when one changes. Charged to the
+/// connection's buffered bytes (it may keep values alive that the tables
+/// have forgotten).
+#[derive(Debug, Default)]
+pub(super) struct HeadMemo {
+    host: Option<(Arc<str>, Option<u16>)>,
+    user_agent: Option<Arc<str>>,
+}
+
+impl HeadMemo {
+    fn host(&mut self, address: &str, port: Option<u16>) -> (Arc<str>, Option<u16>) {
+        if let Some((known, known_port)) = &self.host {
+            if **known == *address && *known_port == port {
+                return (Arc::clone(known), port);
+            }
+        }
+        let shared = intern(address);
+        self.host = Some((Arc::clone(&shared), port));
+        (shared, port)
+    }
+
+    fn user_agent(&mut self, value: &str) -> Arc<str> {
+        if let Some(known) = &self.user_agent {
+            if **known == *value {
+                return Arc::clone(known);
+            }
+        }
+        let shared = intern(value);
+        self.user_agent = Some(Arc::clone(&shared));
+        shared
+    }
+
+    /// Text bytes the memo holds.
+    pub(super) fn bytes(&self) -> usize {
+        self.host.as_ref().map_or(0, |(h, _)| h.len()) + self.user_agent.as_ref().map_or(0, |u| u.len())
+    }
 }
 
 #[derive(Debug)]
@@ -55,10 +100,19 @@ pub(super) enum HeadError {
     Invalid(&'static str),
 }
 
-pub(super) fn parse_request_head(bytes: &[u8]) -> Result<RequestHead, HeadError> {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut req = httparse::Request::new(&mut headers);
-    match req.parse(bytes) {
+/// `redaction` applies to the path (its span strings are looked up here,
+/// while the head's bytes are at hand); `memo` is the connection's last
+/// Host and User-Agent.
+pub(super) fn parse_request_head(
+    bytes: &[u8],
+    redaction: &PathRedaction,
+    memo: &mut HeadMemo,
+) -> Result<RequestHead, HeadError> {
+    // Uninitialised slots: httparse writes only the ones it fills, instead
+    // of 2 KiB of empty headers being written first for every request.
+    let mut headers = [const { std::mem::MaybeUninit::uninit() }; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut []);
+    match req.parse_with_uninit_headers(bytes, &mut headers) {
         Ok(httparse::Status::Complete(_)) => {}
         Ok(httparse::Status::Partial) => return Err(HeadError::Invalid("incomplete request head")),
         Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooManyHeaders),
@@ -72,8 +126,9 @@ pub(super) fn parse_request_head(bytes: &[u8]) -> Result<RequestHead, HeadError>
         None => ("_OTHER", Some(truncate_utf8(method, 32))),
     };
     let (path, target_authority) = split_target(method, target);
-    let path = path.map(intern);
     let framing = read_framing(req.headers, true)?;
+    let name_method = if method == "_OTHER" { "HTTP" } else { method };
+    let path = path.map(|p| path_strings(p, redaction, name_method));
     let mut host = None;
     let mut user_agent = None;
     let mut traceparents = 0u32;
@@ -83,11 +138,14 @@ pub(super) fn parse_request_head(bytes: &[u8]) -> Result<RequestHead, HeadError>
         // Only these headers are ever read; credentials are never touched.
         if h.name.eq_ignore_ascii_case("host") {
             if host.is_none() {
-                host = std::str::from_utf8(h.value).ok().map(str::trim).filter(|v| valid_host(v)).map(intern);
+                host = std::str::from_utf8(h.value).ok().map(str::trim).filter(|v| valid_host(v)).map(|v| {
+                    let (address, port) = split_host_port(v);
+                    memo.host(address, port)
+                });
             }
         } else if h.name.eq_ignore_ascii_case("user-agent") {
             if user_agent.is_none() {
-                user_agent = Some(intern(cut_utf8(String::from_utf8_lossy(h.value).trim(), MAX_USER_AGENT)));
+                user_agent = Some(memo.user_agent(cut_utf8(String::from_utf8_lossy(h.value).trim(), MAX_USER_AGENT)));
             }
         } else if h.name.eq_ignore_ascii_case("traceparent") {
             traceparents += 1;
@@ -297,8 +355,35 @@ mod tests {
     use super::*;
 
     fn ctx_of(headers: &str) -> (Option<TraceContext>, Option<String>) {
-        let head = parse_request_head(format!("GET / HTTP/1.1\r\n{headers}\r\n").as_bytes()).unwrap();
+        let head = parse_request_head(
+            format!("GET / HTTP/1.1\r\n{headers}\r\n").as_bytes(),
+            &super::super::redact::BUILT_IN_REDACTION,
+            &mut HeadMemo::default(),
+        )
+        .unwrap();
         (head.context, head.tracestate)
+    }
+
+    /// The memo hands back the last values only while they are unchanged
+    /// (a new port on the same address is a new value).
+    #[test]
+    fn a_connection_remembers_its_last_host_and_user_agent() {
+        let mut memo = HeadMemo::default();
+        let mut read = |host: &str, ua: &str| {
+            let head = parse_request_head(
+                format!("GET / HTTP/1.1\r\nHost: {host}\r\nUser-Agent: {ua}\r\n\r\n").as_bytes(),
+                &super::super::redact::BUILT_IN_REDACTION,
+                &mut memo,
+            )
+            .unwrap();
+            let (address, port) = head.host.unwrap();
+            (address.to_string(), port, head.user_agent.unwrap().to_string())
+        };
+        assert_eq!(read("shop:8080", "curl/8"), ("shop".into(), Some(8080), "curl/8".into()));
+        assert_eq!(read("shop:8080", "curl/8"), ("shop".into(), Some(8080), "curl/8".into()));
+        assert_eq!(read("shop:9090", "wget"), ("shop".into(), Some(9090), "wget".into()));
+        assert_eq!(read("[::1]", "wget"), ("::1".into(), None, "wget".into()));
+        assert_eq!(memo.bytes(), "::1".len() + "wget".len());
     }
 
     #[test]

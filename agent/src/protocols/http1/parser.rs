@@ -8,6 +8,7 @@ use waggle_common::Role;
 
 use super::{
     chunked::ChunkedDecoder,
+    head::HeadMemo,
     head_buf::HeadBuf,
     redact::{PathRedaction, BUILT_IN_REDACTION},
     span::{build_span, Exchange, PendingRequest},
@@ -76,6 +77,8 @@ pub(super) struct ReqSide {
     /// The first bytes of the current head passed the request-line check.
     pub(super) line_ok: bool,
     pub(super) last_ns: u64,
+    /// The last request's Host and User-Agent.
+    pub(super) memo: HeadMemo,
 }
 
 pub(super) struct RespSide {
@@ -96,7 +99,7 @@ pub struct Http1Parser {
     pub(super) resp: RespSide,
     pub(super) dropped: u64,
     /// The operator's path templates; None: the built-in rules only.
-    redaction: Option<Arc<PathRedaction>>,
+    pub(super) redaction: Option<Arc<PathRedaction>>,
 }
 
 impl Http1Parser {
@@ -118,6 +121,7 @@ impl Http1Parser {
                 tentative: false,
                 line_ok: false,
                 last_ns: 0,
+                memo: HeadMemo::default(),
             },
             resp: RespSide { state: RespState::Idle, head: HeadBuf::default(), last_ns: 0 },
             dropped: 0,
@@ -165,9 +169,13 @@ impl Http1Parser {
         Feed::LostSync(reason)
     }
 
+    /// The path redaction request heads are read with.
+    pub(super) fn redaction(redaction: Option<&PathRedaction>) -> &PathRedaction {
+        redaction.unwrap_or(&BUILT_IN_REDACTION)
+    }
+
     pub(super) fn finish(&mut self, exchange: Exchange, end_ns: u64, out: &mut Vec<ParsedSpan>) {
-        let redaction = self.redaction.as_deref().unwrap_or(&BUILT_IN_REDACTION);
-        match build_span(self.span_kind(), exchange, end_ns, redaction) {
+        match build_span(self.span_kind(), exchange, end_ns) {
             Some(span) => out.push(span),
             None => self.dropped += 1,
         }

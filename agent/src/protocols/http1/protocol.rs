@@ -56,7 +56,7 @@ impl ProtocolParser for Http1Parser {
 
     fn buffered_bytes(&self) -> usize {
         let queued = self.pending.capacity() * std::mem::size_of::<super::span::PendingRequest>();
-        self.req.head.buf.capacity() + self.resp.head.buf.capacity() + queued
+        self.req.head.buf.capacity() + self.resp.head.buf.capacity() + queued + self.req.memo.bytes()
     }
 
     fn on_idle(&mut self, older_than_ns: u64, out: &mut Vec<ParsedSpan>) {

@@ -72,10 +72,11 @@ impl Http1Parser {
                             None => return Feed::Continue,
                         },
                         HeadStep::Complete { in_buf, len, consumed } => {
+                            let redaction = Self::redaction(self.redaction.as_deref());
                             let parsed = if in_buf {
-                                parse_request_head(&self.req.head.buf[..len])
+                                parse_request_head(&self.req.head.buf[..len], redaction, &mut self.req.memo)
                             } else {
-                                parse_request_head(&input[..len])
+                                parse_request_head(&input[..len], redaction, &mut self.req.memo)
                             };
                             off += consumed;
                             self.req.head.reset();
@@ -219,7 +220,9 @@ impl Http1Parser {
             ReqState::Head => {
                 // The head continues past the capture: read what was captured
                 // in full; the framing headers may be among the missing.
-                let head = self.req.head.complete_lines().and_then(|h| parse_request_head(&h).ok());
+                let head = self.req.head.complete_lines().and_then(|h| {
+                    parse_request_head(&h, Self::redaction(self.redaction.as_deref()), &mut self.req.memo).ok()
+                });
                 let tentative = self.req.tentative;
                 self.req.head.reset();
                 match head {

@@ -13,6 +13,16 @@ use super::{
 use crate::model::ParsedSpan;
 use crate::protocols::{Chunk, Confidence, Feed};
 
+/// What a response head led to.
+enum Accepted {
+    /// Go on reading the chunk in the state the head set.
+    Continue,
+    /// The response's body (this many bytes of the chunk) was read with it.
+    BodyDone(u64),
+    /// The connection stops being HTTP/1 here.
+    Feed(Feed),
+}
+
 impl Http1Parser {
     pub(super) fn on_response_chunk(&mut self, c: &Chunk<'_>, out: &mut Vec<ParsedSpan>) -> Feed {
         let bytes = c.bytes;
@@ -91,8 +101,11 @@ impl Http1Parser {
                                 Err(HeadError::TooManyHeaders) => return self.lost_sync("too many response headers"),
                                 Err(HeadError::Invalid(reason)) => return self.lost_sync(reason),
                             };
-                            if let Some(feed) = self.accept_response(head, c.exit_ns, out) {
-                                return feed;
+                            let visible = bytes.len().saturating_sub(off) as u64;
+                            match self.accept_response(head, c.exit_ns, visible, out) {
+                                Accepted::Feed(feed) => return feed,
+                                Accepted::Continue => {}
+                                Accepted::BodyDone(len) => off += len as usize,
                             }
                         }
                     }
@@ -138,18 +151,25 @@ impl Http1Parser {
         Feed::Continue
     }
 
-    /// A complete response head for the oldest pending request.
-    fn accept_response(&mut self, head: ResponseHead, now_ns: u64, out: &mut Vec<ParsedSpan>) -> Option<Feed> {
+    /// A complete response head for the oldest pending request; `visible`
+    /// bytes of the chunk follow the head.
+    fn accept_response(
+        &mut self,
+        head: ResponseHead,
+        now_ns: u64,
+        visible: u64,
+        out: &mut Vec<ParsedSpan>,
+    ) -> Accepted {
         let status = head.status;
         if (100..200).contains(&status) && status != 101 {
             // Interim (100 Continue, 103 Early Hints): the final response follows.
             self.resp.state = RespState::Idle;
-            return None;
+            return Accepted::Continue;
         }
         let Some(req) = self.pending.pop_front() else {
             self.dropped += 1;
             self.resp.state = RespState::Unsynced;
-            return None;
+            return Accepted::Continue;
         };
         let method = req.method();
         let is_head = method == "HEAD";
@@ -158,12 +178,12 @@ impl Http1Parser {
         if status == 101 || tunnel {
             self.finish(exchange, now_ns, out);
             self.reset();
-            return Some(Feed::Opaque(if tunnel { "http CONNECT tunnel" } else { "http protocol upgrade" }));
+            return Accepted::Feed(Feed::Opaque(if tunnel { "http CONNECT tunnel" } else { "http protocol upgrade" }));
         }
         if is_head || status == 204 || status == 304 {
             self.resp.state = RespState::Idle;
             self.finish(exchange, now_ns, out);
-            return None;
+            return Accepted::Continue;
         }
         let framing = if head.chunked {
             RespBody::Chunked(ChunkedDecoder::new())
@@ -175,7 +195,17 @@ impl Http1Parser {
                     exchange.body_size_known = true;
                     self.resp.state = RespState::Idle;
                     self.finish(exchange, now_ns, out);
-                    return None;
+                    return Accepted::Continue;
+                }
+                // The whole body is in this chunk (a small keep-alive
+                // response): finished here, as the body state would on its
+                // first chunk, without boxing the exchange for it.
+                Some(n) if n <= visible => {
+                    exchange.body_bytes = n;
+                    exchange.body_size_known = true;
+                    self.resp.state = RespState::Idle;
+                    self.finish(exchange, now_ns, out);
+                    return Accepted::BodyDone(n);
                 }
                 Some(n) => RespBody::Length(n),
                 None => RespBody::Close,
@@ -183,7 +213,7 @@ impl Http1Parser {
         };
         exchange.body_size_known = true;
         self.resp.state = RespState::Body { exchange: Box::new(exchange), framing };
-        None
+        Accepted::Continue
     }
 
     fn response_blind(&mut self, blind: u64, now_ns: u64, out: &mut Vec<ParsedSpan>) {

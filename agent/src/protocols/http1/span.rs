@@ -4,8 +4,7 @@
 
 use super::{
     head::{split_host_port, RequestHead},
-    redact::PathRedaction,
-    strings::{intern, path_strings},
+    strings::{intern, PathStrings},
 };
 use crate::model::{AttrValue, Attribute, ParsedSpan, SpanKind, SpanStatus, Text};
 
@@ -36,23 +35,15 @@ pub(super) struct Exchange {
 }
 
 /// None for a placeholder: a request that was never readable.
-pub(super) fn build_span(
-    kind: SpanKind,
-    exchange: Exchange,
-    end_ns: u64,
-    redaction: &PathRedaction,
-) -> Option<ParsedSpan> {
+pub(super) fn build_span(kind: SpanKind, exchange: Exchange, end_ns: u64) -> Option<ParsedSpan> {
     let Exchange { req, status, body_bytes, body_size_known } = exchange;
     // Placeholders stand for requests that were never readable.
     let head = req.head?;
-    let name_method = if head.method == "_OTHER" { "HTTP" } else { head.method };
-    // Path (redacted), route and name: computed once per distinct path.
-    let (path, route, name) = match &head.path {
-        Some(raw) => {
-            let (path, route, name) = path_strings(raw, redaction, name_method);
-            (Some(path), Some(route), Text::Shared(name))
-        }
-        None => (None, None, Text::Static(name_method)),
+    // Path (redacted), route and name: computed once per distinct path
+    // (strings.rs), looked up when the request head was read.
+    let (path, route, name) = match head.path {
+        Some(PathStrings { path, route, name }) => (Some(path), Some(route), Text::Shared(name)),
+        None => (None, None, Text::Static(if head.method == "_OTHER" { "HTTP" } else { head.method })),
     };
     let mut attributes: Vec<Attribute> = Vec::with_capacity(14);
     attributes.push(("http.request.method", AttrValue::from(head.method)));
@@ -80,9 +71,16 @@ pub(super) fn build_span(
     if body_size_known {
         attributes.push(("http.response.body.size", AttrValue::Int(i64::try_from(body_bytes).unwrap_or(i64::MAX))));
     }
-    if let Some(host) = head.host.as_deref().or(head.target_authority.as_deref()) {
-        let (address, port) = split_host_port(host);
-        attributes.push(("server.address", AttrValue::from(Text::Shared(intern(address)))));
+    let server = match (head.host, head.target_authority.as_deref()) {
+        (Some(host), _) => Some(host),
+        (None, Some(authority)) => {
+            let (address, port) = split_host_port(authority);
+            Some((intern(address), port))
+        }
+        (None, None) => None,
+    };
+    if let Some((address, port)) = server {
+        attributes.push(("server.address", AttrValue::from(Text::Shared(address))));
         if let Some(port) = port {
             attributes.push(("server.port", AttrValue::Int(i64::from(port))));
         }

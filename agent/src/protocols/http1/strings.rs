@@ -91,29 +91,28 @@ pub(super) fn intern(s: &str) -> Arc<str> {
 
 /// The span's `url.path` (redacted), `http.route` and name for a request's
 /// path and method; `name_method` is the method word the name starts with.
-pub(super) fn path_strings(
-    raw: &Arc<str>,
-    redaction: &PathRedaction,
-    name_method: &'static str,
-) -> (Text, Arc<str>, Arc<str>) {
+/// One table lookup for a path seen before: the raw path is not interned on
+/// its own (the path table's key is its only copy).
+pub(super) fn path_strings(raw: &str, redaction: &PathRedaction, name_method: &'static str) -> PathStrings {
     let id = std::ptr::from_ref(redaction) as usize;
     TABLES.with(|t| {
         let mut t = t.borrow_mut();
-        if t.paths.get(&**raw).is_none_or(|info| info.redaction != id) {
+        if t.paths.get(raw).is_none_or(|info| info.redaction != id) {
+            let key: Arc<str> = Arc::from(raw);
             let path = match redaction.apply(raw) {
-                std::borrow::Cow::Borrowed(_) => Text::Shared(Arc::clone(raw)),
+                std::borrow::Cow::Borrowed(_) => Text::Shared(Arc::clone(&key)),
                 std::borrow::Cow::Owned(hidden) => Text::Shared(Arc::from(hidden)),
             };
             let route: Arc<str> = if &*path == "*" { Arc::from("*") } else { Arc::from(infer_route(&path)) };
             t.make_room(raw.len() + path.len() + route.len());
-            t.paths.insert(Arc::clone(raw), PathInfo { redaction: id, path, route, names: Vec::new() });
+            t.paths.insert(key, PathInfo { redaction: id, path, route, names: Vec::new() });
         }
-        let Some(info) = t.paths.get_mut(&**raw) else {
+        let Some(info) = t.paths.get_mut(raw) else {
             // Just inserted: unreachable, but a fresh computation is correct.
             let path = Text::Owned(redaction.apply(raw).into_owned());
             let route: Arc<str> = Arc::from(infer_route(&path));
             let name = Arc::from(format!("{name_method} {route}"));
-            return (path, route, name);
+            return PathStrings { path, route, name };
         };
         let name = match info.names.iter().find(|(m, _)| *m == name_method) {
             Some((_, name)) => Arc::clone(name),
@@ -123,8 +122,19 @@ pub(super) fn path_strings(
                 name
             }
         };
-        (info.path.clone(), Arc::clone(&info.route), name)
+        PathStrings { path: info.path.clone(), route: Arc::clone(&info.route), name }
     })
+}
+
+/// A request path as the span shows it.
+#[derive(Debug)]
+pub(super) struct PathStrings {
+    /// `url.path`, redacted.
+    pub(super) path: Text,
+    /// `http.route`.
+    pub(super) route: Arc<str>,
+    /// The span's name, `"<METHOD> <route>"`.
+    pub(super) name: Arc<str>,
 }
 
 #[cfg(test)]
@@ -136,13 +146,13 @@ mod tests {
         let a = intern("shop.internal");
         let b = intern("shop.internal");
         assert!(Arc::ptr_eq(&a, &b));
-        let raw = intern("/users/42");
-        let (path, route, name) = path_strings(&raw, &super::super::redact::BUILT_IN_REDACTION, "GET");
+        let raw = "/users/42";
+        let PathStrings { path, route, name } = path_strings(raw, &super::super::redact::BUILT_IN_REDACTION, "GET");
         assert_eq!((&*path, &*route, &*name), ("/users/42", "/users/{id}", "GET /users/{id}"));
-        let (_, route2, name2) = path_strings(&raw, &super::super::redact::BUILT_IN_REDACTION, "GET");
-        assert!(Arc::ptr_eq(&route, &route2) && Arc::ptr_eq(&name, &name2));
-        let (_, _, post) = path_strings(&raw, &super::super::redact::BUILT_IN_REDACTION, "POST");
-        assert_eq!(&*post, "POST /users/{id}");
+        let again = path_strings(raw, &super::super::redact::BUILT_IN_REDACTION, "GET");
+        assert!(Arc::ptr_eq(&route, &again.route) && Arc::ptr_eq(&name, &again.name));
+        let post = path_strings(raw, &super::super::redact::BUILT_IN_REDACTION, "POST");
+        assert_eq!(&*post.name, "POST /users/{id}");
     }
 
     #[test]
