@@ -26,7 +26,7 @@ const CHART: &str = "deploy/helm/waggle";
 /// What the DaemonSet adds after dropping ALL (and the order the manifests
 /// list them in).
 const CAPABILITIES: [&str; 5] = ["BPF", "PERFMON", "NET_ADMIN", "SYS_PTRACE", "DAC_READ_SEARCH"];
-/// The agent's health endpoints (agent/src/metrics_server.rs).
+/// The agent's health endpoints (agent/src/metrics_server/).
 const LIVENESS_PATH: &str = "/healthz";
 const READINESS_PATH: &str = "/readyz";
 const CONTROL_PLANE_LABEL: &str = "node-role.kubernetes.io/control-plane";
