@@ -366,34 +366,25 @@ pub async fn serve_with(
                 }
             };
             runtime.block_on(async move {
-                let listener = match TcpListener::bind(addr).await {
-                    Ok(l) => l,
-                    Err(source) => {
-                        let _ = bound_tx.send(Err(MetricsServerError::Bind { addr, source }));
-                        return;
+                match bind(addr).await {
+                    Ok((listener, local_addr)) => {
+                        if bound_tx.send(Ok(local_addr)).is_ok() {
+                            accept_loop(listener, served, shutdown).await;
+                        }
                     }
-                };
-                let local_addr = match listener.local_addr() {
-                    Ok(a) => a,
                     Err(e) => {
-                        let _ = bound_tx.send(Err(MetricsServerError::LocalAddr(e)));
-                        return;
+                        let _ = bound_tx.send(Err(e));
                     }
-                };
-                if bound_tx.send(Ok(local_addr)).is_err() {
-                    return;
                 }
-                accept_loop(listener, served, shutdown).await;
             });
             let _ = stopped_tx.send(());
         })
         .map_err(MetricsServerError::Thread)?;
-    let served_addr = match bound_rx.await {
-        Ok(result) => result,
+    let bound = bound_rx.await.unwrap_or_else(|_| {
         // The thread ended without a word: it panicked.
-        Err(_) => Err(MetricsServerError::Thread(std::io::Error::other("the metrics thread ended at start-up"))),
-    };
-    let local_addr = match served_addr {
+        Err(MetricsServerError::Thread(std::io::Error::other("the metrics thread ended at start-up")))
+    });
+    let local_addr = match bound {
         Ok(a) => a,
         Err(e) => {
             let _ = thread.join();
@@ -402,6 +393,13 @@ pub async fn serve_with(
     };
     tracing::info!(addr = %local_addr, path = METRICS_PATH, traces = has_recent, "serving agent metrics");
     Ok(MetricsServer { local_addr, stopped, thread })
+}
+
+/// The listener on `addr`, and the address it got (port 0 picks one).
+async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), MetricsServerError> {
+    let listener = TcpListener::bind(addr).await.map_err(|source| MetricsServerError::Bind { addr, source })?;
+    let local_addr = listener.local_addr().map_err(MetricsServerError::LocalAddr)?;
+    Ok((listener, local_addr))
 }
 
 async fn accept_loop(listener: TcpListener, served: Arc<Served>, shutdown: impl Future<Output = ()> + Send) {

@@ -100,6 +100,16 @@ pub(super) enum HeadError {
     Invalid(&'static str),
 }
 
+/// The word a span's name starts with for a request `method` (canonical,
+/// or `_OTHER`, which names no method).
+pub(super) fn name_method(method: &'static str) -> &'static str {
+    if method == "_OTHER" {
+        "HTTP"
+    } else {
+        method
+    }
+}
+
 /// `redaction` applies to the path (its span strings are looked up here,
 /// while the head's bytes are at hand); `memo` is the connection's last
 /// Host and User-Agent.
@@ -127,8 +137,7 @@ pub(super) fn parse_request_head(
     };
     let (path, target_authority) = split_target(method, target);
     let framing = read_framing(req.headers, true)?;
-    let name_method = if method == "_OTHER" { "HTTP" } else { method };
-    let path = path.map(|p| path_strings(p, redaction, name_method));
+    let path = path.map(|p| path_strings(p, redaction, name_method(method)));
     let mut host = None;
     let mut user_agent = None;
     let mut traceparents = 0u32;

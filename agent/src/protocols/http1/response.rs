@@ -191,15 +191,9 @@ impl Http1Parser {
             RespBody::Close
         } else {
             match head.content_length {
-                Some(0) => {
-                    exchange.body_size_known = true;
-                    self.resp.state = RespState::Idle;
-                    self.finish(exchange, now_ns, out);
-                    return Accepted::Continue;
-                }
-                // The whole body is in this chunk (a small keep-alive
-                // response): finished here, as the body state would on its
-                // first chunk, without boxing the exchange for it.
+                // The whole body is in this chunk (none at all, or a small
+                // keep-alive response): finished here, as the body state
+                // would on its first chunk, without boxing the exchange.
                 Some(n) if n <= visible => {
                     exchange.body_bytes = n;
                     exchange.body_size_known = true;

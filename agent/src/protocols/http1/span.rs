@@ -3,7 +3,7 @@
 //! response.
 
 use super::{
-    head::{split_host_port, RequestHead},
+    head::{name_method, split_host_port, RequestHead},
     strings::{intern, PathStrings},
 };
 use crate::model::{AttrValue, Attribute, ParsedSpan, SpanKind, SpanStatus, Text};
@@ -43,7 +43,7 @@ pub(super) fn build_span(kind: SpanKind, exchange: Exchange, end_ns: u64) -> Opt
     // (strings.rs), looked up when the request head was read.
     let (path, route, name) = match head.path {
         Some(PathStrings { path, route, name }) => (Some(path), Some(route), Text::Shared(name)),
-        None => (None, None, Text::Static(if head.method == "_OTHER" { "HTTP" } else { head.method })),
+        None => (None, None, Text::Static(name_method(head.method))),
     };
     let mut attributes: Vec<Attribute> = Vec::with_capacity(14);
     attributes.push(("http.request.method", AttrValue::from(head.method)));
