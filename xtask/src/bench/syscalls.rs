@@ -98,6 +98,7 @@ pub struct EmptyPrograms {
 
 impl EmptyPrograms {
     pub fn start(ctx: &Ctx) -> Result<EmptyPrograms> {
+        ensure_tracefs()?;
         let script = ctx.raw_dir.join("empty-programs.bt");
         fs::write(&script, empty_programs_script()).context("writing the bpftrace script")?;
         let mut command = Command::new("bpftrace");
@@ -107,15 +108,28 @@ impl EmptyPrograms {
         let stdout = proc.child_mut().stdout.take().ok_or_else(|| anyhow!("bpftrace stdout not captured"))?;
         let (tx, rx) = mpsc::channel();
         thread::spawn(move || {
+            let mut attached = None;
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
+                if let Some(n) = attaching_count(&line) {
+                    attached = Some(n);
+                }
                 if line.trim() == "ready" {
-                    let _ = tx.send(());
+                    let _ = tx.send(attached);
                 }
             }
         });
+        // bpftrace skips a tracepoint it cannot find with a warning and
+        // runs on: without this check the floor is whatever subset attached
+        // (none at all where tracefs was not mounted yet).
+        let expected = WAGGLE_TRACEPOINTS.len() + 1;
         match rx.recv_timeout(Duration::from_secs(120)) {
-            Ok(()) => {}
+            Ok(Some(n)) if n == expected => {}
+            Ok(attached) => bail!(
+                "bpftrace attached {} of its {expected} probes; see {}",
+                attached.map_or_else(|| "an unknown number".to_owned(), |n| n.to_string()),
+                ctx.raw_dir.join("bpftrace.log").display()
+            ),
             Err(_) => {
                 let status = proc.exited().map(|s| s.to_string()).unwrap_or_else(|| "still running".into());
                 bail!(
@@ -127,6 +141,29 @@ impl EmptyPrograms {
         thread::sleep(Duration::from_millis(200));
         Ok(EmptyPrograms { _proc: proc })
     }
+}
+
+/// N of bpftrace's "Attaching N probes..." line.
+fn attaching_count(line: &str) -> Option<usize> {
+    line.trim().strip_prefix("Attaching ")?.split(' ').next()?.parse().ok()
+}
+
+/// bpftrace finds tracepoints through tracefs, which the agent mounts when
+/// it is missing: a floor measured before the first agent run of a fresh
+/// machine would otherwise have no programs at all.
+fn ensure_tracefs() -> Result<()> {
+    const TRACEFS: &str = "/sys/kernel/tracing";
+    if fs::metadata(format!("{TRACEFS}/events")).is_ok() {
+        return Ok(());
+    }
+    let status = Command::new("mount")
+        .args(["-t", "tracefs", "nodev", TRACEFS])
+        .status()
+        .context("running mount for tracefs")?;
+    if !status.success() {
+        bail!("mounting tracefs at {TRACEFS}: mount {status}");
+    }
+    Ok(())
 }
 
 fn syscall_iterations(mode: &str, quick: bool) -> u64 {
@@ -223,6 +260,13 @@ mod tests {
         assert!(script.contains("tracepoint:sched:sched_process_exit {}"));
         assert_eq!(script.matches("tracepoint:").count(), WAGGLE_TRACEPOINTS.len());
         assert!(script.contains("BEGIN { printf(\"ready\\n\"); }"));
+    }
+
+    #[test]
+    fn bpftrace_attach_line() {
+        assert_eq!(attaching_count("Attaching 30 probes..."), Some(30));
+        assert_eq!(attaching_count("Attaching 1 probe..."), Some(1));
+        assert_eq!(attaching_count("ready"), None);
     }
 
     #[test]
