@@ -8,7 +8,7 @@ use std::mem::size_of;
 use bytemuck::Pod;
 use waggle_common::{
     exec_env::{flags as exec_flags, ExecEnvEvent, ExecEnvHeader},
-    ConnEvent, DataEvent, EventKind, ProcessEvent, TraceCtxEvent, MAX_CAPTURE,
+    ConnEvent, DataCtxPrefix, DataEvent, EventKind, ProcessEvent, TraceCtxEvent, MAX_CAPTURE,
 };
 
 #[derive(Debug)]
@@ -28,6 +28,13 @@ pub enum RawEvent<'a> {
     ProcessExec(ProcessEvent),
     ServerCtx(TraceCtxEvent),
     ClientCtx(TraceCtxEvent),
+    /// A data record that carries the context its syscall started: the
+    /// same as that ServerCtx or ClientCtx record, then this Data record.
+    DataCtx {
+        started: Started,
+        header: DataEvent,
+        payload: &'a [u8],
+    },
     /// A process exec'ed: the OTEL_* values the kernel found in its new
     /// environment (borrowed from the record).
     ExecEnv {
@@ -35,6 +42,14 @@ pub enum RawEvent<'a> {
         service_name: Option<&'a [u8]>,
         resource_attributes: Option<&'a [u8]>,
     },
+}
+
+/// The context a DataCtx record's syscall started, as the separate record
+/// would have carried it.
+#[derive(Debug)]
+pub enum Started {
+    Server(TraceCtxEvent),
+    Client(TraceCtxEvent),
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -65,19 +80,10 @@ pub fn decode(bytes: &[u8]) -> Result<RawEvent<'_>, DecodeError> {
     let kind = EventKind::from_u8(first).ok_or(DecodeError::UnknownKind(first))?;
     Ok(match kind {
         EventKind::Data => {
-            let header: DataEvent = read_header(bytes, kind)?;
-            let claimed = header.captured_len as usize;
-            let carried = bytes.len() - size_of::<DataEvent>();
-            if claimed > carried || claimed > MAX_CAPTURE {
-                return Err(DecodeError::BadPayloadLength { claimed, carried });
-            }
-            // A syscall returns at most isize::MAX bytes.
-            if header.total_len < claimed as u64 || header.total_len > isize::MAX as u64 {
-                return Err(DecodeError::BadTotalLength { total: header.total_len, captured: claimed });
-            }
-            let start = size_of::<DataEvent>();
-            RawEvent::Data { header, payload: &bytes[start..start + claimed] }
+            let (header, payload) = decode_data(bytes)?;
+            RawEvent::Data { header, payload }
         }
+        EventKind::DataCtx => decode_data_ctx(bytes)?,
         EventKind::ConnOpen => RawEvent::ConnOpen(read_header(bytes, kind)?),
         EventKind::ConnClose => RawEvent::ConnClose(read_header(bytes, kind)?),
         EventKind::ConnUnverified => RawEvent::ConnUnverified(read_header(bytes, kind)?),
@@ -90,6 +96,48 @@ pub fn decode(bytes: &[u8]) -> Result<RawEvent<'_>, DecodeError> {
         EventKind::ProcessExec => RawEvent::ProcessExec(read_header(bytes, kind)?),
         EventKind::ExecEnv => decode_exec_env(bytes, kind)?,
     })
+}
+
+/// A DataEvent and the payload bytes it says it carries.
+fn decode_data(bytes: &[u8]) -> Result<(DataEvent, &[u8]), DecodeError> {
+    let header: DataEvent = read_header(bytes, EventKind::Data)?;
+    let claimed = header.captured_len as usize;
+    let carried = bytes.len() - size_of::<DataEvent>();
+    if claimed > carried || claimed > MAX_CAPTURE {
+        return Err(DecodeError::BadPayloadLength { claimed, carried });
+    }
+    // A syscall returns at most isize::MAX bytes.
+    if header.total_len < claimed as u64 || header.total_len > isize::MAX as u64 {
+        return Err(DecodeError::BadTotalLength { total: header.total_len, captured: claimed });
+    }
+    let start = size_of::<DataEvent>();
+    Ok((header, &bytes[start..start + claimed]))
+}
+
+/// The prefix's ids with the identity and timestamp of the DataEvent after
+/// it, as the kernel would have sent them in a record of their own.
+fn decode_data_ctx(bytes: &[u8]) -> Result<RawEvent<'_>, DecodeError> {
+    let prefix: DataCtxPrefix = read_header(bytes, EventKind::DataCtx)?;
+    let (header, payload) = decode_data(&bytes[size_of::<DataCtxPrefix>()..])?;
+    let ctx = |ts_ns| TraceCtxEvent {
+        kind: prefix.ctx_kind,
+        flags: prefix.flags,
+        _pad0: [0; 2],
+        tgid: header.tgid,
+        tid: header.tid,
+        fd: header.fd,
+        conn_id: header.conn_id,
+        ts_ns,
+        trace_id: prefix.trace_id,
+        span_id: prefix.span_id,
+        parent_span_id: prefix.parent_span_id,
+    };
+    let started = match EventKind::from_u8(prefix.ctx_kind) {
+        Some(EventKind::ServerCtx) => Started::Server(ctx(header.exit_ns)),
+        Some(EventKind::ClientCtx) => Started::Client(ctx(header.enter_ns)),
+        _ => return Err(DecodeError::UnknownKind(prefix.ctx_kind)),
+    };
+    Ok(RawEvent::DataCtx { started, header, payload })
 }
 
 /// The header alone when the exec set neither variable; else the whole
@@ -143,6 +191,68 @@ mod tests {
             }
             other => panic!("unexpected {other:?}"),
         }
+    }
+
+    /// A DataCtx record is the context record and the data record the
+    /// kernel would otherwise send: the ids from the prefix, the rest from
+    /// the DataEvent, the timestamp by role (server: the read's exit,
+    /// client: the send's entry).
+    #[test]
+    fn decodes_data_with_the_context_its_syscall_started() {
+        let header = DataEvent {
+            kind: EventKind::Data as u8,
+            captured_len: 3,
+            total_len: 3,
+            tgid: 42,
+            tid: 43,
+            fd: 7,
+            conn_id: 99,
+            enter_ns: 1000,
+            exit_ns: 2000,
+            ..Default::default()
+        };
+        let record = |ctx_kind: EventKind| {
+            let prefix = DataCtxPrefix {
+                kind: EventKind::DataCtx as u8,
+                ctx_kind: ctx_kind as u8,
+                flags: 1,
+                trace_id: [0xAB; 16],
+                span_id: [0xCD; 8],
+                parent_span_id: [0xEF; 8],
+                ..Default::default()
+            };
+            let mut rec = as_bytes(&prefix);
+            rec.extend_from_slice(&as_bytes(&header));
+            rec.extend_from_slice(b"GET\0\0\0\0\0");
+            rec
+        };
+        let server = record(EventKind::ServerCtx);
+        match decode(&server).unwrap() {
+            RawEvent::DataCtx { started: Started::Server(ctx), header, payload } => {
+                assert_eq!(payload, b"GET");
+                assert_eq!(header.conn_id, 99);
+                assert_eq!(ctx.kind, EventKind::ServerCtx as u8);
+                assert_eq!((ctx.tgid, ctx.tid, ctx.fd, ctx.conn_id, ctx.ts_ns), (42, 43, 7, 99, 2000));
+                assert_eq!(
+                    (ctx.flags, ctx.trace_id, ctx.span_id, ctx.parent_span_id),
+                    (1, [0xAB; 16], [0xCD; 8], [0xEF; 8])
+                );
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        match decode(&record(EventKind::ClientCtx)).unwrap() {
+            RawEvent::DataCtx { started: Started::Client(ctx), .. } => assert_eq!(ctx.ts_ns, 1000),
+            other => panic!("unexpected {other:?}"),
+        }
+        assert_eq!(
+            decode(&record(EventKind::ConnOpen)).unwrap_err(),
+            DecodeError::UnknownKind(EventKind::ConnOpen as u8)
+        );
+        assert!(matches!(decode(&server[..30]), Err(DecodeError::Short { .. })));
+        assert!(matches!(decode(&server[..60]), Err(DecodeError::Short { .. })));
+        let mut lying = server.clone();
+        lying[40 + 4] = 9; // captured_len
+        assert!(matches!(decode(&lying), Err(DecodeError::BadPayloadLength { .. })));
     }
 
     #[test]

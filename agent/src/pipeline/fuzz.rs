@@ -11,7 +11,7 @@ use waggle_common::{ConnInfo, SockKey};
 
 use crate::{
     conntrack::{ConnEnvironment, ConnSpan, ConnTracker},
-    intake::{self, RawEvent},
+    intake::{self, RawEvent, Started},
     linking::ContextLinker,
     metrics::Metrics,
     protocols::ParserConfig,
@@ -56,6 +56,14 @@ pub fn fuzz_records(data: &[u8]) -> usize {
                 Err(_) => {}
                 Ok(RawEvent::Data { header, payload }) => {
                     assert!(payload.len() == header.captured_len as usize, "payload length as claimed");
+                    tracker.on_data(&header, payload, &mut env, &mut out);
+                }
+                Ok(RawEvent::DataCtx { started, header, payload }) => {
+                    assert!(payload.len() == header.captured_len as usize, "payload length as claimed");
+                    match started {
+                        Started::Server(ev) => linker.on_server_ctx(&ev),
+                        Started::Client(ev) => linker.on_client_ctx(&ev),
+                    }
                     tracker.on_data(&header, payload, &mut env, &mut out);
                 }
                 Ok(RawEvent::ConnOpen(ev)) => tracker.on_open(&ev, &mut env),

@@ -26,7 +26,7 @@ use crate::{
     discovery::{self, Lookup, ResourceReplies, ResourceReply, ResourceResolver, SeedSocket, TlsLibrary, TlsScanner},
     export::{self, waterfall::SharedRecentTraces, ExportError, ExportHandle},
     health::Health,
-    intake::{self, RawEvent},
+    intake::{self, RawEvent, Started},
     linking::ContextLinker,
     metrics::Metrics,
     metrics_server::{self, Gauge, KernelCounterCell},
@@ -108,6 +108,13 @@ impl Stages {
                 tracing::debug!(error = %e, "undecodable kernel record");
             }
             Ok(RawEvent::Data { header, payload }) => {
+                self.tracker.on_data(&header, payload, &mut self.env, &mut self.pending)
+            }
+            Ok(RawEvent::DataCtx { started, header, payload }) => {
+                match started {
+                    Started::Server(ev) => self.linker.on_server_ctx(&ev),
+                    Started::Client(ev) => self.linker.on_client_ctx(&ev),
+                }
                 self.tracker.on_data(&header, payload, &mut self.env, &mut self.pending)
             }
             Ok(RawEvent::ConnOpen(ev)) => {

@@ -455,6 +455,11 @@ pub enum EventKind {
     /// A process exec'ed: the OTEL_* variables of its new environment
     /// (`exec_env::ExecEnvEvent`, or its header alone when none was found).
     ExecEnv = 12,
+    /// A Data record carrying the trace context its syscall started: a
+    /// [`DataCtxPrefix`], then the DataEvent and its payload. Stands for a
+    /// ServerCtx or ClientCtx record followed by that Data record, in one
+    /// ring reservation instead of two.
+    DataCtx = 13,
 }
 
 impl EventKind {
@@ -472,6 +477,7 @@ impl EventKind {
             10 => EventKind::ThreadStart,
             11 => EventKind::ProcessExec,
             12 => EventKind::ExecEnv,
+            13 => EventKind::DataCtx,
             _ => return None,
         })
     }
@@ -618,6 +624,25 @@ pub struct TraceCtxEvent {
     pub parent_span_id: [u8; 8],
 }
 
+/// Start of an [`EventKind::DataCtx`] record: what a TraceCtxEvent carries
+/// beyond the DataEvent that follows it. Its tgid, tid, fd and conn_id are
+/// that event's; its timestamp the event's `exit_ns` (ServerCtx) or
+/// `enter_ns` (ClientCtx), as for the separate record.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
+pub struct DataCtxPrefix {
+    /// [`EventKind::DataCtx`].
+    pub kind: u8,
+    /// [`EventKind::ServerCtx`] or [`EventKind::ClientCtx`].
+    pub ctx_kind: u8,
+    /// As `TraceCtxEvent::flags`.
+    pub flags: u8,
+    pub _pad0: [u8; 5],
+    pub trace_id: [u8; 16],
+    pub span_id: [u8; 8],
+    pub parent_span_id: [u8; 8],
+}
+
 /// Pending injection for the current send of a thread.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
@@ -644,6 +669,12 @@ pub struct InjectRequest {
 
 /// `InjectRequest::line` of a request's traceparent.
 pub const INJECT_TRACEPARENT: u8 = 0;
+
+/// `InjectRequest::skipped` of an entry whose send has returned. The entry
+/// stays in INJECT_PENDING for the thread's next request to overwrite: an
+/// LRU insert and delete per request cost more than the rest of its map
+/// work. Decided (never acted on by sk_msg) and never reported again.
+pub const INJECT_TAKEN: u8 = 0xff;
 
 /// Value of the PENDING map: what a syscall's enter handler leaves for its
 /// exit handler, keyed by pid_tgid. Shared so the agent can stand in for an

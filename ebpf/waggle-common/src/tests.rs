@@ -13,6 +13,9 @@ fn layouts_have_no_implicit_padding() {
     assert_eq!(size_of::<TraceCtx>(), 48);
     assert_eq!(size_of::<Pending>(), 56);
     assert_eq!(size_of::<TraceCtxEvent>(), 64);
+    // The kernel writes it in front of a DataEvent: a multiple of 8 keeps
+    // that event's u64 fields aligned in the ring.
+    assert_eq!(size_of::<DataCtxPrefix>(), 40);
     assert_eq!(size_of::<InjectRequest>(), 64);
     assert_eq!(size_of::<http::HeaderScan>(), 80);
     assert_eq!(b"traceparent: 00-".len() + 32 + 1 + 16 + 1 + 2 + 2, TRACEPARENT_LINE_LEN);

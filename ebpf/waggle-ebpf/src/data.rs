@@ -10,7 +10,7 @@ use waggle_common::{
 use crate::{
     fastcgi,
     helpers::{arg, count, current, now_ns, stash, take_pending, wakeup_flags},
-    maps::{CAPTURE_BYTES, CONNS, EVENTS, HEADER, PAYLOAD_AREA, PROPAGATION, SCRATCH},
+    maps::{CAPTURE_BYTES, CONNS, DATA_AT, EVENTS, HEADER, PAYLOAD_AREA, PROPAGATION, SCRATCH},
     response, tls_conn, trace,
     user_copy::{copy_user, shape, Shape},
 };
@@ -178,13 +178,12 @@ pub(crate) fn exit<const BPF_LOOP: bool>(ctx: &TracePointContext, id: SyscallId,
     }
     // Looked up again: another thread may have closed or muted the
     // connection while this syscall ran.
-    let info_ptr = CONNS.get_ptr_mut(SockKey { tgid, fd: p.fd });
-    if p.aux & AUX_INJECT != 0 {
-        // Taken whatever happens next: a request left for this send must
-        // not outlive it.
-        trace::finish_inject(pid_tgid, info_ptr, &p, ret > 0, PROPAGATION.load() != 0);
-    }
-    let Some(info_ptr) = info_ptr else {
+    let Some(info_ptr) = CONNS.get_ptr_mut(SockKey { tgid, fd: p.fd }) else {
+        if p.aux & AUX_INJECT != 0 {
+            // Taken whatever happens next: a request left for this send
+            // must not outlive it.
+            trace::finish_inject(pid_tgid, None, &p, ret > 0, PROPAGATION.load() != 0, false);
+        }
         // The enter found the connection tracked (it left PENDING); gone
         // now: evicted from CONNS, or closed by another thread meanwhile.
         count(Counter::ConnLost);
@@ -193,6 +192,10 @@ pub(crate) fn exit<const BPF_LOOP: bool>(ctx: &TracePointContext, id: SyscallId,
     // SAFETY: info_ptr points at a live CONNS value; copied before any other
     // map operation can delete it.
     let info = unsafe { *info_ptr };
+    let data_follows = ret > 0 && info.flags & conn_flags::MUTED == 0;
+    // As above; its ids go out with this send's Data record when one follows.
+    let staged = p.aux & AUX_INJECT != 0
+        && trace::finish_inject(pid_tgid, Some(info_ptr), &p, ret > 0, PROPAGATION.load() != 0, data_follows);
     if direction == Direction::Egress
         && (Role::from_u8(info.role) == Role::Client || p.aux & AUX_REQUEST_START != 0 || info.req_remaining != 0)
     {
@@ -220,6 +223,7 @@ pub(crate) fn exit<const BPF_LOOP: bool>(ctx: &TracePointContext, id: SyscallId,
             enter_ns: p.enter_ns,
             flags: 0,
         },
+        staged,
     );
 }
 
@@ -245,12 +249,13 @@ pub(crate) struct Capture {
 /// by the syscall exits and the TLS library's return probe (tls.rs).
 #[inline(always)]
 pub(crate) fn emit(pid_tgid: u64, info: &ConnInfo, c: &Capture) {
-    emit_with::<true>(pid_tgid, info, c);
+    emit_with::<true>(pid_tgid, info, c, false);
 }
 
-/// [`emit`], its server header scan with bpf_loop or (reduced mode) without.
+/// [`emit`], its server header scan with bpf_loop or (reduced mode) without;
+/// `staged`: a client request's ids wait in the scratch's DataCtx prefix.
 #[inline(always)]
-fn emit_with<const BPF_LOOP: bool>(pid_tgid: u64, info: &ConnInfo, c: &Capture) {
+fn emit_with<const BPF_LOOP: bool>(pid_tgid: u64, info: &ConnInfo, c: &Capture, staged: bool) {
     let tgid = (pid_tgid >> 32) as u32;
     let total = c.total;
     let direction = c.direction;
@@ -270,10 +275,11 @@ fn emit_with<const BPF_LOOP: bool>(pid_tgid: u64, info: &ConnInfo, c: &Capture) 
     }
     let captured = copy_user(payload, c.shape, c.ptr, c.len, budget);
 
-    // One timestamp for the DataEvent and the ServerCtx that matches it.
+    // One timestamp for the DataEvent and the context that matches it.
     let exit_ns = now_ns();
+    let mut with_ctx = staged;
     if direction == Direction::Ingress && captured > 0 && Role::from_u8(info.role) == Role::Server {
-        let _ = trace::server_recv_exit::<BPF_LOOP>(pid_tgid, c.fd, info, payload, captured, exit_ns);
+        with_ctx |= trace::server_recv_exit::<BPF_LOOP>(pid_tgid, info, payload, captured).is_some();
         // No HTTP request start is a FastCGI one (its own subprogram).
         fastcgi::server_recv(c.fd, info, payload, captured, exit_ns);
     }
@@ -293,16 +299,20 @@ fn emit_with<const BPF_LOOP: bool>(pid_tgid: u64, info: &ConnInfo, c: &Capture) 
         enter_ns: c.enter_ns,
         exit_ns,
     };
-    // SAFETY: the scratch buffer is larger than a DataEvent; write_unaligned
-    // needs no alignment.
-    unsafe { core::ptr::write_unaligned(base.cast::<DataEvent>(), header) };
+    // SAFETY: DATA_AT + a DataEvent lies inside the scratch buffer;
+    // write_unaligned needs no alignment.
+    unsafe { core::ptr::write_unaligned(base.add(DATA_AT).cast::<DataEvent>(), header) };
 
     // Variable-size output straight from the scratch buffer: a 4 KiB ring
     // reservation per event would waste most of the ring on small payloads.
-    let len = HEADER + (black_box(captured) & OUT_MASK) as usize;
-    // SAFETY: base..base+len lies inside this CPU's Scratch value (len <=
-    // HEADER + PAYLOAD_AREA - 1), which stays valid for the whole program.
-    let record = unsafe { core::slice::from_raw_parts(base.cast_const(), len) };
+    // The staged context prefix goes with it, or the record starts at the
+    // DataEvent.
+    let skip = if with_ctx { 0 } else { DATA_AT };
+    let len = HEADER - skip + (black_box(captured) & OUT_MASK) as usize;
+    // SAFETY: base+skip..base+skip+len lies inside this CPU's Scratch value
+    // (skip + len <= HEADER + PAYLOAD_AREA - 1), which stays valid for the
+    // whole program.
+    let record = unsafe { core::slice::from_raw_parts(base.add(skip).cast_const(), len) };
     if EVENTS.output::<[u8]>(record, wakeup_flags()).is_err() {
         count(Counter::EventsLost);
         return;

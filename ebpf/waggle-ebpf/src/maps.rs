@@ -10,7 +10,7 @@ use aya_ebpf::{
 };
 use waggle_common::{
     fastcgi::{ParamScan, RecordWalk},
-    ConnEnds, ConnInfo, DataEvent, FlowKey, InjectRequest, Pending, SockKey, SockWalkOffsets, TraceCtx,
+    ConnEnds, ConnInfo, DataCtxPrefix, DataEvent, FlowKey, InjectRequest, Pending, SockKey, SockWalkOffsets, TraceCtx,
     CONNECTING_MAX_ENTRIES, CONNS_MAX_ENTRIES, COUNTER_COUNT, EVENTS_RINGBUF_BYTES, FCGI_WAIT_MAX_ENTRIES,
     INET_STREAM_SOCKS_MAX_ENTRIES, INJECT_PENDING_MAX_ENTRIES, INJECT_SOCKS_MAX_ENTRIES, LINKS_MAX_ENTRIES,
     MAX_CAPTURE, OWN_FLOWS_MAX_ENTRIES, PENDING_MAX_ENTRIES, SERVER_PORTS_MAX_ENTRIES, THREAD_CTX_MAX_ENTRIES,
@@ -284,13 +284,18 @@ pub(crate) static TRACE_VERDICT: HashMap<u32, u8> = HashMap::with_max_entries(TR
 
 // ---- the scratch buffer ----
 
-/// Bytes of the DataEvent header at the start of the scratch buffer.
-pub(crate) const HEADER: usize = size_of::<DataEvent>();
+/// Where the DataEvent header starts in the scratch buffer: after room for
+/// the DataCtx prefix a request start's context is staged in, so a record
+/// with it and one without are both one contiguous slice.
+pub(crate) const DATA_AT: usize = size_of::<DataCtxPrefix>();
+/// Where the payload starts in the scratch buffer: after the prefix's room
+/// and the DataEvent header.
+pub(crate) const HEADER: usize = DATA_AT + size_of::<DataEvent>();
 /// The payload area after the header: twice MAX_CAPTURE (see [`Scratch`]).
 pub(crate) const PAYLOAD_AREA: usize = 2 * MAX_CAPTURE;
 
 /// Data events (and the header scan of client request starts) are assembled
-/// here: header, then payload. The payload area is twice MAX_CAPTURE because
+/// here: context prefix (when staged), header, then payload. The payload area is twice MAX_CAPTURE because
 /// the copy loops prove `offset < MAX_CAPTURE` and `len <= MAX_CAPTURE`
 /// separately; the verifier only accepts the write when `offset + len` fits,
 /// and it cannot know the sum is <= MAX_CAPTURE.

@@ -13,7 +13,9 @@
 //!   send returned): only a send at zero can start a request, so bodies,
 //!   header continuations and early-answered uploads are never touched.
 //!
-//! Every ctx record is emitted before the DataEvent of the same syscall and
+//! A context usually travels with the DataEvent of the same syscall, as the
+//! prefix of one DataCtx record (`stage`); sent alone (a FastCGI begin, a
+//! muted connection's request) it goes out before that event. Either way it
 //! carries that event's timestamp (server: exit_ns, client: enter_ns).
 use core::ffi::c_void;
 
@@ -21,8 +23,9 @@ use aya_ebpf::helpers::{bpf_get_prandom_u32, bpf_probe_read_user};
 use waggle_common::{
     conn_flags, ctx_flags, fastcgi,
     http::{self, HeaderScan},
-    runtime, sampled_by_threshold, skip_reason, sockmap_mode, ConnInfo, Counter, EventKind, InjectRequest, Pending,
-    TraceCtx, TraceCtxEvent, CAPTURE_MASK, HEARTBEAT_STALE_NS, INJECT_TRACEPARENT, MAX_CAPTURE,
+    runtime, sampled_by_threshold, skip_reason, sockmap_mode, ConnInfo, Counter, DataCtxPrefix, EventKind, InjectRequest,
+    Pending,
+    TraceCtx, TraceCtxEvent, CAPTURE_MASK, HEARTBEAT_STALE_NS, INJECT_TAKEN, INJECT_TRACEPARENT, MAX_CAPTURE,
 };
 
 use crate::{
@@ -254,6 +257,30 @@ pub(crate) fn emit(kind: EventKind, ctx: &TraceCtx, flags: u8, pid_tgid: u64, fd
     if EVENTS.output::<TraceCtxEvent>(&ev, wakeup_flags()).is_err() {
         count(Counter::EventsLost);
     }
+}
+
+/// Writes the ids of `ctx` as the DataCtx prefix of this CPU's scratch
+/// record, for the Data record this same program sends next (data.rs):
+/// one ring record where a TraceCtxEvent and a DataEvent were two.
+#[inline(always)]
+pub(crate) fn stage(kind: EventKind, ctx: &TraceCtx, flags: u8) -> bool {
+    let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
+        return false;
+    };
+    let prefix = DataCtxPrefix {
+        kind: EventKind::DataCtx as u8,
+        ctx_kind: kind as u8,
+        flags,
+        _pad0: [0; 5],
+        trace_id: ctx.trace_id,
+        span_id: ctx.span_id,
+        parent_span_id: ctx.parent_span_id,
+    };
+    // SAFETY: the scratch value starts with DATA_AT bytes of room for the
+    // prefix, which no payload copy touches; write_unaligned needs no
+    // alignment.
+    unsafe { core::ptr::write_unaligned(scratch.cast::<DataCtxPrefix>(), prefix) };
+    true
 }
 
 /// First bytes of the buffer a send/recv syscall was given (the first iovec
@@ -567,38 +594,70 @@ pub(crate) fn copy_send_head(shape: Shape, ptr: u64, len: u64) -> Option<(*mut u
     Some((payload, copy_user(payload, shape, ptr, len, budget) as u32))
 }
 
-/// After the PENDING stash: leave the request for sk_msg and the exit handler.
+/// After the PENDING stash: leave the request for sk_msg and the exit
+/// handler, over the thread's taken entry when it has one (as PENDING: no
+/// element allocated or freed per request).
 #[inline(always)]
 pub(crate) fn client_send_arm(pid_tgid: u64, req: &InjectRequest) {
+    if let Some(slot) = INJECT_PENDING.get_ptr_mut(pid_tgid) {
+        // SAFETY: slot points at this thread's live entry; only this thread
+        // writes it (sk_msg runs later in this same send).
+        unsafe { *slot = *req };
+        return;
+    }
     if INJECT_PENDING.insert(pid_tgid, req, 0).is_err() {
         count(Counter::MapInsertFailed);
     }
 }
 
+/// The send that armed `req` has returned: its entry stays for the next
+/// request, decided so sk_msg leaves any later send of the thread alone.
+#[inline(always)]
+fn take_inject(req: *mut InjectRequest) {
+    // SAFETY: req points at this thread's live INJECT_PENDING value.
+    unsafe { (*req).skipped = INJECT_TAKEN };
+}
+
 /// Exit of a send that left an INJECT_PENDING entry: report the request's
 /// ids (when something was sent on a connection still tracked) and take
-/// the entry away, so it never meets a later send. Works on the map value
-/// in place: a copy of it in an Option leaves LLVM free to read undefined
-/// registers on the empty path, which the verifier refuses.
+/// the entry, so it never meets a later send. With `data_follows` the ids
+/// are staged for the send's Data record (true returned), else sent alone.
+/// Works on the map value in place: a copy of it in an Option leaves LLVM
+/// free to read undefined registers on the empty path, which the verifier
+/// refuses.
 #[inline(always)]
-pub(crate) fn finish_inject(pid_tgid: u64, info: Option<*mut ConnInfo>, p: &Pending, sent: bool, propagation: bool) {
-    let Some(req) = INJECT_PENDING.get_ptr(pid_tgid) else {
+pub(crate) fn finish_inject(
+    pid_tgid: u64,
+    info: Option<*mut ConnInfo>,
+    p: &Pending,
+    sent: bool,
+    propagation: bool,
+    data_follows: bool,
+) -> bool {
+    let Some(req) = INJECT_PENDING.get_ptr_mut(pid_tgid) else {
         // The enter left one (Pending::aux says so) and only this exit
-        // removes it: evicted from the LRU map, or its insert failed.
+        // takes it: evicted from the LRU map, or its insert failed.
         count(Counter::InjectPendingLost);
-        return;
+        return false;
     };
     // SAFETY: req points at a live INJECT_PENDING value; read in place.
     let (line, injected, skipped) = unsafe { ((*req).line, (*req).injected, (*req).skipped) };
+    if skipped == INJECT_TAKEN {
+        // An earlier request's entry: this one's was evicted and its
+        // insert failed, or never happened.
+        count(Counter::InjectPendingLost);
+        return false;
+    }
     if line != INJECT_TRACEPARENT {
         // A response's line: its ids are the server span's, already
         // reported with the request.
         if sent && injected == 0 && skipped == 0 {
             count_index(Counter::response_skip(http::response::skip::NOT_IN_SOCKHASH));
         }
-        let _ = INJECT_PENDING.remove(pid_tgid);
-        return;
+        take_inject(req);
+        return false;
     }
+    let mut staged = false;
     if let (true, Some(info)) = (sent, info) {
         // SAFETY: req and info point at live map values; read in place.
         let (flags, injected, skipped, conn_id) =
@@ -612,10 +671,16 @@ pub(crate) fn finish_inject(pid_tgid: u64, info: Option<*mut ConnInfo>, p: &Pend
             // was full).
             count(Counter::SkipNotInSockhash);
         }
-        // SAFETY: as above.
-        emit(EventKind::ClientCtx, unsafe { &(*req).ctx }, flags, pid_tgid, p.fd, conn_id, p.enter_ns);
+        if data_follows {
+            // SAFETY: as above.
+            staged = stage(EventKind::ClientCtx, unsafe { &(*req).ctx }, flags);
+        } else {
+            // SAFETY: as above.
+            emit(EventKind::ClientCtx, unsafe { &(*req).ctx }, flags, pid_tgid, p.fd, conn_id, p.enter_ns);
+        }
     }
-    let _ = INJECT_PENDING.remove(pid_tgid);
+    take_inject(req);
+    staged
 }
 
 /// The ids of a client request the thread sends now: a child of the
@@ -640,15 +705,14 @@ fn request_ctx(pid_tgid: u64, conn_id: u64) -> TraceCtx {
 }
 
 /// Read-family exit on a server connection, payload already in SCRATCH: if
-/// it starts an HTTP/1.x request, start the thread's server context.
+/// it starts an HTTP/1.x request, start the thread's server context, its
+/// ids staged for the read's Data record (Some).
 #[inline(always)]
 pub(crate) fn server_recv_exit<const BPF_LOOP: bool>(
     pid_tgid: u64,
-    fd: u32,
     info: &ConnInfo,
     payload: *const u8,
     captured: u64,
-    exit_ns: u64,
 ) -> Option<()> {
     // SAFETY: payload is the scratch payload area (>= 16 bytes).
     let head = unsafe { core::ptr::read_unaligned(payload.cast::<[u8; 16]>()) };
@@ -702,8 +766,7 @@ pub(crate) fn server_recv_exit<const BPF_LOOP: bool>(
     }
     set_thread_ctx(pid_tgid, &ctx);
     count(Counter::ServerCtxStarted);
-    emit(EventKind::ServerCtx, &ctx, sent_flags, pid_tgid, fd, info.conn_id, exit_ns);
-    Some(())
+    stage(EventKind::ServerCtx, &ctx, sent_flags).then_some(())
 }
 
 /// The request's traceparent, if it has exactly one header of that name
