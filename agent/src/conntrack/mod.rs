@@ -470,6 +470,10 @@ impl ConnTracker {
             Metrics::add(&self.metrics.messages_skipped, parser.take_skipped());
             Self::wrap(&mut self.scratch, &conn, out);
         }
+        if let ParseState::Active(parser) = conn.state {
+            // The next connection's parser, perhaps.
+            parser.recycle();
+        }
     }
 
     /// The process exited: its descriptors closed without close() calls.
@@ -611,9 +615,9 @@ impl ConnTracker {
                             Metrics::inc(&self.metrics.conns_muted);
                             return;
                         }
-                        let mut meta = (*conn.meta).clone();
-                        meta.protocol = protocol;
-                        conn.meta = Arc::new(meta);
+                        // No span holds the identity yet on a fresh
+                        // connection: changed in place, not copied.
+                        Arc::make_mut(&mut conn.meta).protocol = protocol;
                         let feed = parser.on_data(&candidate, &mut self.scratch);
                         Metrics::add(&self.metrics.exchanges_dropped, parser.take_dropped());
                         Metrics::add(&self.metrics.messages_skipped, parser.take_skipped());
@@ -684,10 +688,10 @@ impl ConnTracker {
                     // Only trust the lookup if the descriptor still is this
                     // connection (it may have been closed and reused).
                     if conn.meta.peer.is_none_or(|p| p == peer) {
-                        let mut meta = (*conn.meta).clone();
+                        // Copied only if a span still holds the old one.
+                        let meta = Arc::make_mut(&mut conn.meta);
                         meta.local = Some(local);
                         meta.peer = Some(peer);
-                        conn.meta = Arc::new(meta);
                     }
                 }
             }

@@ -577,6 +577,93 @@ fn exchange_bench() {
     eprintln!("{:.0} ns per exchange (parse + assemble)", start.elapsed().as_nanos() as f64 / N as f64);
 }
 
+/// One nginx-like `Connection: close` connection through the tracker, the
+/// HTTP/1 parser and the assembler: open (pid 10, a fresh id and
+/// descriptor), request, response, close, assemble.
+fn connection(h: &mut HttpServer, i: u64, out: &mut Vec<ConnSpan>) {
+    let request: &[u8] = b"GET / HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nUser-Agent: wrk\r\nConnection: close\r\n\r\n";
+    let response: &[u8] = b"HTTP/1.1 200 OK\r\nServer: nginx/1.22.1\r\nDate: Wed, 02 Dec 2026 12:00:00 GMT\r\nContent-Type: text/plain\r\nContent-Length: 3\r\nConnection: close\r\n\r\nok\n";
+    let (id, fd, t0) = (1000 + i, 100 + (i % 512) as u32, i * 1000);
+    let mut open = open_event(EventKind::ConnOpen, 10, fd, id, Role::Server, 40000 + (i % 20000) as u16);
+    open.ts_ns = t0;
+    open.flags = waggle_common::conn_event_flags::FROM_SOCKET;
+    open.local_addr[..4].copy_from_slice(&[127, 0, 0, 1]);
+    open.local_port = 8080;
+    h.t.on_open(&open, &mut h.env);
+    h.t.on_data(
+        &data(id, 10, fd, Role::Server, Direction::Ingress, request.len() as u64, t0 + 1),
+        request,
+        &mut h.env,
+        out,
+    );
+    h.t.on_data(
+        &data(id, 10, fd, Role::Server, Direction::Egress, response.len() as u64, t0 + 2),
+        response,
+        &mut h.env,
+        out,
+    );
+    let close = ConnEvent { kind: EventKind::ConnClose as u8, ts_ns: t0 + 3, ..open };
+    h.t.on_close(&close, out);
+    for ConnSpan { span, conn } in out.drain(..) {
+        std::hint::black_box(h.assembler.assemble(span, &conn, Arc::clone(&h.resource), None));
+    }
+}
+
+/// A new connection's allocation budget, measured on the real HTTP/1
+/// parser and the assembler: its table entry (the LRU node), its identity
+/// (shared with its spans) and the span's attribute list: 3. (6 before the
+/// identity was set in place when the protocol is recognised and closed
+/// connections' parsers, a box and a one-slot request queue each, were
+/// kept for new ones.)
+#[test]
+fn new_connections_stay_within_their_allocation_budget() {
+    use crate::allocator::counting::allocations;
+    let mut h = http_server();
+    let mut out = Vec::with_capacity(4);
+    // Warm-up: tables and string caches reach their working size.
+    for i in 0..64 {
+        connection(&mut h, i, &mut out);
+    }
+    const N: u64 = 100;
+    let before = allocations();
+    for i in 64..64 + N {
+        connection(&mut h, i, &mut out);
+    }
+    let per_conn = (allocations() - before) as f64 / N as f64;
+    eprintln!("allocations per connection: {per_conn}");
+    assert!(per_conn <= 3.0, "a new connection allocated {per_conn} times");
+}
+
+/// Time per new connection (open, one exchange, close, assembly) through
+/// the tracker, the HTTP/1 parser and the assembler (no kernel, no export):
+/// `cargo test -p waggle --release --lib conntrack::tests::connection_bench -- --ignored --nocapture`;
+/// `WAGGLE_BENCH_N` sets the number of connections (fewer under callgrind).
+#[test]
+#[ignore = "a measurement, not a check"]
+fn connection_bench() {
+    let mut h = http_server();
+    let n: u64 = std::env::var("WAGGLE_BENCH_N").ok().and_then(|s| s.parse().ok()).unwrap_or(200_000);
+    let mut out = Vec::with_capacity(4);
+    // Warm-up: tables and string caches reach their working size.
+    for i in 0..1000 {
+        connection(&mut h, i, &mut out);
+    }
+    let start = std::time::Instant::now();
+    for i in 1000..1000 + n {
+        connection(&mut h, i, &mut out);
+    }
+    eprintln!(
+        "sizes: Conn {} ConnMeta {} Http1Parser {}",
+        std::mem::size_of::<Conn>(),
+        std::mem::size_of::<ConnMeta>(),
+        std::mem::size_of::<crate::protocols::http1::Http1Parser>()
+    );
+    eprintln!(
+        "{:.0} ns per connection (open, exchange, close, assemble)",
+        start.elapsed().as_nanos() as f64 / n as f64
+    );
+}
+
 /// A TLS connection: the handshake's ciphertext is declared unknown and
 /// muted once the ServerHello went by (its version kept); the first
 /// plaintext record starts the connection over, its spans say TLS and the

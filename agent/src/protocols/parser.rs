@@ -113,4 +113,8 @@ pub trait ProtocolParser: Send {
     fn switched_to_tls(&self) -> bool {
         self.resumes_after_tls()
     }
+    /// The connection closed and the tracker is done with the parser: a
+    /// parser that keeps spares for the next connections (HTTP/1) takes it
+    /// back; the rest are dropped.
+    fn recycle(self: Box<Self>) {}
 }

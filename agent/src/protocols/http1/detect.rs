@@ -7,7 +7,7 @@ use waggle_common::{
     Direction, Role,
 };
 
-use super::parser::Http1Parser;
+use super::parser::{self, Http1Parser};
 use crate::protocols::{Chunk, Confidence, ParserConfig, ProtocolDetector, ProtocolParser};
 
 /// Bytes of a head inspected by the cheap request-line sanity check.
@@ -54,7 +54,13 @@ impl ProtocolDetector for Http1Detector {
     }
 
     fn new_parser(&self, role: Role, config: &ParserConfig) -> Box<dyn ProtocolParser> {
-        Box::new(Http1Parser::new(role).with_redaction(config.url_redaction.clone()))
+        match parser::take_spare() {
+            Some(mut spare) => {
+                spare.start(role, config.url_redaction.clone());
+                spare
+            }
+            None => Box::new(Http1Parser::new(role).with_redaction(config.url_redaction.clone())),
+        }
     }
 }
 

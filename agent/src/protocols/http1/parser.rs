@@ -2,7 +2,7 @@
 //! stream, the requests waiting for responses, and what every path through
 //! the state machine shares (ending an exchange, losing sync).
 
-use std::{collections::VecDeque, sync::Arc};
+use std::{cell::RefCell, collections::VecDeque, sync::Arc};
 
 use waggle_common::Role;
 
@@ -88,6 +88,37 @@ pub(super) struct RespSide {
     pub(super) last_ns: u64,
 }
 
+/// Closed connections' parsers kept for new ones: a `Connection: close`
+/// server opens one connection per request, and reusing a parser saves its
+/// box and its request queue's slot (two allocations and two frees) per
+/// connection. Bounded: a burst of closes frees what does not fit.
+const SPARE_PARSERS: usize = 32;
+
+thread_local! {
+    /// Per thread: the tracker runs on one, so no lock is needed. Boxes,
+    /// because the box itself is what is reused (it becomes the next
+    /// connection's `Box<dyn ProtocolParser>`).
+    #[allow(clippy::vec_box)]
+    static SPARES: RefCell<Vec<Box<Http1Parser>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// A spare parser (renewed, see [`Http1Parser::renewed`]), if one is kept.
+pub(super) fn take_spare() -> Option<Box<Http1Parser>> {
+    SPARES.try_with(|spares| spares.try_borrow_mut().ok()?.pop()).ok().flatten()
+}
+
+/// Keeps `parser` for a later connection if there is room.
+pub(super) fn keep_spare(parser: Box<Http1Parser>) {
+    let Some(parser) = parser.renewed() else { return };
+    let _ = SPARES.try_with(|spares| {
+        if let Ok(mut spares) = spares.try_borrow_mut() {
+            if spares.len() < SPARE_PARSERS {
+                spares.push(parser);
+            }
+        }
+    });
+}
+
 /// Per-connection HTTP/1.x state machine.
 pub struct Http1Parser {
     /// Traced process's side; Unknown until the first request line shows
@@ -104,12 +135,17 @@ pub struct Http1Parser {
 
 impl Http1Parser {
     pub fn new(role: Role) -> Http1Parser {
+        // One slot, allocated once: VecDeque's first growth would take
+        // four (~1 KiB), which every idle keep-alive connection would then
+        // hold; only pipelining needs more.
+        Http1Parser::with_queue(role, VecDeque::with_capacity(1))
+    }
+
+    /// A fresh parser whose request queue is `pending` (empty).
+    fn with_queue(role: Role, pending: VecDeque<PendingRequest>) -> Http1Parser {
         Http1Parser {
             role,
-            // One slot, allocated once: VecDeque's first growth would take
-            // four (~1 KiB), which every idle keep-alive connection would
-            // then hold; only pipelining needs more.
-            pending: VecDeque::with_capacity(1),
+            pending,
             next_id: 0,
             req: ReqSide {
                 // The first request-direction chunk must itself start with a
@@ -129,11 +165,39 @@ impl Http1Parser {
         }
     }
 
+    /// A closed connection's parser made fresh for the next connection: it
+    /// keeps only its request queue's slot (emptied) and its Host and
+    /// User-Agent memo (a new connection from the same client sends the
+    /// same ones; the memo checks them before it answers, so a different
+    /// client just replaces them). `None` when the queue grew past one slot
+    /// (pipelining): that one is freed rather than kept.
+    pub(super) fn renewed(mut self: Box<Self>) -> Option<Box<Http1Parser>> {
+        if self.pending.capacity() > 1 {
+            return None;
+        }
+        let mut pending = std::mem::take(&mut self.pending);
+        pending.clear();
+        let memo = std::mem::take(&mut self.req.memo);
+        *self = Http1Parser::with_queue(Role::Unknown, pending);
+        self.req.memo = memo;
+        Some(self)
+    }
+
+    /// A renewed parser put to work for a connection on `role`'s side.
+    pub(super) fn start(&mut self, role: Role, redaction: Arc<PathRedaction>) {
+        self.role = role;
+        self.set_redaction(redaction);
+    }
+
     /// Hides the segments `redaction` names in paths, besides the built-in
     /// rules.
     pub fn with_redaction(mut self, redaction: Arc<PathRedaction>) -> Http1Parser {
-        self.redaction = (redaction.templates() > 0).then_some(redaction);
+        self.set_redaction(redaction);
         self
+    }
+
+    fn set_redaction(&mut self, redaction: Arc<PathRedaction>) {
+        self.redaction = (redaction.templates() > 0).then_some(redaction);
     }
 
     fn span_kind(&self) -> SpanKind {

@@ -38,6 +38,10 @@ impl ProtocolParser for Http1Parser {
         }
     }
 
+    fn recycle(self: Box<Self>) {
+        super::parser::keep_spare(self);
+    }
+
     fn on_close(&mut self, ts_ns: u64, out: &mut Vec<ParsedSpan>) {
         match std::mem::replace(&mut self.resp.state, RespState::Unsynced) {
             RespState::Body { exchange, framing: RespBody::Close } => self.finish(*exchange, ts_ns, out),
