@@ -16,7 +16,7 @@ use std::{
 };
 
 use waggle::{
-    intake::{decode, RawEvent},
+    intake::{decode, RawEvent, Started},
     probes::{EventSource, ProbeConfig},
 };
 use waggle_common::{
@@ -49,6 +49,11 @@ fn drain(source: &mut EventSource, events: &mut Vec<Ev>) {
             Ok(RawEvent::ProcessExit(e)) => Ev::Exit(e),
             Ok(RawEvent::ThreadStart(e)) => Ev::Thread(e),
             Ok(RawEvent::ServerCtx(e) | RawEvent::ClientCtx(e)) => Ev::Ctx(e),
+            // The two records the kernel would otherwise send, in order.
+            Ok(RawEvent::DataCtx { started: Started::Server(e) | Started::Client(e), header, payload }) => {
+                events.push(Ev::Ctx(e));
+                Ev::Data(header, payload.to_vec())
+            }
             // Only with trace-selection rules, which these probes never have.
             Ok(RawEvent::ProcessExec(e)) => panic!("ProcessExec with trace selection off: {e:?}"),
             // Every exec on the machine sends one; these tests follow

@@ -39,6 +39,7 @@ mod maps;
 mod own;
 mod process;
 mod response;
+mod scan;
 mod sock;
 mod socket_facts;
 mod tls;

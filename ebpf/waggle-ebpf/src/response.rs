@@ -34,7 +34,8 @@ use waggle_common::{
 use crate::{
     helpers::{count, count_index, repeat},
     maps::{RespScanState, FILTER, RESP_SCAN, RUNTIME, SERVER_PORTS, TRACE_VERDICT},
-    trace::{agent_alive, copy_send_head, head_word, peek_user, step_scratch, ClientSend},
+    scan::step_scratch,
+    trace::{agent_alive, copy_send_head, head_word, peek_user, ClientSend},
     user_copy::Shape,
 };
 
