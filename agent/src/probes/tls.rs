@@ -14,7 +14,7 @@ use aya::{
     },
     Ebpf,
 };
-use waggle_common::tls::{programs, PROBED_FUNCTIONS};
+use waggle_common::tls::{programs, BINDING_FUNCTIONS, PROBED_FUNCTIONS};
 
 use crate::discovery::{TlsKind, TlsLibrary};
 
@@ -27,13 +27,14 @@ const GNUTLS_FUNCTIONS: [(&str, &str); 2] =
     [("gnutls_record_recv", programs::SSL_READ), ("gnutls_record_send", programs::SSL_WRITE)];
 
 /// Every program of the TLS probe set.
-const PROGRAMS: [&str; 6] = [
+const PROGRAMS: [&str; 7] = [
     programs::SSL_READ,
     programs::SSL_WRITE,
     programs::SSL_READ_EX,
     programs::SSL_WRITE_EX,
     programs::SSL_RETURN,
     programs::SSL_RETURN_BIND,
+    programs::SSL_SET_FD,
 ];
 
 /// The probe set once its programs verified, and the files it has dealt
@@ -127,6 +128,15 @@ fn attach_file(ebpf: &mut Ebpf, lib: &TlsLibrary) -> Result<Vec<&'static str>, S
         }
     }
     if required.iter().all(|r| done.contains(r)) {
+        if lib.kind != TlsKind::GnuTls {
+            // Optional: without it a call that does no syscall of its own
+            // is bound only by the object's later calls.
+            for &(symbol, entry) in &BINDING_FUNCTIONS {
+                if attach_one(ebpf, entry, symbol, path).is_ok() {
+                    done.push(symbol);
+                }
+            }
+        }
         return Ok(done);
     }
     for (program, link) in links {

@@ -124,6 +124,8 @@ kernel_counters! {
         "execs whose environment was longer than the kernel walks (1024 strings or 511-byte pieces) or unreadable part way: variables past that were not seen",
     TlsHandshakeBound => "kernel_tls_handshake_bound":
         "SSL objects of an executable that links OpenSSL statically (node) bound to their connection at its handshake write: their later calls are captured",
+    TlsFdBound => "kernel_tls_fd_bound":
+        "SSL objects bound to their connection when the application handed them its descriptor (SSL_set_fd): their calls are captured even when none does a syscall (a TLS 1.3 handshake that read the first request with it)",
     ResponseHeaderInserted => "response_header_inserted":
         "--trace-response-header: traceresponse / X-Trace-Id lines inserted into HTTP/1.x responses",
     ResponseSocksAdded => "response_header_socks_added":

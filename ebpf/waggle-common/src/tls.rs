@@ -39,7 +39,16 @@ pub mod programs {
     /// over memory BIOs (node): a call on an SSL object with no known
     /// connection leaves it pending for the thread's next handshake write.
     pub const SSL_RETURN_BIND: &str = "waggle_ssl_return_bind";
+    /// Entry of `SSL_set_fd`: the object's connection, before any call.
+    pub const SSL_SET_FD: &str = "waggle_ssl_set_fd";
 }
+
+/// (library symbol, entry program) of the functions that bind an SSL
+/// object to its descriptor: attached where the library has them, no
+/// return probe. A TLS 1.3 server's handshake may read the client's first
+/// request together with its Finished; the SSL_read that then returns it
+/// does no syscall that would name the connection.
+pub const BINDING_FUNCTIONS: [(&str, &str); 1] = [("SSL_set_fd", programs::SSL_SET_FD)];
 
 /// (library symbol, entry program) for every function probed.
 pub const PROBED_FUNCTIONS: [(&str, &str); 4] = [

@@ -40,7 +40,7 @@ use crate::{
     data::{emit, Capture},
     helpers::{count, current, now_ns},
     maps::CONNS,
-    tls_conn::{bound_live, pend, TLS_CALLS, TLS_SSL_CONNS},
+    tls_conn::{bound_live, pend, remember, TLS_CALLS, TLS_SSL_CONNS},
     trace,
     user_copy::Shape,
 };
@@ -85,6 +85,32 @@ pub fn waggle_ssl_return(ctx: RetProbeContext) -> u32 {
 pub fn waggle_ssl_return_bind(ctx: RetProbeContext) -> u32 {
     call_return::<true>(&ctx);
     0
+}
+
+/// `int SSL_set_fd(SSL *ssl, int fd)` on a tracked connection: the object
+/// is bound to it before its first call (`BINDING_FUNCTIONS`).
+#[uprobe]
+pub fn waggle_ssl_set_fd(ctx: ProbeContext) -> u32 {
+    set_fd(&ctx);
+    0
+}
+
+#[inline(always)]
+fn set_fd(ctx: &ProbeContext) {
+    let Some((_, tgid)) = current() else {
+        return;
+    };
+    let ssl: u64 = ctx.arg(0).unwrap_or(0);
+    // An int: -1 (or any negative) is no descriptor.
+    let Some(fd) = ctx.arg::<u64>(1).and_then(|fd| u32::try_from(fd as u32 as i32).ok()) else {
+        return;
+    };
+    let Some(info) = CONNS.get_ptr(SockKey { tgid, fd }) else {
+        return;
+    };
+    // SAFETY: info points at a live CONNS value; read in place.
+    remember(tgid, ssl, fd, unsafe { (*info).conn_id });
+    count(Counter::TlsFdBound);
 }
 
 /// `int SSL_read(SSL *ssl, void *buf, int num)`,
