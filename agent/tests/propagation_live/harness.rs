@@ -7,7 +7,7 @@ use std::{
 };
 
 use waggle::{
-    intake::{decode, RawEvent},
+    intake::{decode, RawEvent, Started},
     probes::{ConnMaps, EventSource, ProbeConfig, Probes},
 };
 use waggle_common::{Counter, DataEvent, Direction, TraceCtxEvent};
@@ -64,6 +64,11 @@ impl Harness {
         self.source.drain(usize::MAX, |record| match decode(record) {
             Ok(RawEvent::Data { header, payload }) => events.push(Ev::Data(header, payload.to_vec())),
             Ok(RawEvent::ServerCtx(e) | RawEvent::ClientCtx(e)) => events.push(Ev::Ctx(e)),
+            // The two records the kernel would otherwise send, in order.
+            Ok(RawEvent::DataCtx { started: Started::Server(e) | Started::Client(e), header, payload }) => {
+                events.push(Ev::Ctx(e));
+                events.push(Ev::Data(header, payload.to_vec()));
+            }
             Ok(_) => {}
             Err(e) => panic!("undecodable kernel record ({} bytes): {e}", record.len()),
         });

@@ -44,8 +44,8 @@ use waggle_common::{
 use crate::{
     helpers::count,
     maps::{
-        walk_outcome, ParamScanState, ParamsWait, WalkState, CONNS, FCGI_REQUEST, FCGI_WAIT, HEADER, LINKS, PARAM_SCAN,
-        SCRATCH, WAIT_BUILD, WALK_STATE,
+        walk_outcome, ParamScanState, ParamsWait, WalkState, CONNS, DATA_AT, FCGI_REQUEST, FCGI_WAIT, HEADER, LINKS,
+        PARAM_SCAN, SCRATCH, WAIT_BUILD, WALK_STATE,
     },
     trace::{emit, joined_flags, new_span_id, new_trace_id, root_flags, set_thread_ctx, thread_ctx},
 };
@@ -230,10 +230,10 @@ pub(crate) fn params() -> Option<()> {
     // SAFETY: as above. Taken once, whatever follows.
     unsafe { *slot = 0 };
     let base = SCRATCH.get_ptr(0)?.cast::<u8>();
-    // SAFETY: the scratch buffer starts with the DataEvent the data exit
-    // just wrote on this CPU; its timestamp says whether it is the read
-    // that asked (and the thread, whether it is ours).
-    let ev = unsafe { core::ptr::read_unaligned(base.cast::<DataEvent>()) };
+    // SAFETY: the scratch buffer holds, at DATA_AT, the DataEvent the data
+    // exit just wrote on this CPU; its timestamp says whether it is the
+    // read that asked (and the thread, whether it is ours).
+    let ev = unsafe { core::ptr::read_unaligned(base.add(DATA_AT).cast::<DataEvent>()) };
     let pid_tgid = (u64::from(ev.tgid) << 32) | u64::from(ev.tid);
     if ev.exit_ns != want || bpf_get_current_pid_tgid() != pid_tgid {
         return None;
