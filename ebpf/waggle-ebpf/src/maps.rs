@@ -295,9 +295,9 @@ pub(crate) const HEADER: usize = DATA_AT + size_of::<DataEvent>();
 pub(crate) const PAYLOAD_AREA: usize = 2 * MAX_CAPTURE;
 
 /// Data events (and the header scan of client request starts) are assembled
-/// here: context prefix (when staged), header, then payload. The payload area is twice MAX_CAPTURE because
-/// the copy loops prove `offset < MAX_CAPTURE` and `len <= MAX_CAPTURE`
-/// separately; the verifier only accepts the write when `offset + len` fits,
+/// here: context prefix (when staged), header, then payload. The payload
+/// area is twice MAX_CAPTURE because the copy loops prove
+/// `offset < MAX_CAPTURE` and `len <= MAX_CAPTURE` separately; the verifier only accepts the write when `offset + len` fits,
 /// and it cannot know the sum is <= MAX_CAPTURE.
 #[repr(C)]
 pub(crate) struct Scratch {

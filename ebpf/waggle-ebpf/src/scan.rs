@@ -14,6 +14,7 @@ use crate::{
 };
 
 const MASK: usize = CAPTURE_MASK;
+
 /// One step of the header scan over this CPU's SCRATCH payload: eight
 /// bytes at once where `HeaderScan::skip_word` allows (the middle of a
 /// line), else one byte (host-tested to give exactly the byte-wise result).

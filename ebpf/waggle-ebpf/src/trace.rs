@@ -498,8 +498,9 @@ pub(crate) fn finish_inject(
     // SAFETY: req points at a live INJECT_PENDING value; read in place.
     let (line, injected, skipped) = unsafe { ((*req).line, (*req).injected, (*req).skipped) };
     if skipped == INJECT_TAKEN {
-        // An earlier request's entry: this one's was evicted and its
-        // insert failed, or never happened.
+        // An earlier request's entry, already reported: this send's arm
+        // never wrote over it (defensive: AUX_INJECT is only set where the
+        // arm follows), and its ids must not pass for this request's.
         count(Counter::InjectPendingLost);
         return false;
     }

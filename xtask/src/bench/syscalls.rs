@@ -16,6 +16,7 @@ use super::{
     ctx::{round_order, Ctx},
     procs::{self, Proc},
 };
+use crate::cmd::Cmd;
 
 pub const SYSCALL_MODES: &[&str] = &["unix", "tcp-raw", "tcp-http"];
 
@@ -156,14 +157,7 @@ fn ensure_tracefs() -> Result<()> {
     if fs::metadata(format!("{TRACEFS}/events")).is_ok() {
         return Ok(());
     }
-    let status = Command::new("mount")
-        .args(["-t", "tracefs", "nodev", TRACEFS])
-        .status()
-        .context("running mount for tracefs")?;
-    if !status.success() {
-        bail!("mounting tracefs at {TRACEFS}: mount {status}");
-    }
-    Ok(())
+    Cmd::new("mount").args(["-t", "tracefs", "nodev", TRACEFS]).run().context("mounting tracefs")
 }
 
 fn syscall_iterations(mode: &str, quick: bool) -> u64 {
