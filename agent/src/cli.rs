@@ -16,6 +16,9 @@ pub fn main() -> ExitCode {
     if std::env::args_os().nth(1).is_some_and(|a| a == "trace") {
         return trace_main();
     }
+    if std::env::args_os().nth(1).is_some_and(|a| a == "floor") {
+        return floor_main();
+    }
     // Usage errors exit 2 through clap; --help and --version exit 0.
     let args = CliArgs::parse();
     let config = match Config::load(&args, &ProcessEnv) {
@@ -113,6 +116,44 @@ fn trace_main() -> ExitCode {
         }
         Err(message) => {
             eprintln!("waggle trace: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `waggle floor` (for `cargo xtask bench`): an empty program on every
+/// tracepoint the agent uses, until SIGINT or SIGTERM. Prints one
+/// `skipped CATEGORY:NAME: REASON` line per tracepoint it could not take,
+/// then `attached N of M` and `ready`.
+fn floor_main() -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("waggle floor: starting the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        // Before `ready`: a signal sent as soon as it is printed is caught.
+        let mut interrupt = signal(SignalKind::interrupt()).map_err(|e| format!("installing signal handlers: {e}"))?;
+        let mut terminate = signal(SignalKind::terminate()).map_err(|e| format!("installing signal handlers: {e}"))?;
+        let floor = crate::probes::Floor::attach().map_err(|e| e.to_string())?;
+        for (tracepoint, reason) in &floor.skipped {
+            println!("skipped {tracepoint}: {reason}");
+        }
+        println!("attached {} of {}", floor.attached.len(), floor.attached.len() + floor.skipped.len());
+        println!("ready");
+        tokio::select! {
+            _ = interrupt.recv() => {},
+            _ = terminate.recv() => {},
+        }
+        drop(floor);
+        Ok::<(), String>(())
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("waggle floor: {e}");
             ExitCode::FAILURE
         }
     }

@@ -111,7 +111,7 @@ impl BenchArgs {
 pub fn run(args: &BenchArgs) -> Result<()> {
     if !cmd::is_root() {
         bail!(
-            "the benchmark loads eBPF programs (waggle, bpftrace), installs packages and runs PostgreSQL as its \
+            "the benchmark loads eBPF programs (waggle and its floor), installs packages and runs PostgreSQL as its \
              own user: run it as root (sudo -E cargo xtask bench)"
         );
     }

@@ -31,7 +31,7 @@ use super::{
 use crate::discovery::TlsLibrary;
 
 /// The object built by `cargo xtask build` (empty when it was not built).
-static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/waggle.bpf.o"));
+pub(super) static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/waggle.bpf.o"));
 
 const TRACEFS: &str = "/sys/kernel/tracing";
 /// Largest ring buffer we ask for (the kernel caps ring buffers below 4 GiB).
@@ -88,10 +88,10 @@ impl Default for ProbeConfig {
 }
 
 /// How the loader finds a program in the object and where it attaches.
-struct ProgramSpec {
+pub(super) struct ProgramSpec {
     /// Program (function) name in the object, also the tracepoint name.
-    name: &'static str,
-    category: &'static str,
+    pub(super) name: &'static str,
+    pub(super) category: &'static str,
     /// Fields (name, offset) the program reads from a non-syscall record;
     /// checked against the tracepoint's format file before attaching.
     fields: &'static [(&'static str, usize)],
@@ -104,7 +104,7 @@ const fn syscall(name: &'static str) -> ProgramSpec {
 /// Exit programs come before enter programs: an enter handler stashes
 /// arguments that only its exit handler removes, so once an enter is live its
 /// exit must be too, or the stash outlives the syscall.
-const PROGRAMS: &[ProgramSpec] = &[
+pub(super) const PROGRAMS: &[ProgramSpec] = &[
     syscall("sys_exit_read"),
     syscall("sys_exit_write"),
     syscall("sys_exit_recvfrom"),
@@ -619,7 +619,7 @@ fn page_size() -> u32 {
 
 /// CAP_SYS_ADMIN alone, or CAP_BPF + CAP_PERFMON (tracepoints are attached
 /// through perf events). Unknown (no /proc) counts as yes: loading will say.
-fn has_bpf_privileges() -> bool {
+pub(super) fn has_bpf_privileges() -> bool {
     const CAP_SYS_ADMIN: u32 = 21;
     const CAP_PERFMON: u32 = 38;
     const CAP_BPF: u32 = 39;
@@ -640,7 +640,7 @@ fn effective_caps(status: &str) -> Option<u64> {
 
 /// Maps are memcg-charged on current kernels; the limit only matters on old
 /// ones, and a container without CAP_SYS_RESOURCE cannot raise it anyway.
-fn raise_memlock_limit() {
+pub(super) fn raise_memlock_limit() {
     let limit = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
     // SAFETY: setrlimit reads the struct we pass and nothing else.
     if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &limit) } != 0 {
@@ -650,7 +650,7 @@ fn raise_memlock_limit() {
 
 /// aya attaches tracepoints through tracefs; mount it where it belongs when
 /// nobody has (common in containers). Failure is logged, attach will say more.
-fn ensure_tracefs() {
+pub(super) fn ensure_tracefs() {
     let mounted = |p: &Path| p.join("events").is_dir();
     if mounted(Path::new(TRACEFS)) || mounted(Path::new("/sys/kernel/debug/tracing")) {
         return;

@@ -29,10 +29,12 @@
 //! the program that reads each exec's OTEL_* environment;
 //! `response_header.rs` says whether `--trace-response-header` may be on
 //! (off where FIONREAD misreports sockmap sockets, and, until its kernel
-//! program exists, everywhere).
+//! program exists, everywhere); `floor.rs` the benchmark's floor (`waggle
+//! floor`: an empty program on every tracepoint of the agent's).
 mod btf;
 mod error;
 mod exec_env;
+mod floor;
 mod load;
 mod maps;
 mod propagation;
@@ -43,6 +45,7 @@ mod tls;
 
 pub use btf::{Btf, BtfError, SendRoomOffsets};
 pub use error::ProbeError;
+pub use floor::Floor;
 pub use load::{ProbeConfig, Probes};
 pub use maps::{ConnMaps, VerdictMap};
 pub use propagation::{other_injectors, other_sk_msg_programs};

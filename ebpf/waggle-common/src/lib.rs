@@ -97,6 +97,10 @@ pub mod maps {
 /// `syscalls:sys_exit_read` after `sys_exit_read`.
 pub const FCGI_PARAMS_PROGRAM: &str = "fastcgi_params";
 
+/// An empty program, attached by `waggle floor` to every tracepoint the
+/// agent uses: the benchmark's floor (what any tracepoint agent pays).
+pub const FLOOR_PROGRAM: &str = "waggle_floor";
+
 /// The kernel injects only while the agent drained within this long: a
 /// stopped or hung agent would otherwise send ids downstream for spans it
 /// never exports.
@@ -676,6 +680,13 @@ pub const INJECT_TRACEPARENT: u8 = 0;
 /// work. Decided (never acted on by sk_msg) and never reported again.
 pub const INJECT_TAKEN: u8 = 0xff;
 
+/// 16 address bytes aligned to 8: the kernel zeroes or copies them with two
+/// stores, where a byte array's alignment of 1 turns the same into a call of
+/// a byte-at-a-time memset subprogram.
+#[repr(C, align(8))]
+#[derive(Clone, Copy, Default, Debug, PartialEq, Eq, Pod, Zeroable)]
+pub struct AddrBytes(pub [u8; 16]);
+
 /// Value of the PENDING map: what a syscall's enter handler leaves for its
 /// exit handler, keyed by pid_tgid. Shared so the agent can stand in for an
 /// enter the kernel never saw: a thread already blocked in a read on a
@@ -690,7 +701,7 @@ pub struct Pending {
     /// Buffer length or iovec count.
     pub len: u64,
     /// connect(): peer address, network order.
-    pub addr: [u8; 16],
+    pub addr: AddrBytes,
     pub fd: u32,
     /// connect(): peer port, host order.
     pub port: u16,

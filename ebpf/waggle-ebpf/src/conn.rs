@@ -1,6 +1,6 @@
 //! Connection lifecycle: socket() remembers inet sockets, accept()/connect()
 //! start tracking TCP connections (CONNS), close() ends them.
-use core::ffi::c_void;
+use core::{ffi::c_void, mem::MaybeUninit};
 
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, generated::bpf_get_current_comm},
@@ -8,12 +8,12 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 use waggle_common::{
-    conn_event_flags, conn_flags, inet_sock, mapped_v6, ConnEvent, ConnInfo, Counter, EventKind, Pending, Role,
-    SockKey, SyscallId,
+    conn_event_flags, conn_flags, inet_sock, mapped_v6, AddrBytes, ConnEvent, ConnInfo, Counter, EventKind, Pending,
+    Role, SockKey, SyscallId,
 };
 
 use crate::{
-    helpers::{agent, arg, count, current, mint_conn_id, now_ns, repeat, stash, take_pending, wakeup_flags},
+    helpers::{agent, arg, count, current, mint_conn_id, now_ns, repeat, stash, take_pending, wakeup_flags, zeroed_in},
     maps::{CONNS, EVENTS, INET_STREAM_SOCKS, TRACKED_TGIDS, TRUSTED_NETS, TRUST_ALL_PEERS},
     own,
     socket_facts::{fd_is_open, fd_table_size, is_inet, read_peer, walk, Ends, Walk, AF_INET, AF_INET6},
@@ -116,13 +116,12 @@ pub(crate) fn socket_enter(ctx: &TracePointContext) -> Option<()> {
         return None;
     }
     let ty = arg(ctx, 1) & !(SOCK_NONBLOCK | SOCK_CLOEXEC);
-    let p = Pending {
-        syscall: SyscallId::Socket as u8,
-        family: family as u8,
-        aux: u64::from(if ty == SOCK_STREAM { inet_sock::STREAM } else { inet_sock::OTHER }),
-        ..Pending::default()
-    };
-    stash(pid_tgid, &p);
+    let mut slot = MaybeUninit::uninit();
+    let p: &mut Pending = zeroed_in(&mut slot);
+    p.syscall = SyscallId::Socket as u8;
+    p.family = family as u8;
+    p.aux = u64::from(if ty == SOCK_STREAM { inet_sock::STREAM } else { inet_sock::OTHER });
+    stash(pid_tgid, p);
     Some(())
 }
 
@@ -144,8 +143,12 @@ pub(crate) fn socket_exit(ctx: &TracePointContext) -> Option<()> {
 #[inline(always)]
 pub(crate) fn accept_enter(ctx: &TracePointContext, id: SyscallId) -> Option<()> {
     let (pid_tgid, _) = current()?;
-    let p = Pending { fd: arg(ctx, 0) as u32, ptr: arg(ctx, 1), syscall: id as u8, ..Pending::default() };
-    stash(pid_tgid, &p);
+    let mut slot = MaybeUninit::uninit();
+    let p: &mut Pending = zeroed_in(&mut slot);
+    p.fd = arg(ctx, 0) as u32;
+    p.ptr = arg(ctx, 1);
+    p.syscall = id as u8;
+    stash(pid_tgid, p);
     Some(())
 }
 
@@ -234,7 +237,7 @@ fn traced_connect_enter(ctx: &TracePointContext, pid_tgid: u64, tgid: u32) -> Op
         syscall: SyscallId::Connect as u8,
         family: peer.family as u8,
         port: peer.peer_port,
-        addr: peer.peer_addr,
+        addr: AddrBytes(peer.peer_addr),
         ..Pending::default()
     };
     stash(pid_tgid, &p);
@@ -267,7 +270,7 @@ fn traced_connect_exit(ctx: &TracePointContext, pid_tgid: u64, tgid: u32) -> Opt
         Walk::Other => return Some(()),
         Walk::Unknown | Walk::Off => {}
     }
-    let peer = Ends { family: u16::from(p.family), peer_port: p.port, peer_addr: p.addr, ..Ends::default() };
+    let peer = Ends { family: u16::from(p.family), peer_port: p.port, peer_addr: p.addr.0, ..Ends::default() };
     match INET_STREAM_SOCKS.get_ptr(key) {
         // SAFETY: points at a live map value.
         Some(kind) if unsafe { *kind } == inet_sock::STREAM => {

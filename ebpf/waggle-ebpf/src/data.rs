@@ -1,6 +1,6 @@
 //! The data path: read/write/recvfrom/sendto/readv/writev/recvmsg/sendmsg on
 //! tracked connections become DataEvents carrying a bounded payload prefix.
-use core::hint::black_box;
+use core::{hint::black_box, mem::MaybeUninit};
 
 use aya_ebpf::programs::TracePointContext;
 use waggle_common::{
@@ -9,7 +9,7 @@ use waggle_common::{
 
 use crate::{
     fastcgi,
-    helpers::{arg, count, current, now_ns, stash, take_pending, wakeup_flags},
+    helpers::{arg, count, current, now_ns, stash, take_pending, wakeup_flags, zeroed_in},
     maps::{CAPTURE_BYTES, CONNS, DATA_AT, EVENTS, HEADER, PAYLOAD_AREA, PROPAGATION, SCRATCH},
     response, tls_conn, trace,
     user_copy::{copy_user, shape, Shape},
@@ -71,10 +71,15 @@ pub(crate) fn enter<const BPF_LOOP: bool>(ctx: &TracePointContext, id: SyscallId
     if peek {
         return;
     }
-    let mut p =
-        Pending { enter_ns: now_ns(), ptr: arg(ctx, 1), len: arg(ctx, 2), fd, syscall: id as u8, ..Pending::default() };
+    let mut slot = MaybeUninit::uninit();
+    let p: &mut Pending = zeroed_in(&mut slot);
+    p.enter_ns = now_ns();
+    p.ptr = arg(ctx, 1);
+    p.len = arg(ctx, 2);
+    p.fd = fd;
+    p.syscall = id as u8;
     if !is_send(id) {
-        stash(pid_tgid, &p);
+        stash(pid_tgid, p);
         return;
     }
     // SAFETY: info points at a live CONNS value; copied out.
@@ -106,7 +111,7 @@ pub(crate) fn enter<const BPF_LOOP: bool>(ctx: &TracePointContext, id: SyscallId
         }
     }
     let Some(request) = send.request else {
-        if !stash(pid_tgid, &p) && send.request_start {
+        if !stash(pid_tgid, p) && send.request_start {
             // No exit will account for this send: the boundary is lost.
             // SAFETY: as above.
             unsafe { (*info).flags |= conn_flags::BOUNDARY_LOST };
@@ -116,7 +121,7 @@ pub(crate) fn enter<const BPF_LOOP: bool>(ctx: &TracePointContext, id: SyscallId
     // Only the exit, through PENDING, takes INJECT_PENDING back: without
     // the stash no request state may be left behind.
     p.aux |= AUX_INJECT;
-    if stash(pid_tgid, &p) {
+    if stash(pid_tgid, p) {
         trace::client_send_arm(pid_tgid, &request);
     } else if send.request_start {
         // SAFETY: as above.

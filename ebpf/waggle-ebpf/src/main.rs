@@ -123,6 +123,15 @@ pub fn fastcgi_params(_ctx: TracePointContext) -> u32 {
     0
 }
 
+/// The benchmark's floor (`waggle floor`): no work at all. It returns 0
+/// like every program here: a non-zero return sends the record on into the
+/// perf-event path, which costs a CPU with a perf event on the tracepoint
+/// (the one aya and bpftrace open) about half a microsecond per hit.
+#[tracepoint]
+pub fn waggle_floor(_ctx: TracePointContext) -> u32 {
+    0
+}
+
 #[tracepoint]
 pub fn sys_enter_socket(ctx: TracePointContext) -> u32 {
     let _ = conn::socket_enter(&ctx);

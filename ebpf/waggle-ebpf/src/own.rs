@@ -12,7 +12,7 @@
 //! the same instant can clear each other's mark; the cost is one span of
 //! export traffic, not a loop.)
 use aya_ebpf::programs::TracePointContext;
-use waggle_common::{Counter, Pending, SyscallId};
+use waggle_common::{AddrBytes, Counter, Pending, SyscallId};
 
 use crate::{
     helpers::{arg, count, stash, take_pending},
@@ -39,7 +39,7 @@ pub(crate) fn connect_enter(ctx: &TracePointContext, pid_tgid: u64) -> Option<()
         syscall: SyscallId::Connect as u8,
         family: dest.family as u8,
         port: dest.peer_port,
-        addr: dest.peer_addr,
+        addr: AddrBytes(dest.peer_addr),
         ..Pending::default()
     };
     if stash(pid_tgid, &p) && OWN_CONNECTING.insert(dest.peer_only(), pid_tgid, 0).is_err() {
@@ -64,7 +64,7 @@ pub(crate) fn connect_exit(ctx: &TracePointContext, pid_tgid: u64) -> Option<()>
         }
     }
     let dest =
-        Ends { family: u16::from(p.family), peer_port: p.port, peer_addr: p.addr, ..Ends::default() }.peer_only();
+        Ends { family: u16::from(p.family), peer_port: p.port, peer_addr: p.addr.0, ..Ends::default() }.peer_only();
     if let Some(thread) = OWN_CONNECTING.get_ptr(dest) {
         // SAFETY: points at a live map value.
         if unsafe { *thread } == pid_tgid {

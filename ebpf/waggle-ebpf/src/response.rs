@@ -32,8 +32,8 @@ use waggle_common::{
 };
 
 use crate::{
-    helpers::{count, count_index, repeat},
-    maps::{RespScanState, FILTER, RESP_SCAN, RUNTIME, SERVER_PORTS, TRACE_VERDICT},
+    helpers::{count, count_index, repeat, zero},
+    maps::{FILTER, RESP_SCAN, RUNTIME, SERVER_PORTS, TRACE_VERDICT},
     scan::step_scratch,
     trace::{agent_alive, copy_send_head, head_word, peek_user, ClientSend},
     user_copy::Shape,
@@ -105,8 +105,8 @@ fn scan(len: u32) -> ResponseScan {
     let Some(st) = RESP_SCAN.get_ptr_mut(0) else {
         return ResponseScan::default();
     };
-    // SAFETY: st points at this CPU's RESP_SCAN value.
-    unsafe { *st = RespScanState::default() };
+    // SAFETY: st points at this CPU's RESP_SCAN value (an 8-aligned map value).
+    unsafe { zero(st) };
     let mut n = u64::from(if len > MAX_CAPTURE as u32 { MAX_CAPTURE as u32 } else { len });
     repeat::<true>(n as u32, scan_step, (&mut n as *mut u64).cast(), 0, |_| 0);
     // SAFETY: as above; copied out.

@@ -9,8 +9,8 @@ use waggle_common::{
 };
 
 use crate::{
-    helpers::{count, repeat},
-    maps::{ScanState, HEADER, SCAN, SCRATCH},
+    helpers::{count, repeat, zero},
+    maps::{HEADER, SCAN, SCRATCH},
 };
 
 const MASK: usize = CAPTURE_MASK;
@@ -140,8 +140,8 @@ pub(crate) fn scan<const BPF_LOOP: bool>(len: u32) -> HeaderScan {
     let Some(st) = SCAN.get_ptr_mut(0) else {
         return HeaderScan::default();
     };
-    // SAFETY: st points at this CPU's SCAN value.
-    unsafe { *st = ScanState::default() };
+    // SAFETY: st points at this CPU's SCAN value (an 8-aligned map value).
+    unsafe { zero(st) };
     let mut n = u64::from(if len > MAX_CAPTURE as u32 { MAX_CAPTURE as u32 } else { len });
     // At most one call per byte; a skipped word ends the loop sooner.
     let whole = if BPF_LOOP {

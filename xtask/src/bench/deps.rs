@@ -21,7 +21,6 @@ pub const BENCH_DEPS: &[Dep] = &[
     Dep { packages: &["nghttp2-client"], command: Some("h2load") },
     Dep { packages: &["nginx-light", "nginx", "nginx-core", "nginx-full"], command: Some("nginx") },
     Dep { packages: &["postgresql"], command: Some("pgbench") },
-    Dep { packages: &["bpftrace"], command: Some("bpftrace") },
     Dep { packages: &["bpftool"], command: Some("bpftool") },
     Dep { packages: &["linux-perf"], command: Some("perf") },
     Dep { packages: &["gcc"], command: Some("gcc") },
@@ -183,7 +182,6 @@ pub fn tool_versions(root: &Path, venv: &Path) -> Vec<(String, String)> {
     add("wrk", wrk);
     add("h2load", first_line(Cmd::new("h2load").arg("--version")));
     add("pgbench", first_line(Cmd::new("pgbench").arg("--version")));
-    add("bpftrace", first_line(Cmd::new("bpftrace").arg("--version")));
     let python = venv.join("bin").join("python");
     add("python", first_line(Cmd::new(&python).arg("--version")));
     add(

@@ -7,7 +7,6 @@ use super::{
     report::{highest_clean_rate, median, mib, ratio, summarize_nginx, summarize_syscalls, targets, Results},
     scenarios::{NGINX_WRK_CONNECTIONS, NGINX_WRK_THREADS, PGBENCH_CLIENTS, SUSTAINED_CONNECTIONS},
     sections::{self, f0, outcome_note, ratio_cell, undertraced, us1},
-    syscalls::WAGGLE_TRACEPOINTS,
 };
 
 fn verdict_word(met: Option<bool>) -> &'static str {
@@ -83,7 +82,7 @@ pub fn markdown(res: &Results) -> String {
             if let Some(floor_rps) = s.floor_rps {
                 let _ = writeln!(
                     md,
-                    "\nThe floor, empty programs on the same tracepoints (bpftrace): {} req/s, {} no agent; \
+                    "\nThe floor, empty programs on the same tracepoints (`waggle floor`): {} req/s, {} no agent; \
                      waggle reaches {} the floor.",
                     f0(floor_rps),
                     ratio_cell(&s.floor_ratios),
@@ -123,12 +122,11 @@ pub fn markdown(res: &Results) -> String {
     let _ = writeln!(
         md,
         "bench/syscall_loop.c pinned to CPU 0, 64-byte write/read pairs (tcp-http: HTTP request/response \
-         ping-pong). *Empty programs*: bpftrace attaching programs with no body to the same {} tracepoints \
-         waggle uses, the floor any tracepoint-based agent pays. `unix` is the cost every non-TCP I/O pays \
+         ping-pong). *Empty programs*: `waggle floor` attaching a program that only returns 0 to every \
+         tracepoint waggle uses, the floor any tracepoint-based agent pays. `unix` is the cost every non-TCP I/O pays \
          (waggle's filter); `tcp-raw` a tracked but muted connection; `tcp-http` full capture. Figures are \
          the loop thread's CPU time per syscall (the eBPF programs run inside the syscall, so they are in it; \
-         time the loop spent preempted is not), best of the rounds; wall-clock time is in the last column.\n",
-        WAGGLE_TRACEPOINTS.len()
+         time the loop spent preempted is not), best of the rounds; wall-clock time is in the last column.\n"
     );
     match &res.syscalls {
         Some(Ok(r)) => {

@@ -21,7 +21,7 @@ use crate::bench::{
 pub struct NginxRound {
     pub base: WrkResult,
     /// The same load with empty programs on waggle's tracepoints (None when
-    /// bpftrace could not attach them; the reason is in the warnings).
+    /// `waggle floor` could not attach them; the reason is in the warnings).
     pub floor: Option<WrkResult>,
     pub agent: WrkResult,
     /// Requests served while the agent ran (warm-up included), for spans/request.
