@@ -140,6 +140,7 @@ impl Server {
             cmd.envs(env.iter().copied());
             cmd
         })
+        .with_worker()
     }
 
     /// `tests/fixtures/env_rewriter.py`: the ok server, started with
@@ -193,6 +194,7 @@ impl Server {
             cmd.arg("-p").arg(dir).arg("-e").arg(dir.join("error.log")).arg("-c").arg(&conf);
             cmd
         })
+        .with_worker()
     }
 
     /// `https://127.0.0.1:PORT{path}`.
@@ -248,6 +250,7 @@ impl Server {
             cmd.arg("-p").arg(dir).arg("-e").arg(dir.join("error.log")).arg("-c").arg(&conf);
             cmd
         })
+        .with_worker()
     }
 
     #[track_caller]
@@ -306,6 +309,17 @@ impl Server {
     /// `http://127.0.0.1:PORT{path}`.
     pub fn url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    /// nginx accepts on its master's listening socket before the master
+    /// has forked its worker: a test that took `pids()` then would miss the
+    /// worker, which serves every request (a test flaked so). Waits, as
+    /// long as a start may take, until the worker is there.
+    #[track_caller]
+    fn with_worker(self) -> Server {
+        let found = poll_until(READY_TIMEOUT, || !child_pids(self.pid()).is_empty());
+        assert!(found, "{} (pid {}) forked no worker within {READY_TIMEOUT:?}", self.service_name, self.pid());
+        self
     }
 
     /// Pid of the process we started (nginx: the master).
