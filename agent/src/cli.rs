@@ -43,12 +43,8 @@ pub fn main() -> ExitCode {
     // drains, instead of a worker that would then wake this thread (a futex
     // wake and two context switches per drain). /proc reads, selection and
     // the metrics endpoint have threads of their own.
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("waggle: starting the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+    let Some(runtime) = current_thread_runtime("waggle") else {
+        return ExitCode::FAILURE;
     };
     let result = runtime.block_on(async {
         let shutdown = shutdown_signal().map_err(|e| format!("installing signal handlers: {e}"))?;
@@ -59,6 +55,18 @@ pub fn main() -> ExitCode {
         Err(e) => {
             eprintln!("waggle: {e}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// The runtime every subcommand runs on, or None after one line on stderr
+/// (prefixed `who`) saying why there is none.
+fn current_thread_runtime(who: &str) -> Option<tokio::runtime::Runtime> {
+    match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => Some(rt),
+        Err(e) => {
+            eprintln!("{who}: starting the async runtime: {e}");
+            None
         }
     }
 }
@@ -102,12 +110,8 @@ fn trace_main() -> ExitCode {
             return ExitCode::from(EXIT_USAGE);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("waggle trace: starting the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+    let Some(runtime) = current_thread_runtime("waggle trace") else {
+        return ExitCode::FAILURE;
     };
     match runtime.block_on(fetch_trace(addr, args.trace_id.trim())) {
         Ok(text) => {
@@ -126,12 +130,8 @@ fn trace_main() -> ExitCode {
 /// `skipped CATEGORY:NAME: REASON` line per tracepoint it could not take,
 /// then `attached N of M` and `ready`.
 fn floor_main() -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("waggle floor: starting the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+    let Some(runtime) = current_thread_runtime("waggle floor") else {
+        return ExitCode::FAILURE;
     };
     let result = runtime.block_on(async {
         // Before `ready`: a signal sent as soon as it is printed is caught.

@@ -9,7 +9,7 @@ use waggle_common::FLOOR_PROGRAM;
 
 use super::{
     error::{AttachError, ProbeError},
-    load::{ensure_tracefs, has_bpf_privileges, raise_memlock_limit, EBPF_OBJECT, PROGRAMS},
+    load::{prepare_to_load, EBPF_OBJECT, PROGRAMS},
 };
 
 /// The floor's program and links: dropping it detaches them.
@@ -25,14 +25,7 @@ impl Floor {
     /// Loads the floor program and attaches it to every tracepoint of the
     /// agent's program list.
     pub fn attach() -> Result<Floor, ProbeError> {
-        if EBPF_OBJECT.is_empty() {
-            return Err(ProbeError::NotBuilt);
-        }
-        if !has_bpf_privileges() {
-            return Err(ProbeError::NotPrivileged);
-        }
-        raise_memlock_limit();
-        ensure_tracefs();
+        prepare_to_load()?;
         let mut ebpf = EbpfLoader::new().load(EBPF_OBJECT).map_err(|e| ProbeError::Load(Box::new(e)))?;
         let program: &mut TracePoint = ebpf
             .program_mut(FLOOR_PROGRAM)

@@ -193,14 +193,7 @@ impl std::fmt::Debug for Probes {
 
 impl Probes {
     pub fn load(config: &ProbeConfig) -> Result<(Probes, EventSource, ConnMaps), ProbeError> {
-        if EBPF_OBJECT.is_empty() {
-            return Err(ProbeError::NotBuilt);
-        }
-        if !has_bpf_privileges() {
-            return Err(ProbeError::NotPrivileged);
-        }
-        raise_memlock_limit();
-        ensure_tracefs();
+        prepare_to_load()?;
 
         let agent_tgid = if config.agent_tgid == 0 { std::process::id() } else { config.agent_tgid };
         let capture_bytes = capture_bytes(config.capture_bytes);
@@ -617,9 +610,25 @@ fn page_size() -> u32 {
     u32::try_from(size).ok().filter(|s| s.is_power_of_two()).unwrap_or(4096)
 }
 
+/// What loading the object needs first, for the agent's probes and for
+/// `waggle floor` alike: the object built in and the privileges (or the
+/// error saying which is missing), the memlock limit raised and tracefs
+/// mounted.
+pub(super) fn prepare_to_load() -> Result<(), ProbeError> {
+    if EBPF_OBJECT.is_empty() {
+        return Err(ProbeError::NotBuilt);
+    }
+    if !has_bpf_privileges() {
+        return Err(ProbeError::NotPrivileged);
+    }
+    raise_memlock_limit();
+    ensure_tracefs();
+    Ok(())
+}
+
 /// CAP_SYS_ADMIN alone, or CAP_BPF + CAP_PERFMON (tracepoints are attached
 /// through perf events). Unknown (no /proc) counts as yes: loading will say.
-pub(super) fn has_bpf_privileges() -> bool {
+fn has_bpf_privileges() -> bool {
     const CAP_SYS_ADMIN: u32 = 21;
     const CAP_PERFMON: u32 = 38;
     const CAP_BPF: u32 = 39;
@@ -640,7 +649,7 @@ fn effective_caps(status: &str) -> Option<u64> {
 
 /// Maps are memcg-charged on current kernels; the limit only matters on old
 /// ones, and a container without CAP_SYS_RESOURCE cannot raise it anyway.
-pub(super) fn raise_memlock_limit() {
+fn raise_memlock_limit() {
     let limit = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
     // SAFETY: setrlimit reads the struct we pass and nothing else.
     if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &limit) } != 0 {
@@ -650,7 +659,7 @@ pub(super) fn raise_memlock_limit() {
 
 /// aya attaches tracepoints through tracefs; mount it where it belongs when
 /// nobody has (common in containers). Failure is logged, attach will say more.
-pub(super) fn ensure_tracefs() {
+fn ensure_tracefs() {
     let mounted = |p: &Path| p.join("events").is_dir();
     if mounted(Path::new(TRACEFS)) || mounted(Path::new("/sys/kernel/debug/tracing")) {
         return;
